@@ -1,0 +1,180 @@
+//! Stage one: the file as written. Every struct rejects unknown keys; fields whose meaning is checked in stage two
+//! keep their span so an error can name the line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole `gateway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: FileAdmin,
+    /// Logging.
+    #[serde(default)]
+    pub log: FileLog,
+    /// Where the dev PKI lives and whether it is made on start.
+    #[serde(default)]
+    pub pki: FilePki,
+    /// Hops this process plays (`[[hop]]`), each its own mTLS listener.
+    #[serde(default, rename = "hop")]
+    pub hops: Vec<FileHop>,
+    /// Agencies known to this deployment (`[[agency]]`).
+    #[serde(default, rename = "agency")]
+    pub agencies: Vec<FileAgency>,
+    /// The national-endpoint emulator, when this process runs one.
+    pub emulator: Option<FileEmulator>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Spanned<String>,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub format: Option<LogFormat>,
+    pub level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePki {
+    pub dir: Option<Spanned<String>>,
+    pub dev_autogen: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHop {
+    pub name: Spanned<String>,
+    pub role: HopRole,
+    pub listen: Spanned<String>,
+    pub tls: FileServerTls,
+    pub upstream_tls: FileClientTls,
+    /// Identities (from their client certificates) of gateways that relay for agencies.
+    #[serde(default)]
+    pub peers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub http: FileHttp,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HopRole {
+    Lgsp,
+    Ndxp,
+}
+
+impl HopRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HopRole::Lgsp => "lgsp",
+            HopRole::Ndxp => "ndxp",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServerTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub crls: Vec<Spanned<String>>,
+    pub identity_uri_prefix: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub ca: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: Spanned<String>,
+    pub methods: Vec<Spanned<String>>,
+    pub prefix: Spanned<String>,
+    pub upstream: Spanned<String>,
+    pub rewrite: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub agencies: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAgency {
+    pub code: Spanned<String>,
+    pub name: Option<String>,
+    pub status: AgencyStatus,
+    #[serde(default)]
+    pub keys: Vec<FileKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgencyStatus {
+    Trial,
+    Official,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKey {
+    pub sha256: Spanned<String>,
+    pub kind: KeyKind,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    Trial,
+    Production,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Trial => "trial",
+            KeyKind::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEmulator {
+    pub listen: Spanned<String>,
+    pub tls: FileServerTls,
+    /// How many packets the emulator keeps for look-up before dropping the oldest.
+    pub max_stored: Option<Spanned<u64>>,
+}

@@ -1,0 +1,90 @@
+//! Small value parsers shared by the config checks.
+
+use std::time::Duration;
+
+use crate::runtime::Upstream;
+
+/// `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let fix = || format!("`{s}` is not a duration; write a whole number with a unit: \"250ms\", \"10s\", \"2m\" or \"1h\"");
+    let n: u64 = num.parse().map_err(|_| fix())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(fix()),
+    };
+    if d.is_zero() {
+        return Err(format!("`{s}` is zero; a timeout must be at least 1ms"));
+    }
+    Ok(d)
+}
+
+/// `https://host:port[/base]`: upstreams are always TLS, the port always explicit.
+pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let fix = || format!("`{s}` is not an upstream URL; write \"https://host:port\" with an optional base path, e.g. \"https://ndxp.example:8444/ndxp\"");
+    let rest = s.strip_prefix("https://").ok_or_else(fix)?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if path.contains(['?', '#']) || authority.contains('@') {
+        return Err(fix());
+    }
+    let uri: http::Uri = format!("https://{authority}/").parse().map_err(|_| fix())?;
+    if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+        return Err(fix());
+    }
+    Ok(Upstream { authority: authority.to_owned(), base_path: path.trim_end_matches('/').to_owned() })
+}
+
+/// Agency codes (mã định danh điện tử, QĐ 20/2020/QĐ-TTg): dot-separated groups of `0-9A-Z`, at most 35 chars.
+pub fn valid_agency_code(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 35
+        && s.split('.').all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()))
+}
+
+/// Names that become header values and metric labels: `[A-Za-z0-9._-]{1,64}`.
+pub fn valid_identity(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").unwrap_err().contains("\"10s\""));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1.5s").is_err());
+    }
+
+    #[test]
+    fn upstreams() {
+        let u = parse_upstream("https://localhost:8444/ndxp/").unwrap();
+        assert_eq!(u.authority, "localhost:8444");
+        assert_eq!(u.base_path, "/ndxp");
+        assert_eq!(parse_upstream("https://127.0.0.1:1").unwrap().base_path, "");
+        assert!(parse_upstream("http://localhost:8444").is_err());
+        assert!(parse_upstream("https://localhost").is_err());
+        assert!(parse_upstream("https://localhost:8444/x?y").is_err());
+    }
+
+    #[test]
+    fn agency_codes() {
+        assert!(valid_agency_code("000.00.00.H29"));
+        assert!(valid_agency_code("G09"));
+        assert!(!valid_agency_code("000.00.00.h29"));
+        assert!(!valid_agency_code("000..H29"));
+        assert!(!valid_agency_code(&"A".repeat(36)));
+    }
+}

@@ -1,0 +1,428 @@
+//! Stage two: the validated runtime config. Built from [`FileConfig`] by [`Config::from_file`], collecting every
+//! problem with its line instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::error::{ConfigError, Problem, SourceMap};
+use crate::file::{
+    AgencyStatus, FileClientTls, FileConfig, FileHop, FileRoute, FileServerTls, HopRole, KeyKind, LogFormat,
+};
+use crate::parse::{parse_duration, parse_upstream, valid_agency_code, valid_identity};
+
+/// A file path from the config, with the line that named it (certificate errors point back at the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPath {
+    pub path: PathBuf,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (a path, or `<embedded gateway.toml>`).
+    pub source: String,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub pki: PkiConfig,
+    pub hops: Vec<HopConfig>,
+    pub agencies: Vec<AgencyConfig>,
+    pub emulator: Option<EmulatorConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PkiConfig {
+    pub dir: PathBuf,
+    pub dev_autogen: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HopConfig {
+    pub name: String,
+    pub role: HopRole,
+    pub listen: SocketAddr,
+    pub tls: ServerTlsConfig,
+    pub upstream_tls: ClientTlsConfig,
+    pub peers: Vec<String>,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    pub cert: ConfigPath,
+    pub key: ConfigPath,
+    pub client_ca: Vec<ConfigPath>,
+    pub crls: Vec<ConfigPath>,
+    pub identity_uri_prefix: String,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientTlsConfig {
+    pub cert: ConfigPath,
+    pub key: ConfigPath,
+    pub ca: Vec<ConfigPath>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port`, also the bounded `upstream` metric label.
+    pub authority: String,
+    /// Path the upstream is mounted under, without a trailing slash (may be empty).
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub methods: Vec<String>,
+    pub prefix: String,
+    pub upstream: Upstream,
+    pub rewrite: Option<String>,
+    pub timeout: Duration,
+    /// Agency codes allowed on this route; `None` means every known agency (`"*"`).
+    pub agencies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgencyConfig {
+    pub code: String,
+    pub name: Option<String>,
+    pub status: AgencyStatus,
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub sha256: [u8; 32],
+    pub kind: KeyKind,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub listen: SocketAddr,
+    pub tls: ServerTlsConfig,
+    pub max_stored: usize,
+}
+
+pub const DEFAULT_IDENTITY_URI_PREFIX: &str = "urn:lgsp:id:";
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+const DEFAULT_MAX_STORED: u64 = 100_000;
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Collects problems while building the runtime config.
+struct Checker<'a> {
+    map: &'a SourceMap<'a>,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Checker<'a> {
+    fn problem<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(self.map.problem(at.span(), field, message));
+    }
+
+    fn addr(&mut self, v: &Spanned<String>, field: &str) -> SocketAddr {
+        match v.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problem(v, field, format!("`{}` is not an address; write it as \"127.0.0.1:8443\"", v.get_ref()));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    fn duration(&mut self, v: Option<&Spanned<String>>, field: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(v, field, e);
+                default
+            }
+        }
+    }
+
+    fn path(&self, base: &std::path::Path, v: &Spanned<String>) -> ConfigPath {
+        let p = PathBuf::from(v.get_ref());
+        let path = if p.is_absolute() { p } else { base.join(p) };
+        ConfigPath { path, line: self.map.line_of(v.span().start) }
+    }
+
+    fn paths(&mut self, base: &std::path::Path, v: &[Spanned<String>], field: &str, required: bool) -> Vec<ConfigPath> {
+        if required && v.is_empty() {
+            self.problems.push(Problem::without_line(field, "needs at least one PEM file"));
+        }
+        v.iter().map(|p| self.path(base, p)).collect()
+    }
+
+    fn server_tls(&mut self, base: &std::path::Path, t: &FileServerTls, field: &str) -> ServerTlsConfig {
+        let prefix = match &t.identity_uri_prefix {
+            Some(p) if p.get_ref().is_empty() => {
+                self.problem(p, format!("{field}.identity_uri_prefix"), "must not be empty; the default is \"urn:lgsp:id:\"");
+                DEFAULT_IDENTITY_URI_PREFIX.to_owned()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => DEFAULT_IDENTITY_URI_PREFIX.to_owned(),
+        };
+        ServerTlsConfig {
+            cert: self.path(base, &t.cert),
+            key: self.path(base, &t.key),
+            client_ca: self.paths(base, &t.client_ca, &format!("{field}.client_ca"), true),
+            crls: self.paths(base, &t.crls, &format!("{field}.crls"), false),
+            identity_uri_prefix: prefix,
+            handshake_timeout: self.duration(
+                t.handshake_timeout.as_ref(),
+                &format!("{field}.handshake_timeout"),
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+        }
+    }
+
+    fn client_tls(&mut self, base: &std::path::Path, t: &FileClientTls, field: &str) -> ClientTlsConfig {
+        ClientTlsConfig {
+            cert: self.path(base, &t.cert),
+            key: self.path(base, &t.key),
+            ca: self.paths(base, &t.ca, &format!("{field}.ca"), true),
+        }
+    }
+
+    fn route(&mut self, r: &FileRoute, field: &str, known: &HashSet<&str>) -> RouteConfig {
+        let mut methods = Vec::new();
+        if r.methods.is_empty() {
+            self.problem(&r.name, format!("{field}.methods"), "list at least one method, e.g. [\"POST\"]");
+        }
+        for m in &r.methods {
+            let up = m.get_ref().to_ascii_uppercase();
+            if METHODS.contains(&up.as_str()) {
+                methods.push(up);
+            } else {
+                self.problem(m, format!("{field}.methods"), format!("`{}` is not one of {}", m.get_ref(), METHODS.join(", ")));
+            }
+        }
+        let prefix = self.path_prefix(&r.prefix, &format!("{field}.prefix"));
+        let rewrite = r.rewrite.as_ref().map(|w| self.path_prefix(w, &format!("{field}.rewrite")));
+        let upstream = match parse_upstream(r.upstream.get_ref()) {
+            Ok(u) => u,
+            Err(e) => {
+                self.problem(&r.upstream, format!("{field}.upstream"), e);
+                Upstream { authority: String::new(), base_path: String::new() }
+            }
+        };
+        let mut agencies = Some(Vec::new());
+        if r.agencies.is_empty() {
+            self.problem(&r.name, format!("{field}.agencies"), "list the agency codes allowed here, or [\"*\"] for every agency");
+        }
+        for a in &r.agencies {
+            if a.get_ref() == "*" {
+                agencies = None;
+            } else if !known.contains(a.get_ref().as_str()) {
+                self.problem(a, format!("{field}.agencies"), format!("`{}` is not an [[agency]] code in this file", a.get_ref()));
+            } else if let Some(list) = agencies.as_mut() {
+                list.push(a.get_ref().clone());
+            }
+        }
+        RouteConfig {
+            name: r.name.get_ref().clone(),
+            methods,
+            prefix,
+            upstream,
+            rewrite,
+            timeout: self.duration(r.timeout.as_ref(), &format!("{field}.timeout"), DEFAULT_ROUTE_TIMEOUT),
+            agencies,
+        }
+    }
+
+    fn path_prefix(&mut self, v: &Spanned<String>, field: &str) -> String {
+        let s = v.get_ref();
+        if !s.starts_with('/') || s.contains(['?', '#', ' ']) || s.contains("//") {
+            self.problem(v, field, format!("`{s}` must be an absolute path like \"/lgsp/v1/HoSoCBCCVC\" without query or spaces"));
+        }
+        // "/a/b/" and "/a/b" are the same prefix; "/" stays "/".
+        let trimmed = s.trim_end_matches('/');
+        if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }
+    }
+
+    fn hop(&mut self, base: &std::path::Path, h: &FileHop, i: usize, known: &HashSet<&str>) -> HopConfig {
+        let field = format!("hop[{i}]");
+        let name = h.name.get_ref();
+        if !valid_identity(name) {
+            self.problem(&h.name, format!("{field}.name"), "use letters, digits, '.', '-' or '_' (it is a metric label and a header value)");
+        }
+        let mut peers = Vec::new();
+        for p in &h.peers {
+            if valid_identity(p.get_ref()) {
+                peers.push(p.get_ref().clone());
+            } else {
+                self.problem(p, format!("{field}.peers"), "a peer is the identity in a gateway's client certificate: letters, digits, '.', '-', '_'");
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut routes = Vec::new();
+        for (j, r) in h.routes.iter().enumerate() {
+            let rf = format!("{field}.route[{j}]");
+            if !seen.insert(r.name.get_ref().clone()) {
+                self.problem(&r.name, format!("{rf}.name"), "route names must be unique within a hop");
+            }
+            routes.push(self.route(r, &rf, known));
+        }
+        let max_header_bytes = h.http.max_header_bytes.as_ref().map_or(DEFAULT_MAX_HEADER_BYTES, |v| *v.get_ref());
+        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+            if let Some(v) = &h.http.max_header_bytes {
+                self.problem(v, format!("{field}.http.max_header_bytes"), "choose between 1024 and 1048576");
+            }
+        }
+        let max_connections = h.http.max_connections.as_ref().map_or(DEFAULT_MAX_CONNECTIONS, |v| *v.get_ref());
+        if max_connections == 0 {
+            if let Some(v) = &h.http.max_connections {
+                self.problem(v, format!("{field}.http.max_connections"), "must be at least 1");
+            }
+        }
+        HopConfig {
+            name: name.clone(),
+            role: h.role,
+            listen: self.addr(&h.listen, &format!("{field}.listen")),
+            tls: self.server_tls(base, &h.tls, &format!("{field}.tls")),
+            upstream_tls: self.client_tls(base, &h.upstream_tls, &format!("{field}.upstream_tls")),
+            peers,
+            header_read_timeout: self.duration(
+                h.http.header_read_timeout.as_ref(),
+                &format!("{field}.http.header_read_timeout"),
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            routes,
+        }
+    }
+}
+
+impl Config {
+    /// Validates a parsed file. `base` is the directory relative paths are resolved against.
+    pub fn from_file(file: FileConfig, text: &str, source: &str, base: &std::path::Path) -> Result<Self, ConfigError> {
+        let map = SourceMap::new(text);
+        let mut c = Checker { map: &map, problems: Vec::new() };
+
+        let mut agencies = Vec::new();
+        let mut codes = HashSet::new();
+        let mut key_owner: BTreeMap<[u8; 32], String> = BTreeMap::new();
+        for (i, a) in file.agencies.iter().enumerate() {
+            let code = a.code.get_ref();
+            if !valid_agency_code(code) {
+                c.problem(&a.code, format!("agency[{i}].code"), format!(
+                    "`{code}` is not an agency code (mã định danh): dot-separated groups of 0-9 and A-Z, at most 35 characters, e.g. \"000.00.00.H29\""
+                ));
+            }
+            if !codes.insert(code.as_str()) {
+                c.problem(&a.code, format!("agency[{i}].code"), "each agency code may appear once");
+            }
+            let mut keys = Vec::new();
+            for (k, key) in a.keys.iter().enumerate() {
+                let field = format!("agency[{i}].keys[{k}].sha256");
+                let mut digest = [0u8; 32];
+                let hex = key.sha256.get_ref();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    c.problem(&key.sha256, field, "write the SHA-256 of the key as 64 hex digits; `lgsp-gateway keys new` prints it");
+                    continue;
+                }
+                for (j, chunk) in hex.as_bytes().chunks(2).enumerate() {
+                    let s = std::str::from_utf8(chunk).unwrap_or("00");
+                    digest[j] = u8::from_str_radix(s, 16).unwrap_or(0);
+                }
+                if let Some(owner) = key_owner.insert(digest, code.clone()) {
+                    c.problem(&key.sha256, field, format!("this key hash is already given to agency {owner}; every key belongs to one agency"));
+                }
+                keys.push(crate::KeyConfig { sha256: digest, kind: key.kind, label: key.label.clone() });
+            }
+            agencies.push(AgencyConfig { code: code.clone(), name: a.name.clone(), status: a.status, keys });
+        }
+
+        let mut hop_names = HashSet::new();
+        let mut listens = HashSet::new();
+        let mut hops = Vec::new();
+        for (i, h) in file.hops.iter().enumerate() {
+            if !hop_names.insert(h.name.get_ref().clone()) {
+                c.problem(&h.name, format!("hop[{i}].name"), "hop names must be unique");
+            }
+            let hop = c.hop(base, h, i, &codes);
+            if hop.listen.port() != 0 && !listens.insert(hop.listen) {
+                c.problem(&h.listen, format!("hop[{i}].listen"), "another listener in this file already uses this address");
+            }
+            hops.push(hop);
+        }
+        if hops.is_empty() && file.emulator.is_none() {
+            c.problems.push(Problem::without_line("hop", "define at least one [[hop]] (or an [emulator]) for this process to serve"));
+        }
+
+        let admin = AdminConfig {
+            listen: c.addr(&file.admin.listen, "admin.listen"),
+            drain_timeout: c.duration(file.admin.drain_timeout.as_ref(), "admin.drain_timeout", DEFAULT_DRAIN_TIMEOUT),
+        };
+        if admin.listen.port() != 0 && listens.contains(&admin.listen) {
+            c.problem(&file.admin.listen, "admin.listen", "another listener in this file already uses this address");
+        }
+        let level = file.log.level.as_ref().map_or_else(|| "info".to_owned(), |l| l.get_ref().clone());
+        if let Some(l) = &file.log.level {
+            if !["error", "warn", "info", "debug", "trace"].contains(&l.get_ref().as_str()) && !l.get_ref().contains('=') {
+                c.problem(l, "log.level", "use error, warn, info, debug, trace or a filter like \"info,lgsp_proxy=debug\"");
+            }
+        }
+        let emulator = file.emulator.as_ref().map(|e| {
+            let max_stored = e.max_stored.as_ref().map_or(DEFAULT_MAX_STORED, |v| *v.get_ref());
+            if max_stored == 0 {
+                if let Some(v) = &e.max_stored {
+                    c.problem(v, "emulator.max_stored", "must be at least 1");
+                }
+            }
+            let listen = c.addr(&e.listen, "emulator.listen");
+            if listen.port() != 0 && (listens.contains(&listen) || listen == admin.listen) {
+                c.problem(&e.listen, "emulator.listen", "another listener in this file already uses this address");
+            }
+            EmulatorConfig {
+                listen,
+                tls: c.server_tls(base, &e.tls, "emulator.tls"),
+                max_stored: usize::try_from(max_stored).unwrap_or(usize::MAX),
+            }
+        });
+        let pki = PkiConfig {
+            dir: file.pki.dir.as_ref().map_or_else(|| base.join("certs"), |d| c.path(base, d).path),
+            dev_autogen: file.pki.dev_autogen.unwrap_or(false),
+        };
+
+        if !c.problems.is_empty() {
+            return Err(ConfigError { source: source.to_owned(), problems: c.problems });
+        }
+        Ok(Config {
+            source: source.to_owned(),
+            admin,
+            log: LogConfig { format: file.log.format.unwrap_or_default(), level },
+            pki,
+            hops,
+            agencies,
+            emulator,
+        })
+    }
+}
