@@ -1,1 +1,15 @@
-//! x
+//! TLS for every listener and upstream: PEM/CRL loading, rustls server configs that require and verify client
+//! certificates (TLS 1.2/1.3, aws-lc-rs only), upstream client configs, the peer identity read from a certificate
+//! (x509-parser), handshake-failure reasons, and the dev PKI (rcgen).
+#![forbid(unsafe_code)]
+
+pub mod devpki;
+mod handshake;
+mod identity;
+mod load;
+mod config;
+
+pub use config::{client_config, provider, server_config, ALPN_H1, ALPN_H2};
+pub use handshake::HandshakeFailure;
+pub use identity::{IdentityError, IdentitySource, PeerIdentity};
+pub use load::{load_certs, load_crls, load_key, TlsError};

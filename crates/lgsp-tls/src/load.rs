@@ -1,0 +1,82 @@
+//! Reading PEM certificates, keys and CRLs, with errors that name the file and the config line that points at it.
+
+use std::path::Path;
+
+use lgsp_config::ConfigPath;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+/// A certificate, key or CRL that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file} (named on config line {line}): {message}")]
+pub struct TlsError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl TlsError {
+    pub fn at(p: &ConfigPath, message: impl Into<String>) -> Self {
+        TlsError { file: p.path.display().to_string(), line: p.line, message: message.into() }
+    }
+}
+
+fn read(p: &ConfigPath) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(&p.path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            "; run `lgsp-gateway certs init` for a dev PKI, or fix the path"
+        } else {
+            ""
+        };
+        TlsError::at(p, format!("cannot read: {e}{hint}"))
+    })
+}
+
+/// All certificates in a PEM file, in file order (leaf first for a chain).
+pub fn load_certs(p: &ConfigPath) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(p)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::at(p, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::at(p, "holds no -----BEGIN CERTIFICATE----- block"));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key(p: &ConfigPath) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read(p)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::at(p, format!("no usable private key: {e}")))
+}
+
+/// The CRLs in a file: PEM (`-----BEGIN X509 CRL-----`) or a single DER CRL.
+pub fn load_crls(p: &ConfigPath) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = read(p)?;
+    if is_der(&bytes) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::at(p, format!("not a PEM CRL file: {e}")))?;
+    if crls.is_empty() {
+        return Err(TlsError::at(p, "holds no -----BEGIN X509 CRL----- block"));
+    }
+    Ok(crls)
+}
+
+/// DER starts with a SEQUENCE tag; PEM starts with text.
+fn is_der(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x30)
+}
+
+/// Writes a private key readable by its owner only.
+pub(crate) fn write_private(path: &Path, pem: &str) -> std::io::Result<()> {
+    std::fs::write(path, pem)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
