@@ -1,1 +1,13 @@
-//! x
+//! Authentication of callers: API keys (SHA-256 at rest, constant-time comparison), the binding of a key to the
+//! agency in the client certificate, trusted peer gateways that relay for agencies, and the `AuthLayer` that puts
+//! the authenticated [`Caller`] on each request.
+#![forbid(unsafe_code)]
+
+mod keys;
+mod layer;
+
+pub use keys::{dev_key, generate_key, sha256_hex, KeyRecord, KeyStore};
+pub use layer::{Auth, AuthError, AuthLayer, AuthPolicy, Caller, API_KEY_HEADER, CLIENT_HEADER};
+
+/// The error type every layer of the stack returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

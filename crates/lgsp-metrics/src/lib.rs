@@ -1,1 +1,150 @@
-//! x
+//! Metrics: one Prometheus registry with every family the gateway exports (help text, bounded labels), the
+//! per-request label slot the layers fill in, and the admin listener serving `/metrics`, `/healthz`, `/readyz`.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod labels;
+
+use std::sync::Arc;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub use admin::{serve_admin, AdminHandle, Readiness};
+pub use labels::{RequestLabels, UNKNOWN};
+
+/// Every metric family of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// `lgsp_requests_total{hop,route,agency,status}`.
+    pub requests: IntCounterVec,
+    /// `lgsp_request_duration_seconds{hop,route}`.
+    pub duration: HistogramVec,
+    /// `lgsp_upstream_errors_total{hop,upstream,kind}`.
+    pub upstream_errors: IntCounterVec,
+    /// `lgsp_auth_failures_total{hop,reason}`.
+    pub auth_failures: IntCounterVec,
+    /// `lgsp_tls_handshake_failures_total{hop,reason}`.
+    pub tls_handshake_failures: IntCounterVec,
+    /// `lgsp_connections_open{hop}`.
+    pub connections_open: IntGaugeVec,
+    /// `lgsp_emulator_packets_total{message_type,result}`.
+    pub emulator_packets: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    /// Builds the registry. Fails only on a programming error (a duplicate or malformed family).
+    pub fn new() -> prometheus::Result<Arc<Self>> {
+        let registry = Registry::new();
+        let requests = counter(
+            &registry,
+            "lgsp_requests_total",
+            "Requests answered, by hop, route, calling agency and HTTP status.",
+            &["hop", "route", "agency", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lgsp_request_duration_seconds",
+                "Time from request head received to response head sent, by hop and route.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["hop", "route"],
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        let upstream_errors = counter(
+            &registry,
+            "lgsp_upstream_errors_total",
+            "Failed exchanges with an upstream, by hop, upstream (host:port) and kind (connect, tls, timeout, protocol).",
+            &["hop", "upstream", "kind"],
+        )?;
+        let auth_failures = counter(
+            &registry,
+            "lgsp_auth_failures_total",
+            "Requests refused by authentication or authorisation, by hop and reason.",
+            &["hop", "reason"],
+        )?;
+        let tls_handshake_failures = counter(
+            &registry,
+            "lgsp_tls_handshake_failures_total",
+            "TLS handshakes that failed, by hop and reason (no_client_cert, unknown_ca, expired, revoked, timeout, ...).",
+            &["hop", "reason"],
+        )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new("lgsp_connections_open", "Client connections open (after the TLS handshake), by hop."),
+            &["hop"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        let emulator_packets = counter(
+            &registry,
+            "lgsp_emulator_packets_total",
+            "Packets the national-endpoint emulator received, by message type and result (accepted, duplicate, refused).",
+            &["message_type", "result"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("lgsp_build_info", "Build of the running gateway; the value is always 1."),
+            &["version", "rustc"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("LGSP_RUSTC_VERSION").unwrap_or("unknown")]).set(1);
+        Ok(Arc::new(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            auth_failures,
+            tls_handshake_failures,
+            connections_open,
+            emulator_packets,
+        }))
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts one refusal by authentication or authorisation.
+    pub fn auth_failure(&self, hop: &str, reason: &str) {
+        self.auth_failures.with_label_values(&[hop, reason]).inc();
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family_with_help() {
+        let m = Metrics::new().unwrap();
+        m.requests.with_label_values(&["lgsp", "r", "000.00.00.H29", "200"]).inc();
+        m.duration.with_label_values(&["lgsp", "r"]).observe(0.01);
+        m.upstream_errors.with_label_values(&["lgsp", "localhost:1", "connect"]).inc();
+        m.auth_failure("lgsp", "missing_key");
+        m.tls_handshake_failures.with_label_values(&["lgsp", "revoked"]).inc();
+        let text = m.encode();
+        for family in [
+            "lgsp_requests_total",
+            "lgsp_request_duration_seconds",
+            "lgsp_upstream_errors_total",
+            "lgsp_auth_failures_total",
+            "lgsp_tls_handshake_failures_total",
+            "lgsp_build_info",
+        ] {
+            assert!(text.contains(&format!("# HELP {family} ")), "{family} missing in\n{text}");
+        }
+    }
+}

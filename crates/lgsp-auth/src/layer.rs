@@ -1,0 +1,313 @@
+//! `AuthLayer`: who is calling. An agency proves itself with its client certificate plus an API key bound to the
+//! same agency; a peer gateway (listed in the hop's `peers`) relays with its certificate alone and names the
+//! agency it relays for in `X-LGSP-Client`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready};
+use http::{HeaderMap, Request, StatusCode};
+use lgsp_config::{AgencyConfig, AgencyStatus, KeyKind};
+use lgsp_metrics::{Metrics, RequestLabels};
+use lgsp_tls::PeerIdentity;
+use tower::{Layer, Service};
+
+use crate::keys::KeyStore;
+use crate::BoxError;
+
+/// The header agencies send their API key in.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// The agency code a relaying gateway acts for (set by the first hop from the certificate).
+pub const CLIENT_HEADER: &str = "x-lgsp-client";
+
+/// The authenticated caller, put on the request for the layers below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The agency the request is for (mã định danh).
+    pub agency: Arc<str>,
+    /// The kind of key that authenticated it (for relayed requests: the first hop's verdict, carried on).
+    pub kind: KeyKind,
+    /// The peer gateway that relayed the request, when it did not come from the agency itself.
+    pub via: Option<String>,
+}
+
+/// Why a caller was refused. Each maps to a status and a stable problem code at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no client certificate identity on the connection")]
+    NoIdentity,
+    #[error("missing X-API-Key")]
+    MissingKey,
+    #[error("unknown API key")]
+    UnknownKey,
+    #[error("API key of agency {key_agency} used with the certificate of {cert_identity}")]
+    KeyNotBound { key_agency: Arc<str>, cert_identity: String },
+    #[error("peer {peer} sent no valid X-LGSP-Client")]
+    PeerWithoutClient { peer: String },
+    #[error("peer {peer} relays for unknown agency {agency}")]
+    PeerUnknownAgency { peer: String, agency: String },
+}
+
+impl AuthError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::NoIdentity | AuthError::MissingKey | AuthError::UnknownKey => StatusCode::UNAUTHORIZED,
+            AuthError::KeyNotBound { .. } | AuthError::PeerUnknownAgency { .. } => StatusCode::FORBIDDEN,
+            AuthError::PeerWithoutClient { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Stable problem code (README table).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::NoIdentity => "auth.no_client_identity",
+            AuthError::MissingKey => "auth.missing_key",
+            AuthError::UnknownKey => "auth.unknown_key",
+            AuthError::KeyNotBound { .. } => "auth.key_not_bound_to_certificate",
+            AuthError::PeerWithoutClient { .. } => "auth.peer_missing_client",
+            AuthError::PeerUnknownAgency { .. } => "auth.peer_unknown_agency",
+        }
+    }
+
+    /// The `reason` label of `lgsp_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::NoIdentity => "no_client_identity",
+            AuthError::MissingKey => "missing_key",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::KeyNotBound { .. } => "key_not_bound_to_certificate",
+            AuthError::PeerWithoutClient { .. } => "peer_missing_client",
+            AuthError::PeerUnknownAgency { .. } => "peer_unknown_agency",
+        }
+    }
+
+    /// What the caller should do.
+    pub fn detail(&self) -> String {
+        match self {
+            AuthError::NoIdentity => {
+                "The connection carries no usable client certificate identity; connect with the certificate issued to your agency.".into()
+            }
+            AuthError::MissingKey => {
+                "Send your agency's API key in the X-API-Key header (or ask the LGSP operator for one: `lgsp-gateway keys new --agency CODE`).".into()
+            }
+            AuthError::UnknownKey => {
+                "The X-API-Key value is not a key of this gateway; check for a typo, a revoked key, or a trial key sent to the wrong gateway.".into()
+            }
+            AuthError::KeyNotBound { cert_identity, .. } => format!(
+                "This API key was issued to another agency than the client certificate's ({cert_identity}); send the key issued to {cert_identity}, or connect with the certificate of the agency that owns the key."
+            ),
+            AuthError::PeerWithoutClient { .. } => {
+                "A relaying gateway must send X-LGSP-Client with the agency code it relays for.".into()
+            }
+            AuthError::PeerUnknownAgency { agency, .. } => format!(
+                "Agency {agency} is not registered at this hop; register it as an [[agency]] here before relaying its traffic."
+            ),
+        }
+    }
+}
+
+/// What the layer decides with: keys, agencies and trusted peers of one hop.
+#[derive(Debug)]
+pub struct AuthPolicy {
+    pub hop: Arc<str>,
+    pub keys: KeyStore,
+    pub agencies: HashMap<Arc<str>, AgencyStatus>,
+    pub peers: HashSet<String>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AuthPolicy {
+    pub fn new(hop: &str, agencies: &[AgencyConfig], peers: &[String], metrics: Arc<Metrics>) -> Self {
+        AuthPolicy {
+            hop: Arc::from(hop),
+            keys: KeyStore::from_agencies(agencies),
+            agencies: agencies.iter().map(|a| (Arc::from(a.code.as_str()), a.status)).collect(),
+            peers: peers.iter().cloned().collect(),
+            metrics,
+        }
+    }
+
+    pub fn is_peer(&self, identity: &PeerIdentity) -> bool {
+        self.peers.contains(&identity.id)
+    }
+
+    /// Decides who is calling.
+    pub fn authenticate(&self, identity: Option<&PeerIdentity>, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let identity = identity.ok_or(AuthError::NoIdentity)?;
+        if self.is_peer(identity) {
+            let peer = identity.id.clone();
+            let agency = headers
+                .get(CLIENT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| lgsp_config::valid_agency_code(v))
+                .ok_or_else(|| AuthError::PeerWithoutClient { peer: peer.clone() })?;
+            let (code, _) = self
+                .agencies
+                .get_key_value(agency)
+                .ok_or_else(|| AuthError::PeerUnknownAgency { peer: peer.clone(), agency: agency.to_owned() })?;
+            let kind = match headers.get("x-lgsp-mode").map(|v| v.as_bytes()) {
+                Some(b"trial") => KeyKind::Trial,
+                _ => KeyKind::Production,
+            };
+            return Ok(Caller { agency: code.clone(), kind, via: Some(peer) });
+        }
+        let key = headers.get(API_KEY_HEADER).ok_or(AuthError::MissingKey)?;
+        let record = self.keys.lookup(key.as_bytes()).ok_or(AuthError::UnknownKey)?;
+        if *record.agency != *identity.id {
+            return Err(AuthError::KeyNotBound { key_agency: record.agency.clone(), cert_identity: identity.id.clone() });
+        }
+        Ok(Caller { agency: record.agency.clone(), kind: record.kind, via: None })
+    }
+}
+
+/// Builds [`Auth`] services.
+#[derive(Clone)]
+pub struct AuthLayer {
+    policy: Arc<AuthPolicy>,
+}
+
+impl AuthLayer {
+    pub fn new(policy: Arc<AuthPolicy>) -> Self {
+        AuthLayer { policy }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth { inner, policy: self.policy.clone() }
+    }
+}
+
+/// Authenticates, then passes the request on with a [`Caller`] extension and without the API key.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    policy: Arc<AuthPolicy>,
+}
+
+impl<S> Auth<S> {
+    pub fn layer(policy: Arc<AuthPolicy>) -> AuthLayer {
+        AuthLayer::new(policy)
+    }
+}
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Either<Ready<Result<S::Response, BoxError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let decided = self.policy.authenticate(req.extensions().get::<PeerIdentity>(), req.headers());
+        match decided {
+            Ok(caller) => {
+                if let Some(labels) = req.extensions().get::<RequestLabels>() {
+                    labels.set_agency(caller.agency.clone());
+                }
+                // Credentials end here: upstreams never see the agency's key.
+                req.headers_mut().remove(API_KEY_HEADER);
+                req.extensions_mut().insert(caller);
+                Either::Right(self.inner.call(req))
+            }
+            Err(e) => {
+                self.policy.metrics.auth_failure(&self.policy.hop, e.reason());
+                Either::Left(futures_util::future::ready(Err(Box::new(e) as BoxError)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::dev_key;
+    use tower::ServiceExt;
+
+    fn identity(id: &str) -> PeerIdentity {
+        PeerIdentity { id: id.into(), source: lgsp_tls::IdentitySource::SanUri, cert_sha256: String::new(), not_after: 0 }
+    }
+
+    fn service() -> (Auth<tower::util::BoxCloneSyncService<Request<()>, Caller, BoxError>>, Arc<Metrics>) {
+        let cfg = lgsp_config::embedded().unwrap();
+        let metrics = Metrics::new().unwrap();
+        let policy = Arc::new(AuthPolicy::new("lgsp", &cfg.agencies, &["LGSP-DEV".to_owned()], metrics.clone()));
+        let inner = tower::service_fn(|req: Request<()>| async move {
+            assert!(req.headers().get(API_KEY_HEADER).is_none(), "key must not travel on");
+            Ok::<_, BoxError>(req.extensions().get::<Caller>().cloned().unwrap())
+        });
+        (AuthLayer::new(policy).layer(tower::util::BoxCloneSyncService::new(inner)), metrics)
+    }
+
+    fn request(id: Option<&str>, key: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri("/lgsp/v1/HoSoCBCCVC");
+        if let Some(k) = key {
+            b = b.header(API_KEY_HEADER, k);
+        }
+        let mut req = b.body(()).unwrap();
+        if let Some(id) = id {
+            req.extensions_mut().insert(identity(id));
+        }
+        req
+    }
+
+    fn refusal(r: Result<Caller, BoxError>) -> AuthError {
+        *r.unwrap_err().downcast::<AuthError>().unwrap()
+    }
+
+    #[tokio::test]
+    async fn key_bound_to_the_certificate_agency_passes() {
+        let (svc, _) = service();
+        let key = dev_key("000.00.00.H29", KeyKind::Production);
+        let caller = svc.oneshot(request(Some("000.00.00.H29"), Some(&key))).await.unwrap();
+        assert_eq!((&*caller.agency, caller.kind, caller.via), ("000.00.00.H29", KeyKind::Production, None));
+    }
+
+    #[tokio::test]
+    async fn key_of_another_agency_is_403_and_counted() {
+        let (svc, metrics) = service();
+        let key = dev_key("000.00.00.H26", KeyKind::Production);
+        let e = refusal(svc.oneshot(request(Some("000.00.00.H29"), Some(&key))).await);
+        assert_eq!((e.status(), e.code()), (StatusCode::FORBIDDEN, "auth.key_not_bound_to_certificate"));
+        assert_eq!(metrics.auth_failures.with_label_values(&["lgsp", "key_not_bound_to_certificate"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn missing_and_unknown_keys_are_401() {
+        let (svc, _) = service();
+        let e = refusal(svc.clone().oneshot(request(Some("000.00.00.H29"), None)).await);
+        assert_eq!((e.status(), e.code()), (StatusCode::UNAUTHORIZED, "auth.missing_key"));
+        let e = refusal(svc.oneshot(request(Some("000.00.00.H29"), Some("lgsp_prod_nope"))).await);
+        assert_eq!((e.status(), e.code()), (StatusCode::UNAUTHORIZED, "auth.unknown_key"));
+    }
+
+    #[tokio::test]
+    async fn no_identity_is_401() {
+        let (svc, _) = service();
+        let e = refusal(svc.oneshot(request(None, Some("x"))).await);
+        assert_eq!(e.code(), "auth.no_client_identity");
+    }
+
+    #[tokio::test]
+    async fn peer_relays_for_a_known_agency_without_a_key() {
+        let (svc, _) = service();
+        let mut req = request(Some("LGSP-DEV"), None);
+        req.headers_mut().insert(CLIENT_HEADER, "000.00.00.G09".parse().unwrap());
+        let caller = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!((&*caller.agency, caller.via.as_deref()), ("000.00.00.G09", Some("LGSP-DEV")));
+
+        let e = refusal(svc.clone().oneshot(request(Some("LGSP-DEV"), None)).await);
+        assert_eq!(e.code(), "auth.peer_missing_client");
+        let mut req = request(Some("LGSP-DEV"), None);
+        req.headers_mut().insert(CLIENT_HEADER, "000.00.00.X01".parse().unwrap());
+        assert_eq!(refusal(svc.oneshot(req).await).code(), "auth.peer_unknown_agency");
+    }
+}

@@ -1,0 +1,38 @@
+//! The label values one request ends up with, filled in by the layer that learns each.
+
+use std::sync::{Arc, OnceLock};
+
+/// The one label value for anything not known to the config (unknown agencies, unmatched routes), so label
+/// cardinality stays bounded whatever clients send.
+pub const UNKNOWN: &str = "unknown";
+
+/// Shared between the outer observing layer (which reads it when the response is ready) and the inner layers
+/// (which set the route once matched and the agency once authenticated). Travels as a request extension.
+#[derive(Debug, Default, Clone)]
+pub struct RequestLabels(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    route: OnceLock<Arc<str>>,
+    agency: OnceLock<Arc<str>>,
+}
+
+impl RequestLabels {
+    /// Records the matched route's configured name.
+    pub fn set_route(&self, route: Arc<str>) {
+        let _ = self.0.route.set(route);
+    }
+
+    /// Records the caller's agency; pass only codes the config knows (the caller guarantees boundedness).
+    pub fn set_agency(&self, agency: Arc<str>) {
+        let _ = self.0.agency.set(agency);
+    }
+
+    pub fn route(&self) -> &str {
+        self.0.route.get().map_or(UNKNOWN, |r| r)
+    }
+
+    pub fn agency(&self) -> &str {
+        self.0.agency.get().map_or(UNKNOWN, |a| a)
+    }
+}
