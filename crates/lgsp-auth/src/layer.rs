@@ -212,6 +212,7 @@ where
             Ok(caller) => {
                 if let Some(labels) = req.extensions().get::<RequestLabels>() {
                     labels.set_agency(caller.agency.clone());
+                    labels.set_mode(caller.kind.as_str());
                 }
                 // Credentials end here: upstreams never see the agency's key.
                 req.headers_mut().remove(API_KEY_HEADER);

@@ -15,6 +15,7 @@ pub struct RequestLabels(Arc<Inner>);
 struct Inner {
     route: OnceLock<Arc<str>>,
     agency: OnceLock<Arc<str>>,
+    mode: OnceLock<&'static str>,
 }
 
 impl RequestLabels {
@@ -26,6 +27,15 @@ impl RequestLabels {
     /// Records the caller's agency; pass only codes the config knows (the caller guarantees boundedness).
     pub fn set_agency(&self, agency: Arc<str>) {
         let _ = self.0.agency.set(agency);
+    }
+
+    /// Records the mode (`trial` | `production`) of the authenticated key.
+    pub fn set_mode(&self, mode: &'static str) {
+        let _ = self.0.mode.set(mode);
+    }
+
+    pub fn mode(&self) -> &'static str {
+        self.0.mode.get().copied().unwrap_or(UNKNOWN)
     }
 
     pub fn route(&self) -> &str {

@@ -1,1 +1,22 @@
-//! x
+//! The proxy: TLS listeners, the tower stack of a hop (observe → auth → route → forward), the upstream client,
+//! hop headers and problem+json errors; and [`Gateway`], which starts every listener of a config.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod error;
+mod forward;
+mod gateway;
+pub mod headers;
+mod listener;
+mod route;
+mod stack;
+mod trace;
+
+pub use forward::{upstream_client, upstream_uri, Forward, UpstreamClient};
+pub use gateway::{Bound, Gateway, StartError};
+pub use listener::{spawn_tls_listener, ListenerSpec};
+pub use route::{Route, RouteLayer, RouteTable};
+pub use stack::{hop_stack, HopService};
+pub use trace::{HopContext, ObserveLayer};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

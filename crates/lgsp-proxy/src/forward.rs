@@ -1,0 +1,212 @@
+//! `Forward`: the innermost service. Sends the request to the route's upstream over mTLS as this hop's own
+//! identity, with the hop headers written out, within the route's timeout; streams the answer back.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use lgsp_auth::Caller;
+use tower::Service;
+
+use crate::body::{boxed, Body};
+use crate::error::{ProxyError, UpstreamFailure};
+use crate::headers::{self, HopPath, MessageId, TraceContext};
+use crate::route::Route;
+use crate::trace::HopContext;
+use crate::BoxError;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A pooled HTTP/1.1 + HTTP/2 client over rustls presenting `tls`'s client certificate.
+pub fn upstream_client(tls: rustls::ClientConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(https)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never travel on.
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization", "trailer"];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// The upstream URI: base path + (rewrite or prefix) + the rest of the path, query kept.
+pub fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
+    let c = &route.config;
+    let path = uri.path();
+    let rest = if c.prefix == "/" { path } else { path.get(c.prefix.len()..).unwrap_or_default() };
+    let new_prefix = c.rewrite.as_deref().unwrap_or(&c.prefix);
+    let new_prefix = if new_prefix == "/" { "" } else { new_prefix };
+    let mut target = format!("{}{new_prefix}{rest}", c.upstream.base_path);
+    if target.is_empty() {
+        target.push('/');
+    }
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    format!("https://{}{target}{query}", c.upstream.authority)
+        .parse()
+        .map_err(|e| ProxyError::Internal(format!("upstream URI for route {}: {e}", route.name)))
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return UpstreamFailure::Tls;
+        }
+        source = s.source();
+    }
+    if e.is_connect() { UpstreamFailure::Connect } else { UpstreamFailure::Protocol }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[derive(Clone)]
+pub struct Forward {
+    client: UpstreamClient,
+    hop: Arc<HopContext>,
+}
+
+impl Forward {
+    pub fn new(client: UpstreamClient, hop: Arc<HopContext>) -> Self {
+        Forward { client, hop }
+    }
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), ProxyError> {
+    let v = HeaderValue::from_str(value).map_err(|_| ProxyError::Internal(format!("{name} value not sendable")))?;
+    h.insert(name, v);
+    Ok(())
+}
+
+impl Forward {
+    fn prepare(&self, mut req: Request<Body>) -> Result<(Request<Body>, Arc<Route>), ProxyError> {
+        let missing = |what: &str| ProxyError::Internal(format!("forward reached without {what}"));
+        let route = req.extensions().get::<Arc<Route>>().cloned().ok_or_else(|| missing("a route"))?;
+        let caller = req.extensions().get::<Caller>().cloned().ok_or_else(|| missing("a caller"))?;
+        let id = req.extensions().get::<MessageId>().cloned().ok_or_else(|| missing("a message id"))?;
+        let hops = req.extensions().get::<HopPath>().cloned().ok_or_else(|| missing("a hop path"))?;
+        let trace = req.extensions().get::<TraceContext>().cloned().ok_or_else(|| missing("a trace context"))?;
+        *req.uri_mut() = upstream_uri(&route, req.uri())?;
+        // The upstream connection negotiates its own protocol by ALPN.
+        *req.version_mut() = Version::HTTP_11;
+        let h = req.headers_mut();
+        strip_hop_by_hop(h);
+        h.remove(header::HOST);
+        set(h, headers::MESSAGE_ID, &id.0)?;
+        set(h, headers::CLIENT, &caller.agency)?;
+        set(h, headers::HOPS, &hops.header_value())?;
+        set(h, headers::MODE, caller.kind.as_str())?;
+        set(h, headers::TRACEPARENT, &trace.header_value())?;
+        Ok((req, route))
+    }
+}
+
+impl Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let prepared = self.prepare(req);
+        let client = self.client.clone();
+        let hop = self.hop.clone();
+        Box::pin(async move {
+            let (req, route) = prepared?;
+            let upstream = route.config.upstream.authority.clone();
+            let outcome = tokio::time::timeout(route.config.timeout, client.request(req)).await;
+            let failure = match outcome {
+                Ok(Ok(resp)) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    return Ok(Response::from_parts(parts, boxed(body)));
+                }
+                Ok(Err(e)) => (classify(&e), error_chain(&e)),
+                Err(_) => (UpstreamFailure::Timeout, format!("no response head within {:?}", route.config.timeout)),
+            };
+            hop.metrics.upstream_errors.with_label_values(&[&*hop.name, upstream.as_str(), failure.0.as_str()]).inc();
+            Err(Box::new(ProxyError::Upstream { upstream, kind: failure.0, message: failure.1 }) as BoxError)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::RouteTable;
+
+    fn route(prefix: &str, rewrite: Option<&str>, upstream: &str) -> Arc<Route> {
+        let mut r = lgsp_config::embedded().unwrap().hops[0].routes[0].clone();
+        r.prefix = prefix.into();
+        r.rewrite = rewrite.map(str::to_owned);
+        let (authority, base) = upstream.split_once('/').map_or((upstream, ""), |(a, b)| (a, b));
+        r.upstream = lgsp_config::Upstream { authority: authority.into(), base_path: if base.is_empty() { String::new() } else { format!("/{base}") } };
+        RouteTable::new(&[r]).lookup(prefix).unwrap().clone()
+    }
+
+    #[test]
+    fn rewrites_prefix_and_keeps_rest_and_query() {
+        let r = route("/lgsp/v1/HoSoCBCCVC", Some("/ndxp/v1/HoSoCBCCVC"), "h:1");
+        let u = upstream_uri(&r, &"/lgsp/v1/HoSoCBCCVC/a/b?x=1".parse().unwrap()).unwrap();
+        assert_eq!(u.to_string(), "https://h:1/ndxp/v1/HoSoCBCCVC/a/b?x=1");
+        let r = route("/lgsp", None, "h:1/base");
+        assert_eq!(upstream_uri(&r, &"/lgsp/x".parse().unwrap()).unwrap().to_string(), "https://h:1/base/lgsp/x");
+        let r = route("/", Some("/"), "h:1");
+        assert_eq!(upstream_uri(&r, &"/a".parse().unwrap()).unwrap().to_string(), "https://h:1/a");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_travel() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-private".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("content-type", "application/xml".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}

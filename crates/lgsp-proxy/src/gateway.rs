@@ -1,0 +1,146 @@
+//! A running gateway: every hop, the emulator and the admin listener of one config, started together and
+//! drained together.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lgsp_auth::AuthPolicy;
+use lgsp_config::{Config, ServerTlsConfig};
+use lgsp_emulator::Emulator;
+use lgsp_metrics::{serve_admin, Metrics, Readiness};
+use lgsp_tls::TlsError;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::util::BoxCloneService;
+use tower::ServiceExt;
+
+use crate::forward::upstream_client;
+use crate::listener::{spawn_tls_listener, ListenerSpec};
+use crate::route::RouteTable;
+use crate::stack::hop_stack;
+use crate::trace::HopContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} for {what}: {source}; pick a free address in the config")]
+    Bind { what: String, addr: SocketAddr, source: std::io::Error },
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus_error::Error),
+}
+
+mod prometheus_error {
+    /// The registry fails only on a programming error; kept as text so callers need not know prometheus.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct Error(pub String);
+}
+
+/// Bound address of one listener.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+pub struct Gateway {
+    pub hops: Vec<Bound>,
+    pub admin: SocketAddr,
+    pub emulator: Option<(SocketAddr, Emulator)>,
+    pub metrics: Arc<Metrics>,
+    ready: Readiness,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: what.to_owned(), addr, source })
+}
+
+fn spec(name: &str, tls: &ServerTlsConfig, drain: Duration) -> Result<ListenerSpec, TlsError> {
+    Ok(ListenerSpec {
+        name: Arc::from(name),
+        tls: lgsp_tls::server_config(tls)?,
+        identity_uri_prefix: tls.identity_uri_prefix.clone(),
+        handshake_timeout: tls.handshake_timeout,
+        header_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 64 * 1024,
+        max_connections: 10_000,
+        drain_timeout: drain,
+    })
+}
+
+impl Gateway {
+    /// Loads every certificate first (so a bad file fails before anything listens), then binds and serves.
+    pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
+        let metrics = Metrics::new().map_err(|e| prometheus_error::Error(e.to_string()))?;
+        let drain = cfg.admin.drain_timeout;
+        let (shutdown, rx) = watch::channel(false);
+
+        let mut prepared = Vec::new();
+        for h in &cfg.hops {
+            let mut s = spec(&h.name, &h.tls, drain)?;
+            s.header_read_timeout = h.header_read_timeout;
+            s.max_header_bytes = h.max_header_bytes;
+            s.max_connections = h.max_connections;
+            let client = upstream_client(lgsp_tls::client_config(&h.upstream_tls)?);
+            let hop = Arc::new(HopContext {
+                name: Arc::from(h.name.as_str()),
+                peers: h.peers.iter().cloned().collect::<HashSet<_>>(),
+                metrics: metrics.clone(),
+            });
+            let auth = Arc::new(AuthPolicy::new(&h.name, &cfg.agencies, &h.peers, metrics.clone()));
+            let routes = Arc::new(RouteTable::new(&h.routes));
+            prepared.push((h, s, hop_stack(hop, auth, routes, client)));
+        }
+        let emulator = match &cfg.emulator {
+            Some(e) => Some((e, spec("emulator", &e.tls, drain)?, Emulator::new(e.max_stored, metrics.clone()))),
+            None => None,
+        };
+
+        let mut tasks = Vec::new();
+        let mut hops = Vec::new();
+        for (h, s, svc) in prepared {
+            let listener = bind(&format!("hop {}", h.name), h.listen).await?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind { what: h.name.clone(), addr: h.listen, source })?;
+            tasks.push(spawn_tls_listener(listener, s, svc, metrics.clone(), rx.clone()));
+            hops.push(Bound { name: h.name.clone(), addr });
+        }
+        let emulator = match emulator {
+            Some((e, s, emu)) => {
+                let listener = bind("emulator", e.listen).await?;
+                let addr = listener.local_addr().map_err(|source| StartError::Bind { what: "emulator".into(), addr: e.listen, source })?;
+                let svc: crate::stack::HopService = BoxCloneService::new(
+                    ServiceExt::<http::Request<crate::body::Body>>::map_response(emu.clone(), |r| r.map(crate::body::boxed)),
+                );
+                tasks.push(spawn_tls_listener(listener, s, svc, metrics.clone(), rx.clone()));
+                Some((addr, emu))
+            }
+            None => None,
+        };
+        let ready = Readiness::default();
+        let admin_listener = bind("admin", cfg.admin.listen).await?;
+        let admin = serve_admin(admin_listener, metrics.clone(), ready.clone(), rx.clone())
+            .map_err(|source| StartError::Bind { what: "admin".into(), addr: cfg.admin.listen, source })?;
+        tasks.push(admin.task);
+        ready.set(true);
+        Ok(Gateway { hops, admin: admin.local_addr, emulator, metrics, ready, shutdown, tasks })
+    }
+
+    /// Address of the hop named `name`.
+    pub fn hop_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.hops.iter().find(|h| h.name == name).map(|h| h.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), then returns.
+    pub async fn shutdown(self) {
+        self.ready.set(false);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! TLS listeners: accept, handshake within a deadline (failures logged with their reason and counted), read the
+//! client's identity from its certificate, then serve HTTP/1.1 or HTTP/2 (hyper-util auto) until drained.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use lgsp_metrics::Metrics;
+use lgsp_tls::{HandshakeFailure, PeerIdentity};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::body::{boxed, Body};
+use crate::stack::HopService;
+
+/// How one TLS listener behaves.
+#[derive(Clone)]
+pub struct ListenerSpec {
+    /// `hop` label of this listener's metrics.
+    pub name: Arc<str>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub identity_uri_prefix: String,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+fn http_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.header_read_timeout)
+        .max_buf_size(spec.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Puts the connection's client identity on each request and boxes its body for the stack.
+#[derive(Clone)]
+struct WithIdentity {
+    inner: HopService,
+    identity: Option<PeerIdentity>,
+}
+
+impl tower::Service<Request<Incoming>> for WithIdentity {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<HopService, Request<Body>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let mut req: Request<Body> = req.map(boxed);
+        if let Some(id) = &self.identity {
+            req.extensions_mut().insert(id.clone());
+        }
+        self.inner.clone().oneshot(req)
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Serves `service` on `listener` until `shutdown` turns true, then drains connections for `drain_timeout`.
+pub fn spawn_tls_listener(
+    listener: TcpListener,
+    spec: ListenerSpec,
+    service: HopService,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()>
+{
+    let acceptor = TlsAcceptor::from(spec.tls.clone());
+    let builder = Arc::new(http_builder(&spec));
+    let slots = Arc::new(Semaphore::new(spec.max_connections));
+    tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = stopped(&mut shutdown) => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => tokio::select! {
+                        biased;
+                        _ = stopped(&mut shutdown) => break,
+                        a = listener.accept() => a.map(|a| (a, permit)),
+                    },
+                    Err(_) => break,
+                },
+            };
+            let ((tcp, peer_addr), permit) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(hop = %spec.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, spec, service, metrics, builder) =
+                (acceptor.clone(), spec.clone(), service.clone(), metrics.clone(), builder.clone());
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(spec.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        let reason = HandshakeFailure::classify(&e);
+                        metrics.tls_handshake_failures.with_label_values(&[&spec.name, reason.as_str()]).inc();
+                        tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = reason.as_str(), error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_failures.with_label_values(&[&spec.name, HandshakeFailure::Timeout.as_str()]).inc();
+                        tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = "timeout", "TLS handshake not finished within {:?}", spec.handshake_timeout);
+                        return;
+                    }
+                };
+                let identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| PeerIdentity::from_certificate(leaf, &spec.identity_uri_prefix));
+                let identity = match identity {
+                    Some(Ok(id)) => Some(id),
+                    Some(Err(e)) => {
+                        tracing::warn!(hop = %spec.name, peer = %peer_addr, error = %e, "client certificate has no usable identity");
+                        None
+                    }
+                    None => None,
+                };
+                tracing::debug!(hop = %spec.name, peer = %peer_addr, identity = ?identity.as_ref().map(|i| &i.id), "connection open");
+                let open = metrics.connections_open.with_label_values(&[&spec.name]);
+                open.inc();
+                let svc = WithIdentity { inner: service, identity };
+                let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(hop = %spec.name, peer = %peer_addr, error = %e, "connection ended with an error");
+                }
+                open.dec();
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(spec.drain_timeout, graceful.shutdown()).await.is_err() {
+            tracing::warn!(hop = %spec.name, "drain timeout passed; closing the remaining connections");
+        }
+    })
+}

@@ -1,0 +1,185 @@
+//! `RouteLayer`: (method, path prefix) → route. The longest prefix wins, matched on whole path segments; the
+//! caller's agency must be one the route allows.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready};
+use http::Request;
+use lgsp_auth::Caller;
+use lgsp_config::RouteConfig;
+use lgsp_metrics::RequestLabels;
+use tower::{Layer, Service};
+
+use crate::error::ProxyError;
+use crate::BoxError;
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub config: RouteConfig,
+    allow: String,
+    agencies: Option<HashSet<String>>,
+}
+
+/// The routes of one hop, longest prefix first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+/// Whether `path` lies under `prefix` on a segment boundary.
+fn under(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+impl RouteTable {
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        let mut routes: Vec<Arc<Route>> = routes
+            .iter()
+            .map(|r| {
+                Arc::new(Route {
+                    name: Arc::from(r.name.as_str()),
+                    allow: r.methods.join(", "),
+                    agencies: r.agencies.as_ref().map(|a| a.iter().cloned().collect()),
+                    config: r.clone(),
+                })
+            })
+            .collect();
+        // Longest prefix first; the sort is stable, so equal prefixes keep file order (the first one wins).
+        routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
+        RouteTable { routes }
+    }
+
+    /// The route whose prefix is the longest one `path` lies under.
+    pub fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| under(path, &r.config.prefix))
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteLayer {
+    table: Arc<RouteTable>,
+}
+
+impl RouteLayer {
+    pub fn new(table: Arc<RouteTable>) -> Self {
+        RouteLayer { table }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Routing<S>;
+
+    fn layer(&self, inner: S) -> Routing<S> {
+        Routing { inner, table: self.table.clone() }
+    }
+}
+
+/// Puts the matched `Arc<Route>` on the request.
+#[derive(Clone)]
+pub struct Routing<S> {
+    inner: S,
+    table: Arc<RouteTable>,
+}
+
+impl<S> Routing<S> {
+    fn decide<B>(&self, req: &Request<B>) -> Result<Arc<Route>, ProxyError> {
+        let path = req.uri().path();
+        let route = self.table.lookup(path).ok_or_else(|| ProxyError::RouteNotFound { path: path.chars().take(256).collect() })?;
+        if let Some(labels) = req.extensions().get::<RequestLabels>() {
+            labels.set_route(route.name.clone());
+        }
+        if !route.config.methods.iter().any(|m| m == req.method().as_str()) {
+            return Err(ProxyError::MethodNotAllowed {
+                route: route.name.clone(),
+                method: req.method().to_string(),
+                allow: route.allow.clone(),
+            });
+        }
+        let caller = req.extensions().get::<Caller>().ok_or_else(|| ProxyError::Internal("route reached without an authenticated caller".into()))?;
+        if let Some(allowed) = &route.agencies {
+            if !allowed.contains(&*caller.agency) {
+                return Err(ProxyError::AgencyNotAllowed { route: route.name.clone(), agency: caller.agency.clone() });
+            }
+        }
+        Ok(route.clone())
+    }
+}
+
+impl<S, B> Service<Request<B>> for Routing<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Either<Ready<Result<S::Response, BoxError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.decide(&req) {
+            Ok(route) => {
+                req.extensions_mut().insert(route);
+                Either::Right(self.inner.call(req))
+            }
+            Err(e) => Either::Left(futures_util::future::ready(Err(Box::new(e) as BoxError))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lgsp_config::KeyKind;
+    use tower::ServiceExt;
+
+    fn table() -> Arc<RouteTable> {
+        let cfg = lgsp_config::embedded().unwrap();
+        let mut routes = cfg.hops[0].routes.clone();
+        let mut narrow = routes[0].clone();
+        narrow.name = "narrow".into();
+        narrow.prefix = "/lgsp/v1/HoSoCBCCVC/batch".into();
+        narrow.agencies = Some(vec!["000.00.00.H26".into()]);
+        routes.push(narrow);
+        Arc::new(RouteTable::new(&routes))
+    }
+
+    fn svc() -> Routing<tower::util::BoxCloneSyncService<Request<()>, Arc<Route>, BoxError>> {
+        let inner = tower::service_fn(|req: Request<()>| async move { Ok::<_, BoxError>(req.extensions().get::<Arc<Route>>().unwrap().clone()) });
+        RouteLayer::new(table()).layer(tower::util::BoxCloneSyncService::new(inner))
+    }
+
+    fn req(method: &str, path: &str, agency: &str) -> Request<()> {
+        let mut r = Request::builder().method(method).uri(path).body(()).unwrap();
+        r.extensions_mut().insert(Caller { agency: Arc::from(agency), kind: KeyKind::Production, via: None });
+        r
+    }
+
+    fn refusal(r: Result<Arc<Route>, BoxError>) -> ProxyError {
+        *r.unwrap_err().downcast::<ProxyError>().unwrap()
+    }
+
+    #[tokio::test]
+    async fn longest_prefix_wins_on_segment_boundaries() {
+        let r = svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/batch/1", "000.00.00.H26")).await.unwrap();
+        assert_eq!(&*r.name, "narrow");
+        let r = svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/x", "000.00.00.H26")).await.unwrap();
+        assert_eq!(&*r.name, "HoSoCBCCVC");
+        let e = refusal(svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVCX", "000.00.00.H26")).await);
+        assert!(matches!(e, ProxyError::RouteNotFound { .. }));
+    }
+
+    #[tokio::test]
+    async fn wrong_method_is_405_with_allow_and_foreign_agency_403() {
+        let e = refusal(svc().oneshot(req("DELETE", "/lgsp/v1/HoSoCBCCVC", "000.00.00.H29")).await);
+        assert!(matches!(e, ProxyError::MethodNotAllowed { ref allow, .. } if allow == "POST, PUT"));
+        let e = refusal(svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/batch", "000.00.00.H29")).await);
+        assert!(matches!(e, ProxyError::AgencyNotAllowed { .. }));
+    }
+}

@@ -1,0 +1,33 @@
+//! The request path of one hop, top to bottom. Read this file to see everything a request goes through after the
+//! TLS handshake (the listener has already put the client certificate's `PeerIdentity` on the request).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use lgsp_auth::{AuthLayer, AuthPolicy};
+use tower::util::BoxCloneService;
+use tower::ServiceBuilder;
+
+use crate::body::Body;
+use crate::forward::{Forward, UpstreamClient};
+use crate::route::{RouteLayer, RouteTable};
+use crate::trace::{HopContext, ObserveLayer};
+
+/// A hop's whole stack as one cloneable service that never fails (errors are already problem+json).
+pub type HopService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+
+pub fn hop_stack(hop: Arc<HopContext>, auth: Arc<AuthPolicy>, routes: Arc<RouteTable>, client: UpstreamClient) -> HopService {
+    let stack = ServiceBuilder::new()
+        // Outermost: hop headers are settled before anything reads them, every request is timed and counted
+        // whatever happens below, and every error becomes problem+json here and nowhere else.
+        .layer(ObserveLayer::new(hop.clone()))
+        // Who is calling: certificate identity + API key bound to it, or a trusted peer relaying for an agency.
+        // Before routing, so an unauthenticated caller learns nothing about which routes exist.
+        .layer(AuthLayer::new(auth))
+        // Which route, whether the method fits, whether this agency may use it.
+        .layer(RouteLayer::new(routes))
+        // Innermost: to the upstream over mTLS as this hop's own identity.
+        .service(Forward::new(client, hop));
+    BoxCloneService::new(stack)
+}
