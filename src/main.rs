@@ -1,1 +1,257 @@
-fn main() {}
+//! `lgsp-gateway`: the command line. Parses arguments, loads config, calls the library crates.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use lgsp_config::{Config, KeyKind, LogFormat};
+use lgsp_proxy::Gateway;
+
+#[derive(Parser)]
+#[command(name = "lgsp-gateway", version, about = "mTLS + API-key gateway for the national CBCCVC database (LGSP / NDXP hop)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default when no command is given).
+    Run {
+        /// Config file; without it the embedded default gateway.toml is used.
+        #[arg(long, short, env = "LGSP_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Manage the dev PKI.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Validate a config file: print every problem with its line, and load every certificate it names.
+    CheckConfig {
+        file: PathBuf,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a dev PKI: CA + CRL, a server certificate per hop, client certificates for the hops and three agencies.
+    Init {
+        /// Target directory (default: the embedded config's `pki.dir`, i.e. ./certs).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Replace an existing dev PKI.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random API key and the gateway.toml line holding its SHA-256.
+    New {
+        /// The agency's code (mã định danh), e.g. 000.00.00.H29.
+        #[arg(long)]
+        agency: String,
+        #[arg(long, value_enum, default_value_t = Kind::Production)]
+        kind: Kind,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Trial,
+    Production,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run { config: None }) {
+        Command::Run { config } => run(config.as_deref()),
+        Command::Certs { command: CertsCommand::Init { dir, force } } => certs_init(dir, force),
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Keys { command: KeysCommand::New { agency, kind } } => keys_new(&agency, kind),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let cfg = match path {
+        Some(p) => lgsp_config::load(p),
+        None => lgsp_config::embedded(),
+    };
+    cfg.map_err(|e| anyhow::anyhow!("the config is invalid:\n{e}"))
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+fn run(config: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    init_logging(&cfg);
+    if cfg.pki.dev_autogen && !lgsp_tls::devpki::exists(&cfg.pki.dir) {
+        let report = lgsp_tls::devpki::init(&cfg.pki.dir).context("creating the dev PKI")?;
+        tracing::info!(dir = %report.dir.display(), files = report.files.len(), "created the dev PKI (pki.dev_autogen = true)");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let gateway = Gateway::start(&cfg).await?;
+        for h in &gateway.hops {
+            tracing::info!(hop = %h.name, addr = %h.addr, "hop listening (mTLS)");
+        }
+        if let Some((addr, _)) = &gateway.emulator {
+            tracing::info!(%addr, "national-endpoint emulator listening (mTLS)");
+        }
+        println!("lgsp-gateway {} ready ({})", env!("CARGO_PKG_VERSION"), cfg.source);
+        println!("metrics: http://{}/metrics", gateway.admin);
+        match sample_curl(&cfg, &gateway) {
+            Some(curl) => println!("{curl}"),
+            None => println!("# no dev agency certificate and key found for a sample curl; see README \"Connecting an agency\""),
+        }
+        wait_for_signal().await;
+        tracing::info!("draining in-flight requests");
+        gateway.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A profile packet (HoSoCBCCVC) for the printed curl.
+const SAMPLE_PACKET: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><HoSoCBCCVC><MaDonVi>000.00.00.H29</MaDonVi><SoCCCD>001090012345</SoCCCD><HoVaTen>Nguyen Van An</HoVaTen><NgaySinh>1990-05-12</NgaySinh><GioiTinh>1</GioiTinh><MaNgach>01.003</MaNgach><BacLuong>3</BacLuong><HeSoLuong>3.00</HeSoLuong><NgayTuyenDung>2015-09-01</NgayTuyenDung></HoSoCBCCVC>";
+
+/// The curl that sends the sample packet through the first hop with a dev agency's certificate and dev key,
+/// when the dev PKI and a dev key of the config are there.
+fn sample_curl(cfg: &Config, gateway: &Gateway) -> Option<String> {
+    let hop = cfg.hops.first()?;
+    let addr = gateway.hop_addr(&hop.name)?;
+    let route = hop.routes.iter().find(|r| r.methods.iter().any(|m| m == "POST"))?;
+    let keys = lgsp_auth::KeyStore::from_agencies(&cfg.agencies);
+    let dir = std::fs::canonicalize(&cfg.pki.dir).ok()?;
+    let agency = cfg.agencies.iter().find(|a| {
+        let key = lgsp_auth::dev_key(&a.code, KeyKind::Production);
+        keys.lookup(key.as_bytes()).is_some_and(|r| *r.agency == *a.code)
+            && dir.join(format!("{}.pem", lgsp_tls::devpki::agency_stem(&a.code))).is_file()
+    })?;
+    let stem = lgsp_tls::devpki::agency_stem(&agency.code);
+    Some(format!(
+        "curl --cert {cert} --key {key} --cacert {ca} -H 'X-API-Key: {api_key}' -H 'Content-Type: application/xml' --data-binary '{SAMPLE_PACKET}' https://localhost:{port}{prefix}",
+        cert = dir.join(format!("{stem}.pem")).display(),
+        key = dir.join(format!("{stem}.key")).display(),
+        ca = dir.join("ca.pem").display(),
+        api_key = lgsp_auth::dev_key(&agency.code, KeyKind::Production),
+        port = addr.port(),
+        prefix = route.prefix,
+    ))
+}
+
+fn certs_init(dir: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+    let dir = match dir {
+        Some(d) => d,
+        None => load(None)?.pki.dir,
+    };
+    if lgsp_tls::devpki::exists(&dir) && !force {
+        anyhow::bail!("{} already holds a dev PKI (ca.pem); pass --force to replace all of it", dir.display());
+    }
+    let report = lgsp_tls::devpki::init(&dir)?;
+    println!("wrote the dev PKI to {}:", report.dir.display());
+    for f in &report.files {
+        println!("  {f}");
+    }
+    println!("Dev certificates only: see certs/README.md for production PKI.");
+    Ok(())
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    let cfg = match lgsp_config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: {} problem(s)", file.display(), e.problems.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failures = Vec::new();
+    for h in &cfg.hops {
+        if let Err(e) = lgsp_tls::server_config(&h.tls) {
+            failures.push(format!("hop {}: {e}", h.name));
+        }
+        if let Err(e) = lgsp_tls::client_config(&h.upstream_tls) {
+            failures.push(format!("hop {} upstream_tls: {e}", h.name));
+        }
+    }
+    if let Some(e) = &cfg.emulator {
+        if let Err(e) = lgsp_tls::server_config(&e.tls) {
+            failures.push(format!("emulator: {e}"));
+        }
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("{}: {f}", file.display());
+        }
+        eprintln!("{}: {} problem(s)", file.display(), failures.len());
+        return ExitCode::FAILURE;
+    }
+    let routes: usize = cfg.hops.iter().map(|h| h.routes.len()).sum();
+    println!("{}: ok ({} hops, {routes} routes, {} agencies)", file.display(), cfg.hops.len(), cfg.agencies.len());
+    ExitCode::SUCCESS
+}
+
+fn keys_new(agency: &str, kind: Kind) -> anyhow::Result<()> {
+    if !lgsp_config::valid_agency_code(agency) {
+        anyhow::bail!(
+            "`{agency}` is not an agency code (mã định danh): dot-separated groups of 0-9 and A-Z, e.g. 000.00.00.H29"
+        );
+    }
+    let kind = match kind {
+        Kind::Trial => KeyKind::Trial,
+        Kind::Production => KeyKind::Production,
+    };
+    let key = lgsp_auth::generate_key(kind).map_err(|e| anyhow::anyhow!("the OS random generator failed: {e}"))?;
+    let hash = lgsp_auth::sha256_hex(&key);
+    println!("API key for {agency} ({}), shown once — hand it over on a secure channel:", kind.as_str());
+    println!("  {key}");
+    println!("Add this entry to `keys` of the [[agency]] with code = \"{agency}\" in gateway.toml:");
+    println!("  {{ sha256 = \"{hash}\", kind = \"{}\" }},", kind.as_str());
+    Ok(())
+}

@@ -182,7 +182,7 @@ impl Emulator {
         store.by_id.insert(message_id, receipt.clone());
         drop(store);
         self.count(message_type, "accepted");
-        tracing::info!(message_id = %receipt.message_id, message_type, agency = ?receipt.agency, bytes = receipt.bytes, "emulator accepted packet");
+        tracing::info!(message_id = %receipt.message_id, message_type, agency = receipt.agency.as_deref().unwrap_or("-"), bytes = receipt.bytes, "emulator accepted packet");
         json(StatusCode::OK, &receipt)
     }
 

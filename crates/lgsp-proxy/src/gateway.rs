@@ -26,8 +26,8 @@ use crate::trace::HopContext;
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {addr} for {what}: {source}; pick a free address in the config")]
-    Bind { what: String, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} for {what}: {error}; pick a free address in the config")]
+    Bind { what: String, addr: SocketAddr, error: std::io::Error },
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus_error::Error),
 }
@@ -57,7 +57,7 @@ pub struct Gateway {
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: what.to_owned(), addr, source })
+    TcpListener::bind(addr).await.map_err(|error| StartError::Bind { what: what.to_owned(), addr, error })
 }
 
 fn spec(name: &str, tls: &ServerTlsConfig, drain: Duration) -> Result<ListenerSpec, TlsError> {
@@ -105,14 +105,14 @@ impl Gateway {
         let mut hops = Vec::new();
         for (h, s, svc) in prepared {
             let listener = bind(&format!("hop {}", h.name), h.listen).await?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind { what: h.name.clone(), addr: h.listen, source })?;
+            let addr = listener.local_addr().map_err(|error| StartError::Bind { what: h.name.clone(), addr: h.listen, error })?;
             tasks.push(spawn_tls_listener(listener, s, svc, metrics.clone(), rx.clone()));
             hops.push(Bound { name: h.name.clone(), addr });
         }
         let emulator = match emulator {
             Some((e, s, emu)) => {
                 let listener = bind("emulator", e.listen).await?;
-                let addr = listener.local_addr().map_err(|source| StartError::Bind { what: "emulator".into(), addr: e.listen, source })?;
+                let addr = listener.local_addr().map_err(|error| StartError::Bind { what: "emulator".into(), addr: e.listen, error })?;
                 let svc: crate::stack::HopService = BoxCloneService::new(
                     ServiceExt::<http::Request<crate::body::Body>>::map_response(emu.clone(), |r| r.map(crate::body::boxed)),
                 );
@@ -124,7 +124,7 @@ impl Gateway {
         let ready = Readiness::default();
         let admin_listener = bind("admin", cfg.admin.listen).await?;
         let admin = serve_admin(admin_listener, metrics.clone(), ready.clone(), rx.clone())
-            .map_err(|source| StartError::Bind { what: "admin".into(), addr: cfg.admin.listen, source })?;
+            .map_err(|error| StartError::Bind { what: "admin".into(), addr: cfg.admin.listen, error })?;
         tasks.push(admin.task);
         ready.set(true);
         Ok(Gateway { hops, admin: admin.local_addr, emulator, metrics, ready, shutdown, tasks })

@@ -227,11 +227,11 @@ impl DevCa {
     }
 }
 
-/// What `init` wrote.
-#[derive(Debug)]
+/// What `init` wrote, and the CA that signed it (tests issue more certificates with it).
 pub struct DevPkiReport {
     pub dir: PathBuf,
     pub files: Vec<String>,
+    pub ca: DevCa,
 }
 
 /// The file stem of an agency's dev client certificate.
@@ -271,7 +271,7 @@ pub fn init(dir: &Path) -> Result<DevPkiReport, DevPkiError> {
     // The CA certificate last: its presence is what `exists` looks for, so a half-written PKI is redone.
     write_file(&dir.join("ca.pem"), ca.cert_pem(), false)?;
     files.extend(["ca.crl.pem".to_owned(), "ca.key".to_owned(), "ca.pem".to_owned()]);
-    Ok(DevPkiReport { dir: dir.to_owned(), files })
+    Ok(DevPkiReport { dir: dir.to_owned(), files, ca })
 }
 
 #[cfg(test)]
