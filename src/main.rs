@@ -116,10 +116,10 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
     runtime.block_on(async {
         let gateway = Gateway::start(&cfg).await?;
         for h in &gateway.hops {
-            tracing::info!(hop = %h.name, addr = %h.addr, "hop listening (mTLS)");
+            println!("listening: hop {} https://{}", h.name, h.addr);
         }
         if let Some((addr, _)) = &gateway.emulator {
-            tracing::info!(%addr, "national-endpoint emulator listening (mTLS)");
+            println!("listening: emulator https://{addr}");
         }
         println!("lgsp-gateway {} ready ({})", env!("CARGO_PKG_VERSION"), cfg.source);
         println!("metrics: http://{}/metrics", gateway.admin);

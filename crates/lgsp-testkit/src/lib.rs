@@ -1,1 +1,262 @@
-//! x
+//! Test fixtures shared by the end-to-end tests: a generated PKI with named identities (`AGENCY_OK`,
+//! `AGENCY_OTHER`, `AGENCY_WRONG_CA`, `AGENCY_EXPIRED`, `AGENCY_REVOKED`), configs for each hop on port 0, a whole
+//! agency → LGSP → NDXP → emulator chain, and mTLS clients (HTTP/1.1 or HTTP/2, or a bare handshake).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use lgsp_proxy::Gateway;
+use lgsp_tls::devpki::{self, DevCa, LeafSpec};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Agency with a valid certificate and its own keys (000.00.00.H29).
+pub const AGENCY_OK: &str = "agency-000.00.00.H29";
+/// Another valid agency (000.00.00.H26).
+pub const AGENCY_OTHER: &str = "agency-000.00.00.H26";
+/// A trial agency (000.00.00.G09).
+pub const AGENCY_TRIAL: &str = "agency-000.00.00.G09";
+/// H26's certificate listed in the CRL.
+pub const AGENCY_REVOKED: &str = "agency-000.00.00.H26-revoked";
+/// H29's identity on a certificate that expired yesterday.
+pub const AGENCY_EXPIRED: &str = "agency-expired";
+/// H29's identity from a CA the gateway does not trust.
+pub const AGENCY_WRONG_CA: &str = "agency-wrong-ca";
+
+pub const H29: &str = "000.00.00.H29";
+pub const H26: &str = "000.00.00.H26";
+
+/// A PKI in a temporary directory: the dev PKI plus the negative identities.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let report = devpki::init(dir.path()).expect("dev PKI");
+        let now = time::OffsetDateTime::now_utc();
+        report
+            .ca
+            .issue(&LeafSpec::identity(H29).valid_between(now - time::Duration::days(30), now - time::Duration::days(1)))
+            .and_then(|l| l.write(dir.path(), AGENCY_EXPIRED))
+            .expect("expired identity");
+        let other = DevCa::generate("Some other CA").expect("other CA");
+        other.issue(&LeafSpec::identity(H29)).and_then(|l| l.write(dir.path(), AGENCY_WRONG_CA)).expect("wrong-CA identity");
+        TestPki { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// A client TLS config presenting `identity` (a file stem above), trusting the dev CA.
+    pub fn client_tls(&self, identity: Option<&str>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.path("ca.pem")).expect("ca.pem") {
+            roots.add(c.expect("ca cert")).expect("root");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(lgsp_tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut cfg = match identity {
+            Some(id) => {
+                let chain = CertificateDer::pem_file_iter(self.path(&format!("{id}.pem")))
+                    .expect("cert")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("cert parse");
+                let key = PrivateKeyDer::from_pem_file(self.path(&format!("{id}.key"))).expect("key");
+                builder.with_client_auth_cert(chain, key).expect("client auth")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        cfg
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `[admin]`, `[log]` and `[pki]` head of a test config: everything on port 0.
+fn head(pki: &TestPki) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{}\"\ndev_autogen = false\n",
+        pki.dir().display()
+    )
+}
+
+fn server_tls(table: &str, server: &str) -> String {
+    format!(
+        "[{table}]\ncert = \"{server}.pem\"\nkey = \"{server}.key\"\nclient_ca = [\"ca.pem\"]\ncrls = [\"ca.crl.pem\"]\nhandshake_timeout = \"5s\"\n"
+    )
+}
+
+/// The agencies of the default config (same dev keys).
+pub fn agencies_toml() -> String {
+    let all = lgsp_config::EMBEDDED;
+    all.find("\n[[agency]]\n").map(|i| all[i..].to_owned()).unwrap_or_default()
+}
+
+/// Config of a process that only runs the emulator.
+pub fn emulator_config(pki: &TestPki) -> String {
+    format!("{}[emulator]\nlisten = \"127.0.0.1:0\"\n{}", head(pki), server_tls("emulator.tls", "emulator-server"))
+}
+
+/// Config of one hop forwarding `{prefix}/{MessageType}` to `upstream` + `{rewrite}/{MessageType}`.
+pub fn hop_config(pki: &TestPki, name: &str, prefix: &str, upstream: SocketAddr, rewrite: &str, peers: &[&str]) -> String {
+    let mut s = head(pki);
+    let peers = peers.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
+    s.push_str(&format!("[[hop]]\nname = \"{name}\"\nrole = \"{name}\"\nlisten = \"127.0.0.1:0\"\npeers = [{peers}]\n"));
+    s.push_str(&server_tls("hop.tls", &format!("{name}-server")));
+    s.push_str(&format!("[hop.upstream_tls]\ncert = \"{name}-client.pem\"\nkey = \"{name}-client.key\"\nca = [\"ca.pem\"]\n"));
+    for t in ["HoSoCBCCVC", "BienChe", "PheDuyetDuLieu", "BienDong"] {
+        s.push_str(&format!(
+            "[[hop.route]]\nname = \"{t}\"\nmethods = [\"POST\", \"PUT\"]\nprefix = \"{prefix}/{t}\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/{t}\"\ntimeout = \"5s\"\nagencies = [\"*\"]\n",
+            port = upstream.port()
+        ));
+    }
+    s.push_str(&format!(
+        "[[hop.route]]\nname = \"BienNhan\"\nmethods = [\"GET\"]\nprefix = \"{prefix}/BienNhan\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/BienNhan\"\ntimeout = \"5s\"\nagencies = [\"*\"]\n",
+        port = upstream.port()
+    ));
+    s.push_str(&agencies_toml());
+    s
+}
+
+/// Parses a test config (relative paths resolve in the PKI directory).
+pub fn parse(pki: &TestPki, text: &str) -> lgsp_config::Config {
+    lgsp_config::parse(text, "test.toml", pki.dir()).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"))
+}
+
+/// agency → LGSP → NDXP → emulator, each its own [`Gateway`] on port 0.
+pub struct Chain {
+    pub pki: TestPki,
+    pub emulator: Gateway,
+    pub ndxp: Gateway,
+    pub lgsp: Gateway,
+}
+
+impl Chain {
+    pub async fn start() -> Chain {
+        let pki = TestPki::new();
+        let emulator = Gateway::start(&parse(&pki, &emulator_config(&pki))).await.expect("emulator");
+        let emu_addr = emulator.emulator.as_ref().map(|e| e.0).expect("emulator addr");
+        let ndxp = Gateway::start(&parse(&pki, &hop_config(&pki, "ndxp", "/ndxp/v1", emu_addr, "/cbccvc/v1", &["LGSP-DEV"])))
+            .await
+            .expect("ndxp");
+        let ndxp_addr = ndxp.hop_addr("ndxp").expect("ndxp addr");
+        let lgsp = Gateway::start(&parse(&pki, &hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]))).await.expect("lgsp");
+        Chain { pki, emulator, ndxp, lgsp }
+    }
+
+    /// `https://localhost:PORT` of the LGSP hop.
+    pub fn lgsp_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.lgsp.hop_addr("lgsp").map_or(0, |a| a.port()))
+    }
+
+    pub async fn shutdown(self) {
+        self.lgsp.shutdown().await;
+        self.ndxp.shutdown().await;
+        self.emulator.shutdown().await;
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// An mTLS HTTP client for one identity and one protocol.
+pub struct TestClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl TestClient {
+    /// `http2 = false` offers only http/1.1 by ALPN; `true` only h2.
+    pub fn new(pki: &TestPki, identity: Option<&str>, http2: bool) -> Self {
+        // hyper-rustls sets ALPN itself from the protocols enabled below.
+        let tls = pki.client_tls(identity, &[]);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
+        let https = if http2 { b.enable_http2().wrap_connector(http) } else { b.enable_http1().wrap_connector(http) };
+        let mut cb = Client::builder(TokioExecutor::new());
+        cb.http2_only(http2);
+        TestClient { client: cb.build(https) }
+    }
+
+    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Answer, String> {
+        let mut b = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| error_chain(&e))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Answer { status: parts.status, version: parts.version, headers: parts.headers, body })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut s = e.source();
+    while let Some(x) = s {
+        out.push_str(": ");
+        out.push_str(&x.to_string());
+        s = x.source();
+    }
+    out
+}
+
+/// Connects with `tls`, sends a request and returns the first error seen: the handshake's, or the alert a
+/// TLS 1.3 server sends after the client believes the handshake done. `Ok` means the server answered.
+pub async fn tls_exchange(addr: SocketAddr, tls: rustls::ClientConfig) -> Result<String, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut stream = connector.connect(name, tcp).await.map_err(|e| error_chain(&e))?;
+    stream
+        .write_all(b"GET /lgsp/v1/BienNhan/x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.map_err(|e| error_chain(&e))?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A loopback address nothing listens on (bound then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
