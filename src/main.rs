@@ -9,7 +9,11 @@ use lgsp_config::{Config, KeyKind, LogFormat};
 use lgsp_proxy::Gateway;
 
 #[derive(Parser)]
-#[command(name = "lgsp-gateway", version, about = "mTLS + API-key gateway for the national CBCCVC database (LGSP / NDXP hop)")]
+#[command(
+    name = "lgsp-gateway",
+    version,
+    about = "mTLS + API-key gateway for the national CBCCVC database (LGSP / NDXP hop)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -29,9 +33,7 @@ enum Command {
         command: CertsCommand,
     },
     /// Validate a config file: print every problem with its line, and load every certificate it names.
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -74,9 +76,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => run(config.as_deref()),
-        Command::Certs { command: CertsCommand::Init { dir, force } } => certs_init(dir, force),
+        Command::Certs {
+            command: CertsCommand::Init { dir, force },
+        } => certs_init(dir, force),
         Command::CheckConfig { file } => return check_config(&file),
-        Command::Keys { command: KeysCommand::New { agency, kind } } => keys_new(&agency, kind),
+        Command::Keys {
+            command: KeysCommand::New { agency, kind },
+        } => keys_new(&agency, kind),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,7 +104,9 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),
@@ -112,7 +120,10 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
         let report = lgsp_tls::devpki::init(&cfg.pki.dir).context("creating the dev PKI")?;
         tracing::info!(dir = %report.dir.display(), files = report.files.len(), "created the dev PKI (pki.dev_autogen = true)");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async {
         let gateway = Gateway::start(&cfg).await?;
         for h in &gateway.hops {
@@ -138,7 +149,7 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
@@ -165,13 +176,19 @@ const SAMPLE_PACKET: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><HoSoCBCC
 fn sample_curl(cfg: &Config, gateway: &Gateway) -> Option<String> {
     let hop = cfg.hops.first()?;
     let addr = gateway.hop_addr(&hop.name)?;
-    let route = hop.routes.iter().find(|r| r.methods.iter().any(|m| m == "POST"))?;
+    let route = hop
+        .routes
+        .iter()
+        .find(|r| r.methods.iter().any(|m| m == "POST"))?;
     let keys = lgsp_auth::KeyStore::from_agencies(&cfg.agencies);
     let dir = std::fs::canonicalize(&cfg.pki.dir).ok()?;
     let agency = cfg.agencies.iter().find(|a| {
         let key = lgsp_auth::dev_key(&a.code, KeyKind::Production);
-        keys.lookup(key.as_bytes()).is_some_and(|r| *r.agency == *a.code)
-            && dir.join(format!("{}.pem", lgsp_tls::devpki::agency_stem(&a.code))).is_file()
+        keys.lookup(key.as_bytes())
+            .is_some_and(|r| *r.agency == *a.code)
+            && dir
+                .join(format!("{}.pem", lgsp_tls::devpki::agency_stem(&a.code)))
+                .is_file()
     })?;
     let stem = lgsp_tls::devpki::agency_stem(&agency.code);
     Some(format!(
@@ -191,7 +208,10 @@ fn certs_init(dir: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
         None => load(None)?.pki.dir,
     };
     if lgsp_tls::devpki::exists(&dir) && !force {
-        anyhow::bail!("{} already holds a dev PKI (ca.pem); pass --force to replace all of it", dir.display());
+        anyhow::bail!(
+            "{} already holds a dev PKI (ca.pem); pass --force to replace all of it",
+            dir.display()
+        );
     }
     let report = lgsp_tls::devpki::init(&dir)?;
     println!("wrote the dev PKI to {}:", report.dir.display());
@@ -233,7 +253,12 @@ fn check_config(file: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let routes: usize = cfg.hops.iter().map(|h| h.routes.len()).sum();
-    println!("{}: ok ({} hops, {routes} routes, {} agencies)", file.display(), cfg.hops.len(), cfg.agencies.len());
+    println!(
+        "{}: ok ({} hops, {routes} routes, {} agencies)",
+        file.display(),
+        cfg.hops.len(),
+        cfg.agencies.len()
+    );
     ExitCode::SUCCESS
 }
 
@@ -247,11 +272,17 @@ fn keys_new(agency: &str, kind: Kind) -> anyhow::Result<()> {
         Kind::Trial => KeyKind::Trial,
         Kind::Production => KeyKind::Production,
     };
-    let key = lgsp_auth::generate_key(kind).map_err(|e| anyhow::anyhow!("the OS random generator failed: {e}"))?;
+    let key = lgsp_auth::generate_key(kind)
+        .map_err(|e| anyhow::anyhow!("the OS random generator failed: {e}"))?;
     let hash = lgsp_auth::sha256_hex(&key);
-    println!("API key for {agency} ({}), shown once — hand it over on a secure channel:", kind.as_str());
+    println!(
+        "API key for {agency} ({}), shown once — hand it over on a secure channel:",
+        kind.as_str()
+    );
     println!("  {key}");
-    println!("Add this entry to `keys` of the [[agency]] with code = \"{agency}\" in gateway.toml:");
+    println!(
+        "Add this entry to `keys` of the [[agency]] with code = \"{agency}\" in gateway.toml:"
+    );
     println!("  {{ sha256 = \"{hash}\", kind = \"{}\" }},", kind.as_str());
     Ok(())
 }

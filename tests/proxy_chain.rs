@@ -2,7 +2,8 @@
 
 use lgsp_testkit::*;
 
-const PACKET: &str = "<HoSoCBCCVC><MaDonVi>000.00.00.H29</MaDonVi><SoCCCD>001090012345</SoCCCD></HoSoCBCCVC>";
+const PACKET: &str =
+    "<HoSoCBCCVC><MaDonVi>000.00.00.H29</MaDonVi><SoCCCD>001090012345</SoCCCD></HoSoCBCCVC>";
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 const KEY_H26: &str = "lgsp_dev_000.00.00.H26_production";
 
@@ -13,9 +14,24 @@ fn xml(key: &str) -> Vec<(&str, &str)> {
 async fn happy_path(http2: bool) {
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), http2);
-    let a = client.send("POST", &chain.lgsp_url("/lgsp/v1/HoSoCBCCVC"), &xml(KEY_H29), PACKET).await.unwrap();
+    let a = client
+        .send(
+            "POST",
+            &chain.lgsp_url("/lgsp/v1/HoSoCBCCVC"),
+            &xml(KEY_H29),
+            PACKET,
+        )
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
-    assert_eq!(a.version, if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 });
+    assert_eq!(
+        a.version,
+        if http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        }
+    );
     let receipt = a.json();
     let id = a.headers["x-lgsp-message-id"].to_str().unwrap();
     assert_eq!(receipt["message_id"], id);
@@ -26,14 +42,31 @@ async fn happy_path(http2: bool) {
     assert_eq!(receipt["bytes"], PACKET.len());
     // The emulator really holds it, and the receipt route reads it back through both hops.
     let (_, emu) = chain.emulator.emulator.as_ref().unwrap();
-    assert_eq!(emu.receipt(id).unwrap().sha256, receipt["sha256"].as_str().unwrap());
-    let back = client.send("GET", &chain.lgsp_url(&format!("/lgsp/v1/BienNhan/{id}")), &xml(KEY_H29), "").await.unwrap();
+    assert_eq!(
+        emu.receipt(id).unwrap().sha256,
+        receipt["sha256"].as_str().unwrap()
+    );
+    let back = client
+        .send(
+            "GET",
+            &chain.lgsp_url(&format!("/lgsp/v1/BienNhan/{id}")),
+            &xml(KEY_H29),
+            "",
+        )
+        .await
+        .unwrap();
     assert_eq!(back.status, 200);
     assert_eq!(back.json()["receipt_id"], receipt["receipt_id"]);
     // Both hops counted the request under the agency and route.
     for g in [&chain.lgsp, &chain.ndxp] {
         let hop = &g.hops[0].name;
-        assert_eq!(g.metrics.requests.with_label_values(&[hop.as_str(), "HoSoCBCCVC", H29, "200"]).get(), 1);
+        assert_eq!(
+            g.metrics
+                .requests
+                .with_label_values(&[hop.as_str(), "HoSoCBCCVC", H29, "200"])
+                .get(),
+            1
+        );
     }
     chain.shutdown().await;
 }
@@ -56,10 +89,28 @@ async fn happy_path_through_both_hops_over_http2() {
 async fn refused_handshake(identity: Option<&str>, alert: &str, reason: &str) {
     let chain = Chain::start().await;
     let addr = chain.lgsp.hop_addr("lgsp").unwrap();
-    let err = tls_exchange(addr, chain.pki.client_tls(identity, &[b"http/1.1"])).await.unwrap_err();
+    let err = tls_exchange(addr, chain.pki.client_tls(identity, &[b"http/1.1"]))
+        .await
+        .unwrap_err();
     assert!(err.contains(alert), "expected alert {alert}, got: {err}");
-    assert_eq!(chain.lgsp.metrics.tls_handshake_failures.with_label_values(&["lgsp", reason]).get(), 1);
-    assert_eq!(chain.lgsp.metrics.requests.with_label_values(&["lgsp", "unknown", "unknown", "200"]).get(), 0);
+    assert_eq!(
+        chain
+            .lgsp
+            .metrics
+            .tls_handshake_failures
+            .with_label_values(&["lgsp", reason])
+            .get(),
+        1
+    );
+    assert_eq!(
+        chain
+            .lgsp
+            .metrics
+            .requests
+            .with_label_values(&["lgsp", "unknown", "unknown", "200"])
+            .get(),
+        0
+    );
     chain.shutdown().await;
 }
 
@@ -87,13 +138,29 @@ async fn revoked_certificate_fails_the_handshake() {
 async fn valid_certificate_with_the_key_of_another_agency_is_403() {
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
-    let a = client.send("POST", &chain.lgsp_url("/lgsp/v1/HoSoCBCCVC"), &xml(KEY_H26), PACKET).await.unwrap();
+    let a = client
+        .send(
+            "POST",
+            &chain.lgsp_url("/lgsp/v1/HoSoCBCCVC"),
+            &xml(KEY_H26),
+            PACKET,
+        )
+        .await
+        .unwrap();
     assert_eq!(a.status, 403);
     assert_eq!(a.headers["content-type"], "application/problem+json");
     let p = a.json();
     assert_eq!(p["code"], "auth.key_not_bound_to_certificate");
     assert!(p["detail"].as_str().unwrap().contains(H29), "{p}");
-    assert_eq!(chain.lgsp.metrics.auth_failures.with_label_values(&["lgsp", "key_not_bound_to_certificate"]).get(), 1);
+    assert_eq!(
+        chain
+            .lgsp
+            .metrics
+            .auth_failures
+            .with_label_values(&["lgsp", "key_not_bound_to_certificate"])
+            .get(),
+        1
+    );
     assert_eq!(chain.emulator.emulator.as_ref().unwrap().1.stored(), 0);
     chain.shutdown().await;
 }
@@ -103,10 +170,22 @@ async fn missing_and_wrong_keys_are_401() {
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
     let url = chain.lgsp_url("/lgsp/v1/HoSoCBCCVC");
-    let a = client.send("POST", &url, &[("content-type", "application/xml")], PACKET).await.unwrap();
-    assert_eq!((a.status.as_u16(), a.json()["code"].as_str().unwrap()), (401, "auth.missing_key"));
-    let a = client.send("POST", &url, &xml("lgsp_prod_0000"), PACKET).await.unwrap();
-    assert_eq!((a.status.as_u16(), a.json()["code"].as_str().unwrap()), (401, "auth.unknown_key"));
+    let a = client
+        .send("POST", &url, &[("content-type", "application/xml")], PACKET)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.json()["code"].as_str().unwrap()),
+        (401, "auth.missing_key")
+    );
+    let a = client
+        .send("POST", &url, &xml("lgsp_prod_0000"), PACKET)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.json()["code"].as_str().unwrap()),
+        (401, "auth.unknown_key")
+    );
     assert!(a.json()["message_id"].is_string());
     chain.shutdown().await;
 }
@@ -115,12 +194,39 @@ async fn missing_and_wrong_keys_are_401() {
 async fn unknown_route_is_404_problem_json() {
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
-    let a = client.send("POST", &chain.lgsp_url("/lgsp/v1/Unknown"), &xml(KEY_H29), PACKET).await.unwrap();
+    let a = client
+        .send(
+            "POST",
+            &chain.lgsp_url("/lgsp/v1/Unknown"),
+            &xml(KEY_H29),
+            PACKET,
+        )
+        .await
+        .unwrap();
     assert_eq!(a.status, 404);
     assert_eq!(a.json()["code"], "route.not_found");
-    assert_eq!(chain.lgsp.metrics.requests.with_label_values(&["lgsp", "unknown", H29, "404"]).get(), 1);
-    let a = client.send("DELETE", &chain.lgsp_url("/lgsp/v1/BienChe"), &xml(KEY_H29), "").await.unwrap();
-    assert_eq!((a.status.as_u16(), a.headers["allow"].to_str().unwrap()), (405, "POST, PUT"));
+    assert_eq!(
+        chain
+            .lgsp
+            .metrics
+            .requests
+            .with_label_values(&["lgsp", "unknown", H29, "404"])
+            .get(),
+        1
+    );
+    let a = client
+        .send(
+            "DELETE",
+            &chain.lgsp_url("/lgsp/v1/BienChe"),
+            &xml(KEY_H29),
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.headers["allow"].to_str().unwrap()),
+        (405, "POST, PUT")
+    );
     chain.shutdown().await;
 }
 
@@ -128,18 +234,39 @@ async fn unknown_route_is_404_problem_json() {
 async fn upstream_down_is_502_problem_json_and_counted() {
     let pki = TestPki::new();
     let down = closed_port().await;
-    let cfg = parse(&pki, &hop_config(&pki, "lgsp", "/lgsp/v1", down, "/ndxp/v1", &[]));
+    let cfg = parse(
+        &pki,
+        &hop_config(&pki, "lgsp", "/lgsp/v1", down, "/ndxp/v1", &[]),
+    );
     let lgsp = lgsp_proxy::Gateway::start(&cfg).await.unwrap();
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
-    let url = format!("https://localhost:{}/lgsp/v1/BienDong", lgsp.hop_addr("lgsp").unwrap().port());
-    let a = client.send("POST", &url, &xml(KEY_H29), PACKET).await.unwrap();
+    let url = format!(
+        "https://localhost:{}/lgsp/v1/BienDong",
+        lgsp.hop_addr("lgsp").unwrap().port()
+    );
+    let a = client
+        .send("POST", &url, &xml(KEY_H29), PACKET)
+        .await
+        .unwrap();
     assert_eq!(a.status, 502);
     let p = a.json();
     assert_eq!(p["code"], "upstream.unreachable");
     assert_eq!(p["class"], "upstream");
     let upstream = format!("localhost:{}", down.port());
-    assert_eq!(lgsp.metrics.upstream_errors.with_label_values(&["lgsp", upstream.as_str(), "connect"]).get(), 1);
-    assert_eq!(lgsp.metrics.requests.with_label_values(&["lgsp", "BienDong", H29, "502"]).get(), 1);
+    assert_eq!(
+        lgsp.metrics
+            .upstream_errors
+            .with_label_values(&["lgsp", upstream.as_str(), "connect"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        lgsp.metrics
+            .requests
+            .with_label_values(&["lgsp", "BienDong", H29, "502"])
+            .get(),
+        1
+    );
     lgsp.shutdown().await;
 }
 
@@ -155,7 +282,15 @@ async fn spoofed_hop_headers_are_stripped_at_the_first_hop() {
         ("x-lgsp-hops", "ndxp"),
         ("x-lgsp-mode", "trial"),
     ]);
-    let a = client.send("POST", &chain.lgsp_url("/lgsp/v1/BienChe"), &headers, PACKET).await.unwrap();
+    let a = client
+        .send(
+            "POST",
+            &chain.lgsp_url("/lgsp/v1/BienChe"),
+            &headers,
+            PACKET,
+        )
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let r = a.json();
     assert_eq!(r["agency"], H29);
@@ -170,7 +305,10 @@ async fn an_agency_cannot_pose_as_a_peer_at_the_ndxp_hop() {
     // Direct mode: an agency talks to NDXP itself; its X-LGSP-Client is not trusted there either.
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
-    let url = format!("https://localhost:{}/ndxp/v1/HoSoCBCCVC", chain.ndxp.hop_addr("ndxp").unwrap().port());
+    let url = format!(
+        "https://localhost:{}/ndxp/v1/HoSoCBCCVC",
+        chain.ndxp.hop_addr("ndxp").unwrap().port()
+    );
     let mut headers = xml(KEY_H29);
     headers.push(("x-lgsp-client", "000.00.00.H26"));
     let a = client.send("POST", &url, &headers, PACKET).await.unwrap();

@@ -36,7 +36,13 @@ impl KeyStore {
         for a in agencies {
             let agency: Arc<str> = Arc::from(a.code.as_str());
             for k in &a.keys {
-                buckets.entry(bucket(&k.sha256)).or_default().push((k.sha256, KeyRecord { agency: agency.clone(), kind: k.kind }));
+                buckets.entry(bucket(&k.sha256)).or_default().push((
+                    k.sha256,
+                    KeyRecord {
+                        agency: agency.clone(),
+                        kind: k.kind,
+                    },
+                ));
             }
         }
         KeyStore { buckets }
@@ -101,9 +107,13 @@ mod tests {
     #[test]
     fn dev_keys_of_the_default_config_resolve_to_their_agency() {
         let s = store();
-        let r = s.lookup(dev_key("000.00.00.H29", KeyKind::Production).as_bytes()).unwrap();
+        let r = s
+            .lookup(dev_key("000.00.00.H29", KeyKind::Production).as_bytes())
+            .unwrap();
         assert_eq!((&*r.agency, r.kind), ("000.00.00.H29", KeyKind::Production));
-        let r = s.lookup(dev_key("000.00.00.G09", KeyKind::Trial).as_bytes()).unwrap();
+        let r = s
+            .lookup(dev_key("000.00.00.G09", KeyKind::Trial).as_bytes())
+            .unwrap();
         assert_eq!((&*r.agency, r.kind), ("000.00.00.G09", KeyKind::Trial));
     }
 
@@ -121,6 +131,9 @@ mod tests {
         let b = generate_key(KeyKind::Production).unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with("lgsp_prod_") && a.len() == 10 + 64);
-        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

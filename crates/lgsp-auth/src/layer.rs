@@ -13,8 +13,8 @@ use lgsp_metrics::{Metrics, RequestLabels};
 use lgsp_tls::PeerIdentity;
 use tower::{Layer, Service};
 
-use crate::keys::KeyStore;
 use crate::BoxError;
+use crate::keys::KeyStore;
 
 /// The header agencies send their API key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -42,7 +42,10 @@ pub enum AuthError {
     #[error("unknown API key")]
     UnknownKey,
     #[error("API key of agency {key_agency} used with the certificate of {cert_identity}")]
-    KeyNotBound { key_agency: Arc<str>, cert_identity: String },
+    KeyNotBound {
+        key_agency: Arc<str>,
+        cert_identity: String,
+    },
     #[error("peer {peer} sent no valid X-LGSP-Client")]
     PeerWithoutClient { peer: String },
     #[error("peer {peer} relays for unknown agency {agency}")]
@@ -52,8 +55,12 @@ pub enum AuthError {
 impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::NoIdentity | AuthError::MissingKey | AuthError::UnknownKey => StatusCode::UNAUTHORIZED,
-            AuthError::KeyNotBound { .. } | AuthError::PeerUnknownAgency { .. } => StatusCode::FORBIDDEN,
+            AuthError::NoIdentity | AuthError::MissingKey | AuthError::UnknownKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            AuthError::KeyNotBound { .. } | AuthError::PeerUnknownAgency { .. } => {
+                StatusCode::FORBIDDEN
+            }
             AuthError::PeerWithoutClient { .. } => StatusCode::BAD_REQUEST,
         }
     }
@@ -118,11 +125,19 @@ pub struct AuthPolicy {
 }
 
 impl AuthPolicy {
-    pub fn new(hop: &str, agencies: &[AgencyConfig], peers: &[String], metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        hop: &str,
+        agencies: &[AgencyConfig],
+        peers: &[String],
+        metrics: Arc<Metrics>,
+    ) -> Self {
         AuthPolicy {
             hop: Arc::from(hop),
             keys: KeyStore::from_agencies(agencies),
-            agencies: agencies.iter().map(|a| (Arc::from(a.code.as_str()), a.status)).collect(),
+            agencies: agencies
+                .iter()
+                .map(|a| (Arc::from(a.code.as_str()), a.status))
+                .collect(),
             peers: peers.iter().cloned().collect(),
             metrics,
         }
@@ -133,7 +148,11 @@ impl AuthPolicy {
     }
 
     /// Decides who is calling.
-    pub fn authenticate(&self, identity: Option<&PeerIdentity>, headers: &HeaderMap) -> Result<Caller, AuthError> {
+    pub fn authenticate(
+        &self,
+        identity: Option<&PeerIdentity>,
+        headers: &HeaderMap,
+    ) -> Result<Caller, AuthError> {
         let identity = identity.ok_or(AuthError::NoIdentity)?;
         if self.is_peer(identity) {
             let peer = identity.id.clone();
@@ -142,22 +161,38 @@ impl AuthPolicy {
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| lgsp_config::valid_agency_code(v))
                 .ok_or_else(|| AuthError::PeerWithoutClient { peer: peer.clone() })?;
-            let (code, _) = self
-                .agencies
-                .get_key_value(agency)
-                .ok_or_else(|| AuthError::PeerUnknownAgency { peer: peer.clone(), agency: agency.to_owned() })?;
+            let (code, _) = self.agencies.get_key_value(agency).ok_or_else(|| {
+                AuthError::PeerUnknownAgency {
+                    peer: peer.clone(),
+                    agency: agency.to_owned(),
+                }
+            })?;
             let kind = match headers.get("x-lgsp-mode").map(|v| v.as_bytes()) {
                 Some(b"trial") => KeyKind::Trial,
                 _ => KeyKind::Production,
             };
-            return Ok(Caller { agency: code.clone(), kind, via: Some(peer) });
+            return Ok(Caller {
+                agency: code.clone(),
+                kind,
+                via: Some(peer),
+            });
         }
         let key = headers.get(API_KEY_HEADER).ok_or(AuthError::MissingKey)?;
-        let record = self.keys.lookup(key.as_bytes()).ok_or(AuthError::UnknownKey)?;
+        let record = self
+            .keys
+            .lookup(key.as_bytes())
+            .ok_or(AuthError::UnknownKey)?;
         if *record.agency != *identity.id {
-            return Err(AuthError::KeyNotBound { key_agency: record.agency.clone(), cert_identity: identity.id.clone() });
+            return Err(AuthError::KeyNotBound {
+                key_agency: record.agency.clone(),
+                cert_identity: identity.id.clone(),
+            });
         }
-        Ok(Caller { agency: record.agency.clone(), kind: record.kind, via: None })
+        Ok(Caller {
+            agency: record.agency.clone(),
+            kind: record.kind,
+            via: None,
+        })
     }
 }
 
@@ -177,7 +212,10 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Auth<S> {
-        Auth { inner, policy: self.policy.clone() }
+        Auth {
+            inner,
+            policy: self.policy.clone(),
+        }
     }
 }
 
@@ -207,7 +245,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let decided = self.policy.authenticate(req.extensions().get::<PeerIdentity>(), req.headers());
+        let decided = self
+            .policy
+            .authenticate(req.extensions().get::<PeerIdentity>(), req.headers());
         match decided {
             Ok(caller) => {
                 if let Some(labels) = req.extensions().get::<RequestLabels>() {
@@ -220,7 +260,9 @@ where
                 Either::Right(self.inner.call(req))
             }
             Err(e) => {
-                self.policy.metrics.auth_failure(&self.policy.hop, e.reason());
+                self.policy
+                    .metrics
+                    .auth_failure(&self.policy.hop, e.reason());
                 Either::Left(futures_util::future::ready(Err(Box::new(e) as BoxError)))
             }
         }
@@ -234,18 +276,37 @@ mod tests {
     use tower::ServiceExt;
 
     fn identity(id: &str) -> PeerIdentity {
-        PeerIdentity { id: id.into(), source: lgsp_tls::IdentitySource::SanUri, cert_sha256: String::new(), not_after: 0 }
+        PeerIdentity {
+            id: id.into(),
+            source: lgsp_tls::IdentitySource::SanUri,
+            cert_sha256: String::new(),
+            not_after: 0,
+        }
     }
 
-    fn service() -> (Auth<tower::util::BoxCloneSyncService<Request<()>, Caller, BoxError>>, Arc<Metrics>) {
+    fn service() -> (
+        Auth<tower::util::BoxCloneSyncService<Request<()>, Caller, BoxError>>,
+        Arc<Metrics>,
+    ) {
         let cfg = lgsp_config::embedded().unwrap();
         let metrics = Metrics::new().unwrap();
-        let policy = Arc::new(AuthPolicy::new("lgsp", &cfg.agencies, &["LGSP-DEV".to_owned()], metrics.clone()));
+        let policy = Arc::new(AuthPolicy::new(
+            "lgsp",
+            &cfg.agencies,
+            &["LGSP-DEV".to_owned()],
+            metrics.clone(),
+        ));
         let inner = tower::service_fn(|req: Request<()>| async move {
-            assert!(req.headers().get(API_KEY_HEADER).is_none(), "key must not travel on");
+            assert!(
+                req.headers().get(API_KEY_HEADER).is_none(),
+                "key must not travel on"
+            );
             Ok::<_, BoxError>(req.extensions().get::<Caller>().cloned().unwrap())
         });
-        (AuthLayer::new(policy).layer(tower::util::BoxCloneSyncService::new(inner)), metrics)
+        (
+            AuthLayer::new(policy).layer(tower::util::BoxCloneSyncService::new(inner)),
+            metrics,
+        )
     }
 
     fn request(id: Option<&str>, key: Option<&str>) -> Request<()> {
@@ -268,26 +329,57 @@ mod tests {
     async fn key_bound_to_the_certificate_agency_passes() {
         let (svc, _) = service();
         let key = dev_key("000.00.00.H29", KeyKind::Production);
-        let caller = svc.oneshot(request(Some("000.00.00.H29"), Some(&key))).await.unwrap();
-        assert_eq!((&*caller.agency, caller.kind, caller.via), ("000.00.00.H29", KeyKind::Production, None));
+        let caller = svc
+            .oneshot(request(Some("000.00.00.H29"), Some(&key)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (&*caller.agency, caller.kind, caller.via),
+            ("000.00.00.H29", KeyKind::Production, None)
+        );
     }
 
     #[tokio::test]
     async fn key_of_another_agency_is_403_and_counted() {
         let (svc, metrics) = service();
         let key = dev_key("000.00.00.H26", KeyKind::Production);
-        let e = refusal(svc.oneshot(request(Some("000.00.00.H29"), Some(&key))).await);
-        assert_eq!((e.status(), e.code()), (StatusCode::FORBIDDEN, "auth.key_not_bound_to_certificate"));
-        assert_eq!(metrics.auth_failures.with_label_values(&["lgsp", "key_not_bound_to_certificate"]).get(), 1);
+        let e = refusal(
+            svc.oneshot(request(Some("000.00.00.H29"), Some(&key)))
+                .await,
+        );
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::FORBIDDEN, "auth.key_not_bound_to_certificate")
+        );
+        assert_eq!(
+            metrics
+                .auth_failures
+                .with_label_values(&["lgsp", "key_not_bound_to_certificate"])
+                .get(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn missing_and_unknown_keys_are_401() {
         let (svc, _) = service();
-        let e = refusal(svc.clone().oneshot(request(Some("000.00.00.H29"), None)).await);
-        assert_eq!((e.status(), e.code()), (StatusCode::UNAUTHORIZED, "auth.missing_key"));
-        let e = refusal(svc.oneshot(request(Some("000.00.00.H29"), Some("lgsp_prod_nope"))).await);
-        assert_eq!((e.status(), e.code()), (StatusCode::UNAUTHORIZED, "auth.unknown_key"));
+        let e = refusal(
+            svc.clone()
+                .oneshot(request(Some("000.00.00.H29"), None))
+                .await,
+        );
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNAUTHORIZED, "auth.missing_key")
+        );
+        let e = refusal(
+            svc.oneshot(request(Some("000.00.00.H29"), Some("lgsp_prod_nope")))
+                .await,
+        );
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNAUTHORIZED, "auth.unknown_key")
+        );
     }
 
     #[tokio::test]
@@ -301,14 +393,22 @@ mod tests {
     async fn peer_relays_for_a_known_agency_without_a_key() {
         let (svc, _) = service();
         let mut req = request(Some("LGSP-DEV"), None);
-        req.headers_mut().insert(CLIENT_HEADER, "000.00.00.G09".parse().unwrap());
+        req.headers_mut()
+            .insert(CLIENT_HEADER, "000.00.00.G09".parse().unwrap());
         let caller = svc.clone().oneshot(req).await.unwrap();
-        assert_eq!((&*caller.agency, caller.via.as_deref()), ("000.00.00.G09", Some("LGSP-DEV")));
+        assert_eq!(
+            (&*caller.agency, caller.via.as_deref()),
+            ("000.00.00.G09", Some("LGSP-DEV"))
+        );
 
         let e = refusal(svc.clone().oneshot(request(Some("LGSP-DEV"), None)).await);
         assert_eq!(e.code(), "auth.peer_missing_client");
         let mut req = request(Some("LGSP-DEV"), None);
-        req.headers_mut().insert(CLIENT_HEADER, "000.00.00.X01".parse().unwrap());
-        assert_eq!(refusal(svc.oneshot(req).await).code(), "auth.peer_unknown_agency");
+        req.headers_mut()
+            .insert(CLIENT_HEADER, "000.00.00.X01".parse().unwrap());
+        assert_eq!(
+            refusal(svc.oneshot(req).await).code(),
+            "auth.peer_unknown_agency"
+        );
     }
 }

@@ -6,8 +6,8 @@
 mod keys;
 mod layer;
 
-pub use keys::{dev_key, generate_key, sha256_hex, KeyRecord, KeyStore};
-pub use layer::{Auth, AuthError, AuthLayer, AuthPolicy, Caller, API_KEY_HEADER, CLIENT_HEADER};
+pub use keys::{KeyRecord, KeyStore, dev_key, generate_key, sha256_hex};
+pub use layer::{API_KEY_HEADER, Auth, AuthError, AuthLayer, AuthPolicy, CLIENT_HEADER, Caller};
 
 /// The error type every layer of the stack returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

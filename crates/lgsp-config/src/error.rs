@@ -16,7 +16,12 @@ pub struct Problem {
 
 impl Problem {
     pub fn without_line(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem { line: None, column: None, field: field.into(), message: message.into() }
+        Problem {
+            line: None,
+            column: None,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -70,10 +75,17 @@ impl<'a> SourceMap<'a> {
     pub(crate) fn column_of(&self, offset: usize) -> usize {
         let line = self.line_of(offset);
         let start = self.line_starts[line - 1];
-        self.text.get(start..offset.min(self.text.len())).map_or(1, |s| s.chars().count() + 1)
+        self.text
+            .get(start..offset.min(self.text.len()))
+            .map_or(1, |s| s.chars().count() + 1)
     }
 
-    pub(crate) fn problem(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> Problem {
+    pub(crate) fn problem(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Problem {
         Problem {
             line: Some(self.line_of(span.start)),
             column: Some(self.column_of(span.start)),

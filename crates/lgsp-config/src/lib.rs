@@ -13,8 +13,9 @@ pub use error::{ConfigError, Problem};
 pub use file::{AgencyStatus, HopRole, KeyKind, LogFormat};
 pub use parse::{parse_duration, valid_agency_code, valid_identity};
 pub use runtime::{
-    AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, DEFAULT_IDENTITY_URI_PREFIX, EmulatorConfig,
-    HopConfig, KeyConfig, LogConfig, PkiConfig, RouteConfig, ServerTlsConfig, Upstream,
+    AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, DEFAULT_IDENTITY_URI_PREFIX,
+    EmulatorConfig, HopConfig, KeyConfig, LogConfig, PkiConfig, RouteConfig, ServerTlsConfig,
+    Upstream,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.
@@ -26,10 +27,17 @@ pub const EMBEDDED_SOURCE: &str = "<embedded gateway.toml>";
 pub fn parse(text: &str, source: &str, base: &Path) -> Result<Config, ConfigError> {
     let file: file::FileConfig = toml::from_str(text).map_err(|e| {
         let map = error::SourceMap::new(text);
-        let (line, column) = e.span().map_or((None, None), |s| (Some(map.line_of(s.start)), Some(map.column_of(s.start))));
+        let (line, column) = e.span().map_or((None, None), |s| {
+            (Some(map.line_of(s.start)), Some(map.column_of(s.start)))
+        });
         ConfigError {
             source: source.to_owned(),
-            problems: vec![Problem { line, column, field: String::new(), message: e.message().to_owned() }],
+            problems: vec![Problem {
+                line,
+                column,
+                field: String::new(),
+                message: e.message().to_owned(),
+            }],
         }
     })?;
     Config::from_file(file, text, source, base)
@@ -41,7 +49,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         source: source.clone(),
-        problems: vec![Problem::without_line("", format!("cannot read the file: {e}"))],
+        problems: vec![Problem::without_line(
+            "",
+            format!("cannot read the file: {e}"),
+        )],
     })?;
     parse(&text, &source, Path::new("."))
 }
@@ -67,16 +78,29 @@ mod tests {
     fn unknown_key_is_refused_with_its_line() {
         let text = EMBEDDED.replacen("[admin]\n", "[admin]\nlisten_typo = 1\n", 1);
         let e = parse(&text, "t.toml", Path::new(".")).unwrap_err();
-        let line = text.lines().position(|l| l.starts_with("listen_typo")).unwrap() + 1;
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("listen_typo"))
+            .unwrap()
+            + 1;
         assert_eq!(e.problems[0].line, Some(line), "{e}");
-        assert!(e.problems[0].message.contains("unknown field `listen_typo`"), "{e}");
+        assert!(
+            e.problems[0]
+                .message
+                .contains("unknown field `listen_typo`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn semantic_errors_are_all_reported_with_lines() {
         let text = EMBEDDED
             .replacen("\ntimeout = \"30s\"", "\ntimeout = \"30 seconds\"", 1)
-            .replacen("upstream = \"https://localhost:8444\"", "upstream = \"http://localhost:8444\"", 1);
+            .replacen(
+                "upstream = \"https://localhost:8444\"",
+                "upstream = \"http://localhost:8444\"",
+                1,
+            );
         let e = parse(&text, "t.toml", Path::new(".")).unwrap_err();
         assert_eq!(e.problems.len(), 2, "{e}");
         let shown = e.to_string();
@@ -84,7 +108,10 @@ mod tests {
         assert!(shown.contains("route[0].upstream"), "{shown}");
         for p in &e.problems {
             let line = p.line.unwrap();
-            assert!(text.lines().nth(line - 1).unwrap().contains("30 seconds") || text.lines().nth(line - 1).unwrap().contains("http://"));
+            assert!(
+                text.lines().nth(line - 1).unwrap().contains("30 seconds")
+                    || text.lines().nth(line - 1).unwrap().contains("http://")
+            );
         }
     }
 

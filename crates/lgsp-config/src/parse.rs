@@ -9,7 +9,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let fix = || format!("`{s}` is not a duration; write a whole number with a unit: \"250ms\", \"10s\", \"2m\" or \"1h\"");
+    let fix = || {
+        format!(
+            "`{s}` is not a duration; write a whole number with a unit: \"250ms\", \"10s\", \"2m\" or \"1h\""
+        )
+    };
     let n: u64 = num.parse().map_err(|_| fix())?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
@@ -26,7 +30,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `https://host:port[/base]`: upstreams are always TLS, the port always explicit.
 pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
-    let fix = || format!("`{s}` is not an upstream URL; write \"https://host:port\" with an optional base path, e.g. \"https://ndxp.example:8444/ndxp\"");
+    let fix = || {
+        format!(
+            "`{s}` is not an upstream URL; write \"https://host:port\" with an optional base path, e.g. \"https://ndxp.example:8444/ndxp\""
+        )
+    };
     let rest = s.strip_prefix("https://").ok_or_else(fix)?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -39,19 +47,29 @@ pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
         return Err(fix());
     }
-    Ok(Upstream { authority: authority.to_owned(), base_path: path.trim_end_matches('/').to_owned() })
+    Ok(Upstream {
+        authority: authority.to_owned(),
+        base_path: path.trim_end_matches('/').to_owned(),
+    })
 }
 
 /// Agency codes (mã định danh điện tử, QĐ 20/2020/QĐ-TTg): dot-separated groups of `0-9A-Z`, at most 35 chars.
 pub fn valid_agency_code(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 35
-        && s.split('.').all(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()))
+        && s.split('.').all(|g| {
+            !g.is_empty()
+                && g.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        })
 }
 
 /// Names that become header values and metric labels: `[A-Za-z0-9._-]{1,64}`.
 pub fn valid_identity(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 #[cfg(test)]

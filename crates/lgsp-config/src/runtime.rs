@@ -10,7 +10,8 @@ use toml::Spanned;
 
 use crate::error::{ConfigError, Problem, SourceMap};
 use crate::file::{
-    AgencyStatus, FileClientTls, FileConfig, FileHop, FileRoute, FileServerTls, HopRole, KeyKind, LogFormat,
+    AgencyStatus, FileClientTls, FileConfig, FileHop, FileRoute, FileServerTls, HopRole, KeyKind,
+    LogFormat,
 };
 use crate::parse::{parse_duration, parse_upstream, valid_agency_code, valid_identity};
 
@@ -141,21 +142,39 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn problem<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(self.map.problem(at.span(), field, message));
+    fn problem<T>(
+        &mut self,
+        at: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.problems
+            .push(self.map.problem(at.span(), field, message));
     }
 
     fn addr(&mut self, v: &Spanned<String>, field: &str) -> SocketAddr {
         match v.get_ref().parse() {
             Ok(a) => a,
             Err(_) => {
-                self.problem(v, field, format!("`{}` is not an address; write it as \"127.0.0.1:8443\"", v.get_ref()));
+                self.problem(
+                    v,
+                    field,
+                    format!(
+                        "`{}` is not an address; write it as \"127.0.0.1:8443\"",
+                        v.get_ref()
+                    ),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         }
     }
 
-    fn duration(&mut self, v: Option<&Spanned<String>>, field: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
             Ok(d) => d,
@@ -169,20 +188,39 @@ impl<'a> Checker<'a> {
     fn path(&self, base: &std::path::Path, v: &Spanned<String>) -> ConfigPath {
         let p = PathBuf::from(v.get_ref());
         let path = if p.is_absolute() { p } else { base.join(p) };
-        ConfigPath { path, line: self.map.line_of(v.span().start) }
+        ConfigPath {
+            path,
+            line: self.map.line_of(v.span().start),
+        }
     }
 
-    fn paths(&mut self, base: &std::path::Path, v: &[Spanned<String>], field: &str, required: bool) -> Vec<ConfigPath> {
+    fn paths(
+        &mut self,
+        base: &std::path::Path,
+        v: &[Spanned<String>],
+        field: &str,
+        required: bool,
+    ) -> Vec<ConfigPath> {
         if required && v.is_empty() {
-            self.problems.push(Problem::without_line(field, "needs at least one PEM file"));
+            self.problems
+                .push(Problem::without_line(field, "needs at least one PEM file"));
         }
         v.iter().map(|p| self.path(base, p)).collect()
     }
 
-    fn server_tls(&mut self, base: &std::path::Path, t: &FileServerTls, field: &str) -> ServerTlsConfig {
+    fn server_tls(
+        &mut self,
+        base: &std::path::Path,
+        t: &FileServerTls,
+        field: &str,
+    ) -> ServerTlsConfig {
         let prefix = match &t.identity_uri_prefix {
             Some(p) if p.get_ref().is_empty() => {
-                self.problem(p, format!("{field}.identity_uri_prefix"), "must not be empty; the default is \"urn:lgsp:id:\"");
+                self.problem(
+                    p,
+                    format!("{field}.identity_uri_prefix"),
+                    "must not be empty; the default is \"urn:lgsp:id:\"",
+                );
                 DEFAULT_IDENTITY_URI_PREFIX.to_owned()
             }
             Some(p) => p.get_ref().clone(),
@@ -202,7 +240,12 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn client_tls(&mut self, base: &std::path::Path, t: &FileClientTls, field: &str) -> ClientTlsConfig {
+    fn client_tls(
+        &mut self,
+        base: &std::path::Path,
+        t: &FileClientTls,
+        field: &str,
+    ) -> ClientTlsConfig {
         ClientTlsConfig {
             cert: self.path(base, &t.cert),
             key: self.path(base, &t.key),
@@ -213,34 +256,56 @@ impl<'a> Checker<'a> {
     fn route(&mut self, r: &FileRoute, field: &str, known: &HashSet<&str>) -> RouteConfig {
         let mut methods = Vec::new();
         if r.methods.is_empty() {
-            self.problem(&r.name, format!("{field}.methods"), "list at least one method, e.g. [\"POST\"]");
+            self.problem(
+                &r.name,
+                format!("{field}.methods"),
+                "list at least one method, e.g. [\"POST\"]",
+            );
         }
         for m in &r.methods {
             let up = m.get_ref().to_ascii_uppercase();
             if METHODS.contains(&up.as_str()) {
                 methods.push(up);
             } else {
-                self.problem(m, format!("{field}.methods"), format!("`{}` is not one of {}", m.get_ref(), METHODS.join(", ")));
+                self.problem(
+                    m,
+                    format!("{field}.methods"),
+                    format!("`{}` is not one of {}", m.get_ref(), METHODS.join(", ")),
+                );
             }
         }
         let prefix = self.path_prefix(&r.prefix, &format!("{field}.prefix"));
-        let rewrite = r.rewrite.as_ref().map(|w| self.path_prefix(w, &format!("{field}.rewrite")));
+        let rewrite = r
+            .rewrite
+            .as_ref()
+            .map(|w| self.path_prefix(w, &format!("{field}.rewrite")));
         let upstream = match parse_upstream(r.upstream.get_ref()) {
             Ok(u) => u,
             Err(e) => {
                 self.problem(&r.upstream, format!("{field}.upstream"), e);
-                Upstream { authority: String::new(), base_path: String::new() }
+                Upstream {
+                    authority: String::new(),
+                    base_path: String::new(),
+                }
             }
         };
         let mut agencies = Some(Vec::new());
         if r.agencies.is_empty() {
-            self.problem(&r.name, format!("{field}.agencies"), "list the agency codes allowed here, or [\"*\"] for every agency");
+            self.problem(
+                &r.name,
+                format!("{field}.agencies"),
+                "list the agency codes allowed here, or [\"*\"] for every agency",
+            );
         }
         for a in &r.agencies {
             if a.get_ref() == "*" {
                 agencies = None;
             } else if !known.contains(a.get_ref().as_str()) {
-                self.problem(a, format!("{field}.agencies"), format!("`{}` is not an [[agency]] code in this file", a.get_ref()));
+                self.problem(
+                    a,
+                    format!("{field}.agencies"),
+                    format!("`{}` is not an [[agency]] code in this file", a.get_ref()),
+                );
             } else if let Some(list) = agencies.as_mut() {
                 list.push(a.get_ref().clone());
             }
@@ -251,7 +316,11 @@ impl<'a> Checker<'a> {
             prefix,
             upstream,
             rewrite,
-            timeout: self.duration(r.timeout.as_ref(), &format!("{field}.timeout"), DEFAULT_ROUTE_TIMEOUT),
+            timeout: self.duration(
+                r.timeout.as_ref(),
+                &format!("{field}.timeout"),
+                DEFAULT_ROUTE_TIMEOUT,
+            ),
             agencies,
         }
     }
@@ -263,14 +332,28 @@ impl<'a> Checker<'a> {
         }
         // "/a/b/" and "/a/b" are the same prefix; "/" stays "/".
         let trimmed = s.trim_end_matches('/');
-        if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }
+        if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        }
     }
 
-    fn hop(&mut self, base: &std::path::Path, h: &FileHop, i: usize, known: &HashSet<&str>) -> HopConfig {
+    fn hop(
+        &mut self,
+        base: &std::path::Path,
+        h: &FileHop,
+        i: usize,
+        known: &HashSet<&str>,
+    ) -> HopConfig {
         let field = format!("hop[{i}]");
         let name = h.name.get_ref();
         if !valid_identity(name) {
-            self.problem(&h.name, format!("{field}.name"), "use letters, digits, '.', '-' or '_' (it is a metric label and a header value)");
+            self.problem(
+                &h.name,
+                format!("{field}.name"),
+                "use letters, digits, '.', '-' or '_' (it is a metric label and a header value)",
+            );
         }
         let mut peers = Vec::new();
         for p in &h.peers {
@@ -285,21 +368,41 @@ impl<'a> Checker<'a> {
         for (j, r) in h.routes.iter().enumerate() {
             let rf = format!("{field}.route[{j}]");
             if !seen.insert(r.name.get_ref().clone()) {
-                self.problem(&r.name, format!("{rf}.name"), "route names must be unique within a hop");
+                self.problem(
+                    &r.name,
+                    format!("{rf}.name"),
+                    "route names must be unique within a hop",
+                );
             }
             routes.push(self.route(r, &rf, known));
         }
-        let max_header_bytes = h.http.max_header_bytes.as_ref().map_or(DEFAULT_MAX_HEADER_BYTES, |v| *v.get_ref());
-        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
-            if let Some(v) = &h.http.max_header_bytes {
-                self.problem(v, format!("{field}.http.max_header_bytes"), "choose between 1024 and 1048576");
-            }
+        let max_header_bytes = h
+            .http
+            .max_header_bytes
+            .as_ref()
+            .map_or(DEFAULT_MAX_HEADER_BYTES, |v| *v.get_ref());
+        if let Some(v) = &h.http.max_header_bytes
+            && !(1024..=1024 * 1024).contains(&max_header_bytes)
+        {
+            self.problem(
+                v,
+                format!("{field}.http.max_header_bytes"),
+                "choose between 1024 and 1048576",
+            );
         }
-        let max_connections = h.http.max_connections.as_ref().map_or(DEFAULT_MAX_CONNECTIONS, |v| *v.get_ref());
-        if max_connections == 0 {
-            if let Some(v) = &h.http.max_connections {
-                self.problem(v, format!("{field}.http.max_connections"), "must be at least 1");
-            }
+        let max_connections = h
+            .http
+            .max_connections
+            .as_ref()
+            .map_or(DEFAULT_MAX_CONNECTIONS, |v| *v.get_ref());
+        if let Some(v) = &h.http.max_connections
+            && max_connections == 0
+        {
+            self.problem(
+                v,
+                format!("{field}.http.max_connections"),
+                "must be at least 1",
+            );
         }
         HopConfig {
             name: name.clone(),
@@ -322,9 +425,17 @@ impl<'a> Checker<'a> {
 
 impl Config {
     /// Validates a parsed file. `base` is the directory relative paths are resolved against.
-    pub fn from_file(file: FileConfig, text: &str, source: &str, base: &std::path::Path) -> Result<Self, ConfigError> {
+    pub fn from_file(
+        file: FileConfig,
+        text: &str,
+        source: &str,
+        base: &std::path::Path,
+    ) -> Result<Self, ConfigError> {
         let map = SourceMap::new(text);
-        let mut c = Checker { map: &map, problems: Vec::new() };
+        let mut c = Checker {
+            map: &map,
+            problems: Vec::new(),
+        };
 
         let mut agencies = Vec::new();
         let mut codes = HashSet::new();
@@ -337,7 +448,11 @@ impl Config {
                 ));
             }
             if !codes.insert(code.as_str()) {
-                c.problem(&a.code, format!("agency[{i}].code"), "each agency code may appear once");
+                c.problem(
+                    &a.code,
+                    format!("agency[{i}].code"),
+                    "each agency code may appear once",
+                );
             }
             let mut keys = Vec::new();
             for (k, key) in a.keys.iter().enumerate() {
@@ -355,9 +470,18 @@ impl Config {
                 if let Some(owner) = key_owner.insert(digest, code.clone()) {
                     c.problem(&key.sha256, field, format!("this key hash is already given to agency {owner}; every key belongs to one agency"));
                 }
-                keys.push(crate::KeyConfig { sha256: digest, kind: key.kind, label: key.label.clone() });
+                keys.push(crate::KeyConfig {
+                    sha256: digest,
+                    kind: key.kind,
+                    label: key.label.clone(),
+                });
             }
-            agencies.push(AgencyConfig { code: code.clone(), name: a.name.clone(), status: a.status, keys });
+            agencies.push(AgencyConfig {
+                code: code.clone(),
+                name: a.name.clone(),
+                status: a.status,
+                keys,
+            });
         }
 
         let mut hop_names = HashSet::new();
@@ -365,41 +489,76 @@ impl Config {
         let mut hops = Vec::new();
         for (i, h) in file.hops.iter().enumerate() {
             if !hop_names.insert(h.name.get_ref().clone()) {
-                c.problem(&h.name, format!("hop[{i}].name"), "hop names must be unique");
+                c.problem(
+                    &h.name,
+                    format!("hop[{i}].name"),
+                    "hop names must be unique",
+                );
             }
             let hop = c.hop(base, h, i, &codes);
             if hop.listen.port() != 0 && !listens.insert(hop.listen) {
-                c.problem(&h.listen, format!("hop[{i}].listen"), "another listener in this file already uses this address");
+                c.problem(
+                    &h.listen,
+                    format!("hop[{i}].listen"),
+                    "another listener in this file already uses this address",
+                );
             }
             hops.push(hop);
         }
         if hops.is_empty() && file.emulator.is_none() {
-            c.problems.push(Problem::without_line("hop", "define at least one [[hop]] (or an [emulator]) for this process to serve"));
+            c.problems.push(Problem::without_line(
+                "hop",
+                "define at least one [[hop]] (or an [emulator]) for this process to serve",
+            ));
         }
 
         let admin = AdminConfig {
             listen: c.addr(&file.admin.listen, "admin.listen"),
-            drain_timeout: c.duration(file.admin.drain_timeout.as_ref(), "admin.drain_timeout", DEFAULT_DRAIN_TIMEOUT),
+            drain_timeout: c.duration(
+                file.admin.drain_timeout.as_ref(),
+                "admin.drain_timeout",
+                DEFAULT_DRAIN_TIMEOUT,
+            ),
         };
         if admin.listen.port() != 0 && listens.contains(&admin.listen) {
-            c.problem(&file.admin.listen, "admin.listen", "another listener in this file already uses this address");
+            c.problem(
+                &file.admin.listen,
+                "admin.listen",
+                "another listener in this file already uses this address",
+            );
         }
-        let level = file.log.level.as_ref().map_or_else(|| "info".to_owned(), |l| l.get_ref().clone());
-        if let Some(l) = &file.log.level {
-            if !["error", "warn", "info", "debug", "trace"].contains(&l.get_ref().as_str()) && !l.get_ref().contains('=') {
-                c.problem(l, "log.level", "use error, warn, info, debug, trace or a filter like \"info,lgsp_proxy=debug\"");
-            }
+        let level = file
+            .log
+            .level
+            .as_ref()
+            .map_or_else(|| "info".to_owned(), |l| l.get_ref().clone());
+        if let Some(l) = &file.log.level
+            && !["error", "warn", "info", "debug", "trace"].contains(&l.get_ref().as_str())
+            && !l.get_ref().contains('=')
+        {
+            c.problem(
+                l,
+                "log.level",
+                "use error, warn, info, debug, trace or a filter like \"info,lgsp_proxy=debug\"",
+            );
         }
         let emulator = file.emulator.as_ref().map(|e| {
-            let max_stored = e.max_stored.as_ref().map_or(DEFAULT_MAX_STORED, |v| *v.get_ref());
-            if max_stored == 0 {
-                if let Some(v) = &e.max_stored {
-                    c.problem(v, "emulator.max_stored", "must be at least 1");
-                }
+            let max_stored = e
+                .max_stored
+                .as_ref()
+                .map_or(DEFAULT_MAX_STORED, |v| *v.get_ref());
+            if let Some(v) = &e.max_stored
+                && max_stored == 0
+            {
+                c.problem(v, "emulator.max_stored", "must be at least 1");
             }
             let listen = c.addr(&e.listen, "emulator.listen");
             if listen.port() != 0 && (listens.contains(&listen) || listen == admin.listen) {
-                c.problem(&e.listen, "emulator.listen", "another listener in this file already uses this address");
+                c.problem(
+                    &e.listen,
+                    "emulator.listen",
+                    "another listener in this file already uses this address",
+                );
             }
             EmulatorConfig {
                 listen,
@@ -408,17 +567,27 @@ impl Config {
             }
         });
         let pki = PkiConfig {
-            dir: file.pki.dir.as_ref().map_or_else(|| base.join("certs"), |d| c.path(base, d).path),
+            dir: file
+                .pki
+                .dir
+                .as_ref()
+                .map_or_else(|| base.join("certs"), |d| c.path(base, d).path),
             dev_autogen: file.pki.dev_autogen.unwrap_or(false),
         };
 
         if !c.problems.is_empty() {
-            return Err(ConfigError { source: source.to_owned(), problems: c.problems });
+            return Err(ConfigError {
+                source: source.to_owned(),
+                problems: c.problems,
+            });
         }
         Ok(Config {
             source: source.to_owned(),
             admin,
-            log: LogConfig { format: file.log.format.unwrap_or_default(), level },
+            log: LogConfig {
+                format: file.log.format.unwrap_or_default(),
+                level,
+            },
             pki,
             hops,
             agencies,

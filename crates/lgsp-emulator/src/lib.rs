@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use lgsp_metrics::Metrics;
 use lgsp_tls::PeerIdentity;
@@ -75,7 +75,10 @@ fn problem(status: StatusCode, code: &str, detail: &str) -> Response<Full<Bytes>
     });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     resp
 }
 
@@ -83,18 +86,28 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 fn header_str(req: &http::request::Parts, name: &str) -> Option<String> {
-    req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 impl Emulator {
     pub fn new(max_stored: usize, metrics: Arc<Metrics>) -> Self {
         Emulator {
-            store: Arc::new(Mutex::new(Store { by_id: HashMap::new(), order: VecDeque::new(), max: max_stored.max(1) })),
+            store: Arc::new(Mutex::new(Store {
+                by_id: HashMap::new(),
+                order: VecDeque::new(),
+                max: max_stored.max(1),
+            })),
             metrics,
         }
     }
@@ -115,35 +128,73 @@ impl Emulator {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
-        let rest = parts.uri.path().strip_prefix(BASE).unwrap_or_default().to_owned();
+        let rest = parts
+            .uri
+            .path()
+            .strip_prefix(BASE)
+            .unwrap_or_default()
+            .to_owned();
         if let Some(id) = rest.strip_prefix("BienNhan/") {
             if parts.method != Method::GET && parts.method != Method::HEAD {
-                return problem(StatusCode::METHOD_NOT_ALLOWED, "emulator.method_not_allowed", "Receipts are read with GET.");
+                return problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "emulator.method_not_allowed",
+                    "Receipts are read with GET.",
+                );
             }
             return match self.receipt(id) {
                 Some(r) => json(StatusCode::OK, &r),
-                None => problem(StatusCode::NOT_FOUND, "emulator.receipt_not_found", "No packet with this message id reached the national endpoint; send it again (the message id makes a resend safe)."),
+                None => problem(
+                    StatusCode::NOT_FOUND,
+                    "emulator.receipt_not_found",
+                    "No packet with this message id reached the national endpoint; send it again (the message id makes a resend safe).",
+                ),
             };
         }
         let Some(message_type) = MESSAGE_TYPES.iter().find(|t| **t == rest) else {
-            return problem(StatusCode::NOT_FOUND, "emulator.unknown_message_type", &format!("The national endpoint accepts {} under {BASE}.", MESSAGE_TYPES.join(", ")));
+            return problem(
+                StatusCode::NOT_FOUND,
+                "emulator.unknown_message_type",
+                &format!(
+                    "The national endpoint accepts {} under {BASE}.",
+                    MESSAGE_TYPES.join(", ")
+                ),
+            );
         };
         if parts.method != Method::POST && parts.method != Method::PUT {
-            return problem(StatusCode::METHOD_NOT_ALLOWED, "emulator.method_not_allowed", "Packets are sent with POST (or PUT for a profile update).");
+            return problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "emulator.method_not_allowed",
+                "Packets are sent with POST (or PUT for a profile update).",
+            );
         }
-        let Some(message_id) = header_str(&parts, "x-lgsp-message-id").filter(|id| uuid::Uuid::parse_str(id).is_ok()) else {
+        let Some(message_id) =
+            header_str(&parts, "x-lgsp-message-id").filter(|id| uuid::Uuid::parse_str(id).is_ok())
+        else {
             self.count(message_type, "refused");
-            return problem(StatusCode::BAD_REQUEST, "emulator.missing_message_id", "Packets reach the national endpoint through a gateway, which sets X-LGSP-Message-Id (a UUID).");
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "emulator.missing_message_id",
+                "Packets reach the national endpoint through a gateway, which sets X-LGSP-Message-Id (a UUID).",
+            );
         };
         let bytes = match Limited::new(body, MAX_PACKET_BYTES).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
                 self.count(message_type, "refused");
-                return problem(StatusCode::PAYLOAD_TOO_LARGE, "emulator.body_unreadable", &format!("The packet could not be read whole ({e}); packets are limited to {MAX_PACKET_BYTES} bytes."));
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "emulator.body_unreadable",
+                    &format!(
+                        "The packet could not be read whole ({e}); packets are limited to {MAX_PACKET_BYTES} bytes."
+                    ),
+                );
             }
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         let receipt = Receipt {
             receipt_id: uuid::Uuid::now_v7().to_string(),
             message_id: message_id.clone(),
@@ -159,13 +210,21 @@ impl Emulator {
             duplicate: false,
         };
         let Ok(mut store) = self.store.lock() else {
-            return problem(StatusCode::INTERNAL_SERVER_ERROR, "emulator.internal", "The emulator's store is unavailable; restart it.");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "emulator.internal",
+                "The emulator's store is unavailable; restart it.",
+            );
         };
         if let Some(prev) = store.by_id.get(&message_id) {
             if prev.sha256 != receipt.sha256 {
                 drop(store);
                 self.count(message_type, "refused");
-                return problem(StatusCode::CONFLICT, "emulator.message_id_reused", "This message id was already used for a different packet; a new packet needs a new message id.");
+                return problem(
+                    StatusCode::CONFLICT,
+                    "emulator.message_id_reused",
+                    "This message id was already used for a different packet; a new packet needs a new message id.",
+                );
             }
             let mut again = prev.clone();
             again.duplicate = true;
@@ -173,10 +232,10 @@ impl Emulator {
             self.count(message_type, "duplicate");
             return json(StatusCode::OK, &again);
         }
-        if store.order.len() >= store.max {
-            if let Some(old) = store.order.pop_front() {
-                store.by_id.remove(&old);
-            }
+        if store.order.len() >= store.max
+            && let Some(old) = store.order.pop_front()
+        {
+            store.by_id.remove(&old);
         }
         store.order.push_back(message_id.clone());
         store.by_id.insert(message_id, receipt.clone());
@@ -187,7 +246,10 @@ impl Emulator {
     }
 
     fn count(&self, message_type: &str, result: &str) {
-        self.metrics.emulator_packets.with_label_values(&[message_type, result]).inc();
+        self.metrics
+            .emulator_packets
+            .with_label_values(&[message_type, result])
+            .inc();
     }
 }
 
@@ -216,11 +278,15 @@ mod tests {
     use tower::ServiceExt;
 
     fn post(path: &str, id: Option<&str>, body: &'static str) -> Request<Full<Bytes>> {
-        let mut b = Request::builder().method("POST").uri(path).header("x-lgsp-client", "000.00.00.H29");
+        let mut b = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("x-lgsp-client", "000.00.00.H29");
         if let Some(id) = id {
             b = b.header("x-lgsp-message-id", id);
         }
-        b.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+        b.body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
     }
 
     async fn body_json(resp: Response<Full<Bytes>>) -> serde_json::Value {
@@ -231,7 +297,11 @@ mod tests {
     async fn accepts_a_packet_and_answers_a_receipt_with_the_message_id() {
         let emu = Emulator::new(10, Metrics::new().unwrap());
         let id = uuid::Uuid::now_v7().to_string();
-        let resp = emu.clone().oneshot(post("/cbccvc/v1/HoSoCBCCVC", Some(&id), "<HoSoCBCCVC/>")).await.unwrap();
+        let resp = emu
+            .clone()
+            .oneshot(post("/cbccvc/v1/HoSoCBCCVC", Some(&id), "<HoSoCBCCVC/>"))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         let r = body_json(resp).await;
         assert_eq!(r["message_id"], id.as_str());
@@ -244,25 +314,58 @@ mod tests {
     async fn a_resend_is_a_duplicate_and_a_changed_resend_a_conflict() {
         let emu = Emulator::new(10, Metrics::new().unwrap());
         let id = uuid::Uuid::now_v7().to_string();
-        emu.clone().oneshot(post("/cbccvc/v1/BienChe", Some(&id), "a")).await.unwrap();
-        let again = body_json(emu.clone().oneshot(post("/cbccvc/v1/BienChe", Some(&id), "a")).await.unwrap()).await;
+        emu.clone()
+            .oneshot(post("/cbccvc/v1/BienChe", Some(&id), "a"))
+            .await
+            .unwrap();
+        let again = body_json(
+            emu.clone()
+                .oneshot(post("/cbccvc/v1/BienChe", Some(&id), "a"))
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(again["duplicate"], true);
-        let changed = emu.clone().oneshot(post("/cbccvc/v1/BienChe", Some(&id), "b")).await.unwrap();
+        let changed = emu
+            .clone()
+            .oneshot(post("/cbccvc/v1/BienChe", Some(&id), "b"))
+            .await
+            .unwrap();
         assert_eq!(changed.status(), StatusCode::CONFLICT);
-        let get = Request::get(format!("/cbccvc/v1/BienNhan/{id}")).body(Full::new(Bytes::new())).unwrap();
-        assert_eq!(body_json(emu.oneshot(get).await.unwrap()).await["message_id"], id.as_str());
+        let get = Request::get(format!("/cbccvc/v1/BienNhan/{id}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            body_json(emu.oneshot(get).await.unwrap()).await["message_id"],
+            id.as_str()
+        );
     }
 
     #[tokio::test]
     async fn refuses_unknown_types_and_missing_ids_and_keeps_the_store_bounded() {
         let emu = Emulator::new(2, Metrics::new().unwrap());
-        let r = emu.clone().oneshot(post("/cbccvc/v1/Other", Some(&uuid::Uuid::now_v7().to_string()), "a")).await.unwrap();
+        let r = emu
+            .clone()
+            .oneshot(post(
+                "/cbccvc/v1/Other",
+                Some(&uuid::Uuid::now_v7().to_string()),
+                "a",
+            ))
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
-        let r = emu.clone().oneshot(post("/cbccvc/v1/BienDong", None, "a")).await.unwrap();
+        let r = emu
+            .clone()
+            .oneshot(post("/cbccvc/v1/BienDong", None, "a"))
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         for _ in 0..3 {
             let id = uuid::Uuid::now_v7().to_string();
-            emu.clone().oneshot(post("/cbccvc/v1/BienDong", Some(&id), "a")).await.unwrap();
+            emu.clone()
+                .oneshot(post("/cbccvc/v1/BienDong", Some(&id), "a"))
+                .await
+                .unwrap();
         }
         assert_eq!(emu.stored(), 2);
     }

@@ -3,11 +3,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -41,22 +41,40 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn answer(metrics: &Metrics, ready: &Readiness, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, PROMETHEUS_TEXT, metrics.encode()),
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET | &Method::HEAD, "/readyz") if ready.get() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
-        (&Method::GET | &Method::HEAD, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: starting or draining\n".to_owned())
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            (StatusCode::OK, PROMETHEUS_TEXT, metrics.encode())
         }
-        (_, "/metrics" | "/healthz" | "/readyz") => {
-            (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".to_owned())
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            (StatusCode::OK, "text/plain", "ok\n".to_owned())
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "admin endpoints: /metrics /healthz /readyz\n".to_owned()),
+        (&Method::GET | &Method::HEAD, "/readyz") if ready.get() => {
+            (StatusCode::OK, "text/plain", "ready\n".to_owned())
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: starting or draining\n".to_owned(),
+        ),
+        (_, "/metrics" | "/healthz" | "/readyz") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin endpoints: /metrics /healthz /readyz\n".to_owned(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
     }
     resp
 }

@@ -7,9 +7,11 @@ mod labels;
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
-pub use admin::{serve_admin, AdminHandle, Readiness};
+pub use admin::{AdminHandle, Readiness, serve_admin};
 pub use labels::{RequestLabels, UNKNOWN};
 
 /// Every metric family of the gateway.
@@ -31,7 +33,12 @@ pub struct Metrics {
     pub emulator_packets: IntCounterVec,
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
@@ -52,7 +59,10 @@ impl Metrics {
                 "lgsp_request_duration_seconds",
                 "Time from request head received to response head sent, by hop and route.",
             )
-            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
             &["hop", "route"],
         )?;
         registry.register(Box::new(duration.clone()))?;
@@ -75,7 +85,10 @@ impl Metrics {
             &["hop", "reason"],
         )?;
         let connections_open = IntGaugeVec::new(
-            Opts::new("lgsp_connections_open", "Client connections open (after the TLS handshake), by hop."),
+            Opts::new(
+                "lgsp_connections_open",
+                "Client connections open (after the TLS handshake), by hop.",
+            ),
             &["hop"],
         )?;
         registry.register(Box::new(connections_open.clone()))?;
@@ -86,11 +99,19 @@ impl Metrics {
             &["message_type", "result"],
         )?;
         let build_info = IntGaugeVec::new(
-            Opts::new("lgsp_build_info", "Build of the running gateway; the value is always 1."),
+            Opts::new(
+                "lgsp_build_info",
+                "Build of the running gateway; the value is always 1.",
+            ),
             &["version", "rustc"],
         )?;
         registry.register(Box::new(build_info.clone()))?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("LGSP_RUSTC_VERSION").unwrap_or("unknown")]).set(1);
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("LGSP_RUSTC_VERSION").unwrap_or("unknown"),
+            ])
+            .set(1);
         Ok(Arc::new(Metrics {
             registry,
             requests,
@@ -130,11 +151,17 @@ mod tests {
     #[test]
     fn exposition_has_every_family_with_help() {
         let m = Metrics::new().unwrap();
-        m.requests.with_label_values(&["lgsp", "r", "000.00.00.H29", "200"]).inc();
+        m.requests
+            .with_label_values(&["lgsp", "r", "000.00.00.H29", "200"])
+            .inc();
         m.duration.with_label_values(&["lgsp", "r"]).observe(0.01);
-        m.upstream_errors.with_label_values(&["lgsp", "localhost:1", "connect"]).inc();
+        m.upstream_errors
+            .with_label_values(&["lgsp", "localhost:1", "connect"])
+            .inc();
         m.auth_failure("lgsp", "missing_key");
-        m.tls_handshake_failures.with_label_values(&["lgsp", "revoked"]).inc();
+        m.tls_handshake_failures
+            .with_label_values(&["lgsp", "revoked"])
+            .inc();
         let text = m.encode();
         for family in [
             "lgsp_requests_total",
@@ -144,7 +171,10 @@ mod tests {
             "lgsp_tls_handshake_failures_total",
             "lgsp_build_info",
         ] {
-            assert!(text.contains(&format!("# HELP {family} ")), "{family} missing in\n{text}");
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} missing in\n{text}"
+            );
         }
     }
 }

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use lgsp_auth::AuthError;
 use serde::Serialize;
 
-use crate::body::Body;
 use crate::BoxError;
+use crate::body::Body;
 
 /// Whose fault a failure is; logs and the `class` field of problems say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,15 +45,26 @@ pub enum ProxyError {
     #[error("no route for {path}")]
     RouteNotFound { path: String },
     #[error("{method} not allowed on route {route}")]
-    MethodNotAllowed { route: Arc<str>, method: String, allow: String },
+    MethodNotAllowed {
+        route: Arc<str>,
+        method: String,
+        allow: String,
+    },
     #[error("agency {agency} may not use route {route}")]
     AgencyNotAllowed { route: Arc<str>, agency: Arc<str> },
     #[error("invalid hop header {header}: {reason}")]
-    BadHopHeader { header: &'static str, reason: String },
+    BadHopHeader {
+        header: &'static str,
+        reason: String,
+    },
     #[error("request already passed hop {hop} ({hops})")]
     HopLoop { hop: Arc<str>, hops: String },
     #[error("upstream {upstream} failed ({}): {message}", kind.as_str())]
-    Upstream { upstream: String, kind: UpstreamFailure, message: String },
+    Upstream {
+        upstream: String,
+        kind: UpstreamFailure,
+        message: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -66,7 +77,10 @@ impl ProxyError {
             ProxyError::AgencyNotAllowed { .. } => StatusCode::FORBIDDEN,
             ProxyError::BadHopHeader { .. } => StatusCode::BAD_REQUEST,
             ProxyError::HopLoop { .. } => StatusCode::LOOP_DETECTED,
-            ProxyError::Upstream { kind: UpstreamFailure::Timeout, .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream {
+                kind: UpstreamFailure::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,10 +93,22 @@ impl ProxyError {
             ProxyError::AgencyNotAllowed { .. } => "route.agency_not_allowed",
             ProxyError::BadHopHeader { .. } => "hop.bad_header",
             ProxyError::HopLoop { .. } => "hop.loop_detected",
-            ProxyError::Upstream { kind: UpstreamFailure::Connect, .. } => "upstream.unreachable",
-            ProxyError::Upstream { kind: UpstreamFailure::Tls, .. } => "upstream.tls_failed",
-            ProxyError::Upstream { kind: UpstreamFailure::Timeout, .. } => "upstream.timeout",
-            ProxyError::Upstream { kind: UpstreamFailure::Protocol, .. } => "upstream.protocol_error",
+            ProxyError::Upstream {
+                kind: UpstreamFailure::Connect,
+                ..
+            } => "upstream.unreachable",
+            ProxyError::Upstream {
+                kind: UpstreamFailure::Tls,
+                ..
+            } => "upstream.tls_failed",
+            ProxyError::Upstream {
+                kind: UpstreamFailure::Timeout,
+                ..
+            } => "upstream.timeout",
+            ProxyError::Upstream {
+                kind: UpstreamFailure::Protocol,
+                ..
+            } => "upstream.protocol_error",
             ProxyError::Internal(_) => "gateway.internal",
         }
     }
@@ -107,19 +133,27 @@ impl ProxyError {
                 "Agency {agency} is not allowed on route {route}; ask the LGSP operator to add it to the route's `agencies`."
             ),
             ProxyError::BadHopHeader { header, reason } => {
-                format!("The relaying gateway sent an invalid {header} ({reason}); fix the relaying hop.")
+                format!(
+                    "The relaying gateway sent an invalid {header} ({reason}); fix the relaying hop."
+                )
             }
             ProxyError::HopLoop { hop, hops } => format!(
                 "The request already passed hop {hop} (X-LGSP-Hops: {hops}); a route points back at an earlier hop — fix the upstream URLs."
             ),
-            ProxyError::Upstream { upstream, kind: UpstreamFailure::Timeout, .. } => format!(
+            ProxyError::Upstream {
+                upstream,
+                kind: UpstreamFailure::Timeout,
+                ..
+            } => format!(
                 "Upstream {upstream} did not answer within the route's timeout; retry later with the same X-LGSP-Message-Id (resends are safe)."
             ),
             ProxyError::Upstream { upstream, kind, .. } => format!(
                 "Upstream {upstream} could not be reached ({}); retry later with the same X-LGSP-Message-Id, and tell the LGSP operator if it persists.",
                 kind.as_str()
             ),
-            ProxyError::Internal(_) => "The gateway failed on its own; tell the LGSP operator the message id.".into(),
+            ProxyError::Internal(_) => {
+                "The gateway failed on its own; tell the LGSP operator the message id.".into()
+            }
         }
     }
 }
@@ -167,7 +201,14 @@ pub fn rescue(e: &BoxError) -> Rescued {
             ProxyError::MethodNotAllowed { allow, .. } => Some(allow.clone()),
             _ => None,
         };
-        return Rescued { status: p.status(), code: p.code(), blame: p.blame(), detail: p.detail(), allow, log: p.to_string() };
+        return Rescued {
+            status: p.status(),
+            code: p.code(),
+            blame: p.blame(),
+            detail: p.detail(),
+            allow,
+            log: p.to_string(),
+        };
     }
     Rescued {
         status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -194,9 +235,16 @@ impl Rescued {
             class: self.blame,
         };
         let json = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut resp = Response::new(Full::new(Bytes::from(json)).map_err(|never| match never {}).boxed_unsync());
+        let mut resp = Response::new(
+            Full::new(Bytes::from(json))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
         *resp.status_mut() = self.status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             resp.headers_mut().insert(header::ALLOW, allow);
         }

@@ -8,18 +8,18 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lgsp_auth::Caller;
 use tower::Service;
 
-use crate::body::{boxed, Body};
+use crate::BoxError;
+use crate::body::{Body, boxed};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::headers::{self, HopPath, MessageId, TraceContext};
 use crate::route::Route;
 use crate::trace::HopContext;
-use crate::BoxError;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -43,8 +43,17 @@ pub fn upstream_client(tls: rustls::ClientConfig) -> UpstreamClient {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never travel on.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization", "trailer"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
@@ -66,7 +75,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 pub fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
     let c = &route.config;
     let path = uri.path();
-    let rest = if c.prefix == "/" { path } else { path.get(c.prefix.len()..).unwrap_or_default() };
+    let rest = if c.prefix == "/" {
+        path
+    } else {
+        path.get(c.prefix.len()..).unwrap_or_default()
+    };
     let new_prefix = c.rewrite.as_deref().unwrap_or(&c.prefix);
     let new_prefix = if new_prefix == "/" { "" } else { new_prefix };
     let mut target = format!("{}{new_prefix}{rest}", c.upstream.base_path);
@@ -87,7 +100,11 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
         }
         source = s.source();
     }
-    if e.is_connect() { UpstreamFailure::Connect } else { UpstreamFailure::Protocol }
+    if e.is_connect() {
+        UpstreamFailure::Connect
+    } else {
+        UpstreamFailure::Protocol
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -114,7 +131,8 @@ impl Forward {
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), ProxyError> {
-    let v = HeaderValue::from_str(value).map_err(|_| ProxyError::Internal(format!("{name} value not sendable")))?;
+    let v = HeaderValue::from_str(value)
+        .map_err(|_| ProxyError::Internal(format!("{name} value not sendable")))?;
     h.insert(name, v);
     Ok(())
 }
@@ -122,11 +140,31 @@ fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), ProxyEr
 impl Forward {
     fn prepare(&self, mut req: Request<Body>) -> Result<(Request<Body>, Arc<Route>), ProxyError> {
         let missing = |what: &str| ProxyError::Internal(format!("forward reached without {what}"));
-        let route = req.extensions().get::<Arc<Route>>().cloned().ok_or_else(|| missing("a route"))?;
-        let caller = req.extensions().get::<Caller>().cloned().ok_or_else(|| missing("a caller"))?;
-        let id = req.extensions().get::<MessageId>().cloned().ok_or_else(|| missing("a message id"))?;
-        let hops = req.extensions().get::<HopPath>().cloned().ok_or_else(|| missing("a hop path"))?;
-        let trace = req.extensions().get::<TraceContext>().cloned().ok_or_else(|| missing("a trace context"))?;
+        let route = req
+            .extensions()
+            .get::<Arc<Route>>()
+            .cloned()
+            .ok_or_else(|| missing("a route"))?;
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| missing("a caller"))?;
+        let id = req
+            .extensions()
+            .get::<MessageId>()
+            .cloned()
+            .ok_or_else(|| missing("a message id"))?;
+        let hops = req
+            .extensions()
+            .get::<HopPath>()
+            .cloned()
+            .ok_or_else(|| missing("a hop path"))?;
+        let trace = req
+            .extensions()
+            .get::<TraceContext>()
+            .cloned()
+            .ok_or_else(|| missing("a trace context"))?;
         *req.uri_mut() = upstream_uri(&route, req.uri())?;
         // The upstream connection negotiates its own protocol by ALPN.
         *req.version_mut() = Version::HTTP_11;
@@ -166,10 +204,20 @@ impl Service<Request<Body>> for Forward {
                     return Ok(Response::from_parts(parts, boxed(body)));
                 }
                 Ok(Err(e)) => (classify(&e), error_chain(&e)),
-                Err(_) => (UpstreamFailure::Timeout, format!("no response head within {:?}", route.config.timeout)),
+                Err(_) => (
+                    UpstreamFailure::Timeout,
+                    format!("no response head within {:?}", route.config.timeout),
+                ),
             };
-            hop.metrics.upstream_errors.with_label_values(&[&*hop.name, upstream.as_str(), failure.0.as_str()]).inc();
-            Err(Box::new(ProxyError::Upstream { upstream, kind: failure.0, message: failure.1 }) as BoxError)
+            hop.metrics
+                .upstream_errors
+                .with_label_values(&[&*hop.name, upstream.as_str(), failure.0.as_str()])
+                .inc();
+            Err(Box::new(ProxyError::Upstream {
+                upstream,
+                kind: failure.0,
+                message: failure.1,
+            }) as BoxError)
         })
     }
 }
@@ -183,8 +231,17 @@ mod tests {
         let mut r = lgsp_config::embedded().unwrap().hops[0].routes[0].clone();
         r.prefix = prefix.into();
         r.rewrite = rewrite.map(str::to_owned);
-        let (authority, base) = upstream.split_once('/').map_or((upstream, ""), |(a, b)| (a, b));
-        r.upstream = lgsp_config::Upstream { authority: authority.into(), base_path: if base.is_empty() { String::new() } else { format!("/{base}") } };
+        let (authority, base) = upstream
+            .split_once('/')
+            .map_or((upstream, ""), |(a, b)| (a, b));
+        r.upstream = lgsp_config::Upstream {
+            authority: authority.into(),
+            base_path: if base.is_empty() {
+                String::new()
+            } else {
+                format!("/{base}")
+            },
+        };
         RouteTable::new(&[r]).lookup(prefix).unwrap().clone()
     }
 
@@ -194,9 +251,19 @@ mod tests {
         let u = upstream_uri(&r, &"/lgsp/v1/HoSoCBCCVC/a/b?x=1".parse().unwrap()).unwrap();
         assert_eq!(u.to_string(), "https://h:1/ndxp/v1/HoSoCBCCVC/a/b?x=1");
         let r = route("/lgsp", None, "h:1/base");
-        assert_eq!(upstream_uri(&r, &"/lgsp/x".parse().unwrap()).unwrap().to_string(), "https://h:1/base/lgsp/x");
+        assert_eq!(
+            upstream_uri(&r, &"/lgsp/x".parse().unwrap())
+                .unwrap()
+                .to_string(),
+            "https://h:1/base/lgsp/x"
+        );
         let r = route("/", Some("/"), "h:1");
-        assert_eq!(upstream_uri(&r, &"/a".parse().unwrap()).unwrap().to_string(), "https://h:1/a");
+        assert_eq!(
+            upstream_uri(&r, &"/a".parse().unwrap())
+                .unwrap()
+                .to_string(),
+            "https://h:1/a"
+        );
     }
 
     #[test]

@@ -9,15 +9,15 @@ use std::time::Duration;
 use lgsp_auth::AuthPolicy;
 use lgsp_config::{Config, ServerTlsConfig};
 use lgsp_emulator::Emulator;
-use lgsp_metrics::{serve_admin, Metrics, Readiness};
+use lgsp_metrics::{Metrics, Readiness, serve_admin};
 use lgsp_tls::TlsError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::util::BoxCloneService;
 use tower::ServiceExt;
+use tower::util::BoxCloneService;
 
 use crate::forward::upstream_client;
-use crate::listener::{spawn_tls_listener, ListenerSpec};
+use crate::listener::{ListenerSpec, spawn_tls_listener};
 use crate::route::RouteTable;
 use crate::stack::hop_stack;
 use crate::trace::HopContext;
@@ -27,7 +27,11 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr} for {what}: {error}; pick a free address in the config")]
-    Bind { what: String, addr: SocketAddr, error: std::io::Error },
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus_error::Error),
 }
@@ -57,7 +61,13 @@ pub struct Gateway {
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|error| StartError::Bind { what: what.to_owned(), addr, error })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Bind {
+            what: what.to_owned(),
+            addr,
+            error,
+        })
 }
 
 fn spec(name: &str, tls: &ServerTlsConfig, drain: Duration) -> Result<ListenerSpec, TlsError> {
@@ -92,12 +102,21 @@ impl Gateway {
                 peers: h.peers.iter().cloned().collect::<HashSet<_>>(),
                 metrics: metrics.clone(),
             });
-            let auth = Arc::new(AuthPolicy::new(&h.name, &cfg.agencies, &h.peers, metrics.clone()));
+            let auth = Arc::new(AuthPolicy::new(
+                &h.name,
+                &cfg.agencies,
+                &h.peers,
+                metrics.clone(),
+            ));
             let routes = Arc::new(RouteTable::new(&h.routes));
             prepared.push((h, s, hop_stack(hop, auth, routes, client)));
         }
         let emulator = match &cfg.emulator {
-            Some(e) => Some((e, spec("emulator", &e.tls, drain)?, Emulator::new(e.max_stored, metrics.clone()))),
+            Some(e) => Some((
+                e,
+                spec("emulator", &e.tls, drain)?,
+                Emulator::new(e.max_stored, metrics.clone()),
+            )),
             None => None,
         };
 
@@ -105,18 +124,44 @@ impl Gateway {
         let mut hops = Vec::new();
         for (h, s, svc) in prepared {
             let listener = bind(&format!("hop {}", h.name), h.listen).await?;
-            let addr = listener.local_addr().map_err(|error| StartError::Bind { what: h.name.clone(), addr: h.listen, error })?;
-            tasks.push(spawn_tls_listener(listener, s, svc, metrics.clone(), rx.clone()));
-            hops.push(Bound { name: h.name.clone(), addr });
+            let addr = listener.local_addr().map_err(|error| StartError::Bind {
+                what: h.name.clone(),
+                addr: h.listen,
+                error,
+            })?;
+            tasks.push(spawn_tls_listener(
+                listener,
+                s,
+                svc,
+                metrics.clone(),
+                rx.clone(),
+            ));
+            hops.push(Bound {
+                name: h.name.clone(),
+                addr,
+            });
         }
         let emulator = match emulator {
             Some((e, s, emu)) => {
                 let listener = bind("emulator", e.listen).await?;
-                let addr = listener.local_addr().map_err(|error| StartError::Bind { what: "emulator".into(), addr: e.listen, error })?;
-                let svc: crate::stack::HopService = BoxCloneService::new(
-                    ServiceExt::<http::Request<crate::body::Body>>::map_response(emu.clone(), |r| r.map(crate::body::boxed)),
-                );
-                tasks.push(spawn_tls_listener(listener, s, svc, metrics.clone(), rx.clone()));
+                let addr = listener.local_addr().map_err(|error| StartError::Bind {
+                    what: "emulator".into(),
+                    addr: e.listen,
+                    error,
+                })?;
+                let svc: crate::stack::HopService = BoxCloneService::new(ServiceExt::<
+                    http::Request<crate::body::Body>,
+                >::map_response(
+                    emu.clone(),
+                    |r| r.map(crate::body::boxed),
+                ));
+                tasks.push(spawn_tls_listener(
+                    listener,
+                    s,
+                    svc,
+                    metrics.clone(),
+                    rx.clone(),
+                ));
                 Some((addr, emu))
             }
             None => None,
@@ -124,10 +169,22 @@ impl Gateway {
         let ready = Readiness::default();
         let admin_listener = bind("admin", cfg.admin.listen).await?;
         let admin = serve_admin(admin_listener, metrics.clone(), ready.clone(), rx.clone())
-            .map_err(|error| StartError::Bind { what: "admin".into(), addr: cfg.admin.listen, error })?;
+            .map_err(|error| StartError::Bind {
+                what: "admin".into(),
+                addr: cfg.admin.listen,
+                error,
+            })?;
         tasks.push(admin.task);
         ready.set(true);
-        Ok(Gateway { hops, admin: admin.local_addr, emulator, metrics, ready, shutdown, tasks })
+        Ok(Gateway {
+            hops,
+            admin: admin.local_addr,
+            emulator,
+            metrics,
+            ready,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Address of the hop named `name`.

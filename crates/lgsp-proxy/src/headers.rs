@@ -51,7 +51,11 @@ pub struct HopPath(pub Vec<String>);
 impl HopPath {
     /// Parses a peer's `X-LGSP-Hops` (comma-separated hop names).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let hops: Vec<String> = s.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect();
+        let hops: Vec<String> = s
+            .split(',')
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
         if hops.len() > MAX_HOPS {
             return Err(format!("more than {MAX_HOPS} hops"));
         }
@@ -84,20 +88,34 @@ fn random_hex(bytes: usize) -> String {
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) && s.bytes().any(|b| b != b'0')
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
 }
 
 impl TraceContext {
     /// Continues the caller's trace when its `traceparent` is valid, else starts a new one.
     pub fn continue_or_start(headers: &HeaderMap) -> Self {
-        let parsed = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(|v| {
-            let mut parts = v.trim().split('-');
-            let (version, trace, _parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-            (version == "00" && parts.next().is_none() && is_lower_hex(trace, 32) && flags.len() == 2)
-                .then(|| (trace.to_owned(), flags.to_owned()))
-        });
+        let parsed = headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let mut parts = v.trim().split('-');
+                let (version, trace, _parent, flags) =
+                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                (version == "00"
+                    && parts.next().is_none()
+                    && is_lower_hex(trace, 32)
+                    && flags.len() == 2)
+                    .then(|| (trace.to_owned(), flags.to_owned()))
+            });
         let (trace_id, flags) = parsed.unwrap_or_else(|| (random_hex(16), "01".to_owned()));
-        TraceContext { trace_id, span_id: random_hex(8), flags }
+        TraceContext {
+            trace_id,
+            span_id: random_hex(8),
+            flags,
+        }
     }
 
     pub fn header_value(&self) -> String {
@@ -111,7 +129,11 @@ fn truncate(s: &str) -> String {
 
 /// Removes every `X-LGSP-*` header (agencies may not set them).
 pub fn strip_hop_headers(headers: &mut HeaderMap) {
-    let names: Vec<_> = headers.keys().filter(|k| k.as_str().starts_with(HOP_HEADER_PREFIX)).cloned().collect();
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(HOP_HEADER_PREFIX))
+        .cloned()
+        .collect();
     for n in names {
         headers.remove(n);
     }
@@ -132,11 +154,21 @@ mod tests {
     #[test]
     fn traceparent_is_continued_with_a_new_span_or_started() {
         let mut h = HeaderMap::new();
-        h.insert(TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        h.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
         let t = TraceContext::continue_or_start(&h);
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(t.span_id, "00f067aa0ba902b7");
-        h.insert(TRACEPARENT, "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap());
+        h.insert(
+            TRACEPARENT,
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
         let t = TraceContext::continue_or_start(&h);
         assert_ne!(t.trace_id, "00000000000000000000000000000000");
         assert_eq!(t.header_value().len(), 55);
@@ -144,7 +176,10 @@ mod tests {
 
     #[test]
     fn hop_paths_are_bounded_and_named() {
-        assert_eq!(HopPath::parse("lgsp, ndxp").unwrap().0, vec!["lgsp", "ndxp"]);
+        assert_eq!(
+            HopPath::parse("lgsp, ndxp").unwrap().0,
+            vec!["lgsp", "ndxp"]
+        );
         assert!(HopPath::parse("a b").is_err());
         assert!(HopPath::parse(&vec!["h"; 17].join(",")).is_err());
     }

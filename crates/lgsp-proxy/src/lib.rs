@@ -12,11 +12,11 @@ mod route;
 mod stack;
 mod trace;
 
-pub use forward::{upstream_client, upstream_uri, Forward, UpstreamClient};
+pub use forward::{Forward, UpstreamClient, upstream_client, upstream_uri};
 pub use gateway::{Bound, Gateway, StartError};
-pub use listener::{spawn_tls_listener, ListenerSpec};
+pub use listener::{ListenerSpec, spawn_tls_listener};
 pub use route::{Route, RouteLayer, RouteTable};
-pub use stack::{hop_stack, HopService};
+pub use stack::{HopService, hop_stack};
 pub use trace::{HopContext, ObserveLayer};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

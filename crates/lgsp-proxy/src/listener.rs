@@ -15,11 +15,11 @@ use hyper_util::service::TowerToHyperService;
 use lgsp_metrics::Metrics;
 use lgsp_tls::{HandshakeFailure, PeerIdentity};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::body::{boxed, Body};
+use crate::body::{Body, boxed};
 use crate::stack::HopService;
 
 /// How one TLS listener behaves.
@@ -61,7 +61,10 @@ impl tower::Service<Request<Incoming>> for WithIdentity {
     type Error = Infallible;
     type Future = tower::util::Oneshot<HopService, Request<Body>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -86,8 +89,7 @@ pub fn spawn_tls_listener(
     service: HopService,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()>
-{
+) -> tokio::task::JoinHandle<()> {
     let acceptor = TlsAcceptor::from(spec.tls.clone());
     let builder = Arc::new(http_builder(&spec));
     let slots = Arc::new(Semaphore::new(spec.max_connections));
@@ -116,21 +118,34 @@ pub fn spawn_tls_listener(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, spec, service, metrics, builder) =
-                (acceptor.clone(), spec.clone(), service.clone(), metrics.clone(), builder.clone());
+            let (acceptor, spec, service, metrics, builder) = (
+                acceptor.clone(),
+                spec.clone(),
+                service.clone(),
+                metrics.clone(),
+                builder.clone(),
+            );
             let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _permit = permit;
-                let tls = match tokio::time::timeout(spec.handshake_timeout, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(spec.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         let reason = HandshakeFailure::classify(&e);
-                        metrics.tls_handshake_failures.with_label_values(&[&spec.name, reason.as_str()]).inc();
+                        metrics
+                            .tls_handshake_failures
+                            .with_label_values(&[&spec.name, reason.as_str()])
+                            .inc();
                         tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = reason.as_str(), error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
-                        metrics.tls_handshake_failures.with_label_values(&[&spec.name, HandshakeFailure::Timeout.as_str()]).inc();
+                        metrics
+                            .tls_handshake_failures
+                            .with_label_values(&[&spec.name, HandshakeFailure::Timeout.as_str()])
+                            .inc();
                         tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = "timeout", "TLS handshake not finished within {:?}", spec.handshake_timeout);
                         return;
                     }
@@ -152,8 +167,12 @@ pub fn spawn_tls_listener(
                 tracing::debug!(hop = %spec.name, peer = %peer_addr, identity = ?identity.as_ref().map(|i| &i.id), "connection open");
                 let open = metrics.connections_open.with_label_values(&[&spec.name]);
                 open.inc();
-                let svc = WithIdentity { inner: service, identity };
-                let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+                let svc = WithIdentity {
+                    inner: service,
+                    identity,
+                };
+                let conn =
+                    builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(hop = %spec.name, peer = %peer_addr, error = %e, "connection ended with an error");
                 }
@@ -161,7 +180,10 @@ pub fn spawn_tls_listener(
             });
         }
         drop(listener);
-        if tokio::time::timeout(spec.drain_timeout, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(spec.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(hop = %spec.name, "drain timeout passed; closing the remaining connections");
         }
     })

@@ -12,8 +12,8 @@ use lgsp_config::RouteConfig;
 use lgsp_metrics::RequestLabels;
 use tower::{Layer, Service};
 
-use crate::error::ProxyError;
 use crate::BoxError;
+use crate::error::ProxyError;
 
 /// A route ready to serve.
 #[derive(Debug)]
@@ -33,7 +33,9 @@ pub struct RouteTable {
 /// Whether `path` lies under `prefix` on a segment boundary.
 fn under(path: &str, prefix: &str) -> bool {
     prefix == "/"
-        || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl RouteTable {
@@ -75,7 +77,10 @@ impl<S> Layer<S> for RouteLayer {
     type Service = Routing<S>;
 
     fn layer(&self, inner: S) -> Routing<S> {
-        Routing { inner, table: self.table.clone() }
+        Routing {
+            inner,
+            table: self.table.clone(),
+        }
     }
 }
 
@@ -89,22 +94,37 @@ pub struct Routing<S> {
 impl<S> Routing<S> {
     fn decide<B>(&self, req: &Request<B>) -> Result<Arc<Route>, ProxyError> {
         let path = req.uri().path();
-        let route = self.table.lookup(path).ok_or_else(|| ProxyError::RouteNotFound { path: path.chars().take(256).collect() })?;
+        let route = self
+            .table
+            .lookup(path)
+            .ok_or_else(|| ProxyError::RouteNotFound {
+                path: path.chars().take(256).collect(),
+            })?;
         if let Some(labels) = req.extensions().get::<RequestLabels>() {
             labels.set_route(route.name.clone());
         }
-        if !route.config.methods.iter().any(|m| m == req.method().as_str()) {
+        if !route
+            .config
+            .methods
+            .iter()
+            .any(|m| m == req.method().as_str())
+        {
             return Err(ProxyError::MethodNotAllowed {
                 route: route.name.clone(),
                 method: req.method().to_string(),
                 allow: route.allow.clone(),
             });
         }
-        let caller = req.extensions().get::<Caller>().ok_or_else(|| ProxyError::Internal("route reached without an authenticated caller".into()))?;
-        if let Some(allowed) = &route.agencies {
-            if !allowed.contains(&*caller.agency) {
-                return Err(ProxyError::AgencyNotAllowed { route: route.name.clone(), agency: caller.agency.clone() });
-            }
+        let caller = req.extensions().get::<Caller>().ok_or_else(|| {
+            ProxyError::Internal("route reached without an authenticated caller".into())
+        })?;
+        if let Some(allowed) = &route.agencies
+            && !allowed.contains(&*caller.agency)
+        {
+            return Err(ProxyError::AgencyNotAllowed {
+                route: route.name.clone(),
+                agency: caller.agency.clone(),
+            });
         }
         Ok(route.clone())
     }
@@ -151,13 +171,23 @@ mod tests {
     }
 
     fn svc() -> Routing<tower::util::BoxCloneSyncService<Request<()>, Arc<Route>, BoxError>> {
-        let inner = tower::service_fn(|req: Request<()>| async move { Ok::<_, BoxError>(req.extensions().get::<Arc<Route>>().unwrap().clone()) });
+        let inner = tower::service_fn(|req: Request<()>| async move {
+            Ok::<_, BoxError>(req.extensions().get::<Arc<Route>>().unwrap().clone())
+        });
         RouteLayer::new(table()).layer(tower::util::BoxCloneSyncService::new(inner))
     }
 
     fn req(method: &str, path: &str, agency: &str) -> Request<()> {
-        let mut r = Request::builder().method(method).uri(path).body(()).unwrap();
-        r.extensions_mut().insert(Caller { agency: Arc::from(agency), kind: KeyKind::Production, via: None });
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        r.extensions_mut().insert(Caller {
+            agency: Arc::from(agency),
+            kind: KeyKind::Production,
+            via: None,
+        });
         r
     }
 
@@ -167,19 +197,39 @@ mod tests {
 
     #[tokio::test]
     async fn longest_prefix_wins_on_segment_boundaries() {
-        let r = svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/batch/1", "000.00.00.H26")).await.unwrap();
+        let r = svc()
+            .oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/batch/1", "000.00.00.H26"))
+            .await
+            .unwrap();
         assert_eq!(&*r.name, "narrow");
-        let r = svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/x", "000.00.00.H26")).await.unwrap();
+        let r = svc()
+            .oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/x", "000.00.00.H26"))
+            .await
+            .unwrap();
         assert_eq!(&*r.name, "HoSoCBCCVC");
-        let e = refusal(svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVCX", "000.00.00.H26")).await);
+        let e = refusal(
+            svc()
+                .oneshot(req("POST", "/lgsp/v1/HoSoCBCCVCX", "000.00.00.H26"))
+                .await,
+        );
         assert!(matches!(e, ProxyError::RouteNotFound { .. }));
     }
 
     #[tokio::test]
     async fn wrong_method_is_405_with_allow_and_foreign_agency_403() {
-        let e = refusal(svc().oneshot(req("DELETE", "/lgsp/v1/HoSoCBCCVC", "000.00.00.H29")).await);
-        assert!(matches!(e, ProxyError::MethodNotAllowed { ref allow, .. } if allow == "POST, PUT"));
-        let e = refusal(svc().oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/batch", "000.00.00.H29")).await);
+        let e = refusal(
+            svc()
+                .oneshot(req("DELETE", "/lgsp/v1/HoSoCBCCVC", "000.00.00.H29"))
+                .await,
+        );
+        assert!(
+            matches!(e, ProxyError::MethodNotAllowed { ref allow, .. } if allow == "POST, PUT")
+        );
+        let e = refusal(
+            svc()
+                .oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/batch", "000.00.00.H29"))
+                .await,
+        );
         assert!(matches!(e, ProxyError::AgencyNotAllowed { .. }));
     }
 }

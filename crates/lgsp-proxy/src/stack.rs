@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use lgsp_auth::{AuthLayer, AuthPolicy};
-use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
 
 use crate::body::Body;
 use crate::forward::{Forward, UpstreamClient};
@@ -17,7 +17,12 @@ use crate::trace::{HopContext, ObserveLayer};
 /// A hop's whole stack as one cloneable service that never fails (errors are already problem+json).
 pub type HopService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
 
-pub fn hop_stack(hop: Arc<HopContext>, auth: Arc<AuthPolicy>, routes: Arc<RouteTable>, client: UpstreamClient) -> HopService {
+pub fn hop_stack(
+    hop: Arc<HopContext>,
+    auth: Arc<AuthPolicy>,
+    routes: Arc<RouteTable>,
+    client: UpstreamClient,
+) -> HopService {
     let stack = ServiceBuilder::new()
         // Outermost: hop headers are settled before anything reads them, every request is timed and counted
         // whatever happens below, and every error becomes problem+json here and nowhere else.

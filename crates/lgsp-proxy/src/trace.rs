@@ -17,10 +17,10 @@ use lgsp_tls::PeerIdentity;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::body::Body;
-use crate::error::{rescue, Blame, ProxyError};
-use crate::headers::{self, HopPath, MessageId, TraceContext};
 use crate::BoxError;
+use crate::body::Body;
+use crate::error::{Blame, ProxyError, rescue};
+use crate::headers::{self, HopPath, MessageId, TraceContext};
 
 /// What every layer of one hop knows about the hop itself.
 #[derive(Debug)]
@@ -44,19 +44,33 @@ impl HopContext {
         let text = |name: &'static str| -> Result<Option<&str>, ProxyError> {
             req.headers()
                 .get(name)
-                .map(|v| v.to_str().map_err(|_| ProxyError::BadHopHeader { header: name, reason: "not ASCII".into() }))
+                .map(|v| {
+                    v.to_str().map_err(|_| ProxyError::BadHopHeader {
+                        header: name,
+                        reason: "not ASCII".into(),
+                    })
+                })
                 .transpose()
         };
         let id = match text(headers::MESSAGE_ID)? {
-            Some(v) => MessageId::parse(v).map_err(|reason| ProxyError::BadHopHeader { header: "X-LGSP-Message-Id", reason })?,
+            Some(v) => MessageId::parse(v).map_err(|reason| ProxyError::BadHopHeader {
+                header: "X-LGSP-Message-Id",
+                reason,
+            })?,
             None => MessageId::new(),
         };
         let mut hops = match text(headers::HOPS)? {
-            Some(v) => HopPath::parse(v).map_err(|reason| ProxyError::BadHopHeader { header: "X-LGSP-Hops", reason })?,
+            Some(v) => HopPath::parse(v).map_err(|reason| ProxyError::BadHopHeader {
+                header: "X-LGSP-Hops",
+                reason,
+            })?,
             None => HopPath(Vec::new()),
         };
         if hops.0.iter().any(|h| **h == *self.name) {
-            return Err(ProxyError::HopLoop { hop: self.name.clone(), hops: hops.header_value() });
+            return Err(ProxyError::HopLoop {
+                hop: self.name.clone(),
+                hops: hops.header_value(),
+            });
         }
         hops.0.push(self.name.to_string());
         Ok((id, hops))
@@ -80,7 +94,10 @@ impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner, hop: self.hop.clone() }
+        Observe {
+            inner,
+            hop: self.hop.clone(),
+        }
     }
 }
 
@@ -122,7 +139,9 @@ where
         let path = req.uri().path().to_owned();
         let bytes_in = content_length(req.body().size_hint());
         let established = hop.establish(&mut req);
-        let message_id = established.as_ref().map_or_else(|_| MessageId::new(), |(id, _)| id.clone());
+        let message_id = established
+            .as_ref()
+            .map_or_else(|_| MessageId::new(), |(id, _)| id.clone());
         let span = tracing::info_span!("request", hop = %hop.name, message_id = %message_id, trace_id = %trace.trace_id);
         let inner = match established {
             Ok((id, hops)) => {
@@ -202,8 +221,16 @@ mod tests {
             let id = req.extensions().get::<MessageId>().unwrap().0.clone();
             let hops = req.extensions().get::<HopPath>().unwrap().header_value();
             resp.headers_mut().insert("seen-id", id.parse().unwrap());
-            resp.headers_mut().insert("seen-hops", hops.parse().unwrap());
-            resp.headers_mut().insert("seen-client", HeaderValue::from_static(if req.headers().contains_key("x-lgsp-client") { "yes" } else { "no" }));
+            resp.headers_mut()
+                .insert("seen-hops", hops.parse().unwrap());
+            resp.headers_mut().insert(
+                "seen-client",
+                HeaderValue::from_static(if req.headers().contains_key("x-lgsp-client") {
+                    "yes"
+                } else {
+                    "no"
+                }),
+            );
             Ok::<_, BoxError>(resp)
         }))
     }
@@ -228,13 +255,23 @@ mod tests {
         let svc = ObserveLayer::new(hop(&["LGSP-DEV"])).layer(echo());
         let spoof = "0190a5a4-0000-7000-8000-000000000000";
         let resp = svc
-            .oneshot(request("000.00.00.H29", &[("x-lgsp-message-id", spoof), ("x-lgsp-client", "000.00.00.G09"), ("x-lgsp-hops", "x")]))
+            .oneshot(request(
+                "000.00.00.H29",
+                &[
+                    ("x-lgsp-message-id", spoof),
+                    ("x-lgsp-client", "000.00.00.G09"),
+                    ("x-lgsp-hops", "x"),
+                ],
+            ))
             .await
             .unwrap();
         assert_ne!(resp.headers()["seen-id"], spoof);
         assert_eq!(resp.headers()["seen-hops"], "ndxp");
         assert_eq!(resp.headers()["seen-client"], "no");
-        assert_eq!(resp.headers()["x-lgsp-message-id"], resp.headers()["seen-id"]);
+        assert_eq!(
+            resp.headers()["x-lgsp-message-id"],
+            resp.headers()["seen-id"]
+        );
     }
 
     #[tokio::test]
@@ -243,31 +280,60 @@ mod tests {
         let id = "0190a5a4-0000-7000-8000-000000000001";
         let resp = ObserveLayer::new(h.clone())
             .layer(echo())
-            .oneshot(request("LGSP-DEV", &[("x-lgsp-message-id", id), ("x-lgsp-hops", "lgsp")]))
+            .oneshot(request(
+                "LGSP-DEV",
+                &[("x-lgsp-message-id", id), ("x-lgsp-hops", "lgsp")],
+            ))
             .await
             .unwrap();
         assert_eq!(resp.headers()["seen-id"], id);
         assert_eq!(resp.headers()["seen-hops"], "lgsp, ndxp");
 
-        let resp = ObserveLayer::new(h.clone()).layer(echo()).oneshot(request("LGSP-DEV", &[("x-lgsp-hops", "lgsp, ndxp")])).await.unwrap();
+        let resp = ObserveLayer::new(h.clone())
+            .layer(echo())
+            .oneshot(request("LGSP-DEV", &[("x-lgsp-hops", "lgsp, ndxp")]))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), http::StatusCode::LOOP_DETECTED);
-        let body: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(body["code"], "hop.loop_detected");
-        assert_eq!(h.metrics.requests.with_label_values(&["ndxp", "unknown", "unknown", "508"]).get(), 1);
+        assert_eq!(
+            h.metrics
+                .requests
+                .with_label_values(&["ndxp", "unknown", "unknown", "508"])
+                .get(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn errors_become_problem_json_with_the_message_id() {
         let failing = tower::service_fn(|_req: Request<Body>| async {
-            Err::<Response<Body>, BoxError>(Box::new(ProxyError::RouteNotFound { path: "/nope".into() }))
+            Err::<Response<Body>, BoxError>(Box::new(ProxyError::RouteNotFound {
+                path: "/nope".into(),
+            }))
         });
-        let resp = ObserveLayer::new(hop(&[])).layer(failing).oneshot(request("000.00.00.H29", &[])).await.unwrap();
+        let resp = ObserveLayer::new(hop(&[]))
+            .layer(failing)
+            .oneshot(request("000.00.00.H29", &[]))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), http::StatusCode::NOT_FOUND);
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
-        let id = resp.headers()["x-lgsp-message-id"].to_str().unwrap().to_owned();
-        let body: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let id = resp.headers()["x-lgsp-message-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(body["code"], "route.not_found");
         assert_eq!(body["message_id"], id.as_str());
-        assert!(body["detail"].as_str().unwrap().contains("/lgsp/v1/HoSoCBCCVC"));
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("/lgsp/v1/HoSoCBCCVC")
+        );
     }
 }

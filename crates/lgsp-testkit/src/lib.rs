@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lgsp_proxy::Gateway;
 use lgsp_tls::devpki::{self, DevCa, LeafSpec};
@@ -47,11 +47,17 @@ impl TestPki {
         let now = time::OffsetDateTime::now_utc();
         report
             .ca
-            .issue(&LeafSpec::identity(H29).valid_between(now - time::Duration::days(30), now - time::Duration::days(1)))
+            .issue(&LeafSpec::identity(H29).valid_between(
+                now - time::Duration::days(30),
+                now - time::Duration::days(1),
+            ))
             .and_then(|l| l.write(dir.path(), AGENCY_EXPIRED))
             .expect("expired identity");
         let other = DevCa::generate("Some other CA").expect("other CA");
-        other.issue(&LeafSpec::identity(H29)).and_then(|l| l.write(dir.path(), AGENCY_WRONG_CA)).expect("wrong-CA identity");
+        other
+            .issue(&LeafSpec::identity(H29))
+            .and_then(|l| l.write(dir.path(), AGENCY_WRONG_CA))
+            .expect("wrong-CA identity");
         TestPki { dir }
     }
 
@@ -79,8 +85,11 @@ impl TestPki {
                     .expect("cert")
                     .collect::<Result<Vec<_>, _>>()
                     .expect("cert parse");
-                let key = PrivateKeyDer::from_pem_file(self.path(&format!("{id}.key"))).expect("key");
-                builder.with_client_auth_cert(chain, key).expect("client auth")
+                let key =
+                    PrivateKeyDer::from_pem_file(self.path(&format!("{id}.key"))).expect("key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client auth")
             }
             None => builder.with_no_client_auth(),
         };
@@ -112,18 +121,35 @@ fn server_tls(table: &str, server: &str) -> String {
 /// The agencies of the default config (same dev keys).
 pub fn agencies_toml() -> String {
     let all = lgsp_config::EMBEDDED;
-    all.find("\n[[agency]]\n").map(|i| all[i..].to_owned()).unwrap_or_default()
+    all.find("\n[[agency]]\n")
+        .map(|i| all[i..].to_owned())
+        .unwrap_or_default()
 }
 
 /// Config of a process that only runs the emulator.
 pub fn emulator_config(pki: &TestPki) -> String {
-    format!("{}[emulator]\nlisten = \"127.0.0.1:0\"\n{}", head(pki), server_tls("emulator.tls", "emulator-server"))
+    format!(
+        "{}[emulator]\nlisten = \"127.0.0.1:0\"\n{}",
+        head(pki),
+        server_tls("emulator.tls", "emulator-server")
+    )
 }
 
 /// Config of one hop forwarding `{prefix}/{MessageType}` to `upstream` + `{rewrite}/{MessageType}`.
-pub fn hop_config(pki: &TestPki, name: &str, prefix: &str, upstream: SocketAddr, rewrite: &str, peers: &[&str]) -> String {
+pub fn hop_config(
+    pki: &TestPki,
+    name: &str,
+    prefix: &str,
+    upstream: SocketAddr,
+    rewrite: &str,
+    peers: &[&str],
+) -> String {
     let mut s = head(pki);
-    let peers = peers.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
+    let peers = peers
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     s.push_str(&format!("[[hop]]\nname = \"{name}\"\nrole = \"{name}\"\nlisten = \"127.0.0.1:0\"\npeers = [{peers}]\n"));
     s.push_str(&server_tls("hop.tls", &format!("{name}-server")));
     s.push_str(&format!("[hop.upstream_tls]\ncert = \"{name}-client.pem\"\nkey = \"{name}-client.key\"\nca = [\"ca.pem\"]\n"));
@@ -143,7 +169,8 @@ pub fn hop_config(pki: &TestPki, name: &str, prefix: &str, upstream: SocketAddr,
 
 /// Parses a test config (relative paths resolve in the PKI directory).
 pub fn parse(pki: &TestPki, text: &str) -> lgsp_config::Config {
-    lgsp_config::parse(text, "test.toml", pki.dir()).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"))
+    lgsp_config::parse(text, "test.toml", pki.dir())
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"))
 }
 
 /// agency → LGSP → NDXP → emulator, each its own [`Gateway`] on port 0.
@@ -157,19 +184,48 @@ pub struct Chain {
 impl Chain {
     pub async fn start() -> Chain {
         let pki = TestPki::new();
-        let emulator = Gateway::start(&parse(&pki, &emulator_config(&pki))).await.expect("emulator");
-        let emu_addr = emulator.emulator.as_ref().map(|e| e.0).expect("emulator addr");
-        let ndxp = Gateway::start(&parse(&pki, &hop_config(&pki, "ndxp", "/ndxp/v1", emu_addr, "/cbccvc/v1", &["LGSP-DEV"])))
+        let emulator = Gateway::start(&parse(&pki, &emulator_config(&pki)))
             .await
-            .expect("ndxp");
+            .expect("emulator");
+        let emu_addr = emulator
+            .emulator
+            .as_ref()
+            .map(|e| e.0)
+            .expect("emulator addr");
+        let ndxp = Gateway::start(&parse(
+            &pki,
+            &hop_config(
+                &pki,
+                "ndxp",
+                "/ndxp/v1",
+                emu_addr,
+                "/cbccvc/v1",
+                &["LGSP-DEV"],
+            ),
+        ))
+        .await
+        .expect("ndxp");
         let ndxp_addr = ndxp.hop_addr("ndxp").expect("ndxp addr");
-        let lgsp = Gateway::start(&parse(&pki, &hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]))).await.expect("lgsp");
-        Chain { pki, emulator, ndxp, lgsp }
+        let lgsp = Gateway::start(&parse(
+            &pki,
+            &hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]),
+        ))
+        .await
+        .expect("lgsp");
+        Chain {
+            pki,
+            emulator,
+            ndxp,
+            lgsp,
+        }
     }
 
     /// `https://localhost:PORT` of the LGSP hop.
     pub fn lgsp_url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.lgsp.hop_addr("lgsp").map_or(0, |a| a.port()))
+        format!(
+            "https://localhost:{}{path}",
+            self.lgsp.hop_addr("lgsp").map_or(0, |a| a.port())
+        )
     }
 
     pub async fn shutdown(self) {
@@ -190,7 +246,8 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -206,23 +263,48 @@ impl TestClient {
         let tls = pki.client_tls(identity, &[]);
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only();
-        let https = if http2 { b.enable_http2().wrap_connector(http) } else { b.enable_http1().wrap_connector(http) };
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only();
+        let https = if http2 {
+            b.enable_http2().wrap_connector(http)
+        } else {
+            b.enable_http1().wrap_connector(http)
+        };
         let mut cb = Client::builder(TokioExecutor::new());
         cb.http2_only(http2);
-        TestClient { client: cb.build(https) }
+        TestClient {
+            client: cb.build(https),
+        }
     }
 
-    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Answer, String> {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Answer, String> {
         let mut b = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| error_chain(&e))?;
+        let req = b
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| error_chain(&e))?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Answer { status: parts.status, version: parts.version, headers: parts.headers, body })
+        Ok(Answer {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
@@ -240,22 +322,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Connects with `tls`, sends a request and returns the first error seen: the handshake's, or the alert a
 /// TLS 1.3 server sends after the client believes the handshake done. `Ok` means the server answered.
 pub async fn tls_exchange(addr: SocketAddr, tls: rustls::ClientConfig) -> Result<String, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let mut stream = connector.connect(name, tcp).await.map_err(|e| error_chain(&e))?;
+    let mut stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| error_chain(&e))?;
     stream
-        .write_all(b"GET /lgsp/v1/BienNhan/x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .write_all(
+            b"GET /lgsp/v1/BienNhan/x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
         .await
         .map_err(|e| error_chain(&e))?;
     let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.map_err(|e| error_chain(&e))?;
+    stream
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| error_chain(&e))?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// A loopback address nothing listens on (bound then released).
 pub async fn closed_port() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     drop(l);
     addr

@@ -7,11 +7,12 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::load::{load_certs, load_crls, load_key, TlsError};
+use crate::load::{TlsError, load_certs, load_crls, load_key};
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_H1: &[u8] = b"http/1.1";
-const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// The one crypto provider of the project.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -22,7 +23,9 @@ fn roots(paths: &[lgsp_config::ConfigPath]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for p in paths {
         for cert in load_certs(p)? {
-            roots.add(cert).map_err(|e| TlsError::at(p, format!("not usable as a CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::at(p, format!("not usable as a CA certificate: {e}")))?;
         }
     }
     Ok(roots)
@@ -41,7 +44,12 @@ pub fn server_config(t: &ServerTlsConfig) -> Result<Arc<ServerConfig>, TlsError>
         // Our CAs issue leaves directly; intermediates are checked for chain validity, leaves for revocation.
         .only_check_end_entity_revocation()
         .build()
-        .map_err(|e| TlsError::at(&t.client_ca[0], format!("cannot build the client verifier: {e}")))?;
+        .map_err(|e| {
+            TlsError::at(
+                &t.client_ca[0],
+                format!("cannot build the client verifier: {e}"),
+            )
+        })?;
     let chain = load_certs(&t.cert)?;
     let key = load_key(&t.key)?;
     let mut cfg = ServerConfig::builder_with_provider(provider)

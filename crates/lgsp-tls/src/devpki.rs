@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -31,7 +31,10 @@ pub enum DevPkiError {
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A certificate authority that issues leaves and CRLs.
@@ -78,7 +81,10 @@ impl LeafSpec {
 
     /// A client certificate whose CN is `name`.
     pub fn client(name: &str) -> Self {
-        LeafSpec { client: true, ..Self::base(name) }
+        LeafSpec {
+            client: true,
+            ..Self::base(name)
+        }
     }
 
     /// A client certificate for an identity, written both as SAN URI (with the dev prefix) and CN.
@@ -91,7 +97,10 @@ impl LeafSpec {
         LeafSpec {
             server: true,
             dns: vec!["localhost".to_owned()],
-            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            ips: vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
             ..Self::base(name)
         }
     }
@@ -111,7 +120,8 @@ impl LeafSpec {
 impl Leaf {
     pub fn cert_der(&self) -> CertificateDer<'static> {
         use rustls_pki_types::pem::PemObject;
-        CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap_or_else(|_| CertificateDer::from(Vec::new()))
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .unwrap_or_else(|_| CertificateDer::from(Vec::new()))
     }
 
     /// Writes `<stem>.pem` and `<stem>.key` into `dir`.
@@ -122,8 +132,15 @@ impl Leaf {
 }
 
 fn write_file(path: &Path, text: &str, private: bool) -> Result<(), DevPkiError> {
-    let r = if private { write_private(path, text) } else { std::fs::write(path, text) };
-    r.map_err(|source| DevPkiError::Io { path: path.to_owned(), source })
+    let r = if private {
+        write_private(path, text)
+    } else {
+        std::fs::write(path, text)
+    };
+    r.map_err(|source| DevPkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn random_serial() -> SerialNumber {
@@ -136,7 +153,9 @@ fn random_serial() -> SerialNumber {
 }
 
 fn ia5(s: &str) -> Result<Ia5String, rcgen::Error> {
-    Ia5String::try_from(s.to_owned()).map_err(|_| rcgen::Error::InvalidAsn1String(rcgen::InvalidAsn1String::Ia5String(s.to_owned())))
+    Ia5String::try_from(s.to_owned()).map_err(|_| {
+        rcgen::Error::InvalidAsn1String(rcgen::InvalidAsn1String::Ia5String(s.to_owned()))
+    })
 }
 
 impl DevCa {
@@ -146,20 +165,32 @@ impl DevCa {
         Self::generate_valid(name, now - Duration::hours(1), now + Duration::days(3650))
     }
 
-    pub fn generate_valid(name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<Self, DevPkiError> {
+    pub fn generate_valid(
+        name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Self, DevPkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         dn.push(DnType::OrganizationName, "lgsp-gateway dev PKI");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.not_before = not_before;
         params.not_after = not_after;
         params.serial_number = Some(random_serial());
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        Ok(DevCa { cert_pem: cert.pem(), cert_der: cert.der().clone(), issuer: Issuer::new(params, key) })
+        Ok(DevCa {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -186,13 +217,19 @@ impl DevCa {
         for name in &spec.dns {
             params.subject_alt_names.push(SanType::DnsName(ia5(name)?));
         }
-        params.subject_alt_names.extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .subject_alt_names
+            .extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.server {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if spec.client {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
@@ -201,7 +238,11 @@ impl DevCa {
         params.serial_number = Some(serial.clone());
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: serial.to_bytes() })
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial: serial.to_bytes(),
+        })
     }
 
     /// A CRL naming `revoked` serials, valid for `days`.
@@ -246,7 +287,10 @@ pub fn exists(dir: &Path) -> bool {
 
 /// Writes a complete dev PKI into `dir` (created when missing). Existing files are replaced.
 pub fn init(dir: &Path) -> Result<DevPkiReport, DevPkiError> {
-    std::fs::create_dir_all(dir).map_err(|source| DevPkiError::Io { path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| DevPkiError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
     let ca = DevCa::generate("lgsp-gateway dev CA")?;
     let mut files = Vec::new();
     let mut put = |leaf: &Leaf, stem: &str| -> Result<(), DevPkiError> {
@@ -256,22 +300,44 @@ pub fn init(dir: &Path) -> Result<DevPkiReport, DevPkiError> {
         Ok(())
     };
     for hop in ["lgsp", "ndxp", "emulator"] {
-        put(&ca.issue(&LeafSpec::localhost_server(&format!("{hop}.lgsp-gateway.localhost")))?, &format!("{hop}-server"))?;
+        put(
+            &ca.issue(&LeafSpec::localhost_server(&format!(
+                "{hop}.lgsp-gateway.localhost"
+            )))?,
+            &format!("{hop}-server"),
+        )?;
     }
-    put(&ca.issue(&LeafSpec::identity(DEV_LGSP_IDENTITY))?, "lgsp-client")?;
-    put(&ca.issue(&LeafSpec::identity(DEV_NDXP_IDENTITY))?, "ndxp-client")?;
+    put(
+        &ca.issue(&LeafSpec::identity(DEV_LGSP_IDENTITY))?,
+        "lgsp-client",
+    )?;
+    put(
+        &ca.issue(&LeafSpec::identity(DEV_NDXP_IDENTITY))?,
+        "ndxp-client",
+    )?;
     for code in DEV_AGENCIES {
         put(&ca.issue(&LeafSpec::identity(code))?, &agency_stem(code))?;
     }
     let revoked = ca.issue(&LeafSpec::identity(DEV_REVOKED_AGENCY))?;
-    put(&revoked, &format!("{}-revoked", agency_stem(DEV_REVOKED_AGENCY)))?;
+    put(
+        &revoked,
+        &format!("{}-revoked", agency_stem(DEV_REVOKED_AGENCY)),
+    )?;
     let crl = ca.crl(&[&revoked.serial], 365)?;
     write_file(&dir.join("ca.crl.pem"), &crl, false)?;
     write_file(&dir.join("ca.key"), &ca.key_pem(), true)?;
     // The CA certificate last: its presence is what `exists` looks for, so a half-written PKI is redone.
     write_file(&dir.join("ca.pem"), ca.cert_pem(), false)?;
-    files.extend(["ca.crl.pem".to_owned(), "ca.key".to_owned(), "ca.pem".to_owned()]);
-    Ok(DevPkiReport { dir: dir.to_owned(), files, ca })
+    files.extend([
+        "ca.crl.pem".to_owned(),
+        "ca.key".to_owned(),
+        "ca.pem".to_owned(),
+    ]);
+    Ok(DevPkiReport {
+        dir: dir.to_owned(),
+        files,
+        ca,
+    })
 }
 
 #[cfg(test)]
@@ -287,8 +353,19 @@ mod tests {
         // Every certificate path of the embedded config is one init wrote (compare file names).
         let mut named = Vec::new();
         for h in &cfg.hops {
-            named.extend([&h.tls.cert, &h.tls.key, &h.upstream_tls.cert, &h.upstream_tls.key]);
-            named.extend(h.tls.client_ca.iter().chain(&h.tls.crls).chain(&h.upstream_tls.ca));
+            named.extend([
+                &h.tls.cert,
+                &h.tls.key,
+                &h.upstream_tls.cert,
+                &h.upstream_tls.key,
+            ]);
+            named.extend(
+                h.tls
+                    .client_ca
+                    .iter()
+                    .chain(&h.tls.crls)
+                    .chain(&h.upstream_tls.ca),
+            );
         }
         for p in named {
             let file = p.path.file_name().unwrap().to_string_lossy().to_string();

@@ -33,7 +33,10 @@ impl HandshakeFailure {
 
     /// Classifies the error `TlsAcceptor::accept` returned.
     pub fn classify(e: &std::io::Error) -> Self {
-        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
             return HandshakeFailure::Io;
         };
         Self::from_rustls(tls)
@@ -48,9 +51,9 @@ impl HandshakeFailure {
                 C::Expired | C::ExpiredContext { .. } => HandshakeFailure::Expired,
                 C::NotValidYet | C::NotValidYetContext { .. } => HandshakeFailure::NotYetValid,
                 C::Revoked => HandshakeFailure::Revoked,
-                C::UnknownRevocationStatus | C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
-                    HandshakeFailure::RevocationUnknown
-                }
+                C::UnknownRevocationStatus
+                | C::ExpiredRevocationList
+                | C::ExpiredRevocationListContext { .. } => HandshakeFailure::RevocationUnknown,
                 _ => HandshakeFailure::BadCertificate,
             },
             _ => HandshakeFailure::Protocol,
@@ -64,9 +67,15 @@ mod tests {
 
     #[test]
     fn classifies_rustls_errors_wrapped_in_io() {
-        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked),
+        );
         assert_eq!(HandshakeFailure::classify(&io), HandshakeFailure::Revoked);
-        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::NoCertificatesPresented);
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::NoCertificatesPresented,
+        );
         assert_eq!(HandshakeFailure::classify(&io).as_str(), "no_client_cert");
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(HandshakeFailure::classify(&io), HandshakeFailure::Io);

@@ -26,14 +26,20 @@ pub struct PeerIdentity {
 pub enum IdentityError {
     #[error("the client certificate cannot be parsed: {0}")]
     Unparsable(String),
-    #[error("the client certificate has neither a SAN URI starting with `{prefix}` nor a Subject CN")]
+    #[error(
+        "the client certificate has neither a SAN URI starting with `{prefix}` nor a Subject CN"
+    )]
     Missing { prefix: String },
 }
 
 impl PeerIdentity {
     /// Reads the identity: the rest of the first SAN URI starting with `uri_prefix`, else the Subject CN.
-    pub fn from_certificate(der: &CertificateDer<'_>, uri_prefix: &str) -> Result<Self, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+    pub fn from_certificate(
+        der: &CertificateDer<'_>,
+        uri_prefix: &str,
+    ) -> Result<Self, IdentityError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
         let cert_sha256 = hex::encode(Sha256::digest(der.as_ref()));
         let not_after = cert.validity().not_after.timestamp();
         let from_san = cert
@@ -42,17 +48,37 @@ impl PeerIdentity {
             .flatten()
             .and_then(|san| {
                 san.value.general_names.iter().find_map(|n| match n {
-                    GeneralName::URI(uri) => uri.strip_prefix(uri_prefix).filter(|s| !s.is_empty()).map(str::to_owned),
+                    GeneralName::URI(uri) => uri
+                        .strip_prefix(uri_prefix)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned),
                     _ => None,
                 })
             });
         if let Some(id) = from_san {
-            return Ok(PeerIdentity { id, source: IdentitySource::SanUri, cert_sha256, not_after });
+            return Ok(PeerIdentity {
+                id,
+                source: IdentitySource::SanUri,
+                cert_sha256,
+                not_after,
+            });
         }
-        let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).filter(|s| !s.is_empty());
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .filter(|s| !s.is_empty());
         match cn {
-            Some(cn) => Ok(PeerIdentity { id: cn.to_owned(), source: IdentitySource::CommonName, cert_sha256, not_after }),
-            None => Err(IdentityError::Missing { prefix: uri_prefix.to_owned() }),
+            Some(cn) => Ok(PeerIdentity {
+                id: cn.to_owned(),
+                source: IdentitySource::CommonName,
+                cert_sha256,
+                not_after,
+            }),
+            None => Err(IdentityError::Missing {
+                prefix: uri_prefix.to_owned(),
+            }),
         }
     }
 }
@@ -65,7 +91,9 @@ mod tests {
     #[test]
     fn san_uri_with_prefix_wins_over_cn() {
         let ca = DevCa::generate("Test CA").unwrap();
-        let leaf = ca.issue(&LeafSpec::client("CN-NAME").with_uri("urn:lgsp:id:000.00.00.H29")).unwrap();
+        let leaf = ca
+            .issue(&LeafSpec::client("CN-NAME").with_uri("urn:lgsp:id:000.00.00.H29"))
+            .unwrap();
         let id = PeerIdentity::from_certificate(&leaf.cert_der(), "urn:lgsp:id:").unwrap();
         assert_eq!(id.id, "000.00.00.H29");
         assert_eq!(id.source, IdentitySource::SanUri);
@@ -75,14 +103,22 @@ mod tests {
     #[test]
     fn falls_back_to_cn_when_no_uri_has_the_prefix() {
         let ca = DevCa::generate("Test CA").unwrap();
-        let leaf = ca.issue(&LeafSpec::client("000.00.00.G09").with_uri("urn:other:G09")).unwrap();
+        let leaf = ca
+            .issue(&LeafSpec::client("000.00.00.G09").with_uri("urn:other:G09"))
+            .unwrap();
         let id = PeerIdentity::from_certificate(&leaf.cert_der(), "urn:lgsp:id:").unwrap();
-        assert_eq!((id.id.as_str(), id.source), ("000.00.00.G09", IdentitySource::CommonName));
+        assert_eq!(
+            (id.id.as_str(), id.source),
+            ("000.00.00.G09", IdentitySource::CommonName)
+        );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let der = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
-        assert!(matches!(PeerIdentity::from_certificate(&der, "urn:lgsp:id:"), Err(IdentityError::Unparsable(_))));
+        assert!(matches!(
+            PeerIdentity::from_certificate(&der, "urn:lgsp:id:"),
+            Err(IdentityError::Unparsable(_))
+        ));
     }
 }

@@ -3,13 +3,13 @@
 //! (x509-parser), handshake-failure reasons, and the dev PKI (rcgen).
 #![forbid(unsafe_code)]
 
+mod config;
 pub mod devpki;
 mod handshake;
 mod identity;
 mod load;
-mod config;
 
-pub use config::{client_config, provider, server_config, ALPN_H1, ALPN_H2};
+pub use config::{ALPN_H1, ALPN_H2, client_config, provider, server_config};
 pub use handshake::HandshakeFailure;
 pub use identity::{IdentityError, IdentitySource, PeerIdentity};
-pub use load::{load_certs, load_crls, load_key, TlsError};
+pub use load::{TlsError, load_certs, load_crls, load_key};

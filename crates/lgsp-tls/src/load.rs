@@ -17,7 +17,11 @@ pub struct TlsError {
 
 impl TlsError {
     pub fn at(p: &ConfigPath, message: impl Into<String>) -> Self {
-        TlsError { file: p.path.display().to_string(), line: p.line, message: message.into() }
+        TlsError {
+            file: p.path.display().to_string(),
+            line: p.line,
+            message: message.into(),
+        }
     }
 }
 
@@ -39,7 +43,10 @@ pub fn load_certs(p: &ConfigPath) -> Result<Vec<CertificateDer<'static>>, TlsErr
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::at(p, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(TlsError::at(p, "holds no -----BEGIN CERTIFICATE----- block"));
+        return Err(TlsError::at(
+            p,
+            "holds no -----BEGIN CERTIFICATE----- block",
+        ));
     }
     Ok(certs)
 }
@@ -47,7 +54,8 @@ pub fn load_certs(p: &ConfigPath) -> Result<Vec<CertificateDer<'static>>, TlsErr
 /// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
 pub fn load_key(p: &ConfigPath) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read(p)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::at(p, format!("no usable private key: {e}")))
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| TlsError::at(p, format!("no usable private key: {e}")))
 }
 
 /// The CRLs in a file: PEM (`-----BEGIN X509 CRL-----`) or a single DER CRL.

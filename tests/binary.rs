@@ -1,0 +1,351 @@
+//! Drives the built `lgsp-gateway` binary with real clients: three processes (emulator, NDXP, LGSP) on port 0,
+//! the printed `curl` run as printed, `openssl s_client` with a revoked certificate, `promtool check metrics` on
+//! the real /metrics, SIGTERM draining to exit 0, and the `check-config`, `certs init` and `keys new` commands.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use lgsp_testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lgsp-gateway");
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// A tool the test drives; in CI (`CI` set) its absence fails the test, elsewhere the test is skipped with a reason.
+fn tool(name: &str) -> bool {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+        || Command::new(name)
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing in CI: .ci/run must install it"
+        );
+        eprintln!("skipped: {name} is not installed (apt-get install it, or run .ci/run)");
+    }
+    found
+}
+
+/// A running gateway process whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], cwd: &Path) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn lgsp-gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stdout line starting with `prefix` (waits for the process to print it).
+    fn line(&mut self, prefix: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return l.clone();
+        }
+        loop {
+            match self.lines.recv_timeout(STARTUP) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line starting with {prefix:?} ({e}); saw {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Port of a `listening: … https://127.0.0.1:PORT` line.
+    fn port(&mut self, prefix: &str) -> u16 {
+        let l = self.line(prefix);
+        l.rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {l:?}"))
+    }
+
+    /// Sends SIGTERM and returns whether the process exited 0.
+    fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write config");
+    p.display().to_string()
+}
+
+fn sh(cmd: &str) -> (bool, String, String) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn printed_curl_travels_three_processes_and_real_clients_agree() {
+    if !tool("curl") {
+        return;
+    }
+    let pki = TestPki::new();
+    let dir = pki.dir().to_owned();
+    let mut emu = Proc::spawn(
+        &[
+            "run",
+            "--config",
+            &write(&dir, "emu.toml", &emulator_config(&pki)),
+        ],
+        &dir,
+    );
+    let emu_port = emu.port("listening: emulator");
+    let emu_addr = format!("127.0.0.1:{emu_port}").parse().unwrap();
+    let ndxp_cfg = hop_config(
+        &pki,
+        "ndxp",
+        "/ndxp/v1",
+        emu_addr,
+        "/cbccvc/v1",
+        &["LGSP-DEV"],
+    );
+    let mut ndxp = Proc::spawn(
+        &["run", "--config", &write(&dir, "ndxp.toml", &ndxp_cfg)],
+        &dir,
+    );
+    let ndxp_addr = format!("127.0.0.1:{}", ndxp.port("listening: hop ndxp"))
+        .parse()
+        .unwrap();
+    let lgsp_cfg = hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]);
+    let mut lgsp = Proc::spawn(
+        &["run", "--config", &write(&dir, "lgsp.toml", &lgsp_cfg)],
+        &dir,
+    );
+    let lgsp_port = lgsp.port("listening: hop lgsp");
+
+    // The printed curl, exactly as printed, returns 2xx with the emulator's receipt holding the message id.
+    let curl = lgsp.line("curl ");
+    let (ok, out, err) = sh(&format!("{curl} -sS -D - "));
+    assert!(ok, "curl failed: {err}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("x-lgsp-message-id: "))
+        .map(str::trim)
+        .expect("message id header")
+        .to_owned();
+    let body = out.split("\r\n\r\n").nth(1).expect("body");
+    let receipt: serde_json::Value = serde_json::from_str(body).expect("receipt JSON");
+    assert_eq!(receipt["message_id"], id.as_str());
+    assert_eq!(receipt["hops"], "lgsp, ndxp");
+
+    // Real curl over HTTP/1.1 with the wrong key: 401 problem+json.
+    let ca = pki.path("ca.pem").display().to_string();
+    let (cert, key) = (
+        pki.path(&format!("{AGENCY_OK}.pem")),
+        pki.path(&format!("{AGENCY_OK}.key")),
+    );
+    let (ok, out, _) = sh(&format!(
+        "curl -sS --http1.1 -o - -w '\\n%{{http_code}} %{{content_type}}' --cert {} --key {} --cacert {ca} -H 'X-API-Key: nope' -d '<x/>' https://localhost:{lgsp_port}/lgsp/v1/HoSoCBCCVC",
+        cert.display(),
+        key.display()
+    ));
+    assert!(ok);
+    assert!(out.ends_with("401 application/problem+json"), "{out}");
+    assert!(out.contains("\"code\":\"auth.unknown_key\""), "{out}");
+
+    // openssl s_client with the revoked certificate is refused with the certificate_revoked alert.
+    if tool("openssl") {
+        let revoked = pki.path(AGENCY_REVOKED);
+        let (_, out, err) = sh(&format!(
+            "printf 'GET / HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n' | openssl s_client -connect 127.0.0.1:{lgsp_port} -servername localhost -CAfile {ca} -cert {r}.pem -key {r}.key -ign_eof 2>&1",
+            r = revoked.display()
+        ));
+        let all = format!("{out}{err}");
+        assert!(all.contains("certificate revoked"), "{all}");
+    }
+
+    // promtool accepts the real exposition of the LGSP process.
+    let metrics_url = lgsp
+        .line("metrics: ")
+        .trim_start_matches("metrics: ")
+        .to_owned();
+    let (ok, exposition, _) = sh(&format!("curl -sS {metrics_url}"));
+    assert!(ok);
+    assert!(
+        exposition.contains("lgsp_tls_handshake_failures_total"),
+        "{exposition}"
+    );
+    assert!(exposition.contains("lgsp_requests_total{agency=\"000.00.00.H29\",hop=\"lgsp\",route=\"HoSoCBCCVC\",status=\"200\"} 1"));
+    if tool("promtool") {
+        let file = write(&dir, "metrics.txt", &exposition);
+        let (ok, out, err) = sh(&format!("promtool check metrics < {file}"));
+        assert!(ok, "promtool: {out}{err}");
+    }
+
+    // SIGTERM drains and exits 0, front hop first.
+    assert!(lgsp.terminate(), "lgsp did not exit 0");
+    assert!(ndxp.terminate(), "ndxp did not exit 0");
+    assert!(emu.terminate(), "emulator did not exit 0");
+}
+
+#[test]
+fn certs_init_writes_what_the_default_config_needs_and_check_config_says_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["certs", "init", "--dir", "certs"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = Command::new(BIN)
+        .args(["certs", "init", "--dir", "certs"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a second init must not overwrite without --force"
+    );
+    write(dir.path(), "gateway.toml", lgsp_config::EMBEDDED);
+    let out = Command::new(BIN)
+        .args(["check-config", "gateway.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok (2 hops"), "{stdout}");
+}
+
+#[test]
+fn check_config_prints_each_problem_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = lgsp_config::EMBEDDED
+        .replacen(
+            "handshake_timeout = \"10s\"",
+            "handshake_timeout = \"soon\"",
+            1,
+        )
+        .replacen(
+            "upstream = \"https://localhost:8444\"",
+            "upstream = \"ftp://localhost\"",
+            1,
+        );
+    let file = write(dir.path(), "bad.toml", &text);
+    let out = Command::new(BIN)
+        .args(["check-config", &file])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!("bad.toml:{}:", line_of("\"soon\""))),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("bad.toml:{}:", line_of("ftp://"))),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+
+    let unknown = write(
+        dir.path(),
+        "unknown.toml",
+        &lgsp_config::EMBEDDED.replacen("[log]\n", "[log]\ncolour = true\n", 1),
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", &unknown])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown field `colour`"), "{stderr}");
+}
+
+#[test]
+fn keys_new_prints_a_key_and_the_config_line_with_its_hash() {
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "new",
+            "--agency",
+            "000.00.00.H29",
+            "--kind",
+            "trial",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = stdout.lines().nth(1).unwrap().trim();
+    assert!(key.starts_with("lgsp_trial_"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{{ sha256 = \"{}\", kind = \"trial\" }}",
+            lgsp_auth::sha256_hex(key)
+        )),
+        "{stdout}"
+    );
+    let bad = Command::new(BIN)
+        .args(["keys", "new", "--agency", "h29"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an agency code"));
+}
