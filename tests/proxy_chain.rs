@@ -317,3 +317,128 @@ async fn an_agency_cannot_pose_as_a_peer_at_the_ndxp_hop() {
     assert_eq!(a.json()["hops"], "ndxp");
     chain.shutdown().await;
 }
+
+/// A single LGSP hop in front of a held upstream, with the config text adjusted by `tweak`.
+async fn lgsp_before_held(
+    tweak: impl Fn(String) -> String,
+) -> (TestPki, HeldUpstream, lgsp_proxy::Gateway) {
+    let pki = TestPki::new();
+    let held = HeldUpstream::start(&pki).await;
+    let cfg = parse(
+        &pki,
+        &tweak(hop_config(&pki, "lgsp", "/lgsp/v1", held.addr, "/x", &[])),
+    );
+    let lgsp = lgsp_proxy::Gateway::start(&cfg).await.unwrap();
+    (pki, held, lgsp)
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
+    let (pki, held, lgsp) = lgsp_before_held(|c| c).await;
+    let addr = lgsp.hop_addr("lgsp").unwrap();
+    let url = format!("https://localhost:{}/lgsp/v1/HoSoCBCCVC", addr.port());
+    let client = TestClient::new(&pki, Some(AGENCY_OK), true);
+    let in_flight =
+        tokio::spawn(async move { client.send("POST", &url, &xml(KEY_H29), PACKET).await });
+    held.arrived.notified().await;
+    let draining = tokio::spawn(lgsp.shutdown());
+    // New connections are refused once the listener is closed; the held request is still in flight.
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        tokio::task::yield_now().await;
+    }
+    held.release.notify_one();
+    let a = in_flight.await.unwrap().unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], b"released");
+    draining.await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_problem_json_and_counted() {
+    let (pki, held, lgsp) = lgsp_before_held(|c| {
+        c.replace(
+            "timeout = \"5s\"\nagencies",
+            "timeout = \"300ms\"\nagencies",
+        )
+    })
+    .await;
+    let client = TestClient::new(&pki, Some(AGENCY_OK), false);
+    let url = format!(
+        "https://localhost:{}/lgsp/v1/BienChe",
+        lgsp.hop_addr("lgsp").unwrap().port()
+    );
+    let a = client
+        .send("POST", &url, &xml(KEY_H29), PACKET)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["code"], "upstream.timeout");
+    let upstream = format!("localhost:{}", held.addr.port());
+    assert_eq!(
+        lgsp.metrics
+            .upstream_errors
+            .with_label_values(&["lgsp", upstream.as_str(), "timeout"])
+            .get(),
+        1
+    );
+    held.release.notify_waiters();
+    lgsp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_cut_off_and_counted() {
+    let pki = TestPki::new();
+    let held = HeldUpstream::start(&pki).await;
+    let text = hop_config(&pki, "lgsp", "/lgsp/v1", held.addr, "/x", &[]).replace(
+        "handshake_timeout = \"5s\"",
+        "handshake_timeout = \"200ms\"",
+    );
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(lgsp.hop_addr("lgsp").unwrap())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The gateway closes the silent connection: read_to_end returns (EOF or reset), never hangs.
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut buf).await;
+    assert!(buf.is_empty());
+    assert_eq!(
+        lgsp.metrics
+            .tls_handshake_failures
+            .with_label_values(&["lgsp", "timeout"])
+            .get(),
+        1
+    );
+    lgsp.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_listener_serves_health_readiness_and_metrics() {
+    let chain = Chain::start().await;
+    let admin = chain.lgsp.admin;
+    for (path, expect) in [
+        ("/healthz", "200 OK"),
+        ("/readyz", "200 OK"),
+        ("/metrics", "200 OK"),
+        ("/nope", "404 Not Found"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, req.as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut out)
+            .await
+            .unwrap();
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {expect}")),
+            "{path}: {out}"
+        );
+        if path == "/metrics" {
+            assert!(out.contains("lgsp_build_info{"), "{out}");
+        }
+    }
+    chain.shutdown().await;
+}

@@ -354,3 +354,65 @@ pub async fn closed_port() -> SocketAddr {
     drop(l);
     addr
 }
+
+/// An upstream that signals `arrived` when a request reaches it and answers 200 only once `release` is notified:
+/// lets tests hold a request in flight (drain) or never answer (timeout) without sleeping.
+pub struct HeldUpstream {
+    pub addr: SocketAddr,
+    pub arrived: Arc<tokio::sync::Notify>,
+    pub release: Arc<tokio::sync::Notify>,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldUpstream {
+    pub async fn start(pki: &TestPki) -> HeldUpstream {
+        let cfg = parse(pki, &emulator_config(pki));
+        let tls = cfg.emulator.expect("emulator section").tls;
+        let spec = lgsp_proxy::ListenerSpec {
+            name: Arc::from("held"),
+            tls: lgsp_tls::server_config(&tls).expect("server config"),
+            identity_uri_prefix: tls.identity_uri_prefix.clone(),
+            handshake_timeout: tls.handshake_timeout,
+            header_read_timeout: std::time::Duration::from_secs(5),
+            max_header_bytes: 65536,
+            max_connections: 64,
+            drain_timeout: std::time::Duration::from_secs(5),
+        };
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (a, r) = (arrived.clone(), release.clone());
+        let svc = tower::service_fn(move |_req: Request<lgsp_proxy::body::Body>| {
+            let (a, r) = (a.clone(), r.clone());
+            async move {
+                a.notify_one();
+                r.notified().await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(lgsp_proxy::body::full(
+                    "released",
+                )))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let metrics = lgsp_metrics_handle();
+        lgsp_proxy::spawn_tls_listener(
+            listener,
+            spec,
+            tower::util::BoxCloneService::new(svc),
+            metrics,
+            rx,
+        );
+        HeldUpstream {
+            addr,
+            arrived,
+            release,
+            _shutdown: tx,
+        }
+    }
+}
+
+fn lgsp_metrics_handle() -> Arc<lgsp_metrics::Metrics> {
+    lgsp_metrics::Metrics::new().expect("metrics")
+}
