@@ -135,6 +135,21 @@ async fn revoked_certificate_fails_the_handshake() {
 }
 
 #[tokio::test]
+async fn tls12_clients_are_served_too() {
+    let chain = Chain::start().await;
+    let addr = chain.lgsp.hop_addr("lgsp").unwrap();
+    let tls =
+        chain
+            .pki
+            .client_tls_versions(Some(AGENCY_OK), &[b"http/1.1"], &[&rustls::version::TLS12]);
+    let answer = tls_exchange(addr, tls).await.unwrap();
+    // The handshake succeeded; the request (sent without a key) reached the auth layer.
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("auth.missing_key"), "{answer}");
+    chain.shutdown().await;
+}
+
+#[tokio::test]
 async fn valid_certificate_with_the_key_of_another_agency_is_403() {
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);

@@ -71,12 +71,22 @@ impl TestPki {
 
     /// A client TLS config presenting `identity` (a file stem above), trusting the dev CA.
     pub fn client_tls(&self, identity: Option<&str>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        self.client_tls_versions(identity, alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// As [`Self::client_tls`], offering only `versions`.
+    pub fn client_tls_versions(
+        &self,
+        identity: Option<&str>,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(self.path("ca.pem")).expect("ca.pem") {
             roots.add(c.expect("ca cert")).expect("root");
         }
         let builder = rustls::ClientConfig::builder_with_provider(lgsp_tls::provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("versions")
             .with_root_certificates(roots);
         let mut cfg = match identity {
