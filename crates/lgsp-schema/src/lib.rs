@@ -3,7 +3,14 @@
 //! schema languages cannot say (citizen-id structure, dates, salary coefficients).
 #![forbid(unsafe_code)]
 
+pub mod domain;
+pub mod json;
 pub mod xsd;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use domain::Day;
 
 /// Bounds on what one packet may make the validator hold.
 #[derive(Debug, Clone)]
@@ -44,4 +51,243 @@ pub struct Field {
     pub path: String,
     pub line: Option<usize>,
     pub column: Option<usize>,
+}
+
+/// The message types of the national CBCCVC database (names as in the schemas).
+pub const MESSAGE_TYPES: &[&str] = &["HoSoCBCCVC", "BienChe", "PheDuyetDuLieu", "BienDong"];
+
+/// The schema files of `schemas/cbccvc/`, compiled into the binary so the gateway runs from anywhere.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("common.xsd", include_str!("../../../schemas/cbccvc/common.xsd")),
+    ("HoSoCBCCVC.xsd", include_str!("../../../schemas/cbccvc/HoSoCBCCVC.xsd")),
+    ("BienChe.xsd", include_str!("../../../schemas/cbccvc/BienChe.xsd")),
+    ("PheDuyetDuLieu.xsd", include_str!("../../../schemas/cbccvc/PheDuyetDuLieu.xsd")),
+    ("BienDong.xsd", include_str!("../../../schemas/cbccvc/BienDong.xsd")),
+    ("HoSoCBCCVC.schema.json", include_str!("../../../schemas/cbccvc/HoSoCBCCVC.schema.json")),
+    ("BienChe.schema.json", include_str!("../../../schemas/cbccvc/BienChe.schema.json")),
+    ("PheDuyetDuLieu.schema.json", include_str!("../../../schemas/cbccvc/PheDuyetDuLieu.schema.json")),
+    ("BienDong.schema.json", include_str!("../../../schemas/cbccvc/BienDong.schema.json")),
+];
+
+/// The two packet formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Xml,
+    Json,
+}
+
+impl Format {
+    /// From a `Content-Type` (`application/xml`, `text/xml`, `application/*+xml`, `application/json`, `…+json`).
+    pub fn from_content_type(ct: &str) -> Option<Format> {
+        let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        match mime.as_str() {
+            "application/xml" | "text/xml" => Some(Format::Xml),
+            "application/json" => Some(Format::Json),
+            m if m.starts_with("application/") && m.ends_with("+xml") => Some(Format::Xml),
+            m if m.starts_with("application/") && m.ends_with("+json") => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    /// From a file name's extension.
+    pub fn from_path(p: &Path) -> Option<Format> {
+        match p.extension()?.to_str()? {
+            "xml" => Some(Format::Xml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// A schema set that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Xsd(#[from] xsd::LoadError),
+    #[error("{file}: {message}")]
+    Json { file: String, message: String },
+}
+
+struct MessageSchemas {
+    xsd: xsd::Schema,
+    json: jsonschema::Validator,
+}
+
+/// Every message type's compiled XSD and JSON Schema, loaded once.
+pub struct Catalog {
+    types: BTreeMap<&'static str, MessageSchemas>,
+}
+
+/// How to validate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub limits: Limits,
+    /// Run the domain rules (off for `--schema-only`).
+    pub domain: bool,
+    /// "Today" for the not-in-the-future rule; `None` = today in Vietnam.
+    pub today: Option<Day>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { limits: Limits::default(), domain: true, today: None }
+    }
+}
+
+/// The verdict on one packet.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub violations: Vec<Violation>,
+    /// Not well-formed or hostile (DOCTYPE, limits, encoding): a 400, not a 422.
+    pub malformed: bool,
+    /// Validation stopped at `max_errors`.
+    pub truncated: bool,
+    /// The packet's own `MaDonVi` values (children of the root), for the jurisdiction check.
+    pub units: Vec<Field>,
+}
+
+impl Report {
+    pub fn is_valid(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl Catalog {
+    /// The catalog of the schemas compiled into the binary.
+    pub fn embedded() -> Result<Catalog, CatalogError> {
+        Catalog::load_from(&xsd::EmbeddedFiles(EMBEDDED))
+    }
+
+    /// The catalog of a schema directory holding `{type}.xsd` and `{type}.schema.json` for every message type.
+    pub fn load(dir: &Path) -> Result<Catalog, CatalogError> {
+        Catalog::load_from(&xsd::DirFiles(dir.to_owned()))
+    }
+
+    fn load_from(files: &dyn xsd::SchemaFiles) -> Result<Catalog, CatalogError> {
+        let mut types = BTreeMap::new();
+        for t in MESSAGE_TYPES {
+            let xsd_name = PathBuf::from(format!("{t}.xsd"));
+            let xsd = xsd::Schema::load_from(files, &xsd_name)?;
+            if !xsd.globals.contains_key(*t) {
+                return Err(CatalogError::Json { file: files.display(&xsd_name), message: format!("declares no global element {t}") });
+            }
+            let json_name = PathBuf::from(format!("{t}.schema.json"));
+            let file = files.display(&json_name);
+            let text = files.read(&json_name).map_err(|message| CatalogError::Json { file: file.clone(), message })?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| CatalogError::Json { file: file.clone(), message: format!("not JSON: {e}") })?;
+            let json = jsonschema::draft202012::new(&value)
+                .map_err(|e| CatalogError::Json { file: file.clone(), message: format!("not a usable JSON Schema 2020-12: {e}") })?;
+            types.insert(*t, MessageSchemas { xsd, json });
+        }
+        Ok(Catalog { types })
+    }
+
+    pub fn message_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.types.keys().copied()
+    }
+
+    pub fn knows(&self, message_type: &str) -> bool {
+        self.types.contains_key(message_type)
+    }
+
+    /// The message type a packet declares: its root element, or its JSON object's single key.
+    pub fn detect(&self, format: Format, bytes: &[u8]) -> Option<&'static str> {
+        let name = match format {
+            Format::Xml => {
+                let text = std::str::from_utf8(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)).ok()?;
+                let mut reader = quick_xml::Reader::from_str(text);
+                loop {
+                    match reader.read_event().ok()? {
+                        quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                            break e.local_name().as_ref().to_owned();
+                        }
+                        quick_xml::events::Event::Eof | quick_xml::events::Event::DocType(_) => return None,
+                        _ => {}
+                    }
+                }
+            }
+            Format::Json => {
+                let v = json::parse(bytes, &Limits::default()).ok()?;
+                let obj = v.as_object().filter(|o| o.len() == 1)?;
+                obj.keys().next()?.clone()
+            }
+        };
+        self.types.keys().copied().find(|t| *t == name)
+    }
+
+    /// Validates one packet of `message_type` in `format`.
+    pub fn validate(&self, message_type: &str, format: Format, bytes: &[u8], opts: &Options) -> Report {
+        let Some(s) = self.types.get(message_type) else {
+            return Report {
+                violations: vec![Violation {
+                    path: "/".into(),
+                    line: None,
+                    column: None,
+                    rule: "packet.unknown_type",
+                    message: format!("unknown message type {message_type}; use one of {}", MESSAGE_TYPES.join(", ")),
+                }],
+                ..Report::default()
+            };
+        };
+        let interest = |name: &str| domain::FIELDS.contains(&name);
+        let root_path = format!("/{message_type}");
+        let (mut violations, malformed, truncated, fields) = match format {
+            Format::Xml => {
+                let out = xsd::validate(&s.xsd, bytes, &opts.limits, &interest);
+                let wrong_root = out.root.as_deref().is_some_and(|r| r != message_type);
+                let mut v = out.violations;
+                if wrong_root && !out.fatal {
+                    v.insert(0, Violation {
+                        path: format!("/{}", out.root.unwrap_or_default()),
+                        line: Some(1),
+                        column: None,
+                        rule: "xsd.unknown_root",
+                        message: format!("this route takes {message_type} packets"),
+                    });
+                }
+                (v, out.fatal, out.truncated, out.fields)
+            }
+            Format::Json => match json::parse(bytes, &opts.limits) {
+                Err(v) => (vec![v], true, false, Vec::new()),
+                Ok(value) => {
+                    let (v, truncated) = json::check(&s.json, &value, bytes, opts.limits.max_errors);
+                    (v, false, truncated, json::fields(&value, &interest))
+                }
+            },
+        };
+        if !malformed && opts.domain && !truncated {
+            let mut found = Vec::new();
+            domain::check(&fields, opts.today.unwrap_or_else(Day::today), &mut found);
+            if format == Format::Json {
+                for v in &mut found {
+                    let pointer = pointer_of(&v.path);
+                    if let Some((l, c)) = json::locate(bytes, &pointer) {
+                        v.line = Some(l);
+                        v.column = Some(c);
+                    }
+                }
+            }
+            let room = opts.limits.max_errors.saturating_sub(violations.len());
+            violations.extend(found.into_iter().take(room));
+        }
+        let units = fields.into_iter().filter(|f| f.name == "MaDonVi" && f.parent == root_path).collect();
+        Report { violations, malformed, truncated, units }
+    }
+}
+
+/// `/A/B[2]/C` → JSON pointer segments `A`, `B`, `1`, `C`.
+fn pointer_of(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        match seg.split_once('[') {
+            Some((name, idx)) => {
+                out.push(name.to_owned());
+                let n: usize = idx.trim_end_matches(']').parse().unwrap_or(1);
+                out.push(n.saturating_sub(1).to_string());
+            }
+            None => out.push(seg.to_owned()),
+        }
+    }
+    out
 }

@@ -101,7 +101,61 @@ struct DocInfo {
     qualified: bool,
 }
 
-struct Loader {
+/// Where schema files come from: a directory, or files compiled into the binary.
+pub trait SchemaFiles {
+    /// The text of the file at `name` (a relative path, e.g. `common.xsd`).
+    fn read(&self, name: &Path) -> Result<String, String>;
+    /// How errors name the file.
+    fn display(&self, name: &Path) -> String;
+}
+
+/// Schema files in a directory.
+pub struct DirFiles(pub PathBuf);
+
+impl SchemaFiles for DirFiles {
+    fn read(&self, name: &Path) -> Result<String, String> {
+        std::fs::read_to_string(self.0.join(name)).map_err(|e| e.to_string())
+    }
+
+    fn display(&self, name: &Path) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+/// Schema files compiled into the binary: (name, text).
+pub struct EmbeddedFiles(pub &'static [(&'static str, &'static str)]);
+
+impl SchemaFiles for EmbeddedFiles {
+    fn read(&self, name: &Path) -> Result<String, String> {
+        let wanted = name.to_string_lossy();
+        self.0.iter().find(|(n, _)| *n == wanted).map(|(_, t)| (*t).to_owned()).ok_or_else(|| "no such embedded schema file".to_owned())
+    }
+
+    fn display(&self, name: &Path) -> String {
+        format!("<embedded>/{}", name.display())
+    }
+}
+
+/// `a/b/../c.xsd` → `a/c.xsd`; a path leaving the root is refused.
+fn normalise(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(x) => out.push(x),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+struct Loader<'f> {
+    files: &'f dyn SchemaFiles,
     docs: Vec<DocInfo>,
     target_ns: Option<String>,
     seen_files: HashSet<PathBuf>,
@@ -137,19 +191,20 @@ fn allowed_attrs(local: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-impl Loader {
+impl Loader<'_> {
     fn err(&self, n: &XNode, message: impl Into<String>) -> LoadError {
         LoadError { file: self.docs[n.doc].file.clone(), line: n.line, message: message.into() }
     }
 
     /// Parses one schema file into its node tree, checking every construct against the subset.
     fn parse_file(&mut self, path: &Path) -> Result<Option<XNode>, LoadError> {
-        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        if !self.seen_files.insert(canonical) {
+        if !self.seen_files.insert(path.to_owned()) {
             return Ok(None);
         }
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
+        let file = self.files.display(path);
+        let text = self
+            .files
+            .read(path)
             .map_err(|e| LoadError { file: file.clone(), line: 0, message: format!("cannot read the schema: {e}") })?;
         let doc = self.docs.len();
         self.docs.push(DocInfo { file: file.clone(), qualified: false });
@@ -296,7 +351,9 @@ impl Loader {
                     if loc.contains("://") {
                         return Err(self.err(child, format!("xs:include of `{loc}`: only local files can be included")));
                     }
-                    self.load_doc(&dir.join(loc))?;
+                    let target = normalise(&dir.join(loc))
+                        .ok_or_else(|| self.err(child, format!("xs:include of `{loc}` leaves the schema directory")))?;
+                    self.load_doc(&target)?;
                 }
                 "simpleType" | "complexType" | "element" => {
                     let name = child
@@ -665,7 +722,15 @@ fn clone_node(n: &XNode) -> XNode {
 impl Schema {
     /// Loads an XSD file and the local files it includes.
     pub fn load(path: &Path) -> Result<Schema, LoadError> {
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+        Schema::load_from(&DirFiles(dir), &name)
+    }
+
+    /// Loads the schema file `name` of `files` and what it includes.
+    pub fn load_from(files: &dyn SchemaFiles, name: &Path) -> Result<Schema, LoadError> {
         let mut l = Loader {
+            files,
             docs: Vec::new(),
             target_ns: None,
             seen_files: HashSet::new(),
@@ -678,7 +743,7 @@ impl Schema {
             complex_done: HashMap::new(),
             global_done: HashMap::new(),
         };
-        l.load_doc(path)?;
+        l.load_doc(name)?;
         l.schema.target_ns = l.target_ns.clone();
         // Compile every named component, so errors anywhere in the files surface at load time.
         let names: Vec<(String, Rc<XNode>)> = l.top_simple.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -5,7 +5,7 @@ mod model;
 mod simple;
 mod validate;
 
-pub use load::{Content, ElementDecl, LoadError, Schema, TypeRef, XS};
+pub use load::{Content, DirFiles, ElementDecl, EmbeddedFiles, LoadError, Schema, SchemaFiles, TypeRef, XS};
 pub use model::{AllGroup, Nfa, Particle};
-pub use simple::{Builtin, Decimal, SimpleType};
+pub use simple::{Builtin, Decimal, SimpleType, clip as clip_text};
 pub use validate::{validate, XmlOutcome};

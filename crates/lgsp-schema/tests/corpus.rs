@@ -1,0 +1,99 @@
+//! The sample corpus: every valid packet passes; every invalid one fails with the rule its file name gives.
+
+use std::path::{Path, PathBuf};
+
+use lgsp_schema::{Catalog, Day, Format, Options};
+
+fn corpus(sub: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/cbccvc/samples").join(sub);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| Format::from_path(p).is_some()).collect();
+    files.sort();
+    files
+}
+
+fn name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn opts(domain: bool) -> Options {
+    Options { domain, today: Some(Day { year: 2026, month: 11, day: 25 }), ..Options::default() }
+}
+
+fn is_domain(rule: &str) -> bool {
+    ["cccd.", "date.", "salary."].iter().any(|p| rule.starts_with(p))
+}
+
+#[test]
+fn the_corpus_is_large_enough() {
+    for (sub, min) in [("valid", 20), ("invalid", 60)] {
+        for ext in ["xml", "json"] {
+            let n = corpus(sub).iter().filter(|p| p.extension().unwrap() == ext).count();
+            assert!(n >= min, "{sub}/*.{ext}: {n} files, want at least {min}");
+        }
+    }
+}
+
+#[test]
+fn valid_packets_pass_every_rule() {
+    let catalog = Catalog::embedded().unwrap();
+    for f in corpus("valid") {
+        let t = name(&f).split('-').next().unwrap().to_owned();
+        let format = Format::from_path(&f).unwrap();
+        let bytes = std::fs::read(&f).unwrap();
+        assert_eq!(catalog.detect(format, &bytes), Some(t.as_str()), "{}", name(&f));
+        let r = catalog.validate(&t, format, &bytes, &opts(true));
+        assert!(r.is_valid(), "{}: {:#?}", name(&f), r.violations);
+        assert_eq!(r.units.len(), 1, "{}: the packet's MaDonVi", name(&f));
+    }
+}
+
+#[test]
+fn invalid_packets_fail_with_the_rule_in_their_name() {
+    let catalog = Catalog::embedded().unwrap();
+    let mut wrong = Vec::new();
+    for f in corpus("invalid") {
+        let n = name(&f);
+        let mut parts = n.split('-');
+        let t = parts.next().unwrap();
+        let rule = parts.nth(1).unwrap();
+        let format = Format::from_path(&f).unwrap();
+        let bytes = std::fs::read(&f).unwrap();
+        let full = catalog.validate(t, format, &bytes, &opts(true));
+        let rules: Vec<&str> = full.violations.iter().map(|v| v.rule).collect();
+        let schema_only = catalog.validate(t, format, &bytes, &opts(false));
+        let ok = if is_domain(rule) {
+            schema_only.is_valid() && rules.contains(&rule)
+        } else if format == Format::Xml {
+            rules.first() == Some(&rule)
+        } else {
+            rules.contains(&rule)
+        };
+        if !ok {
+            wrong.push(format!("{n}: got {:?}", full.violations));
+        }
+        for v in &full.violations {
+            assert!(v.path.starts_with('/'), "{n}: path {:?}", v.path);
+            if format == Format::Xml || full.malformed {
+                assert!(v.line.is_some(), "{n}: no line in {v:?}");
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} files fail with another rule:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+#[test]
+fn errors_name_path_line_and_column() {
+    let catalog = Catalog::embedded().unwrap();
+    let f = corpus("invalid").into_iter().find(|p| name(p).contains("CongTac-thieu-DonVi") && name(p).ends_with(".xml")).unwrap();
+    let r = catalog.validate("HoSoCBCCVC", Format::Xml, &std::fs::read(f).unwrap(), &opts(true));
+    let v = &r.violations[0];
+    assert_eq!(v.path, "/HoSoCBCCVC/QuaTrinhCongTac[1]");
+    assert_eq!((v.line, v.column), (Some(18), Some(3)));
+    assert!(v.message.contains("DonViCongTac"), "{}", v.message);
+
+    let f = corpus("invalid").into_iter().find(|p| name(p).contains("HeSoLuong-9.99") && name(p).ends_with(".json")).unwrap();
+    let r = catalog.validate("HoSoCBCCVC", Format::Json, &std::fs::read(f).unwrap(), &opts(true));
+    let v = &r.violations[0];
+    assert_eq!((v.path.as_str(), v.rule), ("/HoSoCBCCVC/HeSoLuong", "salary.coefficient_out_of_range"));
+    assert!(v.line.is_some() && v.column.is_some(), "{v:?}");
+}
