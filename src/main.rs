@@ -169,7 +169,7 @@ async fn wait_for_signal() {
 }
 
 /// A profile packet (HoSoCBCCVC) for the printed curl.
-const SAMPLE_PACKET: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><HoSoCBCCVC><MaDonVi>000.00.00.H29</MaDonVi><SoCCCD>001090012345</SoCCCD><HoVaTen>Nguyen Van An</HoVaTen><NgaySinh>1990-05-12</NgaySinh><GioiTinh>1</GioiTinh><MaNgach>01.003</MaNgach><BacLuong>3</BacLuong><HeSoLuong>3.00</HeSoLuong><NgayTuyenDung>2015-09-01</NgayTuyenDung></HoSoCBCCVC>";
+const SAMPLE_PACKET: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><HoSoCBCCVC xmlns=\"urn:lgsp:cbccvc:v1\" phienBan=\"1.0\"><MaDonVi>000.00.00.H29</MaDonVi><SoCCCD>001090012345</SoCCCD><HoVaTen>Nguyễn Văn An</HoVaTen><NgaySinh>1990-05-12</NgaySinh><GioiTinh>Nam</GioiTinh><DanToc>Kinh</DanToc><MaNgach>01.003</MaNgach><BacLuong>3</BacLuong><HeSoLuong>3.00</HeSoLuong><NgayTuyenDung>2015-09-01</NgayTuyenDung><TrinhDoChuyenMon>DaiHoc</TrinhDoChuyenMon></HoSoCBCCVC>";
 
 /// The curl that sends the sample packet through the first hop with a dev agency's certificate and dev key,
 /// when the dev PKI and a dev key of the config are there.

@@ -2,8 +2,9 @@
 
 use lgsp_testkit::*;
 
-const PACKET: &str =
-    "<HoSoCBCCVC><MaDonVi>000.00.00.H29</MaDonVi><SoCCCD>001090012345</SoCCCD></HoSoCBCCVC>";
+/// A valid profile packet (HoSoCBCCVC) of agency H29.
+static PACKET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| sample("valid/HoSoCBCCVC-02-toi-thieu.xml"));
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 const KEY_H26: &str = "lgsp_dev_000.00.00.H26_production";
 
@@ -19,7 +20,7 @@ async fn happy_path(http2: bool) {
             "POST",
             &chain.lgsp_url("/lgsp/v1/HoSoCBCCVC"),
             &xml(KEY_H29),
-            PACKET,
+            &PACKET,
         )
         .await
         .unwrap();
@@ -158,7 +159,7 @@ async fn valid_certificate_with_the_key_of_another_agency_is_403() {
             "POST",
             &chain.lgsp_url("/lgsp/v1/HoSoCBCCVC"),
             &xml(KEY_H26),
-            PACKET,
+            &PACKET,
         )
         .await
         .unwrap();
@@ -186,7 +187,12 @@ async fn missing_and_wrong_keys_are_401() {
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
     let url = chain.lgsp_url("/lgsp/v1/HoSoCBCCVC");
     let a = client
-        .send("POST", &url, &[("content-type", "application/xml")], PACKET)
+        .send(
+            "POST",
+            &url,
+            &[("content-type", "application/xml")],
+            &PACKET,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -194,7 +200,7 @@ async fn missing_and_wrong_keys_are_401() {
         (401, "auth.missing_key")
     );
     let a = client
-        .send("POST", &url, &xml("lgsp_prod_0000"), PACKET)
+        .send("POST", &url, &xml("lgsp_prod_0000"), &PACKET)
         .await
         .unwrap();
     assert_eq!(
@@ -214,7 +220,7 @@ async fn unknown_route_is_404_problem_json() {
             "POST",
             &chain.lgsp_url("/lgsp/v1/Unknown"),
             &xml(KEY_H29),
-            PACKET,
+            &PACKET,
         )
         .await
         .unwrap();
@@ -256,11 +262,11 @@ async fn upstream_down_is_502_problem_json_and_counted() {
     let lgsp = lgsp_proxy::Gateway::start(&cfg).await.unwrap();
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
     let url = format!(
-        "https://localhost:{}/lgsp/v1/BienDong",
+        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
         lgsp.hop_addr("lgsp").unwrap().port()
     );
     let a = client
-        .send("POST", &url, &xml(KEY_H29), PACKET)
+        .send("POST", &url, &xml(KEY_H29), &PACKET)
         .await
         .unwrap();
     assert_eq!(a.status, 502);
@@ -278,7 +284,7 @@ async fn upstream_down_is_502_problem_json_and_counted() {
     assert_eq!(
         lgsp.metrics
             .requests
-            .with_label_values(&["lgsp", "BienDong", H29, "502"])
+            .with_label_values(&["lgsp", "HoSoCBCCVC", H29, "502"])
             .get(),
         1
     );
@@ -300,9 +306,9 @@ async fn spoofed_hop_headers_are_stripped_at_the_first_hop() {
     let a = client
         .send(
             "POST",
-            &chain.lgsp_url("/lgsp/v1/BienChe"),
+            &chain.lgsp_url("/lgsp/v1/HoSoCBCCVC"),
             &headers,
-            PACKET,
+            &PACKET,
         )
         .await
         .unwrap();
@@ -326,7 +332,7 @@ async fn an_agency_cannot_pose_as_a_peer_at_the_ndxp_hop() {
     );
     let mut headers = xml(KEY_H29);
     headers.push(("x-lgsp-client", "000.00.00.H26"));
-    let a = client.send("POST", &url, &headers, PACKET).await.unwrap();
+    let a = client.send("POST", &url, &headers, &PACKET).await.unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["agency"], H29);
     assert_eq!(a.json()["hops"], "ndxp");
@@ -354,7 +360,7 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     let url = format!("https://localhost:{}/lgsp/v1/HoSoCBCCVC", addr.port());
     let client = TestClient::new(&pki, Some(AGENCY_OK), true);
     let in_flight =
-        tokio::spawn(async move { client.send("POST", &url, &xml(KEY_H29), PACKET).await });
+        tokio::spawn(async move { client.send("POST", &url, &xml(KEY_H29), &PACKET).await });
     held.arrived.notified().await;
     let draining = tokio::spawn(lgsp.shutdown());
     // New connections are refused once the listener is closed; the held request is still in flight.
@@ -379,11 +385,11 @@ async fn slow_upstream_is_504_problem_json_and_counted() {
     .await;
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
     let url = format!(
-        "https://localhost:{}/lgsp/v1/BienChe",
+        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
         lgsp.hop_addr("lgsp").unwrap().port()
     );
     let a = client
-        .send("POST", &url, &xml(KEY_H29), PACKET)
+        .send("POST", &url, &xml(KEY_H29), &PACKET)
         .await
         .unwrap();
     assert_eq!(a.status, 504);

@@ -24,6 +24,21 @@ pub struct FileConfig {
     pub agencies: Vec<FileAgency>,
     /// The national-endpoint emulator, when this process runs one.
     pub emulator: Option<FileEmulator>,
+    /// Packet validation.
+    #[serde(default)]
+    pub validation: FileValidation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileValidation {
+    /// `"embedded"` (the schemas compiled into the binary) or a directory with `{type}.xsd` + `{type}.schema.json`.
+    pub schemas: Option<Spanned<String>>,
+    pub max_errors: Option<Spanned<u64>>,
+    pub max_depth: Option<Spanned<u64>>,
+    pub max_attributes: Option<Spanned<u64>>,
+    pub max_text_bytes: Option<Spanned<u64>>,
+    pub domain_rules: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +142,10 @@ pub struct FileRoute {
     pub rewrite: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub agencies: Vec<Spanned<String>>,
+    /// CBCCVC message type validated on this route (`HoSoCBCCVC`, `BienChe`, `PheDuyetDuLieu`, `BienDong`).
+    pub message_type: Option<Spanned<String>>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +156,8 @@ pub struct FileAgency {
     pub status: AgencyStatus,
     #[serde(default)]
     pub keys: Vec<FileKey>,
+    /// Unit codes (MaDonVi) the agency may send packets for; `*` matches any run of characters.
+    pub units: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

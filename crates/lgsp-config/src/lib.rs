@@ -14,8 +14,8 @@ pub use file::{AgencyStatus, HopRole, KeyKind, LogFormat};
 pub use parse::{parse_duration, valid_agency_code, valid_identity};
 pub use runtime::{
     AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, DEFAULT_IDENTITY_URI_PREFIX,
-    EmulatorConfig, HopConfig, KeyConfig, LogConfig, PkiConfig, RouteConfig, ServerTlsConfig,
-    Upstream,
+    EmulatorConfig, HopConfig, KeyConfig, LogConfig, PkiConfig, RouteConfig, SchemaSource,
+    ServerTlsConfig, Upstream, ValidationConfig,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

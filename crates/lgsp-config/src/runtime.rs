@@ -32,6 +32,7 @@ pub struct Config {
     pub hops: Vec<HopConfig>,
     pub agencies: Vec<AgencyConfig>,
     pub emulator: Option<EmulatorConfig>,
+    pub validation: ValidationConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +102,8 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Agency codes allowed on this route; `None` means every known agency (`"*"`).
     pub agencies: Option<Vec<String>>,
+    pub message_type: Option<String>,
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +112,25 @@ pub struct AgencyConfig {
     pub name: Option<String>,
     pub status: AgencyStatus,
     pub keys: Vec<KeyConfig>,
+    /// Unit-code patterns (MaDonVi) this agency may send for; `*` matches any run of characters.
+    pub units: Vec<String>,
+}
+
+/// Where the packet schemas come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaSource {
+    Embedded,
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidationConfig {
+    pub schemas: SchemaSource,
+    pub max_errors: usize,
+    pub max_depth: usize,
+    pub max_attributes: usize,
+    pub max_text_bytes: usize,
+    pub domain_rules: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +155,7 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 const DEFAULT_MAX_STORED: u64 = 100_000;
+const DEFAULT_MAX_BODY: u64 = 8 * 1024 * 1024;
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Collects problems while building the runtime config.
@@ -310,6 +333,35 @@ impl<'a> Checker<'a> {
                 list.push(a.get_ref().clone());
             }
         }
+        let message_type = r.message_type.as_ref().and_then(|m| {
+            if lgsp_schema::MESSAGE_TYPES.contains(&m.get_ref().as_str()) {
+                Some(m.get_ref().clone())
+            } else {
+                self.problem(
+                    m,
+                    format!("{field}.message_type"),
+                    format!(
+                        "`{}` is not a message type; use one of {}",
+                        m.get_ref(),
+                        lgsp_schema::MESSAGE_TYPES.join(", ")
+                    ),
+                );
+                None
+            }
+        });
+        let max_body = r
+            .max_body_bytes
+            .as_ref()
+            .map_or(DEFAULT_MAX_BODY, |v| *v.get_ref());
+        if let Some(v) = &r.max_body_bytes
+            && !(1..=1024 * 1024 * 1024).contains(&max_body)
+        {
+            self.problem(
+                v,
+                format!("{field}.max_body_bytes"),
+                "choose between 1 and 1073741824 bytes",
+            );
+        }
         RouteConfig {
             name: r.name.get_ref().clone(),
             methods,
@@ -322,6 +374,8 @@ impl<'a> Checker<'a> {
                 DEFAULT_ROUTE_TIMEOUT,
             ),
             agencies,
+            message_type,
+            max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
         }
     }
 
@@ -476,11 +530,31 @@ impl Config {
                     label: key.label.clone(),
                 });
             }
+            let units = match &a.units {
+                None => vec![code.clone()],
+                Some(list) => {
+                    for u in list {
+                        let plain = u.get_ref().replace('*', "0");
+                        if u.get_ref().is_empty() || !crate::parse::valid_agency_code(&plain) {
+                            c.problem(
+                                u,
+                                format!("agency[{i}].units"),
+                                format!(
+                                    "`{}` is not a unit-code pattern: a unit code such as \"000.00.00.H29\" where `*` stands for any run of characters, e.g. \"*.H29\"",
+                                    u.get_ref()
+                                ),
+                            );
+                        }
+                    }
+                    list.iter().map(|u| u.get_ref().clone()).collect()
+                }
+            };
             agencies.push(AgencyConfig {
                 code: code.clone(),
                 name: a.name.clone(),
                 status: a.status,
                 keys,
+                units,
             });
         }
 
@@ -575,6 +649,43 @@ impl Config {
             dev_autogen: file.pki.dev_autogen.unwrap_or(false),
         };
 
+        let v = &file.validation;
+        let bounded = |c: &mut Checker<'_>,
+                       x: &Option<Spanned<u64>>,
+                       field: &str,
+                       default: u64,
+                       max: u64|
+         -> usize {
+            let n = x.as_ref().map_or(default, |s| *s.get_ref());
+            if let Some(s) = x
+                && !(1..=max).contains(&n)
+            {
+                c.problem(
+                    s,
+                    format!("validation.{field}"),
+                    format!("choose between 1 and {max}"),
+                );
+            }
+            usize::try_from(n).unwrap_or(usize::MAX)
+        };
+        let validation = ValidationConfig {
+            schemas: match &v.schemas {
+                None => SchemaSource::Embedded,
+                Some(s) if s.get_ref() == "embedded" => SchemaSource::Embedded,
+                Some(s) => SchemaSource::Dir(c.path(base, s).path),
+            },
+            max_errors: bounded(&mut c, &v.max_errors, "max_errors", 20, 1000),
+            max_depth: bounded(&mut c, &v.max_depth, "max_depth", 32, 256),
+            max_attributes: bounded(&mut c, &v.max_attributes, "max_attributes", 32, 1024),
+            max_text_bytes: bounded(
+                &mut c,
+                &v.max_text_bytes,
+                "max_text_bytes",
+                64 * 1024,
+                16 * 1024 * 1024,
+            ),
+            domain_rules: v.domain_rules.unwrap_or(true),
+        };
         if !c.problems.is_empty() {
             return Err(ConfigError {
                 source: source.to_owned(),
@@ -592,6 +703,7 @@ impl Config {
             hops,
             agencies,
             emulator,
+            validation,
         })
     }
 }

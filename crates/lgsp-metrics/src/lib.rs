@@ -27,6 +27,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `lgsp_tls_handshake_failures_total{hop,reason}`.
     pub tls_handshake_failures: IntCounterVec,
+    /// `lgsp_validation_failures_total{hop,route,message_type,rule}`.
+    pub validation_failures: IntCounterVec,
     /// `lgsp_connections_open{hop}`.
     pub connections_open: IntGaugeVec,
     /// `lgsp_emulator_packets_total{message_type,result}`.
@@ -84,6 +86,12 @@ impl Metrics {
             "TLS handshakes that failed, by hop and reason (no_client_cert, unknown_ca, expired, revoked, timeout, ...).",
             &["hop", "reason"],
         )?;
+        let validation_failures = counter(
+            &registry,
+            "lgsp_validation_failures_total",
+            "Packets refused by validation, by hop, route, message type and rule (each rule counted once per packet).",
+            &["hop", "route", "message_type", "rule"],
+        )?;
         let connections_open = IntGaugeVec::new(
             Opts::new(
                 "lgsp_connections_open",
@@ -119,6 +127,7 @@ impl Metrics {
             upstream_errors,
             auth_failures,
             tls_handshake_failures,
+            validation_failures,
             connections_open,
             emulator_packets,
         }))

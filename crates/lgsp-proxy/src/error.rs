@@ -172,6 +172,9 @@ pub struct Problem {
     pub message_id: Option<String>,
     pub hop: String,
     pub class: Blame,
+    /// What is wrong with a packet, one entry per violation: {path, line, column, rule, message}.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<lgsp_schema::Violation>>,
 }
 
 /// What an error becomes at the edge: status, code, blame and the problem body; also what logs and metrics read.
@@ -182,6 +185,7 @@ pub struct Rescued {
     pub detail: String,
     pub allow: Option<String>,
     pub log: String,
+    pub errors: Option<Vec<lgsp_schema::Violation>>,
 }
 
 /// Maps any error of the stack to its problem (linkerd's `ServerRescue`, in one place).
@@ -194,6 +198,18 @@ pub fn rescue(e: &BoxError) -> Rescued {
             detail: a.detail(),
             allow: None,
             log: a.to_string(),
+            errors: None,
+        };
+    }
+    if let Some(p) = e.downcast_ref::<crate::validate::PacketError>() {
+        return Rescued {
+            status: p.status(),
+            code: p.code(),
+            blame: Blame::Client,
+            detail: p.detail(),
+            allow: None,
+            log: p.to_string(),
+            errors: p.errors().map(<[lgsp_schema::Violation]>::to_vec),
         };
     }
     if let Some(p) = e.downcast_ref::<ProxyError>() {
@@ -208,6 +224,7 @@ pub fn rescue(e: &BoxError) -> Rescued {
             detail: p.detail(),
             allow,
             log: p.to_string(),
+            errors: None,
         };
     }
     Rescued {
@@ -217,6 +234,7 @@ pub fn rescue(e: &BoxError) -> Rescued {
         detail: "The gateway failed on its own; tell the LGSP operator the message id.".into(),
         allow: None,
         log: e.to_string(),
+        errors: None,
     }
 }
 
@@ -233,6 +251,7 @@ impl Rescued {
             message_id: message_id.map(str::to_owned),
             hop: hop.to_owned(),
             class: self.blame,
+            errors: self.errors,
         };
         let json = serde_json::to_vec(&problem).unwrap_or_default();
         let mut resp = Response::new(

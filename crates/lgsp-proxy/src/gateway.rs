@@ -21,6 +21,7 @@ use crate::listener::{ListenerSpec, spawn_tls_listener};
 use crate::route::RouteTable;
 use crate::stack::hop_stack;
 use crate::trace::HopContext;
+use crate::validate::ValidationPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -32,6 +33,8 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error("packet schemas: {0}")]
+    Schemas(#[from] lgsp_schema::CatalogError),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus_error::Error),
 }
@@ -90,6 +93,22 @@ impl Gateway {
         let drain = cfg.admin.drain_timeout;
         let (shutdown, rx) = watch::channel(false);
 
+        let catalog = Arc::new(match &cfg.validation.schemas {
+            lgsp_config::SchemaSource::Embedded => lgsp_schema::Catalog::embedded()?,
+            lgsp_config::SchemaSource::Dir(dir) => lgsp_schema::Catalog::load(dir)?,
+        });
+        let v = &cfg.validation;
+        let options = lgsp_schema::Options {
+            limits: lgsp_schema::Limits {
+                max_depth: v.max_depth,
+                max_attributes: v.max_attributes,
+                max_text: v.max_text_bytes,
+                max_errors: v.max_errors,
+            },
+            domain: v.domain_rules,
+            today: None,
+        };
+        let validation = Arc::new(ValidationPolicy::new(catalog, options, &cfg.agencies));
         let mut prepared = Vec::new();
         for h in &cfg.hops {
             let mut s = spec(&h.name, &h.tls, drain)?;
@@ -109,7 +128,11 @@ impl Gateway {
                 metrics.clone(),
             ));
             let routes = Arc::new(RouteTable::new(&h.routes));
-            prepared.push((h, s, hop_stack(hop, auth, routes, client)));
+            prepared.push((
+                h,
+                s,
+                hop_stack(hop, auth, routes, validation.clone(), client),
+            ));
         }
         let emulator = match &cfg.emulator {
             Some(e) => Some((

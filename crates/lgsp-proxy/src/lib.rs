@@ -11,6 +11,7 @@ mod listener;
 mod route;
 mod stack;
 mod trace;
+pub mod validate;
 
 pub use forward::{Forward, UpstreamClient, upstream_client, upstream_uri};
 pub use gateway::{Bound, Gateway, StartError};

@@ -13,6 +13,7 @@ use crate::body::Body;
 use crate::forward::{Forward, UpstreamClient};
 use crate::route::{RouteLayer, RouteTable};
 use crate::trace::{HopContext, ObserveLayer};
+use crate::validate::{ValidateLayer, ValidationPolicy};
 
 /// A hop's whole stack as one cloneable service that never fails (errors are already problem+json).
 pub type HopService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
@@ -21,6 +22,7 @@ pub fn hop_stack(
     hop: Arc<HopContext>,
     auth: Arc<AuthPolicy>,
     routes: Arc<RouteTable>,
+    validation: Arc<ValidationPolicy>,
     client: UpstreamClient,
 ) -> HopService {
     let stack = ServiceBuilder::new()
@@ -32,6 +34,9 @@ pub fn hop_stack(
         .layer(AuthLayer::new(auth))
         // Which route, whether the method fits, whether this agency may use it.
         .layer(RouteLayer::new(routes))
+        // The route's body limit; for packet routes the packet check (415 / 413 / 400 / 403 / 422). After route
+        // and auth: the route names the message type and limit, the caller's agency bounds the MaDonVi.
+        .layer(ValidateLayer::new(validation, hop.clone()))
         // Innermost: to the upstream over mTLS as this hop's own identity.
         .service(Forward::new(client, hop));
     BoxCloneService::new(stack)

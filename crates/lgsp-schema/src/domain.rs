@@ -21,14 +21,23 @@ pub const FIELDS: &[&str] = &[
 ];
 
 /// Dates that cannot lie in the future (a decision's effective date, NgayHieuLuc, may).
-const PAST_DATES: &[&str] = &["NgaySinh", "NgayTuyenDung", "NgayBatDau", "NgayKetThuc", "NgayHuong", "NgayLap", "ThoiDiemPheDuyet"];
+const PAST_DATES: &[&str] = &[
+    "NgaySinh",
+    "NgayTuyenDung",
+    "NgayBatDau",
+    "NgayKetThuc",
+    "NgayHuong",
+    "NgayLap",
+    "ThoiDiemPheDuyet",
+];
 
 /// The 63 province codes of birth registration (first three digits of a CCCD).
 pub const PROVINCES: &[&str] = &[
-    "001", "002", "004", "006", "008", "010", "011", "012", "014", "015", "017", "019", "020", "022", "024", "025", "026", "027",
-    "030", "031", "033", "034", "035", "036", "037", "038", "040", "042", "044", "045", "046", "048", "049", "051", "052", "054",
-    "056", "058", "060", "062", "064", "066", "067", "068", "070", "072", "074", "075", "077", "079", "080", "082", "083", "084",
-    "086", "087", "089", "091", "092", "093", "094", "095", "096",
+    "001", "002", "004", "006", "008", "010", "011", "012", "014", "015", "017", "019", "020",
+    "022", "024", "025", "026", "027", "030", "031", "033", "034", "035", "036", "037", "038",
+    "040", "042", "044", "045", "046", "048", "049", "051", "052", "054", "056", "058", "060",
+    "062", "064", "066", "067", "068", "070", "072", "074", "075", "077", "079", "080", "082",
+    "083", "084", "086", "087", "089", "091", "092", "093", "094", "095", "096",
 ];
 
 /// Salary coefficient ranges (first and last step) of the common civil-service ranks, from the salary table for
@@ -69,7 +78,11 @@ impl Day {
     /// Today in Vietnam (UTC+7), the calendar the packets are written in.
     pub fn today() -> Day {
         let now = time::OffsetDateTime::now_utc() + time::Duration::hours(7);
-        Day { year: now.year(), month: u8::from(now.month()), day: now.day() }
+        Day {
+            year: now.year(),
+            month: u8::from(now.month()),
+            day: now.day(),
+        }
     }
 }
 
@@ -80,7 +93,13 @@ impl std::fmt::Display for Day {
 }
 
 fn violation(f: &Field, rule: &'static str, message: String) -> Violation {
-    Violation { path: f.path.clone(), line: f.line, column: f.column, rule, message }
+    Violation {
+        path: f.path.clone(),
+        line: f.line,
+        column: f.column,
+        rule,
+        message,
+    }
 }
 
 /// Checks every rule; violations come in field order.
@@ -108,11 +127,25 @@ fn check_record(record: &[&Field], today: Day, out: &mut Vec<Violation>) {
     if let Some(f) = get(record, "SoCCCD") {
         check_cccd(f, birth, gender, out);
     }
-    for f in record.iter().filter(|f| PAST_DATES.contains(&f.name.as_str())) {
+    for f in record
+        .iter()
+        .filter(|f| PAST_DATES.contains(&f.name.as_str()))
+    {
         match Day::parse(&f.value) {
-            None => out.push(violation(f, "date.invalid", format!("{} `{}` is not a calendar date (YYYY-MM-DD)", f.name, f.value))),
+            None => out.push(violation(
+                f,
+                "date.invalid",
+                format!(
+                    "{} `{}` is not a calendar date (YYYY-MM-DD)",
+                    f.name, f.value
+                ),
+            )),
             Some(d) if d > today => {
-                out.push(violation(f, "date.in_future", format!("{} {d} lies after today ({today}); check the year", f.name)));
+                out.push(violation(
+                    f,
+                    "date.in_future",
+                    format!("{} {d} lies after today ({today}); check the year", f.name),
+                ));
             }
             Some(_) => {}
         }
@@ -121,13 +154,21 @@ fn check_record(record: &[&Field], today: Day, out: &mut Vec<Violation>) {
         && let Some(t) = Day::parse(&f.value)
         && t <= b
     {
-        out.push(violation(f, "date.recruitment_before_birth", format!("NgayTuyenDung {t} is not after NgaySinh {b}")));
+        out.push(violation(
+            f,
+            "date.recruitment_before_birth",
+            format!("NgayTuyenDung {t} is not after NgaySinh {b}"),
+        ));
     }
     if let (Some(start), Some(end)) = (get(record, "NgayBatDau"), get(record, "NgayKetThuc"))
         && let (Some(s), Some(e)) = (Day::parse(&start.value), Day::parse(&end.value))
         && e < s
     {
-        out.push(violation(end, "date.end_before_start", format!("NgayKetThuc {e} is before NgayBatDau {s}")));
+        out.push(violation(
+            end,
+            "date.end_before_start",
+            format!("NgayKetThuc {e} is before NgayBatDau {s}"),
+        ));
     }
     if let Some(f) = get(record, "HeSoLuong") {
         check_coefficient(f, get(record, "MaNgach").map(|m| m.value.as_str()), out);
@@ -137,11 +178,25 @@ fn check_record(record: &[&Field], today: Day, out: &mut Vec<Violation>) {
 fn check_cccd(f: &Field, birth: Option<Day>, gender: Option<&str>, out: &mut Vec<Violation>) {
     let v = f.value.as_str();
     if v.len() != 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        out.push(violation(f, "cccd.length", format!("SoCCCD `{}` must be exactly 12 digits", crate::xsd::clip_text(v))));
+        out.push(violation(
+            f,
+            "cccd.length",
+            format!(
+                "SoCCCD `{}` must be exactly 12 digits",
+                crate::xsd::clip_text(v)
+            ),
+        ));
         return;
     }
     if !PROVINCES.contains(&&v[..3]) {
-        out.push(violation(f, "cccd.province", format!("SoCCCD starts with {}, which is not a province code of birth registration", &v[..3])));
+        out.push(violation(
+            f,
+            "cccd.province",
+            format!(
+                "SoCCCD starts with {}, which is not a province code of birth registration",
+                &v[..3]
+            ),
+        ));
     }
     let digit = i32::from(v.as_bytes()[3] - b'0');
     let year_digits = &v[4..6];
@@ -156,25 +211,51 @@ fn check_cccd(f: &Field, birth: Option<Day>, gender: Option<&str>, out: &mut Vec
                 expected + 1
             )));
         } else if let Some(g) = gender.filter(|g| (digit % 2 == 0) != (*g == "Nam")) {
-            out.push(violation(f, "cccd.century_gender", format!("the 4th digit of SoCCCD is {digit}, which says {}, but GioiTinh is {g}", if digit % 2 == 0 { "male" } else { "female" })));
+            out.push(violation(
+                f,
+                "cccd.century_gender",
+                format!(
+                    "the 4th digit of SoCCCD is {digit}, which says {}, but GioiTinh is {g}",
+                    if digit % 2 == 0 { "male" } else { "female" }
+                ),
+            ));
         }
         if year_digits != format!("{:02}", b.year.rem_euclid(100)) {
-            out.push(violation(f, "cccd.birth_year", format!("digits 5–6 of SoCCCD are {year_digits}, but NgaySinh is in {}", b.year)));
+            out.push(violation(
+                f,
+                "cccd.birth_year",
+                format!(
+                    "digits 5–6 of SoCCCD are {year_digits}, but NgaySinh is in {}",
+                    b.year
+                ),
+            ));
         }
     } else if let Some(g) = gender.filter(|g| (digit % 2 == 0) != (*g == "Nam")) {
-        out.push(violation(f, "cccd.century_gender", format!("the 4th digit of SoCCCD is {digit}, which does not fit GioiTinh {g}")));
+        out.push(violation(
+            f,
+            "cccd.century_gender",
+            format!("the 4th digit of SoCCCD is {digit}, which does not fit GioiTinh {g}"),
+        ));
     }
 }
 
 fn check_coefficient(f: &Field, rank: Option<&str>, out: &mut Vec<Violation>) {
-    let Some(value) = Decimal::parse(&f.value) else { return };
+    let Some(value) = Decimal::parse(&f.value) else {
+        return;
+    };
     let (label, lo, hi) = match rank.and_then(|r| RANKS.iter().find(|(code, ..)| *code == r)) {
         Some((code, name, lo, hi)) => (format!("rank {code} {name}"), *lo, *hi),
         None => ("any rank".to_owned(), OVERALL.0, OVERALL.1),
     };
-    let (Some(lo_d), Some(hi_d)) = (Decimal::parse(lo), Decimal::parse(hi)) else { return };
+    let (Some(lo_d), Some(hi_d)) = (Decimal::parse(lo), Decimal::parse(hi)) else {
+        return;
+    };
     if value < lo_d || value > hi_d {
-        out.push(violation(f, "salary.coefficient_out_of_range", format!("HeSoLuong {} is outside {lo}–{hi} for {label}", f.value)));
+        out.push(violation(
+            f,
+            "salary.coefficient_out_of_range",
+            format!("HeSoLuong {} is outside {lo}–{hi} for {label}", f.value),
+        ));
     }
 }
 
@@ -183,28 +264,62 @@ mod tests {
     use super::*;
 
     fn field(parent: &str, name: &str, value: &str) -> Field {
-        Field { parent: parent.into(), name: name.into(), value: value.into(), path: format!("{parent}/{name}"), line: None, column: None }
+        Field {
+            parent: parent.into(),
+            name: name.into(),
+            value: value.into(),
+            path: format!("{parent}/{name}"),
+            line: None,
+            column: None,
+        }
     }
 
     fn rules(fields: &[Field]) -> Vec<&'static str> {
         let mut out = Vec::new();
-        check(fields, Day { year: 2026, month: 11, day: 25 }, &mut out);
+        check(
+            fields,
+            Day {
+                year: 2026,
+                month: 11,
+                day: 25,
+            },
+            &mut out,
+        );
         out.into_iter().map(|v| v.rule).collect()
     }
 
     fn profile(cccd: &str, birth: &str, gender: &str) -> Vec<Field> {
-        vec![field("/H", "SoCCCD", cccd), field("/H", "NgaySinh", birth), field("/H", "GioiTinh", gender)]
+        vec![
+            field("/H", "SoCCCD", cccd),
+            field("/H", "NgaySinh", birth),
+            field("/H", "GioiTinh", gender),
+        ]
     }
 
     #[test]
     fn cccd_structure() {
         assert!(rules(&profile("001090012345", "1990-05-12", "Nam")).is_empty());
         assert!(rules(&profile("079301004567", "2001-03-09", "Nu")).is_empty());
-        assert_eq!(rules(&profile("003090012345", "1990-05-12", "Nam")), ["cccd.province"]);
-        assert_eq!(rules(&profile("001190012345", "1990-05-12", "Nam")), ["cccd.century_gender"]);
-        assert_eq!(rules(&profile("001290012345", "1990-05-12", "Nam")), ["cccd.century_gender"]);
-        assert_eq!(rules(&profile("001091012345", "1990-05-12", "Nam")), ["cccd.birth_year"]);
-        assert_eq!(rules(&profile("00109001234", "1990-05-12", "Nam")), ["cccd.length"]);
+        assert_eq!(
+            rules(&profile("003090012345", "1990-05-12", "Nam")),
+            ["cccd.province"]
+        );
+        assert_eq!(
+            rules(&profile("001190012345", "1990-05-12", "Nam")),
+            ["cccd.century_gender"]
+        );
+        assert_eq!(
+            rules(&profile("001290012345", "1990-05-12", "Nam")),
+            ["cccd.century_gender"]
+        );
+        assert_eq!(
+            rules(&profile("001091012345", "1990-05-12", "Nam")),
+            ["cccd.birth_year"]
+        );
+        assert_eq!(
+            rules(&profile("00109001234", "1990-05-12", "Nam")),
+            ["cccd.length"]
+        );
     }
 
     #[test]
@@ -212,12 +327,42 @@ mod tests {
         let mut f = profile("001090012345", "1990-05-12", "Nam");
         f.push(field("/H", "NgayTuyenDung", "1989-01-01"));
         assert_eq!(rules(&f), ["date.recruitment_before_birth"]);
-        assert_eq!(rules(&[field("/H", "NgayLap", "2026-11-26")]), ["date.in_future"]);
-        assert_eq!(rules(&[field("/H", "NgayLap", "2026-04-31")]), ["date.invalid"]);
+        assert_eq!(
+            rules(&[field("/H", "NgayLap", "2026-11-26")]),
+            ["date.in_future"]
+        );
+        assert_eq!(
+            rules(&[field("/H", "NgayLap", "2026-04-31")]),
+            ["date.invalid"]
+        );
         assert!(rules(&[field("/H", "NgayLap", "2026-11-25")]).is_empty());
-        assert_eq!(rules(&[field("/L", "MaNgach", "01.003"), field("/L", "HeSoLuong", "4.99")]), ["salary.coefficient_out_of_range"]);
-        assert!(rules(&[field("/L", "MaNgach", "01.003"), field("/L", "HeSoLuong", "4.98")]).is_empty());
-        assert!(rules(&[field("/L", "MaNgach", "09.999"), field("/L", "HeSoLuong", "9.99")]).is_empty());
-        assert_eq!(rules(&[field("/C", "NgayBatDau", "2020-01-01"), field("/C", "NgayKetThuc", "2019-01-01")]), ["date.end_before_start"]);
+        assert_eq!(
+            rules(&[
+                field("/L", "MaNgach", "01.003"),
+                field("/L", "HeSoLuong", "4.99")
+            ]),
+            ["salary.coefficient_out_of_range"]
+        );
+        assert!(
+            rules(&[
+                field("/L", "MaNgach", "01.003"),
+                field("/L", "HeSoLuong", "4.98")
+            ])
+            .is_empty()
+        );
+        assert!(
+            rules(&[
+                field("/L", "MaNgach", "09.999"),
+                field("/L", "HeSoLuong", "9.99")
+            ])
+            .is_empty()
+        );
+        assert_eq!(
+            rules(&[
+                field("/C", "NgayBatDau", "2020-01-01"),
+                field("/C", "NgayKetThuc", "2019-01-01")
+            ]),
+            ["date.end_before_start"]
+        );
     }
 }

@@ -43,21 +43,30 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
         if v.unsigned_abs() > MAX_NUMBER as u64 {
-            return Err(refuse("json.number_too_large", format!("{v} is larger than 2^53; send it as a string if it is an identifier")));
+            return Err(refuse(
+                "json.number_too_large",
+                format!("{v} is larger than 2^53; send it as a string if it is an identifier"),
+            ));
         }
         Ok(Value::from(v))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
         if v > MAX_NUMBER as u64 {
-            return Err(refuse("json.number_too_large", format!("{v} is larger than 2^53; send it as a string if it is an identifier")));
+            return Err(refuse(
+                "json.number_too_large",
+                format!("{v} is larger than 2^53; send it as a string if it is an identifier"),
+            ));
         }
         Ok(Value::from(v))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         if !v.is_finite() || v.abs() > MAX_NUMBER {
-            return Err(refuse("json.number_too_large", "a number is too large to be exact; send it as a string"));
+            return Err(refuse(
+                "json.number_too_large",
+                "a number is too large to be exact; send it as a string",
+            ));
         }
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
@@ -80,10 +89,16 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         if self.depth >= self.max_depth {
-            return Err(refuse("json.depth_exceeded", format!("values are nested deeper than {} levels", self.max_depth)));
+            return Err(refuse(
+                "json.depth_exceeded",
+                format!("values are nested deeper than {} levels", self.max_depth),
+            ));
         }
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict { depth: self.depth + 1, max_depth: self.max_depth })? {
+        while let Some(v) = seq.next_element_seed(Strict {
+            depth: self.depth + 1,
+            max_depth: self.max_depth,
+        })? {
             out.push(v);
         }
         Ok(Value::Array(out))
@@ -91,14 +106,26 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         if self.depth >= self.max_depth {
-            return Err(refuse("json.depth_exceeded", format!("values are nested deeper than {} levels", self.max_depth)));
+            return Err(refuse(
+                "json.depth_exceeded",
+                format!("values are nested deeper than {} levels", self.max_depth),
+            ));
         }
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
             if out.contains_key(&k) {
-                return Err(refuse("json.duplicate_key", format!("the key \"{}\" appears twice in one object", crate::xsd::clip_text(&k))));
+                return Err(refuse(
+                    "json.duplicate_key",
+                    format!(
+                        "the key \"{}\" appears twice in one object",
+                        crate::xsd::clip_text(&k)
+                    ),
+                ));
             }
-            let v = map.next_value_seed(Strict { depth: self.depth + 1, max_depth: self.max_depth })?;
+            let v = map.next_value_seed(Strict {
+                depth: self.depth + 1,
+                max_depth: self.max_depth,
+            })?;
             out.insert(k, v);
         }
         Ok(Value::Object(out))
@@ -117,11 +144,19 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Value, Violation> {
             line: Some(line),
             column: Some(column),
             rule: "json.encoding",
-            message: format!("byte {} is not valid UTF-8; send the packet as UTF-8", e.valid_up_to()),
+            message: format!(
+                "byte {} is not valid UTF-8; send the packet as UTF-8",
+                e.valid_up_to()
+            ),
         });
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = Strict { depth: 0, max_depth: limits.max_depth }.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    let parsed = Strict {
+        depth: 0,
+        max_depth: limits.max_depth,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
     parsed.map_err(|e| {
         let text = e.to_string();
         let (rule, message) = match text.find(MARK) {
@@ -131,12 +166,21 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Value, Violation> {
                 let msg = msg.rsplit_once(" at line ").map_or(msg, |(m, _)| m);
                 (static_rule(rule), msg.to_owned())
             }
-            None if e.is_eof() => ("json.truncated", format!("the packet ends early ({text}); send it whole")),
+            None if e.is_eof() => (
+                "json.truncated",
+                format!("the packet ends early ({text}); send it whole"),
+            ),
             None if text.contains("recursion limit") => ("json.depth_exceeded", text),
             None if text.contains("number out of range") => ("json.number_too_large", text),
             None => ("json.malformed", format!("not well-formed JSON: {text}")),
         };
-        Violation { path: "/".into(), line: Some(e.line()), column: Some(e.column()), rule, message }
+        Violation {
+            path: "/".into(),
+            line: Some(e.line()),
+            column: Some(e.column()),
+            rule,
+            message,
+        }
     })
 }
 
@@ -193,7 +237,12 @@ pub fn display_path(pointer: &[String]) -> String {
 }
 
 /// Validates a parsed packet; returns violations (path and rule; lines are added by [`locate`]).
-pub fn check(validator: &jsonschema::Validator, value: &Value, text: &[u8], max_errors: usize) -> (Vec<Violation>, bool) {
+pub fn check(
+    validator: &jsonschema::Validator,
+    value: &Value,
+    text: &[u8],
+    max_errors: usize,
+) -> (Vec<Violation>, bool) {
     let mut out = Vec::new();
     let mut truncated = false;
     for e in validator.iter_errors(value) {
@@ -202,7 +251,8 @@ pub fn check(validator: &jsonschema::Validator, value: &Value, text: &[u8], max_
             break;
         }
         let pointer: Vec<String> = e.instance_path().iter().map(|s| s.to_string()).collect();
-        let (line, column) = locate(text, &pointer).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        let (line, column) =
+            locate(text, &pointer).map_or((None, None), |(l, c)| (Some(l), Some(c)));
         out.push(Violation {
             path: display_path(&pointer),
             line,
@@ -221,7 +271,12 @@ pub fn fields(value: &Value, interest: &dyn Fn(&str) -> bool) -> Vec<Field> {
     out
 }
 
-fn walk(v: &Value, pointer: &mut Vec<String>, interest: &dyn Fn(&str) -> bool, out: &mut Vec<Field>) {
+fn walk(
+    v: &Value,
+    pointer: &mut Vec<String>,
+    interest: &dyn Fn(&str) -> bool,
+    out: &mut Vec<Field>,
+) {
     match v {
         Value::Object(map) => {
             for (k, child) in map {
@@ -234,7 +289,14 @@ fn walk(v: &Value, pointer: &mut Vec<String>, interest: &dyn Fn(&str) -> bool, o
                 match scalar {
                     Some(s) if interest(k) => {
                         let parent = display_path(&pointer[..pointer.len() - 1]);
-                        out.push(Field { parent, name: k.clone(), value: s, path: display_path(pointer), line: None, column: None });
+                        out.push(Field {
+                            parent,
+                            name: k.clone(),
+                            value: s,
+                            path: display_path(pointer),
+                            line: None,
+                            column: None,
+                        });
                     }
                     _ => walk(child, pointer, interest, out),
                 }
@@ -295,8 +357,14 @@ pub fn locate(text: &[u8], pointer: &[String]) -> Option<(usize, usize)> {
     }
     let before = &text[..s.pos.min(text.len())];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&text[line_start..s.pos.min(text.len())]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&text[line_start..s.pos.min(text.len())])
+        .chars()
+        .count()
+        + 1;
     Some((line, column))
 }
 
@@ -361,7 +429,10 @@ impl Scanner<'_> {
                 }
             }
             _ => {
-                while !matches!(self.peek(), None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
+                while !matches!(
+                    self.peek(),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                ) {
                     self.pos += 1;
                 }
                 Some(())
@@ -382,12 +453,23 @@ mod tests {
     fn hostile_json_is_refused_with_its_rule_and_place() {
         assert_eq!(rule(r#"{"a":1,"a":2}"#), "json.duplicate_key");
         assert_eq!(rule(&"[".repeat(100)), "json.depth_exceeded");
-        assert_eq!(rule(&format!("{}{}", "[".repeat(40), "]".repeat(40))), "json.depth_exceeded");
+        assert_eq!(
+            rule(&format!("{}{}", "[".repeat(40), "]".repeat(40))),
+            "json.depth_exceeded"
+        );
         assert_eq!(rule("[1e999]"), "json.number_too_large");
-        assert_eq!(rule("[123456789012345678901234567890]"), "json.number_too_large");
+        assert_eq!(
+            rule("[123456789012345678901234567890]"),
+            "json.number_too_large"
+        );
         assert_eq!(rule(r#"{"a": [1, 2"#), "json.truncated");
         assert_eq!(rule(r#"{"a" 1}"#), "json.malformed");
-        assert_eq!(parse(b"{\"a\":\"\xff\"}", &Limits::default()).unwrap_err().rule, "json.encoding");
+        assert_eq!(
+            parse(b"{\"a\":\"\xff\"}", &Limits::default())
+                .unwrap_err()
+                .rule,
+            "json.encoding"
+        );
         let e = parse(b"{\n  \"a\": 1,\n  \"a\": 2\n}", &Limits::default()).unwrap_err();
         assert_eq!(e.line, Some(3));
     }

@@ -25,7 +25,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: 32, max_attributes: 32, max_text: 64 * 1024, max_errors: 50 }
+        Limits {
+            max_depth: 32,
+            max_attributes: 32,
+            max_text: 64 * 1024,
+            max_errors: 50,
+        }
     }
 }
 
@@ -58,15 +63,42 @@ pub const MESSAGE_TYPES: &[&str] = &["HoSoCBCCVC", "BienChe", "PheDuyetDuLieu", 
 
 /// The schema files of `schemas/cbccvc/`, compiled into the binary so the gateway runs from anywhere.
 pub const EMBEDDED: &[(&str, &str)] = &[
-    ("common.xsd", include_str!("../../../schemas/cbccvc/common.xsd")),
-    ("HoSoCBCCVC.xsd", include_str!("../../../schemas/cbccvc/HoSoCBCCVC.xsd")),
-    ("BienChe.xsd", include_str!("../../../schemas/cbccvc/BienChe.xsd")),
-    ("PheDuyetDuLieu.xsd", include_str!("../../../schemas/cbccvc/PheDuyetDuLieu.xsd")),
-    ("BienDong.xsd", include_str!("../../../schemas/cbccvc/BienDong.xsd")),
-    ("HoSoCBCCVC.schema.json", include_str!("../../../schemas/cbccvc/HoSoCBCCVC.schema.json")),
-    ("BienChe.schema.json", include_str!("../../../schemas/cbccvc/BienChe.schema.json")),
-    ("PheDuyetDuLieu.schema.json", include_str!("../../../schemas/cbccvc/PheDuyetDuLieu.schema.json")),
-    ("BienDong.schema.json", include_str!("../../../schemas/cbccvc/BienDong.schema.json")),
+    (
+        "common.xsd",
+        include_str!("../../../schemas/cbccvc/common.xsd"),
+    ),
+    (
+        "HoSoCBCCVC.xsd",
+        include_str!("../../../schemas/cbccvc/HoSoCBCCVC.xsd"),
+    ),
+    (
+        "BienChe.xsd",
+        include_str!("../../../schemas/cbccvc/BienChe.xsd"),
+    ),
+    (
+        "PheDuyetDuLieu.xsd",
+        include_str!("../../../schemas/cbccvc/PheDuyetDuLieu.xsd"),
+    ),
+    (
+        "BienDong.xsd",
+        include_str!("../../../schemas/cbccvc/BienDong.xsd"),
+    ),
+    (
+        "HoSoCBCCVC.schema.json",
+        include_str!("../../../schemas/cbccvc/HoSoCBCCVC.schema.json"),
+    ),
+    (
+        "BienChe.schema.json",
+        include_str!("../../../schemas/cbccvc/BienChe.schema.json"),
+    ),
+    (
+        "PheDuyetDuLieu.schema.json",
+        include_str!("../../../schemas/cbccvc/PheDuyetDuLieu.schema.json"),
+    ),
+    (
+        "BienDong.schema.json",
+        include_str!("../../../schemas/cbccvc/BienDong.schema.json"),
+    ),
 ];
 
 /// The two packet formats.
@@ -79,7 +111,12 @@ pub enum Format {
 impl Format {
     /// From a `Content-Type` (`application/xml`, `text/xml`, `application/*+xml`, `application/json`, `…+json`).
     pub fn from_content_type(ct: &str) -> Option<Format> {
-        let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         match mime.as_str() {
             "application/xml" | "text/xml" => Some(Format::Xml),
             "application/json" => Some(Format::Json),
@@ -130,7 +167,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { limits: Limits::default(), domain: true, today: None }
+        Options {
+            limits: Limits::default(),
+            domain: true,
+            today: None,
+        }
     }
 }
 
@@ -169,15 +210,28 @@ impl Catalog {
             let xsd_name = PathBuf::from(format!("{t}.xsd"));
             let xsd = xsd::Schema::load_from(files, &xsd_name)?;
             if !xsd.globals.contains_key(*t) {
-                return Err(CatalogError::Json { file: files.display(&xsd_name), message: format!("declares no global element {t}") });
+                return Err(CatalogError::Json {
+                    file: files.display(&xsd_name),
+                    message: format!("declares no global element {t}"),
+                });
             }
             let json_name = PathBuf::from(format!("{t}.schema.json"));
             let file = files.display(&json_name);
-            let text = files.read(&json_name).map_err(|message| CatalogError::Json { file: file.clone(), message })?;
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| CatalogError::Json { file: file.clone(), message: format!("not JSON: {e}") })?;
-            let json = jsonschema::draft202012::new(&value)
-                .map_err(|e| CatalogError::Json { file: file.clone(), message: format!("not a usable JSON Schema 2020-12: {e}") })?;
+            let text = files
+                .read(&json_name)
+                .map_err(|message| CatalogError::Json {
+                    file: file.clone(),
+                    message,
+                })?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| CatalogError::Json {
+                    file: file.clone(),
+                    message: format!("not JSON: {e}"),
+                })?;
+            let json = jsonschema::draft202012::new(&value).map_err(|e| CatalogError::Json {
+                file: file.clone(),
+                message: format!("not a usable JSON Schema 2020-12: {e}"),
+            })?;
             types.insert(*t, MessageSchemas { xsd, json });
         }
         Ok(Catalog { types })
@@ -195,14 +249,18 @@ impl Catalog {
     pub fn detect(&self, format: Format, bytes: &[u8]) -> Option<&'static str> {
         let name = match format {
             Format::Xml => {
-                let text = std::str::from_utf8(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)).ok()?;
+                let text =
+                    std::str::from_utf8(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes))
+                        .ok()?;
                 let mut reader = quick_xml::Reader::from_str(text);
                 loop {
                     match reader.read_event().ok()? {
                         quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
                             break e.local_name().as_ref().to_owned();
                         }
-                        quick_xml::events::Event::Eof | quick_xml::events::Event::DocType(_) => return None,
+                        quick_xml::events::Event::Eof | quick_xml::events::Event::DocType(_) => {
+                            return None;
+                        }
                         _ => {}
                     }
                 }
@@ -217,7 +275,13 @@ impl Catalog {
     }
 
     /// Validates one packet of `message_type` in `format`.
-    pub fn validate(&self, message_type: &str, format: Format, bytes: &[u8], opts: &Options) -> Report {
+    pub fn validate(
+        &self,
+        message_type: &str,
+        format: Format,
+        bytes: &[u8],
+        opts: &Options,
+    ) -> Report {
         let Some(s) = self.types.get(message_type) else {
             return Report {
                 violations: vec![Violation {
@@ -225,7 +289,10 @@ impl Catalog {
                     line: None,
                     column: None,
                     rule: "packet.unknown_type",
-                    message: format!("unknown message type {message_type}; use one of {}", MESSAGE_TYPES.join(", ")),
+                    message: format!(
+                        "unknown message type {message_type}; use one of {}",
+                        MESSAGE_TYPES.join(", ")
+                    ),
                 }],
                 ..Report::default()
             };
@@ -238,20 +305,24 @@ impl Catalog {
                 let wrong_root = out.root.as_deref().is_some_and(|r| r != message_type);
                 let mut v = out.violations;
                 if wrong_root && !out.fatal {
-                    v.insert(0, Violation {
-                        path: format!("/{}", out.root.unwrap_or_default()),
-                        line: Some(1),
-                        column: None,
-                        rule: "xsd.unknown_root",
-                        message: format!("this route takes {message_type} packets"),
-                    });
+                    v.insert(
+                        0,
+                        Violation {
+                            path: format!("/{}", out.root.unwrap_or_default()),
+                            line: Some(1),
+                            column: None,
+                            rule: "xsd.unknown_root",
+                            message: format!("this route takes {message_type} packets"),
+                        },
+                    );
                 }
                 (v, out.fatal, out.truncated, out.fields)
             }
             Format::Json => match json::parse(bytes, &opts.limits) {
                 Err(v) => (vec![v], true, false, Vec::new()),
                 Ok(value) => {
-                    let (v, truncated) = json::check(&s.json, &value, bytes, opts.limits.max_errors);
+                    let (v, truncated) =
+                        json::check(&s.json, &value, bytes, opts.limits.max_errors);
                     (v, false, truncated, json::fields(&value, &interest))
                 }
             },
@@ -271,8 +342,16 @@ impl Catalog {
             let room = opts.limits.max_errors.saturating_sub(violations.len());
             violations.extend(found.into_iter().take(room));
         }
-        let units = fields.into_iter().filter(|f| f.name == "MaDonVi" && f.parent == root_path).collect();
-        Report { violations, malformed, truncated, units }
+        let units = fields
+            .into_iter()
+            .filter(|f| f.name == "MaDonVi" && f.parent == root_path)
+            .collect();
+        Report {
+            violations,
+            malformed,
+            truncated,
+            units,
+        }
     }
 }
 

@@ -5,8 +5,14 @@ use std::path::{Path, PathBuf};
 use lgsp_schema::{Catalog, Day, Format, Options};
 
 fn corpus(sub: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/cbccvc/samples").join(sub);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| Format::from_path(p).is_some()).collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/cbccvc/samples")
+        .join(sub);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| Format::from_path(p).is_some())
+        .collect();
     files.sort();
     files
 }
@@ -16,18 +22,31 @@ fn name(p: &Path) -> String {
 }
 
 fn opts(domain: bool) -> Options {
-    Options { domain, today: Some(Day { year: 2026, month: 11, day: 25 }), ..Options::default() }
+    Options {
+        domain,
+        today: Some(Day {
+            year: 2026,
+            month: 11,
+            day: 25,
+        }),
+        ..Options::default()
+    }
 }
 
 fn is_domain(rule: &str) -> bool {
-    ["cccd.", "date.", "salary."].iter().any(|p| rule.starts_with(p))
+    ["cccd.", "date.", "salary."]
+        .iter()
+        .any(|p| rule.starts_with(p))
 }
 
 #[test]
 fn the_corpus_is_large_enough() {
     for (sub, min) in [("valid", 20), ("invalid", 60)] {
         for ext in ["xml", "json"] {
-            let n = corpus(sub).iter().filter(|p| p.extension().unwrap() == ext).count();
+            let n = corpus(sub)
+                .iter()
+                .filter(|p| p.extension().unwrap() == ext)
+                .count();
             assert!(n >= min, "{sub}/*.{ext}: {n} files, want at least {min}");
         }
     }
@@ -40,7 +59,12 @@ fn valid_packets_pass_every_rule() {
         let t = name(&f).split('-').next().unwrap().to_owned();
         let format = Format::from_path(&f).unwrap();
         let bytes = std::fs::read(&f).unwrap();
-        assert_eq!(catalog.detect(format, &bytes), Some(t.as_str()), "{}", name(&f));
+        assert_eq!(
+            catalog.detect(format, &bytes),
+            Some(t.as_str()),
+            "{}",
+            name(&f)
+        );
         let r = catalog.validate(&t, format, &bytes, &opts(true));
         assert!(r.is_valid(), "{}: {:#?}", name(&f), r.violations);
         assert_eq!(r.units.len(), 1, "{}: the packet's MaDonVi", name(&f));
@@ -78,22 +102,46 @@ fn invalid_packets_fail_with_the_rule_in_their_name() {
             }
         }
     }
-    assert!(wrong.is_empty(), "{} files fail with another rule:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} files fail with another rule:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 #[test]
 fn errors_name_path_line_and_column() {
     let catalog = Catalog::embedded().unwrap();
-    let f = corpus("invalid").into_iter().find(|p| name(p).contains("CongTac-thieu-DonVi") && name(p).ends_with(".xml")).unwrap();
-    let r = catalog.validate("HoSoCBCCVC", Format::Xml, &std::fs::read(f).unwrap(), &opts(true));
+    let f = corpus("invalid")
+        .into_iter()
+        .find(|p| name(p).contains("CongTac-thieu-DonVi") && name(p).ends_with(".xml"))
+        .unwrap();
+    let r = catalog.validate(
+        "HoSoCBCCVC",
+        Format::Xml,
+        &std::fs::read(f).unwrap(),
+        &opts(true),
+    );
     let v = &r.violations[0];
     assert_eq!(v.path, "/HoSoCBCCVC/QuaTrinhCongTac[1]");
     assert_eq!((v.line, v.column), (Some(18), Some(3)));
     assert!(v.message.contains("DonViCongTac"), "{}", v.message);
 
-    let f = corpus("invalid").into_iter().find(|p| name(p).contains("HeSoLuong-9.99") && name(p).ends_with(".json")).unwrap();
-    let r = catalog.validate("HoSoCBCCVC", Format::Json, &std::fs::read(f).unwrap(), &opts(true));
+    let f = corpus("invalid")
+        .into_iter()
+        .find(|p| name(p).contains("HeSoLuong-9.99") && name(p).ends_with(".json"))
+        .unwrap();
+    let r = catalog.validate(
+        "HoSoCBCCVC",
+        Format::Json,
+        &std::fs::read(f).unwrap(),
+        &opts(true),
+    );
     let v = &r.violations[0];
-    assert_eq!((v.path.as_str(), v.rule), ("/HoSoCBCCVC/HeSoLuong", "salary.coefficient_out_of_range"));
+    assert_eq!(
+        (v.path.as_str(), v.rule),
+        ("/HoSoCBCCVC/HeSoLuong", "salary.coefficient_out_of_range")
+    );
     assert!(v.line.is_some() && v.column.is_some(), "{v:?}");
 }

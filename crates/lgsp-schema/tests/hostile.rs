@@ -45,28 +45,52 @@ fn limits_bound_depth_attributes_and_text() {
     let attrs: String = (0..100).map(|i| format!(" a{i}=\"x\"")).collect();
     let many = format!("<HoSoCBCCVC xmlns=\"urn:lgsp:cbccvc:v1\"{attrs}/>");
     assert_eq!(xml_rule(many.as_bytes()), "xml.too_many_attributes");
-    let long = format!("{HEAD}<MaDonVi>{}</MaDonVi></HoSoCBCCVC>", "A".repeat(200_000));
+    let long = format!(
+        "{HEAD}<MaDonVi>{}</MaDonVi></HoSoCBCCVC>",
+        "A".repeat(200_000)
+    );
     assert_eq!(xml_rule(long.as_bytes()), "xml.text_too_long");
-    let long_attr = format!("<HoSoCBCCVC xmlns=\"urn:lgsp:cbccvc:v1\" phienBan=\"{}\"/>", "1".repeat(200_000));
+    let long_attr = format!(
+        "<HoSoCBCCVC xmlns=\"urn:lgsp:cbccvc:v1\" phienBan=\"{}\"/>",
+        "1".repeat(200_000)
+    );
     assert_eq!(xml_rule(long_attr.as_bytes()), "xml.text_too_long");
 }
 
 #[test]
 fn encodings_other_than_utf8_are_refused() {
-    assert_eq!(xml_rule(b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><HoSoCBCCVC/>"), "xml.encoding");
+    assert_eq!(
+        xml_rule(b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><HoSoCBCCVC/>"),
+        "xml.encoding"
+    );
     assert_eq!(xml_rule(b"\xFF\xFE<\x00H\x00"), "xml.encoding");
-    assert_eq!(xml_rule(b"<HoSoCBCCVC>\xC3\x28</HoSoCBCCVC>"), "xml.encoding");
+    assert_eq!(
+        xml_rule(b"<HoSoCBCCVC>\xC3\x28</HoSoCBCCVC>"),
+        "xml.encoding"
+    );
     // A UTF-8 byte-order mark is fine.
-    let (malformed, _) = verdict(Format::Xml, format!("\u{FEFF}{HEAD}</HoSoCBCCVC>").as_bytes());
+    let (malformed, _) = verdict(
+        Format::Xml,
+        format!("\u{FEFF}{HEAD}</HoSoCBCCVC>").as_bytes(),
+    );
     assert!(!malformed);
 }
 
 #[test]
 fn broken_documents_are_malformed_or_truncated() {
-    assert_eq!(xml_rule(format!("{HEAD}<MaDonVi>").as_bytes()), "xml.truncated");
+    assert_eq!(
+        xml_rule(format!("{HEAD}<MaDonVi>").as_bytes()),
+        "xml.truncated"
+    );
     assert_eq!(xml_rule(b""), "xml.malformed");
-    assert_eq!(xml_rule(format!("{HEAD}</HoSoCBCCVC><HoSoCBCCVC/>").as_bytes()), "xml.malformed");
-    assert_eq!(xml_rule(format!("{HEAD}<x:y/></HoSoCBCCVC>").as_bytes()), "xml.malformed");
+    assert_eq!(
+        xml_rule(format!("{HEAD}</HoSoCBCCVC><HoSoCBCCVC/>").as_bytes()),
+        "xml.malformed"
+    );
+    assert_eq!(
+        xml_rule(format!("{HEAD}<x:y/></HoSoCBCCVC>").as_bytes()),
+        "xml.malformed"
+    );
 }
 
 #[test]
@@ -76,9 +100,15 @@ fn hostile_json() {
         assert!(malformed, "{rules:?}");
         rules[0]
     };
-    assert_eq!(rule(br#"{"HoSoCBCCVC": {"MaDonVi": "A", "MaDonVi": "B"}}"#), "json.duplicate_key");
+    assert_eq!(
+        rule(br#"{"HoSoCBCCVC": {"MaDonVi": "A", "MaDonVi": "B"}}"#),
+        "json.duplicate_key"
+    );
     assert_eq!(rule("[".repeat(200_000).as_bytes()), "json.depth_exceeded");
-    assert_eq!(rule(format!("[{}]", "9".repeat(5000)).as_bytes()), "json.number_too_large");
+    assert_eq!(
+        rule(format!("[{}]", "9".repeat(5000)).as_bytes()),
+        "json.number_too_large"
+    );
     assert_eq!(rule(b"{\"HoSoCBCCVC\": {"), "json.truncated");
     assert_eq!(rule(b"\xFF"), "json.encoding");
 }
@@ -87,7 +117,13 @@ fn hostile_json() {
 fn error_count_is_bounded() {
     let many: String = (0..10_000).map(|_| "<Bad/>").collect();
     let doc = format!("{HEAD}{many}</HoSoCBCCVC>");
-    let opts = Options { limits: Limits { max_errors: 7, ..Limits::default() }, ..Options::default() };
+    let opts = Options {
+        limits: Limits {
+            max_errors: 7,
+            ..Limits::default()
+        },
+        ..Options::default()
+    };
     let r = catalog().validate("HoSoCBCCVC", Format::Xml, doc.as_bytes(), &opts);
     assert_eq!(r.violations.len(), 7);
     assert!(r.truncated);

@@ -28,7 +28,10 @@ fn files(ext: &str) -> Vec<PathBuf> {
 fn available(what: &str, probe: &mut Command) -> bool {
     let ok = probe.output().is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{what} is missing in CI: .ci/run must install it");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is missing in CI: .ci/run must install it"
+        );
         eprintln!("skipped: {what} is not installed (run .ci/run, or install it)");
     }
     ok
@@ -36,33 +39,77 @@ fn available(what: &str, probe: &mut Command) -> bool {
 
 fn ours(format: Format, path: &Path) -> bool {
     let catalog = Catalog::embedded().unwrap();
-    let t = path.file_name().unwrap().to_string_lossy().split('-').next().unwrap().to_owned();
-    let opts = Options { domain: false, ..Options::default() };
-    catalog.validate(&t, format, &std::fs::read(path).unwrap(), &opts).is_valid()
+    let t = path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_owned();
+    let opts = Options {
+        domain: false,
+        ..Options::default()
+    };
+    catalog
+        .validate(&t, format, &std::fs::read(path).unwrap(), &opts)
+        .is_valid()
 }
 
 #[test]
 fn xml_verdicts_equal_xmllint() {
-    if !available("xmllint (libxml2-utils)", Command::new("xmllint").arg("--version")) {
+    if !available(
+        "xmllint (libxml2-utils)",
+        Command::new("xmllint").arg("--version"),
+    ) {
         return;
     }
     let mut differ = Vec::new();
     let all = files("xml");
     for f in &all {
-        let t = f.file_name().unwrap().to_string_lossy().split('-').next().unwrap().to_owned();
-        let out = Command::new("xmllint").arg("--noout").arg("--schema").arg(root().join(format!("{t}.xsd"))).arg(f).output().unwrap();
+        let t = f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .split('-')
+            .next()
+            .unwrap()
+            .to_owned();
+        let out = Command::new("xmllint")
+            .arg("--noout")
+            .arg("--schema")
+            .arg(root().join(format!("{t}.xsd")))
+            .arg(f)
+            .output()
+            .unwrap();
         let theirs = out.status.success();
         if theirs != ours(Format::Xml, f) {
-            differ.push(format!("{}: xmllint {theirs} — {}", f.display(), String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("")));
+            differ.push(format!(
+                "{}: xmllint {theirs} — {}",
+                f.display(),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ));
         }
     }
     assert!(all.len() >= 80);
-    assert!(differ.is_empty(), "verdicts differ on {} of {} files:\n{}", differ.len(), all.len(), differ.join("\n"));
+    assert!(
+        differ.is_empty(),
+        "verdicts differ on {} of {} files:\n{}",
+        differ.len(),
+        all.len(),
+        differ.join("\n")
+    );
 }
 
 #[test]
 fn json_verdicts_equal_python_jsonschema() {
-    if !available("python3 with jsonschema", Command::new("python3").args(["-c", "import jsonschema"])) {
+    if !available(
+        "python3 with jsonschema",
+        Command::new("python3").args(["-c", "import jsonschema"]),
+    ) {
         return;
     }
     let all = files("json");
@@ -80,9 +127,22 @@ for path in sys.argv[2:]:
         ok = False
     print("valid" if ok else "invalid")
 "#;
-    let out = Command::new("python3").arg("-c").arg(script).arg(root()).args(&all).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let verdicts: Vec<bool> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l == "valid").collect();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(root())
+        .args(&all)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdicts: Vec<bool> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l == "valid")
+        .collect();
     assert_eq!(verdicts.len(), all.len());
     let differ: Vec<String> = all
         .iter()
@@ -91,5 +151,11 @@ for path in sys.argv[2:]:
         .map(|(f, theirs)| format!("{}: python-jsonschema {theirs}", f.display()))
         .collect();
     assert!(all.len() >= 80);
-    assert!(differ.is_empty(), "verdicts differ on {} of {} files:\n{}", differ.len(), all.len(), differ.join("\n"));
+    assert!(
+        differ.is_empty(),
+        "verdicts differ on {} of {} files:\n{}",
+        differ.len(),
+        all.len(),
+        differ.join("\n")
+    );
 }

@@ -165,7 +165,7 @@ pub fn hop_config(
     s.push_str(&format!("[hop.upstream_tls]\ncert = \"{name}-client.pem\"\nkey = \"{name}-client.key\"\nca = [\"ca.pem\"]\n"));
     for t in ["HoSoCBCCVC", "BienChe", "PheDuyetDuLieu", "BienDong"] {
         s.push_str(&format!(
-            "[[hop.route]]\nname = \"{t}\"\nmethods = [\"POST\", \"PUT\"]\nprefix = \"{prefix}/{t}\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/{t}\"\ntimeout = \"5s\"\nagencies = [\"*\"]\n",
+            "[[hop.route]]\nname = \"{t}\"\nmethods = [\"POST\", \"PUT\"]\nprefix = \"{prefix}/{t}\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/{t}\"\ntimeout = \"5s\"\nagencies = [\"*\"]\nmessage_type = \"{t}\"\nmax_body_bytes = 1048576\n",
             port = upstream.port()
         ));
     }
@@ -175,6 +175,14 @@ pub fn hop_config(
     ));
     s.push_str(&agencies_toml());
     s
+}
+
+/// A file of the sample corpus, e.g. `valid/HoSoCBCCVC-02-toi-thieu.xml`.
+pub fn sample(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/cbccvc/samples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Parses a test config (relative paths resolve in the PKI directory).

@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use quick_xml::NsReader;
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
 use regex::Regex;
 
 use super::model::{AllGroup, ElemId, Nfa, Particle};
-use super::simple::{translate_pattern, Builtin, Facets, SimpleType};
+use super::simple::{Builtin, Facets, SimpleType, translate_pattern};
 
 pub const XS: &str = "http://www.w3.org/2001/XMLSchema";
 
@@ -87,7 +87,10 @@ struct XNode {
 
 impl XNode {
     fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn content(&self) -> impl Iterator<Item = &XNode> {
@@ -128,7 +131,11 @@ pub struct EmbeddedFiles(pub &'static [(&'static str, &'static str)]);
 impl SchemaFiles for EmbeddedFiles {
     fn read(&self, name: &Path) -> Result<String, String> {
         let wanted = name.to_string_lossy();
-        self.0.iter().find(|(n, _)| *n == wanted).map(|(_, t)| (*t).to_owned()).ok_or_else(|| "no such embedded schema file".to_owned())
+        self.0
+            .iter()
+            .find(|(n, _)| *n == wanted)
+            .map(|(_, t)| (*t).to_owned())
+            .ok_or_else(|| "no such embedded schema file".to_owned())
     }
 
     fn display(&self, name: &Path) -> String {
@@ -170,30 +177,54 @@ struct Loader<'f> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Attributes each construct may carry (namespace declarations aside).
 fn allowed_attrs(local: &str) -> Option<&'static [&'static str]> {
     Some(match local {
-        "schema" => &["targetNamespace", "elementFormDefault", "attributeFormDefault", "version", "id"],
+        "schema" => &[
+            "targetNamespace",
+            "elementFormDefault",
+            "attributeFormDefault",
+            "version",
+            "id",
+        ],
         "include" => &["schemaLocation", "id"],
-        "element" => &["name", "type", "ref", "minOccurs", "maxOccurs", "nillable", "id"],
+        "element" => &[
+            "name",
+            "type",
+            "ref",
+            "minOccurs",
+            "maxOccurs",
+            "nillable",
+            "id",
+        ],
         "complexType" => &["name", "id", "mixed"],
         "simpleType" => &["name", "id"],
         "sequence" | "choice" | "all" => &["minOccurs", "maxOccurs", "id"],
         "attribute" => &["name", "type", "use", "default", "id"],
         "simpleContent" => &["id"],
         "extension" | "restriction" => &["base", "id"],
-        "pattern" | "enumeration" | "length" | "minLength" | "maxLength" | "minInclusive" | "maxInclusive"
-        | "minExclusive" | "maxExclusive" | "totalDigits" | "fractionDigits" => &["value", "fixed", "id"],
+        "pattern" | "enumeration" | "length" | "minLength" | "maxLength" | "minInclusive"
+        | "maxInclusive" | "minExclusive" | "maxExclusive" | "totalDigits" | "fractionDigits" => {
+            &["value", "fixed", "id"]
+        }
         _ => return None,
     })
 }
 
 impl Loader<'_> {
     fn err(&self, n: &XNode, message: impl Into<String>) -> LoadError {
-        LoadError { file: self.docs[n.doc].file.clone(), line: n.line, message: message.into() }
+        LoadError {
+            file: self.docs[n.doc].file.clone(),
+            line: n.line,
+            message: message.into(),
+        }
     }
 
     /// Parses one schema file into its node tree, checking every construct against the subset.
@@ -202,12 +233,16 @@ impl Loader<'_> {
             return Ok(None);
         }
         let file = self.files.display(path);
-        let text = self
-            .files
-            .read(path)
-            .map_err(|e| LoadError { file: file.clone(), line: 0, message: format!("cannot read the schema: {e}") })?;
+        let text = self.files.read(path).map_err(|e| LoadError {
+            file: file.clone(),
+            line: 0,
+            message: format!("cannot read the schema: {e}"),
+        })?;
         let doc = self.docs.len();
-        self.docs.push(DocInfo { file: file.clone(), qualified: false });
+        self.docs.push(DocInfo {
+            file: file.clone(),
+            qualified: false,
+        });
         let mut reader = NsReader::from_str(&text);
         let mut stack: Vec<XNode> = Vec::new();
         let mut root = None;
@@ -225,7 +260,11 @@ impl Loader<'_> {
                 ),
                 Err(e) => {
                     let at = usize::try_from(reader.error_position()).unwrap_or(0);
-                    return Err(LoadError { file, line: line_of(&text, at), message: format!("not well-formed XML: {e}") });
+                    return Err(LoadError {
+                        file,
+                        line: line_of(&text, at),
+                        message: format!("not well-formed XML: {e}"),
+                    });
                 }
             };
             let line = line_of(&text, pos);
@@ -240,7 +279,14 @@ impl Loader<'_> {
                     }
                     let local = e.local_name().as_ref().to_owned();
                     if ns.as_deref() != Some(XS) {
-                        return Err(LoadError { file, line, message: format!("<{}> is not an XML Schema construct", e.name().as_ref()) });
+                        return Err(LoadError {
+                            file,
+                            line,
+                            message: format!(
+                                "<{}> is not an XML Schema construct",
+                                e.name().as_ref()
+                            ),
+                        });
                     }
                     if local == "annotation" {
                         if !empty {
@@ -252,11 +298,19 @@ impl Loader<'_> {
                         stack.last().map(|p| (*p.scope).clone()).unwrap_or_default();
                     let mut attrs = Vec::new();
                     for a in e.attributes() {
-                        let a = a.map_err(|err| LoadError { file: file.clone(), line, message: format!("bad attribute: {err}") })?;
+                        let a = a.map_err(|err| LoadError {
+                            file: file.clone(),
+                            line,
+                            message: format!("bad attribute: {err}"),
+                        })?;
                         let key = a.key.as_ref().to_owned();
                         let value = a
                             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                            .map_err(|err| LoadError { file: file.clone(), line, message: format!("bad attribute value: {err}") })?
+                            .map_err(|err| LoadError {
+                                file: file.clone(),
+                                line,
+                                message: format!("bad attribute value: {err}"),
+                            })?
                             .into_owned();
                         if key == "xmlns" {
                             scope.insert(String::new(), value);
@@ -270,17 +324,31 @@ impl Loader<'_> {
                         return Err(LoadError {
                             file,
                             line,
-                            message: format!("xs:{local} is outside the supported XSD subset (see schemas/README.md)"),
+                            message: format!(
+                                "xs:{local} is outside the supported XSD subset (see schemas/README.md)"
+                            ),
                         });
                     };
-                    if let Some((k, _)) = attrs.iter().find(|(k, _)| !allowed.contains(&k.as_str()) && !k.starts_with("xml:")) {
+                    if let Some((k, _)) = attrs
+                        .iter()
+                        .find(|(k, _)| !allowed.contains(&k.as_str()) && !k.starts_with("xml:"))
+                    {
                         return Err(LoadError {
                             file,
                             line,
-                            message: format!("attribute `{k}` on xs:{local} is outside the supported XSD subset"),
+                            message: format!(
+                                "attribute `{k}` on xs:{local} is outside the supported XSD subset"
+                            ),
                         });
                     }
-                    let node = XNode { local, attrs, children: Vec::new(), line, scope: Rc::new(scope), doc };
+                    let node = XNode {
+                        local,
+                        attrs,
+                        children: Vec::new(),
+                        line,
+                        scope: Rc::new(scope),
+                        doc,
+                    };
                     if empty {
                         match stack.last_mut() {
                             Some(parent) => parent.children.push(node),
@@ -303,24 +371,42 @@ impl Loader<'_> {
                     }
                 }
                 Event::DocType(_) => {
-                    return Err(LoadError { file, line, message: "schemas may not carry a DOCTYPE".into() });
+                    return Err(LoadError {
+                        file,
+                        line,
+                        message: "schemas may not carry a DOCTYPE".into(),
+                    });
                 }
                 Event::Text(t) if skip_depth == 0 && !t.xml10_content().trim().is_empty() => {
-                    return Err(LoadError { file, line, message: "text is not allowed between schema constructs".into() });
+                    return Err(LoadError {
+                        file,
+                        line,
+                        message: "text is not allowed between schema constructs".into(),
+                    });
                 }
                 Event::Eof => break,
                 _ => {}
             }
         }
-        let root = root.ok_or_else(|| LoadError { file: file.clone(), line: 1, message: "the file holds no xs:schema".into() })?;
+        let root = root.ok_or_else(|| LoadError {
+            file: file.clone(),
+            line: 1,
+            message: "the file holds no xs:schema".into(),
+        })?;
         if root.local != "schema" {
-            return Err(LoadError { file, line: root.line, message: format!("the root is xs:{}, not xs:schema", root.local) });
+            return Err(LoadError {
+                file,
+                line: root.line,
+                message: format!("the root is xs:{}, not xs:schema", root.local),
+            });
         }
         Ok(Some(root))
     }
 
     fn load_doc(&mut self, path: &Path) -> Result<(), LoadError> {
-        let Some(root) = self.parse_file(path)? else { return Ok(()) };
+        let Some(root) = self.parse_file(path)? else {
+            return Ok(());
+        };
         let tns = root.attr("targetNamespace").map(str::to_owned);
         match (&self.target_ns, &tns, root.doc) {
             (_, _, 0) => self.target_ns = tns.clone(),
@@ -337,28 +423,53 @@ impl Loader<'_> {
         let qualified = match root.attr("elementFormDefault") {
             None | Some("unqualified") => false,
             Some("qualified") => true,
-            Some(other) => return Err(self.err(&root, format!("elementFormDefault=\"{other}\" must be qualified or unqualified"))),
+            Some(other) => {
+                return Err(self.err(
+                    &root,
+                    format!("elementFormDefault=\"{other}\" must be qualified or unqualified"),
+                ));
+            }
         };
-        if let Some(v) = root.attr("attributeFormDefault").filter(|v| *v != "unqualified") {
-            return Err(self.err(&root, format!("attributeFormDefault=\"{v}\": only unqualified attributes are supported")));
+        if let Some(v) = root
+            .attr("attributeFormDefault")
+            .filter(|v| *v != "unqualified")
+        {
+            return Err(self.err(
+                &root,
+                format!("attributeFormDefault=\"{v}\": only unqualified attributes are supported"),
+            ));
         }
         self.docs[root.doc].qualified = qualified;
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
         for child in root.content() {
             match child.local.as_str() {
                 "include" => {
-                    let loc = child.attr("schemaLocation").ok_or_else(|| self.err(child, "xs:include needs schemaLocation"))?;
+                    let loc = child
+                        .attr("schemaLocation")
+                        .ok_or_else(|| self.err(child, "xs:include needs schemaLocation"))?;
                     if loc.contains("://") {
-                        return Err(self.err(child, format!("xs:include of `{loc}`: only local files can be included")));
+                        return Err(self.err(
+                            child,
+                            format!("xs:include of `{loc}`: only local files can be included"),
+                        ));
                     }
-                    let target = normalise(&dir.join(loc))
-                        .ok_or_else(|| self.err(child, format!("xs:include of `{loc}` leaves the schema directory")))?;
+                    let target = normalise(&dir.join(loc)).ok_or_else(|| {
+                        self.err(
+                            child,
+                            format!("xs:include of `{loc}` leaves the schema directory"),
+                        )
+                    })?;
                     self.load_doc(&target)?;
                 }
                 "simpleType" | "complexType" | "element" => {
                     let name = child
                         .attr("name")
-                        .ok_or_else(|| self.err(child, format!("a top-level xs:{} needs a name", child.local)))?
+                        .ok_or_else(|| {
+                            self.err(
+                                child,
+                                format!("a top-level xs:{} needs a name", child.local),
+                            )
+                        })?
                         .to_owned();
                     let map = match child.local.as_str() {
                         "simpleType" => &mut self.top_simple,
@@ -371,7 +482,12 @@ impl Loader<'_> {
                     }
                     map.insert(name, Rc::new(clone_node(child)));
                 }
-                other => return Err(self.err(child, format!("xs:{other} is not allowed at the top level of the subset"))),
+                other => {
+                    return Err(self.err(
+                        child,
+                        format!("xs:{other} is not allowed at the top level of the subset"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -393,7 +509,10 @@ impl Loader<'_> {
 
     fn occurs(&self, n: &XNode) -> Result<(u32, Option<u32>), LoadError> {
         let num = |name: &str, default: u32| -> Result<u32, LoadError> {
-            n.attr(name).map_or(Ok(default), |v| v.parse().map_err(|_| self.err(n, format!("{name}=\"{v}\" is not a whole number"))))
+            n.attr(name).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| self.err(n, format!("{name}=\"{v}\" is not a whole number")))
+            })
         };
         let min = num("minOccurs", 1)?;
         let max = match n.attr("maxOccurs") {
@@ -409,8 +528,12 @@ impl Loader<'_> {
     fn simple_by_qname(&mut self, n: &XNode, v: &str) -> Result<usize, LoadError> {
         let (ns, local) = self.qname(n, v)?;
         if ns.as_deref() == Some(XS) {
-            let b = Builtin::from_local(&local)
-                .ok_or_else(|| self.err(n, format!("type xs:{local} is outside the supported subset of built-in types")))?;
+            let b = Builtin::from_local(&local).ok_or_else(|| {
+                self.err(
+                    n,
+                    format!("type xs:{local} is outside the supported subset of built-in types"),
+                )
+            })?;
             let key = format!("{{{XS}}}{local}");
             if let Some(id) = self.simple_done.get(&key) {
                 return Ok(*id);
@@ -421,7 +544,10 @@ impl Loader<'_> {
             return Ok(id);
         }
         if !self.is_ours(&ns) {
-            return Err(self.err(n, format!("type `{v}` is in another namespace; xs:import is outside the subset")));
+            return Err(self.err(
+                n,
+                format!("type `{v}` is in another namespace; xs:import is outside the subset"),
+            ));
         }
         self.simple_named(n, &local, v)
     }
@@ -433,7 +559,10 @@ impl Loader<'_> {
         }
         let def = self.top_simple.get(&local).cloned().ok_or_else(|| {
             if self.top_complex.contains_key(&local) {
-                self.err(n, format!("`{v}` is a complex type where a simple type is needed"))
+                self.err(
+                    n,
+                    format!("`{v}` is a complex type where a simple type is needed"),
+                )
             } else {
                 self.err(n, format!("simple type `{v}` is not defined"))
             }
@@ -450,14 +579,25 @@ impl Loader<'_> {
     /// An `xs:simpleType` (named or anonymous): exactly one `xs:restriction`.
     fn simple_type(&mut self, n: &XNode, name: Option<String>) -> Result<usize, LoadError> {
         let mut kids = n.content();
-        let Some(r) = kids.next() else { return Err(self.err(n, "xs:simpleType needs an xs:restriction")) };
+        let Some(r) = kids.next() else {
+            return Err(self.err(n, "xs:simpleType needs an xs:restriction"));
+        };
         if r.local != "restriction" {
-            return Err(self.err(r, format!("xs:{} inside xs:simpleType is outside the subset (only xs:restriction)", r.local)));
+            return Err(self.err(
+                r,
+                format!(
+                    "xs:{} inside xs:simpleType is outside the subset (only xs:restriction)",
+                    r.local
+                ),
+            ));
         }
         if let Some(extra) = kids.next() {
             return Err(self.err(extra, "xs:simpleType takes exactly one xs:restriction"));
         }
-        let base = match (r.attr("base"), r.content().find(|c| c.local == "simpleType")) {
+        let base = match (
+            r.attr("base"),
+            r.content().find(|c| c.local == "simpleType"),
+        ) {
             (Some(b), None) => self.simple_by_qname(r, b)?,
             (None, Some(inner)) => self.simple_type(inner, None)?,
             _ => return Err(self.err(r, "xs:restriction needs a base or one inner xs:simpleType")),
@@ -476,8 +616,17 @@ impl Loader<'_> {
             if c.local == "simpleType" {
                 continue;
             }
-            let v = c.attr("value").ok_or_else(|| self.err(c, format!("xs:{} needs a value", c.local)))?;
-            let size = || v.parse::<usize>().map_err(|_| self.err(c, format!("xs:{} value `{v}` is not a whole number", c.local)));
+            let v = c
+                .attr("value")
+                .ok_or_else(|| self.err(c, format!("xs:{} needs a value", c.local)))?;
+            let size = || {
+                v.parse::<usize>().map_err(|_| {
+                    self.err(
+                        c,
+                        format!("xs:{} value `{v}` is not a whole number", c.local),
+                    )
+                })
+            };
             let bound = || {
                 let norm = builtin.normalize(v);
                 builtin
@@ -487,8 +636,10 @@ impl Loader<'_> {
             };
             match c.local.as_str() {
                 "pattern" => {
-                    let translated = translate_pattern(v).map_err(|e| self.err(c, format!("pattern `{v}`: {e}")))?;
-                    let re = Regex::new(&translated).map_err(|e| self.err(c, format!("pattern `{v}` does not compile: {e}")))?;
+                    let translated = translate_pattern(v)
+                        .map_err(|e| self.err(c, format!("pattern `{v}`: {e}")))?;
+                    let re = Regex::new(&translated)
+                        .map_err(|e| self.err(c, format!("pattern `{v}` does not compile: {e}")))?;
                     f.patterns.push((v.to_owned(), re));
                 }
                 "enumeration" => f.enumeration.push(builtin.normalize(v)),
@@ -501,37 +652,68 @@ impl Loader<'_> {
                 "maxInclusive" => f.max_inclusive = Some(bound()?),
                 "minExclusive" => f.min_exclusive = Some(bound()?),
                 "maxExclusive" => f.max_exclusive = Some(bound()?),
-                other => return Err(self.err(c, format!("xs:{other} inside xs:restriction is outside the supported facets"))),
+                other => {
+                    return Err(self.err(
+                        c,
+                        format!("xs:{other} inside xs:restriction is outside the supported facets"),
+                    ));
+                }
             }
         }
         Ok(f)
     }
 
     fn attribute(&mut self, a: &XNode) -> Result<AttributeDecl, LoadError> {
-        let name = a.attr("name").ok_or_else(|| self.err(a, "xs:attribute needs a name (attribute refs are outside the subset)"))?;
+        let name = a.attr("name").ok_or_else(|| {
+            self.err(
+                a,
+                "xs:attribute needs a name (attribute refs are outside the subset)",
+            )
+        })?;
         let inline = a.content().find(|c| c.local == "simpleType");
         let ty = match (a.attr("type"), inline) {
             (Some(t), None) => self.simple_by_qname(a, t)?,
             (None, Some(st)) => self.simple_type(st, None)?,
             (None, None) => self.simple_by_qname(a, "xs:string").or_else(|_| {
                 let id = self.schema.simple.len();
-                self.schema.simple.push(SimpleType::builtin(Builtin::String));
+                self.schema
+                    .simple
+                    .push(SimpleType::builtin(Builtin::String));
                 Ok::<usize, LoadError>(id)
             })?,
-            (Some(_), Some(_)) => return Err(self.err(a, "xs:attribute has both a type and an inline xs:simpleType")),
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    a,
+                    "xs:attribute has both a type and an inline xs:simpleType",
+                ));
+            }
         };
         let required = match a.attr("use") {
             None | Some("optional") => false,
             Some("required") => true,
-            Some(other) => return Err(self.err(a, format!("use=\"{other}\" is outside the subset (required | optional)"))),
+            Some(other) => {
+                return Err(self.err(
+                    a,
+                    format!("use=\"{other}\" is outside the subset (required | optional)"),
+                ));
+            }
         };
         if let Some(d) = a.attr("default") {
             if required {
                 return Err(self.err(a, "a required attribute cannot have a default"));
             }
-            self.schema.simple[ty].check(d).map_err(|e| self.err(a, format!("default `{d}` breaks the attribute's type: {}", e.message)))?;
+            self.schema.simple[ty].check(d).map_err(|e| {
+                self.err(
+                    a,
+                    format!("default `{d}` breaks the attribute's type: {}", e.message),
+                )
+            })?;
         }
-        Ok(AttributeDecl { name: name.to_owned(), ty, required })
+        Ok(AttributeDecl {
+            name: name.to_owned(),
+            ty,
+            required,
+        })
     }
 
     fn complex_by_name(&mut self, n: &XNode, v: &str) -> Result<Option<usize>, LoadError> {
@@ -547,9 +729,15 @@ impl Loader<'_> {
         if let Some(id) = self.complex_done.get(&local) {
             return Ok(Some(*id));
         }
-        let Some(def) = self.top_complex.get(&local).cloned() else { return Ok(None) };
+        let Some(def) = self.top_complex.get(&local).cloned() else {
+            return Ok(None);
+        };
         // Reserve the slot first so recursive types refer to it.
-        self.schema.complex.push(ComplexType { name: Some(local.clone()), attributes: Vec::new(), content: Content::Empty });
+        self.schema.complex.push(ComplexType {
+            name: Some(local.clone()),
+            attributes: Vec::new(),
+            content: Content::Empty,
+        });
         let id = self.schema.complex.len() - 1;
         self.complex_done.insert(local.clone(), id);
         let ct = self.complex_type(&def, Some(local))?;
@@ -580,21 +768,34 @@ impl Loader<'_> {
                     content = Content::All(self.all_group(c)?);
                 }
                 "simpleContent" => {
-                    let ext = c.content().next().ok_or_else(|| self.err(c, "xs:simpleContent needs an xs:extension"))?;
+                    let ext = c
+                        .content()
+                        .next()
+                        .ok_or_else(|| self.err(c, "xs:simpleContent needs an xs:extension"))?;
                     if ext.local != "extension" {
                         return Err(self.err(ext, format!("xs:{} in xs:simpleContent is outside the subset (only xs:extension)", ext.local)));
                     }
-                    let base = ext.attr("base").ok_or_else(|| self.err(ext, "xs:extension needs a base"))?;
+                    let base = ext
+                        .attr("base")
+                        .ok_or_else(|| self.err(ext, "xs:extension needs a base"))?;
                     let st = self.simple_by_qname(ext, base)?;
                     for a in ext.content() {
                         if a.local != "attribute" {
-                            return Err(self.err(a, format!("xs:{} inside xs:extension is outside the subset", a.local)));
+                            return Err(self.err(
+                                a,
+                                format!("xs:{} inside xs:extension is outside the subset", a.local),
+                            ));
                         }
                         attributes.push(self.attribute(a)?);
                     }
                     content = Content::Simple(st);
                 }
-                other => return Err(self.err(c, format!("xs:{other} inside xs:complexType is outside the supported subset"))),
+                other => {
+                    return Err(self.err(
+                        c,
+                        format!("xs:{other} inside xs:complexType is outside the supported subset"),
+                    ));
+                }
             }
         }
         let mut names = HashSet::new();
@@ -603,7 +804,11 @@ impl Loader<'_> {
                 return Err(self.err(n, format!("attribute `{}` is declared twice", a.name)));
             }
         }
-        Ok(ComplexType { name, attributes, content })
+        Ok(ComplexType {
+            name,
+            attributes,
+            content,
+        })
     }
 
     fn all_group(&mut self, c: &XNode) -> Result<AllGroup, LoadError> {
@@ -614,15 +819,27 @@ impl Loader<'_> {
         let mut members = Vec::new();
         for e in c.content() {
             if e.local != "element" {
-                return Err(self.err(e, format!("xs:{} inside xs:all is outside the subset (only xs:element)", e.local)));
+                return Err(self.err(
+                    e,
+                    format!(
+                        "xs:{} inside xs:all is outside the subset (only xs:element)",
+                        e.local
+                    ),
+                ));
             }
             let (emin, emax) = self.occurs(e)?;
             if emax != Some(1) || emin > 1 {
-                return Err(self.err(e, "elements of xs:all must have maxOccurs=1 and minOccurs 0 or 1"));
+                return Err(self.err(
+                    e,
+                    "elements of xs:all must have maxOccurs=1 and minOccurs 0 or 1",
+                ));
             }
             members.push((self.element(e, false)?, emin == 1));
         }
-        Ok(AllGroup { members, optional: min == 0 })
+        Ok(AllGroup {
+            members,
+            optional: min == 0,
+        })
     }
 
     fn particle(&mut self, c: &XNode) -> Result<Particle, LoadError> {
@@ -640,13 +857,25 @@ impl Loader<'_> {
                 for k in c.content() {
                     match k.local.as_str() {
                         "element" | "sequence" | "choice" => items.push(self.particle(k)?),
-                        other => return Err(self.err(k, format!("xs:{other} inside xs:{} is outside the supported subset", c.local))),
+                        other => {
+                            return Err(self.err(
+                                k,
+                                format!(
+                                    "xs:{other} inside xs:{} is outside the supported subset",
+                                    c.local
+                                ),
+                            ));
+                        }
                     }
                 }
                 if c.local == "choice" && items.is_empty() {
                     return Err(self.err(c, "an empty xs:choice can never be satisfied"));
                 }
-                Ok(if c.local == "sequence" { Particle::Sequence { items, min, max } } else { Particle::Choice { items, min, max } })
+                Ok(if c.local == "sequence" {
+                    Particle::Sequence { items, min, max }
+                } else {
+                    Particle::Choice { items, min, max }
+                })
             }
             other => Err(self.err(c, format!("xs:{other} is not a particle"))),
         }
@@ -655,24 +884,43 @@ impl Loader<'_> {
     /// An element declaration; `global` for top-level ones (always qualified with the target namespace).
     fn element(&mut self, e: &XNode, global: bool) -> Result<ElemId, LoadError> {
         if let Some(r) = e.attr("ref") {
-            if e.attr("name").is_some() || e.attr("type").is_some() || e.attr("nillable").is_some() {
+            if e.attr("name").is_some() || e.attr("type").is_some() || e.attr("nillable").is_some()
+            {
                 return Err(self.err(e, "an element ref takes only minOccurs / maxOccurs"));
             }
             let (ns, local) = self.qname(e, r)?;
             if !self.is_ours(&ns) {
-                return Err(self.err(e, format!("ref `{r}` is in another namespace; xs:import is outside the subset")));
+                return Err(self.err(
+                    e,
+                    format!("ref `{r}` is in another namespace; xs:import is outside the subset"),
+                ));
             }
             return self.global(e, &local);
         }
-        let name = e.attr("name").ok_or_else(|| self.err(e, "xs:element needs a name or a ref"))?.to_owned();
+        let name = e
+            .attr("name")
+            .ok_or_else(|| self.err(e, "xs:element needs a name or a ref"))?
+            .to_owned();
         let nillable = match e.attr("nillable") {
             None | Some("false") | Some("0") => false,
             Some("true") | Some("1") => true,
-            Some(other) => return Err(self.err(e, format!("nillable=\"{other}\" must be true or false"))),
+            Some(other) => {
+                return Err(self.err(e, format!("nillable=\"{other}\" must be true or false")));
+            }
         };
-        let ns = if global || self.docs[e.doc].qualified { self.target_ns.clone() } else { None };
+        let ns = if global || self.docs[e.doc].qualified {
+            self.target_ns.clone()
+        } else {
+            None
+        };
         // Reserve the declaration first: a type may contain this element again.
-        self.schema.elements.push(ElementDecl { name, ns, ty: TypeRef::Complex(usize::MAX), nillable, repeatable: false });
+        self.schema.elements.push(ElementDecl {
+            name,
+            ns,
+            ty: TypeRef::Complex(usize::MAX),
+            nillable,
+            repeatable: false,
+        });
         let id = self.schema.elements.len() - 1;
         let inline: Vec<&XNode> = e.content().collect();
         let ty = match (e.attr("type"), inline.as_slice()) {
@@ -686,8 +934,18 @@ impl Loader<'_> {
                 TypeRef::Complex(self.schema.complex.len() - 1)
             }
             (None, [k]) if k.local == "simpleType" => TypeRef::Simple(self.simple_type(k, None)?),
-            (None, []) => return Err(self.err(e, "an element without a type (xs:anyType) is outside the subset")),
-            _ => return Err(self.err(e, "an element takes either a type or one inline type definition")),
+            (None, []) => {
+                return Err(self.err(
+                    e,
+                    "an element without a type (xs:anyType) is outside the subset",
+                ));
+            }
+            _ => {
+                return Err(self.err(
+                    e,
+                    "an element takes either a type or one inline type definition",
+                ));
+            }
         };
         self.schema.elements[id].ty = ty;
         Ok(id)
@@ -697,9 +955,16 @@ impl Loader<'_> {
         if let Some(id) = self.global_done.get(local) {
             return Ok(*id);
         }
-        let def = self.top_elements.get(local).cloned().ok_or_else(|| self.err(at, format!("global element `{local}` is not defined")))?;
+        let def = self
+            .top_elements
+            .get(local)
+            .cloned()
+            .ok_or_else(|| self.err(at, format!("global element `{local}` is not defined")))?;
         if def.attr("minOccurs").is_some() || def.attr("maxOccurs").is_some() {
-            return Err(self.err(&def, "a top-level element cannot have minOccurs / maxOccurs"));
+            return Err(self.err(
+                &def,
+                "a top-level element cannot have minOccurs / maxOccurs",
+            ));
         }
         let id = self.element(&def, true)?;
         self.global_done.insert(local.to_owned(), id);
@@ -737,7 +1002,13 @@ impl Schema {
             top_simple: HashMap::new(),
             top_complex: HashMap::new(),
             top_elements: HashMap::new(),
-            schema: Schema { target_ns: None, elements: Vec::new(), globals: HashMap::new(), complex: Vec::new(), simple: Vec::new() },
+            schema: Schema {
+                target_ns: None,
+                elements: Vec::new(),
+                globals: HashMap::new(),
+                complex: Vec::new(),
+                simple: Vec::new(),
+            },
             simple_done: HashMap::new(),
             simple_busy: HashSet::new(),
             complex_done: HashMap::new(),
@@ -746,15 +1017,27 @@ impl Schema {
         l.load_doc(name)?;
         l.schema.target_ns = l.target_ns.clone();
         // Compile every named component, so errors anywhere in the files surface at load time.
-        let names: Vec<(String, Rc<XNode>)> = l.top_simple.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let names: Vec<(String, Rc<XNode>)> = l
+            .top_simple
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (name, node) in names {
             l.simple_named(&node, &name, &name)?;
         }
-        let names: Vec<(String, Rc<XNode>)> = l.top_complex.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let names: Vec<(String, Rc<XNode>)> = l
+            .top_complex
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (name, _) in names {
             l.complex_named(&name)?;
         }
-        let names: Vec<(String, Rc<XNode>)> = l.top_elements.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let names: Vec<(String, Rc<XNode>)> = l
+            .top_elements
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (name, node) in names {
             l.global(&node, &name)?;
         }

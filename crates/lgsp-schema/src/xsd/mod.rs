@@ -5,7 +5,9 @@ mod model;
 mod simple;
 mod validate;
 
-pub use load::{Content, DirFiles, ElementDecl, EmbeddedFiles, LoadError, Schema, SchemaFiles, TypeRef, XS};
+pub use load::{
+    Content, DirFiles, ElementDecl, EmbeddedFiles, LoadError, Schema, SchemaFiles, TypeRef, XS,
+};
 pub use model::{AllGroup, Nfa, Particle};
 pub use simple::{Builtin, Decimal, SimpleType, clip as clip_text};
-pub use validate::{validate, XmlOutcome};
+pub use validate::{XmlOutcome, validate};

@@ -7,17 +7,29 @@ pub type ElemId = usize;
 /// A particle as written in the schema.
 #[derive(Debug, Clone)]
 pub enum Particle {
-    Element { decl: ElemId, min: u32, max: Option<u32> },
-    Sequence { items: Vec<Particle>, min: u32, max: Option<u32> },
-    Choice { items: Vec<Particle>, min: u32, max: Option<u32> },
+    Element {
+        decl: ElemId,
+        min: u32,
+        max: Option<u32>,
+    },
+    Sequence {
+        items: Vec<Particle>,
+        min: u32,
+        max: Option<u32>,
+    },
+    Choice {
+        items: Vec<Particle>,
+        min: u32,
+        max: Option<u32>,
+    },
 }
 
 impl Particle {
     fn bounds(&self) -> (u32, Option<u32>) {
         match self {
-            Particle::Element { min, max, .. } | Particle::Sequence { min, max, .. } | Particle::Choice { min, max, .. } => {
-                (*min, *max)
-            }
+            Particle::Element { min, max, .. }
+            | Particle::Sequence { min, max, .. }
+            | Particle::Choice { min, max, .. } => (*min, *max),
         }
     }
 }
@@ -43,7 +55,9 @@ struct Builder {
 impl Builder {
     fn state(&mut self) -> Result<usize, String> {
         if self.trans.len() >= MAX_STATES {
-            return Err(format!("the content model unrolls into more than {MAX_STATES} states; lower maxOccurs or use unbounded"));
+            return Err(format!(
+                "the content model unrolls into more than {MAX_STATES} states; lower maxOccurs or use unbounded"
+            ));
         }
         self.trans.push(Vec::new());
         self.eps.push(Vec::new());
@@ -110,7 +124,10 @@ impl Builder {
 
 impl Nfa {
     pub fn compile(root: &Particle) -> Result<Nfa, String> {
-        let mut b = Builder { trans: Vec::new(), eps: Vec::new() };
+        let mut b = Builder {
+            trans: Vec::new(),
+            eps: Vec::new(),
+        };
         let (start, accept) = b.occurs(root)?;
         let n = b.trans.len();
         let mut closure = Vec::with_capacity(n);
@@ -128,7 +145,13 @@ impl Nfa {
             out.sort_unstable();
             closure.push(out);
         }
-        Ok(Nfa { trans: b.trans, eps: b.eps, closure, start, accept })
+        Ok(Nfa {
+            trans: b.trans,
+            eps: b.eps,
+            closure,
+            start,
+            accept,
+        })
     }
 
     /// The states the model starts in.
@@ -137,7 +160,11 @@ impl Nfa {
     }
 
     /// States after reading `decl`'s element, given a predicate telling which declarations match it.
-    pub fn step(&self, states: &[usize], matches: impl Fn(ElemId) -> bool) -> (Vec<usize>, Option<ElemId>) {
+    pub fn step(
+        &self,
+        states: &[usize],
+        matches: impl Fn(ElemId) -> bool,
+    ) -> (Vec<usize>, Option<ElemId>) {
         let mut next = Vec::new();
         let mut matched = None;
         for &s in states {
@@ -159,7 +186,10 @@ impl Nfa {
 
     /// Declarations that may come next.
     pub fn expected(&self, states: &[usize]) -> Vec<ElemId> {
-        let mut out: Vec<ElemId> = states.iter().flat_map(|s| self.trans[*s].iter().map(|(d, _)| *d)).collect();
+        let mut out: Vec<ElemId> = states
+            .iter()
+            .flat_map(|s| self.trans[*s].iter().map(|(d, _)| *d))
+            .collect();
         out.sort_unstable();
         out.dedup();
         out
@@ -219,7 +249,11 @@ mod tests {
             items: vec![
                 el(0, 1, Some(1)),
                 el(1, 0, Some(2)),
-                Particle::Choice { items: vec![el(2, 1, Some(1)), el(3, 1, Some(1))], min: 1, max: Some(1) },
+                Particle::Choice {
+                    items: vec![el(2, 1, Some(1)), el(3, 1, Some(1))],
+                    min: 1,
+                    max: Some(1),
+                },
                 el(4, 0, None),
             ],
             min: 1,
@@ -238,7 +272,11 @@ mod tests {
 
     #[test]
     fn huge_bounded_max_is_refused_not_unrolled_forever() {
-        let p = Particle::Sequence { items: vec![el(0, 0, Some(1_000_000))], min: 1, max: Some(1) };
+        let p = Particle::Sequence {
+            items: vec![el(0, 0, Some(1_000_000))],
+            min: 1,
+            max: Some(1),
+        };
         assert!(Nfa::compile(&p).unwrap_err().contains("states"));
     }
 }

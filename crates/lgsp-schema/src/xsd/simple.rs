@@ -62,7 +62,10 @@ impl Builtin {
     }
 
     fn is_stringy(self) -> bool {
-        matches!(self, Builtin::String | Builtin::NormalizedString | Builtin::Token)
+        matches!(
+            self,
+            Builtin::String | Builtin::NormalizedString | Builtin::Token
+        )
     }
 
     fn is_numeric(self) -> bool {
@@ -82,7 +85,11 @@ impl Builtin {
         match self {
             Builtin::String => raw.to_owned(),
             Builtin::NormalizedString => raw.replace(['\t', '\n', '\r'], " "),
-            _ => raw.split([' ', '\t', '\n', '\r']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "),
+            _ => raw
+                .split([' ', '\t', '\n', '\r'])
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 
@@ -178,7 +185,11 @@ impl Decimal {
         let int = int.trim_start_matches('0').to_owned();
         let frac = frac.trim_end_matches('0').to_owned();
         let zero = int.is_empty() && frac.is_empty();
-        Some(Decimal { negative: negative && !zero, int, frac })
+        Some(Decimal {
+            negative: negative && !zero,
+            int,
+            frac,
+        })
     }
 
     pub fn parse_integer(s: &str) -> Option<Decimal> {
@@ -250,7 +261,9 @@ fn days_in_month(year: i64, month: u8) -> u8 {
 }
 
 fn digits(s: &str, n: usize) -> Option<u32> {
-    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// Splits a trailing zone (`Z` or `±hh:mm`) off, returning its offset in minutes.
@@ -277,7 +290,10 @@ fn split_zone(s: &str) -> Option<(&str, Option<i64>)> {
 /// Year: at least four digits, no leading zero beyond four, not 0000; an optional leading minus.
 fn parse_year(s: &str) -> Option<i64> {
     let (neg, body) = s.strip_prefix('-').map_or((false, s), |b| (true, b));
-    if body.len() < 4 || !body.bytes().all(|b| b.is_ascii_digit()) || (body.len() > 4 && body.starts_with('0')) {
+    if body.len() < 4
+        || !body.bytes().all(|b| b.is_ascii_digit())
+        || (body.len() > 4 && body.starts_with('0'))
+    {
         return None;
     }
     let y: i64 = body.parse().ok()?;
@@ -302,7 +318,11 @@ fn parse_date_time(s: &str, kind: Kind) -> Option<TimeValue> {
         // The year may be negative; split from the right.
         let (ym, d) = date_part.rsplit_once('-')?;
         let (y, m) = ym.rsplit_once('-')?;
-        let (year, month, day) = (parse_year(y)?, u8::try_from(digits(m, 2)?).ok()?, u8::try_from(digits(d, 2)?).ok()?);
+        let (year, month, day) = (
+            parse_year(y)?,
+            u8::try_from(digits(m, 2)?).ok()?,
+            u8::try_from(digits(d, 2)?).ok()?,
+        );
         if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
             return None;
         }
@@ -315,7 +335,11 @@ fn parse_date_time(s: &str, kind: Kind) -> Option<TimeValue> {
         let (h, m, sec) = (parts.next()?, parts.next()?, parts.next()?);
         let (sec, frac) = sec.split_once('.').map_or((sec, ""), |(a, b)| (a, b));
         let (h, m, sec) = (digits(h, 2)?, digits(m, 2)?, digits(sec, 2)?);
-        if h > 23 || m > 59 || sec > 59 || (!frac.is_empty() && !frac.bytes().all(|b| b.is_ascii_digit())) {
+        if h > 23
+            || m > 59
+            || sec > 59
+            || (!frac.is_empty() && !frac.bytes().all(|b| b.is_ascii_digit()))
+        {
             return None;
         }
         if t.contains('.') && frac.is_empty() {
@@ -324,7 +348,13 @@ fn parse_date_time(s: &str, kind: Kind) -> Option<TimeValue> {
         seconds = i64::from(h * 3600 + m * 60 + sec);
         nanos = frac.trim_end_matches('0').to_owned();
     }
-    let mut v = TimeValue { year, month, day, seconds, nanos };
+    let mut v = TimeValue {
+        year,
+        month,
+        day,
+        seconds,
+        nanos,
+    };
     if let Some(offset) = zone {
         v.seconds -= offset * 60;
         normalise(&mut v);
@@ -401,17 +431,26 @@ fn fail(rule: &'static str, message: String) -> Result<(), SimpleError> {
 
 impl SimpleType {
     pub fn builtin(b: Builtin) -> Self {
-        SimpleType { name: Some(b.name().to_owned()), builtin: b, steps: Vec::new() }
+        SimpleType {
+            name: Some(b.name().to_owned()),
+            builtin: b,
+            steps: Vec::new(),
+        }
     }
 
     fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("a restriction of {}", self.builtin.name()))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("a restriction of {}", self.builtin.name()))
     }
 
     /// Checks a raw (unnormalised) value against the type.
     pub fn check(&self, raw: &str) -> Result<(), SimpleError> {
         let v = self.builtin.normalize(raw);
-        let value = self.builtin.parse(&v).map_err(|message| SimpleError { rule: "xsd.invalid_value", message })?;
+        let value = self.builtin.parse(&v).map_err(|message| SimpleError {
+            rule: "xsd.invalid_value",
+            message,
+        })?;
         for f in &self.steps {
             self.check_step(f, &v, &value)?;
         }
@@ -421,53 +460,115 @@ impl SimpleType {
     fn check_step(&self, f: &Facets, v: &str, value: &Value) -> Result<(), SimpleError> {
         if !f.patterns.is_empty() && !f.patterns.iter().any(|(_, re)| re.is_match(v)) {
             let shown: Vec<&str> = f.patterns.iter().map(|(p, _)| p.as_str()).collect();
-            return fail("xsd.pattern", format!("`{}` does not match the pattern {} of {}", clip(v), shown.join(" | "), self.label()));
+            return fail(
+                "xsd.pattern",
+                format!(
+                    "`{}` does not match the pattern {} of {}",
+                    clip(v),
+                    shown.join(" | "),
+                    self.label()
+                ),
+            );
         }
         if !f.enumeration.is_empty() {
-            let hit = f.enumeration.iter().any(|e| match (self.builtin.is_numeric(), Decimal::parse(e), value) {
-                (true, Some(ed), Value::Num(d)) => ed == *d,
-                _ => e == v,
+            let hit = f.enumeration.iter().any(|e| {
+                match (self.builtin.is_numeric(), Decimal::parse(e), value) {
+                    (true, Some(ed), Value::Num(d)) => ed == *d,
+                    _ => e == v,
+                }
             });
             if !hit {
-                return fail("xsd.enumeration", format!("`{}` is not one of: {}", clip(v), f.enumeration.join(", ")));
+                return fail(
+                    "xsd.enumeration",
+                    format!("`{}` is not one of: {}", clip(v), f.enumeration.join(", ")),
+                );
             }
         }
         let chars = v.chars().count();
         let length_applies = self.builtin.is_stringy();
         if length_applies {
             if let Some(n) = f.length.filter(|n| chars != *n) {
-                return fail("xsd.length", format!("`{}` has {chars} characters; exactly {n} are required", clip(v)));
+                return fail(
+                    "xsd.length",
+                    format!(
+                        "`{}` has {chars} characters; exactly {n} are required",
+                        clip(v)
+                    ),
+                );
             }
             if let Some(n) = f.min_length.filter(|n| chars < *n) {
-                return fail("xsd.min_length", format!("`{}` has {chars} characters; at least {n} are required", clip(v)));
+                return fail(
+                    "xsd.min_length",
+                    format!(
+                        "`{}` has {chars} characters; at least {n} are required",
+                        clip(v)
+                    ),
+                );
             }
             if let Some(n) = f.max_length.filter(|n| chars > *n) {
-                return fail("xsd.max_length", format!("`{}` has {chars} characters; at most {n} are allowed", clip(v)));
+                return fail(
+                    "xsd.max_length",
+                    format!(
+                        "`{}` has {chars} characters; at most {n} are allowed",
+                        clip(v)
+                    ),
+                );
             }
         }
         if let Value::Num(d) = value {
             if let Some(n) = f.total_digits.filter(|n| d.total_digits() > *n) {
-                return fail("xsd.total_digits", format!("`{}` has {} digits; at most {n} are allowed", clip(v), d.total_digits()));
+                return fail(
+                    "xsd.total_digits",
+                    format!(
+                        "`{}` has {} digits; at most {n} are allowed",
+                        clip(v),
+                        d.total_digits()
+                    ),
+                );
             }
             if let Some(n) = f.fraction_digits.filter(|n| d.fraction_digits() > *n) {
-                return fail("xsd.fraction_digits", format!("`{}` has {} decimal places; at most {n} are allowed", clip(v), d.fraction_digits()));
+                return fail(
+                    "xsd.fraction_digits",
+                    format!(
+                        "`{}` has {} decimal places; at most {n} are allowed",
+                        clip(v),
+                        d.fraction_digits()
+                    ),
+                );
             }
         }
-        fn cmp<'a>(value: &Value, bound: &'a Option<(String, Value)>) -> Option<(&'a String, Ordering)> {
-            bound.as_ref().and_then(|(s, b)| value.compare(b).map(|o| (s, o)))
+        fn cmp<'a>(
+            value: &Value,
+            bound: &'a Option<(String, Value)>,
+        ) -> Option<(&'a String, Ordering)> {
+            bound
+                .as_ref()
+                .and_then(|(s, b)| value.compare(b).map(|o| (s, o)))
         }
         let cmp = |bound| cmp(value, bound);
         if let Some((b, _)) = cmp(&f.min_inclusive).filter(|(_, o)| *o == Ordering::Less) {
-            return fail("xsd.min_inclusive", format!("`{}` is below the minimum {b}", clip(v)));
+            return fail(
+                "xsd.min_inclusive",
+                format!("`{}` is below the minimum {b}", clip(v)),
+            );
         }
         if let Some((b, _)) = cmp(&f.max_inclusive).filter(|(_, o)| *o == Ordering::Greater) {
-            return fail("xsd.max_inclusive", format!("`{}` is above the maximum {b}", clip(v)));
+            return fail(
+                "xsd.max_inclusive",
+                format!("`{}` is above the maximum {b}", clip(v)),
+            );
         }
         if let Some((b, _)) = cmp(&f.min_exclusive).filter(|(_, o)| *o != Ordering::Greater) {
-            return fail("xsd.min_exclusive", format!("`{}` must be greater than {b}", clip(v)));
+            return fail(
+                "xsd.min_exclusive",
+                format!("`{}` must be greater than {b}", clip(v)),
+            );
         }
         if let Some((b, _)) = cmp(&f.max_exclusive).filter(|(_, o)| *o != Ordering::Less) {
-            return fail("xsd.max_exclusive", format!("`{}` must be less than {b}", clip(v)));
+            return fail(
+                "xsd.max_exclusive",
+                format!("`{}` must be less than {b}", clip(v)),
+            );
         }
         Ok(())
     }
@@ -481,13 +582,21 @@ pub fn translate_pattern(xsd: &str) -> Result<String, String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                let Some(n) = chars.next() else { return Err("a pattern may not end with a lone backslash".into()) };
+                let Some(n) = chars.next() else {
+                    return Err("a pattern may not end with a lone backslash".into());
+                };
                 match n {
-                    'i' | 'I' | 'c' | 'C' => return Err(format!("the XML name escape \\{n} is outside the supported pattern subset")),
+                    'i' | 'I' | 'c' | 'C' => {
+                        return Err(format!(
+                            "the XML name escape \\{n} is outside the supported pattern subset"
+                        ));
+                    }
                     'p' | 'P' if chars.peek() == Some(&'{') => {
                         let block: String = chars.clone().take_while(|c| *c != '}').collect();
                         if block.starts_with("{Is") {
-                            return Err(format!("the block escape \\{n}{block}}} is outside the supported pattern subset"));
+                            return Err(format!(
+                                "the block escape \\{n}{block}}} is outside the supported pattern subset"
+                            ));
                         }
                         out.push('\\');
                         out.push(n);
@@ -507,7 +616,10 @@ pub fn translate_pattern(xsd: &str) -> Result<String, String> {
                 out.push(']');
             }
             '-' if in_class > 0 && chars.peek() == Some(&'[') => {
-                return Err("character class subtraction (-[...]) is outside the supported pattern subset".into());
+                return Err(
+                    "character class subtraction (-[...]) is outside the supported pattern subset"
+                        .into(),
+                );
             }
             '^' if in_class == 0 => out.push_str("\\^"),
             '$' if in_class == 0 => out.push_str("\\$"),
@@ -554,7 +666,9 @@ mod tests {
         assert!(Builtin::Date.parse("2026-10-31+07:00").is_ok());
         assert!(Builtin::DateTime.parse("2026-10-31T25:00:00").is_err());
         assert!(Builtin::DateTime.parse("2026-10-31").is_err());
-        let a = Builtin::DateTime.parse("2026-10-31T00:30:00+07:00").unwrap();
+        let a = Builtin::DateTime
+            .parse("2026-10-31T00:30:00+07:00")
+            .unwrap();
         let b = Builtin::DateTime.parse("2026-10-30T17:30:00Z").unwrap();
         assert_eq!(a, b);
         assert!(Builtin::GYear.parse("13").is_err());

@@ -2,9 +2,9 @@
 //! by `max_depth`), the text of the current simple element (bounded by `max_text`) and the violations (bounded by
 //! `max_errors`). DOCTYPE, entities other than the five predefined ones, and non-UTF-8 input are refused.
 
+use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
 
 use super::load::{Content, Schema, TypeRef};
 use super::model::ElemId;
@@ -28,9 +28,17 @@ pub struct XmlOutcome {
 }
 
 enum Kind {
-    Model { ct: usize, states: Vec<usize> },
-    All { ct: usize, seen: Vec<bool> },
-    Simple { st: usize },
+    Model {
+        ct: usize,
+        states: Vec<usize>,
+    },
+    All {
+        ct: usize,
+        seen: Vec<bool>,
+    },
+    Simple {
+        st: usize,
+    },
     Empty,
     /// Content not checked: the element itself was already reported.
     Skip,
@@ -74,7 +82,10 @@ impl<'a> Lines<'a> {
             }
         }
         self.offset = offset;
-        let col = self.text.get(self.line_start..offset).map_or(1, |s| s.chars().count() + 1);
+        let col = self
+            .text
+            .get(self.line_start..offset)
+            .map_or(1, |s| s.chars().count() + 1);
         (self.line, col)
     }
 }
@@ -105,12 +116,28 @@ impl<'s, 'i> Run<'s, 'i> {
             self.out.truncated = true;
             return;
         }
-        self.out.violations.push(Violation { path: path.to_owned(), line: Some(at.0), column: Some(at.1), rule, message });
+        self.out.violations.push(Violation {
+            path: path.to_owned(),
+            line: Some(at.0),
+            column: Some(at.1),
+            rule,
+            message,
+        });
     }
 
     fn fatal(&mut self, at: (usize, usize), rule: &'static str, message: String) {
-        let path = self.stack.last().map(|f| f.path.clone()).unwrap_or_else(|| "/".to_owned());
-        self.out.violations.push(Violation { path, line: Some(at.0), column: Some(at.1), rule, message });
+        let path = self
+            .stack
+            .last()
+            .map(|f| f.path.clone())
+            .unwrap_or_else(|| "/".to_owned());
+        self.out.violations.push(Violation {
+            path,
+            line: Some(at.0),
+            column: Some(at.1),
+            rule,
+            message,
+        });
         self.out.fatal = true;
     }
 
@@ -121,11 +148,17 @@ impl<'s, 'i> Run<'s, 'i> {
     fn expected_list(&self, decls: &[ElemId]) -> String {
         let mut names: Vec<&str> = decls.iter().map(|d| self.decl_name(*d)).collect();
         names.dedup();
-        if names.is_empty() { "nothing more".to_owned() } else { names.join(", ") }
+        if names.is_empty() {
+            "nothing more".to_owned()
+        } else {
+            names.join(", ")
+        }
     }
 
     fn child_path(&mut self, local: &str, repeatable: bool) -> String {
-        let Some(parent) = self.stack.last_mut() else { return format!("/{local}") };
+        let Some(parent) = self.stack.last_mut() else {
+            return format!("/{local}");
+        };
         let n = match parent.counts.iter_mut().find(|(k, _)| k == local) {
             Some((_, n)) => {
                 *n += 1;
@@ -136,19 +169,29 @@ impl<'s, 'i> Run<'s, 'i> {
                 1
             }
         };
-        if repeatable || n > 1 { format!("{}/{local}[{n}]", parent.path) } else { format!("{}/{local}", parent.path) }
+        if repeatable || n > 1 {
+            format!("{}/{local}[{n}]", parent.path)
+        } else {
+            format!("{}/{local}", parent.path)
+        }
     }
 
     /// Decides which declaration the new child is, or reports why none.
     fn place_child(&mut self, name: &Name, at: (usize, usize)) -> Option<ElemId> {
         let schema = self.schema;
-        let matches = |d: ElemId| schema.elements[d].name == name.local && schema.elements[d].ns == name.ns;
+        let matches =
+            |d: ElemId| schema.elements[d].name == name.local && schema.elements[d].ns == name.ns;
         let Some(parent) = self.stack.last_mut() else {
             return None;
         };
         if parent.nil {
             let path = parent.path.clone();
-            self.violation(&path, at, "xsd.nil_with_content", format!("{} is xsi:nil=\"true\" and must be empty", name.local));
+            self.violation(
+                &path,
+                at,
+                "xsd.nil_with_content",
+                format!("{} is xsi:nil=\"true\" and must be empty", name.local),
+            );
             return None;
         }
         let parent_path = parent.path.clone();
@@ -156,7 +199,9 @@ impl<'s, 'i> Run<'s, 'i> {
         match &mut parent.kind {
             Kind::Skip => None,
             Kind::Model { ct, states } => {
-                let Content::Model(nfa) = &schema.complex[*ct].content else { return None };
+                let Content::Model(nfa) = &schema.complex[*ct].content else {
+                    return None;
+                };
                 let (next, matched) = nfa.step(states, matches);
                 if let Some(d) = matched.filter(|_| !next.is_empty()) {
                     *states = next;
@@ -166,46 +211,103 @@ impl<'s, 'i> Run<'s, 'i> {
                 let later = nfa.reachable_later(states, matches);
                 let list = self.expected_list(&expected);
                 if later {
-                    self.violation(&parent_path, at, "xsd.missing_element", format!("{list} must come before {}", name.local));
+                    self.violation(
+                        &parent_path,
+                        at,
+                        "xsd.missing_element",
+                        format!("{list} must come before {}", name.local),
+                    );
                 } else {
-                    self.violation(&parent_path, at, "xsd.unexpected_element", format!("{} is not allowed here in {parent_local}; expected: {list}", name.local));
+                    self.violation(
+                        &parent_path,
+                        at,
+                        "xsd.unexpected_element",
+                        format!(
+                            "{} is not allowed here in {parent_local}; expected: {list}",
+                            name.local
+                        ),
+                    );
                 }
                 None
             }
             Kind::All { ct, seen } => {
-                let Content::All(group) = &schema.complex[*ct].content else { return None };
+                let Content::All(group) = &schema.complex[*ct].content else {
+                    return None;
+                };
                 match group.members.iter().position(|(d, _)| matches(*d)) {
                     Some(i) if !seen[i] => {
                         seen[i] = true;
                         Some(group.members[i].0)
                     }
                     Some(_) => {
-                        self.violation(&parent_path, at, "xsd.unexpected_element", format!("{} may appear only once in {parent_local}", name.local));
+                        self.violation(
+                            &parent_path,
+                            at,
+                            "xsd.unexpected_element",
+                            format!("{} may appear only once in {parent_local}", name.local),
+                        );
                         None
                     }
                     None => {
                         let names: Vec<ElemId> = group.members.iter().map(|(d, _)| *d).collect();
                         let list = self.expected_list(&names);
-                        self.violation(&parent_path, at, "xsd.unexpected_element", format!("{} is not allowed in {parent_local}; it takes: {list}", name.local));
+                        self.violation(
+                            &parent_path,
+                            at,
+                            "xsd.unexpected_element",
+                            format!(
+                                "{} is not allowed in {parent_local}; it takes: {list}",
+                                name.local
+                            ),
+                        );
                         None
                     }
                 }
             }
             Kind::Simple { .. } => {
                 parent.broken = true;
-                self.violation(&parent_path, at, "xsd.unexpected_element", format!("{parent_local} holds a plain value; the child element {} is not allowed", name.local));
+                self.violation(
+                    &parent_path,
+                    at,
+                    "xsd.unexpected_element",
+                    format!(
+                        "{parent_local} holds a plain value; the child element {} is not allowed",
+                        name.local
+                    ),
+                );
                 None
             }
             Kind::Empty => {
-                self.violation(&parent_path, at, "xsd.unexpected_element", format!("{parent_local} must be empty; {} is not allowed", name.local));
+                self.violation(
+                    &parent_path,
+                    at,
+                    "xsd.unexpected_element",
+                    format!(
+                        "{parent_local} must be empty; {} is not allowed",
+                        name.local
+                    ),
+                );
                 None
             }
         }
     }
 
-    fn open(&mut self, e: &BytesStart<'_>, name: Name, reader: &NsReader<&'i [u8]>, at: (usize, usize)) -> Result<(), ()> {
+    fn open(
+        &mut self,
+        e: &BytesStart<'_>,
+        name: Name,
+        reader: &NsReader<&'i [u8]>,
+        at: (usize, usize),
+    ) -> Result<(), ()> {
         if self.stack.len() >= self.limits.max_depth {
-            self.fatal(at, "xml.depth_exceeded", format!("elements are nested deeper than {} levels", self.limits.max_depth));
+            self.fatal(
+                at,
+                "xml.depth_exceeded",
+                format!(
+                    "elements are nested deeper than {} levels",
+                    self.limits.max_depth
+                ),
+            );
             return Err(());
         }
         let decl = if self.stack.is_empty() {
@@ -235,8 +337,14 @@ impl<'s, 'i> Run<'s, 'i> {
             Some(TypeRef::Complex(ct)) => match &self.schema.complex[ct].content {
                 Content::Empty => Kind::Empty,
                 Content::Simple(st) => Kind::Simple { st: *st },
-                Content::Model(nfa) => Kind::Model { ct, states: nfa.initial() },
-                Content::All(g) => Kind::All { ct, seen: vec![false; g.members.len()] },
+                Content::Model(nfa) => Kind::Model {
+                    ct,
+                    states: nfa.initial(),
+                },
+                Content::All(g) => Kind::All {
+                    ct,
+                    seen: vec![false; g.members.len()],
+                },
             },
         };
         let mut frame = Frame {
@@ -256,7 +364,14 @@ impl<'s, 'i> Run<'s, 'i> {
         Ok(())
     }
 
-    fn attributes(&mut self, e: &BytesStart<'_>, decl: Option<ElemId>, frame: &mut Frame, reader: &NsReader<&'i [u8]>, at: (usize, usize)) -> Result<(), ()> {
+    fn attributes(
+        &mut self,
+        e: &BytesStart<'_>,
+        decl: Option<ElemId>,
+        frame: &mut Frame,
+        reader: &NsReader<&'i [u8]>,
+        at: (usize, usize),
+    ) -> Result<(), ()> {
         let declared = match decl.map(|d| self.schema.elements[d].ty) {
             Some(TypeRef::Complex(ct)) => self.schema.complex[ct].attributes.as_slice(),
             _ => &[],
@@ -273,7 +388,14 @@ impl<'s, 'i> Run<'s, 'i> {
             };
             count += 1;
             if count > self.limits.max_attributes {
-                self.fatal(at, "xml.too_many_attributes", format!("an element carries more than {} attributes", self.limits.max_attributes));
+                self.fatal(
+                    at,
+                    "xml.too_many_attributes",
+                    format!(
+                        "an element carries more than {} attributes",
+                        self.limits.max_attributes
+                    ),
+                );
                 return Err(());
             }
             let key = a.key.as_ref();
@@ -288,7 +410,14 @@ impl<'s, 'i> Run<'s, 'i> {
                 }
             };
             if value.len() > self.limits.max_text {
-                self.fatal(at, "xml.text_too_long", format!("attribute {key} is longer than {} bytes", self.limits.max_text));
+                self.fatal(
+                    at,
+                    "xml.text_too_long",
+                    format!(
+                        "attribute {key} is longer than {} bytes",
+                        self.limits.max_text
+                    ),
+                );
                 return Err(());
             }
             let (ns, local) = reader.resolver().resolve_attribute(a.key);
@@ -296,7 +425,11 @@ impl<'s, 'i> Run<'s, 'i> {
                 ResolveResult::Bound(n) => Some(n.0.to_owned()),
                 ResolveResult::Unbound => None,
                 ResolveResult::Unknown(p) => {
-                    self.fatal(at, "xml.malformed", format!("namespace prefix `{p}` is not declared"));
+                    self.fatal(
+                        at,
+                        "xml.malformed",
+                        format!("namespace prefix `{p}` is not declared"),
+                    );
                     return Err(());
                 }
             };
@@ -306,23 +439,38 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             if ns.as_deref() == Some(XSI) {
                 match local {
-                    "nil" => match value.trim() {
-                        "true" | "1" => {
-                            if decl.is_some_and(|d| self.schema.elements[d].nillable) {
-                                frame.nil = true;
-                            } else {
-                                self.violation(&frame.path, at, "xsd.nil_not_allowed", format!("{} is not nillable; send a value or leave the element out", frame.local));
+                    "nil" => {
+                        match value.trim() {
+                            "true" | "1" => {
+                                if decl.is_some_and(|d| self.schema.elements[d].nillable) {
+                                    frame.nil = true;
+                                } else {
+                                    self.violation(&frame.path, at, "xsd.nil_not_allowed", format!("{} is not nillable; send a value or leave the element out", frame.local));
+                                }
                             }
+                            "false" | "0" => {}
+                            other => self.violation(
+                                &frame.path,
+                                at,
+                                "xsd.invalid_value",
+                                format!("xsi:nil=\"{}\" must be true or false", clip(other)),
+                            ),
                         }
-                        "false" | "0" => {}
-                        other => self.violation(&frame.path, at, "xsd.invalid_value", format!("xsi:nil=\"{}\" must be true or false", clip(other))),
-                    },
-                    "type" => self.violation(&frame.path, at, "xsd.xsi_type_unsupported", "xsi:type is not supported; send the declared type".into()),
+                    }
+                    "type" => self.violation(
+                        &frame.path,
+                        at,
+                        "xsd.xsi_type_unsupported",
+                        "xsi:type is not supported; send the declared type".into(),
+                    ),
                     _ => {}
                 }
                 continue;
             }
-            match declared.iter().position(|d| d.name == local && ns.is_none()) {
+            match declared
+                .iter()
+                .position(|d| d.name == local && ns.is_none())
+            {
                 Some(i) => {
                     present[i] = true;
                     if let Err(err) = self.schema.simple[declared[i].ty].check(&value) {
@@ -333,15 +481,32 @@ impl<'s, 'i> Run<'s, 'i> {
                 None => {
                     let path = format!("{}/@{local}", frame.path);
                     let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
-                    let allowed = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
-                    self.violation(&path, at, "xsd.attribute_unexpected", format!("attribute {key} is not allowed on {}; allowed: {allowed}", frame.local));
+                    let allowed = if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    };
+                    self.violation(
+                        &path,
+                        at,
+                        "xsd.attribute_unexpected",
+                        format!(
+                            "attribute {key} is not allowed on {}; allowed: {allowed}",
+                            frame.local
+                        ),
+                    );
                 }
             }
         }
         for (i, d) in declared.iter().enumerate() {
             if d.required && !present[i] {
                 let path = format!("{}/@{}", frame.path, d.name);
-                self.violation(&path, at, "xsd.attribute_missing", format!("{} needs the attribute {}", frame.local, d.name));
+                self.violation(
+                    &path,
+                    at,
+                    "xsd.attribute_missing",
+                    format!("{} needs the attribute {}", frame.local, d.name),
+                );
             }
         }
         Ok(())
@@ -359,7 +524,11 @@ impl<'s, 'i> Run<'s, 'i> {
         match frame.kind {
             Kind::Simple { .. } => {
                 if frame.text.len() + t.len() > max_text {
-                    self.fatal(at, "xml.text_too_long", format!("the text of an element is longer than {max_text} bytes"));
+                    self.fatal(
+                        at,
+                        "xml.text_too_long",
+                        format!("the text of an element is longer than {max_text} bytes"),
+                    );
                     return Err(());
                 }
                 frame.text.push_str(t);
@@ -369,9 +538,18 @@ impl<'s, 'i> Run<'s, 'i> {
                 frame.text_reported = true;
                 let (path, local, nil) = (frame.path.clone(), frame.local.clone(), frame.nil);
                 let (rule, msg) = if nil {
-                    ("xsd.nil_with_content", format!("{local} is xsi:nil=\"true\" and must be empty"))
+                    (
+                        "xsd.nil_with_content",
+                        format!("{local} is xsi:nil=\"true\" and must be empty"),
+                    )
                 } else {
-                    ("xsd.text_not_allowed", format!("{local} holds elements only; the text `{}` is not allowed", clip(t.trim())))
+                    (
+                        "xsd.text_not_allowed",
+                        format!(
+                            "{local} holds elements only; the text `{}` is not allowed",
+                            clip(t.trim())
+                        ),
+                    )
                 };
                 self.violation(&path, at, rule, msg);
             }
@@ -381,7 +559,9 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     fn close(&mut self) {
-        let Some(frame) = self.stack.pop() else { return };
+        let Some(frame) = self.stack.pop() else {
+            return;
+        };
         let at = (frame.line, frame.column);
         match frame.kind {
             Kind::Model { ct, states } if !frame.nil => {
@@ -389,17 +569,33 @@ impl<'s, 'i> Run<'s, 'i> {
                     && !nfa.accepts(&states)
                 {
                     let list = self.expected_list(&nfa.expected(&states));
-                    self.violation(&frame.path, at, "xsd.missing_element", format!("{} is incomplete; expected: {list}", frame.local));
+                    self.violation(
+                        &frame.path,
+                        at,
+                        "xsd.missing_element",
+                        format!("{} is incomplete; expected: {list}", frame.local),
+                    );
                 }
             }
             Kind::All { ct, seen } if !frame.nil => {
                 if let Content::All(g) = &self.schema.complex[ct].content {
                     let none = !seen.iter().any(|s| *s);
                     if !(g.optional && none) {
-                        let missing: Vec<ElemId> = g.members.iter().zip(&seen).filter(|((_, req), s)| *req && !**s).map(|((d, _), _)| *d).collect();
+                        let missing: Vec<ElemId> = g
+                            .members
+                            .iter()
+                            .zip(&seen)
+                            .filter(|((_, req), s)| *req && !**s)
+                            .map(|((d, _), _)| *d)
+                            .collect();
                         if !missing.is_empty() {
                             let list = self.expected_list(&missing);
-                            self.violation(&frame.path, at, "xsd.missing_element", format!("{} lacks: {list}", frame.local));
+                            self.violation(
+                                &frame.path,
+                                at,
+                                "xsd.missing_element",
+                                format!("{} lacks: {list}", frame.local),
+                            );
                         }
                     }
                 }
@@ -407,14 +603,23 @@ impl<'s, 'i> Run<'s, 'i> {
             Kind::Simple { st } if !frame.broken => {
                 if frame.nil {
                     if !frame.text.is_empty() {
-                        self.violation(&frame.path, at, "xsd.nil_with_content", format!("{} is xsi:nil=\"true\" and must be empty", frame.local));
+                        self.violation(
+                            &frame.path,
+                            at,
+                            "xsd.nil_with_content",
+                            format!("{} is xsi:nil=\"true\" and must be empty", frame.local),
+                        );
                     }
                 } else {
                     if let Err(err) = self.schema.simple[st].check(&frame.text) {
                         self.violation(&frame.path, at, err.rule, err.message);
                     }
                     if (self.interest)(&frame.local) {
-                        let parent = self.stack.last().map(|p| p.path.clone()).unwrap_or_default();
+                        let parent = self
+                            .stack
+                            .last()
+                            .map(|p| p.path.clone())
+                            .unwrap_or_default();
                         self.out.fields.push(Field {
                             parent,
                             name: frame.local.clone(),
@@ -433,8 +638,14 @@ impl<'s, 'i> Run<'s, 'i> {
 
 fn resolve(ns: ResolveResult<'_>, local: &str) -> Result<Name, String> {
     match ns {
-        ResolveResult::Bound(n) => Ok(Name { ns: Some(n.0.to_owned()), local: local.to_owned() }),
-        ResolveResult::Unbound => Ok(Name { ns: None, local: local.to_owned() }),
+        ResolveResult::Bound(n) => Ok(Name {
+            ns: Some(n.0.to_owned()),
+            local: local.to_owned(),
+        }),
+        ResolveResult::Unbound => Ok(Name {
+            ns: None,
+            local: local.to_owned(),
+        }),
         ResolveResult::Unknown(p) => Err(format!("namespace prefix `{p}` is not declared")),
     }
 }
@@ -442,14 +653,31 @@ fn resolve(ns: ResolveResult<'_>, local: &str) -> Result<Name, String> {
 /// Checks the encoding and returns the document as text (UTF-8 BOM removed).
 fn decode(bytes: &[u8]) -> Result<&str, (usize, String)> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if bytes.starts_with(b"\xFE\xFF") || bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\x00<") || bytes.starts_with(b"<\x00") {
+    if bytes.starts_with(b"\xFE\xFF")
+        || bytes.starts_with(b"\xFF\xFE")
+        || bytes.starts_with(b"\x00<")
+        || bytes.starts_with(b"<\x00")
+    {
         return Err((0, "the packet is UTF-16; send it as UTF-8".into()));
     }
-    std::str::from_utf8(bytes).map_err(|e| (e.valid_up_to(), format!("byte {} is not valid UTF-8; send the packet as UTF-8", e.valid_up_to())))
+    std::str::from_utf8(bytes).map_err(|e| {
+        (
+            e.valid_up_to(),
+            format!(
+                "byte {} is not valid UTF-8; send the packet as UTF-8",
+                e.valid_up_to()
+            ),
+        )
+    })
 }
 
 /// Validates `bytes` against `schema`. `interest` picks the simple elements whose values are returned as fields.
-pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, interest: &dyn Fn(&str) -> bool) -> XmlOutcome {
+pub fn validate(
+    schema: &Schema,
+    bytes: &[u8],
+    limits: &Limits,
+    interest: &dyn Fn(&str) -> bool,
+) -> XmlOutcome {
     let text = match decode(bytes) {
         Ok(t) => t,
         Err((offset, message)) => {
@@ -457,7 +685,13 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, interest: &dyn F
             let line = before.iter().filter(|b| **b == b'\n').count() + 1;
             let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
             return XmlOutcome {
-                violations: vec![Violation { path: "/".into(), line: Some(line), column: Some(column), rule: "xml.encoding", message }],
+                violations: vec![Violation {
+                    path: "/".into(),
+                    line: Some(line),
+                    column: Some(column),
+                    rule: "xml.encoding",
+                    message,
+                }],
                 fatal: true,
                 ..XmlOutcome::default()
             };
@@ -470,7 +704,12 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, interest: &dyn F
         interest,
         out: XmlOutcome::default(),
         stack: Vec::new(),
-        lines: Lines { text, offset: 0, line: 1, line_start: 0 },
+        lines: Lines {
+            text,
+            offset: 0,
+            line: 1,
+            line_start: 0,
+        },
         root_seen: false,
     };
     loop {
@@ -482,8 +721,16 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, interest: &dyn F
                 let at_offset = usize::try_from(reader.error_position()).unwrap_or(pos);
                 let at = run.lines.at(at_offset);
                 let eof = usize::try_from(reader.buffer_position()).is_ok_and(|p| p >= text.len());
-                let rule = if eof { "xml.truncated" } else { "xml.malformed" };
-                run.fatal(at, rule, format!("the packet is not well-formed XML: {err}"));
+                let rule = if eof {
+                    "xml.truncated"
+                } else {
+                    "xml.malformed"
+                };
+                run.fatal(
+                    at,
+                    rule,
+                    format!("the packet is not well-formed XML: {err}"),
+                );
                 break;
             }
         };
@@ -553,15 +800,30 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, interest: &dyn F
                 if let Some(Ok(enc)) = d.encoding() {
                     let enc = enc.to_ascii_lowercase();
                     if enc != "utf-8" && enc != "utf8" {
-                        run.fatal(at, "xml.encoding", format!("encoding=\"{}\" is not accepted; send the packet as UTF-8", clip(&enc)));
+                        run.fatal(
+                            at,
+                            "xml.encoding",
+                            format!(
+                                "encoding=\"{}\" is not accepted; send the packet as UTF-8",
+                                clip(&enc)
+                            ),
+                        );
                         break;
                     }
                 }
             }
             Event::Eof => {
                 if !run.stack.is_empty() {
-                    let open = run.stack.last().map(|f| f.local.clone()).unwrap_or_default();
-                    run.fatal(at, "xml.truncated", format!("the packet ends inside <{open}>; send it whole"));
+                    let open = run
+                        .stack
+                        .last()
+                        .map(|f| f.local.clone())
+                        .unwrap_or_default();
+                    run.fatal(
+                        at,
+                        "xml.truncated",
+                        format!("the packet ends inside <{open}>; send it whole"),
+                    );
                 } else if !run.root_seen {
                     run.fatal(at, "xml.malformed", "the packet holds no element".into());
                 }
