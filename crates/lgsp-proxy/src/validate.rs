@@ -46,7 +46,7 @@ pub enum PacketError {
         agency: Arc<str>,
         unit: String,
         patterns: Vec<String>,
-        violation: Violation,
+        violation: Box<Violation>,
     },
 }
 
@@ -115,7 +115,7 @@ impl PacketError {
                 Some(violations)
             }
             PacketError::OutsideJurisdiction { violation, .. } => {
-                Some(std::slice::from_ref(violation))
+                Some(std::slice::from_ref(&**violation))
             }
             _ => None,
         }
@@ -271,7 +271,7 @@ impl Validate {
                     "authz.unit_outside_jurisdiction",
                 ])
                 .inc();
-            let violation = Violation {
+            let violation = Box::new(Violation {
                 path: unit.path.clone(),
                 line: unit.line,
                 column: unit.column,
@@ -280,7 +280,7 @@ impl Validate {
                     "MaDonVi {} is outside the units of agency {}",
                     unit.value, caller.agency
                 ),
-            };
+            });
             return Err(PacketError::OutsideJurisdiction {
                 agency: caller.agency.clone(),
                 unit: unit.value.clone(),

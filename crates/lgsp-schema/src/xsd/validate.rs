@@ -181,9 +181,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let schema = self.schema;
         let matches =
             |d: ElemId| schema.elements[d].name == name.local && schema.elements[d].ns == name.ns;
-        let Some(parent) = self.stack.last_mut() else {
-            return None;
-        };
+        let parent = self.stack.last_mut()?;
         if parent.nil {
             let path = parent.path.clone();
             self.violation(
