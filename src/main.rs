@@ -34,6 +34,23 @@ enum Command {
     },
     /// Validate a config file: print every problem with its line, and load every certificate it names.
     CheckConfig { file: PathBuf },
+    /// Validate packet files offline with the gateway's own validator; exits non-zero when any is invalid.
+    Validate {
+        /// Check the schema only, not the domain rules.
+        #[arg(long)]
+        schema_only: bool,
+        /// Message type (HoSoCBCCVC, BienChe, PheDuyetDuLieu, BienDong); default: read from the root element / JSON key.
+        #[arg(long = "type", value_name = "T")]
+        message_type: Option<String>,
+        /// Schema directory instead of the schemas compiled into the binary.
+        #[arg(long, value_name = "DIR")]
+        schemas: Option<PathBuf>,
+        /// Print one JSON object per file instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -83,6 +100,21 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { agency, kind },
         } => keys_new(&agency, kind),
+        Command::Validate {
+            schema_only,
+            message_type,
+            schemas,
+            json,
+            files,
+        } => {
+            return validate(
+                schema_only,
+                message_type.as_deref(),
+                schemas.as_deref(),
+                json,
+                &files,
+            );
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -285,4 +317,117 @@ fn keys_new(agency: &str, kind: Kind) -> anyhow::Result<()> {
     );
     println!("  {{ sha256 = \"{hash}\", kind = \"{}\" }},", kind.as_str());
     Ok(())
+}
+
+/// The packet format of a file: its extension, else its first non-blank byte.
+fn file_format(path: &Path, bytes: &[u8]) -> Option<lgsp_schema::Format> {
+    lgsp_schema::Format::from_path(path).or_else(|| {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace())? {
+            b'<' => Some(lgsp_schema::Format::Xml),
+            b'{' | b'[' => Some(lgsp_schema::Format::Json),
+            _ => None,
+        }
+    })
+}
+
+fn validate(
+    schema_only: bool,
+    message_type: Option<&str>,
+    schemas: Option<&Path>,
+    json: bool,
+    files: &[PathBuf],
+) -> ExitCode {
+    let catalog = match schemas {
+        Some(dir) => lgsp_schema::Catalog::load(dir),
+        None => lgsp_schema::Catalog::embedded(),
+    };
+    let catalog = match catalog {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: the schemas do not load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(t) = message_type.filter(|t| !catalog.knows(t)) {
+        eprintln!(
+            "error: unknown message type {t}; use one of {}",
+            lgsp_schema::MESSAGE_TYPES.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let opts = lgsp_schema::Options {
+        domain: !schema_only,
+        ..lgsp_schema::Options::default()
+    };
+    let mut invalid = 0usize;
+    for path in files {
+        let shown = path.display().to_string();
+        let verdict = std::fs::read(path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|bytes| {
+                let format = file_format(path, &bytes)
+                    .ok_or("cannot tell XML from JSON; name the file .xml or .json")?;
+                let t = match message_type {
+                    Some(t) => t.to_owned(),
+                    None => catalog
+                        .detect(format, &bytes)
+                        .ok_or("cannot tell the message type from the root; pass --type")?
+                        .to_owned(),
+                };
+                let report = catalog.validate(&t, format, &bytes, &opts);
+                Ok((t, format, report))
+            });
+        match verdict {
+            Err(e) => {
+                invalid += 1;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": shown, "valid": false, "error": e})
+                    );
+                } else {
+                    println!("{shown}: error: {e}");
+                }
+            }
+            Ok((t, format, report)) => {
+                let fmt = match format {
+                    lgsp_schema::Format::Xml => "xml",
+                    lgsp_schema::Format::Json => "json",
+                };
+                if !report.is_valid() {
+                    invalid += 1;
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": shown, "message_type": t, "format": fmt, "valid": report.is_valid(), "errors": report.violations, "truncated": report.truncated})
+                    );
+                    continue;
+                }
+                if report.is_valid() {
+                    println!("{shown}: valid ({t}, {fmt})");
+                    continue;
+                }
+                let more = if report.truncated { "+" } else { "" };
+                println!(
+                    "{shown}: invalid ({t}, {fmt}): {}{more} error(s)",
+                    report.violations.len()
+                );
+                for v in &report.violations {
+                    let at = match (v.line, v.column) {
+                        (Some(l), Some(c)) => format!("{l}:{c}"),
+                        (Some(l), None) => format!("{l}"),
+                        _ => "-".to_owned(),
+                    };
+                    println!("  {at} {} [{}] {}", v.path, v.rule, v.message);
+                }
+            }
+        }
+    }
+    if invalid > 0 {
+        eprintln!("{invalid} of {} file(s) invalid", files.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -349,3 +349,46 @@ fn keys_new_prints_a_key_and_the_config_line_with_its_hash() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an agency code"));
 }
+
+#[test]
+fn validate_checks_files_offline_with_the_gateway_rules() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/cbccvc/samples");
+    let good = samples.join("valid/HoSoCBCCVC-01-day-du.xml");
+    let good_json = samples.join("valid/BienDong-03-nghi-huu.json");
+    let domain = samples.join("invalid/HoSoCBCCVC-38-cccd.province-ma-tinh-003.json");
+    let run = |args: &[&str], files: &[&Path]| {
+        let out = Command::new(BIN)
+            .arg("validate")
+            .args(args)
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = run(&[], &[&good, &good_json]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("valid (HoSoCBCCVC, xml)") && out.contains("valid (BienDong, json)"),
+        "{out}"
+    );
+    let (ok, out) = run(&[], &[&good, &domain]);
+    assert!(!ok);
+    assert!(
+        out.contains("[cccd.province]") && out.contains("6:15 /HoSoCBCCVC/SoCCCD"),
+        "{out}"
+    );
+    // Schema only: the domain rule is not checked.
+    let (ok, _) = run(&["--schema-only"], &[&domain]);
+    assert!(ok);
+    // A forced type that does not fit the root.
+    let (ok, out) = run(&["--type", "BienChe"], &[&good]);
+    assert!(!ok);
+    assert!(out.contains("[xsd.unknown_root]"), "{out}");
+    let (ok, out) = run(&["--json"], &[&domain]);
+    assert!(!ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["errors"][0]["rule"], "cccd.province");
+}

@@ -195,6 +195,34 @@ impl Nfa {
         out
     }
 
+    /// After a missing element: the states reached by skipping what is missing and reading the element that
+    /// came, so validation goes on with one error instead of a cascade.
+    pub fn recover(
+        &self,
+        states: &[usize],
+        matches: impl Fn(ElemId) -> bool,
+    ) -> (Vec<usize>, Option<ElemId>) {
+        let mut seen = vec![false; self.trans.len()];
+        let mut stack: Vec<usize> = states.to_vec();
+        let mut found = Vec::new();
+        while let Some(s) = stack.pop() {
+            if std::mem::replace(&mut seen[s], true) {
+                continue;
+            }
+            for &(decl, t) in &self.trans[s] {
+                if matches(decl) {
+                    found.push(s);
+                } else {
+                    stack.push(t);
+                }
+            }
+            stack.extend(self.eps[s].iter().copied());
+        }
+        found.sort_unstable();
+        found.dedup();
+        self.step(&found, matches)
+    }
+
     /// Whether some declaration matching `matches` can still come later (after something required first).
     pub fn reachable_later(&self, states: &[usize], matches: impl Fn(ElemId) -> bool) -> bool {
         let mut seen = vec![false; self.trans.len()];

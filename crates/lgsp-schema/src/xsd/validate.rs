@@ -215,6 +215,17 @@ impl<'s, 'i> Run<'s, 'i> {
                         "xsd.missing_element",
                         format!("{list} must come before {}", name.local),
                     );
+                    // Go on as if the missing elements had been there.
+                    if let Some(Kind::Model { ct, states }) =
+                        self.stack.last_mut().map(|f| &mut f.kind)
+                        && let Content::Model(nfa) = &schema.complex[*ct].content
+                    {
+                        let (next, matched) = nfa.recover(states, matches);
+                        if !next.is_empty() {
+                            *states = next;
+                            return matched;
+                        }
+                    }
                 } else {
                     self.violation(
                         &parent_path,
