@@ -398,6 +398,113 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lgsp_config::KeyKind;
+    use lgsp_metrics::Metrics;
+    use tower::ServiceExt;
+
+    const GOOD: &str =
+        include_str!("../../../schemas/cbccvc/samples/valid/HoSoCBCCVC-02-toi-thieu.xml");
+
+    fn service() -> (Validate, Arc<Route>) {
+        let cfg = lgsp_config::embedded().unwrap();
+        let catalog = Arc::new(Catalog::embedded().unwrap());
+        let policy = Arc::new(ValidationPolicy::new(
+            catalog,
+            Options::default(),
+            &cfg.agencies,
+        ));
+        let hop = Arc::new(HopContext {
+            name: Arc::from("lgsp"),
+            peers: Default::default(),
+            metrics: Metrics::new().unwrap(),
+        });
+        let echo = tower::service_fn(|req: Request<Body>| async move {
+            let bytes = req.into_body().collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::new(full(bytes)))
+        });
+        let table = crate::route::RouteTable::new(&cfg.hops[0].routes);
+        let route = table.lookup("/lgsp/v1/HoSoCBCCVC").unwrap().clone();
+        (ValidateLayer::new(policy, hop).layer(echo), route)
+    }
+
+    fn request(route: &Arc<Route>, ctype: Option<&str>, body: &str) -> Request<Body> {
+        let mut b = Request::builder().method("POST").uri("/lgsp/v1/HoSoCBCCVC");
+        if let Some(c) = ctype {
+            b = b.header(header::CONTENT_TYPE, c);
+        }
+        let mut req = b.body(full(body.to_owned())).unwrap();
+        req.extensions_mut().insert(route.clone());
+        req.extensions_mut().insert(Caller {
+            agency: Arc::from("000.00.00.H29"),
+            kind: KeyKind::Production,
+            via: None,
+        });
+        req
+    }
+
+    fn refusal(r: Result<Response<Body>, BoxError>) -> PacketError {
+        *r.unwrap_err().downcast::<PacketError>().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_good_packet_reaches_the_inner_service_unchanged() {
+        let (svc, route) = service();
+        let resp = svc
+            .oneshot(request(&route, Some("application/xml"), GOOD))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            GOOD.as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_have_their_status() {
+        let (svc, route) = service();
+        let e = refusal(
+            svc.clone()
+                .oneshot(request(&route, Some("text/plain"), GOOD))
+                .await,
+        );
+        assert_eq!(
+            (e.status(), e.code()),
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "packet.unsupported_media_type"
+            )
+        );
+        let e = refusal(svc.clone().oneshot(request(&route, None, GOOD)).await);
+        assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let bad = GOOD.replace("<GioiTinh>Nam</GioiTinh>", "<GioiTinh>X</GioiTinh>");
+        let e = refusal(
+            svc.clone()
+                .oneshot(request(&route, Some("application/xml"), &bad))
+                .await,
+        );
+        assert_eq!(
+            (e.status(), e.errors().unwrap()[0].rule),
+            (StatusCode::UNPROCESSABLE_ENTITY, "xsd.enumeration")
+        );
+        let e = refusal(
+            svc.clone()
+                .oneshot(request(&route, Some("application/xml"), "<x"))
+                .await,
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let other = GOOD.replace("000.00.00.H29", "000.00.00.H26");
+        let e = refusal(
+            svc.clone()
+                .oneshot(request(&route, Some("application/xml"), &other))
+                .await,
+        );
+        assert_eq!(e.code(), "authz.unit_outside_jurisdiction");
+        let mut big = request(&route, Some("application/xml"), GOOD);
+        big.headers_mut()
+            .insert(header::CONTENT_LENGTH, "999999999".parse().unwrap());
+        let e = refusal(svc.oneshot(big).await);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
 
     #[test]
     fn unit_patterns() {

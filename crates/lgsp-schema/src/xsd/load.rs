@@ -1044,3 +1044,93 @@ impl Schema {
         Ok(l.schema)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns="urn:t" targetNamespace="urn:t" elementFormDefault="qualified">"#;
+
+    fn load(files: &'static [(&'static str, &'static str)]) -> Result<Schema, LoadError> {
+        Schema::load_from(&EmbeddedFiles(files), Path::new("main.xsd"))
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn refused(body: &str) -> LoadError {
+        let text = leak(format!("{HEAD}\n{body}\n</xs:schema>"));
+        let files: &'static [(&'static str, &'static str)] =
+            Box::leak(vec![("main.xsd", text)].into_boxed_slice());
+        load(files).unwrap_err()
+    }
+
+    #[test]
+    fn constructs_outside_the_subset_are_refused_with_their_line() {
+        let e = refused("<xs:group name=\"g\"><xs:sequence/></xs:group>");
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("xs:group"), "{e}");
+        let e = refused(
+            "<xs:element name=\"a\">\n<xs:complexType>\n<xs:sequence><xs:any/></xs:sequence>\n</xs:complexType></xs:element>",
+        );
+        assert_eq!(e.line, 4);
+        assert!(e.message.contains("xs:any"), "{e}");
+        let e =
+            refused("<xs:simpleType name=\"t\"><xs:union memberTypes=\"xs:int\"/></xs:simpleType>");
+        assert!(e.message.contains("xs:union"), "{e}");
+        let e = refused("<xs:element name=\"a\" type=\"xs:duration\"/>");
+        assert!(e.message.contains("xs:duration"), "{e}");
+        let e = refused("<xs:element name=\"a\" fixed=\"x\" type=\"xs:string\"/>");
+        assert!(e.message.contains("`fixed`"), "{e}");
+        let e =
+            refused("<xs:complexType name=\"c\" mixed=\"true\"><xs:sequence/></xs:complexType>");
+        assert!(e.message.contains("mixed"), "{e}");
+        let e = refused(
+            "<xs:simpleType name=\"t\"><xs:restriction base=\"xs:string\"><xs:pattern value=\"\\i\\c*\"/></xs:restriction></xs:simpleType>",
+        );
+        assert!(e.message.contains("\\i"), "{e}");
+        let e = refused(
+            "<xs:simpleType name=\"t\"><xs:restriction base=\"xs:string\"><xs:whiteSpace value=\"collapse\"/></xs:restriction></xs:simpleType>",
+        );
+        assert!(e.message.contains("xs:whiteSpace"), "{e}");
+        let e = refused("<xs:element name=\"a\" type=\"Missing\"/>");
+        assert!(e.message.contains("not defined"), "{e}");
+        let e = refused("<xs:import namespace=\"urn:x\"/>");
+        assert!(e.message.contains("xs:import"), "{e}");
+    }
+
+    #[test]
+    fn includes_resolve_locally_and_refuse_urls() {
+        static FILES: &[(&str, &str)] = &[
+            (
+                "main.xsd",
+                r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns="urn:t" targetNamespace="urn:t" elementFormDefault="qualified"><xs:include schemaLocation="sub/types.xsd"/><xs:element name="Root" type="T"/></xs:schema>"#,
+            ),
+            (
+                "sub/types.xsd",
+                r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"><xs:simpleType name="T"><xs:restriction base="xs:token"><xs:maxLength value="3"/></xs:restriction></xs:simpleType></xs:schema>"#,
+            ),
+        ];
+        let s = load(FILES).unwrap();
+        assert!(s.globals.contains_key("Root"));
+        let e = refused("<xs:include schemaLocation=\"https://example.org/x.xsd\"/>");
+        assert!(e.message.contains("only local files"), "{e}");
+        let e = refused("<xs:include schemaLocation=\"../../etc/x.xsd\"/>");
+        assert!(e.message.contains("leaves the schema directory"), "{e}");
+    }
+
+    #[test]
+    fn recursive_types_and_bad_defaults() {
+        let text = format!(
+            "{HEAD}<xs:complexType name=\"Node\"><xs:sequence><xs:element name=\"Node\" type=\"Node\" minOccurs=\"0\"/></xs:sequence></xs:complexType><xs:element name=\"Root\" type=\"Node\"/></xs:schema>"
+        );
+        let files: &'static [(&'static str, &'static str)] =
+            Box::leak(vec![("main.xsd", leak(text))].into_boxed_slice());
+        assert!(load(files).is_ok());
+        let e = refused(
+            "<xs:complexType name=\"c\"><xs:attribute name=\"a\" type=\"xs:int\" default=\"x\"/></xs:complexType>",
+        );
+        assert!(e.message.contains("default"), "{e}");
+    }
+}
