@@ -62,7 +62,7 @@ pub struct Day {
 impl Day {
     /// `YYYY-MM-DD` (a longer value such as a dateTime is read by its first ten characters).
     pub fn parse(s: &str) -> Option<Day> {
-        let s = s.get(..10)?;
+        let s = s.get(..10).filter(|s| s.is_ascii())?;
         let b = s.as_bytes();
         if b[4] != b'-' || b[7] != b'-' {
             return None;

@@ -304,6 +304,10 @@ fn parse_year(s: &str) -> Option<i64> {
 }
 
 fn parse_date_time(s: &str, kind: Kind) -> Option<TimeValue> {
+    // Every lexical form here is ASCII; checking first keeps the byte slicing below on char boundaries.
+    if !s.is_ascii() {
+        return None;
+    }
     let (body, zone) = split_zone(s)?;
     let (date_part, time_part) = match kind {
         Kind::DateTime => {
@@ -673,6 +677,9 @@ mod tests {
         assert_eq!(a, b);
         assert!(Builtin::GYear.parse("13").is_err());
         assert!(Builtin::GYear.parse("2013").is_ok());
+        // Found by the fuzzer: a multi-byte character where a zone would start.
+        assert!(Builtin::Date.parse("20\u{feff}01-01").is_err());
+        assert!(Builtin::DateTime.parse("2026-10-31T00:00:00\u{feff}+07").is_err());
     }
 
     #[test]
