@@ -27,6 +27,12 @@ pub struct FileConfig {
     /// Packet validation.
     #[serde(default)]
     pub validation: FileValidation,
+    /// Where rate-limit decisions are made.
+    #[serde(default)]
+    pub ratelimit: FileRateLimit,
+    /// Load shedding: caps on requests in flight.
+    #[serde(default)]
+    pub overload: FileOverload,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +152,42 @@ pub struct FileRoute {
     pub message_type: Option<Spanned<String>>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: Option<Spanned<u64>>,
+    /// Rate per (agency, route): `"20/s"`, `"600/m"`, `"10000/h"`.
+    pub rate: Option<Spanned<String>>,
+    /// Requests allowed at once before the rate applies.
+    pub burst: Option<Spanned<u64>>,
+    /// Per-agency rates on this route.
+    #[serde(default)]
+    pub overrides: Vec<FileOverride>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOverride {
+    pub agency: Spanned<String>,
+    pub rate: Spanned<String>,
+    pub burst: Spanned<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    /// `"local"` (in-process) or a Redis URL shared by every replica.
+    pub backend: Option<Spanned<String>>,
+    /// With Redis unreachable: `"local"` (decide in-process) or `"refuse"` (answer 503).
+    pub on_backend_failure: Option<Spanned<String>>,
+    /// Longest wait for one Redis decision.
+    pub timeout: Option<Spanned<String>>,
+    /// Prefix of the Redis keys (deployments sharing one Redis use different prefixes).
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOverload {
+    pub max_in_flight: Option<Spanned<u64>>,
+    pub max_in_flight_per_agency: Option<Spanned<u64>>,
+    pub retry_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,11 +11,12 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use file::{AgencyStatus, HopRole, KeyKind, LogFormat};
-pub use parse::{parse_duration, valid_agency_code, valid_identity};
+pub use parse::{parse_duration, parse_rate, valid_agency_code, valid_identity};
 pub use runtime::{
     AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, DEFAULT_IDENTITY_URI_PREFIX,
-    EmulatorConfig, HopConfig, KeyConfig, LogConfig, PkiConfig, RouteConfig, SchemaSource,
-    ServerTlsConfig, Upstream, ValidationConfig,
+    EmulatorConfig, HopConfig, KeyConfig, LogConfig, OverloadConfig, PkiConfig, RateLimitBackend,
+    RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, Upstream,
+    ValidationConfig,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

@@ -28,6 +28,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `"20/s"`, `"600/m"`, `"10000/h"` → (count, period in seconds).
+pub fn parse_rate(s: &str) -> Result<(u32, u32), String> {
+    let fix = || {
+        format!(
+            "`{s}` is not a rate; write a count per second, minute or hour, e.g. \"20/s\", \"600/m\", \"10000/h\""
+        )
+    };
+    let (count, unit) = s.trim().split_once('/').ok_or_else(fix)?;
+    let count: u32 = count.trim().parse().map_err(|_| fix())?;
+    let period = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(fix()),
+    };
+    if count == 0 {
+        return Err(format!(
+            "`{s}`: a rate of zero refuses everything; remove the route or its agencies instead"
+        ));
+    }
+    Ok((count, period))
+}
+
 /// `https://host:port[/base]`: upstreams are always TLS, the port always explicit.
 pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let fix = || {

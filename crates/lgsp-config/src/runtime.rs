@@ -33,6 +33,8 @@ pub struct Config {
     pub agencies: Vec<AgencyConfig>,
     pub emulator: Option<EmulatorConfig>,
     pub validation: ValidationConfig,
+    pub ratelimit: RateLimitConfig,
+    pub overload: OverloadConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,40 @@ pub struct RouteConfig {
     pub agencies: Option<Vec<String>>,
     pub message_type: Option<String>,
     pub max_body_bytes: usize,
+    /// The rate limit per (agency, route), if any.
+    pub rate: Option<RateSpec>,
+    /// Per-agency rates replacing `rate` for that agency.
+    pub overrides: BTreeMap<String, RateSpec>,
+}
+
+/// A rate and a burst, e.g. 20 per 1 s with a burst of 40.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub count: u32,
+    pub period_secs: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    Local,
+    Redis(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub backend: RateLimitBackend,
+    /// With the shared backend unreachable: decide locally (true) or refuse with 503 (false).
+    pub fallback_local: bool,
+    pub timeout: Duration,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct OverloadConfig {
+    pub max_in_flight: usize,
+    pub max_in_flight_per_agency: usize,
+    pub retry_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -362,7 +398,46 @@ impl<'a> Checker<'a> {
                 "choose between 1 and 1073741824 bytes",
             );
         }
+        let rate = match (&r.rate, &r.burst) {
+            (Some(rate), Some(burst)) => self.rate(rate, burst, &format!("{field}.rate")),
+            (None, None) => None,
+            (Some(rate), None) => {
+                self.problem(
+                    rate,
+                    format!("{field}.burst"),
+                    "a rate needs a burst too, e.g. burst = 40",
+                );
+                None
+            }
+            (None, Some(burst)) => {
+                self.problem(
+                    burst,
+                    format!("{field}.rate"),
+                    "a burst needs a rate too, e.g. rate = \"20/s\"",
+                );
+                None
+            }
+        };
+        let mut overrides = BTreeMap::new();
+        for (k, o) in r.overrides.iter().enumerate() {
+            let of = format!("{field}.overrides[{k}]");
+            if !known.contains(o.agency.get_ref().as_str()) {
+                self.problem(
+                    &o.agency,
+                    format!("{of}.agency"),
+                    format!(
+                        "`{}` is not an [[agency]] code in this file",
+                        o.agency.get_ref()
+                    ),
+                );
+            }
+            if let Some(spec) = self.rate(&o.rate, &o.burst, &format!("{of}.rate")) {
+                overrides.insert(o.agency.get_ref().clone(), spec);
+            }
+        }
         RouteConfig {
+            rate,
+            overrides,
             name: r.name.get_ref().clone(),
             methods,
             prefix,
@@ -377,6 +452,33 @@ impl<'a> Checker<'a> {
             message_type,
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
         }
+    }
+
+    fn rate(
+        &mut self,
+        rate: &Spanned<String>,
+        burst: &Spanned<u64>,
+        field: &str,
+    ) -> Option<RateSpec> {
+        let parsed = crate::parse::parse_rate(rate.get_ref());
+        if let Err(e) = &parsed {
+            self.problem(rate, field, e.clone());
+        }
+        let b = *burst.get_ref();
+        if !(1..=1_000_000).contains(&b) {
+            self.problem(
+                burst,
+                field.replace(".rate", ".burst"),
+                "choose a burst between 1 and 1000000",
+            );
+            return None;
+        }
+        let (count, period_secs) = parsed.ok()?;
+        Some(RateSpec {
+            count,
+            period_secs,
+            burst: u32::try_from(b).unwrap_or(u32::MAX),
+        })
     }
 
     fn path_prefix(&mut self, v: &Spanned<String>, field: &str) -> String {
@@ -674,9 +776,15 @@ impl Config {
                 Some(s) if s.get_ref() == "embedded" => SchemaSource::Embedded,
                 Some(s) => SchemaSource::Dir(c.path(base, s).path),
             },
-            max_errors: bounded(&mut c, &v.max_errors, "max_errors", 20, 1000),
-            max_depth: bounded(&mut c, &v.max_depth, "max_depth", 32, 256),
-            max_attributes: bounded(&mut c, &v.max_attributes, "max_attributes", 32, 1024),
+            max_errors: bounded(&mut c, &v.max_errors, "validation.max_errors", 20, 1000),
+            max_depth: bounded(&mut c, &v.max_depth, "validation.max_depth", 32, 256),
+            max_attributes: bounded(
+                &mut c,
+                &v.max_attributes,
+                "validation.max_attributes",
+                32,
+                1024,
+            ),
             max_text_bytes: bounded(
                 &mut c,
                 &v.max_text_bytes,
@@ -685,6 +793,75 @@ impl Config {
                 16 * 1024 * 1024,
             ),
             domain_rules: v.domain_rules.unwrap_or(true),
+        };
+        let rl = &file.ratelimit;
+        let backend = match &rl.backend {
+            None => RateLimitBackend::Local,
+            Some(b) if b.get_ref() == "local" => RateLimitBackend::Local,
+            Some(b)
+                if b.get_ref().starts_with("redis://") || b.get_ref().starts_with("rediss://") =>
+            {
+                RateLimitBackend::Redis(b.get_ref().clone())
+            }
+            Some(b) => {
+                c.problem(
+                    b,
+                    "ratelimit.backend",
+                    format!(
+                        "`{}`: write \"local\" or a Redis URL like \"redis://127.0.0.1:6379\"",
+                        b.get_ref()
+                    ),
+                );
+                RateLimitBackend::Local
+            }
+        };
+        let fallback_local = match &rl.on_backend_failure {
+            None => true,
+            Some(v) if v.get_ref() == "local" => true,
+            Some(v) if v.get_ref() == "refuse" => false,
+            Some(v) => {
+                c.problem(
+                    v,
+                    "ratelimit.on_backend_failure",
+                    "write \"local\" (decide in-process) or \"refuse\" (answer 503)",
+                );
+                true
+            }
+        };
+        let ratelimit = RateLimitConfig {
+            backend,
+            fallback_local,
+            timeout: c.duration(
+                rl.timeout.as_ref(),
+                "ratelimit.timeout",
+                Duration::from_millis(250),
+            ),
+            key_prefix: rl
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| "lgsp:rl:".to_owned()),
+        };
+        let ov = &file.overload;
+        let overload = OverloadConfig {
+            max_in_flight: bounded(
+                &mut c,
+                &ov.max_in_flight,
+                "overload.max_in_flight",
+                10_000,
+                10_000_000,
+            ),
+            max_in_flight_per_agency: bounded(
+                &mut c,
+                &ov.max_in_flight_per_agency,
+                "overload.max_in_flight_per_agency",
+                1_000,
+                10_000_000,
+            ),
+            retry_after: c.duration(
+                ov.retry_after.as_ref(),
+                "overload.retry_after",
+                Duration::from_secs(1),
+            ),
         };
         if !c.problems.is_empty() {
             return Err(ConfigError {
@@ -704,6 +881,8 @@ impl Config {
             agencies,
             emulator,
             validation,
+            ratelimit,
+            overload,
         })
     }
 }

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// `lgsp_validation_failures_total{hop,route,message_type,rule}`.
     pub validation_failures: IntCounterVec,
+    /// `lgsp_ratelimited_total{hop,route,agency}`.
+    pub ratelimited: IntCounterVec,
+    /// `lgsp_load_shed_total{hop,scope}`.
+    pub load_shed: IntCounterVec,
+    /// `lgsp_ratelimit_backend_up{backend}`.
+    pub ratelimit_backend_up: IntGaugeVec,
     /// `lgsp_connections_open{hop}`.
     pub connections_open: IntGaugeVec,
     /// `lgsp_emulator_packets_total{message_type,result}`.
@@ -92,6 +98,26 @@ impl Metrics {
             "Packets refused by validation, by hop, route, message type and rule (each rule counted once per packet).",
             &["hop", "route", "message_type", "rule"],
         )?;
+        let ratelimited = counter(
+            &registry,
+            "lgsp_ratelimited_total",
+            "Requests refused with 429 by the rate limit of their (agency, route).",
+            &["hop", "route", "agency"],
+        )?;
+        let load_shed = counter(
+            &registry,
+            "lgsp_load_shed_total",
+            "Requests refused with 503 because too many were in flight (scope: global or agency).",
+            &["hop", "scope"],
+        )?;
+        let ratelimit_backend_up = IntGaugeVec::new(
+            Opts::new(
+                "lgsp_ratelimit_backend_up",
+                "Whether the shared rate-limit backend answered its last decision (1) or not (0).",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(ratelimit_backend_up.clone()))?;
         let connections_open = IntGaugeVec::new(
             Opts::new(
                 "lgsp_connections_open",
@@ -128,6 +154,9 @@ impl Metrics {
             auth_failures,
             tls_handshake_failures,
             validation_failures,
+            ratelimited,
+            load_shed,
+            ratelimit_backend_up,
             connections_open,
             emulator_packets,
         }))

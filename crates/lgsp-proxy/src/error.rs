@@ -183,7 +183,8 @@ pub struct Rescued {
     pub code: &'static str,
     pub blame: Blame,
     pub detail: String,
-    pub allow: Option<String>,
+    /// Extra response headers (`Allow`, `Retry-After`, `RateLimit-*`).
+    pub headers: Vec<(&'static str, String)>,
     pub log: String,
     pub errors: Option<Vec<lgsp_schema::Violation>>,
 }
@@ -196,8 +197,42 @@ pub fn rescue(e: &BoxError) -> Rescued {
             code: a.code(),
             blame: Blame::Client,
             detail: a.detail(),
-            allow: None,
+            headers: Vec::new(),
             log: a.to_string(),
+            errors: None,
+        };
+    }
+    if let Some(l) = e.downcast_ref::<crate::limit::LimitError>() {
+        use crate::limit::LimitError as L;
+        let (status, code, detail) = match l {
+            L::RateLimited { route, agency, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "ratelimit.exceeded",
+                format!("Agency {agency} sends faster than route {route} allows; wait Retry-After seconds and resend with the same X-LGSP-Message-Id (RateLimit-Policy gives the quota)."),
+            ),
+            L::Overloaded { scope, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overload.shed",
+                format!("The gateway has too many requests in flight ({scope}); resend after Retry-After seconds."),
+            ),
+            L::BackendUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ratelimit.backend_unavailable",
+                "The shared rate-limit store is unreachable and the gateway is set to refuse meanwhile; resend after Retry-After seconds.".to_owned(),
+            ),
+        };
+        let blame = if matches!(l, L::RateLimited { .. }) {
+            Blame::Client
+        } else {
+            Blame::Gateway
+        };
+        return Rescued {
+            status,
+            code,
+            blame,
+            detail,
+            headers: l.headers(),
+            log: l.to_string(),
             errors: None,
         };
     }
@@ -207,22 +242,22 @@ pub fn rescue(e: &BoxError) -> Rescued {
             code: p.code(),
             blame: Blame::Client,
             detail: p.detail(),
-            allow: None,
+            headers: Vec::new(),
             log: p.to_string(),
             errors: p.errors().map(<[lgsp_schema::Violation]>::to_vec),
         };
     }
     if let Some(p) = e.downcast_ref::<ProxyError>() {
-        let allow = match p {
-            ProxyError::MethodNotAllowed { allow, .. } => Some(allow.clone()),
-            _ => None,
+        let headers = match p {
+            ProxyError::MethodNotAllowed { allow, .. } => vec![("allow", allow.clone())],
+            _ => Vec::new(),
         };
         return Rescued {
             status: p.status(),
             code: p.code(),
             blame: p.blame(),
             detail: p.detail(),
-            allow,
+            headers,
             log: p.to_string(),
             errors: None,
         };
@@ -232,7 +267,7 @@ pub fn rescue(e: &BoxError) -> Rescued {
         code: "gateway.internal",
         blame: Blame::Gateway,
         detail: "The gateway failed on its own; tell the LGSP operator the message id.".into(),
-        allow: None,
+        headers: Vec::new(),
         log: e.to_string(),
         errors: None,
     }
@@ -264,8 +299,10 @@ impl Rescued {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
-            resp.headers_mut().insert(header::ALLOW, allow);
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
         }
         resp
     }

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 use tower::util::BoxCloneService;
 
 use crate::forward::upstream_client;
+use crate::limit::LimitPolicy;
 use crate::listener::{ListenerSpec, spawn_tls_listener};
 use crate::route::RouteTable;
 use crate::stack::hop_stack;
@@ -33,6 +34,8 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error("rate limits: {0}")]
+    RateLimit(String),
     #[error("packet schemas: {0}")]
     Schemas(#[from] lgsp_schema::CatalogError),
     #[error("metrics registry: {0}")]
@@ -109,6 +112,14 @@ impl Gateway {
             today: None,
         };
         let validation = Arc::new(ValidationPolicy::new(catalog, options, &cfg.agencies));
+        let limits = Arc::new(
+            LimitPolicy::new(&cfg.ratelimit, &cfg.overload)
+                .map_err(|e| StartError::RateLimit(e.to_string()))?,
+        );
+        metrics
+            .ratelimit_backend_up
+            .with_label_values(&[limits.backend()])
+            .set(1);
         let mut prepared = Vec::new();
         for h in &cfg.hops {
             let mut s = spec(&h.name, &h.tls, drain)?;
@@ -131,7 +142,14 @@ impl Gateway {
             prepared.push((
                 h,
                 s,
-                hop_stack(hop, auth, routes, validation.clone(), client),
+                hop_stack(
+                    hop,
+                    auth,
+                    routes,
+                    limits.clone(),
+                    validation.clone(),
+                    client,
+                ),
             ));
         }
         let emulator = match &cfg.emulator {

@@ -7,6 +7,7 @@ pub mod error;
 mod forward;
 mod gateway;
 pub mod headers;
+pub mod limit;
 mod listener;
 mod route;
 mod stack;

@@ -11,6 +11,7 @@ use tower::util::BoxCloneService;
 
 use crate::body::Body;
 use crate::forward::{Forward, UpstreamClient};
+use crate::limit::{LimitLayer, LimitPolicy};
 use crate::route::{RouteLayer, RouteTable};
 use crate::trace::{HopContext, ObserveLayer};
 use crate::validate::{ValidateLayer, ValidationPolicy};
@@ -22,6 +23,7 @@ pub fn hop_stack(
     hop: Arc<HopContext>,
     auth: Arc<AuthPolicy>,
     routes: Arc<RouteTable>,
+    limits: Arc<LimitPolicy>,
     validation: Arc<ValidationPolicy>,
     client: UpstreamClient,
 ) -> HopService {
@@ -34,6 +36,9 @@ pub fn hop_stack(
         .layer(AuthLayer::new(auth))
         // Which route, whether the method fits, whether this agency may use it.
         .layer(RouteLayer::new(routes))
+        // Load shedding and the (agency, route) rate limit: after route (the quota is the route's, the key names
+        // it), before reading any body, so a flood costs no parsing.
+        .layer(LimitLayer::new(limits, hop.clone()))
         // The route's body limit; for packet routes the packet check (415 / 413 / 400 / 403 / 422). After route
         // and auth: the route names the message type and limit, the caller's agency bounds the MaDonVi.
         .layer(ValidateLayer::new(validation, hop.clone()))

@@ -345,7 +345,7 @@ async fn handle(
     }
     let Some(message_type) = route.config.message_type.clone() else {
         // No packet to check: stream the body through, cut at the limit.
-        return inner.call(req.map(|b| limited(b, limit))).await;
+        return crate::limit::call(&mut inner, req.map(|b| limited(b, limit))).await;
     };
     let ctype = req
         .headers()
@@ -390,7 +390,7 @@ async fn handle(
         )
     };
     match checked {
-        Ok(()) => inner.call(Request::from_parts(parts, full(bytes))).await,
+        Ok(()) => crate::limit::call(&mut inner, Request::from_parts(parts, full(bytes))).await,
         Err(e) => fail(e),
     }
 }

@@ -104,16 +104,18 @@ fn violation(f: &Field, rule: &'static str, message: String) -> Violation {
 
 /// Checks every rule; violations come in field order.
 pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
-    // Records: fields sharing a parent, in first-seen order.
-    let mut parents: Vec<&str> = Vec::new();
+    // Records: fields sharing a parent, in first-seen order (one pass; a batch may hold thousands of records).
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut records: Vec<Vec<&Field>> = Vec::new();
     for f in fields {
-        if !parents.contains(&f.parent.as_str()) {
-            parents.push(&f.parent);
-        }
+        let i = *index.entry(f.parent.as_str()).or_insert_with(|| {
+            records.push(Vec::new());
+            records.len() - 1
+        });
+        records[i].push(f);
     }
-    for parent in parents {
-        let record: Vec<&Field> = fields.iter().filter(|f| f.parent == parent).collect();
-        check_record(&record, today, out);
+    for record in &records {
+        check_record(record, today, out);
     }
 }
 

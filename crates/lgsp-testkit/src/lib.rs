@@ -191,6 +191,24 @@ pub fn parse(pki: &TestPki, text: &str) -> lgsp_config::Config {
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"))
 }
 
+/// An LGSP hop config before `upstream`, with `route_extra` appended to every route (e.g. `rate = "1/h"`) and
+/// `extra` appended to the file (e.g. a `[ratelimit]` section).
+pub fn lgsp_config_with(
+    pki: &TestPki,
+    upstream: SocketAddr,
+    route_extra: &str,
+    extra: &str,
+) -> String {
+    let base = hop_config(pki, "lgsp", "/lgsp/v1", upstream, "/ndxp/v1", &[]);
+    let mut text = base.replace(
+        "max_body_bytes = 1048576\n",
+        &format!("max_body_bytes = 1048576\n{route_extra}\n"),
+    );
+    text.push('\n');
+    text.push_str(extra);
+    text
+}
+
 /// agency → LGSP → NDXP → emulator, each its own [`Gateway`] on port 0.
 pub struct Chain {
     pub pki: TestPki,
@@ -201,6 +219,11 @@ pub struct Chain {
 
 impl Chain {
     pub async fn start() -> Chain {
+        Self::start_with("", "").await
+    }
+
+    /// A chain whose LGSP hop has `route_extra` on every route and `extra` in its config.
+    pub async fn start_with(route_extra: &str, extra: &str) -> Chain {
         let pki = TestPki::new();
         let emulator = Gateway::start(&parse(&pki, &emulator_config(&pki)))
             .await
@@ -226,7 +249,7 @@ impl Chain {
         let ndxp_addr = ndxp.hop_addr("ndxp").expect("ndxp addr");
         let lgsp = Gateway::start(&parse(
             &pki,
-            &hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]),
+            &lgsp_config_with(&pki, ndxp_addr, route_extra, extra),
         ))
         .await
         .expect("lgsp");

@@ -679,7 +679,11 @@ mod tests {
         assert!(Builtin::GYear.parse("2013").is_ok());
         // Found by the fuzzer: a multi-byte character where a zone would start.
         assert!(Builtin::Date.parse("20\u{feff}01-01").is_err());
-        assert!(Builtin::DateTime.parse("2026-10-31T00:00:00\u{feff}+07").is_err());
+        assert!(
+            Builtin::DateTime
+                .parse("2026-10-31T00:00:00\u{feff}+07")
+                .is_err()
+        );
     }
 
     #[test]
