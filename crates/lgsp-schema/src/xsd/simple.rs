@@ -82,14 +82,28 @@ impl Builtin {
 
     /// Whitespace handling of the type (XSD `whiteSpace`): preserve, replace or collapse.
     pub fn normalize(self, raw: &str) -> String {
+        self.normalized(raw).into_owned()
+    }
+
+    /// As [`Builtin::normalize`], borrowing when the value is already normal (the common case).
+    pub fn normalized(self, raw: &str) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        let ws = |b: u8| matches!(b, b'\t' | b'\n' | b'\r');
         match self {
-            Builtin::String => raw.to_owned(),
-            Builtin::NormalizedString => raw.replace(['\t', '\n', '\r'], " "),
-            _ => raw
-                .split([' ', '\t', '\n', '\r'])
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
+            Builtin::String => Cow::Borrowed(raw),
+            Builtin::NormalizedString if !raw.bytes().any(ws) => Cow::Borrowed(raw),
+            Builtin::NormalizedString => Cow::Owned(raw.replace(['\t', '\n', '\r'], " ")),
+            _ => {
+                let b = raw.as_bytes();
+                let normal = !b.first().is_some_and(|c| *c == b' ')
+                    && !b.last().is_some_and(|c| *c == b' ')
+                    && !b.iter().any(|c| ws(*c))
+                    && !b.windows(2).any(|w| w == b"  ");
+                if normal {
+                    return Cow::Borrowed(raw);
+                }
+                Cow::Owned(raw.split([' ', '\t', '\n', '\r']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+            }
         }
     }
 
@@ -450,7 +464,7 @@ impl SimpleType {
 
     /// Checks a raw (unnormalised) value against the type.
     pub fn check(&self, raw: &str) -> Result<(), SimpleError> {
-        let v = self.builtin.normalize(raw);
+        let v = self.builtin.normalized(raw);
         let value = self.builtin.parse(&v).map_err(|message| SimpleError {
             rule: "xsd.invalid_value",
             message,

@@ -49,6 +49,7 @@ struct Frame {
     local: String,
     path: String,
     line: usize,
+    /// Byte offset of the element's start (the column is counted from it only when needed).
     column: usize,
     counts: Vec<(String, u32)>,
     nil: bool,
@@ -58,35 +59,34 @@ struct Frame {
     broken: bool,
 }
 
-/// Byte offset → line and column, advancing monotonically over the input.
+/// Byte offset → line and column over the input; `starts` holds the offset of each line seen so far.
 struct Lines<'a> {
     text: &'a str,
     offset: usize,
-    line: usize,
-    line_start: usize,
+    starts: Vec<usize>,
 }
 
 impl<'a> Lines<'a> {
+    /// `(line, byte offset)` of `offset`: lines are counted as the offsets grow; columns are counted only when a
+    /// violation or a kept field needs one ([`Lines::column`]).
     fn at(&mut self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
-        if offset < self.offset {
-            // Rare (error positions): recount from the start.
-            self.offset = 0;
-            self.line = 1;
-            self.line_start = 0;
-        }
-        for (i, b) in self.text.as_bytes()[self.offset..offset].iter().enumerate() {
-            if *b == b'\n' {
-                self.line += 1;
-                self.line_start = self.offset + i + 1;
+        if offset > self.offset {
+            for (i, b) in self.text.as_bytes()[self.offset..offset].iter().enumerate() {
+                if *b == b'\n' {
+                    self.starts.push(self.offset + i + 1);
+                }
             }
+            self.offset = offset;
+            return (self.starts.len(), offset);
         }
-        self.offset = offset;
-        let col = self
-            .text
-            .get(self.line_start..offset)
-            .map_or(1, |s| s.chars().count() + 1);
-        (self.line, col)
+        (self.starts.partition_point(|s| *s <= offset).max(1), offset)
+    }
+
+    /// The 1-based column of `offset` on `line`.
+    fn column(&self, line: usize, offset: usize) -> usize {
+        let start = self.starts.get(line.saturating_sub(1)).copied().unwrap_or(0);
+        self.text.get(start..offset.min(self.text.len())).map_or(1, |s| s.chars().count() + 1)
     }
 }
 
@@ -96,6 +96,8 @@ struct Run<'s, 'i> {
     interest: &'s dyn Fn(&str) -> bool,
     out: XmlOutcome,
     stack: Vec<Frame>,
+    /// Reused buffer for NFA steps.
+    scratch: Vec<usize>,
     lines: Lines<'i>,
     root_seen: bool,
 }
@@ -119,7 +121,7 @@ impl<'s, 'i> Run<'s, 'i> {
         self.out.violations.push(Violation {
             path: path.to_owned(),
             line: Some(at.0),
-            column: Some(at.1),
+            column: Some(self.lines.column(at.0, at.1)),
             rule,
             message,
         });
@@ -134,7 +136,7 @@ impl<'s, 'i> Run<'s, 'i> {
         self.out.violations.push(Violation {
             path,
             line: Some(at.0),
-            column: Some(at.1),
+            column: Some(self.lines.column(at.0, at.1)),
             rule,
             message,
         });
@@ -157,7 +159,10 @@ impl<'s, 'i> Run<'s, 'i> {
 
     fn child_path(&mut self, local: &str, repeatable: bool) -> String {
         let Some(parent) = self.stack.last_mut() else {
-            return format!("/{local}");
+            let mut p = String::with_capacity(local.len() + 1);
+            p.push('/');
+            p.push_str(local);
+            return p;
         };
         let n = match parent.counts.iter_mut().find(|(k, _)| k == local) {
             Some((_, n)) => {
@@ -169,11 +174,17 @@ impl<'s, 'i> Run<'s, 'i> {
                 1
             }
         };
+        // Built with push_str: this runs for every element, and `format!` costs more than the validation.
+        let mut p = String::with_capacity(parent.path.len() + local.len() + 8);
+        p.push_str(&parent.path);
+        p.push('/');
+        p.push_str(local);
         if repeatable || n > 1 {
-            format!("{}/{local}[{n}]", parent.path)
-        } else {
-            format!("{}/{local}", parent.path)
+            p.push('[');
+            push_number(&mut p, n);
+            p.push(']');
         }
+        p
     }
 
     /// Decides which declaration the new child is, or reports why none.
@@ -200,9 +211,9 @@ impl<'s, 'i> Run<'s, 'i> {
                 let Content::Model(nfa) = &schema.complex[*ct].content else {
                     return None;
                 };
-                let (next, matched) = nfa.step(states, matches);
-                if let Some(d) = matched.filter(|_| !next.is_empty()) {
-                    *states = next;
+                let matched = nfa.step_into(states, matches, &mut self.scratch);
+                if let Some(d) = matched.filter(|_| !self.scratch.is_empty()) {
+                    std::mem::swap(states, &mut self.scratch);
                     return Some(d);
                 }
                 let expected = nfa.expected(states);
@@ -635,13 +646,29 @@ impl<'s, 'i> Run<'s, 'i> {
                             value: self.schema.simple[st].builtin.normalize(&frame.text),
                             path: frame.path.clone(),
                             line: Some(frame.line),
-                            column: Some(frame.column),
+                            column: Some(self.lines.column(frame.line, frame.column)),
                         });
                     }
                 }
             }
             _ => {}
         }
+    }
+}
+
+fn push_number(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
     }
 }
 
@@ -713,11 +740,11 @@ pub fn validate(
         interest,
         out: XmlOutcome::default(),
         stack: Vec::new(),
+        scratch: Vec::new(),
         lines: Lines {
             text,
             offset: 0,
-            line: 1,
-            line_start: 0,
+            starts: vec![0],
         },
         root_seen: false,
     };
