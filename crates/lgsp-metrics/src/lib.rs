@@ -35,6 +35,8 @@ pub struct Metrics {
     pub load_shed: IntCounterVec,
     /// `lgsp_ratelimit_backend_up{backend}`.
     pub ratelimit_backend_up: IntGaugeVec,
+    /// `lgsp_certificate_expiry_timestamp_seconds{hop,role,subject}`.
+    pub certificate_expiry: prometheus::GaugeVec,
     /// `lgsp_connections_open{hop}`.
     pub connections_open: IntGaugeVec,
     /// `lgsp_emulator_packets_total{message_type,result}`.
@@ -118,6 +120,14 @@ impl Metrics {
             &["backend"],
         )?;
         registry.register(Box::new(ratelimit_backend_up.clone()))?;
+        let certificate_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "lgsp_certificate_expiry_timestamp_seconds",
+                "When each configured certificate expires (notAfter) or CRL needs replacing (nextUpdate), Unix seconds; role is server, client, ca or crl.",
+            ),
+            &["hop", "role", "subject"],
+        )?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
         let connections_open = IntGaugeVec::new(
             Opts::new(
                 "lgsp_connections_open",
@@ -157,6 +167,7 @@ impl Metrics {
             ratelimited,
             load_shed,
             ratelimit_backend_up,
+            certificate_expiry,
             connections_open,
             emulator_packets,
         }))

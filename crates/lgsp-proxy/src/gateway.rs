@@ -89,6 +89,27 @@ fn spec(name: &str, tls: &ServerTlsConfig, drain: Duration) -> Result<ListenerSp
     })
 }
 
+/// Exports when each certificate and CRL of a listener (and its upstream identity) stops being usable.
+fn export_expiry(metrics: &Metrics, hop: &str, tls: &ServerTlsConfig, upstream: Option<&lgsp_config::ClientTlsConfig>) -> Result<(), TlsError> {
+    let mut all = lgsp_tls::cert_expiry(&tls.cert, "server")?;
+    for ca in &tls.client_ca {
+        all.extend(lgsp_tls::cert_expiry(ca, "ca")?);
+    }
+    for crl in &tls.crls {
+        all.extend(lgsp_tls::crl_expiry(crl)?);
+    }
+    if let Some(u) = upstream {
+        all.extend(lgsp_tls::cert_expiry(&u.cert, "client")?);
+        for ca in &u.ca {
+            all.extend(lgsp_tls::cert_expiry(ca, "ca")?);
+        }
+    }
+    for e in all {
+        metrics.certificate_expiry.with_label_values(&[hop, e.role, &e.subject]).set(e.at as f64);
+    }
+    Ok(())
+}
+
 impl Gateway {
     /// Loads every certificate first (so a bad file fails before anything listens), then binds and serves.
     pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
@@ -127,6 +148,7 @@ impl Gateway {
             s.max_header_bytes = h.max_header_bytes;
             s.max_connections = h.max_connections;
             let client = upstream_client(lgsp_tls::client_config(&h.upstream_tls)?);
+            export_expiry(&metrics, &h.name, &h.tls, Some(&h.upstream_tls))?;
             let hop = Arc::new(HopContext {
                 name: Arc::from(h.name.as_str()),
                 peers: h.peers.iter().cloned().collect::<HashSet<_>>(),
@@ -151,6 +173,9 @@ impl Gateway {
                     client,
                 ),
             ));
+        }
+        if let Some(e) = &cfg.emulator {
+            export_expiry(&metrics, "emulator", &e.tls, None)?;
         }
         let emulator = match &cfg.emulator {
             Some(e) => Some((
