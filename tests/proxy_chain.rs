@@ -467,12 +467,28 @@ async fn admin_listener_serves_health_readiness_and_metrics() {
 #[tokio::test]
 async fn certificate_and_crl_expiry_is_exported() {
     let chain = Chain::start().await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let m = &chain.lgsp.metrics.certificate_expiry;
-    let server = m.with_label_values(&["lgsp", "server", "lgsp.lgsp-gateway.localhost"]).get();
-    assert!(server > now + 700.0 * 86_400.0, "dev server certificates live 825 days: {server}");
+    let server = m
+        .with_label_values(&["lgsp", "server", "lgsp.lgsp-gateway.localhost"])
+        .get();
+    assert!(
+        server > now + 700.0 * 86_400.0,
+        "dev server certificates live 825 days: {server}"
+    );
     assert!(m.with_label_values(&["lgsp", "client", "LGSP-DEV"]).get() > now);
-    assert!(m.with_label_values(&["lgsp", "ca", "lgsp-gateway dev CA"]).get() > now + 3000.0 * 86_400.0);
-    assert!(m.with_label_values(&["lgsp", "crl", "lgsp-gateway dev CA"]).get() > now + 300.0 * 86_400.0);
+    assert!(
+        m.with_label_values(&["lgsp", "ca", "lgsp-gateway dev CA"])
+            .get()
+            > now + 3000.0 * 86_400.0
+    );
+    assert!(
+        m.with_label_values(&["lgsp", "crl", "lgsp-gateway dev CA"])
+            .get()
+            > now + 300.0 * 86_400.0
+    );
     chain.shutdown().await;
 }

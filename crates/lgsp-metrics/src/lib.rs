@@ -37,10 +37,14 @@ pub struct Metrics {
     pub ratelimit_backend_up: IntGaugeVec,
     /// `lgsp_certificate_expiry_timestamp_seconds{hop,role,subject}`.
     pub certificate_expiry: prometheus::GaugeVec,
+    /// `lgsp_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
     /// `lgsp_connections_open{hop}`.
     pub connections_open: IntGaugeVec,
     /// `lgsp_emulator_packets_total{message_type,result}`.
     pub emulator_packets: IntCounterVec,
+    /// `lgsp_build_info{version,rustc}` (always 1).
+    pub build_info: IntGaugeVec,
 }
 
 fn counter(
@@ -128,6 +132,12 @@ impl Metrics {
             &["hop", "role", "subject"],
         )?;
         registry.register(Box::new(certificate_expiry.clone()))?;
+        let config_reloads = counter(
+            &registry,
+            "lgsp_config_reloads_total",
+            "Config reloads (SIGHUP or POST /admin/reload) by result: success, or failure (the old config keeps serving).",
+            &["result"],
+        )?;
         let connections_open = IntGaugeVec::new(
             Opts::new(
                 "lgsp_connections_open",
@@ -168,8 +178,10 @@ impl Metrics {
             load_shed,
             ratelimit_backend_up,
             certificate_expiry,
+            config_reloads,
             connections_open,
             emulator_packets,
+            build_info,
         }))
     }
 
@@ -179,6 +191,42 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The name of every family this registry holds, samples or not (dashboards and alert rules are checked
+    /// against it).
+    pub fn family_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 4] = [
+            &self.requests,
+            &self.duration,
+            &self.certificate_expiry,
+            &self.connections_open,
+        ];
+        let mut names: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect();
+        let more: [&dyn Collector; 10] = [
+            &self.upstream_errors,
+            &self.auth_failures,
+            &self.tls_handshake_failures,
+            &self.validation_failures,
+            &self.ratelimited,
+            &self.load_shed,
+            &self.ratelimit_backend_up,
+            &self.config_reloads,
+            &self.emulator_packets,
+            &self.build_info,
+        ];
+        names.extend(
+            more.iter()
+                .flat_map(|c| c.desc())
+                .map(|d| d.fq_name.clone()),
+        );
+        names.sort();
+        names
     }
 
     /// Counts one refusal by authentication or authorisation.

@@ -90,7 +90,12 @@ fn spec(name: &str, tls: &ServerTlsConfig, drain: Duration) -> Result<ListenerSp
 }
 
 /// Exports when each certificate and CRL of a listener (and its upstream identity) stops being usable.
-fn export_expiry(metrics: &Metrics, hop: &str, tls: &ServerTlsConfig, upstream: Option<&lgsp_config::ClientTlsConfig>) -> Result<(), TlsError> {
+fn export_expiry(
+    metrics: &Metrics,
+    hop: &str,
+    tls: &ServerTlsConfig,
+    upstream: Option<&lgsp_config::ClientTlsConfig>,
+) -> Result<(), TlsError> {
     let mut all = lgsp_tls::cert_expiry(&tls.cert, "server")?;
     for ca in &tls.client_ca {
         all.extend(lgsp_tls::cert_expiry(ca, "ca")?);
@@ -105,7 +110,10 @@ fn export_expiry(metrics: &Metrics, hop: &str, tls: &ServerTlsConfig, upstream: 
         }
     }
     for e in all {
-        metrics.certificate_expiry.with_label_values(&[hop, e.role, &e.subject]).set(e.at as f64);
+        metrics
+            .certificate_expiry
+            .with_label_values(&[hop, e.role, &e.subject])
+            .set(e.at as f64);
     }
     Ok(())
 }

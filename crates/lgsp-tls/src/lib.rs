@@ -26,17 +26,27 @@ pub struct Expiry {
 }
 
 fn subject_label(name: &x509_parser::x509::X509Name<'_>) -> String {
-    name.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map_or_else(|| name.to_string(), str::to_owned)
+    name.iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map_or_else(|| name.to_string(), str::to_owned)
 }
 
 /// The expiry of every certificate in `path` (for a chain: each of them) under `role`.
-pub fn cert_expiry(path: &lgsp_config::ConfigPath, role: &'static str) -> Result<Vec<Expiry>, TlsError> {
+pub fn cert_expiry(
+    path: &lgsp_config::ConfigPath,
+    role: &'static str,
+) -> Result<Vec<Expiry>, TlsError> {
     use x509_parser::prelude::FromDer;
     let mut out = Vec::new();
     for der in load_certs(path)? {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref())
             .map_err(|e| TlsError::at(path, format!("certificate cannot be parsed: {e}")))?;
-        out.push(Expiry { role, subject: subject_label(cert.subject()), at: cert.validity().not_after.timestamp() });
+        out.push(Expiry {
+            role,
+            subject: subject_label(cert.subject()),
+            at: cert.validity().not_after.timestamp(),
+        });
     }
     Ok(out)
 }
@@ -46,10 +56,15 @@ pub fn crl_expiry(path: &lgsp_config::ConfigPath) -> Result<Vec<Expiry>, TlsErro
     use x509_parser::prelude::FromDer;
     let mut out = Vec::new();
     for der in load_crls(path)? {
-        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
-            .map_err(|e| TlsError::at(path, format!("CRL cannot be parsed: {e}")))?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+                .map_err(|e| TlsError::at(path, format!("CRL cannot be parsed: {e}")))?;
         if let Some(next) = crl.next_update() {
-            out.push(Expiry { role: "crl", subject: subject_label(crl.issuer()), at: next.timestamp() });
+            out.push(Expiry {
+                role: "crl",
+                subject: subject_label(crl.issuer()),
+                at: next.timestamp(),
+            });
         }
     }
     Ok(out)

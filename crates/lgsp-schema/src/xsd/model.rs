@@ -160,14 +160,23 @@ impl Nfa {
     }
 
     /// States after reading `decl`'s element, given a predicate telling which declarations match it.
-    pub fn step(&self, states: &[usize], matches: impl Fn(ElemId) -> bool) -> (Vec<usize>, Option<ElemId>) {
+    pub fn step(
+        &self,
+        states: &[usize],
+        matches: impl Fn(ElemId) -> bool,
+    ) -> (Vec<usize>, Option<ElemId>) {
         let mut next = Vec::new();
         let matched = self.step_into(states, matches, &mut next);
         (next, matched)
     }
 
     /// As [`Nfa::step`], into a buffer the caller reuses (no allocation per element once it has grown).
-    pub fn step_into(&self, states: &[usize], matches: impl Fn(ElemId) -> bool, next: &mut Vec<usize>) -> Option<ElemId> {
+    pub fn step_into(
+        &self,
+        states: &[usize],
+        matches: impl Fn(ElemId) -> bool,
+        next: &mut Vec<usize>,
+    ) -> Option<ElemId> {
         next.clear();
         let mut matched = None;
         for &s in states {

@@ -102,7 +102,12 @@ impl Builtin {
                 if normal {
                     return Cow::Borrowed(raw);
                 }
-                Cow::Owned(raw.split([' ', '\t', '\n', '\r']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+                Cow::Owned(
+                    raw.split([' ', '\t', '\n', '\r'])
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
             }
         }
     }

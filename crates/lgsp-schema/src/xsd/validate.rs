@@ -85,8 +85,14 @@ impl<'a> Lines<'a> {
 
     /// The 1-based column of `offset` on `line`.
     fn column(&self, line: usize, offset: usize) -> usize {
-        let start = self.starts.get(line.saturating_sub(1)).copied().unwrap_or(0);
-        self.text.get(start..offset.min(self.text.len())).map_or(1, |s| s.chars().count() + 1)
+        let start = self
+            .starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        self.text
+            .get(start..offset.min(self.text.len()))
+            .map_or(1, |s| s.chars().count() + 1)
     }
 }
 
