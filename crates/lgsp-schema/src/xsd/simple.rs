@@ -95,8 +95,8 @@ impl Builtin {
             Builtin::NormalizedString => Cow::Owned(raw.replace(['\t', '\n', '\r'], " ")),
             _ => {
                 let b = raw.as_bytes();
-                let normal = !b.first().is_some_and(|c| *c == b' ')
-                    && !b.last().is_some_and(|c| *c == b' ')
+                let normal = b.first().is_none_or(|c| *c != b' ')
+                    && b.last().is_none_or(|c| *c != b' ')
                     && !b.iter().any(|c| ws(*c))
                     && !b.windows(2).any(|w| w == b"  ");
                 if normal {
