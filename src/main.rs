@@ -157,7 +157,7 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
-        let gateway = Gateway::start(&cfg).await?;
+        let gateway = Gateway::start_from(&cfg, config.map(Path::to_owned)).await?;
         for h in &gateway.hops {
             println!("listening: hop {} https://{}", h.name, h.addr);
         }
@@ -170,7 +170,7 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
             Some(curl) => println!("{curl}"),
             None => println!("# no dev agency certificate and key found for a sample curl; see README \"Connecting an agency\""),
         }
-        wait_for_signal().await;
+        wait_for_signal(&gateway.reloader).await;
         tracing::info!("draining in-flight requests");
         gateway.shutdown().await;
         tracing::info!("stopped");
@@ -178,24 +178,33 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// Waits for Ctrl-C or SIGTERM; reloads the config on every SIGHUP meanwhile.
+async fn wait_for_signal(reloader: &lgsp_proxy::Reloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    let r = reloader.clone();
+                    // The outcome is logged and counted by the reloader itself.
+                    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = reloader;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -31,6 +31,9 @@ impl Readiness {
     }
 }
 
+/// Reloads the config; `Ok` carries a summary, `Err` why the file was refused (the old config keeps serving).
+pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 /// A running admin listener.
 pub struct AdminHandle {
     pub local_addr: SocketAddr,
@@ -39,8 +42,45 @@ pub struct AdminHandle {
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-fn answer(metrics: &Metrics, ready: &Readiness, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    metrics: &Metrics,
+    ready: &Readiness,
+    reload: Option<&ReloadHook>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/admin/reload") => match reload {
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "this process does not reload\n".to_owned(),
+            ),
+            Some(hook) => {
+                let hook = hook.clone();
+                match tokio::task::spawn_blocking(move || hook()).await {
+                    Ok(Ok(summary)) => (
+                        StatusCode::OK,
+                        "text/plain",
+                        format!("reloaded: {summary}\n"),
+                    ),
+                    Ok(Err(e)) => (
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!("reload refused, the old config keeps serving:\n{e}\n"),
+                    ),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("reload failed: {e}\n"),
+                    ),
+                }
+            }
+        },
+        (_, "/admin/reload") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".to_owned(),
+        ),
         (&Method::GET | &Method::HEAD, "/metrics") => {
             (StatusCode::OK, PROMETHEUS_TEXT, metrics.encode())
         }
@@ -85,6 +125,7 @@ pub fn serve_admin(
     metrics: Arc<Metrics>,
     ready: Readiness,
     mut shutdown: watch::Receiver<bool>,
+    reload: Option<ReloadHook>,
 ) -> std::io::Result<AdminHandle> {
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -94,11 +135,13 @@ pub fn serve_admin(
                 _ = shutdown.wait_for(|s| *s) => break,
             };
             let Ok((stream, _)) = accepted else { continue };
-            let (metrics, ready) = (metrics.clone(), ready.clone());
+            let (metrics, ready, reload) = (metrics.clone(), ready.clone(), reload.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let resp = answer(&metrics, &ready, &req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let (metrics, ready, reload) = (metrics.clone(), ready.clone(), reload.clone());
+                    async move {
+                        Ok::<_, Infallible>(answer(&metrics, &ready, reload.as_ref(), &req).await)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())

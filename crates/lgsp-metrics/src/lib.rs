@@ -11,7 +11,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-pub use admin::{AdminHandle, Readiness, serve_admin};
+pub use admin::{AdminHandle, Readiness, ReloadHook, serve_admin};
 pub use labels::{RequestLabels, UNKNOWN};
 
 /// Every metric family of the gateway.

@@ -15,8 +15,8 @@ mod trace;
 pub mod validate;
 
 pub use forward::{Forward, UpstreamClient, upstream_client, upstream_uri};
-pub use gateway::{Bound, Gateway, StartError};
-pub use listener::{ListenerSpec, spawn_tls_listener};
+pub use gateway::{Bound, Gateway, Reloader, StartError};
+pub use listener::{ListenerSpec, ListenerState, LiveState, spawn_tls_listener};
 pub use route::{Route, RouteLayer, RouteTable};
 pub use stack::{HopService, hop_stack};
 pub use trace::{HopContext, ObserveLayer};

@@ -13,7 +13,7 @@ use http::{HeaderValue, Request, Response};
 use lgsp_auth::Caller;
 use lgsp_config::{OverloadConfig, RateLimitBackend, RateLimitConfig, RateSpec};
 use lgsp_ratelimit::{Decision, Key, Limiter, LocalLimiter, Quota, RedisLimiter};
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::BoxError;
@@ -209,7 +209,7 @@ fn state_header(route: &str, remaining: u32, reset: Duration) -> String {
     format!("\"{route}\";r={remaining};t={}", secs_up(reset))
 }
 
-type Inner = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 #[derive(Clone)]
 pub struct LimitLayer {
@@ -225,14 +225,18 @@ impl LimitLayer {
 
 impl<S> Layer<S> for LimitLayer
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     type Service = Limit;
 
     fn layer(&self, inner: S) -> Limit {
         Limit {
-            inner: BoxCloneService::new(inner),
+            inner: BoxCloneSyncService::new(inner),
             policy: self.policy.clone(),
             hop: self.hop.clone(),
         }

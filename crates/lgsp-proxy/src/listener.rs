@@ -22,14 +22,22 @@ use tower::ServiceExt;
 use crate::body::{Body, boxed};
 use crate::stack::HopService;
 
-/// How one TLS listener behaves.
+/// What a listener serves with; swapped whole by a reload. Connections take the TLS part when they are
+/// accepted; requests take the service when they arrive, so in-flight requests finish on the state they began with.
+pub struct ListenerState {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub identity_uri_prefix: String,
+    pub handshake_timeout: Duration,
+    pub service: HopService,
+}
+
+pub type LiveState = Arc<arc_swap::ArcSwap<ListenerState>>;
+
+/// How one TLS listener behaves (fixed for the life of the socket; a restart changes these).
 #[derive(Clone)]
 pub struct ListenerSpec {
     /// `hop` label of this listener's metrics.
     pub name: Arc<str>,
-    pub tls: Arc<rustls::ServerConfig>,
-    pub identity_uri_prefix: String,
-    pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
@@ -52,7 +60,7 @@ fn http_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
 /// Puts the connection's client identity on each request and boxes its body for the stack.
 #[derive(Clone)]
 struct WithIdentity {
-    inner: HopService,
+    state: LiveState,
     identity: Option<PeerIdentity>,
 }
 
@@ -73,7 +81,7 @@ impl tower::Service<Request<Incoming>> for WithIdentity {
         if let Some(id) = &self.identity {
             req.extensions_mut().insert(id.clone());
         }
-        self.inner.clone().oneshot(req)
+        self.state.load().service.clone().oneshot(req)
     }
 }
 
@@ -86,11 +94,10 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 pub fn spawn_tls_listener(
     listener: TcpListener,
     spec: ListenerSpec,
-    service: HopService,
+    state: LiveState,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let acceptor = TlsAcceptor::from(spec.tls.clone());
     let builder = Arc::new(http_builder(&spec));
     let slots = Arc::new(Semaphore::new(spec.max_connections));
     tokio::spawn(async move {
@@ -118,18 +125,23 @@ pub fn spawn_tls_listener(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, spec, service, metrics, builder) = (
-                acceptor.clone(),
+            // The TLS settings in force when the connection arrives (a reload swaps them for later ones).
+            let current = state.load_full();
+            let acceptor = TlsAcceptor::from(current.tls.clone());
+            let (spec, state, metrics, builder) = (
                 spec.clone(),
-                service.clone(),
+                state.clone(),
                 metrics.clone(),
                 builder.clone(),
             );
             let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _permit = permit;
-                let tls = match tokio::time::timeout(spec.handshake_timeout, acceptor.accept(tcp))
-                    .await
+                let tls = match tokio::time::timeout(
+                    current.handshake_timeout,
+                    acceptor.accept(tcp),
+                )
+                .await
                 {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -146,7 +158,7 @@ pub fn spawn_tls_listener(
                             .tls_handshake_failures
                             .with_label_values(&[&spec.name, HandshakeFailure::Timeout.as_str()])
                             .inc();
-                        tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = "timeout", "TLS handshake not finished within {:?}", spec.handshake_timeout);
+                        tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = "timeout", "TLS handshake not finished within {:?}", current.handshake_timeout);
                         return;
                     }
                 };
@@ -155,7 +167,7 @@ pub fn spawn_tls_listener(
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
-                    .map(|leaf| PeerIdentity::from_certificate(leaf, &spec.identity_uri_prefix));
+                    .map(|leaf| PeerIdentity::from_certificate(leaf, &current.identity_uri_prefix));
                 let identity = match identity {
                     Some(Ok(id)) => Some(id),
                     Some(Err(e)) => {
@@ -167,10 +179,7 @@ pub fn spawn_tls_listener(
                 tracing::debug!(hop = %spec.name, peer = %peer_addr, identity = ?identity.as_ref().map(|i| &i.id), "connection open");
                 let open = metrics.connections_open.with_label_values(&[&spec.name]);
                 open.inc();
-                let svc = WithIdentity {
-                    inner: service,
-                    identity,
-                };
+                let svc = WithIdentity { state, identity };
                 let conn =
                     builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
                 if let Err(e) = watcher.watch(conn.into_owned()).await {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use lgsp_auth::{AuthLayer, AuthPolicy};
 use tower::ServiceBuilder;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 
 use crate::body::Body;
 use crate::forward::{Forward, UpstreamClient};
@@ -17,7 +17,7 @@ use crate::trace::{HopContext, ObserveLayer};
 use crate::validate::{ValidateLayer, ValidationPolicy};
 
 /// A hop's whole stack as one cloneable service that never fails (errors are already problem+json).
-pub type HopService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+pub type HopService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 pub fn hop_stack(
     hop: Arc<HopContext>,
@@ -44,5 +44,5 @@ pub fn hop_stack(
         .layer(ValidateLayer::new(validation, hop.clone()))
         // Innermost: to the upstream over mTLS as this hop's own identity.
         .service(Forward::new(client, hop));
-    BoxCloneService::new(stack)
+    BoxCloneSyncService::new(stack)
 }

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use lgsp_auth::Caller;
 use lgsp_config::AgencyConfig;
 use lgsp_schema::{Catalog, Format, Options, Violation};
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 use crate::BoxError;
@@ -176,18 +176,22 @@ impl ValidateLayer {
 }
 
 /// The service below validation, boxed so the future built here has concrete types.
-type Inner = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 impl<S> Layer<S> for ValidateLayer
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     type Service = Validate;
 
     fn layer(&self, inner: S) -> Validate {
         Validate {
-            inner: BoxCloneService::new(inner),
+            inner: BoxCloneSyncService::new(inner),
             policy: self.policy.clone(),
             hop: self.hop.clone(),
         }

@@ -411,9 +411,6 @@ impl HeldUpstream {
         let tls = cfg.emulator.expect("emulator section").tls;
         let spec = lgsp_proxy::ListenerSpec {
             name: Arc::from("held"),
-            tls: lgsp_tls::server_config(&tls).expect("server config"),
-            identity_uri_prefix: tls.identity_uri_prefix.clone(),
-            handshake_timeout: tls.handshake_timeout,
             header_read_timeout: std::time::Duration::from_secs(5),
             max_header_bytes: 65536,
             max_connections: 64,
@@ -438,13 +435,14 @@ impl HeldUpstream {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::watch::channel(false);
         let metrics = lgsp_metrics_handle();
-        lgsp_proxy::spawn_tls_listener(
-            listener,
-            spec,
-            tower::util::BoxCloneService::new(svc),
-            metrics,
-            rx,
-        );
+        let state = lgsp_proxy::ListenerState {
+            tls: lgsp_tls::server_config(&tls).expect("server config"),
+            identity_uri_prefix: tls.identity_uri_prefix.clone(),
+            handshake_timeout: tls.handshake_timeout,
+            service: tower::util::BoxCloneSyncService::new(svc),
+        };
+        let live = Arc::new(arc_swap::ArcSwap::from_pointee(state));
+        lgsp_proxy::spawn_tls_listener(listener, spec, live, metrics, rx);
         HeldUpstream {
             addr,
             arrived,
