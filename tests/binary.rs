@@ -46,14 +46,23 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str], cwd: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(cwd)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn lgsp-gateway");
+        Self::spawn_logging(args, cwd, None)
+    }
+
+    /// Spawns with the config's own log settings, stderr written to `log` (None: `RUST_LOG=warn`, inherited).
+    fn spawn_logging(args: &[&str], cwd: &Path, log: Option<&Path>) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(cwd).stdout(Stdio::piped());
+        match log {
+            Some(file) => {
+                cmd.env_remove("RUST_LOG")
+                    .stderr(Stdio::from(std::fs::File::create(file).expect("log file")));
+            }
+            None => {
+                cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn lgsp-gateway");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -391,4 +400,97 @@ fn validate_checks_files_offline_with_the_gateway_rules() {
     assert!(!ok);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["errors"][0]["rule"], "cccd.province");
+}
+
+#[test]
+fn json_access_log_has_one_line_per_request_without_key_or_packet_and_sighup_reloads() {
+    if !tool("curl") {
+        return;
+    }
+    let pki = TestPki::new();
+    let dir = pki.dir().to_owned();
+    let down: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let text = hop_config(&pki, "lgsp", "/lgsp/v1", down, "/ndxp/v1", &[]).replace(
+        "[log]\nlevel = \"warn\"\n",
+        "[log]\nformat = \"json\"\nlevel = \"info\"\n",
+    );
+    let config = write(&dir, "lgsp-json.toml", &text);
+    let log = dir.join("lgsp.log");
+    let mut lgsp = Proc::spawn_logging(&["run", "--config", &config], &dir, Some(&log));
+    let port = lgsp.port("listening: hop lgsp");
+    let ca = pki.path("ca.pem").display().to_string();
+    let key = "lgsp_dev_000.00.00.H29_production";
+    let body = dir.join("packet.xml");
+    std::fs::write(&body, sample("valid/HoSoCBCCVC-02-toi-thieu.xml")).unwrap();
+    let curl = format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}' --cert {c}.pem --key {c}.key --cacert {ca} -H 'X-API-Key: {key}' -H 'Content-Type: application/xml' --data-binary @{b} https://localhost:{port}/lgsp/v1/HoSoCBCCVC",
+        c = pki.path(AGENCY_OK).display(),
+        b = body.display()
+    );
+    let (_, code, _) = sh(&curl);
+    assert_eq!(code, "502", "the upstream is down in this test");
+
+    // SIGHUP reloads the file: the counter shows it.
+    std::fs::write(
+        &config,
+        text.replace("timeout = \"5s\"", "timeout = \"6s\""),
+    )
+    .unwrap();
+    let pid = lgsp.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let metrics_url = lgsp
+        .line("metrics: ")
+        .trim_start_matches("metrics: ")
+        .to_owned();
+    let mut reloaded = false;
+    for _ in 0..200 {
+        let (_, m, _) = sh(&format!("curl -sS {metrics_url}"));
+        if m.contains("lgsp_config_reloads_total{result=\"success\"} 1") {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(reloaded, "SIGHUP did not reload");
+    assert!(lgsp.terminate());
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "lgsp::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{logs}");
+    let a = &access[0];
+    for field in [
+        "message_id",
+        "agency",
+        "route",
+        "status",
+        "duration_ms",
+        "bytes_in",
+        "bytes_out",
+        "mode",
+    ] {
+        assert!(!a[field].is_null(), "access log lacks {field}: {a}");
+    }
+    assert_eq!(
+        (
+            a["agency"].as_str(),
+            a["status"].as_u64(),
+            a["mode"].as_str()
+        ),
+        (Some(H29), Some(502), Some("production"))
+    );
+    assert!(!logs.contains(key), "the API key must never be logged");
+    assert!(
+        !logs.contains("Nguyễn") && !logs.contains("001090012345"),
+        "packet content must never be logged"
+    );
 }

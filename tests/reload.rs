@@ -21,7 +21,12 @@ async fn lgsp_from_file(chain: &Chain, text: &str) -> (lgsp_proxy::Gateway, std:
     let path = chain.pki.path("lgsp-reload.toml");
     std::fs::write(&path, text).unwrap();
     let cfg = parse(&chain.pki, text);
-    (lgsp_proxy::Gateway::start_from(&cfg, Some(path.clone())).await.unwrap(), path)
+    (
+        lgsp_proxy::Gateway::start_from(&cfg, Some(path.clone()))
+            .await
+            .unwrap(),
+        path,
+    )
 }
 
 /// Relative paths of the test config resolve in the PKI dir; `load` resolves them in the current directory, so
@@ -29,7 +34,14 @@ async fn lgsp_from_file(chain: &Chain, text: &str) -> (lgsp_proxy::Gateway, std:
 fn absolute(chain: &Chain, text: &str) -> String {
     let dir = chain.pki.dir().display().to_string();
     let mut out = text.to_owned();
-    for f in ["ca.pem", "ca.crl.pem", "lgsp-server.pem", "lgsp-server.key", "lgsp-client.pem", "lgsp-client.key"] {
+    for f in [
+        "ca.pem",
+        "ca.crl.pem",
+        "lgsp-server.pem",
+        "lgsp-server.key",
+        "lgsp-client.pem",
+        "lgsp-client.key",
+    ] {
         out = out.replace(&format!("\"{f}\""), &format!("\"{dir}/{f}\""));
     }
     out
@@ -38,7 +50,9 @@ fn absolute(chain: &Chain, text: &str) -> String {
 async fn admin_post(admin: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let req = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.unwrap();
@@ -51,12 +65,21 @@ async fn reloading_under_continuous_load_fails_no_request() {
     let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
     let base = absolute(&chain, &lgsp_config_with(&chain.pki, ndxp, "", ""));
     let (lgsp, path) = lgsp_from_file(&chain, &base).await;
-    let url = format!("https://localhost:{}/lgsp/v1/HoSoCBCCVC", lgsp.hop_addr("lgsp").unwrap().port());
+    let url = format!(
+        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
+        lgsp.hop_addr("lgsp").unwrap().port()
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut workers = Vec::new();
     for http2 in [false, true] {
-        let (client, url, stop, ok, failed) = (TestClient::new(&chain.pki, Some(AGENCY_OK), http2), url.clone(), stop.clone(), ok.clone(), failed.clone());
+        let (client, url, stop, ok, failed) = (
+            TestClient::new(&chain.pki, Some(AGENCY_OK), http2),
+            url.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let body = packet();
             // Bounded: at most 2000 requests per worker, stopping as soon as the reloads are done.
@@ -73,14 +96,21 @@ async fn reloading_under_continuous_load_fails_no_request() {
     }
     for i in 0..12 {
         // Alternate two real changes: the route timeout and the log level.
-        let text = if i % 2 == 0 { base.replace("timeout = \"5s\"\nagencies", "timeout = \"7s\"\nagencies") } else { base.clone() };
+        let text = if i % 2 == 0 {
+            base.replace("timeout = \"5s\"\nagencies", "timeout = \"7s\"\nagencies")
+        } else {
+            base.clone()
+        };
         std::fs::write(&path, text).unwrap();
         if i % 3 == 0 {
             let answer = admin_post(lgsp.admin, "/admin/reload").await;
             assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         } else {
             let r = lgsp.reloader.clone();
-            tokio::task::spawn_blocking(move || r.reload()).await.unwrap().unwrap();
+            tokio::task::spawn_blocking(move || r.reload())
+                .await
+                .unwrap()
+                .unwrap();
         }
         // Let some requests through on each config.
         let before = ok.load(Ordering::Relaxed);
@@ -92,9 +122,19 @@ async fn reloading_under_continuous_load_fails_no_request() {
     for w in workers {
         w.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during reloads");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
     assert!(ok.load(Ordering::Relaxed) >= 36);
-    assert_eq!(lgsp.metrics.config_reloads.with_label_values(&["success"]).get(), 12);
+    assert_eq!(
+        lgsp.metrics
+            .config_reloads
+            .with_label_values(&["success"])
+            .get(),
+        12
+    );
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
@@ -110,14 +150,40 @@ async fn a_bad_file_is_refused_with_its_line_and_the_old_config_keeps_serving() 
     let answer = admin_post(lgsp.admin, "/admin/reload").await;
     let line = bad.lines().position(|l| l.contains("\"soon\"")).unwrap() + 1;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains(&format!("lgsp-reload.toml:{line}:")), "{answer}");
-    assert_eq!(lgsp.metrics.config_reloads.with_label_values(&["failure"]).get(), 1);
+    assert!(
+        answer.contains(&format!("lgsp-reload.toml:{line}:")),
+        "{answer}"
+    );
+    assert_eq!(
+        lgsp.metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .get(),
+        1
+    );
     // A listener change is refused too: it needs a restart.
-    std::fs::write(&path, base.replace("listen = \"127.0.0.1:0\"\npeers", "listen = \"127.0.0.1:1\"\npeers")).unwrap();
+    std::fs::write(
+        &path,
+        base.replace(
+            "listen = \"127.0.0.1:0\"\npeers",
+            "listen = \"127.0.0.1:1\"\npeers",
+        ),
+    )
+    .unwrap();
     assert!(lgsp.reloader.reload().unwrap_err().contains("restart"));
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
-    let url = format!("https://localhost:{}/lgsp/v1/HoSoCBCCVC", lgsp.hop_addr("lgsp").unwrap().port());
-    assert_eq!(client.send("POST", &url, &headers(KEY_H29), &packet()).await.unwrap().status, 200);
+    let url = format!(
+        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
+        lgsp.hop_addr("lgsp").unwrap().port()
+    );
+    assert_eq!(
+        client
+            .send("POST", &url, &headers(KEY_H29), &packet())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
@@ -129,22 +195,56 @@ async fn new_keys_and_agencies_take_effect_on_reload() {
     let base = absolute(&chain, &lgsp_config_with(&chain.pki, ndxp, "", ""));
     let (lgsp, path) = lgsp_from_file(&chain, &base).await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
-    let url = format!("https://localhost:{}/lgsp/v1/HoSoCBCCVC", lgsp.hop_addr("lgsp").unwrap().port());
+    let url = format!(
+        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
+        lgsp.hop_addr("lgsp").unwrap().port()
+    );
     let new_key = "lgsp_prod_reloaded_key_for_h29";
-    assert_eq!(client.send("POST", &url, &headers(new_key), &packet()).await.unwrap().status, 401);
+    assert_eq!(
+        client
+            .send("POST", &url, &headers(new_key), &packet())
+            .await
+            .unwrap()
+            .status,
+        401
+    );
     let with_key = base.replacen(
         "keys = [\n",
-        &format!("keys = [\n    {{ sha256 = \"{}\", kind = \"production\" }},\n", lgsp_auth::sha256_hex(new_key)),
+        &format!(
+            "keys = [\n    {{ sha256 = \"{}\", kind = \"production\" }},\n",
+            lgsp_auth::sha256_hex(new_key)
+        ),
         1,
     );
     std::fs::write(&path, with_key).unwrap();
     lgsp.reloader.reload().unwrap();
-    assert_eq!(client.send("POST", &url, &headers(new_key), &packet()).await.unwrap().status, 200);
+    assert_eq!(
+        client
+            .send("POST", &url, &headers(new_key), &packet())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // And removed again: the old dev key still works, the new one no longer does.
     std::fs::write(&path, &base).unwrap();
     lgsp.reloader.reload().unwrap();
-    assert_eq!(client.send("POST", &url, &headers(new_key), &packet()).await.unwrap().status, 401);
-    assert_eq!(client.send("POST", &url, &headers(KEY_H29), &packet()).await.unwrap().status, 200);
+    assert_eq!(
+        client
+            .send("POST", &url, &headers(new_key), &packet())
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    assert_eq!(
+        client
+            .send("POST", &url, &headers(KEY_H29), &packet())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
