@@ -248,3 +248,46 @@ async fn new_keys_and_agencies_take_effect_on_reload() {
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
+
+#[tokio::test]
+async fn rate_limit_state_survives_a_reload_that_keeps_the_limits() {
+    let chain = Chain::start().await;
+    let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
+    let base = absolute(
+        &chain,
+        &lgsp_config_with(&chain.pki, ndxp, "rate = \"1/h\"\nburst = 2", ""),
+    );
+    let (lgsp, path) = lgsp_from_file(&chain, &base).await;
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
+    let url = format!(
+        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
+        lgsp.hop_addr("lgsp").unwrap().port()
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            client
+                .send("POST", &url, &headers(KEY_H29), &packet())
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    // An unrelated change: the spent burst stays spent.
+    std::fs::write(
+        &path,
+        base.replace("timeout = \"5s\"\nagencies", "timeout = \"6s\"\nagencies"),
+    )
+    .unwrap();
+    lgsp.reloader.reload().unwrap();
+    assert_eq!(
+        client
+            .send("POST", &url, &headers(KEY_H29), &packet())
+            .await
+            .unwrap()
+            .status,
+        429
+    );
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}

@@ -126,7 +126,7 @@ pub enum RateLimitBackend {
     Redis(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfig {
     pub backend: RateLimitBackend,
     /// With the shared backend unreachable: decide locally (true) or refuse with 503 (false).
@@ -135,7 +135,7 @@ pub struct RateLimitConfig {
     pub key_prefix: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverloadConfig {
     pub max_in_flight: usize,
     pub max_in_flight_per_agency: usize,

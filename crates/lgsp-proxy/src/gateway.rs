@@ -85,6 +85,7 @@ fn state(
 struct Built {
     hops: Vec<ListenerState>,
     emulator: Option<ListenerState>,
+    limits: Arc<LimitPolicy>,
 }
 
 fn emulator_service(emu: &Emulator) -> crate::stack::HopService {
@@ -100,6 +101,7 @@ fn build(
     cfg: &Config,
     metrics: &Arc<Metrics>,
     emulator: Option<&Emulator>,
+    limits: Option<Arc<LimitPolicy>>,
 ) -> Result<Built, StartError> {
     let catalog = Arc::new(match &cfg.validation.schemas {
         lgsp_config::SchemaSource::Embedded => lgsp_schema::Catalog::embedded()?,
@@ -117,14 +119,21 @@ fn build(
         today: None,
     };
     let validation = Arc::new(ValidationPolicy::new(catalog, options, &cfg.agencies));
-    let limits = Arc::new(
-        LimitPolicy::new(&cfg.ratelimit, &cfg.overload)
-            .map_err(|e| StartError::RateLimit(e.to_string()))?,
-    );
-    metrics
-        .ratelimit_backend_up
-        .with_label_values(&[limits.backend()])
-        .set(1);
+    // The limiter state (every key's TAT, the in-flight counts) survives a reload that keeps its settings.
+    let limits = match limits {
+        Some(l) => l,
+        None => {
+            let l = Arc::new(
+                LimitPolicy::new(&cfg.ratelimit, &cfg.overload)
+                    .map_err(|e| StartError::RateLimit(e.to_string()))?,
+            );
+            metrics
+                .ratelimit_backend_up
+                .with_label_values(&[l.backend()])
+                .set(1);
+            l
+        }
+    };
     let mut hops = Vec::new();
     for h in &cfg.hops {
         let client = upstream_client(lgsp_tls::client_config(&h.upstream_tls)?);
@@ -158,7 +167,11 @@ fn build(
         }
         _ => None,
     };
-    Ok(Built { hops, emulator })
+    Ok(Built {
+        hops,
+        emulator,
+        limits,
+    })
 }
 
 /// Listener addresses, hop names and the emulator's presence need a restart to change; the rest reloads.
@@ -190,6 +203,7 @@ struct ReloadInner {
     hops: Vec<LiveState>,
     emulator: Option<(LiveState, Emulator)>,
     metrics: Arc<Metrics>,
+    limits: std::sync::Mutex<Arc<LimitPolicy>>,
 }
 
 impl Reloader {
@@ -224,7 +238,15 @@ impl Reloader {
             .map_err(|_| "the reload lock is poisoned; restart the gateway".to_owned())?;
         reloadable(&current, &cfg)?;
         let emu = self.inner.emulator.as_ref().map(|(_, e)| e);
-        let built = build(&cfg, &self.inner.metrics, emu).map_err(|e| e.to_string())?;
+        let mut limits = self
+            .inner
+            .limits
+            .lock()
+            .map_err(|_| "the reload lock is poisoned; restart the gateway".to_owned())?;
+        let keep = (cfg.ratelimit == current.ratelimit && cfg.overload == current.overload)
+            .then(|| limits.clone());
+        let built = build(&cfg, &self.inner.metrics, emu, keep).map_err(|e| e.to_string())?;
+        *limits = built.limits.clone();
         for (live, st) in self.inner.hops.iter().zip(built.hops) {
             live.store(Arc::new(st));
         }
@@ -301,7 +323,8 @@ impl Gateway {
             .emulator
             .as_ref()
             .map(|e| Emulator::new(e.max_stored, metrics.clone()));
-        let built = build(cfg, &metrics, emu.as_ref())?;
+        let built = build(cfg, &metrics, emu.as_ref(), None)?;
+        let limits = built.limits.clone();
 
         let mut tasks = Vec::new();
         let mut hops = Vec::new();
@@ -368,6 +391,7 @@ impl Gateway {
                 hops: live_hops,
                 emulator: live_emulator,
                 metrics: metrics.clone(),
+                limits: std::sync::Mutex::new(limits),
             }),
         };
         let ready = Readiness::default();
