@@ -3,6 +3,8 @@
 //! `max_errors`). DOCTYPE, entities other than the five predefined ones, and non-UTF-8 input are refused.
 
 use quick_xml::NsReader;
+use std::borrow::Cow;
+
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 
@@ -44,16 +46,17 @@ enum Kind {
     Skip,
 }
 
-struct Frame {
+struct Frame<'i> {
     kind: Kind,
-    local: String,
+    /// Borrowed from the input (no allocation per element).
+    local: Cow<'i, str>,
     path: String,
     line: usize,
     /// Byte offset of the element's start (the column is counted from it only when needed).
     column: usize,
-    counts: Vec<(String, u32)>,
+    counts: Vec<(Cow<'i, str>, u32)>,
     nil: bool,
-    text: String,
+    text: Cow<'i, str>,
     text_reported: bool,
     /// Simple content that held a child element: its value is not checked again.
     broken: bool,
@@ -101,7 +104,7 @@ struct Run<'s, 'i> {
     limits: &'s Limits,
     interest: &'s dyn Fn(&str) -> bool,
     out: XmlOutcome,
-    stack: Vec<Frame>,
+    stack: Vec<Frame<'i>>,
     /// Reused buffer for NFA steps.
     scratch: Vec<usize>,
     lines: Lines<'i>,
@@ -109,9 +112,44 @@ struct Run<'s, 'i> {
 }
 
 /// Local name and namespace of a resolved element.
-struct Name {
-    ns: Option<String>,
-    local: String,
+struct Name<'i> {
+    ns: Ns,
+    local: Cow<'i, str>,
+}
+
+/// An element's namespace, compared with the schema's without allocating in the common cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ns {
+    None,
+    Target,
+    Other(String),
+}
+
+impl Ns {
+    fn of(resolved: Option<&str>, target: Option<&str>) -> Ns {
+        match resolved {
+            None => Ns::None,
+            Some(n) if Some(n) == target => Ns::Target,
+            Some(n) => Ns::Other(n.to_owned()),
+        }
+    }
+
+    /// Whether a declaration's namespace (`None` or the target namespace) is this one.
+    fn is(&self, decl: &Option<String>) -> bool {
+        match (self, decl) {
+            (Ns::None, None) => true,
+            (Ns::Target, Some(_)) => true,
+            _ => false,
+        }
+    }
+
+    fn shown(&self, target: Option<&str>) -> String {
+        match self {
+            Ns::None => String::new(),
+            Ns::Target => target.unwrap_or_default().to_owned(),
+            Ns::Other(n) => n.clone(),
+        }
+    }
 }
 
 impl<'s, 'i> Run<'s, 'i> {
@@ -163,7 +201,7 @@ impl<'s, 'i> Run<'s, 'i> {
         }
     }
 
-    fn child_path(&mut self, local: &str, repeatable: bool) -> String {
+    fn child_path(&mut self, local: &Cow<'i, str>, repeatable: bool) -> String {
         let Some(parent) = self.stack.last_mut() else {
             let mut p = String::with_capacity(local.len() + 1);
             p.push('/');
@@ -176,7 +214,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 *n
             }
             None => {
-                parent.counts.push((local.to_owned(), 1));
+                parent.counts.push((local.clone(), 1));
                 1
             }
         };
@@ -194,10 +232,11 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     /// Decides which declaration the new child is, or reports why none.
-    fn place_child(&mut self, name: &Name, at: (usize, usize)) -> Option<ElemId> {
+    fn place_child(&mut self, name: &Name<'i>, at: (usize, usize)) -> Option<ElemId> {
         let schema = self.schema;
-        let matches =
-            |d: ElemId| schema.elements[d].name == name.local && schema.elements[d].ns == name.ns;
+        let matches = |d: ElemId| {
+            schema.elements[d].name == *name.local && name.ns.is(&schema.elements[d].ns)
+        };
         let parent = self.stack.last_mut()?;
         if parent.nil {
             let path = parent.path.clone();
@@ -321,7 +360,7 @@ impl<'s, 'i> Run<'s, 'i> {
     fn open(
         &mut self,
         e: &BytesStart<'_>,
-        name: Name,
+        name: Name<'i>,
         reader: &NsReader<&'i [u8]>,
         at: (usize, usize),
     ) -> Result<(), ()> {
@@ -338,15 +377,15 @@ impl<'s, 'i> Run<'s, 'i> {
         }
         let decl = if self.stack.is_empty() {
             self.root_seen = true;
-            self.out.root = Some(name.local.clone());
-            match self.schema.globals.get(&name.local).copied() {
-                Some(d) if self.schema.elements[d].ns == name.ns => Some(d),
+            self.out.root = Some(name.local.to_string());
+            match self.schema.globals.get(&*name.local).copied() {
+                Some(d) if name.ns.is(&self.schema.elements[d].ns) => Some(d),
                 _ => {
                     let ns = self.schema.target_ns.clone().unwrap_or_default();
                     let path = format!("/{}", name.local);
                     self.violation(&path, at, "xsd.unknown_root", format!(
                         "the root element {{{}}}{} is not a packet of this schema; use a root declared in namespace {ns}",
-                        name.ns.clone().unwrap_or_default(),
+                        name.ns.shown(self.schema.target_ns.as_deref()),
                         name.local
                     ));
                     None
@@ -381,7 +420,7 @@ impl<'s, 'i> Run<'s, 'i> {
             column: at.1,
             counts: Vec::new(),
             nil: false,
-            text: String::new(),
+            text: Cow::Borrowed(""),
             text_reported: false,
             broken: false,
         };
@@ -538,7 +577,7 @@ impl<'s, 'i> Run<'s, 'i> {
         Ok(())
     }
 
-    fn text(&mut self, t: &str, at: (usize, usize)) -> Result<(), ()> {
+    fn text(&mut self, t: Cow<'i, str>, at: (usize, usize)) -> Result<(), ()> {
         let max_text = self.limits.max_text;
         let Some(frame) = self.stack.last_mut() else {
             if !t.trim().is_empty() {
@@ -557,7 +596,11 @@ impl<'s, 'i> Run<'s, 'i> {
                     );
                     return Err(());
                 }
-                frame.text.push_str(t);
+                if frame.text.is_empty() {
+                    frame.text = t;
+                } else {
+                    frame.text.to_mut().push_str(&t);
+                }
             }
             Kind::Skip => {}
             _ if !t.trim().is_empty() && !frame.text_reported => {
@@ -648,7 +691,7 @@ impl<'s, 'i> Run<'s, 'i> {
                             .unwrap_or_default();
                         self.out.fields.push(Field {
                             parent,
-                            name: frame.local.clone(),
+                            name: frame.local.to_string(),
                             value: self.schema.simple[st].builtin.normalize(&frame.text),
                             path: frame.path.clone(),
                             line: Some(frame.line),
@@ -678,18 +721,29 @@ fn push_number(out: &mut String, mut n: u32) {
     }
 }
 
-fn resolve(ns: ResolveResult<'_>, local: &str) -> Result<Name, String> {
-    match ns {
-        ResolveResult::Bound(n) => Ok(Name {
-            ns: Some(n.0.to_owned()),
-            local: local.to_owned(),
-        }),
-        ResolveResult::Unbound => Ok(Name {
-            ns: None,
-            local: local.to_owned(),
-        }),
-        ResolveResult::Unknown(p) => Err(format!("namespace prefix `{p}` is not declared")),
-    }
+/// The element's namespace and local name; the name borrows the input when it can be found there (always, for
+/// a start tag: `<` at `pos`, then the qualified name).
+fn resolve<'i>(
+    ns: ResolveResult<'_>,
+    e: &BytesStart<'_>,
+    text: &'i str,
+    pos: usize,
+    target: Option<&str>,
+) -> Result<Name<'i>, String> {
+    let ns = match ns {
+        ResolveResult::Bound(n) => Ns::of(Some(n.0), target),
+        ResolveResult::Unbound => Ns::None,
+        ResolveResult::Unknown(p) => return Err(format!("namespace prefix `{p}` is not declared")),
+    };
+    let qname = e.name();
+    let local = e.local_name();
+    let (q, l) = (qname.as_ref(), local.as_ref());
+    let start = pos + 1 + (q.len() - l.len());
+    let local = match text.get(start..start + l.len()) {
+        Some(borrowed) if borrowed == l => Cow::Borrowed(borrowed),
+        _ => Cow::Owned(l.to_owned()),
+    };
+    Ok(Name { ns, local })
 }
 
 /// Checks the encoding and returns the document as text (UTF-8 BOM removed).
@@ -783,7 +837,7 @@ pub fn validate(
                     run.fatal(at, "xml.malformed", "a second root element".into());
                     break;
                 }
-                let name = match resolve(ns, e.local_name().as_ref()) {
+                let name = match resolve(ns, e, text, pos, schema.target_ns.as_deref()) {
                     Ok(n) => n,
                     Err(m) => {
                         run.fatal(at, "xml.malformed", m);
@@ -799,13 +853,12 @@ pub fn validate(
             }
             Event::End(_) => run.close(),
             Event::Text(t) => {
-                if run.text(&t.xml10_content(), at).is_err() {
+                if run.text(t.xml10_content(), at).is_err() {
                     break;
                 }
             }
             Event::CData(c) => {
-                let s = c.xml10_content().into_owned();
-                if run.text(&s, at).is_err() {
+                if run.text(c.xml10_content(), at).is_err() {
                     break;
                 }
             }
@@ -824,7 +877,7 @@ pub fn validate(
                 };
                 match resolved {
                     Some(s) => {
-                        if run.text(&s, at).is_err() {
+                        if run.text(Cow::Owned(s), at).is_err() {
                             break;
                         }
                     }
