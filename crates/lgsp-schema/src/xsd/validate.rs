@@ -136,11 +136,7 @@ impl Ns {
 
     /// Whether a declaration's namespace (`None` or the target namespace) is this one.
     fn is(&self, decl: &Option<String>) -> bool {
-        match (self, decl) {
-            (Ns::None, None) => true,
-            (Ns::Target, Some(_)) => true,
-            _ => false,
-        }
+        matches!((self, decl), (Ns::None, None) | (Ns::Target, Some(_)))
     }
 
     fn shown(&self, target: Option<&str>) -> String {
@@ -201,14 +197,14 @@ impl<'s, 'i> Run<'s, 'i> {
         }
     }
 
-    fn child_path(&mut self, local: &Cow<'i, str>, repeatable: bool) -> String {
+    fn child_path(&mut self, local: Cow<'i, str>, repeatable: bool) -> String {
         let Some(parent) = self.stack.last_mut() else {
             let mut p = String::with_capacity(local.len() + 1);
             p.push('/');
-            p.push_str(local);
+            p.push_str(&local);
             return p;
         };
-        let n = match parent.counts.iter_mut().find(|(k, _)| k == local) {
+        let n = match parent.counts.iter_mut().find(|(k, _)| *k == local) {
             Some((_, n)) => {
                 *n += 1;
                 *n
@@ -222,7 +218,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let mut p = String::with_capacity(parent.path.len() + local.len() + 8);
         p.push_str(&parent.path);
         p.push('/');
-        p.push_str(local);
+        p.push_str(&local);
         if repeatable || n > 1 {
             p.push('[');
             push_number(&mut p, n);
@@ -395,7 +391,7 @@ impl<'s, 'i> Run<'s, 'i> {
             self.place_child(&name, at)
         };
         let repeatable = decl.is_some_and(|d| self.schema.elements[d].repeatable);
-        let path = self.child_path(&name.local, repeatable);
+        let path = self.child_path(name.local.clone(), repeatable);
         let kind = match decl.map(|d| self.schema.elements[d].ty) {
             None => Kind::Skip,
             Some(TypeRef::Simple(st)) => Kind::Simple { st },
