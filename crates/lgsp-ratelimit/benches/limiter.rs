@@ -23,8 +23,15 @@ fn per_decision(threads: usize, limiter: &LocalLimiter, keys: &[Key], quota: &Qu
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
+                // Each thread walks the keys from its own starting point: concurrent requests of different agencies.
+                let start = t * keys.len() / threads.max(1);
                 for r in 0..rounds {
-                    for k in keys.iter().skip((t + r) % 7) {
+                    for k in keys
+                        .iter()
+                        .cycle()
+                        .skip(start + r % 7)
+                        .take(keys.len() - (t + r) % 7)
+                    {
                         black_box(limiter.decide(k, quota));
                     }
                 }
