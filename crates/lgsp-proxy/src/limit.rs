@@ -319,9 +319,10 @@ async fn limit(
         return call(&mut inner, req).await;
     };
     let q = quota(spec);
+    // Hops share one limiter per process (and one Redis per cluster): the key names the hop too.
     let key = Key {
         agency: caller.agency.clone(),
-        route: route.name.clone(),
+        route: Arc::from(format!("{}/{}", hop.name, route.name)),
     };
     let decision = match policy.decide(&hop, &key, &q).await {
         Ok(d) => d,
@@ -353,5 +354,61 @@ async fn limit(
             }
             Ok(resp)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lgsp_config::KeyKind;
+    use lgsp_metrics::Metrics;
+
+    fn service(policy: &Arc<LimitPolicy>, hop: &str, metrics: &Arc<Metrics>) -> Limit {
+        let hop = Arc::new(HopContext {
+            name: Arc::from(hop),
+            peers: Default::default(),
+            metrics: metrics.clone(),
+        });
+        let ok = tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, BoxError>(Response::new(crate::body::empty()))
+        });
+        LimitLayer::new(policy.clone(), hop).layer(ok)
+    }
+
+    fn request(route: &Arc<Route>) -> Request<Body> {
+        let mut req = Request::new(crate::body::empty());
+        req.extensions_mut().insert(route.clone());
+        req.extensions_mut().insert(Caller {
+            agency: Arc::from("000.00.00.H29"),
+            kind: KeyKind::Production,
+            via: None,
+        });
+        req
+    }
+
+    #[tokio::test]
+    async fn hops_sharing_a_process_and_a_route_name_keep_separate_limits() {
+        let cfg = lgsp_config::embedded().unwrap();
+        let metrics = Metrics::new().unwrap();
+        let policy = Arc::new(LimitPolicy::new(&cfg.ratelimit, &cfg.overload).unwrap());
+        let mut route_cfg = cfg.hops[0].routes[0].clone();
+        route_cfg.rate = Some(RateSpec {
+            count: 1,
+            period_secs: 3600,
+            burst: 1,
+        });
+        let table = crate::route::RouteTable::new(&[route_cfg]);
+        let route = table.lookup("/lgsp/v1/HoSoCBCCVC").unwrap().clone();
+        let lgsp = service(&policy, "lgsp", &metrics);
+        let ndxp = service(&policy, "ndxp", &metrics);
+        assert!(lgsp.clone().oneshot(request(&route)).await.is_ok());
+        assert!(
+            ndxp.clone().oneshot(request(&route)).await.is_ok(),
+            "the NDXP hop has its own allowance"
+        );
+        let e = lgsp.oneshot(request(&route)).await.unwrap_err();
+        let e = e.downcast::<LimitError>().unwrap();
+        assert!(matches!(*e, LimitError::RateLimited { .. }));
+        assert_eq!(e.headers()[0].0, "retry-after");
     }
 }

@@ -624,7 +624,7 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     fn close(&mut self) {
-        let Some(frame) = self.stack.pop() else {
+        let Some(mut frame) = self.stack.pop() else {
             return;
         };
         let at = (frame.line, frame.column);
@@ -689,7 +689,7 @@ impl<'s, 'i> Run<'s, 'i> {
                             parent,
                             name: frame.local.to_string(),
                             value: self.schema.simple[st].builtin.normalize(&frame.text),
-                            path: frame.path.clone(),
+                            path: std::mem::take(&mut frame.path),
                             line: Some(frame.line),
                             column: Some(self.lines.column(frame.line, frame.column)),
                         });
