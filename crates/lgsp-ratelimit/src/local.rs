@@ -17,8 +17,10 @@ pub struct LocalLimiter {
 
 impl Default for LocalLimiter {
     fn default() -> Self {
+        // Many shards: a decision takes a shard's read lock, and with few shards the lock words bounce between
+        // cores even when the keys differ.
         LocalLimiter {
-            cells: DashMap::new(),
+            cells: DashMap::with_shard_amount(256),
             epoch: Instant::now(),
         }
     }
