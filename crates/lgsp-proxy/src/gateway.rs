@@ -81,6 +81,30 @@ fn state(
     })
 }
 
+/// Binds `addr` and serves `state` there; returns the bound address, the swappable state and the task.
+async fn listen(
+    addr: SocketAddr,
+    spec: ListenerSpec,
+    state: ListenerState,
+    metrics: &Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(SocketAddr, LiveState, tokio::task::JoinHandle<()>), StartError> {
+    let what = spec.name.to_string();
+    let listener = bind(&what, addr).await?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| StartError::Bind { what, addr, error })?;
+    let live: LiveState = Arc::new(ArcSwap::from_pointee(state));
+    let task = spawn_tls_listener(
+        listener,
+        spec,
+        live.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    Ok((bound, live, task))
+}
+
 /// Everything a config builds, before anything listens: certificates, CRLs, schemas, policies, stacks.
 struct Built {
     hops: Vec<ListenerState>,
@@ -330,12 +354,6 @@ impl Gateway {
         let mut hops = Vec::new();
         let mut live_hops = Vec::new();
         for (h, st) in cfg.hops.iter().zip(built.hops) {
-            let listener = bind(&format!("hop {}", h.name), h.listen).await?;
-            let addr = listener.local_addr().map_err(|error| StartError::Bind {
-                what: h.name.clone(),
-                addr: h.listen,
-                error,
-            })?;
             let spec = ListenerSpec {
                 name: Arc::from(h.name.as_str()),
                 header_read_timeout: h.header_read_timeout,
@@ -343,14 +361,8 @@ impl Gateway {
                 max_connections: h.max_connections,
                 drain_timeout: drain,
             };
-            let live: LiveState = Arc::new(ArcSwap::from_pointee(st));
-            tasks.push(spawn_tls_listener(
-                listener,
-                spec,
-                live.clone(),
-                metrics.clone(),
-                rx.clone(),
-            ));
+            let (addr, live, task) = listen(h.listen, spec, st, &metrics, &rx).await?;
+            tasks.push(task);
             live_hops.push(live);
             hops.push(Bound {
                 name: h.name.clone(),
@@ -360,12 +372,6 @@ impl Gateway {
         let mut live_emulator = None;
         let mut emulator = None;
         if let (Some(e), Some(st), Some(emu)) = (&cfg.emulator, built.emulator, emu) {
-            let listener = bind("emulator", e.listen).await?;
-            let addr = listener.local_addr().map_err(|error| StartError::Bind {
-                what: "emulator".into(),
-                addr: e.listen,
-                error,
-            })?;
             let spec = ListenerSpec {
                 name: Arc::from("emulator"),
                 header_read_timeout: Duration::from_secs(10),
@@ -373,14 +379,8 @@ impl Gateway {
                 max_connections: 10_000,
                 drain_timeout: drain,
             };
-            let live: LiveState = Arc::new(ArcSwap::from_pointee(st));
-            tasks.push(spawn_tls_listener(
-                listener,
-                spec,
-                live.clone(),
-                metrics.clone(),
-                rx.clone(),
-            ));
+            let (addr, live, task) = listen(e.listen, spec, st, &metrics, &rx).await?;
+            tasks.push(task);
             live_emulator = Some((live, emu.clone()));
             emulator = Some((addr, emu));
         }
