@@ -97,10 +97,7 @@ async fn too_many_in_flight_for_one_agency_is_503_and_others_still_pass() {
         ),
     );
     let lgsp = lgsp_proxy::Gateway::start(&cfg).await.unwrap();
-    let url = format!(
-        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-        lgsp.hop_addr("lgsp").unwrap().port()
-    );
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     let first = {
         let (client, url) = (TestClient::new(&pki, Some(AGENCY_OK), true), url.clone());
         tokio::spawn(async move {
@@ -182,10 +179,7 @@ async fn two_gateways_on_one_redis_share_the_limit() {
     let mut allowed = 0;
     for i in 0..10 {
         let g = if i % 2 == 0 { &a } else { &b };
-        let url = format!(
-            "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-            g.hop_addr("lgsp").unwrap().port()
-        );
+        let url = hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC");
         let s = client
             .send("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
             .await
@@ -222,10 +216,7 @@ async fn an_unreachable_redis_falls_back_to_local_or_refuses() {
         ))
         .await
         .unwrap();
-        let url = format!(
-            "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-            g.hop_addr("lgsp").unwrap().port()
-        );
+        let url = hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC");
         let mut got = Vec::new();
         for _ in 0..2 {
             got.push(

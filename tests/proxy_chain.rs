@@ -261,10 +261,7 @@ async fn upstream_down_is_502_problem_json_and_counted() {
     );
     let lgsp = lgsp_proxy::Gateway::start(&cfg).await.unwrap();
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
-    let url = format!(
-        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-        lgsp.hop_addr("lgsp").unwrap().port()
-    );
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     let a = client
         .send("POST", &url, &xml(KEY_H29), &PACKET)
         .await
@@ -326,10 +323,7 @@ async fn an_agency_cannot_pose_as_a_peer_at_the_ndxp_hop() {
     // Direct mode: an agency talks to NDXP itself; its X-LGSP-Client is not trusted there either.
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
-    let url = format!(
-        "https://localhost:{}/ndxp/v1/HoSoCBCCVC",
-        chain.ndxp.hop_addr("ndxp").unwrap().port()
-    );
+    let url = hop_url(&chain.ndxp, "ndxp", "/ndxp/v1/HoSoCBCCVC");
     let mut headers = xml(KEY_H29);
     headers.push(("x-lgsp-client", "000.00.00.H26"));
     let a = client.send("POST", &url, &headers, &PACKET).await.unwrap();
@@ -384,10 +378,7 @@ async fn slow_upstream_is_504_problem_json_and_counted() {
     })
     .await;
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
-    let url = format!(
-        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-        lgsp.hop_addr("lgsp").unwrap().port()
-    );
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     let a = client
         .send("POST", &url, &xml(KEY_H29), &PACKET)
         .await

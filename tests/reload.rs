@@ -65,10 +65,7 @@ async fn reloading_under_continuous_load_fails_no_request() {
     let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
     let base = absolute(&chain, &lgsp_config_with(&chain.pki, ndxp, "", ""));
     let (lgsp, path) = lgsp_from_file(&chain, &base).await;
-    let url = format!(
-        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-        lgsp.hop_addr("lgsp").unwrap().port()
-    );
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut workers = Vec::new();
@@ -172,10 +169,7 @@ async fn a_bad_file_is_refused_with_its_line_and_the_old_config_keeps_serving() 
     .unwrap();
     assert!(lgsp.reloader.reload().unwrap_err().contains("restart"));
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
-    let url = format!(
-        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-        lgsp.hop_addr("lgsp").unwrap().port()
-    );
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     assert_eq!(
         client
             .send("POST", &url, &headers(KEY_H29), &packet())
@@ -195,10 +189,7 @@ async fn new_keys_and_agencies_take_effect_on_reload() {
     let base = absolute(&chain, &lgsp_config_with(&chain.pki, ndxp, "", ""));
     let (lgsp, path) = lgsp_from_file(&chain, &base).await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
-    let url = format!(
-        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-        lgsp.hop_addr("lgsp").unwrap().port()
-    );
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     let new_key = "lgsp_prod_reloaded_key_for_h29";
     assert_eq!(
         client
@@ -259,10 +250,7 @@ async fn rate_limit_state_survives_a_reload_that_keeps_the_limits() {
     );
     let (lgsp, path) = lgsp_from_file(&chain, &base).await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
-    let url = format!(
-        "https://localhost:{}/lgsp/v1/HoSoCBCCVC",
-        lgsp.hop_addr("lgsp").unwrap().port()
-    );
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     for _ in 0..2 {
         assert_eq!(
             client

@@ -209,6 +209,14 @@ pub fn lgsp_config_with(
     text
 }
 
+/// `https://localhost:PORT{path}` of the hop named `hop` of a gateway.
+pub fn hop_url(g: &Gateway, hop: &str, path: &str) -> String {
+    format!(
+        "https://localhost:{}{path}",
+        g.hop_addr(hop).map_or(0, |a| a.port())
+    )
+}
+
 /// agency → LGSP → NDXP → emulator, each its own [`Gateway`] on port 0.
 pub struct Chain {
     pub pki: TestPki,
@@ -263,10 +271,7 @@ impl Chain {
 
     /// `https://localhost:PORT` of the LGSP hop.
     pub fn lgsp_url(&self, path: &str) -> String {
-        format!(
-            "https://localhost:{}{path}",
-            self.lgsp.hop_addr("lgsp").map_or(0, |a| a.port())
-        )
+        hop_url(&self.lgsp, "lgsp", path)
     }
 
     pub async fn shutdown(self) {
