@@ -179,7 +179,7 @@ async fn two_gateways_on_one_redis_share_the_limit() {
     let mut allowed = 0;
     for i in 0..10 {
         let g = if i % 2 == 0 { &a } else { &b };
-        let url = hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+        let url = hop_url(g, "lgsp", "/lgsp/v1/HoSoCBCCVC");
         let s = client
             .send("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
             .await
