@@ -10,7 +10,7 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use regex::Regex;
 
-use super::model::{AllGroup, ElemId, Nfa, Particle};
+use super::model::{AllGroup, ElemId, Model, Particle};
 use super::simple::{Builtin, Facets, SimpleType, translate_pattern};
 
 pub const XS: &str = "http://www.w3.org/2001/XMLSchema";
@@ -53,7 +53,7 @@ pub struct AttributeDecl {
 pub enum Content {
     Empty,
     Simple(usize),
-    Model(Nfa),
+    Model(Model),
     All(AllGroup),
 }
 
@@ -759,7 +759,7 @@ impl Loader<'_> {
                         return Err(self.err(c, "a complex type takes one content model"));
                     }
                     let p = self.particle(c)?;
-                    content = Content::Model(Nfa::compile(&p).map_err(|e| self.err(c, e))?);
+                    content = Content::Model(Model::compile(&p).map_err(|e| self.err(c, e))?);
                 }
                 "all" => {
                     if !matches!(content, Content::Empty) {

@@ -8,6 +8,6 @@ mod validate;
 pub use load::{
     Content, DirFiles, ElementDecl, EmbeddedFiles, LoadError, Schema, SchemaFiles, TypeRef, XS,
 };
-pub use model::{AllGroup, Nfa, Particle};
+pub use model::{AllGroup, Dfa, Model, Nfa, Particle};
 pub use simple::{Builtin, Decimal, SimpleType, clip as clip_text};
 pub use validate::{XmlOutcome, validate};

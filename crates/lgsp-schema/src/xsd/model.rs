@@ -255,6 +255,90 @@ impl Nfa {
     }
 }
 
+/// The NFA made deterministic (subset construction at load): one state per element frame, one scan of a few
+/// transitions per child. XSD's unique-particle-attribution rule keeps these small.
+#[derive(Debug, Clone)]
+pub struct Dfa {
+    pub states: Vec<DState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DState {
+    pub trans: Vec<(ElemId, usize)>,
+    pub accept: bool,
+    /// The NFA states this state stands for (error messages and recovery work on the NFA).
+    pub set: Vec<usize>,
+}
+
+/// Most DFA states one content model may have.
+pub const MAX_DFA_STATES: usize = 4096;
+
+impl Dfa {
+    pub fn build(nfa: &Nfa) -> Result<Dfa, String> {
+        let mut index: std::collections::HashMap<Vec<usize>, usize> =
+            std::collections::HashMap::new();
+        let start = nfa.initial();
+        index.insert(start.clone(), 0);
+        let mut states = vec![DState {
+            trans: Vec::new(),
+            accept: nfa.accepts(&start),
+            set: start,
+        }];
+        let mut i = 0;
+        while i < states.len() {
+            let mut by_decl: Vec<(ElemId, Vec<usize>)> = Vec::new();
+            for &s in &states[i].set {
+                for &(d, t) in &nfa.trans[s] {
+                    match by_decl.iter_mut().find(|(x, _)| *x == d) {
+                        Some((_, next)) => next.extend_from_slice(&nfa.closure[t]),
+                        None => by_decl.push((d, nfa.closure[t].clone())),
+                    }
+                }
+            }
+            for (d, mut next) in by_decl {
+                next.sort_unstable();
+                next.dedup();
+                let id = match index.get(&next) {
+                    Some(id) => *id,
+                    None => {
+                        if states.len() >= MAX_DFA_STATES {
+                            return Err(format!(
+                                "the content model needs more than {MAX_DFA_STATES} states; simplify its occurrence bounds"
+                            ));
+                        }
+                        let id = states.len();
+                        index.insert(next.clone(), id);
+                        states.push(DState {
+                            trans: Vec::new(),
+                            accept: nfa.accepts(&next),
+                            set: next,
+                        });
+                        id
+                    }
+                };
+                states[i].trans.push((d, id));
+            }
+            i += 1;
+        }
+        Ok(Dfa { states })
+    }
+}
+
+/// A sequence/choice content model: the NFA (for messages and recovery) and its DFA (for the common path).
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub nfa: Nfa,
+    pub dfa: Dfa,
+}
+
+impl Model {
+    pub fn compile(root: &Particle) -> Result<Model, String> {
+        let nfa = Nfa::compile(root)?;
+        let dfa = Dfa::build(&nfa)?;
+        Ok(Model { nfa, dfa })
+    }
+}
+
 /// An `all` group: each member at most once, in any order; required members must all appear.
 #[derive(Debug, Clone)]
 pub struct AllGroup {
@@ -308,6 +392,44 @@ mod tests {
         let after_a = nfa.step(&nfa.initial(), |x| x == 0).0;
         assert_eq!(nfa.expected(&after_a), vec![1, 2, 3]);
         assert!(nfa.reachable_later(&nfa.initial(), |x| x == 4));
+    }
+
+    #[test]
+    fn the_dfa_accepts_what_the_nfa_accepts() {
+        let p = Particle::Sequence {
+            items: vec![
+                el(0, 1, Some(1)),
+                el(1, 0, Some(3)),
+                Particle::Choice {
+                    items: vec![el(2, 1, Some(1)), el(3, 1, None)],
+                    min: 1,
+                    max: Some(1),
+                },
+            ],
+            min: 1,
+            max: Some(1),
+        };
+        let m = Model::compile(&p).unwrap();
+        let run_dfa = |input: &[ElemId]| {
+            let mut s = 0;
+            for d in input {
+                match m.dfa.states[s].trans.iter().find(|(x, _)| x == d) {
+                    Some((_, t)) => s = *t,
+                    None => return false,
+                }
+            }
+            m.dfa.states[s].accept
+        };
+        for input in [
+            &[0, 2][..],
+            &[0, 1, 1, 1, 3, 3],
+            &[0, 1, 1, 1, 1, 2],
+            &[0],
+            &[1, 2],
+            &[0, 3, 2],
+        ] {
+            assert_eq!(run_dfa(input), run(&m.nfa, input), "{input:?}");
+        }
     }
 
     #[test]

@@ -29,10 +29,16 @@ pub struct XmlOutcome {
     pub fields: Vec<Field>,
 }
 
+/// Where a content model stands: a DFA state normally; an NFA state set after recovering from an error.
+enum ModelState {
+    Dfa(usize),
+    Nfa(Vec<usize>),
+}
+
 enum Kind {
     Model {
         ct: usize,
-        states: Vec<usize>,
+        state: ModelState,
     },
     All {
         ct: usize,
@@ -244,21 +250,36 @@ impl<'s, 'i> Run<'s, 'i> {
             );
             return None;
         }
-        let parent_path = parent.path.clone();
-        let parent_local = parent.local.clone();
         match &mut parent.kind {
             Kind::Skip => None,
-            Kind::Model { ct, states } => {
-                let Content::Model(nfa) = &schema.complex[*ct].content else {
+            Kind::Model { ct, state } => {
+                let Content::Model(model) = &schema.complex[*ct].content else {
                     return None;
                 };
-                let matched = nfa.step_into(states, matches, &mut self.scratch);
-                if let Some(d) = matched.filter(|_| !self.scratch.is_empty()) {
-                    std::mem::swap(states, &mut self.scratch);
-                    return Some(d);
-                }
-                let expected = nfa.expected(states);
-                let later = nfa.reachable_later(states, matches);
+                // The common path: one DFA transition, no allocation.
+                let set = match state {
+                    ModelState::Dfa(i) => {
+                        if let Some((d, next)) =
+                            model.dfa.states[*i].trans.iter().find(|(d, _)| matches(*d))
+                        {
+                            *state = ModelState::Dfa(*next);
+                            return Some(*d);
+                        }
+                        model.dfa.states[*i].set.clone()
+                    }
+                    ModelState::Nfa(set) => {
+                        let matched = model.nfa.step_into(set, matches, &mut self.scratch);
+                        if let Some(d) = matched.filter(|_| !self.scratch.is_empty()) {
+                            std::mem::swap(set, &mut self.scratch);
+                            return Some(d);
+                        }
+                        set.clone()
+                    }
+                };
+                let nfa = &model.nfa;
+                let expected = nfa.expected(&set);
+                let later = nfa.reachable_later(&set, matches);
+                let (parent_path, parent_local) = (parent.path.clone(), parent.local.clone());
                 let list = self.expected_list(&expected);
                 if later {
                     self.violation(
@@ -268,15 +289,13 @@ impl<'s, 'i> Run<'s, 'i> {
                         format!("{list} must come before {}", name.local),
                     );
                     // Go on as if the missing elements had been there.
-                    if let Some(Kind::Model { ct, states }) =
-                        self.stack.last_mut().map(|f| &mut f.kind)
-                        && let Content::Model(nfa) = &schema.complex[*ct].content
+                    let (next, matched) = nfa.recover(&set, matches);
+                    if !next.is_empty()
+                        && let Some(Kind::Model { state, .. }) =
+                            self.stack.last_mut().map(|f| &mut f.kind)
                     {
-                        let (next, matched) = nfa.recover(states, matches);
-                        if !next.is_empty() {
-                            *states = next;
-                            return matched;
-                        }
+                        *state = ModelState::Nfa(next);
+                        return matched;
                     }
                 } else {
                     self.violation(
@@ -301,6 +320,8 @@ impl<'s, 'i> Run<'s, 'i> {
                         Some(group.members[i].0)
                     }
                     Some(_) => {
+                        let (parent_path, parent_local) =
+                            (parent.path.clone(), parent.local.clone());
                         self.violation(
                             &parent_path,
                             at,
@@ -310,6 +331,8 @@ impl<'s, 'i> Run<'s, 'i> {
                         None
                     }
                     None => {
+                        let (parent_path, parent_local) =
+                            (parent.path.clone(), parent.local.clone());
                         let names: Vec<ElemId> = group.members.iter().map(|(d, _)| *d).collect();
                         let list = self.expected_list(&names);
                         self.violation(
@@ -327,6 +350,7 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             Kind::Simple { .. } => {
                 parent.broken = true;
+                let (parent_path, parent_local) = (parent.path.clone(), parent.local.clone());
                 self.violation(
                     &parent_path,
                     at,
@@ -339,6 +363,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 None
             }
             Kind::Empty => {
+                let (parent_path, parent_local) = (parent.path.clone(), parent.local.clone());
                 self.violation(
                     &parent_path,
                     at,
@@ -398,9 +423,9 @@ impl<'s, 'i> Run<'s, 'i> {
             Some(TypeRef::Complex(ct)) => match &self.schema.complex[ct].content {
                 Content::Empty => Kind::Empty,
                 Content::Simple(st) => Kind::Simple { st: *st },
-                Content::Model(nfa) => Kind::Model {
+                Content::Model(_) => Kind::Model {
                     ct,
-                    states: nfa.initial(),
+                    state: ModelState::Dfa(0),
                 },
                 Content::All(g) => Kind::All {
                     ct,
@@ -629,11 +654,16 @@ impl<'s, 'i> Run<'s, 'i> {
         };
         let at = (frame.line, frame.column);
         match frame.kind {
-            Kind::Model { ct, states } if !frame.nil => {
-                if let Content::Model(nfa) = &self.schema.complex[ct].content
-                    && !nfa.accepts(&states)
+            Kind::Model { ct, state } if !frame.nil => {
+                if let Content::Model(model) = &self.schema.complex[ct].content
+                    && let Some(set) = match &state {
+                        ModelState::Dfa(i) => {
+                            (!model.dfa.states[*i].accept).then(|| model.dfa.states[*i].set.clone())
+                        }
+                        ModelState::Nfa(set) => (!model.nfa.accepts(set)).then(|| set.clone()),
+                    }
                 {
-                    let list = self.expected_list(&nfa.expected(&states));
+                    let list = self.expected_list(&model.nfa.expected(&set));
                     self.violation(
                         &frame.path,
                         at,
