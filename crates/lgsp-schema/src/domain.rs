@@ -108,7 +108,7 @@ pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut records: Vec<Vec<&Field>> = Vec::new();
     for f in fields {
-        let i = *index.entry(f.parent.as_str()).or_insert_with(|| {
+        let i = *index.entry(&*f.parent).or_insert_with(|| {
             records.push(Vec::new());
             records.len() - 1
         });
@@ -129,10 +129,7 @@ fn check_record(record: &[&Field], today: Day, out: &mut Vec<Violation>) {
     if let Some(f) = get(record, "SoCCCD") {
         check_cccd(f, birth, gender, out);
     }
-    for f in record
-        .iter()
-        .filter(|f| PAST_DATES.contains(&f.name.as_str()))
-    {
+    for f in record.iter().filter(|f| PAST_DATES.contains(&f.name)) {
         match Day::parse(&f.value) {
             None => out.push(violation(
                 f,
@@ -265,10 +262,10 @@ fn check_coefficient(f: &Field, rank: Option<&str>, out: &mut Vec<Violation>) {
 mod tests {
     use super::*;
 
-    fn field(parent: &str, name: &str, value: &str) -> Field {
+    fn field(parent: &str, name: &'static str, value: &str) -> Field {
         Field {
             parent: parent.into(),
-            name: name.into(),
+            name,
             value: value.into(),
             path: format!("{parent}/{name}"),
             line: None,

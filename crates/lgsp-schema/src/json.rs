@@ -265,7 +265,7 @@ pub fn check(
 }
 
 /// Values of the JSON fields named by `interest`, grouped by their object's path, as the XML validator gives them.
-pub fn fields(value: &Value, interest: &dyn Fn(&str) -> bool) -> Vec<Field> {
+pub fn fields(value: &Value, interest: &dyn Fn(&str) -> Option<&'static str>) -> Vec<Field> {
     let mut out = Vec::new();
     walk(value, &mut Vec::new(), interest, &mut out);
     out
@@ -274,11 +274,13 @@ pub fn fields(value: &Value, interest: &dyn Fn(&str) -> bool) -> Vec<Field> {
 fn walk(
     v: &Value,
     pointer: &mut Vec<String>,
-    interest: &dyn Fn(&str) -> bool,
+    interest: &dyn Fn(&str) -> Option<&'static str>,
     out: &mut Vec<Field>,
 ) {
     match v {
         Value::Object(map) => {
+            // The object's path, made once for all its fields.
+            let mut parent: Option<std::sync::Arc<str>> = None;
             for (k, child) in map {
                 pointer.push(k.clone());
                 let scalar = match child {
@@ -286,19 +288,24 @@ fn walk(
                     Value::Number(n) => Some(n.to_string()),
                     _ => None,
                 };
-                match scalar {
-                    Some(s) if interest(k) => {
-                        let parent = display_path(&pointer[..pointer.len() - 1]);
+                match (scalar, interest(k)) {
+                    (Some(s), Some(name)) => {
+                        let parent = parent
+                            .get_or_insert_with(|| {
+                                std::sync::Arc::from(display_path(&pointer[..pointer.len() - 1]))
+                            })
+                            .clone();
                         out.push(Field {
                             parent,
-                            name: k.clone(),
+                            name,
                             value: s,
                             path: display_path(pointer),
                             line: None,
                             column: None,
                         });
                     }
-                    _ => walk(child, pointer, interest, out),
+                    (None, _) => walk(child, pointer, interest, out),
+                    (Some(_), None) => {}
                 }
                 pointer.pop();
             }

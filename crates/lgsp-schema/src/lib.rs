@@ -49,9 +49,10 @@ pub struct Violation {
 /// A simple value found in a packet, kept for the domain rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
-    /// Path of the element holding it (fields with the same parent form one record).
-    pub parent: String,
-    pub name: String,
+    /// Path of the element holding it (fields with the same parent form one record); shared by the record.
+    pub parent: std::sync::Arc<str>,
+    /// One of [`domain::FIELDS`].
+    pub name: &'static str,
     pub value: String,
     pub path: String,
     pub line: Option<usize>,
@@ -297,7 +298,7 @@ impl Catalog {
                 ..Report::default()
             };
         };
-        let interest = |name: &str| domain::FIELDS.contains(&name);
+        let interest = |name: &str| domain::FIELDS.iter().copied().find(|f| *f == name);
         let root_path = format!("/{message_type}");
         let (mut violations, malformed, truncated, fields) = match format {
             Format::Xml => {
@@ -344,7 +345,7 @@ impl Catalog {
         }
         let units = fields
             .into_iter()
-            .filter(|f| f.name == "MaDonVi" && f.parent == root_path)
+            .filter(|f| f.name == "MaDonVi" && *f.parent == *root_path)
             .collect();
         Report {
             violations,

@@ -4,6 +4,7 @@
 
 use quick_xml::NsReader;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
@@ -66,6 +67,8 @@ struct Frame<'i> {
     text_reported: bool,
     /// Simple content that held a child element: its value is not checked again.
     broken: bool,
+    /// `path`, shared by the fields this element's children give the domain rules.
+    shared_path: Option<Arc<str>>,
 }
 
 /// Byte offset → line and column over the input; `starts` holds the offset of each line seen so far.
@@ -108,7 +111,7 @@ impl<'a> Lines<'a> {
 struct Run<'s, 'i> {
     schema: &'s Schema,
     limits: &'s Limits,
-    interest: &'s dyn Fn(&str) -> bool,
+    interest: &'s dyn Fn(&str) -> Option<&'static str>,
     out: XmlOutcome,
     stack: Vec<Frame<'i>>,
     /// Reused buffer for NFA steps.
@@ -444,6 +447,7 @@ impl<'s, 'i> Run<'s, 'i> {
             text: Cow::Borrowed(""),
             text_reported: false,
             broken: false,
+            shared_path: None,
         };
         self.attributes(e, decl, &mut frame, reader, at)?;
         self.stack.push(frame);
@@ -709,15 +713,18 @@ impl<'s, 'i> Run<'s, 'i> {
                     if let Err(err) = self.schema.simple[st].check(&frame.text) {
                         self.violation(&frame.path, at, err.rule, err.message);
                     }
-                    if (self.interest)(&frame.local) {
-                        let parent = self
-                            .stack
-                            .last()
-                            .map(|p| p.path.clone())
-                            .unwrap_or_default();
+                    if let Some(name) = (self.interest)(&frame.local) {
+                        // The parent's path, made once for all the fields of its record.
+                        let parent = match self.stack.last_mut() {
+                            Some(p) => p
+                                .shared_path
+                                .get_or_insert_with(|| Arc::from(p.path.as_str()))
+                                .clone(),
+                            None => Arc::from(""),
+                        };
                         self.out.fields.push(Field {
                             parent,
-                            name: frame.local.to_string(),
+                            name,
                             value: self.schema.simple[st].builtin.normalize(&frame.text),
                             path: std::mem::take(&mut frame.path),
                             line: Some(frame.line),
@@ -798,7 +805,7 @@ pub fn validate(
     schema: &Schema,
     bytes: &[u8],
     limits: &Limits,
-    interest: &dyn Fn(&str) -> bool,
+    interest: &dyn Fn(&str) -> Option<&'static str>,
 ) -> XmlOutcome {
     let text = match decode(bytes) {
         Ok(t) => t,
