@@ -107,11 +107,17 @@ pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
     // Records: fields sharing a parent, in first-seen order (one pass; a batch may hold thousands of records).
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut records: Vec<Vec<&Field>> = Vec::new();
+    let mut last: Option<(&std::sync::Arc<str>, usize)> = None;
     for f in fields {
-        let i = *index.entry(&*f.parent).or_insert_with(|| {
-            records.push(Vec::new());
-            records.len() - 1
-        });
+        // A record's fields mostly come together and share one Arc: compare pointers before hashing paths.
+        let i = match last {
+            Some((p, i)) if std::sync::Arc::ptr_eq(p, &f.parent) => i,
+            _ => *index.entry(&*f.parent).or_insert_with(|| {
+                records.push(Vec::new());
+                records.len() - 1
+            }),
+        };
+        last = Some((&f.parent, i));
         records[i].push(f);
     }
     for record in &records {
