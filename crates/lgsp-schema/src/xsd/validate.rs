@@ -57,7 +57,10 @@ struct Frame<'i> {
     kind: Kind,
     /// Borrowed from the input (no allocation per element).
     local: Cow<'i, str>,
-    path: String,
+    /// Length of `Run::path` up to and including this element (its path is that prefix: no String per element).
+    path_len: usize,
+    /// Length of `Run::path` before this element's segment (what closing it truncates back to).
+    parent_len: usize,
     line: usize,
     /// Byte offset of the element's start (the column is counted from it only when needed).
     column: usize,
@@ -116,6 +119,8 @@ struct Run<'s, 'i> {
     stack: Vec<Frame<'i>>,
     /// Reused buffer for NFA steps.
     scratch: Vec<usize>,
+    /// The path of the open elements, `/HoSoCBCCVC/QuaTrinhCongTac[2]/…`, grown on open and cut back on close.
+    path: String,
     lines: Lines<'i>,
     root_seen: bool,
 }
@@ -162,6 +167,18 @@ impl<'s, 'i> Run<'s, 'i> {
         self.out.violations.len() >= self.limits.max_errors
     }
 
+    /// A violation at the element whose path is the first `len` bytes of `self.path`.
+    fn violation_len(
+        &mut self,
+        len: usize,
+        at: (usize, usize),
+        rule: &'static str,
+        message: String,
+    ) {
+        let path = self.path[..len].to_owned();
+        self.violation(&path, at, rule, message);
+    }
+
     fn violation(&mut self, path: &str, at: (usize, usize), rule: &'static str, message: String) {
         if self.full() {
             self.out.truncated = true;
@@ -180,7 +197,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let path = self
             .stack
             .last()
-            .map(|f| f.path.clone())
+            .map(|f| self.path[..f.path_len].to_owned())
             .unwrap_or_else(|| "/".to_owned());
         self.out.violations.push(Violation {
             path,
@@ -206,34 +223,30 @@ impl<'s, 'i> Run<'s, 'i> {
         }
     }
 
-    fn child_path(&mut self, local: Cow<'i, str>, repeatable: bool) -> String {
-        let Some(parent) = self.stack.last_mut() else {
-            let mut p = String::with_capacity(local.len() + 1);
-            p.push('/');
-            p.push_str(&local);
-            return p;
+    /// Appends the child's segment to `self.path`; returns the path length before and after it.
+    fn push_segment(&mut self, local: Cow<'i, str>, repeatable: bool) -> (usize, usize) {
+        let before = self.path.len();
+        let n = match self.stack.last_mut() {
+            None => 1,
+            Some(parent) => match parent.counts.iter_mut().find(|(k, _)| *k == local) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    parent.counts.push((local.clone(), 1));
+                    1
+                }
+            },
         };
-        let n = match parent.counts.iter_mut().find(|(k, _)| *k == local) {
-            Some((_, n)) => {
-                *n += 1;
-                *n
-            }
-            None => {
-                parent.counts.push((local.clone(), 1));
-                1
-            }
-        };
-        // Built with push_str: this runs for every element, and `format!` costs more than the validation.
-        let mut p = String::with_capacity(parent.path.len() + local.len() + 8);
-        p.push_str(&parent.path);
-        p.push('/');
-        p.push_str(&local);
+        self.path.push('/');
+        self.path.push_str(&local);
         if repeatable || n > 1 {
-            p.push('[');
-            push_number(&mut p, n);
-            p.push(']');
+            self.path.push('[');
+            push_number(&mut self.path, n);
+            self.path.push(']');
         }
-        p
+        (before, self.path.len())
     }
 
     /// Decides which declaration the new child is, or reports why none.
@@ -244,7 +257,7 @@ impl<'s, 'i> Run<'s, 'i> {
         };
         let parent = self.stack.last_mut()?;
         if parent.nil {
-            let path = parent.path.clone();
+            let path = self.path[..parent.path_len].to_owned();
             self.violation(
                 &path,
                 at,
@@ -282,7 +295,10 @@ impl<'s, 'i> Run<'s, 'i> {
                 let nfa = &model.nfa;
                 let expected = nfa.expected(&set);
                 let later = nfa.reachable_later(&set, matches);
-                let (parent_path, parent_local) = (parent.path.clone(), parent.local.clone());
+                let (parent_path, parent_local) = (
+                    self.path[..parent.path_len].to_owned(),
+                    parent.local.clone(),
+                );
                 let list = self.expected_list(&expected);
                 if later {
                     self.violation(
@@ -323,8 +339,10 @@ impl<'s, 'i> Run<'s, 'i> {
                         Some(group.members[i].0)
                     }
                     Some(_) => {
-                        let (parent_path, parent_local) =
-                            (parent.path.clone(), parent.local.clone());
+                        let (parent_path, parent_local) = (
+                            self.path[..parent.path_len].to_owned(),
+                            parent.local.clone(),
+                        );
                         self.violation(
                             &parent_path,
                             at,
@@ -334,8 +352,10 @@ impl<'s, 'i> Run<'s, 'i> {
                         None
                     }
                     None => {
-                        let (parent_path, parent_local) =
-                            (parent.path.clone(), parent.local.clone());
+                        let (parent_path, parent_local) = (
+                            self.path[..parent.path_len].to_owned(),
+                            parent.local.clone(),
+                        );
                         let names: Vec<ElemId> = group.members.iter().map(|(d, _)| *d).collect();
                         let list = self.expected_list(&names);
                         self.violation(
@@ -353,7 +373,10 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             Kind::Simple { .. } => {
                 parent.broken = true;
-                let (parent_path, parent_local) = (parent.path.clone(), parent.local.clone());
+                let (parent_path, parent_local) = (
+                    self.path[..parent.path_len].to_owned(),
+                    parent.local.clone(),
+                );
                 self.violation(
                     &parent_path,
                     at,
@@ -366,7 +389,10 @@ impl<'s, 'i> Run<'s, 'i> {
                 None
             }
             Kind::Empty => {
-                let (parent_path, parent_local) = (parent.path.clone(), parent.local.clone());
+                let (parent_path, parent_local) = (
+                    self.path[..parent.path_len].to_owned(),
+                    parent.local.clone(),
+                );
                 self.violation(
                     &parent_path,
                     at,
@@ -419,7 +445,7 @@ impl<'s, 'i> Run<'s, 'i> {
             self.place_child(&name, at)
         };
         let repeatable = decl.is_some_and(|d| self.schema.elements[d].repeatable);
-        let path = self.child_path(name.local.clone(), repeatable);
+        let (parent_len, path_len) = self.push_segment(name.local.clone(), repeatable);
         let kind = match decl.map(|d| self.schema.elements[d].ty) {
             None => Kind::Skip,
             Some(TypeRef::Simple(st)) => Kind::Simple { st },
@@ -439,7 +465,8 @@ impl<'s, 'i> Run<'s, 'i> {
         let mut frame = Frame {
             kind,
             local: name.local,
-            path,
+            path_len,
+            parent_len,
             line: at.0,
             column: at.1,
             counts: Vec::new(),
@@ -535,20 +562,20 @@ impl<'s, 'i> Run<'s, 'i> {
                                 if decl.is_some_and(|d| self.schema.elements[d].nillable) {
                                     frame.nil = true;
                                 } else {
-                                    self.violation(&frame.path, at, "xsd.nil_not_allowed", format!("{} is not nillable; send a value or leave the element out", frame.local));
+                                    self.violation_len(frame.path_len, at, "xsd.nil_not_allowed", format!("{} is not nillable; send a value or leave the element out", frame.local));
                                 }
                             }
                             "false" | "0" => {}
-                            other => self.violation(
-                                &frame.path,
+                            other => self.violation_len(
+                                frame.path_len,
                                 at,
                                 "xsd.invalid_value",
                                 format!("xsi:nil=\"{}\" must be true or false", clip(other)),
                             ),
                         }
                     }
-                    "type" => self.violation(
-                        &frame.path,
+                    "type" => self.violation_len(
+                        frame.path_len,
                         at,
                         "xsd.xsi_type_unsupported",
                         "xsi:type is not supported; send the declared type".into(),
@@ -564,12 +591,12 @@ impl<'s, 'i> Run<'s, 'i> {
                 Some(i) => {
                     present[i] = true;
                     if let Err(err) = self.schema.simple[declared[i].ty].check(&value) {
-                        let path = format!("{}/@{local}", frame.path);
+                        let path = format!("{}/@{local}", &self.path[..frame.path_len]);
                         self.violation(&path, at, err.rule, err.message);
                     }
                 }
                 None => {
-                    let path = format!("{}/@{local}", frame.path);
+                    let path = format!("{}/@{local}", &self.path[..frame.path_len]);
                     let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
                     let allowed = if names.is_empty() {
                         "none".to_owned()
@@ -590,7 +617,7 @@ impl<'s, 'i> Run<'s, 'i> {
         }
         for (i, d) in declared.iter().enumerate() {
             if d.required && !present[i] {
-                let path = format!("{}/@{}", frame.path, d.name);
+                let path = format!("{}/@{}", &self.path[..frame.path_len], d.name);
                 self.violation(
                     &path,
                     at,
@@ -630,7 +657,11 @@ impl<'s, 'i> Run<'s, 'i> {
             Kind::Skip => {}
             _ if !t.trim().is_empty() && !frame.text_reported => {
                 frame.text_reported = true;
-                let (path, local, nil) = (frame.path.clone(), frame.local.clone(), frame.nil);
+                let (path, local, nil) = (
+                    self.path[..frame.path_len].to_owned(),
+                    frame.local.clone(),
+                    frame.nil,
+                );
                 let (rule, msg) = if nil {
                     (
                         "xsd.nil_with_content",
@@ -653,7 +684,7 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     fn close(&mut self) {
-        let Some(mut frame) = self.stack.pop() else {
+        let Some(frame) = self.stack.pop() else {
             return;
         };
         let at = (frame.line, frame.column);
@@ -668,8 +699,8 @@ impl<'s, 'i> Run<'s, 'i> {
                     }
                 {
                     let list = self.expected_list(&model.nfa.expected(&set));
-                    self.violation(
-                        &frame.path,
+                    self.violation_len(
+                        frame.path_len,
                         at,
                         "xsd.missing_element",
                         format!("{} is incomplete; expected: {list}", frame.local),
@@ -689,8 +720,8 @@ impl<'s, 'i> Run<'s, 'i> {
                             .collect();
                         if !missing.is_empty() {
                             let list = self.expected_list(&missing);
-                            self.violation(
-                                &frame.path,
+                            self.violation_len(
+                                frame.path_len,
                                 at,
                                 "xsd.missing_element",
                                 format!("{} lacks: {list}", frame.local),
@@ -702,8 +733,8 @@ impl<'s, 'i> Run<'s, 'i> {
             Kind::Simple { st } if !frame.broken => {
                 if frame.nil {
                     if !frame.text.is_empty() {
-                        self.violation(
-                            &frame.path,
+                        self.violation_len(
+                            frame.path_len,
                             at,
                             "xsd.nil_with_content",
                             format!("{} is xsi:nil=\"true\" and must be empty", frame.local),
@@ -711,14 +742,14 @@ impl<'s, 'i> Run<'s, 'i> {
                     }
                 } else {
                     if let Err(err) = self.schema.simple[st].check(&frame.text) {
-                        self.violation(&frame.path, at, err.rule, err.message);
+                        self.violation_len(frame.path_len, at, err.rule, err.message);
                     }
                     if let Some(name) = (self.interest)(&frame.local) {
                         // The parent's path, made once for all the fields of its record.
                         let parent = match self.stack.last_mut() {
                             Some(p) => p
                                 .shared_path
-                                .get_or_insert_with(|| Arc::from(p.path.as_str()))
+                                .get_or_insert_with(|| Arc::from(&self.path[..p.path_len]))
                                 .clone(),
                             None => Arc::from(""),
                         };
@@ -726,7 +757,7 @@ impl<'s, 'i> Run<'s, 'i> {
                             parent,
                             name,
                             value: self.schema.simple[st].builtin.normalize(&frame.text),
-                            path: std::mem::take(&mut frame.path),
+                            path: self.path[..frame.path_len].to_owned(),
                             line: Some(frame.line),
                             column: Some(self.lines.column(frame.line, frame.column)),
                         });
@@ -735,6 +766,8 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             _ => {}
         }
+        // The element is done: its segment leaves the path.
+        self.path.truncate(frame.parent_len);
     }
 }
 
@@ -834,6 +867,7 @@ pub fn validate(
         out: XmlOutcome::default(),
         stack: Vec::new(),
         scratch: Vec::new(),
+        path: String::new(),
         lines: Lines {
             text,
             offset: 0,
