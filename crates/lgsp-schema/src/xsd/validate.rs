@@ -61,9 +61,8 @@ struct Frame<'i> {
     path_len: usize,
     /// Length of `Run::path` before this element's segment (what closing it truncates back to).
     parent_len: usize,
-    line: usize,
-    /// Byte offset of the element's start (the column is counted from it only when needed).
-    column: usize,
+    /// Where the element starts.
+    pos: Pos,
     counts: Vec<(Cow<'i, str>, u32)>,
     nil: bool,
     text: Cow<'i, str>,
@@ -74,40 +73,52 @@ struct Frame<'i> {
     shared_path: Option<Arc<str>>,
 }
 
-/// Byte offset → line and column over the input; `starts` holds the offset of each line seen so far.
+/// A place in the document: its line, where that line starts, and its byte offset. The column is counted from
+/// these only when a violation or a kept field needs it.
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    line: usize,
+    line_start: usize,
+    offset: usize,
+}
+
+impl Pos {
+    fn column(&self, text: &str) -> usize {
+        text.get(self.line_start..self.offset.min(text.len()))
+            .map_or(1, |s| s.chars().count() + 1)
+    }
+}
+
+/// Byte offset → [`Pos`], counting lines as the offsets grow. Holds only the current line, so memory does not
+/// grow with the number of lines.
 struct Lines<'a> {
     text: &'a str,
     offset: usize,
-    starts: Vec<usize>,
+    line: usize,
+    line_start: usize,
 }
 
 impl<'a> Lines<'a> {
-    /// `(line, byte offset)` of `offset`: lines are counted as the offsets grow; columns are counted only when a
-    /// violation or a kept field needs one ([`Lines::column`]).
-    fn at(&mut self, offset: usize) -> (usize, usize) {
+    fn at(&mut self, offset: usize) -> Pos {
         let offset = offset.min(self.text.len());
-        if offset > self.offset {
-            for (i, b) in self.text.as_bytes()[self.offset..offset].iter().enumerate() {
-                if *b == b'\n' {
-                    self.starts.push(self.offset + i + 1);
-                }
-            }
-            self.offset = offset;
-            return (self.starts.len(), offset);
+        if offset < self.offset {
+            // Rare (an error position before the current one): count again from the start.
+            self.offset = 0;
+            self.line = 1;
+            self.line_start = 0;
         }
-        (self.starts.partition_point(|s| *s <= offset).max(1), offset)
-    }
-
-    /// The 1-based column of `offset` on `line`.
-    fn column(&self, line: usize, offset: usize) -> usize {
-        let start = self
-            .starts
-            .get(line.saturating_sub(1))
-            .copied()
-            .unwrap_or(0);
-        self.text
-            .get(start..offset.min(self.text.len()))
-            .map_or(1, |s| s.chars().count() + 1)
+        for (i, b) in self.text.as_bytes()[self.offset..offset].iter().enumerate() {
+            if *b == b'\n' {
+                self.line += 1;
+                self.line_start = self.offset + i + 1;
+            }
+        }
+        self.offset = offset;
+        Pos {
+            line: self.line,
+            line_start: self.line_start,
+            offset,
+        }
     }
 }
 
@@ -168,32 +179,26 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     /// A violation at the element whose path is the first `len` bytes of `self.path`.
-    fn violation_len(
-        &mut self,
-        len: usize,
-        at: (usize, usize),
-        rule: &'static str,
-        message: String,
-    ) {
+    fn violation_len(&mut self, len: usize, at: Pos, rule: &'static str, message: String) {
         let path = self.path[..len].to_owned();
         self.violation(&path, at, rule, message);
     }
 
-    fn violation(&mut self, path: &str, at: (usize, usize), rule: &'static str, message: String) {
+    fn violation(&mut self, path: &str, at: Pos, rule: &'static str, message: String) {
         if self.full() {
             self.out.truncated = true;
             return;
         }
         self.out.violations.push(Violation {
             path: path.to_owned(),
-            line: Some(at.0),
-            column: Some(self.lines.column(at.0, at.1)),
+            line: Some(at.line),
+            column: Some(at.column(self.lines.text)),
             rule,
             message,
         });
     }
 
-    fn fatal(&mut self, at: (usize, usize), rule: &'static str, message: String) {
+    fn fatal(&mut self, at: Pos, rule: &'static str, message: String) {
         let path = self
             .stack
             .last()
@@ -201,8 +206,8 @@ impl<'s, 'i> Run<'s, 'i> {
             .unwrap_or_else(|| "/".to_owned());
         self.out.violations.push(Violation {
             path,
-            line: Some(at.0),
-            column: Some(self.lines.column(at.0, at.1)),
+            line: Some(at.line),
+            column: Some(at.column(self.lines.text)),
             rule,
             message,
         });
@@ -250,7 +255,7 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     /// Decides which declaration the new child is, or reports why none.
-    fn place_child(&mut self, name: &Name<'i>, at: (usize, usize)) -> Option<ElemId> {
+    fn place_child(&mut self, name: &Name<'i>, at: Pos) -> Option<ElemId> {
         let schema = self.schema;
         let matches = |d: ElemId| {
             schema.elements[d].name == *name.local && name.ns.is(&schema.elements[d].ns)
@@ -412,7 +417,7 @@ impl<'s, 'i> Run<'s, 'i> {
         e: &BytesStart<'_>,
         name: Name<'i>,
         reader: &NsReader<&'i [u8]>,
-        at: (usize, usize),
+        at: Pos,
     ) -> Result<(), ()> {
         if self.stack.len() >= self.limits.max_depth {
             self.fatal(
@@ -467,8 +472,7 @@ impl<'s, 'i> Run<'s, 'i> {
             local: name.local,
             path_len,
             parent_len,
-            line: at.0,
-            column: at.1,
+            pos: at,
             counts: Vec::new(),
             nil: false,
             text: Cow::Borrowed(""),
@@ -487,7 +491,7 @@ impl<'s, 'i> Run<'s, 'i> {
         decl: Option<ElemId>,
         frame: &mut Frame,
         reader: &NsReader<&'i [u8]>,
-        at: (usize, usize),
+        at: Pos,
     ) -> Result<(), ()> {
         let declared = match decl.map(|d| self.schema.elements[d].ty) {
             Some(TypeRef::Complex(ct)) => self.schema.complex[ct].attributes.as_slice(),
@@ -629,7 +633,7 @@ impl<'s, 'i> Run<'s, 'i> {
         Ok(())
     }
 
-    fn text(&mut self, t: Cow<'i, str>, at: (usize, usize)) -> Result<(), ()> {
+    fn text(&mut self, t: Cow<'i, str>, at: Pos) -> Result<(), ()> {
         let max_text = self.limits.max_text;
         let Some(frame) = self.stack.last_mut() else {
             if !t.trim().is_empty() {
@@ -687,7 +691,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let Some(frame) = self.stack.pop() else {
             return;
         };
-        let at = (frame.line, frame.column);
+        let at = frame.pos;
         match frame.kind {
             Kind::Model { ct, state } if !frame.nil => {
                 if let Content::Model(model) = &self.schema.complex[ct].content
@@ -758,8 +762,8 @@ impl<'s, 'i> Run<'s, 'i> {
                             name,
                             value: self.schema.simple[st].builtin.normalize(&frame.text),
                             path: self.path[..frame.path_len].to_owned(),
-                            line: Some(frame.line),
-                            column: Some(self.lines.column(frame.line, frame.column)),
+                            line: Some(frame.pos.line),
+                            column: Some(frame.pos.column(self.lines.text)),
                         });
                     }
                 }
@@ -871,7 +875,8 @@ pub fn validate(
         lines: Lines {
             text,
             offset: 0,
-            starts: vec![0],
+            line: 1,
+            line_start: 0,
         },
         root_seen: false,
     };
