@@ -145,3 +145,56 @@ fn errors_name_path_line_and_column() {
     );
     assert!(v.line.is_some() && v.column.is_some(), "{v:?}");
 }
+
+#[test]
+fn namespaces_resolve_by_prefix_and_scope() {
+    let catalog = Catalog::embedded().unwrap();
+    let plain = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas/cbccvc/samples/valid/HoSoCBCCVC-02-toi-thieu.xml"),
+    )
+    .unwrap();
+    let check =
+        |doc: &str| catalog.validate("HoSoCBCCVC", Format::Xml, doc.as_bytes(), &opts(true));
+    // The same packet written with a prefix is the same packet.
+    let prefixed = plain
+        .replace(
+            "<HoSoCBCCVC xmlns=\"urn:lgsp:cbccvc:v1\"",
+            "<c:HoSoCBCCVC xmlns:c=\"urn:lgsp:cbccvc:v1\"",
+        )
+        .replace("</HoSoCBCCVC>", "</c:HoSoCBCCVC>")
+        .replace("<MaDonVi>", "<c:MaDonVi>")
+        .replace("</MaDonVi>", "</c:MaDonVi>");
+    let with_default_then_prefix = prefixed.replace(
+        "xmlns:c=\"urn:lgsp:cbccvc:v1\"",
+        "xmlns:c=\"urn:lgsp:cbccvc:v1\" xmlns=\"urn:lgsp:cbccvc:v1\"",
+    );
+    let r = check(&with_default_then_prefix);
+    assert!(r.is_valid(), "{:?}", r.violations);
+    // A child that redeclares the default namespace leaves the schema's namespace.
+    let moved = plain.replace("<SoCCCD>", "<SoCCCD xmlns=\"urn:other\">");
+    let r = check(&moved);
+    assert_eq!(
+        r.violations[0].rule, "xsd.unexpected_element",
+        "{:?}",
+        r.violations
+    );
+    assert!(
+        r.violations[0].message.contains("\"urn:other\""),
+        "{:?}",
+        r.violations
+    );
+    // The redeclaration's scope ends with its element: what follows is in the schema's namespace again, and only
+    // the SoCCCD the schema wanted is reported missing.
+    assert_eq!(r.violations.len(), 2, "{:?}", r.violations);
+    assert_eq!(r.violations[1].rule, "xsd.missing_element");
+    let undeclared = plain
+        .replace("<SoCCCD>", "<x:SoCCCD>")
+        .replace("</SoCCCD>", "</x:SoCCCD>");
+    let r = check(&undeclared);
+    assert!(
+        r.malformed && r.violations.last().unwrap().message.contains("`x`"),
+        "{:?}",
+        r.violations
+    );
+}
