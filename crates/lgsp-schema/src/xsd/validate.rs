@@ -2,11 +2,12 @@
 //! by `max_depth`), the text of the current simple element (bounded by `max_text`) and the violations (bounded by
 //! `max_errors`). DOCTYPE, entities other than the five predefined ones, and non-UTF-8 input are refused.
 
-use quick_xml::Reader;
+use quick_xml::NsReader;
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
 
 use super::load::{Content, Schema, TypeRef};
 use super::model::ElemId;
@@ -62,8 +63,6 @@ struct Frame<'i> {
     parent_len: usize,
     /// Where the element starts.
     pos: Pos,
-    /// Length of `Run::bindings` before this element's own declarations.
-    ns_mark: usize,
     counts: Vec<(Cow<'i, str>, u32)>,
     nil: bool,
     text: Cow<'i, str>,
@@ -131,8 +130,6 @@ struct Run<'s, 'i> {
     stack: Vec<Frame<'i>>,
     /// Reused buffer for NFA steps.
     scratch: Vec<usize>,
-    /// Namespace declarations in scope: (prefix, URI), innermost last; "" is the default namespace.
-    bindings: Vec<(String, String)>,
     /// The path of the open elements, `/HoSoCBCCVC/QuaTrinhCongTac[2]/…`, grown on open and cut back on close.
     path: String,
     lines: Lines<'i>,
@@ -428,7 +425,7 @@ impl<'s, 'i> Run<'s, 'i> {
         &mut self,
         e: &BytesStart<'_>,
         name: Name<'i>,
-        ns_mark: usize,
+        reader: &NsReader<&'i [u8]>,
         at: Pos,
     ) -> Result<(), ()> {
         if self.stack.len() >= self.limits.max_depth {
@@ -485,7 +482,6 @@ impl<'s, 'i> Run<'s, 'i> {
             path_len,
             parent_len,
             pos: at,
-            ns_mark,
             counts: Vec::new(),
             nil: false,
             text: Cow::Borrowed(""),
@@ -493,7 +489,7 @@ impl<'s, 'i> Run<'s, 'i> {
             broken: false,
             shared_path: None,
         };
-        self.attributes(e, decl, &mut frame, at)?;
+        self.attributes(e, decl, &mut frame, reader, at)?;
         self.stack.push(frame);
         Ok(())
     }
@@ -503,6 +499,7 @@ impl<'s, 'i> Run<'s, 'i> {
         e: &BytesStart<'_>,
         decl: Option<ElemId>,
         frame: &mut Frame,
+        reader: &NsReader<&'i [u8]>,
         at: Pos,
     ) -> Result<(), ()> {
         let declared = match decl.map(|d| self.schema.elements[d].ty) {
@@ -553,26 +550,24 @@ impl<'s, 'i> Run<'s, 'i> {
                 );
                 return Err(());
             }
-            // Unprefixed attributes are in no namespace; prefixed ones resolve through the declarations in scope.
-            let (ns, local) = match key.split_once(':') {
-                None => (None, key),
-                Some(("xml", l)) => (Some(XML_NS), l),
-                Some((p, l)) => match lookup(&self.bindings, p) {
-                    Some(uri) => (Some(uri), l),
-                    None => {
-                        self.fatal(
-                            at,
-                            "xml.malformed",
-                            format!("namespace prefix `{p}` is not declared"),
-                        );
-                        return Err(());
-                    }
-                },
+            let (ns, local) = reader.resolver().resolve_attribute(a.key);
+            let ns = match ns {
+                ResolveResult::Bound(n) => Some(n.0.to_owned()),
+                ResolveResult::Unbound => None,
+                ResolveResult::Unknown(p) => {
+                    self.fatal(
+                        at,
+                        "xml.malformed",
+                        format!("namespace prefix `{p}` is not declared"),
+                    );
+                    return Err(());
+                }
             };
+            let local = local.as_ref();
             if decl.is_none() {
                 continue;
             }
-            if ns == Some(XSI) {
+            if ns.as_deref() == Some(XSI) {
                 match local {
                     "nil" => {
                         match value.trim() {
@@ -784,9 +779,8 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             _ => {}
         }
-        // The element is done: its segment leaves the path, its namespace declarations leave the scope.
+        // The element is done: its segment leaves the path.
         self.path.truncate(frame.parent_len);
-        self.bindings.truncate(frame.ns_mark);
     }
 }
 
@@ -806,58 +800,23 @@ fn push_number(out: &mut String, mut n: u32) {
     }
 }
 
-/// The URI bound to `prefix` ("" = the default namespace) by the innermost declaration in scope.
-fn lookup<'b>(bindings: &'b [(String, String)], prefix: &str) -> Option<&'b str> {
-    bindings
-        .iter()
-        .rev()
-        .find(|(p, _)| p == prefix)
-        .map(|(_, uri)| uri.as_str())
-        .filter(|uri| !uri.is_empty() || !prefix.is_empty())
-}
-
-const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
-
-/// Pushes the namespace declarations (`xmlns`, `xmlns:p`) of a start tag onto `bindings`.
-fn declare(e: &BytesStart<'_>, bindings: &mut Vec<(String, String)>) -> Result<(), String> {
-    for a in e.attributes() {
-        let a = a.map_err(|err| format!("attribute error: {err}"))?;
-        let key = a.key.as_ref();
-        let prefix = if key == "xmlns" {
-            ""
-        } else if let Some(p) = key.strip_prefix("xmlns:") {
-            p
-        } else {
-            continue;
-        };
-        let uri = a
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|err| format!("attribute {key}: {err}"))?;
-        if !prefix.is_empty() && uri.is_empty() {
-            return Err(format!("xmlns:{prefix} cannot be undeclared in XML 1.0"));
-        }
-        bindings.push((prefix.to_owned(), uri.into_owned()));
-    }
-    Ok(())
-}
-
 /// The element's namespace and local name; the name borrows the input when it can be found there (always, for
 /// a start tag: `<` at `pos`, then the qualified name).
 fn resolve<'i>(
-    bindings: &[(String, String)],
+    ns: ResolveResult<'_>,
     e: &BytesStart<'_>,
     text: &'i str,
     pos: usize,
     target: Option<&str>,
 ) -> Result<Name<'i>, String> {
-    let qname = e.name();
-    let q = qname.as_ref();
-    let (prefix, l) = q.split_once(':').unwrap_or(("", q));
-    let ns = match lookup(bindings, prefix) {
-        Some(uri) => Ns::of(Some(uri), target),
-        None if prefix.is_empty() => Ns::None,
-        None => return Err(format!("namespace prefix `{prefix}` is not declared")),
+    let ns = match ns {
+        ResolveResult::Bound(n) => Ns::of(Some(n.0), target),
+        ResolveResult::Unbound => Ns::None,
+        ResolveResult::Unknown(p) => return Err(format!("namespace prefix `{p}` is not declared")),
     };
+    let qname = e.name();
+    let local = e.local_name();
+    let (q, l) = (qname.as_ref(), local.as_ref());
     let start = pos + 1 + (q.len() - l.len());
     let local = match text.get(start..start + l.len()) {
         Some(borrowed) if borrowed == l => Cow::Borrowed(borrowed),
@@ -913,7 +872,7 @@ pub fn validate(
             };
         }
     };
-    let mut reader = Reader::from_str(text);
+    let mut reader = NsReader::from_str(text);
     let mut run = Run {
         schema,
         limits,
@@ -922,7 +881,6 @@ pub fn validate(
         stack: Vec::new(),
         scratch: Vec::new(),
         path: String::new(),
-        bindings: Vec::new(),
         lines: Lines {
             text,
             offset: 0,
@@ -933,8 +891,8 @@ pub fn validate(
     };
     loop {
         let pos = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-        let event = reader.read_event();
-        let ev = match event {
+        let event = reader.read_resolved_event();
+        let (ns, ev) = match event {
             Ok(x) => x,
             Err(err) => {
                 let at_offset = usize::try_from(reader.error_position()).unwrap_or(pos);
@@ -960,19 +918,14 @@ pub fn validate(
                     run.fatal(at, "xml.malformed", "a second root element".into());
                     break;
                 }
-                let ns_mark = run.bindings.len();
-                if let Err(m) = declare(e, &mut run.bindings) {
-                    run.fatal(at, "xml.malformed", m);
-                    break;
-                }
-                let name = match resolve(&run.bindings, e, text, pos, schema.target_ns.as_deref()) {
+                let name = match resolve(ns, e, text, pos, schema.target_ns.as_deref()) {
                     Ok(n) => n,
                     Err(m) => {
                         run.fatal(at, "xml.malformed", m);
                         break;
                     }
                 };
-                if run.open(e, name, ns_mark, at).is_err() {
+                if run.open(e, name, &reader, at).is_err() {
                     break;
                 }
                 if matches!(ev, Event::Empty(_)) {
