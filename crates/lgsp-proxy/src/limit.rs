@@ -14,11 +14,12 @@ use lgsp_auth::Caller;
 use lgsp_config::{OverloadConfig, RateLimitBackend, RateLimitConfig, RateSpec};
 use lgsp_ratelimit::{Decision, Key, Limiter, LocalLimiter, Quota, RedisLimiter};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::Body;
 use crate::route::Route;
+use crate::stack::{Inner, call};
 use crate::trace::HopContext;
 
 /// Why a request was held back.
@@ -209,8 +210,6 @@ fn state_header(route: &str, remaining: u32, reset: Duration) -> String {
     format!("\"{route}\";r={remaining};t={}", secs_up(reset))
 }
 
-type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
-
 #[derive(Clone)]
 pub struct LimitLayer {
     policy: Arc<LimitPolicy>,
@@ -266,17 +265,6 @@ impl Service<Request<Body>> for Limit {
             self.hop.clone(),
             req,
         ))
-    }
-}
-
-/// Waits for the inner service to be ready, then calls it.
-pub(crate) async fn call(
-    inner: &mut Inner,
-    req: Request<Body>,
-) -> Result<Response<Body>, BoxError> {
-    match inner.ready().await {
-        Ok(svc) => svc.call(req).await,
-        Err(e) => Err(e),
     }
 }
 
@@ -360,6 +348,7 @@ async fn limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
     use lgsp_config::KeyKind;
     use lgsp_metrics::Metrics;
 

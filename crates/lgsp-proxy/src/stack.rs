@@ -46,3 +46,19 @@ pub fn hop_stack(
         .service(Forward::new(client, hop));
     BoxCloneSyncService::new(stack)
 }
+
+/// A layer's inner service, boxed so the futures the layers build have concrete types.
+pub(crate) type Inner =
+    tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, crate::BoxError>;
+
+/// Waits for the inner service to be ready, then calls it.
+pub(crate) async fn call(
+    inner: &mut Inner,
+    req: Request<Body>,
+) -> Result<Response<Body>, crate::BoxError> {
+    use tower::{Service, ServiceExt};
+    match inner.ready().await {
+        Ok(svc) => svc.call(req).await,
+        Err(e) => Err(e),
+    }
+}

@@ -20,6 +20,7 @@ use tower::{Layer, Service};
 use crate::BoxError;
 use crate::body::{Body, full};
 use crate::route::Route;
+use crate::stack::{Inner, call};
 use crate::trace::HopContext;
 
 /// Bodies above this size are validated on the blocking pool, not on the reactor.
@@ -174,9 +175,6 @@ impl ValidateLayer {
         ValidateLayer { policy, hop }
     }
 }
-
-/// The service below validation, boxed so the future built here has concrete types.
-type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 impl<S> Layer<S> for ValidateLayer
 where
@@ -349,7 +347,7 @@ async fn handle(
     }
     let Some(message_type) = route.config.message_type.clone() else {
         // No packet to check: stream the body through, cut at the limit.
-        return crate::limit::call(&mut inner, req.map(|b| limited(b, limit))).await;
+        return call(&mut inner, req.map(|b| limited(b, limit))).await;
     };
     let ctype = req
         .headers()
@@ -394,7 +392,7 @@ async fn handle(
         )
     };
     match checked {
-        Ok(()) => crate::limit::call(&mut inner, Request::from_parts(parts, full(bytes))).await,
+        Ok(()) => call(&mut inner, Request::from_parts(parts, full(bytes))).await,
         Err(e) => fail(e),
     }
 }
