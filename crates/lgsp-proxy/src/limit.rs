@@ -348,9 +348,9 @@ async fn limit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt;
     use lgsp_config::KeyKind;
     use lgsp_metrics::Metrics;
+    use tower::ServiceExt;
 
     fn service(policy: &Arc<LimitPolicy>, hop: &str, metrics: &Arc<Metrics>) -> Limit {
         let hop = Arc::new(HopContext {

@@ -385,34 +385,24 @@ impl<'s, 'i> Run<'s, 'i> {
                     }
                 }
             }
-            Kind::Simple { .. } => {
-                parent.broken = true;
+            Kind::Simple { .. } | Kind::Empty => {
+                let simple = matches!(parent.kind, Kind::Simple { .. });
+                parent.broken = simple;
                 let (parent_path, parent_local) = (
                     self.path[..parent.path_len].to_owned(),
                     parent.local.clone(),
                 );
+                let why = if simple {
+                    "holds a plain value"
+                } else {
+                    "must be empty"
+                };
                 self.violation(
                     &parent_path,
                     at,
                     "xsd.unexpected_element",
                     format!(
-                        "{parent_local} holds a plain value; the child element {} is not allowed",
-                        name.local
-                    ),
-                );
-                None
-            }
-            Kind::Empty => {
-                let (parent_path, parent_local) = (
-                    self.path[..parent.path_len].to_owned(),
-                    parent.local.clone(),
-                );
-                self.violation(
-                    &parent_path,
-                    at,
-                    "xsd.unexpected_element",
-                    format!(
-                        "{parent_local} must be empty; {} is not allowed",
+                        "{parent_local} {why}; the child element {} is not allowed",
                         name.local
                     ),
                 );
