@@ -72,11 +72,8 @@ async fn an_agency_override_replaces_the_route_rate() {
     for _ in 0..3 {
         statuses.push(
             client
-                .send("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
-                .await
-                .unwrap()
-                .status
-                .as_u16(),
+                .status("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
+                .await,
         );
     }
     assert_eq!(statuses, [200, 200, 429]);
@@ -181,10 +178,8 @@ async fn two_gateways_on_one_redis_share_the_limit() {
         let g = if i % 2 == 0 { &a } else { &b };
         let url = hop_url(g, "lgsp", "/lgsp/v1/HoSoCBCCVC");
         let s = client
-            .send("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
-            .await
-            .unwrap()
-            .status;
+            .status("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
+            .await;
         assert!(s == 200 || s == 429, "{s}");
         allowed += usize::from(s == 200);
     }
@@ -221,11 +216,8 @@ async fn an_unreachable_redis_falls_back_to_local_or_refuses() {
         for _ in 0..2 {
             got.push(
                 client
-                    .send("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
-                    .await
-                    .unwrap()
-                    .status
-                    .as_u16(),
+                    .status("POST", &url, &headers(KEY_H29), &packet("000.00.00.H29"))
+                    .await,
             );
         }
         assert_eq!(got, expect, "{mode}");

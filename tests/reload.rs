@@ -172,10 +172,8 @@ async fn a_bad_file_is_refused_with_its_line_and_the_old_config_keeps_serving() 
     let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     assert_eq!(
         client
-            .send("POST", &url, &headers(KEY_H29), &packet())
-            .await
-            .unwrap()
-            .status,
+            .status("POST", &url, &headers(KEY_H29), &packet())
+            .await,
         200
     );
     lgsp.shutdown().await;
@@ -193,10 +191,8 @@ async fn new_keys_and_agencies_take_effect_on_reload() {
     let new_key = "lgsp_prod_reloaded_key_for_h29";
     assert_eq!(
         client
-            .send("POST", &url, &headers(new_key), &packet())
-            .await
-            .unwrap()
-            .status,
+            .status("POST", &url, &headers(new_key), &packet())
+            .await,
         401
     );
     let with_key = base.replacen(
@@ -211,10 +207,8 @@ async fn new_keys_and_agencies_take_effect_on_reload() {
     lgsp.reloader.reload().unwrap();
     assert_eq!(
         client
-            .send("POST", &url, &headers(new_key), &packet())
-            .await
-            .unwrap()
-            .status,
+            .status("POST", &url, &headers(new_key), &packet())
+            .await,
         200
     );
     // And removed again: the old dev key still works, the new one no longer does.
@@ -222,18 +216,14 @@ async fn new_keys_and_agencies_take_effect_on_reload() {
     lgsp.reloader.reload().unwrap();
     assert_eq!(
         client
-            .send("POST", &url, &headers(new_key), &packet())
-            .await
-            .unwrap()
-            .status,
+            .status("POST", &url, &headers(new_key), &packet())
+            .await,
         401
     );
     assert_eq!(
         client
-            .send("POST", &url, &headers(KEY_H29), &packet())
-            .await
-            .unwrap()
-            .status,
+            .status("POST", &url, &headers(KEY_H29), &packet())
+            .await,
         200
     );
     lgsp.shutdown().await;
@@ -254,10 +244,8 @@ async fn rate_limit_state_survives_a_reload_that_keeps_the_limits() {
     for _ in 0..2 {
         assert_eq!(
             client
-                .send("POST", &url, &headers(KEY_H29), &packet())
-                .await
-                .unwrap()
-                .status,
+                .status("POST", &url, &headers(KEY_H29), &packet())
+                .await,
             200
         );
     }
@@ -270,10 +258,8 @@ async fn rate_limit_state_survives_a_reload_that_keeps_the_limits() {
     lgsp.reloader.reload().unwrap();
     assert_eq!(
         client
-            .send("POST", &url, &headers(KEY_H29), &packet())
-            .await
-            .unwrap()
-            .status,
+            .status("POST", &url, &headers(KEY_H29), &packet())
+            .await,
         429
     );
     lgsp.shutdown().await;

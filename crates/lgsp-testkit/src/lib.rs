@@ -324,6 +324,21 @@ impl TestClient {
         }
     }
 
+    /// The status of one request; panics when the exchange itself fails (tests only).
+    pub async fn status(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> u16 {
+        self.send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+            .status
+            .as_u16()
+    }
+
     pub async fn send(
         &self,
         method: &str,
