@@ -62,17 +62,22 @@ pub struct Day {
 impl Day {
     /// `YYYY-MM-DD` (a longer value such as a dateTime is read by its first ten characters).
     pub fn parse(s: &str) -> Option<Day> {
-        let s = s.get(..10).filter(|s| s.is_ascii())?;
-        let b = s.as_bytes();
+        let b = s.as_bytes().get(..10)?;
         if b[4] != b'-' || b[7] != b'-' {
             return None;
         }
-        let year: i32 = s[..4].parse().ok()?;
-        let month: u8 = s[5..7].parse().ok()?;
-        let day: u8 = s[8..10].parse().ok()?;
-        let month_enum = time::Month::try_from(month).ok()?;
-        time::Date::from_calendar_date(year, month_enum, day).ok()?;
-        Some(Day { year, month, day })
+        let number = |digits: &[u8]| {
+            digits.iter().try_fold(0u32, |n, c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let year = i32::try_from(number(&b[..4])?).ok()?;
+        let month = u8::try_from(number(&b[5..7])?).ok()?;
+        let day = u8::try_from(number(&b[8..10])?).ok()?;
+        let valid = (1..=12).contains(&month)
+            && day >= 1
+            && day <= crate::xsd::days_in_month(i64::from(year), month);
+        valid.then_some(Day { year, month, day })
     }
 
     /// Today in Vietnam (UTC+7), the calendar the packets are written in.
@@ -92,19 +97,30 @@ impl std::fmt::Display for Day {
     }
 }
 
-fn violation(f: &Field, rule: &'static str, message: String) -> Violation {
-    Violation {
-        path: f.path.clone(),
-        line: f.line,
-        column: f.column,
-        rule,
-        message,
+/// A kept value as the rules see it: which field it is and its (normalised) text.
+pub trait Item {
+    fn name(&self) -> &'static str;
+    fn value(&self) -> &str;
+}
+
+impl Item for Field {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn value(&self) -> &str {
+        &self.value
     }
 }
 
-/// Checks every rule; violations come in field order.
+/// The field a simple element or JSON key of this name is kept as, if a rule reads it.
+pub fn field_name(name: &str) -> Option<&'static str> {
+    FIELDS.iter().copied().find(|f| *f == name)
+}
+
+/// Checks every rule on fields from anywhere in a packet (the JSON path): records are the fields sharing a
+/// parent, in first-seen order; violations come in field order.
 pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
-    // Records: fields sharing a parent, in first-seen order (one pass; a batch may hold thousands of records).
+    // One pass; a batch may hold thousands of records.
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut records: Vec<Vec<&Field>> = Vec::new();
     let mut last: Option<(&std::sync::Arc<str>, usize)> = None;
@@ -121,87 +137,122 @@ pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
         records[i].push(f);
     }
     for record in &records {
-        check_record(record, today, out);
+        check_record(record, today, &mut |i, rule, message| {
+            let f = record[i];
+            out.push(Violation {
+                path: f.path.clone(),
+                line: f.line,
+                column: f.column,
+                rule,
+                message,
+            });
+        });
     }
 }
 
-fn get<'a>(record: &[&'a Field], name: &str) -> Option<&'a Field> {
-    record.iter().copied().find(|f| f.name == name)
+impl<T: Item + ?Sized> Item for &T {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn value(&self) -> &str {
+        (**self).value()
+    }
 }
 
-fn check_record(record: &[&Field], today: Day, out: &mut Vec<Violation>) {
-    let birth = get(record, "NgaySinh").and_then(|f| Day::parse(&f.value));
-    let gender = get(record, "GioiTinh").map(|f| f.value.as_str());
-    if let Some(f) = get(record, "SoCCCD") {
-        check_cccd(f, birth, gender, out);
+fn get<'a, I: Item>(record: &'a [I], name: &str) -> Option<(usize, &'a I)> {
+    record.iter().enumerate().find(|(_, f)| f.name() == name)
+}
+
+/// Where a rule reports: the index of the offending item in its record, the rule code and the message.
+pub type Emit<'e> = dyn FnMut(usize, &'static str, String) + 'e;
+
+/// Checks the rules on one record (the kept values of one element or object: a profile, a salary step, …).
+pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
+    let birth = get(record, "NgaySinh").and_then(|(_, f)| Day::parse(f.value()));
+    let gender = get(record, "GioiTinh").map(|(_, f)| f.value());
+    if let Some((i, f)) = get(record, "SoCCCD") {
+        check_cccd(f.value(), birth, gender, &mut |rule, message| {
+            emit(i, rule, message)
+        });
     }
-    for f in record.iter().filter(|f| PAST_DATES.contains(&f.name)) {
-        match Day::parse(&f.value) {
-            None => out.push(violation(
-                f,
+    for (i, f) in record.iter().enumerate() {
+        if !PAST_DATES.contains(&f.name()) {
+            continue;
+        }
+        match Day::parse(f.value()) {
+            None => emit(
+                i,
                 "date.invalid",
                 format!(
                     "{} `{}` is not a calendar date (YYYY-MM-DD)",
-                    f.name, f.value
+                    f.name(),
+                    f.value()
                 ),
-            )),
-            Some(d) if d > today => {
-                out.push(violation(
-                    f,
-                    "date.in_future",
-                    format!("{} {d} lies after today ({today}); check the year", f.name),
-                ));
-            }
+            ),
+            Some(d) if d > today => emit(
+                i,
+                "date.in_future",
+                format!(
+                    "{} {d} lies after today ({today}); check the year",
+                    f.name()
+                ),
+            ),
             Some(_) => {}
         }
     }
-    if let (Some(f), Some(b)) = (get(record, "NgayTuyenDung"), birth)
-        && let Some(t) = Day::parse(&f.value)
+    if let (Some((i, f)), Some(b)) = (get(record, "NgayTuyenDung"), birth)
+        && let Some(t) = Day::parse(f.value())
         && t <= b
     {
-        out.push(violation(
-            f,
+        emit(
+            i,
             "date.recruitment_before_birth",
             format!("NgayTuyenDung {t} is not after NgaySinh {b}"),
-        ));
+        );
     }
-    if let (Some(start), Some(end)) = (get(record, "NgayBatDau"), get(record, "NgayKetThuc"))
-        && let (Some(s), Some(e)) = (Day::parse(&start.value), Day::parse(&end.value))
+    if let (Some((_, start)), Some((i, end))) =
+        (get(record, "NgayBatDau"), get(record, "NgayKetThuc"))
+        && let (Some(s), Some(e)) = (Day::parse(start.value()), Day::parse(end.value()))
         && e < s
     {
-        out.push(violation(
-            end,
+        emit(
+            i,
             "date.end_before_start",
             format!("NgayKetThuc {e} is before NgayBatDau {s}"),
-        ));
+        );
     }
-    if let Some(f) = get(record, "HeSoLuong") {
-        check_coefficient(f, get(record, "MaNgach").map(|m| m.value.as_str()), out);
+    if let Some((i, f)) = get(record, "HeSoLuong") {
+        let rank = get(record, "MaNgach").map(|(_, m)| m.value());
+        if let Some((rule, message)) = check_coefficient(f.value(), rank) {
+            emit(i, rule, message);
+        }
     }
 }
 
-fn check_cccd(f: &Field, birth: Option<Day>, gender: Option<&str>, out: &mut Vec<Violation>) {
-    let v = f.value.as_str();
+fn check_cccd(
+    v: &str,
+    birth: Option<Day>,
+    gender: Option<&str>,
+    emit: &mut dyn FnMut(&'static str, String),
+) {
     if v.len() != 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        out.push(violation(
-            f,
+        emit(
             "cccd.length",
             format!(
                 "SoCCCD `{}` must be exactly 12 digits",
                 crate::xsd::clip_text(v)
             ),
-        ));
+        );
         return;
     }
     if !PROVINCES.contains(&&v[..3]) {
-        out.push(violation(
-            f,
+        emit(
             "cccd.province",
             format!(
                 "SoCCCD starts with {}, which is not a province code of birth registration",
                 &v[..3]
             ),
-        ));
+        );
     }
     let digit = i32::from(v.as_bytes()[3] - b'0');
     let year_digits = &v[4..6];
@@ -209,59 +260,51 @@ fn check_cccd(f: &Field, birth: Option<Day>, gender: Option<&str>, out: &mut Vec
         let century = (b.year - 1900).div_euclid(100);
         if !(0..=4).contains(&century) || digit / 2 != century {
             let expected = century * 2;
-            out.push(violation(f, "cccd.century_gender", format!(
+            emit("cccd.century_gender", format!(
                 "the 4th digit of SoCCCD is {digit}, but someone born in {} has {} (male) or {} (female)",
                 b.year,
                 expected,
                 expected + 1
-            )));
+            ));
         } else if let Some(g) = gender.filter(|g| (digit % 2 == 0) != (*g == "Nam")) {
-            out.push(violation(
-                f,
+            emit(
                 "cccd.century_gender",
                 format!(
                     "the 4th digit of SoCCCD is {digit}, which says {}, but GioiTinh is {g}",
                     if digit % 2 == 0 { "male" } else { "female" }
                 ),
-            ));
+            );
         }
         if year_digits != format!("{:02}", b.year.rem_euclid(100)) {
-            out.push(violation(
-                f,
+            emit(
                 "cccd.birth_year",
                 format!(
                     "digits 5–6 of SoCCCD are {year_digits}, but NgaySinh is in {}",
                     b.year
                 ),
-            ));
+            );
         }
     } else if let Some(g) = gender.filter(|g| (digit % 2 == 0) != (*g == "Nam")) {
-        out.push(violation(
-            f,
+        emit(
             "cccd.century_gender",
             format!("the 4th digit of SoCCCD is {digit}, which does not fit GioiTinh {g}"),
-        ));
+        );
     }
 }
 
-fn check_coefficient(f: &Field, rank: Option<&str>, out: &mut Vec<Violation>) {
-    let Some(value) = Decimal::parse(&f.value) else {
-        return;
-    };
+fn check_coefficient(value: &str, rank: Option<&str>) -> Option<(&'static str, String)> {
+    let d = Decimal::parse(value)?;
     let (label, lo, hi) = match rank.and_then(|r| RANKS.iter().find(|(code, ..)| *code == r)) {
         Some((code, name, lo, hi)) => (format!("rank {code} {name}"), *lo, *hi),
         None => ("any rank".to_owned(), OVERALL.0, OVERALL.1),
     };
-    let (Some(lo_d), Some(hi_d)) = (Decimal::parse(lo), Decimal::parse(hi)) else {
-        return;
-    };
-    if value < lo_d || value > hi_d {
-        out.push(violation(
-            f,
+    let (lo_d, hi_d) = (Decimal::parse(lo)?, Decimal::parse(hi)?);
+    (d < lo_d || d > hi_d).then(|| {
+        (
             "salary.coefficient_out_of_range",
-            format!("HeSoLuong {} is outside {lo}–{hi} for {label}", f.value),
-        ));
-    }
+            format!("HeSoLuong {value} is outside {lo}–{hi} for {label}"),
+        )
+    })
 }
 
 #[cfg(test)]

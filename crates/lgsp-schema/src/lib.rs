@@ -148,6 +148,8 @@ pub enum CatalogError {
 
 struct MessageSchemas {
     xsd: xsd::Schema,
+    /// Per XSD element declaration: the domain field its values are kept as.
+    keep: Vec<Option<&'static str>>,
     json: jsonschema::Validator,
 }
 
@@ -233,7 +235,12 @@ impl Catalog {
                 file: file.clone(),
                 message: format!("not a usable JSON Schema 2020-12: {e}"),
             })?;
-            types.insert(*t, MessageSchemas { xsd, json });
+            let keep = xsd
+                .elements
+                .iter()
+                .map(|e| domain::field_name(&e.name))
+                .collect();
+            types.insert(*t, MessageSchemas { xsd, keep, json });
         }
         Ok(Catalog { types })
     }
@@ -298,11 +305,17 @@ impl Catalog {
                 ..Report::default()
             };
         };
-        let interest = |name: &str| domain::FIELDS.iter().copied().find(|f| *f == name);
+        let today = opts
+            .domain
+            .then(|| opts.today.unwrap_or_else(Day::today));
         let root_path = format!("/{message_type}");
-        let (mut violations, malformed, truncated, fields) = match format {
+        let (mut violations, malformed, truncated, fields, found) = match format {
             Format::Xml => {
-                let out = xsd::validate(&s.xsd, bytes, &opts.limits, &interest);
+                let extras = xsd::Extras {
+                    keep: &s.keep,
+                    today,
+                };
+                let out = xsd::validate(&s.xsd, bytes, &opts.limits, extras);
                 let wrong_root = out.root.as_deref().is_some_and(|r| r != message_type);
                 let mut v = out.violations;
                 if wrong_root && !out.fatal {
@@ -317,29 +330,30 @@ impl Catalog {
                         },
                     );
                 }
-                (v, out.fatal, out.truncated, out.fields)
+                (v, out.fatal, out.truncated, out.fields, out.domain)
             }
             Format::Json => match json::parse(bytes, &opts.limits) {
-                Err(v) => (vec![v], true, false, Vec::new()),
+                Err(v) => (vec![v], true, false, Vec::new(), Vec::new()),
                 Ok(value) => {
                     let (v, truncated) =
                         json::check(&s.json, &value, bytes, opts.limits.max_errors);
-                    (v, false, truncated, json::fields(&value, &interest))
+                    let fields = json::fields(&value, &domain::field_name);
+                    let mut found = Vec::new();
+                    if let Some(today) = today {
+                        domain::check(&fields, today, &mut found);
+                        for v in &mut found {
+                            let pointer = pointer_of(&v.path);
+                            if let Some((l, c)) = json::locate(bytes, &pointer) {
+                                v.line = Some(l);
+                                v.column = Some(c);
+                            }
+                        }
+                    }
+                    (v, false, truncated, fields, found)
                 }
             },
         };
         if !malformed && opts.domain && !truncated {
-            let mut found = Vec::new();
-            domain::check(&fields, opts.today.unwrap_or_else(Day::today), &mut found);
-            if format == Format::Json {
-                for v in &mut found {
-                    let pointer = pointer_of(&v.path);
-                    if let Some((l, c)) = json::locate(bytes, &pointer) {
-                        v.line = Some(l);
-                        v.column = Some(c);
-                    }
-                }
-            }
             let room = opts.limits.max_errors.saturating_sub(violations.len());
             violations.extend(found.into_iter().take(room));
         }

@@ -9,5 +9,6 @@ pub use load::{
     Content, DirFiles, ElementDecl, EmbeddedFiles, LoadError, Schema, SchemaFiles, TypeRef, XS,
 };
 pub use model::{AllGroup, Dfa, Model, Nfa, Particle};
+pub(crate) use simple::days_in_month;
 pub use simple::{Builtin, Decimal, SimpleType, clip as clip_text};
-pub use validate::{XmlOutcome, validate};
+pub use validate::{Extras, XmlOutcome, validate};

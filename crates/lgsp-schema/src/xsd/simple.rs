@@ -95,11 +95,17 @@ impl Builtin {
             Builtin::NormalizedString => Cow::Owned(raw.replace(['\t', '\n', '\r'], " ")),
             _ => {
                 let b = raw.as_bytes();
-                let normal = b.first().is_none_or(|c| *c != b' ')
-                    && b.last().is_none_or(|c| *c != b' ')
-                    && !b.iter().any(|c| ws(*c))
-                    && !b.windows(2).any(|w| w == b"  ");
-                if normal {
+                let mut prev_space = true;
+                let mut normal = true;
+                for c in b {
+                    let space = *c == b' ';
+                    if ws(*c) || (space && prev_space) {
+                        normal = false;
+                        break;
+                    }
+                    prev_space = space;
+                }
+                if (normal && !prev_space) || b.is_empty() {
                     return Cow::Borrowed(raw);
                 }
                 Cow::Owned(
@@ -138,7 +144,8 @@ impl Builtin {
                 }
                 Ok(Value::Num(d))
             }
-            Builtin::Date => parse_date_time(v, Kind::Date).map(Value::Time).ok_or_else(|| {
+            Builtin::Date => plain_date(v)
+                .or_else(|| parse_date_time(v, Kind::Date)).map(Value::Time).ok_or_else(|| {
                 format!("`{}` is not an xs:date: write YYYY-MM-DD with a real day of the month", clip(v))
             }),
             Builtin::DateTime => parse_date_time(v, Kind::DateTime).map(Value::Time).ok_or_else(|| {
@@ -270,7 +277,29 @@ pub struct TimeValue {
     nanos: String,
 }
 
-fn days_in_month(year: i64, month: u8) -> u8 {
+/// The common `YYYY-MM-DD` (four-digit year, no zone) read straight from its bytes.
+fn plain_date(v: &str) -> Option<TimeValue> {
+    let b: &[u8; 10] = v.as_bytes().try_into().ok()?;
+    let digit = |i: usize| b[i].is_ascii_digit().then(|| i64::from(b[i] - b'0'));
+    if b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = ((digit(0)? * 10 + digit(1)?) * 10 + digit(2)?) * 10 + digit(3)?;
+    let month = u8::try_from(digit(5)? * 10 + digit(6)?).ok()?;
+    let day = u8::try_from(digit(8)? * 10 + digit(9)?).ok()?;
+    if year == 0 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    Some(TimeValue {
+        year,
+        month,
+        day,
+        seconds: 0,
+        nanos: String::new(),
+    })
+}
+
+pub(crate) fn days_in_month(year: i64, month: u8) -> u8 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -469,13 +498,17 @@ impl SimpleType {
 
     /// Checks a raw (unnormalised) value against the type.
     pub fn check(&self, raw: &str) -> Result<(), SimpleError> {
-        let v = self.builtin.normalized(raw);
-        let value = self.builtin.parse(&v).map_err(|message| SimpleError {
+        self.check_normalized(&self.builtin.normalized(raw))
+    }
+
+    /// Checks a value already normalised by [`Builtin::normalized`].
+    pub fn check_normalized(&self, v: &str) -> Result<(), SimpleError> {
+        let value = self.builtin.parse(v).map_err(|message| SimpleError {
             rule: "xsd.invalid_value",
             message,
         })?;
         for f in &self.steps {
-            self.check_step(f, &v, &value)?;
+            self.check_step(f, v, &value)?;
         }
         Ok(())
     }
@@ -507,9 +540,10 @@ impl SimpleType {
                 );
             }
         }
-        let chars = v.chars().count();
-        let length_applies = self.builtin.is_stringy();
+        let length_applies = self.builtin.is_stringy()
+            && (f.length.is_some() || f.min_length.is_some() || f.max_length.is_some());
         if length_applies {
+            let chars = char_count(v, f);
             if let Some(n) = f.length.filter(|n| chars != *n) {
                 return fail(
                     "xsd.length",
@@ -595,6 +629,16 @@ impl SimpleType {
         }
         Ok(())
     }
+}
+
+/// The number of characters of `v`, or its byte length when that already settles every length facet of `f`
+/// (a UTF-8 character takes one to four bytes; values are mostly ASCII).
+fn char_count(v: &str, f: &Facets) -> usize {
+    let bytes = v.len();
+    let settled = f.length.is_none()
+        && f.min_length.is_none_or(|n| bytes.div_ceil(4) >= n)
+        && f.max_length.is_none_or(|n| bytes <= n);
+    if settled { bytes } else { v.chars().count() }
 }
 
 /// Translates an XSD regular expression into an anchored Rust regex, refusing constructs outside the subset.

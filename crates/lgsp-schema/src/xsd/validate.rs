@@ -1,20 +1,25 @@
 //! The streaming validator: one pass over quick-xml events, no DOM. Memory is one frame per open element (bounded
-//! by `max_depth`), the text of the current simple element (bounded by `max_text`) and the violations (bounded by
-//! `max_errors`). DOCTYPE, entities other than the five predefined ones, and non-UTF-8 input are refused.
+//! by `max_depth`), the sibling counts and kept values of the open elements, the text of the current simple
+//! element (bounded by `max_text`) and the violations (bounded by `max_errors`). DOCTYPE, entities other than the
+//! five predefined ones, and non-UTF-8 input are refused.
+//!
+//! The hot path allocates nothing per element: names and values borrow the input, paths and line numbers are
+//! worked out only when a violation needs them, and the domain rules run on each record as it closes.
 
-use quick_xml::NsReader;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
 
 use super::load::{Content, Schema, TypeRef};
 use super::model::ElemId;
 use super::simple::clip;
+use crate::domain::{self, Day};
 use crate::{Field, Limits, Violation};
 
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// What one XML document turned out to be.
 #[derive(Debug, Default)]
@@ -26,8 +31,20 @@ pub struct XmlOutcome {
     pub fatal: bool,
     /// More violations existed than `max_errors`.
     pub truncated: bool,
-    /// Values of the simple elements the caller asked for (domain rules, jurisdiction).
+    /// What the domain rules found, record by record in document order (at most `max_errors`); empty unless
+    /// [`Extras::today`] was given.
+    pub domain: Vec<Violation>,
+    /// The root element's own kept values (its `MaDonVi`, for the jurisdiction check).
     pub fields: Vec<Field>,
+}
+
+/// What the caller wants besides the schema's verdict.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// Per element declaration (by index): the domain field its value is kept as, if any.
+    pub keep: &'a [Option<&'static str>],
+    /// Run the domain rules on every record as it closes, with this day as today.
+    pub today: Option<Day>,
 }
 
 /// Where a content model stands: a DFA state normally; an NFA state set after recovering from an error.
@@ -37,17 +54,9 @@ enum ModelState {
 }
 
 enum Kind {
-    Model {
-        ct: usize,
-        state: ModelState,
-    },
-    All {
-        ct: usize,
-        seen: Vec<bool>,
-    },
-    Simple {
-        st: usize,
-    },
+    Model { ct: usize, state: ModelState },
+    All { ct: usize, seen: Vec<bool> },
+    Simple { st: usize },
     Empty,
     /// Content not checked: the element itself was already reported.
     Skip,
@@ -55,42 +64,62 @@ enum Kind {
 
 struct Frame<'i> {
     kind: Kind,
+    decl: Option<ElemId>,
     /// Borrowed from the input (no allocation per element).
     local: Cow<'i, str>,
-    /// Length of `Run::path` up to and including this element (its path is that prefix: no String per element).
-    path_len: usize,
-    /// Length of `Run::path` before this element's segment (what closing it truncates back to).
-    parent_len: usize,
-    /// Where the element starts.
-    pos: Pos,
-    counts: Vec<(Cow<'i, str>, u32)>,
+    /// Which of its parent's children of this name it is (1-based), and whether its path shows that number.
+    index: u32,
+    repeatable: bool,
+    /// Byte offset of its `<`.
+    pos: usize,
+    /// Where this element's children's entries start in `Run::counts` and `Run::kept`, and how many namespace
+    /// bindings were in scope before its own.
+    counts_mark: usize,
+    kept_mark: usize,
+    ns_mark: usize,
     nil: bool,
     text: Cow<'i, str>,
     text_reported: bool,
     /// Simple content that held a child element: its value is not checked again.
     broken: bool,
-    /// `path`, shared by the fields this element's children give the domain rules.
-    shared_path: Option<Arc<str>>,
 }
 
-/// A place in the document: its line, where that line starts, and its byte offset. The column is counted from
-/// these only when a violation or a kept field needs it.
-#[derive(Debug, Clone, Copy)]
-struct Pos {
-    line: usize,
-    line_start: usize,
-    offset: usize,
-}
-
-impl Pos {
-    fn column(&self, text: &str) -> usize {
-        text.get(self.line_start..self.offset.min(text.len()))
-            .map_or(1, |s| s.chars().count() + 1)
+impl Frame<'_> {
+    fn push_segment(&self, path: &mut String) {
+        push_segment(path, &self.local, self.index, self.repeatable);
     }
 }
 
-/// Byte offset → [`Pos`], counting lines as the offsets grow. Holds only the current line, so memory does not
-/// grow with the number of lines.
+fn push_segment(path: &mut String, local: &str, index: u32, repeatable: bool) {
+    path.push('/');
+    path.push_str(local);
+    if repeatable || index > 1 {
+        path.push('[');
+        push_number(path, index);
+        path.push(']');
+    }
+}
+
+/// A simple value kept for the domain rules until its record (the parent element) closes.
+struct Kept<'i> {
+    name: &'static str,
+    value: Cow<'i, str>,
+    pos: usize,
+    index: u32,
+    repeatable: bool,
+}
+
+impl domain::Item for Kept<'_> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// Byte offset → line and column, worked out only for violations. Remembers the last answer, so offsets that
+/// mostly grow cost one pass over the document in all.
 struct Lines<'a> {
     text: &'a str,
     offset: usize,
@@ -98,48 +127,33 @@ struct Lines<'a> {
     line_start: usize,
 }
 
-impl<'a> Lines<'a> {
-    fn at(&mut self, offset: usize) -> Pos {
-        let offset = offset.min(self.text.len());
-        if offset < self.offset {
-            // Rare (an error position before the current one): count again from the start.
-            self.offset = 0;
-            self.line = 1;
-            self.line_start = 0;
-        }
-        for (i, b) in self.text.as_bytes()[self.offset..offset].iter().enumerate() {
-            if *b == b'\n' {
-                self.line += 1;
+impl Lines<'_> {
+    fn locate(&mut self, offset: usize) -> (usize, usize) {
+        let bytes = self.text.as_bytes();
+        let offset = offset.min(bytes.len());
+        if offset >= self.offset {
+            let span = &bytes[self.offset..offset];
+            self.line += span.iter().filter(|b| **b == b'\n').count();
+            if let Some(i) = span.iter().rposition(|b| *b == b'\n') {
                 self.line_start = self.offset + i + 1;
             }
+        } else {
+            self.line -= bytes[offset..self.offset]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
+            self.line_start = bytes[..offset]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
         }
         self.offset = offset;
-        Pos {
-            line: self.line,
-            line_start: self.line_start,
-            offset,
-        }
+        let column = self
+            .text
+            .get(self.line_start..offset)
+            .map_or(1, |s| s.chars().count() + 1);
+        (self.line, column)
     }
-}
-
-struct Run<'s, 'i> {
-    schema: &'s Schema,
-    limits: &'s Limits,
-    interest: &'s dyn Fn(&str) -> Option<&'static str>,
-    out: XmlOutcome,
-    stack: Vec<Frame<'i>>,
-    /// Reused buffer for NFA steps.
-    scratch: Vec<usize>,
-    /// The path of the open elements, `/HoSoCBCCVC/QuaTrinhCongTac[2]/…`, grown on open and cut back on close.
-    path: String,
-    lines: Lines<'i>,
-    root_seen: bool,
-}
-
-/// Local name and namespace of a resolved element.
-struct Name<'i> {
-    ns: Ns,
-    local: Cow<'i, str>,
 }
 
 /// An element's namespace, compared with the schema's without allocating in the common cases.
@@ -151,11 +165,13 @@ enum Ns {
 }
 
 impl Ns {
-    fn of(resolved: Option<&str>, target: Option<&str>) -> Ns {
-        match resolved {
-            None => Ns::None,
-            Some(n) if Some(n) == target => Ns::Target,
-            Some(n) => Ns::Other(n.to_owned()),
+    fn of(uri: &str, target: Option<&str>) -> Ns {
+        if uri.is_empty() {
+            Ns::None
+        } else if Some(uri) == target {
+            Ns::Target
+        } else {
+            Ns::Other(uri.to_owned())
         }
     }
 
@@ -171,6 +187,39 @@ impl Ns {
             Ns::Other(n) => n.clone(),
         }
     }
+
+    fn uri<'a>(&'a self, target: Option<&'a str>) -> Option<&'a str> {
+        match self {
+            Ns::None => None,
+            Ns::Target => target,
+            Ns::Other(n) => Some(n),
+        }
+    }
+}
+
+/// Local name and namespace of a resolved element.
+struct Name<'i> {
+    ns: Ns,
+    local: Cow<'i, str>,
+}
+
+struct Run<'s, 'i> {
+    schema: &'s Schema,
+    limits: &'s Limits,
+    extras: Extras<'s>,
+    text: &'i str,
+    out: XmlOutcome,
+    stack: Vec<Frame<'i>>,
+    /// Sibling counts of the open elements' children: (local name, how many so far).
+    counts: Vec<(Cow<'i, str>, u32)>,
+    /// Values kept for the open elements' records.
+    kept: Vec<Kept<'i>>,
+    /// Namespace declarations in scope, innermost last: (prefix, namespace); "" is the default namespace.
+    bindings: Vec<(String, Ns)>,
+    /// Reused buffer for NFA steps.
+    scratch: Vec<usize>,
+    lines: Lines<'i>,
+    root_seen: bool,
 }
 
 impl<'s, 'i> Run<'s, 'i> {
@@ -178,36 +227,44 @@ impl<'s, 'i> Run<'s, 'i> {
         self.out.violations.len() >= self.limits.max_errors
     }
 
-    /// A violation at the element whose path is the first `len` bytes of `self.path`.
-    fn violation_len(&mut self, len: usize, at: Pos, rule: &'static str, message: String) {
-        let path = self.path[..len].to_owned();
-        self.violation(&path, at, rule, message);
+    /// The path of the open elements, `/HoSoCBCCVC/QuaTrinhCongTac[2]/…`, plus `extra` below them.
+    fn path_with(&self, extra: Option<&Frame>) -> String {
+        let mut path = String::new();
+        for f in self.stack.iter().chain(extra) {
+            f.push_segment(&mut path);
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        path
     }
 
-    fn violation(&mut self, path: &str, at: Pos, rule: &'static str, message: String) {
+    fn path(&self) -> String {
+        self.path_with(None)
+    }
+
+    fn violation(&mut self, path: String, at: usize, rule: &'static str, message: String) {
         if self.full() {
             self.out.truncated = true;
             return;
         }
+        let (line, column) = self.lines.locate(at);
         self.out.violations.push(Violation {
-            path: path.to_owned(),
-            line: Some(at.line),
-            column: Some(at.column(self.lines.text)),
+            path,
+            line: Some(line),
+            column: Some(column),
             rule,
             message,
         });
     }
 
-    fn fatal(&mut self, at: Pos, rule: &'static str, message: String) {
-        let path = self
-            .stack
-            .last()
-            .map(|f| self.path[..f.path_len].to_owned())
-            .unwrap_or_else(|| "/".to_owned());
+    fn fatal(&mut self, at: usize, rule: &'static str, message: String) {
+        let path = self.path();
+        let (line, column) = self.lines.locate(at);
         self.out.violations.push(Violation {
             path,
-            line: Some(at.line),
-            column: Some(at.column(self.lines.text)),
+            line: Some(line),
+            column: Some(column),
             rule,
             message,
         });
@@ -228,43 +285,116 @@ impl<'s, 'i> Run<'s, 'i> {
         }
     }
 
-    /// Appends the child's segment to `self.path`; returns the path length before and after it.
-    fn push_segment(&mut self, local: Cow<'i, str>, repeatable: bool) -> (usize, usize) {
-        let before = self.path.len();
-        let n = match self.stack.last_mut() {
-            None => 1,
-            Some(parent) => match parent.counts.iter_mut().find(|(k, _)| *k == local) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
-                None => {
-                    parent.counts.push((local.clone(), 1));
-                    1
-                }
-            },
-        };
-        self.path.push('/');
-        self.path.push_str(&local);
-        if repeatable || n > 1 {
-            self.path.push('[');
-            push_number(&mut self.path, n);
-            self.path.push(']');
+    /// The namespace bound to `prefix` ("" = the default namespace) by the innermost declaration in scope.
+    fn lookup(&self, prefix: &str) -> Option<&Ns> {
+        if prefix == "xml" {
+            return None;
         }
-        (before, self.path.len())
+        self.bindings
+            .iter()
+            .rev()
+            .find(|(p, _)| p == prefix)
+            .map(|(_, ns)| ns)
+    }
+
+    /// Pushes the namespace declarations (`xmlns`, `xmlns:p`) of a start tag onto `bindings`.
+    fn declare(&mut self, e: &BytesStart<'_>, at: usize) -> Result<(), ()> {
+        let target = self.schema.target_ns.as_deref();
+        for a in e.attributes() {
+            let a = match a {
+                Ok(a) => a,
+                Err(err) => {
+                    self.fatal(at, "xml.malformed", format!("attribute error: {err}"));
+                    return Err(());
+                }
+            };
+            let key = a.key.as_ref();
+            let prefix = if key == "xmlns" {
+                ""
+            } else if let Some(p) = key.strip_prefix("xmlns:") {
+                p
+            } else {
+                continue;
+            };
+            let uri = match a.normalized_value(quick_xml::XmlVersion::Implicit1_0) {
+                Ok(v) => v,
+                Err(err) => {
+                    self.fatal(at, "xml.malformed", format!("attribute xmlns: {err}"));
+                    return Err(());
+                }
+            };
+            if !prefix.is_empty() && uri.is_empty() {
+                self.fatal(
+                    at,
+                    "xml.malformed",
+                    format!("xmlns:{prefix} cannot be undeclared in XML 1.0"),
+                );
+                return Err(());
+            }
+            let ns = Ns::of(&uri, target);
+            self.bindings.push((prefix.to_owned(), ns));
+        }
+        Ok(())
+    }
+
+    /// The start tag's namespace and local name; the name borrows the input (`<` at `at`, then the name).
+    fn resolve(&mut self, e: &BytesStart<'_>, at: usize) -> Result<Name<'i>, ()> {
+        let qname = e.name();
+        let q = qname.as_ref();
+        let colon = q.bytes().position(|b| b == b':');
+        let skip = colon.map_or(0, |i| i + 1);
+        let local = match self.text.get(at + 1 + skip..at + 1 + q.len()) {
+            Some(s) if s == &q[skip..] => Cow::Borrowed(s),
+            _ => Cow::Owned(q[skip..].to_owned()),
+        };
+        let prefix = colon.map_or("", |i| &q[..i]);
+        let ns = match self.lookup(prefix) {
+            Some(ns) => ns.clone(),
+            None if prefix.is_empty() => Ns::None,
+            None => {
+                self.fatal(
+                    at,
+                    "xml.malformed",
+                    format!("namespace prefix `{prefix}` is not declared"),
+                );
+                return Err(());
+            }
+        };
+        Ok(Name { ns, local })
+    }
+
+    /// Which of its parent's children of this name the new element is.
+    fn count(&mut self, local: &Cow<'i, str>) -> u32 {
+        let Some(parent) = self.stack.last() else {
+            return 1;
+        };
+        match self.counts[parent.counts_mark..]
+            .iter_mut()
+            .find(|(k, _)| **k == **local)
+        {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.counts.push((local.clone(), 1));
+                1
+            }
+        }
     }
 
     /// Decides which declaration the new child is, or reports why none.
-    fn place_child(&mut self, name: &Name<'i>, at: Pos) -> Option<ElemId> {
+    fn place_child(&mut self, name: &Name<'i>, at: usize) -> Option<ElemId> {
         let schema = self.schema;
         let matches = |d: ElemId| {
-            schema.elements[d].name == *name.local && name.ns.is(&schema.elements[d].ns)
+            let decl = &schema.elements[d];
+            decl.name == *name.local && name.ns.is(&decl.ns)
         };
         let parent = self.stack.last_mut()?;
         if parent.nil {
-            let path = self.path[..parent.path_len].to_owned();
+            let path = self.path();
             self.violation(
-                &path,
+                path,
                 at,
                 "xsd.nil_with_content",
                 format!("{} is xsi:nil=\"true\" and must be empty", name.local),
@@ -297,17 +427,15 @@ impl<'s, 'i> Run<'s, 'i> {
                         set.clone()
                     }
                 };
+                let parent_local = parent.local.clone();
                 let nfa = &model.nfa;
                 let expected = nfa.expected(&set);
                 let later = nfa.reachable_later(&set, matches);
-                let (parent_path, parent_local) = (
-                    self.path[..parent.path_len].to_owned(),
-                    parent.local.clone(),
-                );
+                let path = self.path();
                 let list = self.expected_list(&expected);
                 if later {
                     self.violation(
-                        &parent_path,
+                        path,
                         at,
                         "xsd.missing_element",
                         format!("{list} must come before {}", name.local),
@@ -339,7 +467,7 @@ impl<'s, 'i> Run<'s, 'i> {
                             name.local
                         )
                     };
-                    self.violation(&parent_path, at, "xsd.unexpected_element", message);
+                    self.violation(path, at, "xsd.unexpected_element", message);
                 }
                 None
             }
@@ -347,77 +475,54 @@ impl<'s, 'i> Run<'s, 'i> {
                 let Content::All(group) = &schema.complex[*ct].content else {
                     return None;
                 };
-                match group.members.iter().position(|(d, _)| matches(*d)) {
+                let message = match group.members.iter().position(|(d, _)| matches(*d)) {
                     Some(i) if !seen[i] => {
                         seen[i] = true;
-                        Some(group.members[i].0)
+                        return Some(group.members[i].0);
                     }
-                    Some(_) => {
-                        let (parent_path, parent_local) = (
-                            self.path[..parent.path_len].to_owned(),
-                            parent.local.clone(),
-                        );
-                        self.violation(
-                            &parent_path,
-                            at,
-                            "xsd.unexpected_element",
-                            format!("{} may appear only once in {parent_local}", name.local),
-                        );
-                        None
-                    }
+                    Some(_) => format!(
+                        "{} may appear only once in {}",
+                        name.local, parent.local
+                    ),
                     None => {
-                        let (parent_path, parent_local) = (
-                            self.path[..parent.path_len].to_owned(),
-                            parent.local.clone(),
-                        );
+                        let parent_local = parent.local.clone();
                         let names: Vec<ElemId> = group.members.iter().map(|(d, _)| *d).collect();
-                        let list = self.expected_list(&names);
-                        self.violation(
-                            &parent_path,
-                            at,
-                            "xsd.unexpected_element",
-                            format!(
-                                "{} is not allowed in {parent_local}; it takes: {list}",
-                                name.local
-                            ),
-                        );
-                        None
+                        format!(
+                            "{} is not allowed in {parent_local}; it takes: {}",
+                            name.local,
+                            self.expected_list(&names)
+                        )
                     }
-                }
+                };
+                let path = self.path();
+                self.violation(path, at, "xsd.unexpected_element", message);
+                None
             }
             Kind::Simple { .. } | Kind::Empty => {
                 let simple = matches!(parent.kind, Kind::Simple { .. });
                 parent.broken = simple;
-                let (parent_path, parent_local) = (
-                    self.path[..parent.path_len].to_owned(),
-                    parent.local.clone(),
-                );
                 let why = if simple {
                     "holds a plain value"
                 } else {
                     "must be empty"
                 };
-                self.violation(
-                    &parent_path,
-                    at,
-                    "xsd.unexpected_element",
-                    format!(
-                        "{parent_local} {why}; the child element {} is not allowed",
-                        name.local
-                    ),
+                let message = format!(
+                    "{} {why}; the child element {} is not allowed",
+                    parent.local, name.local
                 );
+                let path = self.path();
+                self.violation(path, at, "xsd.unexpected_element", message);
                 None
             }
         }
     }
 
-    fn open(
-        &mut self,
-        e: &BytesStart<'_>,
-        name: Name<'i>,
-        reader: &NsReader<&'i [u8]>,
-        at: Pos,
-    ) -> Result<(), ()> {
+    /// A start tag (or an empty-element tag, which the caller closes at once).
+    fn open(&mut self, e: &BytesStart<'_>, at: usize) -> Result<(), ()> {
+        if self.root_seen && self.stack.is_empty() {
+            self.fatal(at, "xml.malformed", "a second root element".into());
+            return Err(());
+        }
         if self.stack.len() >= self.limits.max_depth {
             self.fatal(
                 at,
@@ -429,6 +534,12 @@ impl<'s, 'i> Run<'s, 'i> {
             );
             return Err(());
         }
+        let ns_mark = self.bindings.len();
+        let has_attributes = !is_blank(e.attributes_raw());
+        if has_attributes {
+            self.declare(e, at)?;
+        }
+        let name = self.resolve(e, at)?;
         let decl = if self.stack.is_empty() {
             self.root_seen = true;
             self.out.root = Some(name.local.to_string());
@@ -437,7 +548,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 _ => {
                     let ns = self.schema.target_ns.clone().unwrap_or_default();
                     let path = format!("/{}", name.local);
-                    self.violation(&path, at, "xsd.unknown_root", format!(
+                    self.violation(path, at, "xsd.unknown_root", format!(
                         "the root element {{{}}}{} is not a packet of this schema; use a root declared in namespace {ns}",
                         name.ns.shown(self.schema.target_ns.as_deref()),
                         name.local
@@ -448,8 +559,7 @@ impl<'s, 'i> Run<'s, 'i> {
         } else {
             self.place_child(&name, at)
         };
-        let repeatable = decl.is_some_and(|d| self.schema.elements[d].repeatable);
-        let (parent_len, path_len) = self.push_segment(name.local.clone(), repeatable);
+        let index = self.count(&name.local);
         let kind = match decl.map(|d| self.schema.elements[d].ty) {
             None => Kind::Skip,
             Some(TypeRef::Simple(st)) => Kind::Simple { st },
@@ -468,33 +578,40 @@ impl<'s, 'i> Run<'s, 'i> {
         };
         let mut frame = Frame {
             kind,
+            decl,
             local: name.local,
-            path_len,
-            parent_len,
+            index,
+            repeatable: decl.is_some_and(|d| self.schema.elements[d].repeatable),
             pos: at,
-            counts: Vec::new(),
+            counts_mark: self.counts.len(),
+            kept_mark: self.kept.len(),
+            ns_mark,
             nil: false,
             text: Cow::Borrowed(""),
             text_reported: false,
             broken: false,
-            shared_path: None,
         };
-        self.attributes(e, decl, &mut frame, reader, at)?;
+        let declares_attributes = matches!(
+            decl.map(|d| self.schema.elements[d].ty),
+            Some(TypeRef::Complex(ct)) if !self.schema.complex[ct].attributes.is_empty()
+        );
+        if has_attributes || declares_attributes {
+            self.attributes(e, &mut frame, at)?;
+        }
         self.stack.push(frame);
         Ok(())
     }
 
-    fn attributes(
-        &mut self,
-        e: &BytesStart<'_>,
-        decl: Option<ElemId>,
-        frame: &mut Frame,
-        reader: &NsReader<&'i [u8]>,
-        at: Pos,
-    ) -> Result<(), ()> {
-        let declared = match decl.map(|d| self.schema.elements[d].ty) {
+    fn attributes(&mut self, e: &BytesStart<'_>, frame: &mut Frame, at: usize) -> Result<(), ()> {
+        let declared = match frame.decl.map(|d| self.schema.elements[d].ty) {
             Some(TypeRef::Complex(ct)) => self.schema.complex[ct].attributes.as_slice(),
             _ => &[],
+        };
+        let attribute_path = |run: &Self, frame: &Frame, local: &str| {
+            let mut path = run.path_with(Some(frame));
+            path.push_str("/@");
+            path.push_str(local);
+            path
         };
         let mut present = vec![false; declared.len()];
         let mut count = 0usize;
@@ -518,7 +635,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 );
                 return Err(());
             }
-            let key = a.key.as_ref();
+            let key = a.key.as_ref().to_owned();
             if key == "xmlns" || key.starts_with("xmlns:") {
                 continue;
             }
@@ -540,49 +657,57 @@ impl<'s, 'i> Run<'s, 'i> {
                 );
                 return Err(());
             }
-            let (ns, local) = reader.resolver().resolve_attribute(a.key);
-            let ns = match ns {
-                ResolveResult::Bound(n) => Some(n.0.to_owned()),
-                ResolveResult::Unbound => None,
-                ResolveResult::Unknown(p) => {
-                    self.fatal(
-                        at,
-                        "xml.malformed",
-                        format!("namespace prefix `{p}` is not declared"),
-                    );
-                    return Err(());
-                }
+            // Unprefixed attributes are in no namespace; prefixed ones resolve through the declarations in scope.
+            let target = self.schema.target_ns.as_deref();
+            let (ns, local) = match key.split_once(':') {
+                None => (None, key.as_str()),
+                Some(("xml", l)) => (Some(XML_NS), l),
+                Some((p, l)) => match self.lookup(p) {
+                    Some(ns) => (ns.uri(target), l),
+                    None => {
+                        self.fatal(
+                            at,
+                            "xml.malformed",
+                            format!("namespace prefix `{p}` is not declared"),
+                        );
+                        return Err(());
+                    }
+                },
             };
-            let local = local.as_ref();
-            if decl.is_none() {
+            if frame.decl.is_none() {
                 continue;
             }
-            if ns.as_deref() == Some(XSI) {
+            if ns == Some(XSI) {
                 match local {
-                    "nil" => {
-                        match value.trim() {
-                            "true" | "1" => {
-                                if decl.is_some_and(|d| self.schema.elements[d].nillable) {
-                                    frame.nil = true;
-                                } else {
-                                    self.violation_len(frame.path_len, at, "xsd.nil_not_allowed", format!("{} is not nillable; send a value or leave the element out", frame.local));
-                                }
+                    "nil" => match value.trim() {
+                        "true" | "1" => {
+                            if frame.decl.is_some_and(|d| self.schema.elements[d].nillable) {
+                                frame.nil = true;
+                            } else {
+                                let path = self.path_with(Some(frame));
+                                self.violation(path, at, "xsd.nil_not_allowed", format!("{} is not nillable; send a value or leave the element out", frame.local));
                             }
-                            "false" | "0" => {}
-                            other => self.violation_len(
-                                frame.path_len,
+                        }
+                        "false" | "0" => {}
+                        other => {
+                            let path = self.path_with(Some(frame));
+                            self.violation(
+                                path,
                                 at,
                                 "xsd.invalid_value",
                                 format!("xsi:nil=\"{}\" must be true or false", clip(other)),
-                            ),
+                            );
                         }
+                    },
+                    "type" => {
+                        let path = self.path_with(Some(frame));
+                        self.violation(
+                            path,
+                            at,
+                            "xsd.xsi_type_unsupported",
+                            "xsi:type is not supported; send the declared type".into(),
+                        );
                     }
-                    "type" => self.violation_len(
-                        frame.path_len,
-                        at,
-                        "xsd.xsi_type_unsupported",
-                        "xsi:type is not supported; send the declared type".into(),
-                    ),
                     _ => {}
                 }
                 continue;
@@ -594,12 +719,12 @@ impl<'s, 'i> Run<'s, 'i> {
                 Some(i) => {
                     present[i] = true;
                     if let Err(err) = self.schema.simple[declared[i].ty].check(&value) {
-                        let path = format!("{}/@{local}", &self.path[..frame.path_len]);
-                        self.violation(&path, at, err.rule, err.message);
+                        let path = attribute_path(self, frame, local);
+                        self.violation(path, at, err.rule, err.message);
                     }
                 }
                 None => {
-                    let path = format!("{}/@{local}", &self.path[..frame.path_len]);
+                    let path = attribute_path(self, frame, local);
                     let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
                     let allowed = if names.is_empty() {
                         "none".to_owned()
@@ -607,7 +732,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         names.join(", ")
                     };
                     self.violation(
-                        &path,
+                        path,
                         at,
                         "xsd.attribute_unexpected",
                         format!(
@@ -620,9 +745,9 @@ impl<'s, 'i> Run<'s, 'i> {
         }
         for (i, d) in declared.iter().enumerate() {
             if d.required && !present[i] {
-                let path = format!("{}/@{}", &self.path[..frame.path_len], d.name);
+                let path = attribute_path(self, frame, &d.name);
                 self.violation(
-                    &path,
+                    path,
                     at,
                     "xsd.attribute_missing",
                     format!("{} needs the attribute {}", frame.local, d.name),
@@ -632,10 +757,11 @@ impl<'s, 'i> Run<'s, 'i> {
         Ok(())
     }
 
-    fn text(&mut self, t: Cow<'i, str>, at: Pos) -> Result<(), ()> {
+    /// Character data at `at`: `raw` as it stands in the input (no references; line ends not yet normalised).
+    fn text(&mut self, raw: Cow<'i, str>, at: usize) -> Result<(), ()> {
         let max_text = self.limits.max_text;
         let Some(frame) = self.stack.last_mut() else {
-            if !t.trim().is_empty() {
+            if !is_blank(&raw) {
                 self.fatal(at, "xml.malformed", "text outside the root element".into());
                 return Err(());
             }
@@ -643,7 +769,7 @@ impl<'s, 'i> Run<'s, 'i> {
         };
         match frame.kind {
             Kind::Simple { .. } => {
-                if frame.text.len() + t.len() > max_text {
+                if frame.text.len() + raw.len() > max_text {
                     self.fatal(
                         at,
                         "xml.text_too_long",
@@ -651,6 +777,7 @@ impl<'s, 'i> Run<'s, 'i> {
                     );
                     return Err(());
                 }
+                let t = line_ends(raw);
                 if frame.text.is_empty() {
                     frame.text = t;
                 } else {
@@ -658,28 +785,25 @@ impl<'s, 'i> Run<'s, 'i> {
                 }
             }
             Kind::Skip => {}
-            _ if !t.trim().is_empty() && !frame.text_reported => {
+            _ if !frame.text_reported && !is_blank(&raw) => {
                 frame.text_reported = true;
-                let (path, local, nil) = (
-                    self.path[..frame.path_len].to_owned(),
-                    frame.local.clone(),
-                    frame.nil,
-                );
-                let (rule, msg) = if nil {
+                let message = if frame.nil {
                     (
                         "xsd.nil_with_content",
-                        format!("{local} is xsi:nil=\"true\" and must be empty"),
+                        format!("{} is xsi:nil=\"true\" and must be empty", frame.local),
                     )
                 } else {
                     (
                         "xsd.text_not_allowed",
                         format!(
-                            "{local} holds elements only; the text `{}` is not allowed",
-                            clip(t.trim())
+                            "{} holds elements only; the text `{}` is not allowed",
+                            frame.local,
+                            clip(raw.trim())
                         ),
                     )
                 };
-                self.violation(&path, at, rule, msg);
+                let path = self.path();
+                self.violation(path, at, message.0, message.1);
             }
             _ => {}
         }
@@ -691,10 +815,13 @@ impl<'s, 'i> Run<'s, 'i> {
             return;
         };
         let at = frame.pos;
+        if self.kept.len() > frame.kept_mark {
+            self.record(&frame);
+        }
         match frame.kind {
-            Kind::Model { ct, state } if !frame.nil => {
+            Kind::Model { ct, ref state } if !frame.nil => {
                 if let Content::Model(model) = &self.schema.complex[ct].content
-                    && let Some(set) = match &state {
+                    && let Some(set) = match state {
                         ModelState::Dfa(i) => {
                             (!model.dfa.states[*i].accept).then(|| model.dfa.states[*i].set.clone())
                         }
@@ -702,29 +829,31 @@ impl<'s, 'i> Run<'s, 'i> {
                     }
                 {
                     let list = self.expected_list(&model.nfa.expected(&set));
-                    self.violation_len(
-                        frame.path_len,
+                    let path = self.path_with(Some(&frame));
+                    self.violation(
+                        path,
                         at,
                         "xsd.missing_element",
                         format!("{} is incomplete; expected: {list}", frame.local),
                     );
                 }
             }
-            Kind::All { ct, seen } if !frame.nil => {
+            Kind::All { ct, ref seen } if !frame.nil => {
                 if let Content::All(g) = &self.schema.complex[ct].content {
                     let none = !seen.iter().any(|s| *s);
                     if !(g.optional && none) {
                         let missing: Vec<ElemId> = g
                             .members
                             .iter()
-                            .zip(&seen)
+                            .zip(seen)
                             .filter(|((_, req), s)| *req && !**s)
                             .map(|((d, _), _)| *d)
                             .collect();
                         if !missing.is_empty() {
                             let list = self.expected_list(&missing);
-                            self.violation_len(
-                                frame.path_len,
+                            let path = self.path_with(Some(&frame));
+                            self.violation(
+                                path,
                                 at,
                                 "xsd.missing_element",
                                 format!("{} lacks: {list}", frame.local),
@@ -736,42 +865,118 @@ impl<'s, 'i> Run<'s, 'i> {
             Kind::Simple { st } if !frame.broken => {
                 if frame.nil {
                     if !frame.text.is_empty() {
-                        self.violation_len(
-                            frame.path_len,
+                        let path = self.path_with(Some(&frame));
+                        self.violation(
+                            path,
                             at,
                             "xsd.nil_with_content",
                             format!("{} is xsi:nil=\"true\" and must be empty", frame.local),
                         );
                     }
                 } else {
-                    if let Err(err) = self.schema.simple[st].check(&frame.text) {
-                        self.violation_len(frame.path_len, at, err.rule, err.message);
+                    let ty = &self.schema.simple[st];
+                    let Frame {
+                        text,
+                        decl,
+                        index,
+                        repeatable,
+                        ..
+                    } = frame;
+                    let value = match text {
+                        Cow::Borrowed(s) => ty.builtin.normalized(s),
+                        Cow::Owned(s) => Cow::Owned(ty.builtin.normalized(&s).into_owned()),
+                    };
+                    if let Err(err) = ty.check_normalized(&value) {
+                        let mut path = self.path();
+                        push_segment(&mut path, &frame.local, index, repeatable);
+                        self.violation(path, at, err.rule, err.message);
                     }
-                    if let Some(name) = (self.interest)(&frame.local) {
-                        // The parent's path, made once for all the fields of its record.
-                        let parent = match self.stack.last_mut() {
-                            Some(p) => p
-                                .shared_path
-                                .get_or_insert_with(|| Arc::from(&self.path[..p.path_len]))
-                                .clone(),
-                            None => Arc::from(""),
-                        };
-                        self.out.fields.push(Field {
-                            parent,
+                    if let Some(name) = decl.and_then(|d| self.extras.keep.get(d).copied().flatten())
+                    {
+                        self.kept.push(Kept {
                             name,
-                            value: self.schema.simple[st].builtin.normalize(&frame.text),
-                            path: self.path[..frame.path_len].to_owned(),
-                            line: Some(frame.pos.line),
-                            column: Some(frame.pos.column(self.lines.text)),
+                            value,
+                            pos: at,
+                            index,
+                            repeatable,
                         });
                     }
                 }
             }
             _ => {}
         }
-        // The element is done: its segment leaves the path.
-        self.path.truncate(frame.parent_len);
+        // The element is done: its children's counts and its namespace declarations leave the scope.
+        self.counts.truncate(frame.counts_mark);
+        self.bindings.truncate(frame.ns_mark);
     }
+
+    /// The element closing holds kept values: run the domain rules on them as one record; the root's values
+    /// also go to the caller.
+    fn record(&mut self, frame: &Frame) {
+        let items = &self.kept[frame.kept_mark..];
+        let mut found: Vec<(usize, &'static str, String)> = Vec::new();
+        if let Some(today) = self.extras.today
+            && self.out.domain.len() < self.limits.max_errors
+        {
+            domain::check_record(items, today, &mut |i, rule, message| {
+                found.push((i, rule, message))
+            });
+        }
+        let root = self.stack.is_empty();
+        if !found.is_empty() || root {
+            let parent = self.path_with(Some(frame));
+            let item_path = |k: &Kept| {
+                let mut path = parent.clone();
+                push_segment(&mut path, k.name, k.index, k.repeatable);
+                path
+            };
+            for (i, rule, message) in found {
+                let k = &self.kept[frame.kept_mark + i];
+                let path = item_path(k);
+                let (line, column) = self.lines.locate(k.pos);
+                if self.out.domain.len() < self.limits.max_errors {
+                    self.out.domain.push(Violation {
+                        path,
+                        line: Some(line),
+                        column: Some(column),
+                        rule,
+                        message,
+                    });
+                }
+            }
+            if root {
+                let shared: Arc<str> = Arc::from(parent.as_str());
+                for i in frame.kept_mark..self.kept.len() {
+                    let k = &self.kept[i];
+                    let path = item_path(k);
+                    let (name, value, pos) = (k.name, k.value.to_string(), k.pos);
+                    let (line, column) = self.lines.locate(pos);
+                    self.out.fields.push(Field {
+                        parent: shared.clone(),
+                        name,
+                        value,
+                        path,
+                        line: Some(line),
+                        column: Some(column),
+                    });
+                }
+            }
+        }
+        self.kept.truncate(frame.kept_mark);
+    }
+}
+
+fn is_blank(s: &str) -> bool {
+    s.bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+/// XML line-end handling: `\r\n` and a lone `\r` read as `\n`.
+fn line_ends(raw: Cow<'_, str>) -> Cow<'_, str> {
+    if !raw.as_bytes().contains(&b'\r') {
+        return raw;
+    }
+    Cow::Owned(raw.replace("\r\n", "\n").replace('\r', "\n"))
 }
 
 fn push_number(out: &mut String, mut n: u32) {
@@ -790,32 +995,7 @@ fn push_number(out: &mut String, mut n: u32) {
     }
 }
 
-/// The element's namespace and local name; the name borrows the input when it can be found there (always, for
-/// a start tag: `<` at `pos`, then the qualified name).
-fn resolve<'i>(
-    ns: ResolveResult<'_>,
-    e: &BytesStart<'_>,
-    text: &'i str,
-    pos: usize,
-    target: Option<&str>,
-) -> Result<Name<'i>, String> {
-    let ns = match ns {
-        ResolveResult::Bound(n) => Ns::of(Some(n.0), target),
-        ResolveResult::Unbound => Ns::None,
-        ResolveResult::Unknown(p) => return Err(format!("namespace prefix `{p}` is not declared")),
-    };
-    let qname = e.name();
-    let local = e.local_name();
-    let (q, l) = (qname.as_ref(), local.as_ref());
-    let start = pos + 1 + (q.len() - l.len());
-    let local = match text.get(start..start + l.len()) {
-        Some(borrowed) if borrowed == l => Cow::Borrowed(borrowed),
-        _ => Cow::Owned(l.to_owned()),
-    };
-    Ok(Name { ns, local })
-}
-
-/// Checks the encoding and returns the document as text (UTF-8 BOM removed).
+/// Checks the encoding and returns the document as text (UTF-8 BOM removed) and the BOM's length.
 fn decode(bytes: &[u8]) -> Result<&str, (usize, String)> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if bytes.starts_with(b"\xFE\xFF")
@@ -836,13 +1016,8 @@ fn decode(bytes: &[u8]) -> Result<&str, (usize, String)> {
     })
 }
 
-/// Validates `bytes` against `schema`. `interest` picks the simple elements whose values are returned as fields.
-pub fn validate(
-    schema: &Schema,
-    bytes: &[u8],
-    limits: &Limits,
-    interest: &dyn Fn(&str) -> Option<&'static str>,
-) -> XmlOutcome {
+/// Validates `bytes` against `schema`; `extras` asks for kept values and the domain rules.
+pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'_>) -> XmlOutcome {
     let text = match decode(bytes) {
         Ok(t) => t,
         Err((offset, message)) => {
@@ -862,15 +1037,18 @@ pub fn validate(
             };
         }
     };
-    let mut reader = NsReader::from_str(text);
+    let mut reader = Reader::from_str(text);
     let mut run = Run {
         schema,
         limits,
-        interest,
+        extras,
+        text,
         out: XmlOutcome::default(),
         stack: Vec::new(),
+        counts: Vec::new(),
+        kept: Vec::new(),
+        bindings: Vec::new(),
         scratch: Vec::new(),
-        path: String::new(),
         lines: Lines {
             text,
             offset: 0,
@@ -880,13 +1058,11 @@ pub fn validate(
         root_seen: false,
     };
     loop {
-        let pos = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-        let event = reader.read_resolved_event();
-        let (ns, ev) = match event {
-            Ok(x) => x,
+        let at = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+        let ev = match reader.read_event() {
+            Ok(ev) => ev,
             Err(err) => {
-                let at_offset = usize::try_from(reader.error_position()).unwrap_or(pos);
-                let at = run.lines.at(at_offset);
+                let at_offset = usize::try_from(reader.error_position()).unwrap_or(at);
                 let eof = usize::try_from(reader.buffer_position()).is_ok_and(|p| p >= text.len());
                 let rule = if eof {
                     "xml.truncated"
@@ -894,42 +1070,39 @@ pub fn validate(
                     "xml.malformed"
                 };
                 run.fatal(
-                    at,
+                    at_offset,
                     rule,
                     format!("the packet is not well-formed XML: {err}"),
                 );
                 break;
             }
         };
-        let at = run.lines.at(pos);
         match ev {
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                if run.root_seen && run.stack.is_empty() {
-                    run.fatal(at, "xml.malformed", "a second root element".into());
+            Event::Start(ref e) => {
+                if run.open(e, at).is_err() {
                     break;
                 }
-                let name = match resolve(ns, e, text, pos, schema.target_ns.as_deref()) {
-                    Ok(n) => n,
-                    Err(m) => {
-                        run.fatal(at, "xml.malformed", m);
-                        break;
-                    }
-                };
-                if run.open(e, name, &reader, at).is_err() {
+            }
+            Event::Empty(ref e) => {
+                if run.open(e, at).is_err() {
                     break;
                 }
-                if matches!(ev, Event::Empty(_)) {
-                    run.close();
-                }
+                run.close();
             }
             Event::End(_) => run.close(),
             Event::Text(t) => {
-                if run.text(t.xml10_content(), at).is_err() {
+                // The text as it stands in the input, borrowed; quick-xml's own copy if that ever differs.
+                let raw = match text.get(at..at + t.len()) {
+                    Some(s) if s == &*t => Cow::Borrowed(s),
+                    _ => Cow::Owned(t.xml10_content().into_owned()),
+                };
+                if run.text(raw, at).is_err() {
                     break;
                 }
             }
             Event::CData(c) => {
-                if run.text(c.xml10_content(), at).is_err() {
+                let content = c.xml10_content().into_owned();
+                if run.text(Cow::Owned(content), at).is_err() {
                     break;
                 }
             }
@@ -979,12 +1152,7 @@ pub fn validate(
                 }
             }
             Event::Eof => {
-                if !run.stack.is_empty() {
-                    let open = run
-                        .stack
-                        .last()
-                        .map(|f| f.local.clone())
-                        .unwrap_or_default();
+                if let Some(open) = run.stack.last().map(|f| f.local.to_string()) {
                     run.fatal(
                         at,
                         "xml.truncated",
