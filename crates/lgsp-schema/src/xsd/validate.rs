@@ -84,11 +84,6 @@ struct Frame<'i> {
     broken: bool,
 }
 
-impl Frame<'_> {
-    fn push_segment(&self, path: &mut String) {
-        push_segment(path, &self.local, self.index, self.repeatable);
-    }
-}
 
 fn push_segment(path: &mut String, local: &str, index: u32, repeatable: bool) {
     path.push('/');
@@ -156,45 +151,28 @@ impl Lines<'_> {
     }
 }
 
-/// An element's namespace, compared with the schema's without allocating in the common cases.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An element's or attribute's namespace: none, the schema's target namespace, or another one (by its binding's
+/// index in `Run::bindings`). Copied freely; compared with the schema's without touching strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ns {
     None,
     Target,
-    Other(String),
+    Other(usize),
 }
 
 impl Ns {
-    fn of(uri: &str, target: Option<&str>) -> Ns {
-        if uri.is_empty() {
-            Ns::None
-        } else if Some(uri) == target {
-            Ns::Target
-        } else {
-            Ns::Other(uri.to_owned())
-        }
-    }
-
     /// Whether a declaration's namespace (`None` or the target namespace) is this one.
-    fn is(&self, decl: &Option<String>) -> bool {
+    fn is(self, decl: &Option<String>) -> bool {
         matches!((self, decl), (Ns::None, None) | (Ns::Target, Some(_)))
     }
+}
 
-    fn shown(&self, target: Option<&str>) -> String {
-        match self {
-            Ns::None => String::new(),
-            Ns::Target => target.unwrap_or_default().to_owned(),
-            Ns::Other(n) => n.clone(),
-        }
-    }
-
-    fn uri<'a>(&'a self, target: Option<&'a str>) -> Option<&'a str> {
-        match self {
-            Ns::None => None,
-            Ns::Target => target,
-            Ns::Other(n) => Some(n),
-        }
-    }
+/// One namespace declaration in scope.
+struct Binding {
+    /// "" for the default namespace.
+    prefix: String,
+    uri: String,
+    ns: Ns,
 }
 
 /// Local name and namespace of a resolved element.
@@ -214,8 +192,8 @@ struct Run<'s, 'i> {
     counts: Vec<(Cow<'i, str>, u32)>,
     /// Values kept for the open elements' records.
     kept: Vec<Kept<'i>>,
-    /// Namespace declarations in scope, innermost last: (prefix, namespace); "" is the default namespace.
-    bindings: Vec<(String, Ns)>,
+    /// Namespace declarations in scope, innermost last.
+    bindings: Vec<Binding>,
     /// Reused buffer for NFA steps.
     scratch: Vec<usize>,
     lines: Lines<'i>,
@@ -227,20 +205,16 @@ impl<'s, 'i> Run<'s, 'i> {
         self.out.violations.len() >= self.limits.max_errors
     }
 
-    /// The path of the open elements, `/HoSoCBCCVC/QuaTrinhCongTac[2]/…`, plus `extra` below them.
-    fn path_with(&self, extra: Option<&Frame>) -> String {
+    /// The path of the open elements, `/HoSoCBCCVC/QuaTrinhCongTac[2]/…` ("/" before the root).
+    fn path(&self) -> String {
         let mut path = String::new();
-        for f in self.stack.iter().chain(extra) {
-            f.push_segment(&mut path);
+        for f in &self.stack {
+            push_segment(&mut path, &f.local, f.index, f.repeatable);
         }
         if path.is_empty() {
             path.push('/');
         }
         path
-    }
-
-    fn path(&self) -> String {
-        self.path_with(None)
     }
 
     fn violation(&mut self, path: String, at: usize, rule: &'static str, message: String) {
@@ -286,15 +260,24 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     /// The namespace bound to `prefix` ("" = the default namespace) by the innermost declaration in scope.
-    fn lookup(&self, prefix: &str) -> Option<&Ns> {
+    fn lookup(&self, prefix: &str) -> Option<Ns> {
         if prefix == "xml" {
             return None;
         }
         self.bindings
             .iter()
             .rev()
-            .find(|(p, _)| p == prefix)
-            .map(|(_, ns)| ns)
+            .find(|b| b.prefix == prefix)
+            .map(|b| b.ns)
+    }
+
+    /// The namespace as a URI ("" = none), for messages and attribute checks.
+    fn uri(&self, ns: Ns) -> &str {
+        match ns {
+            Ns::None => "",
+            Ns::Target => self.schema.target_ns.as_deref().unwrap_or_default(),
+            Ns::Other(i) => self.bindings.get(i).map_or("", |b| b.uri.as_str()),
+        }
     }
 
     /// Pushes the namespace declarations (`xmlns`, `xmlns:p`) of a start tag onto `bindings`.
@@ -331,8 +314,18 @@ impl<'s, 'i> Run<'s, 'i> {
                 );
                 return Err(());
             }
-            let ns = Ns::of(&uri, target);
-            self.bindings.push((prefix.to_owned(), ns));
+            let ns = if uri.is_empty() {
+                Ns::None
+            } else if Some(&*uri) == target {
+                Ns::Target
+            } else {
+                Ns::Other(self.bindings.len())
+            };
+            self.bindings.push(Binding {
+                prefix: prefix.to_owned(),
+                uri: uri.into_owned(),
+                ns,
+            });
         }
         Ok(())
     }
@@ -349,7 +342,7 @@ impl<'s, 'i> Run<'s, 'i> {
         };
         let prefix = colon.map_or("", |i| &q[..i]);
         let ns = match self.lookup(prefix) {
-            Some(ns) => ns.clone(),
+            Some(ns) => ns,
             None if prefix.is_empty() => Ns::None,
             None => {
                 self.fatal(
@@ -454,12 +447,11 @@ impl<'s, 'i> Run<'s, 'i> {
                         .iter()
                         .any(|d| schema.elements[*d].name == *name.local);
                     let message = if same_name {
-                        let target = schema.target_ns.as_deref();
                         format!(
                             "{} is in namespace {:?} here; {parent_local} expects it in {:?}",
                             name.local,
-                            name.ns.shown(target),
-                            target.unwrap_or_default()
+                            self.uri(name.ns),
+                            self.uri(Ns::Target)
                         )
                     } else {
                         format!(
@@ -550,7 +542,7 @@ impl<'s, 'i> Run<'s, 'i> {
                     let path = format!("/{}", name.local);
                     self.violation(path, at, "xsd.unknown_root", format!(
                         "the root element {{{}}}{} is not a packet of this schema; use a root declared in namespace {ns}",
-                        name.ns.shown(self.schema.target_ns.as_deref()),
+                        self.uri(name.ns),
                         name.local
                     ));
                     None
@@ -576,7 +568,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 },
             },
         };
-        let mut frame = Frame {
+        self.stack.push(Frame {
             kind,
             decl,
             local: name.local,
@@ -590,25 +582,36 @@ impl<'s, 'i> Run<'s, 'i> {
             text: Cow::Borrowed(""),
             text_reported: false,
             broken: false,
-        };
+        });
         let declares_attributes = matches!(
             decl.map(|d| self.schema.elements[d].ty),
             Some(TypeRef::Complex(ct)) if !self.schema.complex[ct].attributes.is_empty()
         );
         if has_attributes || declares_attributes {
-            self.attributes(e, &mut frame, at)?;
+            self.attributes(e, at)?;
         }
-        self.stack.push(frame);
         Ok(())
     }
 
-    fn attributes(&mut self, e: &BytesStart<'_>, frame: &mut Frame, at: usize) -> Result<(), ()> {
-        let declared = match frame.decl.map(|d| self.schema.elements[d].ty) {
+    /// A well-formedness or limit failure in the start tag of the element just opened: reported at its parent.
+    fn fatal_in_tag(&mut self, at: usize, rule: &'static str, message: String) -> Result<(), ()> {
+        self.stack.pop();
+        self.fatal(at, rule, message);
+        Err(())
+    }
+
+    /// The attributes of the element just opened (the top of the stack).
+    fn attributes(&mut self, e: &BytesStart<'_>, at: usize) -> Result<(), ()> {
+        let Some(frame) = self.stack.last() else {
+            return Ok(());
+        };
+        let (decl, local_name) = (frame.decl, frame.local.clone());
+        let declared = match decl.map(|d| self.schema.elements[d].ty) {
             Some(TypeRef::Complex(ct)) => self.schema.complex[ct].attributes.as_slice(),
             _ => &[],
         };
-        let attribute_path = |run: &Self, frame: &Frame, local: &str| {
-            let mut path = run.path_with(Some(frame));
+        let attribute_path = |run: &Self, local: &str| {
+            let mut path = run.path();
             path.push_str("/@");
             path.push_str(local);
             path
@@ -619,21 +622,16 @@ impl<'s, 'i> Run<'s, 'i> {
             let a = match a {
                 Ok(a) => a,
                 Err(err) => {
-                    self.fatal(at, "xml.malformed", format!("attribute error: {err}"));
-                    return Err(());
+                    return self.fatal_in_tag(at, "xml.malformed", format!("attribute error: {err}"));
                 }
             };
             count += 1;
             if count > self.limits.max_attributes {
-                self.fatal(
-                    at,
-                    "xml.too_many_attributes",
-                    format!(
-                        "an element carries more than {} attributes",
-                        self.limits.max_attributes
-                    ),
+                let message = format!(
+                    "an element carries more than {} attributes",
+                    self.limits.max_attributes
                 );
-                return Err(());
+                return self.fatal_in_tag(at, "xml.too_many_attributes", message);
             }
             let key = a.key.as_ref().to_owned();
             if key == "xmlns" || key.starts_with("xmlns:") {
@@ -642,55 +640,47 @@ impl<'s, 'i> Run<'s, 'i> {
             let value = match a.normalized_value(quick_xml::XmlVersion::Implicit1_0) {
                 Ok(v) => v.into_owned(),
                 Err(err) => {
-                    self.fatal(at, "xml.malformed", format!("attribute {key}: {err}"));
-                    return Err(());
+                    return self.fatal_in_tag(at, "xml.malformed", format!("attribute {key}: {err}"));
                 }
             };
             if value.len() > self.limits.max_text {
-                self.fatal(
-                    at,
-                    "xml.text_too_long",
-                    format!(
-                        "attribute {key} is longer than {} bytes",
-                        self.limits.max_text
-                    ),
+                let message = format!(
+                    "attribute {key} is longer than {} bytes",
+                    self.limits.max_text
                 );
-                return Err(());
+                return self.fatal_in_tag(at, "xml.text_too_long", message);
             }
             // Unprefixed attributes are in no namespace; prefixed ones resolve through the declarations in scope.
-            let target = self.schema.target_ns.as_deref();
             let (ns, local) = match key.split_once(':') {
                 None => (None, key.as_str()),
                 Some(("xml", l)) => (Some(XML_NS), l),
                 Some((p, l)) => match self.lookup(p) {
-                    Some(ns) => (ns.uri(target), l),
+                    Some(ns) => (Some(self.uri(ns)).filter(|u| !u.is_empty()), l),
                     None => {
-                        self.fatal(
-                            at,
-                            "xml.malformed",
-                            format!("namespace prefix `{p}` is not declared"),
-                        );
-                        return Err(());
+                        let message = format!("namespace prefix `{p}` is not declared");
+                        return self.fatal_in_tag(at, "xml.malformed", message);
                     }
                 },
             };
-            if frame.decl.is_none() {
+            if decl.is_none() {
                 continue;
             }
             if ns == Some(XSI) {
                 match local {
                     "nil" => match value.trim() {
                         "true" | "1" => {
-                            if frame.decl.is_some_and(|d| self.schema.elements[d].nillable) {
-                                frame.nil = true;
+                            if decl.is_some_and(|d| self.schema.elements[d].nillable) {
+                                if let Some(f) = self.stack.last_mut() {
+                                    f.nil = true;
+                                }
                             } else {
-                                let path = self.path_with(Some(frame));
-                                self.violation(path, at, "xsd.nil_not_allowed", format!("{} is not nillable; send a value or leave the element out", frame.local));
+                                let path = self.path();
+                                self.violation(path, at, "xsd.nil_not_allowed", format!("{local_name} is not nillable; send a value or leave the element out"));
                             }
                         }
                         "false" | "0" => {}
                         other => {
-                            let path = self.path_with(Some(frame));
+                            let path = self.path();
                             self.violation(
                                 path,
                                 at,
@@ -700,7 +690,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         }
                     },
                     "type" => {
-                        let path = self.path_with(Some(frame));
+                        let path = self.path();
                         self.violation(
                             path,
                             at,
@@ -719,12 +709,12 @@ impl<'s, 'i> Run<'s, 'i> {
                 Some(i) => {
                     present[i] = true;
                     if let Err(err) = self.schema.simple[declared[i].ty].check(&value) {
-                        let path = attribute_path(self, frame, local);
+                        let path = attribute_path(self, local);
                         self.violation(path, at, err.rule, err.message);
                     }
                 }
                 None => {
-                    let path = attribute_path(self, frame, local);
+                    let path = attribute_path(self, local);
                     let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
                     let allowed = if names.is_empty() {
                         "none".to_owned()
@@ -735,22 +725,19 @@ impl<'s, 'i> Run<'s, 'i> {
                         path,
                         at,
                         "xsd.attribute_unexpected",
-                        format!(
-                            "attribute {key} is not allowed on {}; allowed: {allowed}",
-                            frame.local
-                        ),
+                        format!("attribute {key} is not allowed on {local_name}; allowed: {allowed}"),
                     );
                 }
             }
         }
         for (i, d) in declared.iter().enumerate() {
             if d.required && !present[i] {
-                let path = attribute_path(self, frame, &d.name);
+                let path = attribute_path(self, &d.name);
                 self.violation(
                     path,
                     at,
                     "xsd.attribute_missing",
-                    format!("{} needs the attribute {}", frame.local, d.name),
+                    format!("{local_name} needs the attribute {}", d.name),
                 );
             }
         }
@@ -810,16 +797,19 @@ impl<'s, 'i> Run<'s, 'i> {
         Ok(())
     }
 
+    /// The end of the element on top of the stack: its content model must be complete, its value valid; its
+    /// record goes to the domain rules. It stays on the stack (so paths include it) until the end.
     fn close(&mut self) {
-        let Some(frame) = self.stack.pop() else {
+        let Some(top) = self.stack.len().checked_sub(1) else {
             return;
         };
-        let at = frame.pos;
-        if self.kept.len() > frame.kept_mark {
-            self.record(&frame);
+        if self.kept.len() > self.stack[top].kept_mark {
+            self.record(top);
         }
+        let frame = &self.stack[top];
+        let (at, nil) = (frame.pos, frame.nil);
         match frame.kind {
-            Kind::Model { ct, ref state } if !frame.nil => {
+            Kind::Model { ct, ref state } if !nil => {
                 if let Content::Model(model) = &self.schema.complex[ct].content
                     && let Some(set) = match state {
                         ModelState::Dfa(i) => {
@@ -828,67 +818,50 @@ impl<'s, 'i> Run<'s, 'i> {
                         ModelState::Nfa(set) => (!model.nfa.accepts(set)).then(|| set.clone()),
                     }
                 {
-                    let list = self.expected_list(&model.nfa.expected(&set));
-                    let path = self.path_with(Some(&frame));
-                    self.violation(
-                        path,
-                        at,
-                        "xsd.missing_element",
-                        format!("{} is incomplete; expected: {list}", frame.local),
+                    let message = format!(
+                        "{} is incomplete; expected: {}",
+                        frame.local,
+                        self.expected_list(&model.nfa.expected(&set))
                     );
+                    let path = self.path();
+                    self.violation(path, at, "xsd.missing_element", message);
                 }
             }
-            Kind::All { ct, ref seen } if !frame.nil => {
+            Kind::All { ct, ref seen } if !nil => {
                 if let Content::All(g) = &self.schema.complex[ct].content {
                     let none = !seen.iter().any(|s| *s);
-                    if !(g.optional && none) {
-                        let missing: Vec<ElemId> = g
-                            .members
-                            .iter()
-                            .zip(seen)
-                            .filter(|((_, req), s)| *req && !**s)
-                            .map(|((d, _), _)| *d)
-                            .collect();
-                        if !missing.is_empty() {
-                            let list = self.expected_list(&missing);
-                            let path = self.path_with(Some(&frame));
-                            self.violation(
-                                path,
-                                at,
-                                "xsd.missing_element",
-                                format!("{} lacks: {list}", frame.local),
-                            );
-                        }
+                    let missing: Vec<ElemId> = g
+                        .members
+                        .iter()
+                        .zip(seen)
+                        .filter(|((_, req), s)| *req && !**s)
+                        .map(|((d, _), _)| *d)
+                        .collect();
+                    if !(g.optional && none) && !missing.is_empty() {
+                        let message =
+                            format!("{} lacks: {}", frame.local, self.expected_list(&missing));
+                        let path = self.path();
+                        self.violation(path, at, "xsd.missing_element", message);
                     }
                 }
             }
             Kind::Simple { st } if !frame.broken => {
-                if frame.nil {
+                if nil {
                     if !frame.text.is_empty() {
-                        let path = self.path_with(Some(&frame));
-                        self.violation(
-                            path,
-                            at,
-                            "xsd.nil_with_content",
-                            format!("{} is xsi:nil=\"true\" and must be empty", frame.local),
-                        );
+                        let message =
+                            format!("{} is xsi:nil=\"true\" and must be empty", frame.local);
+                        let path = self.path();
+                        self.violation(path, at, "xsd.nil_with_content", message);
                     }
                 } else {
                     let ty = &self.schema.simple[st];
-                    let Frame {
-                        text,
-                        decl,
-                        index,
-                        repeatable,
-                        ..
-                    } = frame;
-                    let value = match text {
+                    let (decl, index, repeatable) = (frame.decl, frame.index, frame.repeatable);
+                    let value = match std::mem::take(&mut self.stack[top].text) {
                         Cow::Borrowed(s) => ty.builtin.normalized(s),
                         Cow::Owned(s) => Cow::Owned(ty.builtin.normalized(&s).into_owned()),
                     };
                     if let Err(err) = ty.check_normalized(&value) {
-                        let mut path = self.path();
-                        push_segment(&mut path, &frame.local, index, repeatable);
+                        let path = self.path();
                         self.violation(path, at, err.rule, err.message);
                     }
                     if let Some(name) = decl.and_then(|d| self.extras.keep.get(d).copied().flatten())
@@ -906,14 +879,18 @@ impl<'s, 'i> Run<'s, 'i> {
             _ => {}
         }
         // The element is done: its children's counts and its namespace declarations leave the scope.
-        self.counts.truncate(frame.counts_mark);
-        self.bindings.truncate(frame.ns_mark);
+        let frame = &self.stack[top];
+        let (counts_mark, ns_mark) = (frame.counts_mark, frame.ns_mark);
+        self.stack.truncate(top);
+        self.counts.truncate(counts_mark);
+        self.bindings.truncate(ns_mark);
     }
 
-    /// The element closing holds kept values: run the domain rules on them as one record; the root's values
-    /// also go to the caller.
-    fn record(&mut self, frame: &Frame) {
-        let items = &self.kept[frame.kept_mark..];
+    /// The element on top of the stack (at `top`) closes holding kept values: run the domain rules on them as
+    /// one record; the root's values also go to the caller.
+    fn record(&mut self, top: usize) {
+        let mark = self.stack[top].kept_mark;
+        let items = &self.kept[mark..];
         let mut found: Vec<(usize, &'static str, String)> = Vec::new();
         if let Some(today) = self.extras.today
             && self.out.domain.len() < self.limits.max_errors
@@ -922,16 +899,16 @@ impl<'s, 'i> Run<'s, 'i> {
                 found.push((i, rule, message))
             });
         }
-        let root = self.stack.is_empty();
+        let root = top == 0;
         if !found.is_empty() || root {
-            let parent = self.path_with(Some(frame));
+            let parent = self.path();
             let item_path = |k: &Kept| {
                 let mut path = parent.clone();
                 push_segment(&mut path, k.name, k.index, k.repeatable);
                 path
             };
             for (i, rule, message) in found {
-                let k = &self.kept[frame.kept_mark + i];
+                let k = &self.kept[mark + i];
                 let path = item_path(k);
                 let (line, column) = self.lines.locate(k.pos);
                 if self.out.domain.len() < self.limits.max_errors {
@@ -946,7 +923,7 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             if root {
                 let shared: Arc<str> = Arc::from(parent.as_str());
-                for i in frame.kept_mark..self.kept.len() {
+                for i in mark..self.kept.len() {
                     let k = &self.kept[i];
                     let path = item_path(k);
                     let (name, value, pos) = (k.name, k.value.to_string(), k.pos);
@@ -962,7 +939,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 }
             }
         }
-        self.kept.truncate(frame.kept_mark);
+        self.kept.truncate(mark);
     }
 }
 
@@ -1091,12 +1068,7 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
             }
             Event::End(_) => run.close(),
             Event::Text(t) => {
-                // The text as it stands in the input, borrowed; quick-xml's own copy if that ever differs.
-                let raw = match text.get(at..at + t.len()) {
-                    Some(s) if s == &*t => Cow::Borrowed(s),
-                    _ => Cow::Owned(t.xml10_content().into_owned()),
-                };
-                if run.text(raw, at).is_err() {
+                if run.text(t.into_inner(), at).is_err() {
                     break;
                 }
             }
