@@ -34,6 +34,8 @@ pub struct ElementDecl {
     pub nillable: bool,
     /// Some particle lets it occur more than once (paths then show `[n]`).
     pub repeatable: bool,
+    /// Declarations of the same local name share this number (an index into [`Schema::names`]).
+    pub name_id: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub struct Schema {
     pub globals: HashMap<String, ElemId>,
     pub complex: Vec<ComplexType>,
     pub simple: Vec<SimpleType>,
+    /// The distinct local names of the element declarations, numbered by [`ElementDecl::name_id`].
+    pub names: Vec<String>,
 }
 
 /// One element of a schema document.
@@ -920,6 +924,7 @@ impl Loader<'_> {
             ty: TypeRef::Complex(usize::MAX),
             nillable,
             repeatable: false,
+            name_id: 0,
         });
         let id = self.schema.elements.len() - 1;
         let inline: Vec<&XNode> = e.content().collect();
@@ -1008,6 +1013,7 @@ impl Schema {
                 globals: HashMap::new(),
                 complex: Vec::new(),
                 simple: Vec::new(),
+                names: Vec::new(),
             },
             simple_done: HashMap::new(),
             simple_busy: HashSet::new(),
@@ -1040,6 +1046,14 @@ impl Schema {
             .collect();
         for (name, node) in names {
             l.global(&node, &name)?;
+        }
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let schema = &mut l.schema;
+        for e in &mut schema.elements {
+            e.name_id = *ids.entry(e.name.clone()).or_insert_with(|| {
+                schema.names.push(e.name.clone());
+                schema.names.len() - 1
+            });
         }
         Ok(l.schema)
     }

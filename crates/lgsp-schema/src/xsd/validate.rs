@@ -175,6 +175,13 @@ struct Binding {
     ns: Ns,
 }
 
+/// An element's local name for counting siblings: the schema's number for a declared name, else the text.
+#[derive(Debug, Clone)]
+enum NameKey<'i> {
+    Declared(usize),
+    Undeclared(Cow<'i, str>),
+}
+
 /// Local name and namespace of a resolved element.
 struct Name<'i> {
     ns: Ns,
@@ -188,8 +195,8 @@ struct Run<'s, 'i> {
     text: &'i str,
     out: XmlOutcome,
     stack: Vec<Frame<'i>>,
-    /// Sibling counts of the open elements' children: (local name, how many so far).
-    counts: Vec<(Cow<'i, str>, u32)>,
+    /// Sibling counts of the open elements' children: (name, how many so far).
+    counts: Vec<(NameKey<'i>, u32)>,
     /// Values kept for the open elements' records.
     kept: Vec<Kept<'i>>,
     /// Namespace declarations in scope, innermost last.
@@ -336,8 +343,12 @@ impl<'s, 'i> Run<'s, 'i> {
         let q = qname.as_ref();
         let colon = q.bytes().position(|b| b == b':');
         let skip = colon.map_or(0, |i| i + 1);
+        // The tag's name starts right after its `<`; the first and last bytes confirm that cheaply.
         let local = match self.text.get(at + 1 + skip..at + 1 + q.len()) {
-            Some(s) if s == &q[skip..] => Cow::Borrowed(s),
+            Some(s) if s.as_bytes().first() == q.as_bytes().get(skip) && s.as_bytes().last() == q.as_bytes().last() => {
+                debug_assert_eq!(s, &q[skip..]);
+                Cow::Borrowed(s)
+            }
             _ => Cow::Owned(q[skip..].to_owned()),
         };
         let prefix = colon.map_or("", |i| &q[..i]);
@@ -357,20 +368,33 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     /// Which of its parent's children of this name the new element is.
-    fn count(&mut self, local: &Cow<'i, str>) -> u32 {
+    fn count(&mut self, local: &Cow<'i, str>, decl: Option<ElemId>) -> u32 {
         let Some(parent) = self.stack.last() else {
             return 1;
         };
+        let names = &self.schema.names;
+        let key = match decl {
+            Some(d) => NameKey::Declared(self.schema.elements[d].name_id),
+            None => match names.iter().position(|n| *n == **local) {
+                Some(id) => NameKey::Declared(id),
+                None => NameKey::Undeclared(local.clone()),
+            },
+        };
+        let same = |k: &NameKey| match (k, &key) {
+            (NameKey::Declared(a), NameKey::Declared(b)) => a == b,
+            (NameKey::Undeclared(a), NameKey::Undeclared(b)) => a == b,
+            _ => false,
+        };
         match self.counts[parent.counts_mark..]
             .iter_mut()
-            .find(|(k, _)| **k == **local)
+            .find(|(k, _)| same(k))
         {
             Some((_, n)) => {
                 *n += 1;
                 *n
             }
             None => {
-                self.counts.push((local.clone(), 1));
+                self.counts.push((key, 1));
                 1
             }
         }
@@ -551,7 +575,7 @@ impl<'s, 'i> Run<'s, 'i> {
         } else {
             self.place_child(&name, at)
         };
-        let index = self.count(&name.local);
+        let index = self.count(&name.local, decl);
         let kind = match decl.map(|d| self.schema.elements[d].ty) {
             None => Kind::Skip,
             Some(TypeRef::Simple(st)) => Kind::Simple { st },
