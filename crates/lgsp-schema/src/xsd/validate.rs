@@ -66,7 +66,7 @@ struct Frame<'i> {
     kind: Kind,
     decl: Option<ElemId>,
     /// Borrowed from the input (no allocation per element).
-    local: Cow<'i, str>,
+    local: &'i str,
     /// Which of its parent's children of this name it is (1-based), and whether its path shows that number.
     index: u32,
     repeatable: bool,
@@ -179,13 +179,13 @@ struct Binding {
 #[derive(Debug, Clone)]
 enum NameKey<'i> {
     Declared(usize),
-    Undeclared(Cow<'i, str>),
+    Undeclared(&'i str),
 }
 
 /// Local name and namespace of a resolved element.
 struct Name<'i> {
     ns: Ns,
-    local: Cow<'i, str>,
+    local: &'i str,
 }
 
 struct Run<'s, 'i> {
@@ -201,6 +201,8 @@ struct Run<'s, 'i> {
     kept: Vec<Kept<'i>>,
     /// Namespace declarations in scope, innermost last.
     bindings: Vec<Binding>,
+    /// What the default namespace is in scope (kept in step with `bindings`).
+    default_ns: Ns,
     /// Reused buffer for NFA steps.
     scratch: Vec<usize>,
     lines: Lines<'i>,
@@ -216,7 +218,7 @@ impl<'s, 'i> Run<'s, 'i> {
     fn path(&self) -> String {
         let mut path = String::new();
         for f in &self.stack {
-            push_segment(&mut path, &f.local, f.index, f.repeatable);
+            push_segment(&mut path, f.local, f.index, f.repeatable);
         }
         if path.is_empty() {
             path.push('/');
@@ -328,6 +330,9 @@ impl<'s, 'i> Run<'s, 'i> {
             } else {
                 Ns::Other(self.bindings.len())
             };
+            if prefix.is_empty() {
+                self.default_ns = ns;
+            }
             self.bindings.push(Binding {
                 prefix: prefix.to_owned(),
                 uri: uri.into_owned(),
@@ -341,43 +346,44 @@ impl<'s, 'i> Run<'s, 'i> {
     fn resolve(&mut self, e: &BytesStart<'_>, at: usize) -> Result<Name<'i>, ()> {
         let qname = e.name();
         let q = qname.as_ref();
-        let colon = q.bytes().position(|b| b == b':');
-        let skip = colon.map_or(0, |i| i + 1);
-        // The tag's name starts right after its `<`; the first and last bytes confirm that cheaply.
-        let local = match self.text.get(at + 1 + skip..at + 1 + q.len()) {
-            Some(s) if s.as_bytes().first() == q.as_bytes().get(skip) && s.as_bytes().last() == q.as_bytes().last() => {
-                debug_assert_eq!(s, &q[skip..]);
-                Cow::Borrowed(s)
-            }
-            _ => Cow::Owned(q[skip..].to_owned()),
+        let (prefix, skip) = match q.bytes().position(|b| b == b':') {
+            None => ("", 0),
+            Some(i) => (&q[..i], i + 1),
         };
-        let prefix = colon.map_or("", |i| &q[..i]);
-        let ns = match self.lookup(prefix) {
-            Some(ns) => ns,
-            None if prefix.is_empty() => Ns::None,
-            None => {
-                self.fatal(
-                    at,
-                    "xml.malformed",
-                    format!("namespace prefix `{prefix}` is not declared"),
-                );
-                return Err(());
+        let local = self
+            .text
+            .get(at + 1 + skip..at + 1 + q.len())
+            .unwrap_or_default();
+        debug_assert_eq!(local, &q[skip..]);
+        let ns = if prefix.is_empty() {
+            self.default_ns
+        } else {
+            match self.lookup(prefix) {
+                Some(ns) => ns,
+                None => {
+                    self.fatal(
+                        at,
+                        "xml.malformed",
+                        format!("namespace prefix `{prefix}` is not declared"),
+                    );
+                    return Err(());
+                }
             }
         };
         Ok(Name { ns, local })
     }
 
     /// Which of its parent's children of this name the new element is.
-    fn count(&mut self, local: &Cow<'i, str>, decl: Option<ElemId>) -> u32 {
+    fn count(&mut self, local: &'i str, decl: Option<ElemId>) -> u32 {
         let Some(parent) = self.stack.last() else {
             return 1;
         };
         let names = &self.schema.names;
         let key = match decl {
             Some(d) => NameKey::Declared(self.schema.elements[d].name_id),
-            None => match names.iter().position(|n| *n == **local) {
+            None => match names.iter().position(|n| n == local) {
                 Some(id) => NameKey::Declared(id),
-                None => NameKey::Undeclared(local.clone()),
+                None => NameKey::Undeclared(local),
             },
         };
         let same = |k: &NameKey| match (k, &key) {
@@ -385,8 +391,10 @@ impl<'s, 'i> Run<'s, 'i> {
             (NameKey::Undeclared(a), NameKey::Undeclared(b)) => a == b,
             _ => false,
         };
+        // Newest first: repeated siblings mostly come together.
         match self.counts[parent.counts_mark..]
             .iter_mut()
+            .rev()
             .find(|(k, _)| same(k))
         {
             Some((_, n)) => {
@@ -405,7 +413,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let schema = self.schema;
         let matches = |d: ElemId| {
             let decl = &schema.elements[d];
-            decl.name == *name.local && name.ns.is(&decl.ns)
+            decl.name == name.local && name.ns.is(&decl.ns)
         };
         let parent = self.stack.last_mut()?;
         if parent.nil {
@@ -444,7 +452,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         set.clone()
                     }
                 };
-                let parent_local = parent.local.clone();
+                let parent_local = parent.local;
                 let nfa = &model.nfa;
                 let expected = nfa.expected(&set);
                 let later = nfa.reachable_later(&set, matches);
@@ -469,7 +477,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 } else {
                     let same_name = expected
                         .iter()
-                        .any(|d| schema.elements[*d].name == *name.local);
+                        .any(|d| schema.elements[*d].name == name.local);
                     let message = if same_name {
                         format!(
                             "{} is in namespace {:?} here; {parent_local} expects it in {:?}",
@@ -501,7 +509,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         name.local, parent.local
                     ),
                     None => {
-                        let parent_local = parent.local.clone();
+                        let parent_local = parent.local;
                         let names: Vec<ElemId> = group.members.iter().map(|(d, _)| *d).collect();
                         format!(
                             "{} is not allowed in {parent_local}; it takes: {}",
@@ -559,7 +567,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let decl = if self.stack.is_empty() {
             self.root_seen = true;
             self.out.root = Some(name.local.to_string());
-            match self.schema.globals.get(&*name.local).copied() {
+            match self.schema.globals.get(name.local).copied() {
                 Some(d) if name.ns.is(&self.schema.elements[d].ns) => Some(d),
                 _ => {
                     let ns = self.schema.target_ns.clone().unwrap_or_default();
@@ -575,7 +583,7 @@ impl<'s, 'i> Run<'s, 'i> {
         } else {
             self.place_child(&name, at)
         };
-        let index = self.count(&name.local, decl);
+        let index = self.count(name.local, decl);
         let kind = match decl.map(|d| self.schema.elements[d].ty) {
             None => Kind::Skip,
             Some(TypeRef::Simple(st)) => Kind::Simple { st },
@@ -629,7 +637,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let Some(frame) = self.stack.last() else {
             return Ok(());
         };
-        let (decl, local_name) = (frame.decl, frame.local.clone());
+        let (decl, local_name) = (frame.decl, frame.local);
         let declared = match decl.map(|d| self.schema.elements[d].ty) {
             Some(TypeRef::Complex(ct)) => self.schema.complex[ct].attributes.as_slice(),
             _ => &[],
@@ -907,7 +915,10 @@ impl<'s, 'i> Run<'s, 'i> {
         let (counts_mark, ns_mark) = (frame.counts_mark, frame.ns_mark);
         self.stack.truncate(top);
         self.counts.truncate(counts_mark);
-        self.bindings.truncate(ns_mark);
+        if self.bindings.len() > ns_mark {
+            self.bindings.truncate(ns_mark);
+            self.default_ns = self.lookup("").unwrap_or(Ns::None);
+        }
     }
 
     /// The element on top of the stack (at `top`) closes holding kept values: run the domain rules on them as
@@ -1049,6 +1060,7 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
         counts: Vec::new(),
         kept: Vec::new(),
         bindings: Vec::new(),
+        default_ns: Ns::None,
         scratch: Vec::new(),
         lines: Lines {
             text,
@@ -1148,7 +1160,7 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
                 }
             }
             Event::Eof => {
-                if let Some(open) = run.stack.last().map(|f| f.local.to_string()) {
+                if let Some(open) = run.stack.last().map(|f| f.local) {
                     run.fatal(
                         at,
                         "xml.truncated",
