@@ -1,7 +1,6 @@
 //! Domain rules the schema languages cannot say, each with a stable code. They run on the simple values the
 //! validators collected, grouped by the element/object holding them (one profile, one salary step, …).
 
-use crate::xsd::Decimal;
 use crate::{Field, Violation};
 
 /// Field names the rules read; the validators keep only these.
@@ -62,18 +61,18 @@ pub struct Day {
 impl Day {
     /// `YYYY-MM-DD` (a longer value such as a dateTime is read by its first ten characters).
     pub fn parse(s: &str) -> Option<Day> {
-        let b = s.as_bytes().get(..10)?;
+        let b: &[u8; 10] = s.as_bytes().get(..10)?.try_into().ok()?;
         if b[4] != b'-' || b[7] != b'-' {
             return None;
         }
-        let number = |digits: &[u8]| {
-            digits.iter().try_fold(0u32, |n, c| {
-                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-            })
+        let d = |i: usize| {
+            let x = b[i].wrapping_sub(b'0');
+            (x < 10).then_some(x)
         };
-        let year = i32::try_from(number(&b[..4])?).ok()?;
-        let month = u8::try_from(number(&b[5..7])?).ok()?;
-        let day = u8::try_from(number(&b[8..10])?).ok()?;
+        let year = ((i32::from(d(0)?) * 10 + i32::from(d(1)?)) * 10 + i32::from(d(2)?)) * 10
+            + i32::from(d(3)?);
+        let month = d(5)? * 10 + d(6)?;
+        let day = d(8)? * 10 + d(9)?;
         let valid = (1..=12).contains(&month)
             && day >= 1
             && day <= crate::xsd::days_in_month(i64::from(year), month);
@@ -99,23 +98,48 @@ impl std::fmt::Display for Day {
 
 /// A kept value as the rules see it: which field it is and its (normalised) text.
 pub trait Item {
-    fn name(&self) -> &'static str;
+    /// Its index in [`FIELDS`].
+    fn field(&self) -> usize;
     fn value(&self) -> &str;
 }
 
 impl Item for Field {
-    fn name(&self) -> &'static str {
-        self.name
+    fn field(&self) -> usize {
+        field_index(self.name).unwrap_or(usize::MAX)
     }
     fn value(&self) -> &str {
         &self.value
     }
 }
 
-/// The field a simple element or JSON key of this name is kept as, if a rule reads it.
-pub fn field_name(name: &str) -> Option<&'static str> {
-    FIELDS.iter().copied().find(|f| *f == name)
+impl<T: Item + ?Sized> Item for &T {
+    fn field(&self) -> usize {
+        (**self).field()
+    }
+    fn value(&self) -> &str {
+        (**self).value()
+    }
 }
+
+/// The index in [`FIELDS`] of the field a simple element or JSON key of this name is kept as, if a rule reads it.
+pub fn field_index(name: &str) -> Option<usize> {
+    FIELDS.iter().position(|f| *f == name)
+}
+
+/// As [`field_index`], by name.
+pub fn field_name(name: &str) -> Option<&'static str> {
+    field_index(name).map(|i| FIELDS[i])
+}
+
+// Indices into FIELDS of the fields the rules look up.
+const SO_CCCD: usize = 1;
+const NGAY_SINH: usize = 2;
+const GIOI_TINH: usize = 3;
+const NGAY_TUYEN_DUNG: usize = 4;
+const MA_NGACH: usize = 5;
+const HE_SO_LUONG: usize = 6;
+const NGAY_BAT_DAU: usize = 7;
+const NGAY_KET_THUC: usize = 8;
 
 /// Checks every rule on fields from anywhere in a packet (the JSON path): records are the fields sharing a
 /// parent, in first-seen order; violations come in field order.
@@ -150,57 +174,57 @@ pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
     }
 }
 
-impl<T: Item + ?Sized> Item for &T {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn value(&self) -> &str {
-        (**self).value()
-    }
-}
-
-fn get<'a, I: Item>(record: &'a [I], name: &str) -> Option<(usize, &'a I)> {
-    record.iter().enumerate().find(|(_, f)| f.name() == name)
-}
-
 /// Where a rule reports: the index of the offending item in its record, the rule code and the message.
 pub type Emit<'e> = dyn FnMut(usize, &'static str, String) + 'e;
 
 /// Checks the rules on one record (the kept values of one element or object: a profile, a salary step, …).
 pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
-    let birth = get(record, "NgaySinh").and_then(|(_, f)| Day::parse(f.value()));
-    let gender = get(record, "GioiTinh").map(|(_, f)| f.value());
-    if let Some((i, f)) = get(record, "SoCCCD") {
+    // The first item of each field, found in one pass.
+    let mut first = [usize::MAX; FIELDS.len()];
+    for (i, f) in record.iter().enumerate().rev() {
+        if let Some(slot) = first.get_mut(f.field()) {
+            *slot = i;
+        }
+    }
+    let get = |field: usize| record.get(first[field]).map(|f| (first[field], f));
+    let birth = get(NGAY_SINH).and_then(|(_, f)| Day::parse(f.value()));
+    let gender = get(GIOI_TINH).map(|(_, f)| f.value());
+    if let Some((i, f)) = get(SO_CCCD) {
         check_cccd(f.value(), birth, gender, &mut |rule, message| {
             emit(i, rule, message)
         });
     }
+    // Every past date once, remembering the first start and end of a period.
+    let (mut start, mut end) = (None, None);
     for (i, f) in record.iter().enumerate() {
-        if !PAST_DATES.contains(&f.name()) {
+        let field = f.field();
+        let Some(name) = FIELDS.get(field).filter(|n| PAST_DATES.contains(n)) else {
             continue;
+        };
+        let day = Day::parse(f.value());
+        if i == first[NGAY_BAT_DAU] {
+            start = day;
+        } else if i == first[NGAY_KET_THUC] {
+            end = day.map(|d| (i, d));
         }
-        match Day::parse(f.value()) {
+        match day {
             None => emit(
                 i,
                 "date.invalid",
                 format!(
-                    "{} `{}` is not a calendar date (YYYY-MM-DD)",
-                    f.name(),
+                    "{name} `{}` is not a calendar date (YYYY-MM-DD)",
                     f.value()
                 ),
             ),
             Some(d) if d > today => emit(
                 i,
                 "date.in_future",
-                format!(
-                    "{} {d} lies after today ({today}); check the year",
-                    f.name()
-                ),
+                format!("{name} {d} lies after today ({today}); check the year"),
             ),
             Some(_) => {}
         }
     }
-    if let (Some((i, f)), Some(b)) = (get(record, "NgayTuyenDung"), birth)
+    if let (Some((i, f)), Some(b)) = (get(NGAY_TUYEN_DUNG), birth)
         && let Some(t) = Day::parse(f.value())
         && t <= b
     {
@@ -210,9 +234,7 @@ pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
             format!("NgayTuyenDung {t} is not after NgaySinh {b}"),
         );
     }
-    if let (Some((_, start)), Some((i, end))) =
-        (get(record, "NgayBatDau"), get(record, "NgayKetThuc"))
-        && let (Some(s), Some(e)) = (Day::parse(start.value()), Day::parse(end.value()))
+    if let (Some(s), Some((i, e))) = (start, end)
         && e < s
     {
         emit(
@@ -221,8 +243,8 @@ pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
             format!("NgayKetThuc {e} is before NgayBatDau {s}"),
         );
     }
-    if let Some((i, f)) = get(record, "HeSoLuong") {
-        let rank = get(record, "MaNgach").map(|(_, m)| m.value());
+    if let Some((i, f)) = get(HE_SO_LUONG) {
+        let rank = get(MA_NGACH).map(|(_, m)| m.value());
         if let Some((rule, message)) = check_coefficient(f.value(), rank) {
             emit(i, rule, message);
         }
@@ -293,18 +315,52 @@ fn check_cccd(
 }
 
 fn check_coefficient(value: &str, rank: Option<&str>) -> Option<(&'static str, String)> {
-    let d = Decimal::parse(value)?;
-    let (label, lo, hi) = match rank.and_then(|r| RANKS.iter().find(|(code, ..)| *code == r)) {
-        Some((code, name, lo, hi)) => (format!("rank {code} {name}"), *lo, *hi),
-        None => ("any rank".to_owned(), OVERALL.0, OVERALL.1),
+    let v = Fixed::parse(value)?;
+    let range = rank.and_then(|r| RANKS.iter().find(|(code, ..)| *code == r));
+    let (lo, hi) = range.map_or(OVERALL, |(_, _, lo, hi)| (*lo, *hi));
+    if v >= Fixed::parse(lo)? && v <= Fixed::parse(hi)? {
+        return None;
+    }
+    let label = match range {
+        Some((code, name, ..)) => format!("rank {code} {name}"),
+        None => "any rank".to_owned(),
     };
-    let (lo_d, hi_d) = (Decimal::parse(lo)?, Decimal::parse(hi)?);
-    (d < lo_d || d > hi_d).then(|| {
-        (
-            "salary.coefficient_out_of_range",
-            format!("HeSoLuong {value} is outside {lo}–{hi} for {label}"),
-        )
-    })
+    Some((
+        "salary.coefficient_out_of_range",
+        format!("HeSoLuong {value} is outside {lo}–{hi} for {label}"),
+    ))
+}
+
+/// A decimal read without allocating, for comparing against the (positive) coefficient bounds: whole part,
+/// the first 18 fraction digits, and whether any non-zero digit follows them. A negative value reads as zero
+/// (below every bound) and a whole part beyond `u64` as `u64::MAX` (above every bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Fixed(u64, u64, bool);
+
+impl Fixed {
+    fn parse(s: &str) -> Option<Fixed> {
+        let (negative, s) = match s.as_bytes().first() {
+            Some(b'-') => (true, &s[1..]),
+            Some(b'+') => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        let all_digits = |t: &str| t.bytes().all(|c| c.is_ascii_digit());
+        if (int.is_empty() && frac.is_empty()) || !all_digits(int) || !all_digits(frac) {
+            return None;
+        }
+        if negative {
+            return Some(Fixed(0, 0, false));
+        }
+        let value = |t: &[u8]| {
+            t.iter()
+                .fold(0u64, |n, c| n.saturating_mul(10).saturating_add(u64::from(c - b'0')))
+        };
+        let whole = value(int.as_bytes());
+        let (head, rest) = frac.as_bytes().split_at(frac.len().min(18));
+        let scaled = value(head) * 10u64.pow(18 - head.len() as u32);
+        Some(Fixed(whole, scaled, rest.iter().any(|c| *c != b'0')))
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +424,21 @@ mod tests {
             rules(&profile("00109001234", "1990-05-12", "Nam")),
             ["cccd.length"]
         );
+    }
+
+    #[test]
+    fn coefficients_compare_exactly() {
+        let out = |v: &str| {
+            rules(&[field("/L", "MaNgach", "01.003"), field("/L", "HeSoLuong", v)])
+                == ["salary.coefficient_out_of_range"]
+        };
+        assert!(!out("2.34") && !out("+4.98") && !out("4.980000000000000000000") && !out("3"));
+        assert!(out("4.98000000000000000001"));
+        assert!(out("2.33999999999999999999999"));
+        assert!(out("-3.00") && out("-0"));
+        assert!(out("123456789012345678901234567890"));
+        // Not a number: the schema reports it; the rule stays silent.
+        assert!(rules(&[field("/L", "HeSoLuong", "3,00")]).is_empty());
     }
 
     #[test]

@@ -148,8 +148,8 @@ pub enum CatalogError {
 
 struct MessageSchemas {
     xsd: xsd::Schema,
-    /// Per XSD element declaration: the domain field its values are kept as.
-    keep: Vec<Option<&'static str>>,
+    /// Per XSD element declaration: the domain field (index in `domain::FIELDS`) its values are kept as.
+    keep: Vec<Option<usize>>,
     json: jsonschema::Validator,
 }
 
@@ -238,7 +238,7 @@ impl Catalog {
             let keep = xsd
                 .elements
                 .iter()
-                .map(|e| domain::field_name(&e.name))
+                .map(|e| domain::field_index(&e.name))
                 .collect();
             types.insert(*t, MessageSchemas { xsd, keep, json });
         }
@@ -314,6 +314,7 @@ impl Catalog {
                 let extras = xsd::Extras {
                     keep: &s.keep,
                     today,
+                    root_fields: &["MaDonVi"],
                 };
                 let out = xsd::validate(&s.xsd, bytes, &opts.limits, extras);
                 let wrong_root = out.root.as_deref().is_some_and(|r| r != message_type);

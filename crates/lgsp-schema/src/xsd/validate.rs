@@ -34,17 +34,21 @@ pub struct XmlOutcome {
     /// What the domain rules found, record by record in document order (at most `max_errors`); empty unless
     /// [`Extras::today`] was given.
     pub domain: Vec<Violation>,
-    /// The root element's own kept values (its `MaDonVi`, for the jurisdiction check).
+    /// The root element's own kept values named in [`Extras::root_fields`] (its `MaDonVi`, for the
+    /// jurisdiction check).
     pub fields: Vec<Field>,
 }
 
 /// What the caller wants besides the schema's verdict.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extras<'a> {
-    /// Per element declaration (by index): the domain field its value is kept as, if any.
-    pub keep: &'a [Option<&'static str>],
+    /// Per element declaration (by index): the domain field (index in [`domain::FIELDS`]) its value is kept
+    /// as, if any.
+    pub keep: &'a [Option<usize>],
     /// Run the domain rules on every record as it closes, with this day as today.
     pub today: Option<Day>,
+    /// Kept fields of the root element to return in [`XmlOutcome::fields`].
+    pub root_fields: &'a [&'static str],
 }
 
 /// Where a content model stands: a DFA state normally; an NFA state set after recovering from an error.
@@ -97,16 +101,23 @@ fn push_segment(path: &mut String, local: &str, index: u32, repeatable: bool) {
 
 /// A simple value kept for the domain rules until its record (the parent element) closes.
 struct Kept<'i> {
-    name: &'static str,
+    /// Index in [`domain::FIELDS`].
+    field: usize,
     value: Cow<'i, str>,
     pos: usize,
     index: u32,
     repeatable: bool,
 }
 
-impl domain::Item for Kept<'_> {
+impl Kept<'_> {
     fn name(&self) -> &'static str {
-        self.name
+        domain::FIELDS.get(self.field).copied().unwrap_or_default()
+    }
+}
+
+impl domain::Item for Kept<'_> {
+    fn field(&self) -> usize {
+        self.field
     }
     fn value(&self) -> &str {
         &self.value
@@ -896,10 +907,11 @@ impl<'s, 'i> Run<'s, 'i> {
                         let path = self.path();
                         self.violation(path, at, err.rule, err.message);
                     }
-                    if let Some(name) = decl.and_then(|d| self.extras.keep.get(d).copied().flatten())
+                    if let Some(field) =
+                        decl.and_then(|d| self.extras.keep.get(d).copied().flatten())
                     {
                         self.kept.push(Kept {
-                            name,
+                            field,
                             value,
                             pos: at,
                             index,
@@ -934,12 +946,15 @@ impl<'s, 'i> Run<'s, 'i> {
                 found.push((i, rule, message))
             });
         }
-        let root = top == 0;
+        let root = top == 0
+            && items
+                .iter()
+                .any(|k| self.extras.root_fields.contains(&k.name()));
         if !found.is_empty() || root {
             let parent = self.path();
             let item_path = |k: &Kept| {
                 let mut path = parent.clone();
-                push_segment(&mut path, k.name, k.index, k.repeatable);
+                push_segment(&mut path, k.name(), k.index, k.repeatable);
                 path
             };
             for (i, rule, message) in found {
@@ -960,8 +975,11 @@ impl<'s, 'i> Run<'s, 'i> {
                 let shared: Arc<str> = Arc::from(parent.as_str());
                 for i in mark..self.kept.len() {
                     let k = &self.kept[i];
+                    if !self.extras.root_fields.contains(&k.name()) {
+                        continue;
+                    }
                     let path = item_path(k);
-                    let (name, value, pos) = (k.name, k.value.to_string(), k.pos);
+                    let (name, value, pos) = (k.name(), k.value.to_string(), k.pos);
                     let (line, column) = self.lines.locate(pos);
                     self.out.fields.push(Field {
                         parent: shared.clone(),
@@ -985,7 +1003,8 @@ fn is_blank(s: &str) -> bool {
 
 /// XML line-end handling: `\r\n` and a lone `\r` read as `\n`.
 fn line_ends(raw: Cow<'_, str>) -> Cow<'_, str> {
-    if !raw.as_bytes().contains(&b'\r') {
+    // A plain loop: values are short, and a memchr call costs more than it saves on them.
+    if !raw.bytes().any(|b| b == b'\r') {
         return raw;
     }
     Cow::Owned(raw.replace("\r\n", "\n").replace('\r', "\n"))
