@@ -554,6 +554,51 @@ impl<'s, 'i> Run<'s, 'i> {
 
     /// A start tag (or an empty-element tag, which the caller closes at once).
     fn open(&mut self, e: &BytesStart<'_>, at: usize) -> Result<(), ()> {
+        match self.expected_child(e, at) {
+            Some((decl, local)) => self.push(e, Some(decl), local, at, self.bindings.len()),
+            None => self.open_general(e, at),
+        }
+    }
+
+    /// The common case, decided without resolving anything: an element without attributes or prefix that
+    /// its parent's content model takes next (one DFA transition).
+    #[inline]
+    fn expected_child(&mut self, e: &BytesStart<'_>, at: usize) -> Option<(ElemId, &'i str)> {
+        let depth = self.stack.len();
+        if depth == 0 || depth >= self.limits.max_depth || !is_blank(e.attributes_raw()) {
+            return None;
+        }
+        let schema = self.schema;
+        let ns = self.default_ns;
+        let qname = e.name();
+        let q = qname.as_ref();
+        let parent = self.stack.last_mut()?;
+        let Kind::Model {
+            ct,
+            state: ModelState::Dfa(state),
+        } = &mut parent.kind
+        else {
+            return None;
+        };
+        if parent.nil {
+            return None;
+        }
+        let Content::Model(model) = &schema.complex[*ct].content else {
+            return None;
+        };
+        // A declared name holds no colon, so a prefixed name never matches here.
+        let (d, next) = model.dfa.states[*state].trans.iter().find(|(d, _)| {
+            let decl = &schema.elements[*d];
+            decl.name == q && ns.is(&decl.ns)
+        })?;
+        *state = *next;
+        let local = self.text.get(at + 1..at + 1 + q.len()).unwrap_or_default();
+        debug_assert_eq!(local, q);
+        Some((*d, local))
+    }
+
+    /// Any start tag: the root, attributes and namespace declarations, prefixes, and elements out of place.
+    fn open_general(&mut self, e: &BytesStart<'_>, at: usize) -> Result<(), ()> {
         if self.root_seen && self.stack.is_empty() {
             self.fatal(at, "xml.malformed", "a second root element".into());
             return Err(());
@@ -594,7 +639,19 @@ impl<'s, 'i> Run<'s, 'i> {
         } else {
             self.place_child(&name, at)
         };
-        let index = self.count(name.local, decl);
+        self.push(e, decl, name.local, at, ns_mark)
+    }
+
+    /// Opens the element's frame; `decl` is its declaration, if it has one here.
+    fn push(
+        &mut self,
+        e: &BytesStart<'_>,
+        decl: Option<ElemId>,
+        local: &'i str,
+        at: usize,
+        ns_mark: usize,
+    ) -> Result<(), ()> {
+        let index = self.count(local, decl);
         let kind = match decl.map(|d| self.schema.elements[d].ty) {
             None => Kind::Skip,
             Some(TypeRef::Simple(st)) => Kind::Simple { st },
@@ -614,7 +671,7 @@ impl<'s, 'i> Run<'s, 'i> {
         self.stack.push(Frame {
             kind,
             decl,
-            local: name.local,
+            local,
             index,
             repeatable: decl.is_some_and(|d| self.schema.elements[d].repeatable),
             pos: at,
@@ -630,7 +687,7 @@ impl<'s, 'i> Run<'s, 'i> {
             decl.map(|d| self.schema.elements[d].ty),
             Some(TypeRef::Complex(ct)) if !self.schema.complex[ct].attributes.is_empty()
         );
-        if has_attributes || declares_attributes {
+        if declares_attributes || !is_blank(e.attributes_raw()) {
             self.attributes(e, at)?;
         }
         Ok(())
@@ -996,15 +1053,17 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 }
 
+/// Whitespace only (no early exit: these are short, and the loop then runs branch-free).
 fn is_blank(s: &str) -> bool {
-    s.bytes()
-        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    s.bytes().fold(true, |acc, b| {
+        acc & matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+    })
 }
 
 /// XML line-end handling: `\r\n` and a lone `\r` read as `\n`.
 fn line_ends(raw: Cow<'_, str>) -> Cow<'_, str> {
     // A plain loop: values are short, and a memchr call costs more than it saves on them.
-    if !raw.bytes().any(|b| b == b'\r') {
+    if !raw.bytes().fold(false, |acc, b| acc | (b == b'\r')) {
         return raw;
     }
     Cow::Owned(raw.replace("\r\n", "\n").replace('\r', "\n"))
