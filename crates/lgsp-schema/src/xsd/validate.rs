@@ -845,7 +845,30 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 
     /// Character data at `at`: `raw` as it stands in the input (no references; line ends not yet normalised).
+    /// The common cases (a value, whitespace between elements) are decided inline.
+    #[inline(always)]
     fn text(&mut self, raw: Cow<'i, str>, at: usize) -> Result<(), ()> {
+        match self.stack.last_mut() {
+            Some(frame) => match frame.kind {
+                Kind::Simple { .. }
+                    if frame.text.is_empty() && raw.len() <= self.limits.max_text =>
+                {
+                    frame.text = line_ends(raw);
+                    Ok(())
+                }
+                Kind::Skip => Ok(()),
+                Kind::Model { .. } | Kind::All { .. } | Kind::Empty if is_blank(&raw) => Ok(()),
+                _ => self.text_other(raw, at),
+            },
+            None if is_blank(&raw) => Ok(()),
+            None => self.text_other(raw, at),
+        }
+    }
+
+    /// The rest of [`Run::text`]: a value in pieces, text too long, where no text belongs.
+    #[cold]
+    #[inline(never)]
+    fn text_other(&mut self, raw: Cow<'i, str>, at: usize) -> Result<(), ()> {
         let max_text = self.limits.max_text;
         let Some(frame) = self.stack.last_mut() else {
             if !is_blank(&raw) {
