@@ -76,9 +76,10 @@ struct Frame<'i> {
     repeatable: bool,
     /// Byte offset of its `<`.
     pos: usize,
-    /// Where this element's children's entries start in `Run::counts` and `Run::kept`, and how many namespace
-    /// bindings were in scope before its own.
+    /// Where this element's children's entries start in `Run::counts`, `Run::touched` and `Run::kept`, and
+    /// how many namespace bindings were in scope before its own.
     counts_mark: usize,
+    touched_mark: usize,
     kept_mark: usize,
     ns_mark: usize,
     nil: bool,
@@ -186,13 +187,6 @@ struct Binding {
     ns: Ns,
 }
 
-/// An element's local name for counting siblings: the schema's number for a declared name, else the text.
-#[derive(Debug, Clone)]
-enum NameKey<'i> {
-    Declared(usize),
-    Undeclared(&'i str),
-}
-
 /// Local name and namespace of a resolved element.
 struct Name<'i> {
     ns: Ns,
@@ -206,8 +200,13 @@ struct Run<'s, 'i> {
     text: &'i str,
     out: XmlOutcome,
     stack: Vec<Frame<'i>>,
-    /// Sibling counts of the open elements' children: (name, how many so far).
-    counts: Vec<(NameKey<'i>, u32)>,
+    /// Sibling counts of the open elements' children by declared name: one row of `Schema::names` per depth
+    /// (row d counts the children of the open element at depth d); `touched` lists the non-zero slots, so a
+    /// closing element clears its row in the time it took to fill it.
+    tally: Vec<u32>,
+    touched: Vec<usize>,
+    /// Sibling counts of children whose names the schema does not declare: (name, how many so far).
+    counts: Vec<(&'i str, u32)>,
     /// Values kept for the open elements' records.
     kept: Vec<Kept<'i>>,
     /// Namespace declarations in scope, innermost last.
@@ -390,33 +389,36 @@ impl<'s, 'i> Run<'s, 'i> {
             return 1;
         };
         let names = &self.schema.names;
-        let key = match decl {
-            Some(d) => NameKey::Declared(self.schema.elements[d].name_id),
-            None => match names.iter().position(|n| n == local) {
-                Some(id) => NameKey::Declared(id),
-                None => NameKey::Undeclared(local),
-            },
+        let id = match decl {
+            Some(d) => Some(self.schema.elements[d].name_id),
+            None => names.iter().position(|n| n == local),
         };
-        let same = |k: &NameKey| match (k, &key) {
-            (NameKey::Declared(a), NameKey::Declared(b)) => a == b,
-            (NameKey::Undeclared(a), NameKey::Undeclared(b)) => a == b,
-            _ => false,
+        let Some(id) = id else {
+            return match self.counts[parent.counts_mark..]
+                .iter_mut()
+                .find(|(k, _)| *k == local)
+            {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    self.counts.push((local, 1));
+                    1
+                }
+            };
         };
-        // Newest first: repeated siblings mostly come together.
-        match self.counts[parent.counts_mark..]
-            .iter_mut()
-            .rev()
-            .find(|(k, _)| same(k))
-        {
-            Some((_, n)) => {
-                *n += 1;
-                *n
-            }
-            None => {
-                self.counts.push((key, 1));
-                1
-            }
+        let row = self.stack.len() - 1;
+        let slot = row * names.len() + id;
+        if self.tally.len() <= slot {
+            self.tally.resize((row + 1) * names.len(), 0);
         }
+        let n = &mut self.tally[slot];
+        if *n == 0 {
+            self.touched.push(slot);
+        }
+        *n += 1;
+        *n
     }
 
     /// Decides which declaration the new child is, or reports why none.
@@ -676,6 +678,7 @@ impl<'s, 'i> Run<'s, 'i> {
             repeatable: decl.is_some_and(|d| self.schema.elements[d].repeatable),
             pos: at,
             counts_mark: self.counts.len(),
+            touched_mark: self.touched.len(),
             kept_mark: self.kept.len(),
             ns_mark,
             nil: false,
@@ -1004,9 +1007,15 @@ impl<'s, 'i> Run<'s, 'i> {
         }
         // The element is done: its children's counts and its namespace declarations leave the scope.
         let frame = &self.stack[top];
-        let (counts_mark, ns_mark) = (frame.counts_mark, frame.ns_mark);
+        let (counts_mark, touched_mark, ns_mark) =
+            (frame.counts_mark, frame.touched_mark, frame.ns_mark);
         self.stack.truncate(top);
         self.counts.truncate(counts_mark);
+        for slot in self.touched.drain(touched_mark..) {
+            if let Some(n) = self.tally.get_mut(slot) {
+                *n = 0;
+            }
+        }
         if self.bindings.len() > ns_mark {
             self.bindings.truncate(ns_mark);
             self.default_ns = self.lookup("").unwrap_or(Ns::None);
@@ -1076,11 +1085,10 @@ impl<'s, 'i> Run<'s, 'i> {
     }
 }
 
-/// Whitespace only (no early exit: these are short, and the loop then runs branch-free).
+/// Whitespace only.
 fn is_blank(s: &str) -> bool {
-    s.bytes().fold(true, |acc, b| {
-        acc & matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-    })
+    s.bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// XML line-end handling: `\r\n` and a lone `\r` read as `\n`.
@@ -1158,6 +1166,8 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
         text,
         out: XmlOutcome::default(),
         stack: Vec::new(),
+        tally: Vec::new(),
+        touched: Vec::new(),
         counts: Vec::new(),
         kept: Vec::new(),
         bindings: Vec::new(),
