@@ -211,10 +211,7 @@ pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
             None => emit(
                 i,
                 "date.invalid",
-                format!(
-                    "{name} `{}` is not a calendar date (YYYY-MM-DD)",
-                    f.value()
-                ),
+                format!("{name} `{}` is not a calendar date (YYYY-MM-DD)", f.value()),
             ),
             Some(d) if d > today => emit(
                 i,
@@ -282,12 +279,15 @@ fn check_cccd(
         let century = (b.year - 1900).div_euclid(100);
         if !(0..=4).contains(&century) || digit / 2 != century {
             let expected = century * 2;
-            emit("cccd.century_gender", format!(
-                "the 4th digit of SoCCCD is {digit}, but someone born in {} has {} (male) or {} (female)",
-                b.year,
-                expected,
-                expected + 1
-            ));
+            emit(
+                "cccd.century_gender",
+                format!(
+                    "the 4th digit of SoCCCD is {digit}, but someone born in {} has {} (male) or {} (female)",
+                    b.year,
+                    expected,
+                    expected + 1
+                ),
+            );
         } else if let Some(g) = gender.filter(|g| (digit % 2 == 0) != (*g == "Nam")) {
             emit(
                 "cccd.century_gender",
@@ -353,8 +353,9 @@ impl Fixed {
             return Some(Fixed(0, 0, false));
         }
         let value = |t: &[u8]| {
-            t.iter()
-                .fold(0u64, |n, c| n.saturating_mul(10).saturating_add(u64::from(c - b'0')))
+            t.iter().fold(0u64, |n, c| {
+                n.saturating_mul(10).saturating_add(u64::from(c - b'0'))
+            })
         };
         let whole = value(int.as_bytes());
         let (head, rest) = frac.as_bytes().split_at(frac.len().min(18));
@@ -429,8 +430,10 @@ mod tests {
     #[test]
     fn coefficients_compare_exactly() {
         let out = |v: &str| {
-            rules(&[field("/L", "MaNgach", "01.003"), field("/L", "HeSoLuong", v)])
-                == ["salary.coefficient_out_of_range"]
+            rules(&[
+                field("/L", "MaNgach", "01.003"),
+                field("/L", "HeSoLuong", v),
+            ]) == ["salary.coefficient_out_of_range"]
         };
         assert!(!out("2.34") && !out("+4.98") && !out("4.980000000000000000000") && !out("3"));
         assert!(out("4.98000000000000000001"));

@@ -305,9 +305,7 @@ impl Catalog {
                 ..Report::default()
             };
         };
-        let today = opts
-            .domain
-            .then(|| opts.today.unwrap_or_else(Day::today));
+        let today = opts.domain.then(|| opts.today.unwrap_or_else(Day::today));
         let root_path = format!("/{message_type}");
         let (mut violations, malformed, truncated, fields, found) = match format {
             Format::Xml => {

@@ -1,6 +1,7 @@
 //! Simple types: the built-in types of the subset, their lexical spaces and value comparison, and the facets a
 //! restriction adds.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use regex::Regex;
@@ -115,6 +116,25 @@ impl Builtin {
         }
     }
 
+    /// As [`Builtin::normalized`] for element text; `eol` says XML line-end handling is still to do (the text
+    /// is as it stood in the input). Only `xs:string` needs a scan for it: the other types' scan for control
+    /// characters finds a carriage return anyway.
+    pub fn normalized_text(self, raw: &str, eol: bool) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match self {
+            Builtin::String if eol && raw.bytes().fold(false, |acc, b| acc | (b == b'\r')) => {
+                line_ends(Cow::Borrowed(raw))
+            }
+            Builtin::NormalizedString if eol => match self.normalized(raw) {
+                Cow::Borrowed(s) => Cow::Borrowed(s),
+                Cow::Owned(_) => {
+                    Cow::Owned(self.normalized(&line_ends(Cow::Borrowed(raw))).into_owned())
+                }
+            },
+            _ => self.normalized(raw),
+        }
+    }
+
     /// Parses a normalized lexical value into the type's value space.
     pub fn parse(self, v: &str) -> Result<Value, String> {
         match self {
@@ -154,6 +174,14 @@ impl Builtin {
             _ => Ok(Value::Str),
         }
     }
+}
+
+/// XML line-end handling: `\r\n` and a lone `\r` read as `\n`.
+pub(crate) fn line_ends(raw: Cow<'_, str>) -> Cow<'_, str> {
+    if !raw.contains('\r') {
+        return raw;
+    }
+    Cow::Owned(raw.replace("\r\n", "\n").replace('\r', "\n"))
 }
 
 /// Shortens a value quoted in a message.

@@ -14,7 +14,7 @@ use quick_xml::events::{BytesStart, Event};
 
 use super::load::{Content, Schema, TypeRef};
 use super::model::ElemId;
-use super::simple::clip;
+use super::simple::{clip, line_ends};
 use crate::domain::{self, Day};
 use crate::{Field, Limits, Violation};
 
@@ -58,9 +58,17 @@ enum ModelState {
 }
 
 enum Kind {
-    Model { ct: usize, state: ModelState },
-    All { ct: usize, seen: Vec<bool> },
-    Simple { st: usize },
+    Model {
+        ct: usize,
+        state: ModelState,
+    },
+    All {
+        ct: usize,
+        seen: Vec<bool>,
+    },
+    Simple {
+        st: usize,
+    },
     Empty,
     /// Content not checked: the element itself was already reported.
     Skip,
@@ -83,12 +91,15 @@ struct Frame<'i> {
     kept_mark: usize,
     ns_mark: usize,
     nil: bool,
+    /// The text of a simple element: as it stands in the input (line ends normalised at the close) until a
+    /// character reference joins it; from then on normalised piece by piece (`eol_done`), so that a reference
+    /// such as `&#13;` keeps its character.
     text: Cow<'i, str>,
+    eol_done: bool,
     text_reported: bool,
     /// Simple content that held a child element: its value is not checked again.
     broken: bool,
 }
-
 
 fn push_segment(path: &mut String, local: &str, index: u32, repeatable: bool) {
     path.push('/');
@@ -517,10 +528,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         seen[i] = true;
                         return Some(group.members[i].0);
                     }
-                    Some(_) => format!(
-                        "{} may appear only once in {}",
-                        name.local, parent.local
-                    ),
+                    Some(_) => format!("{} may appear only once in {}", name.local, parent.local),
                     None => {
                         let parent_local = parent.local;
                         let names: Vec<ElemId> = group.members.iter().map(|(d, _)| *d).collect();
@@ -683,6 +691,7 @@ impl<'s, 'i> Run<'s, 'i> {
             ns_mark,
             nil: false,
             text: Cow::Borrowed(""),
+            eol_done: false,
             text_reported: false,
             broken: false,
         });
@@ -725,7 +734,11 @@ impl<'s, 'i> Run<'s, 'i> {
             let a = match a {
                 Ok(a) => a,
                 Err(err) => {
-                    return self.fatal_in_tag(at, "xml.malformed", format!("attribute error: {err}"));
+                    return self.fatal_in_tag(
+                        at,
+                        "xml.malformed",
+                        format!("attribute error: {err}"),
+                    );
                 }
             };
             count += 1;
@@ -743,7 +756,11 @@ impl<'s, 'i> Run<'s, 'i> {
             let value = match a.normalized_value(quick_xml::XmlVersion::Implicit1_0) {
                 Ok(v) => v.into_owned(),
                 Err(err) => {
-                    return self.fatal_in_tag(at, "xml.malformed", format!("attribute {key}: {err}"));
+                    return self.fatal_in_tag(
+                        at,
+                        "xml.malformed",
+                        format!("attribute {key}: {err}"),
+                    );
                 }
             };
             if value.len() > self.limits.max_text {
@@ -828,7 +845,9 @@ impl<'s, 'i> Run<'s, 'i> {
                         path,
                         at,
                         "xsd.attribute_unexpected",
-                        format!("attribute {key} is not allowed on {local_name}; allowed: {allowed}"),
+                        format!(
+                            "attribute {key} is not allowed on {local_name}; allowed: {allowed}"
+                        ),
                     );
                 }
             }
@@ -856,7 +875,7 @@ impl<'s, 'i> Run<'s, 'i> {
                 Kind::Simple { .. }
                     if frame.text.is_empty() && raw.len() <= self.limits.max_text =>
                 {
-                    frame.text = line_ends(raw);
+                    frame.text = raw;
                     Ok(())
                 }
                 Kind::Skip => Ok(()),
@@ -865,6 +884,30 @@ impl<'s, 'i> Run<'s, 'i> {
             },
             None if is_blank(&raw) => Ok(()),
             None => self.text_other(raw, at),
+        }
+    }
+
+    /// The character a reference (`&amp;`, `&#13;`, …) stands for, taken as it is.
+    fn reference(&mut self, c: String, at: usize) -> Result<(), ()> {
+        let max_text = self.limits.max_text;
+        match self.stack.last_mut() {
+            Some(frame) if matches!(frame.kind, Kind::Simple { .. }) => {
+                if frame.text.len() + c.len() > max_text {
+                    self.fatal(
+                        at,
+                        "xml.text_too_long",
+                        format!("the text of an element is longer than {max_text} bytes"),
+                    );
+                    return Err(());
+                }
+                if !frame.eol_done {
+                    frame.text = line_ends(std::mem::take(&mut frame.text));
+                    frame.eol_done = true;
+                }
+                frame.text.to_mut().push_str(&c);
+                Ok(())
+            }
+            _ => self.text_other(Cow::Owned(c), at),
         }
     }
 
@@ -890,7 +933,7 @@ impl<'s, 'i> Run<'s, 'i> {
                     );
                     return Err(());
                 }
-                let t = line_ends(raw);
+                let t = if frame.eol_done { line_ends(raw) } else { raw };
                 if frame.text.is_empty() {
                     frame.text = t;
                 } else {
@@ -982,9 +1025,12 @@ impl<'s, 'i> Run<'s, 'i> {
                 } else {
                     let ty = &self.schema.simple[st];
                     let (decl, index, repeatable) = (frame.decl, frame.index, frame.repeatable);
+                    let eol = !frame.eol_done;
                     let value = match std::mem::take(&mut self.stack[top].text) {
-                        Cow::Borrowed(s) => ty.builtin.normalized(s),
-                        Cow::Owned(s) => Cow::Owned(ty.builtin.normalized(&s).into_owned()),
+                        Cow::Borrowed(s) => ty.builtin.normalized_text(s, eol),
+                        Cow::Owned(s) => {
+                            Cow::Owned(ty.builtin.normalized_text(&s, eol).into_owned())
+                        }
                     };
                     if let Err(err) = ty.check_normalized(&value) {
                         let path = self.path();
@@ -1087,17 +1133,7 @@ impl<'s, 'i> Run<'s, 'i> {
 
 /// Whitespace only.
 fn is_blank(s: &str) -> bool {
-    s.bytes()
-        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-}
-
-/// XML line-end handling: `\r\n` and a lone `\r` read as `\n`.
-fn line_ends(raw: Cow<'_, str>) -> Cow<'_, str> {
-    // A plain loop: values are short, and a memchr call costs more than it saves on them.
-    if !raw.bytes().fold(false, |acc, b| acc | (b == b'\r')) {
-        return raw;
-    }
-    Cow::Owned(raw.replace("\r\n", "\n").replace('\r', "\n"))
+    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 fn push_number(out: &mut String, mut n: u32) {
@@ -1240,7 +1276,7 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
                 };
                 match resolved {
                     Some(s) => {
-                        if run.text(Cow::Owned(s), at).is_err() {
+                        if run.reference(s, at).is_err() {
                             break;
                         }
                     }
@@ -1290,4 +1326,77 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
         }
     }
     run.out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::xsd::EmbeddedFiles;
+
+    const SCHEMA: &str = r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns="urn:t" targetNamespace="urn:t" elementFormDefault="qualified">
+  <xs:element name="r">
+    <xs:complexType>
+      <xs:sequence>
+        <xs:element name="lf" minOccurs="0" maxOccurs="unbounded">
+          <xs:simpleType><xs:restriction base="xs:string"><xs:pattern value="a\nb"/></xs:restriction></xs:simpleType>
+        </xs:element>
+        <xs:element name="cr" minOccurs="0" maxOccurs="unbounded">
+          <xs:simpleType><xs:restriction base="xs:string"><xs:pattern value="a\rb"/></xs:restriction></xs:simpleType>
+        </xs:element>
+        <xs:element name="ns" minOccurs="0" maxOccurs="unbounded">
+          <xs:simpleType><xs:restriction base="xs:normalizedString"><xs:pattern value="a b"/></xs:restriction></xs:simpleType>
+        </xs:element>
+      </xs:sequence>
+    </xs:complexType>
+  </xs:element>
+</xs:schema>"#;
+
+    fn rules(doc: &str) -> Vec<(String, &'static str)> {
+        let files: &[(&str, &str)] = &[("t.xsd", SCHEMA)];
+        let files: &'static [(&'static str, &'static str)] =
+            Box::leak(files.to_vec().into_boxed_slice());
+        let schema = Schema::load_from(&EmbeddedFiles(files), Path::new("t.xsd")).expect("schema");
+        let out = validate(
+            &schema,
+            doc.as_bytes(),
+            &Limits::default(),
+            Extras::default(),
+        );
+        out.violations
+            .into_iter()
+            .map(|v| (v.path, v.rule))
+            .collect()
+    }
+
+    #[test]
+    fn line_ends_are_normalised_but_referenced_characters_kept() {
+        let ok = "<r xmlns=\"urn:t\"><lf>a\r\nb</lf><lf>a\rb</lf><lf>a&#10;b</lf><cr>a&#13;b</cr><ns>a\r\nb</ns><ns>a&#13;b</ns></r>";
+        assert_eq!(rules(ok), []);
+        let bad = "<r xmlns=\"urn:t\"><lf>a&#13;b</lf><cr>a\rb</cr><cr>a\r&#13;b</cr><ns>a\r\n\r\nb</ns></r>";
+        assert_eq!(
+            rules(bad),
+            [
+                ("/r/lf[1]".to_owned(), "xsd.pattern"),
+                ("/r/cr[1]".to_owned(), "xsd.pattern"),
+                ("/r/cr[2]".to_owned(), "xsd.pattern"),
+                ("/r/ns[1]".to_owned(), "xsd.pattern"),
+            ]
+        );
+    }
+
+    #[test]
+    fn sibling_numbers_count_by_name_across_other_siblings() {
+        let doc = "<r xmlns=\"urn:t\"><lf>x</lf><lf>a\nb</lf><cr>y</cr><ns>z</ns><ns>a b</ns><ns>w</ns></r>";
+        assert_eq!(
+            rules(doc),
+            [
+                ("/r/lf[1]".to_owned(), "xsd.pattern"),
+                ("/r/cr[1]".to_owned(), "xsd.pattern"),
+                ("/r/ns[1]".to_owned(), "xsd.pattern"),
+                ("/r/ns[3]".to_owned(), "xsd.pattern"),
+            ]
+        );
+    }
 }
