@@ -1201,11 +1201,13 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
         extras,
         text,
         out: XmlOutcome::default(),
-        stack: Vec::new(),
-        tally: Vec::new(),
-        touched: Vec::new(),
+        // Room for the usual depth and record size up front: growing these would cost more than a small
+        // packet's validation.
+        stack: Vec::with_capacity(8),
+        tally: vec![0; schema.names.len() * 4],
+        touched: Vec::with_capacity(32),
         counts: Vec::new(),
-        kept: Vec::new(),
+        kept: Vec::with_capacity(16),
         bindings: Vec::new(),
         default_ns: Ns::None,
         scratch: Vec::new(),
