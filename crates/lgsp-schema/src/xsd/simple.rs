@@ -62,7 +62,8 @@ impl Builtin {
         }
     }
 
-    fn is_stringy(self) -> bool {
+    /// `xs:string` and its whitespace-handling kin: the types whose values may hold whitespace.
+    pub fn is_stringy(self) -> bool {
         matches!(
             self,
             Builtin::String | Builtin::NormalizedString | Builtin::Token

@@ -1026,13 +1026,25 @@ impl<'s, 'i> Run<'s, 'i> {
                     let ty = &self.schema.simple[st];
                     let (decl, index, repeatable) = (frame.decl, frame.index, frame.repeatable);
                     let eol = !frame.eol_done;
-                    let value = match std::mem::take(&mut self.stack[top].text) {
-                        Cow::Borrowed(s) => ty.builtin.normalized_text(s, eol),
-                        Cow::Owned(s) => {
-                            Cow::Owned(ty.builtin.normalized_text(&s, eol).into_owned())
+                    let raw = std::mem::take(&mut self.stack[top].text);
+                    // Dates, numbers and booleans hold no whitespace: a raw text that passes is already in
+                    // normal form, so the scan for whitespace runs only when it does not.
+                    let passed = !ty.builtin.is_stringy() && ty.check_normalized(&raw).is_ok();
+                    let value = if passed {
+                        raw
+                    } else {
+                        match raw {
+                            Cow::Borrowed(s) => ty.builtin.normalized_text(s, eol),
+                            Cow::Owned(s) => {
+                                Cow::Owned(ty.builtin.normalized_text(&s, eol).into_owned())
+                            }
                         }
                     };
-                    if let Err(err) = ty.check_normalized(&value) {
+                    if let Err(err) = if passed {
+                        Ok(())
+                    } else {
+                        ty.check_normalized(&value)
+                    } {
                         let path = self.path();
                         self.violation(path, at, err.rule, err.message);
                     }
