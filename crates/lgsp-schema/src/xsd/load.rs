@@ -36,6 +36,22 @@ pub struct ElementDecl {
     pub repeatable: bool,
     /// Declarations of the same local name share this number (an index into [`Schema::names`]).
     pub name_id: usize,
+    /// What validating an instance needs first, resolved once at load.
+    pub shape: Shape,
+    /// Its type declares attributes (an instance without any still has its attributes checked).
+    pub has_attributes: bool,
+}
+
+/// An element declaration's content, resolved through its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A simple type, or a complex type with simple content: the index of the simple type.
+    Simple(usize),
+    Empty,
+    /// A content model: the index of the complex type.
+    Model(usize),
+    /// An `xs:all` group: the index of the complex type and the number of members.
+    All(usize, usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -925,6 +941,8 @@ impl Loader<'_> {
             nillable,
             repeatable: false,
             name_id: 0,
+            shape: Shape::Empty,
+            has_attributes: false,
         });
         let id = self.schema.elements.len() - 1;
         let inline: Vec<&XNode> = e.content().collect();
@@ -1054,6 +1072,19 @@ impl Schema {
                 schema.names.push(e.name.clone());
                 schema.names.len() - 1
             });
+            (e.shape, e.has_attributes) = match e.ty {
+                TypeRef::Simple(st) => (Shape::Simple(st), false),
+                TypeRef::Complex(ct) => {
+                    let c = &schema.complex[ct];
+                    let shape = match &c.content {
+                        Content::Empty => Shape::Empty,
+                        Content::Simple(st) => Shape::Simple(*st),
+                        Content::Model(_) => Shape::Model(ct),
+                        Content::All(g) => Shape::All(ct, g.members.len()),
+                    };
+                    (shape, !c.attributes.is_empty())
+                }
+            };
         }
         Ok(l.schema)
     }

@@ -6,7 +6,8 @@ mod simple;
 mod validate;
 
 pub use load::{
-    Content, DirFiles, ElementDecl, EmbeddedFiles, LoadError, Schema, SchemaFiles, TypeRef, XS,
+    Content, DirFiles, ElementDecl, EmbeddedFiles, LoadError, Schema, SchemaFiles, Shape, TypeRef,
+    XS,
 };
 pub use model::{AllGroup, Dfa, Model, Nfa, Particle};
 pub(crate) use simple::days_in_month;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
-use super::load::{Content, Schema, TypeRef};
+use super::load::{Content, Schema, Shape, TypeRef};
 use super::model::ElemId;
 use super::simple::{clip, line_ends};
 use crate::domain::{self, Day};
@@ -54,7 +54,8 @@ pub struct Extras<'a> {
 /// Where a content model stands: a DFA state normally; an NFA state set after recovering from an error.
 enum ModelState {
     Dfa(usize),
-    Nfa(Vec<usize>),
+    /// Boxed: recovery is rare, and frames stay small.
+    Nfa(Box<Vec<usize>>),
 }
 
 enum Kind {
@@ -64,7 +65,7 @@ enum Kind {
     },
     All {
         ct: usize,
-        seen: Vec<bool>,
+        seen: Box<[bool]>,
     },
     Simple {
         st: usize,
@@ -86,10 +87,10 @@ struct Frame<'i> {
     pos: usize,
     /// Where this element's children's entries start in `Run::counts`, `Run::touched` and `Run::kept`, and
     /// how many namespace bindings were in scope before its own.
-    counts_mark: usize,
-    touched_mark: usize,
-    kept_mark: usize,
-    ns_mark: usize,
+    counts_mark: u32,
+    touched_mark: u32,
+    kept_mark: u32,
+    ns_mark: u32,
     nil: bool,
     /// The text of a simple element: as it stands in the input (line ends normalised at the close) until a
     /// character reference joins it; from then on normalised piece by piece (`eol_done`), so that a reference
@@ -405,7 +406,7 @@ impl<'s, 'i> Run<'s, 'i> {
             None => names.iter().position(|n| n == local),
         };
         let Some(id) = id else {
-            return match self.counts[parent.counts_mark..]
+            return match self.counts[parent.counts_mark as usize..]
                 .iter_mut()
                 .find(|(k, _)| *k == local)
             {
@@ -470,10 +471,10 @@ impl<'s, 'i> Run<'s, 'i> {
                     ModelState::Nfa(set) => {
                         let matched = model.nfa.step_into(set, matches, &mut self.scratch);
                         if let Some(d) = matched.filter(|_| !self.scratch.is_empty()) {
-                            std::mem::swap(set, &mut self.scratch);
+                            std::mem::swap(&mut **set, &mut self.scratch);
                             return Some(d);
                         }
-                        set.clone()
+                        (**set).clone()
                     }
                 };
                 let parent_local = parent.local;
@@ -495,7 +496,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         && let Some(Kind::Model { state, .. }) =
                             self.stack.last_mut().map(|f| &mut f.kind)
                     {
-                        *state = ModelState::Nfa(next);
+                        *state = ModelState::Nfa(Box::new(next));
                         return matched;
                     }
                 } else {
@@ -662,44 +663,39 @@ impl<'s, 'i> Run<'s, 'i> {
         ns_mark: usize,
     ) -> Result<(), ()> {
         let index = self.count(local, decl);
-        let kind = match decl.map(|d| self.schema.elements[d].ty) {
+        let element = decl.and_then(|d| self.schema.elements.get(d));
+        let kind = match element.map(|el| el.shape) {
             None => Kind::Skip,
-            Some(TypeRef::Simple(st)) => Kind::Simple { st },
-            Some(TypeRef::Complex(ct)) => match &self.schema.complex[ct].content {
-                Content::Empty => Kind::Empty,
-                Content::Simple(st) => Kind::Simple { st: *st },
-                Content::Model(_) => Kind::Model {
-                    ct,
-                    state: ModelState::Dfa(0),
-                },
-                Content::All(g) => Kind::All {
-                    ct,
-                    seen: vec![false; g.members.len()],
-                },
+            Some(Shape::Simple(st)) => Kind::Simple { st },
+            Some(Shape::Empty) => Kind::Empty,
+            Some(Shape::Model(ct)) => Kind::Model {
+                ct,
+                state: ModelState::Dfa(0),
+            },
+            Some(Shape::All(ct, n)) => Kind::All {
+                ct,
+                seen: vec![false; n].into_boxed_slice(),
             },
         };
+        let mark = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         self.stack.push(Frame {
             kind,
             decl,
             local,
             index,
-            repeatable: decl.is_some_and(|d| self.schema.elements[d].repeatable),
+            repeatable: element.is_some_and(|el| el.repeatable),
             pos: at,
-            counts_mark: self.counts.len(),
-            touched_mark: self.touched.len(),
-            kept_mark: self.kept.len(),
-            ns_mark,
+            counts_mark: mark(self.counts.len()),
+            touched_mark: mark(self.touched.len()),
+            kept_mark: mark(self.kept.len()),
+            ns_mark: mark(ns_mark),
             nil: false,
             text: Cow::Borrowed(""),
             eol_done: false,
             text_reported: false,
             broken: false,
         });
-        let declares_attributes = matches!(
-            decl.map(|d| self.schema.elements[d].ty),
-            Some(TypeRef::Complex(ct)) if !self.schema.complex[ct].attributes.is_empty()
-        );
-        if declares_attributes || !is_blank(e.attributes_raw()) {
+        if element.is_some_and(|el| el.has_attributes) || !is_blank(e.attributes_raw()) {
             self.attributes(e, at)?;
         }
         Ok(())
@@ -972,7 +968,7 @@ impl<'s, 'i> Run<'s, 'i> {
         let Some(top) = self.stack.len().checked_sub(1) else {
             return;
         };
-        if self.kept.len() > self.stack[top].kept_mark {
+        if self.kept.len() > self.stack[top].kept_mark as usize {
             self.record(top);
         }
         let frame = &self.stack[top];
@@ -984,7 +980,9 @@ impl<'s, 'i> Run<'s, 'i> {
                         ModelState::Dfa(i) => {
                             (!model.dfa.states[*i].accept).then(|| model.dfa.states[*i].set.clone())
                         }
-                        ModelState::Nfa(set) => (!model.nfa.accepts(set)).then(|| set.clone()),
+                        ModelState::Nfa(set) => {
+                            (!model.nfa.accepts(set)).then(|| (**set).clone())
+                        }
                     }
                 {
                     let message = format!(
@@ -1065,8 +1063,11 @@ impl<'s, 'i> Run<'s, 'i> {
         }
         // The element is done: its children's counts and its namespace declarations leave the scope.
         let frame = &self.stack[top];
-        let (counts_mark, touched_mark, ns_mark) =
-            (frame.counts_mark, frame.touched_mark, frame.ns_mark);
+        let (counts_mark, touched_mark, ns_mark) = (
+            frame.counts_mark as usize,
+            frame.touched_mark as usize,
+            frame.ns_mark as usize,
+        );
         self.stack.truncate(top);
         self.counts.truncate(counts_mark);
         for slot in self.touched.drain(touched_mark..) {
@@ -1083,7 +1084,7 @@ impl<'s, 'i> Run<'s, 'i> {
     /// The element on top of the stack (at `top`) closes holding kept values: run the domain rules on them as
     /// one record; the root's values also go to the caller.
     fn record(&mut self, top: usize) {
-        let mark = self.stack[top].kept_mark;
+        let mark = self.stack[top].kept_mark as usize;
         let items = &self.kept[mark..];
         let mut found: Vec<(usize, &'static str, String)> = Vec::new();
         if let Some(today) = self.extras.today
