@@ -55,7 +55,7 @@ pub struct Extras<'a> {
 enum ModelState {
     Dfa(usize),
     /// Boxed: recovery is rare, and frames stay small.
-    Nfa(Box<Vec<usize>>),
+    Nfa(Box<[usize]>),
 }
 
 enum Kind {
@@ -471,10 +471,10 @@ impl<'s, 'i> Run<'s, 'i> {
                     ModelState::Nfa(set) => {
                         let matched = model.nfa.step_into(set, matches, &mut self.scratch);
                         if let Some(d) = matched.filter(|_| !self.scratch.is_empty()) {
-                            std::mem::swap(&mut **set, &mut self.scratch);
+                            *set = std::mem::take(&mut self.scratch).into_boxed_slice();
                             return Some(d);
                         }
-                        (**set).clone()
+                        set.to_vec()
                     }
                 };
                 let parent_local = parent.local;
@@ -496,7 +496,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         && let Some(Kind::Model { state, .. }) =
                             self.stack.last_mut().map(|f| &mut f.kind)
                     {
-                        *state = ModelState::Nfa(Box::new(next));
+                        *state = ModelState::Nfa(next.into_boxed_slice());
                         return matched;
                     }
                 } else {
@@ -980,9 +980,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         ModelState::Dfa(i) => {
                             (!model.dfa.states[*i].accept).then(|| model.dfa.states[*i].set.clone())
                         }
-                        ModelState::Nfa(set) => {
-                            (!model.nfa.accepts(set)).then(|| (**set).clone())
-                        }
+                        ModelState::Nfa(set) => (!model.nfa.accepts(set)).then(|| set.to_vec()),
                     }
                 {
                     let message = format!(
@@ -1004,7 +1002,7 @@ impl<'s, 'i> Run<'s, 'i> {
                         .filter(|((_, req), s)| *req && !**s)
                         .map(|((d, _), _)| *d)
                         .collect();
-                    if !(g.optional && none) && !missing.is_empty() {
+                    if !(missing.is_empty() || (g.optional && none)) {
                         let message =
                             format!("{} lacks: {}", frame.local, self.expected_list(&missing));
                         let path = self.path();
