@@ -306,7 +306,6 @@ impl Catalog {
             };
         };
         let today = opts.domain.then(|| opts.today.unwrap_or_else(Day::today));
-        let root_path = format!("/{message_type}");
         let (mut violations, malformed, truncated, fields, found) = match format {
             Format::Xml => {
                 let extras = xsd::Extras {
@@ -358,7 +357,7 @@ impl Catalog {
         }
         let units = fields
             .into_iter()
-            .filter(|f| f.name == "MaDonVi" && *f.parent == *root_path)
+            .filter(|f| f.name == "MaDonVi" && f.parent.strip_prefix('/') == Some(message_type))
             .collect();
         Report {
             violations,

@@ -745,12 +745,12 @@ impl<'s, 'i> Run<'s, 'i> {
                 );
                 return self.fatal_in_tag(at, "xml.too_many_attributes", message);
             }
-            let key = a.key.as_ref().to_owned();
+            let key = a.key.as_ref();
             if key == "xmlns" || key.starts_with("xmlns:") {
                 continue;
             }
             let value = match a.normalized_value(quick_xml::XmlVersion::Implicit1_0) {
-                Ok(v) => v.into_owned(),
+                Ok(v) => v,
                 Err(err) => {
                     return self.fatal_in_tag(
                         at,
@@ -768,7 +768,7 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             // Unprefixed attributes are in no namespace; prefixed ones resolve through the declarations in scope.
             let (ns, local) = match key.split_once(':') {
-                None => (None, key.as_str()),
+                None => (None, key),
                 Some(("xml", l)) => (Some(XML_NS), l),
                 Some((p, l)) => match self.lookup(p) {
                     Some(ns) => (Some(self.uri(ns)).filter(|u| !u.is_empty()), l),
@@ -1305,8 +1305,8 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
             }
             Event::Decl(d) => {
                 if let Some(Ok(enc)) = d.encoding() {
-                    let enc = enc.to_ascii_lowercase();
-                    if enc != "utf-8" && enc != "utf8" {
+                    if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
+                        let enc = enc.to_ascii_lowercase();
                         run.fatal(
                             at,
                             "xml.encoding",
