@@ -1304,19 +1304,19 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
                 break;
             }
             Event::Decl(d) => {
-                if let Some(Ok(enc)) = d.encoding() {
-                    if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
-                        let enc = enc.to_ascii_lowercase();
-                        run.fatal(
-                            at,
-                            "xml.encoding",
-                            format!(
-                                "encoding=\"{}\" is not accepted; send the packet as UTF-8",
-                                clip(&enc)
-                            ),
-                        );
-                        break;
-                    }
+                if let Some(Ok(enc)) = d.encoding()
+                    && !enc.eq_ignore_ascii_case("utf-8")
+                    && !enc.eq_ignore_ascii_case("utf8")
+                {
+                    run.fatal(
+                        at,
+                        "xml.encoding",
+                        format!(
+                            "encoding=\"{}\" is not accepted; send the packet as UTF-8",
+                            clip(&enc.to_ascii_lowercase())
+                        ),
+                    );
+                    break;
                 }
             }
             Event::Eof => {
