@@ -231,7 +231,7 @@ fn printed_curl_travels_three_processes_and_real_clients_agree() {
         exposition.contains("lgsp_tls_handshake_failures_total"),
         "{exposition}"
     );
-    assert!(exposition.contains("lgsp_requests_total{agency=\"000.00.00.H29\",hop=\"lgsp\",route=\"HoSoCBCCVC\",status=\"200\"} 1"));
+    assert!(exposition.contains("lgsp_requests_total{agency=\"000.00.00.H29\",hop=\"lgsp\",mode=\"production\",route=\"HoSoCBCCVC\",status=\"200\"} 1"));
     if tool("promtool") {
         let file = write(&dir, "metrics.txt", &exposition);
         let (ok, out, err) = sh(&format!("promtool check metrics < {file}"));

@@ -64,7 +64,7 @@ async fn happy_path(http2: bool) {
         assert_eq!(
             g.metrics
                 .requests
-                .with_label_values(&[hop.as_str(), "HoSoCBCCVC", H29, "200"])
+                .with_label_values(&[hop.as_str(), "HoSoCBCCVC", H29, "production", "200"])
                 .get(),
             1
         );
@@ -108,7 +108,7 @@ async fn refused_handshake(identity: Option<&str>, alert: &str, reason: &str) {
             .lgsp
             .metrics
             .requests
-            .with_label_values(&["lgsp", "unknown", "unknown", "200"])
+            .with_label_values(&["lgsp", "unknown", "unknown", "unknown", "200"])
             .get(),
         0
     );
@@ -231,7 +231,7 @@ async fn unknown_route_is_404_problem_json() {
             .lgsp
             .metrics
             .requests
-            .with_label_values(&["lgsp", "unknown", H29, "404"])
+            .with_label_values(&["lgsp", "unknown", H29, "production", "404"])
             .get(),
         1
     );
@@ -281,7 +281,7 @@ async fn upstream_down_is_502_problem_json_and_counted() {
     assert_eq!(
         lgsp.metrics
             .requests
-            .with_label_values(&["lgsp", "HoSoCBCCVC", H29, "502"])
+            .with_label_values(&["lgsp", "HoSoCBCCVC", H29, "production", "502"])
             .get(),
         1
     );

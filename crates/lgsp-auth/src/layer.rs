@@ -50,6 +50,8 @@ pub enum AuthError {
     PeerWithoutClient { peer: String },
     #[error("peer {peer} relays for unknown agency {agency}")]
     PeerUnknownAgency { peer: String, agency: String },
+    #[error("agency {agency} is in trial and used a production key")]
+    TrialAgencyProductionKey { agency: Arc<str> },
 }
 
 impl AuthError {
@@ -58,9 +60,9 @@ impl AuthError {
             AuthError::NoIdentity | AuthError::MissingKey | AuthError::UnknownKey => {
                 StatusCode::UNAUTHORIZED
             }
-            AuthError::KeyNotBound { .. } | AuthError::PeerUnknownAgency { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            AuthError::KeyNotBound { .. }
+            | AuthError::PeerUnknownAgency { .. }
+            | AuthError::TrialAgencyProductionKey { .. } => StatusCode::FORBIDDEN,
             AuthError::PeerWithoutClient { .. } => StatusCode::BAD_REQUEST,
         }
     }
@@ -74,6 +76,7 @@ impl AuthError {
             AuthError::KeyNotBound { .. } => "auth.key_not_bound_to_certificate",
             AuthError::PeerWithoutClient { .. } => "auth.peer_missing_client",
             AuthError::PeerUnknownAgency { .. } => "auth.peer_unknown_agency",
+            AuthError::TrialAgencyProductionKey { .. } => "auth.trial_agency_production_key",
         }
     }
 
@@ -86,6 +89,7 @@ impl AuthError {
             AuthError::KeyNotBound { .. } => "key_not_bound_to_certificate",
             AuthError::PeerWithoutClient { .. } => "peer_missing_client",
             AuthError::PeerUnknownAgency { .. } => "peer_unknown_agency",
+            AuthError::TrialAgencyProductionKey { .. } => "trial_agency_production_key",
         }
     }
 
@@ -109,6 +113,9 @@ impl AuthError {
             }
             AuthError::PeerUnknownAgency { agency, .. } => format!(
                 "Agency {agency} is not registered at this hop; register it as an [[agency]] here before relaying its traffic."
+            ),
+            AuthError::TrialAgencyProductionKey { agency } => format!(
+                "Agency {agency} is connected in trial (kết nối thử nghiệm): send its trial key until the operator switches it to official (status = \"official\")."
             ),
         }
     }
@@ -171,7 +178,7 @@ impl AuthPolicy {
                 Some(b"trial") => KeyKind::Trial,
                 _ => KeyKind::Production,
             };
-            return Ok(Caller {
+            return self.admit(Caller {
                 agency: code.clone(),
                 kind,
                 via: Some(peer),
@@ -188,11 +195,22 @@ impl AuthPolicy {
                 cert_identity: identity.id.clone(),
             });
         }
-        Ok(Caller {
+        self.admit(Caller {
             agency: record.agency.clone(),
             kind: record.kind,
             via: None,
         })
+    }
+
+    /// An agency still in trial may send trial traffic only.
+    fn admit(&self, caller: Caller) -> Result<Caller, AuthError> {
+        let trial = self.agencies.get(&caller.agency) == Some(&AgencyStatus::Trial);
+        if trial && caller.kind == KeyKind::Production {
+            return Err(AuthError::TrialAgencyProductionKey {
+                agency: caller.agency,
+            });
+        }
+        Ok(caller)
     }
 }
 
@@ -288,11 +306,25 @@ mod tests {
         Auth<tower::util::BoxCloneSyncService<Request<()>, Caller, BoxError>>,
         Arc<Metrics>,
     ) {
-        let cfg = lgsp_config::embedded().unwrap();
+        let mut agencies = lgsp_config::embedded().unwrap().agencies;
+        // G09 (in trial) also holds a production key: issued early, it must not work before G09 is official.
+        let g09 = agencies
+            .iter_mut()
+            .find(|a| a.code == "000.00.00.G09")
+            .unwrap();
+        g09.keys.push(lgsp_config::KeyConfig {
+            sha256: {
+                use sha2::Digest;
+                sha2::Sha256::digest(dev_key("000.00.00.G09", KeyKind::Production).as_bytes())
+                    .into()
+            },
+            kind: KeyKind::Production,
+            label: None,
+        });
         let metrics = Metrics::new().unwrap();
         let policy = Arc::new(AuthPolicy::new(
             "lgsp",
-            &cfg.agencies,
+            &agencies,
             &["LGSP-DEV".to_owned()],
             metrics.clone(),
         ));
@@ -390,15 +422,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_agency_in_trial_may_send_trial_traffic_only() {
+        let (svc, metrics) = service();
+        let trial = dev_key("000.00.00.G09", KeyKind::Trial);
+        let caller = svc
+            .clone()
+            .oneshot(request(Some("000.00.00.G09"), Some(&trial)))
+            .await
+            .unwrap();
+        assert_eq!(caller.kind, KeyKind::Trial);
+        let production = dev_key("000.00.00.G09", KeyKind::Production);
+        let e = refusal(
+            svc.clone()
+                .oneshot(request(Some("000.00.00.G09"), Some(&production)))
+                .await,
+        );
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::FORBIDDEN, "auth.trial_agency_production_key")
+        );
+        assert!(e.detail().contains("trial key"), "{}", e.detail());
+        // Relayed by a peer, the first hop's mode counts: production for a trial agency is refused here too.
+        let mut req = request(Some("LGSP-DEV"), None);
+        req.headers_mut()
+            .insert(CLIENT_HEADER, "000.00.00.G09".parse().unwrap());
+        assert_eq!(
+            refusal(svc.clone().oneshot(req).await).code(),
+            "auth.trial_agency_production_key"
+        );
+        assert_eq!(
+            metrics
+                .auth_failures
+                .with_label_values(&["lgsp", "trial_agency_production_key"])
+                .get(),
+            2
+        );
+        // An official agency may still test with its trial key.
+        let caller = svc
+            .oneshot(request(
+                Some("000.00.00.H29"),
+                Some(&dev_key("000.00.00.H29", KeyKind::Trial)),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(caller.kind, KeyKind::Trial);
+    }
+
+    #[tokio::test]
     async fn peer_relays_for_a_known_agency_without_a_key() {
         let (svc, _) = service();
         let mut req = request(Some("LGSP-DEV"), None);
         req.headers_mut()
             .insert(CLIENT_HEADER, "000.00.00.G09".parse().unwrap());
+        req.headers_mut()
+            .insert("x-lgsp-mode", "trial".parse().unwrap());
         let caller = svc.clone().oneshot(req).await.unwrap();
         assert_eq!(
-            (&*caller.agency, caller.via.as_deref()),
-            ("000.00.00.G09", Some("LGSP-DEV"))
+            (&*caller.agency, caller.via.as_deref(), caller.kind),
+            ("000.00.00.G09", Some("LGSP-DEV"), KeyKind::Trial)
         );
 
         let e = refusal(svc.clone().oneshot(request(Some("LGSP-DEV"), None)).await);

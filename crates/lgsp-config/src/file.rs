@@ -44,6 +44,8 @@ pub struct FileValidation {
     pub max_depth: Option<Spanned<u64>>,
     pub max_attributes: Option<Spanned<u64>>,
     pub max_text_bytes: Option<Spanned<u64>>,
+    /// Most errors listed for a trial-mode request (trial answers list every error up to this).
+    pub trial_max_errors: Option<Spanned<u64>>,
     pub domain_rules: Option<bool>,
 }
 
@@ -146,6 +148,8 @@ pub struct FileRoute {
     pub prefix: Spanned<String>,
     pub upstream: Spanned<String>,
     pub rewrite: Option<Spanned<String>>,
+    /// Where trial-mode requests go instead of `upstream`: an https URL whose path replaces the matched prefix.
+    pub trial_upstream: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub agencies: Vec<Spanned<String>>,
     /// CBCCVC message type validated on this route (`HoSoCBCCVC`, `BienChe`, `PheDuyetDuLieu`, `BienDong`).

@@ -101,6 +101,9 @@ pub struct RouteConfig {
     pub prefix: String,
     pub upstream: Upstream,
     pub rewrite: Option<String>,
+    /// Where trial-mode requests go (`base_path` replaces the matched prefix); `None`: this route takes no
+    /// trial traffic. Defaults to the emulator of the same file, `/cbccvc/v1/{message type or route name}`.
+    pub trial_upstream: Option<Upstream>,
     pub timeout: Duration,
     /// Agency codes allowed on this route; `None` means every known agency (`"*"`).
     pub agencies: Option<Vec<String>>,
@@ -166,6 +169,8 @@ pub struct ValidationConfig {
     pub max_depth: usize,
     pub max_attributes: usize,
     pub max_text_bytes: usize,
+    /// `max_errors` for trial-mode requests.
+    pub trial_max_errors: usize,
     pub domain_rules: bool,
 }
 
@@ -348,6 +353,16 @@ impl<'a> Checker<'a> {
                 }
             }
         };
+        let trial_upstream =
+            r.trial_upstream
+                .as_ref()
+                .and_then(|t| match parse_upstream(t.get_ref()) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        self.problem(t, format!("{field}.trial_upstream"), e);
+                        None
+                    }
+                });
         let mut agencies = Some(Vec::new());
         if r.agencies.is_empty() {
             self.problem(
@@ -443,6 +458,7 @@ impl<'a> Checker<'a> {
             prefix,
             upstream,
             rewrite,
+            trial_upstream,
             timeout: self.duration(
                 r.timeout.as_ref(),
                 &format!("{field}.timeout"),
@@ -742,6 +758,18 @@ impl Config {
                 max_stored: usize::try_from(max_stored).unwrap_or(usize::MAX),
             }
         });
+        // Trial traffic defaults to the emulator this file runs (when its port is fixed).
+        if let Some(e) = emulator.as_ref().filter(|e| e.listen.port() != 0) {
+            for route in hops.iter_mut().flat_map(|h| h.routes.iter_mut()) {
+                if route.trial_upstream.is_none() {
+                    let target = route.message_type.as_deref().unwrap_or(&route.name);
+                    route.trial_upstream = Some(Upstream {
+                        authority: format!("localhost:{}", e.listen.port()),
+                        base_path: format!("/cbccvc/v1/{target}"),
+                    });
+                }
+            }
+        }
         let pki = PkiConfig {
             dir: file
                 .pki
@@ -776,15 +804,10 @@ impl Config {
                 Some(s) if s.get_ref() == "embedded" => SchemaSource::Embedded,
                 Some(s) => SchemaSource::Dir(c.path(base, s).path),
             },
-            max_errors: bounded(&mut c, &v.max_errors, "validation.max_errors", 20, 1000),
-            max_depth: bounded(&mut c, &v.max_depth, "validation.max_depth", 32, 256),
-            max_attributes: bounded(
-                &mut c,
-                &v.max_attributes,
-                "validation.max_attributes",
-                32,
-                1024,
-            ),
+            max_errors: bounded(&mut c, &v.max_errors, "max_errors", 20, 1000),
+            trial_max_errors: bounded(&mut c, &v.trial_max_errors, "trial_max_errors", 1000, 10000),
+            max_depth: bounded(&mut c, &v.max_depth, "max_depth", 32, 256),
+            max_attributes: bounded(&mut c, &v.max_attributes, "max_attributes", 32, 1024),
             max_text_bytes: bounded(
                 &mut c,
                 &v.max_text_bytes,

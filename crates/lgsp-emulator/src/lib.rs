@@ -268,7 +268,27 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        let trial = req
+            .headers()
+            .get("x-lgsp-mode")
+            .is_some_and(|m| m.as_bytes() == b"trial");
+        Box::pin(async move {
+            let start = std::time::Instant::now();
+            let mut resp = this.handle(req).await;
+            if trial {
+                // Trial answers say who answered and how long it took (the hops add theirs after this).
+                let h = resp.headers_mut();
+                h.insert(
+                    "x-lgsp-answered-by",
+                    http::HeaderValue::from_static("emulator"),
+                );
+                let timing = format!("emulator;dur={:.1}", start.elapsed().as_secs_f64() * 1000.0);
+                if let Ok(v) = http::HeaderValue::from_str(&timing) {
+                    h.insert("server-timing", v);
+                }
+            }
+            Ok(resp)
+        })
     }
 }
 

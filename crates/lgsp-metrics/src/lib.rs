@@ -17,7 +17,7 @@ pub use labels::{RequestLabels, UNKNOWN};
 /// Every metric family of the gateway.
 pub struct Metrics {
     registry: Registry,
-    /// `lgsp_requests_total{hop,route,agency,status}`.
+    /// `lgsp_requests_total{hop,route,agency,mode,status}`.
     pub requests: IntCounterVec,
     /// `lgsp_request_duration_seconds{hop,route}`.
     pub duration: HistogramVec,
@@ -65,8 +65,8 @@ impl Metrics {
         let requests = counter(
             &registry,
             "lgsp_requests_total",
-            "Requests answered, by hop, route, calling agency and HTTP status.",
-            &["hop", "route", "agency", "status"],
+            "Requests answered, by hop, route, calling agency, mode (trial | production) and HTTP status.",
+            &["hop", "route", "agency", "mode", "status"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -249,7 +249,7 @@ mod tests {
     fn exposition_has_every_family_with_help() {
         let m = Metrics::new().unwrap();
         m.requests
-            .with_label_values(&["lgsp", "r", "000.00.00.H29", "200"])
+            .with_label_values(&["lgsp", "r", "000.00.00.H29", "production", "200"])
             .inc();
         m.duration.with_label_values(&["lgsp", "r"]).observe(0.01);
         m.upstream_errors

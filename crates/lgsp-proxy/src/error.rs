@@ -59,6 +59,8 @@ pub enum ProxyError {
     },
     #[error("request already passed hop {hop} ({hops})")]
     HopLoop { hop: Arc<str>, hops: String },
+    #[error("route {route} takes no trial traffic")]
+    TrialNotOffered { route: Arc<str> },
     #[error("upstream {upstream} failed ({}): {message}", kind.as_str())]
     Upstream {
         upstream: String,
@@ -77,6 +79,7 @@ impl ProxyError {
             ProxyError::AgencyNotAllowed { .. } => StatusCode::FORBIDDEN,
             ProxyError::BadHopHeader { .. } => StatusCode::BAD_REQUEST,
             ProxyError::HopLoop { .. } => StatusCode::LOOP_DETECTED,
+            ProxyError::TrialNotOffered { .. } => StatusCode::FORBIDDEN,
             ProxyError::Upstream {
                 kind: UpstreamFailure::Timeout,
                 ..
@@ -93,6 +96,7 @@ impl ProxyError {
             ProxyError::AgencyNotAllowed { .. } => "route.agency_not_allowed",
             ProxyError::BadHopHeader { .. } => "hop.bad_header",
             ProxyError::HopLoop { .. } => "hop.loop_detected",
+            ProxyError::TrialNotOffered { .. } => "trial.not_offered",
             ProxyError::Upstream {
                 kind: UpstreamFailure::Connect,
                 ..
@@ -139,6 +143,9 @@ impl ProxyError {
             }
             ProxyError::HopLoop { hop, hops } => format!(
                 "The request already passed hop {hop} (X-LGSP-Hops: {hops}); a route points back at an earlier hop — fix the upstream URLs."
+            ),
+            ProxyError::TrialNotOffered { route } => format!(
+                "Route {route} takes no trial-mode traffic at this hop; send it with a production key once your agency is official, or ask the operator to set the route's `trial_upstream`."
             ),
             ProxyError::Upstream {
                 upstream,

@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lgsp_auth::Caller;
+use lgsp_config::KeyKind;
 use tower::Service;
 
 use crate::BoxError;
@@ -71,8 +72,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// The upstream URI: base path + (rewrite or prefix) + the rest of the path, query kept.
-pub fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
+/// The upstream URI: base path + (rewrite or prefix) + the rest of the path, query kept. Trial traffic goes to
+/// the route's trial upstream instead, whose path replaces the prefix; a route without one refuses it.
+pub fn upstream_uri(route: &Route, uri: &Uri, mode: KeyKind) -> Result<Uri, ProxyError> {
     let c = &route.config;
     let path = uri.path();
     let rest = if c.prefix == "/" {
@@ -80,14 +82,30 @@ pub fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
     } else {
         path.get(c.prefix.len()..).unwrap_or_default()
     };
-    let new_prefix = c.rewrite.as_deref().unwrap_or(&c.prefix);
-    let new_prefix = if new_prefix == "/" { "" } else { new_prefix };
-    let mut target = format!("{}{new_prefix}{rest}", c.upstream.base_path);
+    let (authority, mut target) = match mode {
+        KeyKind::Production => {
+            let new_prefix = c.rewrite.as_deref().unwrap_or(&c.prefix);
+            let new_prefix = if new_prefix == "/" { "" } else { new_prefix };
+            (
+                &c.upstream.authority,
+                format!("{}{new_prefix}{rest}", c.upstream.base_path),
+            )
+        }
+        KeyKind::Trial => {
+            let trial = c
+                .trial_upstream
+                .as_ref()
+                .ok_or_else(|| ProxyError::TrialNotOffered {
+                    route: route.name.clone(),
+                })?;
+            (&trial.authority, format!("{}{rest}", trial.base_path))
+        }
+    };
     if target.is_empty() {
         target.push('/');
     }
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    format!("https://{}{target}{query}", c.upstream.authority)
+    format!("https://{authority}{target}{query}")
         .parse()
         .map_err(|e| ProxyError::Internal(format!("upstream URI for route {}: {e}", route.name)))
 }
@@ -138,7 +156,10 @@ fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), ProxyEr
 }
 
 impl Forward {
-    fn prepare(&self, mut req: Request<Body>) -> Result<(Request<Body>, Arc<Route>), ProxyError> {
+    fn prepare(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(Request<Body>, Arc<Route>, KeyKind), ProxyError> {
         let missing = |what: &str| ProxyError::Internal(format!("forward reached without {what}"));
         let route = req
             .extensions()
@@ -165,7 +186,7 @@ impl Forward {
             .get::<TraceContext>()
             .cloned()
             .ok_or_else(|| missing("a trace context"))?;
-        *req.uri_mut() = upstream_uri(&route, req.uri())?;
+        *req.uri_mut() = upstream_uri(&route, req.uri(), caller.kind)?;
         // The upstream connection negotiates its own protocol by ALPN.
         *req.version_mut() = Version::HTTP_11;
         let h = req.headers_mut();
@@ -176,7 +197,7 @@ impl Forward {
         set(h, headers::HOPS, &hops.header_value())?;
         set(h, headers::MODE, caller.kind.as_str())?;
         set(h, headers::TRACEPARENT, &trace.header_value())?;
-        Ok((req, route))
+        Ok((req, route, caller.kind))
     }
 }
 
@@ -194,13 +215,23 @@ impl Service<Request<Body>> for Forward {
         let client = self.client.clone();
         let hop = self.hop.clone();
         Box::pin(async move {
-            let (req, route) = prepared?;
-            let upstream = route.config.upstream.authority.clone();
+            let (req, route, mode) = prepared?;
+            let upstream = req.uri().authority().map_or_else(
+                || route.config.upstream.authority.clone(),
+                |a| a.as_str().to_owned(),
+            );
             let outcome = tokio::time::timeout(route.config.timeout, client.request(req)).await;
             let failure = match outcome {
                 Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    if mode == KeyKind::Trial
+                        && !parts.headers.contains_key(headers::ANSWERED_BY)
+                        && let Ok(v) = HeaderValue::from_str(&upstream)
+                    {
+                        // An upstream that is no gateway of ours: name it by its address.
+                        parts.headers.insert(headers::ANSWERED_BY, v);
+                    }
                     return Ok(Response::from_parts(parts, boxed(body)));
                 }
                 Ok(Err(e)) => (classify(&e), error_chain(&e)),
@@ -248,22 +279,62 @@ mod tests {
     #[test]
     fn rewrites_prefix_and_keeps_rest_and_query() {
         let r = route("/lgsp/v1/HoSoCBCCVC", Some("/ndxp/v1/HoSoCBCCVC"), "h:1");
-        let u = upstream_uri(&r, &"/lgsp/v1/HoSoCBCCVC/a/b?x=1".parse().unwrap()).unwrap();
+        let u = upstream_uri(
+            &r,
+            &"/lgsp/v1/HoSoCBCCVC/a/b?x=1".parse().unwrap(),
+            KeyKind::Production,
+        )
+        .unwrap();
         assert_eq!(u.to_string(), "https://h:1/ndxp/v1/HoSoCBCCVC/a/b?x=1");
         let r = route("/lgsp", None, "h:1/base");
         assert_eq!(
-            upstream_uri(&r, &"/lgsp/x".parse().unwrap())
+            upstream_uri(&r, &"/lgsp/x".parse().unwrap(), KeyKind::Production)
                 .unwrap()
                 .to_string(),
             "https://h:1/base/lgsp/x"
         );
         let r = route("/", Some("/"), "h:1");
         assert_eq!(
-            upstream_uri(&r, &"/a".parse().unwrap())
+            upstream_uri(&r, &"/a".parse().unwrap(), KeyKind::Production)
                 .unwrap()
                 .to_string(),
             "https://h:1/a"
         );
+    }
+
+    #[test]
+    fn trial_traffic_goes_to_the_trial_upstream_or_is_refused() {
+        let mut config = route("/lgsp/v1/HoSoCBCCVC", Some("/ndxp/v1/HoSoCBCCVC"), "ndxp:1")
+            .config
+            .clone();
+        config.trial_upstream = Some(lgsp_config::Upstream {
+            authority: "emu:2".into(),
+            base_path: "/cbccvc/v1/HoSoCBCCVC".into(),
+        });
+        let r = RouteTable::new(&[config.clone()])
+            .lookup("/lgsp/v1/HoSoCBCCVC")
+            .unwrap()
+            .clone();
+        let uri = "/lgsp/v1/HoSoCBCCVC/x?y=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&r, &uri, KeyKind::Trial).unwrap().to_string(),
+            "https://emu:2/cbccvc/v1/HoSoCBCCVC/x?y=1"
+        );
+        assert_eq!(
+            upstream_uri(&r, &uri, KeyKind::Production)
+                .unwrap()
+                .to_string(),
+            "https://ndxp:1/ndxp/v1/HoSoCBCCVC/x?y=1"
+        );
+        config.trial_upstream = None;
+        let r = RouteTable::new(&[config])
+            .lookup("/lgsp/v1/HoSoCBCCVC")
+            .unwrap()
+            .clone();
+        assert!(matches!(
+            upstream_uri(&r, &uri, KeyKind::Trial),
+            Err(ProxyError::TrialNotOffered { .. })
+        ));
     }
 
     #[test]

@@ -142,7 +142,9 @@ fn build(
         domain: v.domain_rules,
         today: None,
     };
-    let validation = Arc::new(ValidationPolicy::new(catalog, options, &cfg.agencies));
+    let mut validation = ValidationPolicy::new(catalog, options, &cfg.agencies);
+    validation.trial_max_errors = v.trial_max_errors;
+    let validation = Arc::new(validation);
     // The limiter state (every key's TAT, the in-flight counts) survives a reload that keeps its settings.
     let limits = match limits {
         Some(l) => l,

@@ -10,6 +10,11 @@ pub const CLIENT: &str = lgsp_auth::CLIENT_HEADER;
 pub const MODE: &str = "x-lgsp-mode";
 pub const HOPS: &str = "x-lgsp-hops";
 pub const TRACEPARENT: &str = "traceparent";
+/// On trial-mode responses: which hop (or upstream) produced the answer.
+pub const ANSWERED_BY: &str = "x-lgsp-answered-by";
+/// On trial-mode responses (W3C Server-Timing): each hop's time, innermost first, e.g.
+/// `emulator;dur=0.4, ndxp;dur=3.1, lgsp;dur=7.9`.
+pub const SERVER_TIMING: &str = "server-timing";
 /// Every header in this family is the gateways' own; agencies' copies are stripped at the first hop.
 pub const HOP_HEADER_PREFIX: &str = "x-lgsp-";
 /// Longest X-LGSP-Hops accepted from a peer.

@@ -79,6 +79,25 @@ impl HopContext {
 
 type InnerFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
+/// What a trial-mode answer tells the integrator beyond a production one: the mode, which hop answered (kept
+/// when an upstream already said), and this hop's time after the upstreams' in `Server-Timing`.
+fn trial_diagnostics(h: &mut http::HeaderMap, hop: &str, elapsed: std::time::Duration) {
+    h.insert(headers::MODE, HeaderValue::from_static("trial"));
+    if !h.contains_key(headers::ANSWERED_BY)
+        && let Ok(v) = HeaderValue::from_str(hop)
+    {
+        h.insert(headers::ANSWERED_BY, v);
+    }
+    let own = format!("{hop};dur={:.1}", elapsed.as_secs_f64() * 1000.0);
+    let timing = match h.get(headers::SERVER_TIMING).and_then(|v| v.to_str().ok()) {
+        Some(upstream) if !upstream.trim().is_empty() => format!("{upstream}, {own}"),
+        _ => own,
+    };
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        h.insert(headers::SERVER_TIMING, v);
+    }
+}
+
 #[derive(Clone)]
 pub struct ObserveLayer {
     hop: Arc<HopContext>,
@@ -176,7 +195,11 @@ where
                 let status = resp.status();
                 let elapsed = start.elapsed();
                 let (route, agency) = (labels.route(), labels.agency());
-                hop.metrics.requests.with_label_values(&[&hop.name, route, agency, status.as_str()]).inc();
+                let mode = labels.mode();
+                if mode == "trial" {
+                    trial_diagnostics(resp.headers_mut(), &hop.name, elapsed);
+                }
+                hop.metrics.requests.with_label_values(&[&hop.name, route, agency, mode, status.as_str()]).inc();
                 hop.metrics.duration.with_label_values(&[&hop.name, route]).observe(elapsed.as_secs_f64());
                 tracing::info!(
                     target: "lgsp::access",
@@ -189,7 +212,7 @@ where
                     duration_ms = elapsed.as_secs_f64() * 1000.0,
                     bytes_in = bytes_in.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
                     bytes_out = content_length(resp.body().size_hint()).map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-                    mode = labels.mode(),
+                    mode,
                     "access"
                 );
                 Ok(resp)
@@ -301,7 +324,7 @@ mod tests {
         assert_eq!(
             h.metrics
                 .requests
-                .with_label_values(&["ndxp", "unknown", "unknown", "508"])
+                .with_label_values(&["ndxp", "unknown", "unknown", "unknown", "508"])
                 .get(),
             1
         );

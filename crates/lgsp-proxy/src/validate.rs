@@ -147,6 +147,8 @@ pub fn unit_matches(pattern: &str, unit: &str) -> bool {
 pub struct ValidationPolicy {
     pub catalog: Arc<Catalog>,
     pub options: Options,
+    /// `max_errors` for trial-mode requests, whose answers list every error up to this many.
+    pub trial_max_errors: usize,
     /// Unit-code patterns per agency code.
     pub units: HashMap<String, Vec<String>>,
 }
@@ -155,6 +157,7 @@ impl ValidationPolicy {
     pub fn new(catalog: Arc<Catalog>, options: Options, agencies: &[AgencyConfig]) -> Self {
         ValidationPolicy {
             catalog,
+            trial_max_errors: options.limits.max_errors,
             options,
             units: agencies
                 .iter()
@@ -237,9 +240,18 @@ impl Validate {
         format: Format,
         bytes: &[u8],
     ) -> Result<(), PacketError> {
+        let trial_options;
+        let options = if caller.kind == lgsp_config::KeyKind::Trial {
+            let mut o = policy.options.clone();
+            o.limits.max_errors = policy.trial_max_errors.max(o.limits.max_errors);
+            trial_options = o;
+            &trial_options
+        } else {
+            &policy.options
+        };
         let report = policy
             .catalog
-            .validate(message_type, format, bytes, &policy.options);
+            .validate(message_type, format, bytes, options);
         let mut rules: Vec<&'static str> = report.violations.iter().map(|v| v.rule).collect();
         rules.sort_unstable();
         rules.dedup();
