@@ -244,3 +244,76 @@ async fn a_unit_outside_the_agency_jurisdiction_is_403() {
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     chain.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dry_run_answers_the_verdict_and_forwards_nothing() {
+    let chain = Chain::start().await;
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    let url = |t: &str| chain.lgsp_url(&format!("/lgsp/v1/validate/{t}"));
+
+    let a = client
+        .send(
+            "POST",
+            &url("HoSoCBCCVC"),
+            &headers("application/xml"),
+            &sample("valid/HoSoCBCCVC-01-day-du.xml"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let v = a.json();
+    assert_eq!(
+        (&v["valid"], &v["message_type"], &v["format"], &v["hop"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("HoSoCBCCVC"),
+            &serde_json::json!("xml"),
+            &serde_json::json!("lgsp")
+        )
+    );
+    assert!(a.headers.contains_key("x-lgsp-message-id"));
+
+    // An invalid packet gets the problem the packet route would answer, every error listed.
+    let a = client
+        .send(
+            "POST",
+            &url("BienChe"),
+            &headers("application/json"),
+            &sample("invalid/BienChe-06-json.minimum-SoLuong-am.json"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 422);
+    let p = a.json();
+    assert_eq!(p["code"], "packet.invalid");
+    assert_eq!(p["errors"][0]["rule"], "json.minimum");
+
+    // Jurisdiction is part of the verdict; a type that does not exist is 404.
+    let other =
+        sample("valid/HoSoCBCCVC-02-toi-thieu.xml").replace("000.00.00.H29", "000.00.00.H26");
+    let a = client
+        .send(
+            "POST",
+            &url("HoSoCBCCVC"),
+            &headers("application/xml"),
+            &other,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.json()["code"].clone()),
+        (403, serde_json::json!("authz.unit_outside_jurisdiction"))
+    );
+    let a = client
+        .send("POST", &url("HoSo"), &headers("application/xml"), "<x/>")
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.json()["code"].clone()),
+        (404, serde_json::json!("validate.unknown_message_type"))
+    );
+
+    // Nothing reached the national endpoint.
+    assert_eq!(chain.emulator.emulator.as_ref().unwrap().1.stored(), 0);
+    chain.shutdown().await;
+}

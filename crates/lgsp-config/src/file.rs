@@ -146,8 +146,12 @@ pub struct FileRoute {
     pub name: Spanned<String>,
     pub methods: Vec<Spanned<String>>,
     pub prefix: Spanned<String>,
-    pub upstream: Spanned<String>,
+    /// Where requests go; omitted only on a dry-run route.
+    pub upstream: Option<Spanned<String>>,
     pub rewrite: Option<Spanned<String>>,
+    /// Validate and answer the verdict, forward nothing: `{prefix}/{MessageType}`.
+    #[serde(default)]
+    pub dry_run: bool,
     /// Where trial-mode requests go instead of `upstream`: an https URL whose path replaces the matched prefix.
     pub trial_upstream: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,

@@ -117,6 +117,42 @@ mod tests {
     }
 
     #[test]
+    fn trial_upstream_defaults_to_the_emulator_and_dry_runs_forward_nothing() {
+        let c = embedded().unwrap();
+        let route = |hop: usize, name: &str| {
+            c.hops[hop]
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap()
+                .clone()
+        };
+        let trial = route(0, "HoSoCBCCVC").trial_upstream.unwrap();
+        assert_eq!(
+            (trial.authority.as_str(), trial.base_path.as_str()),
+            ("localhost:8445", "/cbccvc/v1/HoSoCBCCVC")
+        );
+        let receipts = route(1, "BienNhan").trial_upstream.unwrap();
+        assert_eq!(receipts.base_path, "/cbccvc/v1/BienNhan");
+        let dry = route(0, "validate");
+        assert!(dry.dry_run && dry.trial_upstream.is_none() && dry.upstream.authority.is_empty());
+
+        // A dry-run route with an upstream, and a route with neither, are refused with their lines.
+        let text = EMBEDDED
+            .replacen(
+                "dry_run = true\n",
+                "dry_run = true\nupstream = \"https://x:1\"\n",
+                1,
+            )
+            .replacen("upstream = \"https://localhost:8444\"\n", "", 1);
+        let e = parse(&text, "t.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a dry-run route forwards nothing"), "{e}");
+        assert!(e.contains("name the upstream"), "{e}");
+    }
+
+    #[test]
     fn route_agency_must_be_known() {
         let text = EMBEDDED.replacen("agencies = [\"*\"]", "agencies = [\"000.00.00.X99\"]", 1);
         let e = parse(&text, "t.toml", Path::new(".")).unwrap_err();

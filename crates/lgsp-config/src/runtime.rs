@@ -99,8 +99,12 @@ pub struct RouteConfig {
     pub name: String,
     pub methods: Vec<String>,
     pub prefix: String,
+    /// Empty (no authority) on a dry-run route, which forwards nothing.
     pub upstream: Upstream,
     pub rewrite: Option<String>,
+    /// A dry run: the packet at `{prefix}/{MessageType}` is validated with the full rules and the verdict
+    /// answered; nothing is forwarded.
+    pub dry_run: bool,
     /// Where trial-mode requests go (`base_path` replaces the matched prefix); `None`: this route takes no
     /// trial traffic. Defaults to the emulator of the same file, `/cbccvc/v1/{message type or route name}`.
     pub trial_upstream: Option<Upstream>,
@@ -343,16 +347,45 @@ impl<'a> Checker<'a> {
             .rewrite
             .as_ref()
             .map(|w| self.path_prefix(w, &format!("{field}.rewrite")));
-        let upstream = match parse_upstream(r.upstream.get_ref()) {
-            Ok(u) => u,
-            Err(e) => {
-                self.problem(&r.upstream, format!("{field}.upstream"), e);
-                Upstream {
-                    authority: String::new(),
-                    base_path: String::new(),
+        let none = Upstream {
+            authority: String::new(),
+            base_path: String::new(),
+        };
+        let upstream = match (&r.upstream, r.dry_run) {
+            (Some(u), false) => match parse_upstream(u.get_ref()) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.problem(u, format!("{field}.upstream"), e);
+                    none
                 }
+            },
+            (None, true) => none,
+            (Some(u), true) => {
+                self.problem(
+                    u,
+                    format!("{field}.upstream"),
+                    "a dry-run route forwards nothing; remove `upstream`",
+                );
+                none
+            }
+            (None, false) => {
+                self.problem(
+                    &r.name,
+                    format!("{field}.upstream"),
+                    "name the upstream, e.g. upstream = \"https://ndxp.example:8444\" (or set dry_run = true)",
+                );
+                none
             }
         };
+        if r.dry_run
+            && let Some(m) = &r.message_type
+        {
+            self.problem(
+                m,
+                format!("{field}.message_type"),
+                "a dry-run route takes the message type from the path ({prefix}/{MessageType}); remove `message_type`",
+            );
+        }
         let trial_upstream =
             r.trial_upstream
                 .as_ref()
@@ -458,6 +491,7 @@ impl<'a> Checker<'a> {
             prefix,
             upstream,
             rewrite,
+            dry_run: r.dry_run,
             trial_upstream,
             timeout: self.duration(
                 r.timeout.as_ref(),
@@ -761,7 +795,7 @@ impl Config {
         // Trial traffic defaults to the emulator this file runs (when its port is fixed).
         if let Some(e) = emulator.as_ref().filter(|e| e.listen.port() != 0) {
             for route in hops.iter_mut().flat_map(|h| h.routes.iter_mut()) {
-                if route.trial_upstream.is_none() {
+                if route.trial_upstream.is_none() && !route.dry_run {
                     let target = route.message_type.as_deref().unwrap_or(&route.name);
                     route.trial_upstream = Some(Upstream {
                         authority: format!("localhost:{}", e.listen.port()),

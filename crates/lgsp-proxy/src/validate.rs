@@ -42,6 +42,8 @@ pub enum PacketError {
         violations: Vec<Violation>,
         truncated: bool,
     },
+    #[error("no message type {got:?} to validate")]
+    UnknownMessageType { got: String },
     #[error("agency {agency} may not send packets for unit {unit}")]
     OutsideJurisdiction {
         agency: Arc<str>,
@@ -59,6 +61,7 @@ impl PacketError {
             PacketError::Unreadable(_) | PacketError::Malformed { .. } => StatusCode::BAD_REQUEST,
             PacketError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             PacketError::OutsideJurisdiction { .. } => StatusCode::FORBIDDEN,
+            PacketError::UnknownMessageType { .. } => StatusCode::NOT_FOUND,
         }
     }
 
@@ -70,6 +73,7 @@ impl PacketError {
             PacketError::Malformed { .. } => "packet.malformed",
             PacketError::Invalid { .. } => "packet.invalid",
             PacketError::OutsideJurisdiction { .. } => "authz.unit_outside_jurisdiction",
+            PacketError::UnknownMessageType { .. } => "validate.unknown_message_type",
         }
     }
 
@@ -96,6 +100,10 @@ impl PacketError {
                 "The packet breaks {}{} rule(s) of its schema or the domain rules; `errors` lists each with its path and line.",
                 violations.len(),
                 if *truncated { "+" } else { "" }
+            ),
+            PacketError::UnknownMessageType { got } => format!(
+                "`{got}` is not a message type; validate at {{this prefix}}/{{type}} with one of {}.",
+                lgsp_schema::MESSAGE_TYPES.join(", ")
             ),
             PacketError::OutsideJurisdiction {
                 agency,
@@ -230,18 +238,31 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, PacketError> {
     Ok(buf.freeze())
 }
 
+/// What a body is checked as.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    message_type: &'a str,
+    format: Format,
+    /// List every error (trial mode, dry runs), up to `trial_max_errors`.
+    full_errors: bool,
+}
+
 impl Validate {
     fn check(
         policy: &ValidationPolicy,
         hop: &HopContext,
         route: &Route,
         caller: &Caller,
-        message_type: &str,
-        format: Format,
+        ask: Ask<'_>,
         bytes: &[u8],
     ) -> Result<(), PacketError> {
+        let Ask {
+            message_type,
+            format,
+            full_errors,
+        } = ask;
         let trial_options;
-        let options = if caller.kind == lgsp_config::KeyKind::Trial {
+        let options = if full_errors {
             let mut o = policy.options.clone();
             o.limits.max_errors = policy.trial_max_errors.max(o.limits.max_errors);
             trial_options = o;
@@ -357,9 +378,29 @@ async fn handle(
     if declared_length(&req).is_some_and(|n| n > limit as u64) {
         return fail(PacketError::TooLarge { limit });
     }
-    let Some(message_type) = route.config.message_type.clone() else {
-        // No packet to check: stream the body through, cut at the limit.
-        return call(&mut inner, req.map(|b| limited(b, limit))).await;
+    let dry_run = route.config.dry_run;
+    let message_type = if dry_run {
+        // The message type is the path's last segment: {prefix}/{MessageType}.
+        let rest = req
+            .uri()
+            .path()
+            .get(route.config.prefix.len()..)
+            .unwrap_or_default()
+            .trim_matches('/');
+        match lgsp_schema::MESSAGE_TYPES.iter().find(|t| **t == rest) {
+            Some(t) => (*t).to_owned(),
+            None => {
+                return fail(PacketError::UnknownMessageType {
+                    got: rest.chars().take(64).collect(),
+                });
+            }
+        }
+    } else {
+        let Some(message_type) = route.config.message_type.clone() else {
+            // No packet to check: stream the body through, cut at the limit.
+            return call(&mut inner, req.map(|b| limited(b, limit))).await;
+        };
+        message_type
     };
     let ctype = req
         .headers()
@@ -377,6 +418,8 @@ async fn handle(
         Ok(b) => b,
         Err(e) => return fail(e),
     };
+    // A dry run is a diagnosis: it lists every error, as trial mode does.
+    let full_errors = dry_run || caller.kind == lgsp_config::KeyKind::Trial;
     let checked = if bytes.len() > INLINE_LIMIT {
         let (p, h, r, c, t, b) = (
             policy.clone(),
@@ -386,27 +429,53 @@ async fn handle(
             message_type.clone(),
             bytes.clone(),
         );
-        match tokio::task::spawn_blocking(move || Validate::check(&p, &h, &r, &c, &t, format, &b))
-            .await
+        match tokio::task::spawn_blocking(move || {
+            let ask = Ask {
+                message_type: &t,
+                format,
+                full_errors,
+            };
+            Validate::check(&p, &h, &r, &c, ask, &b)
+        })
+        .await
         {
             Ok(checked) => checked,
             Err(e) => return internal(&format!("validation task: {e}")),
         }
     } else {
-        Validate::check(
-            &policy,
-            &hop,
-            &route,
-            &caller,
-            &message_type,
+        let ask = Ask {
+            message_type: &message_type,
             format,
-            &bytes,
-        )
+            full_errors,
+        };
+        Validate::check(&policy, &hop, &route, &caller, ask, &bytes)
     };
     match checked {
+        Ok(()) if dry_run => Ok(verdict(&hop, &message_type, format, bytes.len())),
         Ok(()) => call(&mut inner, Request::from_parts(parts, full(bytes))).await,
         Err(e) => fail(e),
     }
+}
+
+/// A dry run's answer for a valid packet (an invalid one gets the problem the packet route would answer).
+fn verdict(hop: &HopContext, message_type: &str, format: Format, bytes: usize) -> Response<Body> {
+    let body = serde_json::json!({
+        "valid": true,
+        "message_type": message_type,
+        "format": match format {
+            Format::Xml => "xml",
+            Format::Json => "json",
+        },
+        "bytes": bytes,
+        "hop": &*hop.name,
+        "detail": "The packet passes the schema, the domain rules and your jurisdiction; nothing was forwarded.",
+    });
+    let mut resp = Response::new(full(body.to_string()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 #[cfg(test)]

@@ -173,6 +173,9 @@ pub fn hop_config(
         "[[hop.route]]\nname = \"BienNhan\"\nmethods = [\"GET\"]\nprefix = \"{prefix}/BienNhan\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/BienNhan\"\ntimeout = \"5s\"\nagencies = [\"*\"]\n",
         port = upstream.port()
     ));
+    s.push_str(&format!(
+        "[[hop.route]]\nname = \"validate\"\nmethods = [\"POST\"]\nprefix = \"{prefix}/validate\"\ndry_run = true\nagencies = [\"*\"]\nmax_body_bytes = 1048576\n"
+    ));
     s.push_str(&agencies_toml());
     s
 }
