@@ -15,6 +15,7 @@ use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::keys::KeyStore;
+use crate::tokens::{TokenError, TokenIssuer};
 
 /// The header agencies send their API key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -52,14 +53,17 @@ pub enum AuthError {
     PeerUnknownAgency { peer: String, agency: String },
     #[error("agency {agency} is in trial and used a production key")]
     TrialAgencyProductionKey { agency: Arc<str> },
+    #[error("bearer token refused: {0}")]
+    InvalidToken(TokenError),
 }
 
 impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::NoIdentity | AuthError::MissingKey | AuthError::UnknownKey => {
-                StatusCode::UNAUTHORIZED
-            }
+            AuthError::NoIdentity
+            | AuthError::MissingKey
+            | AuthError::UnknownKey
+            | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             AuthError::KeyNotBound { .. }
             | AuthError::PeerUnknownAgency { .. }
             | AuthError::TrialAgencyProductionKey { .. } => StatusCode::FORBIDDEN,
@@ -77,6 +81,10 @@ impl AuthError {
             AuthError::PeerWithoutClient { .. } => "auth.peer_missing_client",
             AuthError::PeerUnknownAgency { .. } => "auth.peer_unknown_agency",
             AuthError::TrialAgencyProductionKey { .. } => "auth.trial_agency_production_key",
+            AuthError::InvalidToken(TokenError::OtherCertificate) => {
+                "auth.token_not_bound_to_certificate"
+            }
+            AuthError::InvalidToken(_) => "auth.invalid_token",
         }
     }
 
@@ -90,6 +98,10 @@ impl AuthError {
             AuthError::PeerWithoutClient { .. } => "peer_missing_client",
             AuthError::PeerUnknownAgency { .. } => "peer_unknown_agency",
             AuthError::TrialAgencyProductionKey { .. } => "trial_agency_production_key",
+            AuthError::InvalidToken(TokenError::OtherCertificate) => {
+                "token_not_bound_to_certificate"
+            }
+            AuthError::InvalidToken(_) => "invalid_token",
         }
     }
 
@@ -100,7 +112,7 @@ impl AuthError {
                 "The connection carries no usable client certificate identity; connect with the certificate issued to your agency.".into()
             }
             AuthError::MissingKey => {
-                "Send your agency's API key in the X-API-Key header (or ask the LGSP operator for one: `lgsp-gateway keys new --agency CODE`).".into()
+                "Send your agency's API key in the X-API-Key header, or a bearer token from POST /token in Authorization (ask the LGSP operator for a key: `lgsp-gateway keys new --agency CODE`).".into()
             }
             AuthError::UnknownKey => {
                 "The X-API-Key value is not a key of this gateway; check for a typo, a revoked key, or a trial key sent to the wrong gateway.".into()
@@ -113,6 +125,15 @@ impl AuthError {
             }
             AuthError::PeerUnknownAgency { agency, .. } => format!(
                 "Agency {agency} is not registered at this hop; register it as an [[agency]] here before relaying its traffic."
+            ),
+            AuthError::InvalidToken(TokenError::OtherCertificate) => {
+                "This bearer token was issued over another client certificate (RFC 8705); get a token with POST /token over the connection that uses it.".into()
+            }
+            AuthError::InvalidToken(TokenError::Expired) => {
+                "The bearer token has expired; get a new one with POST /token (grant_type=client_credentials).".into()
+            }
+            AuthError::InvalidToken(e) => format!(
+                "The bearer token is not valid here ({e}); get one from this gateway with POST /token (grant_type=client_credentials)."
             ),
             AuthError::TrialAgencyProductionKey { agency } => format!(
                 "Agency {agency} is connected in trial (kết nối thử nghiệm): send its trial key until the operator switches it to official (status = \"official\")."
@@ -129,6 +150,8 @@ pub struct AuthPolicy {
     pub agencies: HashMap<Arc<str>, AgencyStatus>,
     pub peers: HashSet<String>,
     pub metrics: Arc<Metrics>,
+    /// Issues (POST /token) and checks the hop's bearer tokens.
+    pub tokens: Arc<TokenIssuer>,
 }
 
 impl AuthPolicy {
@@ -137,6 +160,7 @@ impl AuthPolicy {
         agencies: &[AgencyConfig],
         peers: &[String],
         metrics: Arc<Metrics>,
+        tokens: Arc<TokenIssuer>,
     ) -> Self {
         AuthPolicy {
             hop: Arc::from(hop),
@@ -147,6 +171,7 @@ impl AuthPolicy {
                 .collect(),
             peers: peers.iter().cloned().collect(),
             metrics,
+            tokens,
         }
     }
 
@@ -184,6 +209,34 @@ impl AuthPolicy {
                 via: Some(peer),
             });
         }
+        if !headers.contains_key(API_KEY_HEADER)
+            && let Some(token) = bearer(headers)
+        {
+            let claims = self
+                .tokens
+                .verify(token, &identity.cert_sha256)
+                .map_err(AuthError::InvalidToken)?;
+            let (agency, _) = self
+                .agencies
+                .get_key_value(claims.sub.as_str())
+                .ok_or(AuthError::UnknownKey)?;
+            if **agency != *identity.id {
+                return Err(AuthError::KeyNotBound {
+                    key_agency: agency.clone(),
+                    cert_identity: identity.id.clone(),
+                });
+            }
+            let kind = if claims.mode == "trial" {
+                KeyKind::Trial
+            } else {
+                KeyKind::Production
+            };
+            return self.admit(Caller {
+                agency: agency.clone(),
+                kind,
+                via: None,
+            });
+        }
         let key = headers.get(API_KEY_HEADER).ok_or(AuthError::MissingKey)?;
         let record = self
             .keys
@@ -202,6 +255,37 @@ impl AuthPolicy {
         })
     }
 
+    /// `POST /token`: the agency (HTTP Basic user) proves itself with its API key (password) over its own
+    /// certificate and gets a bearer token bound to that certificate. Returns the token and its kind.
+    pub fn issue_token(
+        &self,
+        identity: Option<&PeerIdentity>,
+        agency: &str,
+        key: &str,
+    ) -> Result<(String, KeyKind), AuthError> {
+        let identity = identity.ok_or(AuthError::NoIdentity)?;
+        let record = self
+            .keys
+            .lookup(key.as_bytes())
+            .ok_or(AuthError::UnknownKey)?;
+        if *record.agency != *agency || *record.agency != *identity.id {
+            return Err(AuthError::KeyNotBound {
+                key_agency: record.agency.clone(),
+                cert_identity: identity.id.clone(),
+            });
+        }
+        let caller = self.admit(Caller {
+            agency: record.agency.clone(),
+            kind: record.kind,
+            via: None,
+        })?;
+        let token = self
+            .tokens
+            .issue(&caller.agency, caller.kind, &identity.cert_sha256)
+            .ok_or(AuthError::NoIdentity)?;
+        Ok((token, caller.kind))
+    }
+
     /// An agency still in trial may send trial traffic only.
     fn admit(&self, caller: Caller) -> Result<Caller, AuthError> {
         let trial = self.agencies.get(&caller.agency) == Some(&AgencyStatus::Trial);
@@ -212,6 +296,16 @@ impl AuthPolicy {
         }
         Ok(caller)
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Builds [`Auth`] services.
@@ -272,8 +366,9 @@ where
                     labels.set_agency(caller.agency.clone());
                     labels.set_mode(caller.kind.as_str());
                 }
-                // Credentials end here: upstreams never see the agency's key.
+                // Credentials end here: upstreams never see the agency's key or token.
                 req.headers_mut().remove(API_KEY_HEADER);
+                req.headers_mut().remove(http::header::AUTHORIZATION);
                 req.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(req))
             }
@@ -327,6 +422,7 @@ mod tests {
             &agencies,
             &["LGSP-DEV".to_owned()],
             metrics.clone(),
+            crate::TokenIssuer::new("lgsp", None, std::time::Duration::from_secs(60)),
         ));
         let inner = tower::service_fn(|req: Request<()>| async move {
             assert!(

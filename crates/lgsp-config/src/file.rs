@@ -33,6 +33,18 @@ pub struct FileConfig {
     /// Load shedding: caps on requests in flight.
     #[serde(default)]
     pub overload: FileOverload,
+    /// Bearer tokens issued by `POST /token`.
+    #[serde(default)]
+    pub token: FileToken,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileToken {
+    /// How long a token lives.
+    pub ttl: Option<Spanned<String>>,
+    /// A file of at least 32 random bytes shared by every replica; without it each process signs with its own.
+    pub secret_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,7 +15,7 @@ pub use parse::{parse_duration, parse_rate, valid_agency_code, valid_identity};
 pub use runtime::{
     AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, DEFAULT_IDENTITY_URI_PREFIX,
     EmulatorConfig, HopConfig, KeyConfig, LogConfig, OverloadConfig, PkiConfig, RateLimitBackend,
-    RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, Upstream,
+    RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream,
     ValidationConfig,
 };
 

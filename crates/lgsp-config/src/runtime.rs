@@ -35,6 +35,14 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub ratelimit: RateLimitConfig,
     pub overload: OverloadConfig,
+    pub token: TokenConfig,
+}
+
+/// Bearer tokens (`POST /token`).
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub ttl: Duration,
+    pub secret_file: Option<ConfigPath>,
 }
 
 #[derive(Debug, Clone)]
@@ -851,6 +859,19 @@ impl Config {
             ),
             domain_rules: v.domain_rules.unwrap_or(true),
         };
+        let token = TokenConfig {
+            ttl: c.duration(
+                file.token.ttl.as_ref(),
+                "token.ttl",
+                Duration::from_secs(3600),
+            ),
+            secret_file: file.token.secret_file.as_ref().map(|p| c.path(base, p)),
+        };
+        if let Some(t) = &file.token.ttl
+            && !(Duration::from_secs(60)..=Duration::from_secs(86400)).contains(&token.ttl)
+        {
+            c.problem(t, "token.ttl", "choose between 1m and 24h");
+        }
         let rl = &file.ratelimit;
         let backend = match &rl.backend {
             None => RateLimitBackend::Local,
@@ -940,6 +961,7 @@ impl Config {
             validation,
             ratelimit,
             overload,
+            token,
         })
     }
 }

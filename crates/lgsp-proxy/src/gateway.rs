@@ -43,6 +43,8 @@ pub enum StartError {
     Metrics(#[from] prometheus_error::Error),
     #[error("{0}")]
     Reload(String),
+    #[error("token.secret_file {path}: {reason}")]
+    TokenSecret { path: String, reason: String },
 }
 
 mod prometheus_error {
@@ -160,6 +162,23 @@ fn build(
             l
         }
     };
+    let secret = match &cfg.token.secret_file {
+        None => None,
+        Some(p) => {
+            let fail = |reason: String| StartError::TokenSecret {
+                path: p.path.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(&p.path).map_err(|e| fail(e.to_string()))?;
+            if bytes.len() < 32 {
+                return Err(fail(format!(
+                    "holds {} bytes; write at least 32 random bytes (e.g. `head -c 32 /dev/urandom > FILE`)",
+                    bytes.len()
+                )));
+            }
+            Some(bytes)
+        }
+    };
     let mut hops = Vec::new();
     for h in &cfg.hops {
         let client = upstream_client(lgsp_tls::client_config(&h.upstream_tls)?);
@@ -169,11 +188,13 @@ fn build(
             peers: h.peers.iter().cloned().collect::<HashSet<_>>(),
             metrics: metrics.clone(),
         });
+        let tokens = lgsp_auth::TokenIssuer::new(&h.name, secret.as_deref(), cfg.token.ttl);
         let auth = Arc::new(AuthPolicy::new(
             &h.name,
             &cfg.agencies,
             &h.peers,
             metrics.clone(),
+            tokens,
         ));
         let routes = Arc::new(RouteTable::new(&h.routes));
         let service = hop_stack(

@@ -11,6 +11,7 @@ pub mod limit;
 mod listener;
 mod route;
 mod stack;
+pub mod token;
 mod trace;
 pub mod validate;
 

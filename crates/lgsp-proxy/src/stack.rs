@@ -13,6 +13,7 @@ use crate::body::Body;
 use crate::forward::{Forward, UpstreamClient};
 use crate::limit::{LimitLayer, LimitPolicy};
 use crate::route::{RouteLayer, RouteTable};
+use crate::token::TokenLayer;
 use crate::trace::{HopContext, ObserveLayer};
 use crate::validate::{ValidateLayer, ValidationPolicy};
 
@@ -31,8 +32,11 @@ pub fn hop_stack(
         // Outermost: hop headers are settled before anything reads them, every request is timed and counted
         // whatever happens below, and every error becomes problem+json here and nowhere else.
         .layer(ObserveLayer::new(hop.clone()))
-        // Who is calling: certificate identity + API key bound to it, or a trusted peer relaying for an agency.
-        // Before routing, so an unauthenticated caller learns nothing about which routes exist.
+        // POST /token: WSO2-style clients trade HTTP Basic (agency code + API key) for a bearer token bound to
+        // their certificate; answered here, before anything that needs a caller.
+        .layer(TokenLayer::new(auth.clone()))
+        // Who is calling: certificate identity + API key (or bearer token) bound to it, or a trusted peer
+        // relaying for an agency. Before routing, so an unauthenticated caller learns nothing about the routes.
         .layer(AuthLayer::new(auth))
         // Which route, whether the method fits, whether this agency may use it.
         .layer(RouteLayer::new(routes))

@@ -224,7 +224,7 @@ fn declared_length(req: &Request<Body>) -> Option<u64> {
 }
 
 /// Reads the whole body within `limit`, refusing as soon as it grows past it.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, PacketError> {
+pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, PacketError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| PacketError::Unreadable(e.to_string()))?;

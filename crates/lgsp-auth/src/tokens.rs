@@ -1,0 +1,239 @@
+//! Short-lived bearer tokens for WSO2-style clients (OAuth 2.0 client credentials, RFC 6749 §4.4), bound to the
+//! client certificate they were issued over (RFC 8705 §3: the `cnf` claim holds `x5t#S256`, the base64url
+//! SHA-256 of the certificate). A token is a JWT signed with HMAC-SHA256 (aws-lc-rs); only the hop that issued it
+//! accepts it, and only over a connection presenting the same certificate.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use lgsp_config::KeyKind;
+use serde::{Deserialize, Serialize};
+
+/// Why a bearer token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("not a token of this gateway")]
+    Malformed,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("issued by hop {0}")]
+    OtherIssuer(String),
+    #[error("expired")]
+    Expired,
+    #[error("bound to another certificate")]
+    OtherCertificate,
+}
+
+/// What a token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The hop that issued it.
+    pub iss: String,
+    /// The agency code.
+    pub sub: String,
+    /// `trial` or `production`: the kind of the key it was issued for.
+    pub mode: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+    pub cnf: Confirmation,
+}
+
+/// RFC 8705 confirmation: the certificate the token is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// Issues and checks the tokens of one hop.
+pub struct TokenIssuer {
+    hop: String,
+    key: hmac::Key,
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("hop", &self.hop)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signing secret of this process, made once (tokens then survive config reloads, not restarts).
+fn process_secret() -> &'static [u8; 32] {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut s = [0u8; 32];
+        if getrandom::fill(&mut s).is_err() {
+            // No OS randomness: derive from the clock and the process id, still unpredictable enough to stop
+            // cross-process reuse; `token.secret_file` gives a real secret.
+            let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+            s.copy_from_slice(
+                &hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"lgsp"), seed.as_bytes()).as_ref()
+                    [..32],
+            );
+        }
+        s
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `x5t#S256` of a certificate given as the lower-case hex SHA-256 of its DER.
+pub fn thumbprint(cert_sha256_hex: &str) -> Option<String> {
+    hex::decode(cert_sha256_hex)
+        .ok()
+        .filter(|d| d.len() == 32)
+        .map(|d| URL_SAFE_NO_PAD.encode(d))
+}
+
+impl TokenIssuer {
+    /// `secret`: the shared secret of every replica (`token.secret_file`), or `None` for this process's own.
+    pub fn new(hop: &str, secret: Option<&[u8]>, ttl: Duration) -> Arc<Self> {
+        let secret = secret.unwrap_or(process_secret());
+        Arc::new(TokenIssuer {
+            hop: hop.to_owned(),
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            ttl,
+        })
+    }
+
+    /// A token for `agency` with a key of `mode`, bound to the certificate whose SHA-256 (hex) is given.
+    pub fn issue(&self, agency: &str, mode: KeyKind, cert_sha256_hex: &str) -> Option<String> {
+        let iat = now();
+        let mut jti = [0u8; 16];
+        getrandom::fill(&mut jti).ok()?;
+        let claims = Claims {
+            iss: self.hop.clone(),
+            sub: agency.to_owned(),
+            mode: mode.as_str().to_owned(),
+            iat,
+            exp: iat + self.ttl.as_secs(),
+            jti: hex::encode(jti),
+            cnf: Confirmation {
+                x5t_s256: thumbprint(cert_sha256_hex)?,
+            },
+        };
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).ok()?);
+        let signing_input = format!("{header}.{payload}");
+        let tag = hmac::sign(&self.key, signing_input.as_bytes());
+        Some(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        ))
+    }
+
+    /// Checks a token presented over a connection whose client certificate has the given SHA-256 (hex).
+    pub fn verify(&self, token: &str, cert_sha256_hex: &str) -> Result<Claims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        if token.len() > 4096 {
+            return Err(TokenError::Malformed);
+        }
+        let tag = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        let signing_input = &token[..header.len() + 1 + payload.len()];
+        hmac::verify(&self.key, signing_input.as_bytes(), &tag)
+            .map_err(|_| TokenError::BadSignature)?;
+        let head: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or(TokenError::Malformed)?;
+        if head["alg"] != "HS256" {
+            return Err(TokenError::Malformed);
+        }
+        let claims: Claims = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or(TokenError::Malformed)?;
+        if claims.iss != self.hop {
+            return Err(TokenError::OtherIssuer(claims.iss));
+        }
+        if claims.exp <= now() {
+            return Err(TokenError::Expired);
+        }
+        if thumbprint(cert_sha256_hex).as_deref() != Some(claims.cnf.x5t_s256.as_str()) {
+            return Err(TokenError::OtherCertificate);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const CERT_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn a_token_works_for_its_hop_and_certificate_only() {
+        let lgsp = TokenIssuer::new("lgsp", None, Duration::from_secs(60));
+        let t = lgsp.issue("000.00.00.H29", KeyKind::Trial, CERT_A).unwrap();
+        let c = lgsp.verify(&t, CERT_A).unwrap();
+        assert_eq!(
+            (c.sub.as_str(), c.mode.as_str()),
+            ("000.00.00.H29", "trial")
+        );
+        assert_eq!(c.exp - c.iat, 60);
+        assert_eq!(lgsp.verify(&t, CERT_B), Err(TokenError::OtherCertificate));
+        let ndxp = TokenIssuer::new("ndxp", None, Duration::from_secs(60));
+        assert_eq!(
+            ndxp.verify(&t, CERT_A),
+            Err(TokenError::OtherIssuer("lgsp".into()))
+        );
+        let other_secret =
+            TokenIssuer::new("lgsp", Some(b"another secret"), Duration::from_secs(60));
+        assert_eq!(
+            other_secret.verify(&t, CERT_A),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn tampered_expired_and_garbage_tokens_are_refused() {
+        let issuer = TokenIssuer::new("lgsp", None, Duration::from_secs(60));
+        let t = issuer
+            .issue("000.00.00.H29", KeyKind::Trial, CERT_A)
+            .unwrap();
+        // The payload rewritten to claim production: the signature no longer fits.
+        let parts: Vec<&str> = t.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(
+            String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap())
+                .unwrap()
+                .replace("\"trial\"", "\"production\""),
+        );
+        let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
+        assert_eq!(
+            issuer.verify(&tampered, CERT_A),
+            Err(TokenError::BadSignature)
+        );
+        let expired = TokenIssuer::new("lgsp", None, Duration::ZERO);
+        let t = expired
+            .issue("000.00.00.H29", KeyKind::Trial, CERT_A)
+            .unwrap();
+        assert_eq!(expired.verify(&t, CERT_A), Err(TokenError::Expired));
+        for junk in ["", "a.b", "a.b.c.d", "x.y.z", "..."] {
+            assert!(issuer.verify(junk, CERT_A).is_err(), "{junk:?}");
+        }
+        assert!(thumbprint("zz").is_none());
+    }
+}
