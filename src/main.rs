@@ -56,6 +56,37 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Check an agency's connection to a gateway step by step (TCP, TLS, client certificate, API key, route,
+    /// sample packet, round trip) and say what to fix; exits 0 only when no step fails.
+    Probe {
+        /// The gateway's API base, e.g. https://lgsp.example.gov.vn:8443/lgsp/v1.
+        #[arg(long)]
+        url: String,
+        /// Your agency's client certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The CA certificate the gateway's server certificate chains to (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Your agency's API key.
+        #[arg(long, env = "LGSP_API_KEY", hide_env_values = true)]
+        api_key: String,
+        /// A packet to dry-run and then send (XML or JSON); without it the last two steps are skipped.
+        #[arg(long)]
+        sample: Option<PathBuf>,
+        /// Message type of the sample (default: read from it).
+        #[arg(long = "type", value_name = "T")]
+        message_type: Option<String>,
+        /// Print the steps as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Bound on each network step, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +131,29 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { agency, kind },
         } => keys_new(&agency, kind),
+        Command::Probe {
+            url,
+            cert,
+            key,
+            ca,
+            api_key,
+            sample,
+            message_type,
+            json,
+            timeout,
+        } => {
+            let opts = lgsp_proxy::probe::ProbeOptions {
+                url,
+                cert,
+                key,
+                ca,
+                api_key,
+                sample,
+                message_type,
+                timeout: std::time::Duration::from_secs(timeout.max(1)),
+            };
+            return probe(&opts, json);
+        }
         Command::Validate {
             schema_only,
             message_type,
@@ -301,6 +355,58 @@ fn check_config(file: &Path) -> ExitCode {
         cfg.agencies.len()
     );
     ExitCode::SUCCESS
+}
+
+fn probe(opts: &lgsp_proxy::probe::ProbeOptions, json: bool) -> ExitCode {
+    use lgsp_proxy::probe::Outcome;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(lgsp_proxy::probe::probe(opts));
+    // Written, not printed: a closed pipe (`| head`) ends the output, not the process.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        for s in &report.steps {
+            let mark = match s.outcome {
+                Outcome::Pass => "✓",
+                Outcome::Fail => "✗",
+                Outcome::Skipped => "–",
+            };
+            let _ = writeln!(
+                out,
+                "{mark} {:<18} {:>8.1} ms  {}",
+                s.name, s.millis, s.detail
+            );
+            if let Some(fix) = &s.fix {
+                let _ = writeln!(out, "  fix: {fix}");
+            }
+        }
+        let verdict = if report.ok {
+            "connection OK"
+        } else {
+            "connection NOT OK"
+        };
+        let _ = writeln!(out, "{verdict}");
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn keys_new(agency: &str, kind: Kind) -> anyhow::Result<()> {

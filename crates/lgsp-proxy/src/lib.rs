@@ -9,6 +9,7 @@ mod gateway;
 pub mod headers;
 pub mod limit;
 mod listener;
+pub mod probe;
 mod route;
 mod stack;
 pub mod token;

@@ -69,3 +69,13 @@ pub fn crl_expiry(path: &lgsp_config::ConfigPath) -> Result<Vec<Expiry>, TlsErro
     }
     Ok(out)
 }
+
+/// Subject (CN, else the whole name) and expiry (Unix seconds) of a DER certificate, for reports.
+pub fn describe_certificate(der: &[u8]) -> Option<(String, i64)> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some((
+        subject_label(cert.subject()),
+        cert.validity().not_after.timestamp(),
+    ))
+}
