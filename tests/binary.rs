@@ -140,7 +140,7 @@ fn sh(cmd: &str) -> (bool, String, String) {
 }
 
 #[test]
-fn printed_curl_travels_three_processes_and_real_clients_agree() {
+fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree() {
     if !tool("curl") {
         return;
     }
@@ -192,10 +192,44 @@ fn printed_curl_travels_three_processes_and_real_clients_agree() {
     let body = out.split("\r\n\r\n").nth(1).expect("body");
     let receipt: serde_json::Value = serde_json::from_str(body).expect("receipt JSON");
     assert_eq!(receipt["message_id"], id.as_str());
+    // Path (a), agency → LGSP process → NDXP process → emulator: the first hop's X-LGSP-Client is kept, each hop
+    // added itself, and the NDXP relayed as its own identity.
     assert_eq!(receipt["hops"], "lgsp, ndxp");
+    assert_eq!(receipt["agency"], H29);
+    assert_eq!(receipt["delivered_by"], "NDXP-DEV");
+
+    // Path (b), direct mode: the agency connects to the NDXP process itself with its own certificate and key.
+    let ndxp_port = ndxp_addr.port();
+    let ca = pki.path("ca.pem").display().to_string();
+    let agency = |id: &str, ext: &str| pki.path(&format!("{id}.{ext}")).display().to_string();
+    let packet = write(
+        &dir,
+        "packet.xml",
+        &sample("valid/HoSoCBCCVC-02-toi-thieu.xml"),
+    );
+    let (ok, out, err) = sh(&format!(
+        "curl -sS --cert {} --key {} --cacert {ca} -H 'X-API-Key: lgsp_dev_000.00.00.H29_production' -H 'Content-Type: application/xml' --data-binary @{packet} https://localhost:{ndxp_port}/ndxp/v1/HoSoCBCCVC",
+        agency(AGENCY_OK, "pem"),
+        agency(AGENCY_OK, "key")
+    ));
+    assert!(ok, "curl failed: {err}");
+    let direct: serde_json::Value = serde_json::from_str(&out).expect("receipt JSON");
+    assert_eq!(
+        (&direct["hops"], &direct["agency"]),
+        (&serde_json::json!("ndxp"), &serde_json::json!(H29))
+    );
+
+    // A relay whose hops already list the NDXP is a loop: 508, whoever sends it.
+    let (ok, out, _) = sh(&format!(
+        "curl -sS -o - -w '\\n%{{http_code}}' --cert {} --key {} --cacert {ca} -H 'X-LGSP-Client: {H29}' -H 'X-LGSP-Hops: ndxp, lgsp' -H 'Content-Type: application/xml' --data-binary @{packet} https://localhost:{ndxp_port}/ndxp/v1/HoSoCBCCVC",
+        agency("lgsp-client", "pem"),
+        agency("lgsp-client", "key")
+    ));
+    assert!(ok);
+    assert!(out.ends_with("508"), "{out}");
+    assert!(out.contains("hop.loop_detected"), "{out}");
 
     // Real curl over HTTP/1.1 with the wrong key: 401 problem+json.
-    let ca = pki.path("ca.pem").display().to_string();
     let (cert, key) = (
         pki.path(&format!("{AGENCY_OK}.pem")),
         pki.path(&format!("{AGENCY_OK}.key")),
