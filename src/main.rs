@@ -59,21 +59,25 @@ enum Command {
     /// Check an agency's connection to a gateway step by step (TCP, TLS, client certificate, API key, route,
     /// sample packet, round trip) and say what to fix; exits 0 only when no step fails.
     Probe {
+        /// A connection profile (TOML: url, cert, key, ca, api_key_env, sample, type; see
+        /// deploy/examples/agency-direct.toml); the options below override it.
+        #[arg(long, value_name = "FILE")]
+        profile: Option<PathBuf>,
         /// The gateway's API base, e.g. https://lgsp.example.gov.vn:8443/lgsp/v1.
         #[arg(long)]
-        url: String,
+        url: Option<String>,
         /// Your agency's client certificate (PEM).
         #[arg(long)]
-        cert: PathBuf,
+        cert: Option<PathBuf>,
         /// Its private key (PEM).
         #[arg(long)]
-        key: PathBuf,
+        key: Option<PathBuf>,
         /// The CA certificate the gateway's server certificate chains to (PEM).
         #[arg(long)]
-        ca: PathBuf,
-        /// Your agency's API key.
-        #[arg(long, env = "LGSP_API_KEY", hide_env_values = true)]
-        api_key: String,
+        ca: Option<PathBuf>,
+        /// Your agency's API key (default: the variable the profile's `api_key_env` names, else LGSP_API_KEY).
+        #[arg(long, hide_env_values = true)]
+        api_key: Option<String>,
         /// A packet to dry-run and then send (XML or JSON); without it the last two steps are skipped.
         #[arg(long)]
         sample: Option<PathBuf>,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
             command: KeysCommand::New { agency, kind },
         } => keys_new(&agency, kind),
         Command::Probe {
+            profile,
             url,
             cert,
             key,
@@ -142,15 +147,21 @@ fn main() -> ExitCode {
             json,
             timeout,
         } => {
-            let opts = lgsp_proxy::probe::ProbeOptions {
+            let given = Profile {
                 url,
                 cert,
                 key,
                 ca,
-                api_key,
+                api_key_env: None,
                 sample,
                 message_type,
-                timeout: std::time::Duration::from_secs(timeout.max(1)),
+            };
+            let opts = match probe_options(profile.as_deref(), given, api_key, timeout) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
             };
             return probe(&opts, json);
         }
@@ -355,6 +366,72 @@ fn check_config(file: &Path) -> ExitCode {
         cfg.agencies.len()
     );
     ExitCode::SUCCESS
+}
+
+/// A connection profile for `probe` (an agency keeps its connection settings in one file).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    url: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    /// The environment variable holding the API key (never the key itself in a file).
+    api_key_env: Option<String>,
+    sample: Option<PathBuf>,
+    #[serde(rename = "type")]
+    message_type: Option<String>,
+}
+
+/// The probe's options: the command line over the profile (whose relative paths resolve against its folder).
+fn probe_options(
+    profile: Option<&Path>,
+    given: Profile,
+    api_key: Option<String>,
+    timeout: u64,
+) -> anyhow::Result<lgsp_proxy::probe::ProbeOptions> {
+    let file = match profile {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the profile {}", p.display()))?;
+            let mut f: Profile = toml::from_str(&text)
+                .with_context(|| format!("the profile {} is not valid", p.display()))?;
+            let dir = p.parent().unwrap_or(Path::new("."));
+            for path in [&mut f.cert, &mut f.key, &mut f.ca, &mut f.sample]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = dir.join(&*path);
+                }
+            }
+            f
+        }
+        None => Profile::default(),
+    };
+    let need = |v: Option<PathBuf>, name: &str| {
+        v.ok_or_else(|| anyhow::anyhow!("give --{name} (or `{name}` in a --profile)"))
+    };
+    let env_name = file
+        .api_key_env
+        .clone()
+        .unwrap_or_else(|| "LGSP_API_KEY".to_owned());
+    let api_key = api_key
+        .or_else(|| std::env::var(&env_name).ok())
+        .ok_or_else(|| anyhow::anyhow!("give --api-key, or put the key in the environment variable {env_name}"))?;
+    Ok(lgsp_proxy::probe::ProbeOptions {
+        url: given
+            .url
+            .or(file.url)
+            .ok_or_else(|| anyhow::anyhow!("give --url (or `url` in a --profile)"))?,
+        cert: need(given.cert.or(file.cert), "cert")?,
+        key: need(given.key.or(file.key), "key")?,
+        ca: need(given.ca.or(file.ca), "ca")?,
+        api_key,
+        sample: given.sample.or(file.sample),
+        message_type: given.message_type.or(file.message_type),
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
+    })
 }
 
 fn probe(opts: &lgsp_proxy::probe::ProbeOptions, json: bool) -> ExitCode {

@@ -109,3 +109,60 @@ fn metric_names_are_found_in_text() {
         ["lgsp_request_duration_seconds", "lgsp_up_total"]
     );
 }
+
+/// The example deployments parse as they stand (their certificate paths are examples, so nothing is loaded).
+#[test]
+fn example_configs_parse_and_keep_trial_traffic_off_production() {
+    let dir = deploy().join("examples");
+    let parse = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name)).expect("example config");
+        lgsp_config::parse(&text, name, &dir).unwrap_or_else(|e| panic!("{name}:\n{e}"))
+    };
+    let lgsp = parse("lgsp-province.toml");
+    let ndxp = parse("ndxp.toml");
+    for (cfg, hop) in [(&lgsp, "lgsp-hanoi"), (&ndxp, "ndxp")] {
+        let h = cfg.hops.iter().find(|h| h.name == hop).expect("hop");
+        for r in h.routes.iter().filter(|r| !r.dry_run) {
+            let trial = r.trial_upstream.as_ref().expect("a trial upstream");
+            assert_ne!(trial.authority, r.upstream.authority, "{hop} {}", r.name);
+        }
+        assert!(h.routes.iter().any(|r| r.dry_run), "{hop} has a dry-run route");
+    }
+    let peers = &ndxp.hops[0].peers;
+    assert!(peers.contains(&"LGSP-HN".to_owned()));
+    // Every agency the LGSP relays for is registered at the NDXP too.
+    for a in &lgsp.agencies {
+        assert!(
+            ndxp.agencies.iter().any(|n| n.code == a.code),
+            "{} missing at the NDXP",
+            a.code
+        );
+    }
+}
+
+/// The direct agency's profile is what `probe --profile` reads: its paths show up in the first step.
+#[test]
+fn the_direct_agency_profile_feeds_the_probe() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lgsp-gateway"))
+        .args(["probe", "--json", "--profile"])
+        .arg(deploy().join("examples/agency-direct.toml"))
+        .env("LGSP_API_KEY", "lgsp_trial_example")
+        .output()
+        .expect("run probe");
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["steps"][0]["name"], "files");
+    assert_eq!(report["steps"][0]["outcome"], "fail");
+    let detail = report["steps"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("/etc/hrm/pki/agency-000.00.00.G09.pem"), "{detail}");
+    // Without a key anywhere, the probe says how to give one and exits 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_lgsp-gateway"))
+        .args(["probe", "--profile"])
+        .arg(deploy().join("examples/agency-direct.toml"))
+        .env_remove("LGSP_API_KEY")
+        .output()
+        .expect("run probe");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LGSP_API_KEY"));
+}
