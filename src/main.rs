@@ -418,7 +418,9 @@ fn probe_options(
         .unwrap_or_else(|| "LGSP_API_KEY".to_owned());
     let api_key = api_key
         .or_else(|| std::env::var(&env_name).ok())
-        .ok_or_else(|| anyhow::anyhow!("give --api-key, or put the key in the environment variable {env_name}"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("give --api-key, or put the key in the environment variable {env_name}")
+        })?;
     Ok(lgsp_proxy::probe::ProbeOptions {
         url: given
             .url

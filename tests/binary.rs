@@ -162,7 +162,7 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
         "/ndxp/v1",
         emu_addr,
         "/cbccvc/v1",
-        &["LGSP-DEV"],
+        &["LGSP-DEV", LGSP2_IDENTITY],
     );
     let mut ndxp = Proc::spawn(
         &["run", "--config", &write(&dir, "ndxp.toml", &ndxp_cfg)],
@@ -198,6 +198,14 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
     assert_eq!(receipt["agency"], H29);
     assert_eq!(receipt["delivered_by"], "NDXP-DEV");
 
+    // A second LGSP process relays to the same NDXP, which knows it by its own certificate.
+    let lgsp2_cfg = hop_config(&pki, "lgsp2", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]);
+    let mut lgsp2 = Proc::spawn(
+        &["run", "--config", &write(&dir, "lgsp2.toml", &lgsp2_cfg)],
+        &dir,
+    );
+    let lgsp2_port = lgsp2.port("listening: hop lgsp2");
+
     // Path (b), direct mode: the agency connects to the NDXP process itself with its own certificate and key.
     let ndxp_port = ndxp_addr.port();
     let ca = pki.path("ca.pem").display().to_string();
@@ -218,6 +226,24 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
         (&direct["hops"], &direct["agency"]),
         (&serde_json::json!("ndxp"), &serde_json::json!(H29))
     );
+
+    let (ok, out, err) = sh(&format!(
+        "curl -sS --cert {} --key {} --cacert {ca} -H 'X-API-Key: lgsp_dev_000.00.00.H26_production' -H 'Content-Type: application/xml' --data-binary @{} https://localhost:{lgsp2_port}/lgsp/v1/HoSoCBCCVC",
+        agency(AGENCY_OTHER, "pem"),
+        agency(AGENCY_OTHER, "key"),
+        write(
+            &dir,
+            "packet-h26.xml",
+            &sample("valid/HoSoCBCCVC-02-toi-thieu.xml").replace(H29, H26)
+        )
+    ));
+    assert!(ok, "curl failed: {err}");
+    let second: serde_json::Value = serde_json::from_str(&out).expect("receipt JSON");
+    assert_eq!(
+        (&second["hops"], &second["agency"]),
+        (&serde_json::json!("lgsp2, ndxp"), &serde_json::json!(H26))
+    );
+    assert!(lgsp2.terminate(), "second lgsp did not exit 0");
 
     // A relay whose hops already list the NDXP is a loop: 508, whoever sends it.
     let (ok, out, _) = sh(&format!(

@@ -126,7 +126,10 @@ fn example_configs_parse_and_keep_trial_traffic_off_production() {
             let trial = r.trial_upstream.as_ref().expect("a trial upstream");
             assert_ne!(trial.authority, r.upstream.authority, "{hop} {}", r.name);
         }
-        assert!(h.routes.iter().any(|r| r.dry_run), "{hop} has a dry-run route");
+        assert!(
+            h.routes.iter().any(|r| r.dry_run),
+            "{hop} has a dry-run route"
+        );
     }
     let peers = &ndxp.hops[0].peers;
     assert!(peers.contains(&"LGSP-HN".to_owned()));
@@ -155,7 +158,10 @@ fn the_direct_agency_profile_feeds_the_probe() {
     assert_eq!(report["steps"][0]["name"], "files");
     assert_eq!(report["steps"][0]["outcome"], "fail");
     let detail = report["steps"][0]["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("/etc/hrm/pki/agency-000.00.00.G09.pem"), "{detail}");
+    assert!(
+        detail.contains("/etc/hrm/pki/agency-000.00.00.G09.pem"),
+        "{detail}"
+    );
     // Without a key anywhere, the probe says how to give one and exits 2.
     let out = Command::new(env!("CARGO_BIN_EXE_lgsp-gateway"))
         .args(["probe", "--profile"])

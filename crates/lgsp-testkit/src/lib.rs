@@ -25,6 +25,8 @@ pub const AGENCY_OK: &str = "agency-000.00.00.H29";
 pub const AGENCY_OTHER: &str = "agency-000.00.00.H26";
 /// A trial agency (000.00.00.G09).
 pub const AGENCY_TRIAL: &str = "agency-000.00.00.G09";
+/// A second LGSP (files `lgsp2-server.*`, `lgsp2-client.*`), known to the NDXP by this identity.
+pub const LGSP2_IDENTITY: &str = "LGSP-2";
 /// H26's certificate listed in the CRL.
 pub const AGENCY_REVOKED: &str = "agency-000.00.00.H26-revoked";
 /// H29's identity on a certificate that expired yesterday.
@@ -53,6 +55,17 @@ impl TestPki {
             ))
             .and_then(|l| l.write(dir.path(), AGENCY_EXPIRED))
             .expect("expired identity");
+        // A second LGSP, so an NDXP can serve two of them.
+        report
+            .ca
+            .issue(&LeafSpec::localhost_server("lgsp2.lgsp-gateway.localhost"))
+            .and_then(|l| l.write(dir.path(), "lgsp2-server"))
+            .expect("second LGSP server");
+        report
+            .ca
+            .issue(&LeafSpec::identity(LGSP2_IDENTITY))
+            .and_then(|l| l.write(dir.path(), "lgsp2-client"))
+            .expect("second LGSP client");
         let other = DevCa::generate("Some other CA").expect("other CA");
         other
             .issue(&LeafSpec::identity(H29))
@@ -160,7 +173,12 @@ pub fn hop_config(
         .map(|p| format!("\"{p}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    s.push_str(&format!("[[hop]]\nname = \"{name}\"\nrole = \"{name}\"\nlisten = \"127.0.0.1:0\"\npeers = [{peers}]\n"));
+    let role = if name.starts_with("ndxp") {
+        "ndxp"
+    } else {
+        "lgsp"
+    };
+    s.push_str(&format!("[[hop]]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:0\"\npeers = [{peers}]\n"));
     s.push_str(&server_tls("hop.tls", &format!("{name}-server")));
     s.push_str(&format!("[hop.upstream_tls]\ncert = \"{name}-client.pem\"\nkey = \"{name}-client.key\"\nca = [\"ca.pem\"]\n"));
     for t in ["HoSoCBCCVC", "BienChe", "PheDuyetDuLieu", "BienDong"] {
