@@ -173,3 +173,83 @@ async fn trial_answers_list_every_error_production_answers_stop_at_max_errors() 
     s.lgsp.shutdown().await;
     s.emulator.shutdown().await;
 }
+
+/// Trial traffic may also travel the whole chain: the LGSP's trial upstream is the NDXP, whose trial upstream is
+/// the emulator. The answer then times every hop, innermost first.
+#[tokio::test]
+async fn trial_answers_time_every_hop_of_the_chain() {
+    let pki = TestPki::new();
+    let emulator = lgsp_proxy::Gateway::start(&parse(&pki, &emulator_config(&pki)))
+        .await
+        .expect("emulator");
+    let emu = emulator.emulator.as_ref().expect("emulator addr").0;
+    let with_trial = |text: String, to: &str| {
+        let mut text = text;
+        for t in ["HoSoCBCCVC", "BienChe", "PheDuyetDuLieu", "BienDong"] {
+            text = text.replace(
+                &format!("message_type = \"{t}\"\n"),
+                &format!("message_type = \"{t}\"\ntrial_upstream = \"{to}/{t}\"\n"),
+            );
+        }
+        text
+    };
+    let ndxp_text = hop_config(&pki, "ndxp", "/ndxp/v1", emu, "/cbccvc/v1", &["LGSP-DEV"]);
+    let ndxp = lgsp_proxy::Gateway::start(&parse(
+        &pki,
+        &with_trial(
+            ndxp_text,
+            &format!("https://localhost:{}/cbccvc/v1", emu.port()),
+        ),
+    ))
+    .await
+    .expect("ndxp");
+    let ndxp_addr = ndxp.hop_addr("ndxp").expect("ndxp addr");
+    let lgsp_text = hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]);
+    let lgsp = lgsp_proxy::Gateway::start(&parse(
+        &pki,
+        &with_trial(
+            lgsp_text,
+            &format!("https://localhost:{}/ndxp/v1", ndxp_addr.port()),
+        ),
+    ))
+    .await
+    .expect("lgsp");
+
+    let client = TestClient::new(&pki, Some(AGENCY_OK), true);
+    let a = client
+        .send(
+            "POST",
+            &hop_url(&lgsp, "lgsp", "/lgsp/v1/BienChe"),
+            &xml(TRIAL_H29),
+            &sample("valid/BienChe-01-hai-ngach.xml"),
+        )
+        .await
+        .expect("trial request");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let receipt = a.json();
+    assert_eq!(
+        (&receipt["mode"], &receipt["hops"]),
+        (
+            &serde_json::json!("trial"),
+            &serde_json::json!("lgsp, ndxp")
+        )
+    );
+    let timing = a
+        .headers
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let hops: Vec<&str> = timing
+        .split(", ")
+        .map(|entry| entry.split(';').next().unwrap_or_default())
+        .collect();
+    assert_eq!(hops, ["emulator", "ndxp", "lgsp"], "{timing}");
+    assert_eq!(
+        a.headers.get("x-lgsp-answered-by").map(|v| v.as_bytes()),
+        Some(&b"emulator"[..])
+    );
+    lgsp.shutdown().await;
+    ndxp.shutdown().await;
+    emulator.shutdown().await;
+}
