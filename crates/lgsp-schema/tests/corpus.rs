@@ -198,3 +198,49 @@ fn namespaces_resolve_by_prefix_and_scope() {
         r.violations
     );
 }
+
+#[test]
+fn domain_findings_come_in_document_order_across_records() {
+    // A bad birth date at the top and a bad period end inside the first QuaTrinhCongTac: the inner record is
+    // checked first (it closes first), yet the answer lists the findings as they stand in the packet.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas/cbccvc/samples/valid/HoSoCBCCVC-01-day-du.xml"),
+    )
+    .unwrap()
+    .replace(
+        "<NgaySinh>1990-05-12</NgaySinh>",
+        "<NgaySinh>2027-05-12</NgaySinh>",
+    )
+    .replace(
+        "<NgayKetThuc>2019-12-31</NgayKetThuc>",
+        "<NgayKetThuc>2014-12-31</NgayKetThuc>",
+    );
+    let catalog = Catalog::embedded().unwrap();
+    let r = catalog.validate("HoSoCBCCVC", Format::Xml, text.as_bytes(), &opts(true));
+    let found: Vec<(&str, &str)> = r
+        .violations
+        .iter()
+        .filter(|v| is_domain(v.rule))
+        .map(|v| (v.path.as_str(), v.rule))
+        .collect();
+    assert!(
+        found.contains(&("/HoSoCBCCVC/NgaySinh", "date.in_future")),
+        "{found:?}"
+    );
+    assert_eq!(
+        found.last(),
+        Some(&(
+            "/HoSoCBCCVC/QuaTrinhCongTac[1]/NgayKetThuc",
+            "date.end_before_start"
+        )),
+        "{found:?}"
+    );
+    let lines: Vec<usize> = r
+        .violations
+        .iter()
+        .filter(|v| is_domain(v.rule))
+        .filter_map(|v| v.line)
+        .collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+}

@@ -31,8 +31,8 @@ pub struct XmlOutcome {
     pub fatal: bool,
     /// More violations existed than `max_errors`.
     pub truncated: bool,
-    /// What the domain rules found, record by record in document order (at most `max_errors`); empty unless
-    /// [`Extras::today`] was given.
+    /// What the domain rules found, in document order of the fields they name (at most `max_errors`, the first
+    /// records found); empty unless [`Extras::today`] was given.
     pub domain: Vec<Violation>,
     /// The root element's own kept values named in [`Extras::root_fields`] (its `MaDonVi`, for the
     /// jurisdiction check).
@@ -1338,6 +1338,10 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
             break;
         }
     }
+    // Records are checked as they close (inner ones first): put their findings back in document order.
+    run.out
+        .domain
+        .sort_by_key(|v| (v.line.unwrap_or(0), v.column.unwrap_or(0)));
     run.out
 }
 
