@@ -13,13 +13,12 @@ use http::{HeaderValue, Request, Response};
 use lgsp_auth::Caller;
 use lgsp_config::{OverloadConfig, RateLimitBackend, RateLimitConfig, RateSpec};
 use lgsp_ratelimit::{Decision, Key, Limiter, LocalLimiter, Quota, RedisLimiter};
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::Body;
 use crate::route::Route;
-use crate::stack::{Inner, call};
+use crate::stack::{Inner, Stackable, call};
 use crate::trace::HopContext;
 
 /// Why a request was held back.
@@ -222,20 +221,12 @@ impl LimitLayer {
     }
 }
 
-impl<S> Layer<S> for LimitLayer
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Stackable> Layer<S> for LimitLayer {
     type Service = Limit;
 
     fn layer(&self, inner: S) -> Limit {
         Limit {
-            inner: BoxCloneSyncService::new(inner),
+            inner: inner.boxed(),
             policy: self.policy.clone(),
             hop: self.hop.clone(),
         }

@@ -55,6 +55,37 @@ pub fn hop_stack(
 pub(crate) type Inner =
     tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, crate::BoxError>;
 
+/// What a layer of this stack can wrap: a cloneable, thread-safe service of the stack's request and response.
+pub(crate) trait Stackable:
+    tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = crate::BoxError,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// Boxed as the layers hold it.
+    fn boxed(self) -> Inner {
+        BoxCloneSyncService::new(self)
+    }
+}
+
+impl<S> Stackable for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = crate::BoxError,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Waits for the inner service to be ready, then calls it.
 pub(crate) async fn call(
     inner: &mut Inner,

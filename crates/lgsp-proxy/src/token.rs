@@ -14,12 +14,11 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use lgsp_auth::{AuthError, AuthPolicy};
 use lgsp_metrics::RequestLabels;
 use lgsp_tls::PeerIdentity;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::{Body, full};
-use crate::stack::{Inner, call};
+use crate::stack::{Inner, Stackable, call};
 
 /// The token endpoint's path (WSO2 API Manager's).
 pub const TOKEN_PATH: &str = "/token";
@@ -37,20 +36,12 @@ impl TokenLayer {
     }
 }
 
-impl<S> Layer<S> for TokenLayer
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Stackable> Layer<S> for TokenLayer {
     type Service = Token;
 
     fn layer(&self, inner: S) -> Token {
         Token {
-            inner: BoxCloneSyncService::new(inner),
+            inner: inner.boxed(),
             policy: self.policy.clone(),
         }
     }

@@ -14,13 +14,12 @@ use http_body_util::{BodyExt, Limited};
 use lgsp_auth::Caller;
 use lgsp_config::AgencyConfig;
 use lgsp_schema::{Catalog, Format, Options, Violation};
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::{Body, full};
 use crate::route::Route;
-use crate::stack::{Inner, call};
+use crate::stack::{Inner, Stackable, call};
 use crate::trace::HopContext;
 
 /// Bodies above this size are validated on the blocking pool, not on the reactor.
@@ -187,20 +186,12 @@ impl ValidateLayer {
     }
 }
 
-impl<S> Layer<S> for ValidateLayer
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Stackable> Layer<S> for ValidateLayer {
     type Service = Validate;
 
     fn layer(&self, inner: S) -> Validate {
         Validate {
-            inner: BoxCloneSyncService::new(inner),
+            inner: inner.boxed(),
             policy: self.policy.clone(),
             hop: self.hop.clone(),
         }
