@@ -1404,7 +1404,7 @@ mod tests {
     }
 
     #[test]
-    fn sibling_numbers_count_by_name_across_other_siblings() {
+    fn sibling_numbers_count_each_name_on_its_own() {
         let doc = "<r xmlns=\"urn:t\"><lf>x</lf><lf>a\nb</lf><cr>y</cr><ns>z</ns><ns>a b</ns><ns>w</ns></r>";
         assert_eq!(
             rules(doc),
