@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lgsp_proxy::probe::{Outcome, ProbeOptions, Report, probe};
+use lgsp_probe::{Outcome, ProbeOptions, Report, probe};
 use lgsp_testkit::*;
 
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";

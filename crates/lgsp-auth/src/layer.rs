@@ -10,10 +10,10 @@ use futures_util::future::{Either, Ready};
 use http::{HeaderMap, Request, StatusCode};
 use lgsp_config::{AgencyConfig, AgencyStatus, KeyKind};
 use lgsp_metrics::{Metrics, RequestLabels};
+use lgsp_problem::{BoxProblem, Problem};
 use lgsp_tls::PeerIdentity;
 use tower::{Layer, Service};
 
-use crate::BoxError;
 use crate::keys::KeyStore;
 use crate::tokens::{TokenError, TokenIssuer};
 
@@ -57,8 +57,8 @@ pub enum AuthError {
     InvalidToken(TokenError),
 }
 
-impl AuthError {
-    pub fn status(&self) -> StatusCode {
+impl Problem for AuthError {
+    fn status(&self) -> StatusCode {
         match self {
             AuthError::NoIdentity
             | AuthError::MissingKey
@@ -71,8 +71,7 @@ impl AuthError {
         }
     }
 
-    /// Stable problem code (README table).
-    pub fn code(&self) -> &'static str {
+    fn code(&self) -> &'static str {
         match self {
             AuthError::NoIdentity => "auth.no_client_identity",
             AuthError::MissingKey => "auth.missing_key",
@@ -88,6 +87,12 @@ impl AuthError {
         }
     }
 
+    fn detail(&self) -> String {
+        self.fix()
+    }
+}
+
+impl AuthError {
     /// The `reason` label of `lgsp_auth_failures_total`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -105,8 +110,8 @@ impl AuthError {
         }
     }
 
-    /// What the caller should do.
-    pub fn detail(&self) -> String {
+    /// What the caller should do (the problem's `detail`; the token endpoint's `error_description`).
+    pub fn fix(&self) -> String {
         match self {
             AuthError::NoIdentity => {
                 "The connection carries no usable client certificate identity; connect with the certificate issued to your agency.".into()
@@ -346,13 +351,13 @@ impl<S> Auth<S> {
 
 impl<S, B> Service<Request<B>> for Auth<S>
 where
-    S: Service<Request<B>, Error = BoxError>,
+    S: Service<Request<B>, Error = BoxProblem>,
 {
     type Response = S::Response;
-    type Error = BoxError;
-    type Future = Either<Ready<Result<S::Response, BoxError>>, S::Future>;
+    type Error = BoxProblem;
+    type Future = Either<Ready<Result<S::Response, BoxProblem>>, S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxProblem>> {
         self.inner.poll_ready(cx)
     }
 
@@ -376,7 +381,7 @@ where
                 self.policy
                     .metrics
                     .auth_failure(&self.policy.hop, e.reason());
-                Either::Left(futures_util::future::ready(Err(Box::new(e) as BoxError)))
+                Either::Left(futures_util::future::ready(Err(e.into())))
             }
         }
     }
@@ -397,10 +402,9 @@ mod tests {
         }
     }
 
-    fn service() -> (
-        Auth<tower::util::BoxCloneSyncService<Request<()>, Caller, BoxError>>,
-        Arc<Metrics>,
-    ) {
+    type Inner = tower::util::BoxCloneSyncService<Request<()>, Caller, BoxProblem>;
+
+    fn service() -> (Auth<Inner>, Arc<Metrics>) {
         let mut agencies = lgsp_config::embedded().unwrap().agencies;
         // G09 (in trial) also holds a production key: issued early, it must not work before G09 is official.
         let g09 = agencies
@@ -429,7 +433,7 @@ mod tests {
                 req.headers().get(API_KEY_HEADER).is_none(),
                 "key must not travel on"
             );
-            Ok::<_, BoxError>(req.extensions().get::<Caller>().cloned().unwrap())
+            Ok::<_, BoxProblem>(req.extensions().get::<Caller>().cloned().unwrap())
         });
         (
             AuthLayer::new(policy).layer(tower::util::BoxCloneSyncService::new(inner)),
@@ -449,8 +453,9 @@ mod tests {
         req
     }
 
-    fn refusal(r: Result<Caller, BoxError>) -> AuthError {
-        *r.unwrap_err().downcast::<AuthError>().unwrap()
+    /// The refusal, as the edge asks it.
+    fn refusal(r: Result<Caller, BoxProblem>) -> BoxProblem {
+        r.unwrap_err()
     }
 
     #[tokio::test]

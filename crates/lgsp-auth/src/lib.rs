@@ -10,6 +10,3 @@ mod tokens;
 pub use keys::{KeyRecord, KeyStore, dev_key, generate_key, sha256_hex};
 pub use layer::{API_KEY_HEADER, Auth, AuthError, AuthLayer, AuthPolicy, CLIENT_HEADER, Caller};
 pub use tokens::{Claims, TokenError, TokenIssuer, thumbprint};
-
-/// The error type every layer of the stack returns.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

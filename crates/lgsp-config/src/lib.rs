@@ -12,11 +12,12 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use file::{AgencyStatus, HopRole, KeyKind, LogFormat};
 pub use parse::{parse_duration, parse_rate, valid_agency_code, valid_identity};
+pub use runtime::defaults;
+pub use runtime::defaults::IDENTITY_URI_PREFIX as DEFAULT_IDENTITY_URI_PREFIX;
 pub use runtime::{
-    AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, DEFAULT_IDENTITY_URI_PREFIX,
-    EmulatorConfig, HopConfig, KeyConfig, LogConfig, OverloadConfig, PkiConfig, RateLimitBackend,
-    RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream,
-    ValidationConfig,
+    AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, EmulatorConfig, HopConfig,
+    KeyConfig, LogConfig, Origin, OverloadConfig, PkiConfig, RateLimitBackend, RateLimitConfig,
+    RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream, ValidationConfig,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.
@@ -66,6 +67,19 @@ pub fn embedded() -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The problems of the embedded config with the first `from` replaced by `to` (the test must change it).
+    pub(crate) fn problems_of(from: &str, to: &str) -> Vec<Problem> {
+        assert!(
+            EMBEDDED.contains(from),
+            "the default config has no {from:?}"
+        );
+        let text = EMBEDDED.replacen(from, to, 1);
+        match parse(&text, "t.toml", Path::new(".")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        }
+    }
 
     #[test]
     fn embedded_default_is_valid() {

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use crate::runtime::Upstream;
-
 /// `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -51,8 +49,9 @@ pub fn parse_rate(s: &str) -> Result<(u32, u32), String> {
     Ok((count, period))
 }
 
-/// `https://host:port[/base]`: upstreams are always TLS, the port always explicit.
-pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
+/// `https://host:port[/base]` → (authority, base path without a trailing slash): upstreams are always TLS, the
+/// port always explicit.
+pub(crate) fn parse_upstream(s: &str) -> Result<(String, String), String> {
     let fix = || {
         format!(
             "`{s}` is not an upstream URL; write \"https://host:port\" with an optional base path, e.g. \"https://ndxp.example:8444/ndxp\""
@@ -70,10 +69,7 @@ pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
         return Err(fix());
     }
-    Ok(Upstream {
-        authority: authority.to_owned(),
-        base_path: path.trim_end_matches('/').to_owned(),
-    })
+    Ok((authority.to_owned(), path.trim_end_matches('/').to_owned()))
 }
 
 /// Agency codes (mã định danh điện tử, QĐ 20/2020/QĐ-TTg): dot-separated groups of `0-9A-Z`, at most 35 chars.
@@ -111,10 +107,12 @@ mod tests {
 
     #[test]
     fn upstreams() {
-        let u = parse_upstream("https://localhost:8444/ndxp/").unwrap();
-        assert_eq!(u.authority, "localhost:8444");
-        assert_eq!(u.base_path, "/ndxp");
-        assert_eq!(parse_upstream("https://127.0.0.1:1").unwrap().base_path, "");
+        let (authority, base) = parse_upstream("https://localhost:8444/ndxp/").unwrap();
+        assert_eq!(
+            (authority.as_str(), base.as_str()),
+            ("localhost:8444", "/ndxp")
+        );
+        assert_eq!(parse_upstream("https://127.0.0.1:1").unwrap().1, "");
         assert!(parse_upstream("http://localhost:8444").is_err());
         assert!(parse_upstream("https://localhost").is_err());
         assert!(parse_upstream("https://localhost:8444/x?y").is_err());

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use lgsp_metrics::Metrics;
+use lgsp_problem::{Class, Problem};
 use lgsp_tls::PeerIdentity;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -65,21 +66,84 @@ pub struct Emulator {
     metrics: Arc<Metrics>,
 }
 
-fn problem(status: StatusCode, code: &str, detail: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({
-        "type": format!("https://lgsp-gateway.dev/problems/{code}"),
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "code": code,
-        "detail": detail,
-    });
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    resp
+/// Why the national endpoint refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("{method} not allowed on {}", if *receipts { "receipts" } else { "packets" })]
+    MethodNotAllowed { method: Method, receipts: bool },
+    #[error("no receipt for this message id")]
+    ReceiptNotFound,
+    #[error("unknown message type")]
+    UnknownMessageType,
+    #[error("no X-LGSP-Message-Id")]
+    MissingMessageId,
+    #[error("packet unreadable: {0}")]
+    BodyUnreadable(String),
+    #[error("message id reused for a different packet")]
+    MessageIdReused,
+    #[error("the receipt store is unavailable")]
+    Internal,
+}
+
+impl Problem for EmulatorError {
+    fn status(&self) -> StatusCode {
+        match self {
+            EmulatorError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            EmulatorError::ReceiptNotFound | EmulatorError::UnknownMessageType => {
+                StatusCode::NOT_FOUND
+            }
+            EmulatorError::MissingMessageId => StatusCode::BAD_REQUEST,
+            EmulatorError::BodyUnreadable(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            EmulatorError::MessageIdReused => StatusCode::CONFLICT,
+            EmulatorError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            EmulatorError::MethodNotAllowed { .. } => "emulator.method_not_allowed",
+            EmulatorError::ReceiptNotFound => "emulator.receipt_not_found",
+            EmulatorError::UnknownMessageType => "emulator.unknown_message_type",
+            EmulatorError::MissingMessageId => "emulator.missing_message_id",
+            EmulatorError::BodyUnreadable(_) => "emulator.body_unreadable",
+            EmulatorError::MessageIdReused => "emulator.message_id_reused",
+            EmulatorError::Internal => "emulator.internal",
+        }
+    }
+
+    fn class(&self) -> Class {
+        match self {
+            EmulatorError::Internal => Class::Gateway,
+            _ => Class::Client,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            EmulatorError::MethodNotAllowed { receipts: true, .. } => {
+                "Receipts are read with GET.".into()
+            }
+            EmulatorError::MethodNotAllowed { .. } => {
+                "Packets are sent with POST (or PUT for a profile update).".into()
+            }
+            EmulatorError::ReceiptNotFound => "No packet with this message id reached the national endpoint; send it again (the message id makes a resend safe).".into(),
+            EmulatorError::UnknownMessageType => format!(
+                "The national endpoint accepts {} under {BASE}.",
+                MESSAGE_TYPES.join(", ")
+            ),
+            EmulatorError::MissingMessageId => "Packets reach the national endpoint through a gateway, which sets X-LGSP-Message-Id (a UUID).".into(),
+            EmulatorError::BodyUnreadable(e) => format!(
+                "The packet could not be read whole ({e}); packets are limited to {MAX_PACKET_BYTES} bytes."
+            ),
+            EmulatorError::MessageIdReused => "This message id was already used for a different packet; a new packet needs a new message id.".into(),
+            EmulatorError::Internal => "The emulator's store is unavailable; restart it.".into(),
+        }
+    }
+}
+
+/// The problem+json answer to `e`, naming the message id when the request carried one.
+fn problem(e: EmulatorError, message_id: Option<&str>) -> Response<Full<Bytes>> {
+    lgsp_problem::response(&e, "emulator", message_id).map(Full::new)
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
@@ -128,121 +192,109 @@ impl Emulator {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
-        let rest = parts
-            .uri
-            .path()
-            .strip_prefix(BASE)
-            .unwrap_or_default()
-            .to_owned();
-        if let Some(id) = rest.strip_prefix("BienNhan/") {
-            if parts.method != Method::GET && parts.method != Method::HEAD {
-                return problem(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "emulator.method_not_allowed",
-                    "Receipts are read with GET.",
-                );
-            }
-            return match self.receipt(id) {
-                Some(r) => json(StatusCode::OK, &r),
-                None => problem(
-                    StatusCode::NOT_FOUND,
-                    "emulator.receipt_not_found",
-                    "No packet with this message id reached the national endpoint; send it again (the message id makes a resend safe).",
-                ),
-            };
-        }
-        let Some(message_type) = MESSAGE_TYPES.iter().find(|t| **t == rest) else {
-            return problem(
-                StatusCode::NOT_FOUND,
-                "emulator.unknown_message_type",
-                &format!(
-                    "The national endpoint accepts {} under {BASE}.",
-                    MESSAGE_TYPES.join(", ")
-                ),
-            );
+        let message_id = header_str(&parts, "x-lgsp-message-id");
+        let rest = parts.uri.path().strip_prefix(BASE).unwrap_or_default();
+        let answer = match rest.strip_prefix("BienNhan/") {
+            Some(id) => self.look_up(&parts.method, id),
+            None => self.accept(&parts, body).await,
         };
+        answer.unwrap_or_else(|e| problem(e, message_id.as_deref()))
+    }
+
+    /// `GET /cbccvc/v1/BienNhan/{message id}`: the receipt, for reconciliation.
+    fn look_up(&self, method: &Method, id: &str) -> Result<Response<Full<Bytes>>, EmulatorError> {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(EmulatorError::MethodNotAllowed {
+                method: method.clone(),
+                receipts: true,
+            });
+        }
+        let r = self.receipt(id).ok_or(EmulatorError::ReceiptNotFound)?;
+        Ok(json(StatusCode::OK, &r))
+    }
+
+    /// `POST /cbccvc/v1/{message type}`: a packet, stored once per message id and answered with its receipt.
+    async fn accept<B>(
+        &self,
+        parts: &http::request::Parts,
+        body: B,
+    ) -> Result<Response<Full<Bytes>>, EmulatorError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let rest = parts.uri.path().strip_prefix(BASE).unwrap_or_default();
+        let message_type = *MESSAGE_TYPES
+            .iter()
+            .find(|t| **t == rest)
+            .ok_or(EmulatorError::UnknownMessageType)?;
         if parts.method != Method::POST && parts.method != Method::PUT {
-            return problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "emulator.method_not_allowed",
-                "Packets are sent with POST (or PUT for a profile update).",
-            );
+            return Err(EmulatorError::MethodNotAllowed {
+                method: parts.method.clone(),
+                receipts: false,
+            });
         }
-        let Some(message_id) =
-            header_str(&parts, "x-lgsp-message-id").filter(|id| uuid::Uuid::parse_str(id).is_ok())
-        else {
+        let refused = |e: EmulatorError| {
             self.count(message_type, "refused");
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "emulator.missing_message_id",
-                "Packets reach the national endpoint through a gateway, which sets X-LGSP-Message-Id (a UUID).",
-            );
+            e
         };
-        let bytes = match Limited::new(body, MAX_PACKET_BYTES).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                self.count(message_type, "refused");
-                return problem(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "emulator.body_unreadable",
-                    &format!(
-                        "The packet could not be read whole ({e}); packets are limited to {MAX_PACKET_BYTES} bytes."
-                    ),
-                );
-            }
-        };
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let message_id = header_str(parts, "x-lgsp-message-id")
+            .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+            .ok_or_else(|| refused(EmulatorError::MissingMessageId))?;
+        let bytes = Limited::new(body, MAX_PACKET_BYTES)
+            .collect()
+            .await
+            .map_err(|e| refused(EmulatorError::BodyUnreadable(e.to_string())))?
+            .to_bytes();
         let receipt = Receipt {
             receipt_id: uuid::Uuid::now_v7().to_string(),
-            message_id: message_id.clone(),
-            message_type: (*message_type).to_owned(),
+            message_id,
+            message_type: message_type.to_owned(),
             status: "accepted",
-            received_at: now,
-            sha256,
+            received_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            sha256: hex::encode(Sha256::digest(&bytes)),
             bytes: bytes.len(),
-            agency: header_str(&parts, "x-lgsp-client"),
-            hops: header_str(&parts, "x-lgsp-hops"),
+            agency: header_str(parts, "x-lgsp-client"),
+            hops: header_str(parts, "x-lgsp-hops"),
             delivered_by: parts.extensions.get::<PeerIdentity>().map(|p| p.id.clone()),
-            mode: header_str(&parts, "x-lgsp-mode").unwrap_or_else(|| "production".to_owned()),
+            mode: header_str(parts, "x-lgsp-mode").unwrap_or_else(|| "production".to_owned()),
             duplicate: false,
         };
-        let Ok(mut store) = self.store.lock() else {
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "emulator.internal",
-                "The emulator's store is unavailable; restart it.",
-            );
-        };
-        if let Some(prev) = store.by_id.get(&message_id) {
+        let (receipt, result) = self.store(receipt).map_err(|e| match e {
+            EmulatorError::MessageIdReused => refused(e),
+            other => other,
+        })?;
+        self.count(message_type, result);
+        if result == "accepted" {
+            tracing::info!(message_id = %receipt.message_id, message_type, agency = receipt.agency.as_deref().unwrap_or("-"), bytes = receipt.bytes, "emulator accepted packet");
+        }
+        Ok(json(StatusCode::OK, &receipt))
+    }
+
+    /// Keeps a new receipt (dropping the oldest past the bound); a resend gets the first receipt back, marked
+    /// `duplicate`, and a different packet under a used message id is refused.
+    fn store(&self, receipt: Receipt) -> Result<(Receipt, &'static str), EmulatorError> {
+        let mut store = self.store.lock().map_err(|_| EmulatorError::Internal)?;
+        if let Some(prev) = store.by_id.get(&receipt.message_id) {
             if prev.sha256 != receipt.sha256 {
-                drop(store);
-                self.count(message_type, "refused");
-                return problem(
-                    StatusCode::CONFLICT,
-                    "emulator.message_id_reused",
-                    "This message id was already used for a different packet; a new packet needs a new message id.",
-                );
+                return Err(EmulatorError::MessageIdReused);
             }
             let mut again = prev.clone();
             again.duplicate = true;
-            drop(store);
-            self.count(message_type, "duplicate");
-            return json(StatusCode::OK, &again);
+            return Ok((again, "duplicate"));
         }
         if store.order.len() >= store.max
             && let Some(old) = store.order.pop_front()
         {
             store.by_id.remove(&old);
         }
-        store.order.push_back(message_id.clone());
-        store.by_id.insert(message_id, receipt.clone());
-        drop(store);
-        self.count(message_type, "accepted");
-        tracing::info!(message_id = %receipt.message_id, message_type, agency = receipt.agency.as_deref().unwrap_or("-"), bytes = receipt.bytes, "emulator accepted packet");
-        json(StatusCode::OK, &receipt)
+        store.order.push_back(receipt.message_id.clone());
+        store
+            .by_id
+            .insert(receipt.message_id.clone(), receipt.clone());
+        Ok((receipt, "accepted"))
     }
 
     fn count(&self, message_type: &str, result: &str) {

@@ -12,7 +12,7 @@ use prometheus::{
 };
 
 pub use admin::{AdminHandle, Readiness, ReloadHook, serve_admin};
-pub use labels::{RequestLabels, UNKNOWN};
+pub use labels::{RequestLabels, RouteMetrics, UNKNOWN};
 
 /// Every metric family of the gateway.
 pub struct Metrics {
@@ -227,6 +227,14 @@ impl Metrics {
         );
         names.sort();
         names
+    }
+
+    /// The handles of route `route` of hop `hop` (looked up once, when the route is loaded).
+    pub fn route(&self, hop: &str, route: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            name: Arc::from(route),
+            duration: self.duration.with_label_values(&[hop, route]),
+        })
     }
 
     /// Counts one refusal by authentication or authorisation.

@@ -1,10 +1,13 @@
-//! The one body type inside the stack: requests and responses are streamed, never buffered by the proxy.
+//! The one body type inside the stack (requests and responses are streamed, never buffered by the proxy), and
+//! reading a whole body within a limit, for the layers that must see all of it (packets, token requests).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use lgsp_problem::Problem;
 
-use crate::BoxError;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -25,4 +28,97 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// A body that could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("body could not be read: {0}")]
+    Unreadable(String),
+}
+
+impl Problem for BodyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Unreadable(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge { .. } => "packet.too_large",
+            BodyError::Unreadable(_) => "packet.unreadable",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            BodyError::TooLarge { limit } => format!(
+                "The body exceeds this route's limit of {limit} bytes; split the batch into smaller packets."
+            ),
+            BodyError::Unreadable(e) => {
+                format!("The body could not be read whole ({e}); send it again.")
+            }
+        }
+    }
+}
+
+/// The `Content-Length` the client declared, if any.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads the whole body within `limit`, refusing as soon as it grows past it.
+pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_within_its_limit_and_refused_past_it() {
+        assert_eq!(read_body(full("abc"), 3).await.unwrap(), "abc");
+        let e = read_body(full("abcd"), 3).await.unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "packet.too_large")
+        );
+        let broken = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok(http_body::Frame::data(Bytes::from_static(b"a"))),
+            Err::<http_body::Frame<Bytes>, BoxError>("reset by peer".into()),
+        ]));
+        let e = read_body(boxed(broken), 10).await.unwrap_err();
+        assert_eq!(e.code(), "packet.unreadable");
+        assert!(e.detail().contains("reset by peer"), "{}", e.detail());
+    }
+
+    #[test]
+    fn declared_lengths_are_read_when_they_are_numbers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
+        assert_eq!(declared_length(&h), Some(12));
+        h.insert(header::CONTENT_LENGTH, "twelve".parse().unwrap());
+        assert_eq!(declared_length(&h), None);
+    }
 }

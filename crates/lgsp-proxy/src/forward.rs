@@ -6,21 +6,112 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lgsp_auth::Caller;
-use lgsp_config::KeyKind;
+use lgsp_config::{KeyKind, RouteConfig};
+use lgsp_problem::{BoxProblem, Class, Internal, Problem};
+use prometheus::IntCounter;
 use tower::Service;
 
-use crate::BoxError;
 use crate::body::{Body, boxed};
-use crate::error::{ProxyError, UpstreamFailure};
 use crate::headers::{self, HopPath, MessageId, TraceContext};
+use crate::hop::HopContext;
 use crate::route::Route;
-use crate::trace::HopContext;
+
+/// How an upstream exchange failed (`kind` label of `lgsp_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Tls,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamFailure {
+    const ALL: [UpstreamFailure; 4] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Tls,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// A request that could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("route {route} takes no trial traffic")]
+    TrialNotOffered { route: Arc<str> },
+    #[error("upstream {upstream} failed ({}): {message}", kind.as_str())]
+    Upstream {
+        upstream: String,
+        kind: UpstreamFailure,
+        message: String,
+    },
+}
+
+impl Problem for ForwardError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::TrialNotOffered { .. } => StatusCode::FORBIDDEN,
+            ForwardError::Upstream {
+                kind: UpstreamFailure::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ForwardError::TrialNotOffered { .. } => "trial.not_offered",
+            ForwardError::Upstream { kind, .. } => match kind {
+                UpstreamFailure::Connect => "upstream.unreachable",
+                UpstreamFailure::Tls => "upstream.tls_failed",
+                UpstreamFailure::Timeout => "upstream.timeout",
+                UpstreamFailure::Protocol => "upstream.protocol_error",
+            },
+        }
+    }
+
+    fn class(&self) -> Class {
+        match self {
+            ForwardError::TrialNotOffered { .. } => Class::Client,
+            ForwardError::Upstream { .. } => Class::Upstream,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ForwardError::TrialNotOffered { route } => format!(
+                "Route {route} takes no trial-mode traffic at this hop; send it with a production key once your agency is official, or ask the operator to set the route's `trial_upstream`."
+            ),
+            ForwardError::Upstream {
+                upstream,
+                kind: UpstreamFailure::Timeout,
+                ..
+            } => format!(
+                "Upstream {upstream} did not answer within the route's timeout; retry later with the same X-LGSP-Message-Id (resends are safe)."
+            ),
+            ForwardError::Upstream { upstream, kind, .. } => format!(
+                "Upstream {upstream} could not be reached ({}); retry later with the same X-LGSP-Message-Id, and tell the LGSP operator if it persists.",
+                kind.as_str()
+            ),
+        }
+    }
+}
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -74,7 +165,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// The upstream URI: base path + (rewrite or prefix) + the rest of the path, query kept. Trial traffic goes to
 /// the route's trial upstream instead, whose path replaces the prefix; a route without one refuses it.
-pub fn upstream_uri(route: &Route, uri: &Uri, mode: KeyKind) -> Result<Uri, ProxyError> {
+pub fn upstream_uri(route: &Route, uri: &Uri, mode: KeyKind) -> Result<Uri, BoxProblem> {
     let c = &route.config;
     let path = uri.path();
     let rest = if c.prefix == "/" {
@@ -95,7 +186,7 @@ pub fn upstream_uri(route: &Route, uri: &Uri, mode: KeyKind) -> Result<Uri, Prox
             let trial = c
                 .trial_upstream
                 .as_ref()
-                .ok_or_else(|| ProxyError::TrialNotOffered {
+                .ok_or_else(|| ForwardError::TrialNotOffered {
                     route: route.name.clone(),
                 })?;
             (&trial.authority, format!("{}{rest}", trial.base_path))
@@ -107,7 +198,7 @@ pub fn upstream_uri(route: &Route, uri: &Uri, mode: KeyKind) -> Result<Uri, Prox
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     format!("https://{authority}{target}{query}")
         .parse()
-        .map_err(|e| ProxyError::Internal(format!("upstream URI for route {}: {e}", route.name)))
+        .map_err(|e| Internal(format!("upstream URI for route {}: {e}", route.name)).into())
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
@@ -136,21 +227,55 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-#[derive(Clone)]
-pub struct Forward {
-    client: UpstreamClient,
-    hop: Arc<HopContext>,
-}
+/// `lgsp_upstream_errors_total{hop, upstream, kind}` of one target, by kind.
+struct UpstreamCounters([IntCounter; 4]);
 
-impl Forward {
-    pub fn new(client: UpstreamClient, hop: Arc<HopContext>) -> Self {
-        Forward { client, hop }
+impl UpstreamCounters {
+    fn new(hop: &HopContext, authority: &str) -> Self {
+        UpstreamCounters(UpstreamFailure::ALL.map(|k| {
+            hop.metrics
+                .upstream_errors
+                .with_label_values(&[&hop.name, authority, k.as_str()])
+        }))
+    }
+
+    fn count(&self, kind: UpstreamFailure) {
+        self.0[kind as usize].inc();
     }
 }
 
-fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), ProxyError> {
-    let v = HeaderValue::from_str(value)
-        .map_err(|_| ProxyError::Internal(format!("{name} value not sendable")))?;
+/// A route's counters for its production and trial targets, worked out at load.
+struct RouteTargets {
+    production: UpstreamCounters,
+    trial: Option<UpstreamCounters>,
+}
+
+#[derive(Clone)]
+pub struct Forward {
+    client: UpstreamClient,
+    /// Per route, by [`Route::index`].
+    targets: Arc<[RouteTargets]>,
+}
+
+impl Forward {
+    pub fn new(client: UpstreamClient, hop: Arc<HopContext>, routes: &[RouteConfig]) -> Self {
+        let targets = routes
+            .iter()
+            .map(|r| RouteTargets {
+                production: UpstreamCounters::new(&hop, &r.upstream.authority),
+                trial: r
+                    .trial_upstream
+                    .as_ref()
+                    .map(|t| UpstreamCounters::new(&hop, &t.authority)),
+            })
+            .collect();
+        Forward { client, targets }
+    }
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), BoxProblem> {
+    let v =
+        HeaderValue::from_str(value).map_err(|_| Internal(format!("{name} value not sendable")))?;
     h.insert(name, v);
     Ok(())
 }
@@ -159,8 +284,8 @@ impl Forward {
     fn prepare(
         &self,
         mut req: Request<Body>,
-    ) -> Result<(Request<Body>, Arc<Route>, KeyKind), ProxyError> {
-        let missing = |what: &str| ProxyError::Internal(format!("forward reached without {what}"));
+    ) -> Result<(Request<Body>, Arc<Route>, KeyKind), BoxProblem> {
+        let missing = |what: &str| Internal(format!("forward reached without {what}"));
         let route = req
             .extensions()
             .get::<Arc<Route>>()
@@ -203,17 +328,17 @@ impl Forward {
 
 impl Service<Request<Body>> for Forward {
     type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+    type Error = BoxProblem;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxProblem>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxProblem>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let prepared = self.prepare(req);
         let client = self.client.clone();
-        let hop = self.hop.clone();
+        let targets = self.targets.clone();
         Box::pin(async move {
             let (req, route, mode) = prepared?;
             let upstream = req.uri().authority().map_or_else(
@@ -221,7 +346,7 @@ impl Service<Request<Body>> for Forward {
                 |a| a.as_str().to_owned(),
             );
             let outcome = tokio::time::timeout(route.config.timeout, client.request(req)).await;
-            let failure = match outcome {
+            let (kind, message) = match outcome {
                 Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
@@ -240,15 +365,19 @@ impl Service<Request<Body>> for Forward {
                     format!("no response head within {:?}", route.config.timeout),
                 ),
             };
-            hop.metrics
-                .upstream_errors
-                .with_label_values(&[&*hop.name, upstream.as_str(), failure.0.as_str()])
-                .inc();
-            Err(Box::new(ProxyError::Upstream {
+            let counters = targets.get(route.index).and_then(|t| match mode {
+                KeyKind::Production => Some(&t.production),
+                KeyKind::Trial => t.trial.as_ref(),
+            });
+            if let Some(c) = counters {
+                c.count(kind);
+            }
+            Err(ForwardError::Upstream {
                 upstream,
-                kind: failure.0,
-                message: failure.1,
-            }) as BoxError)
+                kind,
+                message,
+            }
+            .into())
         })
     }
 }
@@ -258,6 +387,19 @@ mod tests {
     use super::*;
     use crate::route::RouteTable;
 
+    fn table(routes: &[RouteConfig]) -> RouteTable {
+        let hop = HopContext::new("lgsp", &[], lgsp_metrics::Metrics::new().unwrap());
+        RouteTable::new(&hop, routes)
+    }
+
+    fn target(authority: &str, base_path: &str) -> lgsp_config::Upstream {
+        lgsp_config::Upstream {
+            authority: authority.into(),
+            base_path: base_path.into(),
+            origin: lgsp_config::Origin::default(),
+        }
+    }
+
     fn route(prefix: &str, rewrite: Option<&str>, upstream: &str) -> Arc<Route> {
         let mut r = lgsp_config::embedded().unwrap().hops[0].routes[0].clone();
         r.prefix = prefix.into();
@@ -265,15 +407,13 @@ mod tests {
         let (authority, base) = upstream
             .split_once('/')
             .map_or((upstream, ""), |(a, b)| (a, b));
-        r.upstream = lgsp_config::Upstream {
-            authority: authority.into(),
-            base_path: if base.is_empty() {
-                String::new()
-            } else {
-                format!("/{base}")
-            },
+        let base = if base.is_empty() {
+            String::new()
+        } else {
+            format!("/{base}")
         };
-        RouteTable::new(&[r]).lookup(prefix).unwrap().clone()
+        r.upstream = target(authority, &base);
+        table(&[r]).lookup(prefix).unwrap().clone()
     }
 
     #[test]
@@ -307,11 +447,8 @@ mod tests {
         let mut config = route("/lgsp/v1/HoSoCBCCVC", Some("/ndxp/v1/HoSoCBCCVC"), "ndxp:1")
             .config
             .clone();
-        config.trial_upstream = Some(lgsp_config::Upstream {
-            authority: "emu:2".into(),
-            base_path: "/cbccvc/v1/HoSoCBCCVC".into(),
-        });
-        let r = RouteTable::new(&[config.clone()])
+        config.trial_upstream = Some(target("emu:2", "/cbccvc/v1/HoSoCBCCVC"));
+        let r = table(&[config.clone()])
             .lookup("/lgsp/v1/HoSoCBCCVC")
             .unwrap()
             .clone();
@@ -327,14 +464,15 @@ mod tests {
             "https://ndxp:1/ndxp/v1/HoSoCBCCVC/x?y=1"
         );
         config.trial_upstream = None;
-        let r = RouteTable::new(&[config])
+        let r = table(&[config])
             .lookup("/lgsp/v1/HoSoCBCCVC")
             .unwrap()
             .clone();
-        assert!(matches!(
-            upstream_uri(&r, &uri, KeyKind::Trial),
-            Err(ProxyError::TrialNotOffered { .. })
-        ));
+        let e = upstream_uri(&r, &uri, KeyKind::Trial).unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::FORBIDDEN, "trial.not_offered")
+        );
     }
 
     #[test]

@@ -1,57 +1,36 @@
 //! A running gateway: every hop, the emulator and the admin listener of one config, started together and
 //! drained together.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use lgsp_auth::AuthPolicy;
-use lgsp_config::{Config, ServerTlsConfig};
+use lgsp_config::{Config, ConfigError, defaults};
 use lgsp_emulator::Emulator;
 use lgsp_metrics::{Metrics, Readiness, serve_admin};
-use lgsp_tls::TlsError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
-use crate::forward::upstream_client;
 use crate::limit::LimitPolicy;
 use crate::listener::{ListenerSpec, ListenerState, LiveState, spawn_tls_listener};
-use crate::route::RouteTable;
-use crate::stack::hop_stack;
-use crate::trace::HopContext;
-use crate::validate::ValidationPolicy;
+use crate::prepare::{Prepared, prepare};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
+    /// The config could not be prepared (a certificate, the schemas, the token secret, the rate-limit backend).
+    #[error("{0}")]
+    Prepare(#[from] ConfigError),
     #[error("cannot listen on {addr} for {what}: {error}; pick a free address in the config")]
     Bind {
         what: String,
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("rate limits: {0}")]
-    RateLimit(String),
-    #[error("packet schemas: {0}")]
-    Schemas(#[from] lgsp_schema::CatalogError),
-    #[error("metrics registry: {0}")]
-    Metrics(#[from] prometheus_error::Error),
-    #[error("{0}")]
-    Reload(String),
-    #[error("token.secret_file {path}: {reason}")]
-    TokenSecret { path: String, reason: String },
-}
-
-mod prometheus_error {
     /// The registry fails only on a programming error; kept as text so callers need not know prometheus.
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0}")]
-    pub struct Error(pub String);
+    #[error("metrics registry: {0}")]
+    Metrics(String),
 }
 
 /// Bound address of one listener.
@@ -69,18 +48,6 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
             addr,
             error,
         })
-}
-
-fn state(
-    tls: &ServerTlsConfig,
-    service: crate::stack::HopService,
-) -> Result<ListenerState, TlsError> {
-    Ok(ListenerState {
-        tls: lgsp_tls::server_config(tls)?,
-        identity_uri_prefix: tls.identity_uri_prefix.clone(),
-        handshake_timeout: tls.handshake_timeout,
-        service,
-    })
 }
 
 /// Binds `addr` and serves `state` there; returns the bound address, the swappable state and the task.
@@ -107,13 +74,6 @@ async fn listen(
     Ok((bound, live, task))
 }
 
-/// Everything a config builds, before anything listens: certificates, CRLs, schemas, policies, stacks.
-struct Built {
-    hops: Vec<ListenerState>,
-    emulator: Option<ListenerState>,
-    limits: Arc<LimitPolicy>,
-}
-
 fn emulator_service(emu: &Emulator) -> crate::stack::HopService {
     BoxCloneSyncService::new(
         ServiceExt::<http::Request<crate::body::Body>>::map_response(emu.clone(), |r| {
@@ -122,103 +82,25 @@ fn emulator_service(emu: &Emulator) -> crate::stack::HopService {
     )
 }
 
-/// Builds the serving state of every listener of `cfg`. Fails without side effects other than metrics.
-fn build(
-    cfg: &Config,
-    metrics: &Arc<Metrics>,
-    emulator: Option<&Emulator>,
-    limits: Option<Arc<LimitPolicy>>,
-) -> Result<Built, StartError> {
-    let catalog = Arc::new(match &cfg.validation.schemas {
-        lgsp_config::SchemaSource::Embedded => lgsp_schema::Catalog::embedded()?,
-        lgsp_config::SchemaSource::Dir(dir) => lgsp_schema::Catalog::load(dir)?,
-    });
-    let v = &cfg.validation;
-    let options = lgsp_schema::Options {
-        limits: lgsp_schema::Limits {
-            max_depth: v.max_depth,
-            max_attributes: v.max_attributes,
-            max_text: v.max_text_bytes,
-            max_errors: v.max_errors,
-        },
-        domain: v.domain_rules,
-        today: None,
-    };
-    let mut validation = ValidationPolicy::new(catalog, options, &cfg.agencies);
-    validation.trial_max_errors = v.trial_max_errors;
-    let validation = Arc::new(validation);
-    // The limiter state (every key's TAT, the in-flight counts) survives a reload that keeps its settings.
-    let limits = match limits {
-        Some(l) => l,
-        None => {
-            let l = Arc::new(
-                LimitPolicy::new(&cfg.ratelimit, &cfg.overload)
-                    .map_err(|e| StartError::RateLimit(e.to_string()))?,
-            );
-            metrics
-                .ratelimit_backend_up
-                .with_label_values(&[l.backend()])
-                .set(1);
-            l
-        }
-    };
-    let secret = match &cfg.token.secret_file {
-        None => None,
-        Some(p) => {
-            let fail = |reason: String| StartError::TokenSecret {
-                path: p.path.display().to_string(),
-                reason,
-            };
-            let bytes = std::fs::read(&p.path).map_err(|e| fail(e.to_string()))?;
-            if bytes.len() < 32 {
-                return Err(fail(format!(
-                    "holds {} bytes; write at least 32 random bytes (e.g. `head -c 32 /dev/urandom > FILE`)",
-                    bytes.len()
-                )));
-            }
-            Some(bytes)
-        }
-    };
-    let mut hops = Vec::new();
-    for h in &cfg.hops {
-        let client = upstream_client(lgsp_tls::client_config(&h.upstream_tls)?);
-        export_expiry(metrics, &h.name, &h.tls, Some(&h.upstream_tls))?;
-        let hop = Arc::new(HopContext {
-            name: Arc::from(h.name.as_str()),
-            peers: h.peers.iter().cloned().collect::<HashSet<_>>(),
-            metrics: metrics.clone(),
-        });
-        let tokens = lgsp_auth::TokenIssuer::new(&h.name, secret.as_deref(), cfg.token.ttl);
-        let auth = Arc::new(AuthPolicy::new(
-            &h.name,
-            &cfg.agencies,
-            &h.peers,
-            metrics.clone(),
-            tokens,
-        ));
-        let routes = Arc::new(RouteTable::new(&h.routes));
-        let service = hop_stack(
-            hop,
-            auth,
-            routes,
-            limits.clone(),
-            validation.clone(),
-            client,
-        );
-        hops.push(state(&h.tls, service)?);
-    }
-    let emulator = match (&cfg.emulator, emulator) {
-        (Some(e), Some(emu)) => {
-            export_expiry(metrics, "emulator", &e.tls, None)?;
-            Some(state(&e.tls, emulator_service(emu))?)
-        }
-        _ => None,
-    };
-    Ok(Built {
-        hops,
-        emulator,
-        limits,
+/// The emulator's serving state over its prepared TLS.
+fn emulator_state(cfg: &Config, p: &Prepared, emu: &Emulator) -> Option<ListenerState> {
+    let (e, tls) = (cfg.emulator.as_ref()?, p.emulator_tls.clone()?);
+    Some(ListenerState {
+        tls,
+        identity_uri_prefix: e.tls.identity_uri_prefix.clone(),
+        handshake_timeout: e.tls.handshake_timeout,
+        service: emulator_service(emu),
     })
+}
+
+/// Exports when each certificate and CRL of the prepared config stops being usable.
+fn export_expiry(metrics: &Metrics, p: &Prepared) {
+    for (listener, e) in &p.expiry {
+        metrics
+            .certificate_expiry
+            .with_label_values(&[listener, e.role, &e.subject])
+            .set(e.at as f64);
+    }
 }
 
 /// Listener addresses, hop names and the emulator's presence need a restart to change; the rest reloads.
@@ -284,7 +166,6 @@ impl Reloader {
             .lock()
             .map_err(|_| "the reload lock is poisoned; restart the gateway".to_owned())?;
         reloadable(&current, &cfg)?;
-        let emu = self.inner.emulator.as_ref().map(|(_, e)| e);
         let mut limits = self
             .inner
             .limits
@@ -292,13 +173,24 @@ impl Reloader {
             .map_err(|_| "the reload lock is poisoned; restart the gateway".to_owned())?;
         let keep = (cfg.ratelimit == current.ratelimit && cfg.overload == current.overload)
             .then(|| limits.clone());
-        let built = build(&cfg, &self.inner.metrics, emu, keep).map_err(|e| e.to_string())?;
-        *limits = built.limits.clone();
-        for (live, st) in self.inner.hops.iter().zip(built.hops) {
+        let fresh_limits = keep.is_none();
+        let prepared = prepare(&cfg, &self.inner.metrics, keep).map_err(|e| e.to_string())?;
+        export_expiry(&self.inner.metrics, &prepared);
+        if fresh_limits {
+            self.inner
+                .metrics
+                .ratelimit_backend_up
+                .with_label_values(&[prepared.limits.backend()])
+                .set(1);
+        }
+        *limits = prepared.limits.clone();
+        if let Some((live, emu)) = &self.inner.emulator
+            && let Some(st) = emulator_state(&cfg, &prepared, emu)
+        {
             live.store(Arc::new(st));
         }
-        if let (Some((live, _)), Some(st)) = (&self.inner.emulator, built.emulator) {
-            live.store(Arc::new(st));
+        for (live, hop) in self.inner.hops.iter().zip(prepared.hops) {
+            live.store(Arc::new(hop.state));
         }
         let routes: usize = cfg.hops.iter().map(|h| h.routes.len()).sum();
         let summary = format!(
@@ -323,35 +215,6 @@ pub struct Gateway {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Exports when each certificate and CRL of a listener (and its upstream identity) stops being usable.
-fn export_expiry(
-    metrics: &Metrics,
-    hop: &str,
-    tls: &ServerTlsConfig,
-    upstream: Option<&lgsp_config::ClientTlsConfig>,
-) -> Result<(), TlsError> {
-    let mut all = lgsp_tls::cert_expiry(&tls.cert, "server")?;
-    for ca in &tls.client_ca {
-        all.extend(lgsp_tls::cert_expiry(ca, "ca")?);
-    }
-    for crl in &tls.crls {
-        all.extend(lgsp_tls::crl_expiry(crl)?);
-    }
-    if let Some(u) = upstream {
-        all.extend(lgsp_tls::cert_expiry(&u.cert, "client")?);
-        for ca in &u.ca {
-            all.extend(lgsp_tls::cert_expiry(ca, "ca")?);
-        }
-    }
-    for e in all {
-        metrics
-            .certificate_expiry
-            .with_label_values(&[hop, e.role, &e.subject])
-            .set(e.at as f64);
-    }
-    Ok(())
-}
-
 impl Gateway {
     /// Builds everything first (a bad certificate fails before anything listens), then binds and serves.
     pub async fn start(cfg: &Config) -> Result<Gateway, StartError> {
@@ -363,20 +226,30 @@ impl Gateway {
         cfg: &Config,
         source: Option<std::path::PathBuf>,
     ) -> Result<Gateway, StartError> {
-        let metrics = Metrics::new().map_err(|e| prometheus_error::Error(e.to_string()))?;
+        let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
         let drain = cfg.admin.drain_timeout;
         let (shutdown, rx) = watch::channel(false);
         let emu = cfg
             .emulator
             .as_ref()
             .map(|e| Emulator::new(e.max_stored, metrics.clone()));
-        let built = build(cfg, &metrics, emu.as_ref(), None)?;
-        let limits = built.limits.clone();
+        let prepared = prepare(cfg, &metrics, None)?;
+        export_expiry(&metrics, &prepared);
+        metrics
+            .ratelimit_backend_up
+            .with_label_values(&[prepared.limits.backend()])
+            .set(1);
+        let limits = prepared.limits.clone();
+        let emulator_st = emu.as_ref().and_then(|e| emulator_state(cfg, &prepared, e));
 
         let mut tasks = Vec::new();
         let mut hops = Vec::new();
         let mut live_hops = Vec::new();
-        for (h, st) in cfg.hops.iter().zip(built.hops) {
+        for (h, st) in cfg
+            .hops
+            .iter()
+            .zip(prepared.hops.into_iter().map(|p| p.state))
+        {
             let spec = ListenerSpec {
                 name: Arc::from(h.name.as_str()),
                 header_read_timeout: h.header_read_timeout,
@@ -394,12 +267,12 @@ impl Gateway {
         }
         let mut live_emulator = None;
         let mut emulator = None;
-        if let (Some(e), Some(st), Some(emu)) = (&cfg.emulator, built.emulator, emu) {
+        if let (Some(e), Some(st), Some(emu)) = (&cfg.emulator, emulator_st, emu) {
             let spec = ListenerSpec {
                 name: Arc::from("emulator"),
-                header_read_timeout: Duration::from_secs(10),
-                max_header_bytes: 64 * 1024,
-                max_connections: 10_000,
+                header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+                max_header_bytes: usize::try_from(defaults::MAX_HEADER_BYTES).unwrap_or(usize::MAX),
+                max_connections: usize::try_from(defaults::MAX_CONNECTIONS).unwrap_or(usize::MAX),
                 drain_timeout: drain,
             };
             let (addr, live, task) = listen(e.listen, spec, st, &metrics, &rx).await?;

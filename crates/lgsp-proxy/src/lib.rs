@@ -1,26 +1,34 @@
-//! The proxy: TLS listeners, the tower stack of a hop (observe → auth → route → forward), the upstream client,
-//! hop headers and problem+json errors; and [`Gateway`], which starts every listener of a config.
+//! The proxy: TLS listeners, the tower stack of a hop (observe → token → auth → route → limit → validate →
+//! forward), the upstream client, hop headers and the error edge; [`prepare`] turns a config into everything a
+//! gateway serves with, and [`Gateway`] starts every listener of it.
 #![forbid(unsafe_code)]
 
 pub mod body;
-pub mod error;
+mod connect;
+pub mod edge;
 mod forward;
 mod gateway;
 pub mod headers;
+mod hop;
 pub mod limit;
 mod listener;
-pub mod probe;
+mod observe;
+mod prepare;
 mod route;
 mod stack;
+mod step;
 pub mod token;
-mod trace;
 pub mod validate;
 
-pub use forward::{Forward, UpstreamClient, upstream_client, upstream_uri};
+pub use connect::{Reach, connect};
+pub use forward::{
+    Forward, ForwardError, UpstreamClient, UpstreamFailure, upstream_client, upstream_uri,
+};
 pub use gateway::{Bound, Gateway, Reloader, StartError};
-pub use listener::{ListenerSpec, ListenerState, LiveState, spawn_tls_listener};
-pub use route::{Route, RouteLayer, RouteTable};
-pub use stack::{HopService, hop_stack};
-pub use trace::{HopContext, ObserveLayer};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use hop::HopContext;
+pub use listener::{ListenerSpec, ListenerState, LiveState, serve_connection, spawn_tls_listener};
+pub use observe::{HopHeaderError, ObserveLayer};
+pub use prepare::{Prepared, PreparedHop, prepare};
+pub use route::{Route, RouteError, RouteLayer, RouteTable};
+pub use stack::{HopParts, HopService, hop_stack};
+pub use step::Step;

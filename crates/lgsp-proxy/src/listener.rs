@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::body::{Body, boxed};
+use crate::body::{Body, BoxError, boxed};
 use crate::stack::HopService;
 
 /// What a listener serves with; swapped whole by a reload. Connections take the TLS part when they are
@@ -83,6 +83,25 @@ impl tower::Service<Request<Incoming>> for WithIdentity {
         }
         self.state.load().service.clone().oneshot(req)
     }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection that is already past its TLS handshake (or, in tests, in memory)
+/// until it closes; `identity` is the client certificate's.
+pub async fn serve_connection<I>(
+    io: I,
+    identity: Option<PeerIdentity>,
+    state: LiveState,
+    spec: &ListenerSpec,
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    http_builder(spec)
+        .serve_connection(
+            TokioIo::new(io),
+            TowerToHyperService::new(WithIdentity { state, identity }),
+        )
+        .await
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).

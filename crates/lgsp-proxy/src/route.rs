@@ -6,20 +6,80 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{Either, Ready};
-use http::Request;
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use lgsp_auth::Caller;
 use lgsp_config::RouteConfig;
-use lgsp_metrics::RequestLabels;
+use lgsp_metrics::{RequestLabels, RouteMetrics};
+use lgsp_problem::{BoxProblem, Internal, Problem};
 use tower::{Layer, Service};
 
-use crate::BoxError;
-use crate::error::ProxyError;
+use crate::hop::HopContext;
+
+/// A request no route of this hop takes.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no route for {path}")]
+    NotFound { path: String },
+    #[error("{method} not allowed on route {route}")]
+    MethodNotAllowed {
+        route: Arc<str>,
+        method: String,
+        allow: String,
+    },
+    #[error("agency {agency} may not use route {route}")]
+    AgencyNotAllowed { route: Arc<str>, agency: Arc<str> },
+}
+
+impl Problem for RouteError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RouteError::NotFound { .. } => StatusCode::NOT_FOUND,
+            RouteError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            RouteError::AgencyNotAllowed { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            RouteError::NotFound { .. } => "route.not_found",
+            RouteError::MethodNotAllowed { .. } => "route.method_not_allowed",
+            RouteError::AgencyNotAllowed { .. } => "route.agency_not_allowed",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            RouteError::NotFound { path } => format!(
+                "No route of this gateway matches {path}; check the path against the routes the LGSP operator published (e.g. /lgsp/v1/HoSoCBCCVC)."
+            ),
+            RouteError::MethodNotAllowed { method, allow, .. } => {
+                format!("{method} is not accepted on this route; use {allow}.")
+            }
+            RouteError::AgencyNotAllowed { route, agency } => format!(
+                "Agency {agency} is not allowed on route {route}; ask the LGSP operator to add it to the route's `agencies`."
+            ),
+        }
+    }
+
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        match self {
+            RouteError::MethodNotAllowed { allow, .. } => HeaderValue::from_str(allow)
+                .map(|v| vec![(header::ALLOW, v)])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
 
 /// A route ready to serve.
 #[derive(Debug)]
 pub struct Route {
+    /// Its place in the hop's config: layers that keep per-route state index it by this.
+    pub index: usize,
     pub name: Arc<str>,
     pub config: RouteConfig,
+    /// Its metric handles (the `route` label).
+    pub metrics: Arc<RouteMetrics>,
     allow: String,
     agencies: Option<HashSet<String>>,
 }
@@ -39,12 +99,16 @@ fn under(path: &str, prefix: &str) -> bool {
 }
 
 impl RouteTable {
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    /// The routes of `hop`, in the order of `routes` for their `index`.
+    pub fn new(hop: &HopContext, routes: &[RouteConfig]) -> Self {
         let mut routes: Vec<Arc<Route>> = routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(index, r)| {
                 Arc::new(Route {
+                    index,
                     name: Arc::from(r.name.as_str()),
+                    metrics: hop.metrics.route(&hop.name, &r.name),
                     allow: r.methods.join(", "),
                     agencies: r.agencies.as_ref().map(|a| a.iter().cloned().collect()),
                     config: r.clone(),
@@ -92,16 +156,16 @@ pub struct Routing<S> {
 }
 
 impl<S> Routing<S> {
-    fn decide<B>(&self, req: &Request<B>) -> Result<Arc<Route>, ProxyError> {
+    fn decide<B>(&self, req: &Request<B>) -> Result<Arc<Route>, BoxProblem> {
         let path = req.uri().path();
         let route = self
             .table
             .lookup(path)
-            .ok_or_else(|| ProxyError::RouteNotFound {
+            .ok_or_else(|| RouteError::NotFound {
                 path: path.chars().take(256).collect(),
             })?;
         if let Some(labels) = req.extensions().get::<RequestLabels>() {
-            labels.set_route(route.name.clone());
+            labels.set_route(route.metrics.clone());
         }
         if !route
             .config
@@ -109,22 +173,25 @@ impl<S> Routing<S> {
             .iter()
             .any(|m| m == req.method().as_str())
         {
-            return Err(ProxyError::MethodNotAllowed {
+            return Err(RouteError::MethodNotAllowed {
                 route: route.name.clone(),
                 method: req.method().to_string(),
                 allow: route.allow.clone(),
-            });
+            }
+            .into());
         }
-        let caller = req.extensions().get::<Caller>().ok_or_else(|| {
-            ProxyError::Internal("route reached without an authenticated caller".into())
-        })?;
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Internal("route reached without an authenticated caller".into()))?;
         if let Some(allowed) = &route.agencies
             && !allowed.contains(&*caller.agency)
         {
-            return Err(ProxyError::AgencyNotAllowed {
+            return Err(RouteError::AgencyNotAllowed {
                 route: route.name.clone(),
                 agency: caller.agency.clone(),
-            });
+            }
+            .into());
         }
         Ok(route.clone())
     }
@@ -132,13 +199,13 @@ impl<S> Routing<S> {
 
 impl<S, B> Service<Request<B>> for Routing<S>
 where
-    S: Service<Request<B>, Error = BoxError>,
+    S: Service<Request<B>, Error = BoxProblem>,
 {
     type Response = S::Response;
-    type Error = BoxError;
-    type Future = Either<Ready<Result<S::Response, BoxError>>, S::Future>;
+    type Error = BoxProblem;
+    type Future = Either<Ready<Result<S::Response, BoxProblem>>, S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxProblem>> {
         self.inner.poll_ready(cx)
     }
 
@@ -148,7 +215,7 @@ where
                 req.extensions_mut().insert(route);
                 Either::Right(self.inner.call(req))
             }
-            Err(e) => Either::Left(futures_util::future::ready(Err(Box::new(e) as BoxError))),
+            Err(e) => Either::Left(futures_util::future::ready(Err(e))),
         }
     }
 }
@@ -160,6 +227,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn table() -> Arc<RouteTable> {
+        let hop = HopContext::new("lgsp", &[], lgsp_metrics::Metrics::new().unwrap());
         let cfg = lgsp_config::embedded().unwrap();
         let mut routes = cfg.hops[0].routes.clone();
         let mut narrow = routes[0].clone();
@@ -167,12 +235,12 @@ mod tests {
         narrow.prefix = "/lgsp/v1/HoSoCBCCVC/batch".into();
         narrow.agencies = Some(vec!["000.00.00.H26".into()]);
         routes.push(narrow);
-        Arc::new(RouteTable::new(&routes))
+        Arc::new(RouteTable::new(&hop, &routes))
     }
 
-    fn svc() -> Routing<tower::util::BoxCloneSyncService<Request<()>, Arc<Route>, BoxError>> {
+    fn svc() -> Routing<tower::util::BoxCloneSyncService<Request<()>, Arc<Route>, BoxProblem>> {
         let inner = tower::service_fn(|req: Request<()>| async move {
-            Ok::<_, BoxError>(req.extensions().get::<Arc<Route>>().unwrap().clone())
+            Ok::<_, BoxProblem>(req.extensions().get::<Arc<Route>>().unwrap().clone())
         });
         RouteLayer::new(table()).layer(tower::util::BoxCloneSyncService::new(inner))
     }
@@ -191,8 +259,8 @@ mod tests {
         r
     }
 
-    fn refusal(r: Result<Arc<Route>, BoxError>) -> ProxyError {
-        *r.unwrap_err().downcast::<ProxyError>().unwrap()
+    fn refusal(r: Result<Arc<Route>, BoxProblem>) -> BoxProblem {
+        r.unwrap_err()
     }
 
     #[tokio::test]
@@ -212,7 +280,10 @@ mod tests {
                 .oneshot(req("POST", "/lgsp/v1/HoSoCBCCVCX", "000.00.00.H26"))
                 .await,
         );
-        assert!(matches!(e, ProxyError::RouteNotFound { .. }));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::NOT_FOUND, "route.not_found")
+        );
     }
 
     #[tokio::test]
@@ -222,14 +293,19 @@ mod tests {
                 .oneshot(req("DELETE", "/lgsp/v1/HoSoCBCCVC", "000.00.00.H29"))
                 .await,
         );
-        assert!(
-            matches!(e, ProxyError::MethodNotAllowed { ref allow, .. } if allow == "POST, PUT")
+        assert_eq!(e.code(), "route.method_not_allowed");
+        assert_eq!(
+            e.headers(),
+            vec![(header::ALLOW, HeaderValue::from_static("POST, PUT"))]
         );
         let e = refusal(
             svc()
                 .oneshot(req("POST", "/lgsp/v1/HoSoCBCCVC/batch", "000.00.00.H29"))
                 .await,
         );
-        assert!(matches!(e, ProxyError::AgencyNotAllowed { .. }));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::FORBIDDEN, "route.agency_not_allowed")
+        );
     }
 }

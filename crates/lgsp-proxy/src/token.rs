@@ -9,16 +9,16 @@ use std::task::{Context, Poll};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use lgsp_auth::{AuthError, AuthPolicy};
 use lgsp_metrics::RequestLabels;
+use lgsp_problem::{BoxProblem, Problem};
 use lgsp_tls::PeerIdentity;
 use tower::{Layer, Service};
 
-use crate::BoxError;
-use crate::body::{Body, full};
-use crate::stack::{Inner, Stackable, call};
+use crate::body::{Body, full, read_body};
+use crate::hop::HopContext;
+use crate::step::Step;
 
 /// The token endpoint's path (WSO2 API Manager's).
 pub const TOKEN_PATH: &str = "/token";
@@ -28,47 +28,54 @@ const MAX_FORM_BYTES: usize = 4096;
 #[derive(Clone)]
 pub struct TokenLayer {
     policy: Arc<AuthPolicy>,
+    hop: Arc<HopContext>,
 }
 
 impl TokenLayer {
-    pub fn new(policy: Arc<AuthPolicy>) -> Self {
-        TokenLayer { policy }
+    pub fn new(policy: Arc<AuthPolicy>, hop: Arc<HopContext>) -> Self {
+        TokenLayer { policy, hop }
     }
 }
 
-impl<S: Stackable> Layer<S> for TokenLayer {
-    type Service = Token;
+impl<S> Layer<S> for TokenLayer {
+    type Service = Token<S>;
 
-    fn layer(&self, inner: S) -> Token {
+    fn layer(&self, inner: S) -> Token<S> {
         Token {
-            inner: inner.boxed(),
-            policy: self.policy.clone(),
+            inner,
+            layer: self.clone(),
         }
     }
 }
 
 #[derive(Clone)]
-pub struct Token {
-    inner: Inner,
-    policy: Arc<AuthPolicy>,
+pub struct Token<S> {
+    inner: S,
+    layer: TokenLayer,
 }
 
-impl Service<Request<Body>> for Token {
+impl<S> Service<Request<Body>> for Token<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxProblem>,
+{
     type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+    type Error = BoxProblem;
+    type Future = Step<S::Future>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxProblem>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let mut inner = self.inner.clone();
         if req.uri().path() != TOKEN_PATH {
-            return Box::pin(async move { call(&mut inner, req).await });
+            return Step::inner(self.inner.call(req));
         }
-        let policy = self.policy.clone();
-        Box::pin(async move { Ok(token(&policy, req).await) })
+        if let Some(labels) = req.extensions().get::<RequestLabels>() {
+            labels.set_route(self.layer.hop.token_route.clone());
+        }
+        // The form is read whole before a token can be issued: the one path that waits.
+        let policy = self.layer.policy.clone();
+        Step::wait(async move { Ok(token(&policy, req).await) })
     }
 }
 
@@ -115,9 +122,6 @@ fn basic(req: &Request<Body>) -> Option<(String, String)> {
 }
 
 async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
-    if let Some(labels) = req.extensions().get::<RequestLabels>() {
-        labels.set_route(Arc::from("token"));
-    }
     if req.method() != Method::POST {
         let mut resp = oauth_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -139,7 +143,7 @@ async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
     };
     let identity = req.extensions().get::<PeerIdentity>().cloned();
     let labels = req.extensions().get::<RequestLabels>().cloned();
-    let form = match crate::validate::read_body(req.into_body(), MAX_FORM_BYTES).await {
+    let form = match read_body(req.into_body(), MAX_FORM_BYTES).await {
         Ok(b) => b,
         Err(_) => {
             return oauth_error(
@@ -201,7 +205,7 @@ async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
                 }
                 _ => (StatusCode::UNAUTHORIZED, "invalid_client"),
             };
-            oauth_error(status, error, &e.detail(), e.code())
+            oauth_error(status, error, &e.fix(), e.code())
         }
     }
 }

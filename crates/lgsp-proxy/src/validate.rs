@@ -1,39 +1,33 @@
 //! `ValidateLayer`: the body limit of every route, and for routes that carry a CBCCVC message type, the packet
 //! check — Content-Type → XML or JSON (else 415), whole body read within the limit (else 413), schema and domain
 //! rules (400 malformed / 422 invalid with every error), and the jurisdiction of the packet's MaDonVi (403). A
-//! good packet is forwarded byte for byte.
+//! good packet is forwarded byte for byte. A dry-run route answers the verdict here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use lgsp_auth::Caller;
 use lgsp_config::AgencyConfig;
-use lgsp_schema::{Catalog, Format, Options, Violation};
+use lgsp_problem::{BoxProblem, Internal, Problem, Violation};
+use lgsp_schema::{Catalog, Format, Options};
 use tower::{Layer, Service};
 
-use crate::BoxError;
-use crate::body::{Body, full};
+use crate::body::{Body, BodyError, declared_length, full, read_body};
+use crate::hop::HopContext;
 use crate::route::Route;
-use crate::stack::{Inner, Stackable, call};
-use crate::trace::HopContext;
+use crate::step::{Answer, Step, unnamed};
 
 /// Bodies above this size are validated on the blocking pool, not on the reactor.
 const INLINE_LIMIT: usize = 256 * 1024;
 
-/// Why a packet was refused.
+/// Why a packet was refused (a body too large or unreadable is a [`BodyError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
     #[error("Content-Type {got:?} is neither XML nor JSON")]
     UnsupportedMediaType { got: Option<String> },
-    #[error("body larger than {limit} bytes")]
-    TooLarge { limit: usize },
-    #[error("body could not be read: {0}")]
-    Unreadable(String),
     #[error("packet not well-formed ({} errors)", violations.len())]
     Malformed { violations: Vec<Violation> },
     #[error("packet invalid ({} errors)", violations.len())]
@@ -47,28 +41,25 @@ pub enum PacketError {
     OutsideJurisdiction {
         agency: Arc<str>,
         unit: String,
-        patterns: Vec<String>,
+        patterns: String,
         violation: Box<Violation>,
     },
 }
 
-impl PacketError {
-    pub fn status(&self) -> StatusCode {
+impl Problem for PacketError {
+    fn status(&self) -> StatusCode {
         match self {
             PacketError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PacketError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            PacketError::Unreadable(_) | PacketError::Malformed { .. } => StatusCode::BAD_REQUEST,
+            PacketError::Malformed { .. } => StatusCode::BAD_REQUEST,
             PacketError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             PacketError::OutsideJurisdiction { .. } => StatusCode::FORBIDDEN,
             PacketError::UnknownMessageType { .. } => StatusCode::NOT_FOUND,
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    fn code(&self) -> &'static str {
         match self {
             PacketError::UnsupportedMediaType { .. } => "packet.unsupported_media_type",
-            PacketError::TooLarge { .. } => "packet.too_large",
-            PacketError::Unreadable(_) => "packet.unreadable",
             PacketError::Malformed { .. } => "packet.malformed",
             PacketError::Invalid { .. } => "packet.invalid",
             PacketError::OutsideJurisdiction { .. } => "authz.unit_outside_jurisdiction",
@@ -76,18 +67,12 @@ impl PacketError {
         }
     }
 
-    pub fn detail(&self) -> String {
+    fn detail(&self) -> String {
         match self {
             PacketError::UnsupportedMediaType { got } => format!(
                 "Content-Type {} is not a packet format; send application/xml or application/json.",
                 got.as_deref().unwrap_or("(none)")
             ),
-            PacketError::TooLarge { limit } => format!(
-                "The body exceeds this route's limit of {limit} bytes; split the batch into smaller packets."
-            ),
-            PacketError::Unreadable(e) => {
-                format!("The body could not be read whole ({e}); send it again.")
-            }
             PacketError::Malformed { violations } => format!(
                 "The packet is not well-formed ({}); fix it and send it again. `errors` says where.",
                 violations.last().map_or("", |v| v.rule)
@@ -110,68 +95,177 @@ impl PacketError {
                 patterns,
                 ..
             } => format!(
-                "Agency {agency} may send packets only for units matching {}; MaDonVi {unit} lies outside. Send it through the agency that manages {unit}, or ask the LGSP operator to extend `units`.",
-                patterns.join(", ")
+                "Agency {agency} may send packets only for units matching {patterns}; MaDonVi {unit} lies outside. Send it through the agency that manages {unit}, or ask the LGSP operator to extend `units`."
             ),
         }
     }
 
-    /// The `errors` array of the problem document.
-    pub fn errors(&self) -> Option<&[Violation]> {
+    fn errors(&self) -> &[Violation] {
         match self {
             PacketError::Malformed { violations } | PacketError::Invalid { violations, .. } => {
-                Some(violations)
+                violations
             }
             PacketError::OutsideJurisdiction { violation, .. } => {
-                Some(std::slice::from_ref(&**violation))
+                std::slice::from_ref(&**violation)
             }
-            _ => None,
+            _ => &[],
         }
+    }
+}
+
+/// A unit-code pattern (MaDonVi) where `*` stands for any run of characters, split once at load.
+#[derive(Debug, Clone)]
+pub struct UnitPattern {
+    /// The pieces between the stars; one piece means no star (an exact code).
+    parts: Box<[Box<str>]>,
+}
+
+impl UnitPattern {
+    pub fn new(pattern: &str) -> Self {
+        UnitPattern {
+            parts: pattern.split('*').map(Box::from).collect(),
+        }
+    }
+
+    pub fn matches(&self, unit: &str) -> bool {
+        let [first, middle @ .., last] = &*self.parts else {
+            return self.parts.first().is_some_and(|p| **p == *unit);
+        };
+        if !unit.starts_with(&**first)
+            || unit.len() < first.len() + last.len()
+            || !unit.ends_with(&**last)
+        {
+            return false;
+        }
+        let mut rest = &unit[first.len()..unit.len() - last.len()];
+        for m in middle {
+            match rest.find(&**m) {
+                Some(i) => rest = &rest[i + m.len()..],
+                None => return false,
+            }
+        }
+        true
     }
 }
 
 /// Whether `unit` matches `pattern`, where `*` stands for any run of characters.
 pub fn unit_matches(pattern: &str, unit: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == unit;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !unit.starts_with(first) || unit.len() < first.len() + last.len() || !unit.ends_with(last) {
-        return false;
-    }
-    let mut rest = &unit[first.len()..unit.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(i) => rest = &rest[i + middle.len()..],
-            None => return false,
-        }
-    }
-    true
+    UnitPattern::new(pattern).matches(unit)
+}
+
+/// An agency's jurisdiction: its unit patterns, compiled, and as written (for the refusal's detail).
+#[derive(Debug)]
+struct Jurisdiction {
+    patterns: Vec<UnitPattern>,
+    written: String,
 }
 
 /// What the layer validates with.
 pub struct ValidationPolicy {
     pub catalog: Arc<Catalog>,
     pub options: Options,
-    /// `max_errors` for trial-mode requests, whose answers list every error up to this many.
-    pub trial_max_errors: usize,
-    /// Unit-code patterns per agency code.
-    pub units: HashMap<String, Vec<String>>,
+    /// `options` for trial-mode requests and dry runs, whose answers list every error up to `trial_max_errors`.
+    full_options: Options,
+    units: HashMap<String, Jurisdiction>,
 }
 
 impl ValidationPolicy {
-    pub fn new(catalog: Arc<Catalog>, options: Options, agencies: &[AgencyConfig]) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        options: Options,
+        trial_max_errors: usize,
+        agencies: &[AgencyConfig],
+    ) -> Self {
+        let mut full_options = options.clone();
+        full_options.limits.max_errors = trial_max_errors.max(options.limits.max_errors);
         ValidationPolicy {
             catalog,
-            trial_max_errors: options.limits.max_errors,
             options,
+            full_options,
             units: agencies
                 .iter()
-                .map(|a| (a.code.clone(), a.units.clone()))
+                .map(|a| {
+                    let j = Jurisdiction {
+                        patterns: a.units.iter().map(|u| UnitPattern::new(u)).collect(),
+                        written: a.units.join(", "),
+                    };
+                    (a.code.clone(), j)
+                })
                 .collect(),
         }
     }
+
+    /// Schema, domain rules and jurisdiction of one packet.
+    fn check(
+        &self,
+        hop: &HopContext,
+        route: &Route,
+        caller: &Caller,
+        ask: Ask,
+        bytes: &[u8],
+    ) -> Result<(), PacketError> {
+        let options = if ask.full_errors {
+            &self.full_options
+        } else {
+            &self.options
+        };
+        let report = self
+            .catalog
+            .validate(ask.message_type, ask.format, bytes, options);
+        let count = |rule: &str| {
+            hop.metrics
+                .validation_failures
+                .with_label_values(&[&*hop.name, &route.name, ask.message_type, rule])
+                .inc();
+        };
+        let mut rules: Vec<&'static str> = report.violations.iter().map(|v| v.rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        rules.iter().for_each(|r| count(r));
+        if report.malformed {
+            return Err(PacketError::Malformed {
+                violations: report.violations,
+            });
+        }
+        let jurisdiction = self.units.get(&*caller.agency);
+        let outside = report.units.iter().find(|u| {
+            !jurisdiction.is_some_and(|j| j.patterns.iter().any(|p| p.matches(&u.value)))
+        });
+        if let Some(unit) = outside {
+            count("authz.unit_outside_jurisdiction");
+            return Err(PacketError::OutsideJurisdiction {
+                agency: caller.agency.clone(),
+                unit: unit.value.clone(),
+                patterns: jurisdiction.map(|j| j.written.clone()).unwrap_or_default(),
+                violation: Box::new(Violation {
+                    path: unit.path.clone(),
+                    line: unit.line,
+                    column: unit.column,
+                    rule: "authz.unit_outside_jurisdiction",
+                    message: format!(
+                        "MaDonVi {} is outside the units of agency {}",
+                        unit.value, caller.agency
+                    ),
+                }),
+            });
+        }
+        if !report.is_valid() {
+            return Err(PacketError::Invalid {
+                violations: report.violations,
+                truncated: report.truncated,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a body is checked as.
+#[derive(Clone, Copy)]
+struct Ask {
+    message_type: &'static str,
+    format: Format,
+    /// List every error (trial mode, dry runs), up to `trial_max_errors`.
+    full_errors: bool,
 }
 
 #[derive(Clone)]
@@ -186,12 +280,12 @@ impl ValidateLayer {
     }
 }
 
-impl<S: Stackable> Layer<S> for ValidateLayer {
-    type Service = Validate;
+impl<S> Layer<S> for ValidateLayer {
+    type Service = Validate<S>;
 
-    fn layer(&self, inner: S) -> Validate {
+    fn layer(&self, inner: S) -> Validate<S> {
         Validate {
-            inner: inner.boxed(),
+            inner,
             policy: self.policy.clone(),
             hop: self.hop.clone(),
         }
@@ -199,261 +293,132 @@ impl<S: Stackable> Layer<S> for ValidateLayer {
 }
 
 #[derive(Clone)]
-pub struct Validate {
-    inner: Inner,
+pub struct Validate<S> {
+    inner: S,
     policy: Arc<ValidationPolicy>,
     hop: Arc<HopContext>,
 }
 
-fn declared_length(req: &Request<Body>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Reads the whole body within `limit`, refusing as soon as it grows past it.
-pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, PacketError> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| PacketError::Unreadable(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(PacketError::TooLarge { limit });
-            }
-            buf.extend_from_slice(&data);
+/// The message type a request to `route` carries: its configured one, or on a dry-run route the path's last
+/// segment (`{prefix}/{MessageType}`). `Ok(None)`: no packet on this route.
+fn message_type(route: &Route, path: &str) -> Result<Option<&'static str>, BoxProblem> {
+    let c = &route.config;
+    let (name, dry_run) = if c.dry_run {
+        let rest = path.get(c.prefix.len()..).unwrap_or_default();
+        (rest.trim_matches('/'), true)
+    } else {
+        match &c.message_type {
+            Some(m) => (m.as_str(), false),
+            None => return Ok(None),
         }
-    }
-    Ok(buf.freeze())
-}
-
-/// What a body is checked as.
-#[derive(Clone, Copy)]
-struct Ask<'a> {
-    message_type: &'a str,
-    format: Format,
-    /// List every error (trial mode, dry runs), up to `trial_max_errors`.
-    full_errors: bool,
-}
-
-impl Validate {
-    fn check(
-        policy: &ValidationPolicy,
-        hop: &HopContext,
-        route: &Route,
-        caller: &Caller,
-        ask: Ask<'_>,
-        bytes: &[u8],
-    ) -> Result<(), PacketError> {
-        let Ask {
-            message_type,
-            format,
-            full_errors,
-        } = ask;
-        let trial_options;
-        let options = if full_errors {
-            let mut o = policy.options.clone();
-            o.limits.max_errors = policy.trial_max_errors.max(o.limits.max_errors);
-            trial_options = o;
-            &trial_options
-        } else {
-            &policy.options
-        };
-        let report = policy
-            .catalog
-            .validate(message_type, format, bytes, options);
-        let mut rules: Vec<&'static str> = report.violations.iter().map(|v| v.rule).collect();
-        rules.sort_unstable();
-        rules.dedup();
-        for rule in &rules {
-            hop.metrics
-                .validation_failures
-                .with_label_values(&[&*hop.name, &route.name, message_type, rule])
-                .inc();
+    };
+    match lgsp_schema::MESSAGE_TYPES.iter().find(|t| **t == name) {
+        Some(t) => Ok(Some(t)),
+        None if dry_run => Err(PacketError::UnknownMessageType {
+            got: name.chars().take(64).collect(),
         }
-        if report.malformed {
-            return Err(PacketError::Malformed {
-                violations: report.violations,
-            });
-        }
-        let patterns = policy
-            .units
-            .get(&*caller.agency)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(unit) = report
-            .units
-            .iter()
-            .find(|u| !patterns.iter().any(|p| unit_matches(p, &u.value)))
-        {
-            hop.metrics
-                .validation_failures
-                .with_label_values(&[
-                    &*hop.name,
-                    &route.name,
-                    message_type,
-                    "authz.unit_outside_jurisdiction",
-                ])
-                .inc();
-            let violation = Box::new(Violation {
-                path: unit.path.clone(),
-                line: unit.line,
-                column: unit.column,
-                rule: "authz.unit_outside_jurisdiction",
-                message: format!(
-                    "MaDonVi {} is outside the units of agency {}",
-                    unit.value, caller.agency
-                ),
-            });
-            return Err(PacketError::OutsideJurisdiction {
-                agency: caller.agency.clone(),
-                unit: unit.value.clone(),
-                patterns,
-                violation,
-            });
-        }
-        if !report.is_valid() {
-            return Err(PacketError::Invalid {
-                violations: report.violations,
-                truncated: report.truncated,
-            });
-        }
-        Ok(())
+        .into()),
+        None => Err(Internal(format!("route {} names no message type", route.name)).into()),
     }
 }
 
-impl Service<Request<Body>> for Validate {
+impl<S> Service<Request<Body>> for Validate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxProblem>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+    type Error = BoxProblem;
+    type Future = Step<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxProblem>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        // The clone that was made ready is taken; a fresh clone stays for the next call.
+        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
+            return Step::refuse(Internal("validate reached without a route".into()));
+        };
+        let limit = route.config.max_body_bytes;
+        if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
+            return Step::refuse(BodyError::TooLarge { limit });
+        }
+        let message_type = match message_type(&route, req.uri().path()) {
+            Ok(Some(t)) => t,
+            // No packet to check: stream the body through, cut at the limit.
+            Ok(None) => {
+                return Step::inner(
+                    self.inner
+                        .call(req.map(|b| Limited::new(b, limit).boxed_unsync())),
+                );
+            }
+            Err(e) => return Step::refuse(e),
+        };
+        let ctype = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let Some(format) = ctype.and_then(Format::from_content_type) else {
+            let got = ctype.map(str::to_owned);
+            return Step::refuse(PacketError::UnsupportedMediaType { got });
+        };
+        let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+            return Step::refuse(Internal("validate reached without a caller".into()));
+        };
+        let ask = Ask {
+            message_type,
+            format,
+            // A dry run is a diagnosis: it lists every error, as trial mode does.
+            full_errors: route.config.dry_run || caller.kind == lgsp_config::KeyKind::Trial,
+        };
+        // The packet is read whole before anything is decided: the one path that waits.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(handle(inner, self.policy.clone(), self.hop.clone(), req))
+        let (policy, hop) = (self.policy.clone(), self.hop.clone());
+        Step::wait(packet(inner, policy, hop, route, caller, ask, req))
     }
 }
 
-fn fail(e: PacketError) -> Result<Response<Body>, BoxError> {
-    Err(Box::new(e))
-}
-
-fn internal(message: &str) -> Result<Response<Body>, BoxError> {
-    Err(Box::new(crate::error::ProxyError::Internal(
-        message.to_owned(),
-    )))
-}
-
-/// Cuts a streamed body at `limit` bytes.
-fn limited(body: Body, limit: usize) -> Body {
-    Limited::new(body, limit).boxed_unsync()
-}
-
-async fn handle(
-    mut inner: Inner,
+async fn packet<S>(
+    mut inner: S,
     policy: Arc<ValidationPolicy>,
     hop: Arc<HopContext>,
+    route: Arc<Route>,
+    caller: Caller,
+    ask: Ask,
     req: Request<Body>,
-) -> Result<Response<Body>, BoxError> {
-    let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
-        return internal("validate reached without a route");
-    };
-    let limit = route.config.max_body_bytes;
-    if declared_length(&req).is_some_and(|n| n > limit as u64) {
-        return fail(PacketError::TooLarge { limit });
-    }
-    let dry_run = route.config.dry_run;
-    let message_type = if dry_run {
-        // The message type is the path's last segment: {prefix}/{MessageType}.
-        let rest = req
-            .uri()
-            .path()
-            .get(route.config.prefix.len()..)
-            .unwrap_or_default()
-            .trim_matches('/');
-        match lgsp_schema::MESSAGE_TYPES.iter().find(|t| **t == rest) {
-            Some(t) => (*t).to_owned(),
-            None => {
-                return fail(PacketError::UnknownMessageType {
-                    got: rest.chars().take(64).collect(),
-                });
-            }
-        }
-    } else {
-        let Some(message_type) = route.config.message_type.clone() else {
-            // No packet to check: stream the body through, cut at the limit.
-            return call(&mut inner, req.map(|b| limited(b, limit))).await;
-        };
-        message_type
-    };
-    let ctype = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let Some(format) = ctype.as_deref().and_then(Format::from_content_type) else {
-        return fail(PacketError::UnsupportedMediaType { got: ctype });
-    };
-    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
-        return internal("validate reached without a caller");
-    };
+) -> Answer
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxProblem>,
+    S::Future: Send + 'static,
+{
     let (parts, body) = req.into_parts();
-    let bytes = match read_body(body, limit).await {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    // A dry run is a diagnosis: it lists every error, as trial mode does.
-    let full_errors = dry_run || caller.kind == lgsp_config::KeyKind::Trial;
+    let bytes = read_body(body, route.config.max_body_bytes).await?;
+    let dry_run = route.config.dry_run;
     let checked = if bytes.len() > INLINE_LIMIT {
-        let (p, h, r, c, t, b) = (
-            policy.clone(),
-            hop.clone(),
-            route.clone(),
-            caller.clone(),
-            message_type.clone(),
-            bytes.clone(),
-        );
-        match tokio::task::spawn_blocking(move || {
-            let ask = Ask {
-                message_type: &t,
-                format,
-                full_errors,
-            };
-            Validate::check(&p, &h, &r, &c, ask, &b)
-        })
-        .await
-        {
-            Ok(checked) => checked,
-            Err(e) => return internal(&format!("validation task: {e}")),
-        }
+        let (b, r, h) = (bytes.clone(), route.clone(), hop.clone());
+        tokio::task::spawn_blocking(move || policy.check(&h, &r, &caller, ask, &b))
+            .await
+            .map_err(|e| Internal(format!("validation task: {e}")))?
     } else {
-        let ask = Ask {
-            message_type: &message_type,
-            format,
-            full_errors,
-        };
-        Validate::check(&policy, &hop, &route, &caller, ask, &bytes)
+        policy.check(&hop, &route, &caller, ask, &bytes)
     };
-    match checked {
-        Ok(()) if dry_run => Ok(verdict(&hop, &message_type, format, bytes.len())),
-        Ok(()) => call(&mut inner, Request::from_parts(parts, full(bytes))).await,
-        Err(e) => fail(e),
+    checked?;
+    if dry_run {
+        return Ok(verdict(&hop, ask, bytes.len()));
     }
+    unnamed(inner.call(Request::from_parts(parts, full(bytes)))).await
 }
 
 /// A dry run's answer for a valid packet (an invalid one gets the problem the packet route would answer).
-fn verdict(hop: &HopContext, message_type: &str, format: Format, bytes: usize) -> Response<Body> {
+fn verdict(hop: &HopContext, ask: Ask, bytes: usize) -> Response<Body> {
     let body = serde_json::json!({
         "valid": true,
-        "message_type": message_type,
-        "format": match format {
+        "message_type": ask.message_type,
+        "format": match ask.format {
             Format::Xml => "xml",
             Format::Json => "json",
         },
@@ -479,26 +444,33 @@ mod tests {
     const GOOD: &str =
         include_str!("../../../schemas/cbccvc/samples/valid/HoSoCBCCVC-02-toi-thieu.xml");
 
-    fn service() -> (Validate, Arc<Route>) {
+    type Echo = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxProblem>;
+
+    fn service() -> (Validate<Echo>, Arc<Route>) {
         let cfg = lgsp_config::embedded().unwrap();
         let catalog = Arc::new(Catalog::embedded().unwrap());
         let policy = Arc::new(ValidationPolicy::new(
             catalog,
             Options::default(),
+            1000,
             &cfg.agencies,
         ));
-        let hop = Arc::new(HopContext {
-            name: Arc::from("lgsp"),
-            peers: Default::default(),
-            metrics: Metrics::new().unwrap(),
-        });
+        let hop = Arc::new(HopContext::new("lgsp", &[], Metrics::new().unwrap()));
         let echo = tower::service_fn(|req: Request<Body>| async move {
-            let bytes = req.into_body().collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::new(full(bytes)))
+            let bytes = req
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| BodyError::Unreadable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, BoxProblem>(Response::new(full(bytes)))
         });
-        let table = crate::route::RouteTable::new(&cfg.hops[0].routes);
+        let table = crate::route::RouteTable::new(&hop, &cfg.hops[0].routes);
         let route = table.lookup("/lgsp/v1/HoSoCBCCVC").unwrap().clone();
-        (ValidateLayer::new(policy, hop).layer(echo), route)
+        (
+            ValidateLayer::new(policy, hop).layer(tower::util::BoxCloneSyncService::new(echo)),
+            route,
+        )
     }
 
     fn request(route: &Arc<Route>, ctype: Option<&str>, body: &str) -> Request<Body> {
@@ -516,8 +488,8 @@ mod tests {
         req
     }
 
-    fn refusal(r: Result<Response<Body>, BoxError>) -> PacketError {
-        *r.unwrap_err().downcast::<PacketError>().unwrap()
+    fn refusal(r: Result<Response<Body>, BoxProblem>) -> BoxProblem {
+        r.unwrap_err()
     }
 
     #[tokio::test]
@@ -557,7 +529,7 @@ mod tests {
                 .await,
         );
         assert_eq!(
-            (e.status(), e.errors().unwrap()[0].rule),
+            (e.status(), e.errors()[0].rule),
             (StatusCode::UNPROCESSABLE_ENTITY, "xsd.enumeration")
         );
         let e = refusal(

@@ -34,17 +34,8 @@ impl Default for Limits {
     }
 }
 
-/// One thing wrong with a packet.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Violation {
-    /// Where, as `/HoSoCBCCVC/QuaTrinhCongTac[2]/NgayBatDau` (attributes as `/@name`).
-    pub path: String,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    /// Stable rule code, e.g. `xsd.pattern`, `json.required`, `cccd.province`.
-    pub rule: &'static str,
-    pub message: String,
-}
+/// One thing wrong with a packet (the entries of a refused packet's problem document).
+pub use lgsp_problem::Violation;
 
 /// A simple value found in a packet, kept for the domain rules.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,26 +2,40 @@
 
 use std::path::Path;
 
-use lgsp_config::ConfigPath;
+use lgsp_config::{ConfigPath, Origin};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// A certificate, key or CRL that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{file} (named on config line {line}): {message}")]
+#[error("{file} ({}): {message}", where_named(origin))]
 pub struct TlsError {
     pub file: String,
-    pub line: usize,
+    /// Where the config names the file.
+    pub origin: Origin,
     pub message: String,
+}
+
+fn where_named(o: &Origin) -> String {
+    match o.line {
+        Some(line) => format!("{}, config line {line}", o.field),
+        None => o.field.clone(),
+    }
 }
 
 impl TlsError {
     pub fn at(p: &ConfigPath, message: impl Into<String>) -> Self {
         TlsError {
             file: p.path.display().to_string(),
-            line: p.line,
+            origin: p.origin.clone(),
             message: message.into(),
         }
+    }
+
+    /// The config problem this is: at the field that names the file, saying which file and what is wrong.
+    pub fn problem(&self) -> lgsp_config::Problem {
+        self.origin
+            .problem(format!("{}: {}", self.file, self.message))
     }
 }
 

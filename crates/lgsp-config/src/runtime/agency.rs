@@ -1,0 +1,153 @@
+//! `[[agency]]`: each connected body's code (mã định danh), status (trial | official), API-key hashes and the unit
+//! codes (MaDonVi) it may send packets for.
+
+use std::collections::{BTreeMap, HashSet};
+
+use toml::Spanned;
+
+use super::check::Checker;
+use crate::file::{AgencyStatus, FileAgency, FileKey, KeyKind};
+use crate::parse::valid_agency_code;
+
+#[derive(Debug, Clone)]
+pub struct AgencyConfig {
+    pub code: String,
+    pub name: Option<String>,
+    pub status: AgencyStatus,
+    pub keys: Vec<KeyConfig>,
+    /// Unit-code patterns (MaDonVi) this agency may send for; `*` matches any run of characters.
+    pub units: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub sha256: [u8; 32],
+    pub kind: KeyKind,
+    pub label: Option<String>,
+}
+
+/// Every agency: codes valid and unique, every key hash owned by one agency.
+pub(super) fn agencies(c: &mut Checker<'_>, list: &[FileAgency]) -> Vec<AgencyConfig> {
+    let mut codes = HashSet::new();
+    let mut key_owner: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+    let mut agencies = Vec::new();
+    for (i, a) in list.iter().enumerate() {
+        let field = format!("agency[{i}]");
+        let code = a.code.get_ref();
+        if !valid_agency_code(code) {
+            c.problem(&a.code, format!("{field}.code"), format!(
+                "`{code}` is not an agency code (mã định danh): dot-separated groups of 0-9 and A-Z, at most 35 characters, e.g. \"000.00.00.H29\""
+            ));
+        }
+        if !codes.insert(code.as_str()) {
+            c.problem(
+                &a.code,
+                format!("{field}.code"),
+                "each agency code may appear once",
+            );
+        }
+        let mut keys = Vec::new();
+        for (k, key) in a.keys.iter().enumerate() {
+            let kf = format!("{field}.keys[{k}].sha256");
+            let Some(digest) = digest(c, key, &kf) else {
+                continue;
+            };
+            if let Some(owner) = key_owner.insert(digest, code) {
+                c.problem(&key.sha256, kf, format!("this key hash is already given to agency {owner}; every key belongs to one agency"));
+            }
+            keys.push(KeyConfig {
+                sha256: digest,
+                kind: key.kind,
+                label: key.label.clone(),
+            });
+        }
+        agencies.push(AgencyConfig {
+            code: code.clone(),
+            name: a.name.clone(),
+            status: a.status,
+            keys,
+            units: units(c, a.units.as_deref(), code, &format!("{field}.units")),
+        });
+    }
+    agencies
+}
+
+/// The key hash as 32 bytes; `None` (problem recorded) when it is not 64 hex digits.
+fn digest(c: &mut Checker<'_>, key: &FileKey, field: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    match hex_into(key.sha256.get_ref(), &mut digest) {
+        Some(()) => Some(digest),
+        None => {
+            c.problem(
+                &key.sha256,
+                field,
+                "write the SHA-256 of the key as 64 hex digits; `lgsp-gateway keys new` prints it",
+            );
+            None
+        }
+    }
+}
+
+fn hex_into(hex: &str, out: &mut [u8; 32]) -> Option<()> {
+    if hex.len() != 64 {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(())
+}
+
+/// The unit patterns; without a list, only the agency's own code.
+fn units(
+    c: &mut Checker<'_>,
+    list: Option<&[Spanned<String>]>,
+    code: &str,
+    field: &str,
+) -> Vec<String> {
+    let Some(list) = list else {
+        return vec![code.to_owned()];
+    };
+    for u in list {
+        let plain = u.get_ref().replace('*', "0");
+        if u.get_ref().is_empty() || !valid_agency_code(&plain) {
+            c.problem(
+                u,
+                field,
+                format!(
+                    "`{}` is not a unit-code pattern: a unit code such as \"000.00.00.H29\" where `*` stands for any run of characters, e.g. \"*.H29\"",
+                    u.get_ref()
+                ),
+            );
+        }
+    }
+    list.iter().map(|u| u.get_ref().clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::problems_of;
+
+    #[test]
+    fn key_hashes_are_64_hex_digits() {
+        let mut d = [0u8; 32];
+        assert!(hex_into(&"ab".repeat(32), &mut d).is_some());
+        assert_eq!(d[31], 0xab);
+        assert!(hex_into(&"ab".repeat(31), &mut d).is_none());
+        assert!(hex_into(&format!("{}zz", "ab".repeat(31)), &mut d).is_none());
+        assert!(hex_into(&format!("{}é", "a".repeat(62)), &mut d).is_none());
+    }
+
+    #[test]
+    fn codes_units_and_keys_are_checked_with_their_fields() {
+        let p = problems_of("code = \"000.00.00.H29\"", "code = \"000.00.00.h29\"");
+        assert_eq!(p[0].field, "agency[0].code");
+        let p = problems_of("units = [\"*.H29\"]", "units = [\"*.h 29\"]");
+        assert_eq!(p[0].field, "agency[0].units");
+        let p = problems_of("sha256 = \"5a1c", "sha256 = \"xx5a1c");
+        assert_eq!(p[0].field, "agency[0].keys[0].sha256");
+        let p = problems_of("code = \"000.00.00.H26\"", "code = \"000.00.00.H29\"");
+        assert!(p.iter().any(|p| p.message.contains("appear once")), "{p:?}");
+    }
+}

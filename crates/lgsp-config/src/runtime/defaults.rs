@@ -1,0 +1,69 @@
+//! Every default and every bound of the config in one place: what a field is when the file omits it, and the range
+//! it may take when the file sets it. `gateway.toml` documents the same values.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+// [admin], [log], [pki]
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const LOG_LEVEL: &str = "info";
+/// Levels accepted as they are; anything else must be an `EnvFilter` directive list (it holds a `=`).
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+pub const PKI_DIR: &str = "certs";
+pub const PKI_DEV_AUTOGEN: bool = false;
+
+// [hop.tls], [emulator.tls]
+pub const IDENTITY_URI_PREFIX: &str = "urn:lgsp:id:";
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// [hop.http] (the emulator's listener uses the same values)
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024;
+pub const MAX_CONNECTIONS: u64 = 10_000;
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u64> = 1..=10_000_000;
+
+// [[hop.route]]
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+pub const MAX_BODY_BYTES_RANGE: RangeInclusive<u64> = 1..=1024 * 1024 * 1024;
+pub const BURST_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// Where a trial request goes when the route names no `trial_upstream` and this file runs an emulator.
+pub const EMULATOR_BASE_PATH: &str = "/cbccvc/v1";
+
+// [emulator]
+pub const EMULATOR_MAX_STORED: u64 = 100_000;
+pub const EMULATOR_MAX_STORED_RANGE: RangeInclusive<u64> = 1..=100_000_000;
+
+// [validation]
+pub const MAX_ERRORS: u64 = 20;
+pub const MAX_ERRORS_RANGE: RangeInclusive<u64> = 1..=1000;
+pub const TRIAL_MAX_ERRORS: u64 = 1000;
+pub const TRIAL_MAX_ERRORS_RANGE: RangeInclusive<u64> = 1..=10_000;
+pub const MAX_DEPTH: u64 = 32;
+pub const MAX_DEPTH_RANGE: RangeInclusive<u64> = 1..=256;
+pub const MAX_ATTRIBUTES: u64 = 32;
+pub const MAX_ATTRIBUTES_RANGE: RangeInclusive<u64> = 1..=1024;
+pub const MAX_TEXT_BYTES: u64 = 64 * 1024;
+pub const MAX_TEXT_BYTES_RANGE: RangeInclusive<u64> = 1..=16 * 1024 * 1024;
+pub const DOMAIN_RULES: bool = true;
+
+// [ratelimit]
+pub const RATELIMIT_TIMEOUT: Duration = Duration::from_millis(250);
+pub const RATELIMIT_KEY_PREFIX: &str = "lgsp:rl:";
+pub const RATELIMIT_FALLBACK_LOCAL: bool = true;
+
+// [overload]
+pub const MAX_IN_FLIGHT: u64 = 10_000;
+pub const MAX_IN_FLIGHT_RANGE: RangeInclusive<u64> = 1..=10_000_000;
+pub const MAX_IN_FLIGHT_PER_AGENCY: u64 = 1_000;
+pub const MAX_IN_FLIGHT_PER_AGENCY_RANGE: RangeInclusive<u64> = 1..=10_000_000;
+pub const OVERLOAD_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+// [token]
+pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub const TOKEN_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(86_400);
+/// Shortest `token.secret_file` accepted: an HMAC-SHA256 key of less than 256 bits is refused.
+pub const TOKEN_SECRET_MIN_BYTES: usize = 32;

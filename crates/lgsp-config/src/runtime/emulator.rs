@@ -1,0 +1,69 @@
+//! `[emulator]`: the national-endpoint emulator this process may run, and the trial upstream it gives routes that
+//! name none.
+
+use std::net::SocketAddr;
+
+use super::check::Checker;
+use super::hop::HopConfig;
+use super::route::Upstream;
+use super::tls::{ServerTlsConfig, server_tls};
+use super::{Origin, defaults};
+use crate::file::FileEmulator;
+
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub listen: SocketAddr,
+    pub tls: ServerTlsConfig,
+    pub max_stored: usize,
+    /// Where the file names the emulator's address (the default trial upstreams point back at it).
+    pub origin: Origin,
+}
+
+pub(super) fn emulator(c: &mut Checker<'_>, e: &FileEmulator) -> EmulatorConfig {
+    EmulatorConfig {
+        listen: c.addr(&e.listen, "emulator.listen"),
+        tls: server_tls(c, &e.tls, "emulator.tls"),
+        max_stored: c.bounded(
+            e.max_stored.as_ref(),
+            "emulator.max_stored",
+            defaults::EMULATOR_MAX_STORED,
+            &defaults::EMULATOR_MAX_STORED_RANGE,
+        ),
+        origin: c.origin(&e.listen, "emulator.listen"),
+    }
+}
+
+/// Trial traffic defaults to the emulator this file runs, when its port is fixed:
+/// `/cbccvc/v1/{message type or route name}`.
+pub(super) fn default_trial_upstreams(hops: &mut [HopConfig], e: &EmulatorConfig) {
+    if e.listen.port() == 0 {
+        return;
+    }
+    for route in hops.iter_mut().flat_map(|h| h.routes.iter_mut()) {
+        if route.trial_upstream.is_none() && !route.dry_run {
+            let target = route.message_type.as_deref().unwrap_or(&route.name);
+            route.trial_upstream = Some(Upstream {
+                authority: format!("localhost:{}", e.listen.port()),
+                base_path: format!("{}/{target}", defaults::EMULATOR_BASE_PATH),
+                origin: e.origin.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tests::problems_of;
+
+    #[test]
+    fn max_stored_is_bounded_and_the_address_distinct() {
+        let p = problems_of("max_stored = 100000", "max_stored = 0");
+        assert_eq!(p[0].field, "emulator.max_stored");
+        let p = problems_of("listen = \"127.0.0.1:8445\"", "listen = \"127.0.0.1:8444\"");
+        assert!(
+            p.iter()
+                .any(|p| p.field == "emulator.listen" && p.message.contains("already uses")),
+            "{p:?}"
+        );
+    }
+}

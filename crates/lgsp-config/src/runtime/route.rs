@@ -1,0 +1,354 @@
+//! `[[hop.route]]`: which requests a route takes (methods, path prefix, agencies), where they go (upstream,
+//! rewrite, trial upstream, timeout, or a dry run), what it checks (message type, body size) and its rate limit.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::check::Checker;
+use super::{Origin, defaults};
+use crate::file::{FileOverride, FileRoute};
+use crate::parse::{parse_rate, parse_upstream};
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub methods: Vec<String>,
+    pub prefix: String,
+    /// Empty (no authority) on a dry-run route, which forwards nothing.
+    pub upstream: Upstream,
+    pub rewrite: Option<String>,
+    /// A dry run: the packet at `{prefix}/{MessageType}` is validated with the full rules and the verdict
+    /// answered; nothing is forwarded.
+    pub dry_run: bool,
+    /// Where trial-mode requests go (`base_path` replaces the matched prefix); `None`: this route takes no
+    /// trial traffic. Defaults to the emulator of the same file, `/cbccvc/v1/{message type or route name}`.
+    pub trial_upstream: Option<Upstream>,
+    pub timeout: Duration,
+    /// Agency codes allowed on this route; `None` means every known agency (`"*"`).
+    pub agencies: Option<Vec<String>>,
+    pub message_type: Option<String>,
+    pub max_body_bytes: usize,
+    /// The rate limit per (agency, route), if any.
+    pub rate: Option<RateSpec>,
+    /// Per-agency rates replacing `rate` for that agency.
+    pub overrides: BTreeMap<String, RateSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port`, also the bounded `upstream` metric label.
+    pub authority: String,
+    /// Path the upstream is mounted under, without a trailing slash (may be empty).
+    pub base_path: String,
+    /// Where the config names it (`check-config --connect` reports by it).
+    pub origin: Origin,
+}
+
+impl Upstream {
+    /// No upstream: a dry-run route's.
+    pub fn none() -> Upstream {
+        Upstream {
+            authority: String::new(),
+            base_path: String::new(),
+            origin: Origin::default(),
+        }
+    }
+}
+
+/// A rate and a burst, e.g. 20 per 1 s with a burst of 40.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub count: u32,
+    pub period_secs: u32,
+    pub burst: u32,
+}
+
+pub(super) fn route(
+    c: &mut Checker<'_>,
+    r: &FileRoute,
+    field: &str,
+    known: &HashSet<&str>,
+) -> RouteConfig {
+    let max_body = c.bounded(
+        r.max_body_bytes.as_ref(),
+        &format!("{field}.max_body_bytes"),
+        defaults::MAX_BODY_BYTES,
+        &defaults::MAX_BODY_BYTES_RANGE,
+    );
+    RouteConfig {
+        name: r.name.get_ref().clone(),
+        methods: methods(c, r, field),
+        prefix: path_prefix(c, &r.prefix, &format!("{field}.prefix")),
+        rewrite: r
+            .rewrite
+            .as_ref()
+            .map(|w| path_prefix(c, w, &format!("{field}.rewrite"))),
+        upstream: upstream(c, r, field),
+        dry_run: r.dry_run,
+        trial_upstream: r.trial_upstream.as_ref().and_then(|t| {
+            let f = format!("{field}.trial_upstream");
+            url(c, t, &f)
+        }),
+        timeout: c.duration(
+            r.timeout.as_ref(),
+            &format!("{field}.timeout"),
+            defaults::ROUTE_TIMEOUT,
+        ),
+        agencies: agencies(c, r, field, known),
+        message_type: message_type(c, r, field),
+        max_body_bytes: max_body,
+        rate: rate(c, r, field),
+        overrides: overrides(c, &r.overrides, field, known),
+    }
+}
+
+fn methods(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Vec<String> {
+    if r.methods.is_empty() {
+        c.problem(
+            &r.name,
+            format!("{field}.methods"),
+            "list at least one method, e.g. [\"POST\"]",
+        );
+    }
+    let mut methods = Vec::new();
+    for m in &r.methods {
+        let up = m.get_ref().to_ascii_uppercase();
+        if defaults::METHODS.contains(&up.as_str()) {
+            methods.push(up);
+        } else {
+            c.problem(
+                m,
+                format!("{field}.methods"),
+                format!(
+                    "`{}` is not one of {}",
+                    m.get_ref(),
+                    defaults::METHODS.join(", ")
+                ),
+            );
+        }
+    }
+    methods
+}
+
+/// An absolute path prefix; `"/a/b/"` and `"/a/b"` are the same prefix, `"/"` stays `"/"`.
+fn path_prefix(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> String {
+    let s = v.get_ref();
+    if !s.starts_with('/') || s.contains(['?', '#', ' ']) || s.contains("//") {
+        c.problem(v, field, format!("`{s}` must be an absolute path like \"/lgsp/v1/HoSoCBCCVC\" without query or spaces"));
+    }
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+fn url(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<Upstream> {
+    match parse_upstream(v.get_ref()) {
+        Ok((authority, base_path)) => Some(Upstream {
+            authority,
+            base_path,
+            origin: c.origin(v, field),
+        }),
+        Err(e) => {
+            c.problem(v, field, e);
+            None
+        }
+    }
+}
+
+/// The production upstream: required, except on a dry-run route, which must have none.
+fn upstream(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Upstream {
+    let f = format!("{field}.upstream");
+    match (&r.upstream, r.dry_run) {
+        (Some(u), false) => url(c, u, &f).unwrap_or_else(Upstream::none),
+        (None, true) => Upstream::none(),
+        (Some(u), true) => {
+            c.problem(u, f, "a dry-run route forwards nothing; remove `upstream`");
+            Upstream::none()
+        }
+        (None, false) => {
+            c.problem(
+                &r.name,
+                f,
+                "name the upstream, e.g. upstream = \"https://ndxp.example:8444\" (or set dry_run = true)",
+            );
+            Upstream::none()
+        }
+    }
+}
+
+/// The agencies allowed; `None` when the list holds `"*"`.
+fn agencies(
+    c: &mut Checker<'_>,
+    r: &FileRoute,
+    field: &str,
+    known: &HashSet<&str>,
+) -> Option<Vec<String>> {
+    if r.agencies.is_empty() {
+        c.problem(
+            &r.name,
+            format!("{field}.agencies"),
+            "list the agency codes allowed here, or [\"*\"] for every agency",
+        );
+    }
+    let mut agencies = Some(Vec::new());
+    for a in &r.agencies {
+        if a.get_ref() == "*" {
+            agencies = None;
+        } else if !known.contains(a.get_ref().as_str()) {
+            let message = format!("`{}` is not an [[agency]] code in this file", a.get_ref());
+            c.problem(a, format!("{field}.agencies"), message);
+        } else if let Some(list) = agencies.as_mut() {
+            list.push(a.get_ref().clone());
+        }
+    }
+    agencies
+}
+
+fn message_type(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<String> {
+    let m = r.message_type.as_ref()?;
+    let f = format!("{field}.message_type");
+    if r.dry_run {
+        c.problem(
+            m,
+            f,
+            "a dry-run route takes the message type from the path ({prefix}/{MessageType}); remove `message_type`",
+        );
+        return None;
+    }
+    if lgsp_schema::MESSAGE_TYPES.contains(&m.get_ref().as_str()) {
+        return Some(m.get_ref().clone());
+    }
+    let message = format!(
+        "`{}` is not a message type; use one of {}",
+        m.get_ref(),
+        lgsp_schema::MESSAGE_TYPES.join(", ")
+    );
+    c.problem(m, f, message);
+    None
+}
+
+/// The route's rate: `rate` and `burst` come together or not at all.
+fn rate(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<RateSpec> {
+    match (&r.rate, &r.burst) {
+        (Some(rate), Some(burst)) => rate_spec(c, rate, burst, field),
+        (None, None) => None,
+        (Some(rate), None) => {
+            let fix = "a rate needs a burst too, e.g. burst = 40";
+            c.problem(rate, format!("{field}.burst"), fix);
+            None
+        }
+        (None, Some(burst)) => {
+            let fix = "a burst needs a rate too, e.g. rate = \"20/s\"";
+            c.problem(burst, format!("{field}.rate"), fix);
+            None
+        }
+    }
+}
+
+/// `field.rate` / `field.burst` into a spec (None when either is wrong; each problem recorded).
+fn rate_spec(
+    c: &mut Checker<'_>,
+    rate: &Spanned<String>,
+    burst: &Spanned<u64>,
+    field: &str,
+) -> Option<RateSpec> {
+    let parsed = parse_rate(rate.get_ref());
+    if let Err(e) = &parsed {
+        c.problem(rate, format!("{field}.rate"), e.clone());
+    }
+    let b = *burst.get_ref();
+    if !defaults::BURST_RANGE.contains(&b) {
+        let (lo, hi) = (defaults::BURST_RANGE.start(), defaults::BURST_RANGE.end());
+        c.problem(
+            burst,
+            format!("{field}.burst"),
+            format!("choose a burst between {lo} and {hi}"),
+        );
+        return None;
+    }
+    let (count, period_secs) = parsed.ok()?;
+    Some(RateSpec {
+        count,
+        period_secs,
+        burst: u32::try_from(b).unwrap_or(u32::MAX),
+    })
+}
+
+fn overrides(
+    c: &mut Checker<'_>,
+    list: &[FileOverride],
+    field: &str,
+    known: &HashSet<&str>,
+) -> BTreeMap<String, RateSpec> {
+    let mut out = BTreeMap::new();
+    for (k, o) in list.iter().enumerate() {
+        let of = format!("{field}.overrides[{k}]");
+        if !known.contains(o.agency.get_ref().as_str()) {
+            let message = format!(
+                "`{}` is not an [[agency]] code in this file",
+                o.agency.get_ref()
+            );
+            c.problem(&o.agency, format!("{of}.agency"), message);
+        }
+        if let Some(spec) = rate_spec(c, &o.rate, &o.burst, &of) {
+            out.insert(o.agency.get_ref().clone(), spec);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tests::problems_of;
+
+    #[test]
+    fn methods_must_be_known_and_rates_come_with_bursts() {
+        let p = problems_of(
+            "methods = [\"POST\", \"PUT\"]",
+            "methods = [\"POST\", \"BREW\"]",
+        );
+        assert_eq!(p[0].field, "hop[0].route[0].methods");
+        assert!(p[0].message.contains("`BREW` is not one of"), "{p:?}");
+        let p = problems_of("burst = 40\n# Per-agency", "# Per-agency");
+        assert_eq!(p[0].field, "hop[0].route[0].burst");
+        let p = problems_of("burst = 40\n# Per-agency", "burst = 0\n# Per-agency");
+        assert_eq!(p[0].field, "hop[0].route[0].burst");
+        assert!(p[0].message.contains("between 1 and 1000000"), "{p:?}");
+    }
+
+    #[test]
+    fn overrides_name_known_agencies_with_valid_rates() {
+        let p = problems_of(
+            "overrides = []",
+            "overrides = [{ agency = \"000.00.00.X01\", rate = \"5/fortnight\", burst = 1 }]",
+        );
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "hop[0].route[0].overrides[0].agency",
+                "hop[0].route[0].overrides[0].rate"
+            ]
+        );
+    }
+
+    #[test]
+    fn prefixes_are_absolute_and_the_body_limit_bounded() {
+        let p = problems_of(
+            "prefix = \"/lgsp/v1/HoSoCBCCVC\"",
+            "prefix = \"lgsp/v1/HoSoCBCCVC?x\"",
+        );
+        assert_eq!(p[0].field, "hop[0].route[0].prefix");
+        let p = problems_of(
+            "max_body_bytes = 8388608\n# Rate",
+            "max_body_bytes = 0\n# Rate",
+        );
+        assert_eq!(p[0].field, "hop[0].route[0].max_body_bytes");
+        assert!(p[0].message.contains("between 1 and 1073741824"), "{p:?}");
+    }
+}

@@ -1,0 +1,42 @@
+//! What every layer of one hop knows about the hop itself: its name, the peer gateways it trusts, and its metric
+//! handles that do not depend on the request.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use lgsp_metrics::{Metrics, RouteMetrics, UNKNOWN};
+use lgsp_tls::PeerIdentity;
+use prometheus::IntCounter;
+
+#[derive(Debug)]
+pub struct HopContext {
+    pub name: Arc<str>,
+    pub peers: HashSet<String>,
+    pub metrics: Arc<Metrics>,
+    /// The handles of requests that match no route.
+    pub unknown_route: Arc<RouteMetrics>,
+    /// The handles of the token endpoint.
+    pub token_route: Arc<RouteMetrics>,
+    /// `lgsp_load_shed_total{hop, scope}` for scope `global` and `agency`.
+    pub shed_global: IntCounter,
+    pub shed_agency: IntCounter,
+}
+
+impl HopContext {
+    pub fn new(name: &str, peers: &[String], metrics: Arc<Metrics>) -> HopContext {
+        HopContext {
+            name: Arc::from(name),
+            peers: peers.iter().cloned().collect(),
+            unknown_route: metrics.route(name, UNKNOWN),
+            token_route: metrics.route(name, "token"),
+            shed_global: metrics.load_shed.with_label_values(&[name, "global"]),
+            shed_agency: metrics.load_shed.with_label_values(&[name, "agency"]),
+            metrics,
+        }
+    }
+
+    /// Whether the connection's certificate is one of the gateways this hop trusts to relay.
+    pub fn is_peer(&self, identity: Option<&PeerIdentity>) -> bool {
+        identity.is_some_and(|p| self.peers.contains(&p.id))
+    }
+}

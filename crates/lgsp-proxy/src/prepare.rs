@@ -1,0 +1,263 @@
+//! The one preparation path: a parsed [`Config`] becomes everything a running gateway needs — TLS configs, the
+//! schema catalogue, the token secret, the rate-limit backend, route tables and each hop's stack. `run`, reload and
+//! `check-config` all call [`prepare`], so `check-config` refuses exactly what `run` refuses, every problem at the
+//! line of the config that caused it.
+
+use std::sync::Arc;
+
+use lgsp_auth::{AuthPolicy, TokenIssuer};
+use lgsp_config::{
+    ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend,
+    SchemaSource, ServerTlsConfig,
+};
+use lgsp_metrics::Metrics;
+use lgsp_schema::{Catalog, Limits, Options};
+use lgsp_tls::{Expiry, TlsError};
+
+use crate::forward::{Forward, upstream_client};
+use crate::hop::HopContext;
+use crate::limit::{LimitLayer, LimitPolicy};
+use crate::listener::ListenerState;
+use crate::route::RouteTable;
+use crate::stack::{HopParts, hop_stack};
+use crate::validate::{ValidateLayer, ValidationPolicy};
+
+/// A config made ready to serve. Nothing listens yet.
+pub struct Prepared {
+    /// One per `[[hop]]`, in config order.
+    pub hops: Vec<PreparedHop>,
+    /// The emulator's server TLS, when the config runs one.
+    pub emulator_tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: Arc<LimitPolicy>,
+    /// When each configured certificate and CRL stops being usable, by listener name.
+    pub expiry: Vec<(String, Expiry)>,
+}
+
+pub struct PreparedHop {
+    pub name: String,
+    pub state: ListenerState,
+    /// This hop's client identity towards its upstreams.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+}
+
+/// What every hop of a config shares.
+struct Shared {
+    validation: Arc<ValidationPolicy>,
+    secret: Option<Vec<u8>>,
+    limits: Arc<LimitPolicy>,
+}
+
+/// The TLS material of one listener, loaded.
+struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    client: Option<Arc<rustls::ClientConfig>>,
+    expiry: Vec<Expiry>,
+}
+
+/// Prepares `cfg`. `keep` is the rate limiter of the config being replaced when its settings are unchanged (its
+/// state — every key's TAT, the in-flight counts — survives the reload). Every problem is reported, not the first.
+pub fn prepare(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    keep: Option<Arc<LimitPolicy>>,
+) -> Result<Prepared, ConfigError> {
+    let mut problems = Vec::new();
+    let catalog = ok(&mut problems, catalog(&cfg.validation.schemas));
+    let secret = ok(&mut problems, token_secret(cfg));
+    let limits = ok(&mut problems, keep.map_or_else(|| limiter(cfg), Ok));
+    let mut tls = Vec::new();
+    for h in &cfg.hops {
+        tls.push(listener_tls(&h.tls, Some(&h.upstream_tls), &mut problems));
+    }
+    let emulator = cfg
+        .emulator
+        .as_ref()
+        .map(|e| listener_tls(&e.tls, None, &mut problems));
+    let (Some(catalog), Some(secret), Some(limits), true) =
+        (catalog, secret, limits, problems.is_empty())
+    else {
+        return Err(ConfigError {
+            source: cfg.source.clone(),
+            problems,
+        });
+    };
+    let shared = Shared {
+        validation: Arc::new(validation(cfg, catalog)),
+        secret,
+        limits: limits.clone(),
+    };
+    let mut expiry = Vec::new();
+    let mut hops = Vec::new();
+    for (h, t) in cfg.hops.iter().zip(tls.into_iter().flatten()) {
+        expiry.extend(t.expiry.into_iter().map(|e| (h.name.clone(), e)));
+        let Some(client) = t.client else { continue };
+        hops.push(hop(cfg, h, &shared, metrics, t.server, client));
+    }
+    let emulator_tls = emulator.flatten().map(|t| {
+        expiry.extend(t.expiry.into_iter().map(|e| ("emulator".to_owned(), e)));
+        t.server
+    });
+    Ok(Prepared {
+        hops,
+        emulator_tls,
+        limits,
+        expiry,
+    })
+}
+
+/// The value, or `None` with its problem recorded.
+fn ok<T>(problems: &mut Vec<Problem>, r: Result<T, Problem>) -> Option<T> {
+    r.map_err(|p| problems.push(p)).ok()
+}
+
+fn catalog(source: &SchemaSource) -> Result<Catalog, Problem> {
+    match source {
+        SchemaSource::Embedded => Catalog::embedded()
+            .map_err(|e| Origin::named("validation.schemas").problem(format!("the embedded schemas do not load: {e}"))),
+        SchemaSource::Dir(dir) => Catalog::load(&dir.path).map_err(|e| {
+            dir.origin.problem(format!(
+                "the schemas in {} do not load: {e}; the directory needs {{type}}.xsd and {{type}}.schema.json for each of {}",
+                dir.path.display(),
+                lgsp_schema::MESSAGE_TYPES.join(", ")
+            ))
+        }),
+    }
+}
+
+/// The shared token secret, when the config names one.
+fn token_secret(cfg: &Config) -> Result<Option<Vec<u8>>, Problem> {
+    let Some(p) = &cfg.token.secret_file else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&p.path).map_err(|e| {
+        p.origin
+            .problem(format!("{}: cannot read: {e}", p.path.display()))
+    })?;
+    let min = lgsp_config::defaults::TOKEN_SECRET_MIN_BYTES;
+    if bytes.len() < min {
+        return Err(p.origin.problem(format!(
+            "{} holds {} bytes; write at least {min} random bytes (e.g. `head -c 32 /dev/urandom > FILE`)",
+            p.path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+fn limiter(cfg: &Config) -> Result<Arc<LimitPolicy>, Problem> {
+    LimitPolicy::new(&cfg.ratelimit, &cfg.overload)
+        .map(Arc::new)
+        .map_err(|e| {
+            let origin = match &cfg.ratelimit.backend {
+                RateLimitBackend::Redis { origin, .. } => origin.clone(),
+                RateLimitBackend::Local => Origin::named("ratelimit.backend"),
+            };
+            origin.problem(format!(
+                "{e}; write a Redis URL like \"redis://127.0.0.1:6379\" (or \"rediss://…\" for TLS)"
+            ))
+        })
+}
+
+/// A listener's server TLS, its upstream client TLS when it has upstreams, and their expiries; `None` with the
+/// problems recorded when any file fails.
+fn listener_tls(
+    server: &ServerTlsConfig,
+    upstream: Option<&ClientTlsConfig>,
+    problems: &mut Vec<Problem>,
+) -> Option<Tls> {
+    let mut failed = |e: TlsError| problems.push(e.problem());
+    let server_cfg = lgsp_tls::server_config(server).map_err(&mut failed).ok();
+    let client = match upstream {
+        Some(u) => Some(
+            lgsp_tls::client_config(u)
+                .map(Arc::new)
+                .map_err(&mut failed)
+                .ok()?,
+        ),
+        None => None,
+    };
+    let expiry = expiries(server, upstream).map_err(&mut failed).ok()?;
+    Some(Tls {
+        server: server_cfg?,
+        client,
+        expiry,
+    })
+}
+
+/// When each certificate and CRL of a listener (and its upstream identity) stops being usable.
+fn expiries(
+    tls: &ServerTlsConfig,
+    upstream: Option<&ClientTlsConfig>,
+) -> Result<Vec<Expiry>, TlsError> {
+    let mut all = lgsp_tls::cert_expiry(&tls.cert, "server")?;
+    for ca in &tls.client_ca {
+        all.extend(lgsp_tls::cert_expiry(ca, "ca")?);
+    }
+    for crl in &tls.crls {
+        all.extend(lgsp_tls::crl_expiry(crl)?);
+    }
+    if let Some(u) = upstream {
+        all.extend(lgsp_tls::cert_expiry(&u.cert, "client")?);
+        for ca in &u.ca {
+            all.extend(lgsp_tls::cert_expiry(ca, "ca")?);
+        }
+    }
+    Ok(all)
+}
+
+fn validation(cfg: &Config, catalog: Catalog) -> ValidationPolicy {
+    let v = &cfg.validation;
+    let options = Options {
+        limits: Limits {
+            max_depth: v.max_depth,
+            max_attributes: v.max_attributes,
+            max_text: v.max_text_bytes,
+            max_errors: v.max_errors,
+        },
+        domain: v.domain_rules,
+        today: None,
+    };
+    ValidationPolicy::new(
+        Arc::new(catalog),
+        options,
+        v.trial_max_errors,
+        &cfg.agencies,
+    )
+}
+
+/// One hop's stack over its loaded TLS.
+fn hop(
+    cfg: &Config,
+    h: &HopConfig,
+    shared: &Shared,
+    metrics: &Arc<Metrics>,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) -> PreparedHop {
+    let hop = Arc::new(HopContext::new(&h.name, &h.peers, metrics.clone()));
+    let tokens = TokenIssuer::new(&h.name, shared.secret.as_deref(), cfg.token.ttl);
+    let parts = HopParts {
+        auth: Arc::new(AuthPolicy::new(
+            &h.name,
+            &cfg.agencies,
+            &h.peers,
+            metrics.clone(),
+            tokens,
+        )),
+        routes: Arc::new(RouteTable::new(&hop, &h.routes)),
+        limit: LimitLayer::new(shared.limits.clone(), hop.clone(), &h.routes, &cfg.agencies),
+        validate: ValidateLayer::new(shared.validation.clone(), hop.clone()),
+        forward: Forward::new(upstream_client((*client).clone()), hop.clone(), &h.routes),
+        hop,
+    };
+    PreparedHop {
+        name: h.name.clone(),
+        state: ListenerState {
+            tls: server,
+            identity_uri_prefix: h.tls.identity_uri_prefix.clone(),
+            handshake_timeout: h.tls.handshake_timeout,
+            service: hop_stack(parts),
+        },
+        upstream_tls: client,
+    }
+}

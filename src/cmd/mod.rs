@@ -1,0 +1,25 @@
+//! One module per subcommand. Each returns the process's exit code and prints its own errors.
+
+pub mod certs;
+pub mod check_config;
+pub mod keys;
+pub mod probe;
+pub mod run;
+pub mod validate;
+
+use std::process::ExitCode;
+
+/// `error: …` on stderr, exit 1.
+pub fn failed(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+/// The config at `path`, or the embedded default.
+pub fn load(path: Option<&std::path::Path>) -> Result<lgsp_config::Config, String> {
+    match path {
+        Some(p) => lgsp_config::load(p),
+        None => lgsp_config::embedded(),
+    }
+    .map_err(|e| format!("the config is invalid:\n{e}"))
+}

@@ -1,0 +1,142 @@
+//! `lgsp-gateway run`: every listener of the config, until Ctrl-C or SIGTERM (SIGHUP reloads); prints where the
+//! listeners are, the metrics address and a curl that sends a sample packet through the chain.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use lgsp_config::{Config, KeyKind, LogFormat};
+use lgsp_proxy::Gateway;
+
+pub fn run(config: Option<&Path>) -> ExitCode {
+    let cfg = match super::load(config) {
+        Ok(c) => c,
+        Err(e) => return super::failed(e),
+    };
+    init_logging(&cfg);
+    if cfg.pki.dev_autogen && !lgsp_tls::devpki::exists(&cfg.pki.dir) {
+        match lgsp_tls::devpki::init(&cfg.pki.dir) {
+            Ok(report) => {
+                tracing::info!(dir = %report.dir.display(), files = report.files.len(), "created the dev PKI (pki.dev_autogen = true)");
+            }
+            Err(e) => return super::failed(format!("creating the dev PKI: {e}")),
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return super::failed(format!("starting the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let gateway = match Gateway::start_from(&cfg, config.map(Path::to_owned)).await {
+            Ok(g) => g,
+            Err(e) => return super::failed(e),
+        };
+        announce(&cfg, &gateway);
+        wait_for_signal(&gateway.reloader).await;
+        tracing::info!("draining in-flight requests");
+        gateway.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+/// The ready lines: listeners, version, metrics, and the sample curl.
+fn announce(cfg: &Config, gateway: &Gateway) {
+    for h in &gateway.hops {
+        println!("listening: hop {} https://{}", h.name, h.addr);
+    }
+    if let Some((addr, _)) = &gateway.emulator {
+        println!("listening: emulator https://{addr}");
+    }
+    println!(
+        "lgsp-gateway {} ready ({})",
+        env!("CARGO_PKG_VERSION"),
+        cfg.source
+    );
+    println!("metrics: http://{}/metrics", gateway.admin);
+    match sample_curl(cfg, gateway) {
+        Some(curl) => println!("{curl}"),
+        None => println!(
+            "# no dev agency certificate and key found for a sample curl; see README \"Connecting an agency\""
+        ),
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM; reloads the config on every SIGHUP meanwhile.
+async fn wait_for_signal(reloader: &lgsp_proxy::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    let r = reloader.clone();
+                    // The outcome is logged and counted by the reloader itself.
+                    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A profile packet (HoSoCBCCVC) for the printed curl.
+const SAMPLE_PACKET: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><HoSoCBCCVC xmlns=\"urn:lgsp:cbccvc:v1\" phienBan=\"1.0\"><MaDonVi>000.00.00.H29</MaDonVi><SoCCCD>001090012345</SoCCCD><HoVaTen>Nguyễn Văn An</HoVaTen><NgaySinh>1990-05-12</NgaySinh><GioiTinh>Nam</GioiTinh><DanToc>Kinh</DanToc><MaNgach>01.003</MaNgach><BacLuong>3</BacLuong><HeSoLuong>3.00</HeSoLuong><NgayTuyenDung>2015-09-01</NgayTuyenDung><TrinhDoChuyenMon>DaiHoc</TrinhDoChuyenMon></HoSoCBCCVC>";
+
+/// The curl that sends the sample packet through the first hop with a dev agency's certificate and dev key,
+/// when the dev PKI and a dev key of the config are there.
+fn sample_curl(cfg: &Config, gateway: &Gateway) -> Option<String> {
+    let hop = cfg.hops.first()?;
+    let addr = gateway.hop_addr(&hop.name)?;
+    let route = hop
+        .routes
+        .iter()
+        .find(|r| r.methods.iter().any(|m| m == "POST"))?;
+    let keys = lgsp_auth::KeyStore::from_agencies(&cfg.agencies);
+    let dir = std::fs::canonicalize(&cfg.pki.dir).ok()?;
+    let agency = cfg.agencies.iter().find(|a| {
+        let key = lgsp_auth::dev_key(&a.code, KeyKind::Production);
+        keys.lookup(key.as_bytes())
+            .is_some_and(|r| *r.agency == *a.code)
+            && dir
+                .join(format!("{}.pem", lgsp_tls::devpki::agency_stem(&a.code)))
+                .is_file()
+    })?;
+    let stem = lgsp_tls::devpki::agency_stem(&agency.code);
+    Some(format!(
+        "curl --cert {cert} --key {key} --cacert {ca} -H 'X-API-Key: {api_key}' -H 'Content-Type: application/xml' --data-binary '{SAMPLE_PACKET}' https://localhost:{port}{prefix}",
+        cert = dir.join(format!("{stem}.pem")).display(),
+        key = dir.join(format!("{stem}.key")).display(),
+        ca = dir.join("ca.pem").display(),
+        api_key = lgsp_auth::dev_key(&agency.code, KeyKind::Production),
+        port = addr.port(),
+        prefix = route.prefix,
+    ))
+}
