@@ -159,7 +159,7 @@ fn limiter(cfg: &Config) -> Result<Arc<LimitPolicy>, Problem> {
 }
 
 /// A listener's server TLS, its upstream client TLS when it has upstreams, and their expiries; `None` with the
-/// problems recorded when any file fails.
+/// problems recorded when any file fails (each file's problem once).
 fn listener_tls(
     server: &ServerTlsConfig,
     upstream: Option<&ClientTlsConfig>,
@@ -167,18 +167,21 @@ fn listener_tls(
 ) -> Option<Tls> {
     let mut failed = |e: TlsError| problems.push(e.problem());
     let server_cfg = lgsp_tls::server_config(server).map_err(&mut failed).ok();
-    let client = match upstream {
-        Some(u) => Some(
-            lgsp_tls::client_config(u)
-                .map(Arc::new)
-                .map_err(&mut failed)
-                .ok()?,
-        ),
-        None => None,
+    let client = upstream.map(|u| {
+        lgsp_tls::client_config(u)
+            .map(Arc::new)
+            .map_err(&mut failed)
+            .ok()
+    });
+    let (server_cfg, client) = match (server_cfg, client) {
+        (Some(s), None) => (s, None),
+        (Some(s), Some(Some(c))) => (s, Some(c)),
+        _ => return None,
     };
+    // Every file loaded once already; what is left to fail here is a certificate x509-parser cannot read.
     let expiry = expiries(server, upstream).map_err(&mut failed).ok()?;
     Some(Tls {
-        server: server_cfg?,
+        server: server_cfg,
         client,
         expiry,
     })
