@@ -333,3 +333,71 @@ impl Gateway {
         }
     }
 }
+
+/// The reloadable state: what a reload swaps, what it keeps, and what it refuses while the old config serves on.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Fixture;
+
+    fn state_of(g: &Gateway) -> Arc<ListenerState> {
+        g.reloader.inner.hops[0].load_full()
+    }
+
+    fn limits_of(g: &Gateway) -> Arc<LimitPolicy> {
+        g.reloader.inner.limits.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_reload_swaps_the_stacks_and_keeps_the_limiter_when_its_settings_hold() {
+        let fixture = Fixture::new();
+        let g = Gateway::start(&fixture.config(&[])).await.unwrap();
+        let (before, limits) = (state_of(&g), limits_of(&g));
+        let summary = g
+            .reloader
+            .apply(fixture.config(&[("ttl = \"1h\"", "ttl = \"2h\"")]))
+            .unwrap();
+        assert!(summary.starts_with("2 hops, 12 routes, 3 agencies"), "{summary}");
+        assert!(!Arc::ptr_eq(&before, &state_of(&g)), "new requests see the new stack");
+        assert!(Arc::ptr_eq(&limits, &limits_of(&g)), "the limiter's state survives");
+        g.reloader
+            .apply(fixture.config(&[("max_in_flight = 10000", "max_in_flight = 500")]))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&limits, &limits_of(&g)), "new overload caps, new limiter");
+        g.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn what_takes_a_restart_or_does_not_load_is_refused_and_the_old_config_serves_on() {
+        let fixture = Fixture::new();
+        let g = Gateway::start(&fixture.config(&[])).await.unwrap();
+        let before = state_of(&g);
+        let moved = fixture.config(&[("name = \"ndxp\"\nrole", "name = \"ndxp2\"\nrole")]);
+        let e = g.reloader.apply(moved).unwrap_err();
+        assert!(e.contains("take a restart"), "{e}");
+        let missing = fixture.config(&[("crls = [\"certs/ca.crl.pem\"]", "crls = [\"certs/gone.pem\"]")]);
+        let e = g.reloader.apply(missing).unwrap_err();
+        assert!(e.contains("test.toml:") && e.contains("hop[0].tls.crls[0]"), "{e}");
+        assert!(Arc::ptr_eq(&before, &state_of(&g)), "the old stack still serves");
+        g.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn reloads_from_the_source_file_are_counted_by_result() {
+        let fixture = Fixture::new();
+        let path = fixture.dir.path().join("gateway.toml");
+        // The file resolves its paths against the working directory, as an operator's does: make them absolute.
+        let certs = format!("\"{}/certs/", fixture.dir.path().display());
+        let text = fixture.text(&[]).replace("\"certs/", &certs);
+        std::fs::write(&path, &text).unwrap();
+        let cfg = lgsp_config::load(&path).unwrap();
+        let g = Gateway::start_from(&cfg, Some(path.clone())).await.unwrap();
+        assert!(g.reloader.reload().is_ok());
+        std::fs::write(&path, text.replacen("[admin]", "[admin]\ntypo = 1", 1)).unwrap();
+        let e = g.reloader.reload().unwrap_err();
+        assert!(e.contains("unknown field `typo`"), "{e}");
+        let counted = |result: &str| g.metrics.config_reloads.with_label_values(&[result]).get();
+        assert_eq!((counted("success"), counted("failure")), (1, 1));
+        g.shutdown().await;
+    }
+}

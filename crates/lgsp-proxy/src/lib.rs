@@ -17,6 +17,8 @@ mod prepare;
 mod route;
 mod stack;
 mod step;
+#[cfg(test)]
+mod testing;
 pub mod token;
 pub mod validate;
 

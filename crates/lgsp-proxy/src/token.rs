@@ -209,3 +209,189 @@ async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use lgsp_config::KeyKind;
+    use lgsp_metrics::Metrics;
+    use tower::ServiceExt;
+
+    /// The SHA-256 (hex) of the connection's client certificate.
+    const CERT: &str = "5a1c9a6317dff2acda2f6c0caf3b4582b0a980d6827cb1d5bfd6b2926f8faeae";
+
+    type Inner = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxProblem>;
+
+    fn service() -> (Token<Inner>, Arc<AuthPolicy>) {
+        let metrics = Metrics::new().unwrap();
+        let hop = Arc::new(HopContext::new("lgsp", &[], metrics.clone()));
+        let agencies = lgsp_config::embedded().unwrap().agencies;
+        let tokens = lgsp_auth::TokenIssuer::new("lgsp", None, std::time::Duration::from_secs(600));
+        let policy = Arc::new(AuthPolicy::new("lgsp", &agencies, &[], metrics, tokens));
+        let passed = tower::service_fn(|_req: Request<Body>| async {
+            let mut resp = Response::new(crate::body::empty());
+            *resp.status_mut() = StatusCode::IM_A_TEAPOT;
+            Ok::<_, BoxProblem>(resp)
+        });
+        let svc = TokenLayer::new(policy.clone(), hop).layer(Inner::new(passed));
+        (svc, policy)
+    }
+
+    fn request(method: &str, path: &str, basic: Option<(&str, &str)>, form: &str) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some((user, password)) = basic {
+            b = b.header(
+                header::AUTHORIZATION,
+                format!("Basic {}", STANDARD.encode(format!("{user}:{password}"))),
+            );
+        }
+        let mut req = b.body(full(form.to_owned())).unwrap();
+        req.extensions_mut().insert(PeerIdentity {
+            id: "000.00.00.H29".into(),
+            source: lgsp_tls::IdentitySource::SanUri,
+            cert_sha256: CERT.into(),
+            not_after: 0,
+        });
+        req.extensions_mut().insert(RequestLabels::default());
+        req
+    }
+
+    async fn answer(
+        svc: Token<Inner>,
+        req: Request<Body>,
+    ) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+        let resp = svc.oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    const GRANT: &str = "grant_type=client_credentials";
+
+    #[tokio::test]
+    async fn other_paths_pass_to_the_layers_below() {
+        let (svc, _) = service();
+        let resp = svc
+            .oneshot(request("POST", "/lgsp/v1/token", None, ""))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT);
+    }
+
+    #[tokio::test]
+    async fn a_good_request_gets_a_token_bound_to_its_certificate() {
+        let (svc, policy) = service();
+        let key = lgsp_auth::dev_key("000.00.00.H29", KeyKind::Trial);
+        let req = request("POST", TOKEN_PATH, Some(("000.00.00.H29", &key)), GRANT);
+        let labels = req.extensions().get::<RequestLabels>().unwrap().clone();
+        let (status, headers, body) = answer(svc, req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(
+            (
+                body["token_type"].as_str(),
+                body["scope"].as_str(),
+                body["expires_in"].as_u64()
+            ),
+            (Some("Bearer"), Some("trial"), Some(600))
+        );
+        let claims = policy
+            .tokens
+            .verify(body["access_token"].as_str().unwrap(), CERT)
+            .unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.mode.as_str()),
+            ("000.00.00.H29", "trial")
+        );
+        assert!(
+            policy
+                .tokens
+                .verify(body["access_token"].as_str().unwrap(), "cd34")
+                .is_err()
+        );
+        assert_eq!(
+            (labels.route(), labels.agency(), labels.mode()),
+            ("token", "000.00.00.H29", "trial")
+        );
+    }
+
+    #[tokio::test]
+    async fn oauth_errors_say_what_is_wrong() {
+        let (svc, _) = service();
+        let h29 = lgsp_auth::dev_key("000.00.00.H29", KeyKind::Production);
+        let h26 = lgsp_auth::dev_key("000.00.00.H26", KeyKind::Production);
+        let cases = [
+            (
+                request("GET", TOKEN_PATH, None, ""),
+                405,
+                "invalid_request",
+                "token.method_not_allowed",
+            ),
+            (
+                request("POST", TOKEN_PATH, None, GRANT),
+                401,
+                "invalid_client",
+                "token.missing_client_credentials",
+            ),
+            (
+                request(
+                    "POST",
+                    TOKEN_PATH,
+                    Some(("000.00.00.H29", &h29)),
+                    "grant_type=password",
+                ),
+                400,
+                "unsupported_grant_type",
+                "token.unsupported_grant_type",
+            ),
+            (
+                request("POST", TOKEN_PATH, Some(("000.00.00.H29", &h29)), ""),
+                400,
+                "invalid_request",
+                "token.bad_request",
+            ),
+            (
+                request(
+                    "POST",
+                    TOKEN_PATH,
+                    Some(("000.00.00.H29", &"x".repeat(5000))),
+                    &"a".repeat(5000),
+                ),
+                400,
+                "invalid_request",
+                "token.bad_request",
+            ),
+            (
+                request("POST", TOKEN_PATH, Some(("000.00.00.H26", &h26)), GRANT),
+                401,
+                "invalid_client",
+                "auth.key_not_bound_to_certificate",
+            ),
+            (
+                request("POST", TOKEN_PATH, Some(("000.00.00.H29", "nope")), GRANT),
+                401,
+                "invalid_client",
+                "auth.unknown_key",
+            ),
+        ];
+        for (req, status, error, code) in cases {
+            let (got, headers, body) = answer(svc.clone(), req).await;
+            assert_eq!(
+                (got.as_u16(), body["error"].as_str(), body["code"].as_str()),
+                (status, Some(error), Some(code)),
+                "{body}"
+            );
+            if status == 401 {
+                assert!(headers.contains_key("www-authenticate"), "{code}");
+            }
+            if status == 405 {
+                assert_eq!(headers["allow"], "POST");
+            }
+        }
+    }
+}
