@@ -107,7 +107,7 @@ impl Problem for EmulatorError {
             EmulatorError::MissingMessageId => "emulator.missing_message_id",
             EmulatorError::BodyUnreadable(_) => "emulator.body_unreadable",
             EmulatorError::MessageIdReused => "emulator.message_id_reused",
-            EmulatorError::Internal => "emulator.internal",
+            EmulatorError::Internal => "gateway.internal",
         }
     }
 

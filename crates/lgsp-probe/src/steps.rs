@@ -270,7 +270,7 @@ async fn tls(
 }
 
 fn handshake_failed(run: &mut Run, opts: &ProbeOptions, host: &str, e: &std::io::Error) -> Failed {
-    match rustls_error(e) {
+    match lgsp_tls::rustls_error(e) {
         Some(rustls::Error::InvalidCertificate(c)) => {
             let (what, fix) = match c {
                 rustls::CertificateError::UnknownIssuer => (
@@ -336,23 +336,6 @@ fn server_detail(stream: &TlsStream<TcpStream>, host: &str) -> String {
     format!(
         "{version}; server certificate {subject} chains to the CA, valid for {host}, expires {until} (in {days} days){warn}"
     )
-}
-
-/// The rustls error somewhere in an error's chain.
-fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(x) = cur {
-        if let Some(r) = x.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        if let Some(io) = x.downcast_ref::<std::io::Error>()
-            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            return Some(r);
-        }
-        cur = x.source();
-    }
-    None
 }
 
 /// What the gateway's alert about our client certificate means, and the fix.
@@ -433,7 +416,7 @@ async fn client_certificate<'a>(
 }
 
 fn connection_refused(run: &mut Run, opts: &ProbeOptions, e: NoAnswer) -> Failed {
-    let alert = e.as_ref().and_then(|e| match rustls_error(e) {
+    let alert = e.as_ref().and_then(|e| match lgsp_tls::rustls_error(e) {
         Some(rustls::Error::AlertReceived(a)) => Some(*a),
         _ => None,
     });

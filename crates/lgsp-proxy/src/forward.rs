@@ -202,14 +202,9 @@ pub fn upstream_uri(route: &Route, uri: &Uri, mode: KeyKind) -> Result<Uri, BoxP
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return UpstreamFailure::Tls;
-        }
-        source = s.source();
-    }
-    if e.is_connect() {
+    if lgsp_tls::rustls_error(e).is_some() {
+        UpstreamFailure::Tls
+    } else if e.is_connect() {
         UpstreamFailure::Connect
     } else {
         UpstreamFailure::Protocol

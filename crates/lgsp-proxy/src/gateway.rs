@@ -357,13 +357,25 @@ mod tests {
             .reloader
             .apply(fixture.config(&[("ttl = \"1h\"", "ttl = \"2h\"")]))
             .unwrap();
-        assert!(summary.starts_with("2 hops, 12 routes, 3 agencies"), "{summary}");
-        assert!(!Arc::ptr_eq(&before, &state_of(&g)), "new requests see the new stack");
-        assert!(Arc::ptr_eq(&limits, &limits_of(&g)), "the limiter's state survives");
+        assert!(
+            summary.starts_with("2 hops, 12 routes, 3 agencies"),
+            "{summary}"
+        );
+        assert!(
+            !Arc::ptr_eq(&before, &state_of(&g)),
+            "new requests see the new stack"
+        );
+        assert!(
+            Arc::ptr_eq(&limits, &limits_of(&g)),
+            "the limiter's state survives"
+        );
         g.reloader
             .apply(fixture.config(&[("max_in_flight = 10000", "max_in_flight = 500")]))
             .unwrap();
-        assert!(!Arc::ptr_eq(&limits, &limits_of(&g)), "new overload caps, new limiter");
+        assert!(
+            !Arc::ptr_eq(&limits, &limits_of(&g)),
+            "new overload caps, new limiter"
+        );
         g.shutdown().await;
     }
 
@@ -375,10 +387,19 @@ mod tests {
         let moved = fixture.config(&[("name = \"ndxp\"\nrole", "name = \"ndxp2\"\nrole")]);
         let e = g.reloader.apply(moved).unwrap_err();
         assert!(e.contains("take a restart"), "{e}");
-        let missing = fixture.config(&[("crls = [\"certs/ca.crl.pem\"]", "crls = [\"certs/gone.pem\"]")]);
+        let missing = fixture.config(&[(
+            "crls = [\"certs/ca.crl.pem\"]",
+            "crls = [\"certs/gone.pem\"]",
+        )]);
         let e = g.reloader.apply(missing).unwrap_err();
-        assert!(e.contains("test.toml:") && e.contains("hop[0].tls.crls[0]"), "{e}");
-        assert!(Arc::ptr_eq(&before, &state_of(&g)), "the old stack still serves");
+        assert!(
+            e.contains("test.toml:") && e.contains("hop[0].tls.crls[0]"),
+            "{e}"
+        );
+        assert!(
+            Arc::ptr_eq(&before, &state_of(&g)),
+            "the old stack still serves"
+        );
         g.shutdown().await;
     }
 

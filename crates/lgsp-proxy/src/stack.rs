@@ -102,7 +102,9 @@ mod tests {
         tokio::spawn(async move {
             let _ = serve_connection(server_io, Some(identity("000.00.00.H29")), live, &spec).await;
         });
-        let (sender, conn) = http1::handshake(TokioIo::new(client_io)).await.expect("handshake");
+        let (sender, conn) = http1::handshake(TokioIo::new(client_io))
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         sender
     }
@@ -128,7 +130,10 @@ mod tests {
     async fn an_unauthenticated_caller_learns_nothing_about_routes() {
         let fixture = Fixture::new();
         let mut client = connect(&fixture, &[]).await;
-        let unknown = client.send_request(post("/no/such/route", None, "")).await.unwrap();
+        let unknown = client
+            .send_request(post("/no/such/route", None, ""))
+            .await
+            .unwrap();
         assert_eq!(
             code(unknown).await,
             (StatusCode::UNAUTHORIZED, "auth.missing_key".into()),
@@ -145,8 +150,14 @@ mod tests {
             .unwrap();
         assert_eq!(code(wrong_method).await.0, StatusCode::UNAUTHORIZED);
         // Authenticated, the same request is told the route does not exist.
-        let unknown = client.send_request(post("/no/such/route", Some(KEY_H29), "")).await.unwrap();
-        assert_eq!(code(unknown).await, (StatusCode::NOT_FOUND, "route.not_found".into()));
+        let unknown = client
+            .send_request(post("/no/such/route", Some(KEY_H29), ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(unknown).await,
+            (StatusCode::NOT_FOUND, "route.not_found".into())
+        );
     }
 
     #[tokio::test]
@@ -164,10 +175,16 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(first).await.0, StatusCode::OK, "the dry run uses the allowance");
+        assert_eq!(
+            code(first).await.0,
+            StatusCode::OK,
+            "the dry run uses the allowance"
+        );
         // The second request announces a body it never sends: a layer that read bodies before the rate limit
         // would wait for it forever, so the answer arriving at all shows the body was not read.
-        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(1);
+        let (_tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+        >(1);
         let never = StreamBody::new(tokio_stream_of(rx));
         let req = Request::post("/lgsp/v1/validate/HoSoCBCCVC")
             .header("host", "localhost")
@@ -176,12 +193,16 @@ mod tests {
             .header("content-length", "100000")
             .body(http_body_util::Either::Right(never))
             .unwrap();
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(60), client.send_request(req))
-            .await
-            .expect("the limit layer waited for the body")
-            .unwrap();
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(60), client.send_request(req))
+                .await
+                .expect("the limit layer waited for the body")
+                .unwrap();
         assert_eq!(answer.headers()["retry-after"], "3600");
-        assert_eq!(code(answer).await, (StatusCode::TOO_MANY_REQUESTS, "ratelimit.exceeded".into()));
+        assert_eq!(
+            code(answer).await,
+            (StatusCode::TOO_MANY_REQUESTS, "ratelimit.exceeded".into())
+        );
     }
 
     /// A stream of what arrives on `rx`.

@@ -25,7 +25,11 @@ impl Fixture {
             text = text.replacen(from, to, 1);
         }
         for port in ["9464", "8443", "8444", "8445"] {
-            text = text.replacen(&format!("listen = \"127.0.0.1:{port}\""), "listen = \"127.0.0.1:0\"", 1);
+            text = text.replacen(
+                &format!("listen = \"127.0.0.1:{port}\""),
+                "listen = \"127.0.0.1:0\"",
+                1,
+            );
         }
         text
     }

@@ -1,6 +1,7 @@
 //! Test fixtures shared by the end-to-end tests: a generated PKI with named identities (`AGENCY_OK`,
-//! `AGENCY_OTHER`, `AGENCY_WRONG_CA`, `AGENCY_EXPIRED`, `AGENCY_REVOKED`), configs for each hop on port 0, a whole
-//! agency → LGSP → NDXP → emulator chain, and mTLS clients (HTTP/1.1 or HTTP/2, or a bare handshake).
+//! `AGENCY_OTHER`, `AGENCY_WRONG_CA`, `AGENCY_EXPIRED`, `AGENCY_REVOKED`, `AGENCY_NO_IDENTITY`), configs for each
+//! hop on port 0, a whole agency → LGSP → NDXP → emulator chain, and mTLS clients (HTTP/1.1 or HTTP/2, or a bare
+//! handshake).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub const AGENCY_REVOKED: &str = "agency-000.00.00.H26-revoked";
 pub const AGENCY_EXPIRED: &str = "agency-expired";
 /// H29's identity from a CA the gateway does not trust.
 pub const AGENCY_WRONG_CA: &str = "agency-wrong-ca";
+/// A certificate of the trusted CA that names nobody: no SAN URI, an empty Subject CN.
+pub const AGENCY_NO_IDENTITY: &str = "agency-no-identity";
 
 pub const H29: &str = "000.00.00.H29";
 pub const H26: &str = "000.00.00.H26";
@@ -66,6 +69,11 @@ impl TestPki {
             .issue(&LeafSpec::identity(LGSP2_IDENTITY))
             .and_then(|l| l.write(dir.path(), "lgsp2-client"))
             .expect("second LGSP client");
+        report
+            .ca
+            .issue(&LeafSpec::client(""))
+            .and_then(|l| l.write(dir.path(), AGENCY_NO_IDENTITY))
+            .expect("identity-less certificate");
         let other = DevCa::generate("Some other CA").expect("other CA");
         other
             .issue(&LeafSpec::identity(H29))

@@ -10,7 +10,7 @@ mod identity;
 mod load;
 
 pub use config::{ALPN_H1, ALPN_H2, client_config, provider, server_config};
-pub use handshake::HandshakeFailure;
+pub use handshake::{HandshakeFailure, rustls_error};
 pub use identity::{IdentityError, IdentitySource, PeerIdentity};
 pub use load::{TlsError, load_certs, load_crls, load_key};
 
