@@ -25,17 +25,26 @@ use crate::validate::ValidateLayer;
 /// A hop's whole stack as one cloneable service that never fails (errors are already problem+json).
 pub type HopService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-/// What one hop's stack is built from (made by [`crate::prepare`]).
-pub struct HopParts {
+/// What one hop's stack is built from (made by [`crate::prepare`]); `S` is the innermost service, [`Forward`]
+/// except in benchmarks.
+pub struct HopParts<S = Forward> {
     pub hop: Arc<HopContext>,
     pub auth: Arc<AuthPolicy>,
     pub routes: Arc<RouteTable>,
     pub limit: LimitLayer,
     pub validate: ValidateLayer,
-    pub forward: Forward,
+    pub forward: S,
 }
 
-pub fn hop_stack(p: HopParts) -> HopService {
+pub fn hop_stack<S>(p: HopParts<S>) -> HopService
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = lgsp_problem::BoxProblem>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let stack = ServiceBuilder::new()
         // Outermost: hop headers are settled before anything reads them, every request is timed and counted
         // whatever happens below, and every failure becomes problem+json here and nowhere else.

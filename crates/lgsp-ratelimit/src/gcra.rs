@@ -37,7 +37,8 @@ impl Quota {
             return Err(err());
         }
         Ok(Quota {
-            interval_ns: u64::from(period_secs) * 1_000_000_000 / u64::from(count),
+            // At least 1 ns: a rate above 10^9 per second would otherwise divide by zero in every decision.
+            interval_ns: (u64::from(period_secs) * 1_000_000_000 / u64::from(count)).max(1),
             burst,
             count,
             period_secs,
@@ -48,7 +49,7 @@ impl Quota {
     pub fn new(count: u32, period_secs: u32, burst: u32) -> Quota {
         let count = count.max(1);
         Quota {
-            interval_ns: u64::from(period_secs.max(1)) * 1_000_000_000 / u64::from(count),
+            interval_ns: (u64::from(period_secs.max(1)) * 1_000_000_000 / u64::from(count)).max(1),
             burst: burst.max(1),
             count,
             period_secs,
@@ -107,6 +108,15 @@ pub fn step(tat: u64, now: u64, q: &Quota) -> (Decision, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_beyond_a_billion_per_second_still_decide() {
+        let q = Quota::new(u32::MAX, 1, 1_000_000);
+        assert_eq!(q.interval_ns, 1);
+        assert!(step(0, 1, &q).0.allowed());
+        let q = Quota::parse("4000000000/s", 1).unwrap_or_else(|_| Quota::new(u32::MAX, 1, 1));
+        assert!(q.interval_ns >= 1);
+    }
 
     #[test]
     fn parses_rates() {
