@@ -480,4 +480,68 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
     }
+
+    /// A request as the layers above leave it for forward: route, caller and hop headers on its extensions.
+    fn prepared_request(route: &Arc<Route>) -> Request<Body> {
+        let mut req = Request::post("/lgsp/v1/HoSoCBCCVC")
+            .header("connection", "close")
+            .body(crate::body::full("<x/>"))
+            .unwrap();
+        let e = req.extensions_mut();
+        e.insert(route.clone());
+        e.insert(Caller {
+            agency: Arc::from("000.00.00.H29"),
+            kind: KeyKind::Production,
+            via: None,
+        });
+        e.insert(MessageId::new());
+        e.insert(HopPath(vec!["lgsp".into()]));
+        e.insert(TraceContext::continue_or_start(&HeaderMap::new()));
+        req
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_is_down_is_a_counted_502_and_a_bare_request_an_internal_fault() {
+        use tower::ServiceExt;
+        let fixture = crate::testing::Fixture::new();
+        let cfg = fixture.config(&[]);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut r = cfg.hops[0].routes[0].clone();
+        r.upstream = target(&format!("localhost:{}", closed.port()), "");
+        let metrics = crate::testing::metrics();
+        let hop = Arc::new(HopContext::new("lgsp", &[], metrics.clone()));
+        let client = upstream_client(lgsp_tls::client_config(&cfg.hops[0].upstream_tls).unwrap());
+        let forward = Forward::new(client, hop.clone(), std::slice::from_ref(&r));
+        let route = RouteTable::new(&hop, &[r])
+            .lookup("/lgsp/v1/HoSoCBCCVC")
+            .unwrap()
+            .clone();
+        let e = forward
+            .clone()
+            .oneshot(prepared_request(&route))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code(), e.class()),
+            (
+                StatusCode::BAD_GATEWAY,
+                "upstream.unreachable",
+                Class::Upstream
+            )
+        );
+        let label = format!("localhost:{}", closed.port());
+        assert_eq!(
+            metrics
+                .upstream_errors
+                .with_label_values(&["lgsp", &label, "connect"])
+                .get(),
+            1
+        );
+        let bare = Request::new(crate::body::empty());
+        let e = forward.oneshot(bare).await.unwrap_err();
+        assert_eq!((e.code(), e.class()), ("gateway.internal", Class::Gateway));
+    }
 }

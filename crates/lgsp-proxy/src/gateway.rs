@@ -82,6 +82,18 @@ fn emulator_service(emu: &Emulator) -> crate::stack::HopService {
     )
 }
 
+/// The emulator's listener: the hop defaults.
+fn emulator_spec(drain_timeout: std::time::Duration) -> ListenerSpec {
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    ListenerSpec {
+        name: Arc::from("emulator"),
+        header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+        max_header_bytes: size(defaults::MAX_HEADER_BYTES),
+        max_connections: size(defaults::MAX_CONNECTIONS),
+        drain_timeout,
+    }
+}
+
 /// The emulator's serving state over its prepared TLS.
 fn emulator_state(cfg: &Config, p: &Prepared, emu: &Emulator) -> Option<ListenerState> {
     let (e, tls) = (cfg.emulator.as_ref()?, p.emulator_tls.clone()?);
@@ -245,11 +257,7 @@ impl Gateway {
         let mut tasks = Vec::new();
         let mut hops = Vec::new();
         let mut live_hops = Vec::new();
-        for (h, st) in cfg
-            .hops
-            .iter()
-            .zip(prepared.hops.into_iter().map(|p| p.state))
-        {
+        for (h, p) in cfg.hops.iter().zip(prepared.hops) {
             let spec = ListenerSpec {
                 name: Arc::from(h.name.as_str()),
                 header_read_timeout: h.header_read_timeout,
@@ -257,7 +265,7 @@ impl Gateway {
                 max_connections: h.max_connections,
                 drain_timeout: drain,
             };
-            let (addr, live, task) = listen(h.listen, spec, st, &metrics, &rx).await?;
+            let (addr, live, task) = listen(h.listen, spec, p.state, &metrics, &rx).await?;
             tasks.push(task);
             live_hops.push(live);
             hops.push(Bound {
@@ -265,21 +273,15 @@ impl Gateway {
                 addr,
             });
         }
-        let mut live_emulator = None;
-        let mut emulator = None;
-        if let (Some(e), Some(st), Some(emu)) = (&cfg.emulator, emulator_st, emu) {
-            let spec = ListenerSpec {
-                name: Arc::from("emulator"),
-                header_read_timeout: defaults::HEADER_READ_TIMEOUT,
-                max_header_bytes: usize::try_from(defaults::MAX_HEADER_BYTES).unwrap_or(usize::MAX),
-                max_connections: usize::try_from(defaults::MAX_CONNECTIONS).unwrap_or(usize::MAX),
-                drain_timeout: drain,
-            };
-            let (addr, live, task) = listen(e.listen, spec, st, &metrics, &rx).await?;
-            tasks.push(task);
-            live_emulator = Some((live, emu.clone()));
-            emulator = Some((addr, emu));
-        }
+        let (emulator, live_emulator) = match (&cfg.emulator, emulator_st, emu) {
+            (Some(e), Some(st), Some(emu)) => {
+                let (addr, live, task) =
+                    listen(e.listen, emulator_spec(drain), st, &metrics, &rx).await?;
+                tasks.push(task);
+                (Some((addr, emu.clone())), Some((live, emu)))
+            }
+            _ => (None, None),
+        };
         let reloader = Reloader {
             inner: Arc::new(ReloadInner {
                 config: std::sync::Mutex::new(cfg.clone()),

@@ -40,3 +40,21 @@ impl HopContext {
         identity.is_some_and(|p| self.peers.contains(&p.id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{identity, metrics};
+
+    #[test]
+    fn peers_are_known_by_their_certificate_identity() {
+        let hop = HopContext::new("ndxp", &["LGSP-DEV".to_owned()], metrics());
+        assert!(hop.is_peer(Some(&identity("LGSP-DEV"))));
+        assert!(!hop.is_peer(Some(&identity("000.00.00.H29"))));
+        assert!(!hop.is_peer(None));
+        assert_eq!(
+            (&*hop.unknown_route.name, &*hop.token_route.name),
+            ("unknown", "token")
+        );
+    }
+}

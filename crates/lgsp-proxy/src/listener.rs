@@ -134,7 +134,7 @@ pub fn spawn_tls_listener(
                     Err(_) => break,
                 },
             };
-            let ((tcp, peer_addr), permit) = match accepted {
+            let ((tcp, peer), permit) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -144,67 +144,18 @@ pub fn spawn_tls_listener(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            // The TLS settings in force when the connection arrives (a reload swaps them for later ones).
-            let current = state.load_full();
-            let acceptor = TlsAcceptor::from(current.tls.clone());
-            let (spec, state, metrics, builder) = (
-                spec.clone(),
-                state.clone(),
-                metrics.clone(),
-                builder.clone(),
-            );
+            let conn = Accepted {
+                spec: spec.clone(),
+                state: state.clone(),
+                metrics: metrics.clone(),
+                builder: builder.clone(),
+                peer,
+            };
             let watcher = graceful.watcher();
             tokio::spawn(async move {
+                // The connection's slot is held until it closes.
                 let _permit = permit;
-                let tls = match tokio::time::timeout(
-                    current.handshake_timeout,
-                    acceptor.accept(tcp),
-                )
-                .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        let reason = HandshakeFailure::classify(&e);
-                        metrics
-                            .tls_handshake_failures
-                            .with_label_values(&[&spec.name, reason.as_str()])
-                            .inc();
-                        tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = reason.as_str(), error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics
-                            .tls_handshake_failures
-                            .with_label_values(&[&spec.name, HandshakeFailure::Timeout.as_str()])
-                            .inc();
-                        tracing::warn!(hop = %spec.name, peer = %peer_addr, reason = "timeout", "TLS handshake not finished within {:?}", current.handshake_timeout);
-                        return;
-                    }
-                };
-                let identity = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map(|leaf| PeerIdentity::from_certificate(leaf, &current.identity_uri_prefix));
-                let identity = match identity {
-                    Some(Ok(id)) => Some(id),
-                    Some(Err(e)) => {
-                        tracing::warn!(hop = %spec.name, peer = %peer_addr, error = %e, "client certificate has no usable identity");
-                        None
-                    }
-                    None => None,
-                };
-                tracing::debug!(hop = %spec.name, peer = %peer_addr, identity = ?identity.as_ref().map(|i| &i.id), "connection open");
-                let open = metrics.connections_open.with_label_values(&[&spec.name]);
-                open.inc();
-                let svc = WithIdentity { state, identity };
-                let conn =
-                    builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(hop = %spec.name, peer = %peer_addr, error = %e, "connection ended with an error");
-                }
-                open.dec();
+                conn.serve(tcp, watcher).await;
             });
         }
         drop(listener);
@@ -215,4 +166,142 @@ pub fn spawn_tls_listener(
             tracing::warn!(hop = %spec.name, "drain timeout passed; closing the remaining connections");
         }
     })
+}
+
+/// One accepted TCP connection, before its handshake.
+struct Accepted {
+    spec: ListenerSpec,
+    state: LiveState,
+    metrics: Arc<Metrics>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    peer: std::net::SocketAddr,
+}
+
+impl Accepted {
+    /// Handshakes within the deadline (failures logged with their reason and counted), reads the client's identity,
+    /// then serves HTTP until the connection closes or the drain ends it.
+    async fn serve(
+        self,
+        tcp: tokio::net::TcpStream,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let Accepted {
+            spec,
+            state,
+            metrics,
+            builder,
+            peer,
+        } = self;
+        // The TLS settings in force when the connection arrives (a reload swaps them for later ones).
+        let current = state.load_full();
+        let acceptor = TlsAcceptor::from(current.tls.clone());
+        let failed = |reason: HandshakeFailure| {
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&[&spec.name, reason.as_str()])
+                .inc();
+        };
+        let tls = match tokio::time::timeout(current.handshake_timeout, acceptor.accept(tcp)).await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = HandshakeFailure::classify(&e);
+                failed(reason);
+                tracing::warn!(hop = %spec.name, peer = %peer, reason = reason.as_str(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                failed(HandshakeFailure::Timeout);
+                tracing::warn!(hop = %spec.name, peer = %peer, reason = "timeout", "TLS handshake not finished within {:?}", current.handshake_timeout);
+                return;
+            }
+        };
+        let identity = match tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| PeerIdentity::from_certificate(leaf, &current.identity_uri_prefix))
+        {
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) => {
+                tracing::warn!(hop = %spec.name, peer = %peer, error = %e, "client certificate has no usable identity");
+                None
+            }
+            None => None,
+        };
+        tracing::debug!(hop = %spec.name, peer = %peer, identity = ?identity.as_ref().map(|i| &i.id), "connection open");
+        let open = metrics.connections_open.with_label_values(&[&spec.name]);
+        open.inc();
+        let svc = WithIdentity { state, identity };
+        let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(hop = %spec.name, peer = %peer, error = %e, "connection ended with an error");
+        }
+        open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::identity;
+
+    /// A listener state whose service answers with the identity it was given, as a header.
+    fn state() -> LiveState {
+        let fixture = crate::testing::Fixture::new();
+        let cfg = fixture.config(&[]);
+        let svc = tower::service_fn(|req: Request<Body>| async move {
+            let id = req
+                .extensions()
+                .get::<PeerIdentity>()
+                .map_or("none".to_owned(), |p| p.id.clone());
+            let mut resp = Response::new(crate::body::empty());
+            resp.headers_mut()
+                .insert("seen-identity", id.parse().expect("header value"));
+            Ok::<_, Infallible>(resp)
+        });
+        Arc::new(arc_swap::ArcSwap::from_pointee(ListenerState {
+            tls: lgsp_tls::server_config(&cfg.hops[0].tls).expect("tls"),
+            identity_uri_prefix: cfg.hops[0].tls.identity_uri_prefix.clone(),
+            handshake_timeout: Duration::from_secs(5),
+            service: tower::util::BoxCloneSyncService::new(svc),
+        }))
+    }
+
+    /// Hyper's bodies cannot be made by hand, so the service is driven over an in-memory connection.
+    #[tokio::test]
+    async fn each_request_carries_its_connections_identity_to_the_current_service() {
+        let live = state();
+        let with = |identity| WithIdentity {
+            state: live.clone(),
+            identity,
+        };
+        for (id, seen) in [
+            (Some(identity("000.00.00.H29")), "000.00.00.H29"),
+            (None, "none"),
+        ] {
+            let (client, server) = tokio::io::duplex(4096);
+            let svc = with(id);
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(server), TowerToHyperService::new(svc))
+                    .await;
+            });
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            let resp = sender
+                .send_request(
+                    Request::get("/x")
+                        .header("host", "localhost")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .expect("request"),
+                )
+                .await
+                .expect("answer");
+            assert_eq!(resp.headers()["seen-identity"], seen);
+        }
+    }
 }

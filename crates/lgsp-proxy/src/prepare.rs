@@ -264,3 +264,74 @@ fn hop(
         upstream_tls: client,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, metrics};
+
+    #[test]
+    fn a_config_prepares_every_listener_with_its_expiries() {
+        let fixture = Fixture::new();
+        let p = prepare(&fixture.config(&[]), &metrics(), None).unwrap();
+        let names: Vec<&str> = p.hops.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["lgsp", "ndxp"]);
+        assert!(p.emulator_tls.is_some());
+        assert_eq!(p.limits.backend(), "local");
+        for (listener, role) in [
+            ("lgsp", "server"),
+            ("lgsp", "client"),
+            ("lgsp", "crl"),
+            ("emulator", "ca"),
+        ] {
+            assert!(
+                p.expiry
+                    .iter()
+                    .any(|(l, e)| l == listener && e.role == role),
+                "{listener} {role}: {:?}",
+                p.expiry
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_its_origin_and_a_kept_limiter_is_used() {
+        let fixture = Fixture::new();
+        let cfg = fixture.config(&[
+            (
+                "cert = \"certs/lgsp-client.pem\"",
+                "cert = \"certs/none.pem\"",
+            ),
+            (
+                "key = \"certs/emulator-server.key\"",
+                "key = \"certs/ndxp-server.key\"",
+            ),
+            (
+                "# secret_file = \"token.secret\"",
+                "secret_file = \"certs/ca.pem.none\"",
+            ),
+        ]);
+        let e = prepare(&cfg, &metrics(), None).err().expect("refused");
+        let fields: Vec<&str> = e.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "token.secret_file",
+                "hop[0].upstream_tls.cert",
+                "emulator.tls.key"
+            ]
+        );
+        assert!(e.problems.iter().all(|p| p.line.is_some()), "{e}");
+        assert!(
+            e.problems[2]
+                .message
+                .contains("does not fit the certificate"),
+            "{e}"
+        );
+
+        let good = fixture.config(&[]);
+        let kept = Arc::new(LimitPolicy::new(&good.ratelimit, &good.overload).unwrap());
+        let p = prepare(&good, &metrics(), Some(kept.clone())).unwrap();
+        assert!(Arc::ptr_eq(&kept, &p.limits));
+    }
+}

@@ -70,3 +70,25 @@ where
 {
     Box::pin(fut)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Never = std::future::Pending<Answer>;
+
+    #[tokio::test]
+    async fn each_kind_of_step_answers() {
+        let done: Step<Never> = Step::done(Ok(Response::new(crate::body::empty())));
+        assert_eq!(done.await.unwrap().status(), 200);
+        let refused: Step<Never> = Step::refuse(lgsp_problem::Internal("x".into()));
+        assert_eq!(refused.await.unwrap_err().code(), "gateway.internal");
+        let inner = Step::inner(std::future::ready(Ok(Response::new(crate::body::empty()))));
+        assert!(inner.await.is_ok());
+        let waited: Step<Never> = Step::wait(async {
+            tokio::task::yield_now().await;
+            Ok(Response::new(crate::body::empty()))
+        });
+        assert!(waited.await.is_ok());
+    }
+}

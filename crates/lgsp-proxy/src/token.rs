@@ -121,6 +121,31 @@ fn basic(req: &Request<Body>) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
+/// The OAuth error of a form that does not ask for `grant_type=client_credentials`; `None` when it does.
+fn grant_refused(form: &[u8]) -> Option<Response<Body>> {
+    let grant = form_urlencoded::parse(form)
+        .find(|(k, _)| k == "grant_type")
+        .map(|(_, v)| v.into_owned());
+    match grant.as_deref() {
+        Some("client_credentials") => None,
+        Some(other) => Some(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            &format!(
+                "grant_type `{}` is not offered; use client_credentials.",
+                other.chars().take(64).collect::<String>()
+            ),
+            "token.unsupported_grant_type",
+        )),
+        None => Some(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Send grant_type=client_credentials in an application/x-www-form-urlencoded body.",
+            "token.bad_request",
+        )),
+    }
+}
+
 async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
     if req.method() != Method::POST {
         let mut resp = oauth_error(
@@ -154,30 +179,8 @@ async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
             );
         }
     };
-    let grant = form_urlencoded::parse(&form)
-        .find(|(k, _)| k == "grant_type")
-        .map(|(_, v)| v.into_owned());
-    match grant.as_deref() {
-        Some("client_credentials") => {}
-        Some(other) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                &format!(
-                    "grant_type `{}` is not offered; use client_credentials.",
-                    other.chars().take(64).collect::<String>()
-                ),
-                "token.unsupported_grant_type",
-            );
-        }
-        None => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Send grant_type=client_credentials in an application/x-www-form-urlencoded body.",
-                "token.bad_request",
-            );
-        }
+    if let Some(refused) = grant_refused(&form) {
+        return refused;
     }
     match policy.issue_token(identity.as_ref(), &agency, &key) {
         Ok((token, kind)) => {
