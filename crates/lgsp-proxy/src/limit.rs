@@ -25,7 +25,7 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::hop::HopContext;
 use crate::route::Route;
-use crate::step::{Answer, Step, unnamed};
+use crate::step::{Answer, Next, Step, unnamed};
 
 /// Why a request was held back.
 #[derive(Debug, thiserror::Error)]
@@ -415,14 +415,7 @@ impl<F: Future<Output = Answer>> Future for Admitted<F> {
     }
 }
 
-impl<S> Service<Request<Body>> for Limit<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxProblem>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Next> Service<Request<Body>> for Limit<S> {
     type Response = Response<Body>;
     type Error = BoxProblem;
     type Future = Step<Admitted<S::Future>>;
@@ -509,11 +502,7 @@ struct Shared {
 }
 
 impl Shared {
-    async fn decide<S>(self, mut inner: S, req: Request<Body>, slot: InFlight) -> Answer
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = BoxProblem>,
-        S::Future: Send + 'static,
-    {
+    async fn decide<S: Next>(self, mut inner: S, req: Request<Body>, slot: InFlight) -> Answer {
         let (Some(limits), Some(shared)) =
             (self.routes.get(self.index), self.policy.shared.as_ref())
         else {

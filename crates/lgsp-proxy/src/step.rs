@@ -7,12 +7,38 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use http::Response;
+use http::{Request, Response};
 use lgsp_problem::BoxProblem;
 
 use crate::body::Body;
 
 pub type Answer = Result<Response<Body>, BoxProblem>;
+
+/// The rest of the stack below a layer that may wait before it calls it: a service the layer can clone and move,
+/// ready, into its waiting work.
+pub trait Next:
+    tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = BoxProblem,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Next for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = BoxProblem,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
 
 pin_project_lite::pin_project! {
     #[project = StepProj]

@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 use crate::body::{Body, BodyError, declared_length, full, read_body};
 use crate::hop::HopContext;
 use crate::route::Route;
-use crate::step::{Answer, Step, unnamed};
+use crate::step::{Answer, Next, Step, unnamed};
 
 /// Bodies above this size are validated on the blocking pool, not on the reactor.
 const INLINE_LIMIT: usize = 256 * 1024;
@@ -322,14 +322,7 @@ fn message_type(route: &Route, path: &str) -> Result<Option<&'static str>, BoxPr
     }
 }
 
-impl<S> Service<Request<Body>> for Validate<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxProblem>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Next> Service<Request<Body>> for Validate<S> {
     type Response = Response<Body>;
     type Error = BoxProblem;
     type Future = Step<S::Future>;
@@ -382,7 +375,7 @@ where
     }
 }
 
-async fn packet<S>(
+async fn packet<S: Next>(
     mut inner: S,
     policy: Arc<ValidationPolicy>,
     hop: Arc<HopContext>,
@@ -390,11 +383,7 @@ async fn packet<S>(
     caller: Caller,
     ask: Ask,
     req: Request<Body>,
-) -> Answer
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxProblem>,
-    S::Future: Send + 'static,
-{
+) -> Answer {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, route.config.max_body_bytes).await?;
     let dry_run = route.config.dry_run;
