@@ -335,10 +335,10 @@ fn check_coefficient(value: &str, rank: Option<&str>) -> Option<(&'static str, S
 /// the first 18 fraction digits, and whether any non-zero digit follows them. A negative value reads as zero
 /// (below every bound) and a whole part beyond `u64` as `u64::MAX` (above every bound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Fixed(u64, u64, bool);
+pub struct Fixed(u64, u64, bool);
 
 impl Fixed {
-    fn parse(s: &str) -> Option<Fixed> {
+    pub fn parse(s: &str) -> Option<Fixed> {
         let (negative, s) = match s.as_bytes().first() {
             Some(b'-') => (true, &s[1..]),
             Some(b'+') => (false, &s[1..]),

@@ -3,6 +3,7 @@
 //! schema languages cannot say (citizen-id structure, dates, salary coefficients).
 #![forbid(unsafe_code)]
 
+pub mod codes;
 pub mod domain;
 pub mod json;
 pub mod xsd;
@@ -10,6 +11,7 @@ pub mod xsd;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use codes::{CodeLists, CodesError};
 pub use domain::Day;
 
 /// Bounds on what one packet may make the validator hold.
@@ -91,6 +93,38 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "BienDong.schema.json",
         include_str!("../../../schemas/cbccvc/BienDong.schema.json"),
     ),
+    (
+        "codes/ngach.csv",
+        include_str!("../../../schemas/cbccvc/codes/ngach.csv"),
+    ),
+    (
+        "codes/he_so_luong.csv",
+        include_str!("../../../schemas/cbccvc/codes/he_so_luong.csv"),
+    ),
+    (
+        "codes/dan_toc.csv",
+        include_str!("../../../schemas/cbccvc/codes/dan_toc.csv"),
+    ),
+    (
+        "codes/ton_giao.csv",
+        include_str!("../../../schemas/cbccvc/codes/ton_giao.csv"),
+    ),
+    (
+        "codes/loai_can_bo.csv",
+        include_str!("../../../schemas/cbccvc/codes/loai_can_bo.csv"),
+    ),
+    (
+        "codes/trinh_do.csv",
+        include_str!("../../../schemas/cbccvc/codes/trinh_do.csv"),
+    ),
+    (
+        "codes/tinh_khai_sinh.csv",
+        include_str!("../../../schemas/cbccvc/codes/tinh_khai_sinh.csv"),
+    ),
+    (
+        "codes/quoc_gia.csv",
+        include_str!("../../../schemas/cbccvc/codes/quoc_gia.csv"),
+    ),
 ];
 
 /// The two packet formats.
@@ -133,6 +167,8 @@ impl Format {
 pub enum CatalogError {
     #[error(transparent)]
     Xsd(#[from] xsd::LoadError),
+    #[error(transparent)]
+    Codes(#[from] CodesError),
     #[error("{file}: {message}")]
     Json { file: String, message: String },
 }
