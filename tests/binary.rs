@@ -424,7 +424,7 @@ fn validate_checks_files_offline_with_the_gateway_rules() {
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/cbccvc/samples");
     let good = samples.join("valid/HoSoCBCCVC-01-day-du.xml");
     let good_json = samples.join("valid/BienDong-03-nghi-huu.json");
-    let domain = samples.join("invalid/HoSoCBCCVC-38-cccd.province-ma-tinh-003.json");
+    let domain = samples.join("invalid/HoSoCBCCVC-48-cccd.province-ma-tinh-003.json");
     let run = |args: &[&str], files: &[&Path]| {
         let out = Command::new(BIN)
             .arg("validate")

@@ -144,7 +144,7 @@ async fn every_step_passes_then_each_fails_in_turn_with_its_fix() {
 
     let mut o = options(&chain, AGENCY_OK);
     o.sample = Some(sample_path(
-        "invalid/HoSoCBCCVC-45-cccd.province-ma-tinh-003.xml",
+        "invalid/HoSoCBCCVC-56-cccd.province-ma-tinh-003.xml",
     ));
     let (step, detail, _) = failure(&probe(&o).await);
     assert_eq!(step, "sample");

@@ -87,7 +87,7 @@ async fn good_packets_of_every_type_and_format_travel_byte_for_byte() {
 async fn a_bad_packet_is_422_with_every_error_and_is_counted() {
     let chain = Chain::start().await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
-    let body = sample("invalid/HoSoCBCCVC-31-xsd.missing_element-CongTac-thieu-DonVi.xml")
+    let body = sample("invalid/HoSoCBCCVC-42-xsd.missing_element-CongTac-thieu-DonVi.xml")
         .replacen(
             "<HoVaTen>Nguyễn Văn An</HoVaTen>",
             "<HoVaTen>A</HoVaTen>",
@@ -131,7 +131,7 @@ async fn a_bad_packet_is_422_with_every_error_and_is_counted() {
         "nothing reaches the national endpoint"
     );
     // The domain rules answer the same way, for JSON with line and column too.
-    let body = sample("invalid/HoSoCBCCVC-38-cccd.province-ma-tinh-003.json");
+    let body = sample("invalid/HoSoCBCCVC-48-cccd.province-ma-tinh-003.json");
     let a = client
         .send(
             "POST",
@@ -279,7 +279,7 @@ async fn a_dry_run_answers_the_verdict_and_forwards_nothing() {
             "POST",
             &url("BienChe"),
             &headers("application/json"),
-            &sample("invalid/BienChe-06-json.minimum-SoLuong-am.json"),
+            &sample("invalid/BienChe-07-json.minimum-SoLuong-am.json"),
         )
         .await
         .unwrap();

@@ -1,9 +1,14 @@
 //! Domain rules the schema languages cannot say, each with a stable code. They run on the simple values the
-//! validators collected, grouped by the element/object holding them (one profile, one salary step, …).
+//! validators collected, one record at a time (the values of one element or object: a profile, a salary step, a
+//! staffing line, …), as each record closes; what a packet's root must agree with (the number of approved
+//! profiles, the sum of the staffing lines) is tallied from its children first. Codes are checked against the
+//! code lists (`codes/*.csv`, [`crate::codes`]).
 
+use crate::codes::{CodeList, CodeLists, Rank};
 use crate::{Field, Violation};
 
-/// Field names the rules read; the validators keep only these.
+/// Field names the rules read; the validators keep only these (`phienBan` is the root's attribute, which the XML
+/// validator hands over itself).
 pub const FIELDS: &[&str] = &[
     "MaDonVi",
     "SoCCCD",
@@ -17,7 +22,39 @@ pub const FIELDS: &[&str] = &[
     "NgayHuong",
     "NgayLap",
     "ThoiDiemPheDuyet",
+    "BacLuong",
+    "DanToc",
+    "TonGiao",
+    "LoaiCanBo",
+    "HangChucDanh",
+    "TrinhDoChuyenMon",
+    "TrinhDo",
+    "SoLuongHoSo",
+    "BienCheCoMat",
+    "SoLuong",
+    "phienBan",
 ];
+
+// Indices into FIELDS of the fields the rules look up.
+const SO_CCCD: usize = 1;
+const NGAY_SINH: usize = 2;
+const GIOI_TINH: usize = 3;
+const NGAY_TUYEN_DUNG: usize = 4;
+const MA_NGACH: usize = 5;
+const HE_SO_LUONG: usize = 6;
+const NGAY_BAT_DAU: usize = 7;
+const NGAY_KET_THUC: usize = 8;
+const BAC_LUONG: usize = 12;
+const DAN_TOC: usize = 13;
+const TON_GIAO: usize = 14;
+const LOAI_CAN_BO: usize = 15;
+const HANG_CHUC_DANH: usize = 16;
+const TRINH_DO_CHUYEN_MON: usize = 17;
+const TRINH_DO: usize = 18;
+const SO_LUONG_HO_SO: usize = 19;
+const BIEN_CHE_CO_MAT: usize = 20;
+const SO_LUONG: usize = 21;
+const PHIEN_BAN: usize = 22;
 
 /// Dates that cannot lie in the future (a decision's effective date, NgayHieuLuc, may).
 const PAST_DATES: &[&str] = &[
@@ -30,25 +67,35 @@ const PAST_DATES: &[&str] = &[
     "ThoiDiemPheDuyet",
 ];
 
-/// The 63 province codes of birth registration (first three digits of a CCCD).
-pub const PROVINCES: &[&str] = &[
-    "001", "002", "004", "006", "008", "010", "011", "012", "014", "015", "017", "019", "020",
-    "022", "024", "025", "026", "027", "030", "031", "033", "034", "035", "036", "037", "038",
-    "040", "042", "044", "045", "046", "048", "049", "051", "052", "054", "056", "058", "060",
-    "062", "064", "066", "067", "068", "070", "072", "074", "075", "077", "079", "080", "082",
-    "083", "084", "086", "087", "089", "091", "092", "093", "094", "095", "096",
-];
+/// The packet version from which a profile names its staff category (LoaiCanBo) and, for a professional title,
+/// its grade (HangChucDanh); 1.0 packets may leave them out.
+pub const VERSION_WITH_CATEGORY: &str = "1.1";
 
-/// Salary coefficient ranges (first and last step) of the common civil-service ranks, from the salary table for
-/// civil servants (Nghị định 204/2004/NĐ-CP, bảng 2). Other ranks are held to the overall range.
-const RANKS: &[(&str, &str, &str, &str)] = &[
-    ("01.001", "chuyên viên cao cấp (A3.1)", "6.20", "8.00"),
-    ("01.002", "chuyên viên chính (A2.1)", "4.40", "6.78"),
-    ("01.003", "chuyên viên (A1)", "2.34", "4.98"),
-    ("01.004", "cán sự (A0)", "2.10", "4.89"),
-    ("01.005", "nhân viên (B)", "1.86", "4.06"),
-];
-const OVERALL: (&str, &str) = ("1.00", "10.00");
+/// What the rules check against.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// "Today" for the not-in-the-future rule.
+    pub today: Day,
+    pub lists: &'a CodeLists,
+}
+
+/// What a packet's root must agree with, gathered from its children as they close, and the packet's version.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// `HoSo` entries of an approval batch.
+    approved: u64,
+    /// The sum of the staffing lines' `SoLuong` (`None` once one is not a number: the schema reports it).
+    staff: Option<u64>,
+    staff_lines: u64,
+    version: Option<String>,
+}
+
+impl Tally {
+    /// The root's `phienBan` (the XML validator reads it from the root's attributes).
+    pub fn set_version(&mut self, version: &str) {
+        self.version = Some(version.to_owned());
+    }
+}
 
 /// A calendar date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,19 +178,9 @@ pub fn field_name(name: &str) -> Option<&'static str> {
     field_index(name).map(|i| FIELDS[i])
 }
 
-// Indices into FIELDS of the fields the rules look up.
-const SO_CCCD: usize = 1;
-const NGAY_SINH: usize = 2;
-const GIOI_TINH: usize = 3;
-const NGAY_TUYEN_DUNG: usize = 4;
-const MA_NGACH: usize = 5;
-const HE_SO_LUONG: usize = 6;
-const NGAY_BAT_DAU: usize = 7;
-const NGAY_KET_THUC: usize = 8;
-
 /// Checks every rule on fields from anywhere in a packet (the JSON path): records are the fields sharing a
-/// parent, in first-seen order; violations come in field order.
-pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
+/// parent, in first-seen order; the tallies come first, so a root meets its children's totals whatever the order.
+pub fn check(fields: &[Field], rules: &Rules<'_>, out: &mut Vec<Violation>) {
     // One pass; a batch may hold thousands of records.
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut records: Vec<Vec<&Field>> = Vec::new();
@@ -160,8 +197,15 @@ pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
         last = Some((&f.parent, i));
         records[i].push(f);
     }
+    fn element<'f>(r: &[&'f Field]) -> &'f str {
+        r.first().map_or("", |f| element_of(&f.parent))
+    }
+    let mut tally = Tally::default();
     for record in &records {
-        check_record(record, today, &mut |i, rule, message| {
+        self::tally(element(record), record, &mut tally);
+    }
+    for record in &records {
+        check_record(element(record), record, rules, &tally, &mut |i, rule, message| {
             let f = record[i];
             out.push(Violation {
                 path: f.path.clone(),
@@ -174,37 +218,133 @@ pub fn check(fields: &[Field], today: Day, out: &mut Vec<Violation>) {
     }
 }
 
+/// The element a record's path names: `/A/B[2]` → `B`.
+fn element_of(path: &str) -> &str {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    last.split('[').next().unwrap_or_default()
+}
+
 /// Where a rule reports: the index of the offending item in its record, the rule code and the message.
 pub type Emit<'e> = dyn FnMut(usize, &'static str, String) + 'e;
 
-/// Checks the rules on one record (the kept values of one element or object: a profile, a salary step, …).
-pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
-    // The first item of each field, found in one pass.
-    let mut first = [usize::MAX; FIELDS.len()];
-    for (i, f) in record.iter().enumerate().rev() {
-        if let Some(slot) = first.get_mut(f.field()) {
-            *slot = i;
+/// The first item of each field in a record, found in one pass.
+struct Record<'r, I> {
+    items: &'r [I],
+    first: [usize; FIELDS.len()],
+}
+
+impl<'r, I: Item> Record<'r, I> {
+    fn new(items: &'r [I]) -> Self {
+        let mut first = [usize::MAX; FIELDS.len()];
+        for (i, f) in items.iter().enumerate().rev() {
+            if let Some(slot) = first.get_mut(f.field()) {
+                *slot = i;
+            }
         }
+        Record { items, first }
     }
-    let get = |field: usize| record.get(first[field]).map(|f| (first[field], f));
-    let birth = get(NGAY_SINH).and_then(|(_, f)| Day::parse(f.value()));
-    let gender = get(GIOI_TINH).map(|(_, f)| f.value());
-    if let Some((i, f)) = get(SO_CCCD) {
-        check_cccd(f.value(), birth, gender, &mut |rule, message| {
+
+    /// The index and value of `field`'s first item.
+    fn get(&self, field: usize) -> Option<(usize, &'r str)> {
+        let i = self.first[field];
+        self.items.get(i).map(|f| (i, f.value()))
+    }
+}
+
+/// Adds a child record to what its root must agree with (call it for every record as it closes, before the root).
+pub fn tally<I: Item>(element: &str, items: &[I], t: &mut Tally) {
+    let r = Record::new(items);
+    match element {
+        "HoSo" => t.approved += 1,
+        "ChiTiet" => {
+            t.staff_lines += 1;
+            let n = r.get(SO_LUONG).and_then(|(_, v)| v.parse::<u64>().ok());
+            t.staff = match (t.staff_lines, t.staff, n) {
+                (1, _, n) => n,
+                (_, Some(sum), Some(n)) => sum.checked_add(n),
+                _ => None,
+            };
+        }
+        _ => {}
+    }
+    if let Some((_, v)) = r.get(PHIEN_BAN) {
+        t.set_version(v);
+    }
+}
+
+/// Checks the rules on one record of `element` (the kept values of one element or object).
+pub fn check_record<I: Item>(
+    element: &str,
+    items: &[I],
+    rules: &Rules<'_>,
+    tally: &Tally,
+    emit: &mut Emit<'_>,
+) {
+    let r = Record::new(items);
+    let birth = r.get(NGAY_SINH).and_then(|(_, v)| Day::parse(v));
+    if let Some((i, v)) = r.get(SO_CCCD) {
+        let gender = r.get(GIOI_TINH).map(|(_, g)| g);
+        check_cccd(v, birth, gender, rules.lists, &mut |rule, message| {
             emit(i, rule, message)
         });
     }
-    // Every past date once, remembering the first start and end of a period.
+    check_dates(&r, birth, rules.today, emit);
+    let lists = rules.lists;
+    for (field, list) in [
+        (DAN_TOC, &lists.ethnic),
+        (TON_GIAO, &lists.religions),
+        (LOAI_CAN_BO, &lists.categories),
+        (TRINH_DO_CHUYEN_MON, &lists.qualifications),
+        (TRINH_DO, &lists.qualifications),
+    ] {
+        if let Some((i, v)) = r.get(field)
+            && list.code_of(v).is_none()
+        {
+            emit(i, "code.unknown", unknown(FIELDS[field], v, list));
+        }
+    }
+    let rank = match r.get(MA_NGACH) {
+        Some((i, code)) => {
+            let rank = lists.ranks.get(code);
+            if rank.is_none() {
+                emit(i, "code.unknown", format!(
+                    "MaNgach `{}` is not in the list ngach ({}); use a rank or title code of codes/ngach.csv",
+                    crate::xsd::clip_text(code),
+                    lists.ranks_info.title
+                ));
+            }
+            rank.map(|k| (i, k))
+        }
+        None => None,
+    };
+    if let Some((at, rank)) = rank {
+        check_salary(&r, rank, lists, emit);
+        check_category(&r, at, rank, element, tally, emit);
+    }
+    check_totals(&r, element, tally, emit);
+}
+
+fn unknown(field: &str, value: &str, list: &CodeList) -> String {
+    format!(
+        "{field} `{}` is not in the list {} ({}); use a code or a name of codes/{}.csv",
+        crate::xsd::clip_text(value),
+        list.info.name,
+        list.info.title,
+        list.info.name
+    )
+}
+
+/// Every past date once; recruitment after birth; a period's end not before its start.
+fn check_dates<I: Item>(r: &Record<'_, I>, birth: Option<Day>, today: Day, emit: &mut Emit<'_>) {
     let (mut start, mut end) = (None, None);
-    for (i, f) in record.iter().enumerate() {
-        let field = f.field();
-        let Some(name) = FIELDS.get(field).filter(|n| PAST_DATES.contains(n)) else {
+    for (i, f) in r.items.iter().enumerate() {
+        let Some(name) = FIELDS.get(f.field()).filter(|n| PAST_DATES.contains(n)) else {
             continue;
         };
         let day = Day::parse(f.value());
-        if i == first[NGAY_BAT_DAU] {
+        if i == r.first[NGAY_BAT_DAU] {
             start = day;
-        } else if i == first[NGAY_KET_THUC] {
+        } else if i == r.first[NGAY_KET_THUC] {
             end = day.map(|d| (i, d));
         }
         match day {
@@ -221,8 +361,8 @@ pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
             Some(_) => {}
         }
     }
-    if let (Some((i, f)), Some(b)) = (get(NGAY_TUYEN_DUNG), birth)
-        && let Some(t) = Day::parse(f.value())
+    if let (Some((i, v)), Some(b)) = (r.get(NGAY_TUYEN_DUNG), birth)
+        && let Some(t) = Day::parse(v)
         && t <= b
     {
         emit(
@@ -240,11 +380,128 @@ pub fn check_record<I: Item>(record: &[I], today: Day, emit: &mut Emit<'_>) {
             format!("NgayKetThuc {e} is before NgayBatDau {s}"),
         );
     }
-    if let Some((i, f)) = get(HE_SO_LUONG) {
-        let rank = get(MA_NGACH).map(|(_, m)| m.value());
-        if let Some((rule, message)) = check_coefficient(f.value(), rank) {
-            emit(i, rule, message);
+}
+
+/// BacLuong within the steps of the rank's salary group; HeSoLuong the coefficient of that step.
+fn check_salary<I: Item>(r: &Record<'_, I>, rank: &Rank, lists: &CodeLists, emit: &mut Emit<'_>) {
+    let Some((i, step)) = r.get(BAC_LUONG) else {
+        return;
+    };
+    let Ok(n) = step.parse::<usize>() else {
+        return;
+    };
+    let steps = lists.steps(&rank.group);
+    let Some(expected) = lists.step(&rank.group, n) else {
+        emit(
+            i,
+            "salary.step_out_of_range",
+            format!(
+                "BacLuong {n} is past the {steps} steps of salary group {} ({} {})",
+                rank.group, rank.code, rank.name
+            ),
+        );
+        return;
+    };
+    let Some((j, value)) = r.get(HE_SO_LUONG) else {
+        return;
+    };
+    let Some(v) = Fixed::parse(value) else {
+        return;
+    };
+    if v < expected.low || v > expected.high {
+        emit(
+            j,
+            "salary.coefficient_mismatch",
+            format!(
+                "HeSoLuong {value} is not the coefficient of step {n} of salary group {} ({} {}): expected {}",
+                rank.group, rank.code, rank.name, expected.text
+            ),
+        );
+    }
+}
+
+/// The staff category and grade agree with the rank or title; a 1.1 profile names them.
+fn check_category<I: Item>(
+    r: &Record<'_, I>,
+    at: usize,
+    rank: &Rank,
+    element: &str,
+    tally: &Tally,
+    emit: &mut Emit<'_>,
+) {
+    let category = r.get(LOAI_CAN_BO);
+    if let Some((i, c)) = category
+        && matches!(c, "CongChuc" | "VienChuc")
+        && c != rank.category
+    {
+        emit(
+            i,
+            "staff.category_mismatch",
+            format!(
+                "LoaiCanBo is {c}, but MaNgach {} ({}) belongs to {}: civil servants (CongChuc) hold ranks, public employees (VienChuc) professional titles",
+                rank.code, rank.name, rank.category
+            ),
+        );
+    }
+    let grade = r.get(HANG_CHUC_DANH);
+    if let Some((i, g)) = grade {
+        let message = match &rank.grade {
+            None => Some(format!(
+                "MaNgach {} ({}) has no grade (hạng); leave HangChucDanh out",
+                rank.code, rank.name
+            )),
+            Some(own) if own != g => Some(format!(
+                "MaNgach {} ({}) is grade {own}, but HangChucDanh is {g}",
+                rank.code, rank.name
+            )),
+            Some(_) => None,
+        };
+        if let Some(m) = message {
+            emit(i, "title.grade_mismatch", m);
         }
+    }
+    if element != "HoSoCBCCVC" || tally.version.as_deref() != Some(VERSION_WITH_CATEGORY) {
+        return;
+    }
+    if category.is_none() {
+        emit(at, "version.field_required", format!(
+            "phienBan {VERSION_WITH_CATEGORY} requires LoaiCanBo (the staff category: CanBo, CongChuc, VienChuc or NguoiLaoDong) before MaNgach"
+        ));
+    }
+    if let (None, Some(own)) = (grade, &rank.grade) {
+        emit(at, "version.field_required", format!(
+            "phienBan {VERSION_WITH_CATEGORY} requires HangChucDanh after the professional title {} ({}): grade {own}",
+            rank.code, rank.name
+        ));
+    }
+}
+
+/// An approval batch lists as many profiles as it counts; a staffing report's lines add up to its total.
+fn check_totals<I: Item>(r: &Record<'_, I>, element: &str, tally: &Tally, emit: &mut Emit<'_>) {
+    if element == "PheDuyetDuLieu"
+        && let Some((i, v)) = r.get(SO_LUONG_HO_SO)
+        && let Ok(n) = v.parse::<u64>()
+        && n != tally.approved
+    {
+        emit(
+            i,
+            "approval.count_mismatch",
+            format!("SoLuongHoSo is {n}, but the batch lists {} HoSo", tally.approved),
+        );
+    }
+    if element == "BienChe"
+        && let (Some((i, v)), Some(sum)) = (r.get(BIEN_CHE_CO_MAT), tally.staff)
+        && let Ok(n) = v.parse::<u64>()
+        && n != sum
+    {
+        emit(
+            i,
+            "staffing.total_mismatch",
+            format!(
+                "BienCheCoMat is {n}, but the {} ChiTiet lines add up to {sum}",
+                tally.staff_lines
+            ),
+        );
     }
 }
 
@@ -252,6 +509,7 @@ fn check_cccd(
     v: &str,
     birth: Option<Day>,
     gender: Option<&str>,
+    lists: &CodeLists,
     emit: &mut dyn FnMut(&'static str, String),
 ) {
     if v.len() != 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -264,12 +522,12 @@ fn check_cccd(
         );
         return;
     }
-    if !PROVINCES.contains(&&v[..3]) {
+    let place = &v[..3];
+    if !lists.provinces.has_code(place) && !lists.countries.has_code(place) {
         emit(
             "cccd.province",
             format!(
-                "SoCCCD starts with {}, which is not a province code of birth registration",
-                &v[..3]
+                "SoCCCD starts with {place}, which is neither a province code of birth registration (codes/tinh_khai_sinh.csv) nor a country code (codes/quoc_gia.csv)"
             ),
         );
     }
@@ -312,23 +570,6 @@ fn check_cccd(
             format!("the 4th digit of SoCCCD is {digit}, which does not fit GioiTinh {g}"),
         );
     }
-}
-
-fn check_coefficient(value: &str, rank: Option<&str>) -> Option<(&'static str, String)> {
-    let v = Fixed::parse(value)?;
-    let range = rank.and_then(|r| RANKS.iter().find(|(code, ..)| *code == r));
-    let (lo, hi) = range.map_or(OVERALL, |(_, _, lo, hi)| (*lo, *hi));
-    if v >= Fixed::parse(lo)? && v <= Fixed::parse(hi)? {
-        return None;
-    }
-    let label = match range {
-        Some((code, name, ..)) => format!("rank {code} {name}"),
-        None => "any rank".to_owned(),
-    };
-    Some((
-        "salary.coefficient_out_of_range",
-        format!("HeSoLuong {value} is outside {lo}–{hi} for {label}"),
-    ))
 }
 
 /// A decimal read without allocating, for comparing against the (positive) coefficient bounds: whole part,
@@ -380,16 +621,17 @@ mod tests {
     }
 
     fn rules(fields: &[Field]) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        check(
-            fields,
-            Day {
+        let lists = CodeLists::embedded().unwrap();
+        let rules = Rules {
+            today: Day {
                 year: 2026,
                 month: 11,
                 day: 25,
             },
-            &mut out,
-        );
+            lists: &lists,
+        };
+        let mut out = Vec::new();
+        check(fields, &rules, &mut out);
         out.into_iter().map(|v| v.rule).collect()
     }
 
@@ -428,24 +670,134 @@ mod tests {
     }
 
     #[test]
-    fn coefficients_compare_exactly() {
-        let out = |v: &str| {
-            rules(&[
-                field("/L", "MaNgach", "01.003"),
-                field("/L", "HeSoLuong", v),
-            ]) == ["salary.coefficient_out_of_range"]
-        };
-        assert!(!out("2.34") && !out("+4.98") && !out("4.980000000000000000000") && !out("3"));
-        assert!(out("4.98000000000000000001"));
-        assert!(out("2.33999999999999999999999"));
-        assert!(out("-3.00") && out("-0"));
-        assert!(out("123456789012345678901234567890"));
-        // Not a number: the schema reports it; the rule stays silent.
-        assert!(rules(&[field("/L", "HeSoLuong", "3,00")]).is_empty());
+    fn a_birth_registered_abroad_carries_a_country_code() {
+        // 840: a birth registered in the United States.
+        assert!(rules(&profile("840090012345", "1990-05-12", "Nam")).is_empty());
+        assert_eq!(
+            rules(&profile("999090012345", "1990-05-12", "Nam")),
+            ["cccd.province"]
+        );
+    }
+
+    fn salary(rank: &str, step: &str, coefficient: &str) -> Vec<&'static str> {
+        rules(&[
+            field("/L", "MaNgach", rank),
+            field("/L", "BacLuong", step),
+            field("/L", "HeSoLuong", coefficient),
+        ])
     }
 
     #[test]
-    fn dates_and_coefficients() {
+    fn the_coefficient_is_the_one_of_the_groups_step() {
+        assert!(salary("01.003", "3", "3.00").is_empty());
+        assert!(salary("01.003", "9", "4.98").is_empty());
+        assert!(salary("01.003", "3", "3.000000000000000000000").is_empty());
+        assert_eq!(salary("01.003", "3", "3.01"), ["salary.coefficient_mismatch"]);
+        assert_eq!(salary("01.003", "3", "2.99999999999999999999999"), ["salary.coefficient_mismatch"]);
+        assert_eq!(salary("01.003", "10", "4.98"), ["salary.step_out_of_range"]);
+        assert_eq!(salary("01.001", "7", "8.00"), ["salary.step_out_of_range"]);
+        assert!(salary("01.005", "12", "4.06").is_empty());
+        // A public employee's title: the teacher of the issue, THPT grade III, group A1.
+        assert!(salary("V.07.05.15", "1", "2.34").is_empty());
+        assert_eq!(salary("V.07.05.15", "1", "4.40"), ["salary.coefficient_mismatch"]);
+        assert_eq!(salary("09.999", "1", "2.34"), ["code.unknown"]);
+        // Not a number: the schema reports it; the rule stays silent.
+        assert!(salary("01.003", "3", "3,00").is_empty());
+    }
+
+    #[test]
+    fn coefficients_compare_exactly() {
+        assert!(Fixed::parse("4.98").unwrap() == Fixed::parse("+4.980000000000000000000").unwrap());
+        assert!(Fixed::parse("4.98000000000000000001").unwrap() > Fixed::parse("4.98").unwrap());
+        assert!(Fixed::parse("2.33999999999999999999999").unwrap() < Fixed::parse("2.34").unwrap());
+        assert!(Fixed::parse("-3.00").unwrap() < Fixed::parse("1").unwrap());
+        assert!(Fixed::parse("123456789012345678901234567890").unwrap() > Fixed::parse("10").unwrap());
+        assert!(Fixed::parse("3,00").is_none());
+    }
+
+    #[test]
+    fn codes_come_from_their_lists() {
+        let with = |name: &'static str, value: &str| rules(&[field("/H", name, value)]);
+        assert!(with("DanToc", "Kinh").is_empty());
+        assert!(with("DanToc", "01").is_empty());
+        assert_eq!(with("DanToc", "Kinh tế"), ["code.unknown"]);
+        assert!(with("TonGiao", "Không").is_empty());
+        assert_eq!(with("TonGiao", "99"), ["code.unknown"]);
+        assert!(with("LoaiCanBo", "VienChuc").is_empty());
+        assert_eq!(with("LoaiCanBo", "CongNhan"), ["code.unknown"]);
+        assert_eq!(with("TrinhDo", "CuNhan"), ["code.unknown"]);
+        assert!(with("TrinhDoChuyenMon", "ThacSi").is_empty());
+    }
+
+    #[test]
+    fn category_and_grade_agree_with_the_rank_and_a_1_1_profile_names_them() {
+        let record = |extra: &[(&'static str, &str)]| {
+            let mut f = vec![field("/HoSoCBCCVC", "MaNgach", "V.07.05.15")];
+            f.extend(extra.iter().map(|(n, v)| field("/HoSoCBCCVC", n, v)));
+            rules(&f)
+        };
+        assert!(record(&[("LoaiCanBo", "VienChuc"), ("HangChucDanh", "III")]).is_empty());
+        assert_eq!(record(&[("LoaiCanBo", "CongChuc")]), ["staff.category_mismatch"]);
+        assert!(record(&[("LoaiCanBo", "NguoiLaoDong")]).is_empty());
+        assert_eq!(record(&[("HangChucDanh", "II")]), ["title.grade_mismatch"]);
+        assert_eq!(
+            rules(&[
+                field("/HoSoCBCCVC", "MaNgach", "01.003"),
+                field("/HoSoCBCCVC", "HangChucDanh", "III")
+            ]),
+            ["title.grade_mismatch"]
+        );
+        // 1.0 may leave both out; 1.1 may not.
+        assert!(record(&[("phienBan", "1.0")]).is_empty());
+        assert_eq!(
+            record(&[("phienBan", "1.1")]),
+            ["version.field_required", "version.field_required"]
+        );
+        assert_eq!(
+            record(&[("phienBan", "1.1"), ("LoaiCanBo", "VienChuc")]),
+            ["version.field_required"]
+        );
+        // A rank has no grade to name.
+        assert!(
+            rules(&[
+                field("/HoSoCBCCVC", "phienBan", "1.1"),
+                field("/HoSoCBCCVC", "MaNgach", "01.003"),
+                field("/HoSoCBCCVC", "LoaiCanBo", "CongChuc")
+            ])
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_root_agrees_with_its_children_whatever_the_order() {
+        let batch = |count: &str, entries: usize| {
+            let mut f = vec![field("/PheDuyetDuLieu", "SoLuongHoSo", count)];
+            for i in 1..=entries {
+                let parent = format!("/PheDuyetDuLieu/HoSo[{i}]");
+                f.push(field(&parent, "SoCCCD", "001090012345"));
+            }
+            rules(&f)
+        };
+        assert!(batch("2", 2).is_empty());
+        assert_eq!(batch("3", 2), ["approval.count_mismatch"]);
+        let staffing = |total: &str, lines: &[&str]| {
+            let mut f = Vec::new();
+            for (i, n) in lines.iter().enumerate() {
+                let parent = format!("/BienChe/ChiTiet[{}]", i + 1);
+                f.push(field(&parent, "MaNgach", "01.003"));
+                f.push(field(&parent, "SoLuong", n));
+            }
+            f.push(field("/BienChe", "BienCheCoMat", total));
+            rules(&f)
+        };
+        assert!(staffing("30", &["10", "20"]).is_empty());
+        assert_eq!(staffing("31", &["10", "20"]), ["staffing.total_mismatch"]);
+        // A line that is not a number is the schema's to report; the total is not checked then.
+        assert!(staffing("31", &["10", "x"]).is_empty());
+    }
+
+    #[test]
+    fn dates() {
         let mut f = profile("001090012345", "1990-05-12", "Nam");
         f.push(field("/H", "NgayTuyenDung", "1989-01-01"));
         assert_eq!(rules(&f), ["date.recruitment_before_birth"]);
@@ -458,27 +810,6 @@ mod tests {
             ["date.invalid"]
         );
         assert!(rules(&[field("/H", "NgayLap", "2026-11-25")]).is_empty());
-        assert_eq!(
-            rules(&[
-                field("/L", "MaNgach", "01.003"),
-                field("/L", "HeSoLuong", "4.99")
-            ]),
-            ["salary.coefficient_out_of_range"]
-        );
-        assert!(
-            rules(&[
-                field("/L", "MaNgach", "01.003"),
-                field("/L", "HeSoLuong", "4.98")
-            ])
-            .is_empty()
-        );
-        assert!(
-            rules(&[
-                field("/L", "MaNgach", "09.999"),
-                field("/L", "HeSoLuong", "9.99")
-            ])
-            .is_empty()
-        );
         assert_eq!(
             rules(&[
                 field("/C", "NgayBatDau", "2020-01-01"),

@@ -183,6 +183,8 @@ struct MessageSchemas {
 /// Every message type's compiled XSD and JSON Schema, loaded once.
 pub struct Catalog {
     types: BTreeMap<&'static str, MessageSchemas>,
+    /// The code lists the domain rules check against.
+    pub codes: CodeLists,
 }
 
 /// How to validate.
@@ -269,7 +271,8 @@ impl Catalog {
                 .collect();
             types.insert(*t, MessageSchemas { xsd, keep, json });
         }
-        Ok(Catalog { types })
+        let codes = CodeLists::load_from(files)?;
+        Ok(Catalog { types, codes })
     }
 
     pub fn message_types(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -332,12 +335,15 @@ impl Catalog {
                 ..Report::default()
             };
         };
-        let today = opts.domain.then(|| opts.today.unwrap_or_else(Day::today));
+        let rules = opts.domain.then(|| domain::Rules {
+            today: opts.today.unwrap_or_else(Day::today),
+            lists: &self.codes,
+        });
         let (mut violations, malformed, truncated, fields, found) = match format {
             Format::Xml => {
                 let extras = xsd::Extras {
                     keep: &s.keep,
-                    today,
+                    rules,
                     root_fields: &["MaDonVi"],
                 };
                 let out = xsd::validate(&s.xsd, bytes, &opts.limits, extras);
@@ -364,8 +370,8 @@ impl Catalog {
                         json::check(&s.json, &value, bytes, opts.limits.max_errors);
                     let fields = json::fields(&value, &domain::field_name);
                     let mut found = Vec::new();
-                    if let Some(today) = today {
-                        domain::check(&fields, today, &mut found);
+                    if let Some(rules) = &rules {
+                        domain::check(&fields, rules, &mut found);
                         for v in &mut found {
                             let pointer = pointer_of(&v.path);
                             if let Some((l, c)) = json::locate(bytes, &pointer) {

@@ -115,21 +115,27 @@ def to_json(doc):
 # ─── Base documents ──────────────────────────────────────────────────────────────────────────────────────────────
 
 
-def hoso(full=True, cccd="001090012345", sinh="1990-05-12", gioi="Nam", action="TaoMoi"):
+def hoso(full=True, cccd="001090012345", sinh="1990-05-12", gioi="Nam", action="TaoMoi", version="1.0",
+         loai=None, ngach="01.003", hang=None, bac="3", he_so="3.00", dan_toc="Kinh", ton_giao="Không"):
+    """A profile; `version` 1.1 with `loai` (LoaiCanBo) and `hang` (HangChucDanh) for a professional title."""
     children = [
         E("MaDonVi", "000.00.00.H29"),
         E("SoCCCD", cccd),
         E("HoVaTen", "Nguyễn Văn An"),
         E("NgaySinh", sinh),
         E("GioiTinh", gioi),
-        E("DanToc", "Kinh"),
+        E("DanToc", dan_toc),
     ]
     if full:
-        children += [E("TonGiao", "Không"), E("QueQuan", "Hà Nội"), E("ChucVu", "Chuyên viên")]
+        children += [E("TonGiao", ton_giao), E("QueQuan", "Hà Nội"), E("ChucVu", "Chuyên viên")]
+    if loai:
+        children.append(E("LoaiCanBo", loai))
+    children.append(E("MaNgach", ngach))
+    if hang:
+        children.append(E("HangChucDanh", hang))
     children += [
-        E("MaNgach", "01.003"),
-        E("BacLuong", "3"),
-        E("HeSoLuong", "3.00"),
+        E("BacLuong", bac),
+        E("HeSoLuong", he_so),
         E("NgayTuyenDung", "2015-09-01"),
         E("TrinhDoChuyenMon", "DaiHoc"),
     ]
@@ -138,14 +144,23 @@ def hoso(full=True, cccd="001090012345", sinh="1990-05-12", gioi="Nam", action="
             E("LyLuanChinhTri", "TrungCap"),
             E("QuaTrinhCongTac", [E("NgayBatDau", "2015-09-01"), E("NgayKetThuc", "2019-12-31"), E("DonViCongTac", "Sở Nội vụ")]),
             E("QuaTrinhCongTac", [E("NgayBatDau", "2020-01-01"), E("DonViCongTac", "Văn phòng UBND tỉnh"), E("ChucVu", "Chuyên viên")]),
-            E("QuaTrinhLuong", [E("NgayHuong", "2021-09-01"), E("MaNgach", "01.003"), E("BacLuong", "3"), E("HeSoLuong", "3.00")]),
+            E("QuaTrinhLuong", [E("NgayHuong", "2021-09-01"), E("MaNgach", ngach), E("BacLuong", bac), E("HeSoLuong", he_so)]),
             E("DaoTao", [E("TenCoSo", "Học viện Hành chính Quốc gia"), E("ChuyenNganh", "Quản lý nhà nước"), E("TrinhDo", "DaiHoc"), E("NamTotNghiep", "2013")]),
         ]
-    return E("HoSoCBCCVC", children, phienBan="1.0", loaiThaoTac=action)
+    return E("HoSoCBCCVC", children, phienBan=version, loaiThaoTac=action)
 
 
-def bienche(rows=2):
-    chi_tiet = [E("ChiTiet", [E("MaNgach", f"01.00{i + 1}"), E("SoLuong", str(10 * (i + 1)))]) for i in range(rows)]
+def giao_vien(**kw):
+    """A primary-school teacher (giáo viên tiểu học hạng III, V.07.03.29, salary group A1), step 2: a public
+    employee's profile in format 1.1."""
+    args = dict(version="1.1", loai="VienChuc", ngach="V.07.03.29", hang="III", bac="2", he_so="2.67")
+    args.update(kw)
+    return hoso(**args)
+
+
+def bienche(rows=2, codes=None):
+    codes = codes or [f"01.00{i + 1}" for i in range(rows)]
+    chi_tiet = [E("ChiTiet", [E("MaNgach", codes[i]), E("SoLuong", str(10 * (i + 1)))]) for i in range(rows)]
     co_mat = sum(10 * (i + 1) for i in range(rows))
     return E("BienChe", [
         E("MaDonVi", "000.00.00.H29"),
@@ -208,10 +223,18 @@ VALID = [
     ("HoSoCBCCVC", "nu-sinh-2001", hoso(full=False, cccd="079301004567", sinh="2001-03-09", gioi="Nu")),
     ("HoSoCBCCVC", "chuc-vu-nil", set_text(hoso(), ["ChucVu"], NIL)),
     ("HoSoCBCCVC", "khong-loai-thao-tac", (lambda d: (d[1].pop("loaiThaoTac"), d)[1])(hoso())),
+    ("HoSoCBCCVC", "giao-vien-tieu-hoc-v1.1", giao_vien()),
+    ("HoSoCBCCVC", "giao-vien-thpt-bac-9", giao_vien(ngach="V.07.05.15", bac="9", he_so="4.98", full=False)),
+    ("HoSoCBCCVC", "bac-si-hang-II", giao_vien(ngach="V.08.01.02", hang="II", bac="1", he_so="4.40")),
+    ("HoSoCBCCVC", "cong-chuc-v1.1", hoso(version="1.1", loai="CongChuc")),
+    ("HoSoCBCCVC", "dan-toc-va-ton-giao-theo-ma", hoso(dan_toc="02", ton_giao="01")),
+    ("HoSoCBCCVC", "khai-sinh-o-nuoc-ngoai", hoso(cccd="840090012345")),
+    ("HoSoCBCCVC", "nguoi-lao-dong", hoso(version="1.1", loai="NguoiLaoDong", ngach="01.005", bac="12", he_so="4.06")),
     ("BienChe", "hai-ngach", bienche()),
     ("BienChe", "mot-ngach", bienche(rows=1)),
     ("BienChe", "nam-ngach", bienche(rows=5)),
     ("BienChe", "khong-co-mat", set_text(set_text(bienche(rows=1), ["BienCheCoMat"], "0"), ["ChiTiet", "SoLuong"], "0")),
+    ("BienChe", "truong-hoc", bienche(rows=3, codes=["V.07.03.27", "V.07.03.28", "V.07.03.29"])),
     ("PheDuyetDuLieu", "hai-ho-so", pheduyet()),
     ("PheDuyetDuLieu", "mot-ho-so", pheduyet(n=1)),
     ("PheDuyetDuLieu", "rsa", (lambda d: (find(d, "ChuKySo")[1].update(thuatToan="RSA-SHA256"), d)[1])(pheduyet())),
@@ -248,7 +271,7 @@ INVALID = [
     both("HoSoCBCCVC", "xsd.invalid_value", "json.pattern", "NgaySinh-dinh-dang-dmy", set_text(hoso(), ["NgaySinh"], "12/05/1990")),
     both("HoSoCBCCVC", "xsd.min_inclusive", None, "NgaySinh-truoc-1900", set_text(hoso(), ["NgaySinh"], "1899-12-31")),
     both("HoSoCBCCVC", "xsd.invalid_value", "json.minimum", "BacLuong-0", set_text(hoso(), ["BacLuong"], "0")),
-    both("HoSoCBCCVC", "xsd.max_inclusive", "json.maximum", "BacLuong-17", set_text(hoso(), ["BacLuong"], "17")),
+    both("HoSoCBCCVC", "xsd.max_inclusive", "json.maximum", "BacLuong-13", set_text(hoso(), ["BacLuong"], "13")),
     both("HoSoCBCCVC", "xsd.fraction_digits", "json.pattern", "HeSoLuong-ba-so-le", set_text(hoso(), ["HeSoLuong"], "3.456")),
     both("HoSoCBCCVC", "xsd.total_digits", "json.pattern", "HeSoLuong-qua-lon", set_text(hoso(), ["HeSoLuong"], "123.45")),
     both("HoSoCBCCVC", "xsd.invalid_value", "json.pattern", "HeSoLuong-khong-phai-so", set_text(hoso(), ["HeSoLuong"], "ba")),
@@ -256,13 +279,17 @@ INVALID = [
     both("HoSoCBCCVC", "xsd.attribute_missing", "json.required", "thieu-phienBan", (lambda d: (d[1].pop("phienBan"), d)[1])(hoso())),
     both("HoSoCBCCVC", "xsd.attribute_unexpected", "json.additional_properties", "thuoc-tinh-la", (lambda d: (d[1].update(nguon="HRM"), d)[1])(hoso())),
     both("HoSoCBCCVC", "xsd.enumeration", "json.enum", "loaiThaoTac-Xoa", hoso(action="Xoa")),
-    both("HoSoCBCCVC", "xsd.enumeration", "json.const", "phienBan-2", (lambda d: (d[1].update(phienBan="2.0"), d)[1])(hoso())),
+    both("HoSoCBCCVC", "xsd.enumeration", "json.enum", "phienBan-2", (lambda d: (d[1].update(phienBan="2.0"), d)[1])(hoso())),
+    both("HoSoCBCCVC", "xsd.enumeration", "json.enum", "HangChucDanh-V", giao_vien(hang="V")),
+    both("HoSoCBCCVC", "xsd.pattern", "json.pattern", "MaNgach-chuc-danh-thieu-so", giao_vien(ngach="V.7.03.29")),
+    both("HoSoCBCCVC", "xsd.pattern", "json.pattern", "LoaiCanBo-co-dau", giao_vien(loai="Viên chức")),
+    both("HoSoCBCCVC", "xsd.unexpected_element", None, "LoaiCanBo-sau-MaNgach", (lambda d: (d[2].remove(find(d, "LoaiCanBo")), insert_after(d, ["MaNgach"], E("LoaiCanBo", "VienChuc")), d)[2])(giao_vien())),
     both("HoSoCBCCVC", "xsd.unexpected_element", "json.max_items", "DaoTao-21-lan", (lambda d: (d[2].extend([copy.deepcopy(find(d, "DaoTao")) for _ in range(20)]), d)[1])(hoso())),
     both("HoSoCBCCVC", "xsd.invalid_value", "json.pattern", "NamTotNghiep-hai-chu-so", set_text(hoso(), ["DaoTao", "NamTotNghiep"], "13")),
     both("HoSoCBCCVC", "xsd.nil_not_allowed", "json.type", "QueQuan-nil", set_text(hoso(), ["QueQuan"], NIL)),
     both("HoSoCBCCVC", "xsd.missing_element", "json.required", "CongTac-thieu-DonVi", remove(hoso(), ["QuaTrinhCongTac", "DonViCongTac"])),
     both("HoSoCBCCVC", "xsd.pattern", "json.pattern", "MaNgach-thieu-so", set_text(hoso(), ["MaNgach"], "1.003")),
-    both("HoSoCBCCVC", "xsd.enumeration", "json.enum", "TrinhDo-la", set_text(hoso(), ["TrinhDoChuyenMon"], "CuNhanLuat")),
+    both("HoSoCBCCVC", "xsd.pattern", "json.pattern", "TrinhDo-co-dau", set_text(hoso(), ["TrinhDoChuyenMon"], "Đại học")),
     both("HoSoCBCCVC", "xsd.pattern", "json.pattern", "Luong-MaNgach-sai", set_text(hoso(), ["QuaTrinhLuong", "MaNgach"], "A1")),
     both("BienChe", "xsd.missing_element", "json.required", "thieu-ChiTiet", (lambda d: (d.__setitem__(2, [c for c in d[2] if c[0] != "ChiTiet"]), d)[1])(bienche())),
     both("BienChe", "xsd.min_inclusive", "json.minimum", "SoLuong-am", set_text(bienche(), ["ChiTiet", "SoLuong"], "-1")),
@@ -332,9 +359,28 @@ DOMAIN = [
     ("HoSoCBCCVC", "cccd.birth_year", "nam-sinh-91", set_text(hoso(), ["SoCCCD"], "001091012345")),
     ("HoSoCBCCVC", "date.in_future", "NgayTuyenDung-2099", set_text(hoso(), ["NgayTuyenDung"], "2099-01-01")),
     ("HoSoCBCCVC", "date.recruitment_before_birth", "tuyen-dung-truoc-khi-sinh", set_text(hoso(), ["NgayTuyenDung"], "1989-01-01")),
-    ("HoSoCBCCVC", "salary.coefficient_out_of_range", "HeSoLuong-9.99-ngach-A1", set_text(hoso(), ["HeSoLuong"], "9.99")),
-    ("HoSoCBCCVC", "salary.coefficient_out_of_range", "Luong-HeSoLuong-1.00-ngach-A1", set_text(hoso(), ["QuaTrinhLuong", "HeSoLuong"], "1.00")),
+    ("HoSoCBCCVC", "salary.coefficient_mismatch", "HeSoLuong-9.99-ngach-A1", set_text(hoso(), ["HeSoLuong"], "9.99")),
+    ("HoSoCBCCVC", "salary.coefficient_mismatch", "HeSoLuong-3.01-bac-3", set_text(hoso(), ["HeSoLuong"], "3.01")),
+    ("HoSoCBCCVC", "salary.coefficient_mismatch", "Luong-HeSoLuong-1.00-ngach-A1", set_text(hoso(), ["QuaTrinhLuong", "HeSoLuong"], "1.00")),
+    ("HoSoCBCCVC", "salary.step_out_of_range", "BacLuong-10-nhom-A1", set_text(hoso(), ["BacLuong"], "10")),
+    ("HoSoCBCCVC", "salary.step_out_of_range", "giao-vien-mam-non-hang-I-bac-9", giao_vien(ngach="V.07.02.24", hang="I", bac="9", he_so="6.72")),
+    ("HoSoCBCCVC", "code.unknown", "MaNgach-khong-co-trong-danh-muc", set_text(hoso(), ["MaNgach"], "09.999")),
+    ("HoSoCBCCVC", "code.unknown", "DanToc-khong-co", hoso(dan_toc="Kinh tế")),
+    ("HoSoCBCCVC", "code.unknown", "TonGiao-ma-99", hoso(ton_giao="99")),
+    ("HoSoCBCCVC", "code.unknown", "TrinhDo-la", set_text(hoso(), ["TrinhDoChuyenMon"], "CuNhanLuat")),
+    ("HoSoCBCCVC", "code.unknown", "LoaiCanBo-la", giao_vien(loai="CongNhan")),
+    ("HoSoCBCCVC", "code.unknown", "DaoTao-TrinhDo-la", set_text(hoso(), ["DaoTao", "TrinhDo"], "KySu")),
+    ("HoSoCBCCVC", "cccd.province", "999-khong-la-tinh-hay-quoc-gia", set_text(hoso(), ["SoCCCD"], "999090012345")),
+    ("HoSoCBCCVC", "staff.category_mismatch", "cong-chuc-giu-chuc-danh", giao_vien(loai="CongChuc")),
+    ("HoSoCBCCVC", "staff.category_mismatch", "vien-chuc-giu-ngach", hoso(version="1.1", loai="VienChuc")),
+    ("HoSoCBCCVC", "title.grade_mismatch", "HangChucDanh-II-cho-hang-III", giao_vien(hang="II")),
+    ("HoSoCBCCVC", "title.grade_mismatch", "ngach-khong-co-hang", (lambda d: (insert_after(d, ["MaNgach"], E("HangChucDanh", "III")), d)[1])(hoso())),
+    ("HoSoCBCCVC", "version.field_required", "v1.1-thieu-LoaiCanBo", hoso(version="1.1")),
+    ("HoSoCBCCVC", "version.field_required", "v1.1-chuc-danh-thieu-hang", giao_vien(hang=None)),
     ("PheDuyetDuLieu", "cccd.province", "HoSo-ma-tinh-099", set_text(pheduyet(), ["HoSo", "SoCCCD"], "099090012345")),
+    ("PheDuyetDuLieu", "approval.count_mismatch", "SoLuongHoSo-3-nhung-2-HoSo", set_text(pheduyet(), ["SoLuongHoSo"], "3")),
+    ("BienChe", "staffing.total_mismatch", "ChiTiet-cong-khong-bang-CoMat", set_text(bienche(), ["BienCheCoMat"], "31")),
+    ("BienChe", "code.unknown", "ChiTiet-MaNgach-khong-co", bienche(rows=1, codes=["09.999"])),
     ("BienDong", "cccd.province", "ma-tinh-000", set_text(biendong(), ["SoCCCD"], "000090012345")),
 ]
 

@@ -15,7 +15,7 @@ use quick_xml::events::{BytesStart, Event};
 use super::load::{Content, Schema, Shape, TypeRef};
 use super::model::ElemId;
 use super::simple::{clip, line_ends};
-use crate::domain::{self, Day};
+use crate::domain::{self, Rules, Tally};
 use crate::{Field, Limits, Violation};
 
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
@@ -32,7 +32,7 @@ pub struct XmlOutcome {
     /// More violations existed than `max_errors`.
     pub truncated: bool,
     /// What the domain rules found, in document order of the fields they name (at most `max_errors`, the first
-    /// records found); empty unless [`Extras::today`] was given.
+    /// records found); empty unless [`Extras::rules`] were given.
     pub domain: Vec<Violation>,
     /// The root element's own kept values named in [`Extras::root_fields`] (its `MaDonVi`, for the
     /// jurisdiction check).
@@ -45,8 +45,8 @@ pub struct Extras<'a> {
     /// Per element declaration (by index): the domain field (index in [`domain::FIELDS`]) its value is kept
     /// as, if any.
     pub keep: &'a [Option<usize>],
-    /// Run the domain rules on every record as it closes, with this day as today.
-    pub today: Option<Day>,
+    /// Run the domain rules on every record as it closes.
+    pub rules: Option<Rules<'a>>,
     /// Kept fields of the root element to return in [`XmlOutcome::fields`].
     pub root_fields: &'a [&'static str],
 }
@@ -229,6 +229,8 @@ struct Run<'s, 'i> {
     scratch: Vec<usize>,
     lines: Lines<'i>,
     root_seen: bool,
+    /// What the root must agree with, from its children's records, and the root's `phienBan`.
+    totals: Tally,
 }
 
 impl<'s, 'i> Run<'s, 'i> {
@@ -828,6 +830,10 @@ impl<'s, 'i> Run<'s, 'i> {
                         let path = attribute_path(self, local);
                         self.violation(path, at, err.rule, err.message);
                     }
+                    // The packet's version, for the rules that depend on it.
+                    if local == "phienBan" && self.stack.len() == 1 {
+                        self.totals.set_version(value.trim());
+                    }
                 }
                 None => {
                     let path = attribute_path(self, local);
@@ -1084,13 +1090,15 @@ impl<'s, 'i> Run<'s, 'i> {
     fn record(&mut self, top: usize) {
         let mark = self.stack[top].kept_mark as usize;
         let items = &self.kept[mark..];
+        let element = self.stack[top].local;
         let mut found: Vec<(usize, &'static str, String)> = Vec::new();
-        if let Some(today) = self.extras.today
-            && self.out.domain.len() < self.limits.max_errors
-        {
-            domain::check_record(items, today, &mut |i, rule, message| {
-                found.push((i, rule, message))
-            });
+        if let Some(rules) = &self.extras.rules {
+            domain::tally(element, items, &mut self.totals);
+            if self.out.domain.len() < self.limits.max_errors {
+                domain::check_record(element, items, rules, &self.totals, &mut |i, rule, message| {
+                    found.push((i, rule, message))
+                });
+            }
         }
         let root = top == 0
             && items
@@ -1229,6 +1237,7 @@ pub fn validate(schema: &Schema, bytes: &[u8], limits: &Limits, extras: Extras<'
             line_start: 0,
         },
         root_seen: false,
+        totals: Tally::default(),
     };
     loop {
         let at = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
