@@ -1,6 +1,7 @@
-//! Validation throughput of a 4 KiB and a 1 MiB HoSoCBCCVC packet against a bare quick-xml event loop over the
-//! same bytes, measured in the same run. Criterion reports each; the closing lines print validator/bare as a
-//! throughput ratio (goal ≥ 0.5). `cargo bench -p lgsp-schema --bench validate`.
+//! Validation throughput of a 4 KiB and a 1 MiB HoSoCBCCVC packet (work history) and of a 1 MiB packet of salary
+//! steps (every record a rank, step and coefficient looked up in the code lists) against a bare quick-xml event
+//! loop over the same bytes, measured in the same run. Criterion reports each; the closing lines print
+//! validator/bare as a throughput ratio (goal ≥ 0.5). `cargo bench -p lgsp-schema --bench validate`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -9,14 +10,17 @@ use criterion::{Criterion, Throughput};
 use lgsp_schema::{Catalog, Format, Options};
 use quick_xml::events::Event;
 
-/// A valid profile packet of at least `size` bytes: the full sample with more work-history entries.
-fn packet(size: usize) -> Vec<u8> {
+const WORK: &str = "  <QuaTrinhCongTac>\n    <NgayBatDau>2020-01-01</NgayBatDau>\n    <NgayKetThuc>2020-12-31</NgayKetThuc>\n    <DonViCongTac>Văn phòng UBND tỉnh</DonViCongTac>\n    <ChucVu>Chuyên viên</ChucVu>\n  </QuaTrinhCongTac>\n";
+const SALARY: &str = "  <QuaTrinhLuong>\n    <NgayHuong>2021-09-01</NgayHuong>\n    <MaNgach>01.003</MaNgach>\n    <BacLuong>3</BacLuong>\n    <HeSoLuong>3.00</HeSoLuong>\n  </QuaTrinhLuong>\n";
+
+/// A valid profile packet of at least `size` bytes: the full sample with more `entry` elements (work history
+/// before the salary steps, salary steps after them).
+fn packet(size: usize, entry: &str) -> Vec<u8> {
     let head = include_str!("../../../schemas/cbccvc/samples/valid/HoSoCBCCVC-01-day-du.xml");
     let split = head
         .find("  <QuaTrinhLuong>")
         .expect("sample has QuaTrinhLuong");
     let (before, after) = head.split_at(split);
-    let entry = "  <QuaTrinhCongTac>\n    <NgayBatDau>2020-01-01</NgayBatDau>\n    <NgayKetThuc>2020-12-31</NgayKetThuc>\n    <DonViCongTac>Văn phòng UBND tỉnh</DonViCongTac>\n    <ChucVu>Chuyên viên</ChucVu>\n  </QuaTrinhCongTac>\n";
     let mut out = before.to_owned();
     while out.len() + after.len() < size {
         out.push_str(entry);
@@ -66,7 +70,11 @@ fn per_iteration(mut f: impl FnMut()) -> Duration {
 fn main() {
     let catalog = Catalog::embedded().expect("embedded schemas");
     let opts = Options::default();
-    let sizes = [("4KiB", packet(4 * 1024)), ("1MiB", packet(1024 * 1024))];
+    let sizes = [
+        ("4KiB", packet(4 * 1024, WORK)),
+        ("1MiB", packet(1024 * 1024, WORK)),
+        ("1MiB-salary-steps", packet(1024 * 1024, SALARY)),
+    ];
     for (_, p) in &sizes {
         let r = catalog.validate("HoSoCBCCVC", Format::Xml, p, &opts);
         assert!(

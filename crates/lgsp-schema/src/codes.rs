@@ -46,8 +46,8 @@ pub struct ListInfo {
 pub struct CodeList {
     pub info: ListInfo,
     rows: Vec<(String, String)>,
-    by_code: HashMap<String, usize>,
-    by_name: HashMap<String, usize>,
+    by_code: FnvMap<usize>,
+    by_name: FnvMap<usize>,
 }
 
 impl CodeList {
@@ -88,6 +88,15 @@ pub struct Rank {
     pub category: String,
     /// A title's grade (hạng: I–IV); ranks have none.
     pub grade: Option<String>,
+    /// Its group's steps, resolved when the lists load (step 1 first).
+    pub steps: std::sync::Arc<[Step]>,
+}
+
+impl Rank {
+    /// Step `n` (from 1) of the rank's salary group.
+    pub fn step(&self, n: usize) -> Option<&Step> {
+        self.steps.get(n.checked_sub(1)?)
+    }
 }
 
 /// One step of a salary group: the coefficient, or the range a row admits.
@@ -99,14 +108,41 @@ pub struct Step {
     pub text: String,
 }
 
+/// FNV-1a: the code lists are looked up with every record, with short keys. Lookups only — a table built from
+/// the operator's files, never from packets — so a hasher without a random key costs an attacker nothing to
+/// exploit (no insertions to collide).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+pub type FnvMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
+
 /// Every code list the domain rules read.
 #[derive(Debug, Clone)]
 pub struct CodeLists {
     /// `ngach.csv`.
-    pub ranks: HashMap<String, Rank>,
+    pub ranks: FnvMap<Rank>,
     pub ranks_info: ListInfo,
     /// `he_so_luong.csv`: the steps of each salary group, step 1 first.
-    pub scales: HashMap<String, Vec<Step>>,
+    pub scales: HashMap<String, std::sync::Arc<[Step]>>,
     pub scales_info: ListInfo,
     pub ethnic: CodeList,
     pub religions: CodeList,
@@ -169,18 +205,24 @@ fn parse(
         .read(&path)
         .map_err(|e| fail(None, format!("cannot read: {e}")))?;
     let (mut title, mut source, mut effective) = (None, None, None);
-    for (i, line) in text.lines().enumerate().take_while(|(_, l)| l.starts_with('#')) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .take_while(|(_, l)| l.starts_with('#'))
+    {
         let line_no = i + 1;
         let body = line.trim_start_matches('#').trim();
         if let Some(v) = body.strip_prefix("nguon:") {
             source = Some(v.trim().to_owned());
         } else if let Some(v) = body.strip_prefix("hieu_luc:") {
-            let day = Day::parse(v.trim()).filter(|_| v.trim().len() == 10).ok_or_else(|| {
-                fail(
-                    Some(line_no),
-                    format!("hieu_luc `{}` is not a date; write YYYY-MM-DD", v.trim()),
-                )
-            })?;
+            let day = Day::parse(v.trim())
+                .filter(|_| v.trim().len() == 10)
+                .ok_or_else(|| {
+                    fail(
+                        Some(line_no),
+                        format!("hieu_luc `{}` is not a date; write YYYY-MM-DD", v.trim()),
+                    )
+                })?;
             effective = Some(day);
         } else if title.is_none() {
             title = Some(body.to_owned());
@@ -221,7 +263,11 @@ fn parse(
         let line = r
             .position()
             .map_or(0, |p| usize::try_from(p.line()).unwrap_or(0));
-        let row = headers.iter().cloned().zip(r.iter().map(str::to_owned)).collect();
+        let row = headers
+            .iter()
+            .cloned()
+            .zip(r.iter().map(str::to_owned))
+            .collect();
         records.push((line, row));
     }
     Ok(Parsed {
@@ -242,8 +288,8 @@ fn code_list(files: &dyn SchemaFiles, name: &'static str) -> Result<CodeList, Co
     let mut list = CodeList {
         info: p.info.clone(),
         rows: Vec::new(),
-        by_code: HashMap::new(),
-        by_name: HashMap::new(),
+        by_code: FnvMap::default(),
+        by_name: FnvMap::default(),
     };
     for (line, r) in &p.records {
         let (code, label) = (p.cell(r, "ma"), p.cell(r, "ten"));
@@ -261,8 +307,14 @@ fn code_list(files: &dyn SchemaFiles, name: &'static str) -> Result<CodeList, Co
 }
 
 /// `nhom,bac,he_so_tu,he_so_den`: every group's steps numbered 1, 2, … without a gap.
-fn scales(files: &dyn SchemaFiles) -> Result<(HashMap<String, Vec<Step>>, ListInfo), CodesError> {
-    let p = parse(files, "he_so_luong", &["nhom", "bac", "he_so_tu", "he_so_den"])?;
+type Scales = HashMap<String, std::sync::Arc<[Step]>>;
+
+fn scales(files: &dyn SchemaFiles) -> Result<(Scales, ListInfo), CodesError> {
+    let p = parse(
+        files,
+        "he_so_luong",
+        &["nhom", "bac", "he_so_tu", "he_so_den"],
+    )?;
     let mut groups: HashMap<String, Vec<Step>> = HashMap::new();
     for (line, r) in &p.records {
         let group = p.cell(r, "nhom");
@@ -273,7 +325,10 @@ fn scales(files: &dyn SchemaFiles) -> Result<(HashMap<String, Vec<Step>>, ListIn
         let (lo_text, hi_text) = (p.cell(r, "he_so_tu"), p.cell(r, "he_so_den"));
         let hi_text = if hi_text.is_empty() { lo_text } else { hi_text };
         let (Some(low), Some(high)) = (Fixed::parse(lo_text), Fixed::parse(hi_text)) else {
-            return Err(p.error(*line, "he_so_tu and he_so_den must be decimals such as 2.34"));
+            return Err(p.error(
+                *line,
+                "he_so_tu and he_so_den must be decimals such as 2.34",
+            ));
         };
         if low > high {
             return Err(p.error(*line, "he_so_tu is above he_so_den"));
@@ -294,37 +349,37 @@ fn scales(files: &dyn SchemaFiles) -> Result<(HashMap<String, Vec<Step>>, ListIn
         };
         steps.push(Step { low, high, text });
     }
+    let groups = groups.into_iter().map(|(g, s)| (g, s.into())).collect();
     Ok((groups, p.info))
 }
 
 /// `ma,ten,nhom_luong,loai,hang`: every rank's group, category and grade known.
 fn ranks(
     files: &dyn SchemaFiles,
-    scales: &HashMap<String, Vec<Step>>,
+    scales: &Scales,
     categories: &CodeList,
-) -> Result<(HashMap<String, Rank>, ListInfo), CodesError> {
+) -> Result<(FnvMap<Rank>, ListInfo), CodesError> {
     let p = parse(files, "ngach", &["ma", "ten", "nhom_luong", "loai", "hang"])?;
-    let mut out = HashMap::new();
+    let mut out = FnvMap::default();
     for (line, r) in &p.records {
         let grade = Some(p.cell(r, "hang")).filter(|g| !g.is_empty());
+        let group = p.cell(r, "nhom_luong");
+        let Some(steps) = scales.get(group) else {
+            return Err(p.error(
+                *line,
+                format!("nhom_luong `{group}` is not a group of he_so_luong.csv"),
+            ));
+        };
         let rank = Rank {
             code: p.cell(r, "ma").to_owned(),
             name: p.cell(r, "ten").to_owned(),
-            group: p.cell(r, "nhom_luong").to_owned(),
+            group: group.to_owned(),
             category: p.cell(r, "loai").to_owned(),
             grade: grade.map(str::to_owned),
+            steps: steps.clone(),
         };
         if rank.code.is_empty() || rank.name.is_empty() {
             return Err(p.error(*line, "every row needs a code (ma) and a name (ten)"));
-        }
-        if !scales.contains_key(&rank.group) {
-            return Err(p.error(
-                *line,
-                format!(
-                    "nhom_luong `{}` is not a group of he_so_luong.csv",
-                    rank.group
-                ),
-            ));
         }
         if !categories.has_code(&rank.category) {
             return Err(p.error(
@@ -363,7 +418,10 @@ impl CodeLists {
         let provinces = code_list(files, "tinh_khai_sinh")?;
         let countries = code_list(files, "quoc_gia")?;
         for (code, _) in &countries.rows {
-            if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) || provinces.has_code(code) {
+            if code.len() != 3
+                || !code.bytes().all(|b| b.is_ascii_digit())
+                || provinces.has_code(code)
+            {
                 return Err(CodesError {
                     file: files.display(Path::new("codes/quoc_gia.csv")),
                     line: None,
@@ -394,7 +452,7 @@ impl CodeLists {
 
     /// How many steps `group` has.
     pub fn steps(&self, group: &str) -> usize {
-        self.scales.get(group).map_or(0, Vec::len)
+        self.scales.get(group).map_or(0, |s| s.len())
     }
 
     /// What each list says of itself, for reports.
@@ -444,7 +502,10 @@ mod tests {
         assert_eq!(c.provinces.len(), 63);
         assert_eq!(c.religions.code_of("Không"), Some("00"));
         let title = &c.ranks["V.07.05.15"];
-        assert_eq!((title.group.as_str(), title.grade.as_deref()), ("A1", Some("III")));
+        assert_eq!(
+            (title.group.as_str(), title.grade.as_deref()),
+            ("A1", Some("III"))
+        );
         // Steps per group as Nghị định 204/2004/NĐ-CP sets them.
         for (group, steps) in [("A3.1", 6), ("A2.1", 8), ("A1", 9), ("A0", 10), ("B", 12)] {
             assert_eq!(c.steps(group), steps, "{group}");
@@ -452,17 +513,31 @@ mod tests {
         assert_eq!(c.step("A1", 3).unwrap().text, "3.00");
         assert!(c.step("A1", 10).is_none() && c.step("A1", 0).is_none());
         for info in c.infos() {
-            assert!(!info.source.is_empty() && info.effective.year >= 1979, "{info:?}");
+            assert!(
+                !info.source.is_empty() && info.effective.year >= 1979,
+                "{info:?}"
+            );
         }
     }
 
     #[test]
     fn a_list_that_does_not_hold_together_is_refused_with_its_line() {
-        let e = load_with("dan_toc", "# t\n# nguon: x\n# hieu_luc: 2020-01-01\nma,ten\n01,Kinh\n01,Tày\n").unwrap_err();
-        assert_eq!((e.line, e.message.as_str()), (Some(6), "the code `01` appears twice"));
+        let e = load_with(
+            "dan_toc",
+            "# t\n# nguon: x\n# hieu_luc: 2020-01-01\nma,ten\n01,Kinh\n01,Tày\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (Some(6), "the code `01` appears twice")
+        );
         let e = load_with("dan_toc", "ma,ten\n01,Kinh\n").unwrap_err();
         assert!(e.message.contains("nguon"), "{e}");
-        let e = load_with("dan_toc", "# t\n# nguon: x\n# hieu_luc: 2020-13-01\nma,ten\n").unwrap_err();
+        let e = load_with(
+            "dan_toc",
+            "# t\n# nguon: x\n# hieu_luc: 2020-13-01\nma,ten\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, Some(3));
         let e = load_with("he_so_luong", "# t\n# nguon: x\n# hieu_luc: 2004-10-01\nnhom,bac,he_so_tu,he_so_den\nA1,1,2.34,2.34\nA1,3,3.00,3.00\n").unwrap_err();
         assert!(e.message.contains("out of order"), "{e}");
@@ -473,7 +548,11 @@ mod tests {
         .unwrap_err();
         assert!(e.message.contains("nhom_luong `A9`"), "{e}");
         assert_eq!(e.to_string(), format!("codes/ngach.csv:5: {}", e.message));
-        let e = load_with("quoc_gia", "# t\n# nguon: x\n# hieu_luc: 2021-01-01\nma,ten\n001,Nowhere\n").unwrap_err();
+        let e = load_with(
+            "quoc_gia",
+            "# t\n# nguon: x\n# hieu_luc: 2021-01-01\nma,ten\n001,Nowhere\n",
+        )
+        .unwrap_err();
         assert!(e.message.contains("no province code"), "{e}");
     }
 

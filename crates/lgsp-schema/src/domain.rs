@@ -44,6 +44,9 @@ const MA_NGACH: usize = 5;
 const HE_SO_LUONG: usize = 6;
 const NGAY_BAT_DAU: usize = 7;
 const NGAY_KET_THUC: usize = 8;
+const NGAY_HUONG: usize = 9;
+const NGAY_LAP: usize = 10;
+const THOI_DIEM_PHE_DUYET: usize = 11;
 const BAC_LUONG: usize = 12;
 const DAN_TOC: usize = 13;
 const TON_GIAO: usize = 14;
@@ -56,16 +59,19 @@ const BIEN_CHE_CO_MAT: usize = 20;
 const SO_LUONG: usize = 21;
 const PHIEN_BAN: usize = 22;
 
-/// Dates that cannot lie in the future (a decision's effective date, NgayHieuLuc, may).
-const PAST_DATES: &[&str] = &[
-    "NgaySinh",
-    "NgayTuyenDung",
-    "NgayBatDau",
-    "NgayKetThuc",
-    "NgayHuong",
-    "NgayLap",
-    "ThoiDiemPheDuyet",
-];
+/// Dates that cannot lie in the future (a decision's effective date, NgayHieuLuc, may), by field index.
+const fn is_past_date(field: usize) -> bool {
+    matches!(
+        field,
+        NGAY_SINH
+            | NGAY_TUYEN_DUNG
+            | NGAY_BAT_DAU
+            | NGAY_KET_THUC
+            | NGAY_HUONG
+            | NGAY_LAP
+            | THOI_DIEM_PHE_DUYET
+    )
+}
 
 /// The packet version from which a profile names its staff category (LoaiCanBo) and, for a professional title,
 /// its grade (HangChucDanh); 1.0 packets may leave them out.
@@ -87,13 +93,14 @@ pub struct Tally {
     /// The sum of the staffing lines' `SoLuong` (`None` once one is not a number: the schema reports it).
     staff: Option<u64>,
     staff_lines: u64,
-    version: Option<String>,
+    /// The packet's `phienBan` is [`VERSION_WITH_CATEGORY`] or later.
+    names_category: bool,
 }
 
 impl Tally {
     /// The root's `phienBan` (the XML validator reads it from the root's attributes).
     pub fn set_version(&mut self, version: &str) {
-        self.version = Some(version.to_owned());
+        self.names_category = version == VERSION_WITH_CATEGORY;
     }
 }
 
@@ -205,16 +212,22 @@ pub fn check(fields: &[Field], rules: &Rules<'_>, out: &mut Vec<Violation>) {
         self::tally(element(record), record, &mut tally);
     }
     for record in &records {
-        check_record(element(record), record, rules, &tally, &mut |i, rule, message| {
-            let f = record[i];
-            out.push(Violation {
-                path: f.path.clone(),
-                line: f.line,
-                column: f.column,
-                rule,
-                message,
-            });
-        });
+        check_record(
+            element(record),
+            record,
+            rules,
+            &tally,
+            &mut |i, rule, message| {
+                let f = record[i];
+                out.push(Violation {
+                    path: f.path.clone(),
+                    line: f.line,
+                    column: f.column,
+                    rule,
+                    message,
+                });
+            },
+        );
     }
 }
 
@@ -253,7 +266,23 @@ impl<'r, I: Item> Record<'r, I> {
 
 /// Adds a child record to what its root must agree with (call it for every record as it closes, before the root).
 pub fn tally<I: Item>(element: &str, items: &[I], t: &mut Tally) {
+    tally_in(&Record::new(items), element, t);
+}
+
+/// A record that closes as the document streams: tallied, then checked (its children closed before it).
+pub fn close_record<I: Item>(
+    element: &str,
+    items: &[I],
+    rules: &Rules<'_>,
+    t: &mut Tally,
+    emit: &mut Emit<'_>,
+) {
     let r = Record::new(items);
+    tally_in(&r, element, t);
+    check_in(&r, element, rules, t, emit);
+}
+
+fn tally_in<I: Item>(r: &Record<'_, I>, element: &str, t: &mut Tally) {
     match element {
         "HoSo" => t.approved += 1,
         "ChiTiet" => {
@@ -280,7 +309,16 @@ pub fn check_record<I: Item>(
     tally: &Tally,
     emit: &mut Emit<'_>,
 ) {
-    let r = Record::new(items);
+    check_in(&Record::new(items), element, rules, tally, emit);
+}
+
+fn check_in<I: Item>(
+    r: &Record<'_, I>,
+    element: &str,
+    rules: &Rules<'_>,
+    tally: &Tally,
+    emit: &mut Emit<'_>,
+) {
     let birth = r.get(NGAY_SINH).and_then(|(_, v)| Day::parse(v));
     if let Some((i, v)) = r.get(SO_CCCD) {
         let gender = r.get(GIOI_TINH).map(|(_, g)| g);
@@ -288,7 +326,7 @@ pub fn check_record<I: Item>(
             emit(i, rule, message)
         });
     }
-    check_dates(&r, birth, rules.today, emit);
+    check_dates(r, birth, rules.today, emit);
     let lists = rules.lists;
     for (field, list) in [
         (DAN_TOC, &lists.ethnic),
@@ -307,21 +345,25 @@ pub fn check_record<I: Item>(
         Some((i, code)) => {
             let rank = lists.ranks.get(code);
             if rank.is_none() {
-                emit(i, "code.unknown", format!(
-                    "MaNgach `{}` is not in the list ngach ({}); use a rank or title code of codes/ngach.csv",
-                    crate::xsd::clip_text(code),
-                    lists.ranks_info.title
-                ));
+                emit(
+                    i,
+                    "code.unknown",
+                    format!(
+                        "MaNgach `{}` is not in the list ngach ({}); use a rank or title code of codes/ngach.csv",
+                        crate::xsd::clip_text(code),
+                        lists.ranks_info.title
+                    ),
+                );
             }
             rank.map(|k| (i, k))
         }
         None => None,
     };
     if let Some((at, rank)) = rank {
-        check_salary(&r, rank, lists, emit);
-        check_category(&r, at, rank, element, tally, emit);
+        check_salary(r, rank, emit);
+        check_category(r, at, rank, element, tally, emit);
     }
-    check_totals(&r, element, tally, emit);
+    check_totals(r, element, tally, emit);
 }
 
 fn unknown(field: &str, value: &str, list: &CodeList) -> String {
@@ -338,9 +380,10 @@ fn unknown(field: &str, value: &str, list: &CodeList) -> String {
 fn check_dates<I: Item>(r: &Record<'_, I>, birth: Option<Day>, today: Day, emit: &mut Emit<'_>) {
     let (mut start, mut end) = (None, None);
     for (i, f) in r.items.iter().enumerate() {
-        let Some(name) = FIELDS.get(f.field()).filter(|n| PAST_DATES.contains(n)) else {
+        if !is_past_date(f.field()) {
             continue;
-        };
+        }
+        let name = FIELDS[f.field()];
         let day = Day::parse(f.value());
         if i == r.first[NGAY_BAT_DAU] {
             start = day;
@@ -383,15 +426,15 @@ fn check_dates<I: Item>(r: &Record<'_, I>, birth: Option<Day>, today: Day, emit:
 }
 
 /// BacLuong within the steps of the rank's salary group; HeSoLuong the coefficient of that step.
-fn check_salary<I: Item>(r: &Record<'_, I>, rank: &Rank, lists: &CodeLists, emit: &mut Emit<'_>) {
+fn check_salary<I: Item>(r: &Record<'_, I>, rank: &Rank, emit: &mut Emit<'_>) {
     let Some((i, step)) = r.get(BAC_LUONG) else {
         return;
     };
     let Ok(n) = step.parse::<usize>() else {
         return;
     };
-    let steps = lists.steps(&rank.group);
-    let Some(expected) = lists.step(&rank.group, n) else {
+    let steps = rank.steps.len();
+    let Some(expected) = rank.step(n) else {
         emit(
             i,
             "salary.step_out_of_range",
@@ -405,6 +448,10 @@ fn check_salary<I: Item>(r: &Record<'_, I>, rank: &Rank, lists: &CodeLists, emit
     let Some((j, value)) = r.get(HE_SO_LUONG) else {
         return;
     };
+    // Written as the table writes it: no need to read the number.
+    if value == expected.text {
+        return;
+    }
     let Some(v) = Fixed::parse(value) else {
         return;
     };
@@ -460,19 +507,27 @@ fn check_category<I: Item>(
             emit(i, "title.grade_mismatch", m);
         }
     }
-    if element != "HoSoCBCCVC" || tally.version.as_deref() != Some(VERSION_WITH_CATEGORY) {
+    if element != "HoSoCBCCVC" || !tally.names_category {
         return;
     }
     if category.is_none() {
-        emit(at, "version.field_required", format!(
-            "phienBan {VERSION_WITH_CATEGORY} requires LoaiCanBo (the staff category: CanBo, CongChuc, VienChuc or NguoiLaoDong) before MaNgach"
-        ));
+        emit(
+            at,
+            "version.field_required",
+            format!(
+                "phienBan {VERSION_WITH_CATEGORY} requires LoaiCanBo (the staff category: CanBo, CongChuc, VienChuc or NguoiLaoDong) before MaNgach"
+            ),
+        );
     }
     if let (None, Some(own)) = (grade, &rank.grade) {
-        emit(at, "version.field_required", format!(
-            "phienBan {VERSION_WITH_CATEGORY} requires HangChucDanh after the professional title {} ({}): grade {own}",
-            rank.code, rank.name
-        ));
+        emit(
+            at,
+            "version.field_required",
+            format!(
+                "phienBan {VERSION_WITH_CATEGORY} requires HangChucDanh after the professional title {} ({}): grade {own}",
+                rank.code, rank.name
+            ),
+        );
     }
 }
 
@@ -486,7 +541,10 @@ fn check_totals<I: Item>(r: &Record<'_, I>, element: &str, tally: &Tally, emit: 
         emit(
             i,
             "approval.count_mismatch",
-            format!("SoLuongHoSo is {n}, but the batch lists {} HoSo", tally.approved),
+            format!(
+                "SoLuongHoSo is {n}, but the batch lists {} HoSo",
+                tally.approved
+            ),
         );
     }
     if element == "BienChe"
@@ -692,14 +750,23 @@ mod tests {
         assert!(salary("01.003", "3", "3.00").is_empty());
         assert!(salary("01.003", "9", "4.98").is_empty());
         assert!(salary("01.003", "3", "3.000000000000000000000").is_empty());
-        assert_eq!(salary("01.003", "3", "3.01"), ["salary.coefficient_mismatch"]);
-        assert_eq!(salary("01.003", "3", "2.99999999999999999999999"), ["salary.coefficient_mismatch"]);
+        assert_eq!(
+            salary("01.003", "3", "3.01"),
+            ["salary.coefficient_mismatch"]
+        );
+        assert_eq!(
+            salary("01.003", "3", "2.99999999999999999999999"),
+            ["salary.coefficient_mismatch"]
+        );
         assert_eq!(salary("01.003", "10", "4.98"), ["salary.step_out_of_range"]);
         assert_eq!(salary("01.001", "7", "8.00"), ["salary.step_out_of_range"]);
         assert!(salary("01.005", "12", "4.06").is_empty());
         // A public employee's title: the teacher of the issue, THPT grade III, group A1.
         assert!(salary("V.07.05.15", "1", "2.34").is_empty());
-        assert_eq!(salary("V.07.05.15", "1", "4.40"), ["salary.coefficient_mismatch"]);
+        assert_eq!(
+            salary("V.07.05.15", "1", "4.40"),
+            ["salary.coefficient_mismatch"]
+        );
         assert_eq!(salary("09.999", "1", "2.34"), ["code.unknown"]);
         // Not a number: the schema reports it; the rule stays silent.
         assert!(salary("01.003", "3", "3,00").is_empty());
@@ -711,8 +778,30 @@ mod tests {
         assert!(Fixed::parse("4.98000000000000000001").unwrap() > Fixed::parse("4.98").unwrap());
         assert!(Fixed::parse("2.33999999999999999999999").unwrap() < Fixed::parse("2.34").unwrap());
         assert!(Fixed::parse("-3.00").unwrap() < Fixed::parse("1").unwrap());
-        assert!(Fixed::parse("123456789012345678901234567890").unwrap() > Fixed::parse("10").unwrap());
+        assert!(
+            Fixed::parse("123456789012345678901234567890").unwrap() > Fixed::parse("10").unwrap()
+        );
         assert!(Fixed::parse("3,00").is_none());
+    }
+
+    #[test]
+    fn the_past_dates_are_the_ones_named() {
+        let past: Vec<&str> = (0..FIELDS.len())
+            .filter(|i| is_past_date(*i))
+            .map(|i| FIELDS[i])
+            .collect();
+        assert_eq!(
+            past,
+            [
+                "NgaySinh",
+                "NgayTuyenDung",
+                "NgayBatDau",
+                "NgayKetThuc",
+                "NgayHuong",
+                "NgayLap",
+                "ThoiDiemPheDuyet"
+            ]
+        );
     }
 
     #[test]
@@ -737,7 +826,10 @@ mod tests {
             rules(&f)
         };
         assert!(record(&[("LoaiCanBo", "VienChuc"), ("HangChucDanh", "III")]).is_empty());
-        assert_eq!(record(&[("LoaiCanBo", "CongChuc")]), ["staff.category_mismatch"]);
+        assert_eq!(
+            record(&[("LoaiCanBo", "CongChuc")]),
+            ["staff.category_mismatch"]
+        );
         assert!(record(&[("LoaiCanBo", "NguoiLaoDong")]).is_empty());
         assert_eq!(record(&[("HangChucDanh", "II")]), ["title.grade_mismatch"]);
         assert_eq!(

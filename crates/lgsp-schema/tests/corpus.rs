@@ -35,10 +35,18 @@ fn opts(domain: bool) -> Options {
 
 fn is_domain(rule: &str) -> bool {
     [
-        "cccd.", "date.", "salary.", "code.", "staff.", "title.", "version.", "approval.", "staffing.",
+        "cccd.",
+        "date.",
+        "salary.",
+        "code.",
+        "staff.",
+        "title.",
+        "version.",
+        "approval.",
+        "staffing.",
     ]
-        .iter()
-        .any(|p| rule.starts_with(p))
+    .iter()
+    .any(|p| rule.starts_with(p))
 }
 
 #[test]

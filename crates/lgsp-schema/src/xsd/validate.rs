@@ -1093,12 +1093,18 @@ impl<'s, 'i> Run<'s, 'i> {
         let element = self.stack[top].local;
         let mut found: Vec<(usize, &'static str, String)> = Vec::new();
         if let Some(rules) = &self.extras.rules {
-            domain::tally(element, items, &mut self.totals);
-            if self.out.domain.len() < self.limits.max_errors {
-                domain::check_record(element, items, rules, &self.totals, &mut |i, rule, message| {
-                    found.push((i, rule, message))
-                });
-            }
+            let full = self.out.domain.len() >= self.limits.max_errors;
+            domain::close_record(
+                element,
+                items,
+                rules,
+                &mut self.totals,
+                &mut |i, rule, message| {
+                    if !full {
+                        found.push((i, rule, message));
+                    }
+                },
+            );
         }
         let root = top == 0
             && items
