@@ -591,6 +591,8 @@ fn check_cccd(
     }
     let digit = i32::from(v.as_bytes()[3] - b'0');
     let year_digits = &v[4..6];
+    // Another value is the schema's to report, not a mismatch of the id.
+    let gender = gender.filter(|g| matches!(*g, "Nam" | "Nu"));
     if let Some(b) = birth {
         let century = (b.year - 1900).div_euclid(100);
         if !(0..=4).contains(&century) || digit / 2 != century {
@@ -724,6 +726,15 @@ mod tests {
         assert_eq!(
             rules(&profile("00109001234", "1990-05-12", "Nam")),
             ["cccd.length"]
+        );
+    }
+
+    #[test]
+    fn a_gender_the_schema_refuses_is_no_mismatch_of_the_id() {
+        assert!(rules(&profile("001090012345", "1990-05-12", "Khác")).is_empty());
+        assert_eq!(
+            rules(&profile("001090012345", "1990-05-12", "Nu")),
+            ["cccd.century_gender"]
         );
     }
 
