@@ -67,25 +67,8 @@ enum Command {
     /// Check an agency's connection to a gateway step by step (TCP, TLS, client certificate, API key, route,
     /// sample packet, round trip) and say what to fix; exits 0 only when no step fails.
     Probe {
-        /// A connection profile (TOML: url, cert, key, ca, api_key_env, sample, type; see
-        /// deploy/examples/agency-direct.toml); the options below override it.
-        #[arg(long, value_name = "FILE")]
-        profile: Option<PathBuf>,
-        /// The gateway's API base, e.g. https://lgsp.example.gov.vn:8443/lgsp/v1.
-        #[arg(long)]
-        url: Option<String>,
-        /// Your agency's client certificate (PEM).
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Its private key (PEM).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// The CA certificate the gateway's server certificate chains to (PEM).
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Your agency's API key (default: the variable the profile's `api_key_env` names, else LGSP_API_KEY).
-        #[arg(long, hide_env_values = true)]
-        api_key: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
         /// A packet to dry-run and then send (XML or JSON); without it the last two steps are skipped.
         #[arg(long)]
         sample: Option<PathBuf>,
@@ -95,10 +78,98 @@ enum Command {
         /// Print the steps as one JSON object.
         #[arg(long)]
         json: bool,
-        /// Bound on each network step, in seconds.
-        #[arg(long, default_value_t = 10)]
-        timeout: u64,
     },
+    /// Turn a filled spreadsheet template (one row per person; schemas/cbccvc/templates/) into one packet per row,
+    /// check each with the gateway's validator and report every bad cell as `Sheet!D12: field: …`; `--send` posts
+    /// the good ones with the connection settings of `probe`. Exits 0 only when every row is good (and sent).
+    Import {
+        /// The filled template: .xlsx, .xlsm, .xls, .ods or .csv.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Message type of the rows.
+        #[arg(long = "type", value_name = "T", default_value = "HoSoCBCCVC")]
+        message_type: String,
+        /// Where the good rows' packets are written (made when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The sheet to read (default: the first).
+        #[arg(long)]
+        sheet: Option<String>,
+        /// Schema directory (with its codes/) instead of the schemas compiled into the binary.
+        #[arg(long, value_name = "DIR")]
+        schemas: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Send the good packets to the gateway (connection settings as for `probe`).
+        #[arg(long)]
+        send: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// How to reach a gateway as an agency: a connection profile, and options over it.
+#[derive(clap::Args)]
+struct Connection {
+    /// A connection profile (TOML: url, cert, key, ca, api_key_env, sample, type; see
+    /// deploy/examples/agency-direct.toml); the options below override it.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// The gateway's API base, e.g. https://lgsp.example.gov.vn:8443/lgsp/v1.
+    #[arg(long)]
+    url: Option<String>,
+    /// Your agency's client certificate (PEM).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The CA certificate the gateway's server certificate chains to (PEM).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Your agency's API key (default: the variable the profile's `api_key_env` names, else LGSP_API_KEY).
+    #[arg(long, hide_env_values = true)]
+    api_key: Option<String>,
+    /// Bound on each network step, in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+impl Connection {
+    /// The probe's options: these over the profile; `sample` and `message_type` from the command.
+    fn options(
+        self,
+        sample: Option<PathBuf>,
+        message_type: Option<String>,
+    ) -> Result<lgsp_probe::ProbeOptions, String> {
+        let file = match self
+            .profile
+            .as_deref()
+            .map(lgsp_probe::Profile::read)
+            .transpose()
+        {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => return Err(e.to_string()),
+        };
+        let given = lgsp_probe::Profile {
+            url: self.url,
+            cert: self.cert,
+            key: self.key,
+            ca: self.ca,
+            api_key_env: None,
+            sample,
+            message_type,
+        };
+        let lookup = |name: &str| std::env::var(name).ok();
+        file.options(
+            given,
+            self.api_key,
+            lookup,
+            std::time::Duration::from_secs(self.timeout),
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Subcommand)]
@@ -132,6 +203,12 @@ enum Kind {
     Production,
 }
 
+/// `error: …` on stderr, exit 2: the command line (or a profile) cannot be used.
+fn usage(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     match Cli::parse()
         .command
@@ -159,27 +236,37 @@ fn main() -> ExitCode {
             },
         ),
         Command::Probe {
-            profile,
-            url,
-            cert,
-            key,
-            ca,
-            api_key,
+            connection,
             sample,
             message_type,
             json,
-            timeout,
+        } => match connection.options(sample, message_type) {
+            Ok(opts) => cmd::probe::probe(&opts, json),
+            Err(e) => usage(e),
+        },
+        Command::Import {
+            file,
+            message_type,
+            out,
+            sheet,
+            schemas,
+            json,
+            send,
+            connection,
         } => {
-            let given = lgsp_probe::Profile {
-                url,
-                cert,
-                key,
-                ca,
-                api_key_env: None,
-                sample,
-                message_type,
+            let send = match send.then(|| connection.options(None, None)).transpose() {
+                Ok(s) => s,
+                Err(e) => return usage(e),
             };
-            cmd::probe::probe(profile.as_deref(), given, api_key, timeout, json)
+            cmd::import::import(&cmd::import::Ask {
+                file: &file,
+                message_type: &message_type,
+                out: &out,
+                sheet: sheet.as_deref(),
+                schemas: schemas.as_deref(),
+                json,
+                send,
+            })
         }
         Command::Validate {
             schema_only,

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod check_config;
+pub mod import;
 pub mod keys;
 pub mod probe;
 pub mod run;

@@ -10,6 +10,7 @@
 
 mod profile;
 mod report;
+mod send;
 mod steps;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use profile::{Profile, ProfileError};
 pub use report::{Outcome, Report, Step};
+pub use send::{Delivery, Sender};
 
 /// What to probe with.
 #[derive(Debug, Clone)]

@@ -34,10 +34,10 @@ struct Setup {
 }
 
 /// An answer read whole.
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: serde_json::Value,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: serde_json::Value,
 }
 
 impl Answer {
@@ -53,18 +53,19 @@ impl Answer {
 }
 
 /// An HTTP/1.1 connection to the gateway, sending as the agency would.
-struct Exchange<'a> {
+pub(crate) struct Exchange {
     sender: SendRequest<Full<Bytes>>,
-    opts: &'a ProbeOptions,
+    api_key: String,
+    pub(crate) timeout: std::time::Duration,
     authority: String,
     content_type: &'static str,
 }
 
 /// Why an exchange gave no answer: the connection failed (`Some`), or no answer came in time (`None`).
-type NoAnswer = Option<hyper::Error>;
+pub(crate) type NoAnswer = Option<hyper::Error>;
 
-impl Exchange<'_> {
-    async fn post(
+impl Exchange {
+    pub(crate) async fn post(
         &mut self,
         path: &str,
         body: Vec<u8>,
@@ -73,11 +74,11 @@ impl Exchange<'_> {
             .method(Method::POST)
             .uri(path)
             .header(http::header::HOST, self.authority.as_str())
-            .header("x-api-key", self.opts.api_key.as_str())
+            .header("x-api-key", self.api_key.as_str())
             .header(http::header::CONTENT_TYPE, self.content_type)
             .body(Full::new(Bytes::from(body)))?;
         let fut = self.sender.send_request(req);
-        let resp = match tokio::time::timeout(self.opts.timeout, fut).await {
+        let resp = match tokio::time::timeout(self.timeout, fut).await {
             Err(_) => return Ok(Err(None)),
             Ok(Err(e)) => return Ok(Err(Some(e))),
             Ok(Ok(resp)) => resp,
@@ -195,7 +196,7 @@ fn detect(format: Format, bytes: &[u8]) -> Option<String> {
 }
 
 /// The client TLS config: the agency's certificate and key, the CA of the gateway's certificate, HTTP/1.1.
-fn client_tls(opts: &ProbeOptions) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn client_tls(opts: &ProbeOptions) -> Result<rustls::ClientConfig, String> {
     let at = |p: &Path, what: &str| ConfigPath::given(PathBuf::from(p), what);
     let chain = lgsp_tls::load_certs(&at(&opts.cert, "--cert")).map_err(|e| e.to_string())?;
     let key = lgsp_tls::load_key(&at(&opts.key, "--key")).map_err(|e| e.to_string())?;
@@ -364,14 +365,38 @@ fn client_certificate_refused(alert: AlertDescription) -> (String, &'static str)
     }
 }
 
+/// HTTP/1.1 over an established TLS connection, posting with the agency's key.
+pub(crate) async fn exchange(
+    stream: TlsStream<TcpStream>,
+    opts: &ProbeOptions,
+    authority: String,
+    format: Format,
+) -> Result<Exchange, hyper::Error> {
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(Exchange {
+        sender,
+        api_key: opts.api_key.clone(),
+        timeout: opts.timeout,
+        authority,
+        content_type: match format {
+            Format::Xml => "application/xml",
+            Format::Json => "application/json",
+        },
+    })
+}
+
 /// The first exchange (the sample's dry run): in TLS 1.3 the gateway judges the client certificate here.
-async fn client_certificate<'a>(
+async fn client_certificate(
     run: &mut Run,
-    opts: &'a ProbeOptions,
+    opts: &ProbeOptions,
     s: &Setup,
     stream: TlsStream<TcpStream>,
-) -> Result<(Exchange<'a>, Answer), Failed> {
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+) -> Result<(Exchange, Answer), Failed> {
+    let authority = format!("{}:{}", s.host, s.port);
+    let mut exchange = exchange(stream, opts, authority, s.format)
         .await
         .map_err(|e| {
             run.fail(
@@ -380,18 +405,6 @@ async fn client_certificate<'a>(
                 "check that --url names the gateway",
             )
         })?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut exchange = Exchange {
-        sender,
-        opts,
-        authority: format!("{}:{}", s.host, s.port),
-        content_type: match s.format {
-            Format::Xml => "application/xml",
-            Format::Json => "application/json",
-        },
-    };
     let path = format!("{}/validate/{}", s.base, s.message_type);
     let sent = exchange
         .post(&path, s.sample.clone().unwrap_or_default())
@@ -529,7 +542,7 @@ fn sample(run: &mut Run, answer: &Answer, message_type: &str) -> Result<(), Fail
 /// The sample sent for real, answered with a receipt (biên nhận).
 async fn round_trip(
     run: &mut Run,
-    exchange: &mut Exchange<'_>,
+    exchange: &mut Exchange,
     path: &str,
     body: Vec<u8>,
     mode: &str,
@@ -569,7 +582,7 @@ async fn round_trip(
             "round_trip",
             match e {
                 Some(e) => format!("the connection failed: {e}"),
-                None => format!("no answer within {:?}", exchange.opts.timeout),
+                None => format!("no answer within {:?}", exchange.timeout),
             },
             "resend later; tell the LGSP operator if it persists",
         )),
