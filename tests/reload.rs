@@ -265,3 +265,82 @@ async fn rate_limit_state_survives_a_reload_that_keeps_the_limits() {
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
+
+/// A copy of the shipped schemas and code lists in `dir/schemas`, for an operator to edit.
+fn copy_schemas(dir: &std::path::Path) -> std::path::PathBuf {
+    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/cbccvc");
+    let to = dir.join("schemas");
+    for sub in ["", "codes"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for e in std::fs::read_dir(from.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    to
+}
+
+#[tokio::test]
+async fn an_operator_adds_a_title_code_to_the_list_and_a_reload_takes_it() {
+    let chain = Chain::start().await;
+    let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
+    let schemas = copy_schemas(chain.pki.dir());
+    let extra = format!("[validation]\nschemas = \"{}\"\n", schemas.display());
+    let (lgsp, _path) = lgsp_from_file(
+        &chain,
+        &absolute(&chain, &lgsp_config_with(&chain.pki, ndxp, "", &extra)),
+    )
+    .await;
+    // The dry run answers at this hop: every hop checks with its own lists (the NDXP behind it still has the
+    // shipped ones, and would refuse the packet until its operator adds the code too).
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/validate/HoSoCBCCVC");
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    // A school librarian (thư viện viên hạng III, V.10.02.07 — a code this list does not carry yet), group A1.
+    let profile = packet()
+        .replace("<MaNgach>01.003</MaNgach>", "<MaNgach>V.10.02.07</MaNgach>")
+        .replace("<BacLuong>3</BacLuong>", "<BacLuong>1</BacLuong>")
+        .replace("<HeSoLuong>3.00</HeSoLuong>", "<HeSoLuong>2.34</HeSoLuong>");
+    let a = client
+        .send("POST", &url, &headers(KEY_H29), &profile)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 422, "{}", String::from_utf8_lossy(&a.body));
+    let e = &a.json()["errors"][0];
+    assert_eq!(e["rule"], "code.unknown");
+    assert!(e["message"].as_str().unwrap().contains("list ngach"), "{e}");
+
+    // A broken edit is refused with its line, and the old list keeps serving.
+    let list = schemas.join("codes/ngach.csv");
+    let original = std::fs::read_to_string(&list).unwrap();
+    std::fs::write(
+        &list,
+        format!("{original}V.10.02.07,Thư viện viên hạng III,A9,VienChuc,III,x\n"),
+    )
+    .unwrap();
+    let r = lgsp.reloader.clone();
+    let e = tokio::task::spawn_blocking(move || r.reload())
+        .await
+        .unwrap()
+        .unwrap_err();
+    let line = original.lines().count() + 1;
+    assert!(
+        e.contains(&format!("codes/ngach.csv:{line}")) && e.contains("nhom_luong `A9`"),
+        "{e}"
+    );
+    std::fs::write(&list, format!("{original}V.10.02.07,Thư viện viên hạng III,A1,VienChuc,III,Thông tư 02/2022/TT-BVHTTDL\n")).unwrap();
+    let r = lgsp.reloader.clone();
+    tokio::task::spawn_blocking(move || r.reload())
+        .await
+        .unwrap()
+        .unwrap();
+    let a = client
+        .send("POST", &url, &headers(KEY_H29), &profile)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["valid"], true);
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}

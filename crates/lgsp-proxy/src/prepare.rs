@@ -116,7 +116,7 @@ fn catalog(source: &SchemaSource) -> Result<Catalog, Problem> {
             .map_err(|e| Origin::named("validation.schemas").problem(format!("the embedded schemas do not load: {e}"))),
         SchemaSource::Dir(dir) => Catalog::load(&dir.path).map_err(|e| {
             dir.origin.problem(format!(
-                "the schemas in {} do not load: {e}; the directory needs {{type}}.xsd and {{type}}.schema.json for each of {}",
+                "the schemas in {} do not load: {e}; the directory needs {{type}}.xsd and {{type}}.schema.json for each of {}, and the code lists codes/*.csv",
                 dir.path.display(),
                 lgsp_schema::MESSAGE_TYPES.join(", ")
             ))
