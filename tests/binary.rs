@@ -2,142 +2,13 @@
 //! the printed `curl` run as printed, `openssl s_client` with a revoked certificate, `promtool check metrics` on
 //! the real /metrics, SIGTERM draining to exit 0, and the `check-config`, `certs init` and `keys new` commands.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use lgsp_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lgsp-gateway");
-const STARTUP: Duration = Duration::from_secs(30);
-
-/// A tool the test drives; in CI (`CI` set) its absence fails the test, elsewhere the test is skipped with a reason.
-fn tool(name: &str) -> bool {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-        || Command::new(name)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is missing in CI: .ci/run must install it"
-        );
-        eprintln!("skipped: {name} is not installed (apt-get install it, or run .ci/run)");
-    }
-    found
-}
-
-/// A running gateway process whose stdout lines arrive on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], cwd: &Path) -> Proc {
-        Self::spawn_logging(args, cwd, None)
-    }
-
-    /// Spawns with the config's own log settings, stderr written to `log` (None: `RUST_LOG=warn`, inherited).
-    fn spawn_logging(args: &[&str], cwd: &Path, log: Option<&Path>) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).current_dir(cwd).stdout(Stdio::piped());
-        match log {
-            Some(file) => {
-                cmd.env_remove("RUST_LOG")
-                    .stderr(Stdio::from(std::fs::File::create(file).expect("log file")));
-            }
-            None => {
-                cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn lgsp-gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The first stdout line starting with `prefix` (waits for the process to print it).
-    fn line(&mut self, prefix: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
-            return l.clone();
-        }
-        loop {
-            match self.lines.recv_timeout(STARTUP) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(e) => panic!(
-                    "no line starting with {prefix:?} ({e}); saw {:?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// Port of a `listening: … https://127.0.0.1:PORT` line.
-    fn port(&mut self, prefix: &str) -> u16 {
-        let l = self.line(prefix);
-        l.rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {l:?}"))
-    }
-
-    /// Sends SIGTERM and returns whether the process exited 0.
-    fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write config");
-    p.display().to_string()
-}
-
-fn sh(cmd: &str) -> (bool, String, String) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree() {
@@ -147,6 +18,7 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
     let pki = TestPki::new();
     let dir = pki.dir().to_owned();
     let mut emu = Proc::spawn(
+        BIN,
         &[
             "run",
             "--config",
@@ -165,6 +37,7 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
         &["LGSP-DEV", LGSP2_IDENTITY],
     );
     let mut ndxp = Proc::spawn(
+        BIN,
         &["run", "--config", &write(&dir, "ndxp.toml", &ndxp_cfg)],
         &dir,
     );
@@ -173,6 +46,7 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
         .unwrap();
     let lgsp_cfg = hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]);
     let mut lgsp = Proc::spawn(
+        BIN,
         &["run", "--config", &write(&dir, "lgsp.toml", &lgsp_cfg)],
         &dir,
     );
@@ -201,6 +75,7 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
     // A second LGSP process relays to the same NDXP, which knows it by its own certificate.
     let lgsp2_cfg = hop_config(&pki, "lgsp2", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]);
     let mut lgsp2 = Proc::spawn(
+        BIN,
         &["run", "--config", &write(&dir, "lgsp2.toml", &lgsp2_cfg)],
         &dir,
     );
@@ -476,7 +351,7 @@ fn json_access_log_has_one_line_per_request_without_key_or_packet_and_sighup_rel
     );
     let config = write(&dir, "lgsp-json.toml", &text);
     let log = dir.join("lgsp.log");
-    let mut lgsp = Proc::spawn_logging(&["run", "--config", &config], &dir, Some(&log));
+    let mut lgsp = Proc::spawn_logging(BIN, &["run", "--config", &config], &dir, Some(&log));
     let port = lgsp.port("listening: hop lgsp");
     let ca = pki.path("ca.pem").display().to_string();
     let key = "lgsp_dev_000.00.00.H29_production";
@@ -496,7 +371,7 @@ fn json_access_log_has_one_line_per_request_without_key_or_packet_and_sighup_rel
         text.replace("timeout = \"5s\"", "timeout = \"6s\""),
     )
     .unwrap();
-    let pid = lgsp.child.id().to_string();
+    let pid = lgsp.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-HUP", &pid])

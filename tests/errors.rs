@@ -339,6 +339,15 @@ impl World {
                 self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &xml(TRIAL_H29), &good)
                     .await
             }
+            "route.bad_path" => {
+                self.post(
+                    lgsp,
+                    "/lgsp/v1/HoSoCBCCVC/%2e%2e/BienChe",
+                    &xml(KEY_H29),
+                    &good,
+                )
+                .await
+            }
             "route.not_found" => self.post(lgsp, "/lgsp/v9/Nope", &xml(KEY_H29), "").await,
             "route.method_not_allowed" => {
                 self.send(

@@ -214,10 +214,13 @@ where
             uri: req.uri().clone(),
             bytes_in: req.body().size_hint().exact(),
         };
-        let inner = match (self.unready.take(), established) {
-            (Some(not_ready), _) => Step::refuse(Unready(not_ready)),
-            (None, Err(e)) => Step::refuse(e),
-            (None, Ok((id, hops))) => {
+        // Before anything reads the path: what this hop checks must be what an upstream serves.
+        let bad_path = crate::route::bad_path(seen.uri.path());
+        let inner = match (self.unready.take(), bad_path, established) {
+            (Some(not_ready), ..) => Step::refuse(Unready(not_ready)),
+            (None, Some(bad), _) => Step::refuse(bad),
+            (None, None, Err(e)) => Step::refuse(e),
+            (None, None, Ok((id, hops))) => {
                 req.extensions_mut().insert(id);
                 req.extensions_mut().insert(hops);
                 Step::inner(self.inner.call(req))

@@ -18,6 +18,9 @@ use crate::hop::HopContext;
 /// A request no route of this hop takes.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
+    /// A path an upstream could read differently than this hop (Envoy's `REJECT_REQUEST` for escaped slashes).
+    #[error("path with {what}")]
+    BadPath { what: &'static str },
     #[error("no route for {path}")]
     NotFound { path: String },
     #[error("{method} not allowed on route {route}")]
@@ -33,6 +36,7 @@ pub enum RouteError {
 impl Problem for RouteError {
     fn status(&self) -> StatusCode {
         match self {
+            RouteError::BadPath { .. } => StatusCode::BAD_REQUEST,
             RouteError::NotFound { .. } => StatusCode::NOT_FOUND,
             RouteError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RouteError::AgencyNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -41,6 +45,7 @@ impl Problem for RouteError {
 
     fn code(&self) -> &'static str {
         match self {
+            RouteError::BadPath { .. } => "route.bad_path",
             RouteError::NotFound { .. } => "route.not_found",
             RouteError::MethodNotAllowed { .. } => "route.method_not_allowed",
             RouteError::AgencyNotAllowed { .. } => "route.agency_not_allowed",
@@ -49,6 +54,9 @@ impl Problem for RouteError {
 
     fn detail(&self) -> String {
         match self {
+            RouteError::BadPath { what } => format!(
+                "The path holds {what}; an upstream that tidies paths would serve another endpoint than the one this gateway checked. Send the path as the route names it, without `.` or `..` segments or encoded slashes."
+            ),
             RouteError::NotFound { path } => format!(
                 "No route of this gateway matches {path}; check the path against the routes the LGSP operator published (e.g. /lgsp/v1/HoSoCBCCVC)."
             ),
@@ -69,6 +77,45 @@ impl Problem for RouteError {
             _ => Vec::new(),
         }
     }
+}
+
+/// What makes a request path unsafe to route: dot segments (`.`, `..`, also percent-encoded), encoded slashes and
+/// backslashes (`%2F`, `%5C`), and backslashes. `path` is the path as received (not decoded).
+pub fn bad_path(path: &str) -> Option<RouteError> {
+    let what = if path.contains('\\') {
+        "a backslash"
+    } else if contains_ignore_case(path, "%2f") || contains_ignore_case(path, "%5c") {
+        "an encoded slash or backslash"
+    } else if path.split('/').any(is_dot_segment) {
+        "a dot segment"
+    } else {
+        return None;
+    };
+    Some(RouteError::BadPath { what })
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// `.` or `..`, with any of its dots written `%2e`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            rest = r;
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
 }
 
 /// A route ready to serve.
@@ -261,6 +308,35 @@ mod tests {
 
     fn refusal(r: Result<Arc<Route>, BoxProblem>) -> BoxProblem {
         r.unwrap_err()
+    }
+
+    #[test]
+    fn paths_an_upstream_could_read_otherwise_are_refused() {
+        for bad in [
+            "/lgsp/v1/HoSoCBCCVC/../BienChe",
+            "/lgsp/v1/HoSoCBCCVC/%2e%2e/BienChe",
+            "/lgsp/v1/HoSoCBCCVC/.%2E/BienChe",
+            "/lgsp/v1/./HoSoCBCCVC",
+            "/lgsp/v1/HoSoCBCCVC/..",
+            "/lgsp/v1/HoSoCBCCVC%2F..%2FBienChe",
+            "/lgsp/v1/HoSoCBCCVC%5cx",
+            "/lgsp/v1/HoSoCBCCVC\\x",
+        ] {
+            let e = bad_path(bad).unwrap_or_else(|| panic!("{bad} passed"));
+            assert_eq!(
+                (e.status(), e.code()),
+                (StatusCode::BAD_REQUEST, "route.bad_path")
+            );
+        }
+        for good in [
+            "/lgsp/v1/HoSoCBCCVC",
+            "/lgsp/v1/BienNhan/01a2.b",
+            "/a/.../b",
+            "/a/..b/c",
+            "/a/%41",
+        ] {
+            assert!(bad_path(good).is_none(), "{good}");
+        }
     }
 
     #[tokio::test]

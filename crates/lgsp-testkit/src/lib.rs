@@ -4,6 +4,9 @@
 //! handshake).
 #![forbid(unsafe_code)]
 
+pub mod process;
+pub use process::{Proc, sh, tool, write};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

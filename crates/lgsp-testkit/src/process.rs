@@ -1,0 +1,145 @@
+//! Driving the built binary: a gateway process whose printed lines a test waits for, files it reads, and the
+//! real clients it is checked with (each skipped with a reason when missing, except in CI).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a process may take to print a line the test waits for.
+pub const STARTUP: Duration = Duration::from_secs(30);
+
+/// A tool the test drives; in CI (`CI` set) its absence fails the test, elsewhere the test is skipped with a reason.
+pub fn tool(name: &str) -> bool {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+        || Command::new(name)
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing in CI: .ci/run must install it"
+        );
+        eprintln!("skipped: {name} is not installed (apt-get install it, or run .ci/run)");
+    }
+    found
+}
+
+/// A running gateway process whose stdout lines arrive on a channel.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    /// Runs `bin` (the test's `env!("CARGO_BIN_EXE_lgsp-gateway")`) with `args` in `cwd`.
+    pub fn spawn(bin: &str, args: &[&str], cwd: &Path) -> Proc {
+        Self::spawn_logging(bin, args, cwd, None)
+    }
+
+    /// Spawns with the config's own log settings, stderr written to `log` (None: `RUST_LOG=warn`, inherited).
+    pub fn spawn_logging(bin: &str, args: &[&str], cwd: &Path, log: Option<&Path>) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).current_dir(cwd).stdout(Stdio::piped());
+        match log {
+            Some(file) => {
+                cmd.env_remove("RUST_LOG")
+                    .stderr(Stdio::from(std::fs::File::create(file).expect("log file")));
+            }
+            None => {
+                cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn lgsp-gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stdout line starting with `prefix` (waits for the process to print it).
+    pub fn line(&mut self, prefix: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return l.clone();
+        }
+        loop {
+            match self.lines.recv_timeout(STARTUP) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line starting with {prefix:?} ({e}); saw {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Port of a `listening: … https://127.0.0.1:PORT` line.
+    pub fn port(&mut self, prefix: &str) -> u16 {
+        let l = self.line(prefix);
+        l.rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {l:?}"))
+    }
+
+    /// The process id (for signals).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and returns whether the process exited 0.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path as text.
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p.display().to_string()
+}
+
+/// Runs `cmd` with `sh -c`: (success, stdout, stderr).
+pub fn sh(cmd: &str) -> (bool, String, String) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
