@@ -437,6 +437,29 @@ impl World {
                 let h = [("x-api-key", KEY_H29), ("content-type", "text/plain")];
                 self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &h, &good).await
             }
+            "packet.unsupported_charset" => {
+                let h = [
+                    ("x-api-key", KEY_H29),
+                    ("content-type", "application/xml; charset=iso-8859-1"),
+                ];
+                self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &h, &good).await
+            }
+            "packet.unsupported_encoding" => {
+                let h = [
+                    ("x-api-key", KEY_H29),
+                    ("content-type", "application/xml"),
+                    ("content-encoding", "gzip"),
+                ];
+                self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &h, &good).await
+            }
+            "packet.ambiguous_content_type" => {
+                let h = [
+                    ("x-api-key", KEY_H29),
+                    ("content-type", "application/xml"),
+                    ("content-type", "application/json"),
+                ];
+                self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &h, &good).await
+            }
             "packet.too_large" => {
                 self.post(
                     lgsp,

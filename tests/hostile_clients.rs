@@ -120,3 +120,51 @@ fn dot_segments_and_escaped_slashes_are_refused_before_routing() {
     let (status, doc) = t.curl("/lgsp/v1/HoSoCBCCVC", &post);
     assert_eq!(status, 200, "{doc}");
 }
+
+#[test]
+fn declared_charsets_encodings_and_doubled_content_types_are_refused() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::start();
+    let body = packet();
+    let send = |headers: &[&str]| {
+        let mut args: Vec<&str> = Vec::new();
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.extend(["--data-binary", body.as_str()]);
+        t.curl("/lgsp/v1/HoSoCBCCVC", &args)
+    };
+    for (headers, status, code) in [
+        (
+            &["Content-Type: application/xml; charset=iso-8859-1"][..],
+            415,
+            "packet.unsupported_charset",
+        ),
+        (
+            &["Content-Type: application/json; charset=utf-16"][..],
+            415,
+            "packet.unsupported_charset",
+        ),
+        (
+            &["Content-Type: application/xml", "Content-Encoding: gzip"][..],
+            415,
+            "packet.unsupported_encoding",
+        ),
+        (
+            &["Content-Type: application/xml", "Content-Type: text/plain"][..],
+            400,
+            "packet.ambiguous_content_type",
+        ),
+    ] {
+        let (got, doc) = send(headers);
+        assert_eq!(
+            (got, doc["code"].as_str()),
+            (status, Some(code)),
+            "{headers:?}: {doc}"
+        );
+    }
+    let (got, doc) = send(&["Content-Type: application/xml; charset=UTF-8"]);
+    assert_eq!(got, 200, "{doc}");
+}

@@ -28,6 +28,12 @@ const INLINE_LIMIT: usize = 256 * 1024;
 pub enum PacketError {
     #[error("Content-Type {got:?} is neither XML nor JSON")]
     UnsupportedMediaType { got: Option<String> },
+    #[error("charset {got} is not UTF-8")]
+    UnsupportedCharset { got: String },
+    #[error("Content-Encoding {got} is not identity")]
+    UnsupportedEncoding { got: String },
+    #[error("{count} Content-Type headers")]
+    AmbiguousContentType { count: usize },
     #[error("packet not well-formed ({} errors)", violations.len())]
     Malformed { violations: Vec<Violation> },
     #[error("packet invalid ({} errors)", violations.len())]
@@ -49,8 +55,12 @@ pub enum PacketError {
 impl Problem for PacketError {
     fn status(&self) -> StatusCode {
         match self {
-            PacketError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PacketError::Malformed { .. } => StatusCode::BAD_REQUEST,
+            PacketError::UnsupportedMediaType { .. }
+            | PacketError::UnsupportedCharset { .. }
+            | PacketError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PacketError::Malformed { .. } | PacketError::AmbiguousContentType { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             PacketError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             PacketError::OutsideJurisdiction { .. } => StatusCode::FORBIDDEN,
             PacketError::UnknownMessageType { .. } => StatusCode::NOT_FOUND,
@@ -60,6 +70,9 @@ impl Problem for PacketError {
     fn code(&self) -> &'static str {
         match self {
             PacketError::UnsupportedMediaType { .. } => "packet.unsupported_media_type",
+            PacketError::UnsupportedCharset { .. } => "packet.unsupported_charset",
+            PacketError::UnsupportedEncoding { .. } => "packet.unsupported_encoding",
+            PacketError::AmbiguousContentType { .. } => "packet.ambiguous_content_type",
             PacketError::Malformed { .. } => "packet.malformed",
             PacketError::Invalid { .. } => "packet.invalid",
             PacketError::OutsideJurisdiction { .. } => "authz.unit_outside_jurisdiction",
@@ -73,6 +86,15 @@ impl Problem for PacketError {
                 "Content-Type {} is not a packet format; send application/xml or application/json.",
                 got.as_deref().unwrap_or("(none)")
             ),
+            PacketError::UnsupportedCharset { got } => format!(
+                "The packet is declared as charset={got}; packets are read as UTF-8 only: convert it to UTF-8 and send charset=utf-8 (or no charset)."
+            ),
+            PacketError::UnsupportedEncoding { got } => format!(
+                "The packet is sent with Content-Encoding {got}; send it unencoded (the gateway validates and forwards the packet as it is)."
+            ),
+            PacketError::AmbiguousContentType { count } => {
+                format!("The request carries {count} Content-Type headers; send exactly one.")
+            }
             PacketError::Malformed { violations } => format!(
                 "The packet is not well-formed ({}); fix it and send it again. `errors` says where.",
                 violations.last().map_or("", |v| v.rule)
@@ -299,6 +321,46 @@ pub struct Validate<S> {
     hop: Arc<HopContext>,
 }
 
+/// What the packet's headers declare it as: one Content-Type, XML or JSON, in UTF-8, unencoded.
+fn packet_format(headers: &http::HeaderMap) -> Result<Format, PacketError> {
+    let count = headers.get_all(header::CONTENT_TYPE).iter().count();
+    if count > 1 {
+        return Err(PacketError::AmbiguousContentType { count });
+    }
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+        let got = String::from_utf8_lossy(enc.as_bytes()).trim().to_owned();
+        if !got.eq_ignore_ascii_case("identity") {
+            return Err(PacketError::UnsupportedEncoding {
+                got: got.chars().take(64).collect(),
+            });
+        }
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let Some(format) = ctype.and_then(Format::from_content_type) else {
+        let got = ctype.map(str::to_owned);
+        return Err(PacketError::UnsupportedMediaType { got });
+    };
+    let charset = ctype
+        .into_iter()
+        .flat_map(|c| c.split(';').skip(1))
+        .find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"').to_owned())
+        });
+    match charset {
+        Some(c) if !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8") => {
+            Err(PacketError::UnsupportedCharset {
+                got: c.chars().take(64).collect(),
+            })
+        }
+        _ => Ok(format),
+    }
+}
+
 /// The message type a request to `route` carries: its configured one, or on a dry-run route the path's last
 /// segment (`{prefix}/{MessageType}`). `Ok(None)`: no packet on this route.
 fn message_type(route: &Route, path: &str) -> Result<Option<&'static str>, BoxProblem> {
@@ -350,13 +412,9 @@ impl<S: Next> Service<Request<Body>> for Validate<S> {
             }
             Err(e) => return Step::refuse(e),
         };
-        let ctype = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let Some(format) = ctype.and_then(Format::from_content_type) else {
-            let got = ctype.map(str::to_owned);
-            return Step::refuse(PacketError::UnsupportedMediaType { got });
+        let format = match packet_format(req.headers()) {
+            Ok(f) => f,
+            Err(e) => return Step::refuse(e),
         };
         let Some(caller) = req.extensions().get::<Caller>().cloned() else {
             return Step::refuse(Internal("validate reached without a caller".into()));
@@ -539,6 +597,59 @@ mod tests {
             .insert(header::CONTENT_LENGTH, "999999999".parse().unwrap());
         let e = refusal(svc.oneshot(big).await);
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_packet_is_one_content_type_in_utf_8_unencoded() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, http::HeaderValue::from_static(v));
+            }
+            packet_format(&h).map_err(|e| e.code())
+        };
+        assert_eq!(
+            headers(&[("content-type", "application/xml")]),
+            Ok(Format::Xml)
+        );
+        assert_eq!(
+            headers(&[("content-type", "application/json; charset=UTF-8")]),
+            Ok(Format::Json)
+        );
+        assert_eq!(
+            headers(&[("content-type", "text/xml;charset=\"utf-8\"")]),
+            Ok(Format::Xml)
+        );
+        assert_eq!(
+            headers(&[("content-type", "application/xml; charset=iso-8859-1")]),
+            Err("packet.unsupported_charset")
+        );
+        assert_eq!(
+            headers(&[("content-type", "application/json; charset=utf-16")]),
+            Err("packet.unsupported_charset")
+        );
+        assert_eq!(
+            headers(&[
+                ("content-type", "application/xml"),
+                ("content-encoding", "gzip")
+            ]),
+            Err("packet.unsupported_encoding")
+        );
+        assert_eq!(
+            headers(&[
+                ("content-type", "application/xml"),
+                ("content-encoding", "identity")
+            ]),
+            Ok(Format::Xml)
+        );
+        assert_eq!(
+            headers(&[
+                ("content-type", "application/xml"),
+                ("content-type", "text/plain")
+            ]),
+            Err("packet.ambiguous_content_type")
+        );
+        assert_eq!(headers(&[]), Err("packet.unsupported_media_type"));
     }
 
     #[test]
