@@ -132,7 +132,7 @@ fn example_configs_parse_and_keep_trial_traffic_off_production() {
         );
     }
     let peers = &ndxp.hops[0].peers;
-    assert!(peers.contains(&"LGSP-HN".to_owned()));
+    assert!(peers.iter().any(|p| p.id == "LGSP-HN"));
     // Every agency the LGSP relays for is registered at the NDXP too.
     for a in &lgsp.agencies {
         assert!(

@@ -157,11 +157,13 @@ async fn raw(pki: &TestPki, addr: SocketAddr, identity: &str, request: &[u8]) ->
 struct World {
     chain: Chain,
     /// Routes: HoSoCBCCVC → a closed port, BienChe → a TLS server whose certificate no trusted CA issued,
-    /// PheDuyetDuLieu → a TLS server that does not speak HTTP, BienDong → an upstream that never answers (300 ms timeout); BienNhan only for H26.
+    /// PheDuyetDuLieu → a TLS server that does not speak HTTP, BienDong → `silent`, an upstream that never answers (300 ms timeout); BienNhan only for H26.
     failing: lgsp_proxy::Gateway,
     /// One request in flight per agency; the dry run limited to one per hour; upstream: `held`.
     limited: lgsp_proxy::Gateway,
     held: HeldUpstream,
+    /// BienDong's upstream at `failing`: never answers.
+    _silent: HeldUpstream,
     /// The shared rate-limit store unreachable, set to refuse.
     refusing: lgsp_proxy::Gateway,
 }
@@ -172,6 +174,9 @@ impl World {
         let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
         let pki = &chain.pki;
         let held = HeldUpstream::start(pki).await;
+        // Its own never-answering upstream, so a timed-out request left waiting there cannot take `held`'s
+        // release or leave an arrival behind.
+        let silent = HeldUpstream::start(pki).await;
         let base = hop_config(pki, "lgsp", "/lgsp/v1", ndxp, "/ndxp/v1", &[]);
 
         let mut text = edit_route(&base, "HoSoCBCCVC", |b| upstream(b, closed_port_sync()));
@@ -180,7 +185,7 @@ impl World {
         let garbage = garbage_upstream(pki, "emulator-server").await;
         text = edit_route(&text, "PheDuyetDuLieu", |b| upstream(b, garbage));
         text = edit_route(&text, "BienDong", |b| {
-            upstream(b, held.addr).replace("timeout = \"5s\"", "timeout = \"300ms\"")
+            upstream(b, silent.addr).replace("timeout = \"5s\"", "timeout = \"300ms\"")
         });
         text = edit_route(&text, "BienNhan", |b| {
             b.replace("agencies = [\"*\"]", "agencies = [\"000.00.00.H26\"]")
@@ -222,6 +227,7 @@ impl World {
             failing,
             limited,
             held,
+            _silent: silent,
             refusing,
         }
     }

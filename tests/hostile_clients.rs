@@ -9,17 +9,31 @@ use lgsp_testkit::*;
 const BIN: &str = env!("CARGO_BIN_EXE_lgsp-gateway");
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 
-/// An emulator and an LGSP hop in front of it, each its own process of the built binary.
+/// An emulator and one hop in front of it, each its own process of the built binary.
 struct Target {
     pki: TestPki,
     _emulator: Proc,
-    _lgsp: Proc,
+    _hop: Proc,
     port: u16,
+    prefix: &'static str,
 }
 
 impl Target {
+    /// An LGSP hop at `/lgsp/v1`.
     fn start() -> Target {
-        let pki = TestPki::new();
+        Target::hop("lgsp", "/lgsp/v1", &[])
+    }
+
+    /// An NDXP hop at `/ndxp/v1` that takes relays from `peers` (identities or `{ id, sha256 }` tables).
+    fn ndxp(pki: TestPki, peers: &[&str]) -> Target {
+        Target::hop_in(pki, "ndxp", "/ndxp/v1", peers)
+    }
+
+    fn hop(name: &str, prefix: &'static str, peers: &[&str]) -> Target {
+        Target::hop_in(TestPki::new(), name, prefix, peers)
+    }
+
+    fn hop_in(pki: TestPki, name: &str, prefix: &'static str, peers: &[&str]) -> Target {
         let dir = pki.dir().to_owned();
         let mut emulator = Proc::spawn(
             BIN,
@@ -33,18 +47,23 @@ impl Target {
         let emu = format!("127.0.0.1:{}", emulator.port("listening: emulator"))
             .parse()
             .unwrap();
-        let config = hop_config(&pki, "lgsp", "/lgsp/v1", emu, "/cbccvc/v1", &[]);
-        let mut lgsp = Proc::spawn(
+        let config = hop_config(&pki, name, prefix, emu, "/cbccvc/v1", peers);
+        let mut hop = Proc::spawn(
             BIN,
-            &["run", "--config", &write(&dir, "lgsp.toml", &config)],
+            &[
+                "run",
+                "--config",
+                &write(&dir, &format!("{name}.toml"), &config),
+            ],
             &dir,
         );
-        let port = lgsp.port("listening: hop lgsp");
+        let port = hop.port(&format!("listening: hop {name}"));
         Target {
             pki,
             _emulator: emulator,
-            _lgsp: lgsp,
+            _hop: hop,
             port,
+            prefix,
         }
     }
 
@@ -56,22 +75,33 @@ impl Target {
         self.dir().join(name)
     }
 
-    /// curl as agency H29 with its key: (status, body). `extra` are further curl arguments.
+    /// curl as agency H29 with its key to `path` under the hop's prefix: (status, body). `extra` are further curl
+    /// arguments.
     fn curl(&self, path: &str, extra: &[&str]) -> (u16, serde_json::Value) {
+        let key = format!("X-API-Key: {KEY_H29}");
+        let mut args = vec!["-H", key.as_str()];
+        args.extend(extra);
+        self.curl_as(AGENCY_OK, path, &args)
+    }
+
+    /// curl presenting the certificate `identity` (a file stem of the test PKI), with no key unless `extra` has one.
+    fn curl_as(&self, identity: &str, path: &str, extra: &[&str]) -> (u16, serde_json::Value) {
         let out = std::process::Command::new("curl")
             .args(["-sS", "--path-as-is", "-o", "-", "-w", "\n%{http_code}"])
             .args([
                 "--cert",
-                &self.file(&format!("{AGENCY_OK}.pem")).display().to_string(),
+                &self.file(&format!("{identity}.pem")).display().to_string(),
             ])
             .args([
                 "--key",
-                &self.file(&format!("{AGENCY_OK}.key")).display().to_string(),
+                &self.file(&format!("{identity}.key")).display().to_string(),
             ])
             .args(["--cacert", &self.file("ca.pem").display().to_string()])
-            .args(["-H", &format!("X-API-Key: {KEY_H29}")])
             .args(extra)
-            .arg(format!("https://localhost:{}{path}", self.port))
+            .arg(format!(
+                "https://localhost:{}{}{path}",
+                self.port, self.prefix
+            ))
             .output()
             .expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -102,12 +132,12 @@ fn dot_segments_and_escaped_slashes_are_refused_before_routing() {
     ];
     // The route that would have checked the packet, and the one an upstream would have served.
     for path in [
-        "/lgsp/v1/HoSoCBCCVC/../BienChe",
-        "/lgsp/v1/HoSoCBCCVC/%2e%2e/BienChe",
-        "/lgsp/v1/HoSoCBCCVC/%2E./BienChe",
-        "/lgsp/v1/HoSoCBCCVC%2F..%2FBienChe",
-        "/lgsp/v1/HoSoCBCCVC%5C..%5CBienChe",
-        "/lgsp/v1/./HoSoCBCCVC",
+        "/HoSoCBCCVC/../BienChe",
+        "/HoSoCBCCVC/%2e%2e/BienChe",
+        "/HoSoCBCCVC/%2E./BienChe",
+        "/HoSoCBCCVC%2F..%2FBienChe",
+        "/HoSoCBCCVC%5C..%5CBienChe",
+        "/./HoSoCBCCVC",
     ] {
         let (status, doc) = t.curl(path, &post);
         assert_eq!(
@@ -117,7 +147,7 @@ fn dot_segments_and_escaped_slashes_are_refused_before_routing() {
         );
     }
     // The same packet on its own path goes through.
-    let (status, doc) = t.curl("/lgsp/v1/HoSoCBCCVC", &post);
+    let (status, doc) = t.curl("/HoSoCBCCVC", &post);
     assert_eq!(status, 200, "{doc}");
 }
 
@@ -134,7 +164,7 @@ fn declared_charsets_encodings_and_doubled_content_types_are_refused() {
             args.extend(["-H", h]);
         }
         args.extend(["--data-binary", body.as_str()]);
-        t.curl("/lgsp/v1/HoSoCBCCVC", &args)
+        t.curl("/HoSoCBCCVC", &args)
     };
     for (headers, status, code) in [
         (
@@ -167,4 +197,73 @@ fn declared_charsets_encodings_and_doubled_content_types_are_refused() {
     }
     let (got, doc) = send(&["Content-Type: application/xml; charset=UTF-8"]);
     assert_eq!(got, 200, "{doc}");
+}
+
+/// A relayed packet for H29, as an LGSP sends it: no key, the agency in `X-LGSP-Client`.
+fn relay_args(body: &str) -> [&str; 6] {
+    [
+        "-H",
+        "X-LGSP-Client: 000.00.00.H29",
+        "-H",
+        "Content-Type: application/xml",
+        "--data-binary",
+        body,
+    ]
+}
+
+#[test]
+fn only_the_exact_san_identity_makes_a_peer() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::ndxp(TestPki::new(), &["LGSP-DEV"]);
+    let body = packet();
+    let relay = relay_args(&body);
+    // The real relay: SAN URI `urn:lgsp:id:LGSP-DEV`.
+    let (status, doc) = t.curl_as("lgsp-client", "/HoSoCBCCVC", &relay);
+    assert_eq!(status, 200, "{doc}");
+    // A CN of `LGSP-DEV` with no SAN, or the SAN in upper case, is an unknown caller, not the relay: without an
+    // API key it is refused, whatever X-LGSP-Client says.
+    for impostor in [IMPOSTOR_CN, IMPOSTOR_UPPER_SAN] {
+        let (status, doc) = t.curl_as(impostor, "/HoSoCBCCVC", &relay);
+        assert_eq!(
+            (status, doc["code"].as_str()),
+            (401, Some("auth.missing_key")),
+            "{impostor}: {doc}"
+        );
+    }
+}
+
+#[test]
+fn a_pinned_peer_is_only_the_certificate_pinned() {
+    if !tool("curl") || !tool("openssl") {
+        return;
+    }
+    let pki = TestPki::new();
+    // The operator pins LGSP-2 the way the README shows.
+    let (ok, fingerprint, err) = sh(&format!(
+        "openssl x509 -in {} -noout -fingerprint -sha256",
+        pki.path("lgsp2-client.pem").display()
+    ));
+    assert!(ok, "{err}");
+    let pin = fingerprint
+        .trim()
+        .rsplit_once('=')
+        .map(|(_, hex)| hex.to_owned())
+        .expect("openssl prints sha256 Fingerprint=AB:CD:…");
+    let t = Target::ndxp(
+        pki,
+        &[
+            &format!("{{ id = \"{LGSP2_IDENTITY}\", sha256 = \"{pin}\" }}"),
+            // LGSP-DEV pinned to a certificate other than the one it presents (a stolen CA-issued twin, or a
+            // renewal the operator has not pinned yet).
+            &format!("{{ id = \"LGSP-DEV\", sha256 = \"{}\" }}", "0".repeat(64)),
+        ],
+    );
+    let body = packet();
+    let relay = relay_args(&body);
+    let (status, doc) = t.curl_as("lgsp2-client", "/HoSoCBCCVC", &relay);
+    assert_eq!(status, 200, "{doc}");
+    let (status, doc) = t.curl_as("lgsp-client", "/HoSoCBCCVC", &relay);
+    assert_eq!(status, 401, "{doc}");
 }

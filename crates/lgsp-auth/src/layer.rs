@@ -2,7 +2,7 @@
 //! same agency; a peer gateway (listed in the hop's `peers`) relays with its certificate alone and names the
 //! agency it relays for in `X-LGSP-Client`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,7 +11,7 @@ use http::{HeaderMap, Request, StatusCode};
 use lgsp_config::{AgencyConfig, AgencyStatus, KeyKind};
 use lgsp_metrics::{Metrics, RequestLabels};
 use lgsp_problem::{BoxProblem, Problem};
-use lgsp_tls::PeerIdentity;
+use lgsp_tls::{PeerIdentity, Peers};
 use tower::{Layer, Service};
 
 use crate::keys::KeyStore;
@@ -153,7 +153,7 @@ pub struct AuthPolicy {
     pub hop: Arc<str>,
     pub keys: KeyStore,
     pub agencies: HashMap<Arc<str>, AgencyStatus>,
-    pub peers: HashSet<String>,
+    pub peers: Peers,
     pub metrics: Arc<Metrics>,
     /// Issues (POST /token) and checks the hop's bearer tokens.
     pub tokens: Arc<TokenIssuer>,
@@ -163,7 +163,7 @@ impl AuthPolicy {
     pub fn new(
         hop: &str,
         agencies: &[AgencyConfig],
-        peers: &[String],
+        peers: &[lgsp_config::PeerConfig],
         metrics: Arc<Metrics>,
         tokens: Arc<TokenIssuer>,
     ) -> Self {
@@ -174,14 +174,14 @@ impl AuthPolicy {
                 .iter()
                 .map(|a| (Arc::from(a.code.as_str()), a.status))
                 .collect(),
-            peers: peers.iter().cloned().collect(),
+            peers: Peers::new(peers),
             metrics,
             tokens,
         }
     }
 
     pub fn is_peer(&self, identity: &PeerIdentity) -> bool {
-        self.peers.contains(&identity.id)
+        self.peers.admits(identity)
     }
 
     /// Decides who is calling.
@@ -424,7 +424,10 @@ mod tests {
         let policy = Arc::new(AuthPolicy::new(
             "lgsp",
             &agencies,
-            &["LGSP-DEV".to_owned()],
+            &[lgsp_config::PeerConfig {
+                id: "LGSP-DEV".into(),
+                sha256: None,
+            }],
             metrics.clone(),
             crate::TokenIssuer::new("lgsp", None, std::time::Duration::from_secs(60)),
         ));

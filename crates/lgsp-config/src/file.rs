@@ -99,13 +99,30 @@ pub struct FileHop {
     pub listen: Spanned<String>,
     pub tls: FileServerTls,
     pub upstream_tls: FileClientTls,
-    /// Identities (from their client certificates) of gateways that relay for agencies.
+    /// Gateways that relay for agencies: the identity in the SAN URI of their client certificate, optionally
+    /// pinned to that certificate's SHA-256 (`{ id = "LGSP-DEV", sha256 = "…" }`).
     #[serde(default)]
-    pub peers: Vec<Spanned<String>>,
+    pub peers: Vec<Spanned<FilePeer>>,
     #[serde(default)]
     pub http: FileHttp,
     #[serde(default, rename = "route")]
     pub routes: Vec<FileRoute>,
+}
+
+/// A peer gateway: its identity alone, or with its certificate's SHA-256.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FilePeer {
+    Id(String),
+    Pinned(FilePinnedPeer),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePinnedPeer {
+    pub id: String,
+    /// SHA-256 (hex) of the peer's client certificate (DER).
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -16,8 +16,9 @@ pub use runtime::defaults;
 pub use runtime::defaults::IDENTITY_URI_PREFIX as DEFAULT_IDENTITY_URI_PREFIX;
 pub use runtime::{
     AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, EmulatorConfig, HopConfig,
-    KeyConfig, LogConfig, Origin, OverloadConfig, PkiConfig, RateLimitBackend, RateLimitConfig,
-    RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream, ValidationConfig,
+    KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig, RateLimitBackend,
+    RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream,
+    ValidationConfig,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

@@ -1,17 +1,17 @@
 //! What every layer of one hop knows about the hop itself: its name, the peer gateways it trusts, and its metric
 //! handles that do not depend on the request.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
+use lgsp_config::PeerConfig;
 use lgsp_metrics::{Metrics, RouteMetrics, UNKNOWN};
-use lgsp_tls::PeerIdentity;
+use lgsp_tls::{PeerIdentity, Peers};
 use prometheus::IntCounter;
 
 #[derive(Debug)]
 pub struct HopContext {
     pub name: Arc<str>,
-    pub peers: HashSet<String>,
+    pub peers: Peers,
     pub metrics: Arc<Metrics>,
     /// The handles of requests that match no route.
     pub unknown_route: Arc<RouteMetrics>,
@@ -23,10 +23,10 @@ pub struct HopContext {
 }
 
 impl HopContext {
-    pub fn new(name: &str, peers: &[String], metrics: Arc<Metrics>) -> HopContext {
+    pub fn new(name: &str, peers: &[PeerConfig], metrics: Arc<Metrics>) -> HopContext {
         HopContext {
             name: Arc::from(name),
-            peers: peers.iter().cloned().collect(),
+            peers: Peers::new(peers),
             unknown_route: metrics.route(name, UNKNOWN),
             token_route: metrics.route(name, "token"),
             shed_global: metrics.load_shed.with_label_values(&[name, "global"]),
@@ -37,7 +37,7 @@ impl HopContext {
 
     /// Whether the connection's certificate is one of the gateways this hop trusts to relay.
     pub fn is_peer(&self, identity: Option<&PeerIdentity>) -> bool {
-        identity.is_some_and(|p| self.peers.contains(&p.id))
+        identity.is_some_and(|p| self.peers.admits(p))
     }
 }
 
@@ -48,7 +48,11 @@ mod tests {
 
     #[test]
     fn peers_are_known_by_their_certificate_identity() {
-        let hop = HopContext::new("ndxp", &["LGSP-DEV".to_owned()], metrics());
+        let peers = [PeerConfig {
+            id: "LGSP-DEV".into(),
+            sha256: None,
+        }];
+        let hop = HopContext::new("ndxp", &peers, metrics());
         assert!(hop.is_peer(Some(&identity("LGSP-DEV"))));
         assert!(!hop.is_peer(Some(&identity("000.00.00.H29"))));
         assert!(!hop.is_peer(None));

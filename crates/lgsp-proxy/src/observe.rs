@@ -337,7 +337,13 @@ mod tests {
     use tower::ServiceExt;
 
     fn hop(peers: &[&str]) -> Arc<HopContext> {
-        let peers: Vec<String> = peers.iter().map(|p| (*p).to_owned()).collect();
+        let peers: Vec<lgsp_config::PeerConfig> = peers
+            .iter()
+            .map(|p| lgsp_config::PeerConfig {
+                id: (*p).to_owned(),
+                sha256: None,
+            })
+            .collect();
         Arc::new(HopContext::new("ndxp", &peers, Metrics::new().unwrap()))
     }
 

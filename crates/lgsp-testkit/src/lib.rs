@@ -39,6 +39,10 @@ pub const AGENCY_EXPIRED: &str = "agency-expired";
 pub const AGENCY_WRONG_CA: &str = "agency-wrong-ca";
 /// A certificate of the trusted CA that names nobody: no SAN URI, an empty Subject CN.
 pub const AGENCY_NO_IDENTITY: &str = "agency-no-identity";
+/// A certificate of the trusted CA with the dev LGSP's name as Subject CN and no SAN: not the LGSP.
+pub const IMPOSTOR_CN: &str = "impostor-cn";
+/// A certificate of the trusted CA whose SAN URI is the dev LGSP's in upper case (`URN:LGSP:ID:LGSP-DEV`).
+pub const IMPOSTOR_UPPER_SAN: &str = "impostor-upper-san";
 
 pub const H29: &str = "000.00.00.H29";
 pub const H26: &str = "000.00.00.H26";
@@ -77,6 +81,22 @@ impl TestPki {
             .issue(&LeafSpec::client(""))
             .and_then(|l| l.write(dir.path(), AGENCY_NO_IDENTITY))
             .expect("identity-less certificate");
+        report
+            .ca
+            .issue(&LeafSpec::client(devpki::DEV_LGSP_IDENTITY))
+            .and_then(|l| l.write(dir.path(), IMPOSTOR_CN))
+            .expect("CN-only impostor");
+        report
+            .ca
+            .issue(
+                &LeafSpec::client(devpki::DEV_LGSP_IDENTITY).with_uri(&format!(
+                    "{}{}",
+                    devpki::DEV_URI_PREFIX.to_uppercase(),
+                    devpki::DEV_LGSP_IDENTITY
+                )),
+            )
+            .and_then(|l| l.write(dir.path(), IMPOSTOR_UPPER_SAN))
+            .expect("upper-case SAN impostor");
         let other = DevCa::generate("Some other CA").expect("other CA");
         other
             .issue(&LeafSpec::identity(H29))
@@ -169,7 +189,8 @@ pub fn emulator_config(pki: &TestPki) -> String {
     )
 }
 
-/// Config of one hop forwarding `{prefix}/{MessageType}` to `upstream` + `{rewrite}/{MessageType}`.
+/// Config of one hop forwarding `{prefix}/{MessageType}` to `upstream` + `{rewrite}/{MessageType}`; `peers` are
+/// identities, or inline tables (`{ id = "…", sha256 = "…" }`) written as given.
 pub fn hop_config(
     pki: &TestPki,
     name: &str,
@@ -181,7 +202,14 @@ pub fn hop_config(
     let mut s = head(pki);
     let peers = peers
         .iter()
-        .map(|p| format!("\"{p}\""))
+        // An inline table (`{ id = …, sha256 = … }`) as written, a bare identity quoted.
+        .map(|p| {
+            if p.starts_with('{') {
+                (*p).to_owned()
+            } else {
+                format!("\"{p}\"")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let role = if name.starts_with("ndxp") {

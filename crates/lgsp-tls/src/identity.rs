@@ -22,6 +22,35 @@ pub struct PeerIdentity {
     pub not_after: i64,
 }
 
+/// The gateways a hop trusts to relay for agencies: known by the exact identity in their certificate's SAN URI —
+/// never by a Common Name, which any certificate of the CA may carry — and, when pinned, by the certificate's
+/// SHA-256 too.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    /// Identity → pinned certificate SHA-256 (lower-case hex), if any.
+    by_id: std::collections::HashMap<String, Option<String>>,
+}
+
+impl Peers {
+    pub fn new(peers: &[lgsp_config::PeerConfig]) -> Peers {
+        Peers {
+            by_id: peers
+                .iter()
+                .map(|p| (p.id.clone(), p.sha256.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether the connection's certificate is one of these gateways.
+    pub fn admits(&self, identity: &PeerIdentity) -> bool {
+        identity.source == IdentitySource::SanUri
+            && self
+                .by_id
+                .get(&identity.id)
+                .is_some_and(|pin| pin.as_ref().is_none_or(|p| *p == identity.cert_sha256))
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
     #[error("the client certificate cannot be parsed: {0}")]
@@ -87,6 +116,35 @@ impl PeerIdentity {
 mod tests {
     use super::*;
     use crate::devpki::{DevCa, LeafSpec};
+
+    #[test]
+    fn a_peer_is_its_exact_san_identity_and_its_pin() {
+        let ca = DevCa::generate("Test CA").unwrap();
+        let read = |spec: &LeafSpec| {
+            PeerIdentity::from_certificate(&ca.issue(spec).unwrap().cert_der(), "urn:lgsp:id:")
+                .unwrap()
+        };
+        let real = read(&LeafSpec::identity("LGSP-DEV"));
+        let cn_only = read(&LeafSpec::client("LGSP-DEV"));
+        let upper = read(&LeafSpec::client("x").with_uri("URN:LGSP:ID:LGSP-DEV"));
+        let peers = Peers::new(&[lgsp_config::PeerConfig {
+            id: "LGSP-DEV".into(),
+            sha256: None,
+        }]);
+        assert!(peers.admits(&real));
+        assert_eq!(cn_only.id, "LGSP-DEV");
+        assert!(!peers.admits(&cn_only), "a Common Name makes no peer");
+        assert!(!peers.admits(&upper), "the URI prefix is matched exactly");
+        let pinned = Peers::new(&[lgsp_config::PeerConfig {
+            id: "LGSP-DEV".into(),
+            sha256: Some(real.cert_sha256.clone()),
+        }]);
+        assert!(pinned.admits(&real));
+        assert!(
+            !pinned.admits(&read(&LeafSpec::identity("LGSP-DEV"))),
+            "another certificate of the same name"
+        );
+    }
 
     #[test]
     fn san_uri_with_prefix_wins_over_cn() {

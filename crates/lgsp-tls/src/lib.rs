@@ -11,7 +11,7 @@ mod load;
 
 pub use config::{ALPN_H1, ALPN_H2, client_config, provider, server_config};
 pub use handshake::{HandshakeFailure, rustls_error};
-pub use identity::{IdentityError, IdentitySource, PeerIdentity};
+pub use identity::{IdentityError, IdentitySource, PeerIdentity, Peers};
 pub use load::{TlsError, load_certs, load_crls, load_key};
 
 /// When a certificate or CRL named in the config stops being usable.

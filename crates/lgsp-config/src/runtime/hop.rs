@@ -5,11 +5,13 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use toml::Spanned;
+
 use super::check::Checker;
 use super::defaults;
 use super::route::{RouteConfig, route};
 use super::tls::{ClientTlsConfig, ServerTlsConfig, client_tls, server_tls};
-use crate::file::{FileHop, HopRole};
+use crate::file::{FileHop, FilePeer, HopRole};
 use crate::parse::valid_identity;
 
 #[derive(Debug, Clone)]
@@ -19,11 +21,20 @@ pub struct HopConfig {
     pub listen: SocketAddr,
     pub tls: ServerTlsConfig,
     pub upstream_tls: ClientTlsConfig,
-    pub peers: Vec<String>,
+    pub peers: Vec<PeerConfig>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub routes: Vec<RouteConfig>,
+}
+
+/// A gateway that may relay for agencies: known by the exact identity in its certificate's SAN URI (never a
+/// Common Name), and when pinned, by that certificate's SHA-256 too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub id: String,
+    /// Lower-case hex SHA-256 of the certificate (DER).
+    pub sha256: Option<String>,
 }
 
 /// Every hop, with unique names.
@@ -51,14 +62,7 @@ fn hop(c: &mut Checker<'_>, h: &FileHop, field: &str, known: &HashSet<&str>) -> 
             "use letters, digits, '.', '-' or '_' (it is a metric label and a header value)",
         );
     }
-    let mut peers = Vec::new();
-    for p in &h.peers {
-        if valid_identity(p.get_ref()) {
-            peers.push(p.get_ref().clone());
-        } else {
-            c.problem(p, format!("{field}.peers"), "a peer is the identity in a gateway's client certificate: letters, digits, '.', '-', '_'");
-        }
-    }
+    let peers = peers(c, &h.peers, &format!("{field}.peers"));
     let mut names = HashSet::new();
     let mut routes = Vec::new();
     for (j, r) in h.routes.iter().enumerate() {
@@ -100,6 +104,35 @@ fn hop(c: &mut Checker<'_>, h: &FileHop, field: &str, known: &HashSet<&str>) -> 
     }
 }
 
+fn peers(c: &mut Checker<'_>, list: &[Spanned<FilePeer>], field: &str) -> Vec<PeerConfig> {
+    let mut out = Vec::new();
+    for p in list {
+        let (id, pin) = match p.get_ref() {
+            FilePeer::Id(id) => (id, None),
+            // `openssl x509 -fingerprint -sha256` writes `AB:CD:…`; `sha256sum` writes `abcd…`.
+            FilePeer::Pinned(pinned) => (
+                &pinned.id,
+                Some(pinned.sha256.replace(':', "").to_ascii_lowercase()),
+            ),
+        };
+        if !valid_identity(id) {
+            c.problem(p, field, "a peer is the identity in the SAN URI of a gateway's client certificate: letters, digits, '.', '-', '_'");
+            continue;
+        }
+        if let Some(hex) = &pin
+            && (hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            c.problem(p, field, "write the SHA-256 of the peer's certificate as 64 hex digits (colons allowed), e.g. from `openssl x509 -in peer.pem -noout -fingerprint -sha256`");
+            continue;
+        }
+        out.push(PeerConfig {
+            id: id.clone(),
+            sha256: pin,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::tests::problems_of;
@@ -120,6 +153,34 @@ mod tests {
         assert!(p[0].message.contains("between 1024 and 1048576"), "{p:?}");
         let p = problems_of("max_connections = 10000", "max_connections = 0");
         assert_eq!(p[0].field, "hop[0].http.max_connections");
+    }
+
+    #[test]
+    fn peers_may_be_pinned_to_a_certificate() {
+        let text = crate::EMBEDDED.replacen(
+            "peers = [\"LGSP-DEV\"]",
+            &format!(
+                "peers = [\"LGSP-A\", {{ id = \"LGSP-DEV\", sha256 = \"{}\" }}]",
+                ["AB"; 32].join(":")
+            ),
+            1,
+        );
+        let c = crate::parse(&text, "t.toml", std::path::Path::new(".")).unwrap();
+        let peers = &c.hops[1].peers;
+        assert_eq!(
+            peers[0],
+            super::PeerConfig {
+                id: "LGSP-A".into(),
+                sha256: None
+            }
+        );
+        assert_eq!(peers[1].sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        let p = problems_of(
+            "peers = [\"LGSP-DEV\"]",
+            "peers = [{ id = \"LGSP-DEV\", sha256 = \"xyz\" }]",
+        );
+        assert_eq!(p[0].field, "hop[1].peers");
+        assert!(p[0].message.contains("64 hex digits"), "{p:?}");
     }
 
     #[test]

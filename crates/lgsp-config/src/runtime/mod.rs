@@ -23,7 +23,7 @@ use toml::Spanned;
 pub use admin::{AdminConfig, LogConfig, PkiConfig};
 pub use agency::{AgencyConfig, KeyConfig};
 pub use emulator::EmulatorConfig;
-pub use hop::HopConfig;
+pub use hop::{HopConfig, PeerConfig};
 pub use limits::{OverloadConfig, RateLimitBackend, RateLimitConfig};
 pub use route::{RateSpec, RouteConfig, Upstream};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
