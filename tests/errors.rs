@@ -166,6 +166,8 @@ struct World {
     _silent: HeldUpstream,
     /// The shared rate-limit store unreachable, set to refuse.
     refusing: lgsp_proxy::Gateway,
+    /// One connection per identity, bodies within 300 ms.
+    strict: lgsp_proxy::Gateway,
 }
 
 impl World {
@@ -222,6 +224,12 @@ impl World {
         let refusing = lgsp_proxy::Gateway::start(&parse(pki, &text))
             .await
             .unwrap();
+        let text = format!(
+            "{base}\n[hop.http]\nmax_connections_per_agency = 1\nbody_read_timeout = \"300ms\"\n"
+        );
+        let strict = lgsp_proxy::Gateway::start(&parse(pki, &text))
+            .await
+            .unwrap();
         World {
             chain,
             failing,
@@ -229,6 +237,7 @@ impl World {
             held,
             _silent: silent,
             refusing,
+            strict,
         }
     }
 
@@ -481,6 +490,39 @@ impl World {
                     "POST /lgsp/v1/HoSoCBCCVC HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\ncontent-type: application/xml\r\ntransfer-encoding: chunked\r\n\r\n5\r\n<Ho\r\nzz\r\n"
                 );
                 raw(&self.chain.pki, addr, AGENCY_OK, head.as_bytes()).await
+            }
+            "packet.body_timeout" => {
+                // The head promises 1000 bytes; five arrive, then nothing.
+                let addr = self.strict.hop_addr("lgsp").unwrap();
+                let head = format!(
+                    "POST /lgsp/v1/HoSoCBCCVC HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\ncontent-type: application/xml\r\ncontent-length: 1000\r\n\r\n<HoSo"
+                );
+                raw(&self.chain.pki, addr, AGENCY_OK, head.as_bytes()).await
+            }
+            "overload.too_many_connections" => {
+                // H26 holds its one connection; a second one is answered and closed.
+                let addr = self.strict.hop_addr("lgsp").unwrap();
+                let tls = self
+                    .chain
+                    .pki
+                    .client_tls(Some(AGENCY_OTHER), &[b"http/1.1"]);
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut held = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                let head = format!(
+                    "GET /lgsp/v1/BienNhan/x HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H26}\r\n\r\n"
+                );
+                // An answer on it proves the gateway counts it.
+                held.write_all(head.as_bytes()).await.unwrap();
+                let mut answer = [0u8; 12];
+                held.read_exact(&mut answer).await.unwrap();
+                assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
+                let seen = raw(&self.chain.pki, addr, AGENCY_OTHER, head.as_bytes()).await;
+                drop(held);
+                seen
             }
             "packet.malformed" => {
                 self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &xml(KEY_H29), "<x")

@@ -16,6 +16,8 @@ struct Target {
     _hop: Proc,
     port: u16,
     prefix: &'static str,
+    /// The hop process's `/metrics` URL.
+    metrics: String,
 }
 
 impl Target {
@@ -26,14 +28,25 @@ impl Target {
 
     /// An NDXP hop at `/ndxp/v1` that takes relays from `peers` (identities or `{ id, sha256 }` tables).
     fn ndxp(pki: TestPki, peers: &[&str]) -> Target {
-        Target::hop_in(pki, "ndxp", "/ndxp/v1", peers)
+        Target::hop_in(pki, "ndxp", "/ndxp/v1", peers, "")
+    }
+
+    /// An LGSP hop with `extra` appended to its config (e.g. a `[hop.http]` section).
+    fn lgsp_with(extra: &str) -> Target {
+        Target::hop_in(TestPki::new(), "lgsp", "/lgsp/v1", &[], extra)
     }
 
     fn hop(name: &str, prefix: &'static str, peers: &[&str]) -> Target {
-        Target::hop_in(TestPki::new(), name, prefix, peers)
+        Target::hop_in(TestPki::new(), name, prefix, peers, "")
     }
 
-    fn hop_in(pki: TestPki, name: &str, prefix: &'static str, peers: &[&str]) -> Target {
+    fn hop_in(
+        pki: TestPki,
+        name: &str,
+        prefix: &'static str,
+        peers: &[&str],
+        extra: &str,
+    ) -> Target {
         let dir = pki.dir().to_owned();
         let mut emulator = Proc::spawn(
             BIN,
@@ -47,7 +60,7 @@ impl Target {
         let emu = format!("127.0.0.1:{}", emulator.port("listening: emulator"))
             .parse()
             .unwrap();
-        let config = hop_config(&pki, name, prefix, emu, "/cbccvc/v1", peers);
+        let config = hop_config(&pki, name, prefix, emu, "/cbccvc/v1", peers) + extra;
         let mut hop = Proc::spawn(
             BIN,
             &[
@@ -58,13 +71,44 @@ impl Target {
             &dir,
         );
         let port = hop.port(&format!("listening: hop {name}"));
+        let metrics = hop
+            .line("metrics: ")
+            .trim_start_matches("metrics: ")
+            .to_owned();
         Target {
             pki,
             _emulator: emulator,
             _hop: hop,
             port,
             prefix,
+            metrics,
         }
+    }
+
+    /// The value of one sample of the hop's metrics (`family{labels}` as exported), 0 when absent.
+    fn metric(&self, sample: &str) -> f64 {
+        let (ok, out, err) = sh(&format!("curl -sS --max-time 20 {}", self.metrics));
+        assert!(ok, "{err}");
+        out.lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// A TLS connection as `identity` that completes its handshake, then sends nothing.
+    fn idle_tls(&self, identity: &str) -> Idle {
+        let cfg = std::sync::Arc::new(self.pki.client_tls(Some(identity), &[b"http/1.1"]));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, name).expect("client");
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).expect("handshake");
+        }
+        Idle(rustls::StreamOwned::new(conn, tcp))
+    }
+
+    /// A TCP connection from `source` (any 127.x address) that never starts TLS.
+    fn idle_tcp(&self, source: &str) -> std::net::TcpStream {
+        connect_from(source, self.port).expect("connect from a second loopback address")
     }
 
     fn dir(&self) -> &Path {
@@ -97,6 +141,7 @@ impl Target {
                 &self.file(&format!("{identity}.key")).display().to_string(),
             ])
             .args(["--cacert", &self.file("ca.pem").display().to_string()])
+            .args(["--max-time", "20"])
             .args(extra)
             .arg(format!(
                 "https://localhost:{}{}{path}",
@@ -266,4 +311,181 @@ fn a_pinned_peer_is_only_the_certificate_pinned() {
     assert_eq!(status, 200, "{doc}");
     let (status, doc) = t.curl_as("lgsp-client", "/HoSoCBCCVC", &relay);
     assert_eq!(status, 401, "{doc}");
+}
+
+/// A client connection that has gone quiet.
+struct Idle(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+
+impl Idle {
+    /// Whether the gateway closes it within `within` (EOF, close_notify or reset).
+    fn closed_within(&mut self, within: std::time::Duration) -> bool {
+        use std::io::Read;
+        self.0.sock.set_read_timeout(Some(within)).expect("timeout");
+        let mut buf = [0u8; 64];
+        match self.0.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}
+
+/// Whether a plain TCP connection is closed by the other end within `within`.
+fn tcp_closed_within(tcp: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    tcp.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match tcp.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Connects to 127.0.0.1:`port` from `source`, so one host's connections can be told from another's.
+fn connect_from(source: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(
+            format!("{source}:0")
+                .parse()
+                .map_err(std::io::Error::other)?,
+        )?;
+        let tcp = socket
+            .connect(
+                format!("127.0.0.1:{port}")
+                    .parse()
+                    .map_err(std::io::Error::other)?,
+            )
+            .await?;
+        tcp.into_std()
+    })
+    .and_then(|tcp| {
+        tcp.set_nonblocking(false)?;
+        Ok(tcp)
+    })
+}
+
+#[test]
+fn idle_and_stalled_connections_are_bounded_and_spare_other_agencies() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::lgsp_with(
+        "\n[hop.http]\nmax_connections = 8\nmax_connections_per_agency = 3\nmax_handshakes_per_address = 2\nfirst_byte_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+    );
+    let body = packet();
+    let post = [
+        "-H",
+        "Content-Type: application/xml",
+        "--data-binary",
+        body.as_str(),
+    ];
+    // H29 takes its whole share with connections that say nothing, and a host at 127.0.0.2 stalls two
+    // connections before TLS.
+    let mut quiet: Vec<Idle> = (0..3).map(|_| t.idle_tls(AGENCY_OK)).collect();
+    let mut stalled: Vec<std::net::TcpStream> = (0..2).map(|_| t.idle_tcp("127.0.0.2")).collect();
+    // H29's next connection is answered and closed; that host's next one is closed before TLS.
+    let (status, doc) = t.curl("/HoSoCBCCVC", &post);
+    assert_eq!(
+        (status, doc["code"].as_str()),
+        (429, Some("overload.too_many_connections")),
+        "{doc}"
+    );
+    let mut third = t.idle_tcp("127.0.0.2");
+    assert!(tcp_closed_within(
+        &mut third,
+        std::time::Duration::from_secs(20)
+    ));
+    // Another agency is served as usual.
+    let theirs = body.replace(H29, H26);
+    let (status, doc) = t.curl_as(
+        AGENCY_OTHER,
+        "/HoSoCBCCVC",
+        &[
+            "-H",
+            "X-API-Key: lgsp_dev_000.00.00.H26_production",
+            "-H",
+            "Content-Type: application/xml",
+            "--data-binary",
+            &theirs,
+        ],
+    );
+    assert_eq!(status, 200, "{doc}");
+    // The quiet ones are closed: TLS connections after first_byte_timeout, the stalled ones after the
+    // handshake timeout. Then H29 is served again.
+    for q in &mut quiet {
+        assert!(q.closed_within(std::time::Duration::from_secs(20)));
+    }
+    for s in &mut stalled {
+        assert!(tcp_closed_within(s, std::time::Duration::from_secs(20)));
+    }
+    let (status, doc) = t.curl("/HoSoCBCCVC", &post);
+    assert_eq!(status, 200, "{doc}");
+    let counted = |reason: &str| {
+        t.metric(&format!(
+            "lgsp_connections_closed_total{{hop=\"lgsp\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert!(counted("first_byte_timeout") >= 3.0);
+    assert!(counted("too_many_agency_connections") >= 1.0);
+    assert!(counted("too_many_handshakes") >= 1.0);
+}
+
+#[test]
+fn a_connection_idle_between_requests_is_closed() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::lgsp_with("\n[hop.http]\nidle_timeout = \"1s\"\n");
+    let mut c = t.idle_tls(AGENCY_OK);
+    // One request and its answer, then nothing.
+    use std::io::Write;
+    write!(
+        c.0,
+        "GET /lgsp/v1/BienNhan/none HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\n\r\n"
+    )
+    .expect("request");
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut c.0, &mut head).expect("answer");
+    assert!(head.starts_with(b"HTTP/1.1 "), "{head:?}");
+    // The rest of the answer, then the close.
+    let mut rest = Vec::new();
+    c.0.sock
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let _ = std::io::Read::read_to_end(&mut c.0, &mut rest);
+    assert!(c.closed_within(std::time::Duration::from_secs(1)));
+    assert!(t.metric("lgsp_connections_closed_total{hop=\"lgsp\",reason=\"idle_timeout\"}") >= 1.0);
+}
+
+#[test]
+fn a_body_slower_than_body_read_timeout_is_cut_off_with_408() {
+    let t = Target::lgsp_with("\n[hop.http]\nbody_read_timeout = \"1s\"\n");
+    let mut c = t.idle_tls(AGENCY_OK);
+    // The head promises 1000 bytes; five arrive, then the client dawdles.
+    use std::io::Write;
+    write!(
+        c.0,
+        "POST /lgsp/v1/HoSoCBCCVC HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\ncontent-type: application/xml\r\ncontent-length: 1000\r\n\r\n<HoSo"
+    )
+    .expect("request");
+    c.0.flush().expect("flush");
+    c.0.sock
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c.0, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"packet.body_timeout\""), "{answer}");
 }

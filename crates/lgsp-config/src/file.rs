@@ -167,6 +167,12 @@ pub struct FileHttp {
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<u64>>,
+    pub max_connections_per_agency: Option<Spanned<u64>>,
+    pub max_handshakes: Option<Spanned<u64>>,
+    pub max_handshakes_per_address: Option<Spanned<u64>>,
+    pub first_byte_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub body_read_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

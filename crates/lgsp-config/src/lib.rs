@@ -14,11 +14,12 @@ pub use file::{AgencyStatus, HopRole, KeyKind, LogFormat};
 pub use parse::{parse_duration, parse_rate, valid_agency_code, valid_identity};
 pub use runtime::defaults;
 pub use runtime::defaults::IDENTITY_URI_PREFIX as DEFAULT_IDENTITY_URI_PREFIX;
+pub use runtime::human;
 pub use runtime::{
     AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, EmulatorConfig, HopConfig,
-    KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig, RateLimitBackend,
-    RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream,
-    ValidationConfig,
+    HttpConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
+    RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
+    TokenConfig, Upstream, ValidationConfig,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `lgsp_connections_open{hop}`.
     pub connections_open: IntGaugeVec,
+    /// `lgsp_connections_closed_total{hop,reason}`: connections the gateway closed or refused for a bound.
+    pub connections_closed: IntCounterVec,
     /// `lgsp_emulator_packets_total{message_type,result}`.
     pub emulator_packets: IntCounterVec,
     /// `lgsp_build_info{version,rustc}` (always 1).
@@ -146,6 +148,12 @@ impl Metrics {
             &["hop"],
         )?;
         registry.register(Box::new(connections_open.clone()))?;
+        let connections_closed = counter(
+            &registry,
+            "lgsp_connections_closed_total",
+            "Client connections the gateway closed or refused for a bound, by hop and reason (first_byte_timeout, idle_timeout, too_many_handshakes, too_many_agency_connections).",
+            &["hop", "reason"],
+        )?;
         let emulator_packets = counter(
             &registry,
             "lgsp_emulator_packets_total",
@@ -180,6 +188,7 @@ impl Metrics {
             certificate_expiry,
             config_reloads,
             connections_open,
+            connections_closed,
             emulator_packets,
             build_info,
         }))

@@ -37,6 +37,33 @@ pub enum BodyError {
     TooLarge { limit: usize },
     #[error("body could not be read: {0}")]
     Unreadable(String),
+    #[error("body not received whole within {after:?}")]
+    Timeout { after: std::time::Duration },
+}
+
+impl BodyError {
+    /// What a failed read of a request body means: its deadline passed, or it broke.
+    pub fn from_read(e: &(dyn std::error::Error + 'static)) -> BodyError {
+        match body_timeout(e) {
+            Some(t) => BodyError::Timeout { after: t.after },
+            None => BodyError::Unreadable(e.to_string()),
+        }
+    }
+}
+
+/// The [`BodyTimeout`](crate::BodyTimeout) at the root of `e`, if any (a forwarded body's timeout reaches the
+/// proxy wrapped in the client's errors).
+pub fn body_timeout<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a crate::BodyTimeout> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<crate::BodyTimeout>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 impl Problem for BodyError {
@@ -44,6 +71,7 @@ impl Problem for BodyError {
         match self {
             BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::Unreadable(_) => StatusCode::BAD_REQUEST,
+            BodyError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -51,6 +79,7 @@ impl Problem for BodyError {
         match self {
             BodyError::TooLarge { .. } => "packet.too_large",
             BodyError::Unreadable(_) => "packet.unreadable",
+            BodyError::Timeout { .. } => "packet.body_timeout",
         }
     }
 
@@ -62,6 +91,11 @@ impl Problem for BodyError {
             BodyError::Unreadable(e) => {
                 format!("The body could not be read whole ({e}); send it again.")
             }
+            BodyError::Timeout { after } => format!(
+                "The body did not arrive whole within {} of the request head (body_read_timeout); send it again \
+                 over a faster link, or in smaller packets.",
+                lgsp_config::human(*after)
+            ),
         }
     }
 }
@@ -80,7 +114,7 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        let frame = frame.map_err(|e| BodyError::from_read(&*e))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
                 return Err(BodyError::TooLarge { limit });

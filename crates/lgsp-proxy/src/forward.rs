@@ -354,7 +354,13 @@ impl Service<Request<Body>> for Forward {
                     }
                     return Ok(Response::from_parts(parts, boxed(body)));
                 }
-                Ok(Err(e)) => (classify(&e), error_chain(&e)),
+                Ok(Err(e)) => {
+                    // The client's body, not the upstream, failed: its own deadline passed mid-stream.
+                    if let Some(t) = crate::body::body_timeout(&e) {
+                        return Err(crate::body::BodyError::Timeout { after: t.after }.into());
+                    }
+                    (classify(&e), error_chain(&e))
+                }
                 Err(_) => (
                     UpstreamFailure::Timeout,
                     format!("no response head within {:?}", route.config.timeout),

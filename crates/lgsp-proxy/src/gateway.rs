@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use lgsp_config::{Config, ConfigError, defaults};
+use lgsp_config::{Config, ConfigError, HttpConfig};
 use lgsp_emulator::Emulator;
 use lgsp_metrics::{Metrics, Readiness, serve_admin};
 use tokio::net::TcpListener;
@@ -84,14 +84,7 @@ fn emulator_service(emu: &Emulator) -> crate::stack::HopService {
 
 /// The emulator's listener: the hop defaults.
 fn emulator_spec(drain_timeout: std::time::Duration) -> ListenerSpec {
-    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    ListenerSpec {
-        name: Arc::from("emulator"),
-        header_read_timeout: defaults::HEADER_READ_TIMEOUT,
-        max_header_bytes: size(defaults::MAX_HEADER_BYTES),
-        max_connections: size(defaults::MAX_CONNECTIONS),
-        drain_timeout,
-    }
+    ListenerSpec::new("emulator", &HttpConfig::default(), drain_timeout)
 }
 
 /// The emulator's serving state over its prepared TLS.
@@ -101,6 +94,7 @@ fn emulator_state(cfg: &Config, p: &Prepared, emu: &Emulator) -> Option<Listener
         tls,
         identity_uri_prefix: e.tls.identity_uri_prefix.clone(),
         handshake_timeout: e.tls.handshake_timeout,
+        http: HttpConfig::default(),
         service: emulator_service(emu),
     })
 }
@@ -122,6 +116,15 @@ fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
     };
     if shape(old) != shape(new) {
         return Err("the hops or their listen addresses changed; those take a restart (the old config keeps serving)".into());
+    }
+    let sockets = |c: &Config| -> Vec<(usize, usize)> {
+        c.hops
+            .iter()
+            .map(|h| (h.http.max_connections, h.http.max_handshakes))
+            .collect()
+    };
+    if sockets(old) != sockets(new) {
+        return Err("a hop's max_connections or max_handshakes changed; those take a restart (the old config keeps serving)".into());
     }
     if old.emulator.as_ref().map(|e| e.listen) != new.emulator.as_ref().map(|e| e.listen)
         || old.admin.listen != new.admin.listen
@@ -258,13 +261,7 @@ impl Gateway {
         let mut hops = Vec::new();
         let mut live_hops = Vec::new();
         for (h, p) in cfg.hops.iter().zip(prepared.hops) {
-            let spec = ListenerSpec {
-                name: Arc::from(h.name.as_str()),
-                header_read_timeout: h.header_read_timeout,
-                max_header_bytes: h.max_header_bytes,
-                max_connections: h.max_connections,
-                drain_timeout: drain,
-            };
+            let spec = ListenerSpec::new(&h.name, &h.http, drain);
             let (addr, live, task) = listen(h.listen, spec, p.state, &metrics, &rx).await?;
             tasks.push(task);
             live_hops.push(live);
@@ -385,10 +382,23 @@ mod tests {
     async fn what_takes_a_restart_or_does_not_load_is_refused_and_the_old_config_serves_on() {
         let fixture = Fixture::new();
         let g = Gateway::start(&fixture.config(&[])).await.unwrap();
-        let before = state_of(&g);
         let moved = fixture.config(&[("name = \"ndxp\"\nrole", "name = \"ndxp2\"\nrole")]);
         let e = g.reloader.apply(moved).unwrap_err();
         assert!(e.contains("take a restart"), "{e}");
+        // The listener's semaphores are sized once; the rest of [hop.http] reloads.
+        let wider = fixture.config(&[("max_connections = 10000", "max_connections = 20000")]);
+        let e = g.reloader.apply(wider).unwrap_err();
+        assert!(
+            e.contains("max_connections") && e.contains("restart"),
+            "{e}"
+        );
+        let longer = fixture.config(&[("idle_timeout = \"60s\"", "idle_timeout = \"2m\"")]);
+        assert!(g.reloader.apply(longer).is_ok());
+        assert_eq!(
+            state_of(&g).http.idle_timeout,
+            std::time::Duration::from_secs(120)
+        );
+        let before = state_of(&g);
         let missing = fixture.config(&[(
             "crls = [\"certs/ca.crl.pem\"]",
             "crls = [\"certs/gone.pem\"]",

@@ -5,6 +5,7 @@
 
 pub mod body;
 mod connect;
+mod connection;
 pub mod edge;
 mod forward;
 mod gateway;
@@ -23,6 +24,7 @@ pub mod token;
 pub mod validate;
 
 pub use connect::{Reach, connect};
+pub use connection::{BodyTimeout, TooManyConnections};
 pub use forward::{
     Forward, ForwardError, UpstreamClient, UpstreamFailure, upstream_client, upstream_uri,
 };

@@ -1,73 +1,101 @@
-//! TLS listeners: accept, handshake within a deadline (failures logged with their reason and counted), read the
-//! client's identity from its certificate, then serve HTTP/1.1 or HTTP/2 (hyper-util auto) until drained.
+//! TLS listeners: accept, handshake within a deadline and a cap on handshakes in progress (failures logged with
+//! their reason and counted), read the client's identity from its certificate, hold it to its share of the
+//! listener, then serve HTTP/1.1 or HTTP/2 (hyper-util auto) until the connection is quiet too long or drained.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::convert::Infallible;
 
-use http::{Request, Response};
+use futures_util::TryFutureExt;
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use lgsp_config::HttpConfig;
 use lgsp_metrics::Metrics;
 use lgsp_tls::{HandshakeFailure, PeerIdentity};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::body::{Body, BoxError, boxed};
+use crate::connection::{
+    Activity, Answer, Holders, Quiet, RequestBody, TooManyConnections, Watched,
+};
 use crate::stack::HopService;
 
-/// What a listener serves with; swapped whole by a reload. Connections take the TLS part when they are
+/// What a listener serves with; swapped whole by a reload. Connections take the TLS and HTTP parts when they are
 /// accepted; requests take the service when they arrive, so in-flight requests finish on the state they began with.
 pub struct ListenerState {
     pub tls: Arc<rustls::ServerConfig>,
     pub identity_uri_prefix: String,
     pub handshake_timeout: Duration,
+    pub http: HttpConfig,
     pub service: HopService,
 }
 
 pub type LiveState = Arc<arc_swap::ArcSwap<ListenerState>>;
 
-/// How one TLS listener behaves (fixed for the life of the socket; a restart changes these).
+/// How one TLS listener behaves for the life of its socket (a restart changes these; the rest of `[hop.http]`
+/// reloads with [`ListenerState`]).
 #[derive(Clone)]
 pub struct ListenerSpec {
     /// `hop` label of this listener's metrics.
     pub name: Arc<str>,
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
     pub max_connections: usize,
+    pub max_handshakes: usize,
     pub drain_timeout: Duration,
 }
 
-fn http_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
+impl ListenerSpec {
+    pub fn new(name: &str, http: &HttpConfig, drain_timeout: Duration) -> Self {
+        ListenerSpec {
+            name: Arc::from(name),
+            max_connections: http.max_connections,
+            max_handshakes: http.max_handshakes,
+            drain_timeout,
+        }
+    }
+}
+
+/// `keep_alive` off: the connection ends after its first answer (HTTP/1.1; HTTP/2 is closed by the driver).
+fn http_builder(http: &HttpConfig, keep_alive: bool) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(spec.header_read_timeout)
-        .max_buf_size(spec.max_header_bytes.max(8192));
+        .keep_alive(keep_alive)
+        .header_read_timeout(http.header_read_timeout)
+        .max_buf_size(http.max_header_bytes.max(8192));
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
     b
 }
 
-/// Puts the connection's client identity on each request and boxes its body for the stack.
+/// Puts the connection's client identity on each request, bounds its body's time, and counts it in flight until
+/// its answer is sent. On a connection its identity may not hold, answers every request with the refusal.
 #[derive(Clone)]
 struct WithIdentity {
     state: LiveState,
     identity: Option<PeerIdentity>,
+    activity: Arc<Activity>,
+    body_read_timeout: Duration,
+    refusal: Option<Arc<TooManyConnections>>,
+    hop: Arc<str>,
 }
+
+type Answering = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl tower::Service<Request<Incoming>> for WithIdentity {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<HopService, Request<Body>>;
+    type Future = Answering;
 
     fn poll_ready(
         &mut self,
@@ -77,11 +105,27 @@ impl tower::Service<Request<Incoming>> for WithIdentity {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let mut req: Request<Body> = req.map(boxed);
+        let in_flight = self.activity.begin();
+        // HTTP/1 cannot refuse a request without reading the rest of its body; HTTP/2 resets just the stream.
+        let linger = req.version() < Version::HTTP_2;
+        let timeout = self.body_read_timeout;
+        let mut req: Request<Body> = req.map(|b| boxed(RequestBody::new(b, timeout, linger)));
+        if let Some(refusal) = &self.refusal {
+            let answer = lgsp_problem::response(&**refusal, &self.hop, None)
+                .map(|b| boxed(Answer::new(crate::body::full(b), in_flight)));
+            drop(req);
+            return Box::pin(std::future::ready(Ok(answer)));
+        }
         if let Some(id) = &self.identity {
             req.extensions_mut().insert(id.clone());
         }
-        self.state.load().service.clone().oneshot(req)
+        let service = self.state.load().service.clone();
+        // A combinator, not an async block: the boxed service's future is then known to be Send.
+        Box::pin(
+            service
+                .oneshot(req)
+                .map_ok(move |resp| resp.map(|b| boxed(Answer::new(b, in_flight)))),
+        )
     }
 }
 
@@ -96,18 +140,87 @@ pub async fn serve_connection<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    http_builder(spec)
-        .serve_connection(
-            TokioIo::new(io),
-            TowerToHyperService::new(WithIdentity { state, identity }),
-        )
-        .await
+    let http = state.load().http.clone();
+    let activity = Arc::new(Activity::default());
+    let svc = WithIdentity {
+        state,
+        identity,
+        activity: activity.clone(),
+        body_read_timeout: http.body_read_timeout,
+        refusal: None,
+        hop: spec.name.clone(),
+    };
+    let (_keep, mut never) = watch::channel(false);
+    drive(io, svc, &http, activity, &mut never, |_| {}).await
+}
+
+/// Runs one connection until it closes. When it has been quiet too long (no first byte, or idle), or the
+/// listener drains, it is closed gracefully: HTTP/1.1 once no request is in flight, HTTP/2 with GOAWAY. A refused
+/// connection is closed after its first answer.
+async fn drive<I>(
+    io: I,
+    svc: WithIdentity,
+    http: &HttpConfig,
+    activity: Arc<Activity>,
+    shutdown: &mut watch::Receiver<bool>,
+    on_quiet: impl FnOnce(Quiet),
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let refused = svc.refusal.is_some();
+    let builder = http_builder(http, !refused);
+    let conn = builder.serve_connection(
+        TokioIo::new(Watched::new(io, activity.clone())),
+        TowerToHyperService::new(svc),
+    );
+    tokio::pin!(conn);
+    let quiet = activity.quiet(http.first_byte_timeout, http.idle_timeout);
+    tokio::pin!(quiet);
+    let answered = async {
+        if refused {
+            activity.answered().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(answered);
+    let mut on_quiet = Some(on_quiet);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            q = &mut quiet, if !closing => {
+                if let Some(f) = on_quiet.take() {
+                    f(q);
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = &mut answered, if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = stopped(shutdown), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
+
+/// Reasons of `lgsp_connections_closed_total`, exported as 0 from the start.
+const CLOSED_REASONS: [&str; 4] = [
+    "first_byte_timeout",
+    "idle_timeout",
+    "too_many_handshakes",
+    "too_many_agency_connections",
+];
 
 /// Serves `service` on `listener` until `shutdown` turns true, then drains connections for `drain_timeout`.
 pub fn spawn_tls_listener(
@@ -117,10 +230,18 @@ pub fn spawn_tls_listener(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let builder = Arc::new(http_builder(&spec));
     let slots = Arc::new(Semaphore::new(spec.max_connections));
+    let handshakes = Arc::new(Semaphore::new(spec.max_handshakes));
+    let holders = Arc::new(Holders::default());
+    let handshaking = Arc::new(Holders::default());
+    for reason in CLOSED_REASONS {
+        metrics
+            .connections_closed
+            .with_label_values(&[&spec.name, reason]);
+    }
     tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
+        // Every connection task holds a sender; the channel closes when the last one ends.
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -143,23 +264,51 @@ pub fn spawn_tls_listener(
                     continue;
                 }
             };
+            let closed = |reason: &str| {
+                metrics
+                    .connections_closed
+                    .with_label_values(&[&spec.name, reason])
+                    .inc();
+            };
+            // A handshake slot now or never, within the listener's and within the source address's share:
+            // connections that stall before TLS cannot queue up, nor can one host's take every slot.
+            let per_address = state.load().http.max_handshakes_per_address;
+            let handshake = match (
+                handshakes.clone().try_acquire_owned(),
+                handshaking.admit(&peer.ip().to_string(), per_address),
+            ) {
+                (Ok(global), Some(address)) => (global, address),
+                (global, _) => {
+                    closed("too_many_handshakes");
+                    let (cap, what) = if global.is_err() {
+                        (spec.max_handshakes, "max_handshakes")
+                    } else {
+                        (per_address, "max_handshakes_per_address")
+                    };
+                    tracing::warn!(hop = %spec.name, peer = %peer, "connection closed: {cap} handshakes already in progress ({what})");
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let conn = Accepted {
                 spec: spec.clone(),
                 state: state.clone(),
                 metrics: metrics.clone(),
-                builder: builder.clone(),
+                holders: holders.clone(),
+                shutdown: shutdown.clone(),
                 peer,
             };
-            let watcher = graceful.watcher();
+            let open = open_tx.clone();
             tokio::spawn(async move {
                 // The connection's slot is held until it closes.
                 let _permit = permit;
-                conn.serve(tcp, watcher).await;
+                let _open = open;
+                conn.serve(tcp, handshake).await;
             });
         }
         drop(listener);
-        if tokio::time::timeout(spec.drain_timeout, graceful.shutdown())
+        drop(open_tx);
+        if tokio::time::timeout(spec.drain_timeout, open_rx.recv())
             .await
             .is_err()
         {
@@ -173,26 +322,29 @@ struct Accepted {
     spec: ListenerSpec,
     state: LiveState,
     metrics: Arc<Metrics>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    holders: Arc<Holders>,
+    shutdown: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
 }
 
 impl Accepted {
     /// Handshakes within the deadline (failures logged with their reason and counted), reads the client's identity,
-    /// then serves HTTP until the connection closes or the drain ends it.
+    /// holds it to its share of the listener, then serves HTTP until the connection closes, is quiet too long, or
+    /// the drain ends it.
     async fn serve(
         self,
         tcp: tokio::net::TcpStream,
-        watcher: hyper_util::server::graceful::Watcher,
+        handshake: (tokio::sync::OwnedSemaphorePermit, crate::connection::Held),
     ) {
         let Accepted {
             spec,
             state,
             metrics,
-            builder,
+            holders,
+            mut shutdown,
             peer,
         } = self;
-        // The TLS settings in force when the connection arrives (a reload swaps them for later ones).
+        // The TLS and HTTP settings in force when the connection arrives (a reload swaps them for later ones).
         let current = state.load_full();
         let acceptor = TlsAcceptor::from(current.tls.clone());
         let failed = |reason: HandshakeFailure| {
@@ -216,6 +368,7 @@ impl Accepted {
                 return;
             }
         };
+        drop(handshake);
         let identity = match tls
             .get_ref()
             .1
@@ -230,14 +383,46 @@ impl Accepted {
             }
             None => None,
         };
+        let http = &current.http;
+        // Counted by the certificate's identity; certificates without one share a single count.
+        let holder = identity.as_ref().map_or("", |i| i.id.as_str()).to_owned();
+        let held = holders.admit(&holder, http.max_connections_per_agency);
+        let refusal = if held.is_none() {
+            metrics
+                .connections_closed
+                .with_label_values(&[&spec.name, "too_many_agency_connections"])
+                .inc();
+            tracing::warn!(hop = %spec.name, peer = %peer, identity = %holder, cap = http.max_connections_per_agency, "connection refused: its identity holds max_connections_per_agency");
+            Some(Arc::new(TooManyConnections {
+                identity: holder,
+                cap: http.max_connections_per_agency,
+            }))
+        } else {
+            None
+        };
         tracing::debug!(hop = %spec.name, peer = %peer, identity = ?identity.as_ref().map(|i| &i.id), "connection open");
         let open = metrics.connections_open.with_label_values(&[&spec.name]);
         open.inc();
-        let svc = WithIdentity { state, identity };
-        let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
+        let activity = Arc::new(Activity::default());
+        let svc = WithIdentity {
+            state,
+            identity,
+            activity: activity.clone(),
+            body_read_timeout: http.body_read_timeout,
+            refusal,
+            hop: spec.name.clone(),
+        };
+        let quiet = |q: Quiet| {
+            metrics
+                .connections_closed
+                .with_label_values(&[&spec.name, q.reason()])
+                .inc();
+            tracing::debug!(hop = %spec.name, peer = %peer, reason = q.reason(), "closing a quiet connection");
+        };
+        if let Err(e) = drive(tls, svc, http, activity, &mut shutdown, quiet).await {
             tracing::debug!(hop = %spec.name, peer = %peer, error = %e, "connection ended with an error");
         }
+        drop(held);
         open.dec();
     }
 }
@@ -246,6 +431,7 @@ impl Accepted {
 mod tests {
     use super::*;
     use crate::testing::identity;
+    use http::StatusCode;
 
     /// A listener state whose service answers with the identity it was given, as a header.
     fn state() -> LiveState {
@@ -265,6 +451,7 @@ mod tests {
             tls: lgsp_tls::server_config(&cfg.hops[0].tls).expect("tls"),
             identity_uri_prefix: cfg.hops[0].tls.identity_uri_prefix.clone(),
             handshake_timeout: Duration::from_secs(5),
+            http: HttpConfig::default(),
             service: tower::util::BoxCloneSyncService::new(svc),
         }))
     }
@@ -273,35 +460,252 @@ mod tests {
     #[tokio::test]
     async fn each_request_carries_its_connections_identity_to_the_current_service() {
         let live = state();
-        let with = |identity| WithIdentity {
-            state: live.clone(),
-            identity,
-        };
+        let spec = ListenerSpec::new("lgsp", &HttpConfig::default(), Duration::from_secs(1));
         for (id, seen) in [
             (Some(identity("000.00.00.H29")), "000.00.00.H29"),
             (None, "none"),
         ] {
             let (client, server) = tokio::io::duplex(4096);
-            let svc = with(id);
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(server), TowerToHyperService::new(svc))
-                    .await;
-            });
+            let (live, spec) = (live.clone(), spec.clone());
+            tokio::spawn(async move { serve_connection(server, id, live, &spec).await });
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
                 .await
                 .expect("handshake");
             tokio::spawn(conn);
-            let resp = sender
-                .send_request(
-                    Request::get("/x")
-                        .header("host", "localhost")
-                        .body(http_body_util::Empty::<bytes::Bytes>::new())
-                        .expect("request"),
-                )
-                .await
-                .expect("answer");
+            let resp = sender.send_request(get()).await.expect("answer");
             assert_eq!(resp.headers()["seen-identity"], seen);
         }
+    }
+
+    fn get() -> Request<http_body_util::Full<bytes::Bytes>> {
+        Request::get("/x")
+            .header("host", "localhost")
+            .body(http_body_util::Full::default())
+            .expect("request")
+    }
+
+    /// Short bounds, so the tests see them pass.
+    fn short() -> HttpConfig {
+        HttpConfig {
+            first_byte_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(200),
+            body_read_timeout: Duration::from_millis(200),
+            ..HttpConfig::default()
+        }
+    }
+
+    /// A listener state over `service` with `http`.
+    fn serving<S>(http: HttpConfig, service: S) -> LiveState
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let base = state();
+        let tls = base.load().tls.clone();
+        Arc::new(arc_swap::ArcSwap::from_pointee(ListenerState {
+            tls,
+            identity_uri_prefix: String::new(),
+            handshake_timeout: Duration::from_secs(5),
+            http,
+            service: tower::util::BoxCloneSyncService::new(service),
+        }))
+    }
+
+    /// As [`connection`], over real TCP (a socket closed with unread data resets, which memory pipes never do).
+    async fn tcp_connection(live: LiveState) -> tokio::net::TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let spec = ListenerSpec::new("lgsp", &HttpConfig::default(), Duration::from_secs(1));
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = serve_connection(tcp, Some(identity("000.00.00.H29")), live, &spec).await;
+            }
+        });
+        tokio::net::TcpStream::connect(addr).await.expect("connect")
+    }
+
+    /// Drives one in-memory connection; the task ends when the server side closes it. `refusal` as the listener
+    /// sets it for an identity at its cap.
+    fn connection(
+        live: LiveState,
+        refusal: Option<TooManyConnections>,
+        buffer: usize,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(buffer);
+        let http = live.load().http.clone();
+        let activity = Arc::new(Activity::default());
+        let svc = WithIdentity {
+            state: live,
+            identity: Some(identity("000.00.00.H29")),
+            activity: activity.clone(),
+            body_read_timeout: http.body_read_timeout,
+            refusal: refusal.map(Arc::new),
+            hop: Arc::from("lgsp"),
+        };
+        let task = tokio::spawn(async move {
+            let (_keep, mut never) = watch::channel(false);
+            let _ = drive(server, svc, &http, activity, &mut never, |_| {}).await;
+        });
+        (client, task)
+    }
+
+    /// Waits (at most a generous while, so a regression fails rather than hangs) for the server to close.
+    async fn closes(task: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the gateway closed the connection")
+            .expect("connection task");
+    }
+
+    fn ok_service() -> impl tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(crate::body::empty()))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        let (_client, task) = connection(serving(short(), ok_service()), None, 4096);
+        closes(task).await;
+    }
+
+    #[tokio::test]
+    async fn idle_http1_and_http2_connections_are_closed() {
+        // HTTP/1.1: one request, then nothing.
+        let (client, task) = connection(serving(short(), ok_service()), None, 4096);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("handshake");
+        let client_conn = tokio::spawn(conn);
+        let resp = sender.send_request(get()).await.expect("answer");
+        assert_eq!(resp.status(), 200);
+        closes(task).await;
+        // The client sees the close.
+        let _ = tokio::time::timeout(Duration::from_secs(20), client_conn)
+            .await
+            .expect("client saw the close");
+
+        // HTTP/2: one stream, then none: GOAWAY, then the connection ends.
+        let (client, task) = connection(serving(short(), ok_service()), None, 4096);
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("handshake");
+        let client_conn = tokio::spawn(conn);
+        let resp = sender.send_request(get()).await.expect("answer");
+        assert_eq!(resp.status(), 200);
+        closes(task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), client_conn)
+            .await
+            .expect("client saw the GOAWAY");
+    }
+
+    #[tokio::test]
+    async fn a_body_slower_than_body_read_timeout_is_answered_408() {
+        let reading = tower::service_fn(|req: Request<Body>| async move {
+            Ok::<_, Infallible>(
+                match crate::body::read_body(req.into_body(), 1 << 20).await {
+                    Ok(_) => Response::new(crate::body::empty()),
+                    Err(e) => crate::edge::answer(&e, "lgsp", "id"),
+                },
+            )
+        });
+        let (client, _task) = connection(serving(short(), reading), None, 4096);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        // One chunk, then the client stalls with the rest promised.
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, Infallible>>(1);
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"<HoSo",
+        ))))
+        .await
+        .expect("first chunk");
+        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let req = Request::post("/x")
+            .header("host", "localhost")
+            .header("content-length", "1000")
+            .body(body)
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        let doc: serde_json::Value = serde_json::from_slice(
+            &http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("body")
+                .to_bytes(),
+        )
+        .expect("problem+json");
+        assert_eq!(doc["code"], "packet.body_timeout");
+        drop(tx);
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_before_its_body_is_read_still_gets_its_answer() {
+        // Refused at once, body unread; the client is still writing a body much larger than the pipe.
+        let refusing = tower::service_fn(|_req: Request<Body>| async {
+            let mut r = Response::new(crate::body::full("refused"));
+            *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            Ok::<_, Infallible>(r)
+        });
+        let client = tcp_connection(serving(HttpConfig::default(), refusing)).await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/x")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'x';
+                8 << 20
+            ])))
+            .expect("request");
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("the answer, not a broken pipe");
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_its_identitys_cap_is_answered_429_then_closed() {
+        let refusal = TooManyConnections {
+            identity: "000.00.00.H29".into(),
+            cap: 1,
+        };
+        let (client, task) = connection(
+            serving(HttpConfig::default(), ok_service()),
+            Some(refusal),
+            4096,
+        );
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let resp = sender.send_request(get()).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        closes(task).await;
     }
 }

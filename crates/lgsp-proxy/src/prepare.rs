@@ -259,6 +259,7 @@ fn hop(
             tls: server,
             identity_uri_prefix: h.tls.identity_uri_prefix.clone(),
             handshake_timeout: h.tls.handshake_timeout,
+            http: h.http.clone(),
             service: hop_stack(parts),
         },
         upstream_tls: client,

@@ -101,13 +101,11 @@ mod tests {
         let state = prepared.hops.into_iter().next().expect("a hop").state;
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(state));
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let spec = ListenerSpec {
-            name: Arc::from("lgsp"),
-            header_read_timeout: std::time::Duration::from_secs(10),
-            max_header_bytes: 65536,
-            max_connections: 1,
-            drain_timeout: std::time::Duration::from_secs(1),
-        };
+        let spec = ListenerSpec::new(
+            "lgsp",
+            &lgsp_config::HttpConfig::default(),
+            std::time::Duration::from_secs(1),
+        );
         tokio::spawn(async move {
             let _ = serve_connection(server_io, Some(identity("000.00.00.H29")), live, &spec).await;
         });

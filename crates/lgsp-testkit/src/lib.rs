@@ -489,13 +489,11 @@ impl HeldUpstream {
     pub async fn start(pki: &TestPki) -> HeldUpstream {
         let cfg = parse(pki, &emulator_config(pki));
         let tls = cfg.emulator.expect("emulator section").tls;
-        let spec = lgsp_proxy::ListenerSpec {
-            name: Arc::from("held"),
-            header_read_timeout: std::time::Duration::from_secs(5),
-            max_header_bytes: 65536,
-            max_connections: 64,
-            drain_timeout: std::time::Duration::from_secs(5),
-        };
+        let spec = lgsp_proxy::ListenerSpec::new(
+            "held",
+            &lgsp_config::HttpConfig::default(),
+            std::time::Duration::from_secs(5),
+        );
         let arrived = Arc::new(tokio::sync::Notify::new());
         let release = Arc::new(tokio::sync::Notify::new());
         let (a, r) = (arrived.clone(), release.clone());
@@ -519,6 +517,7 @@ impl HeldUpstream {
             tls: lgsp_tls::server_config(&tls).expect("server config"),
             identity_uri_prefix: tls.identity_uri_prefix.clone(),
             handshake_timeout: tls.handshake_timeout,
+            http: lgsp_config::HttpConfig::default(),
             service: tower::util::BoxCloneSyncService::new(svc),
         };
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(state));

@@ -176,8 +176,8 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// A duration as the config writes it.
-fn human(d: Duration) -> String {
+/// A duration as the config writes it (`1m`, `250ms`).
+pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_nanos() != 0 {
         format!("{}ms", d.as_millis())

@@ -22,6 +22,16 @@ pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024;
 pub const MAX_CONNECTIONS: u64 = 10_000;
 pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u64> = 1..=10_000_000;
+pub const MAX_CONNECTIONS_PER_AGENCY: u64 = 100;
+pub const MAX_HANDSHAKES: u64 = 128;
+pub const MAX_HANDSHAKES_PER_ADDRESS: u64 = 8;
+pub const MAX_HANDSHAKES_RANGE: RangeInclusive<u64> = 1..=100_000;
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds of the three timeouts above and of `header_read_timeout`.
+pub const HTTP_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
 
 // [[hop.route]]
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -11,7 +11,7 @@ use super::check::Checker;
 use super::defaults;
 use super::route::{RouteConfig, route};
 use super::tls::{ClientTlsConfig, ServerTlsConfig, client_tls, server_tls};
-use crate::file::{FileHop, FilePeer, HopRole};
+use crate::file::{FileHop, FileHttp, FilePeer, HopRole};
 use crate::parse::valid_identity;
 
 #[derive(Debug, Clone)]
@@ -22,10 +22,50 @@ pub struct HopConfig {
     pub tls: ServerTlsConfig,
     pub upstream_tls: ClientTlsConfig,
     pub peers: Vec<PeerConfig>,
+    pub http: HttpConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[hop.http]`: what one connection and one request may hold of the listener — time and memory, bounded for
+/// every client, and the share of the listener one certificate identity may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// A request head must arrive whole within this time.
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Connections served at once (further ones wait in the accept queue). Takes a restart.
     pub max_connections: usize,
-    pub routes: Vec<RouteConfig>,
+    /// Connections one certificate identity (an agency, or a peer gateway) may hold at once.
+    pub max_connections_per_agency: usize,
+    /// TLS handshakes in progress at once; a connection beyond is closed at once. Takes a restart.
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one source address, so that one host's stalled connections
+    /// cannot take all of `max_handshakes`.
+    pub max_handshakes_per_address: usize,
+    /// After the handshake, the first byte of the first request must arrive within this time.
+    pub first_byte_timeout: Duration,
+    /// A connection with no request in flight (HTTP/1.1 between requests, HTTP/2 with no open stream) is
+    /// closed after this time (HTTP/2: GOAWAY first).
+    pub idle_timeout: Duration,
+    /// A request body must arrive whole within this time of its head (408 `packet.body_timeout`).
+    pub body_read_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        HttpConfig {
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            max_header_bytes: size(defaults::MAX_HEADER_BYTES),
+            max_connections: size(defaults::MAX_CONNECTIONS),
+            max_connections_per_agency: size(defaults::MAX_CONNECTIONS_PER_AGENCY),
+            max_handshakes: size(defaults::MAX_HANDSHAKES),
+            max_handshakes_per_address: size(defaults::MAX_HANDSHAKES_PER_ADDRESS),
+            first_byte_timeout: defaults::FIRST_BYTE_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            body_read_timeout: defaults::BODY_READ_TIMEOUT,
+        }
+    }
 }
 
 /// A gateway that may relay for agencies: known by the exact identity in its certificate's SAN URI (never a
@@ -83,24 +123,80 @@ fn hop(c: &mut Checker<'_>, h: &FileHop, field: &str, known: &HashSet<&str>) -> 
         tls: server_tls(c, &h.tls, &format!("{field}.tls")),
         upstream_tls: client_tls(c, &h.upstream_tls, &format!("{field}.upstream_tls")),
         peers,
-        header_read_timeout: c.duration(
-            h.http.header_read_timeout.as_ref(),
-            &format!("{field}.http.header_read_timeout"),
+        http: http(c, &h.http, &format!("{field}.http")),
+        routes,
+    }
+}
+
+fn http(c: &mut Checker<'_>, h: &FileHttp, field: &str) -> HttpConfig {
+    let timeout = |c: &mut Checker<'_>, v: Option<&Spanned<String>>, name: &str, default| {
+        c.duration_within(
+            v,
+            &format!("{field}.{name}"),
+            default,
+            &defaults::HTTP_TIMEOUT_RANGE,
+        )
+    };
+    let max_connections = c.bounded(
+        h.max_connections.as_ref(),
+        &format!("{field}.max_connections"),
+        defaults::MAX_CONNECTIONS,
+        &defaults::MAX_CONNECTIONS_RANGE,
+    );
+    let cap = u64::try_from(max_connections).unwrap_or(u64::MAX);
+    let max_handshakes = c.bounded(
+        h.max_handshakes.as_ref(),
+        &format!("{field}.max_handshakes"),
+        defaults::MAX_HANDSHAKES,
+        &defaults::MAX_HANDSHAKES_RANGE,
+    );
+    let handshakes = u64::try_from(max_handshakes).unwrap_or(u64::MAX);
+    HttpConfig {
+        header_read_timeout: timeout(
+            c,
+            h.header_read_timeout.as_ref(),
+            "header_read_timeout",
             defaults::HEADER_READ_TIMEOUT,
         ),
         max_header_bytes: c.bounded(
-            h.http.max_header_bytes.as_ref(),
-            &format!("{field}.http.max_header_bytes"),
+            h.max_header_bytes.as_ref(),
+            &format!("{field}.max_header_bytes"),
             defaults::MAX_HEADER_BYTES,
             &defaults::MAX_HEADER_BYTES_RANGE,
         ),
-        max_connections: c.bounded(
-            h.http.max_connections.as_ref(),
-            &format!("{field}.http.max_connections"),
-            defaults::MAX_CONNECTIONS,
-            &defaults::MAX_CONNECTIONS_RANGE,
+        max_connections,
+        // Never more than the listener holds; one identity may take all of it only if the operator says so.
+        max_connections_per_agency: c.bounded(
+            h.max_connections_per_agency.as_ref(),
+            &format!("{field}.max_connections_per_agency"),
+            defaults::MAX_CONNECTIONS_PER_AGENCY.min(cap),
+            &(1..=cap),
         ),
-        routes,
+        max_handshakes,
+        max_handshakes_per_address: c.bounded(
+            h.max_handshakes_per_address.as_ref(),
+            &format!("{field}.max_handshakes_per_address"),
+            defaults::MAX_HANDSHAKES_PER_ADDRESS.min(handshakes),
+            &(1..=handshakes),
+        ),
+        first_byte_timeout: timeout(
+            c,
+            h.first_byte_timeout.as_ref(),
+            "first_byte_timeout",
+            defaults::FIRST_BYTE_TIMEOUT,
+        ),
+        idle_timeout: timeout(
+            c,
+            h.idle_timeout.as_ref(),
+            "idle_timeout",
+            defaults::IDLE_TIMEOUT,
+        ),
+        body_read_timeout: timeout(
+            c,
+            h.body_read_timeout.as_ref(),
+            "body_read_timeout",
+            defaults::BODY_READ_TIMEOUT,
+        ),
     }
 }
 
@@ -153,6 +249,31 @@ mod tests {
         assert!(p[0].message.contains("between 1024 and 1048576"), "{p:?}");
         let p = problems_of("max_connections = 10000", "max_connections = 0");
         assert_eq!(p[0].field, "hop[0].http.max_connections");
+        // One identity's share never exceeds the listener; one address's handshakes never exceed all of them.
+        let p = problems_of("max_connections = 10000", "max_connections = 50");
+        assert_eq!(p[0].field, "hop[0].http.max_connections_per_agency");
+        assert!(p[0].message.contains("between 1 and 50"), "{p:?}");
+        let p = problems_of(
+            "max_handshakes_per_address = 8",
+            "max_handshakes_per_address = 500",
+        );
+        assert_eq!(p[0].field, "hop[0].http.max_handshakes_per_address");
+        let p = problems_of("idle_timeout = \"60s\"", "idle_timeout = \"2h\"");
+        assert_eq!(p[0].field, "hop[0].http.idle_timeout");
+        assert!(p[0].message.contains("between 100ms and 1h"), "{p:?}");
+        let p = problems_of(
+            "body_read_timeout = \"60s\"",
+            "body_read_timeout = \"a minute\"",
+        );
+        assert_eq!(p[0].field, "hop[0].http.body_read_timeout");
+    }
+
+    #[test]
+    fn http_defaults_hold_where_the_file_is_silent() {
+        let c = crate::parse(crate::EMBEDDED, "t.toml", std::path::Path::new(".")).unwrap();
+        // The NDXP hop writes no [hop.http]; the LGSP hop writes the defaults out.
+        assert_eq!(c.hops[1].http, super::HttpConfig::default());
+        assert_eq!(c.hops[0].http, super::HttpConfig::default());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod admin;
 mod agency;
 mod check;
+pub use check::human;
 pub mod defaults;
 mod emulator;
 mod hop;
@@ -23,7 +24,7 @@ use toml::Spanned;
 pub use admin::{AdminConfig, LogConfig, PkiConfig};
 pub use agency::{AgencyConfig, KeyConfig};
 pub use emulator::EmulatorConfig;
-pub use hop::{HopConfig, PeerConfig};
+pub use hop::{HopConfig, HttpConfig, PeerConfig};
 pub use limits::{OverloadConfig, RateLimitBackend, RateLimitConfig};
 pub use route::{RateSpec, RouteConfig, Upstream};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
