@@ -18,6 +18,8 @@ struct Target {
     prefix: &'static str,
     /// The hop process's `/metrics` URL.
     metrics: String,
+    /// The hop's config file (edit, then [`Target::reload`]).
+    config: PathBuf,
 }
 
 impl Target {
@@ -61,15 +63,8 @@ impl Target {
             .parse()
             .unwrap();
         let config = hop_config(&pki, name, prefix, emu, "/cbccvc/v1", peers) + extra;
-        let mut hop = Proc::spawn(
-            BIN,
-            &[
-                "run",
-                "--config",
-                &write(&dir, &format!("{name}.toml"), &config),
-            ],
-            &dir,
-        );
+        let config_path = write(&dir, &format!("{name}.toml"), &config);
+        let mut hop = Proc::spawn(BIN, &["run", "--config", &config_path], &dir);
         let port = hop.port(&format!("listening: hop {name}"));
         let metrics = hop
             .line("metrics: ")
@@ -82,6 +77,7 @@ impl Target {
             port,
             prefix,
             metrics,
+            config: PathBuf::from(config_path),
         }
     }
 
@@ -92,6 +88,27 @@ impl Target {
         out.lines()
             .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Rewrites the hop's config with `edit` and reloads it (SIGHUP), returning once the reload has counted.
+    fn reload(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(&self.config, edit(text)).expect("config written");
+        let success = "lgsp_config_reloads_total{result=\"success\"}";
+        let before = self.metric(success);
+        let (ok, _, err) = sh(&format!("kill -HUP {}", self._hop.id()));
+        assert!(ok, "{err}");
+        for _ in 0..200 {
+            if self.metric(success) > before {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the reload did not succeed");
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// A TLS connection as `identity` that completes its handshake, then sends nothing.
@@ -488,4 +505,88 @@ fn a_body_slower_than_body_read_timeout_is_cut_off_with_408() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(answer.contains("\"packet.body_timeout\""), "{answer}");
+}
+
+#[test]
+fn revocation_and_removal_reach_open_connections_and_tokens() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let key = [("x-api-key", KEY_H29)];
+    // H29 holds an HTTP/2 connection with its spare certificate, and H26 one with its own.
+    let (spare, mut other) = rt.block_on(async {
+        let mut spare = H2Connection::open(&t.pki, t.addr(), AGENCY_SPARE)
+            .await
+            .expect("spare connects");
+        assert_eq!(spare.get("/lgsp/v1/BienNhan/none", &key).await, Ok(404));
+        let other = H2Connection::open(&t.pki, t.addr(), AGENCY_OTHER)
+            .await
+            .expect("H26 connects");
+        (spare, other)
+    });
+    // The spare certificate is revoked: the CRL is replaced and the config reloaded.
+    std::fs::copy(t.file(CRL_REVOKING_SPARE), t.file("ca.crl.pem")).expect("new CRL");
+    t.reload(|text| text);
+    rt.block_on(async {
+        assert!(
+            spare
+                .closed_within(std::time::Duration::from_secs(20))
+                .await,
+            "the revoked certificate's connection is closed"
+        );
+        // The other agency's connection serves on.
+        let h26 = [("x-api-key", "lgsp_dev_000.00.00.H26_production")];
+        assert_eq!(other.get("/lgsp/v1/BienNhan/none", &h26).await, Ok(404));
+    });
+    assert_eq!(
+        t.metric("lgsp_connections_closed_total{hop=\"lgsp\",reason=\"certificate_refused\"}"),
+        1.0
+    );
+
+    // A token issued for H29's production key works until the key is removed.
+    let (ok, out, err) = sh(&format!(
+        "curl -sS --max-time 20 --cert {} --key {} --cacert {} -u 000.00.00.H29:{KEY_H29} -d grant_type=client_credentials https://localhost:{}/token",
+        t.file(&format!("{AGENCY_OK}.pem")).display(),
+        t.file(&format!("{AGENCY_OK}.key")).display(),
+        t.file("ca.pem").display(),
+        t.port
+    ));
+    assert!(ok, "{err}");
+    let token: serde_json::Value = serde_json::from_str(&out).expect("token answer");
+    let token = token["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let bearer = format!("Authorization: Bearer {token}");
+    let (status, doc) = t.curl_as(AGENCY_OK, "/BienNhan/none", &["-H", &bearer]);
+    assert_eq!(status, 404, "{doc}");
+    let h29_production = lgsp_auth_sha256(KEY_H29);
+    t.reload(|text| {
+        assert!(text.contains(&h29_production));
+        text.replace(&h29_production, &"0".repeat(64))
+    });
+    let (status, doc) = t.curl_as(AGENCY_OK, "/BienNhan/none", &["-H", &bearer]);
+    assert_eq!(
+        (status, doc["code"].as_str()),
+        (401, Some("auth.invalid_token")),
+        "{doc}"
+    );
+    assert!(
+        doc["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no longer configured")),
+        "{doc}"
+    );
+}
+
+/// SHA-256 (hex) of a key, as `gateway.toml` stores it.
+fn lgsp_auth_sha256(key: &str) -> String {
+    let (ok, out, err) = sh(&format!("printf %s '{key}' | sha256sum"));
+    assert!(ok, "{err}");
+    out.split_whitespace().next().unwrap_or_default().to_owned()
 }

@@ -13,12 +13,20 @@ use subtle::ConstantTimeEq;
 pub struct KeyRecord {
     pub agency: Arc<str>,
     pub kind: KeyKind,
+    /// The key's id: the first 16 hex digits of its SHA-256 (what tokens issued for it name as `kid`).
+    pub id: Arc<str>,
 }
 
-/// Every configured key, by digest.
+/// Every configured key, by digest, and by id.
 #[derive(Debug, Default, Clone)]
 pub struct KeyStore {
     buckets: HashMap<u64, Vec<([u8; 32], KeyRecord)>>,
+    ids: HashMap<Arc<str>, KeyRecord>,
+}
+
+/// The id of a key given its SHA-256.
+pub fn key_id(sha256: &[u8; 32]) -> String {
+    hex::encode(&sha256[..8])
 }
 
 /// Longest key accepted; anything longer is refused before hashing.
@@ -33,19 +41,23 @@ fn bucket(digest: &[u8; 32]) -> u64 {
 impl KeyStore {
     pub fn from_agencies(agencies: &[AgencyConfig]) -> Self {
         let mut buckets: HashMap<u64, Vec<([u8; 32], KeyRecord)>> = HashMap::new();
+        let mut ids = HashMap::new();
         for a in agencies {
             let agency: Arc<str> = Arc::from(a.code.as_str());
             for k in &a.keys {
-                buckets.entry(bucket(&k.sha256)).or_default().push((
-                    k.sha256,
-                    KeyRecord {
-                        agency: agency.clone(),
-                        kind: k.kind,
-                    },
-                ));
+                let record = KeyRecord {
+                    agency: agency.clone(),
+                    kind: k.kind,
+                    id: Arc::from(key_id(&k.sha256)),
+                };
+                ids.insert(record.id.clone(), record.clone());
+                buckets
+                    .entry(bucket(&k.sha256))
+                    .or_default()
+                    .push((k.sha256, record));
             }
         }
-        KeyStore { buckets }
+        KeyStore { buckets, ids }
     }
 
     /// The record of a presented key, if it is one of ours.
@@ -63,6 +75,11 @@ impl KeyStore {
             }
         }
         found
+    }
+
+    /// The record of the key with this id (a token's `kid`), while it is configured.
+    pub fn by_id(&self, id: &str) -> Option<&KeyRecord> {
+        self.ids.get(id)
     }
 
     pub fn len(&self) -> usize {

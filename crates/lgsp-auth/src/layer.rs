@@ -184,6 +184,11 @@ impl AuthPolicy {
         self.peers.admits(identity)
     }
 
+    /// Whether a certificate identity is someone this hop serves: a registered agency or a listed peer.
+    pub fn knows(&self, identity: &PeerIdentity) -> bool {
+        self.is_peer(identity) || self.agencies.contains_key(identity.id.as_str())
+    }
+
     /// Decides who is calling.
     pub fn authenticate(
         &self,
@@ -221,24 +226,27 @@ impl AuthPolicy {
                 .tokens
                 .verify(token, &identity.cert_sha256)
                 .map_err(AuthError::InvalidToken)?;
+            // A token lives only as long as its agency and the key it was issued for.
             let (agency, _) = self
                 .agencies
                 .get_key_value(claims.sub.as_str())
-                .ok_or(AuthError::UnknownKey)?;
+                .ok_or_else(|| {
+                    AuthError::InvalidToken(TokenError::AgencyRemoved(claims.sub.clone()))
+                })?;
+            let record = self
+                .keys
+                .by_id(&claims.kid)
+                .filter(|r| r.agency == *agency)
+                .ok_or(AuthError::InvalidToken(TokenError::KeyRemoved))?;
             if **agency != *identity.id {
                 return Err(AuthError::KeyNotBound {
                     key_agency: agency.clone(),
                     cert_identity: identity.id.clone(),
                 });
             }
-            let kind = if claims.mode == "trial" {
-                KeyKind::Trial
-            } else {
-                KeyKind::Production
-            };
             return self.admit(Caller {
                 agency: agency.clone(),
-                kind,
+                kind: record.kind,
                 via: None,
             });
         }
@@ -286,7 +294,12 @@ impl AuthPolicy {
         })?;
         let token = self
             .tokens
-            .issue(&caller.agency, caller.kind, &identity.cert_sha256)
+            .issue(
+                &caller.agency,
+                &record.id,
+                caller.kind,
+                &identity.cert_sha256,
+            )
             .ok_or(AuthError::NoIdentity)?;
         Ok((token, caller.kind))
     }
@@ -398,7 +411,8 @@ mod tests {
             id: id.into(),
             source: lgsp_tls::IdentitySource::SanUri,
             cert_sha256: String::new(),
-            not_after: 0,
+            // 2100-01-01: valid for as long as any test runs.
+            not_after: 4_102_444_800,
         }
     }
 
@@ -594,6 +608,67 @@ mod tests {
         assert_eq!(
             refusal(svc.oneshot(req).await).code(),
             "auth.peer_unknown_agency"
+        );
+    }
+
+    #[test]
+    fn a_token_lives_only_as_long_as_its_key_and_its_agency() {
+        let issuer = crate::TokenIssuer::new("lgsp", None, std::time::Duration::from_secs(60));
+        let all = lgsp_config::embedded().unwrap().agencies;
+        let policy_of = |agencies: &[AgencyConfig]| {
+            AuthPolicy::new(
+                "lgsp",
+                agencies,
+                &[],
+                Metrics::new().unwrap(),
+                issuer.clone(),
+            )
+        };
+        let cert = "ab".repeat(32);
+        let h29 = PeerIdentity {
+            cert_sha256: cert.clone(),
+            ..identity("000.00.00.H29")
+        };
+        let key = dev_key("000.00.00.H29", KeyKind::Production);
+        let (token, _) = policy_of(&all)
+            .issue_token(Some(&h29), "000.00.00.H29", &key)
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        assert!(policy_of(&all).authenticate(Some(&h29), &headers).is_ok());
+        // The operator removes the key (a reload): the token goes with it.
+        let mut keyless = all.clone();
+        let h29_cfg = keyless
+            .iter_mut()
+            .find(|a| a.code == "000.00.00.H29")
+            .unwrap();
+        h29_cfg.keys.retain(|k| k.kind != KeyKind::Production);
+        let e = policy_of(&keyless)
+            .authenticate(Some(&h29), &headers)
+            .unwrap_err();
+        assert_eq!(e, AuthError::InvalidToken(TokenError::KeyRemoved));
+        assert_eq!(e.code(), "auth.invalid_token");
+        assert!(
+            e.detail().contains("no longer configured"),
+            "{}",
+            e.detail()
+        );
+        // Or the agency itself.
+        let without: Vec<AgencyConfig> = all
+            .iter()
+            .filter(|a| a.code != "000.00.00.H29")
+            .cloned()
+            .collect();
+        let e = policy_of(&without)
+            .authenticate(Some(&h29), &headers)
+            .unwrap_err();
+        assert!(
+            e.detail().contains("no longer registered"),
+            "{}",
+            e.detail()
         );
     }
 }

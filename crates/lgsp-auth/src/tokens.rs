@@ -25,6 +25,10 @@ pub enum TokenError {
     Expired,
     #[error("bound to another certificate")]
     OtherCertificate,
+    #[error("the API key it was issued for is no longer configured")]
+    KeyRemoved,
+    #[error("agency {0} is no longer registered at this hop")]
+    AgencyRemoved(String),
 }
 
 /// What a token says.
@@ -39,6 +43,8 @@ pub struct Claims {
     pub iat: u64,
     pub exp: u64,
     pub jti: String,
+    /// The id of the API key it was issued for ([`crate::keys::key_id`]): the token lives only as long as the key.
+    pub kid: String,
     pub cnf: Confirmation,
 }
 
@@ -108,8 +114,14 @@ impl TokenIssuer {
         })
     }
 
-    /// A token for `agency` with a key of `mode`, bound to the certificate whose SHA-256 (hex) is given.
-    pub fn issue(&self, agency: &str, mode: KeyKind, cert_sha256_hex: &str) -> Option<String> {
+    /// A token for `agency` with its key `kid` of `mode`, bound to the certificate whose SHA-256 (hex) is given.
+    pub fn issue(
+        &self,
+        agency: &str,
+        kid: &str,
+        mode: KeyKind,
+        cert_sha256_hex: &str,
+    ) -> Option<String> {
         let iat = now();
         let mut jti = [0u8; 16];
         getrandom::fill(&mut jti).ok()?;
@@ -120,6 +132,7 @@ impl TokenIssuer {
             iat,
             exp: iat + self.ttl.as_secs(),
             jti: hex::encode(jti),
+            kid: kid.to_owned(),
             cnf: Confirmation {
                 x5t_s256: thumbprint(cert_sha256_hex)?,
             },
@@ -187,7 +200,9 @@ mod tests {
     #[test]
     fn a_token_works_for_its_hop_and_certificate_only() {
         let lgsp = TokenIssuer::new("lgsp", None, Duration::from_secs(60));
-        let t = lgsp.issue("000.00.00.H29", KeyKind::Trial, CERT_A).unwrap();
+        let t = lgsp
+            .issue("000.00.00.H29", "0011223344556677", KeyKind::Trial, CERT_A)
+            .unwrap();
         let c = lgsp.verify(&t, CERT_A).unwrap();
         assert_eq!(
             (c.sub.as_str(), c.mode.as_str()),
@@ -212,7 +227,7 @@ mod tests {
     fn tampered_expired_and_garbage_tokens_are_refused() {
         let issuer = TokenIssuer::new("lgsp", None, Duration::from_secs(60));
         let t = issuer
-            .issue("000.00.00.H29", KeyKind::Trial, CERT_A)
+            .issue("000.00.00.H29", "0011223344556677", KeyKind::Trial, CERT_A)
             .unwrap();
         // The payload rewritten to claim production: the signature no longer fits.
         let parts: Vec<&str> = t.split('.').collect();
@@ -228,7 +243,7 @@ mod tests {
         );
         let expired = TokenIssuer::new("lgsp", None, Duration::ZERO);
         let t = expired
-            .issue("000.00.00.H29", KeyKind::Trial, CERT_A)
+            .issue("000.00.00.H29", "0011223344556677", KeyKind::Trial, CERT_A)
             .unwrap();
         assert_eq!(expired.verify(&t, CERT_A), Err(TokenError::Expired));
         for junk in ["", "a.b", "a.b.c.d", "x.y.z", "..."] {

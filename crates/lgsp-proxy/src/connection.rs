@@ -157,6 +157,30 @@ impl Activity {
     }
 }
 
+/// Set on a listener state when a reload replaces it, so the connections served under it look again.
+#[derive(Default)]
+pub struct Retired {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Retired {
+    pub fn retire(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once retired (at once if it already is).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.flag.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+}
+
 /// The connection's byte stream, telling its [`Activity`] when the first byte arrives.
 pub(crate) struct Watched<I> {
     io: I,

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
+use crate::connection::Retired;
 use crate::limit::LimitPolicy;
 use crate::listener::{ListenerSpec, ListenerState, LiveState, spawn_tls_listener};
 use crate::prepare::{Prepared, prepare};
@@ -96,6 +97,9 @@ fn emulator_state(cfg: &Config, p: &Prepared, emu: &Emulator) -> Option<Listener
         handshake_timeout: e.tls.handshake_timeout,
         http: HttpConfig::default(),
         service: emulator_service(emu),
+        // The emulator serves any certificate of its CA: only the certificate is asked again.
+        knows: Arc::new(|_| true),
+        retired: Retired::default(),
     })
 }
 
@@ -202,10 +206,10 @@ impl Reloader {
         if let Some((live, emu)) = &self.inner.emulator
             && let Some(st) = emulator_state(&cfg, &prepared, emu)
         {
-            live.store(Arc::new(st));
+            ListenerState::replace(live, st);
         }
         for (live, hop) in self.inner.hops.iter().zip(prepared.hops) {
-            live.store(Arc::new(hop.state));
+            ListenerState::replace(live, hop.state);
         }
         let routes: usize = cfg.hops.iter().map(|h| h.routes.len()).sum();
         let summary = format!(

@@ -24,13 +24,15 @@ pub mod token;
 pub mod validate;
 
 pub use connect::{Reach, connect};
-pub use connection::{BodyTimeout, TooManyConnections};
+pub use connection::{BodyTimeout, Retired, TooManyConnections};
 pub use forward::{
     Forward, ForwardError, UpstreamClient, UpstreamFailure, upstream_client, upstream_uri,
 };
 pub use gateway::{Bound, Gateway, Reloader, StartError};
 pub use hop::HopContext;
-pub use listener::{ListenerSpec, ListenerState, LiveState, serve_connection, spawn_tls_listener};
+pub use listener::{
+    KnowsIdentity, ListenerSpec, ListenerState, LiveState, serve_connection, spawn_tls_listener,
+};
 pub use observe::{HopHeaderError, ObserveLayer};
 pub use prepare::{Prepared, PreparedHop, prepare};
 pub use route::{Route, RouteError, RouteLayer, RouteTable};

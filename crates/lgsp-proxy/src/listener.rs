@@ -17,7 +17,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lgsp_config::HttpConfig;
 use lgsp_metrics::Metrics;
-use lgsp_tls::{HandshakeFailure, PeerIdentity};
+use lgsp_tls::{HandshakeFailure, PeerIdentity, ServerTls};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -25,18 +26,50 @@ use tower::ServiceExt;
 
 use crate::body::{Body, BoxError, boxed};
 use crate::connection::{
-    Activity, Answer, Holders, Quiet, RequestBody, TooManyConnections, Watched,
+    Activity, Answer, Holders, RequestBody, Retired, TooManyConnections, Watched,
 };
 use crate::stack::HopService;
 
 /// What a listener serves with; swapped whole by a reload. Connections take the TLS and HTTP parts when they are
 /// accepted; requests take the service when they arrive, so in-flight requests finish on the state they began with.
 pub struct ListenerState {
-    pub tls: Arc<rustls::ServerConfig>,
+    pub tls: ServerTls,
     pub identity_uri_prefix: String,
     pub handshake_timeout: Duration,
     pub http: HttpConfig,
     pub service: HopService,
+    /// Whether a certificate identity is still someone this listener serves (an agency or a peer); asked of
+    /// every open connection when this state replaces another.
+    pub knows: KnowsIdentity,
+    /// Set when a reload replaces this state.
+    pub retired: Retired,
+}
+
+pub type KnowsIdentity = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+
+impl ListenerState {
+    /// Swaps `next` in and tells the connections served under the old state to look again.
+    pub fn replace(live: &LiveState, next: ListenerState) {
+        live.swap(Arc::new(next)).retired.retire();
+    }
+
+    /// Why a connection with this client chain and identity may no longer be served under this state, if so.
+    fn refuses(
+        &self,
+        chain: &[CertificateDer<'static>],
+        identity: Option<&PeerIdentity>,
+    ) -> Option<&'static str> {
+        if !chain.is_empty() {
+            match self.tls.still_accepts(chain) {
+                Ok(()) => {}
+                Err(HandshakeFailure::Expired) => return Some("certificate_expired"),
+                Err(_) => return Some("certificate_refused"),
+            }
+        }
+        identity
+            .is_some_and(|id| !(self.knows)(id))
+            .then_some("identity_removed")
+    }
 }
 
 pub type LiveState = Arc<arc_swap::ArcSwap<ListenerState>>;
@@ -140,18 +173,61 @@ pub async fn serve_connection<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let http = state.load().http.clone();
-    let activity = Arc::new(Activity::default());
+    let current = state.load_full();
     let svc = WithIdentity {
-        state,
-        identity,
-        activity: activity.clone(),
-        body_read_timeout: http.body_read_timeout,
+        state: state.clone(),
+        identity: identity.clone(),
+        activity: Arc::new(Activity::default()),
+        body_read_timeout: current.http.body_read_timeout,
         refusal: None,
         hop: spec.name.clone(),
     };
+    let standing = Standing {
+        live: state,
+        chain: Vec::new(),
+        identity,
+    };
     let (_keep, mut never) = watch::channel(false);
-    drive(io, svc, &http, activity, &mut never, |_| {}).await
+    drive(io, svc, standing, current, &mut never, |_| {}).await
+}
+
+/// What can end a served connection besides its own quiet: a reload whose config no longer accepts its
+/// certificate (revoked, CA no longer trusted) or its identity (agency or peer removed), and its certificate's
+/// expiry.
+struct Standing {
+    live: LiveState,
+    chain: Vec<CertificateDer<'static>>,
+    identity: Option<PeerIdentity>,
+}
+
+impl Standing {
+    /// Resolves with the reason once the connection may no longer be served; `current` is the state it began on.
+    async fn lost(&self, mut current: Arc<ListenerState>) -> &'static str {
+        let expiry = async {
+            match &self.identity {
+                Some(id) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let left = u64::try_from(id.not_after).unwrap_or(0).saturating_sub(now);
+                    tokio::time::sleep(Duration::from_secs(left)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                () = current.retired.wait() => {
+                    current = self.live.load_full();
+                    if let Some(reason) = current.refuses(&self.chain, self.identity.as_ref()) {
+                        return reason;
+                    }
+                }
+                () = &mut expiry => return "certificate_expired",
+            }
+        }
+    }
 }
 
 /// Runs one connection until it closes. When it has been quiet too long (no first byte, or idle), or the
@@ -160,15 +236,17 @@ where
 async fn drive<I>(
     io: I,
     svc: WithIdentity,
-    http: &HttpConfig,
-    activity: Arc<Activity>,
+    standing: Standing,
+    current: Arc<ListenerState>,
     shutdown: &mut watch::Receiver<bool>,
-    on_quiet: impl FnOnce(Quiet),
+    on_close: impl FnOnce(&'static str),
 ) -> Result<(), BoxError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let refused = svc.refusal.is_some();
+    let http = &current.http;
+    let activity = svc.activity.clone();
     let builder = http_builder(http, !refused);
     let conn = builder.serve_connection(
         TokioIo::new(Watched::new(io, activity.clone())),
@@ -185,14 +263,23 @@ where
         }
     };
     tokio::pin!(answered);
-    let mut on_quiet = Some(on_quiet);
+    let lost = standing.lost(current.clone());
+    tokio::pin!(lost);
+    let mut on_close = Some(on_close);
     let mut closing = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => return r,
             q = &mut quiet, if !closing => {
-                if let Some(f) = on_quiet.take() {
-                    f(q);
+                if let Some(f) = on_close.take() {
+                    f(q.reason());
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            reason = &mut lost, if !closing => {
+                if let Some(f) = on_close.take() {
+                    f(reason);
                 }
                 conn.as_mut().graceful_shutdown();
                 closing = true;
@@ -215,11 +302,14 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Reasons of `lgsp_connections_closed_total`, exported as 0 from the start.
-const CLOSED_REASONS: [&str; 4] = [
+const CLOSED_REASONS: [&str; 7] = [
     "first_byte_timeout",
     "idle_timeout",
     "too_many_handshakes",
     "too_many_agency_connections",
+    "certificate_refused",
+    "certificate_expired",
+    "identity_removed",
 ];
 
 /// Serves `service` on `listener` until `shutdown` turns true, then drains connections for `drain_timeout`.
@@ -346,7 +436,7 @@ impl Accepted {
         } = self;
         // The TLS and HTTP settings in force when the connection arrives (a reload swaps them for later ones).
         let current = state.load_full();
-        let acceptor = TlsAcceptor::from(current.tls.clone());
+        let acceptor = TlsAcceptor::from(current.tls.config.clone());
         let failed = |reason: HandshakeFailure| {
             metrics
                 .tls_handshake_failures
@@ -369,11 +459,14 @@ impl Accepted {
             }
         };
         drop(handshake);
-        let identity = match tls
+        let chain: Vec<CertificateDer<'static>> = tls
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|chain| chain.first())
+            .map(<[CertificateDer<'_>]>::to_vec)
+            .unwrap_or_default();
+        let identity = match chain
+            .first()
             .map(|leaf| PeerIdentity::from_certificate(leaf, &current.identity_uri_prefix))
         {
             Some(Ok(id)) => Some(id),
@@ -394,7 +487,7 @@ impl Accepted {
                 .inc();
             tracing::warn!(hop = %spec.name, peer = %peer, identity = %holder, cap = http.max_connections_per_agency, "connection refused: its identity holds max_connections_per_agency");
             Some(Arc::new(TooManyConnections {
-                identity: holder,
+                identity: holder.clone(),
                 cap: http.max_connections_per_agency,
             }))
         } else {
@@ -403,23 +496,27 @@ impl Accepted {
         tracing::debug!(hop = %spec.name, peer = %peer, identity = ?identity.as_ref().map(|i| &i.id), "connection open");
         let open = metrics.connections_open.with_label_values(&[&spec.name]);
         open.inc();
-        let activity = Arc::new(Activity::default());
         let svc = WithIdentity {
-            state,
-            identity,
-            activity: activity.clone(),
+            state: state.clone(),
+            identity: identity.clone(),
+            activity: Arc::new(Activity::default()),
             body_read_timeout: http.body_read_timeout,
             refusal,
             hop: spec.name.clone(),
         };
-        let quiet = |q: Quiet| {
+        let standing = Standing {
+            live: state,
+            chain,
+            identity,
+        };
+        let closing = |reason: &'static str| {
             metrics
                 .connections_closed
-                .with_label_values(&[&spec.name, q.reason()])
+                .with_label_values(&[&spec.name, reason])
                 .inc();
-            tracing::debug!(hop = %spec.name, peer = %peer, reason = q.reason(), "closing a quiet connection");
+            tracing::info!(hop = %spec.name, peer = %peer, identity = %holder, reason, "closing the connection");
         };
-        if let Err(e) = drive(tls, svc, http, activity, &mut shutdown, quiet).await {
+        if let Err(e) = drive(tls, svc, standing, current.clone(), &mut shutdown, closing).await {
             tracing::debug!(hop = %spec.name, peer = %peer, error = %e, "connection ended with an error");
         }
         drop(held);
@@ -448,11 +545,13 @@ mod tests {
             Ok::<_, Infallible>(resp)
         });
         Arc::new(arc_swap::ArcSwap::from_pointee(ListenerState {
-            tls: lgsp_tls::server_config(&cfg.hops[0].tls).expect("tls"),
+            tls: lgsp_tls::server_tls(&cfg.hops[0].tls).expect("tls"),
             identity_uri_prefix: cfg.hops[0].tls.identity_uri_prefix.clone(),
             handshake_timeout: Duration::from_secs(5),
             http: HttpConfig::default(),
             service: tower::util::BoxCloneSyncService::new(svc),
+            knows: Arc::new(|_| true),
+            retired: Retired::default(),
         }))
     }
 
@@ -504,15 +603,34 @@ mod tests {
             + 'static,
         S::Future: Send + 'static,
     {
+        Arc::new(arc_swap::ArcSwap::from_pointee(serving_state(
+            http,
+            service,
+            Arc::new(|_| true),
+        )))
+    }
+
+    /// A listener state over `service` with `http`, serving the identities `knows` knows.
+    fn serving_state<S>(http: HttpConfig, service: S, knows: KnowsIdentity) -> ListenerState
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let base = state();
         let tls = base.load().tls.clone();
-        Arc::new(arc_swap::ArcSwap::from_pointee(ListenerState {
+        ListenerState {
             tls,
             identity_uri_prefix: String::new(),
             handshake_timeout: Duration::from_secs(5),
             http,
             service: tower::util::BoxCloneSyncService::new(service),
-        }))
+            knows,
+            retired: Retired::default(),
+        }
     }
 
     /// As [`connection`], over real TCP (a socket closed with unread data resets, which memory pipes never do).
@@ -535,20 +653,34 @@ mod tests {
         refusal: Option<TooManyConnections>,
         buffer: usize,
     ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+        connection_as(live, refusal, buffer, identity("000.00.00.H29"))
+    }
+
+    /// As [`connection`], for the certificate identity `id`.
+    fn connection_as(
+        live: LiveState,
+        refusal: Option<TooManyConnections>,
+        buffer: usize,
+        id: PeerIdentity,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(buffer);
-        let http = live.load().http.clone();
-        let activity = Arc::new(Activity::default());
+        let current = live.load_full();
         let svc = WithIdentity {
-            state: live,
-            identity: Some(identity("000.00.00.H29")),
-            activity: activity.clone(),
-            body_read_timeout: http.body_read_timeout,
+            state: live.clone(),
+            identity: Some(id.clone()),
+            activity: Arc::new(Activity::default()),
+            body_read_timeout: current.http.body_read_timeout,
             refusal: refusal.map(Arc::new),
             hop: Arc::from("lgsp"),
         };
+        let standing = Standing {
+            live,
+            chain: Vec::new(),
+            identity: Some(id),
+        };
         let task = tokio::spawn(async move {
             let (_keep, mut never) = watch::channel(false);
-            let _ = drive(server, svc, &http, activity, &mut never, |_| {}).await;
+            let _ = drive(server, svc, standing, current, &mut never, |_| {}).await;
         });
         (client, task)
     }
@@ -706,6 +838,68 @@ mod tests {
         let resp = sender.send_request(get()).await.expect("answer");
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()["retry-after"], "1");
+        closes(task).await;
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_drops_the_identity_closes_its_open_connection() {
+        let live = serving(HttpConfig::default(), ok_service());
+        let (client, task) = connection(live.clone(), None, 4096);
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        assert_eq!(
+            sender.send_request(get()).await.expect("answer").status(),
+            200
+        );
+        // A reload that still knows H29 leaves the connection be.
+        ListenerState::replace(
+            &live,
+            serving_state(HttpConfig::default(), ok_service(), Arc::new(|_| true)),
+        );
+        assert_eq!(
+            sender.send_request(get()).await.expect("answer").status(),
+            200
+        );
+        // One that no longer does closes it (HTTP/2: GOAWAY, then the end).
+        ListenerState::replace(
+            &live,
+            serving_state(
+                HttpConfig::default(),
+                ok_service(),
+                Arc::new(|id: &PeerIdentity| id.id != "000.00.00.H29"),
+            ),
+        );
+        closes(task).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_ends_when_its_certificate_expires() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let expiring = PeerIdentity {
+            not_after: i64::try_from(now + 1).expect("seconds"),
+            ..identity("000.00.00.H29")
+        };
+        let (client, task) = connection_as(
+            serving(HttpConfig::default(), ok_service()),
+            None,
+            4096,
+            expiring,
+        );
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        assert_eq!(
+            sender.send_request(get()).await.expect("answer").status(),
+            200
+        );
         closes(task).await;
     }
 }

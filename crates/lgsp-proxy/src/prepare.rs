@@ -12,12 +12,13 @@ use lgsp_config::{
 };
 use lgsp_metrics::Metrics;
 use lgsp_schema::{Catalog, Limits, Options};
-use lgsp_tls::{Expiry, TlsError};
+use lgsp_tls::{Expiry, ServerTls, TlsError};
 
+use crate::connection::Retired;
 use crate::forward::{Forward, upstream_client};
 use crate::hop::HopContext;
 use crate::limit::{LimitLayer, LimitPolicy};
-use crate::listener::ListenerState;
+use crate::listener::{KnowsIdentity, ListenerState};
 use crate::route::RouteTable;
 use crate::stack::{HopParts, hop_stack};
 use crate::validate::{ValidateLayer, ValidationPolicy};
@@ -27,7 +28,7 @@ pub struct Prepared {
     /// One per `[[hop]]`, in config order.
     pub hops: Vec<PreparedHop>,
     /// The emulator's server TLS, when the config runs one.
-    pub emulator_tls: Option<Arc<rustls::ServerConfig>>,
+    pub emulator_tls: Option<ServerTls>,
     pub limits: Arc<LimitPolicy>,
     /// When each configured certificate and CRL stops being usable, by listener name.
     pub expiry: Vec<(String, Expiry)>,
@@ -49,7 +50,7 @@ struct Shared {
 
 /// The TLS material of one listener, loaded.
 struct Tls {
-    server: Arc<rustls::ServerConfig>,
+    server: ServerTls,
     client: Option<Arc<rustls::ClientConfig>>,
     expiry: Vec<Expiry>,
 }
@@ -166,7 +167,7 @@ fn listener_tls(
     problems: &mut Vec<Problem>,
 ) -> Option<Tls> {
     let mut failed = |e: TlsError| problems.push(e.problem());
-    let server_cfg = lgsp_tls::server_config(server).map_err(&mut failed).ok();
+    let server_cfg = lgsp_tls::server_tls(server).map_err(&mut failed).ok();
     let client = upstream.map(|u| {
         lgsp_tls::client_config(u)
             .map(Arc::new)
@@ -234,19 +235,24 @@ fn hop(
     h: &HopConfig,
     shared: &Shared,
     metrics: &Arc<Metrics>,
-    server: Arc<rustls::ServerConfig>,
+    server: ServerTls,
     client: Arc<rustls::ClientConfig>,
 ) -> PreparedHop {
     let hop = Arc::new(HopContext::new(&h.name, &h.peers, metrics.clone()));
     let tokens = TokenIssuer::new(&h.name, shared.secret.as_deref(), cfg.token.ttl);
+    let auth = Arc::new(AuthPolicy::new(
+        &h.name,
+        &cfg.agencies,
+        &h.peers,
+        metrics.clone(),
+        tokens,
+    ));
+    let knows: KnowsIdentity = {
+        let auth = auth.clone();
+        Arc::new(move |id| auth.knows(id))
+    };
     let parts = HopParts {
-        auth: Arc::new(AuthPolicy::new(
-            &h.name,
-            &cfg.agencies,
-            &h.peers,
-            metrics.clone(),
-            tokens,
-        )),
+        auth,
         routes: Arc::new(RouteTable::new(&hop, &h.routes)),
         limit: LimitLayer::new(shared.limits.clone(), hop.clone(), &h.routes, &cfg.agencies),
         validate: ValidateLayer::new(shared.validation.clone(), hop.clone()),
@@ -261,6 +267,8 @@ fn hop(
             handshake_timeout: h.tls.handshake_timeout,
             http: h.http.clone(),
             service: hop_stack(parts),
+            knows,
+            retired: Retired::default(),
         },
         upstream_tls: client,
     }

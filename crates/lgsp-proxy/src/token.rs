@@ -254,7 +254,8 @@ mod tests {
             id: "000.00.00.H29".into(),
             source: lgsp_tls::IdentitySource::SanUri,
             cert_sha256: CERT.into(),
-            not_after: 0,
+            // 2100-01-01: valid for as long as any test runs.
+            not_after: 4_102_444_800,
         });
         req.extensions_mut().insert(RequestLabels::default());
         req

@@ -39,6 +39,9 @@ pub const AGENCY_EXPIRED: &str = "agency-expired";
 pub const AGENCY_WRONG_CA: &str = "agency-wrong-ca";
 /// A certificate of the trusted CA that names nobody: no SAN URI, an empty Subject CN.
 pub const AGENCY_NO_IDENTITY: &str = "agency-no-identity";
+/// A second certificate of H29, valid today, and `ca.crl-spare-revoked.pem`: the CRL that also revokes it.
+pub const AGENCY_SPARE: &str = "agency-000.00.00.H29-spare";
+pub const CRL_REVOKING_SPARE: &str = "ca.crl-spare-revoked.pem";
 /// A certificate of the trusted CA with the dev LGSP's name as Subject CN and no SAN: not the LGSP.
 pub const IMPOSTOR_CN: &str = "impostor-cn";
 /// A certificate of the trusted CA whose SAN URI is the dev LGSP's in upper case (`URN:LGSP:ID:LGSP-DEV`).
@@ -97,6 +100,20 @@ impl TestPki {
             )
             .and_then(|l| l.write(dir.path(), IMPOSTOR_UPPER_SAN))
             .expect("upper-case SAN impostor");
+        let spare = report
+            .ca
+            .issue(&LeafSpec::identity(H29))
+            .expect("spare H29 certificate");
+        spare
+            .write(dir.path(), AGENCY_SPARE)
+            .expect("spare H29 files");
+        let mut serials: Vec<&[u8]> = report.revoked.iter().map(Vec::as_slice).collect();
+        serials.push(&spare.serial);
+        let crl = report
+            .ca
+            .crl(&serials, 365)
+            .expect("CRL revoking the spare");
+        std::fs::write(dir.path().join(CRL_REVOKING_SPARE), crl).expect("CRL file");
         let other = DevCa::generate("Some other CA").expect("other CA");
         other
             .issue(&LeafSpec::identity(H29))
@@ -466,6 +483,56 @@ pub async fn tls_exchange(addr: SocketAddr, tls: rustls::ClientConfig) -> Result
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// One HTTP/2 connection held open (no pool, no reconnect): what the gateway does to it, the test sees.
+pub struct H2Connection {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl H2Connection {
+    /// Connects to `addr` over TLS as `identity` (a file stem of `pki`), offering h2 only.
+    pub async fn open(pki: &TestPki, addr: SocketAddr, identity: &str) -> Result<Self, String> {
+        let tls = pki.client_tls(Some(identity), &[b"h2"]);
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| error_chain(&e))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(H2Connection { sender, driver })
+    }
+
+    /// The status of a GET of `path` on this connection.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<u16, String> {
+        let mut b = Request::get(format!("https://localhost{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        self.sender
+            .send_request(req)
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| error_chain(&e))
+    }
+
+    /// Whether the gateway closes the connection within `within`.
+    pub async fn closed_within(self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, self.driver).await.is_ok()
+    }
+}
+
 /// A loopback address nothing listens on (bound then released).
 pub async fn closed_port() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -514,11 +581,13 @@ impl HeldUpstream {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let metrics = lgsp_metrics_handle();
         let state = lgsp_proxy::ListenerState {
-            tls: lgsp_tls::server_config(&tls).expect("server config"),
+            tls: lgsp_tls::server_tls(&tls).expect("server config"),
             identity_uri_prefix: tls.identity_uri_prefix.clone(),
             handshake_timeout: tls.handshake_timeout,
             http: lgsp_config::HttpConfig::default(),
             service: tower::util::BoxCloneSyncService::new(svc),
+            knows: Arc::new(|_| true),
+            retired: lgsp_proxy::Retired::default(),
         };
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(state));
         lgsp_proxy::spawn_tls_listener(listener, spec, live, metrics, rx);

@@ -273,6 +273,8 @@ pub struct DevPkiReport {
     pub dir: PathBuf,
     pub files: Vec<String>,
     pub ca: DevCa,
+    /// Serials `ca.crl.pem` lists, so a test can write a CRL that lists more.
+    pub revoked: Vec<Vec<u8>>,
 }
 
 /// The file stem of an agency's dev client certificate.
@@ -337,6 +339,7 @@ pub fn init(dir: &Path) -> Result<DevPkiReport, DevPkiError> {
         dir: dir.to_owned(),
         files,
         ca,
+        revoked: vec![revoked.serial],
     })
 }
 

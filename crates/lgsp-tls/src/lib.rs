@@ -9,7 +9,7 @@ mod handshake;
 mod identity;
 mod load;
 
-pub use config::{ALPN_H1, ALPN_H2, client_config, provider, server_config};
+pub use config::{ALPN_H1, ALPN_H2, ServerTls, client_config, provider, server_config, server_tls};
 pub use handshake::{HandshakeFailure, rustls_error};
 pub use identity::{IdentityError, IdentitySource, PeerIdentity, Peers};
 pub use load::{TlsError, load_certs, load_crls, load_key};
