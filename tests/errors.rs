@@ -166,8 +166,9 @@ struct World {
     _silent: HeldUpstream,
     /// The shared rate-limit store unreachable, set to refuse.
     refusing: lgsp_proxy::Gateway,
-    /// One connection per identity, bodies within 300 ms.
+    /// One connection per identity, bodies within 300 ms; receipts from `_foreign`.
     strict: lgsp_proxy::Gateway,
+    _foreign: Upstream,
 }
 
 impl World {
@@ -224,8 +225,21 @@ impl World {
         let refusing = lgsp_proxy::Gateway::start(&parse(pki, &text))
             .await
             .unwrap();
+        // Its receipts come from an upstream that answers every look-up with H26's record.
+        let foreign = Upstream::start(pki, |_req| async {
+            let mut r = http::Response::new(lgsp_proxy::body::full(
+                r#"{"message_id":"0190a5a4-0000-7000-8000-000000000009","agency":"000.00.00.H26"}"#,
+            ));
+            r.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        })
+        .await;
+        let text = edit_route(&base, "BienNhan", |b| upstream(b, foreign.addr));
         let text = format!(
-            "{base}\n[hop.http]\nmax_connections_per_agency = 1\nbody_read_timeout = \"300ms\"\n"
+            "{text}\n[hop.http]\nmax_connections_per_agency = 1\nbody_read_timeout = \"300ms\"\n"
         );
         let strict = lgsp_proxy::Gateway::start(&parse(pki, &text))
             .await
@@ -238,6 +252,7 @@ impl World {
             _silent: silent,
             refusing,
             strict,
+            _foreign: foreign,
         }
     }
 
@@ -490,6 +505,21 @@ impl World {
                     "POST /lgsp/v1/HoSoCBCCVC HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\ncontent-type: application/xml\r\ntransfer-encoding: chunked\r\n\r\n5\r\n<Ho\r\nzz\r\n"
                 );
                 raw(&self.chain.pki, addr, AGENCY_OK, head.as_bytes()).await
+            }
+            "lookup.not_found" => {
+                // The upstream hands H29 a record of H26's: the hop does not pass it on.
+                self.send(
+                    AGENCY_OK,
+                    "GET",
+                    &hop_url(
+                        &self.strict,
+                        "lgsp",
+                        "/lgsp/v1/BienNhan/0190a5a4-0000-7000-8000-000000000009",
+                    ),
+                    &[("x-api-key", KEY_H29)],
+                    "",
+                )
+                .await
             }
             "packet.body_timeout" => {
                 // The head promises 1000 bytes; five arrive, then nothing.

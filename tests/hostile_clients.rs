@@ -590,3 +590,44 @@ fn lgsp_auth_sha256(key: &str) -> String {
     assert!(ok, "{err}");
     out.split_whitespace().next().unwrap_or_default().to_owned()
 }
+
+#[test]
+fn a_receipt_answers_only_the_agency_that_sent_the_packet() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::start();
+    let body = packet();
+    let (status, doc) = t.curl(
+        "/HoSoCBCCVC",
+        &[
+            "-H",
+            "Content-Type: application/xml",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(status, 200, "{doc}");
+    let id = doc["message_id"]
+        .as_str()
+        .expect("receipt names its message id");
+    let path = format!("/BienNhan/{id}");
+    // Its sender reads it back for reconciliation.
+    let (status, doc) = t.curl(&path, &[]);
+    assert_eq!((status, doc["agency"].as_str()), (200, Some(H29)), "{doc}");
+    // Another agency hears of no such receipt — as for an id never sent. (Trial look-ups go to the trial
+    // upstream, whose receipts are as strictly owned: lgsp-emulator's unit tests.)
+    let h26 = ["-H", "X-API-Key: lgsp_dev_000.00.00.H26_production"];
+    let (status, seen) = t.curl_as(AGENCY_OTHER, &path, &h26);
+    let (unknown_status, unknown) = t.curl_as(
+        AGENCY_OTHER,
+        "/BienNhan/0190a5a4-0000-7000-8000-00000000dead",
+        &h26,
+    );
+    assert_eq!((status, unknown_status), (404, 404), "{seen}");
+    assert_eq!(seen["code"], unknown["code"], "{seen}");
+    assert!(
+        seen.get("agency").is_none() && seen.get("sha256").is_none(),
+        "{seen}"
+    );
+}

@@ -189,6 +189,9 @@ pub struct FileRoute {
     pub dry_run: bool,
     /// Where trial-mode requests go instead of `upstream`: an https URL whose path replaces the matched prefix.
     pub trial_upstream: Option<Spanned<String>>,
+    /// A look-up route: JSON Pointer (RFC 6901) into the upstream's JSON answer naming the agency the record
+    /// belongs to; the answer reaches only that agency.
+    pub owner: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub agencies: Vec<Spanned<String>>,
     /// CBCCVC message type validated on this route (`HoSoCBCCVC`, `BienChe`, `PheDuyetDuLieu`, `BienDong`).

@@ -195,21 +195,30 @@ impl Emulator {
         let message_id = header_str(&parts, "x-lgsp-message-id");
         let rest = parts.uri.path().strip_prefix(BASE).unwrap_or_default();
         let answer = match rest.strip_prefix("BienNhan/") {
-            Some(id) => self.look_up(&parts.method, id),
+            Some(id) => self.look_up(&parts.method, id, header_str(&parts, "x-lgsp-client")),
             None => self.accept(&parts, body).await,
         };
         answer.unwrap_or_else(|e| problem(e, message_id.as_deref()))
     }
 
-    /// `GET /cbccvc/v1/BienNhan/{message id}`: the receipt, for reconciliation.
-    fn look_up(&self, method: &Method, id: &str) -> Result<Response<Full<Bytes>>, EmulatorError> {
+    /// `GET /cbccvc/v1/BienNhan/{message id}`: the receipt, for reconciliation — only to the agency that sent the
+    /// packet (`X-LGSP-Client`, set by the gateway); anyone else is told no such receipt exists.
+    fn look_up(
+        &self,
+        method: &Method,
+        id: &str,
+        agency: Option<String>,
+    ) -> Result<Response<Full<Bytes>>, EmulatorError> {
         if method != Method::GET && method != Method::HEAD {
             return Err(EmulatorError::MethodNotAllowed {
                 method: method.clone(),
                 receipts: true,
             });
         }
-        let r = self.receipt(id).ok_or(EmulatorError::ReceiptNotFound)?;
+        let r = self
+            .receipt(id)
+            .filter(|r| r.agency == agency)
+            .ok_or(EmulatorError::ReceiptNotFound)?;
         Ok(json(StatusCode::OK, &r))
     }
 
@@ -404,13 +413,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(changed.status(), StatusCode::CONFLICT);
-        let get = Request::get(format!("/cbccvc/v1/BienNhan/{id}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let get = |agency: Option<&str>| {
+            let mut b = Request::get(format!("/cbccvc/v1/BienNhan/{id}"));
+            if let Some(a) = agency {
+                b = b.header("x-lgsp-client", a);
+            }
+            b.body(Full::new(Bytes::new())).unwrap()
+        };
         assert_eq!(
-            body_json(emu.oneshot(get).await.unwrap()).await["message_id"],
+            body_json(
+                emu.clone()
+                    .oneshot(get(Some("000.00.00.H29")))
+                    .await
+                    .unwrap()
+            )
+            .await["message_id"],
             id.as_str()
         );
+        // Another agency, or nobody, hears of no such receipt.
+        for other in [Some("000.00.00.H26"), None] {
+            let r = emu.clone().oneshot(get(other)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+            assert_eq!(body_json(r).await["code"], "emulator.receipt_not_found");
+        }
     }
 
     #[tokio::test]

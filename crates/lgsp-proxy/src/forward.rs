@@ -17,7 +17,7 @@ use lgsp_problem::{BoxProblem, Class, Internal, Problem};
 use prometheus::IntCounter;
 use tower::Service;
 
-use crate::body::{Body, boxed};
+use crate::body::{Body, boxed, full, read_body};
 use crate::headers::{self, HopPath, MessageId, TraceContext};
 use crate::hop::HopContext;
 use crate::route::Route;
@@ -54,6 +54,13 @@ impl UpstreamFailure {
 pub enum ForwardError {
     #[error("route {route} takes no trial traffic")]
     TrialNotOffered { route: Arc<str> },
+    /// A look-up whose record does not name the caller's agency (or names none): answered as an unknown id.
+    #[error("look-up on route {route}: the record is not {agency}'s ({why})")]
+    NotOwner {
+        route: Arc<str>,
+        agency: Arc<str>,
+        why: &'static str,
+    },
     #[error("upstream {upstream} failed ({}): {message}", kind.as_str())]
     Upstream {
         upstream: String,
@@ -66,6 +73,7 @@ impl Problem for ForwardError {
     fn status(&self) -> StatusCode {
         match self {
             ForwardError::TrialNotOffered { .. } => StatusCode::FORBIDDEN,
+            ForwardError::NotOwner { .. } => StatusCode::NOT_FOUND,
             ForwardError::Upstream {
                 kind: UpstreamFailure::Timeout,
                 ..
@@ -77,6 +85,7 @@ impl Problem for ForwardError {
     fn code(&self) -> &'static str {
         match self {
             ForwardError::TrialNotOffered { .. } => "trial.not_offered",
+            ForwardError::NotOwner { .. } => "lookup.not_found",
             ForwardError::Upstream { kind, .. } => match kind {
                 UpstreamFailure::Connect => "upstream.unreachable",
                 UpstreamFailure::Tls => "upstream.tls_failed",
@@ -88,7 +97,7 @@ impl Problem for ForwardError {
 
     fn class(&self) -> Class {
         match self {
-            ForwardError::TrialNotOffered { .. } => Class::Client,
+            ForwardError::TrialNotOffered { .. } | ForwardError::NotOwner { .. } => Class::Client,
             ForwardError::Upstream { .. } => Class::Upstream,
         }
     }
@@ -97,6 +106,9 @@ impl Problem for ForwardError {
         match self {
             ForwardError::TrialNotOffered { route } => format!(
                 "Route {route} takes no trial-mode traffic at this hop; send it with a production key once your agency is official, or ask the operator to set the route's `trial_upstream`."
+            ),
+            ForwardError::NotOwner { agency, .. } => format!(
+                "No record with this id is held for agency {agency}; check the id (look-ups answer only the agency the record belongs to)."
             ),
             ForwardError::Upstream {
                 upstream,
@@ -201,6 +213,53 @@ pub fn upstream_uri(route: &Route, uri: &Uri, mode: KeyKind) -> Result<Uri, BoxP
         .map_err(|e| Internal(format!("upstream URI for route {}: {e}", route.name)).into())
 }
 
+/// Largest look-up answer a hop reads to find its owner.
+const LOOKUP_MAX_BYTES: usize = 1024 * 1024;
+
+/// A look-up's answer, read whole, when the record it holds names the caller's agency at `pointer`.
+async fn owned(
+    route: &Route,
+    caller: &Caller,
+    pointer: &str,
+    body: Body,
+) -> Result<bytes::Bytes, BoxProblem> {
+    let upstream = route.config.upstream.authority.clone();
+    let broken = |message: String| ForwardError::Upstream {
+        upstream: upstream.clone(),
+        kind: UpstreamFailure::Protocol,
+        message,
+    };
+    let bytes = tokio::time::timeout(route.config.timeout, read_body(body, LOOKUP_MAX_BYTES))
+        .await
+        .map_err(|_| ForwardError::Upstream {
+            upstream: upstream.clone(),
+            kind: UpstreamFailure::Timeout,
+            message: "look-up answer not read within the route's timeout".into(),
+        })?
+        .map_err(|e| broken(format!("look-up answer: {e}")))?;
+    let named = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|doc| {
+            doc.pointer(pointer)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        });
+    let refused = |why| ForwardError::NotOwner {
+        route: route.name.clone(),
+        agency: caller.agency.clone(),
+        why,
+    };
+    match named {
+        Some(agency) if *agency == *caller.agency => Ok(bytes),
+        Some(_) => Err(refused("another agency's").into()),
+        None => {
+            // Fail closed: a record that names no agency reaches nobody (the operator sees why in the log).
+            tracing::warn!(route = %route.name, pointer, "look-up answer names no agency at the route's owner pointer; refused");
+            Err(refused("names no agency").into())
+        }
+    }
+}
+
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
     if lgsp_tls::rustls_error(e).is_some() {
         UpstreamFailure::Tls
@@ -279,7 +338,7 @@ impl Forward {
     fn prepare(
         &self,
         mut req: Request<Body>,
-    ) -> Result<(Request<Body>, Arc<Route>, KeyKind), BoxProblem> {
+    ) -> Result<(Request<Body>, Arc<Route>, Caller), BoxProblem> {
         let missing = |what: &str| Internal(format!("forward reached without {what}"));
         let route = req
             .extensions()
@@ -317,7 +376,7 @@ impl Forward {
         set(h, headers::HOPS, &hops.header_value())?;
         set(h, headers::MODE, caller.kind.as_str())?;
         set(h, headers::TRACEPARENT, &trace.header_value())?;
-        Ok((req, route, caller.kind))
+        Ok((req, route, caller))
     }
 }
 
@@ -335,7 +394,8 @@ impl Service<Request<Body>> for Forward {
         let client = self.client.clone();
         let targets = self.targets.clone();
         Box::pin(async move {
-            let (req, route, mode) = prepared?;
+            let (req, route, caller) = prepared?;
+            let mode = caller.kind;
             let upstream = req.uri().authority().map_or_else(
                 || route.config.upstream.authority.clone(),
                 |a| a.as_str().to_owned(),
@@ -351,6 +411,12 @@ impl Service<Request<Body>> for Forward {
                     {
                         // An upstream that is no gateway of ours: name it by its address.
                         parts.headers.insert(headers::ANSWERED_BY, v);
+                    }
+                    if let Some(pointer) = &route.config.owner
+                        && parts.status.is_success()
+                    {
+                        let body = owned(&route, &caller, pointer, boxed(body)).await?;
+                        return Ok(Response::from_parts(parts, full(body)));
                     }
                     return Ok(Response::from_parts(parts, boxed(body)));
                 }
@@ -415,6 +481,41 @@ mod tests {
         };
         r.upstream = target(authority, &base);
         table(&[r]).lookup(prefix).unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_look_up_reaches_only_the_agency_its_record_names() {
+        let r = route("/lgsp/v1/BienNhan", None, "h:1");
+        let caller = |agency: &str| Caller {
+            agency: Arc::from(agency),
+            kind: KeyKind::Production,
+            via: None,
+        };
+        let receipt = r#"{"message_id":"m","agency":"000.00.00.H29","hops":["lgsp"]}"#;
+        let read = |agency: &'static str, pointer: &'static str, answer: &'static str| {
+            let r = r.clone();
+            async move { owned(&r, &caller(agency), pointer, full(answer)).await }
+        };
+        assert_eq!(
+            read("000.00.00.H29", "/agency", receipt).await.unwrap(),
+            receipt
+        );
+        for (agency, pointer, answer) in [
+            // Another agency's record.
+            ("000.00.00.H26", "/agency", receipt),
+            // A record that names nobody where the route says, or is no JSON: refused, fail closed.
+            ("000.00.00.H29", "/owner", receipt),
+            ("000.00.00.H29", "/agency", r#"{"agency":29}"#),
+            ("000.00.00.H29", "/agency", "<BienNhan/>"),
+        ] {
+            let e = read(agency, pointer, answer).await.unwrap_err();
+            assert_eq!(
+                (e.status(), e.code()),
+                (StatusCode::NOT_FOUND, "lookup.not_found"),
+                "{agency} {pointer} {answer}"
+            );
+            assert!(!e.detail().contains("H29") || agency == "000.00.00.H29");
+        }
     }
 
     #[test]

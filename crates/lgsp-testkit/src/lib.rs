@@ -244,7 +244,7 @@ pub fn hop_config(
         ));
     }
     s.push_str(&format!(
-        "[[hop.route]]\nname = \"BienNhan\"\nmethods = [\"GET\"]\nprefix = \"{prefix}/BienNhan\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/BienNhan\"\ntimeout = \"5s\"\nagencies = [\"*\"]\n",
+        "[[hop.route]]\nname = \"BienNhan\"\nmethods = [\"GET\"]\nprefix = \"{prefix}/BienNhan\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/BienNhan\"\ntimeout = \"5s\"\nagencies = [\"*\"]\nowner = \"/agency\"\n",
         port = upstream.port()
     ));
     s.push_str(&format!(
@@ -554,32 +554,55 @@ pub struct HeldUpstream {
 
 impl HeldUpstream {
     pub async fn start(pki: &TestPki) -> HeldUpstream {
-        let cfg = parse(pki, &emulator_config(pki));
-        let tls = cfg.emulator.expect("emulator section").tls;
-        let spec = lgsp_proxy::ListenerSpec::new(
-            "held",
-            &lgsp_config::HttpConfig::default(),
-            std::time::Duration::from_secs(5),
-        );
         let arrived = Arc::new(tokio::sync::Notify::new());
         let release = Arc::new(tokio::sync::Notify::new());
         let (a, r) = (arrived.clone(), release.clone());
-        let svc = tower::service_fn(move |_req: Request<lgsp_proxy::body::Body>| {
+        let upstream = Upstream::start(pki, move |_req| {
             let (a, r) = (a.clone(), r.clone());
             async move {
                 a.notify_one();
                 r.notified().await;
-                Ok::<_, std::convert::Infallible>(http::Response::new(lgsp_proxy::body::full(
-                    "released",
-                )))
+                http::Response::new(lgsp_proxy::body::full("released"))
             }
+        })
+        .await;
+        HeldUpstream {
+            addr: upstream.addr,
+            arrived,
+            release,
+            _shutdown: upstream._shutdown,
+        }
+    }
+}
+
+/// An upstream over the emulator's TLS that answers every request with `answer`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Upstream {
+    pub async fn start<F, Fut>(pki: &TestPki, answer: F) -> Upstream
+    where
+        F: Fn(Request<lgsp_proxy::body::Body>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = http::Response<lgsp_proxy::body::Body>> + Send + 'static,
+    {
+        let cfg = parse(pki, &emulator_config(pki));
+        let tls = cfg.emulator.expect("emulator section").tls;
+        let spec = lgsp_proxy::ListenerSpec::new(
+            "upstream",
+            &lgsp_config::HttpConfig::default(),
+            std::time::Duration::from_secs(5),
+        );
+        let svc = tower::service_fn(move |req: Request<lgsp_proxy::body::Body>| {
+            let answer = answer.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let metrics = lgsp_metrics_handle();
         let state = lgsp_proxy::ListenerState {
             tls: lgsp_tls::server_tls(&tls).expect("server config"),
             identity_uri_prefix: tls.identity_uri_prefix.clone(),
@@ -590,11 +613,9 @@ impl HeldUpstream {
             retired: lgsp_proxy::Retired::default(),
         };
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(state));
-        lgsp_proxy::spawn_tls_listener(listener, spec, live, metrics, rx);
-        HeldUpstream {
+        lgsp_proxy::spawn_tls_listener(listener, spec, live, lgsp_metrics_handle(), rx);
+        Upstream {
             addr,
-            arrived,
-            release,
             _shutdown: tx,
         }
     }

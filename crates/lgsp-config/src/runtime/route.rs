@@ -25,6 +25,10 @@ pub struct RouteConfig {
     /// Where trial-mode requests go (`base_path` replaces the matched prefix); `None`: this route takes no
     /// trial traffic. Defaults to the emulator of the same file, `/cbccvc/v1/{message type or route name}`.
     pub trial_upstream: Option<Upstream>,
+    /// A look-up route: the JSON Pointer (RFC 6901) into the upstream's answer that names the record's agency.
+    /// A 2xx answer reaches the caller only when it names the caller's agency; otherwise the caller gets 404, as
+    /// for an unknown id.
+    pub owner: Option<String>,
     pub timeout: Duration,
     /// Agency codes allowed on this route; `None` means every known agency (`"*"`).
     pub agencies: Option<Vec<String>>,
@@ -91,6 +95,7 @@ pub(super) fn route(
             let f = format!("{field}.trial_upstream");
             url(c, t, &f)
         }),
+        owner: owner(c, r, field),
         timeout: c.duration(
             r.timeout.as_ref(),
             &format!("{field}.timeout"),
@@ -209,6 +214,29 @@ fn agencies(
     agencies
 }
 
+/// A look-up route's owner pointer: a JSON Pointer, on a route that forwards.
+fn owner(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<String> {
+    let o = r.owner.as_ref()?;
+    let f = format!("{field}.owner");
+    if r.dry_run || r.message_type.is_some() {
+        c.problem(
+            o,
+            f,
+            "`owner` marks a look-up route (its answers name their agency); a packet or dry-run route has none",
+        );
+        return None;
+    }
+    if !o.get_ref().starts_with('/') {
+        let message = format!(
+            "`{}` is not a JSON Pointer; write the path to the agency code in the upstream's answer, e.g. \"/agency\"",
+            o.get_ref()
+        );
+        c.problem(o, f, message);
+        return None;
+    }
+    Some(o.get_ref().clone())
+}
+
 fn message_type(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<String> {
     let m = r.message_type.as_ref()?;
     let f = format!("{field}.message_type");
@@ -305,6 +333,25 @@ fn overrides(
 #[cfg(test)]
 mod tests {
     use crate::tests::problems_of;
+
+    #[test]
+    fn a_look_up_names_its_owner_field_as_a_json_pointer() {
+        let c = crate::embedded().unwrap();
+        let receipts = c.hops[0]
+            .routes
+            .iter()
+            .find(|r| r.name == "BienNhan")
+            .unwrap();
+        assert_eq!(receipts.owner.as_deref(), Some("/agency"));
+        let p = problems_of("owner = \"/agency\"", "owner = \"agency\"");
+        assert!(p[0].field.ends_with(".owner"), "{p:?}");
+        assert!(p[0].message.contains("JSON Pointer"), "{p:?}");
+        let p = problems_of(
+            "message_type = \"HoSoCBCCVC\"",
+            "message_type = \"HoSoCBCCVC\"\nowner = \"/agency\"",
+        );
+        assert!(p[0].message.contains("look-up route"), "{p:?}");
+    }
 
     #[test]
     fn methods_must_be_known_and_rates_come_with_bursts() {
