@@ -9,10 +9,11 @@ use lgsp_testkit::*;
 const BIN: &str = env!("CARGO_BIN_EXE_lgsp-gateway");
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 
-/// An emulator and one hop in front of it, each its own process of the built binary.
+/// An emulator and one hop in front of it, each its own process of the built binary (or a hop in front of an
+/// upstream of the test's own).
 struct Target {
     pki: TestPki,
-    _emulator: Proc,
+    _emulator: Option<Proc>,
     _hop: Proc,
     port: u16,
     prefix: &'static str,
@@ -62,7 +63,22 @@ impl Target {
         let emu = format!("127.0.0.1:{}", emulator.port("listening: emulator"))
             .parse()
             .unwrap();
-        let config = hop_config(&pki, name, prefix, emu, "/cbccvc/v1", peers) + extra;
+        let mut t = Target::in_front_of(pki, emu, name, prefix, peers, extra);
+        t._emulator = Some(emulator);
+        t
+    }
+
+    /// A hop whose routes go to `upstream`.
+    fn in_front_of(
+        pki: TestPki,
+        upstream: std::net::SocketAddr,
+        name: &str,
+        prefix: &'static str,
+        peers: &[&str],
+        extra: &str,
+    ) -> Target {
+        let dir = pki.dir().to_owned();
+        let config = hop_config(&pki, name, prefix, upstream, "/cbccvc/v1", peers) + extra;
         let config_path = write(&dir, &format!("{name}.toml"), &config);
         let mut hop = Proc::spawn(BIN, &["run", "--config", &config_path], &dir);
         let port = hop.port(&format!("listening: hop {name}"));
@@ -72,7 +88,7 @@ impl Target {
             .to_owned();
         Target {
             pki,
-            _emulator: emulator,
+            _emulator: None,
             _hop: hop,
             port,
             prefix,
@@ -630,4 +646,81 @@ fn a_receipt_answers_only_the_agency_that_sent_the_packet() {
         seen.get("agency").is_none() && seen.get("sha256").is_none(),
         "{seen}"
     );
+}
+
+#[test]
+fn spoofed_forwarding_headers_never_reach_the_upstream() {
+    if !tool("curl") {
+        return;
+    }
+    let pki = TestPki::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // An upstream that answers with the request headers it received, as JSON.
+    let echo = rt.block_on(Upstream::start(&pki, |req| async move {
+        let mut seen = serde_json::Map::new();
+        for k in req.headers().keys() {
+            let all: Vec<&str> = req
+                .headers()
+                .get_all(k)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            seen.insert(k.as_str().to_owned(), all.join(", ").into());
+        }
+        http::Response::new(lgsp_proxy::body::full(
+            serde_json::Value::Object(seen).to_string(),
+        ))
+    }));
+    let t = Target::in_front_of(pki, echo.addr, "lgsp", "/lgsp/v1", &[], "");
+    let body = packet();
+    let (status, seen) = t.curl(
+        "/HoSoCBCCVC",
+        &[
+            "-H",
+            "Content-Type: application/xml",
+            "-H",
+            "X-Forwarded-For: 10.0.0.1",
+            "-H",
+            "Forwarded: for=10.0.0.1;by=_ndxp",
+            "-H",
+            "X-Real-IP: 10.0.0.1",
+            "-H",
+            "X-Forwarded-Host: admin.internal",
+            "-H",
+            "X-Original-URL: /admin",
+            "-H",
+            "X-HTTP-Method-Override: DELETE",
+            "-H",
+            "Cookie: session=stolen",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(status, 200, "{seen}");
+    for name in [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-original-url",
+        "x-http-method-override",
+        "cookie",
+        "x-api-key",
+    ] {
+        assert!(
+            seen.get(name).is_none(),
+            "{name} reached the upstream: {seen}"
+        );
+    }
+    // The one forwarding record is the hop's own: curl's address, this hop, https.
+    let forwarded = seen["forwarded"].as_str().unwrap_or_default();
+    assert!(
+        forwarded.starts_with("for=\"127.0.0.1:") && forwarded.ends_with("\";by=_lgsp;proto=https"),
+        "{forwarded}"
+    );
+    assert!(!forwarded.contains("10.0.0.1"), "{forwarded}");
+    drop(echo);
 }

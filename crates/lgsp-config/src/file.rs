@@ -103,6 +103,8 @@ pub struct FileHop {
     /// pinned to that certificate's SHA-256 (`{ id = "LGSP-DEV", sha256 = "…" }`).
     #[serde(default)]
     pub peers: Vec<Spanned<FilePeer>>,
+    /// Request headers removed from every request before any layer reads it (a peer keeps its `Forwarded`).
+    pub strip_headers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub http: FileHttp,
     #[serde(default, rename = "route")]

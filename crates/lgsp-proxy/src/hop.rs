@@ -20,6 +20,8 @@ pub struct HopContext {
     /// `lgsp_load_shed_total{hop, scope}` for scope `global` and `agency`.
     pub shed_global: IntCounter,
     pub shed_agency: IntCounter,
+    /// Request headers removed before any layer reads them (`strip_headers`).
+    pub strip: Vec<http::HeaderName>,
 }
 
 impl HopContext {
@@ -32,13 +34,27 @@ impl HopContext {
             shed_global: metrics.load_shed.with_label_values(&[name, "global"]),
             shed_agency: metrics.load_shed.with_label_values(&[name, "agency"]),
             metrics,
+            strip: headers_named(lgsp_config::defaults::STRIP_HEADERS.iter().copied()),
         }
+    }
+
+    /// This hop, removing `names` (the config's `strip_headers`) instead of the default list.
+    pub fn stripping<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> HopContext {
+        self.strip = headers_named(names);
+        self
     }
 
     /// Whether the connection's certificate is one of the gateways this hop trusts to relay.
     pub fn is_peer(&self, identity: Option<&PeerIdentity>) -> bool {
         identity.is_some_and(|p| self.peers.admits(p))
     }
+}
+
+fn headers_named<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<http::HeaderName> {
+    names
+        .into_iter()
+        .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
 }
 
 #[cfg(test)]

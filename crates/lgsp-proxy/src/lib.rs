@@ -24,7 +24,7 @@ pub mod token;
 pub mod validate;
 
 pub use connect::{Reach, connect};
-pub use connection::{BodyTimeout, Retired, TooManyConnections};
+pub use connection::{BodyTimeout, ClientAddr, Retired, TooManyConnections};
 pub use forward::{
     Forward, ForwardError, UpstreamClient, UpstreamFailure, upstream_client, upstream_uri,
 };

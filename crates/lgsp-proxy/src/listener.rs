@@ -26,7 +26,7 @@ use tower::ServiceExt;
 
 use crate::body::{Body, BoxError, boxed};
 use crate::connection::{
-    Activity, Answer, Holders, RequestBody, Retired, TooManyConnections, Watched,
+    Activity, Answer, ClientAddr, Holders, RequestBody, Retired, TooManyConnections, Watched,
 };
 use crate::stack::HopService;
 
@@ -121,6 +121,8 @@ struct WithIdentity {
     body_read_timeout: Duration,
     refusal: Option<Arc<TooManyConnections>>,
     hop: Arc<str>,
+    /// The connection's TCP peer (`None` on in-memory connections).
+    remote: Option<std::net::SocketAddr>,
 }
 
 type Answering = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -152,6 +154,9 @@ impl tower::Service<Request<Incoming>> for WithIdentity {
         if let Some(id) = &self.identity {
             req.extensions_mut().insert(id.clone());
         }
+        if let Some(addr) = self.remote {
+            req.extensions_mut().insert(ClientAddr(addr));
+        }
         let service = self.state.load().service.clone();
         // A combinator, not an async block: the boxed service's future is then known to be Send.
         Box::pin(
@@ -181,6 +186,7 @@ where
         body_read_timeout: current.http.body_read_timeout,
         refusal: None,
         hop: spec.name.clone(),
+        remote: None,
     };
     let standing = Standing {
         live: state,
@@ -503,6 +509,7 @@ impl Accepted {
             body_read_timeout: http.body_read_timeout,
             refusal,
             hop: spec.name.clone(),
+            remote: Some(peer),
         };
         let standing = Standing {
             live: state,
@@ -672,6 +679,7 @@ mod tests {
             body_read_timeout: current.http.body_read_timeout,
             refusal: refusal.map(Arc::new),
             hop: Arc::from("lgsp"),
+            remote: None,
         };
         let standing = Standing {
             live,

@@ -67,7 +67,9 @@ fn establish(
     hop: &HopContext,
     req: &mut Request<Body>,
 ) -> Result<(MessageId, HopPath), HopHeaderError> {
-    if !hop.is_peer(req.extensions().get::<PeerIdentity>()) {
+    let peer = hop.is_peer(req.extensions().get::<PeerIdentity>());
+    forwarding_record(hop, req, peer);
+    if !peer {
         headers::strip_hop_headers(req.headers_mut());
         return Ok((MessageId::new(), HopPath(vec![hop.name.to_string()])));
     }
@@ -104,6 +106,30 @@ fn establish(
     }
     hops.0.push(hop.name.to_string());
     Ok((id, hops))
+}
+
+/// Removes the headers a client could claim another origin, host, URL or method with (`strip_headers`; a peer
+/// keeps its `Forwarded`), then appends this hop's own RFC 7239 record: `for` the connection's address, `by` the
+/// hop (an obfuscated node, `_name`), `proto=https`.
+fn forwarding_record(hop: &HopContext, req: &mut Request<Body>, peer: bool) {
+    let h = req.headers_mut();
+    for name in &hop.strip {
+        if !(peer && *name == http::header::FORWARDED) {
+            h.remove(name);
+        }
+    }
+    let node = match req.extensions().get::<crate::ClientAddr>() {
+        Some(crate::ClientAddr(addr)) => format!("\"{addr}\""),
+        None => "unknown".to_owned(),
+    };
+    let by: String = hop
+        .name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("for={node};by=_{by};proto=https")) {
+        req.headers_mut().append(http::header::FORWARDED, v);
+    }
 }
 
 /// What a trial-mode answer tells the integrator beyond a production one: the mode, which hop answered (kept
@@ -382,6 +408,99 @@ mod tests {
             not_after: 4_102_444_800,
         });
         req
+    }
+
+    /// An inner service that answers with the request's headers named in `names`, comma-joined per name.
+    fn headers_seen() -> tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxProblem>
+    {
+        tower::util::BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| async move {
+            let seen: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .keys()
+                .map(|k| {
+                    let all: Vec<&str> = req
+                        .headers()
+                        .get_all(k)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    (k.as_str().to_owned(), all.join(", ").into())
+                })
+                .collect();
+            Ok::<_, BoxProblem>(Response::new(body::full(
+                serde_json::Value::Object(seen).to_string(),
+            )))
+        }))
+    }
+
+    async fn seen(resp: Response<Body>) -> serde_json::Value {
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn spoofable_forwarding_headers_are_replaced_by_the_hops_own_record() {
+        let h = hop(&["LGSP-DEV"]);
+        let claims = [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1;by=_ndxp"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("cookie", "session=stolen"),
+            ("accept", "application/json"),
+        ];
+        let mut req = request("000.00.00.H29", &claims);
+        req.extensions_mut()
+            .insert(crate::ClientAddr("203.0.113.7:50000".parse().unwrap()));
+        let got = seen(
+            ObserveLayer::new(h.clone())
+                .layer(headers_seen())
+                .oneshot(req)
+                .await
+                .unwrap(),
+        )
+        .await;
+        for (name, _) in &claims[..7] {
+            if *name != "forwarded" {
+                assert!(
+                    got.get(*name).is_none(),
+                    "{name} reached the upstream: {got}"
+                );
+            }
+        }
+        assert_eq!(
+            got["forwarded"],
+            "for=\"203.0.113.7:50000\";by=_ndxp;proto=https"
+        );
+        assert_eq!(got["accept"], "application/json");
+
+        // A peer's record is kept and this hop's appended; its other claims go.
+        let mut req = request(
+            "LGSP-DEV",
+            &[
+                (
+                    "forwarded",
+                    "for=\"198.51.100.2:40000\";by=_lgsp;proto=https",
+                ),
+                ("x-forwarded-for", "10.0.0.1"),
+            ],
+        );
+        req.extensions_mut()
+            .insert(crate::ClientAddr("[2001:db8::5]:443".parse().unwrap()));
+        let got = seen(
+            ObserveLayer::new(h)
+                .layer(headers_seen())
+                .oneshot(req)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            got["forwarded"],
+            "for=\"198.51.100.2:40000\";by=_lgsp;proto=https, for=\"[2001:db8::5]:443\";by=_ndxp;proto=https"
+        );
+        assert!(got.get("x-forwarded-for").is_none(), "{got}");
     }
 
     #[tokio::test]

@@ -238,7 +238,10 @@ fn hop(
     server: ServerTls,
     client: Arc<rustls::ClientConfig>,
 ) -> PreparedHop {
-    let hop = Arc::new(HopContext::new(&h.name, &h.peers, metrics.clone()));
+    let hop = Arc::new(
+        HopContext::new(&h.name, &h.peers, metrics.clone())
+            .stripping(h.strip_headers.iter().map(String::as_str)),
+    );
     let tokens = TokenIssuer::new(&h.name, shared.secret.as_deref(), cfg.token.ttl);
     let auth = Arc::new(AuthPolicy::new(
         &h.name,

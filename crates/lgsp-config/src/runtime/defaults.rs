@@ -16,6 +16,30 @@ pub const PKI_DEV_AUTOGEN: bool = false;
 pub const IDENTITY_URI_PREFIX: &str = "urn:lgsp:id:";
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+// [[hop]]
+/// Request headers a client could use to claim another origin, host, URL or method to an upstream, or to carry
+/// its session past the gateway: removed at every hop (a peer gateway's `Forwarded` is kept and appended to).
+pub const STRIP_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "cookie",
+];
+
 // [hop.http] (the emulator's listener uses the same values)
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_BYTES: u64 = 64 * 1024;

@@ -22,6 +22,8 @@ pub struct HopConfig {
     pub tls: ServerTlsConfig,
     pub upstream_tls: ClientTlsConfig,
     pub peers: Vec<PeerConfig>,
+    /// Request headers removed at this hop (lower case), [`defaults::STRIP_HEADERS`] unless the file says.
+    pub strip_headers: Vec<String>,
     pub http: HttpConfig,
     pub routes: Vec<RouteConfig>,
 }
@@ -123,9 +125,57 @@ fn hop(c: &mut Checker<'_>, h: &FileHop, field: &str, known: &HashSet<&str>) -> 
         tls: server_tls(c, &h.tls, &format!("{field}.tls")),
         upstream_tls: client_tls(c, &h.upstream_tls, &format!("{field}.upstream_tls")),
         peers,
+        strip_headers: strip_headers(
+            c,
+            h.strip_headers.as_deref(),
+            &format!("{field}.strip_headers"),
+        ),
         http: http(c, &h.http, &format!("{field}.http")),
         routes,
     }
+}
+
+/// The headers to remove: header names, never one a gateway or the request path needs.
+fn strip_headers(
+    c: &mut Checker<'_>,
+    list: Option<&[Spanned<String>]>,
+    field: &str,
+) -> Vec<String> {
+    let Some(list) = list else {
+        return defaults::STRIP_HEADERS
+            .iter()
+            .map(|h| (*h).to_owned())
+            .collect();
+    };
+    let mut out = Vec::new();
+    for h in list {
+        let name = h.get_ref().to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            c.problem(h, field, format!("`{}` is not a header name", h.get_ref()));
+        } else if [
+            "host",
+            "content-type",
+            "content-length",
+            "x-api-key",
+            "authorization",
+        ]
+        .contains(&name.as_str())
+            || name.starts_with("x-lgsp-")
+        {
+            c.problem(
+                h,
+                field,
+                format!("`{name}` is read by the gateway itself; it cannot be stripped"),
+            );
+        } else {
+            out.push(name);
+        }
+    }
+    out
 }
 
 fn http(c: &mut Checker<'_>, h: &FileHttp, field: &str) -> HttpConfig {
@@ -266,6 +316,26 @@ mod tests {
             "body_read_timeout = \"a minute\"",
         );
         assert_eq!(p[0].field, "hop[0].http.body_read_timeout");
+    }
+
+    #[test]
+    fn stripped_headers_default_to_the_spoofable_ones_and_never_name_the_gateways_own() {
+        let c = crate::parse(crate::EMBEDDED, "t.toml", std::path::Path::new(".")).unwrap();
+        assert!(
+            c.hops[0]
+                .strip_headers
+                .iter()
+                .any(|h| h == "x-forwarded-for")
+        );
+        assert!(c.hops[0].strip_headers.iter().any(|h| h == "cookie"));
+        let p = problems_of(
+            "peers = [\"LGSP-DEV\"]",
+            "peers = [\"LGSP-DEV\"]\nstrip_headers = [\"X-Debug\", \"x-api-key\", \"bad header\"]",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].message.contains("read by the gateway itself"), "{p:?}");
+        assert!(p[1].message.contains("not a header name"), "{p:?}");
+        assert_eq!(p[0].field, "hop[1].strip_headers");
     }
 
     #[test]
