@@ -72,6 +72,11 @@ fn printed_curl_travels_three_processes_both_paths_work_and_real_clients_agree()
     assert_eq!(receipt["agency"], H29);
     assert_eq!(receipt["delivered_by"], "NDXP-DEV");
 
+    // The printed reload line, as printed, reloads.
+    let reload = lgsp.line("reload: ");
+    let (ok, out, err) = sh(&format!("{} -sS", reload.trim_start_matches("reload: ")));
+    assert!(ok && out.starts_with("reloaded: "), "{out}{err}");
+
     // A second LGSP process relays to the same NDXP, which knows it by its own certificate.
     let lgsp2_cfg = hop_config(&pki, "lgsp2", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[]);
     let mut lgsp2 = Proc::spawn(

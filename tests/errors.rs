@@ -123,6 +123,31 @@ async fn garbage_upstream(pki: &TestPki, stem: &str) -> SocketAddr {
 }
 
 /// Writes `request` over TLS as `identity` and returns the status and body of the answer.
+/// One plain HTTP/1.1 request to an admin listener; `headers` are written as given (Host included).
+async fn admin(addr: SocketAddr, method: &str, path: &str, headers: &[String]) -> Seen {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("content-length: 0\r\nconnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Seen {
+        status,
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
 async fn raw(pki: &TestPki, addr: SocketAddr, identity: &str, request: &[u8]) -> Seen {
     let tls = pki.client_tls(Some(identity), &[b"http/1.1"]);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -164,7 +189,7 @@ struct World {
     held: HeldUpstream,
     /// BienDong's upstream at `failing`: never answers.
     _silent: HeldUpstream,
-    /// The shared rate-limit store unreachable, set to refuse.
+    /// The shared rate-limit store unreachable, set to refuse; no admin token.
     refusing: lgsp_proxy::Gateway,
     /// One connection per identity, bodies within 300 ms; receipts from `_foreign`.
     strict: lgsp_proxy::Gateway,
@@ -222,6 +247,10 @@ impl World {
             "\n[ratelimit]\nbackend = \"redis://127.0.0.1:{}\"\non_backend_failure = \"refuse\"\ntimeout = \"250ms\"\n",
             redis.port()
         ));
+        // And no admin token: reload over HTTP is off.
+        let token_line = format!("token_file = \"{}/admin.token\"\n", pki.dir().display());
+        assert!(text.contains(&token_line));
+        let text = text.replacen(&token_line, "", 1);
         let refusing = lgsp_proxy::Gateway::start(&parse(pki, &text))
             .await
             .unwrap();
@@ -505,6 +534,31 @@ impl World {
                     "POST /lgsp/v1/HoSoCBCCVC HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\ncontent-type: application/xml\r\ntransfer-encoding: chunked\r\n\r\n5\r\n<Ho\r\nzz\r\n"
                 );
                 raw(&self.chain.pki, addr, AGENCY_OK, head.as_bytes()).await
+            }
+            "admin.unknown_host"
+            | "admin.cross_origin"
+            | "admin.unauthorized"
+            | "admin.reload_disabled" => {
+                let (gw, host) = match code {
+                    "admin.reload_disabled" => (&self.refusing, self.refusing.admin),
+                    _ => (&self.chain.lgsp, self.chain.lgsp.admin),
+                };
+                let token = std::fs::read_to_string(self.chain.pki.path("admin.token")).unwrap();
+                let bearer = format!("authorization: Bearer {}", token.trim());
+                let headers = match code {
+                    // A web page's DNS name for the host, with the right token even.
+                    "admin.unknown_host" => {
+                        vec!["host: rebind.attacker.example".to_owned(), bearer]
+                    }
+                    "admin.cross_origin" => vec![
+                        format!("host: {host}"),
+                        "origin: https://attacker.example".to_owned(),
+                        bearer,
+                    ],
+                    "admin.unauthorized" => vec![format!("host: {host}")],
+                    _ => vec![format!("host: {host}"), bearer],
+                };
+                admin(gw.admin, "POST", "/admin/reload", &headers).await
             }
             "lookup.not_found" => {
                 // The upstream hands H29 a record of H26's: the hop does not pass it on.

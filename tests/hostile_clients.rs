@@ -724,3 +724,69 @@ fn spoofed_forwarding_headers_never_reach_the_upstream() {
     assert!(!forwarded.contains("10.0.0.1"), "{forwarded}");
     drop(echo);
 }
+
+#[test]
+fn the_admin_listener_reloads_only_for_its_token_and_only_under_its_own_names() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::start();
+    let reload_url = t.metrics.replace("/metrics", "/admin/reload");
+    let token = std::fs::read_to_string(t.file("admin.token")).expect("admin token");
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let admin = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ]);
+        cmd.args(extra).arg(&reload_url);
+        let out = cmd.output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            status.trim().parse::<u16>().unwrap_or(0),
+            serde_json::from_str::<serde_json::Value>(body).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    // No token, a wrong one: 401.
+    for extra in [&[][..], &["-H", "Authorization: Bearer guess"][..]] {
+        let (status, doc) = admin(extra);
+        assert_eq!(
+            (status, doc["code"].as_str()),
+            (401, Some("admin.unauthorized")),
+            "{doc}"
+        );
+    }
+    // A page in the operator's browser: through a DNS name pointing here, or by its Origin.
+    let (status, doc) = admin(&["-H", &bearer, "-H", "Host: rebind.attacker.example"]);
+    assert_eq!(
+        (status, doc["code"].as_str()),
+        (421, Some("admin.unknown_host")),
+        "{doc}"
+    );
+    let (status, doc) = admin(&["-H", &bearer, "-H", "Origin: https://attacker.example"]);
+    assert_eq!(
+        (status, doc["code"].as_str()),
+        (403, Some("admin.cross_origin")),
+        "{doc}"
+    );
+    assert_eq!(
+        t.metric("lgsp_config_reloads_total{result=\"success\"}"),
+        0.0
+    );
+    // The operator, as the README shows.
+    let (status, _) = admin(&["-H", &bearer]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        t.metric("lgsp_config_reloads_total{result=\"success\"}"),
+        1.0
+    );
+}

@@ -436,7 +436,7 @@ async fn admin_listener_serves_health_readiness_and_metrics() {
         ("/nope", "404 Not Found"),
     ] {
         let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
         tokio::io::AsyncWriteExt::write_all(&mut tcp, req.as_bytes())
             .await
             .unwrap();

@@ -47,11 +47,14 @@ fn absolute(chain: &Chain, text: &str) -> String {
     out
 }
 
-async fn admin_post(admin: std::net::SocketAddr, path: &str) -> String {
+/// A POST to the admin listener with the test PKI's admin token.
+async fn admin_post(pki: &TestPki, admin: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = std::fs::read_to_string(pki.path("admin.token")).unwrap();
     let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nhost: {admin}\r\nauthorization: Bearer {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        token.trim()
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
@@ -100,7 +103,7 @@ async fn reloading_under_continuous_load_fails_no_request() {
         };
         std::fs::write(&path, text).unwrap();
         if i % 3 == 0 {
-            let answer = admin_post(lgsp.admin, "/admin/reload").await;
+            let answer = admin_post(&chain.pki, lgsp.admin, "/admin/reload").await;
             assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         } else {
             let r = lgsp.reloader.clone();
@@ -144,7 +147,7 @@ async fn a_bad_file_is_refused_with_its_line_and_the_old_config_keeps_serving() 
     let (lgsp, path) = lgsp_from_file(&chain, &base).await;
     let bad = base.replacen("timeout = \"5s\"", "timeout = \"soon\"", 1);
     std::fs::write(&path, &bad).unwrap();
-    let answer = admin_post(lgsp.admin, "/admin/reload").await;
+    let answer = admin_post(&chain.pki, lgsp.admin, "/admin/reload").await;
     let line = bad.lines().position(|l| l.contains("\"soon\"")).unwrap() + 1;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(

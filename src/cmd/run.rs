@@ -21,6 +21,18 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             Err(e) => return super::failed(format!("creating the dev PKI: {e}")),
         }
     }
+    // A PKI made before the admin token existed gets one too.
+    if cfg.pki.dev_autogen
+        && let Some(token) = &cfg.admin.token_file
+    {
+        match lgsp_tls::devpki::ensure_admin_token(&token.path) {
+            Ok(true) => {
+                tracing::info!(file = %token.path.display(), "created the admin token (pki.dev_autogen = true)");
+            }
+            Ok(false) => {}
+            Err(e) => return super::failed(format!("creating the admin token: {e}")),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,6 +80,13 @@ fn announce(cfg: &Config, gateway: &Gateway) {
         cfg.source
     );
     println!("metrics: http://{}/metrics", gateway.admin);
+    if let Some(token) = &cfg.admin.token_file {
+        println!(
+            "reload: curl -X POST -H \"Authorization: Bearer $(cat {})\" http://{}/admin/reload",
+            token.path.display(),
+            gateway.admin
+        );
+    }
     match sample_curl(cfg, gateway) {
         Some(curl) => println!("{curl}"),
         None => println!(

@@ -11,7 +11,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-pub use admin::{AdminHandle, Readiness, ReloadHook, serve_admin};
+pub use admin::{
+    AdminAccess, AdminError, AdminHandle, LiveAccess, Readiness, ReloadHook, serve_admin,
+};
 pub use labels::{RequestLabels, RouteMetrics, UNKNOWN};
 
 /// Every metric family of the gateway.

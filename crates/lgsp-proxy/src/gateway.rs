@@ -152,6 +152,8 @@ struct ReloadInner {
     emulator: Option<(LiveState, Emulator)>,
     metrics: Arc<Metrics>,
     limits: std::sync::Mutex<Arc<LimitPolicy>>,
+    /// The admin listener's token and names, swapped by a reload.
+    admin: lgsp_metrics::LiveAccess,
 }
 
 impl Reloader {
@@ -203,6 +205,7 @@ impl Reloader {
                 .set(1);
         }
         *limits = prepared.limits.clone();
+        self.inner.admin.store(Arc::new(prepared.admin.clone()));
         if let Some((live, emu)) = &self.inner.emulator
             && let Some(st) = emulator_state(&cfg, &prepared, emu)
         {
@@ -254,6 +257,8 @@ impl Gateway {
             .map(|e| Emulator::new(e.max_stored, metrics.clone()));
         let prepared = prepare(cfg, &metrics, None)?;
         export_expiry(&metrics, &prepared);
+        let admin_access: lgsp_metrics::LiveAccess =
+            Arc::new(ArcSwap::from_pointee(prepared.admin.clone()));
         metrics
             .ratelimit_backend_up
             .with_label_values(&[prepared.limits.backend()])
@@ -291,6 +296,7 @@ impl Gateway {
                 emulator: live_emulator,
                 metrics: metrics.clone(),
                 limits: std::sync::Mutex::new(limits),
+                admin: admin_access.clone(),
             }),
         };
         let ready = Readiness::default();
@@ -302,6 +308,7 @@ impl Gateway {
             ready.clone(),
             rx.clone(),
             Some(Arc::new(move || hook.reload())),
+            admin_access,
         )
         .map_err(|error| StartError::Bind {
             what: "admin".into(),

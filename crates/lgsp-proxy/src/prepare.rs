@@ -10,7 +10,7 @@ use lgsp_config::{
     ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend,
     SchemaSource, ServerTlsConfig,
 };
-use lgsp_metrics::Metrics;
+use lgsp_metrics::{AdminAccess, Metrics};
 use lgsp_schema::{Catalog, Limits, Options};
 use lgsp_tls::{Expiry, ServerTls, TlsError};
 
@@ -32,6 +32,8 @@ pub struct Prepared {
     pub limits: Arc<LimitPolicy>,
     /// When each configured certificate and CRL stops being usable, by listener name.
     pub expiry: Vec<(String, Expiry)>,
+    /// Who may use the admin listener (its token, its names).
+    pub admin: AdminAccess,
 }
 
 pub struct PreparedHop {
@@ -65,6 +67,7 @@ pub fn prepare(
     let mut problems = Vec::new();
     let catalog = ok(&mut problems, catalog(&cfg.validation.schemas));
     let secret = ok(&mut problems, token_secret(cfg));
+    let admin = ok(&mut problems, admin_access(cfg));
     let limits = ok(&mut problems, keep.map_or_else(|| limiter(cfg), Ok));
     let mut tls = Vec::new();
     for h in &cfg.hops {
@@ -74,8 +77,8 @@ pub fn prepare(
         .emulator
         .as_ref()
         .map(|e| listener_tls(&e.tls, None, &mut problems));
-    let (Some(catalog), Some(secret), Some(limits), true) =
-        (catalog, secret, limits, problems.is_empty())
+    let (Some(catalog), Some(secret), Some(limits), Some(admin), true) =
+        (catalog, secret, limits, admin, problems.is_empty())
     else {
         return Err(ConfigError {
             source: cfg.source.clone(),
@@ -103,6 +106,7 @@ pub fn prepare(
         emulator_tls,
         limits,
         expiry,
+        admin,
     })
 }
 
@@ -123,6 +127,29 @@ fn catalog(source: &SchemaSource) -> Result<Catalog, Problem> {
             ))
         }),
     }
+}
+
+/// The admin listener's access rules: the token's SHA-256 (never the token) and its host names.
+fn admin_access(cfg: &Config) -> Result<AdminAccess, Problem> {
+    let token = match &cfg.admin.token_file {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(&p.path).map_err(|e| {
+                p.origin
+                    .problem(format!("{}: cannot read: {e}", p.path.display()))
+            })?;
+            let token = text.trim();
+            let min = lgsp_config::defaults::ADMIN_TOKEN_MIN_CHARS;
+            if token.len() < min || token.chars().any(|c| !c.is_ascii_graphic()) {
+                return Err(p.origin.problem(format!(
+                    "{} must hold one token of at least {min} printable characters (no spaces), e.g. from `openssl rand -hex 32 > FILE`",
+                    p.path.display()
+                )));
+            }
+            Some(token.to_owned())
+        }
+    };
+    Ok(AdminAccess::new(token.as_deref(), cfg.admin.hosts.clone()))
 }
 
 /// The shared token secret, when the config names one.

@@ -178,8 +178,8 @@ impl Default for TestPki {
 /// The `[admin]`, `[log]` and `[pki]` head of a test config: everything on port 0.
 fn head(pki: &TestPki) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{}\"\ndev_autogen = false\n",
-        pki.dir().display()
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n",
+        dir = pki.dir().display()
     )
 }
 

@@ -287,6 +287,29 @@ pub fn exists(dir: &Path) -> bool {
     dir.join("ca.pem").is_file()
 }
 
+/// The dev admin token's file name in the PKI directory (`[admin] token_file` of the default config).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Writes a random admin token (64 hex digits, owner-only) to `path` unless one is there; whether it wrote one.
+pub fn ensure_admin_token(path: &Path) -> Result<bool, DevPkiError> {
+    if path.is_file() {
+        return Ok(false);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| DevPkiError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(format!("no OS randomness for the admin token: {e}")),
+    })?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| DevPkiError::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    write_file(path, &format!("{}\n", hex::encode(bytes)), true)?;
+    Ok(true)
+}
+
 /// Writes a complete dev PKI into `dir` (created when missing). Existing files are replaced.
 pub fn init(dir: &Path) -> Result<DevPkiReport, DevPkiError> {
     std::fs::create_dir_all(dir).map_err(|source| DevPkiError::Io {
@@ -327,10 +350,12 @@ pub fn init(dir: &Path) -> Result<DevPkiReport, DevPkiError> {
     )?;
     let crl = ca.crl(&[&revoked.serial], 365)?;
     write_file(&dir.join("ca.crl.pem"), &crl, false)?;
+    ensure_admin_token(&dir.join(ADMIN_TOKEN_FILE))?;
     write_file(&dir.join("ca.key"), &ca.key_pem(), true)?;
     // The CA certificate last: its presence is what `exists` looks for, so a half-written PKI is redone.
     write_file(&dir.join("ca.pem"), ca.cert_pem(), false)?;
     files.extend([
+        ADMIN_TOKEN_FILE.to_owned(),
         "ca.crl.pem".to_owned(),
         "ca.key".to_owned(),
         "ca.pem".to_owned(),

@@ -1,9 +1,10 @@
-//! The process-wide sections: `[admin]` (metrics listener, drain), `[log]` and `[pki]`.
+//! The process-wide sections: `[admin]` (admin listener: address, drain, token, names), `[log]` and `[pki]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::ConfigPath;
 use super::check::Checker;
 use super::defaults;
 use crate::file::{FileAdmin, FileLog, FilePki, LogFormat};
@@ -12,6 +13,10 @@ use crate::file::{FileAdmin, FileLog, FilePki, LogFormat};
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub drain_timeout: Duration,
+    /// The file holding the admin token; `None`: `POST /admin/reload` is off (SIGHUP reloads).
+    pub token_file: Option<ConfigPath>,
+    /// Host names the admin listener answers to besides IP literals and `localhost` (lower case).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +39,23 @@ pub(super) fn admin(c: &mut Checker<'_>, f: &FileAdmin) -> AdminConfig {
             "admin.drain_timeout",
             defaults::DRAIN_TIMEOUT,
         ),
+        token_file: f.token_file.as_ref().map(|p| c.path(p, "admin.token_file")),
+        hosts: f
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let name = h.get_ref().to_ascii_lowercase();
+                let valid = !name.is_empty()
+                    && name.len() <= 253
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !valid {
+                    c.problem(h, "admin.hosts", format!("`{}` is not a host name; write names like \"lgsp-admin.example.gov.vn\" (IP addresses and localhost are always answered)", h.get_ref()));
+                }
+                valid.then_some(name)
+            })
+            .collect(),
     }
 }
 

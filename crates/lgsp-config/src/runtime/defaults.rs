@@ -101,3 +101,5 @@ pub const TOKEN_TTL_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(86_400);
 /// Shortest `token.secret_file` accepted: an HMAC-SHA256 key of less than 256 bits is refused.
 pub const TOKEN_SECRET_MIN_BYTES: usize = 32;
+/// Shortest admin token accepted (`[admin] token_file`): 32 characters, e.g. 128 bits as hex.
+pub const ADMIN_TOKEN_MIN_CHARS: usize = 32;
