@@ -193,6 +193,8 @@ struct World {
     refusing: lgsp_proxy::Gateway,
     /// One connection per identity, bodies within 300 ms; receipts from `_foreign`.
     strict: lgsp_proxy::Gateway,
+    /// One failed authentication allowed per identity and address, then one an hour.
+    throttled: lgsp_proxy::Gateway,
     _foreign: Upstream,
 }
 
@@ -273,6 +275,10 @@ impl World {
         let strict = lgsp_proxy::Gateway::start(&parse(pki, &text))
             .await
             .unwrap();
+        let text = format!("{base}\n[auth]\nfailure_rate = \"1/h\"\nfailure_burst = 1\n");
+        let throttled = lgsp_proxy::Gateway::start(&parse(pki, &text))
+            .await
+            .unwrap();
         World {
             chain,
             failing,
@@ -282,6 +288,7 @@ impl World {
             refusing,
             strict,
             _foreign: foreign,
+            throttled,
         }
     }
 
@@ -559,6 +566,25 @@ impl World {
                     _ => vec![format!("host: {host}"), bearer],
                 };
                 admin(gw.admin, "POST", "/admin/reload", &headers).await
+            }
+            "auth.too_many_failures" => {
+                // One wrong key spends the allowance; the next attempt, right key and all, waits.
+                let wrong = self
+                    .post(
+                        &self.throttled,
+                        "/lgsp/v1/validate/HoSoCBCCVC",
+                        &xml("guess"),
+                        &good,
+                    )
+                    .await;
+                assert_eq!(wrong.status, 401, "{}", wrong.body);
+                self.post(
+                    &self.throttled,
+                    "/lgsp/v1/validate/HoSoCBCCVC",
+                    &xml(KEY_H29),
+                    &good,
+                )
+                .await
             }
             "lookup.not_found" => {
                 // The upstream hands H29 a record of H26's: the hop does not pass it on.

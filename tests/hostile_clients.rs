@@ -790,3 +790,41 @@ fn the_admin_listener_reloads_only_for_its_token_and_only_under_its_own_names() 
         1.0
     );
 }
+
+#[test]
+fn guessing_keys_is_held_back_per_certificate_and_address() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::start();
+    let guess = |i: usize| {
+        let key = format!("X-API-Key: lgsp_guess_{i:04}");
+        t.curl_as(AGENCY_OK, "/BienNhan/none", &["-H", &key])
+    };
+    // The default allowance is 10 failures; the 11th attempt and every one after waits.
+    let statuses: Vec<u16> = (0..15).map(|i| guess(i).0).collect();
+    assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+    assert_eq!(statuses[10..], [429; 5], "{statuses:?}");
+    let (_, doc) = guess(99);
+    assert_eq!(doc["code"], "auth.too_many_failures", "{doc}");
+    // While held back, the right key waits too: guessing cannot be interleaved with real traffic.
+    let (status, _) = t.curl("/BienNhan/none", &[]);
+    assert_eq!(status, 429);
+    // Another agency from another address is not held back.
+    let (status, doc) = t.curl_as(
+        AGENCY_OTHER,
+        "/BienNhan/none",
+        &[
+            "-H",
+            "X-API-Key: lgsp_dev_000.00.00.H26_production",
+            "--interface",
+            "127.0.0.2",
+        ],
+    );
+    assert_eq!(status, 404, "{doc}");
+    assert!(t.metric("lgsp_auth_failures_total{hop=\"lgsp\",reason=\"too_many_failures\"}") >= 6.0);
+    assert_eq!(
+        t.metric("lgsp_auth_failures_total{hop=\"lgsp\",reason=\"unknown_key\"}"),
+        10.0
+    );
+}

@@ -11,10 +11,11 @@ use http::{HeaderMap, Request, StatusCode};
 use lgsp_config::{AgencyConfig, AgencyStatus, KeyKind};
 use lgsp_metrics::{Metrics, RequestLabels};
 use lgsp_problem::{BoxProblem, Problem};
-use lgsp_tls::{PeerIdentity, Peers};
+use lgsp_tls::{ClientAddr, PeerIdentity, Peers};
 use tower::{Layer, Service};
 
 use crate::keys::KeyStore;
+use crate::throttle::FailureThrottle;
 use crate::tokens::{TokenError, TokenIssuer};
 
 /// The header agencies send their API key in.
@@ -55,6 +56,8 @@ pub enum AuthError {
     TrialAgencyProductionKey { agency: Arc<str> },
     #[error("bearer token refused: {0}")]
     InvalidToken(TokenError),
+    #[error("too many failed authentications; held back {retry_after}s")]
+    TooManyFailures { retry_after: u64 },
 }
 
 impl Problem for AuthError {
@@ -68,6 +71,7 @@ impl Problem for AuthError {
             | AuthError::PeerUnknownAgency { .. }
             | AuthError::TrialAgencyProductionKey { .. } => StatusCode::FORBIDDEN,
             AuthError::PeerWithoutClient { .. } => StatusCode::BAD_REQUEST,
+            AuthError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -84,11 +88,22 @@ impl Problem for AuthError {
                 "auth.token_not_bound_to_certificate"
             }
             AuthError::InvalidToken(_) => "auth.invalid_token",
+            AuthError::TooManyFailures { .. } => "auth.too_many_failures",
         }
     }
 
     fn detail(&self) -> String {
         self.fix()
+    }
+
+    fn headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        match self {
+            AuthError::TooManyFailures { retry_after } => vec![(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(*retry_after),
+            )],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -107,7 +122,21 @@ impl AuthError {
                 "token_not_bound_to_certificate"
             }
             AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::TooManyFailures { .. } => "too_many_failures",
         }
+    }
+
+    /// Whether this refusal is a failed attempt at credentials (what the throttle counts): not a relaying
+    /// gateway's mistake, nor a valid key used in the wrong mode.
+    fn is_guess(&self) -> bool {
+        matches!(
+            self,
+            AuthError::NoIdentity
+                | AuthError::MissingKey
+                | AuthError::UnknownKey
+                | AuthError::KeyNotBound { .. }
+                | AuthError::InvalidToken(_)
+        )
     }
 
     /// What the caller should do (the problem's `detail`; the token endpoint's `error_description`).
@@ -116,6 +145,9 @@ impl AuthError {
             AuthError::NoIdentity => {
                 "The connection carries no usable client certificate identity; connect with the certificate issued to your agency.".into()
             }
+            AuthError::TooManyFailures { retry_after } => format!(
+                "Too many failed authentications from this certificate or address; wait {retry_after} s (Retry-After) and check the API key before trying again."
+            ),
             AuthError::MissingKey => {
                 "Send your agency's API key in the X-API-Key header, or a bearer token from POST /token in Authorization (ask the LGSP operator for a key: `lgsp-gateway keys new --agency CODE`).".into()
             }
@@ -157,6 +189,8 @@ pub struct AuthPolicy {
     pub metrics: Arc<Metrics>,
     /// Issues (POST /token) and checks the hop's bearer tokens.
     pub tokens: Arc<TokenIssuer>,
+    /// Failed authentications per certificate identity and per source address.
+    pub throttle: FailureThrottle,
 }
 
 impl AuthPolicy {
@@ -177,7 +211,51 @@ impl AuthPolicy {
             peers: Peers::new(peers),
             metrics,
             tokens,
+            throttle: FailureThrottle::new(lgsp_config::RateSpec {
+                count: lgsp_config::defaults::AUTH_FAILURE_RATE.0,
+                period_secs: lgsp_config::defaults::AUTH_FAILURE_RATE.1,
+                burst: lgsp_config::defaults::AUTH_FAILURE_BURST,
+            }),
         }
+    }
+
+    /// This policy, throttling failures at `spec` (`[auth] failure_rate`, `failure_burst`).
+    pub fn throttling(mut self, spec: lgsp_config::RateSpec) -> Self {
+        self.throttle = FailureThrottle::new(spec);
+        self
+    }
+
+    /// Decides under the failure throttle: while the caller's certificate identity or source address has no
+    /// failures left, refused at once (429, whatever it sends); a failed attempt counts against both. Listed peers
+    /// relay for many agencies and are not held back.
+    pub fn guarded<T>(
+        &self,
+        identity: Option<&PeerIdentity>,
+        addr: Option<&ClientAddr>,
+        decide: impl FnOnce() -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
+        if identity.is_some_and(|i| self.is_peer(i)) {
+            return decide();
+        }
+        let mut keys = Vec::with_capacity(2);
+        if let Some(i) = identity {
+            keys.push(format!("id:{}", i.id));
+        }
+        if let Some(ClientAddr(a)) = addr {
+            keys.push(format!("ip:{}", a.ip()));
+        }
+        if let Some(wait) = self.throttle.wait(&keys) {
+            return Err(AuthError::TooManyFailures {
+                retry_after: wait.as_secs().max(1),
+            });
+        }
+        let decided = decide();
+        if let Err(e) = &decided
+            && e.is_guess()
+        {
+            self.throttle.failed(&keys);
+        }
+        decided
     }
 
     pub fn is_peer(&self, identity: &PeerIdentity) -> bool {
@@ -375,9 +453,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let identity = req.extensions().get::<PeerIdentity>();
         let decided = self
             .policy
-            .authenticate(req.extensions().get::<PeerIdentity>(), req.headers());
+            .guarded(identity, req.extensions().get::<ClientAddr>(), || {
+                self.policy.authenticate(identity, req.headers())
+            });
         match decided {
             Ok(caller) => {
                 if let Some(labels) = req.extensions().get::<RequestLabels>() {
@@ -669,6 +750,54 @@ mod tests {
             e.detail().contains("no longer registered"),
             "{}",
             e.detail()
+        );
+    }
+
+    #[test]
+    fn failures_are_held_back_per_identity_and_address_but_peers_and_right_keys_do_not_count() {
+        let agencies = lgsp_config::embedded().unwrap().agencies;
+        let policy = AuthPolicy::new(
+            "ndxp",
+            &agencies,
+            &[lgsp_config::PeerConfig {
+                id: "LGSP-DEV".into(),
+                sha256: None,
+            }],
+            Metrics::new().unwrap(),
+            crate::TokenIssuer::new("ndxp", None, std::time::Duration::from_secs(60)),
+        )
+        .throttling(lgsp_config::RateSpec {
+            count: 1,
+            period_secs: 3600,
+            burst: 2,
+        });
+        let addr = ClientAddr("192.0.2.1:40000".parse().unwrap());
+        let h29 = identity("000.00.00.H29");
+        let attempt = |id: &PeerIdentity, key: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(API_KEY_HEADER, key.parse().unwrap());
+            policy.guarded(Some(id), Some(&addr), || policy.authenticate(Some(id), &h))
+        };
+        let right = dev_key("000.00.00.H29", KeyKind::Production);
+        // Right keys spend nothing.
+        for _ in 0..5 {
+            assert!(attempt(&h29, &right).is_ok());
+        }
+        assert_eq!(attempt(&h29, "guess-1"), Err(AuthError::UnknownKey));
+        assert_eq!(attempt(&h29, "guess-2"), Err(AuthError::UnknownKey));
+        let e = attempt(&h29, &right).unwrap_err();
+        assert!(matches!(e, AuthError::TooManyFailures { retry_after } if retry_after > 0));
+        assert_eq!(e.code(), "auth.too_many_failures");
+        assert_eq!(e.headers()[0].0, http::header::RETRY_AFTER);
+        // A relaying peer from the same address is never held back.
+        let mut relay = HeaderMap::new();
+        relay.insert(CLIENT_HEADER, "000.00.00.H26".parse().unwrap());
+        let lgsp = identity("LGSP-DEV");
+        assert!(
+            policy
+                .guarded(Some(&lgsp), Some(&addr), || policy
+                    .authenticate(Some(&lgsp), &relay))
+                .is_ok()
         );
     }
 }

@@ -36,6 +36,17 @@ pub struct FileConfig {
     /// Bearer tokens issued by `POST /token`.
     #[serde(default)]
     pub token: FileToken,
+    /// Failed authentications: how many a certificate identity or a source address may make.
+    #[serde(default)]
+    pub auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    /// Failures allowed per certificate identity and per source address once `failure_burst` is spent.
+    pub failure_rate: Option<Spanned<String>>,
+    pub failure_burst: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

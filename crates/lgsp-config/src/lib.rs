@@ -16,8 +16,8 @@ pub use runtime::defaults;
 pub use runtime::defaults::IDENTITY_URI_PREFIX as DEFAULT_IDENTITY_URI_PREFIX;
 pub use runtime::human;
 pub use runtime::{
-    AdminConfig, AgencyConfig, ClientTlsConfig, Config, ConfigPath, EmulatorConfig, HopConfig,
-    HttpConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
+    AdminConfig, AgencyConfig, AuthConfig, ClientTlsConfig, Config, ConfigPath, EmulatorConfig,
+    HopConfig, HttpConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
     RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
     TokenConfig, Upstream, ValidationConfig,
 };

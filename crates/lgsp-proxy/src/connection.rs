@@ -157,10 +157,6 @@ impl Activity {
     }
 }
 
-/// The TCP address the request's connection came from (a request extension, set by the listener).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub std::net::SocketAddr);
-
 /// Set on a listener state when a reload replaces it, so the connections served under it look again.
 #[derive(Default)]
 pub struct Retired {

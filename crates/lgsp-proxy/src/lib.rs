@@ -24,12 +24,13 @@ pub mod token;
 pub mod validate;
 
 pub use connect::{Reach, connect};
-pub use connection::{BodyTimeout, ClientAddr, Retired, TooManyConnections};
+pub use connection::{BodyTimeout, Retired, TooManyConnections};
 pub use forward::{
     Forward, ForwardError, UpstreamClient, UpstreamFailure, upstream_client, upstream_uri,
 };
 pub use gateway::{Bound, Gateway, Reloader, StartError};
 pub use hop::HopContext;
+pub use lgsp_tls::ClientAddr;
 pub use listener::{
     KnowsIdentity, ListenerSpec, ListenerState, LiveState, serve_connection, spawn_tls_listener,
 };

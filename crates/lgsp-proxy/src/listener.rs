@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use lgsp_config::HttpConfig;
 use lgsp_metrics::Metrics;
-use lgsp_tls::{HandshakeFailure, PeerIdentity, ServerTls};
+use lgsp_tls::{ClientAddr, HandshakeFailure, PeerIdentity, ServerTls};
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -26,7 +26,7 @@ use tower::ServiceExt;
 
 use crate::body::{Body, BoxError, boxed};
 use crate::connection::{
-    Activity, Answer, ClientAddr, Holders, RequestBody, Retired, TooManyConnections, Watched,
+    Activity, Answer, Holders, RequestBody, Retired, TooManyConnections, Watched,
 };
 use crate::stack::HopService;
 

@@ -270,13 +270,10 @@ fn hop(
             .stripping(h.strip_headers.iter().map(String::as_str)),
     );
     let tokens = TokenIssuer::new(&h.name, shared.secret.as_deref(), cfg.token.ttl);
-    let auth = Arc::new(AuthPolicy::new(
-        &h.name,
-        &cfg.agencies,
-        &h.peers,
-        metrics.clone(),
-        tokens,
-    ));
+    let auth = Arc::new(
+        AuthPolicy::new(&h.name, &cfg.agencies, &h.peers, metrics.clone(), tokens)
+            .throttling(cfg.auth.failures),
+    );
     let knows: KnowsIdentity = {
         let auth = auth.clone();
         Arc::new(move |id| auth.knows(id))

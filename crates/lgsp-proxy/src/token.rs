@@ -167,6 +167,7 @@ async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
         );
     };
     let identity = req.extensions().get::<PeerIdentity>().cloned();
+    let addr = req.extensions().get::<lgsp_tls::ClientAddr>().copied();
     let labels = req.extensions().get::<RequestLabels>().cloned();
     let form = match read_body(req.into_body(), MAX_FORM_BYTES).await {
         Ok(b) => b,
@@ -182,7 +183,10 @@ async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
     if let Some(refused) = grant_refused(&form) {
         return refused;
     }
-    match policy.issue_token(identity.as_ref(), &agency, &key) {
+    let issued = policy.guarded(identity.as_ref(), addr.as_ref(), || {
+        policy.issue_token(identity.as_ref(), &agency, &key)
+    });
+    match issued {
         Ok((token, kind)) => {
             if let Some(l) = labels {
                 if let Some((code, _)) = policy.agencies.get_key_value(agency.as_str()) {
@@ -206,9 +210,16 @@ async fn token(policy: &AuthPolicy, req: Request<Body>) -> Response<Body> {
                 AuthError::TrialAgencyProductionKey { .. } => {
                     (StatusCode::BAD_REQUEST, "unauthorized_client")
                 }
+                AuthError::TooManyFailures { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "invalid_client")
+                }
                 _ => (StatusCode::UNAUTHORIZED, "invalid_client"),
             };
-            oauth_error(status, error, &e.fix(), e.code())
+            let mut resp = oauth_error(status, error, &e.fix(), e.code());
+            for (name, value) in e.headers() {
+                resp.headers_mut().insert(name, value);
+            }
+            resp
         }
     }
 }

@@ -51,6 +51,10 @@ impl Peers {
     }
 }
 
+/// The TCP address a connection came from: a request extension the listener sets beside [`PeerIdentity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
     #[error("the client certificate cannot be parsed: {0}")]

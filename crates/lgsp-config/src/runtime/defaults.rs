@@ -101,5 +101,11 @@ pub const TOKEN_TTL_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(86_400);
 /// Shortest `token.secret_file` accepted: an HMAC-SHA256 key of less than 256 bits is refused.
 pub const TOKEN_SECRET_MIN_BYTES: usize = 32;
+// [auth]
+/// Failed authentications allowed per certificate identity and per source address: a burst of 10, then one
+/// every 6 s (10 a minute).
+pub const AUTH_FAILURE_RATE: (u32, u32) = (10, 60);
+pub const AUTH_FAILURE_BURST: u32 = 10;
+
 /// Shortest admin token accepted (`[admin] token_file`): 32 characters, e.g. 128 bits as hex.
 pub const ADMIN_TOKEN_MIN_CHARS: usize = 32;

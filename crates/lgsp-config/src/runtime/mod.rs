@@ -28,7 +28,7 @@ pub use hop::{HopConfig, HttpConfig, PeerConfig};
 pub use limits::{OverloadConfig, RateLimitBackend, RateLimitConfig};
 pub use route::{RateSpec, RouteConfig, Upstream};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
-pub use token::TokenConfig;
+pub use token::{AuthConfig, TokenConfig};
 pub use validation::{SchemaSource, ValidationConfig};
 
 use crate::error::{ConfigError, Problem, SourceMap};
@@ -109,6 +109,7 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     pub overload: OverloadConfig,
     pub token: TokenConfig,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -147,6 +148,7 @@ impl Config {
             ratelimit: limits::ratelimit(&mut c, &file.ratelimit),
             overload: limits::overload(&mut c, &file.overload),
             token: token::token(&mut c, &file.token),
+            auth: token::auth(&mut c, &file.auth),
             admin,
             hops,
             agencies,

@@ -279,7 +279,7 @@ fn rate(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<RateSpec> {
 }
 
 /// `field.rate` / `field.burst` into a spec (None when either is wrong; each problem recorded).
-fn rate_spec(
+pub(super) fn rate_spec(
     c: &mut Checker<'_>,
     rate: &Spanned<String>,
     burst: &Spanned<u64>,

@@ -1,10 +1,12 @@
-//! `[token]`: bearer tokens issued by `POST /token` (lifetime, shared secret).
+//! `[token]`: bearer tokens issued by `POST /token` (lifetime, shared secret); `[auth]`: how many failed
+//! authentications an identity or an address may make.
 
 use std::time::Duration;
 
 use super::check::Checker;
+use super::route::{RateSpec, rate_spec};
 use super::{ConfigPath, defaults};
-use crate::file::FileToken;
+use crate::file::{FileAuth, FileToken};
 
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
@@ -26,6 +28,43 @@ pub(super) fn token(c: &mut Checker<'_>, f: &FileToken) -> TokenConfig {
             .as_ref()
             .map(|p| c.path(p, "token.secret_file")),
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Failed authentications per certificate identity and per source address: past the burst, further attempts
+    /// are refused (429 `auth.too_many_failures`) until the rate allows one again.
+    pub failures: RateSpec,
+}
+
+pub(super) fn auth(c: &mut Checker<'_>, f: &FileAuth) -> AuthConfig {
+    let (count, period_secs) = defaults::AUTH_FAILURE_RATE;
+    let default = RateSpec {
+        count,
+        period_secs,
+        burst: defaults::AUTH_FAILURE_BURST,
+    };
+    let failures = match (&f.failure_rate, &f.failure_burst) {
+        (None, None) => default,
+        (Some(rate), Some(burst)) => rate_spec(c, rate, burst, "auth.failure").unwrap_or(default),
+        (Some(v), None) => {
+            c.problem(
+                v,
+                "auth.failure_burst",
+                "give failure_rate and failure_burst together",
+            );
+            default
+        }
+        (None, Some(v)) => {
+            c.problem(
+                v,
+                "auth.failure_rate",
+                "give failure_rate and failure_burst together",
+            );
+            default
+        }
+    };
+    AuthConfig { failures }
 }
 
 #[cfg(test)]
