@@ -4,8 +4,8 @@
 //! profiles, the sum of the staffing lines) is tallied from its children first. Codes are checked against the
 //! code lists (`codes/*.csv`, [`crate::codes`]).
 
+use crate::Field;
 use crate::codes::{CodeList, CodeLists, Rank};
-use crate::{Field, Violation};
 
 /// Field names the rules read; the validators keep only these (`phienBan` is the root's attribute, which the XML
 /// validator hands over itself).
@@ -185,9 +185,10 @@ pub fn field_name(name: &str) -> Option<&'static str> {
     field_index(name).map(|i| FIELDS[i])
 }
 
-/// Checks every rule on fields from anywhere in a packet (the JSON path): records are the fields sharing a
-/// parent, in first-seen order; the tallies come first, so a root meets its children's totals whatever the order.
-pub fn check(fields: &[Field], rules: &Rules<'_>, out: &mut Vec<Violation>) {
+/// Checks every rule on a set of fields, as the unit tests give them: records are the fields sharing a parent,
+/// in first-seen order; the tallies come first. (Packets close their records as they stream: [`close_record`].)
+#[cfg(test)]
+fn check(fields: &[Field], rules: &Rules<'_>, out: &mut Vec<crate::Violation>) {
     // One pass; a batch may hold thousands of records.
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut records: Vec<Vec<&Field>> = Vec::new();
@@ -219,7 +220,7 @@ pub fn check(fields: &[Field], rules: &Rules<'_>, out: &mut Vec<Violation>) {
             &tally,
             &mut |i, rule, message| {
                 let f = record[i];
-                out.push(Violation {
+                out.push(crate::Violation {
                     path: f.path.clone(),
                     line: f.line,
                     column: f.column,
@@ -232,6 +233,7 @@ pub fn check(fields: &[Field], rules: &Rules<'_>, out: &mut Vec<Violation>) {
 }
 
 /// The element a record's path names: `/A/B[2]` → `B`.
+#[cfg(test)]
 fn element_of(path: &str) -> &str {
     let last = path.rsplit('/').next().unwrap_or_default();
     last.split('[').next().unwrap_or_default()

@@ -1,11 +1,22 @@
 //! JSON packets: a strict parse (duplicate keys, nesting depth and oversized numbers refused, with line and
 //! column), then JSON Schema 2020-12 through the `jsonschema` crate, compiled once at load.
+//!
+//! A packet is never held whole as a `serde_json::Value` (a `Value` costs up to 16 times the text it came from).
+//! The parse is guided by the schema's shape ([`Shape`]): a container where only a scalar may stand, or under a
+//! key a closed object does not declare, is read past and kept as an empty placeholder (the schema still refuses
+//! it); the arrays of the packet's envelope (a profile's histories, a batch's records) are streamed, each element
+//! built, checked against its item schema and its domain rules, and dropped. What is kept whole is the envelope
+//! with its arrays emptied, checked last against the schema with those arrays' constraints taken out (their
+//! `minItems`/`maxItems` are counted here). Peak memory is then the text plus one element plus the envelope.
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use std::collections::HashMap;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::domain::{self, Rules, Tally};
 use crate::{Field, Limits, Violation};
 
 /// Largest magnitude accepted for a JSON number (beyond it, doubles lose integer precision).
@@ -13,16 +24,174 @@ const MAX_NUMBER: f64 = 9_007_199_254_740_992.0;
 /// Marks our own parse errors inside serde's error text: `lgsp:{rule}:{message}`.
 const MARK: &str = "lgsp:";
 
-struct Strict {
+/// What the schema allows at one place of a packet, as far as building the parsed value needs to know.
+#[derive(Debug, Clone, Default)]
+pub enum Shape {
+    /// Anything (built as it comes).
+    #[default]
+    Any,
+    /// A string, number, boolean or null: a container here is read past, not built.
+    Scalar,
+    /// An object; under a key it does not declare, a closed object's value is read past, not built.
+    Object {
+        props: HashMap<String, Shape>,
+        closed: bool,
+    },
+    /// An array; `stream` names the streamed array of the envelope it is (its elements go one by one to the
+    /// [`Compiled`] validator's stream of that index).
+    Array {
+        items: Box<Shape>,
+        stream: Option<usize>,
+    },
+}
+
+static ANY: Shape = Shape::Any;
+
+/// The shape of the schema `node` (local `$ref`s resolved against `root`).
+fn shape_of(node: &Value, root: &Value, depth: usize) -> Shape {
+    if depth > 32 {
+        return Shape::Any;
+    }
+    if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+        return r
+            .strip_prefix('#')
+            .and_then(|p| root.pointer(p))
+            .map_or(Shape::Any, |n| shape_of(n, root, depth + 1));
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(branches) = node.get(key).and_then(Value::as_array) {
+            let scalar = branches
+                .iter()
+                .all(|b| matches!(shape_of(b, root, depth + 1), Shape::Scalar));
+            return if scalar { Shape::Scalar } else { Shape::Any };
+        }
+    }
+    let scalar_type = |t: &str| matches!(t, "string" | "integer" | "number" | "boolean" | "null");
+    let scalar_value = |v: &Value| !v.is_array() && !v.is_object();
+    match node.get("type") {
+        Some(Value::String(t)) if t == "object" => Shape::Object {
+            props: node
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| (k.clone(), shape_of(v, root, depth + 1)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            closed: node.get("additionalProperties") == Some(&Value::Bool(false)),
+        },
+        Some(Value::String(t)) if t == "array" => Shape::Array {
+            items: Box::new(
+                node.get("items")
+                    .map_or(Shape::Any, |i| shape_of(i, root, depth + 1)),
+            ),
+            stream: None,
+        },
+        Some(Value::String(t)) if scalar_type(t) => Shape::Scalar,
+        Some(Value::Array(ts)) if ts.iter().all(|t| t.as_str().is_some_and(scalar_type)) => {
+            Shape::Scalar
+        }
+        None if node
+            .get("enum")
+            .and_then(Value::as_array)
+            .is_some_and(|e| e.iter().all(scalar_value))
+            || node.get("const").is_some_and(scalar_value) =>
+        {
+            Shape::Scalar
+        }
+        _ => Shape::Any,
+    }
+}
+
+/// One streamed array of the envelope: its item schema and the counts the envelope no longer checks.
+struct Stream {
+    validator: jsonschema::Validator,
+    min_items: Option<u64>,
+    max_items: Option<u64>,
+}
+
+/// A message type's JSON schema, compiled for streaming.
+pub struct Compiled {
+    /// The schema with every streamed array's constraints replaced by `{"type": "array"}`.
+    envelope: jsonschema::Validator,
+    shape: Shape,
+    streams: Vec<Stream>,
+}
+
+impl Compiled {
+    /// Compiles `schema`: every array reachable from the root through inline `properties` is streamed.
+    pub fn new(schema: &Value) -> Result<Compiled, String> {
+        let mut shape = shape_of(schema, schema, 0);
+        let mut envelope = schema.clone();
+        let mut streams = Vec::new();
+        mark_streams(&mut shape, &mut envelope, schema, &mut streams)?;
+        Ok(Compiled {
+            envelope: jsonschema::draft202012::new(&envelope).map_err(|e| e.to_string())?,
+            shape,
+            streams,
+        })
+    }
+}
+
+fn mark_streams(
+    shape: &mut Shape,
+    node: &mut Value,
+    root: &Value,
+    streams: &mut Vec<Stream>,
+) -> Result<(), String> {
+    match shape {
+        Shape::Object { props, .. } => {
+            if let Some(p) = node.get_mut("properties").and_then(Value::as_object_mut) {
+                for (k, s) in props.iter_mut() {
+                    if let Some(child) = p.get_mut(k) {
+                        mark_streams(s, child, root, streams)?;
+                    }
+                }
+            }
+        }
+        Shape::Array { stream, .. }
+            if node.get("$ref").is_none()
+                && node.get("type").and_then(Value::as_str) == Some("array") =>
+        {
+            let mut items = node
+                .get("items")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            if let Some(obj) = items.as_object_mut() {
+                for key in ["$schema", "$defs"] {
+                    if let Some(v) = root.get(key) {
+                        obj.insert(key.to_owned(), v.clone());
+                    }
+                }
+            }
+            streams.push(Stream {
+                validator: jsonschema::draft202012::new(&items).map_err(|e| e.to_string())?,
+                min_items: node.get("minItems").and_then(Value::as_u64),
+                max_items: node.get("maxItems").and_then(Value::as_u64),
+            });
+            *stream = Some(streams.len() - 1);
+            *node = serde_json::json!({ "type": "array" });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Builds the value at one place of a packet, as its [`Shape`] allows; in the envelope (`sink` set) streamed
+/// arrays go element by element to the sink.
+struct Build<'s, 'k, 'c> {
     depth: usize,
     max_depth: usize,
+    shape: &'s Shape,
+    sink: Option<&'k mut Sink<'c>>,
 }
 
 fn refuse<E: de::Error>(rule: &str, message: impl fmt::Display) -> E {
     E::custom(format!("{MARK}{rule}:{message}"))
 }
 
-impl<'de> DeserializeSeed<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Build<'_, '_, '_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -30,7 +199,32 @@ impl<'de> DeserializeSeed<'de> for Strict {
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'c> Build<'_, '_, 'c> {
+    fn deeper<'s, 'k>(&'k mut self, shape: &'s Shape, stream: bool) -> Build<'s, 'k, 'c> {
+        Build {
+            depth: self.depth + 1,
+            max_depth: self.max_depth,
+            shape,
+            sink: if stream {
+                self.sink.as_deref_mut()
+            } else {
+                None
+            },
+        }
+    }
+
+    fn too_deep<E: de::Error>(&self) -> Result<(), E> {
+        if self.depth >= self.max_depth {
+            return Err(refuse(
+                "json.depth_exceeded",
+                format!("values are nested deeper than {} levels", self.max_depth),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Build<'_, '_, '_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,29 +281,51 @@ impl<'de> Visitor<'de> for Strict {
         Ok(Value::Null)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        if self.depth >= self.max_depth {
-            return Err(refuse(
-                "json.depth_exceeded",
-                format!("values are nested deeper than {} levels", self.max_depth),
-            ));
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
+        self.too_deep()?;
+        match self.shape {
+            // Where only a scalar may stand: read past it; the schema refuses the (empty) array.
+            Shape::Scalar => {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Value::Array(Vec::new()))
+            }
+            Shape::Array {
+                items,
+                stream: Some(i),
+            } if self.sink.is_some() => {
+                let mut n = 0usize;
+                while let Some(v) = seq.next_element_seed(self.deeper(items, false))? {
+                    if let Some(sink) = self.sink.as_deref_mut() {
+                        sink.element(*i, n, v);
+                    }
+                    n += 1;
+                }
+                if let Some(sink) = self.sink.as_deref_mut() {
+                    sink.counted(*i, n);
+                }
+                Ok(Value::Array(Vec::new()))
+            }
+            shape => {
+                let items = match shape {
+                    Shape::Array { items, .. } => &**items,
+                    _ => &ANY,
+                };
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element_seed(self.deeper(items, false))? {
+                    out.push(v);
+                }
+                Ok(Value::Array(out))
+            }
         }
-        let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict {
-            depth: self.depth + 1,
-            max_depth: self.max_depth,
-        })? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        if self.depth >= self.max_depth {
-            return Err(refuse(
-                "json.depth_exceeded",
-                format!("values are nested deeper than {} levels", self.max_depth),
-            ));
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
+        self.too_deep()?;
+        if let Shape::Scalar = self.shape {
+            while map.next_key::<IgnoredAny>()?.is_some() {
+                map.next_value::<IgnoredAny>()?;
+            }
+            return Ok(Value::Object(Map::new()));
         }
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
@@ -122,18 +338,324 @@ impl<'de> Visitor<'de> for Strict {
                     ),
                 ));
             }
-            let v = map.next_value_seed(Strict {
-                depth: self.depth + 1,
-                max_depth: self.max_depth,
-            })?;
+            let (shape, skip) = match self.shape {
+                Shape::Object { props, closed } => match props.get(&k) {
+                    Some(s) => (s, false),
+                    None => (&ANY, *closed),
+                },
+                _ => (&ANY, false),
+            };
+            let v = if skip {
+                // A key the object does not allow: its value is never built (the schema names the key).
+                map.next_value::<IgnoredAny>()?;
+                Value::Null
+            } else {
+                if let Some(sink) = self.sink.as_deref_mut() {
+                    sink.pointer.push(k.clone());
+                }
+                let v = map.next_value_seed(self.deeper(shape, true));
+                if let Some(sink) = self.sink.as_deref_mut() {
+                    sink.pointer.pop();
+                }
+                v?
+            };
             out.insert(k, v);
         }
         Ok(Value::Object(out))
     }
 }
 
-/// Parses JSON strictly; errors carry line and column.
+/// What the streamed elements leave behind: their violations, their domain findings and the root's tally.
+struct Sink<'c> {
+    compiled: &'c Compiled,
+    text: &'c [u8],
+    max_errors: usize,
+    rules: Option<&'c Rules<'c>>,
+    /// The envelope path of the array being streamed.
+    pointer: Vec<String>,
+    violations: Vec<Violation>,
+    truncated: bool,
+    domain: Vec<Violation>,
+    tally: Tally,
+}
+
+impl Sink<'_> {
+    fn push(&mut self, pointer: &[String], rule: &'static str, message: String) {
+        if self.violations.len() >= self.max_errors {
+            self.truncated = true;
+            return;
+        }
+        let (line, column) =
+            locate(self.text, pointer).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        self.violations.push(Violation {
+            path: display_path(pointer),
+            line,
+            column,
+            rule,
+            message,
+        });
+    }
+
+    /// One element of streamed array `stream`, at `index`: checked against its item schema and its domain
+    /// rules, then dropped.
+    fn element(&mut self, stream: usize, index: usize, value: Value) {
+        let mut pointer = self.pointer.clone();
+        pointer.push(index.to_string());
+        let Some(s) = self.compiled.streams.get(stream) else {
+            return;
+        };
+        let found: Vec<(Vec<String>, &'static str, String)> = s
+            .validator
+            .iter_errors(&value)
+            .take(self.max_errors.saturating_sub(self.violations.len()) + 1)
+            .map(|e| {
+                let mut at = pointer.clone();
+                at.extend(e.instance_path().iter().map(|seg| seg.to_string()));
+                (
+                    at,
+                    rule_of(e.kind().keyword()),
+                    e.to_string().chars().take(300).collect(),
+                )
+            })
+            .collect();
+        for (at, rule, message) in found {
+            self.push(&at, rule, message);
+        }
+        if let Some(rules) = self.rules {
+            records(
+                &value,
+                &mut pointer,
+                rules,
+                &mut self.tally,
+                &mut self.domain,
+                self.max_errors,
+                self.text,
+            );
+        }
+    }
+
+    /// Streamed array `stream` ended with `n` elements: the counts the envelope no longer checks.
+    fn counted(&mut self, stream: usize, n: usize) {
+        let Some(s) = self.compiled.streams.get(stream) else {
+            return;
+        };
+        let n = n as u64;
+        let pointer = self.pointer.clone();
+        if let Some(min) = s.min_items.filter(|m| n < *m) {
+            let message = format!("the array has {n} items; at least {min} are required");
+            self.push(&pointer, "json.min_items", message);
+        }
+        if let Some(max) = s.max_items.filter(|m| n > *m) {
+            let message = format!("the array has {n} items; at most {max} are allowed");
+            self.push(&pointer, "json.max_items", message);
+        }
+    }
+}
+
+/// A kept value of a JSON record, as the domain rules read it.
+struct Kept {
+    field: usize,
+    value: String,
+    key: String,
+}
+
+impl domain::Item for Kept {
+    fn field(&self) -> usize {
+        self.field
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// The domain records of `v` (at `pointer`), children before their parent, as the XML validator closes them:
+/// each object's scalar fields the rules read form one record.
+fn records(
+    v: &Value,
+    pointer: &mut Vec<String>,
+    rules: &Rules<'_>,
+    tally: &mut Tally,
+    out: &mut Vec<Violation>,
+    max_errors: usize,
+    text: &[u8],
+) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if child.is_object() || child.is_array() {
+                    pointer.push(k.clone());
+                    records(child, pointer, rules, tally, out, max_errors, text);
+                    pointer.pop();
+                }
+            }
+            let items: Vec<Kept> = map
+                .iter()
+                .filter_map(|(k, child)| {
+                    let field = domain::field_index(k)?;
+                    let value = match child {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => return None,
+                    };
+                    Some(Kept {
+                        field,
+                        value,
+                        key: k.clone(),
+                    })
+                })
+                .collect();
+            if items.is_empty() {
+                return;
+            }
+            let element = display_path(pointer);
+            let element = element_name(&element).to_owned();
+            let mut found = Vec::new();
+            domain::close_record(&element, &items, rules, tally, &mut |i, rule, message| {
+                found.push((i, rule, message));
+            });
+            for (i, rule, message) in found {
+                if out.len() >= max_errors {
+                    break;
+                }
+                let Some(item) = items.get(i) else { continue };
+                let mut at = pointer.clone();
+                at.push(item.key.clone());
+                let (line, column) =
+                    locate(text, &at).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+                out.push(Violation {
+                    path: display_path(&at),
+                    line,
+                    column,
+                    rule,
+                    message,
+                });
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                pointer.push(i.to_string());
+                records(child, pointer, rules, tally, out, max_errors, text);
+                pointer.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The element a display path names: `/A/B[2]` → `B`.
+fn element_name(path: &str) -> &str {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    last.split('[').next().unwrap_or_default()
+}
+
+/// What validating a JSON packet found.
+pub struct Outcome {
+    pub violations: Vec<Violation>,
+    pub malformed: bool,
+    pub truncated: bool,
+    /// Domain findings (paths and lines set), in record-close order.
+    pub domain: Vec<Violation>,
+    /// The root element's own fields the rules read (the caller takes `MaDonVi` from them).
+    pub root_fields: Vec<Field>,
+}
+
+/// Validates a JSON packet against `compiled` (and the domain `rules`, when given) in one streaming pass.
+pub fn validate(
+    compiled: &Compiled,
+    bytes: &[u8],
+    limits: &Limits,
+    rules: Option<&Rules<'_>>,
+) -> Outcome {
+    let mut sink = Sink {
+        compiled,
+        text: bytes,
+        max_errors: limits.max_errors,
+        rules,
+        pointer: Vec::new(),
+        violations: Vec::new(),
+        truncated: false,
+        domain: Vec::new(),
+        tally: Tally::default(),
+    };
+    let envelope = match parse_with(bytes, limits, &compiled.shape, Some(&mut sink)) {
+        Ok(v) => v,
+        Err(v) => {
+            return Outcome {
+                violations: vec![v],
+                malformed: true,
+                truncated: false,
+                domain: Vec::new(),
+                root_fields: Vec::new(),
+            };
+        }
+    };
+    // The envelope last: its errors after the elements', within the same limit.
+    let room = sink.max_errors.saturating_sub(sink.violations.len());
+    let (mut found, truncated) = check(&compiled.envelope, &envelope, bytes, room);
+    sink.truncated |= truncated;
+    sink.violations.append(&mut found);
+    if let Some(rules) = rules {
+        records(
+            &envelope,
+            &mut Vec::new(),
+            rules,
+            &mut sink.tally,
+            &mut sink.domain,
+            sink.max_errors,
+            bytes,
+        );
+    }
+    let root_fields = fields(&envelope, &domain::field_name)
+        .into_iter()
+        .filter(|f| f.parent.matches('/').count() == 1)
+        .collect();
+    Outcome {
+        violations: sink.violations,
+        malformed: false,
+        truncated: sink.truncated,
+        domain: sink.domain,
+        root_fields,
+    }
+}
+
+/// The single top-level key of a JSON packet (its message type), read without building the packet.
+pub fn root_name(bytes: &[u8]) -> Option<String> {
+    struct Root;
+    impl<'de> Visitor<'de> for Root {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut first = None;
+            let mut n = 0;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                n += 1;
+                first.get_or_insert(k);
+            }
+            Ok(first.filter(|_| n == 1))
+        }
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let name = de::Deserializer::deserialize_map(&mut de, Root).ok()?;
+    de.end().ok()?;
+    name
+}
+
+/// Parses JSON strictly into one value, whatever its size (for packets, [`validate`] streams); errors carry line
+/// and column.
 pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Value, Violation> {
+    parse_with(bytes, limits, &ANY, None)
+}
+
+fn parse_with(
+    bytes: &[u8],
+    limits: &Limits,
+    shape: &Shape,
+    sink: Option<&mut Sink<'_>>,
+) -> Result<Value, Violation> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if let Err(e) = std::str::from_utf8(bytes) {
         let before = &bytes[..e.valid_up_to()];
@@ -151,9 +673,11 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Value, Violation> {
         });
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = Strict {
+    let parsed = Build {
         depth: 0,
         max_depth: limits.max_depth,
+        shape,
+        sink,
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v));

@@ -177,7 +177,7 @@ struct MessageSchemas {
     xsd: xsd::Schema,
     /// Per XSD element declaration: the domain field (index in `domain::FIELDS`) its values are kept as.
     keep: Vec<Option<usize>>,
-    json: jsonschema::Validator,
+    json: json::Compiled,
 }
 
 /// Every message type's compiled XSD and JSON Schema, loaded once.
@@ -260,7 +260,7 @@ impl Catalog {
                     file: file.clone(),
                     message: format!("not JSON: {e}"),
                 })?;
-            let json = jsonschema::draft202012::new(&value).map_err(|e| CatalogError::Json {
+            let json = json::Compiled::new(&value).map_err(|e| CatalogError::Json {
                 file: file.clone(),
                 message: format!("not a usable JSON Schema 2020-12: {e}"),
             })?;
@@ -303,11 +303,7 @@ impl Catalog {
                     }
                 }
             }
-            Format::Json => {
-                let v = json::parse(bytes, &Limits::default()).ok()?;
-                let obj = v.as_object().filter(|o| o.len() == 1)?;
-                obj.keys().next()?.clone()
-            }
+            Format::Json => json::root_name(bytes)?,
         };
         self.types.keys().copied().find(|t| *t == name)
     }
@@ -363,26 +359,16 @@ impl Catalog {
                 }
                 (v, out.fatal, out.truncated, out.fields, out.domain)
             }
-            Format::Json => match json::parse(bytes, &opts.limits) {
-                Err(v) => (vec![v], true, false, Vec::new(), Vec::new()),
-                Ok(value) => {
-                    let (v, truncated) =
-                        json::check(&s.json, &value, bytes, opts.limits.max_errors);
-                    let fields = json::fields(&value, &domain::field_name);
-                    let mut found = Vec::new();
-                    if let Some(rules) = &rules {
-                        domain::check(&fields, rules, &mut found);
-                        for v in &mut found {
-                            let pointer = pointer_of(&v.path);
-                            if let Some((l, c)) = json::locate(bytes, &pointer) {
-                                v.line = Some(l);
-                                v.column = Some(c);
-                            }
-                        }
-                    }
-                    (v, false, truncated, fields, found)
-                }
-            },
+            Format::Json => {
+                let out = json::validate(&s.json, bytes, &opts.limits, rules.as_ref());
+                (
+                    out.violations,
+                    out.malformed,
+                    out.truncated,
+                    out.root_fields,
+                    out.domain,
+                )
+            }
         };
         if !malformed && opts.domain && !truncated {
             let room = opts.limits.max_errors.saturating_sub(violations.len());
@@ -399,20 +385,4 @@ impl Catalog {
             units,
         }
     }
-}
-
-/// `/A/B[2]/C` → JSON pointer segments `A`, `B`, `1`, `C`.
-fn pointer_of(path: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
-        match seg.split_once('[') {
-            Some((name, idx)) => {
-                out.push(name.to_owned());
-                let n: usize = idx.trim_end_matches(']').parse().unwrap_or(1);
-                out.push(n.saturating_sub(1).to_string());
-            }
-            None => out.push(seg.to_owned()),
-        }
-    }
-    out
 }
