@@ -39,6 +39,22 @@ impl Target {
         Target::hop_in(TestPki::new(), "lgsp", "/lgsp/v1", &[], extra)
     }
 
+    /// An LGSP hop whose config text `edit` rewrites first.
+    fn lgsp_edited(edit: impl Fn(String) -> String) -> Target {
+        let pki = TestPki::new();
+        let dir = pki.dir().to_owned();
+        let config = edit(hop_config(
+            &pki,
+            "lgsp",
+            "/lgsp/v1",
+            "127.0.0.1:9".parse().unwrap(),
+            "/cbccvc/v1",
+            &[],
+        ));
+        let config_path = write(&dir, "lgsp.toml", &config);
+        Target::spawned(pki, "lgsp", "/lgsp/v1", config_path)
+    }
+
     fn hop(name: &str, prefix: &'static str, peers: &[&str]) -> Target {
         Target::hop_in(TestPki::new(), name, prefix, peers, "")
     }
@@ -80,6 +96,12 @@ impl Target {
         let dir = pki.dir().to_owned();
         let config = hop_config(&pki, name, prefix, upstream, "/cbccvc/v1", peers) + extra;
         let config_path = write(&dir, &format!("{name}.toml"), &config);
+        Target::spawned(pki, name, prefix, config_path)
+    }
+
+    /// A hop process on `config_path`.
+    fn spawned(pki: TestPki, name: &str, prefix: &'static str, config_path: String) -> Target {
+        let dir = pki.dir().to_owned();
         let mut hop = Proc::spawn(BIN, &["run", "--config", &config_path], &dir);
         let port = hop.port(&format!("listening: hop {name}"));
         let metrics = hop
@@ -826,5 +848,87 @@ fn guessing_keys_is_held_back_per_certificate_and_address() {
     assert_eq!(
         t.metric("lgsp_auth_failures_total{hop=\"lgsp\",reason=\"unknown_key\"}"),
         10.0
+    );
+}
+
+/// The process's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn sixteen_large_json_packets_at_once_stay_within_a_small_multiple_of_their_size() {
+    if !tool("curl") || !std::path::Path::new("/proc/self/status").exists() {
+        return;
+    }
+    const MIB: usize = 1024 * 1024;
+    // The dry-run route takes 9 MiB bodies here.
+    let t = Target::lgsp_edited(|c| {
+        c.replace(
+            "dry_run = true\nagencies = [\"*\"]\nmax_body_bytes = 1048576",
+            "dry_run = true\nagencies = [\"*\"]\nmax_body_bytes = 9437184",
+        )
+    });
+    let mut body = String::from("{\"HoSoCBCCVC\":{\"a\":[0");
+    while body.len() < 8 * MIB {
+        body.push_str(",0");
+    }
+    body.push_str("]}}");
+    let file = t.file("attack.json");
+    std::fs::write(&file, &body).expect("packet file");
+    let before = peak_rss(t._hop.id());
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            std::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "60",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .args([
+                    "--cert",
+                    &t.file(&format!("{AGENCY_OK}.pem")).display().to_string(),
+                ])
+                .args([
+                    "--key",
+                    &t.file(&format!("{AGENCY_OK}.key")).display().to_string(),
+                ])
+                .args(["--cacert", &t.file("ca.pem").display().to_string()])
+                .args(["-H", &format!("X-API-Key: {KEY_H29}")])
+                .args(["-H", "Content-Type: application/json"])
+                .args(["--data-binary", &format!("@{}", file.display())])
+                .arg(format!(
+                    "https://localhost:{}/lgsp/v1/validate/HoSoCBCCVC",
+                    t.port
+                ))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    for s in senders {
+        let out = s.wait_with_output().expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "422");
+    }
+    let grown = peak_rss(t._hop.id()).saturating_sub(before);
+    println!(
+        "16 × {} MiB JSON packets at once: peak RSS +{} MiB",
+        body.len() / MIB,
+        grown / MIB as u64
+    );
+    // Each packet's own bytes, plus the buffer growth that reads it, plus validation: within 4× the packets.
+    assert!(
+        grown <= (16 * 4 * body.len()) as u64,
+        "peak RSS grew by {} MiB",
+        grown / MIB as u64
     );
 }

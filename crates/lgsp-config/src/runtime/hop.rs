@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(p[0].field, "hop[0].http.max_connections_per_agency");
         assert!(p[0].message.contains("between 1 and 50"), "{p:?}");
         let p = problems_of(
-            "max_handshakes_per_address = 8",
+            "max_handshakes_per_address = 32",
             "max_handshakes_per_address = 500",
         );
         assert_eq!(p[0].field, "hop[0].http.max_handshakes_per_address");
