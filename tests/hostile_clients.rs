@@ -41,6 +41,14 @@ impl Target {
 
     /// An LGSP hop whose config text `edit` rewrites first.
     fn lgsp_edited(edit: impl Fn(String) -> String) -> Target {
+        Target::lgsp_edited_by(edit, Proc::spawn)
+    }
+
+    /// As [`Target::lgsp_edited`], the process started by `spawn`.
+    fn lgsp_edited_by(
+        edit: impl Fn(String) -> String,
+        spawn: fn(&str, &[&str], &Path) -> Proc,
+    ) -> Target {
         let pki = TestPki::new();
         let dir = pki.dir().to_owned();
         let config = edit(hop_config(
@@ -52,7 +60,7 @@ impl Target {
             &[],
         ));
         let config_path = write(&dir, "lgsp.toml", &config);
-        Target::spawned(pki, "lgsp", "/lgsp/v1", config_path)
+        Target::spawned_by(pki, "lgsp", "/lgsp/v1", config_path, spawn)
     }
 
     fn hop(name: &str, prefix: &'static str, peers: &[&str]) -> Target {
@@ -101,8 +109,19 @@ impl Target {
 
     /// A hop process on `config_path`.
     fn spawned(pki: TestPki, name: &str, prefix: &'static str, config_path: String) -> Target {
+        Target::spawned_by(pki, name, prefix, config_path, Proc::spawn)
+    }
+
+    /// As [`Target::spawned`], the process started by `spawn`.
+    fn spawned_by(
+        pki: TestPki,
+        name: &str,
+        prefix: &'static str,
+        config_path: String,
+        spawn: fn(&str, &[&str], &Path) -> Proc,
+    ) -> Target {
         let dir = pki.dir().to_owned();
-        let mut hop = Proc::spawn(BIN, &["run", "--config", &config_path], &dir);
+        let mut hop = spawn(BIN, &["run", "--config", &config_path], &dir);
         let port = hop.port(&format!("listening: hop {name}"));
         let metrics = hop
             .line("metrics: ")
@@ -930,5 +949,167 @@ fn sixteen_large_json_packets_at_once_stay_within_a_small_multiple_of_their_size
         grown <= (16 * 4 * body.len()) as u64,
         "peak RSS grew by {} MiB",
         grown / MIB as u64
+    );
+}
+
+#[test]
+fn labelled_families_are_exported_as_zero_from_start_up() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::start();
+    // Nothing has happened yet: every bounded family already has its series, at 0.
+    for sample in [
+        "lgsp_auth_failures_total{hop=\"lgsp\",reason=\"unknown_key\"}",
+        "lgsp_auth_failures_total{hop=\"lgsp\",reason=\"too_many_failures\"}",
+        "lgsp_tls_handshake_failures_total{hop=\"lgsp\",reason=\"revoked\"}",
+        "lgsp_validation_failures_total{hop=\"lgsp\",message_type=\"HoSoCBCCVC\",route=\"HoSoCBCCVC\",rule=\"xsd.pattern\"}",
+        "lgsp_validation_failures_total{hop=\"lgsp\",message_type=\"BienDong\",route=\"validate\",rule=\"cccd.province\"}",
+        "lgsp_load_shed_total{hop=\"lgsp\",scope=\"agency\"}",
+        "lgsp_config_reloads_total{result=\"failure\"}",
+        "lgsp_connections_closed_total{hop=\"lgsp\",reason=\"idle_timeout\"}",
+    ] {
+        let (ok, out, err) = sh(&format!("curl -sS --max-time 20 {}", t.metrics));
+        assert!(ok, "{err}");
+        assert!(
+            out.lines()
+                .any(|l| l.strip_prefix(sample).is_some_and(|v| v.trim() == "0")),
+            "{sample} is not exported as 0"
+        );
+    }
+    let (_, out, _) = sh(&format!("curl -sS --max-time 20 {}", t.metrics));
+    assert!(
+        out.lines().any(|l| l.starts_with(
+            "lgsp_upstream_errors_total{hop=\"lgsp\",kind=\"timeout\",upstream=\"localhost:"
+        ) && l.ends_with("} 0")),
+        "upstream errors are not exported per configured upstream"
+    );
+    // The exposition is what Prometheus reads.
+    if tool("promtool") {
+        let (ok, out, err) = sh(&format!(
+            "curl -sS --max-time 20 {} | promtool check metrics",
+            t.metrics
+        ));
+        assert!(ok, "{out}{err}");
+    }
+}
+
+#[test]
+fn a_stalled_log_output_never_stalls_requests_and_its_drops_are_counted() {
+    if !tool("curl") {
+        return;
+    }
+    // Every request logs an access line at info; the log may queue 16 lines; nobody reads stderr.
+    let t = Target::lgsp_edited_by(
+        |c| {
+            c.replace(
+                "level = \"warn\"\n",
+                "level = \"info\"\nbuffer_lines = 16\n",
+            )
+        },
+        Proc::spawn_with_stalled_stderr,
+    );
+    // 600 requests on one connection: their access lines are far more than a pipe and the queue hold.
+    let url = format!("https://localhost:{}/lgsp/v1/BienNhan/none", t.port);
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-w", "%{http_code}\n"])
+        .args([
+            "--cert",
+            &t.file(&format!("{AGENCY_OK}.pem")).display().to_string(),
+        ])
+        .args([
+            "--key",
+            &t.file(&format!("{AGENCY_OK}.key")).display().to_string(),
+        ])
+        .args(["--cacert", &t.file("ca.pem").display().to_string()])
+        .args(["-H", &format!("X-API-Key: {KEY_H29}")]);
+    for _ in 0..600 {
+        cmd.args(["-o", "/dev/null", &url]);
+    }
+    let out = cmd.output().expect("curl");
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        codes.lines().count(),
+        600,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (Its upstream is a closed port: each answer is a quick 502, each logged.)
+    assert!(codes.lines().all(|c| c == "502"), "{codes}");
+    // The dropped lines are counted (the count is synced once a second).
+    let mut dropped = 0.0;
+    for _ in 0..100 {
+        dropped = t.metric("lgsp_log_lines_dropped_total");
+        if dropped > 0.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(dropped > 0.0, "no dropped line counted");
+}
+
+#[test]
+fn the_log_level_reloads_and_a_log_file_holds_no_colour_codes() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::lgsp_edited_by(
+        |c| c,
+        |bin, args, cwd| Proc::spawn_logging(bin, args, cwd, Some(&cwd.join("gateway.log"))),
+    );
+    let access_lines = |t: &Target| {
+        std::fs::read_to_string(t.file("gateway.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("access"))
+            .count()
+    };
+    // At warn (the test config), requests write no access line. (The upstream is a closed port: 502.)
+    let (status, _) = t.curl("/BienNhan/none", &[]);
+    assert_eq!(status, 502);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(access_lines(&t), 0);
+    // Reloaded at info, they do.
+    t.reload(|c| c.replace("level = \"warn\"", "level = \"info\""));
+    let (status, _) = t.curl("/BienNhan/none", &[]);
+    assert_eq!(status, 502);
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = access_lines(&t);
+        if seen > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen > 0, "no access line after the level was reloaded");
+    let text = std::fs::read_to_string(t.file("gateway.log")).unwrap_or_default();
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file");
+}
+
+#[test]
+fn a_unit_code_that_only_ends_like_the_agencys_is_outside_its_jurisdiction() {
+    if !tool("curl") {
+        return;
+    }
+    let t = Target::start();
+    // H29 may send for `*.H29`: four-level codes whose first level is H29. This one ends in .H29 but is H26's.
+    let body = packet().replace(
+        "<MaDonVi>000.00.00.H29</MaDonVi>",
+        "<MaDonVi>000.00.00.H26.H29</MaDonVi>",
+    );
+    assert!(body.contains("000.00.00.H26.H29"));
+    let (status, doc) = t.curl(
+        "/HoSoCBCCVC",
+        &[
+            "-H",
+            "Content-Type: application/xml",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(
+        (status, doc["code"].as_str()),
+        (403, Some("authz.unit_outside_jurisdiction")),
+        "{doc}"
     );
 }

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod check_config;
 pub mod import;
 pub mod keys;
+pub mod logging;
 pub mod probe;
 pub mod run;
 pub mod validate;

@@ -4,15 +4,19 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use lgsp_config::{Config, KeyKind, LogFormat};
+use std::sync::Arc;
+
+use lgsp_config::{Config, KeyKind};
 use lgsp_proxy::Gateway;
+
+use super::logging;
 
 pub fn run(config: Option<&Path>) -> ExitCode {
     let cfg = match super::load(config) {
         Ok(c) => c,
         Err(e) => return super::failed(e),
     };
-    init_logging(&cfg);
+    let logging = logging::Logging::init(&cfg).map(Arc::new);
     if cfg.pki.dev_autogen && !lgsp_tls::devpki::exists(&cfg.pki.dir) {
         match lgsp_tls::devpki::init(&cfg.pki.dir) {
             Ok(report) => {
@@ -45,6 +49,11 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             Ok(g) => g,
             Err(e) => return super::failed(e),
         };
+        if let Some(logging) = &logging {
+            let l = logging.clone();
+            gateway.reloader.on_apply(move |cfg| l.apply(cfg));
+            logging::export_dropped(logging.clone(), gateway.metrics.clone());
+        }
         announce(&cfg, &gateway);
         wait_for_signal(&gateway.reloader).await;
         tracing::info!("draining in-flight requests");
@@ -52,18 +61,6 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
-}
-
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Human => builder.try_init(),
-    };
 }
 
 /// The ready lines: listeners, version, metrics, and the sample curl.

@@ -108,6 +108,20 @@ impl Problem for AuthError {
 }
 
 impl AuthError {
+    /// Every `reason` label of `lgsp_auth_failures_total` (exported as 0 from start-up).
+    pub const REASONS: &[&'static str] = &[
+        "no_client_identity",
+        "missing_key",
+        "unknown_key",
+        "key_not_bound_to_certificate",
+        "peer_missing_client",
+        "peer_unknown_agency",
+        "trial_agency_production_key",
+        "token_not_bound_to_certificate",
+        "invalid_token",
+        "too_many_failures",
+    ];
+
     /// The `reason` label of `lgsp_auth_failures_total`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -201,6 +215,9 @@ impl AuthPolicy {
         metrics: Arc<Metrics>,
         tokens: Arc<TokenIssuer>,
     ) -> Self {
+        for reason in AuthError::REASONS {
+            metrics.auth_failures.with_label_values(&[hop, reason]);
+        }
         AuthPolicy {
             hop: Arc::from(hop),
             keys: KeyStore::from_agencies(agencies),
@@ -799,5 +816,33 @@ mod tests {
                     .authenticate(Some(&lgsp), &relay))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn every_refusal_has_a_listed_reason() {
+        let every = [
+            AuthError::NoIdentity,
+            AuthError::MissingKey,
+            AuthError::UnknownKey,
+            AuthError::KeyNotBound {
+                key_agency: Arc::from("a"),
+                cert_identity: "b".into(),
+            },
+            AuthError::PeerWithoutClient { peer: "p".into() },
+            AuthError::PeerUnknownAgency {
+                peer: "p".into(),
+                agency: "a".into(),
+            },
+            AuthError::TrialAgencyProductionKey {
+                agency: Arc::from("a"),
+            },
+            AuthError::InvalidToken(TokenError::OtherCertificate),
+            AuthError::InvalidToken(TokenError::Expired),
+            AuthError::TooManyFailures { retry_after: 1 },
+        ];
+        let reasons: std::collections::BTreeSet<&str> =
+            every.iter().map(AuthError::reason).collect();
+        let listed: std::collections::BTreeSet<&str> = AuthError::REASONS.iter().copied().collect();
+        assert_eq!(reasons, listed);
     }
 }

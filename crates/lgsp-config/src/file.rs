@@ -90,6 +90,8 @@ pub struct FileAdmin {
 pub struct FileLog {
     pub format: Option<LogFormat>,
     pub level: Option<Spanned<String>>,
+    /// Lines the log writer may hold while the output is slow; beyond them lines are dropped and counted.
+    pub buffer_lines: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -166,6 +166,13 @@ fn header_str(req: &http::request::Parts, name: &str) -> Option<String> {
 
 impl Emulator {
     pub fn new(max_stored: usize, metrics: Arc<Metrics>) -> Self {
+        for message_type in MESSAGE_TYPES {
+            for result in ["accepted", "duplicate", "refused"] {
+                metrics
+                    .emulator_packets
+                    .with_label_values(&[message_type, result]);
+            }
+        }
         Emulator {
             store: Arc::new(Mutex::new(Store {
                 by_id: HashMap::new(),

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `lgsp_connections_open{hop}`.
     pub connections_open: IntGaugeVec,
+    /// `lgsp_log_lines_dropped_total`: log lines dropped because the output was slower than the gateway.
+    pub log_lines_dropped: prometheus::IntCounter,
     /// `lgsp_connections_closed_total{hop,reason}`: connections the gateway closed or refused for a bound.
     pub connections_closed: IntCounterVec,
     /// `lgsp_emulator_packets_total{message_type,result}`.
@@ -150,6 +152,11 @@ impl Metrics {
             &["hop"],
         )?;
         registry.register(Box::new(connections_open.clone()))?;
+        let log_lines_dropped = prometheus::IntCounter::new(
+            "lgsp_log_lines_dropped_total",
+            "Log lines dropped because the log output (stderr) was slower than the gateway; requests never wait for the log.",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         let connections_closed = counter(
             &registry,
             "lgsp_connections_closed_total",
@@ -171,11 +178,12 @@ impl Metrics {
         )?;
         registry.register(Box::new(build_info.clone()))?;
         build_info
-            .with_label_values(&[
-                env!("CARGO_PKG_VERSION"),
-                option_env!("LGSP_RUSTC_VERSION").unwrap_or("unknown"),
-            ])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("LGSP_RUSTC_VERSION")])
             .set(1);
+        // Bounded label sets are exported from the start, so a dashboard or an alert sees 0, not "no data".
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Ok(Arc::new(Metrics {
             registry,
             requests,
@@ -190,6 +198,7 @@ impl Metrics {
             certificate_expiry,
             config_reloads,
             connections_open,
+            log_lines_dropped,
             connections_closed,
             emulator_packets,
             build_info,
@@ -292,5 +301,22 @@ mod tests {
                 "{family} missing in\n{text}"
             );
         }
+        // The compiler that built it, as `rustc --version` says: `1.95.0`, never "unknown".
+        let rustc = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lgsp_build_info{"))
+            .and_then(|l| l.split("rustc=\"").nth(1))
+            .and_then(|l| l.split('"').next())
+            .unwrap_or_default();
+        assert!(
+            rustc.split('.').count() >= 3
+                && rustc.chars().next().is_some_and(|c| c.is_ascii_digit()),
+            "rustc label {rustc:?}"
+        );
+        // Bounded families are there before their first event.
+        assert!(
+            text.contains("lgsp_config_reloads_total{result=\"failure\"} 0"),
+            "{text}"
+        );
     }
 }

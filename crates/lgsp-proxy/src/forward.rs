@@ -61,8 +61,10 @@ pub enum ForwardError {
         agency: Arc<str>,
         why: &'static str,
     },
-    #[error("upstream {upstream} failed ({}): {message}", kind.as_str())]
+    /// The log names the upstream's address; the caller hears only the route's name.
+    #[error("route {route}: upstream {upstream} failed ({}): {message}", kind.as_str())]
     Upstream {
+        route: Arc<str>,
         upstream: String,
         kind: UpstreamFailure,
         message: String,
@@ -111,14 +113,14 @@ impl Problem for ForwardError {
                 "No record with this id is held for agency {agency}; check the id (look-ups answer only the agency the record belongs to)."
             ),
             ForwardError::Upstream {
-                upstream,
+                route,
                 kind: UpstreamFailure::Timeout,
                 ..
             } => format!(
-                "Upstream {upstream} did not answer within the route's timeout; retry later with the same X-LGSP-Message-Id (resends are safe)."
+                "The upstream of route {route} did not answer within the route's timeout; retry later with the same X-LGSP-Message-Id (resends are safe)."
             ),
-            ForwardError::Upstream { upstream, kind, .. } => format!(
-                "Upstream {upstream} could not be reached ({}); retry later with the same X-LGSP-Message-Id, and tell the LGSP operator if it persists.",
+            ForwardError::Upstream { route, kind, .. } => format!(
+                "The upstream of route {route} could not be reached ({}); retry later with the same X-LGSP-Message-Id, and tell the LGSP operator if it persists.",
                 kind.as_str()
             ),
         }
@@ -225,6 +227,7 @@ async fn owned(
 ) -> Result<bytes::Bytes, BoxProblem> {
     let upstream = route.config.upstream.authority.clone();
     let broken = |message: String| ForwardError::Upstream {
+        route: route.name.clone(),
         upstream: upstream.clone(),
         kind: UpstreamFailure::Protocol,
         message,
@@ -232,6 +235,7 @@ async fn owned(
     let bytes = tokio::time::timeout(route.config.timeout, read_body(body, LOOKUP_MAX_BYTES))
         .await
         .map_err(|_| ForwardError::Upstream {
+            route: route.name.clone(),
             upstream: upstream.clone(),
             kind: UpstreamFailure::Timeout,
             message: "look-up answer not read within the route's timeout".into(),
@@ -440,6 +444,7 @@ impl Service<Request<Body>> for Forward {
                 c.count(kind);
             }
             Err(ForwardError::Upstream {
+                route: route.name.clone(),
                 upstream,
                 kind,
                 message,

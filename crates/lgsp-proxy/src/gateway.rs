@@ -154,9 +154,21 @@ struct ReloadInner {
     limits: std::sync::Mutex<Arc<LimitPolicy>>,
     /// The admin listener's token and names, swapped by a reload.
     admin: lgsp_metrics::LiveAccess,
+    /// Told each config a reload applied (the process's log filter, say).
+    hooks: std::sync::Mutex<Vec<ApplyHook>>,
 }
 
+/// Called with each config a reload applied.
+pub type ApplyHook = Box<dyn Fn(&Config) + Send + Sync>;
+
 impl Reloader {
+    /// Calls `hook` with every config a reload applies from now on.
+    pub fn on_apply(&self, hook: impl Fn(&Config) + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.inner.hooks.lock() {
+            hooks.push(Box::new(hook));
+        }
+    }
+
     /// Re-reads the config source and applies it. On failure the old config keeps serving.
     pub fn reload(&self) -> Result<String, String> {
         let parsed = match &self.inner.source {
@@ -221,6 +233,11 @@ impl Reloader {
             cfg.agencies.len(),
             cfg.source
         );
+        if let Ok(hooks) = self.inner.hooks.lock() {
+            for hook in hooks.iter() {
+                hook(&cfg);
+            }
+        }
         *current = cfg;
         Ok(summary)
     }
@@ -297,6 +314,7 @@ impl Gateway {
                 metrics: metrics.clone(),
                 limits: std::sync::Mutex::new(limits),
                 admin: admin_access.clone(),
+                hooks: std::sync::Mutex::new(Vec::new()),
             }),
         };
         let ready = Readiness::default();

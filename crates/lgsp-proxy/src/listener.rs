@@ -335,6 +335,11 @@ pub fn spawn_tls_listener(
             .connections_closed
             .with_label_values(&[&spec.name, reason]);
     }
+    for reason in HandshakeFailure::ALL {
+        metrics
+            .tls_handshake_failures
+            .with_label_values(&[&spec.name, reason.as_str()]);
+    }
     tokio::spawn(async move {
         // Every connection task holds a sender; the channel closes when the last one ends.
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);

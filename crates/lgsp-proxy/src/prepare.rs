@@ -269,6 +269,7 @@ fn hop(
         HopContext::new(&h.name, &h.peers, metrics.clone())
             .stripping(h.strip_headers.iter().map(String::as_str)),
     );
+    crate::validate::export_rules(&hop, &h.routes);
     let tokens = TokenIssuer::new(&h.name, shared.secret.as_deref(), cfg.token.ttl);
     let auth = Arc::new(
         AuthPolicy::new(&h.name, &cfg.agencies, &h.peers, metrics.clone(), tokens)

@@ -135,42 +135,55 @@ impl Problem for PacketError {
     }
 }
 
-/// A unit-code pattern (MaDonVi) where `*` stands for any run of characters, split once at load.
+/// Levels of a unit code (mã định danh điện tử, QĐ 20/2020/QĐ-TTg): `level4.level3.level2.level1`, e.g.
+/// `000.00.15.H26` is unit 15 (level 2) of H26 (level 1).
+const UNIT_LEVELS: usize = 4;
+
+/// A unit-code pattern (MaDonVi), matched segment by segment: `*` stands for exactly one whole segment, and a
+/// leading `*` in a shorter pattern for every level above the ones written (`*.H29` is `*.*.*.H29`; `*.15.H26`
+/// is `*.*.15.H26`). A pattern without `*` is one exact code. Split once at load.
 #[derive(Debug, Clone)]
 pub struct UnitPattern {
-    /// The pieces between the stars; one piece means no star (an exact code).
-    parts: Box<[Box<str>]>,
+    /// One entry per level, `None` for `*`; or the exact code.
+    shape: Result<Vec<Option<Box<str>>>, Box<str>>,
 }
 
 impl UnitPattern {
     pub fn new(pattern: &str) -> Self {
+        if !pattern.contains('*') {
+            return UnitPattern {
+                shape: Err(pattern.into()),
+            };
+        }
+        let mut segments: Vec<Option<Box<str>>> = pattern
+            .split('.')
+            .map(|s| (s != "*").then(|| s.into()))
+            .collect();
+        if segments.first().is_some_and(Option::is_none) && segments.len() < UNIT_LEVELS {
+            let fill = UNIT_LEVELS - segments.len();
+            segments.splice(0..0, std::iter::repeat_n(None, fill));
+        }
         UnitPattern {
-            parts: pattern.split('*').map(Box::from).collect(),
+            shape: Ok(segments),
         }
     }
 
     pub fn matches(&self, unit: &str) -> bool {
-        let [first, middle @ .., last] = &*self.parts else {
-            return self.parts.first().is_some_and(|p| **p == *unit);
-        };
-        if !unit.starts_with(&**first)
-            || unit.len() < first.len() + last.len()
-            || !unit.ends_with(&**last)
-        {
-            return false;
-        }
-        let mut rest = &unit[first.len()..unit.len() - last.len()];
-        for m in middle {
-            match rest.find(&**m) {
-                Some(i) => rest = &rest[i + m.len()..],
-                None => return false,
+        match &self.shape {
+            Err(exact) => **exact == *unit,
+            Ok(segments) => {
+                let mut parts = unit.split('.');
+                segments.iter().all(|want| match (parts.next(), want) {
+                    (Some(got), None) => !got.is_empty(),
+                    (Some(got), Some(want)) => got == &**want,
+                    (None, _) => false,
+                }) && parts.next().is_none()
             }
         }
-        true
     }
 }
 
-/// Whether `unit` matches `pattern`, where `*` stands for any run of characters.
+/// Whether `unit` matches `pattern` (see [`UnitPattern`]).
 pub fn unit_matches(pattern: &str, unit: &str) -> bool {
     UnitPattern::new(pattern).matches(unit)
 }
@@ -481,6 +494,28 @@ fn verdict(hop: &HopContext, ask: Ask, bytes: usize) -> Response<Body> {
     resp
 }
 
+/// Exports `lgsp_validation_failures_total` at 0 for every (route, message type, rule) this hop can count, so
+/// dashboards and alerts see 0 before the first refusal.
+pub fn export_rules(hop: &HopContext, routes: &[lgsp_config::RouteConfig]) {
+    for r in routes {
+        let types: Vec<&str> = match (&r.message_type, r.dry_run) {
+            (Some(t), _) => vec![t.as_str()],
+            (None, true) => lgsp_schema::MESSAGE_TYPES.to_vec(),
+            (None, false) => continue,
+        };
+        for t in types {
+            for rule in lgsp_schema::RULES
+                .iter()
+                .chain(&["authz.unit_outside_jurisdiction"])
+            {
+                hop.metrics
+                    .validation_failures
+                    .with_label_values(&[&*hop.name, &r.name, t, rule]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,14 +688,21 @@ mod tests {
     }
 
     #[test]
-    fn unit_patterns() {
+    fn unit_patterns_match_whole_segments_of_four_level_codes() {
         assert!(unit_matches("*.H29", "000.00.00.H29"));
         assert!(unit_matches("*.H29", "000.01.00.H29"));
         assert!(!unit_matches("*.H29", "000.00.00.H26"));
+        // A code that only ends like H29's units, or has more levels, is not one of them.
+        assert!(!unit_matches("*.H29", "000.00.00.H26.H29"));
+        assert!(!unit_matches("*.H29", "000.00.00.XH29"));
+        assert!(!unit_matches("*.H29", "00.00.H29"));
+        assert!(unit_matches("*.15.H26", "001.02.15.H26"));
+        assert!(!unit_matches("*.15.H26", "001.02.16.H26"));
         assert!(unit_matches("000.00.00.H29", "000.00.00.H29"));
         assert!(!unit_matches("000.00.00.H29", "000.00.00.H290"));
         assert!(unit_matches("000.*.00.H29", "000.12.00.H29"));
-        assert!(unit_matches("*", "anything"));
-        assert!(!unit_matches("A*B*C", "AC"));
+        assert!(!unit_matches("000.*.00.H29", "000.1.2.00.H29"));
+        assert!(unit_matches("*", "000.00.00.H29"));
+        assert!(!unit_matches("*.H29", "000..00.H29"));
     }
 }

@@ -254,3 +254,38 @@ fn domain_findings_come_in_document_order_across_records() {
         .collect();
     assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
 }
+
+#[test]
+fn rules_lists_every_rule_code_the_validators_emit() {
+    let re = regex::Regex::new(
+        r#""((?:xsd|xml|json|cccd|date|code|title|salary|version|staff|staffing|approval|packet)\.[a-z_]+)""#,
+    )
+    .unwrap();
+    let mut emitted = std::collections::BTreeSet::new();
+    let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let code = text
+                    .split("#[cfg(test)]\nmod tests")
+                    .next()
+                    .unwrap_or_default();
+                // The list itself is not a source of codes.
+                let code = match code.split_once("pub const RULES") {
+                    Some((before, after)) => {
+                        format!("{before}{}", after.split_once("];").map_or("", |(_, a)| a))
+                    }
+                    None => code.to_owned(),
+                };
+                emitted.extend(re.captures_iter(&code).map(|c| c[1].to_owned()));
+            }
+        }
+    }
+    let listed: std::collections::BTreeSet<String> =
+        lgsp_schema::RULES.iter().map(|r| (*r).to_owned()).collect();
+    assert_eq!(emitted, listed);
+}

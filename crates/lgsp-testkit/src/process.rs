@@ -39,6 +39,8 @@ pub struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// The read end of a stderr nobody reads ([`Proc::spawn_with_stalled_stderr`]).
+    _stalled: Option<std::process::ChildStderr>,
 }
 
 impl Proc {
@@ -60,6 +62,24 @@ impl Proc {
                 cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
             }
         }
+        Self::started(cmd)
+    }
+
+    /// Spawns with the config's own log settings and a stderr pipe nobody reads: once the pipe is full, every
+    /// write to stderr would block.
+    pub fn spawn_with_stalled_stderr(bin: &str, args: &[&str], cwd: &Path) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        let mut p = Self::started(cmd);
+        p._stalled = p.child.stderr.take();
+        p
+    }
+
+    fn started(mut cmd: Command) -> Proc {
         let mut child = cmd.spawn().expect("spawn lgsp-gateway");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
@@ -74,6 +94,7 @@ impl Proc {
             child,
             lines,
             seen: Vec::new(),
+            _stalled: None,
         }
     }
 

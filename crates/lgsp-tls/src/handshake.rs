@@ -36,6 +36,19 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 10] = [
+        HandshakeFailure::NoClientCert,
+        HandshakeFailure::UnknownCa,
+        HandshakeFailure::Expired,
+        HandshakeFailure::NotYetValid,
+        HandshakeFailure::Revoked,
+        HandshakeFailure::RevocationUnknown,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Io,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HandshakeFailure::NoClientCert => "no_client_cert",

@@ -23,6 +23,9 @@ pub struct AdminConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// Lines the non-blocking writer queues while the output is slow; beyond them lines are dropped (counted in
+    /// `lgsp_log_lines_dropped_total`), never waited for. Takes a restart.
+    pub buffer_lines: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +74,12 @@ pub(super) fn log(c: &mut Checker<'_>, f: &FileLog) -> LogConfig {
         );
     }
     LogConfig {
+        buffer_lines: c.bounded(
+            f.buffer_lines.as_ref(),
+            "log.buffer_lines",
+            defaults::LOG_BUFFER_LINES,
+            &defaults::LOG_BUFFER_LINES_RANGE,
+        ),
         format: f.format.unwrap_or_default(),
         level: f
             .level

@@ -109,14 +109,16 @@ fn units(
         return vec![code.to_owned()];
     };
     for u in list {
-        let plain = u.get_ref().replace('*', "0");
-        if u.get_ref().is_empty() || !valid_agency_code(&plain) {
+        let p = u.get_ref();
+        let plain = p.replace('*', "0");
+        let segments: Vec<&str> = p.split('.').collect();
+        let whole = segments.iter().all(|s| *s == "*" || !s.contains('*'));
+        if p.is_empty() || !valid_agency_code(&plain) || !whole || segments.len() > 4 {
             c.problem(
                 u,
                 field,
                 format!(
-                    "`{}` is not a unit-code pattern: a unit code such as \"000.00.00.H29\" where `*` stands for any run of characters, e.g. \"*.H29\"",
-                    u.get_ref()
+                    "`{p}` is not a unit-code pattern: a unit code such as \"000.00.15.H26\" (four levels), where `*` stands for one whole level and a leading `*` for every level above those written, e.g. \"*.H29\" or \"*.15.H26\""
                 ),
             );
         }
@@ -144,6 +146,10 @@ mod tests {
         let p = problems_of("code = \"000.00.00.H29\"", "code = \"000.00.00.h29\"");
         assert_eq!(p[0].field, "agency[0].code");
         let p = problems_of("units = [\"*.H29\"]", "units = [\"*.h 29\"]");
+        assert_eq!(p[0].field, "agency[0].units");
+        let p = problems_of("units = [\"*.H29\"]", "units = [\"*H29\"]");
+        assert!(p[0].message.contains("one whole level"), "{p:?}");
+        let p = problems_of("units = [\"*.H29\"]", "units = [\"1.2.3.4.H29\"]");
         assert_eq!(p[0].field, "agency[0].units");
         let p = problems_of("sha256 = \"5a1c", "sha256 = \"xx5a1c");
         assert_eq!(p[0].field, "agency[0].keys[0].sha256");

@@ -7,6 +7,8 @@ use std::time::Duration;
 // [admin], [log], [pki]
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const LOG_LEVEL: &str = "info";
+pub const LOG_BUFFER_LINES: u64 = 65_536;
+pub const LOG_BUFFER_LINES_RANGE: RangeInclusive<u64> = 16..=10_000_000;
 /// Levels accepted as they are; anything else must be an `EnvFilter` directive list (it holds a `=`).
 pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 pub const PKI_DIR: &str = "certs";
