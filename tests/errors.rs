@@ -135,17 +135,7 @@ async fn admin(addr: SocketAddr, method: &str, path: &str, headers: &[String]) -
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tcp.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Seen {
-        status,
-        body: serde_json::from_str(body).unwrap_or(Value::Null),
-    }
+    seen_in(&out)
 }
 
 async fn raw(pki: &TestPki, addr: SocketAddr, identity: &str, request: &[u8]) -> Seen {
@@ -159,7 +149,12 @@ async fn raw(pki: &TestPki, addr: SocketAddr, identity: &str, request: &[u8]) ->
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out);
+    seen_in(&out)
+}
+
+/// Status and problem document of a raw HTTP/1.1 answer.
+fn seen_in(out: &[u8]) -> Seen {
+    let text = String::from_utf8_lossy(out);
     let status = text
         .split(' ')
         .nth(1)

@@ -391,6 +391,20 @@ fn a_pinned_peer_is_only_the_certificate_pinned() {
 struct Idle(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
 
 impl Idle {
+    /// Writes `request`, then reads until the gateway closes the connection (at most 20 s): the answer.
+    fn exchange(&mut self, request: &str) -> String {
+        use std::io::{Read, Write};
+        self.0.write_all(request.as_bytes()).expect("request");
+        self.0.flush().expect("flush");
+        self.0
+            .sock
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let _ = self.0.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// Whether the gateway closes it within `within` (EOF, close_notify or reset).
     fn closed_within(&mut self, within: std::time::Duration) -> bool {
         use std::io::Read;
@@ -522,22 +536,11 @@ fn a_connection_idle_between_requests_is_closed() {
     }
     let t = Target::lgsp_with("\n[hop.http]\nidle_timeout = \"1s\"\n");
     let mut c = t.idle_tls(AGENCY_OK);
-    // One request and its answer, then nothing.
-    use std::io::Write;
-    write!(
-        c.0,
+    // One request and its answer, then nothing: the gateway closes.
+    let answer = c.exchange(&format!(
         "GET /lgsp/v1/BienNhan/none HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\n\r\n"
-    )
-    .expect("request");
-    let mut head = [0u8; 12];
-    std::io::Read::read_exact(&mut c.0, &mut head).expect("answer");
-    assert!(head.starts_with(b"HTTP/1.1 "), "{head:?}");
-    // The rest of the answer, then the close.
-    let mut rest = Vec::new();
-    c.0.sock
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .expect("timeout");
-    let _ = std::io::Read::read_to_end(&mut c.0, &mut rest);
+    ));
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
     assert!(c.closed_within(std::time::Duration::from_secs(1)));
     assert!(t.metric("lgsp_connections_closed_total{hop=\"lgsp\",reason=\"idle_timeout\"}") >= 1.0);
 }
@@ -547,19 +550,9 @@ fn a_body_slower_than_body_read_timeout_is_cut_off_with_408() {
     let t = Target::lgsp_with("\n[hop.http]\nbody_read_timeout = \"1s\"\n");
     let mut c = t.idle_tls(AGENCY_OK);
     // The head promises 1000 bytes; five arrive, then the client dawdles.
-    use std::io::Write;
-    write!(
-        c.0,
+    let answer = c.exchange(&format!(
         "POST /lgsp/v1/HoSoCBCCVC HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY_H29}\r\ncontent-type: application/xml\r\ncontent-length: 1000\r\n\r\n<HoSo"
-    )
-    .expect("request");
-    c.0.flush().expect("flush");
-    c.0.sock
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .expect("timeout");
-    let mut answer = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut c.0, &mut answer);
-    let answer = String::from_utf8_lossy(&answer);
+    ));
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(answer.contains("\"packet.body_timeout\""), "{answer}");
 }

@@ -579,13 +579,46 @@ mod tests {
             let (client, server) = tokio::io::duplex(4096);
             let (live, spec) = (live.clone(), spec.clone());
             tokio::spawn(async move { serve_connection(server, id, live, &spec).await });
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-                .await
-                .expect("handshake");
-            tokio::spawn(conn);
+            let (mut sender, _conn) = h1(client).await;
             let resp = sender.send_request(get()).await.expect("answer");
             assert_eq!(resp.headers()["seen-identity"], seen);
         }
+    }
+
+    /// An HTTP/1.1 client on `io`, its connection driven in the background.
+    async fn h1<I, B>(
+        io: I,
+    ) -> (
+        hyper::client::conn::http1::SendRequest<B>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    )
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .expect("handshake");
+        (sender, tokio::spawn(conn))
+    }
+
+    /// An HTTP/2 client on `io`, its connection driven in the background.
+    async fn h2<I>(
+        io: I,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    )
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .expect("handshake");
+        (sender, tokio::spawn(conn))
     }
 
     fn get() -> Request<http_body_util::Full<bytes::Bytes>> {
@@ -730,10 +763,7 @@ mod tests {
     async fn idle_http1_and_http2_connections_are_closed() {
         // HTTP/1.1: one request, then nothing.
         let (client, task) = connection(serving(short(), ok_service()), None, 4096);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-            .await
-            .expect("handshake");
-        let client_conn = tokio::spawn(conn);
+        let (mut sender, client_conn) = h1(client).await;
         let resp = sender.send_request(get()).await.expect("answer");
         assert_eq!(resp.status(), 200);
         closes(task).await;
@@ -744,11 +774,7 @@ mod tests {
 
         // HTTP/2: one stream, then none: GOAWAY, then the connection ends.
         let (client, task) = connection(serving(short(), ok_service()), None, 4096);
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .expect("handshake");
-        let client_conn = tokio::spawn(conn);
+        let (mut sender, client_conn) = h2(client).await;
         let resp = sender.send_request(get()).await.expect("answer");
         assert_eq!(resp.status(), 200);
         closes(task).await;
@@ -768,10 +794,7 @@ mod tests {
             )
         });
         let (client, _task) = connection(serving(short(), reading), None, 4096);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
+        let (mut sender, _conn) = h1(client).await;
         // One chunk, then the client stalls with the rest promised.
         let (tx, rx) =
             tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, Infallible>>(1);
@@ -814,10 +837,7 @@ mod tests {
             Ok::<_, Infallible>(r)
         });
         let client = tcp_connection(serving(HttpConfig::default(), refusing)).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
+        let (mut sender, _conn) = h1(client).await;
         let req = Request::post("/x")
             .header("host", "localhost")
             .body(http_body_util::Full::new(bytes::Bytes::from(vec![
@@ -843,11 +863,7 @@ mod tests {
             Some(refusal),
             4096,
         );
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
+        let (mut sender, _conn) = h2(client).await;
         let resp = sender.send_request(get()).await.expect("answer");
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()["retry-after"], "1");
@@ -858,11 +874,7 @@ mod tests {
     async fn a_reload_that_drops_the_identity_closes_its_open_connection() {
         let live = serving(HttpConfig::default(), ok_service());
         let (client, task) = connection(live.clone(), None, 4096);
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
+        let (mut sender, _conn) = h2(client).await;
         assert_eq!(
             sender.send_request(get()).await.expect("answer").status(),
             200
@@ -904,11 +916,7 @@ mod tests {
             4096,
             expiring,
         );
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
+        let (mut sender, _conn) = h2(client).await;
         assert_eq!(
             sender.send_request(get()).await.expect("answer").status(),
             200

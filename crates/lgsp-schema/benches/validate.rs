@@ -3,8 +3,13 @@
 //! loop over the same bytes, measured in the same run. Criterion reports each; the closing lines print
 //! validator/bare as a throughput ratio (goal ≥ 0.5). `cargo bench -p lgsp-schema --bench validate`.
 
+#[path = "timing.rs"]
+mod timing;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use timing::per_iteration;
 
 use criterion::{Criterion, Throughput};
 use lgsp_schema::{Catalog, Format, Options};
@@ -46,27 +51,6 @@ fn bare(bytes: &[u8]) -> usize {
     n
 }
 
-fn per_iteration(mut f: impl FnMut()) -> Duration {
-    // Warm up, then time enough iterations to fill about a second; best of three rounds.
-    let start = Instant::now();
-    let mut iters = 0u32;
-    while start.elapsed() < Duration::from_millis(200) {
-        f();
-        iters += 1;
-    }
-    let n = (iters * 5).max(5);
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed() / n
-        })
-        .min()
-        .unwrap_or_default()
-}
-
 fn main() {
     let catalog = Catalog::embedded().expect("embedded schemas");
     let opts = Options::default();
@@ -96,10 +80,10 @@ fn main() {
     c.final_summary();
     println!("\nvalidator throughput / bare quick-xml loop throughput (goal ≥ 0.5):");
     for (name, p) in &sizes {
-        let t_bare = per_iteration(|| {
+        let t_bare = per_iteration(Duration::from_millis(200), || {
             black_box(bare(black_box(p)));
         });
-        let t_val = per_iteration(|| {
+        let t_val = per_iteration(Duration::from_millis(200), || {
             black_box(catalog.validate("HoSoCBCCVC", Format::Xml, black_box(p), &opts));
         });
         let mbps = |t: Duration| p.len() as f64 / t.as_secs_f64() / 1e6;

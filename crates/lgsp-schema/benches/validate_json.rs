@@ -4,8 +4,13 @@
 //! and a bare `serde_json` pass that builds nothing. Prints each throughput and streaming/whole-value as a ratio.
 //! `cargo bench -p lgsp-schema --bench validate_json`.
 
+#[path = "timing.rs"]
+mod timing;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use timing::per_iteration;
 
 use lgsp_schema::{Catalog, Format, Limits, Options};
 use serde::de::IgnoredAny;
@@ -28,26 +33,6 @@ fn packet(size: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn per_iteration(mut f: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    let mut iters = 0u32;
-    while start.elapsed() < Duration::from_millis(300) {
-        f();
-        iters += 1;
-    }
-    let n = (iters * 3).max(3);
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed() / n
-        })
-        .min()
-        .unwrap_or_default()
-}
-
 fn main() {
     let catalog = Catalog::embedded().expect("embedded schemas");
     let opts = Options {
@@ -67,14 +52,14 @@ fn main() {
             "bench packet must be valid: {:?}",
             r.violations.first()
         );
-        let t_bare = per_iteration(|| {
+        let t_bare = per_iteration(Duration::from_millis(300), || {
             black_box(serde_json::from_slice::<IgnoredAny>(black_box(&p)).is_ok());
         });
-        let t_whole = per_iteration(|| {
+        let t_whole = per_iteration(Duration::from_millis(300), || {
             let v = lgsp_schema::json::parse(black_box(&p), &Limits::default()).expect("parses");
             black_box(whole.iter_errors(&v).count());
         });
-        let t_stream = per_iteration(|| {
+        let t_stream = per_iteration(Duration::from_millis(300), || {
             black_box(catalog.validate("HoSoCBCCVC", Format::Json, black_box(&p), &opts));
         });
         let mbps = |t: Duration| p.len() as f64 / t.as_secs_f64() / 1e6;
