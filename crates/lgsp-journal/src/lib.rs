@@ -1,0 +1,585 @@
+//! The message journal. Every packet a hop accepts is appended before it moves on — who sent it, where to, its
+//! SHA-256 and size, its idempotency key — and so is its outcome; the records form a hash chain that
+//! `lgsp-gateway journal verify` walks. The same store holds each message's current state (what agencies read
+//! back to reconcile), the bodies of queued deliveries (the outbox) and the idempotency keys.
+//!
+//! One code path serves SQLite (the embedded default: a file, WAL, group commit) and PostgreSQL (several replicas
+//! on one database), through sqlx's `Any` driver; the few statements that differ say so.
+#![forbid(unsafe_code)]
+
+/// The columns a [`Message`] is read from, as a literal (statements stay `&'static str`).
+macro_rules! message_columns {
+    () => {
+        "hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256, body_size, delivery, \
+         request, status, upstream_status, receipt, detail, accepted_us, updated_us, attempts"
+    };
+}
+
+pub mod chain;
+mod model;
+mod schema;
+mod writer;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Executor, Row};
+use tokio::sync::{mpsc, oneshot};
+
+pub use model::{
+    Accepted, Admission, Claimed, Delivery, Message, Outcome, ReportRow, Request, Status,
+};
+pub use schema::Dialect;
+
+/// The most of an upstream's answer kept as a message's receipt.
+pub const MAX_RECEIPT_BYTES: usize = 64 * 1024;
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Why the journal could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// The store cannot be written or read now (disk full, read-only file, database down): fail closed.
+    #[error("the journal is unavailable: {0}")]
+    Unavailable(String),
+    #[error("no message {0} at this hop")]
+    UnknownMessage(String),
+    #[error("the journal's chain is broken: {0}")]
+    Broken(#[from] chain::Broken),
+    #[error("the journal store is not usable: {0}")]
+    Open(String),
+}
+
+impl JournalError {
+    pub(crate) fn from_db(e: &sqlx::Error) -> JournalError {
+        JournalError::Unavailable(e.to_string())
+    }
+}
+
+/// Where the journal lives and how long it keeps what.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `sqlite://path` (created when missing) or `postgres://…`.
+    pub url: String,
+    /// How long a message's body stays after it ends (0: dropped at once; queued bodies stay until then).
+    pub keep_bodies: Duration,
+    /// How long records stay (the audit period).
+    pub retention: Duration,
+}
+
+/// An open journal.
+#[derive(Clone)]
+pub struct Journal {
+    pool: AnyPool,
+    dialect: Dialect,
+    writer: mpsc::Sender<writer::Job>,
+    up: Arc<AtomicBool>,
+    settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dialect", &self.dialect)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+fn dialect_of(url: &str) -> Result<Dialect, JournalError> {
+    if url.starts_with("sqlite:") {
+        Ok(Dialect::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Dialect::Postgres)
+    } else {
+        Err(JournalError::Open(format!(
+            "`{url}` is neither sqlite://… nor postgres://…"
+        )))
+    }
+}
+
+/// Connects without migrating.
+async fn connect(url: &str) -> Result<(AnyPool, Dialect), JournalError> {
+    sqlx::any::install_default_drivers();
+    let dialect = dialect_of(url)?;
+    let url = match dialect {
+        // Created when missing; the WAL and fsync-on-commit are set per connection below.
+        Dialect::Sqlite if !url.contains("mode=") => {
+            if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            }
+        }
+        _ => url.to_owned(),
+    };
+    let options = AnyPoolOptions::new()
+        .max_connections(match dialect {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => 8,
+        })
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if dialect == Dialect::Sqlite {
+                    // Durable at commit: the WAL is fsynced before a transaction is said to be written.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                }
+                Ok(())
+            })
+        });
+    let pool = options
+        .connect(&url)
+        .await
+        .map_err(|e| JournalError::Open(format!("{url}: {e}")))?;
+    Ok((pool, dialect))
+}
+
+/// Applies the migrations not yet applied; returns the versions it applied.
+pub async fn migrate(url: &str) -> Result<Vec<i64>, JournalError> {
+    let (pool, dialect) = connect(url).await?;
+    migrate_pool(&pool, dialect).await
+}
+
+async fn migrate_pool(pool: &AnyPool, dialect: Dialect) -> Result<Vec<i64>, JournalError> {
+    let db = |e: sqlx::Error| JournalError::Open(format!("migrating the journal: {e}"));
+    sqlx::query(schema::SCHEMA_TABLE)
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    let mut applied = Vec::new();
+    for m in schema::MIGRATIONS {
+        let mut tx = pool.begin().await.map_err(db)?;
+        let done: Option<i64> =
+            sqlx::query("SELECT version FROM journal_schema WHERE version = $1")
+                .bind(m.version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+                .map(|r| r.try_get("version"))
+                .transpose()
+                .map_err(db)?;
+        if done.is_some() {
+            continue;
+        }
+        for statement in (m.statements)(dialect) {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        sqlx::query("INSERT INTO journal_schema (version, name, applied_us) VALUES ($1, $2, $3)")
+            .bind(m.version)
+            .bind(m.name)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        applied.push(m.version);
+    }
+    Ok(applied)
+}
+
+/// Filters of a message listing; an agency sees only its own.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub hop: String,
+    pub agency: String,
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    pub status: Option<Status>,
+    /// Resume after this (accepted_us, message_id), from the previous page's last message.
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+impl Journal {
+    /// Opens (creating and migrating as needed) the journal at `settings.url`, and starts its writer.
+    pub async fn open(settings: Settings) -> Result<Journal, JournalError> {
+        let (pool, dialect) = connect(&settings.url).await?;
+        migrate_pool(&pool, dialect).await?;
+        let keep = writer::Keep {
+            bodies_us: i64::try_from(settings.keep_bodies.as_micros()).unwrap_or(i64::MAX),
+        };
+        let writer = writer::spawn(pool.clone(), keep);
+        Ok(Journal {
+            pool,
+            dialect,
+            writer,
+            up: Arc::new(AtomicBool::new(true)),
+            settings: Arc::new(settings),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether the last write succeeded (what `/readyz` and `lgsp_journal_up` report).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn mark<T>(&self, r: Result<T, JournalError>) -> Result<T, JournalError> {
+        match &r {
+            Ok(_) => self.up.store(true, Ordering::Release),
+            Err(JournalError::Unavailable(e)) => {
+                if self.up.swap(false, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "the journal cannot be written; packet routes answer 503 until it can");
+                }
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Appends an accepted packet (durably, before it is forwarded).
+    pub async fn accept(&self, a: Accepted) -> Result<Admission, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(writer::Job::Accept(Box::new(a), tx)).await;
+        let r = match sent {
+            Ok(()) => rx.await.unwrap_or_else(|_| {
+                Err(JournalError::Unavailable(
+                    "the journal writer stopped".into(),
+                ))
+            }),
+            Err(_) => Err(JournalError::Unavailable(
+                "the journal writer stopped".into(),
+            )),
+        };
+        self.mark(r)
+    }
+
+    /// Appends how a delivery ended.
+    pub async fn finish(&self, o: Outcome) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(writer::Job::Finish(Box::new(o), tx)).await;
+        let r = match sent {
+            Ok(()) => rx.await.unwrap_or_else(|_| {
+                Err(JournalError::Unavailable(
+                    "the journal writer stopped".into(),
+                ))
+            }),
+            Err(_) => Err(JournalError::Unavailable(
+                "the journal writer stopped".into(),
+            )),
+        };
+        self.mark(r)
+    }
+
+    /// A message of `agency` at `hop` (another agency's is not found).
+    pub async fn message(
+        &self,
+        hop: &str,
+        agency: &str,
+        message_id: &str,
+    ) -> Result<Option<Message>, JournalError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE hop = $1 AND message_id = $2 AND agency = $3"
+        ))
+        .bind(hop.to_owned())
+        .bind(message_id.to_owned())
+        .bind(agency.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
+        row.map(|r| Message::from_row(&r))
+            .transpose()
+            .map_err(|e| JournalError::from_db(&e))
+    }
+
+    /// A page of an agency's messages, oldest first.
+    pub async fn messages(&self, q: &Query) -> Result<Vec<Message>, JournalError> {
+        let (after_us, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages
+             WHERE hop = $1 AND agency = $2 AND accepted_us >= $3 AND accepted_us < $4
+               AND ($5 = '' OR status = $5)
+               AND (accepted_us > $6 OR (accepted_us = $6 AND message_id > $7))
+             ORDER BY accepted_us, message_id LIMIT $8"
+        ))
+        .bind(q.hop.clone())
+        .bind(q.agency.clone())
+        .bind(q.from_us.unwrap_or(i64::MIN))
+        .bind(q.to_us.unwrap_or(i64::MAX))
+        .bind(q.status.map_or("", Status::as_str))
+        .bind(after_us)
+        .bind(after_id)
+        .bind(i64::from(q.limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
+        rows.iter()
+            .map(Message::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| JournalError::from_db(&e))
+    }
+
+    /// Walks the whole chain in order; the number of records checked, or the first broken one.
+    pub async fn verify(&self) -> Result<u64, JournalError> {
+        let mut v: Option<chain::Verifier> = None;
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, content, prev_hash, hash FROM journal_records WHERE seq > $1 ORDER BY seq LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| JournalError::from_db(&e))?;
+            if rows.is_empty() {
+                return Ok(v.map_or(0, |v| v.checked));
+            }
+            for r in &rows {
+                let seq: i64 = r.try_get("seq").map_err(|e| JournalError::from_db(&e))?;
+                let content: String = r
+                    .try_get("content")
+                    .map_err(|e| JournalError::from_db(&e))?;
+                let prev: String = r
+                    .try_get("prev_hash")
+                    .map_err(|e| JournalError::from_db(&e))?;
+                let hash: String = r.try_get("hash").map_err(|e| JournalError::from_db(&e))?;
+                // Records older than the retention are pruned: the chain is checked from its oldest kept record.
+                let verifier = v.get_or_insert_with(|| chain::Verifier::starting_at(seq, &prev));
+                verifier.next(seq, &prev, &content, &hash)?;
+                after = seq;
+            }
+        }
+    }
+
+    /// Writes the records between `from_us` and `to_us` as JSON lines (seq, hashes, content).
+    pub async fn export(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        out: &mut dyn Write,
+    ) -> Result<u64, JournalError> {
+        let mut after = 0i64;
+        let mut n = 0u64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, at_us, content, prev_hash, hash FROM journal_records
+                 WHERE seq > $1 AND at_us >= $2 AND at_us < $3 ORDER BY seq LIMIT 1000",
+            )
+            .bind(after)
+            .bind(from_us)
+            .bind(to_us)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| JournalError::from_db(&e))?;
+            if rows.is_empty() {
+                return Ok(n);
+            }
+            for r in &rows {
+                let get = |c: &str| {
+                    r.try_get::<String, _>(c)
+                        .map_err(|e| JournalError::from_db(&e))
+                };
+                let seq: i64 = r.try_get("seq").map_err(|e| JournalError::from_db(&e))?;
+                let content: serde_json::Value =
+                    serde_json::from_str(&get("content")?).unwrap_or(serde_json::Value::Null);
+                let line = serde_json::json!({
+                    "seq": seq,
+                    "prev_hash": get("prev_hash")?,
+                    "hash": get("hash")?,
+                    "record": content,
+                });
+                writeln!(out, "{line}")
+                    .map_err(|e| JournalError::Unavailable(format!("writing the export: {e}")))?;
+                after = seq;
+                n += 1;
+            }
+        }
+    }
+
+    /// Per agency and message type, the messages accepted between `from_us` and `to_us` and where they stand.
+    pub async fn report(&self, from_us: i64, to_us: i64) -> Result<Vec<ReportRow>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT agency, COALESCE(message_type, route) AS message_type, status, COUNT(*) AS n FROM messages
+             WHERE accepted_us >= $1 AND accepted_us < $2
+             GROUP BY agency, COALESCE(message_type, route), status
+             ORDER BY agency, message_type",
+        )
+        .bind(from_us)
+        .bind(to_us)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
+        let mut out: Vec<ReportRow> = Vec::new();
+        for r in &rows {
+            let agency: String = r.try_get("agency").map_err(|e| JournalError::from_db(&e))?;
+            let message_type: String = r
+                .try_get("message_type")
+                .map_err(|e| JournalError::from_db(&e))?;
+            let status: String = r.try_get("status").map_err(|e| JournalError::from_db(&e))?;
+            let n = u64::try_from(
+                r.try_get::<i64, _>("n")
+                    .map_err(|e| JournalError::from_db(&e))?,
+            )
+            .unwrap_or(0);
+            if out
+                .last()
+                .is_none_or(|l| l.agency != agency || l.message_type != message_type)
+            {
+                out.push(ReportRow {
+                    agency,
+                    message_type,
+                    ..ReportRow::default()
+                });
+            }
+            if let Some(row) = out.last_mut() {
+                row.received += n;
+                match Status::parse(&status) {
+                    Some(Status::Delivered) => row.delivered += n,
+                    Some(Status::Rejected) => row.rejected += n,
+                    Some(s) if s.pending() => row.pending += n,
+                    _ => row.failed += n,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Claims up to `limit` queued deliveries of `hop` that are due, leasing them to `owner` for `lease`: another
+    /// replica takes them back when the lease ends unfinished (a crashed worker's).
+    pub async fn claim(
+        &self,
+        hop: &str,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, JournalError> {
+        let now = now_us();
+        let until = now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        macro_rules! claim {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE messages SET lease_owner = $1, lease_until_us = $2, attempts = attempts + 1
+                     WHERE (hop, message_id) IN (
+                         SELECT hop, message_id FROM messages
+                         WHERE hop = $3 AND status = 'queued' AND next_attempt_us <= $4
+                           AND (lease_until_us IS NULL OR lease_until_us < $4)
+                         ORDER BY next_attempt_us LIMIT $5 ",
+                    $lock,
+                    ") RETURNING ",
+                    message_columns!(),
+                    ", body"
+                )
+            };
+        }
+        // Replicas on one PostgreSQL skip each other's rows; SQLite has one writer at a time.
+        let sql = match self.dialect {
+            Dialect::Postgres => claim!("FOR UPDATE SKIP LOCKED"),
+            Dialect::Sqlite => claim!(""),
+        };
+        let rows = sqlx::query(sql)
+            .bind(owner.to_owned())
+            .bind(until)
+            .bind(hop.to_owned())
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await;
+        let rows = self.mark(rows.map_err(|e| JournalError::from_db(&e)))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    message: Message::from_row(r)?,
+                    body: r.try_get::<Option<Vec<u8>>, _>("body")?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| JournalError::from_db(&e))
+    }
+
+    /// A claimed delivery that must wait: due again at `at_us`, its lease released.
+    pub async fn retry_at(
+        &self,
+        hop: &str,
+        message_id: &str,
+        owner: &str,
+        at_us: i64,
+        detail: &str,
+    ) -> Result<(), JournalError> {
+        let r = sqlx::query(
+            "UPDATE messages SET next_attempt_us = $1, lease_owner = NULL, lease_until_us = NULL, detail = $2,
+                 updated_us = $3
+             WHERE hop = $4 AND message_id = $5 AND lease_owner = $6 AND status = 'queued'",
+        )
+        .bind(at_us)
+        .bind(detail.to_owned())
+        .bind(now_us())
+        .bind(hop.to_owned())
+        .bind(message_id.to_owned())
+        .bind(owner.to_owned())
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| JournalError::from_db(&e));
+        self.mark(r)
+    }
+
+    /// The outbox of `hop`: queued messages, and the age of the oldest (seconds).
+    pub async fn outbox(&self, hop: &str) -> Result<(u64, f64), JournalError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(accepted_us) AS oldest FROM messages WHERE hop = $1 AND status = 'queued'",
+        )
+        .bind(hop.to_owned())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
+        let n: i64 = row.try_get("n").map_err(|e| JournalError::from_db(&e))?;
+        let oldest: Option<i64> = row
+            .try_get("oldest")
+            .map_err(|e| JournalError::from_db(&e))?;
+        let age = oldest.map_or(0.0, |o| (now_us().saturating_sub(o)).max(0) as f64 / 1e6);
+        Ok((u64::try_from(n).unwrap_or(0), age))
+    }
+
+    /// Drops records older than the retention and bodies past their keeping time; returns (records, bodies).
+    pub async fn prune(&self) -> Result<(u64, u64), JournalError> {
+        let now = now_us();
+        let cutoff = now
+            .saturating_sub(i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX));
+        let records = sqlx::query("DELETE FROM journal_records WHERE at_us < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| JournalError::from_db(&e))?
+            .rows_affected();
+        let bodies = sqlx::query(
+            "UPDATE messages SET body = NULL WHERE body IS NOT NULL AND status <> 'queued' AND status <> 'in_progress'
+               AND body_until_us < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?
+        .rows_affected();
+        // Keys are kept as long as the records: a message's row goes with them once it has ended.
+        sqlx::query(
+            "DELETE FROM messages WHERE accepted_us < $1 AND status <> 'queued' AND status <> 'in_progress'",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
+        Ok((records, bodies))
+    }
+}

@@ -1,0 +1,218 @@
+//! What the journal keeps: packets accepted, their outcomes, and each message's current state.
+
+use serde::{Deserialize, Serialize};
+
+/// How a route delivers: now, answering with the upstream's answer, or from the outbox after a 202.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    Direct,
+    Queued,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Direct => "direct",
+            Delivery::Queued => "queued",
+        }
+    }
+
+    fn parse(s: &str) -> Delivery {
+        if s == "queued" {
+            Delivery::Queued
+        } else {
+            Delivery::Direct
+        }
+    }
+}
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A direct delivery under way.
+    InProgress,
+    /// Waiting in the outbox (first attempt or a retry).
+    Queued,
+    /// The upstream took it (2xx).
+    Delivered,
+    /// The upstream refused it for good (a 4xx other than 408/429).
+    Rejected,
+    /// A direct delivery the upstream could not take (5xx, timeout, unreachable); a resend may try again.
+    Failed,
+    /// A queued delivery not made within `delivery.max_age`.
+    Expired,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::InProgress,
+        Status::Queued,
+        Status::Delivered,
+        Status::Rejected,
+        Status::Failed,
+        Status::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InProgress => "in_progress",
+            Status::Queued => "queued",
+            Status::Delivered => "delivered",
+            Status::Rejected => "rejected",
+            Status::Failed => "failed",
+            Status::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Still moving: a resend must wait for it.
+    pub fn pending(self) -> bool {
+        matches!(self, Status::InProgress | Status::Queued)
+    }
+
+    /// Ended in a way another attempt may change (the upstream was down): a resend tries again.
+    pub fn retryable(self) -> bool {
+        matches!(self, Status::Failed | Status::Expired)
+    }
+}
+
+/// The request a queued delivery replays: what the hop would have sent at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Request {
+    pub method: String,
+    /// Path and query as the agency sent them (the route rewrites them again at delivery).
+    pub path: String,
+    pub content_type: Option<String>,
+    /// The peer gateway that relayed it, if any.
+    pub via: Option<String>,
+    /// The hops it passed (`X-LGSP-Hops`), this one included.
+    pub hops: Vec<String>,
+    pub traceparent: Option<String>,
+}
+
+/// A packet a hop accepted, as it is appended before it moves on.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub hop: String,
+    pub message_id: String,
+    pub agency: String,
+    pub route: String,
+    pub message_type: Option<String>,
+    /// `trial` or `production`.
+    pub mode: String,
+    pub idempotency_key: Option<String>,
+    /// Lower-case hex SHA-256 of the body as received.
+    pub body_sha256: String,
+    pub body_size: u64,
+    pub delivery: Delivery,
+    /// What a queued delivery replays.
+    pub request: Option<Request>,
+    /// Kept for queued deliveries, and for `keep_bodies` after.
+    pub body: Option<Vec<u8>>,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub hop: String,
+    pub message_id: String,
+    pub status: Status,
+    pub upstream_status: Option<u16>,
+    /// The upstream's answer (its receipt, or its problem), at most [`crate::MAX_RECEIPT_BYTES`].
+    pub receipt: Option<String>,
+    /// Why, in the operator's words (an upstream error, an expiry).
+    pub detail: Option<String>,
+}
+
+/// A message as the journal holds it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    pub hop: String,
+    pub message_id: String,
+    pub agency: String,
+    pub route: String,
+    pub message_type: Option<String>,
+    pub mode: String,
+    pub idempotency_key: Option<String>,
+    pub body_sha256: String,
+    pub body_size: u64,
+    pub delivery: Delivery,
+    pub status: Status,
+    pub upstream_status: Option<u16>,
+    pub receipt: Option<String>,
+    pub detail: Option<String>,
+    /// Microseconds since the Unix epoch.
+    pub accepted_us: i64,
+    pub updated_us: i64,
+    pub attempts: u32,
+    #[serde(skip)]
+    pub request: Option<Request>,
+}
+
+impl Message {
+    pub(crate) fn from_row(row: &sqlx::any::AnyRow) -> Result<Message, sqlx::Error> {
+        use sqlx::Row;
+        let status: String = row.try_get("status")?;
+        let delivery: String = row.try_get("delivery")?;
+        let request: Option<String> = row.try_get("request")?;
+        Ok(Message {
+            hop: row.try_get("hop")?,
+            message_id: row.try_get("message_id")?,
+            agency: row.try_get("agency")?,
+            route: row.try_get("route")?,
+            message_type: row.try_get("message_type")?,
+            mode: row.try_get("mode")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            body_sha256: row.try_get("body_sha256")?,
+            body_size: u64::try_from(row.try_get::<i64, _>("body_size")?).unwrap_or(0),
+            delivery: Delivery::parse(&delivery),
+            status: Status::parse(&status).unwrap_or(Status::Failed),
+            upstream_status: row
+                .try_get::<Option<i64>, _>("upstream_status")?
+                .and_then(|s| u16::try_from(s).ok()),
+            receipt: row.try_get("receipt")?,
+            detail: row.try_get("detail")?,
+            accepted_us: row.try_get("accepted_us")?,
+            updated_us: row.try_get("updated_us")?,
+            attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+            request: request.and_then(|r| serde_json::from_str(&r).ok()),
+        })
+    }
+}
+
+/// What an acceptance found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Appended: a new message.
+    New,
+    /// The same agency already sent this idempotency key (or a peer this message id): the message as it stands.
+    Existing(Box<Message>),
+    /// The same key, whose earlier delivery failed or expired: appended again as a new attempt under the first
+    /// message id.
+    Again(Box<Message>),
+}
+
+/// A queued delivery claimed by one worker until its lease ends.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub message: Message,
+    pub body: Vec<u8>,
+}
+
+/// One line of the monthly report: per agency and message type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    pub agency: String,
+    pub message_type: String,
+    pub received: u64,
+    pub delivered: u64,
+    pub rejected: u64,
+    pub pending: u64,
+    /// Failed or expired: not delivered, not refused by the upstream.
+    pub failed: u64,
+}

@@ -1,0 +1,434 @@
+//! One conformance suite, run against each backend: SQLite in a temporary file always, PostgreSQL when
+//! `LGSP_TEST_POSTGRES_URL` is set (each test in a database of its own, dropped after).
+
+use std::time::Duration;
+
+use lgsp_journal::{
+    Accepted, Admission, Delivery, Journal, JournalError, Outcome, Query, Request, Settings, Status,
+};
+
+/// A journal on one backend, and what to tidy after.
+struct Store {
+    journal: Journal,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    drop_db: Option<(String, String)>,
+}
+
+impl Store {
+    async fn sqlite() -> Store {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("journal.db").display());
+        Store {
+            journal: open(&url).await,
+            url,
+            _dir: Some(dir),
+            drop_db: None,
+        }
+    }
+
+    /// A fresh database on the test server, or `None` (with the reason printed) when none is configured.
+    async fn postgres() -> Option<Store> {
+        let Ok(base) = std::env::var("LGSP_TEST_POSTGRES_URL") else {
+            eprintln!(
+                "skipped: LGSP_TEST_POSTGRES_URL is not set (the PostgreSQL run of the suite)"
+            );
+            return None;
+        };
+        let name = format!(
+            "lgsp_journal_{}_{}",
+            std::process::id(),
+            lgsp_journal::now_us()
+        );
+        admin(&base, &format!("CREATE DATABASE {name}")).await;
+        let url = with_database(&base, &name);
+        Some(Store {
+            journal: open(&url).await,
+            url,
+            _dir: None,
+            drop_db: Some((base, name)),
+        })
+    }
+
+    async fn done(self) {
+        let Store {
+            journal, drop_db, ..
+        } = self;
+        drop(journal);
+        if let Some((base, name)) = drop_db {
+            admin(
+                &base,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await;
+        }
+    }
+
+    /// Runs raw SQL on the store, as an intruder with database access would.
+    async fn raw(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.url).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+            .expect("raw SQL");
+    }
+}
+
+fn with_database(base: &str, name: &str) -> String {
+    match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+async fn admin(base: &str, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(base)
+        .await
+        .expect("PostgreSQL test server");
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&pool)
+        .await
+        .expect(sql);
+}
+
+async fn open(url: &str) -> Journal {
+    Journal::open(Settings {
+        url: url.to_owned(),
+        keep_bodies: Duration::ZERO,
+        retention: Duration::from_secs(5 * 365 * 86_400),
+    })
+    .await
+    .expect("journal opens")
+}
+
+fn packet(id: &str, agency: &str, key: Option<&str>, body: &[u8], delivery: Delivery) -> Accepted {
+    use sha2::Digest;
+    Accepted {
+        hop: "lgsp".into(),
+        message_id: id.into(),
+        agency: agency.into(),
+        route: "HoSoCBCCVC".into(),
+        message_type: Some("HoSoCBCCVC".into()),
+        mode: "production".into(),
+        idempotency_key: key.map(str::to_owned),
+        body_sha256: hex::encode(sha2::Sha256::digest(body)),
+        body_size: body.len() as u64,
+        delivery,
+        request: (delivery == Delivery::Queued).then(|| Request {
+            method: "POST".into(),
+            path: "/lgsp/v1/HoSoCBCCVC".into(),
+            content_type: Some("application/xml".into()),
+            ..Request::default()
+        }),
+        body: (delivery == Delivery::Queued).then(|| body.to_vec()),
+    }
+}
+
+fn delivered(id: &str) -> Outcome {
+    Outcome {
+        hop: "lgsp".into(),
+        message_id: id.into(),
+        status: Status::Delivered,
+        upstream_status: Some(200),
+        receipt: Some(format!("{{\"message_id\":\"{id}\"}}")),
+        detail: None,
+    }
+}
+
+const H29: &str = "000.00.00.H29";
+const H26: &str = "000.00.00.H26";
+
+async fn accepted_and_finished_messages_are_chained_and_read_back(s: &Store) {
+    let j = &s.journal;
+    assert_eq!(
+        j.accept(packet("m1", H29, None, b"<a/>", Delivery::Direct))
+            .await
+            .unwrap(),
+        Admission::New
+    );
+    j.finish(delivered("m1")).await.unwrap();
+    let m = j.message("lgsp", H29, "m1").await.unwrap().expect("m1");
+    assert_eq!(
+        (m.status, m.upstream_status),
+        (Status::Delivered, Some(200))
+    );
+    assert_eq!(m.receipt.as_deref(), Some("{\"message_id\":\"m1\"}"));
+    assert_eq!(m.body_size, 4);
+    // Another agency does not see it.
+    assert_eq!(j.message("lgsp", H26, "m1").await.unwrap(), None);
+    // An outcome for a message never accepted is refused alone.
+    assert!(matches!(
+        j.finish(delivered("nope")).await,
+        Err(JournalError::UnknownMessage(_))
+    ));
+    assert_eq!(j.verify().await.unwrap(), 2);
+}
+
+async fn idempotency_keys_replay_refuse_or_retry(s: &Store) {
+    let j = &s.journal;
+    let first = packet("k1", H29, Some("key-1"), b"<a/>", Delivery::Direct);
+    assert_eq!(j.accept(first.clone()).await.unwrap(), Admission::New);
+    // While in progress: the existing message, still in progress.
+    let again = packet("k2", H29, Some("key-1"), b"<a/>", Delivery::Direct);
+    match j.accept(again.clone()).await.unwrap() {
+        Admission::Existing(m) => assert_eq!(
+            (m.message_id.as_str(), m.status),
+            ("k1", Status::InProgress)
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A failed delivery: the same key and body try again under the first id.
+    j.finish(Outcome {
+        status: Status::Failed,
+        upstream_status: Some(502),
+        receipt: None,
+        detail: Some("connect refused".into()),
+        ..delivered("k1")
+    })
+    .await
+    .unwrap();
+    match j.accept(again.clone()).await.unwrap() {
+        Admission::Again(m) => assert_eq!(m.message_id, "k1"),
+        other => panic!("{other:?}"),
+    }
+    j.finish(delivered("k1")).await.unwrap();
+    // Delivered: replayed, with its receipt.
+    match j.accept(again.clone()).await.unwrap() {
+        Admission::Existing(m) => {
+            assert_eq!(
+                (m.status, m.receipt.as_deref()),
+                (Status::Delivered, Some("{\"message_id\":\"k1\"}"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another body under the key: the existing message says so by its SHA-256.
+    let other_body = packet("k3", H29, Some("key-1"), b"<b/>", Delivery::Direct);
+    match j.accept(other_body.clone()).await.unwrap() {
+        Admission::Existing(m) => {
+            assert_eq!(m.message_id, "k1");
+            assert_eq!(m.body_sha256, again.body_sha256);
+            assert_ne!(m.body_sha256, other_body.body_sha256);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another agency's key of the same name is its own.
+    assert_eq!(
+        j.accept(packet("k4", H26, Some("key-1"), b"<a/>", Delivery::Direct))
+            .await
+            .unwrap(),
+        Admission::New
+    );
+    // A peer resending the same message id (no key) finds it.
+    assert!(matches!(
+        j.accept(packet("k4", H26, None, b"<a/>", Delivery::Direct))
+            .await
+            .unwrap(),
+        Admission::Existing(_)
+    ));
+    // accepted, failed, accepted again, delivered (k1); accepted (k4): replays append nothing.
+    assert_eq!(j.verify().await.unwrap(), 5);
+}
+
+async fn concurrent_appends_share_commits_and_keep_one_chain(s: &Store) {
+    let j = &s.journal;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let j = j.clone();
+            tokio::spawn(async move {
+                j.accept(packet(
+                    &format!("c{i}"),
+                    H29,
+                    Some(&format!("c{i}")),
+                    b"x",
+                    Delivery::Direct,
+                ))
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Admission::New);
+    }
+    assert_eq!(j.verify().await.unwrap(), 200);
+    let page = j
+        .messages(&Query {
+            hop: "lgsp".into(),
+            agency: H29.into(),
+            limit: 1000,
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 200);
+}
+
+async fn a_changed_record_is_named_by_verify(s: &Store) {
+    let j = &s.journal;
+    for i in 0..5 {
+        j.accept(packet(&format!("t{i}"), H29, None, b"x", Delivery::Direct))
+            .await
+            .unwrap();
+    }
+    assert_eq!(j.verify().await.unwrap(), 5);
+    s.raw("UPDATE journal_records SET content = replace(content, '000.00.00.H29', '000.00.00.H26') WHERE seq = 3")
+        .await;
+    match j.verify().await {
+        Err(JournalError::Broken(b)) => {
+            assert_eq!(b, lgsp_journal::chain::Broken::Content { seq: 3 })
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn the_outbox_leases_retries_and_delivers(s: &Store) {
+    let j = &s.journal;
+    j.accept(packet("q1", H29, Some("q1"), b"<q/>", Delivery::Queued))
+        .await
+        .unwrap();
+    j.accept(packet("q2", H29, Some("q2"), b"<q2/>", Delivery::Queued))
+        .await
+        .unwrap();
+    let (depth, _) = j.outbox("lgsp").await.unwrap();
+    assert_eq!(depth, 2);
+    let lease = Duration::from_millis(300);
+    let claimed = j.claim("lgsp", "worker-a", lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(
+        claimed
+            .iter()
+            .find(|c| c.message.message_id == "q1")
+            .unwrap()
+            .body,
+        b"<q/>"
+    );
+    assert_eq!(claimed[0].message.request.as_ref().unwrap().method, "POST");
+    // Leased: nobody else gets them.
+    assert!(
+        j.claim("lgsp", "worker-b", lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // q1 must wait (a 503 upstream); q2's worker dies: its lease runs out and another takes it.
+    j.retry_at(
+        "lgsp",
+        "q1",
+        "worker-a",
+        lgsp_journal::now_us() + 60_000_000,
+        "upstream 503",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let taken = j.claim("lgsp", "worker-b", lease, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (
+            taken[0].message.message_id.as_str(),
+            taken[0].message.attempts
+        ),
+        ("q2", 2)
+    );
+    j.finish(delivered("q2")).await.unwrap();
+    let (depth, age) = j.outbox("lgsp").await.unwrap();
+    assert_eq!(depth, 1);
+    assert!(age >= 0.0);
+    let q1 = j.message("lgsp", H29, "q1").await.unwrap().unwrap();
+    assert_eq!(
+        (q1.status, q1.detail.as_deref()),
+        (Status::Queued, Some("upstream 503"))
+    );
+}
+
+async fn listings_page_and_the_report_counts(s: &Store) {
+    let j = &s.journal;
+    for i in 0..7 {
+        j.accept(packet(&format!("l{i}"), H29, None, b"x", Delivery::Direct))
+            .await
+            .unwrap();
+    }
+    j.accept(packet("other", H26, None, b"x", Delivery::Direct))
+        .await
+        .unwrap();
+    j.finish(delivered("l0")).await.unwrap();
+    j.finish(Outcome {
+        status: Status::Rejected,
+        upstream_status: Some(422),
+        ..delivered("l1")
+    })
+    .await
+    .unwrap();
+    let mut q = Query {
+        hop: "lgsp".into(),
+        agency: H29.into(),
+        limit: 3,
+        ..Query::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = j.messages(&q).await.unwrap();
+        let Some(last) = page.last() else { break };
+        q.after = Some((last.accepted_us, last.message_id.clone()));
+        seen.extend(page.into_iter().map(|m| m.message_id));
+    }
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert!(!seen.contains(&"other".to_owned()));
+    let only_delivered = j
+        .messages(&Query {
+            status: Some(Status::Delivered),
+            limit: 100,
+            ..q.clone()
+        })
+        .await;
+    assert!(only_delivered.is_ok());
+    let report = j.report(0, i64::MAX).await.unwrap();
+    let h29 = report.iter().find(|r| r.agency == H29).unwrap();
+    assert_eq!(
+        (h29.received, h29.delivered, h29.rejected, h29.pending),
+        (7, 1, 1, 5)
+    );
+    let mut out = Vec::new();
+    let n = j.export(0, i64::MAX, &mut out).await.unwrap();
+    assert_eq!(n, 10);
+    let first: serde_json::Value =
+        serde_json::from_str(std::str::from_utf8(&out).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["record"]["kind"], "accepted");
+    assert_eq!(first["seq"], 1);
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = super::Store::sqlite().await;
+                    super::$name(&s).await;
+                    s.done().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(s) = super::Store::postgres().await else { return };
+                    super::$name(&s).await;
+                    s.done().await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    accepted_and_finished_messages_are_chained_and_read_back,
+    idempotency_keys_replay_refuse_or_retry,
+    concurrent_appends_share_commits_and_keep_one_chain,
+    a_changed_record_is_named_by_verify,
+    the_outbox_leases_retries_and_delivers,
+    listings_page_and_the_report_counts,
+);
