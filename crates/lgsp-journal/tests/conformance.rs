@@ -265,6 +265,39 @@ async fn concurrent_appends_share_commits_and_keep_one_chain(s: &Store) {
     assert_eq!(page.len(), 200);
 }
 
+async fn one_key_sent_many_times_at_once_is_one_message(s: &Store) {
+    let j = &s.journal;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let j = j.clone();
+            tokio::spawn(async move {
+                j.accept(packet(
+                    &format!("d{i}"),
+                    H29,
+                    Some("same-key"),
+                    b"x",
+                    Delivery::Direct,
+                ))
+                .await
+            })
+        })
+        .collect();
+    let mut new = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Admission::New => new += 1,
+            Admission::Existing(m) => {
+                ids.insert(m.message_id);
+            }
+            Admission::Again(m) => panic!("{m:?}"),
+        }
+    }
+    assert_eq!(new, 1);
+    assert!(ids.len() <= 1, "{ids:?}");
+    assert_eq!(j.verify().await.unwrap(), 1);
+}
+
 async fn a_changed_record_is_named_by_verify(s: &Store) {
     let j = &s.journal;
     for i in 0..5 {
@@ -428,6 +461,7 @@ suite!(
     accepted_and_finished_messages_are_chained_and_read_back,
     idempotency_keys_replay_refuse_or_retry,
     concurrent_appends_share_commits_and_keep_one_chain,
+    one_key_sent_many_times_at_once_is_one_message,
     a_changed_record_is_named_by_verify,
     the_outbox_leases_retries_and_delivers,
     listings_page_and_the_report_counts,
