@@ -26,7 +26,7 @@ pub fn check(file: &Path, connect: Option<Duration>) -> ExitCode {
         Err(e) => return super::failed(format!("metrics registry: {e}")),
     };
     runtime.block_on(async {
-        let prepared = match lgsp_proxy::prepare(&cfg, &metrics, None) {
+        let prepared = match lgsp_proxy::prepare(&cfg, &metrics, None, None) {
             Ok(p) => p,
             Err(e) => return refused(file, &e),
         };

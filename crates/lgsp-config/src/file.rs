@@ -39,6 +39,31 @@ pub struct FileConfig {
     /// Failed authentications: how many a certificate identity or a source address may make.
     #[serde(default)]
     pub auth: FileAuth,
+    /// The message journal (its store, how long it keeps bodies and records).
+    #[serde(default)]
+    pub journal: FileJournal,
+    /// Queued deliveries: retries, expiry, workers.
+    #[serde(default)]
+    pub delivery: FileDelivery,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileJournal {
+    /// `sqlite://FILE` (relative to the config's directory) or `postgres://…`.
+    pub url: Option<Spanned<String>>,
+    pub keep_bodies: Option<Spanned<String>>,
+    pub retention: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDelivery {
+    pub max_age: Option<Spanned<String>>,
+    pub initial_backoff: Option<Spanned<String>>,
+    pub max_backoff: Option<Spanned<String>>,
+    pub workers: Option<Spanned<u64>>,
+    pub lease: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,17 +226,24 @@ pub struct FileRoute {
     pub name: Spanned<String>,
     pub methods: Vec<Spanned<String>>,
     pub prefix: Spanned<String>,
-    /// Where requests go; omitted only on a dry-run route.
+    /// Where requests go; omitted only on a dry-run or messages route.
     pub upstream: Option<Spanned<String>>,
     pub rewrite: Option<Spanned<String>>,
     /// Validate and answer the verdict, forward nothing: `{prefix}/{MessageType}`.
     #[serde(default)]
     pub dry_run: bool,
+    /// The message status and reconciliation API of this hop's journal, answered here (no upstream):
+    /// `GET {prefix}/{message id}` and `GET {prefix}?from=&to=&status=&limit=&after=`; each agency sees its own.
+    #[serde(default)]
+    pub messages: bool,
     /// Where trial-mode requests go instead of `upstream`: an https URL whose path replaces the matched prefix.
     pub trial_upstream: Option<Spanned<String>>,
     /// A look-up route: JSON Pointer (RFC 6901) into the upstream's JSON answer naming the agency the record
     /// belongs to; the answer reaches only that agency.
     pub owner: Option<Spanned<String>>,
+    /// `direct` (answered with the upstream's answer) or `queued` (202 after the journal append; delivered from
+    /// the outbox).
+    pub delivery: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub agencies: Vec<Spanned<String>>,
     /// CBCCVC message type validated on this route (`HoSoCBCCVC`, `BienChe`, `PheDuyetDuLieu`, `BienDong`).

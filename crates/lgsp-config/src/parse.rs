@@ -9,7 +9,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(split);
     let fix = || {
         format!(
-            "`{s}` is not a duration; write a whole number with a unit: \"250ms\", \"10s\", \"2m\" or \"1h\""
+            "`{s}` is not a duration; write a whole number with a unit: \"250ms\", \"10s\", \"2m\", \"1h\" or \"30d\""
         )
     };
     let n: u64 = num.parse().map_err(|_| fix())?;
@@ -18,6 +18,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => return Err(fix()),
     };
     if d.is_zero() {

@@ -84,6 +84,8 @@ pub struct Journal {
     writer: mpsc::Sender<writer::Job>,
     up: Arc<AtomicBool>,
     settings: Arc<Settings>,
+    /// Told after every commit that queued a packet.
+    queued: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -213,14 +215,21 @@ impl Journal {
         let keep = writer::Keep {
             bodies_us: i64::try_from(settings.keep_bodies.as_micros()).unwrap_or(i64::MAX),
         };
-        let writer = writer::spawn(pool.clone(), keep);
+        let queued = Arc::new(tokio::sync::Notify::new());
+        let writer = writer::spawn(pool.clone(), keep, queued.clone());
         Ok(Journal {
             pool,
             dialect,
             writer,
             up: Arc::new(AtomicBool::new(true)),
             settings: Arc::new(settings),
+            queued,
         })
+    }
+
+    /// Notified after each commit that put a packet in the outbox (of this process; other replicas poll).
+    pub fn queued(&self) -> &tokio::sync::Notify {
+        &self.queued
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -243,6 +252,20 @@ impl Journal {
             Err(_) => {}
         }
         r
+    }
+
+    /// Checks that the journal can be written now (a transaction that takes the chain's head and commits).
+    pub async fn ping(&self) -> Result<(), JournalError> {
+        let r = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("UPDATE journal_head SET seq = seq WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await
+        .map_err(|e| JournalError::from_db(&e));
+        self.mark(r)
     }
 
     /// Appends an accepted packet (durably, before it is forwarded).

@@ -87,7 +87,10 @@ pub struct Request {
     pub method: String,
     /// Path and query as the agency sent them (the route rewrites them again at delivery).
     pub path: String,
-    pub content_type: Option<String>,
+    /// The headers the hop would have forwarded (Content-Type, Idempotency-Key, this hop's Forwarded, …), in
+    /// order; the hop's own X-LGSP-* headers are written again at delivery.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
     /// The peer gateway that relayed it, if any.
     pub via: Option<String>,
     /// The hops it passed (`X-LGSP-Hops`), this one included.
@@ -127,6 +130,9 @@ pub struct Outcome {
     pub receipt: Option<String>,
     /// Why, in the operator's words (an upstream error, an expiry).
     pub detail: Option<String>,
+    /// The delivery worker whose lease this outcome ends (queued deliveries): the outcome is refused once another
+    /// worker has taken the message back. `None` for direct deliveries.
+    pub owner: Option<String>,
 }
 
 /// A message as the journal holds it now.
@@ -195,6 +201,9 @@ pub enum Admission {
     /// The same key, whose earlier delivery failed or expired: appended again as a new attempt under the first
     /// message id.
     Again(Box<Message>),
+    /// The message id is already another agency's at this hop (a relaying hop reused one): nothing appended, and
+    /// nothing of the other agency's message shown.
+    Taken,
 }
 
 /// A queued delivery claimed by one worker until its lease ends.

@@ -2,9 +2,11 @@
 //! waiting, writes them in one transaction — the chain's head row updated first, so appenders on other replicas
 //! wait their turn — and answers each only once the commit (and its fsync) is done.
 
+use std::sync::Arc;
+
 use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::chain;
 use crate::model::{Accepted, Admission, Message, Outcome, Status};
@@ -28,7 +30,7 @@ pub(crate) struct Keep {
     pub bodies_us: i64,
 }
 
-pub(crate) fn spawn(pool: AnyPool, keep: Keep) -> mpsc::Sender<Job> {
+pub(crate) fn spawn(pool: AnyPool, keep: Keep, queued: Arc<Notify>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -39,7 +41,14 @@ pub(crate) fn spawn(pool: AnyPool, keep: Keep) -> mpsc::Sender<Job> {
                     Err(_) => break,
                 }
             }
+            let wakes = jobs
+                .iter()
+                .any(|j| matches!(j, Job::Accept(a, _) if a.delivery == crate::Delivery::Queued));
             write(&pool, keep, jobs).await;
+            // Delivery workers of this process start on a new queued packet at once (other replicas poll).
+            if wakes {
+                queued.notify_waiters();
+            }
         }
     });
     tx
@@ -116,7 +125,7 @@ async fn write_batch(
                     Admission::Again(m) => {
                         records.push(accepted_record(a, &m.message_id, true, at))
                     }
-                    Admission::Existing(_) => {}
+                    Admission::Existing(_) | Admission::Taken => {}
                 }
                 Written::Accept(admission)
             }
@@ -377,6 +386,9 @@ async fn repeated(
         }
     };
     let m = Message::from_row(&row)?;
+    if m.agency != a.agency {
+        return Ok(Admission::Taken);
+    }
     if !(m.status.retryable() && m.body_sha256 == a.body_sha256) {
         return Ok(Admission::Existing(Box::new(m)));
     }
@@ -419,7 +431,7 @@ async fn finish(
         "UPDATE messages SET status = $1, upstream_status = $2, receipt = $3, detail = $4, updated_us = $5,
              lease_owner = NULL, lease_until_us = NULL, next_attempt_us = NULL, body_until_us = $6,
              body = CASE WHEN $7 THEN body ELSE NULL END
-         WHERE hop = $8 AND message_id = $9
+         WHERE hop = $8 AND message_id = $9 AND ($10 = '' OR lease_owner = $10)
          RETURNING agency",
     )
     .bind(o.status.as_str())
@@ -431,6 +443,7 @@ async fn finish(
     .bind(keep.bodies_us > 0)
     .bind(o.hop.clone())
     .bind(o.message_id.clone())
+    .bind(o.owner.clone().unwrap_or_default())
     .fetch_optional(&mut **tx)
     .await?;
     let Some(row) = row else {

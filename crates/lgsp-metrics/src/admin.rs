@@ -237,6 +237,15 @@ async fn answer(
         (&Method::GET | &Method::HEAD, "/healthz") => {
             (StatusCode::OK, "text/plain", "ok\n".to_owned())
         }
+        (&Method::GET | &Method::HEAD, "/readyz")
+            if ready.get() && metrics.journal_up.get() == 0 =>
+        {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: the journal cannot be written\n".to_owned(),
+            )
+        }
         (&Method::GET | &Method::HEAD, "/readyz") if ready.get() => {
             (StatusCode::OK, "text/plain", "ready\n".to_owned())
         }

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `lgsp_connections_open{hop}`.
     pub connections_open: IntGaugeVec,
+    /// `lgsp_journal_up`: 1 while the journal can be written, 0 while packet routes answer 503.
+    pub journal_up: prometheus::IntGauge,
+    /// `lgsp_journal_append_seconds{hop}`: from a packet handed to the journal to its record durable.
+    pub journal_append: HistogramVec,
+    /// `lgsp_outbox_depth{hop}`: queued packets waiting for delivery.
+    pub outbox_depth: IntGaugeVec,
+    /// `lgsp_outbox_oldest_age_seconds{hop}`: how long the oldest queued packet has waited.
+    pub outbox_oldest_age: prometheus::GaugeVec,
+    /// `lgsp_deliveries_total{hop,route,outcome}`: delivery attempts by how they ended.
+    pub deliveries: IntCounterVec,
     /// `lgsp_log_lines_dropped_total`: log lines dropped because the output was slower than the gateway.
     pub log_lines_dropped: prometheus::IntCounter,
     /// `lgsp_connections_closed_total{hop,reason}`: connections the gateway closed or refused for a bound.
@@ -152,6 +162,45 @@ impl Metrics {
             &["hop"],
         )?;
         registry.register(Box::new(connections_open.clone()))?;
+        let journal_up = prometheus::IntGauge::new(
+            "lgsp_journal_up",
+            "1 while the message journal can be written; 0 while packet routes refuse packets (503 journal.unavailable).",
+        )?;
+        registry.register(Box::new(journal_up.clone()))?;
+        journal_up.set(1);
+        let journal_append = HistogramVec::new(
+            HistogramOpts::new(
+                "lgsp_journal_append_seconds",
+                "Time from a packet (or an outcome) handed to the journal to its record durable (group commit included), by hop.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["hop"],
+        )?;
+        registry.register(Box::new(journal_append.clone()))?;
+        let outbox_depth = IntGaugeVec::new(
+            Opts::new(
+                "lgsp_outbox_depth",
+                "Queued packets waiting in the outbox for delivery (first attempt or a retry), by hop.",
+            ),
+            &["hop"],
+        )?;
+        registry.register(Box::new(outbox_depth.clone()))?;
+        let outbox_oldest_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "lgsp_outbox_oldest_age_seconds",
+                "How long the oldest packet in the outbox has waited since it was accepted, by hop (0 when empty).",
+            ),
+            &["hop"],
+        )?;
+        registry.register(Box::new(outbox_oldest_age.clone()))?;
+        let deliveries = counter(
+            &registry,
+            "lgsp_deliveries_total",
+            "Deliveries of journalled packets by hop, route and outcome: delivered, rejected (a 4xx, for good), failed (a direct delivery the upstream could not take), retried (a queued one to be tried again), expired (not delivered within delivery.max_age).",
+            &["hop", "route", "outcome"],
+        )?;
         let log_lines_dropped = prometheus::IntCounter::new(
             "lgsp_log_lines_dropped_total",
             "Log lines dropped because the log output (stderr) was slower than the gateway; requests never wait for the log.",
@@ -199,6 +248,11 @@ impl Metrics {
             config_reloads,
             connections_open,
             log_lines_dropped,
+            journal_up,
+            journal_append,
+            outbox_depth,
+            outbox_oldest_age,
+            deliveries,
             connections_closed,
             emulator_packets,
             build_info,
@@ -228,7 +282,12 @@ impl Metrics {
             .flat_map(|c| c.desc())
             .map(|d| d.fq_name.clone())
             .collect();
-        let more: [&dyn Collector; 10] = [
+        let more: [&dyn Collector; 15] = [
+            &self.journal_up,
+            &self.journal_append,
+            &self.outbox_depth,
+            &self.outbox_oldest_age,
+            &self.deliveries,
             &self.upstream_errors,
             &self.auth_failures,
             &self.tls_handshake_failures,

@@ -11,6 +11,7 @@ use lgsp_config::RateSpec;
 use lgsp_metrics::Metrics;
 use lgsp_problem::BoxProblem;
 use lgsp_proxy::body::{Body, empty};
+use lgsp_proxy::journal::JournalLayer;
 use lgsp_proxy::limit::{LimitLayer, LimitPolicy};
 use lgsp_proxy::token::TokenLayer;
 use lgsp_proxy::validate::{ValidateLayer, ValidationPolicy};
@@ -53,6 +54,8 @@ pub fn parts() -> HopParts<Inner> {
         routes: Arc::new(RouteTable::new(&hop, &routes)),
         limit: LimitLayer::new(limits, hop.clone(), &routes, &cfg.agencies),
         validate: ValidateLayer::new(Arc::new(validation), hop.clone()),
+        // The bench's request is no packet: the journal passes it.
+        journal: JournalLayer::new(None, hop.clone(), &routes),
         forward: innermost(),
         hop,
     }
@@ -72,6 +75,8 @@ pub fn boxed_stack(p: HopParts<Inner>) -> HopService {
         .layer(p.limit)
         .layer(BoxCloneSyncService::layer())
         .layer(p.validate)
+        .layer(BoxCloneSyncService::layer())
+        .layer(p.journal)
         .layer(BoxCloneSyncService::layer())
         .service(p.forward);
     BoxCloneSyncService::new(stack)

@@ -30,6 +30,39 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// `head`, then the rest of `body` as it streams: an answer partly read already, passed on whole.
+pub fn prefixed(head: Bytes, body: Body) -> Body {
+    boxed(Prefixed {
+        head: Some(head),
+        body,
+    })
+}
+
+struct Prefixed {
+    head: Option<Bytes>,
+    body: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(head) = this.head.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        std::pin::Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.body.is_end_stream()
+    }
+}
+
 /// A body that could not be read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

@@ -40,7 +40,7 @@ pub async fn connect(cfg: &Config, prepared: &Prepared, timeout: Duration) -> Ve
         // Each address once per hop, named by the first route that uses it.
         let mut targets: Vec<(&str, Vec<&str>, &Origin)> = Vec::new();
         let upstreams = h.routes.iter().flat_map(|r| {
-            let production = (!r.dry_run).then_some(&r.upstream);
+            let production = (!r.local()).then_some(&r.upstream);
             production
                 .into_iter()
                 .chain(&r.trial_upstream)

@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::outbox::{LiveTarget, Outbox};
 use arc_swap::ArcSwap;
 use lgsp_config::{Config, ConfigError, HttpConfig};
 use lgsp_emulator::Emulator;
+use lgsp_journal::Journal;
 use lgsp_metrics::{Metrics, Readiness, serve_admin};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,6 +34,9 @@ pub enum StartError {
     /// The registry fails only on a programming error; kept as text so callers need not know prometheus.
     #[error("metrics registry: {0}")]
     Metrics(String),
+    /// The journal could not be opened (its file, its database, its migrations).
+    #[error("{0}; check [journal] url")]
+    Journal(String),
 }
 
 /// Bound address of one listener.
@@ -113,6 +118,47 @@ fn export_expiry(metrics: &Metrics, p: &Prepared) {
     }
 }
 
+/// Keeps `lgsp_journal_up` (and so `/readyz`) true to the journal: a write checked every 2 s, so the gateway
+/// notices by itself when a lost store is back; old records and bodies pruned hourly.
+fn watch_journal(
+    journal: Journal,
+    hops: Vec<String>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = crate::listener::stopped(&mut shutdown) => return,
+                _ = tick.tick() => {}
+            }
+            let up = journal.ping().await.is_ok();
+            metrics.journal_up.set(i64::from(up));
+            for hop in &hops {
+                if let Ok((depth, age)) = journal.outbox(hop).await {
+                    metrics
+                        .outbox_depth
+                        .with_label_values(&[hop])
+                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                    metrics.outbox_oldest_age.with_label_values(&[hop]).set(age);
+                }
+            }
+            if up && last_prune.elapsed() >= std::time::Duration::from_secs(3600) {
+                last_prune = std::time::Instant::now();
+                match journal.prune().await {
+                    Ok((records, bodies)) if records + bodies > 0 => {
+                        tracing::info!(records, bodies, "journal: pruned past the retention");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "journal: pruning failed"),
+                }
+            }
+        }
+    })
+}
+
 /// Listener addresses, hop names and the emulator's presence need a restart to change; the rest reloads.
 fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
     let shape = |c: &Config| -> Vec<(String, std::net::SocketAddr)> {
@@ -127,6 +173,11 @@ fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
             .map(|h| (h.http.max_connections, h.http.max_handshakes))
             .collect()
     };
+    if old.journal != new.journal {
+        return Err(
+            "[journal] changed; that takes a restart (the old config keeps serving)".into(),
+        );
+    }
     if sockets(old) != sockets(new) {
         return Err("a hop's max_connections or max_handshakes changed; those take a restart (the old config keeps serving)".into());
     }
@@ -149,6 +200,8 @@ struct ReloadInner {
     /// Where the config is read from on reload (`None`: the embedded default, re-read with its certificates).
     source: Option<std::path::PathBuf>,
     hops: Vec<LiveState>,
+    /// Each hop's outbox target, in hop order.
+    deliveries: Vec<LiveTarget>,
     emulator: Option<(LiveState, Emulator)>,
     metrics: Arc<Metrics>,
     limits: std::sync::Mutex<Arc<LimitPolicy>>,
@@ -156,6 +209,8 @@ struct ReloadInner {
     admin: lgsp_metrics::LiveAccess,
     /// Told each config a reload applied (the process's log filter, say).
     hooks: std::sync::Mutex<Vec<ApplyHook>>,
+    /// The journal every hop appends to (a change of `[journal]` takes a restart).
+    journal: Journal,
 }
 
 /// Called with each config a reload applied.
@@ -207,7 +262,13 @@ impl Reloader {
         let keep = (cfg.ratelimit == current.ratelimit && cfg.overload == current.overload)
             .then(|| limits.clone());
         let fresh_limits = keep.is_none();
-        let prepared = prepare(&cfg, &self.inner.metrics, keep).map_err(|e| e.to_string())?;
+        let prepared = prepare(
+            &cfg,
+            &self.inner.metrics,
+            keep,
+            Some(self.inner.journal.clone()),
+        )
+        .map_err(|e| e.to_string())?;
         export_expiry(&self.inner.metrics, &prepared);
         if fresh_limits {
             self.inner
@@ -223,8 +284,15 @@ impl Reloader {
         {
             ListenerState::replace(live, st);
         }
-        for (live, hop) in self.inner.hops.iter().zip(prepared.hops) {
+        for ((live, target), hop) in self
+            .inner
+            .hops
+            .iter()
+            .zip(&self.inner.deliveries)
+            .zip(prepared.hops)
+        {
             ListenerState::replace(live, hop.state);
+            target.store(Arc::new(hop.delivery));
         }
         let routes: usize = cfg.hops.iter().map(|h| h.routes.len()).sum();
         let summary = format!(
@@ -272,7 +340,14 @@ impl Gateway {
             .emulator
             .as_ref()
             .map(|e| Emulator::new(e.max_stored, metrics.clone()));
-        let prepared = prepare(cfg, &metrics, None)?;
+        let journal = Journal::open(lgsp_journal::Settings {
+            url: cfg.journal.url.clone(),
+            keep_bodies: cfg.journal.keep_bodies,
+            retention: cfg.journal.retention,
+        })
+        .await
+        .map_err(|e| StartError::Journal(e.to_string()))?;
+        let prepared = prepare(cfg, &metrics, None, Some(journal.clone()))?;
         export_expiry(&metrics, &prepared);
         let admin_access: lgsp_metrics::LiveAccess =
             Arc::new(ArcSwap::from_pointee(prepared.admin.clone()));
@@ -286,11 +361,15 @@ impl Gateway {
         let mut tasks = Vec::new();
         let mut hops = Vec::new();
         let mut live_hops = Vec::new();
+        let mut deliveries = Vec::new();
         for (h, p) in cfg.hops.iter().zip(prepared.hops) {
             let spec = ListenerSpec::new(&h.name, &h.http, drain);
             let (addr, live, task) = listen(h.listen, spec, p.state, &metrics, &rx).await?;
             tasks.push(task);
             live_hops.push(live);
+            let target: LiveTarget = Arc::new(ArcSwap::from_pointee(p.delivery));
+            tasks.push(Outbox::new(journal.clone(), &h.name, target.clone()).spawn(rx.clone()));
+            deliveries.push(target);
             hops.push(Bound {
                 name: h.name.clone(),
                 addr,
@@ -310,13 +389,22 @@ impl Gateway {
                 config: std::sync::Mutex::new(cfg.clone()),
                 source,
                 hops: live_hops,
+                deliveries,
                 emulator: live_emulator,
                 metrics: metrics.clone(),
                 limits: std::sync::Mutex::new(limits),
                 admin: admin_access.clone(),
                 hooks: std::sync::Mutex::new(Vec::new()),
+                journal: journal.clone(),
             }),
         };
+        let hop_names: Vec<String> = cfg.hops.iter().map(|h| h.name.clone()).collect();
+        tasks.push(watch_journal(
+            journal.clone(),
+            hop_names,
+            metrics.clone(),
+            rx.clone(),
+        ));
         let ready = Readiness::default();
         let admin_listener = bind("admin", cfg.admin.listen).await?;
         let hook = reloader.clone();

@@ -10,6 +10,7 @@ use lgsp_config::{
     ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend,
     SchemaSource, ServerTlsConfig,
 };
+use lgsp_journal::Journal;
 use lgsp_metrics::{AdminAccess, Metrics};
 use lgsp_schema::{Catalog, Limits, Options};
 use lgsp_tls::{Expiry, ServerTls, TlsError};
@@ -17,8 +18,10 @@ use lgsp_tls::{Expiry, ServerTls, TlsError};
 use crate::connection::Retired;
 use crate::forward::{Forward, upstream_client};
 use crate::hop::HopContext;
+use crate::journal::JournalLayer;
 use crate::limit::{LimitLayer, LimitPolicy};
 use crate::listener::{KnowsIdentity, ListenerState};
+use crate::outbox::{Deliveries, DeliveryTarget};
 use crate::route::RouteTable;
 use crate::stack::{HopParts, hop_stack};
 use crate::validate::{ValidateLayer, ValidationPolicy};
@@ -39,6 +42,8 @@ pub struct Prepared {
 pub struct PreparedHop {
     pub name: String,
     pub state: ListenerState,
+    /// What its outbox delivers with.
+    pub delivery: DeliveryTarget,
     /// This hop's client identity towards its upstreams.
     pub upstream_tls: Arc<rustls::ClientConfig>,
 }
@@ -48,6 +53,7 @@ struct Shared {
     validation: Arc<ValidationPolicy>,
     secret: Option<Vec<u8>>,
     limits: Arc<LimitPolicy>,
+    journal: Option<Journal>,
 }
 
 /// The TLS material of one listener, loaded.
@@ -63,6 +69,7 @@ pub fn prepare(
     cfg: &Config,
     metrics: &Arc<Metrics>,
     keep: Option<Arc<LimitPolicy>>,
+    journal: Option<Journal>,
 ) -> Result<Prepared, ConfigError> {
     let mut problems = Vec::new();
     let catalog = ok(&mut problems, catalog(&cfg.validation.schemas));
@@ -89,6 +96,7 @@ pub fn prepare(
         validation: Arc::new(validation(cfg, catalog)),
         secret,
         limits: limits.clone(),
+        journal,
     };
     let mut expiry = Vec::new();
     let mut hops = Vec::new();
@@ -279,16 +287,27 @@ fn hop(
         let auth = auth.clone();
         Arc::new(move |id| auth.knows(id))
     };
+    let routes = Arc::new(RouteTable::new(&hop, &h.routes));
+    let forward = Forward::new(upstream_client((*client).clone()), hop.clone(), &h.routes);
+    let delivery = DeliveryTarget {
+        hop: hop.clone(),
+        routes: routes.clone(),
+        forward: forward.clone(),
+        deliveries: Arc::new(Deliveries::new(&hop, &h.routes)),
+        settings: cfg.delivery.clone(),
+    };
     let parts = HopParts {
         auth,
-        routes: Arc::new(RouteTable::new(&hop, &h.routes)),
+        routes,
         limit: LimitLayer::new(shared.limits.clone(), hop.clone(), &h.routes, &cfg.agencies),
         validate: ValidateLayer::new(shared.validation.clone(), hop.clone()),
-        forward: Forward::new(upstream_client((*client).clone()), hop.clone(), &h.routes),
+        journal: JournalLayer::new(shared.journal.clone(), hop.clone(), &h.routes),
+        forward,
         hop,
     };
     PreparedHop {
         name: h.name.clone(),
+        delivery,
         state: ListenerState {
             tls: server,
             identity_uri_prefix: h.tls.identity_uri_prefix.clone(),
@@ -310,7 +329,7 @@ mod tests {
     #[test]
     fn a_config_prepares_every_listener_with_its_expiries() {
         let fixture = Fixture::new();
-        let p = prepare(&fixture.config(&[]), &metrics(), None).unwrap();
+        let p = prepare(&fixture.config(&[]), &metrics(), None, None).unwrap();
         let names: Vec<&str> = p.hops.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["lgsp", "ndxp"]);
         assert!(p.emulator_tls.is_some());
@@ -348,7 +367,9 @@ mod tests {
                 "secret_file = \"certs/ca.pem.none\"",
             ),
         ]);
-        let e = prepare(&cfg, &metrics(), None).err().expect("refused");
+        let e = prepare(&cfg, &metrics(), None, None)
+            .err()
+            .expect("refused");
         let fields: Vec<&str> = e.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -368,7 +389,7 @@ mod tests {
 
         let good = fixture.config(&[]);
         let kept = Arc::new(LimitPolicy::new(&good.ratelimit, &good.overload).unwrap());
-        let p = prepare(&good, &metrics(), Some(kept.clone())).unwrap();
+        let p = prepare(&good, &metrics(), Some(kept.clone()), None).unwrap();
         assert!(Arc::ptr_eq(&kept, &p.limits));
     }
 }

@@ -167,6 +167,11 @@ impl RouteTable {
         RouteTable { routes }
     }
 
+    /// The route named `name` (a queued delivery finds its route again by name, across reloads).
+    pub fn named(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| *r.name == *name)
+    }
+
     /// The route whose prefix is the longest one `path` lies under.
     pub fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| under(path, &r.config.prefix))

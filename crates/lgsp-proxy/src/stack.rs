@@ -16,6 +16,7 @@ use tower::util::BoxCloneSyncService;
 use crate::body::Body;
 use crate::forward::Forward;
 use crate::hop::HopContext;
+use crate::journal::JournalLayer;
 use crate::limit::LimitLayer;
 use crate::observe::ObserveLayer;
 use crate::route::{RouteLayer, RouteTable};
@@ -33,6 +34,7 @@ pub struct HopParts<S = Forward> {
     pub routes: Arc<RouteTable>,
     pub limit: LimitLayer,
     pub validate: ValidateLayer,
+    pub journal: JournalLayer,
     pub forward: S,
 }
 
@@ -63,6 +65,9 @@ where
         // The route's body limit; for packet routes the packet check (415 / 413 / 400 / 403 / 422). After route
         // and auth: the route names the message type and limit, the caller's agency bounds the MaDonVi.
         .layer(p.validate)
+        // A packet moves on only once it is journalled (and a repeated Idempotency-Key is answered from the
+        // journal, a queued route's packet answered 202): after validation, so only checked packets are recorded.
+        .layer(p.journal)
         // Innermost: to the upstream over mTLS as this hop's own identity.
         .service(p.forward);
     BoxCloneSyncService::new(stack)
@@ -97,7 +102,7 @@ mod tests {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let cfg = fixture.config(edits);
-        let prepared = crate::prepare(&cfg, &metrics(), None).expect("prepared");
+        let prepared = crate::prepare(&cfg, &metrics(), None, None).expect("prepared");
         let state = prepared.hops.into_iter().next().expect("a hop").state;
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(state));
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);

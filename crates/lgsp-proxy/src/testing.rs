@@ -31,7 +31,15 @@ impl Fixture {
                 1,
             );
         }
-        text
+        // Its own journal, wherever the text is parsed from.
+        text.replacen(
+            "url = \"sqlite://journal.db\"",
+            &format!(
+                "url = \"sqlite://{}\"",
+                self.dir.path().join("journal.db").display()
+            ),
+            1,
+        )
     }
 
     pub fn config(&self, edits: &[(&str, &str)]) -> Config {

@@ -130,6 +130,17 @@ impl TestPki {
         self.dir.path().join(file)
     }
 
+    /// A journal of its own for each config written (`sqlite://DIR/journal-N.db`), so gateways of one test never
+    /// share one, and a reloaded text names the same file again.
+    pub fn journal_url(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "sqlite://{}",
+            self.dir.path().join(format!("journal-{n}.db")).display()
+        )
+    }
+
     /// A client TLS config presenting `identity` (a file stem above), trusting the dev CA.
     pub fn client_tls(&self, identity: Option<&str>, alpn: &[&[u8]]) -> rustls::ClientConfig {
         self.client_tls_versions(identity, alpn, rustls::DEFAULT_VERSIONS)
@@ -178,8 +189,9 @@ impl Default for TestPki {
 /// The `[admin]`, `[log]` and `[pki]` head of a test config: everything on port 0.
 fn head(pki: &TestPki) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n",
-        dir = pki.dir().display()
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n[journal]\nurl = \"{journal}\"\n",
+        dir = pki.dir().display(),
+        journal = pki.journal_url(),
     )
 }
 
@@ -246,6 +258,9 @@ pub fn hop_config(
     s.push_str(&format!(
         "[[hop.route]]\nname = \"BienNhan\"\nmethods = [\"GET\"]\nprefix = \"{prefix}/BienNhan\"\nupstream = \"https://localhost:{port}\"\nrewrite = \"{rewrite}/BienNhan\"\ntimeout = \"5s\"\nagencies = [\"*\"]\nowner = \"/agency\"\n",
         port = upstream.port()
+    ));
+    s.push_str(&format!(
+        "[[hop.route]]\nname = \"messages\"\nmethods = [\"GET\"]\nprefix = \"{prefix}/messages\"\nmessages = true\nagencies = [\"*\"]\n"
     ));
     s.push_str(&format!(
         "[[hop.route]]\nname = \"validate\"\nmethods = [\"POST\"]\nprefix = \"{prefix}/validate\"\ndry_run = true\nagencies = [\"*\"]\nmax_body_bytes = 1048576\n"

@@ -181,6 +181,8 @@ pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_nanos() != 0 {
         format!("{}ms", d.as_millis())
+    } else if s >= 86_400 && s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
     } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
     } else if s.is_multiple_of(60) {
@@ -197,7 +199,8 @@ mod tests {
     #[test]
     fn durations_are_written_back_as_the_config_writes_them() {
         assert_eq!(human(Duration::from_secs(60)), "1m");
-        assert_eq!(human(Duration::from_secs(86_400)), "24h");
+        assert_eq!(human(Duration::from_secs(86_400)), "1d");
+        assert_eq!(human(Duration::from_secs(7200)), "2h");
         assert_eq!(human(Duration::from_millis(250)), "250ms");
         assert_eq!(human(Duration::from_secs(90)), "90s");
     }

@@ -109,5 +109,20 @@ pub const TOKEN_SECRET_MIN_BYTES: usize = 32;
 pub const AUTH_FAILURE_RATE: (u32, u32) = (10, 60);
 pub const AUTH_FAILURE_BURST: u32 = 10;
 
+// [journal]
+pub const JOURNAL_URL: &str = "sqlite://journal.db";
+pub const JOURNAL_KEEP_BODIES: Duration = Duration::from_secs(30 * 86_400);
+/// Five years: the audit period an operator sets.
+pub const JOURNAL_RETENTION: Duration = Duration::from_secs(1825 * 86_400);
+
+// [delivery]
+pub const DELIVERY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+pub const DELIVERY_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+pub const DELIVERY_MAX_BACKOFF: Duration = Duration::from_secs(300);
+pub const DELIVERY_WORKERS: u64 = 4;
+pub const DELIVERY_WORKERS_RANGE: RangeInclusive<u64> = 1..=256;
+/// Twice the longest default route timeout (`PheDuyetDuLieu`, 60 s): see `lease_outlasts_routes`.
+pub const DELIVERY_LEASE: Duration = Duration::from_secs(120);
+
 /// Shortest admin token accepted (`[admin] token_file`): 32 characters, e.g. 128 bits as hex.
 pub const ADMIN_TOKEN_MIN_CHARS: usize = 32;

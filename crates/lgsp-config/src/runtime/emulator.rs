@@ -40,7 +40,7 @@ pub(super) fn default_trial_upstreams(hops: &mut [HopConfig], e: &EmulatorConfig
         return;
     }
     for route in hops.iter_mut().flat_map(|h| h.routes.iter_mut()) {
-        if route.trial_upstream.is_none() && !route.dry_run {
+        if route.trial_upstream.is_none() && !route.local() {
             let target = route.message_type.as_deref().unwrap_or(&route.name);
             route.trial_upstream = Some(Upstream {
                 authority: format!("localhost:{}", e.listen.port()),

@@ -9,6 +9,7 @@ pub use check::human;
 pub mod defaults;
 mod emulator;
 mod hop;
+mod journal;
 mod limits;
 mod route;
 mod tls;
@@ -25,8 +26,9 @@ pub use admin::{AdminConfig, LogConfig, PkiConfig};
 pub use agency::{AgencyConfig, KeyConfig};
 pub use emulator::EmulatorConfig;
 pub use hop::{HopConfig, HttpConfig, PeerConfig};
+pub use journal::{DeliveryConfig, JournalConfig};
 pub use limits::{OverloadConfig, RateLimitBackend, RateLimitConfig};
-pub use route::{RateSpec, RouteConfig, Upstream};
+pub use route::{DeliveryMode, RateSpec, RouteConfig, Upstream};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
 pub use token::{AuthConfig, TokenConfig};
 pub use validation::{SchemaSource, ValidationConfig};
@@ -110,6 +112,8 @@ pub struct Config {
     pub overload: OverloadConfig,
     pub token: TokenConfig,
     pub auth: AuthConfig,
+    pub journal: JournalConfig,
+    pub delivery: DeliveryConfig,
 }
 
 impl Config {
@@ -140,6 +144,8 @@ impl Config {
         if let Some(e) = &emulator {
             emulator::default_trial_upstreams(&mut hops, e);
         }
+        let delivery = journal::delivery(&mut c, &file.delivery);
+        journal::lease_outlasts_routes(&mut c, &file.delivery, &delivery, &hops);
         let config = Config {
             source: source.to_owned(),
             log: admin::log(&mut c, &file.log),
@@ -149,6 +155,8 @@ impl Config {
             overload: limits::overload(&mut c, &file.overload),
             token: token::token(&mut c, &file.token),
             auth: token::auth(&mut c, &file.auth),
+            journal: journal::journal(&mut c, &file.journal),
+            delivery,
             admin,
             hops,
             agencies,

@@ -22,9 +22,13 @@ pub struct RouteConfig {
     /// A dry run: the packet at `{prefix}/{MessageType}` is validated with the full rules and the verdict
     /// answered; nothing is forwarded.
     pub dry_run: bool,
+    /// The journal's message status API, answered by the hop itself (`GET {prefix}/{id}`, `GET {prefix}?…`).
+    pub messages: bool,
     /// Where trial-mode requests go (`base_path` replaces the matched prefix); `None`: this route takes no
     /// trial traffic. Defaults to the emulator of the same file, `/cbccvc/v1/{message type or route name}`.
     pub trial_upstream: Option<Upstream>,
+    /// How a packet route delivers: at once, or from the outbox after a 202.
+    pub delivery: DeliveryMode,
     /// A look-up route: the JSON Pointer (RFC 6901) into the upstream's answer that names the record's agency.
     /// A 2xx answer reaches the caller only when it names the caller's agency; otherwise the caller gets 404, as
     /// for an unknown id.
@@ -38,6 +42,16 @@ pub struct RouteConfig {
     pub rate: Option<RateSpec>,
     /// Per-agency rates replacing `rate` for that agency.
     pub overrides: BTreeMap<String, RateSpec>,
+}
+
+/// How a packet route delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryMode {
+    /// Forwarded now; the caller gets the upstream's answer.
+    #[default]
+    Direct,
+    /// Journalled with its body, answered 202 Accepted, delivered from the outbox with retries.
+    Queued,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,11 +105,13 @@ pub(super) fn route(
             .map(|w| path_prefix(c, w, &format!("{field}.rewrite"))),
         upstream: upstream(c, r, field),
         dry_run: r.dry_run,
+        messages: messages(c, r, field),
         trial_upstream: r.trial_upstream.as_ref().and_then(|t| {
             let f = format!("{field}.trial_upstream");
             url(c, t, &f)
         }),
         owner: owner(c, r, field),
+        delivery: delivery(c, r, field),
         timeout: c.duration(
             r.timeout.as_ref(),
             &format!("{field}.timeout"),
@@ -165,14 +181,25 @@ fn url(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<Upstream
     }
 }
 
-/// The production upstream: required, except on a dry-run route, which must have none.
+impl RouteConfig {
+    /// Answered by the hop itself (a dry run, the messages API): no upstream.
+    pub fn local(&self) -> bool {
+        self.dry_run || self.messages
+    }
+}
+
+/// The production upstream: required, except on a dry-run or messages route, which must have none.
 fn upstream(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Upstream {
     let f = format!("{field}.upstream");
-    match (&r.upstream, r.dry_run) {
+    match (&r.upstream, r.dry_run || r.messages) {
         (Some(u), false) => url(c, u, &f).unwrap_or_else(Upstream::none),
         (None, true) => Upstream::none(),
         (Some(u), true) => {
-            c.problem(u, f, "a dry-run route forwards nothing; remove `upstream`");
+            c.problem(
+                u,
+                f,
+                "a dry-run or messages route forwards nothing; remove `upstream`",
+            );
             Upstream::none()
         }
         (None, false) => {
@@ -212,6 +239,72 @@ fn agencies(
         }
     }
     agencies
+}
+
+/// `messages = true`: the journal's status API, GET only, checking no packet and forwarding nothing.
+fn messages(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> bool {
+    if !r.messages {
+        return false;
+    }
+    let clash = if r.dry_run {
+        Some("`dry_run`")
+    } else if r.message_type.is_some() {
+        Some("`message_type`")
+    } else if r.owner.is_some() {
+        Some("`owner`")
+    } else if r.trial_upstream.is_some() {
+        Some("`trial_upstream`")
+    } else if r.delivery.is_some() {
+        Some("`delivery`")
+    } else {
+        None
+    };
+    if let Some(what) = clash {
+        c.problem(
+            &r.name,
+            format!("{field}.messages"),
+            format!("a messages route answers from the journal; remove {what}"),
+        );
+    }
+    if r.methods
+        .iter()
+        .any(|m| !m.get_ref().eq_ignore_ascii_case("GET"))
+    {
+        c.problem(
+            &r.name,
+            format!("{field}.methods"),
+            "a messages route is read only: methods = [\"GET\"]",
+        );
+    }
+    true
+}
+
+/// `delivery`: `direct` (the default) or `queued`, which only a packet route that forwards can be.
+fn delivery(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> DeliveryMode {
+    let Some(d) = &r.delivery else {
+        return DeliveryMode::Direct;
+    };
+    let f = format!("{field}.delivery");
+    match d.get_ref().as_str() {
+        "direct" => DeliveryMode::Direct,
+        "queued" if r.message_type.is_some() && !r.dry_run => DeliveryMode::Queued,
+        "queued" => {
+            c.problem(
+                d,
+                f,
+                "only a packet route (with `message_type`) that forwards can be queued",
+            );
+            DeliveryMode::Direct
+        }
+        other => {
+            c.problem(
+                d,
+                f,
+                format!("`{other}` is not a delivery; write \"direct\" or \"queued\""),
+            );
+            DeliveryMode::Direct
+        }
+    }
 }
 
 /// A look-up route's owner pointer: a JSON Pointer, on a route that forwards.

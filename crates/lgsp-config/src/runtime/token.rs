@@ -77,6 +77,6 @@ mod tests {
         assert!(p[0].message.contains("unknown field `ttl_typo`"), "{p:?}");
         let p = problems_of("ttl = \"1h\"", "ttl = \"48h\"");
         assert_eq!(p[0].field, "token.ttl");
-        assert!(p[0].message.contains("between 1m and 24h"), "{p:?}");
+        assert!(p[0].message.contains("between 1m and 1d"), "{p:?}");
     }
 }

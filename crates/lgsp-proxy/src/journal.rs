@@ -1,0 +1,610 @@
+//! `JournalLayer`: a packet moves on only once it is journalled. On packet routes the accepted packet is
+//! appended (durably) before it is forwarded, and its outcome after; an `Idempotency-Key` already seen gets the
+//! first outcome again instead of a second delivery; a queued route answers 202 once the packet (and its body) is
+//! in the outbox. When the journal cannot be written, packets are refused (503), never forwarded unlogged.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use lgsp_auth::Caller;
+use lgsp_config::{DeliveryMode, RouteConfig};
+use lgsp_journal::{Accepted, Admission, Delivery, Journal, Message, Outcome, Status};
+use lgsp_problem::{BoxProblem, Internal, Problem};
+use prometheus::Histogram;
+use sha2::{Digest, Sha256};
+use tower::{Layer, Service};
+
+use crate::body::{Body, full, read_body};
+use crate::forward::{ForwardError, UpstreamFailure};
+use crate::headers::{self, HopPath, MessageId, TraceContext};
+use crate::hop::HopContext;
+use crate::messages;
+use crate::outbox::Deliveries;
+use crate::route::Route;
+use crate::step::{Next, Step, unnamed};
+
+/// The header agencies name a packet's idempotency key in (IETF httpapi `Idempotency-Key`).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer that repeats the first outcome of an idempotency key.
+pub const REPLAYED: &str = "x-lgsp-replayed";
+/// The most of an upstream's answer to a packet read (and kept as its receipt); a longer answer is passed on
+/// unread and kept as a note.
+pub(crate) const ANSWER_LIMIT: usize = lgsp_journal::MAX_RECEIPT_BYTES;
+
+/// Why a packet was not journalled, or not delivered again.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalProblem {
+    #[error("the journal cannot be written: {0}")]
+    Unavailable(String),
+    #[error("Idempotency-Key {0:?} is not 1–128 printable characters")]
+    BadKey(String),
+    #[error("Idempotency-Key {key:?} was first used for message {message_id} with another body")]
+    KeyReused { key: String, message_id: String },
+    #[error("message {message_id} of Idempotency-Key {key:?} is still being delivered")]
+    InProgress { key: String, message_id: String },
+    #[error("message id {message_id} is already another agency's at this hop")]
+    MessageIdTaken { message_id: String },
+}
+
+impl Problem for JournalProblem {
+    fn status(&self) -> StatusCode {
+        match self {
+            JournalProblem::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            JournalProblem::BadKey(_) => StatusCode::BAD_REQUEST,
+            JournalProblem::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            JournalProblem::InProgress { .. } | JournalProblem::MessageIdTaken { .. } => {
+                StatusCode::CONFLICT
+            }
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            JournalProblem::Unavailable(_) => "journal.unavailable",
+            JournalProblem::BadKey(_) => "idempotency.bad_key",
+            JournalProblem::KeyReused { .. } => "idempotency.key_reused",
+            JournalProblem::InProgress { .. } => "idempotency.in_progress",
+            JournalProblem::MessageIdTaken { .. } => "idempotency.message_id_taken",
+        }
+    }
+
+    fn class(&self) -> lgsp_problem::Class {
+        match self {
+            JournalProblem::Unavailable(_) => lgsp_problem::Class::Gateway,
+            _ => lgsp_problem::Class::Client,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            JournalProblem::Unavailable(_) => "The gateway cannot record packets right now, and forwards none it has not recorded; resend later with the same Idempotency-Key (nothing was delivered).".into(),
+            JournalProblem::BadKey(_) => "Send Idempotency-Key as 1 to 128 printable ASCII characters (a UUID is a good key), or leave it out.".into(),
+            JournalProblem::KeyReused { message_id, .. } => format!(
+                "This Idempotency-Key was already used for message {message_id}, with another body; use a new key for a new packet."
+            ),
+            JournalProblem::InProgress { message_id, .. } => format!(
+                "Message {message_id}, sent with this Idempotency-Key, is still being delivered; ask again after Retry-After seconds, or read GET …/messages/{message_id}."
+            ),
+            JournalProblem::MessageIdTaken { message_id } => format!(
+                "X-LGSP-Message-Id {message_id} already names another agency's message at this hop; the relaying hop must give each packet a message id of its own."
+            ),
+        }
+    }
+
+    fn headers(&self) -> Vec<(http::HeaderName, HeaderValue)> {
+        match self {
+            JournalProblem::Unavailable(_) => {
+                vec![(header::RETRY_AFTER, HeaderValue::from_static("5"))]
+            }
+            JournalProblem::InProgress { .. } => {
+                vec![(header::RETRY_AFTER, HeaderValue::from_static("2"))]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The request's `Idempotency-Key`, if any: 1–128 printable ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, JournalProblem> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or_default();
+    let ok = (1..=128).contains(&text.len()) && text.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !ok || text.trim().is_empty() {
+        let shown: String = String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(64)
+            .collect();
+        return Err(JournalProblem::BadKey(shown));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+#[derive(Clone)]
+pub struct JournalLayer {
+    journal: Option<Journal>,
+    hop: Arc<HopContext>,
+    /// The prefix of this hop's messages route, where a 202 says to ask how a queued packet went.
+    status_prefix: Option<Arc<str>>,
+    deliveries: Arc<Deliveries>,
+    append: Histogram,
+}
+
+impl JournalLayer {
+    /// `journal: None` journals nothing (configuration checks and layer tests, never a serving gateway): packets
+    /// pass, and messages routes answer 503.
+    pub fn new(journal: Option<Journal>, hop: Arc<HopContext>, routes: &[RouteConfig]) -> Self {
+        JournalLayer {
+            journal,
+            status_prefix: routes
+                .iter()
+                .find(|r| r.messages)
+                .map(|r| Arc::from(r.prefix.as_str())),
+            deliveries: Arc::new(Deliveries::new(&hop, routes)),
+            append: hop.metrics.journal_append.with_label_values(&[&hop.name]),
+            hop,
+        }
+    }
+}
+
+impl<S> Layer<S> for JournalLayer {
+    type Service = Journalled<S>;
+
+    fn layer(&self, inner: S) -> Journalled<S> {
+        Journalled {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Journalled<S> {
+    inner: S,
+    layer: JournalLayer,
+}
+
+impl<S: Next> Service<Request<Body>> for Journalled<S> {
+    type Response = Response<Body>;
+    type Error = BoxProblem;
+    type Future = Step<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxProblem>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
+            return Step::refuse(Internal("journal reached without a route".into()));
+        };
+        if route.config.messages {
+            let Some(journal) = self.layer.journal.clone() else {
+                return Step::refuse(JournalProblem::Unavailable("no journal".into()));
+            };
+            let hop = self.layer.hop.clone();
+            return Step::wait(async move { messages::answer(journal, &hop, &route, req).await });
+        }
+        // Only packets are journalled: look-ups and dry runs pass.
+        let (Some(journal), Some(message_type)) = (
+            self.layer.journal.clone(),
+            route.config.message_type.clone(),
+        ) else {
+            return Step::inner(self.inner.call(req));
+        };
+        let key = match idempotency_key(req.headers()) {
+            Ok(k) => k,
+            Err(e) => return Step::refuse(e),
+        };
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let packet = Packet {
+            layer: self.layer.clone(),
+            journal,
+            route,
+            message_type,
+            key,
+        };
+        Step::wait(packet.journalled(inner, req))
+    }
+}
+
+/// One packet on its way through the journal.
+struct Packet {
+    layer: JournalLayer,
+    journal: Journal,
+    route: Arc<Route>,
+    message_type: String,
+    key: Option<String>,
+}
+
+impl Packet {
+    async fn journalled<S: Next>(
+        self,
+        mut inner: S,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, BoxProblem> {
+        let Packet {
+            layer,
+            journal,
+            route,
+            message_type,
+            key,
+        } = self;
+        let hop = &layer.hop;
+        let (mut parts, body) = req.into_parts();
+        let missing = |what: &str| Internal(format!("journal reached without {what}"));
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| missing("a caller"))?;
+        let id = parts
+            .extensions
+            .get::<MessageId>()
+            .cloned()
+            .ok_or_else(|| missing("a message id"))?;
+        // Validation read the packet whole already: this takes its bytes.
+        let bytes = read_body(body, route.config.max_body_bytes).await?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let queued = route.config.delivery == DeliveryMode::Queued;
+        let accepted = Accepted {
+            hop: hop.name.to_string(),
+            message_id: id.0.clone(),
+            agency: caller.agency.to_string(),
+            route: route.name.to_string(),
+            message_type: Some(message_type),
+            mode: caller.kind.as_str().to_owned(),
+            idempotency_key: key.clone(),
+            body_sha256: sha256.clone(),
+            body_size: bytes.len() as u64,
+            delivery: if queued {
+                Delivery::Queued
+            } else {
+                Delivery::Direct
+            },
+            request: queued.then(|| replay_request(&parts, &caller)),
+            body: queued.then(|| bytes.to_vec()),
+        };
+        let started = std::time::Instant::now();
+        let admitted = journal.accept(accepted).await;
+        layer.append.observe(started.elapsed().as_secs_f64());
+        let status_url = |message_id: &str| {
+            layer
+                .status_prefix
+                .as_deref()
+                .map(|p| format!("{p}/{message_id}"))
+        };
+        let message_id = match admitted {
+            Err(lgsp_journal::JournalError::Unavailable(e)) => {
+                hop.metrics.journal_up.set(0);
+                return Err(JournalProblem::Unavailable(e).into());
+            }
+            Err(e) => return Err(Internal(format!("journal: {e}")).into()),
+            Ok(Admission::Taken) => {
+                return Err(JournalProblem::MessageIdTaken { message_id: id.0 }.into());
+            }
+            Ok(Admission::Existing(m)) => {
+                hop.metrics.journal_up.set(1);
+                return replay(
+                    &m,
+                    key.as_deref(),
+                    &sha256,
+                    status_url(&m.message_id),
+                    queued,
+                );
+            }
+            Ok(Admission::New) => id.0.clone(),
+            // The same key after a failed delivery: tried again under the first message id.
+            Ok(Admission::Again(m)) => {
+                parts.extensions.insert(MessageId(m.message_id.clone()));
+                m.message_id.clone()
+            }
+        };
+        hop.metrics.journal_up.set(1);
+        if queued {
+            return Ok(accepted_202(&message_id, status_url(&message_id), false));
+        }
+        let answer = unnamed(inner.call(Request::from_parts(parts, full(bytes)))).await;
+        let (outcome, answer) = outcome_of(hop, &route, &message_id, answer).await;
+        layer.deliveries.count(route.index, outcome.status.as_str());
+        if let Err(e) = journal.finish(outcome).await {
+            // Delivered (or not) already: the answer stands; the journal shows the message still in progress.
+            tracing::error!(message_id, error = %e, "the outcome of a delivered packet could not be journalled");
+        }
+        answer
+    }
+}
+
+/// Headers a queued delivery does not keep: the connection's own, and the hop headers forward writes anew.
+fn kept(name: &http::HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+    ) && !name.as_str().starts_with(headers::HOP_HEADER_PREFIX)
+}
+
+/// What a queued delivery replays: the request as this hop would have forwarded it.
+pub(crate) fn replay_request(
+    parts: &http::request::Parts,
+    caller: &Caller,
+) -> lgsp_journal::Request {
+    lgsp_journal::Request {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| kept(n))
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        via: caller.via.clone(),
+        hops: parts
+            .extensions
+            .get::<HopPath>()
+            .map(|h| h.0.clone())
+            .unwrap_or_default(),
+        traceparent: parts
+            .extensions
+            .get::<TraceContext>()
+            .map(TraceContext::header_value),
+    }
+}
+
+/// A problem as a receipt: what a resend of the same key is answered with again.
+pub(crate) fn problem_receipt(problem: &BoxProblem) -> String {
+    serde_json::json!({
+        "type": "about:blank",
+        "title": problem.status().canonical_reason().unwrap_or("Error"),
+        "status": problem.status().as_u16(),
+        "code": problem.code(),
+        "detail": problem.detail(),
+    })
+    .to_string()
+}
+
+/// An upstream's answer body, kept whole as the receipt when it is at most [`ANSWER_LIMIT`] bytes and arrives
+/// within `within`; a longer one is passed on as it streams (and not kept).
+async fn receipt_of(
+    body: Body,
+    within: std::time::Duration,
+) -> Result<(Option<Bytes>, Body), String> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut kept = bytes::BytesMut::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| format!("the answer was not read whole within {within:?}"))?;
+        match frame {
+            None => {
+                let kept = kept.freeze();
+                return Ok((Some(kept.clone()), full(kept)));
+            }
+            Some(Err(e)) => return Err(format!("the answer broke: {e}")),
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    kept.extend_from_slice(&data);
+                }
+                if kept.len() > ANSWER_LIMIT {
+                    // Not a receipt: what was read, then the rest as it comes.
+                    return Ok((None, crate::body::prefixed(kept.freeze(), body)));
+                }
+            }
+        }
+    }
+}
+
+/// How a direct delivery ended, read off the upstream's answer (kept whole when it is a receipt-sized answer).
+pub(crate) async fn outcome_of(
+    hop: &HopContext,
+    route: &Route,
+    message_id: &str,
+    answer: Result<Response<Body>, BoxProblem>,
+) -> (Outcome, Result<Response<Body>, BoxProblem>) {
+    let base = |status, upstream_status, receipt, detail| Outcome {
+        hop: hop.name.to_string(),
+        message_id: message_id.to_owned(),
+        status,
+        upstream_status,
+        receipt,
+        detail,
+        owner: None,
+    };
+    match answer {
+        Err(problem) => {
+            let status = if problem.status().is_client_error() {
+                Status::Rejected
+            } else {
+                Status::Failed
+            };
+            (
+                base(
+                    status,
+                    Some(problem.status().as_u16()),
+                    Some(problem_receipt(&problem)),
+                    Some(problem.to_string()),
+                ),
+                Err(problem),
+            )
+        }
+        Ok(resp) => {
+            let code = resp.status();
+            let status = status_of(code);
+            let (parts, body) = resp.into_parts();
+            match receipt_of(body, route.config.timeout).await {
+                Ok((kept, body)) => {
+                    let detail = kept.is_none().then(|| {
+                        format!("the answer is longer than {ANSWER_LIMIT} bytes; not kept")
+                    });
+                    let receipt = kept.map(|b| String::from_utf8_lossy(&b).into_owned());
+                    (
+                        base(status, Some(code.as_u16()), receipt, detail),
+                        Ok(Response::from_parts(parts, body)),
+                    )
+                }
+                // Broken or too slow: the caller hears the upstream broke its answer; a resend tries again.
+                Err(e) => {
+                    let problem: BoxProblem = ForwardError::Upstream {
+                        route: route.name.clone(),
+                        upstream: route.config.upstream.authority.clone(),
+                        kind: UpstreamFailure::Protocol,
+                        message: e.clone(),
+                    }
+                    .into();
+                    (
+                        base(
+                            Status::Failed,
+                            Some(code.as_u16()),
+                            Some(problem_receipt(&problem)),
+                            Some(e),
+                        ),
+                        Err(problem),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The outcome an upstream's status means: 2xx delivered; 408, 429 and 5xx failed (another attempt may do);
+/// any other status refused for good.
+pub fn status_of(code: StatusCode) -> Status {
+    if code.is_success() {
+        Status::Delivered
+    } else if code == StatusCode::REQUEST_TIMEOUT
+        || code == StatusCode::TOO_MANY_REQUESTS
+        || code.is_server_error()
+    {
+        Status::Failed
+    } else {
+        Status::Rejected
+    }
+}
+
+/// The answer to a repeat of an idempotency key: the first outcome again, or why not.
+fn replay(
+    m: &Message,
+    key: Option<&str>,
+    sha256: &str,
+    status_url: Option<String>,
+    queued: bool,
+) -> Result<Response<Body>, BoxProblem> {
+    let key = key.unwrap_or_default().to_owned();
+    if m.body_sha256 != sha256 {
+        return Err(JournalProblem::KeyReused {
+            key,
+            message_id: m.message_id.clone(),
+        }
+        .into());
+    }
+    if m.status == Status::Queued || (queued && m.status.pending()) {
+        return Ok(accepted_202(&m.message_id, status_url, true));
+    }
+    if m.status.pending() {
+        return Err(JournalProblem::InProgress {
+            key,
+            message_id: m.message_id.clone(),
+        }
+        .into());
+    }
+    let status = m
+        .upstream_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let body = m.receipt.clone().unwrap_or_default();
+    let json = serde_json::from_str::<serde_json::Value>(&body).is_ok();
+    let ctype = match (json, status.is_success()) {
+        (true, true) => "application/json",
+        (true, false) => "application/problem+json",
+        _ => "text/plain; charset=utf-8",
+    };
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(REPLAYED, HeaderValue::from_static("true"));
+    if let Ok(v) = HeaderValue::from_str(&m.message_id) {
+        h.insert(headers::MESSAGE_ID, v);
+    }
+    Ok(resp)
+}
+
+/// 202 Accepted for a queued packet: its message id and where to ask how it went.
+fn accepted_202(message_id: &str, status_url: Option<String>, replayed: bool) -> Response<Body> {
+    let body = serde_json::json!({
+        "message_id": message_id,
+        "status": "queued",
+        "status_url": status_url,
+    });
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(v) = status_url.and_then(|u| HeaderValue::from_str(&u).ok()) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(message_id) {
+        h.insert(headers::MESSAGE_ID, v);
+    }
+    if replayed {
+        h.insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_short_printable_text() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).ok(), Some(None));
+        h.insert(
+            IDEMPOTENCY_KEY,
+            HeaderValue::from_static("2026-11-H29-0001"),
+        );
+        assert_eq!(
+            idempotency_key(&h).ok().flatten().as_deref(),
+            Some("2026-11-H29-0001")
+        );
+        for bad in ["", " ", &"k".repeat(129)] {
+            h.insert(IDEMPOTENCY_KEY, HeaderValue::from_str(bad).unwrap());
+            let e = idempotency_key(&h).unwrap_err();
+            assert_eq!(
+                (e.status(), e.code()),
+                (StatusCode::BAD_REQUEST, "idempotency.bad_key")
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_statuses_decide_the_outcome() {
+        assert_eq!(status_of(StatusCode::OK), Status::Delivered);
+        assert_eq!(status_of(StatusCode::ACCEPTED), Status::Delivered);
+        assert_eq!(status_of(StatusCode::BAD_GATEWAY), Status::Failed);
+        assert_eq!(status_of(StatusCode::TOO_MANY_REQUESTS), Status::Failed);
+        assert_eq!(status_of(StatusCode::REQUEST_TIMEOUT), Status::Failed);
+        assert_eq!(
+            status_of(StatusCode::UNPROCESSABLE_ENTITY),
+            Status::Rejected
+        );
+        assert_eq!(status_of(StatusCode::CONFLICT), Status::Rejected);
+    }
+}
