@@ -164,7 +164,10 @@ mod tests {
         let e = parse(&text, "t.toml", Path::new("."))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("a dry-run route forwards nothing"), "{e}");
+        assert!(
+            e.contains("a dry-run or messages route forwards nothing"),
+            "{e}"
+        );
         assert!(e.contains("name the upstream"), "{e}");
     }
 

@@ -474,7 +474,7 @@ mod tests {
             .apply(fixture.config(&[("ttl = \"1h\"", "ttl = \"2h\"")]))
             .unwrap();
         assert!(
-            summary.starts_with("2 hops, 12 routes, 3 agencies"),
+            summary.starts_with("2 hops, 14 routes, 3 agencies"),
             "{summary}"
         );
         assert!(

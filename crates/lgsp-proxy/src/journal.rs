@@ -607,4 +607,396 @@ mod tests {
         );
         assert_eq!(status_of(StatusCode::CONFLICT), Status::Rejected);
     }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower::ServiceExt;
+
+    use crate::route::RouteTable;
+    use crate::testing::{Fixture, metrics};
+
+    const H29: &str = "000.00.00.H29";
+
+    /// The journal layer of the embedded LGSP hop (its HoSoCBCCVC route `delivery` as given) over `inner`, on a
+    /// journal of its own.
+    struct Bench {
+        _fixture: Fixture,
+        journal: Journal,
+        layer: JournalLayer,
+        routes: RouteTable,
+    }
+
+    impl Bench {
+        async fn new(delivery: &str) -> Bench {
+            let fixture = Fixture::new();
+            let cfg = fixture.config(&[(
+                "delivery = \"direct\"",
+                &format!("delivery = \"{delivery}\""),
+            )]);
+            let journal = Journal::open(lgsp_journal::Settings {
+                url: cfg.journal.url.clone(),
+                keep_bodies: std::time::Duration::ZERO,
+                retention: cfg.journal.retention,
+            })
+            .await
+            .unwrap();
+            let hop = Arc::new(HopContext::new("lgsp", &[], metrics()));
+            let routes = &cfg.hops[0].routes;
+            Bench {
+                layer: JournalLayer::new(Some(journal.clone()), hop.clone(), routes),
+                routes: RouteTable::new(&hop, routes),
+                journal,
+                _fixture: fixture,
+            }
+        }
+
+        /// A request as the layers above leave it: route, caller and hop headers on its extensions.
+        fn request(
+            &self,
+            method: &str,
+            path: &str,
+            key: Option<&str>,
+            body: &str,
+            agency: &str,
+        ) -> Request<Body> {
+            let mut b = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/xml");
+            if let Some(k) = key {
+                b = b.header(IDEMPOTENCY_KEY, k);
+            }
+            let mut req = b.body(full(body.to_owned())).unwrap();
+            let e = req.extensions_mut();
+            let route_path = path.split('?').next().unwrap_or(path);
+            e.insert(self.routes.lookup(route_path).unwrap().clone());
+            e.insert(Caller {
+                agency: Arc::from(agency),
+                kind: lgsp_config::KeyKind::Production,
+                via: None,
+            });
+            e.insert(MessageId::new());
+            e.insert(HopPath(vec!["lgsp".into()]));
+            e.insert(TraceContext::continue_or_start(&HeaderMap::new()));
+            req
+        }
+
+        fn packet(&self, key: Option<&str>, body: &str) -> Request<Body> {
+            self.request("POST", "/lgsp/v1/HoSoCBCCVC", key, body, H29)
+        }
+    }
+
+    /// An upstream that answers every packet with `status` and a receipt naming its message id, counting calls.
+    fn upstream(status: StatusCode, calls: Arc<AtomicUsize>) -> impl Next {
+        tower::service_fn(move |req: Request<Body>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let id = req
+                    .extensions()
+                    .get::<MessageId>()
+                    .map(|m| m.0.clone())
+                    .unwrap_or_default();
+                let mut resp = Response::new(full(format!("{{\"message_id\":\"{id}\"}}")));
+                *resp.status_mut() = status;
+                Ok::<_, BoxProblem>(resp)
+            }
+        })
+    }
+
+    async fn body_of(resp: Response<Body>) -> serde_json::Value {
+        let b = read_body(resp.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    fn id_of(resp: &Response<Body>) -> String {
+        resp.headers()[headers::MESSAGE_ID]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_resend_with_the_same_key_gets_the_first_outcome_and_never_a_second_delivery() {
+        let b = Bench::new("direct").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = b.layer.layer(upstream(StatusCode::OK, calls.clone()));
+        let first = svc
+            .clone()
+            .oneshot(b.packet(Some("k-1"), "<a/>"))
+            .await
+            .unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        let id = body_of(first).await["message_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let again = svc
+            .clone()
+            .oneshot(b.packet(Some("k-1"), "<a/>"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.status(), id_of(&again)),
+            (StatusCode::OK, id.clone())
+        );
+        assert_eq!(again.headers()[REPLAYED], "true");
+        assert_eq!(body_of(again).await["message_id"], id.as_str());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "delivered once");
+        // Another body under the key: refused, naming the first message.
+        let e = svc
+            .clone()
+            .oneshot(b.packet(Some("k-1"), "<b/>"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency.key_reused")
+        );
+        assert!(e.detail().contains(&id), "{}", e.detail());
+        let e = svc
+            .clone()
+            .oneshot(b.packet(Some("a\tb"), "<a/>"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "idempotency.bad_key");
+        // Without a key every packet is a message of its own.
+        svc.clone().oneshot(b.packet(None, "<a/>")).await.unwrap();
+        svc.clone().oneshot(b.packet(None, "<a/>")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let m = b.journal.message("lgsp", H29, &id).await.unwrap().unwrap();
+        assert_eq!(
+            (m.status, m.upstream_status, m.idempotency_key.as_deref()),
+            (Status::Delivered, Some(200), Some("k-1"))
+        );
+        // accepted + outcome for each of the three messages.
+        assert_eq!(b.journal.verify().await.unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_is_tried_again_under_its_first_id_and_one_in_progress_waits() {
+        let b = Bench::new("direct").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let down = b
+            .layer
+            .layer(upstream(StatusCode::BAD_GATEWAY, calls.clone()));
+        let first = down.oneshot(b.packet(Some("k-2"), "<a/>")).await.unwrap();
+        assert_eq!(first.status(), StatusCode::BAD_GATEWAY);
+        let id = id_of_message(&b, "k-2").await;
+        let up = b.layer.layer(upstream(StatusCode::OK, calls.clone()));
+        let again = up
+            .clone()
+            .oneshot(b.packet(Some("k-2"), "<a/>"))
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+        assert!(
+            again.headers().get(REPLAYED).is_none(),
+            "a new attempt, not a replay"
+        );
+        assert_eq!(body_of(again).await["message_id"], id.as_str());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        // While one is still at the upstream, its resend waits.
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let held = Arc::new(tokio::sync::Mutex::new(Some(held)));
+        let slow = b.layer.layer(tower::service_fn(move |_req: Request<Body>| {
+            let held = held.clone();
+            async move {
+                if let Some(rx) = held.lock().await.take() {
+                    let _ = rx.await;
+                }
+                Ok::<_, BoxProblem>(Response::new(full("{}")))
+            }
+        }));
+        let first = tokio::spawn(slow.clone().oneshot(b.packet(Some("k-3"), "<a/>")));
+        while b
+            .journal
+            .messages(&lgsp_journal::Query {
+                hop: "lgsp".into(),
+                agency: H29.into(),
+                status: Some(Status::InProgress),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+        let e = slow
+            .clone()
+            .oneshot(b.packet(Some("k-3"), "<a/>"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::CONFLICT, "idempotency.in_progress")
+        );
+        assert!(e.headers().iter().any(|(n, _)| n == header::RETRY_AFTER));
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    async fn id_of_message(b: &Bench, key: &str) -> String {
+        let page = b
+            .journal
+            .messages(&lgsp_journal::Query {
+                hop: "lgsp".into(),
+                agency: H29.into(),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        page.into_iter()
+            .find(|m| m.idempotency_key.as_deref() == Some(key))
+            .unwrap()
+            .message_id
+    }
+
+    #[tokio::test]
+    async fn a_queued_route_answers_202_once_the_outbox_holds_the_packet() {
+        let b = Bench::new("queued").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = b.layer.layer(upstream(StatusCode::OK, calls.clone()));
+        let resp = svc
+            .clone()
+            .oneshot(b.packet(Some("q-1"), "<a/>"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let id = id_of(&resp);
+        let location = resp.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(location, format!("/lgsp/v1/messages/{id}"));
+        let doc = body_of(resp).await;
+        assert_eq!(
+            (doc["status"].as_str(), doc["status_url"].as_str()),
+            (Some("queued"), Some(location.as_str()))
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing forwarded at once");
+        let again = svc
+            .clone()
+            .oneshot(b.packet(Some("q-1"), "<a/>"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.status(), id_of(&again)),
+            (StatusCode::ACCEPTED, id.clone())
+        );
+        let claimed = b
+            .journal
+            .claim("lgsp", "w", std::time::Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].body, b"<a/>");
+        let request = claimed[0].message.request.clone().unwrap();
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("POST", "/lgsp/v1/HoSoCBCCVC")
+        );
+        assert!(
+            request
+                .headers
+                .iter()
+                .any(|(n, v)| n == "idempotency-key" && v == "q-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_messages_route_answers_only_the_callers_own_messages() {
+        let b = Bench::new("direct").await;
+        let svc = b
+            .layer
+            .layer(upstream(StatusCode::OK, Arc::new(AtomicUsize::new(0))));
+        let resp = svc
+            .clone()
+            .oneshot(b.packet(Some("m-1"), "<a/>"))
+            .await
+            .unwrap();
+        let id = body_of(resp).await["message_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let get = |path: String, agency: &str| b.request("GET", &path, None, "", agency);
+        let one = svc
+            .clone()
+            .oneshot(get(format!("/lgsp/v1/messages/{id}"), H29))
+            .await
+            .unwrap();
+        assert_eq!(one.status(), StatusCode::OK);
+        assert_eq!(one.headers()[header::CACHE_CONTROL], "no-store");
+        let doc = body_of(one).await;
+        assert_eq!(
+            (doc["status"].as_str(), doc["idempotency_key"].as_str()),
+            (Some("delivered"), Some("m-1"))
+        );
+        assert_eq!(doc["receipt"]["message_id"], id.as_str());
+        let e = svc
+            .clone()
+            .oneshot(get(format!("/lgsp/v1/messages/{id}"), "000.00.00.H26"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::NOT_FOUND, "messages.not_found")
+        );
+        let list = svc
+            .clone()
+            .oneshot(get("/lgsp/v1/messages?status=delivered".into(), H29))
+            .await
+            .unwrap();
+        let doc = body_of(list).await;
+        assert_eq!(doc["messages"].as_array().unwrap().len(), 1);
+        assert!(
+            doc["messages"][0].get("receipt").is_none(),
+            "a listing carries no receipts"
+        );
+        let theirs = svc
+            .clone()
+            .oneshot(get("/lgsp/v1/messages".into(), "000.00.00.H26"))
+            .await
+            .unwrap();
+        assert_eq!(
+            body_of(theirs).await["messages"].as_array().unwrap().len(),
+            0
+        );
+        let e = svc
+            .clone()
+            .oneshot(get("/lgsp/v1/messages?agency=000.00.00.H26".into(), H29))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::BAD_REQUEST, "messages.bad_query")
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_journal_packets_pass_and_messages_are_unavailable() {
+        let b = Bench::new("direct").await;
+        let bare = JournalLayer::new(None, b.layer.hop.clone(), &[]);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = bare.layer(upstream(StatusCode::OK, calls.clone()));
+        assert_eq!(
+            svc.clone()
+                .oneshot(b.packet(Some("x"), "<a/>"))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+        let e = svc
+            .oneshot(b.request("GET", "/lgsp/v1/messages", None, "", H29))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "journal.unavailable")
+        );
+    }
 }

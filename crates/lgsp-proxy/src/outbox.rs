@@ -439,3 +439,125 @@ impl Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::{ForwardError, UpstreamFailure};
+
+    fn settings() -> DeliveryConfig {
+        lgsp_config::embedded().unwrap().delivery
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap_and_honours_retry_after() {
+        let s = settings();
+        for _ in 0..50 {
+            let first = backoff(&s, 1, None);
+            assert!(
+                first >= s.initial_backoff / 2 && first <= s.initial_backoff,
+                "{first:?}"
+            );
+            let fourth = backoff(&s, 4, None);
+            assert!(
+                fourth >= s.initial_backoff * 4 && fourth <= s.initial_backoff * 8,
+                "{fourth:?}"
+            );
+            let late = backoff(&s, 40, None);
+            assert!(
+                late >= s.max_backoff / 2 && late <= s.max_backoff,
+                "{late:?}"
+            );
+        }
+        let told = Duration::from_secs(600);
+        assert_eq!(backoff(&s, 1, Some(told)), told);
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2026 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+
+    fn answer(
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+        body: &'static str,
+    ) -> Result<Response<Body>, BoxProblem> {
+        let mut r = Response::new(full(body));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (n, v) in headers {
+            r.headers_mut().insert(*n, HeaderValue::from_static(v));
+        }
+        Ok(r)
+    }
+
+    #[tokio::test]
+    async fn an_answer_decides_delivered_rejected_or_again() {
+        let within = Duration::from_secs(5);
+        match judge(answer(200, &[], "{\"receipt_id\":\"r\"}"), within).await {
+            Verdict::Done {
+                status, receipt, ..
+            } => {
+                assert_eq!(
+                    (status, receipt.as_deref()),
+                    (Status::Delivered, Some("{\"receipt_id\":\"r\"}"))
+                )
+            }
+            v => panic!("{v:?}"),
+        }
+        match judge(answer(422, &[], "{\"code\":\"schema.invalid\"}"), within).await {
+            Verdict::Done {
+                status,
+                upstream_status,
+                receipt,
+                ..
+            } => {
+                assert_eq!((status, upstream_status), (Status::Rejected, Some(422)));
+                assert!(receipt.unwrap().contains("schema.invalid"));
+            }
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(
+            judge(answer(429, &[("retry-after", "30")], ""), within).await,
+            Verdict::Retry {
+                detail: "upstream answered 429 Too Many Requests".into(),
+                upstream_status: Some(429),
+                hint: Some(Duration::from_secs(30)),
+            }
+        );
+        assert!(matches!(
+            judge(answer(500, &[], ""), within).await,
+            Verdict::Retry { hint: None, .. }
+        ));
+        let down: BoxProblem = ForwardError::Upstream {
+            route: Arc::from("HoSoCBCCVC"),
+            upstream: "localhost:1".into(),
+            kind: UpstreamFailure::Connect,
+            message: "refused".into(),
+        }
+        .into();
+        assert!(matches!(
+            judge(Err(down), within).await,
+            Verdict::Retry {
+                upstream_status: None,
+                ..
+            }
+        ));
+        let trial: BoxProblem = ForwardError::TrialNotOffered {
+            route: Arc::from("HoSoCBCCVC"),
+        }
+        .into();
+        match judge(Err(trial), within).await {
+            Verdict::Done {
+                status, receipt, ..
+            } => {
+                assert_eq!(status, Status::Rejected);
+                assert!(receipt.unwrap().contains("trial.not_offered"));
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+}

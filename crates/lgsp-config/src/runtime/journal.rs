@@ -171,9 +171,8 @@ mod tests {
 
     #[test]
     fn a_lease_shorter_than_a_queued_route_could_send_a_packet_twice() {
-        let queued = "message_type = \"HoSoCBCCVC\"\n";
         let text = crate::EMBEDDED
-            .replacen(queued, &format!("{queued}delivery = \"queued\"\n"), 1)
+            .replacen("delivery = \"direct\"", "delivery = \"queued\"", 1)
             .replacen("lease = \"2m\"", "lease = \"15s\"", 1);
         let e = crate::parse(&text, "t.toml", std::path::Path::new("/etc/lgsp")).unwrap_err();
         let p = &e.problems[0];
