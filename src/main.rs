@@ -107,6 +107,63 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// The message journal: check its hash chain, export or report on it, apply its migrations.
+    Journal {
+        /// Config file naming the journal (`[journal] url`); without it the embedded default's.
+        #[arg(long, short, env = "LGSP_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Compare your agency's list of sent packets (CSV: idempotency_key and/or message_id, sha256) with what the
+    /// gateway holds of your messages in a period: delivered / pending / rejected (with the reason) / failed /
+    /// changed / missing, and what the gateway holds that the list does not (unexpected). Exits 1 when a packet is
+    /// missing, failed or changed (it must be sent again), 0 otherwise.
+    Reconcile {
+        #[command(flatten)]
+        connection: Connection,
+        /// Start of the period: an RFC 3339 time, or a date (midnight in Vietnam, UTC+07:00).
+        #[arg(long)]
+        from: String,
+        /// End of the period (exclusive), as --from.
+        #[arg(long)]
+        to: String,
+        /// Your list of sent packets (CSV with a header row).
+        #[arg(long, value_name = "FILE")]
+        sent: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Walk the whole hash chain; name the first broken record and exit 1 if there is one.
+    Verify,
+    /// Write the records of a period as JSON lines (seq, prev_hash, hash, record).
+    Export {
+        /// Start: an RFC 3339 time, or a date (midnight in Vietnam, UTC+07:00); default: the first record.
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive), as --from; default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Apply the schema migrations not yet applied (the gateway also applies them at start).
+    Migrate,
+    /// Per hop, agency and message type: received, delivered, rejected, pending and failed in one month.
+    Report {
+        /// The month, YYYY-MM (Vietnam time, UTC+07:00).
+        #[arg(long)]
+        month: String,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How to reach a gateway as an agency: a connection profile, and options over it.
@@ -268,6 +325,27 @@ fn main() -> ExitCode {
                 send,
             })
         }
+        Command::Journal { config, command } => {
+            let ask = match command {
+                JournalCommand::Verify => cmd::journal::Ask::Verify,
+                JournalCommand::Export { from, to, out } => {
+                    cmd::journal::Ask::Export { from, to, out }
+                }
+                JournalCommand::Migrate => cmd::journal::Ask::Migrate,
+                JournalCommand::Report { month, json } => cmd::journal::Ask::Report { month, json },
+            };
+            cmd::journal::journal(config.as_deref(), ask)
+        }
+        Command::Reconcile {
+            connection,
+            from,
+            to,
+            sent,
+            json,
+        } => match connection.options(None, None) {
+            Ok(opts) => cmd::reconcile::reconcile(&opts, &from, &to, &sent, json),
+            Err(e) => usage(e),
+        },
         Command::Validate {
             schema_only,
             message_type,

@@ -191,6 +191,10 @@ struct World {
     /// One failed authentication allowed per identity and address, then one an hour.
     throttled: lgsp_proxy::Gateway,
     _foreign: Upstream,
+    /// Journalled routes: BienDong's packets wait at `keeper_held`; its journal is `keeper_journal`.
+    keeper: lgsp_proxy::Gateway,
+    keeper_held: HeldUpstream,
+    keeper_journal: String,
 }
 
 impl World {
@@ -274,7 +278,24 @@ impl World {
         let throttled = lgsp_proxy::Gateway::start(&parse(pki, &text))
             .await
             .unwrap();
+        let keeper_held = HeldUpstream::start(pki).await;
+        let keeper_text = hop_config(pki, "lgsp", "/lgsp/v1", ndxp, "/ndxp/v1", &[]);
+        let keeper_text = edit_route(&keeper_text, "BienDong", |b| {
+            b.replace(
+                &format!("upstream = \"https://localhost:{}\"", ndxp.port()),
+                &format!(
+                    "upstream = \"https://localhost:{}\"",
+                    keeper_held.addr.port()
+                ),
+            )
+        });
+        let keeper = lgsp_proxy::Gateway::start(&parse(pki, &keeper_text))
+            .await
+            .unwrap();
         World {
+            keeper,
+            keeper_held,
+            keeper_journal: journal_url_in(&keeper_text),
             chain,
             failing,
             limited,
@@ -641,6 +662,92 @@ impl World {
             "authz.unit_outside_jurisdiction" => {
                 let other = good.replace("000.00.00.H29", "000.00.00.H26");
                 self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &xml(KEY_H29), &other)
+                    .await
+            }
+            "journal.unavailable" => {
+                // Another writer holds the journal's lock past its busy timeout: the packet is refused, not sent.
+                let lock = JournalLock::hold(&self.keeper_journal).await;
+                let seen = self
+                    .post(&self.keeper, "/lgsp/v1/HoSoCBCCVC", &xml(KEY_H29), &good)
+                    .await;
+                lock.release().await;
+                seen
+            }
+            "idempotency.bad_key" => {
+                let mut h = xml(KEY_H29);
+                h.push(("idempotency-key", "a\tb"));
+                self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &h, &good).await
+            }
+            "idempotency.key_reused" => {
+                let mut h = xml(KEY_H29);
+                h.push(("idempotency-key", "errors-reused-1"));
+                let first = self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &h, &good).await;
+                assert_eq!(first.status, 200, "{}", first.body);
+                let other = good.replace("Nguyễn Văn An", "Nguyễn Văn Bình");
+                assert_ne!(other, good);
+                self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &h, &other).await
+            }
+            "idempotency.in_progress" => {
+                let mut h = xml(KEY_H29);
+                h.push(("idempotency-key", "errors-held-1"));
+                let packet = sample("valid/BienDong-01-dieu-dong.xml");
+                let url = hop_url(&self.keeper, "lgsp", "/lgsp/v1/BienDong");
+                let first = {
+                    let (client, url, h, packet) = (
+                        self.client(AGENCY_OK),
+                        url.clone(),
+                        h.clone(),
+                        packet.clone(),
+                    );
+                    let h: Vec<(String, String)> = h
+                        .iter()
+                        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                        .collect();
+                    tokio::spawn(async move {
+                        let h: Vec<(&str, &str)> =
+                            h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                        client
+                            .send("POST", &url, &h, &packet)
+                            .await
+                            .map(|a| a.status)
+                    })
+                };
+                // Journalled and at the upstream: the resend must wait.
+                self.keeper_held.arrived.notified().await;
+                let seen = self.send(AGENCY_OK, "POST", &url, &h, &packet).await;
+                self.keeper_held.release.notify_one();
+                assert_eq!(first.await.unwrap().unwrap().as_u16(), 200);
+                seen
+            }
+            "idempotency.message_id_taken" => {
+                // The NDXP knows this message id as H29's; a peer sending it again for H26 learns nothing of it.
+                let id = "0190a5a4-0000-7000-8000-0000000000aa";
+                let url = self.ndxp("/ndxp/v1/HoSoCBCCVC");
+                let mine = [
+                    ("x-lgsp-client", H29),
+                    ("x-lgsp-message-id", id),
+                    ("content-type", "application/xml"),
+                ];
+                let first = self.send(LGSP_PEER, "POST", &url, &mine, &good).await;
+                assert_eq!(first.status, 200, "{}", first.body);
+                let theirs = [
+                    ("x-lgsp-client", H26),
+                    ("x-lgsp-message-id", id),
+                    ("content-type", "application/xml"),
+                ];
+                let packet = good.replace("000.00.00.H29", "000.00.00.H26");
+                self.send(LGSP_PEER, "POST", &url, &theirs, &packet).await
+            }
+            "messages.not_found" => {
+                let url = self
+                    .chain
+                    .lgsp_url("/lgsp/v1/messages/0190a5a4-0000-7000-8000-000000000001");
+                self.send(AGENCY_OK, "GET", &url, &[("x-api-key", KEY_H29)], "")
+                    .await
+            }
+            "messages.bad_query" => {
+                let url = self.chain.lgsp_url("/lgsp/v1/messages?limit=0");
+                self.send(AGENCY_OK, "GET", &url, &[("x-api-key", KEY_H29)], "")
                     .await
             }
             "validate.unknown_message_type" => {

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use lgsp_probe::reconcile::packet_key;
 use lgsp_probe::{Delivery, ProbeOptions, Sender};
 use lgsp_schema::{Catalog, Options};
 
@@ -51,7 +52,12 @@ pub fn import(ask: &Ask<'_>) -> ExitCode {
     };
     let sent = match &ask.send {
         Some(opts) => match send(opts, &imported) {
-            Ok(sent) => sent,
+            Ok(sent) => {
+                if let Err(e) = write_sent(ask.out, &sent) {
+                    return super::failed(e);
+                }
+                sent
+            }
             Err(e) => return super::failed(e),
         },
         None => Vec::new(),
@@ -60,7 +66,7 @@ pub fn import(ask: &Ask<'_>) -> ExitCode {
     let all_good = imported.rows.iter().all(|r| r.is_good());
     let all_sent = sent
         .iter()
-        .all(|(_, d)| d.as_ref().is_ok_and(Delivery::accepted));
+        .all(|s| s.delivery.as_ref().is_ok_and(Delivery::accepted));
     if all_good && all_sent {
         ExitCode::SUCCESS
     } else {
@@ -68,8 +74,32 @@ pub fn import(ask: &Ask<'_>) -> ExitCode {
     }
 }
 
-/// What became of one sent row: its number, and the gateway's answer or why there was none.
-type Sent = (usize, Result<Delivery, String>);
+/// What became of one sent row.
+struct Sent {
+    row: usize,
+    /// Its `Idempotency-Key` and its packet's SHA-256, as `reconcile --sent` reads them back.
+    key: String,
+    sha256: String,
+    /// The gateway's answer, or why there was none.
+    delivery: Result<Delivery, String>,
+}
+
+/// `sent.csv` beside the packets: the list `lgsp-gateway reconcile --sent` compares with the gateway's.
+fn write_sent(out: &Path, sent: &[Sent]) -> Result<(), String> {
+    let path = out.join("sent.csv");
+    let mut text = String::from("idempotency_key,sha256,message_id,row,status\n");
+    for s in sent {
+        let (id, status) = match &s.delivery {
+            Ok(d) => (
+                d.message_id.clone().unwrap_or_default(),
+                d.status.to_string(),
+            ),
+            Err(_) => (String::new(), "not_sent".into()),
+        };
+        text.push_str(&format!("{},{},{id},{},{status}\n", s.key, s.sha256, s.row));
+    }
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
 
 /// Each good row's packet, posted in row order over one connection.
 fn send(opts: &ProbeOptions, imported: &lgsp_import::Import) -> Result<Vec<Sent>, String> {
@@ -82,26 +112,31 @@ fn send(opts: &ProbeOptions, imported: &lgsp_import::Import) -> Result<Vec<Sent>
         let mut out = Vec::new();
         for row in &imported.rows {
             if let Some(packet) = &row.packet {
-                let delivery = sender.send(imported.message_type, packet.clone()).await;
-                out.push((row.row, delivery));
+                // The same row sent again (a rerun after a failure) is replayed, never delivered twice.
+                let (key, sha256) = packet_key(packet);
+                let delivery = sender
+                    .send(imported.message_type, packet.clone(), Some(&key))
+                    .await;
+                out.push(Sent {
+                    row: row.row,
+                    key,
+                    sha256,
+                    delivery,
+                });
             }
         }
         Ok(out)
     })
 }
 
-fn report(
-    ask: &Ask<'_>,
-    imported: &lgsp_import::Import,
-    sent: &[(usize, Result<Delivery, String>)],
-) {
+fn report(ask: &Ask<'_>, imported: &lgsp_import::Import, sent: &[Sent]) {
     let mut out = std::io::stdout().lock();
     if ask.json {
         let sent: Vec<serde_json::Value> = sent
             .iter()
-            .map(|(row, d)| match d {
-                Ok(d) => serde_json::json!({"row": row, "delivery": d}),
-                Err(e) => serde_json::json!({"row": row, "error": e}),
+            .map(|s| match &s.delivery {
+                Ok(d) => serde_json::json!({"row": s.row, "idempotency_key": s.key, "delivery": d}),
+                Err(e) => serde_json::json!({"row": s.row, "idempotency_key": s.key, "error": e}),
             })
             .collect();
         let doc = serde_json::json!({"import": imported, "sent": sent});
@@ -120,8 +155,9 @@ fn report(
             let _ = writeln!(out, "{p}");
         }
     }
-    for (row, d) in sent {
-        let line = match d {
+    for s in sent {
+        let row = s.row;
+        let line = match &s.delivery {
             Ok(d) if d.accepted() => format!(
                 "row {row}: sent, message {}, receipt {}",
                 d.message_id.as_deref().unwrap_or("-"),
@@ -152,7 +188,7 @@ fn report(
         } else {
             let ok = sent
                 .iter()
-                .filter(|(_, d)| d.as_ref().is_ok_and(Delivery::accepted))
+                .filter(|s| s.delivery.as_ref().is_ok_and(Delivery::accepted))
                 .count();
             format!("; {ok} of {} sent and accepted", sent.len())
         }

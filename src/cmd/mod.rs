@@ -3,9 +3,11 @@
 pub mod certs;
 pub mod check_config;
 pub mod import;
+pub mod journal;
 pub mod keys;
 pub mod logging;
 pub mod probe;
+pub mod reconcile;
 pub mod run;
 pub mod validate;
 
@@ -24,4 +26,12 @@ pub fn load(path: Option<&std::path::Path>) -> Result<lgsp_config::Config, Strin
         None => lgsp_config::embedded(),
     }
     .map_err(|e| format!("the config is invalid:\n{e}"))
+}
+
+/// A runtime for one command's async work.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))
 }

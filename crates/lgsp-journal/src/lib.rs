@@ -431,13 +431,13 @@ impl Journal {
         }
     }
 
-    /// Per agency and message type, the messages accepted between `from_us` and `to_us` and where they stand.
+    /// Per hop, agency and message type, the messages accepted between `from_us` and `to_us` and where they stand.
     pub async fn report(&self, from_us: i64, to_us: i64) -> Result<Vec<ReportRow>, JournalError> {
         let rows = sqlx::query(
-            "SELECT agency, COALESCE(message_type, route) AS message_type, status, COUNT(*) AS n FROM messages
+            "SELECT hop, agency, COALESCE(message_type, route) AS message_type, status, COUNT(*) AS n FROM messages
              WHERE accepted_us >= $1 AND accepted_us < $2
-             GROUP BY agency, COALESCE(message_type, route), status
-             ORDER BY agency, message_type",
+             GROUP BY hop, agency, COALESCE(message_type, route), status
+             ORDER BY hop, agency, message_type",
         )
         .bind(from_us)
         .bind(to_us)
@@ -446,6 +446,7 @@ impl Journal {
         .map_err(|e| JournalError::from_db(&e))?;
         let mut out: Vec<ReportRow> = Vec::new();
         for r in &rows {
+            let hop: String = r.try_get("hop").map_err(|e| JournalError::from_db(&e))?;
             let agency: String = r.try_get("agency").map_err(|e| JournalError::from_db(&e))?;
             let message_type: String = r
                 .try_get("message_type")
@@ -456,11 +457,11 @@ impl Journal {
                     .map_err(|e| JournalError::from_db(&e))?,
             )
             .unwrap_or(0);
-            if out
-                .last()
-                .is_none_or(|l| l.agency != agency || l.message_type != message_type)
-            {
+            if out.last().is_none_or(|l| {
+                l.hop != hop || l.agency != agency || l.message_type != message_type
+            }) {
                 out.push(ReportRow {
+                    hop,
                     agency,
                     message_type,
                     ..ReportRow::default()

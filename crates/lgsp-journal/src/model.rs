@@ -213,9 +213,10 @@ pub struct Claimed {
     pub body: Vec<u8>,
 }
 
-/// One line of the monthly report: per agency and message type.
+/// One line of the monthly report: per hop, agency and message type.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReportRow {
+    pub hop: String,
     pub agency: String,
     pub message_type: String,
     pub received: u64,

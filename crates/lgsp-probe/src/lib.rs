@@ -4,11 +4,14 @@
 //! unknown CA, expired, revoked, missing), the API key and its binding to the certificate, the route, the sample
 //! packet (dry run), and a round trip to the national endpoint with its receipt.
 //!
+//! `reconcile` compares an agency's own list of sent packets with what the gateway's journal holds of them.
+//!
 //! Client code: it talks to a gateway as an agency's HR system would and shares nothing with the server crates but
 //! the TLS loading and the packet catalogue.
 #![forbid(unsafe_code)]
 
 mod profile;
+pub mod reconcile;
 mod report;
 mod send;
 mod steps;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::Uri;
+use http::{Method, Uri};
 use lgsp_schema::Format;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
@@ -75,18 +75,17 @@ impl Sender {
         })
     }
 
-    /// Posts one XML packet of `message_type`.
-    pub async fn send(&mut self, message_type: &str, packet: Vec<u8>) -> Result<Delivery, String> {
+    /// Posts one XML packet of `message_type`, under `key` (`Idempotency-Key`) when given: a resend of the same
+    /// packet under the same key gets the first outcome again, never a second delivery.
+    pub async fn send(
+        &mut self,
+        message_type: &str,
+        packet: Vec<u8>,
+        key: Option<&str>,
+    ) -> Result<Delivery, String> {
         let path = format!("{}/{message_type}", self.base);
-        let answer = self
-            .exchange
-            .post(&path, packet)
-            .await
-            .map_err(|e| format!("the request could not be built: {e}"))?
-            .map_err(|e| match e {
-                Some(e) => format!("the connection failed: {e}"),
-                None => format!("no answer within {:?}", self.exchange.timeout),
-            })?;
+        let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        let answer = self.call(Method::POST, &path, &headers, packet).await?;
         let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
         Ok(Delivery {
             status: answer.status.as_u16(),
@@ -99,5 +98,37 @@ impl Sender {
             code: text(&answer.body["code"]),
             detail: text(&answer.body["detail"]),
         })
+    }
+
+    /// `GET {base}{path}` as JSON, e.g. a page of `/messages`; a refusal as its problem's code and detail.
+    pub async fn get_json(&mut self, path: &str) -> Result<serde_json::Value, String> {
+        let path = format!("{}{path}", self.base);
+        let answer = self.call(Method::GET, &path, &[], Vec::new()).await?;
+        if !answer.status.is_success() {
+            return Err(format!(
+                "GET {path} answered {}: {} {}",
+                answer.status,
+                answer.body["code"].as_str().unwrap_or_default(),
+                answer.body["detail"].as_str().unwrap_or_default()
+            ));
+        }
+        Ok(answer.body)
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<crate::steps::Answer, String> {
+        self.exchange
+            .request(method, path, headers, body)
+            .await
+            .map_err(|e| format!("the request could not be built: {e}"))?
+            .map_err(|e| match e {
+                Some(e) => format!("the connection failed: {e}"),
+                None => format!("no answer within {:?}", self.exchange.timeout),
+            })
     }
 }

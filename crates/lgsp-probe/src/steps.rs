@@ -70,13 +70,29 @@ impl Exchange {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Result<Answer, NoAnswer>, http::Error> {
-        let req = Request::builder()
-            .method(Method::POST)
+        self.request(Method::POST, path, &[], body).await
+    }
+
+    /// One request with the agency's key (and, with a body, its content type), `headers` added.
+    pub(crate) async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Result<Answer, NoAnswer>, http::Error> {
+        let mut b = Request::builder()
+            .method(method)
             .uri(path)
             .header(http::header::HOST, self.authority.as_str())
-            .header("x-api-key", self.api_key.as_str())
-            .header(http::header::CONTENT_TYPE, self.content_type)
-            .body(Full::new(Bytes::from(body)))?;
+            .header("x-api-key", self.api_key.as_str());
+        if !body.is_empty() {
+            b = b.header(http::header::CONTENT_TYPE, self.content_type);
+        }
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let req = b.body(Full::new(Bytes::from(body)))?;
         let fut = self.sender.send_request(req);
         let resp = match tokio::time::timeout(self.timeout, fut).await {
             Err(_) => return Ok(Err(None)),
@@ -576,7 +592,7 @@ async fn round_trip(
         Ok(a) => Err(run.fail(
             "round_trip",
             format!("{} ({}, HTTP {})", a.detail(), a.code(), a.status.as_u16()),
-            "the packet passed here but the chain behind the gateway did not answer with a receipt; resend later with the same message id, and tell the LGSP operator if it persists",
+            "the packet passed here but the chain behind the gateway did not answer with a receipt; resend later with the same Idempotency-Key, and tell the LGSP operator if it persists",
         )),
         Err(e) => Err(run.fail(
             "round_trip",

@@ -117,10 +117,10 @@ impl Problem for ForwardError {
                 kind: UpstreamFailure::Timeout,
                 ..
             } => format!(
-                "The upstream of route {route} did not answer within the route's timeout; retry later with the same X-LGSP-Message-Id (resends are safe)."
+                "The upstream of route {route} did not answer within the route's timeout; resend later with the same Idempotency-Key (a resend under it is never delivered twice)."
             ),
             ForwardError::Upstream { route, kind, .. } => format!(
-                "The upstream of route {route} could not be reached ({}); retry later with the same X-LGSP-Message-Id, and tell the LGSP operator if it persists.",
+                "The upstream of route {route} could not be reached ({}); resend later with the same Idempotency-Key (a resend under it is never delivered twice), and tell the LGSP operator if it persists.",
                 kind.as_str()
             ),
         }

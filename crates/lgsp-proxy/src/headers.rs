@@ -2,6 +2,7 @@
 //! `traceparent`. What a hop establishes travels down the stack as typed extensions; `forward` writes them out.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::HeaderMap;
 
@@ -46,6 +47,21 @@ impl Default for MessageId {
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The message id a request's answer is known by when the journal says it is an earlier message's (a resend with
+/// the same `Idempotency-Key`): set below, read by observe for the answer's `X-LGSP-Message-Id`, problem and log.
+#[derive(Debug, Clone, Default)]
+pub struct KnownAs(Arc<std::sync::OnceLock<MessageId>>);
+
+impl KnownAs {
+    pub fn set(&self, id: MessageId) {
+        let _ = self.0.set(id);
+    }
+
+    pub fn get(&self) -> Option<&MessageId> {
+        self.0.get()
     }
 }
 

@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 
 use crate::body::{Body, full, read_body};
 use crate::forward::{ForwardError, UpstreamFailure};
-use crate::headers::{self, HopPath, MessageId, TraceContext};
+use crate::headers::{self, HopPath, KnownAs, MessageId, TraceContext};
 use crate::hop::HopContext;
 use crate::messages;
 use crate::outbox::Deliveries;
@@ -288,6 +288,7 @@ impl Packet {
             }
             Ok(Admission::Existing(m)) => {
                 hop.metrics.journal_up.set(1);
+                known_as(&parts, &m.message_id);
                 return replay(
                     &m,
                     key.as_deref(),
@@ -299,6 +300,7 @@ impl Packet {
             Ok(Admission::New) => id.0.clone(),
             // The same key after a failed delivery: tried again under the first message id.
             Ok(Admission::Again(m)) => {
+                known_as(&parts, &m.message_id);
                 parts.extensions.insert(MessageId(m.message_id.clone()));
                 m.message_id.clone()
             }
@@ -315,6 +317,13 @@ impl Packet {
             tracing::error!(message_id, error = %e, "the outcome of a delivered packet could not be journalled");
         }
         answer
+    }
+}
+
+/// Tells observe the answer is message `id`'s (an earlier one's, found by its key).
+fn known_as(parts: &http::request::Parts, id: &str) {
+    if let Some(k) = parts.extensions.get::<KnownAs>() {
+        k.set(MessageId(id.to_owned()));
     }
 }
 

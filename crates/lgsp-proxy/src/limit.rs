@@ -89,7 +89,7 @@ impl Problem for LimitError {
     fn detail(&self) -> String {
         match self {
             LimitError::RateLimited { route, agency, .. } => format!(
-                "Agency {agency} sends faster than route {route} allows; wait Retry-After seconds and resend with the same X-LGSP-Message-Id (RateLimit-Policy gives the quota)."
+                "Agency {agency} sends faster than route {route} allows; wait Retry-After seconds and resend (nothing of this request was journalled or delivered; RateLimit-Policy gives the quota)."
             ),
             LimitError::Overloaded { scope, .. } => format!(
                 "The gateway has too many requests in flight ({scope}); resend after Retry-After seconds."

@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 
 use crate::body::Body;
 use crate::edge;
-use crate::headers::{self, HopPath, MessageId, TraceContext};
+use crate::headers::{self, HopPath, KnownAs, MessageId, TraceContext};
 use crate::hop::HopContext;
 use crate::step::{Answer, Step};
 
@@ -188,6 +188,7 @@ struct Observation {
     hop: Arc<HopContext>,
     labels: RequestLabels,
     message_id: MessageId,
+    known_as: KnownAs,
     method: Method,
     uri: Uri,
     bytes_in: Option<u64>,
@@ -224,6 +225,8 @@ where
         let start = Instant::now();
         let labels = RequestLabels::default();
         req.extensions_mut().insert(labels.clone());
+        let known_as = KnownAs::default();
+        req.extensions_mut().insert(known_as.clone());
         let trace = TraceContext::continue_or_start(req.headers());
         let established = establish(&self.hop, &mut req);
         let message_id = established
@@ -236,6 +239,7 @@ where
             hop: self.hop.clone(),
             labels,
             message_id,
+            known_as,
             method: req.method().clone(),
             uri: req.uri().clone(),
             bytes_in: req.body().size_hint().exact(),
@@ -309,7 +313,10 @@ impl<F: Future<Output = Answer>> Future for Observed<F> {
 }
 
 impl Observation {
-    fn finish(self, result: Answer) -> Response<Body> {
+    fn finish(mut self, result: Answer) -> Response<Body> {
+        if let Some(first) = self.known_as.get() {
+            self.message_id = first.clone();
+        }
         let hop = &self.hop;
         let mut resp = match result {
             Ok(resp) => resp,

@@ -4,7 +4,9 @@
 //! handshake).
 #![forbid(unsafe_code)]
 
+pub mod outage;
 pub mod process;
+pub use outage::{JournalLock, Relay, journal_url_in};
 pub use process::{Proc, sh, tool, write};
 
 use std::net::SocketAddr;

@@ -1,0 +1,200 @@
+//! `lgsp-gateway journal`: the operator's commands over the message journal the config names — verify the hash
+//! chain, export records as JSON lines, apply migrations, and the monthly report per hop, agency and message type.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use lgsp_journal::{Journal, JournalError, ReportRow, Settings};
+use lgsp_proxy::messages::parse_time;
+
+pub enum Ask {
+    Verify,
+    Export {
+        from: Option<String>,
+        to: Option<String>,
+        out: Option<PathBuf>,
+    },
+    Migrate,
+    Report {
+        month: String,
+        json: bool,
+    },
+}
+
+pub fn journal(config: Option<&Path>, ask: Ask) -> ExitCode {
+    let cfg = match super::load(config) {
+        Ok(c) => c,
+        Err(e) => return super::failed(e),
+    };
+    let runtime = match super::runtime() {
+        Ok(r) => r,
+        Err(e) => return super::failed(e),
+    };
+    let url = cfg.journal.url.clone();
+    runtime.block_on(async move {
+        if let Ask::Migrate = ask {
+            return match lgsp_journal::migrate(&url).await {
+                Ok(v) if v.is_empty() => {
+                    println!("{url}: up to date");
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    let v: Vec<String> = v.iter().map(i64::to_string).collect();
+                    println!("{url}: applied migrations {}", v.join(", "));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => super::failed(e),
+            };
+        }
+        let journal = match Journal::open(Settings {
+            url: url.clone(),
+            keep_bodies: cfg.journal.keep_bodies,
+            retention: cfg.journal.retention,
+        })
+        .await
+        {
+            Ok(j) => j,
+            Err(e) => return super::failed(e),
+        };
+        match ask {
+            Ask::Migrate => ExitCode::SUCCESS,
+            Ask::Verify => match journal.verify().await {
+                Ok(n) => {
+                    println!("{url}: {n} records, the chain is whole");
+                    ExitCode::SUCCESS
+                }
+                Err(JournalError::Broken(b)) => {
+                    println!("{url}: BROKEN at {b}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => super::failed(e),
+            },
+            Ask::Export { from, to, out } => export(&journal, from, to, out.as_deref()).await,
+            Ask::Report { month, json } => report(&journal, &month, json).await,
+        }
+    })
+}
+
+fn time_or(v: Option<&str>, default: i64, what: &str) -> Result<i64, String> {
+    v.map_or(Ok(default), |v| {
+        parse_time(v).map_err(|e| format!("--{what}: {e}"))
+    })
+}
+
+async fn export(
+    journal: &Journal,
+    from: Option<String>,
+    to: Option<String>,
+    out: Option<&Path>,
+) -> ExitCode {
+    let (from_us, to_us) = match (
+        time_or(from.as_deref(), 0, "from"),
+        time_or(to.as_deref(), i64::MAX, "to"),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return super::failed(e),
+    };
+    let mut sink: Box<dyn Write> = match out {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => return super::failed(format!("{}: {e}", p.display())),
+        },
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match journal.export(from_us, to_us, &mut sink).await {
+        Ok(n) => {
+            if let Err(e) = sink.flush() {
+                return super::failed(format!("writing the export: {e}"));
+            }
+            eprintln!("exported {n} records");
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::failed(e),
+    }
+}
+
+/// `YYYY-MM` → the month's start and the next month's, in Vietnam time.
+fn month_bounds(month: &str) -> Result<(i64, i64), String> {
+    let bad = || format!("--month {month}: write the month as YYYY-MM, e.g. 2026-11");
+    let (y, m) = month.split_once('-').ok_or_else(bad)?;
+    let (y, m): (u16, u8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(1..=12).contains(&m) || month.len() != 7 {
+        return Err(bad());
+    }
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let start = parse_time(&format!("{y:04}-{m:02}-01")).map_err(|_| bad())?;
+    let end = parse_time(&format!("{ny:04}-{nm:02}-01")).map_err(|_| bad())?;
+    Ok((start, end))
+}
+
+async fn report(journal: &Journal, month: &str, json: bool) -> ExitCode {
+    let (from, to) = match month_bounds(month) {
+        Ok(b) => b,
+        Err(e) => return super::failed(e),
+    };
+    let rows = match journal.report(from, to).await {
+        Ok(r) => r,
+        Err(e) => return super::failed(e),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "month": month, "rows": rows })
+        )
+    } else {
+        write_table(&mut out, month, &rows)
+    };
+    ExitCode::SUCCESS
+}
+
+fn write_table(out: &mut impl Write, month: &str, rows: &[ReportRow]) -> std::io::Result<()> {
+    writeln!(out, "month {month} (UTC+07:00)")?;
+    writeln!(
+        out,
+        "{:<6} {:<16} {:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "hop", "agency", "message_type", "received", "delivered", "rejected", "pending", "failed"
+    )?;
+    let mut total = ReportRow::default();
+    for r in rows {
+        writeln!(
+            out,
+            "{:<6} {:<16} {:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            r.hop,
+            r.agency,
+            r.message_type,
+            r.received,
+            r.delivered,
+            r.rejected,
+            r.pending,
+            r.failed
+        )?;
+        total.received += r.received;
+        total.delivered += r.delivered;
+        total.rejected += r.rejected;
+        total.pending += r.pending;
+        total.failed += r.failed;
+    }
+    writeln!(
+        out,
+        "{:<6} {:<16} {:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "all", "", "", total.received, total.delivered, total.rejected, total.pending, total.failed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_month_runs_from_its_first_midnight_in_vietnam_to_the_next() {
+        let (from, to) = month_bounds("2026-12").unwrap();
+        assert_eq!(lgsp_proxy::messages::rfc3339(from), "2026-11-30T17:00:00Z");
+        assert_eq!(lgsp_proxy::messages::rfc3339(to), "2026-12-31T17:00:00Z");
+        for bad in ["2026-13", "2026-1", "11-2026", "2026"] {
+            assert!(month_bounds(bad).is_err(), "{bad}");
+        }
+    }
+}
