@@ -1,5 +1,6 @@
 //! `lgsp-gateway import` driven as a clerk's IT desk would: a filled CSV template turned into packets, the bad
-//! row named by its cells, and `--send` posting the good ones through a running chain, each with its receipt.
+//! row named by its cells, `--send` posting the good ones through a running chain, each with its receipt, a rerun
+//! answered from the journal, and `lgsp-gateway reconcile` over the list the import wrote.
 
 use std::process::Command;
 
@@ -77,7 +78,21 @@ async fn a_filled_template_is_imported_checked_and_sent_with_receipts() {
         ),
         "{stdout}"
     );
-    assert_eq!(std::fs::read_dir(dir.join("goi")).unwrap().count(), 2);
+    let packets = std::fs::read_dir(dir.join("goi"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "xml"))
+        .count();
+    assert_eq!(packets, 2);
+    // What was sent, under which key, for `reconcile --sent`.
+    let sent_csv = std::fs::read_to_string(dir.join("goi/sent.csv")).unwrap();
+    let rows: Vec<&str> = sent_csv.lines().collect();
+    assert_eq!(rows[0], "idempotency_key,sha256,message_id,row,status");
+    assert_eq!(rows.len(), 3, "{sent_csv}");
+    assert!(
+        rows[1].starts_with("sha256-") && rows[1].ends_with(",2,200"),
+        "{sent_csv}"
+    );
     // The national endpoint holds both, as the agency's data.
     assert_eq!(chain.emulator.emulator.as_ref().unwrap().1.stored(), 2);
 
@@ -97,6 +112,46 @@ async fn a_filled_template_is_imported_checked_and_sent_with_receipts() {
     assert!(
         doc["sent"][0]["delivery"]["receipt_id"].is_string(),
         "{doc}"
+    );
+    // The teacher's packet was sent already: under the same key it is answered again, not delivered twice.
+    let first_id = rows[1].split(',').nth(2).unwrap();
+    assert_eq!(doc["sent"][0]["delivery"]["message_id"], first_id, "{doc}");
+    assert_eq!(chain.emulator.emulator.as_ref().unwrap().1.stored(), 2);
+
+    // Reconciliation against what the LGSP journalled: both delivered; a line the gateway never saw is missing.
+    let reconcile = |sent: &str| {
+        let mut a = args("-", "-");
+        a.splice(0..4, ["reconcile".to_owned()]);
+        a.retain(|x| x != "--send");
+        a.extend(["--from", "2000-01-01", "--to", "2100-01-01", "--sent", sent].map(str::to_owned));
+        a
+    };
+    let out = run(reconcile("goi/sent.csv")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.ends_with("2 sent: 2 delivered, 0 pending, 0 rejected, 0 failed, 0 changed, 0 missing; 0 unexpected\n"),
+        "{stdout}"
+    );
+    std::fs::write(
+        dir.join("more.csv"),
+        format!(
+            "{sent_csv}sha256-{},{},,,\n",
+            "0".repeat(64),
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let out = run(reconcile("more.csv")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("line 4: missing key sha256-000"),
+        "{stdout}"
     );
     chain.shutdown().await;
 }
