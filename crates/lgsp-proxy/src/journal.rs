@@ -246,10 +246,20 @@ impl Packet {
             .get::<MessageId>()
             .cloned()
             .ok_or_else(|| missing("a message id"))?;
+        let queued = route.config.delivery == DeliveryMode::Queued;
+        // What a direct delivery would refuse at once is refused before a queued one is accepted, not after.
+        if queued
+            && caller.kind == lgsp_config::KeyKind::Trial
+            && route.config.trial_upstream.is_none()
+        {
+            return Err(ForwardError::TrialNotOffered {
+                route: route.name.clone(),
+            }
+            .into());
+        }
         // Validation read the packet whole already: this takes its bytes.
         let bytes = read_body(body, route.config.max_body_bytes).await?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let queued = route.config.delivery == DeliveryMode::Queued;
         let accepted = Accepted {
             hop: hop.name.to_string(),
             message_id: id.0.clone(),

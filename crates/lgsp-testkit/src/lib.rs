@@ -6,7 +6,7 @@
 
 pub mod outage;
 pub mod process;
-pub use outage::{JournalLock, Relay, journal_url_in};
+pub use outage::{JournalLock, PgDatabase, Relay, journal_read_only, journal_url_in, queued};
 pub use process::{Proc, sh, tool, write};
 
 use std::net::SocketAddr;

@@ -90,3 +90,137 @@ impl JournalLock {
         }
     }
 }
+
+/// A database of its own on the test PostgreSQL server (`LGSP_TEST_POSTGRES_URL`), for one test; `None`, with the
+/// reason printed, when no server is configured.
+pub struct PgDatabase {
+    /// The database's URL on the server.
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create(what: &str) -> Option<PgDatabase> {
+        let Ok(server) = std::env::var("LGSP_TEST_POSTGRES_URL") else {
+            eprintln!("skipped {what}: LGSP_TEST_POSTGRES_URL is not set (.ci/run sets it)");
+            return None;
+        };
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "lgsp_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000
+        );
+        admin(&server, &format!("CREATE DATABASE {name}")).await;
+        let url = match server.rsplit_once('/') {
+            Some((s, _)) => format!("{s}/{name}"),
+            None => format!("{server}/{name}"),
+        };
+        Some(PgDatabase { url, server, name })
+    }
+
+    /// The URL through `relay` (which must lead to the server) instead of straight to the server.
+    pub fn via(&self, relay: &Relay) -> String {
+        let rest = self.url.split_once("://").map_or("", |(_, r)| r);
+        let (user, rest) = rest.split_once('@').map_or(("", rest), |(u, r)| (u, r));
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        let at = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        format!("postgres://{at}{}/{path}", relay.addr)
+    }
+
+    /// The server's address, for a relay in front of it.
+    pub fn server_addr(&self) -> SocketAddr {
+        let rest = self.url.split_once("://").map_or("", |(_, r)| r);
+        let host = rest.split_once('@').map_or(rest, |(_, r)| r);
+        let host = host.split('/').next().unwrap_or("127.0.0.1:5432");
+        let host = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:5432")
+        };
+        std::net::ToSocketAddrs::to_socket_addrs(&host.replace("localhost", "127.0.0.1"))
+            .ok()
+            .and_then(|mut a| a.next())
+            .expect("the PostgreSQL server's address")
+    }
+
+    pub async fn drop_now(self) {
+        admin(
+            &self.server,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        )
+        .await;
+    }
+}
+
+async fn admin(server: &str, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(server)
+        .await
+        .expect("the PostgreSQL test server");
+    // CREATE DATABASE copies template1 and fails while another session copies it too: tests start together.
+    for attempt in 0.. {
+        match sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+        {
+            Ok(_) => return,
+            Err(e)
+                if attempt < 50 && e.to_string().contains("is being accessed by other users") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+/// `text` with every packet route (`message_type = …`) delivering from the outbox.
+pub fn queued(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("message_type = ") {
+                format!("{l}\ndelivery = \"queued\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Makes a SQLite journal's files unwritable (`chattr +i` as root, whom modes do not stop; `chmod a-w`
+/// otherwise), or undoes it. False when the file system refuses (the caller skips, saying why).
+pub fn journal_read_only(url: &str, read_only: bool) -> bool {
+    let path = url.trim_start_matches("sqlite://");
+    let path = path.split('?').next().unwrap_or(path);
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    // Not the -shm file: SQLite maps it into memory, and a mapped page the kernel may not write is SIGBUS.
+    ["", "-wal"].iter().all(|suffix| {
+        let file = format!("{path}{suffix}");
+        if !std::path::Path::new(&file).exists() {
+            return true;
+        }
+        let (cmd, arg) = match (root, read_only) {
+            (true, true) => ("chattr", "+i"),
+            (true, false) => ("chattr", "-i"),
+            (false, true) => ("chmod", "a-w"),
+            (false, false) => ("chmod", "u+w"),
+        };
+        std::process::Command::new(cmd)
+            .args([arg, &file])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}

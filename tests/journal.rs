@@ -1,0 +1,459 @@
+//! The journal end to end over real TLS: a resend under one `Idempotency-Key` answered from the journal and
+//! delivered once (driven by curl), the messages route bound to its agency, queued routes answering 202 and
+//! delivering every packet once, a refusal for good recorded with its reason, and failing closed — 503, nothing
+//! forwarded — while the journal cannot be written (a read-only SQLite file, PostgreSQL behind a cut relay), then
+//! recovering without a restart.
+
+use std::time::{Duration, Instant};
+
+use lgsp_testkit::*;
+
+const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
+const KEY_H26: &str = "lgsp_dev_000.00.00.H26_production";
+
+/// Fast retries and a lease over twice the test routes' 5 s timeout.
+const DELIVERY: &str = "[delivery]\nmax_age = \"10m\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\nworkers = 8\nlease = \"12s\"\n";
+
+fn headers<'a>(api_key: &'a str, key: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("x-api-key", api_key),
+        ("content-type", "application/xml"),
+        ("idempotency-key", key),
+    ]
+}
+
+fn packet() -> String {
+    sample("valid/HoSoCBCCVC-02-toi-thieu.xml")
+}
+
+/// Waits (polling, bounded) until `done` holds.
+async fn eventually<F, Fut>(what: &str, within: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the metric sample `name{labels}` of a gateway.
+fn metric(g: &lgsp_proxy::Gateway, sample: &str) -> f64 {
+    g.metrics
+        .encode()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .map(|v| v.trim().parse().unwrap_or(f64::NAN))
+        })
+        .unwrap_or_else(|| panic!("no sample {sample}"))
+}
+
+fn emulator_stored(chain: &Chain) -> usize {
+    chain.emulator.emulator.as_ref().map_or(0, |e| e.1.stored())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_under_one_key_is_answered_from_the_journal_and_delivered_once() {
+    if !tool("curl") {
+        return;
+    }
+    let chain = Chain::start().await;
+    let dir = chain.pki.dir().display().to_string();
+    let file = write(chain.pki.dir(), "p.xml", &packet());
+    let curl = |identity: &str, api_key: &str, extra: &str, path: &str| {
+        format!(
+            "curl -sS -D - --cert {dir}/{identity}.pem --key {dir}/{identity}.key --cacert {dir}/ca.pem -H 'X-API-Key: {api_key}' {extra} {}",
+            chain.lgsp_url(path)
+        )
+    };
+    let post = curl(
+        AGENCY_OK,
+        KEY_H29,
+        &format!(
+            "-H 'Content-Type: application/xml' -H 'Idempotency-Key: 2026-11-H29-0001' --data-binary @{file}"
+        ),
+        "/lgsp/v1/HoSoCBCCVC",
+    );
+    let (ok, first, err) = sh(&post);
+    assert!(ok && first.starts_with("HTTP/2 200"), "{first}{err}");
+    let id_of = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-lgsp-message-id: "))
+            .map(|v| v.trim().to_owned())
+            .expect("message id")
+    };
+    let id = id_of(&first);
+    let (ok, again, err) = sh(&post);
+    assert!(ok && again.starts_with("HTTP/2 200"), "{again}{err}");
+    assert_eq!(id_of(&again), id, "the first message, not a new one");
+    assert!(again.contains("x-lgsp-replayed: true"), "{again}");
+    let body = |answer: &str| -> serde_json::Value {
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).expect("a body")).expect("JSON")
+    };
+    assert_eq!(body(&again)["receipt_id"], body(&first)["receipt_id"]);
+    assert_eq!(emulator_stored(&chain), 1, "delivered once");
+
+    // Another packet under the key is refused, naming the first message.
+    let other = write(
+        chain.pki.dir(),
+        "q.xml",
+        &packet().replace("Nguyễn Văn An", "Nguyễn Văn Bình"),
+    );
+    let (_, refused, _) = sh(&post.replace(&file, &other));
+    assert!(refused.starts_with("HTTP/2 422"), "{refused}");
+    assert_eq!(body(&refused)["code"], "idempotency.key_reused");
+
+    // The messages route: the agency's own message, with its outcome and receipt; another agency's is not found.
+    let (ok, own, err) = sh(&curl(
+        AGENCY_OK,
+        KEY_H29,
+        "",
+        &format!("/lgsp/v1/messages/{id}"),
+    ));
+    assert!(ok && own.starts_with("HTTP/2 200"), "{own}{err}");
+    let m = body(&own);
+    let (_, sha, _) = sh(&format!("sha256sum {file}"));
+    assert_eq!(m["sha256"].as_str(), sha.split_whitespace().next());
+    assert_eq!(
+        (
+            m["status"].as_str(),
+            m["idempotency_key"].as_str(),
+            m["upstream_status"].as_u64()
+        ),
+        (Some("delivered"), Some("2026-11-H29-0001"), Some(200))
+    );
+    assert_eq!(m["receipt"]["message_id"], id.as_str());
+    let (_, theirs, _) = sh(&curl(
+        AGENCY_OTHER,
+        KEY_H26,
+        "",
+        &format!("/lgsp/v1/messages/{id}"),
+    ));
+    assert!(theirs.starts_with("HTTP/2 404"), "{theirs}");
+    assert_eq!(body(&theirs)["code"], "messages.not_found");
+    let (_, list, _) = sh(&curl(AGENCY_OTHER, KEY_H26, "", "/lgsp/v1/messages"));
+    assert_eq!(body(&list)["messages"], serde_json::json!([]));
+    // Each hop journalled it: the NDXP knows the relayed packet by its message id.
+    let ndxp_counted = metric(
+        &chain.ndxp,
+        "lgsp_deliveries_total{hop=\"ndxp\",outcome=\"delivered\",route=\"HoSoCBCCVC\"}",
+    );
+    assert_eq!(ndxp_counted, 1.0);
+    chain.shutdown().await;
+}
+
+/// An LGSP hop of `chain`'s PKI forwarding to `upstream` with every packet route queued.
+async fn queued_lgsp(
+    chain: &Chain,
+    upstream: std::net::SocketAddr,
+    extra: &str,
+) -> (lgsp_proxy::Gateway, String) {
+    let text = queued(&hop_config(
+        &chain.pki,
+        "lgsp",
+        "/lgsp/v1",
+        upstream,
+        "/ndxp/v1",
+        &[],
+    ));
+    let text = format!("{text}\n{DELIVERY}{extra}");
+    (
+        lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
+            .await
+            .unwrap(),
+        text,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_packets_are_accepted_at_once_and_each_delivered_once() {
+    let chain = Chain::start().await;
+    let (lgsp, _) = queued_lgsp(&chain, chain.ndxp.hop_addr("ndxp").unwrap(), "").await;
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (client, url) = (
+            TestClient::new(&chain.pki, Some(AGENCY_OK), t % 2 == 0),
+            url.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..5 {
+                let key = format!("q-{t}-{i}");
+                let a = client
+                    .send("POST", &url, &headers(KEY_H29, &key), &packet())
+                    .await
+                    .unwrap();
+                assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+                let doc = a.json();
+                let id = doc["message_id"].as_str().unwrap().to_owned();
+                assert_eq!(a.headers["location"], format!("/lgsp/v1/messages/{id}"));
+                assert_eq!(doc["status_url"], format!("/lgsp/v1/messages/{id}"));
+                ids.push(id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    assert_eq!(ids.len(), 40);
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
+    let list = hop_url(
+        &lgsp,
+        "lgsp",
+        "/lgsp/v1/messages?status=delivered&limit=1000",
+    );
+    eventually(
+        "every queued packet delivered",
+        Duration::from_secs(60),
+        || {
+            let (client, list) = (&client, &list);
+            async move {
+                let a = client
+                    .send("GET", list, &[("x-api-key", KEY_H29)], "")
+                    .await
+                    .unwrap();
+                a.json()["messages"].as_array().map_or(0, Vec::len) == 40
+            }
+        },
+    )
+    .await;
+    assert_eq!(emulator_stored(&chain), 40, "each delivered once");
+    let one = client
+        .send(
+            "GET",
+            &hop_url(&lgsp, "lgsp", &format!("/lgsp/v1/messages/{}", ids[0])),
+            &[("x-api-key", KEY_H29)],
+            "",
+        )
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        (one["delivery"].as_str(), one["status"].as_str()),
+        (Some("queued"), Some("delivered"))
+    );
+    assert_eq!(one["receipt"]["message_id"], ids[0].as_str());
+    assert!(one["attempts"].as_u64() >= Some(1));
+    // A resend of a delivered queued packet gets its outcome, not a second delivery.
+    let again = client
+        .send("POST", &url, &headers(KEY_H29, "q-0-0"), &packet())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            again.status.as_u16(),
+            again.headers["x-lgsp-replayed"].to_str().unwrap()
+        ),
+        (200, "true")
+    );
+    assert_eq!(
+        metric(
+            &lgsp,
+            "lgsp_deliveries_total{hop=\"lgsp\",outcome=\"delivered\",route=\"HoSoCBCCVC\"}"
+        ),
+        40.0
+    );
+    eventually(
+        "the outbox gauge back to 0",
+        Duration::from_secs(10),
+        || async { metric(&lgsp, "lgsp_outbox_depth{hop=\"lgsp\"}") == 0.0 },
+    )
+    .await;
+    assert_eq!(emulator_stored(&chain), 40);
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_packet_the_upstream_refuses_ends_rejected_with_its_reason() {
+    let chain = Chain::start().await;
+    let refusing = Upstream::start(&chain.pki, |_req| async {
+        let mut r = http::Response::new(lgsp_proxy::body::full(
+            r#"{"type":"about:blank","status":422,"code":"packet.invalid","detail":"MaNgach 99.999 is not a rank code"}"#,
+        ));
+        *r.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
+        r
+    })
+    .await;
+    let (lgsp, _) = queued_lgsp(&chain, refusing.addr, "").await;
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    let a = client
+        .send(
+            "POST",
+            &hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers(KEY_H29, "r-1"),
+            &packet(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 202);
+    let status = hop_url(
+        &lgsp,
+        "lgsp",
+        &format!(
+            "/lgsp/v1/messages/{}",
+            a.json()["message_id"].as_str().unwrap()
+        ),
+    );
+    eventually("the refusal recorded", Duration::from_secs(20), || {
+        let (client, status) = (&client, &status);
+        async move {
+            let m = client
+                .send("GET", status, &[("x-api-key", KEY_H29)], "")
+                .await
+                .unwrap()
+                .json();
+            m["status"] == "rejected"
+        }
+    })
+    .await;
+    let m = client
+        .send("GET", &status, &[("x-api-key", KEY_H29)], "")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(m["upstream_status"], 422);
+    assert_eq!(
+        m["reason"],
+        "packet.invalid: MaNgach 99.999 is not a rank code"
+    );
+    assert_eq!(m["attempts"], 1, "a refusal for good is not retried");
+    // A trial packet on a queued route without a trial upstream is refused at once, not accepted and dropped.
+    let trial = client
+        .send(
+            "POST",
+            &hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers("lgsp_dev_000.00.00.H29_trial", "t-1"),
+            &packet(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (trial.status.as_u16(), trial.json()["code"].as_str()),
+        (403, Some("trial.not_offered"))
+    );
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}
+
+/// Packets while the journal is down are refused with 503 and reach nobody; `/readyz` and `lgsp_journal_up` say
+/// so; once the store is back, packets flow again without a restart.
+async fn fails_closed_and_recovers(
+    chain: &Chain,
+    lgsp: &lgsp_proxy::Gateway,
+    down: impl FnOnce(),
+    up: impl FnOnce(),
+) {
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    let url = hop_url(lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let ok = client
+        .send("POST", &url, &headers(KEY_H29, "before"), &packet())
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    let stored = emulator_stored(chain);
+    down();
+    for i in 0..3 {
+        let a = client
+            .send(
+                "POST",
+                &url,
+                &headers(KEY_H29, &format!("during-{i}")),
+                &packet(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.json()["code"], "journal.unavailable");
+        assert!(a.headers.contains_key("retry-after"));
+    }
+    assert_eq!(emulator_stored(chain), stored, "nothing forwarded unlogged");
+    assert_eq!(metric(lgsp, "lgsp_journal_up"), 0.0);
+    let readyz = format!("http://{}/readyz", lgsp.admin);
+    if tool("curl") {
+        let (_, out, _) = sh(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' {readyz}"
+        ));
+        assert_eq!(out, "503");
+    }
+    up();
+    eventually("packets accepted again", Duration::from_secs(30), || {
+        let (client, url) = (&client, &url);
+        async move {
+            let a = client
+                .send("POST", url, &headers(KEY_H29, "after"), &packet())
+                .await
+                .unwrap();
+            a.status == 200
+        }
+    })
+    .await;
+    assert_eq!(emulator_stored(chain), stored + 1);
+    eventually("ready again", Duration::from_secs(10), || async {
+        metric(lgsp, "lgsp_journal_up") == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_sqlite_journal_refuses_packets_until_it_is_writable() {
+    let chain = Chain::start().await;
+    let text = hop_config(
+        &chain.pki,
+        "lgsp",
+        "/lgsp/v1",
+        chain.ndxp.hop_addr("ndxp").unwrap(),
+        "/ndxp/v1",
+        &[],
+    );
+    let url = journal_url_in(&text);
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
+        .await
+        .unwrap();
+    // A packet first, so the journal's files all exist.
+    if !journal_read_only(&url, true) || !journal_read_only(&url, false) {
+        eprintln!("skipped: this file system cannot make {url} read-only (chattr/chmod refused)");
+        return;
+    }
+    fails_closed_and_recovers(
+        &chain,
+        &lgsp,
+        || assert!(journal_read_only(&url, true)),
+        || assert!(journal_read_only(&url, false)),
+    )
+    .await;
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_journal_out_of_reach_refuses_packets_until_it_is_back() {
+    let Some(db) = PgDatabase::create("the PostgreSQL fail-closed test").await else {
+        return;
+    };
+    let chain = Chain::start().await;
+    let relay = Relay::start(db.server_addr()).await;
+    let text = hop_config(
+        &chain.pki,
+        "lgsp",
+        "/lgsp/v1",
+        chain.ndxp.hop_addr("ndxp").unwrap(),
+        "/ndxp/v1",
+        &[],
+    );
+    let text = text.replacen(&journal_url_in(&text), &db.via(&relay), 1);
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
+        .await
+        .unwrap();
+    fails_closed_and_recovers(&chain, &lgsp, || relay.cut(), || relay.restore()).await;
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+    db.drop_now().await;
+}
