@@ -1,0 +1,410 @@
+//! Crashes and outages with real processes and a real upstream: the built binary as an LGSP hop whose packet
+//! routes are queued, the emulator as a process of its own (so what it received outlives the gateway), and agencies
+//! sending under load with an `Idempotency-Key` per packet, resending with the same key whatever went unanswered.
+//! After each: every packet that got 202 is at the emulator, stored once, with the SHA-256 it was sent with.
+//!
+//! - `kill -9` of the gateway under load, then a restart (SQLite, and PostgreSQL);
+//! - the emulator out of reach for 30 s under load (a relay the test cuts; the emulator keeps its state);
+//! - two replicas on one PostgreSQL outbox, one killed mid-delivery.
+//!
+//! A delivery cut short by a crash is made again after its lease ends (at least once); the next hop knows a packet
+//! by its message id and answers the repeat as a duplicate without storing it twice — the counts printed below.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lgsp_testkit::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lgsp-gateway");
+const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
+/// Retries every 100 ms – 2 s; a crashed process's claims are taken back after 5 s (twice the 2 s route timeout).
+const DELIVERY: &str = "[delivery]\nmax_age = \"10m\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"2s\"\nworkers = 8\nlease = \"5s\"\n";
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The emulator as a process: its address and its admin address.
+fn emulator(pki: &TestPki) -> (Proc, SocketAddr, SocketAddr) {
+    let dir = pki.dir();
+    let mut p = Proc::spawn(
+        BIN,
+        &[
+            "run",
+            "--config",
+            &write(dir, "emu.toml", &emulator_config(pki)),
+        ],
+        dir,
+    );
+    let addr = block(|| p.port("listening: emulator"));
+    let admin = block(|| admin_of(&mut p));
+    (p, ([127, 0, 0, 1], addr).into(), admin)
+}
+
+fn admin_of(p: &mut Proc) -> SocketAddr {
+    let line = p.line("metrics: http://");
+    line.trim_start_matches("metrics: http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("admin address")
+}
+
+/// An LGSP hop forwarding every packet route, queued, to `upstream`'s emulator paths, journalling at `journal`.
+fn lgsp_text(pki: &TestPki, upstream: SocketAddr, journal: Option<&str>) -> String {
+    let text = queued(&hop_config(
+        pki,
+        "lgsp",
+        "/lgsp/v1",
+        upstream,
+        "/cbccvc/v1",
+        &[],
+    ))
+    .replace("\ntimeout = \"5s\"\n", "\ntimeout = \"2s\"\n");
+    let text = match journal {
+        Some(url) => text.replacen(&journal_url_in(&text), url, 1),
+        None => text,
+    };
+    format!("{text}\n{DELIVERY}")
+}
+
+/// A gateway process of `text`: the process, its LGSP hop's address and its admin address.
+fn gateway(pki: &TestPki, name: &str, text: &str) -> (Proc, SocketAddr, SocketAddr) {
+    let dir = pki.dir();
+    let path = write(dir, &format!("{name}.toml"), text);
+    let mut p = Proc::spawn(BIN, &["run", "--config", &path], dir);
+    let port = block(|| p.port("listening: hop lgsp"));
+    let admin = block(|| admin_of(&mut p));
+    (p, ([127, 0, 0, 1], port).into(), admin)
+}
+
+/// The packet sent under `key`: the sample with the key in its name, so every packet is its own.
+fn packet(key: &str) -> String {
+    sample("valid/HoSoCBCCVC-02-toi-thieu.xml")
+        .replace("Nguyễn Văn An", &format!("Nguyễn Văn An {key}"))
+}
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// One agency sending: key → the message id of its 202 (or of the replayed first outcome).
+type Accepted = BTreeMap<String, String>;
+
+/// Sends `key` to whichever of `targets` answers, until one accepts it (202, or the replayed outcome of the first
+/// attempt); `None` when none did within `within`.
+async fn send_until_accepted(
+    client: &TestClient,
+    targets: &std::sync::Mutex<Vec<SocketAddr>>,
+    key: &str,
+    within: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + within;
+    let body = packet(key);
+    let h = [
+        ("x-api-key", KEY_H29),
+        ("content-type", "application/xml"),
+        ("idempotency-key", key),
+    ];
+    let mut turn = 0;
+    while Instant::now() < deadline {
+        let at = {
+            let now = targets.lock().unwrap();
+            now[turn % now.len()]
+        };
+        turn += 1;
+        let url = format!("https://localhost:{}/lgsp/v1/HoSoCBCCVC", at.port());
+        if let Ok(a) = client.send("POST", &url, &h, &body).await {
+            if a.status == 202 || (a.status == 200 && a.headers.contains_key("x-lgsp-replayed")) {
+                return a.headers["x-lgsp-message-id"]
+                    .to_str()
+                    .ok()
+                    .map(str::to_owned);
+            }
+            assert!(
+                a.status == 503 || a.status == 409,
+                "{key}: {} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// `agencies` senders, each sending its own keys one after another (`pause` between), to `targets` while `go` holds.
+fn load(
+    pki: &TestPki,
+    agencies: usize,
+    targets: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    go: Arc<AtomicBool>,
+    pause: Duration,
+) -> Vec<tokio::task::JoinHandle<Accepted>> {
+    (0..agencies)
+        .map(|t| {
+            let client = TestClient::new(pki, Some(AGENCY_OK), false);
+            let (targets, go) = (targets.clone(), go.clone());
+            tokio::spawn(async move {
+                let mut accepted = Accepted::new();
+                let mut i = 0;
+                while go.load(Ordering::Acquire) {
+                    let key = format!("load-{t}-{i}");
+                    match send_until_accepted(&client, &targets, &key, Duration::from_secs(60))
+                        .await
+                    {
+                        Some(id) => {
+                            accepted.insert(key, id);
+                        }
+                        None => panic!("{key} was never accepted"),
+                    }
+                    i += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                accepted
+            })
+        })
+        .collect()
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Accepted>>) -> Accepted {
+    let mut all = Accepted::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// One plain HTTP/1.1 GET to an admin listener; the body.
+async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned())
+}
+
+fn sample_value(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .map(|v| v.trim().parse().unwrap_or(f64::NAN))
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until the emulator has stored `n` HoSoCBCCVC packets; then checks each accepted one is there once with
+/// its SHA-256, and nothing more is. Prints how many deliveries were repeats.
+async fn every_accepted_packet_is_at_the_emulator_once(
+    pki: &TestPki,
+    emulator: SocketAddr,
+    emulator_admin: SocketAddr,
+    accepted: &Accepted,
+    what: &str,
+) {
+    let stored = |m: &str| {
+        sample_value(
+            m,
+            "lgsp_emulator_packets_total{message_type=\"HoSoCBCCVC\",result=\"accepted\"}",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = admin_get(emulator_admin, "/metrics").await;
+        let n = stored(&m);
+        if n as usize >= accepted.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the emulator holds {n} of {} packets",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = TestClient::new(pki, Some(AGENCY_OK), true);
+    for (key, id) in accepted {
+        let url = format!(
+            "https://localhost:{}/cbccvc/v1/BienNhan/{id}",
+            emulator.port()
+        );
+        let r = client
+            .send("GET", &url, &[("x-lgsp-client", H29)], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{what}: {key} ({id}) is not at the emulator");
+        assert_eq!(
+            r.json()["sha256"],
+            sha256(&packet(key)),
+            "{what}: {key} arrived changed"
+        );
+    }
+    // Nothing beyond what was accepted: each message id stored once.
+    let m = admin_get(emulator_admin, "/metrics").await;
+    assert_eq!(
+        stored(&m) as usize,
+        accepted.len(),
+        "{what}: the emulator stored more than was accepted"
+    );
+    let repeats = sample_value(
+        &m,
+        "lgsp_emulator_packets_total{message_type=\"HoSoCBCCVC\",result=\"duplicate\"}",
+    );
+    eprintln!(
+        "{what}: {} packets accepted, each stored once at the emulator; {repeats} repeated deliveries answered as duplicates",
+        accepted.len()
+    );
+}
+
+async fn kill_9_under_load_then_restart(journal: Option<&str>, what: &str) {
+    let pki = TestPki::new();
+    let (_emu, emu_addr, emu_admin) = emulator(&pki);
+    let text = lgsp_text(&pki, emu_addr, journal);
+    let (first, addr, _) = gateway(&pki, "lgsp", &text);
+    let targets = Arc::new(std::sync::Mutex::new(vec![addr]));
+    let go = Arc::new(AtomicBool::new(true));
+    let senders = load(
+        &pki,
+        4,
+        targets.clone(),
+        go.clone(),
+        Duration::from_millis(5),
+    );
+    // Under load, with deliveries under way: killed without a chance to finish anything.
+    let mut m = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sample_value(
+        &m,
+        "lgsp_emulator_packets_total{message_type=\"HoSoCBCCVC\",result=\"accepted\"}",
+    ) < 40.0
+    {
+        assert!(Instant::now() < deadline, "no deliveries under load");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = admin_get(emu_admin, "/metrics").await;
+    }
+    drop(first);
+    // Restarted on the same journal (a new port): the senders resend what went unanswered under the same keys.
+    let (_second, addr, _) = gateway(&pki, "lgsp-again", &text);
+    *targets.lock().unwrap() = vec![addr];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    go.store(false, Ordering::Release);
+    let accepted = collect(senders).await;
+    every_accepted_packet_is_at_the_emulator_once(&pki, emu_addr, emu_admin, &accepted, what).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_loses_no_accepted_packet_on_sqlite() {
+    kill_9_under_load_then_restart(None, "kill -9, SQLite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_loses_no_accepted_packet_on_postgresql() {
+    let Some(db) = PgDatabase::create("the PostgreSQL kill -9 test").await else {
+        return;
+    };
+    kill_9_under_load_then_restart(Some(&db.url), "kill -9, PostgreSQL").await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_out_of_reach_for_30_s_is_waited_out() {
+    let pki = TestPki::new();
+    let (_emu, emu_addr, emu_admin) = emulator(&pki);
+    let relay = Relay::start(emu_addr).await;
+    let (_g, addr, admin) = gateway(&pki, "lgsp", &lgsp_text(&pki, relay.addr, None));
+    let targets = Arc::new(std::sync::Mutex::new(vec![addr]));
+    let go = Arc::new(AtomicBool::new(true));
+    let senders = load(&pki, 4, targets, go.clone(), Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    relay.cut();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Packets kept coming and were accepted throughout; the outbox holds them.
+    let m = admin_get(admin, "/metrics").await;
+    let depth = sample_value(&m, "lgsp_outbox_depth{hop=\"lgsp\"}");
+    let age = sample_value(&m, "lgsp_outbox_oldest_age_seconds{hop=\"lgsp\"}");
+    assert!(
+        depth > 0.0 && age > 20.0,
+        "outbox depth {depth}, oldest {age} s"
+    );
+    relay.restore();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    go.store(false, Ordering::Release);
+    let accepted = collect(senders).await;
+    every_accepted_packet_is_at_the_emulator_once(
+        &pki,
+        emu_addr,
+        emu_admin,
+        &accepted,
+        "upstream out of reach 30 s",
+    )
+    .await;
+    let m = admin_get(admin, "/metrics").await;
+    assert!(
+        sample_value(
+            &m,
+            "lgsp_deliveries_total{hop=\"lgsp\",outcome=\"retried\",route=\"HoSoCBCCVC\"}"
+        ) > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_one_postgresql_outbox_deliver_each_packet_once_when_one_is_killed() {
+    let Some(db) = PgDatabase::create("the two-replica test").await else {
+        return;
+    };
+    let pki = TestPki::new();
+    let (_emu, emu_addr, emu_admin) = emulator(&pki);
+    let text = lgsp_text(&pki, emu_addr, Some(&db.url));
+    let (one, a, _) = gateway(&pki, "replica-1", &text);
+    let (_two, b, b_admin) = gateway(&pki, "replica-2", &text);
+    let targets = Arc::new(std::sync::Mutex::new(vec![a, b]));
+    let go = Arc::new(AtomicBool::new(true));
+    let senders = load(
+        &pki,
+        4,
+        targets.clone(),
+        go.clone(),
+        Duration::from_millis(5),
+    );
+    let mut m = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sample_value(
+        &m,
+        "lgsp_emulator_packets_total{message_type=\"HoSoCBCCVC\",result=\"accepted\"}",
+    ) < 40.0
+    {
+        assert!(Instant::now() < deadline, "no deliveries under load");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = admin_get(emu_admin, "/metrics").await;
+    }
+    // Killed with its claims in flight; the agencies go on with the other replica.
+    drop(one);
+    *targets.lock().unwrap() = vec![b];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    go.store(false, Ordering::Release);
+    let accepted = collect(senders).await;
+    every_accepted_packet_is_at_the_emulator_once(
+        &pki,
+        emu_addr,
+        emu_admin,
+        &accepted,
+        "two replicas, one killed",
+    )
+    .await;
+    let m = admin_get(b_admin, "/metrics").await;
+    assert!(
+        sample_value(
+            &m,
+            "lgsp_deliveries_total{hop=\"lgsp\",outcome=\"delivered\",route=\"HoSoCBCCVC\"}"
+        ) > 0.0
+    );
+    db.drop_now().await;
+}
