@@ -278,6 +278,11 @@ fn hop(
             .stripping(h.strip_headers.iter().map(String::as_str)),
     );
     crate::validate::export_rules(&hop, &h.routes);
+    // The outbox gauges from start-up (the journal watcher sets them every 2 s).
+    metrics.outbox_depth.with_label_values(&[h.name.as_str()]);
+    metrics
+        .outbox_oldest_age
+        .with_label_values(&[h.name.as_str()]);
     let tokens = TokenIssuer::new(&h.name, shared.secret.as_deref(), cfg.token.ttl);
     let auth = Arc::new(
         AuthPolicy::new(&h.name, &cfg.agencies, &h.peers, metrics.clone(), tokens)
