@@ -153,6 +153,13 @@ async fn connect_opens_every_upstream_as_its_hop_and_names_the_unreachable_one_b
     let reached = format!("✓ hop lgsp → localhost:{}", ndxp.port());
     assert!(stdout.contains(&reached), "{stdout}");
     assert!(stdout.contains("server certificate ndxp."), "{stdout}");
+    // The journal is read, never created: this config's file does not exist before its first start.
+    assert!(
+        stdout.contains("does not exist yet; the first start creates it"),
+        "{stdout}"
+    );
+    let journal = journal_url_in(&text);
+    assert!(!std::path::Path::new(journal.trim_start_matches("sqlite://")).exists());
 
     // One route's upstream is down: named with its line; the others still answer.
     let closed = closed_port().await;
@@ -205,6 +212,45 @@ async fn connect_opens_every_upstream_as_its_hop_and_names_the_unreachable_one_b
         "{stdout}"
     );
     assert!(stdout.contains("CertificateExpired"), "{stdout}");
+
+    // A journal a gateway has written is reported by its schema and records; one in a missing directory is refused.
+    let running = lgsp_proxy::Gateway::start(&parse(&chain.pki, &good))
+        .await
+        .unwrap();
+    let (_, stdout, _) = tokio::task::spawn_blocking({
+        let (dir, good) = (dir.clone(), good.clone());
+        move || {
+            std::fs::write(dir.join("written.toml"), &good).unwrap();
+            check(&dir, &["written.toml", "--connect", "--timeout", "2"])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        stdout.contains("✓ journal sqlite://") && stdout.contains("schema version 2, 0 records"),
+        "{stdout}"
+    );
+    running.shutdown().await;
+    let nowhere = good.replacen(
+        &journal_url_in(&good),
+        "sqlite:///nonexistent-dir/journal.db",
+        1,
+    );
+    std::fs::write(dir.join("nowhere.toml"), &nowhere).unwrap();
+    let (out, _, stderr) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || check(&dir, &["nowhere.toml", "--connect", "--timeout", "2"])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let at = place(&nowhere, "sqlite:///nonexistent-dir");
+    assert!(
+        stderr.contains(&format!(
+            "nowhere.toml:{at}: journal.url: journal sqlite:///nonexistent-dir/journal.db"
+        )),
+        "{stderr}"
+    );
 
     // A shared rate-limit backend is asked for a decision.
     if let Ok(url) = std::env::var("LGSP_TEST_REDIS_URL") {

@@ -150,7 +150,7 @@ async fn a_resend_under_one_key_is_answered_from_the_journal_and_delivered_once(
 async fn queued_lgsp(
     chain: &Chain,
     upstream: std::net::SocketAddr,
-    extra: &str,
+    delivery: &str,
 ) -> (lgsp_proxy::Gateway, String) {
     let text = queued(&hop_config(
         &chain.pki,
@@ -160,7 +160,7 @@ async fn queued_lgsp(
         "/ndxp/v1",
         &[],
     ));
-    let text = format!("{text}\n{DELIVERY}{extra}");
+    let text = format!("{text}\n{delivery}");
     (
         lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
             .await
@@ -172,7 +172,7 @@ async fn queued_lgsp(
 #[tokio::test(flavor = "multi_thread")]
 async fn queued_packets_are_accepted_at_once_and_each_delivered_once() {
     let chain = Chain::start().await;
-    let (lgsp, _) = queued_lgsp(&chain, chain.ndxp.hop_addr("ndxp").unwrap(), "").await;
+    let (lgsp, _) = queued_lgsp(&chain, chain.ndxp.hop_addr("ndxp").unwrap(), DELIVERY).await;
     let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -282,7 +282,7 @@ async fn a_queued_packet_the_upstream_refuses_ends_rejected_with_its_reason() {
         r
     })
     .await;
-    let (lgsp, _) = queued_lgsp(&chain, refusing.addr, "").await;
+    let (lgsp, _) = queued_lgsp(&chain, refusing.addr, DELIVERY).await;
     let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
     let a = client
         .send(
@@ -338,6 +338,67 @@ async fn a_queued_packet_the_upstream_refuses_ends_rejected_with_its_reason() {
     assert_eq!(
         (trial.status.as_u16(), trial.json()["code"].as_str()),
         (403, Some("trial.not_offered"))
+    );
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_packet_that_cannot_be_delivered_in_time_expires_with_its_last_error() {
+    let chain = Chain::start().await;
+    let down = closed_port().await;
+    let delivery = DELIVERY.replace("max_age = \"10m\"", "max_age = \"2s\"");
+    let (lgsp, _) = queued_lgsp(&chain, down, &delivery).await;
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let a = client
+        .send("POST", &url, &headers(KEY_H29, "x-1"), &packet())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 202);
+    let id = a.json()["message_id"].as_str().unwrap().to_owned();
+    let status = hop_url(&lgsp, "lgsp", &format!("/lgsp/v1/messages/{id}"));
+    eventually("the packet expired", Duration::from_secs(30), || {
+        let (client, status) = (&client, &status);
+        async move {
+            let m = client
+                .send("GET", status, &[("x-api-key", KEY_H29)], "")
+                .await
+                .unwrap()
+                .json();
+            m["status"] == "expired"
+        }
+    })
+    .await;
+    let m = client
+        .send("GET", &status, &[("x-api-key", KEY_H29)], "")
+        .await
+        .unwrap()
+        .json();
+    let reason = m["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("not delivered within delivery.max_age (2s) after "),
+        "{m}"
+    );
+    assert!(
+        reason.contains("could not be reached") || reason.contains("failed (connect)"),
+        "{m}"
+    );
+    assert!(m["attempts"].as_u64() > Some(1), "{m}");
+    // An expired packet may be sent again under its key: tried anew under its first message id.
+    let again = client
+        .send("POST", &url, &headers(KEY_H29, "x-1"), &packet())
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status.as_u16(), again.json()["message_id"].as_str()),
+        (202, Some(id.as_str()))
+    );
+    assert!(
+        metric(
+            &lgsp,
+            "lgsp_deliveries_total{hop=\"lgsp\",outcome=\"expired\",route=\"HoSoCBCCVC\"}"
+        ) >= 1.0
     );
     lgsp.shutdown().await;
     chain.shutdown().await;
@@ -456,4 +517,130 @@ async fn a_postgresql_journal_out_of_reach_refuses_packets_until_it_is_back() {
     lgsp.shutdown().await;
     chain.shutdown().await;
     db.drop_now().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_lgsp-gateway");
+
+/// `lgsp-gateway journal …` on the config `config` (run in `dir`): (exit code, stdout, stderr).
+fn journal_cli(
+    dir: &std::path::Path,
+    config: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("journal")
+        .args(["--config", config])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run lgsp-gateway journal");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_journal_commands_verify_export_report_and_name_a_tampered_record() {
+    let chain = Chain::start().await;
+    let text = hop_config(
+        &chain.pki,
+        "lgsp",
+        "/lgsp/v1",
+        chain.ndxp.hop_addr("ndxp").unwrap(),
+        "/ndxp/v1",
+        &[],
+    );
+    let config = write(chain.pki.dir(), "lgsp.toml", &text);
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
+        .await
+        .unwrap();
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    for i in 0..3 {
+        let a = client
+            .send(
+                "POST",
+                &url,
+                &headers(KEY_H29, &format!("cli-{i}")),
+                &packet(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+    }
+    let dir = chain.pki.dir().to_owned();
+    // While the gateway runs: three acceptances and three outcomes, chained.
+    let (code, out, err) = block(|| journal_cli(&dir, &config, &["verify"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with(": 6 records, the chain is whole\n"), "{out}");
+    let (code, out, _) = block(|| journal_cli(&dir, &config, &["export", "--from", "2000-01-01"]));
+    assert_eq!(code, Some(0));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(
+        (
+            lines[0]["seq"].as_u64(),
+            lines[0]["record"]["kind"].as_str()
+        ),
+        (Some(1), Some("accepted"))
+    );
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+    let (_, month, _) = sh("date -u -d '+7 hours' +%Y-%m");
+    let (code, out, _) = block(|| journal_cli(&dir, &config, &["report", "--month", month.trim()]));
+    assert_eq!(code, Some(0));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("lgsp "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "lgsp",
+            "000.00.00.H29",
+            "HoSoCBCCVC",
+            "3",
+            "3",
+            "0",
+            "0",
+            "0"
+        ],
+        "{out}"
+    );
+    let (code, out, _) = block(|| journal_cli(&dir, &config, &["report", "--month", "2026-13"]));
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out, _) = block(|| journal_cli(&dir, &config, &["migrate"]));
+    assert_eq!(
+        (code, out.ends_with(": up to date\n")),
+        (Some(0), true),
+        "{out}"
+    );
+    lgsp.shutdown().await;
+
+    // Someone with database access rewrites who sent the second packet: verify names the record and fails.
+    let journal = journal_url_in(&text);
+    sqlx_update(&journal, "UPDATE journal_records SET content = replace(content, '000.00.00.H29', '000.00.00.H26') WHERE seq = 3").await;
+    let (code, out, _) = block(|| journal_cli(&dir, &config, &["verify"]));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("BROKEN at record 3: its content does not match its hash"),
+        "{out}"
+    );
+    chain.shutdown().await;
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Raw SQL on a journal, as an intruder with access to its file would run it.
+async fn sqlx_update(url: &str, sql: &str) {
+    let mut lock = JournalLock::hold(url).await;
+    lock.execute(sql).await;
+    lock.commit().await;
 }

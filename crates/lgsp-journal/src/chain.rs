@@ -25,6 +25,10 @@ pub enum Broken {
     Link { seq: i64 },
     #[error("record {seq}: its content does not match its hash (changed after it was written)")]
     Content { seq: i64 },
+    #[error(
+        "the chain ends at record {last}, but its head says {head} records were written (the last ones removed)"
+    )]
+    Truncated { last: i64, head: i64 },
 }
 
 /// Checks records in sequence order, carrying the state from one page to the next.
@@ -54,6 +58,22 @@ impl Verifier {
             prev_hash: prev_hash.to_owned(),
             checked: 0,
         }
+    }
+
+    /// After the last record: the chain must reach the head, and its last hash be the head's (a last record
+    /// rewritten with a fresh hash has no successor to expose it, but the head does).
+    pub fn end(&self, head_seq: i64, head_hash: &str) -> Result<(), Broken> {
+        let last = self.expected_seq - 1;
+        if last != head_seq {
+            return Err(Broken::Truncated {
+                last,
+                head: head_seq,
+            });
+        }
+        if self.checked > 0 && self.prev_hash != head_hash {
+            return Err(Broken::Link { seq: head_seq });
+        }
+        Ok(())
     }
 
     pub fn next(
@@ -121,5 +141,19 @@ mod tests {
         rehashed[1].2 = "B".into();
         rehashed[1].3 = hash(2, &rehashed[1].1, "B");
         assert_eq!(verify(&rehashed), Err(Broken::Link { seq: 3 }));
+        // The last record rewritten with a fresh hash, or removed: the head exposes it.
+        let head = rows[2].3.clone();
+        let mut v = Verifier::default();
+        let mut last = rows.clone();
+        last[2].2 = "C".into();
+        last[2].3 = hash(3, &last[2].1, "C");
+        last.iter()
+            .for_each(|(s, p, c, h)| v.next(*s, p, c, h).unwrap());
+        assert_eq!(v.end(3, &head), Err(Broken::Link { seq: 3 }));
+        let mut v = Verifier::default();
+        rows[..2]
+            .iter()
+            .for_each(|(s, p, c, h)| v.next(*s, p, c, h).unwrap());
+        assert_eq!(v.end(3, &head), Err(Broken::Truncated { last: 2, head: 3 }));
     }
 }

@@ -148,6 +148,72 @@ async fn connect(url: &str) -> Result<(AnyPool, Dialect), JournalError> {
     Ok((pool, dialect))
 }
 
+/// What a journal store holds, without creating or changing anything (`check-config --connect`): the schema version
+/// and the number of records, or what the first start would do.
+pub async fn inspect(url: &str) -> Result<String, JournalError> {
+    let dialect = dialect_of(url)?;
+    if dialect == Dialect::Sqlite {
+        let path = url.trim_start_matches("sqlite://");
+        let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+        if !path.exists() {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let meta = std::fs::metadata(dir)
+                .map_err(|e| JournalError::Open(format!("{}: {e}", dir.display())))?;
+            if !meta.is_dir() || meta.permissions().readonly() {
+                return Err(JournalError::Open(format!(
+                    "{} is not a writable directory",
+                    dir.display()
+                )));
+            }
+            return Ok(format!(
+                "{} does not exist yet; the first start creates it",
+                path.display()
+            ));
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let read = match dialect {
+        Dialect::Sqlite if !url.contains("mode=") => format!("{url}?mode=ro"),
+        _ => url.to_owned(),
+    };
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&read)
+        .await
+        .map_err(|e| JournalError::Open(e.to_string()))?;
+    let version: Option<i64> = match sqlx::query("SELECT MAX(version) AS v FROM journal_schema")
+        .fetch_one(&pool)
+        .await
+    {
+        Ok(r) => r
+            .try_get("v")
+            .map_err(|e| JournalError::Open(e.to_string()))?,
+        // No table yet: an empty database the first start migrates.
+        Err(_) => None,
+    };
+    let Some(version) = version else {
+        return Ok("reachable, empty: the first start applies the migrations".into());
+    };
+    let latest = schema::MIGRATIONS.last().map_or(0, |m| m.version);
+    let records: i64 = sqlx::query("SELECT seq FROM journal_head WHERE id = 1")
+        .fetch_one(&pool)
+        .await
+        .and_then(|r| r.try_get("seq"))
+        .map_err(|e| JournalError::Open(e.to_string()))?;
+    let pending = if version < latest {
+        format!("; migrations {}–{latest} are applied at start", version + 1)
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "schema version {version}, {records} records{pending}"
+    ))
+}
+
 /// Applies the migrations not yet applied; returns the versions it applied.
 pub async fn migrate(url: &str) -> Result<Vec<i64>, JournalError> {
     let (pool, dialect) = connect(url).await?;
@@ -354,8 +420,17 @@ impl Journal {
             .map_err(|e| JournalError::from_db(&e))
     }
 
-    /// Walks the whole chain in order; the number of records checked, or the first broken one.
+    /// Walks the whole chain in order, from the first record the retention kept to the head; the number of records
+    /// checked, or the first broken one.
     pub async fn verify(&self) -> Result<u64, JournalError> {
+        let db = |e: sqlx::Error| JournalError::from_db(&e);
+        let head = sqlx::query("SELECT seq, hash, pruned_through FROM journal_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        let head_seq: i64 = head.try_get("seq").map_err(db)?;
+        let head_hash: String = head.try_get("hash").map_err(db)?;
+        let pruned: i64 = head.try_get("pruned_through").map_err(db)?;
         let mut v: Option<chain::Verifier> = None;
         let mut after = 0i64;
         loop {
@@ -367,7 +442,9 @@ impl Journal {
             .await
             .map_err(|e| JournalError::from_db(&e))?;
             if rows.is_empty() {
-                return Ok(v.map_or(0, |v| v.checked));
+                let v = v.unwrap_or_else(|| chain::Verifier::starting_at(pruned + 1, ""));
+                v.end(head_seq, &head_hash)?;
+                return Ok(v.checked);
             }
             for r in &rows {
                 let seq: i64 = r.try_get("seq").map_err(|e| JournalError::from_db(&e))?;
@@ -378,8 +455,15 @@ impl Journal {
                     .try_get("prev_hash")
                     .map_err(|e| JournalError::from_db(&e))?;
                 let hash: String = r.try_get("hash").map_err(|e| JournalError::from_db(&e))?;
-                // Records older than the retention are pruned: the chain is checked from its oldest kept record.
-                let verifier = v.get_or_insert_with(|| chain::Verifier::starting_at(seq, &prev));
+                // Records older than the retention were pruned: the chain starts right after them, linked to the
+                // last pruned one (or to the genesis); a record missing before it is a gap.
+                let verifier = v.get_or_insert_with(|| {
+                    if pruned == 0 {
+                        chain::Verifier::default()
+                    } else {
+                        chain::Verifier::starting_at(pruned + 1, &prev)
+                    }
+                });
                 verifier.next(seq, &prev, &content, &hash)?;
                 after = seq;
             }
@@ -576,17 +660,40 @@ impl Journal {
         Ok((u64::try_from(n).unwrap_or(0), age))
     }
 
-    /// Drops records older than the retention and bodies past their keeping time; returns (records, bodies).
+    /// Drops records older than the retention (from the start of the chain, the head remembering how far) and
+    /// bodies past their keeping time; returns (records, bodies).
     pub async fn prune(&self) -> Result<(u64, u64), JournalError> {
         let now = now_us();
         let cutoff = now
             .saturating_sub(i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX));
-        let records = sqlx::query("DELETE FROM journal_records WHERE at_us < $1")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| JournalError::from_db(&e))?
-            .rows_affected();
+        let records = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("UPDATE journal_head SET seq = seq WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let through: Option<i64> =
+                sqlx::query("SELECT MAX(seq) AS s FROM journal_records WHERE at_us < $1")
+                    .bind(cutoff)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("s")?;
+            let Some(through) = through else {
+                return Ok::<u64, sqlx::Error>(0);
+            };
+            let n = sqlx::query("DELETE FROM journal_records WHERE seq <= $1")
+                .bind(through)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("UPDATE journal_head SET pruned_through = $1 WHERE id = 1")
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(n)
+        }
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
         let bodies = sqlx::query(
             "UPDATE messages SET body = NULL WHERE body IS NOT NULL AND status <> 'queued' AND status <> 'in_progress'
                AND body_until_us < $1",

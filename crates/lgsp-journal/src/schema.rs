@@ -87,11 +87,24 @@ fn v1(d: Dialect) -> Vec<String> {
     ]
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "records, head, messages",
-    statements: v1,
-}];
+/// The head remembers how far the chain was pruned, so `verify` can tell a record pruned by the retention from one
+/// removed from the start of the chain by hand.
+fn v2(_: Dialect) -> Vec<String> {
+    vec!["ALTER TABLE journal_head ADD COLUMN pruned_through BIGINT NOT NULL DEFAULT 0".to_owned()]
+}
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "records, head, messages",
+        statements: v1,
+    },
+    Migration {
+        version: 2,
+        name: "head: pruned_through",
+        statements: v2,
+    },
+];
 
 /// The table that remembers which migrations ran.
 pub const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS journal_schema (

@@ -317,6 +317,25 @@ async fn one_key_sent_many_times_at_once_is_one_message(s: &Store) {
     assert_eq!(j.verify().await.unwrap(), 1);
 }
 
+async fn records_removed_from_the_end_are_named_by_verify(s: &Store) {
+    let j = &s.journal;
+    for i in 0..3 {
+        j.accept(packet(&format!("e{i}"), H29, None, b"x", Delivery::Direct))
+            .await
+            .unwrap();
+    }
+    s.raw("DELETE FROM journal_records WHERE seq = 3").await;
+    match j.verify().await {
+        Err(JournalError::Broken(b)) => {
+            assert_eq!(
+                b,
+                lgsp_journal::chain::Broken::Truncated { last: 2, head: 3 }
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn a_changed_record_is_named_by_verify(s: &Store) {
     let j = &s.journal;
     for i in 0..5 {
@@ -467,6 +486,68 @@ async fn listings_page_and_the_report_counts(s: &Store) {
     assert_eq!(first["seq"], 1);
 }
 
+async fn records_past_the_retention_are_pruned_and_the_rest_still_verifies(s: &Store) {
+    let j = &s.journal;
+    j.accept(packet("p0", H29, Some("p0"), b"x", Delivery::Direct))
+        .await
+        .unwrap();
+    j.finish(delivered("p0")).await.unwrap();
+    j.accept(packet(
+        "old-queued",
+        H29,
+        Some("oq"),
+        b"q",
+        Delivery::Queued,
+    ))
+    .await
+    .unwrap();
+    j.accept(packet("p1", H29, Some("p1"), b"y", Delivery::Direct))
+        .await
+        .unwrap();
+    // Older than the retention: p0's two records, and p0 and the still-queued packet themselves (the columns
+    // prune reads, not the chained content).
+    s.raw("UPDATE journal_records SET at_us = 0 WHERE seq <= 2")
+        .await;
+    s.raw("UPDATE messages SET accepted_us = 0 WHERE message_id IN ('p0', 'old-queued')")
+        .await;
+    let (records, _) = j.prune().await.unwrap();
+    assert_eq!(records, 2);
+    // The chain is checked from its oldest kept record.
+    assert_eq!(j.verify().await.unwrap(), 2);
+    // Removing the oldest kept record by hand is not pruning: the head knows where the chain starts.
+    s.raw("DELETE FROM journal_records WHERE seq = 3").await;
+    match j.verify().await {
+        Err(JournalError::Broken(b)) => assert_eq!(
+            b,
+            lgsp_journal::chain::Broken::Gap {
+                seq: 4,
+                expected: 3
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(j.message("lgsp", H29, "p0").await.unwrap(), None);
+    // A packet still waiting for delivery is never pruned, nor its body.
+    let q = j
+        .message("lgsp", H29, "old-queued")
+        .await
+        .unwrap()
+        .expect("kept");
+    assert_eq!(q.status, Status::Queued);
+    let claimed = j
+        .claim("lgsp", "w", Duration::from_secs(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].body, b"q");
+    // Its key is kept as long as its record: a resend is still the same message.
+    assert!(matches!(
+        j.accept(packet("p1-again", H29, Some("p1"), b"y", Delivery::Direct))
+            .await
+            .unwrap(),
+        Admission::Existing(_)
+    ));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -498,6 +579,8 @@ suite!(
     concurrent_appends_share_commits_and_keep_one_chain,
     one_key_sent_many_times_at_once_is_one_message,
     a_changed_record_is_named_by_verify,
+    records_removed_from_the_end_are_named_by_verify,
     the_outbox_leases_retries_and_delivers,
     listings_page_and_the_report_counts,
+    records_past_the_retention_are_pruned_and_the_rest_still_verifies,
 );

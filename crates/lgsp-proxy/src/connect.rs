@@ -1,5 +1,5 @@
-//! `check-config --connect`: after [`crate::prepare`], open what the config points at — the shared rate-limit
-//! backend, and every upstream (production and trial) of every hop, over TLS with that hop's own client identity —
+//! `check-config --connect`: after [`crate::prepare`], open what the config points at — the journal (read only),
+//! the shared rate-limit backend, and every upstream (production and trial) of every hop, over TLS with that hop's own client identity —
 //! without sending a request, and report each.
 
 use std::time::Duration;
@@ -36,6 +36,16 @@ pub async fn connect(cfg: &Config, prepared: &Prepared, timeout: Duration) -> Ve
             outcome,
         });
     }
+    let outcome = match tokio::time::timeout(timeout, lgsp_journal::inspect(&cfg.journal.url)).await
+    {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    out.push(Reach {
+        what: format!("journal {}", redacted(&cfg.journal.url)),
+        origin: cfg.journal.origin.clone(),
+        outcome,
+    });
     for (h, p) in cfg.hops.iter().zip(&prepared.hops) {
         // Each address once per hop, named by the first route that uses it.
         let mut targets: Vec<(&str, Vec<&str>, &Origin)> = Vec::new();
@@ -68,7 +78,7 @@ pub async fn connect(cfg: &Config, prepared: &Prepared, timeout: Duration) -> Ve
     out
 }
 
-/// A Redis URL without its password.
+/// A Redis or PostgreSQL URL without its password.
 fn redacted(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://…@{}", &url[at + 1..]),

@@ -84,6 +84,25 @@ impl JournalLock {
         JournalLock { conn: Some(conn) }
     }
 
+    /// Runs `sql` under the held lock (a test's raw change, kept by [`JournalLock::commit`]).
+    pub async fn execute(&mut self, sql: &str) {
+        if let Some(c) = self.conn.as_mut() {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut **c)
+                .await
+                .expect("raw SQL on the journal");
+        }
+    }
+
+    pub async fn commit(mut self) {
+        if let Some(mut c) = self.conn.take() {
+            sqlx::query("COMMIT")
+                .execute(&mut *c)
+                .await
+                .expect("commit");
+        }
+    }
+
     pub async fn release(mut self) {
         if let Some(mut c) = self.conn.take() {
             let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::check::{Checker, human};
 use super::defaults;
-use super::{DeliveryMode, HopConfig};
+use super::{DeliveryMode, HopConfig, Origin};
 use crate::file::{FileDelivery, FileJournal};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct JournalConfig {
     pub keep_bodies: Duration,
     /// How long records stay.
     pub retention: Duration,
+    /// Where the config names the store (`check-config --connect` reports by it).
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +52,16 @@ pub(super) fn journal(c: &mut Checker<'_>, f: &FileJournal) -> JournalConfig {
             }
         }
     };
+    let origin = match &f.url {
+        Some(u) => c.origin(u, "journal.url"),
+        None => Origin {
+            field: "journal.url".into(),
+            ..Origin::default()
+        },
+    };
     JournalConfig {
         url,
+        origin,
         keep_bodies: c.duration(
             f.keep_bodies.as_ref(),
             "journal.keep_bodies",
