@@ -1,0 +1,457 @@
+//! The load harness: the gateway against nginx and against its own upstream, on one machine, in one run.
+//!
+//! `cargo bench --bench load` (options after `--`, see `--help`). Needs oha (`cargo install oha --locked`) and
+//! nginx (`apt-get install nginx`). Targets, each a POST of the same 4.8 KiB HoSoCBCCVC packet with agency H29's
+//! certificate:
+//!
+//! - **a** direct: oha → emulator (the ceiling: what the upstream itself costs);
+//! - **b** nginx: oha → nginx (mTLS both sides, access log) → emulator (`benches/nginx/nginx.conf`);
+//! - **c** gateway: oha → LGSP hop (API key, validation with domain rules, rate limits set high, journal) → emulator;
+//! - **d** chain: oha → LGSP hop → NDXP hop (same process) → emulator;
+//! - **e** queued: oha → LGSP hop, answered 202 once journalled; the outbox delivers to the emulator.
+//!
+//! Over HTTP/1.1 keep-alive, HTTP/2, and a new TLS connection per request; the targets alternate within each round
+//! and the median of the rounds is reported. For each: requests/s (2xx answers only), p50/p99/p99.9, server CPU
+//! seconds per request (`/proc`, the target's own processes: the emulator for a, nginx's master and workers for b,
+//! the gateway for c–e), peak RSS. Then idle-connection memory with many connections per protocol, to the gateway
+//! and to nginx, each on a fresh process. Writes `benches/RESULTS.md`. Timings are never asserted anywhere: this
+//! reports; CI does not run it.
+
+mod idle;
+mod oha;
+mod procfs;
+mod report;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lgsp_testkit::TestPki;
+
+use oha::{Load, Measured, Protocol};
+use servers::{Gateway, GatewayPorts, Nginx, Server};
+
+/// The gateway against nginx and against its own upstream, on this machine, in one run.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "load")]
+pub struct Args {
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Rounds over every target (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Concurrent connections of the load client.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Idle connections per server and protocol (0: skip the idle-memory measurement).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle: usize,
+    /// Targets to run, of a,b,c,d,e.
+    #[arg(long, default_value = "a,b,c,d,e")]
+    pub targets: String,
+    /// Protocols to run, of h1,h2,new.
+    #[arg(long, default_value = "h1,h2,new")]
+    pub protocols: String,
+    /// Where the report goes (its hand-written part, below the generated one, is kept).
+    #[arg(long, default_value = "benches/RESULTS.md")]
+    pub out: PathBuf,
+    /// Print the report only; leave the file alone.
+    #[arg(long)]
+    pub no_write: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+/// One target of the comparison.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub key: char,
+    pub name: &'static str,
+    pub what: &'static str,
+    path: &'static str,
+}
+
+pub const TARGETS: [Target; 5] = [
+    Target {
+        key: 'a',
+        name: "direct",
+        what: "client → emulator",
+        path: "/cbccvc/v1/HoSoCBCCVC",
+    },
+    Target {
+        key: 'b',
+        name: "nginx",
+        what: "client → nginx → emulator",
+        path: "/nginx/v1/HoSoCBCCVC",
+    },
+    Target {
+        key: 'c',
+        name: "gateway",
+        what: "client → gateway hop (key, validation, limits, journal) → emulator",
+        path: "/lgsp/v1/HoSoCBCCVC",
+    },
+    Target {
+        key: 'd',
+        name: "chain",
+        what: "client → LGSP hop → NDXP hop (one process) → emulator",
+        path: "/chain/v1/HoSoCBCCVC",
+    },
+    Target {
+        key: 'e',
+        name: "queued",
+        what: "client → gateway hop, 202 once journalled → outbox → emulator",
+        path: "/queued/v1/HoSoCBCCVC",
+    },
+];
+
+const API_KEY: &str = "lgsp_dev_000.00.00.H29_production";
+/// The message id oha sends straight to the emulator (a): the emulator requires one; a gateway makes its own.
+const DIRECT_MESSAGE_ID: &str = "01939f1c-0000-7000-8000-00000000d1ec";
+
+/// One measured run.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub target: char,
+    pub protocol: Protocol,
+    pub measured: Measured,
+    pub cpu_ms_per_request: f64,
+    pub peak_rss_mib: f64,
+    /// Queued target: seconds after the load ended until the outbox was empty.
+    pub drain_seconds: Option<f64>,
+}
+
+/// A HoSoCBCCVC packet of about 4.8 KiB: the full sample with work history added, checked valid.
+fn packet() -> Vec<u8> {
+    const WORK: &str = "  <QuaTrinhCongTac>\n    <NgayBatDau>2020-01-01</NgayBatDau>\n    <NgayKetThuc>2020-12-31</NgayKetThuc>\n    <DonViCongTac>Văn phòng UBND tỉnh</DonViCongTac>\n    <ChucVu>Chuyên viên</ChucVu>\n  </QuaTrinhCongTac>\n";
+    let sample = lgsp_testkit::sample("valid/HoSoCBCCVC-01-day-du.xml");
+    let split = sample
+        .find("  <QuaTrinhLuong>")
+        .expect("the sample has QuaTrinhLuong");
+    let (before, after) = sample.split_at(split);
+    let mut out = before.to_owned();
+    while out.len() + after.len() + WORK.len() <= 4915 {
+        out.push_str(WORK);
+    }
+    out.push_str(after);
+    let catalog = lgsp_schema::Catalog::embedded().expect("embedded schemas");
+    let verdict = catalog.validate(
+        "HoSoCBCCVC",
+        lgsp_schema::Format::Xml,
+        out.as_bytes(),
+        &lgsp_schema::Options::default(),
+    );
+    assert!(
+        verdict.is_valid(),
+        "the load packet must be valid: {:?}",
+        verdict.violations.first()
+    );
+    out.into_bytes()
+}
+
+fn find_nginx() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// The median run of each (target, protocol) over the rounds: each figure its own median.
+fn medians(runs: &[Run]) -> Vec<Run> {
+    let mut out = Vec::new();
+    for p in Protocol::ALL {
+        for t in &TARGETS {
+            let of: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.target == t.key && r.protocol == p)
+                .collect();
+            let Some(first) = of.first() else { continue };
+            let m = |f: &dyn Fn(&Run) -> f64| median(of.iter().map(|r| f(r)).collect());
+            let mut failures: Vec<(String, u64)> = Vec::new();
+            for r in &of {
+                for (what, n) in &r.measured.failures {
+                    match failures.iter_mut().find(|(w, _)| w == what) {
+                        Some((_, total)) => *total += n,
+                        None => failures.push((what.clone(), *n)),
+                    }
+                }
+            }
+            out.push(Run {
+                target: t.key,
+                protocol: p,
+                measured: Measured {
+                    requests: of.iter().map(|r| r.measured.requests).sum(),
+                    ok: of.iter().map(|r| r.measured.ok).sum(),
+                    rps: m(&|r| r.measured.rps),
+                    p50_ms: m(&|r| r.measured.p50_ms),
+                    p99_ms: m(&|r| r.measured.p99_ms),
+                    p999_ms: m(&|r| r.measured.p999_ms),
+                    failures,
+                },
+                cpu_ms_per_request: m(&|r| r.cpu_ms_per_request),
+                peak_rss_mib: m(&|r| r.peak_rss_mib),
+                drain_seconds: first
+                    .drain_seconds
+                    .map(|_| m(&|r| r.drain_seconds.unwrap_or(f64::NAN))),
+            });
+        }
+    }
+    out
+}
+
+/// Everything a run needs to reach the servers.
+struct Bench<'a> {
+    args: &'a Args,
+    oha: PathBuf,
+    pki: &'a TestPki,
+    body: PathBuf,
+    ticks: f64,
+    ports: GatewayPorts,
+    nginx_port: u16,
+}
+
+impl Bench<'_> {
+    fn load(&self, t: &Target, protocol: Protocol, duration: Duration) -> Load<'_> {
+        let port = match t.key {
+            'a' => self.ports.emulator,
+            'b' => self.nginx_port,
+            _ => self.ports.lgsp,
+        };
+        let headers = match t.key {
+            'a' => vec![format!("X-LGSP-Message-Id: {DIRECT_MESSAGE_ID}")],
+            'b' => Vec::new(),
+            _ => vec![format!("X-API-Key: {API_KEY}")],
+        };
+        Load {
+            oha: &self.oha,
+            url: format!("https://localhost:{port}{}", t.path),
+            headers,
+            body: &self.body,
+            certs: self.pki.dir(),
+            connections: self.args.connections,
+            duration,
+            protocol,
+        }
+    }
+
+    /// One measured run of `t`: load, then (queued) the outbox drained, CPU and memory of `server` around it.
+    fn run(&self, t: &Target, protocol: Protocol, server: &dyn Server, gateway: &Gateway) -> Run {
+        server.reset_peak();
+        let cpu0 = server.cpu_seconds(self.ticks);
+        let measured = self
+            .load(t, protocol, Duration::from_secs(self.args.duration))
+            .run();
+        let ended = Instant::now();
+        let drain_seconds = (t.key == 'e').then(|| {
+            let deadline = ended + Duration::from_secs(600);
+            while gateway.metric("lgsp_outbox_depth", "hop=\"lgsp\"") > 0.0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the outbox did not drain in 10 minutes"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ended.elapsed().as_secs_f64()
+        });
+        let cpu = server.cpu_seconds(self.ticks) - cpu0;
+        Run {
+            target: t.key,
+            protocol,
+            cpu_ms_per_request: cpu * 1000.0 / measured.ok.max(1) as f64,
+            peak_rss_mib: server.peak_rss_kib() as f64 / 1024.0,
+            drain_seconds,
+            measured,
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let Some(oha) = oha::find() else {
+        eprintln!("load: oha is not installed: cargo install oha --locked");
+        std::process::exit(2);
+    };
+    let Some(nginx_bin) = find_nginx() else {
+        eprintln!("load: nginx is not installed: apt-get install nginx");
+        std::process::exit(2);
+    };
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lgsp-gateway"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let template = std::fs::read_to_string(root.join("benches/nginx/nginx.conf"))
+        .expect("benches/nginx/nginx.conf");
+    let wanted = |list: &str, key: &str| list.split(',').any(|k| k.trim() == key);
+    let targets: Vec<&Target> = TARGETS
+        .iter()
+        .filter(|t| wanted(&args.targets, &t.key.to_string()))
+        .collect();
+    let protocols: Vec<Protocol> = Protocol::ALL
+        .into_iter()
+        .filter(|p| wanted(&args.protocols, p.key()))
+        .collect();
+
+    let pki = TestPki::new();
+    let work = tempfile::tempdir().expect("work dir");
+    let body = work.path().join("HoSoCBCCVC-4.8KiB.xml");
+    std::fs::write(&body, packet()).expect("packet file");
+    let ports = GatewayPorts {
+        lgsp: servers::free_port(),
+        ndxp: servers::free_port(),
+        emulator: servers::free_port(),
+    };
+    let nginx_port = servers::free_port();
+    let journals = AtomicUsize::new(0);
+    let start_gateway = || {
+        let journal = work.path().join(format!(
+            "journal-{}.db",
+            journals.fetch_add(1, Ordering::Relaxed)
+        ));
+        let g = Gateway::start(
+            &bin,
+            work.path(),
+            "gateway",
+            &servers::gateway_config(pki.dir(), &journal, &ports),
+            &work.path().join("gateway.log"),
+        );
+        servers::wait_for_port(ports.lgsp);
+        g
+    };
+    let start_nginx = || {
+        Nginx::start(
+            &nginx_bin,
+            &template,
+            work.path(),
+            pki.dir(),
+            nginx_port,
+            ports.emulator,
+        )
+    };
+    let started = std::time::SystemTime::now();
+    let emulator = Gateway::start(
+        &bin,
+        work.path(),
+        "emulator",
+        &servers::emulator_config(pki.dir(), ports.emulator),
+        &work.path().join("emulator.log"),
+    );
+    servers::wait_for_port(ports.emulator);
+
+    // Idle memory first, each on a fresh process: memory a load run freed would hide what a connection costs.
+    let mut idle = Vec::new();
+    if args.idle > 0 {
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            let g = start_gateway();
+            let addr = ([127, 0, 0, 1], ports.lgsp).into();
+            let cost = idle::measure(
+                &pki,
+                &g,
+                addr,
+                protocol,
+                args.idle,
+                &[("x-api-key", API_KEY)],
+            );
+            eprintln!(
+                "idle {} gateway: {:.1} KiB per connection",
+                protocol.key(),
+                cost.kib_per_connection
+            );
+            idle.push(("gateway", protocol, cost));
+            drop(g);
+            let n = start_nginx();
+            let addr = ([127, 0, 0, 1], nginx_port).into();
+            let cost = idle::measure(&pki, &n, addr, protocol, args.idle, &[]);
+            eprintln!(
+                "idle {} nginx: {:.1} KiB per connection",
+                protocol.key(),
+                cost.kib_per_connection
+            );
+            idle.push(("nginx", protocol, cost));
+        }
+    }
+
+    let gateway = start_gateway();
+    let nginx = start_nginx();
+    let bench = Bench {
+        args: &args,
+        oha: oha.clone(),
+        pki: &pki,
+        body,
+        ticks: procfs::clock_ticks(),
+        ports,
+        nginx_port,
+    };
+    let server_of = |t: &Target| -> &dyn Server {
+        match t.key {
+            'a' => &emulator,
+            'b' => &nginx,
+            _ => &gateway,
+        }
+    };
+    // Warm-up: connection pools, the journal's file, the allocator.
+    for p in &protocols {
+        for t in &targets {
+            let _ = bench.load(t, *p, Duration::from_secs(2)).run();
+        }
+    }
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        for p in &protocols {
+            for t in &targets {
+                let r = bench.run(t, *p, server_of(t), &gateway);
+                eprintln!(
+                    "round {round} {} {}: {:.0} req/s, p99 {:.2} ms, {:.3} ms CPU/req, {} failed",
+                    p.key(),
+                    t.name,
+                    r.measured.rps,
+                    r.measured.p99_ms,
+                    r.cpu_ms_per_request,
+                    r.measured.failures.iter().map(|(_, n)| n).sum::<u64>()
+                );
+                runs.push(r);
+            }
+        }
+    }
+    let sample_command = bench
+        .load(
+            &TARGETS[2],
+            Protocol::Http1,
+            Duration::from_secs(args.duration),
+        )
+        .command();
+    let report = report::Report {
+        args: &args,
+        started,
+        medians: medians(&runs),
+        idle,
+        oha_command: sample_command,
+        oha: &oha,
+        nginx: &nginx_bin,
+    };
+    let text = report.markdown();
+    println!("{text}");
+    if !args.no_write {
+        let out = if args.out.is_absolute() {
+            args.out.clone()
+        } else {
+            root.join(&args.out)
+        };
+        report::write(&out, &text);
+        eprintln!("load: wrote {}", out.display());
+    }
+}
