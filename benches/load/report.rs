@@ -15,6 +15,9 @@ const END: &str = "<!-- load:end -->";
 const LATEST_HEADING: &str = "## Latest run";
 const PREVIOUS_HEADING: &str = "## Previous run";
 
+/// A ratio line: its name, the targets over and under, and the figure compared.
+type RatioLine = (&'static str, char, char, fn(&Run) -> f64);
+
 pub struct Report<'a> {
     pub args: &'a Args,
     pub started: SystemTime,
@@ -137,7 +140,7 @@ impl Report<'_> {
                 Protocol::Http1 => String::new(),
                 other => format!(" ({})", other.label()),
             };
-            let lines: [(&str, char, char, fn(&Run) -> f64); 6] = [
+            let lines: [RatioLine; 6] = [
                 ("gateway/nginx", 'c', 'b', rps),
                 ("gateway/direct", 'c', 'a', rps),
                 ("chain/nginx", 'd', 'b', rps),
