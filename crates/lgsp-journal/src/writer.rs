@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use sqlx::AnyPool;
-use sqlx::{Any, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::chain;
@@ -33,6 +33,8 @@ pub(crate) struct Keep {
 pub(crate) fn spawn(pool: AnyPool, keep: Keep, queued: Arc<Notify>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     tokio::spawn(async move {
+        // The writer keeps one connection: taking one from the pool per batch would cost a round trip to test it.
+        let mut conn: Option<PoolConnection<Any>> = None;
         while let Some(first) = rx.recv().await {
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
@@ -44,7 +46,7 @@ pub(crate) fn spawn(pool: AnyPool, keep: Keep, queued: Arc<Notify>) -> mpsc::Sen
             let wakes = jobs
                 .iter()
                 .any(|j| matches!(j, Job::Accept(a, _) if a.delivery == crate::Delivery::Queued));
-            write(&pool, keep, jobs).await;
+            write(&pool, &mut conn, keep, jobs).await;
             // Delivery workers of this process start on a new queued packet at once (other replicas poll).
             if wakes {
                 queued.notify_waiters();
@@ -62,8 +64,19 @@ enum Written {
     Unknown,
 }
 
-async fn write(pool: &AnyPool, keep: Keep, jobs: Vec<Job>) {
-    match write_batch(pool, keep, &jobs).await {
+async fn write(pool: &AnyPool, conn: &mut Option<PoolConnection<Any>>, keep: Keep, jobs: Vec<Job>) {
+    let written = match conn {
+        Some(c) => write_batch(c, keep, &jobs).await,
+        None => match pool.acquire().await {
+            Ok(c) => write_batch(conn.insert(c), keep, &jobs).await,
+            Err(e) => Err(e),
+        },
+    };
+    // A connection that failed a batch is not trusted with the next: the pool opens a new one.
+    if written.is_err() {
+        *conn = None;
+    }
+    match written {
         Ok(written) => {
             for (job, w) in jobs.into_iter().zip(written) {
                 match (job, w) {
@@ -92,14 +105,15 @@ async fn write(pool: &AnyPool, keep: Keep, jobs: Vec<Job>) {
     }
 }
 
-/// Writes every job in one transaction and commits it: the new messages in one statement (a key or message id
-/// already there is skipped, then looked at), the outcomes one by one, the chain's records in one statement.
+/// Writes every job in one transaction and commits it, in a fixed number of statements whatever the batch's size
+/// (each statement is a round trip to the database): the chain's head, the new messages (a key or message id
+/// already there is skipped, then looked at), the outcomes, the chain's records, the head again.
 async fn write_batch(
-    pool: &AnyPool,
+    conn: &mut PoolConnection<Any>,
     keep: Keep,
     jobs: &[Job],
 ) -> Result<Vec<Written>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let (mut seq, mut prev) = head(&mut tx).await?;
     let at = now_us();
     let accepts: Vec<&Accepted> = jobs
@@ -110,16 +124,39 @@ async fn write_batch(
         })
         .collect();
     let inserted = insert_messages(&mut tx, &accepts, keep, at).await?;
+    // Outcomes are written together, in runs that keep the batch's order: a run ends before a repeated acceptance
+    // (which reads the message) and before a second outcome of the same message.
+    let mut agencies: Vec<Option<String>> = vec![None; jobs.len()];
+    let mut admissions: Vec<Option<Admission>> = Vec::with_capacity(jobs.len());
+    let mut run: Vec<(usize, &Outcome)> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        match job {
+            Job::Accept(a, _) => {
+                if inserted.contains(&(a.hop.clone(), a.message_id.clone())) {
+                    admissions.push(Some(Admission::New));
+                } else {
+                    finish_run(&mut tx, &mut run, &mut agencies, keep, at).await?;
+                    admissions.push(Some(repeated(&mut tx, a, keep, at).await?));
+                }
+            }
+            Job::Finish(o, _) => {
+                if run
+                    .iter()
+                    .any(|(_, r)| r.hop == o.hop && r.message_id == o.message_id)
+                {
+                    finish_run(&mut tx, &mut run, &mut agencies, keep, at).await?;
+                }
+                run.push((i, o));
+                admissions.push(None);
+            }
+        }
+    }
+    finish_run(&mut tx, &mut run, &mut agencies, keep, at).await?;
     let mut records: Vec<Pending> = Vec::with_capacity(jobs.len());
     let mut written = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        written.push(match job {
-            Job::Accept(a, _) => {
-                let admission = if inserted.contains(&(a.hop.clone(), a.message_id.clone())) {
-                    Admission::New
-                } else {
-                    repeated(&mut tx, a, keep, at).await?
-                };
+    for ((job, admission), agency) in jobs.iter().zip(admissions).zip(agencies) {
+        written.push(match (job, admission) {
+            (Job::Accept(a, _), Some(admission)) => {
                 match &admission {
                     Admission::New => records.push(accepted_record(a, &a.message_id, false, at)),
                     Admission::Again(m) => {
@@ -129,13 +166,16 @@ async fn write_batch(
                 }
                 Written::Accept(admission)
             }
-            Job::Finish(o, _) => match finish(&mut tx, o, keep, at).await? {
-                Some(record) => {
-                    records.push(record);
+            (Job::Finish(o, _), _) => match agency {
+                Some(agency) => {
+                    records.push(outcome_record(o, keep_receipt(o), agency, at));
                     Written::Finish
                 }
                 None => Written::Unknown,
             },
+            (Job::Accept(..), None) => {
+                return Err(sqlx::Error::Protocol("journal batch out of step".into()));
+            }
         });
     }
     append_records(&mut tx, &records, &mut seq, &mut prev).await?;
@@ -157,21 +197,14 @@ fn reply_err(job: Job, e: &sqlx::Error) {
 
 /// Takes the chain's head for this transaction: the update comes first, so it holds the write lock (SQLite) or
 /// the row lock (PostgreSQL) before anything is read.
-async fn head(tx: &mut Transaction<'static, Any>) -> Result<(i64, String), sqlx::Error> {
-    sqlx::query("UPDATE journal_head SET seq = seq WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
-    let row = sqlx::query("SELECT seq, hash FROM journal_head WHERE id = 1")
+async fn head(tx: &mut Transaction<'_, Any>) -> Result<(i64, String), sqlx::Error> {
+    let row = sqlx::query("UPDATE journal_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
         .fetch_one(&mut **tx)
         .await?;
     Ok((row.try_get("seq")?, row.try_get("hash")?))
 }
 
-async fn set_head(
-    tx: &mut Transaction<'static, Any>,
-    seq: i64,
-    hash: &str,
-) -> Result<(), sqlx::Error> {
+async fn set_head(tx: &mut Transaction<'_, Any>, seq: i64, hash: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE journal_head SET seq = $1, hash = $2 WHERE id = 1")
         .bind(seq)
         .bind(hash.to_owned())
@@ -190,8 +223,13 @@ struct Pending {
     content: String,
 }
 
-/// Numbered placeholders `($k, $k+1, …)` for `rows` rows of `cols` values each.
+/// Numbered placeholders `($1, $2, …)` for `rows` rows of `cols` values each.
 fn values(rows: usize, cols: usize) -> String {
+    values_from(rows, cols, 1)
+}
+
+/// As [`values`], numbered from `$first`.
+fn values_from(rows: usize, cols: usize, first: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -202,7 +240,7 @@ fn values(rows: usize, cols: usize) -> String {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&format!("${}", r * cols + c + 1));
+            out.push_str(&format!("${}", first + r * cols + c));
         }
         out.push(')');
     }
@@ -228,7 +266,7 @@ fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
 
 /// Links the records into the chain in order and inserts them.
 async fn append_records(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     records: &[Pending],
     seq: &mut i64,
     prev: &mut String,
@@ -303,7 +341,7 @@ fn body_until(a: &Accepted, keep: Keep) -> Option<i64> {
 /// Inserts every accepted message whose idempotency key (or message id) is new at its hop; returns those
 /// inserted. The others — repeats, also of an earlier packet of the same batch — are left for [`repeated`].
 async fn insert_messages(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     accepts: &[&Accepted],
     keep: Keep,
     at: i64,
@@ -351,7 +389,7 @@ async fn insert_messages(
 /// An acceptance whose key (or message id) is already there: the message as it stands, or — when its delivery
 /// failed or expired and the body is the same — the same message tried again.
 async fn repeated(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     a: &Accepted,
     keep: Keep,
     at: i64,
@@ -417,39 +455,64 @@ async fn repeated(
     Ok(Admission::Again(Box::new(m)))
 }
 
-/// Sets a message's outcome; its chain record, or `None` when this hop never accepted it.
-async fn finish(
-    tx: &mut Transaction<'static, Any>,
-    o: &Outcome,
+/// The receipt an outcome keeps: at most [`MAX_RECEIPT_BYTES`].
+fn keep_receipt(o: &Outcome) -> Option<String> {
+    o.receipt.as_ref().map(|r| clip(r, MAX_RECEIPT_BYTES))
+}
+
+/// Sets the outcomes of `run` (each of another message) in one statement per shape, and notes the agency of each
+/// message found — an outcome of a message this hop never accepted (or whose lease its worker lost) finds none.
+async fn finish_run(
+    tx: &mut Transaction<'_, Any>,
+    run: &mut Vec<(usize, &Outcome)>,
+    agencies: &mut [Option<String>],
     keep: Keep,
     at: i64,
-) -> Result<Option<Pending>, sqlx::Error> {
-    let receipt = o.receipt.as_ref().map(|r| clip(r, MAX_RECEIPT_BYTES));
+) -> Result<(), sqlx::Error> {
     // Its body stays `keep_bodies` after it ends, or goes now.
     let body_until = at.saturating_add(keep.bodies_us);
-    let row = sqlx::query(
-        "UPDATE messages SET status = $1, upstream_status = $2, receipt = $3, detail = $4, updated_us = $5,
-             lease_owner = NULL, lease_until_us = NULL, next_attempt_us = NULL, body_until_us = $6,
-             body = CASE WHEN $7 THEN body ELSE NULL END
-         WHERE hop = $8 AND message_id = $9 AND ($10 = '' OR lease_owner = $10)
-         RETURNING agency",
-    )
-    .bind(o.status.as_str())
-    .bind(o.upstream_status.map(i64::from))
-    .bind(receipt.clone())
-    .bind(o.detail.clone())
-    .bind(at)
-    .bind(body_until)
-    .bind(keep.bodies_us > 0)
-    .bind(o.hop.clone())
-    .bind(o.message_id.clone())
-    .bind(o.owner.clone().unwrap_or_default())
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let agency: String = row.try_get("agency")?;
+    for chunk in shaped(run) {
+        // VALUES columns are column1… in both SQLite and PostgreSQL.
+        let sql = format!(
+            "UPDATE messages SET status = v.column3, upstream_status = v.column4, receipt = v.column5,
+                 detail = v.column6, updated_us = $1, lease_owner = NULL, lease_until_us = NULL,
+                 next_attempt_us = NULL, body_until_us = $2, body = CASE WHEN $3 THEN messages.body ELSE NULL END
+             FROM (VALUES {}) AS v
+             WHERE messages.hop = v.column1 AND messages.message_id = v.column2
+                 AND (v.column7 = '' OR messages.lease_owner = v.column7)
+             RETURNING messages.hop, messages.message_id, messages.agency",
+            values_from(chunk.len(), 7, 4)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(at)
+            .bind(body_until)
+            .bind(keep.bodies_us > 0);
+        for (_, o) in chunk {
+            q = q
+                .bind(o.hop.clone())
+                .bind(o.message_id.clone())
+                .bind(o.status.as_str())
+                .bind(o.upstream_status.map(i64::from))
+                .bind(keep_receipt(o))
+                .bind(o.detail.clone())
+                .bind(o.owner.clone().unwrap_or_default());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let (hop, id): (String, String) = (row.try_get("hop")?, row.try_get("message_id")?);
+            if let Some((i, _)) = chunk
+                .iter()
+                .find(|(_, o)| o.hop == hop && o.message_id == id)
+            {
+                agencies[*i] = Some(row.try_get("agency")?);
+            }
+        }
+    }
+    run.clear();
+    Ok(())
+}
+
+/// The chain record of an outcome written for a message of `agency`.
+fn outcome_record(o: &Outcome, receipt: Option<String>, agency: String, at: i64) -> Pending {
     let content = serde_json::json!({
         "kind": "outcome",
         "at_us": at,
@@ -460,14 +523,14 @@ async fn finish(
         "receipt": receipt,
         "detail": o.detail,
     });
-    Ok(Some(Pending {
+    Pending {
         at_us: at,
         kind: "outcome",
         hop: o.hop.clone(),
         message_id: o.message_id.clone(),
         agency,
         content: content.to_string(),
-    }))
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.

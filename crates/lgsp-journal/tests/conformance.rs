@@ -284,6 +284,78 @@ async fn concurrent_appends_share_commits_and_keep_one_chain(s: &Store) {
     assert_eq!(page.len(), 200);
 }
 
+/// Outcomes sent at once share commits: each message gets its own outcome and record, one never accepted is
+/// refused alone, and a second outcome of the same message (in the same batch or not) is written after the first.
+async fn many_outcomes_at_once_each_land_on_their_message(s: &Store) {
+    let j = &s.journal;
+    for i in 0..60 {
+        let id = format!("o{i}");
+        j.accept(packet(&id, H29, None, b"x", Delivery::Direct))
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..60)
+        .flat_map(|i| {
+            let mut outcomes = vec![(format!("o{i}"), i % 3 == 0)];
+            if i % 10 == 0 {
+                outcomes.push((format!("never-{i}"), false));
+            }
+            if i % 7 == 0 {
+                // A second outcome of the same message: failed after delivered, written second.
+                outcomes.push((format!("o{i}"), true));
+            }
+            outcomes
+        })
+        .map(|(id, failed)| {
+            let j = j.clone();
+            tokio::spawn(async move {
+                let mut o = delivered(&id);
+                if failed {
+                    o.status = Status::Failed;
+                    o.upstream_status = Some(503);
+                    o.receipt = None;
+                    o.detail = Some(format!("{id} failed"));
+                }
+                (id, j.finish(o).await)
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    let mut written = 0;
+    for t in tasks {
+        let (id, r) = t.await.unwrap();
+        match r {
+            Ok(()) => written += 1,
+            Err(JournalError::UnknownMessage(m)) if m == id && id.starts_with("never-") => {
+                refused += 1
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+    assert_eq!((written, refused), (60 + 9, 6));
+    for i in 0..60 {
+        let m = j
+            .message("lgsp", H29, &format!("o{i}"))
+            .await
+            .unwrap()
+            .expect("message");
+        if i % 3 == 0 {
+            assert_eq!(m.status, Status::Failed, "o{i}");
+            assert_eq!(m.detail.as_deref(), Some(format!("o{i} failed").as_str()));
+            assert_eq!(m.receipt, None);
+        } else if i % 7 != 0 {
+            assert_eq!(
+                (m.status, m.upstream_status),
+                (Status::Delivered, Some(200)),
+                "o{i}"
+            );
+            assert_eq!(m.receipt, Some(format!("{{\"message_id\":\"o{i}\"}}")));
+        }
+    }
+    // 60 acceptances and 69 outcomes, one chain.
+    assert_eq!(j.verify().await.unwrap(), 129);
+}
+
 async fn one_key_sent_many_times_at_once_is_one_message(s: &Store) {
     let j = &s.journal;
     let tasks: Vec<_> = (0..40)
@@ -577,6 +649,7 @@ suite!(
     accepted_and_finished_messages_are_chained_and_read_back,
     idempotency_keys_replay_refuse_or_retry,
     concurrent_appends_share_commits_and_keep_one_chain,
+    many_outcomes_at_once_each_land_on_their_message,
     one_key_sent_many_times_at_once_is_one_message,
     a_changed_record_is_named_by_verify,
     records_removed_from_the_end_are_named_by_verify,
