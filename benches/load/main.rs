@@ -61,6 +61,13 @@ pub struct Args {
     /// Print the report only; leave the file alone.
     #[arg(long)]
     pub no_write: bool,
+    /// Profile one target instead of comparing: after the warm-up, one run of it (the first protocol given) under
+    /// `perf record -e cpu-clock --call-graph dwarf` of its server, written to `--perf-out`.
+    #[arg(long)]
+    pub perf: Option<char>,
+    /// Where `--perf` writes its profile.
+    #[arg(long, default_value = "perf.data")]
+    pub perf_out: PathBuf,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -408,6 +415,44 @@ fn main() {
         for t in &targets {
             let _ = bench.load(t, *p, Duration::from_secs(2)).run();
         }
+    }
+    if let Some(key) = args.perf {
+        let t = TARGETS
+            .iter()
+            .find(|t| t.key == key)
+            .expect("--perf names a target of a,b,c,d,e");
+        let p = *protocols.first().expect("a protocol");
+        let pids: Vec<String> = server_of(t).pids().iter().map(u32::to_string).collect();
+        let mut perf = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+            ])
+            .arg(&args.perf_out)
+            .args(["-p", &pids.join(",")])
+            .spawn()
+            .expect("perf (apt-get install linux-perf)");
+        std::thread::sleep(Duration::from_millis(500));
+        let r = bench.run(t, p, server_of(t), &gateway);
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+        eprintln!(
+            "perf {} {}: {:.0} req/s, {:.3} ms CPU/req; profile in {}",
+            p.key(),
+            t.name,
+            r.measured.rps,
+            r.cpu_ms_per_request,
+            args.perf_out.display()
+        );
+        return;
     }
     let mut runs = Vec::new();
     for round in 1..=args.rounds {

@@ -282,7 +282,7 @@ impl Journal {
             bodies_us: i64::try_from(settings.keep_bodies.as_micros()).unwrap_or(i64::MAX),
         };
         let queued = Arc::new(tokio::sync::Notify::new());
-        let writer = writer::spawn(pool.clone(), keep, queued.clone());
+        let writer = writer::spawn(pool.clone(), keep, queued.clone())?;
         Ok(Journal {
             pool,
             dialect,
