@@ -857,8 +857,11 @@ async fn misassembled_stack() -> Seen {
     let metrics = lgsp_metrics::Metrics::new().unwrap();
     let hop = Arc::new(lgsp_proxy::HopContext::new("lgsp", &[], metrics));
     let pki = TestPki::new();
-    let client = lgsp_proxy::upstream_client(pki.client_tls(None, &[]));
-    let forward = lgsp_proxy::Forward::new(client, hop.clone(), &[]);
+    let client = lgsp_proxy::upstream_client(
+        pki.client_tls(None, &[]),
+        lgsp_config::UpstreamProtocol::Http1,
+    );
+    let forward = lgsp_proxy::Forward::new(client, hop.clone(), &[], 1);
     let resp = lgsp_proxy::ObserveLayer::new(hop)
         .layer(forward)
         .oneshot(http::Request::new(lgsp_proxy::body::empty()))

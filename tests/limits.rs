@@ -232,3 +232,138 @@ async fn an_unreachable_redis_falls_back_to_local_or_refuses() {
     }
     chain.shutdown().await;
 }
+
+/// `[hop.upstream] max_connections` caps what a hop has in flight to one upstream, across its routes: with one slot,
+/// a packet of another route waits while the first is held at the upstream — and, its route's shorter timeout
+/// passed, is answered 504 without ever reaching it; once the first is answered, the next packet goes through.
+#[tokio::test]
+async fn requests_in_flight_to_one_upstream_are_capped() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pki = TestPki::new();
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (a, r) = (arrived.clone(), release.clone());
+    let upstream = Upstream::start(&pki, move |_req| {
+        let (a, r) = (a.clone(), r.clone());
+        async move {
+            a.fetch_add(1, Ordering::SeqCst);
+            r.notified().await;
+            http::Response::new(lgsp_proxy::body::full("{}"))
+        }
+    })
+    .await;
+    let text = lgsp_config_with(&pki, upstream.addr, "", "")
+        .replacen(
+            "[[hop.route]]",
+            "[hop.upstream]\nmax_connections = 1\n[[hop.route]]",
+            1,
+        )
+        // BienChe's packets give up long before HoSoCBCCVC's.
+        .replace(
+            "prefix = \"/lgsp/v1/BienChe\"\nupstream = \"https://localhost:",
+            "timeout = \"1s\"\nprefix = \"/lgsp/v1/BienChe\"\nupstream = \"https://localhost:",
+        )
+        .replace(
+            "timeout = \"5s\"\nagencies = [\"*\"]\nmessage_type = \"BienChe\"",
+            "agencies = [\"*\"]\nmessage_type = \"BienChe\"",
+        );
+    let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .expect("gateway starts");
+    let url = hop_url(&gw, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let body = packet("000.00.00.H29");
+    let first = {
+        let (pki_client, url, body) = (
+            TestClient::new(&pki, Some(AGENCY_OK), false),
+            url.clone(),
+            body.clone(),
+        );
+        tokio::spawn(async move {
+            pki_client
+                .status("POST", &url, &headers(KEY_H29), &body)
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while arrived.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first packet never reached the upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let staffing = sample("valid/BienChe-01-hai-ngach.xml");
+    let second = TestClient::new(&pki, Some(AGENCY_OK), false)
+        .send(
+            "POST",
+            &hop_url(&gw, "lgsp", "/lgsp/v1/BienChe"),
+            &headers(KEY_H29),
+            &staffing,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.status, 504);
+    assert_eq!(second.json()["code"], "upstream.timeout");
+    assert_eq!(
+        arrived.load(Ordering::SeqCst),
+        1,
+        "the second packet took no slot"
+    );
+    release.notify_one();
+    assert_eq!(first.await.unwrap(), 200);
+    let third = {
+        let (client, url, body) = (
+            TestClient::new(&pki, Some(AGENCY_OK), false),
+            url.clone(),
+            body.clone(),
+        );
+        tokio::spawn(async move { client.status("POST", &url, &headers(KEY_H29), &body).await })
+    };
+    while arrived.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the third packet never reached the upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    release.notify_one();
+    assert_eq!(third.await.unwrap(), 200);
+    gw.shutdown().await;
+}
+
+/// A hop talks HTTP/1.1 keep-alive to its upstreams unless `[hop.upstream] protocol = "http2"` (then h2, when the
+/// upstream offers it).
+#[tokio::test]
+async fn the_upstream_protocol_is_what_the_hop_offers() {
+    let pki = TestPki::new();
+    let upstream = Upstream::start(&pki, |req| async move {
+        http::Response::new(lgsp_proxy::body::full(format!("{:?}", req.version())))
+    })
+    .await;
+    for (protocol, seen) in [("", "HTTP/1.1"), ("protocol = \"http2\"", "HTTP/2.0")] {
+        let text = lgsp_config_with(&pki, upstream.addr, "", "").replacen(
+            "[[hop.route]]",
+            &format!("[hop.upstream]\n{protocol}\n[[hop.route]]"),
+            1,
+        );
+        let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+            .await
+            .expect("gateway starts");
+        let a = TestClient::new(&pki, Some(AGENCY_OK), false)
+            .send(
+                "POST",
+                &hop_url(&gw, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+                &headers(KEY_H29),
+                &packet("000.00.00.H29"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.status.as_u16(), String::from_utf8_lossy(&a.body).as_ref()),
+            (200, seen),
+            "{protocol}"
+        );
+        gw.shutdown().await;
+    }
+}

@@ -150,6 +150,8 @@ pub struct FileHop {
     pub strip_headers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub http: FileHttp,
+    #[serde(default)]
+    pub upstream: FileUpstream,
     #[serde(default, rename = "route")]
     pub routes: Vec<FileRoute>,
 }
@@ -218,6 +220,18 @@ pub struct FileHttp {
     pub first_byte_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub body_read_timeout: Option<Spanned<String>>,
+}
+
+/// `[hop.upstream]`: how this hop holds its connections to its upstreams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    /// `http1` (a pool of keep-alive connections, one request at a time on each) or `http2` (every request to an
+    /// upstream multiplexed over one connection, when the upstream offers h2).
+    pub protocol: Option<Spanned<String>>,
+    /// Requests in flight to one upstream at once (with `http1`, its connections); more wait their turn within
+    /// the route's timeout.
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

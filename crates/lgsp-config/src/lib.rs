@@ -19,7 +19,8 @@ pub use runtime::{
     AdminConfig, AgencyConfig, AuthConfig, ClientTlsConfig, Config, ConfigPath, DeliveryConfig,
     DeliveryMode, EmulatorConfig, HopConfig, HttpConfig, JournalConfig, KeyConfig, LogConfig,
     Origin, OverloadConfig, PeerConfig, PkiConfig, RateLimitBackend, RateLimitConfig, RateSpec,
-    RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream, ValidationConfig,
+    RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream, UpstreamConfig,
+    UpstreamProtocol, ValidationConfig,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

@@ -30,6 +30,40 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// `body` as it streams, holding `guard` until the body has ended or is dropped (an upstream connection's slot stays
+/// taken until its answer is read).
+pub fn holding<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
+    boxed(Holding {
+        body,
+        _guard: guard,
+    })
+}
+
+struct Holding<G> {
+    body: Body,
+    _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for Holding<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// `head`, then the rest of `body` as it streams: an answer partly read already, passed on whole.
 pub fn prefixed(head: Bytes, body: Body) -> Body {
     boxed(Prefixed {

@@ -1,6 +1,7 @@
 //! `Forward`: the innermost service. Sends the request to the route's upstream over mTLS as this hop's own
 //! identity, with the hop headers written out, within the route's timeout; streams the answer back.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,12 +13,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lgsp_auth::Caller;
-use lgsp_config::{KeyKind, RouteConfig};
+use lgsp_config::{KeyKind, RouteConfig, UpstreamProtocol};
 use lgsp_problem::{BoxProblem, Class, Internal, Problem};
 use prometheus::IntCounter;
+use tokio::sync::Semaphore;
 use tower::Service;
 
-use crate::body::{Body, boxed, full, read_body};
+use crate::body::{Body, boxed, full, holding, read_body};
 use crate::headers::{self, HopPath, MessageId, TraceContext};
 use crate::hop::HopContext;
 use crate::route::Route;
@@ -129,18 +131,21 @@ impl Problem for ForwardError {
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// A pooled HTTP/1.1 + HTTP/2 client over rustls presenting `tls`'s client certificate.
-pub fn upstream_client(tls: rustls::ClientConfig) -> UpstreamClient {
+/// A pooled client over rustls presenting `tls`'s client certificate: HTTP/1.1 keep-alive connections, or HTTP/2
+/// where `protocol` asks for it and the upstream offers it.
+pub fn upstream_client(tls: rustls::ClientConfig, protocol: UpstreamProtocol) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .enable_http1();
+    let https = match protocol {
+        UpstreamProtocol::Http1 => builder.wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .timer(hyper_util::rt::TokioTimer::new())
@@ -313,10 +318,28 @@ pub struct Forward {
     client: UpstreamClient,
     /// Per route, by [`Route::index`].
     targets: Arc<[RouteTargets]>,
+    /// Per upstream (`host:port`): its share of `[hop.upstream] max_connections`, held until the answer is read.
+    slots: Arc<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Forward {
-    pub fn new(client: UpstreamClient, hop: Arc<HopContext>, routes: &[RouteConfig]) -> Self {
+    /// `max_connections`: requests in flight to one upstream at once (its keep-alive connections over HTTP/1.1).
+    pub fn new(
+        client: UpstreamClient,
+        hop: Arc<HopContext>,
+        routes: &[RouteConfig],
+        max_connections: usize,
+    ) -> Self {
+        let slots = routes
+            .iter()
+            .flat_map(|r| std::iter::once(&r.upstream).chain(r.trial_upstream.as_ref()))
+            .map(|u| {
+                (
+                    u.authority.clone(),
+                    Arc::new(Semaphore::new(max_connections)),
+                )
+            })
+            .collect();
         let targets = routes
             .iter()
             .map(|r| RouteTargets {
@@ -327,7 +350,11 @@ impl Forward {
                     .map(|t| UpstreamCounters::new(&hop, &t.authority)),
             })
             .collect();
-        Forward { client, targets }
+        Forward {
+            client,
+            targets,
+            slots: Arc::new(slots),
+        }
     }
 }
 
@@ -397,6 +424,7 @@ impl Service<Request<Body>> for Forward {
         let prepared = self.prepare(req);
         let client = self.client.clone();
         let targets = self.targets.clone();
+        let slots = self.slots.clone();
         Box::pin(async move {
             let (req, route, caller) = prepared?;
             let mode = caller.kind;
@@ -404,9 +432,18 @@ impl Service<Request<Body>> for Forward {
                 || route.config.upstream.authority.clone(),
                 |a| a.as_str().to_owned(),
             );
-            let outcome = tokio::time::timeout(route.config.timeout, client.request(req)).await;
+            let slot = slots.get(&upstream).cloned();
+            // The route's timeout covers the wait for a connection slot and the answer's head together.
+            let outcome = tokio::time::timeout(route.config.timeout, async {
+                let permit = match slot {
+                    Some(s) => s.acquire_owned().await.ok(),
+                    None => None,
+                };
+                client.request(req).await.map(|r| (r, permit))
+            })
+            .await;
             let (kind, message) = match outcome {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, permit))) => {
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     if mode == KeyKind::Trial
@@ -422,7 +459,7 @@ impl Service<Request<Body>> for Forward {
                         let body = owned(&route, &caller, pointer, boxed(body)).await?;
                         return Ok(Response::from_parts(parts, full(body)));
                     }
-                    return Ok(Response::from_parts(parts, boxed(body)));
+                    return Ok(Response::from_parts(parts, holding(boxed(body), permit)));
                 }
                 Ok(Err(e)) => {
                     // The client's body, not the upstream, failed: its own deadline passed mid-stream.
@@ -625,8 +662,11 @@ mod tests {
         r.upstream = target(&format!("localhost:{}", closed.port()), "");
         let metrics = crate::testing::metrics();
         let hop = Arc::new(HopContext::new("lgsp", &[], metrics.clone()));
-        let client = upstream_client(lgsp_tls::client_config(&cfg.hops[0].upstream_tls).unwrap());
-        let forward = Forward::new(client, hop.clone(), std::slice::from_ref(&r));
+        let client = upstream_client(
+            lgsp_tls::client_config(&cfg.hops[0].upstream_tls).unwrap(),
+            UpstreamProtocol::Http1,
+        );
+        let forward = Forward::new(client, hop.clone(), std::slice::from_ref(&r), 64);
         let route = RouteTable::new(&hop, &[r])
             .lookup("/lgsp/v1/HoSoCBCCVC")
             .unwrap()

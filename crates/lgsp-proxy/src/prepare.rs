@@ -293,7 +293,12 @@ fn hop(
         Arc::new(move |id| auth.knows(id))
     };
     let routes = Arc::new(RouteTable::new(&hop, &h.routes));
-    let forward = Forward::new(upstream_client((*client).clone()), hop.clone(), &h.routes);
+    let forward = Forward::new(
+        upstream_client((*client).clone(), h.upstream.protocol),
+        hop.clone(),
+        &h.routes,
+        h.upstream.max_connections,
+    );
     let delivery = DeliveryTarget {
         hop: hop.clone(),
         routes: routes.clone(),

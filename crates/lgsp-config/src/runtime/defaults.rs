@@ -59,6 +59,12 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const HTTP_TIMEOUT_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
 
+// [hop.upstream]
+/// Below the default `max_connections_per_agency` (100) of the next hop, so one relaying hop never takes more of a
+/// peer's listener than an agency may.
+pub const UPSTREAM_MAX_CONNECTIONS: u64 = 64;
+pub const UPSTREAM_MAX_CONNECTIONS_RANGE: RangeInclusive<u64> = 1..=100_000;
+
 // [[hop.route]]
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;

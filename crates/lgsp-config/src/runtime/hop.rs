@@ -11,7 +11,7 @@ use super::check::Checker;
 use super::defaults;
 use super::route::{RouteConfig, route};
 use super::tls::{ClientTlsConfig, ServerTlsConfig, client_tls, server_tls};
-use crate::file::{FileHop, FileHttp, FilePeer, HopRole};
+use crate::file::{FileHop, FileHttp, FilePeer, FileUpstream, HopRole};
 use crate::parse::valid_identity;
 
 #[derive(Debug, Clone)]
@@ -25,7 +25,37 @@ pub struct HopConfig {
     /// Request headers removed at this hop (lower case), [`defaults::STRIP_HEADERS`] unless the file says.
     pub strip_headers: Vec<String>,
     pub http: HttpConfig,
+    pub upstream: UpstreamConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[hop.upstream]`: how the hop holds its connections to its upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub protocol: UpstreamProtocol,
+    /// Requests in flight to one upstream (`host:port`) at once; more wait within the route's timeout.
+    pub max_connections: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            protocol: UpstreamProtocol::default(),
+            max_connections: usize::try_from(defaults::UPSTREAM_MAX_CONNECTIONS)
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// What the hop offers its upstreams by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 keep-alive connections, one request at a time on each (as nginx and Envoy do by default): measured
+    /// cheaper per request than one multiplexed HTTP/2 connection (`benches/RESULTS.md`).
+    #[default]
+    Http1,
+    /// HTTP/2 when the upstream offers it (every request multiplexed over one connection), else HTTP/1.1.
+    Http2,
 }
 
 /// `[hop.http]`: what one connection and one request may hold of the listener — time and memory, bounded for
@@ -131,6 +161,7 @@ fn hop(c: &mut Checker<'_>, h: &FileHop, field: &str, known: &HashSet<&str>) -> 
             &format!("{field}.strip_headers"),
         ),
         http: http(c, &h.http, &format!("{field}.http")),
+        upstream: upstream(c, &h.upstream, &format!("{field}.upstream")),
         routes,
     }
 }
@@ -176,6 +207,33 @@ fn strip_headers(
         }
     }
     out
+}
+
+fn upstream(c: &mut Checker<'_>, u: &FileUpstream, field: &str) -> UpstreamConfig {
+    let protocol = match &u.protocol {
+        None => UpstreamProtocol::default(),
+        Some(p) => match p.get_ref().as_str() {
+            "http1" => UpstreamProtocol::Http1,
+            "http2" => UpstreamProtocol::Http2,
+            other => {
+                c.problem(
+                    p,
+                    format!("{field}.protocol"),
+                    format!("`{other}` is not an upstream protocol; write \"http1\" or \"http2\""),
+                );
+                UpstreamProtocol::default()
+            }
+        },
+    };
+    UpstreamConfig {
+        protocol,
+        max_connections: c.bounded(
+            u.max_connections.as_ref(),
+            &format!("{field}.max_connections"),
+            defaults::UPSTREAM_MAX_CONNECTIONS,
+            &defaults::UPSTREAM_MAX_CONNECTIONS_RANGE,
+        ),
+    }
 }
 
 fn http(c: &mut Checker<'_>, h: &FileHttp, field: &str) -> HttpConfig {
@@ -336,6 +394,31 @@ mod tests {
         assert!(p[0].message.contains("read by the gateway itself"), "{p:?}");
         assert!(p[1].message.contains("not a header name"), "{p:?}");
         assert_eq!(p[0].field, "hop[1].strip_headers");
+    }
+
+    #[test]
+    fn upstream_connections_default_to_a_capped_http1_pool() {
+        use super::{UpstreamConfig, UpstreamProtocol};
+        let c = crate::parse(crate::EMBEDDED, "t.toml", std::path::Path::new(".")).unwrap();
+        // The LGSP hop writes the defaults out; the NDXP hop writes nothing.
+        assert_eq!(c.hops[0].upstream, UpstreamConfig::default());
+        assert_eq!(c.hops[1].upstream, UpstreamConfig::default());
+        assert_eq!(
+            (
+                c.hops[0].upstream.protocol,
+                c.hops[0].upstream.max_connections
+            ),
+            (UpstreamProtocol::Http1, 64)
+        );
+        let text = crate::EMBEDDED.replacen("protocol = \"http1\"", "protocol = \"http2\"", 1);
+        let c = crate::parse(&text, "t.toml", std::path::Path::new(".")).unwrap();
+        assert_eq!(c.hops[0].upstream.protocol, UpstreamProtocol::Http2);
+        let p = problems_of("protocol = \"http1\"", "protocol = \"h3\"");
+        assert_eq!(p[0].field, "hop[0].upstream.protocol");
+        assert!(p[0].message.contains("\"http1\" or \"http2\""), "{p:?}");
+        let p = problems_of("max_connections = 64", "max_connections = 0");
+        assert_eq!(p[0].field, "hop[0].upstream.max_connections");
+        assert!(p[0].message.contains("between 1 and 100000"), "{p:?}");
     }
 
     #[test]

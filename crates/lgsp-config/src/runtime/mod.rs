@@ -25,7 +25,7 @@ use toml::Spanned;
 pub use admin::{AdminConfig, LogConfig, PkiConfig};
 pub use agency::{AgencyConfig, KeyConfig};
 pub use emulator::EmulatorConfig;
-pub use hop::{HopConfig, HttpConfig, PeerConfig};
+pub use hop::{HopConfig, HttpConfig, PeerConfig, UpstreamConfig, UpstreamProtocol};
 pub use journal::{DeliveryConfig, JournalConfig};
 pub use limits::{OverloadConfig, RateLimitBackend, RateLimitConfig};
 pub use route::{DeliveryMode, RateSpec, RouteConfig, Upstream};
