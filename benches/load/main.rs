@@ -68,6 +68,11 @@ pub struct Args {
     /// Where `--perf` writes its profile.
     #[arg(long, default_value = "perf.data")]
     pub perf_out: PathBuf,
+    /// Another build of the gateway (e.g. the commit before a change, built with `cargo bench --bench load
+    /// --no-run` in a worktree): run as target x beside c, with the same config, in the same rounds, so a change is
+    /// measured against its baseline in one run.
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -82,7 +87,7 @@ pub struct Target {
     path: &'static str,
 }
 
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target {
         key: 'a',
         name: "direct",
@@ -112,6 +117,12 @@ pub const TARGETS: [Target; 5] = [
         name: "queued",
         what: "client → gateway hop, 202 once journalled → outbox → emulator",
         path: "/queued/v1/HoSoCBCCVC",
+    },
+    Target {
+        key: 'x',
+        name: "baseline",
+        what: "as c, through the build given with --baseline-bin",
+        path: "/lgsp/v1/HoSoCBCCVC",
     },
 ];
 
@@ -231,6 +242,7 @@ struct Bench<'a> {
     body: PathBuf,
     ticks: f64,
     ports: GatewayPorts,
+    baseline_port: u16,
     nginx_port: u16,
 }
 
@@ -239,6 +251,7 @@ impl Bench<'_> {
         let port = match t.key {
             'a' => self.ports.emulator,
             'b' => self.nginx_port,
+            'x' => self.baseline_port,
             _ => self.ports.lgsp,
         };
         let headers = match t.key {
@@ -306,7 +319,10 @@ fn main() {
     let wanted = |list: &str, key: &str| list.split(',').any(|k| k.trim() == key);
     let targets: Vec<&Target> = TARGETS
         .iter()
-        .filter(|t| wanted(&args.targets, &t.key.to_string()))
+        .filter(|t| {
+            wanted(&args.targets, &t.key.to_string())
+                || (t.key == 'x' && args.baseline_bin.is_some())
+        })
         .collect();
     let protocols: Vec<Protocol> = Protocol::ALL
         .into_iter()
@@ -323,22 +339,28 @@ fn main() {
         emulator: servers::free_port(),
     };
     let nginx_port = servers::free_port();
+    let baseline_ports = GatewayPorts {
+        lgsp: servers::free_port(),
+        ndxp: servers::free_port(),
+        emulator: ports.emulator,
+    };
     let journals = AtomicUsize::new(0);
-    let start_gateway = || {
+    let start = |bin: &Path, ports: &GatewayPorts, name: &str| {
         let journal = work.path().join(format!(
             "journal-{}.db",
             journals.fetch_add(1, Ordering::Relaxed)
         ));
         let g = Gateway::start(
-            &bin,
+            bin,
             work.path(),
-            "gateway",
-            &servers::gateway_config(pki.dir(), &journal, &ports),
-            &work.path().join("gateway.log"),
+            name,
+            &servers::gateway_config(pki.dir(), &journal, ports),
+            &work.path().join(format!("{name}.log")),
         );
         servers::wait_for_port(ports.lgsp);
         g
     };
+    let start_gateway = || start(&bin, &ports, "gateway");
     let start_nginx = || {
         Nginx::start(
             &nginx_bin,
@@ -393,6 +415,10 @@ fn main() {
     }
 
     let gateway = start_gateway();
+    let baseline = args
+        .baseline_bin
+        .as_ref()
+        .map(|b| start(b, &baseline_ports, "baseline"));
     let nginx = start_nginx();
     let bench = Bench {
         args: &args,
@@ -401,12 +427,14 @@ fn main() {
         body,
         ticks: procfs::clock_ticks(),
         ports,
+        baseline_port: baseline_ports.lgsp,
         nginx_port,
     };
     let server_of = |t: &Target| -> &dyn Server {
         match t.key {
             'a' => &emulator,
             'b' => &nginx,
+            'x' => baseline.as_ref().unwrap_or(&gateway),
             _ => &gateway,
         }
     };

@@ -126,7 +126,10 @@ impl Report<'_> {
         let cmd: Vec<String> = self.oha_command.iter().map(|x| quoted(x)).collect();
         let _ = writeln!(s, "```\noha {}\n```\n", cmd.join(" "));
         let _ = writeln!(s, "Targets:\n");
-        for t in &TARGETS {
+        for t in TARGETS
+            .iter()
+            .filter(|t| self.medians.iter().any(|r| r.target == t.key))
+        {
             let _ = writeln!(s, "- **{}** {}: {}", t.key, t.name, t.what);
         }
         s.push('\n');
@@ -140,13 +143,15 @@ impl Report<'_> {
                 Protocol::Http1 => String::new(),
                 other => format!(" ({})", other.label()),
             };
-            let lines: [RatioLine; 6] = [
+            let lines: [RatioLine; 8] = [
                 ("gateway/nginx", 'c', 'b', rps),
                 ("gateway/direct", 'c', 'a', rps),
                 ("chain/nginx", 'd', 'b', rps),
                 ("queued/gateway", 'e', 'c', rps),
                 ("gateway/nginx p99", 'c', 'b', p99),
                 ("gateway/nginx CPU per request", 'c', 'b', cpu_of),
+                ("gateway/baseline", 'c', 'x', rps),
+                ("gateway/baseline CPU per request", 'c', 'x', cpu_of),
             ];
             for (name, over, under, f) in lines {
                 if let Some(r) = self.ratio(over, under, p, f) {

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Connection};
 use sqlx::{Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -109,12 +109,9 @@ fn dialect_of(url: &str) -> Result<Dialect, JournalError> {
     }
 }
 
-/// Connects without migrating.
-async fn connect(url: &str) -> Result<(AnyPool, Dialect), JournalError> {
-    sqlx::any::install_default_drivers();
-    let dialect = dialect_of(url)?;
-    let url = match dialect {
-        // Created when missing; the WAL and fsync-on-commit are set per connection below.
+/// The URL sqlx opens for `url`: a SQLite file is created when missing.
+fn store_url(url: &str, dialect: Dialect) -> String {
+    match dialect {
         Dialect::Sqlite if !url.contains("mode=") => {
             if url.contains('?') {
                 format!("{url}&mode=rwc")
@@ -123,24 +120,39 @@ async fn connect(url: &str) -> Result<(AnyPool, Dialect), JournalError> {
             }
         }
         _ => url.to_owned(),
-    };
+    }
+}
+
+/// What every connection to a SQLite journal runs first: durable at commit (the WAL fsynced before a transaction
+/// is said to be written), and waiting for the write lock rather than failing at once.
+async fn prepare_connection(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
+    if dialect == Dialect::Sqlite {
+        conn.execute("PRAGMA journal_mode = WAL").await?;
+        conn.execute("PRAGMA synchronous = FULL").await?;
+        conn.execute("PRAGMA busy_timeout = 5000").await?;
+    }
+    Ok(())
+}
+
+/// A connection of its own (the writer's), prepared as the pool's are.
+pub(crate) async fn connect_one(url: &str, dialect: Dialect) -> Result<AnyConnection, sqlx::Error> {
+    let mut conn = AnyConnection::connect(&store_url(url, dialect)).await?;
+    prepare_connection(&mut conn, dialect).await?;
+    Ok(conn)
+}
+
+/// Connects without migrating.
+async fn connect(url: &str) -> Result<(AnyPool, Dialect), JournalError> {
+    sqlx::any::install_default_drivers();
+    let dialect = dialect_of(url)?;
+    let url = store_url(url, dialect);
     let options = AnyPoolOptions::new()
         .max_connections(match dialect {
             Dialect::Sqlite => 4,
             Dialect::Postgres => 8,
         })
         .acquire_timeout(Duration::from_secs(5))
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if dialect == Dialect::Sqlite {
-                    // Durable at commit: the WAL is fsynced before a transaction is said to be written.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                }
-                Ok(())
-            })
-        });
+        .after_connect(move |conn, _| Box::pin(prepare_connection(conn, dialect)));
     let pool = options
         .connect(&url)
         .await
@@ -282,7 +294,7 @@ impl Journal {
             bodies_us: i64::try_from(settings.keep_bodies.as_micros()).unwrap_or(i64::MAX),
         };
         let queued = Arc::new(tokio::sync::Notify::new());
-        let writer = writer::spawn(pool.clone(), keep, queued.clone())?;
+        let writer = writer::spawn(settings.url.clone(), dialect, keep, queued.clone())?;
         Ok(Journal {
             pool,
             dialect,

@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Row};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, Connection, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::chain;
 use crate::model::{Accepted, Admission, Message, Outcome, Status};
-use crate::{JournalError, MAX_RECEIPT_BYTES, now_us};
+use crate::{Dialect, JournalError, MAX_RECEIPT_BYTES, now_us};
+
+/// How long the writer waits for a new connection before failing its batch (as the pool waits for one).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// At most this many appends per transaction.
 const MAX_BATCH: usize = 512;
@@ -34,7 +37,8 @@ pub(crate) struct Keep {
 /// SQLite's worker thread, or PostgreSQL's socket), and a writer task on the request runtime would wait behind the
 /// requests in its run queue after every one of them (measured under load: 2.2 ms a batch there, 1.1 ms here).
 pub(crate) fn spawn(
-    pool: AnyPool,
+    url: String,
+    dialect: Dialect,
     keep: Keep,
     queued: Arc<Notify>,
 ) -> Result<mpsc::Sender<Job>, JournalError> {
@@ -44,8 +48,9 @@ pub(crate) fn spawn(
         .build()
         .map_err(|e| JournalError::Open(format!("the journal writer's runtime: {e}")))?;
     let work = async move {
-        // The writer keeps one connection: taking one from the pool per batch would cost a round trip to test it.
-        let mut conn: Option<PoolConnection<Any>> = None;
+        // The writer keeps a connection of its own, opened on its own runtime (a PostgreSQL socket opened on the
+        // request runtime would wake the writer from there), and opens another after a failed batch.
+        let mut conn: Option<AnyConnection> = None;
         while let Some(first) = rx.recv().await {
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
@@ -57,7 +62,7 @@ pub(crate) fn spawn(
             let wakes = jobs
                 .iter()
                 .any(|j| matches!(j, Job::Accept(a, _) if a.delivery == crate::Delivery::Queued));
-            write(&pool, &mut conn, keep, jobs).await;
+            write(&url, &mut conn, dialect, keep, jobs).await;
             // Delivery workers of this process start on a new queued packet at once (other replicas poll).
             if wakes {
                 queued.notify_waiters();
@@ -80,19 +85,27 @@ enum Written {
     Unknown,
 }
 
-async fn write(pool: &AnyPool, conn: &mut Option<PoolConnection<Any>>, keep: Keep, jobs: Vec<Job>) {
+async fn write(
+    url: &str,
+    conn: &mut Option<AnyConnection>,
+    dialect: Dialect,
+    keep: Keep,
+    jobs: Vec<Job>,
+) {
     let written = match conn {
-        Some(c) => write_batch(c, keep, &jobs).await,
-        None => match pool.acquire().await {
-            Ok(c) => write_batch(conn.insert(c), keep, &jobs).await,
-            Err(e) => Err(e),
+        Some(c) => write_batch(c, dialect, keep, &jobs).await,
+        None => match tokio::time::timeout(CONNECT_TIMEOUT, crate::connect_one(url, dialect)).await
+        {
+            Ok(Ok(c)) => write_batch(conn.insert(c), dialect, keep, &jobs).await,
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
         },
     };
-    // A connection that failed a batch is not trusted with the next: closed, and the pool opens a new one.
+    // A connection that failed a batch is not trusted with the next: closed, and another opened for it.
     if written.is_err()
-        && let Some(mut c) = conn.take()
+        && let Some(c) = conn.take()
     {
-        c.close_on_drop();
+        let _ = c.close().await;
     }
     match written {
         Ok(written) => {
@@ -123,32 +136,28 @@ async fn write(pool: &AnyPool, conn: &mut Option<PoolConnection<Any>>, keep: Kee
     }
 }
 
-/// Writes every job in one transaction and commits it, in a fixed number of statements whatever the batch's size
-/// (each statement is a round trip to the database): the chain's head, the new messages (a key or message id
-/// already there is skipped, then looked at), the outcomes, the chain's records, the head again.
+/// Writes every job in one transaction and commits it, in a fixed number of round trips whatever the batch's size:
+/// the transaction opened with the chain's head and the new messages (a key or message id already there is
+/// skipped, then looked at), the outcomes, the chain's records with the head moved and the commit.
 async fn write_batch(
-    conn: &mut PoolConnection<Any>,
+    conn: &mut AnyConnection,
+    dialect: Dialect,
     keep: Keep,
     jobs: &[Job],
 ) -> Result<Vec<Written>, sqlx::Error> {
-    let written = match begin(conn).await {
-        Ok((seq, prev)) => write_in_transaction(conn, keep, jobs, seq, prev).await,
-        Err(e) => Err(e),
-    };
+    let written = write_in_transaction(conn, dialect, keep, jobs).await;
     if written.is_err() {
         // Nothing of the batch stays (the caller closes the connection too, so a failed rollback leaves nothing).
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
     }
     written
 }
 
-/// The batch's statements after [`begin`], ending with the commit.
 async fn write_in_transaction(
     tx: &mut AnyConnection,
+    dialect: Dialect,
     keep: Keep,
     jobs: &[Job],
-    mut seq: i64,
-    mut prev: String,
 ) -> Result<Vec<Written>, sqlx::Error> {
     let at = now_us();
     let accepts: Vec<&Accepted> = jobs
@@ -158,7 +167,7 @@ async fn write_in_transaction(
             Job::Finish(..) => None,
         })
         .collect();
-    let inserted = insert_messages(tx, &accepts, keep, at).await?;
+    let (seq, prev, inserted) = open(tx, dialect, &accepts, keep, at).await?;
     // Outcomes are written together, in runs that keep the batch's order: a run ends before a repeated acceptance
     // (which reads the message) and before a second outcome of the same message.
     let mut agencies: Vec<Option<String>> = vec![None; jobs.len()];
@@ -213,8 +222,7 @@ async fn write_in_transaction(
             }
         });
     }
-    append_records(tx, &records, &mut seq, &mut prev).await?;
-    commit(tx, seq, &prev).await?;
+    close(tx, dialect, &records, seq, prev).await?;
     Ok(written)
 }
 
@@ -229,17 +237,88 @@ fn reply_err(job: Job, e: &sqlx::Error) {
     }
 }
 
-/// Opens the batch's transaction and takes the chain's head, in one round trip: the head's update comes first, so
+/// Opens the batch's transaction, takes the chain's head and inserts the new messages. SQLite takes it all in one
+/// round trip (several statements at once, their parameters numbered across them); PostgreSQL's extended protocol
+/// takes one statement with parameters at a time, so there the head comes with `BEGIN` and each shape of insert
+/// after it.
+async fn open(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    accepts: &[&Accepted],
+    keep: Keep,
+    at: i64,
+) -> Result<(i64, String, Inserted), sqlx::Error> {
+    if dialect == Dialect::Postgres {
+        let (seq, prev) = begin(tx).await?;
+        return Ok((seq, prev, insert_messages(tx, accepts, keep, at).await?));
+    }
+    let chunks = shaped(accepts);
+    let mut sql = String::from(HEAD_SQL);
+    let mut first = 1;
+    for c in &chunks {
+        sql.push_str("; ");
+        sql.push_str(&messages_sql(c.len(), first));
+        first += c.len() * 17;
+    }
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for c in &chunks {
+        q = bind_messages(q, c, keep, at);
+    }
+    let rows = q.fetch_all(&mut *tx).await?;
+    let (seq, prev) = head_of(&rows)?;
+    Ok((seq, prev, inserted_of(&rows)?))
+}
+
+/// Inserts the chain's records, moves its head and commits: one round trip on SQLite, a statement per shape and
+/// then the head with `COMMIT` on PostgreSQL.
+async fn close(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    records: &[Pending],
+    mut seq: i64,
+    mut prev: String,
+) -> Result<(), sqlx::Error> {
+    if dialect == Dialect::Postgres {
+        append_records(tx, records, &mut seq, &mut prev).await?;
+        return commit(tx, seq, &prev).await;
+    }
+    let chunks = shaped(records);
+    let mut sql = String::new();
+    let mut first = 1;
+    for c in &chunks {
+        sql.push_str(&records_sql(c.len(), first));
+        sql.push_str("; ");
+        first += c.len() * 9;
+    }
+    sql.push_str(&format!(
+        "UPDATE journal_head SET seq = ${first}, hash = ${} WHERE id = 1; COMMIT",
+        first + 1
+    ));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for c in &chunks {
+        q = bind_records(q, c, &mut seq, &mut prev);
+    }
+    q.bind(seq).bind(prev).execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// The statements that open a batch's transaction and take the chain's head: the head's update comes first, so
 /// it holds the write lock (SQLite) or the row lock (PostgreSQL) before anything is read.
-async fn begin(conn: &mut AnyConnection) -> Result<(i64, String), sqlx::Error> {
-    let rows =
-        sqlx::raw_sql("BEGIN; UPDATE journal_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
-            .fetch_all(&mut *conn)
-            .await?;
+const HEAD_SQL: &str = "BEGIN; UPDATE journal_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
+
+/// The chain's head among a round trip's rows: the first, the only one with `seq`.
+fn head_of(rows: &[AnyRow]) -> Result<(i64, String), sqlx::Error> {
     let row = rows
         .first()
+        .filter(|r| r.try_column("seq").is_ok())
         .ok_or_else(|| sqlx::Error::Protocol("the journal has no head row".into()))?;
     Ok((row.try_get("seq")?, row.try_get("hash")?))
+}
+
+/// Opens the batch's transaction and takes the chain's head, in one round trip (PostgreSQL).
+async fn begin(conn: &mut AnyConnection) -> Result<(i64, String), sqlx::Error> {
+    let rows = sqlx::raw_sql(HEAD_SQL).fetch_all(&mut *conn).await?;
+    head_of(&rows)
 }
 
 /// Moves the chain's head to `(seq, hash)` and commits, in one round trip. Both values are the writer's own (a
@@ -267,12 +346,7 @@ struct Pending {
     content: String,
 }
 
-/// Numbered placeholders `($1, $2, …)` for `rows` rows of `cols` values each.
-fn values(rows: usize, cols: usize) -> String {
-    values_from(rows, cols, 1)
-}
-
-/// As [`values`], numbered from `$first`.
+/// Numbered placeholders `($first, $first+1, …)` for `rows` rows of `cols` values each.
 fn values_from(rows: usize, cols: usize, first: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
@@ -308,7 +382,41 @@ fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
     out
 }
 
-/// Links the records into the chain in order and inserts them.
+/// The statement inserting `rows` chain records, its parameters numbered from `$first`.
+fn records_sql(rows: usize, first: usize) -> String {
+    format!(
+        "INSERT INTO journal_records (seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash) VALUES {}",
+        values_from(rows, 9, first)
+    )
+}
+
+/// Links `chunk` into the chain after `(seq, prev)` and binds the values of [`records_sql`].
+fn bind_records<'q>(
+    mut q: AnyQuery<'q>,
+    chunk: &[Pending],
+    seq: &mut i64,
+    prev: &mut String,
+) -> AnyQuery<'q> {
+    for r in chunk {
+        let next = *seq + 1;
+        let hash = chain::hash(next, prev, &r.content);
+        q = q
+            .bind(next)
+            .bind(r.at_us)
+            .bind(r.kind)
+            .bind(r.hop.clone())
+            .bind(r.message_id.clone())
+            .bind(r.agency.clone())
+            .bind(r.content.clone())
+            .bind(prev.clone())
+            .bind(hash.clone());
+        *seq = next;
+        *prev = hash;
+    }
+    q
+}
+
+/// Links the records into the chain in order and inserts them, a statement per shape.
 async fn append_records(
     tx: &mut AnyConnection,
     records: &[Pending],
@@ -316,28 +424,8 @@ async fn append_records(
     prev: &mut String,
 ) -> Result<(), sqlx::Error> {
     for chunk in shaped(records) {
-        let sql = format!(
-            "INSERT INTO journal_records (seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash) VALUES {}",
-            values(chunk.len(), 9)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            let next = *seq + 1;
-            let hash = chain::hash(next, prev, &r.content);
-            q = q
-                .bind(next)
-                .bind(r.at_us)
-                .bind(r.kind)
-                .bind(r.hop.clone())
-                .bind(r.message_id.clone())
-                .bind(r.agency.clone())
-                .bind(r.content.clone())
-                .bind(prev.clone())
-                .bind(hash.clone());
-            *seq = next;
-            *prev = hash;
-        }
-        q.execute(&mut *tx).await?;
+        let q = sqlx::query(sqlx::AssertSqlSafe(records_sql(chunk.len(), 1)));
+        bind_records(q, chunk, seq, prev).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -382,52 +470,85 @@ fn body_until(a: &Accepted, keep: Keep) -> Option<i64> {
         .filter(|_| a.body.is_some())
 }
 
-/// Inserts every accepted message whose idempotency key (or message id) is new at its hop; returns those
-/// inserted. The others — repeats, also of an earlier packet of the same batch — are left for [`repeated`].
+/// The statement inserting `rows` accepted messages, its parameters numbered from `$first`; a key or message id
+/// already there is skipped (left for [`repeated`]), the inserted ones returned.
+fn messages_sql(rows: usize, first: usize) -> String {
+    format!(
+        "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
+             body_size, delivery, request, body, status, accepted_us, updated_us, next_attempt_us, body_until_us)
+         VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
+        values_from(rows, 17, first)
+    )
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+
+/// Binds the values of [`messages_sql`] for `chunk`.
+fn bind_messages<'q>(
+    mut q: AnyQuery<'q>,
+    chunk: &[&Accepted],
+    keep: Keep,
+    at: i64,
+) -> AnyQuery<'q> {
+    for a in chunk {
+        q = q
+            .bind(a.hop.clone())
+            .bind(a.message_id.clone())
+            .bind(a.agency.clone())
+            .bind(a.route.clone())
+            .bind(a.message_type.clone())
+            .bind(a.mode.clone())
+            .bind(a.idempotency_key.clone())
+            .bind(a.body_sha256.clone())
+            .bind(i64::try_from(a.body_size).unwrap_or(i64::MAX))
+            .bind(a.delivery.as_str())
+            .bind(
+                a.request
+                    .as_ref()
+                    .and_then(|r| serde_json::to_string(r).ok()),
+            )
+            .bind(a.body.clone())
+            .bind(status_of(a).as_str())
+            .bind(at)
+            .bind(at)
+            .bind((a.delivery == crate::Delivery::Queued).then_some(at))
+            .bind(body_until(a, keep));
+    }
+    q
+}
+
+/// The (hop, message id) of each inserted message among `rows` (rows of other statements are passed over).
+fn inserted_of(rows: &[AnyRow]) -> Result<Inserted, sqlx::Error> {
+    let mut inserted = Inserted::new();
+    for row in rows {
+        if row.try_column("message_id").is_ok() {
+            inserted.insert((row.try_get("hop")?, row.try_get("message_id")?));
+        }
+    }
+    Ok(inserted)
+}
+
+type Inserted = std::collections::HashSet<(String, String)>;
+
+/// Inserts every accepted message whose idempotency key (or message id) is new at its hop, a statement per shape;
+/// returns those inserted. The others — repeats, also of an earlier packet of the same batch — are left for
+/// [`repeated`].
 async fn insert_messages(
     tx: &mut AnyConnection,
     accepts: &[&Accepted],
     keep: Keep,
     at: i64,
-) -> Result<std::collections::HashSet<(String, String)>, sqlx::Error> {
-    let mut inserted = std::collections::HashSet::new();
+) -> Result<Inserted, sqlx::Error> {
+    let mut rows = Vec::new();
     for chunk in shaped(accepts) {
-        let sql = format!(
-            "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
-                 body_size, delivery, request, body, status, accepted_us, updated_us, next_attempt_us, body_until_us)
-             VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
-            values(chunk.len(), 17)
+        let q = sqlx::query(sqlx::AssertSqlSafe(messages_sql(chunk.len(), 1)));
+        rows.extend(
+            bind_messages(q, chunk, keep, at)
+                .fetch_all(&mut *tx)
+                .await?,
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for a in chunk {
-            q = q
-                .bind(a.hop.clone())
-                .bind(a.message_id.clone())
-                .bind(a.agency.clone())
-                .bind(a.route.clone())
-                .bind(a.message_type.clone())
-                .bind(a.mode.clone())
-                .bind(a.idempotency_key.clone())
-                .bind(a.body_sha256.clone())
-                .bind(i64::try_from(a.body_size).unwrap_or(i64::MAX))
-                .bind(a.delivery.as_str())
-                .bind(
-                    a.request
-                        .as_ref()
-                        .and_then(|r| serde_json::to_string(r).ok()),
-                )
-                .bind(a.body.clone())
-                .bind(status_of(a).as_str())
-                .bind(at)
-                .bind(at)
-                .bind((a.delivery == crate::Delivery::Queued).then_some(at))
-                .bind(body_until(a, keep));
-        }
-        for row in q.fetch_all(&mut *tx).await? {
-            inserted.insert((row.try_get("hop")?, row.try_get("message_id")?));
-        }
     }
-    Ok(inserted)
+    inserted_of(&rows)
 }
 
 /// An acceptance whose key (or message id) is already there: the message as it stands, or — when its delivery
@@ -602,6 +723,7 @@ mod tests {
         // 300 = 18 × 16 + 8 + 4.
         assert_eq!((sizes.len(), &sizes[18..]), (20, &[8, 4][..]));
         assert_eq!(shaped::<u32>(&[]).len(), 0);
-        assert_eq!(values(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(values_from(2, 2, 1), "($1, $2), ($3, $4)");
+        assert_eq!(values_from(1, 3, 5), "($5, $6, $7)");
     }
 }
