@@ -506,7 +506,18 @@ fn main() {
             Protocol::Http1,
             Duration::from_secs(args.duration),
         )
-        .command();
+        .command()
+        .into_iter()
+        // The run's own directories and port, named as the report explains them.
+        .map(|a| {
+            a.replace(&pki.dir().display().to_string(), "$PKI")
+                .replace(&work.path().display().to_string(), "$WORK")
+                .replace(
+                    &format!("localhost:{}", bench.ports.lgsp),
+                    "localhost:$PORT",
+                )
+        })
+        .collect();
     let report = report::Report {
         args: &args,
         started,

@@ -112,9 +112,14 @@ impl Report<'_> {
             version(self.oha, "--version"),
             version(Path::new("rustc"), "--version"),
         );
+        let baseline = a
+            .baseline_bin
+            .as_ref()
+            .map(|b| format!(" --baseline-bin {}", b.display()))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "Command: `cargo bench --bench load -- --duration {} --rounds {} --connections {} --idle {} --targets {} --protocols {}`\n",
+            "Command: `cargo bench --bench load -- --duration {} --rounds {} --connections {} --idle {} --targets {} --protocols {}{baseline}`\n",
             a.duration, a.rounds, a.connections, a.idle, a.targets, a.protocols
         );
         let _ = writeln!(
@@ -124,7 +129,11 @@ impl Report<'_> {
             a.duration, a.connections, a.rounds
         );
         let cmd: Vec<String> = self.oha_command.iter().map(|x| quoted(x)).collect();
-        let _ = writeln!(s, "```\noha {}\n```\n", cmd.join(" "));
+        let _ = writeln!(
+            s,
+            "```\noha {}\n```\n\n(`$PKI`: the dev PKI the harness generates; `$WORK`: its working directory; `$PORT`: the LGSP hop's port.)\n",
+            cmd.join(" ")
+        );
         let _ = writeln!(s, "Targets:\n");
         for t in TARGETS
             .iter()

@@ -65,6 +65,9 @@ impl JournalError {
     }
 }
 
+/// The detail of a direct delivery found in progress long after its route's timeout ([`Journal::abandon_stale`]).
+pub const ABANDONED_DETAIL: &str = "the gateway stopped, or could not write its journal, before the upstream's answer was recorded; the upstream may hold the packet: a resend under the same Idempotency-Key delivers it again under the same message id";
+
 /// Where the journal lives and how long it keeps what.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -378,6 +381,49 @@ impl Journal {
             )),
         };
         self.mark(r)
+    }
+
+    /// Direct deliveries at `hop` still in progress though untouched since `before_us` — their gateway stopped, or
+    /// could not write, before the upstream's answer was recorded — marked failed, so that a resend under the same
+    /// Idempotency-Key is delivered again (under the first message id, which the upstream takes as the same
+    /// delivery) instead of being told for ever that it is in progress. Each gets its outcome record; one that
+    /// ended meanwhile is left as it ended. Returns the message ids marked.
+    pub async fn abandon_stale(
+        &self,
+        hop: &str,
+        before_us: i64,
+    ) -> Result<Vec<String>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT message_id FROM messages
+             WHERE hop = $1 AND status = 'in_progress' AND delivery = 'direct' AND updated_us < $2
+             ORDER BY updated_us LIMIT 1000",
+        )
+        .bind(hop.to_owned())
+        .bind(before_us)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
+        let mut marked = Vec::new();
+        for row in rows {
+            let id: String = row
+                .try_get("message_id")
+                .map_err(|e| JournalError::from_db(&e))?;
+            let outcome = Outcome {
+                hop: hop.to_owned(),
+                message_id: id.clone(),
+                status: Status::Failed,
+                upstream_status: None,
+                receipt: None,
+                detail: Some(ABANDONED_DETAIL.into()),
+                owner: Some(writer::ABANDONED.into()),
+            };
+            match self.finish(outcome).await {
+                Ok(()) => marked.push(id),
+                Err(JournalError::UnknownMessage(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(marked)
     }
 
     /// A message of `agency` at `hop` (another agency's is not found).

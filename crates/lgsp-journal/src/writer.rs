@@ -15,6 +15,10 @@ use crate::{Dialect, JournalError, MAX_RECEIPT_BYTES, now_us};
 /// How long the writer waits for a new connection before failing its batch (as the pool waits for one).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The `owner` of an outcome that ends a direct delivery abandoned in progress: written only while the message is
+/// still in progress (a delivery worker's owner is `host:pid:hex` and never starts with `#`).
+pub(crate) const ABANDONED: &str = "#abandoned";
+
 /// At most this many appends per transaction.
 const MAX_BATCH: usize = 512;
 
@@ -644,7 +648,8 @@ async fn finish_run(
                  next_attempt_us = NULL, body_until_us = $2, body = CASE WHEN $3 THEN messages.body ELSE NULL END
              FROM (VALUES {}) AS v
              WHERE messages.hop = v.column1 AND messages.message_id = v.column2
-                 AND (v.column7 = '' OR messages.lease_owner = v.column7)
+                 AND (v.column7 = '' OR messages.lease_owner = v.column7
+                      OR (v.column7 = '{ABANDONED}' AND messages.status = 'in_progress'))
              RETURNING messages.hop, messages.message_id, messages.agency",
             values_from(chunk.len(), 7, 4)
         );

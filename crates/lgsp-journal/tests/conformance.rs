@@ -356,6 +356,67 @@ async fn many_outcomes_at_once_each_land_on_their_message(s: &Store) {
     assert_eq!(j.verify().await.unwrap(), 129);
 }
 
+/// A direct delivery left in progress (its gateway stopped before the upstream's answer was written) is marked
+/// failed once stale, with its outcome record, so a resend under its key is tried again under the first id; one
+/// that ended, and a queued one, are left alone.
+async fn deliveries_abandoned_in_progress_are_marked_failed(s: &Store) {
+    let j = &s.journal;
+    for (id, key, delivery) in [
+        ("left", Some("k-left"), Delivery::Direct),
+        ("ended", None, Delivery::Direct),
+        ("waiting", None, Delivery::Queued),
+    ] {
+        j.accept(packet(id, H29, key, b"<a/>", delivery))
+            .await
+            .unwrap();
+    }
+    j.finish(delivered("ended")).await.unwrap();
+    let hour_ago = lgsp_journal::now_us() - 3_600_000_000;
+    assert!(j.abandon_stale("lgsp", hour_ago).await.unwrap().is_empty());
+    let marked = j
+        .abandon_stale("lgsp", lgsp_journal::now_us() + 1)
+        .await
+        .unwrap();
+    assert_eq!(marked, ["left"]);
+    let m = j.message("lgsp", H29, "left").await.unwrap().expect("left");
+    assert_eq!(
+        (m.status, m.detail.as_deref()),
+        (Status::Failed, Some(lgsp_journal::ABANDONED_DETAIL))
+    );
+    let status = |m: Option<lgsp_journal::Message>| m.expect("message").status;
+    assert_eq!(
+        status(j.message("lgsp", H29, "ended").await.unwrap()),
+        Status::Delivered
+    );
+    assert_eq!(
+        status(j.message("lgsp", H29, "waiting").await.unwrap()),
+        Status::Queued
+    );
+    // Marked once: a second sweep finds nothing.
+    assert!(
+        j.abandon_stale("lgsp", lgsp_journal::now_us() + 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = j
+        .accept(packet(
+            "left-2",
+            H29,
+            Some("k-left"),
+            b"<a/>",
+            Delivery::Direct,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, Admission::Again(m) if m.message_id == "left"),
+        "{again:?}"
+    );
+    // Three acceptances, an outcome, the abandonment, the acceptance again.
+    assert_eq!(j.verify().await.unwrap(), 6);
+}
+
 async fn one_key_sent_many_times_at_once_is_one_message(s: &Store) {
     let j = &s.journal;
     let tasks: Vec<_> = (0..40)
@@ -650,6 +711,7 @@ suite!(
     idempotency_keys_replay_refuse_or_retry,
     concurrent_appends_share_commits_and_keep_one_chain,
     many_outcomes_at_once_each_land_on_their_message,
+    deliveries_abandoned_in_progress_are_marked_failed,
     one_key_sent_many_times_at_once_is_one_message,
     a_changed_record_is_named_by_verify,
     records_removed_from_the_end_are_named_by_verify,

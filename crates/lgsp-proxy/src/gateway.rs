@@ -118,17 +118,31 @@ fn export_expiry(metrics: &Metrics, p: &Prepared) {
     }
 }
 
+/// A direct delivery still in progress this long after it was last touched was abandoned (its gateway stopped
+/// before the answer was recorded): twice the hop's longest route timeout, and never less than ten minutes.
+fn abandoned_after(h: &lgsp_config::HopConfig) -> std::time::Duration {
+    h.routes
+        .iter()
+        .map(|r| r.timeout * 2)
+        .max()
+        .unwrap_or_default()
+        .max(std::time::Duration::from_secs(600))
+}
+
 /// Keeps `lgsp_journal_up` (and so `/readyz`) true to the journal: a write checked every 2 s, so the gateway
-/// notices by itself when a lost store is back; old records and bodies pruned hourly.
+/// notices by itself when a lost store is back; direct deliveries abandoned in progress marked failed each minute
+/// (so their resends go through); old records and bodies pruned hourly.
 fn watch_journal(
     journal: Journal,
-    hops: Vec<String>,
+    hops: Vec<(String, std::time::Duration)>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         let mut last_prune = std::time::Instant::now();
+        // At start too: a restart is when abandoned deliveries are found.
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = crate::listener::stopped(&mut shutdown) => return,
@@ -136,13 +150,32 @@ fn watch_journal(
             }
             let up = journal.ping().await.is_ok();
             metrics.journal_up.set(i64::from(up));
-            for hop in &hops {
+            for (hop, _) in &hops {
                 if let Ok((depth, age)) = journal.outbox(hop).await {
                     metrics
                         .outbox_depth
                         .with_label_values(&[hop])
                         .set(i64::try_from(depth).unwrap_or(i64::MAX));
                     metrics.outbox_oldest_age.with_label_values(&[hop]).set(age);
+                }
+            }
+            if up && last_sweep.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                last_sweep = Some(std::time::Instant::now());
+                for (hop, after) in &hops {
+                    let before = lgsp_journal::now_us()
+                        .saturating_sub(i64::try_from(after.as_micros()).unwrap_or(i64::MAX));
+                    match journal.abandon_stale(hop, before).await {
+                        Ok(ids) if !ids.is_empty() => tracing::warn!(
+                            hop = %hop,
+                            count = ids.len(),
+                            first = %ids[0],
+                            "journal: direct deliveries found in progress long after their timeout marked failed; a resend under the same Idempotency-Key delivers them again"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(hop = %hop, error = %e, "journal: looking for abandoned deliveries failed")
+                        }
+                    }
                 }
             }
             if up && last_prune.elapsed() >= std::time::Duration::from_secs(3600) {
@@ -398,10 +431,14 @@ impl Gateway {
                 journal: journal.clone(),
             }),
         };
-        let hop_names: Vec<String> = cfg.hops.iter().map(|h| h.name.clone()).collect();
+        let swept: Vec<(String, std::time::Duration)> = cfg
+            .hops
+            .iter()
+            .map(|h| (h.name.clone(), abandoned_after(h)))
+            .collect();
         tasks.push(watch_journal(
             journal.clone(),
-            hop_names,
+            swept,
             metrics.clone(),
             rx.clone(),
         ));
@@ -462,6 +499,17 @@ mod tests {
 
     fn limits_of(g: &Gateway) -> Arc<LimitPolicy> {
         g.reloader.inner.limits.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_direct_delivery_is_abandoned_after_twice_the_longest_route_timeout_and_ten_minutes_at_least()
+     {
+        let fixture = Fixture::new();
+        let mut cfg = fixture.config(&[]);
+        let hop = &mut cfg.hops[0];
+        assert_eq!(abandoned_after(hop), std::time::Duration::from_secs(600));
+        hop.routes[0].timeout = std::time::Duration::from_secs(900);
+        assert_eq!(abandoned_after(hop), std::time::Duration::from_secs(1800));
     }
 
     #[tokio::test]
