@@ -488,13 +488,16 @@ fn main() {
             for t in &targets {
                 let r = bench.run(t, *p, server_of(t), &gateway);
                 eprintln!(
-                    "round {round} {} {}: {:.0} req/s, p99 {:.2} ms, {:.3} ms CPU/req, {} failed",
+                    "round {round} {} {}: {:.0} req/s, p99 {:.2} ms, {:.3} ms CPU/req, {} failed{}",
                     p.key(),
                     t.name,
                     r.measured.rps,
                     r.measured.p99_ms,
                     r.cpu_ms_per_request,
-                    r.measured.failures.iter().map(|(_, n)| n).sum::<u64>()
+                    r.measured.failures.iter().map(|(_, n)| n).sum::<u64>(),
+                    r.drain_seconds
+                        .map(|d| format!(", outbox drained {d:.1} s after"))
+                        .unwrap_or_default()
                 );
                 runs.push(r);
             }
