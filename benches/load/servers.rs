@@ -240,49 +240,45 @@ pub struct GatewayPorts {
 pub fn gateway_config(certs: &Path, journal: &Path, p: &GatewayPorts) -> String {
     let mut s = head(certs, Some(journal));
     s.push_str("[overload]\nmax_in_flight = 1000000\nmax_in_flight_per_agency = 1000000\n");
-    let http = "[hop.http]\nidle_timeout = \"600s\"\nmax_connections = 30000\nmax_connections_per_agency = 30000\n";
-    s.push_str(&format!(
-        "[[hop]]\nname = \"lgsp\"\nrole = \"lgsp\"\nlisten = \"127.0.0.1:{}\"\npeers = []\n",
-        p.lgsp
-    ));
-    s.push_str(&server_tls("hop.tls", certs, "lgsp-server"));
-    s.push_str(&format!(
-        "[hop.upstream_tls]\ncert = \"{c}/lgsp-client.pem\"\nkey = \"{c}/lgsp-client.key\"\nca = [\"{c}/ca.pem\"]\n",
-        c = certs.display()
-    ));
-    s.push_str(http);
-    s.push_str(&packet_route(
-        "HoSoCBCCVC",
-        "/lgsp/v1/HoSoCBCCVC",
-        p.emulator,
-        "/cbccvc/v1/HoSoCBCCVC",
-        false,
-    ));
-    s.push_str(&packet_route(
-        "chain",
-        "/chain/v1/HoSoCBCCVC",
-        p.ndxp,
-        "/ndxp/v1/HoSoCBCCVC",
-        false,
-    ));
-    s.push_str(&packet_route(
-        "queued",
-        "/queued/v1/HoSoCBCCVC",
-        p.emulator,
-        "/cbccvc/v1/HoSoCBCCVC",
-        true,
-    ));
+    let hop = |s: &mut String, name: &str, port: u16, peers: &str| {
+        s.push_str(&format!(
+            "[[hop]]\nname = \"{name}\"\nrole = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\npeers = [{peers}]\n"
+        ));
+        s.push_str(&server_tls("hop.tls", certs, &format!("{name}-server")));
+        s.push_str(&format!(
+            "[hop.upstream_tls]\ncert = \"{c}/{name}-client.pem\"\nkey = \"{c}/{name}-client.key\"\nca = [\"{c}/ca.pem\"]\n",
+            c = certs.display()
+        ));
+        s.push_str("[hop.http]\nidle_timeout = \"600s\"\nmax_connections = 30000\nmax_connections_per_agency = 30000\n");
+    };
+    hop(&mut s, "lgsp", p.lgsp, "");
+    for (name, prefix, upstream, rewrite, queued) in [
+        (
+            "HoSoCBCCVC",
+            "/lgsp/v1/HoSoCBCCVC",
+            p.emulator,
+            "/cbccvc/v1/HoSoCBCCVC",
+            false,
+        ),
+        (
+            "chain",
+            "/chain/v1/HoSoCBCCVC",
+            p.ndxp,
+            "/ndxp/v1/HoSoCBCCVC",
+            false,
+        ),
+        (
+            "queued",
+            "/queued/v1/HoSoCBCCVC",
+            p.emulator,
+            "/cbccvc/v1/HoSoCBCCVC",
+            true,
+        ),
+    ] {
+        s.push_str(&packet_route(name, prefix, upstream, rewrite, queued));
+    }
     s.push_str("[[hop.route]]\nname = \"messages\"\nmethods = [\"GET\"]\nprefix = \"/lgsp/v1/messages\"\nmessages = true\nagencies = [\"*\"]\nrate = \"1000000/s\"\nburst = 1000000\n");
-    s.push_str(&format!(
-        "[[hop]]\nname = \"ndxp\"\nrole = \"ndxp\"\nlisten = \"127.0.0.1:{}\"\npeers = [\"LGSP-DEV\"]\n",
-        p.ndxp
-    ));
-    s.push_str(&server_tls("hop.tls", certs, "ndxp-server"));
-    s.push_str(&format!(
-        "[hop.upstream_tls]\ncert = \"{c}/ndxp-client.pem\"\nkey = \"{c}/ndxp-client.key\"\nca = [\"{c}/ca.pem\"]\n",
-        c = certs.display()
-    ));
-    s.push_str(http);
+    hop(&mut s, "ndxp", p.ndxp, "\"LGSP-DEV\"");
     s.push_str(&packet_route(
         "HoSoCBCCVC",
         "/ndxp/v1/HoSoCBCCVC",

@@ -467,6 +467,18 @@ fn status_of(a: &Accepted) -> Status {
     }
 }
 
+/// The request a queued delivery replays, as stored.
+fn request_json(a: &Accepted) -> Option<String> {
+    a.request
+        .as_ref()
+        .and_then(|r| serde_json::to_string(r).ok())
+}
+
+/// When a queued message is first due for delivery: at once.
+fn due(a: &Accepted, at: i64) -> Option<i64> {
+    (a.delivery == crate::Delivery::Queued).then_some(at)
+}
+
 /// When a message's body may go: never while it is queued; kept bodies stay until the outcome sets a time.
 fn body_until(a: &Accepted, keep: Keep) -> Option<i64> {
     (keep.bodies_us > 0 || a.delivery == crate::Delivery::Queued)
@@ -506,16 +518,12 @@ fn bind_messages<'q>(
             .bind(a.body_sha256.clone())
             .bind(i64::try_from(a.body_size).unwrap_or(i64::MAX))
             .bind(a.delivery.as_str())
-            .bind(
-                a.request
-                    .as_ref()
-                    .and_then(|r| serde_json::to_string(r).ok()),
-            )
+            .bind(request_json(a))
             .bind(a.body.clone())
             .bind(status_of(a).as_str())
             .bind(at)
             .bind(at)
-            .bind((a.delivery == crate::Delivery::Queued).then_some(at))
+            .bind(due(a, at))
             .bind(body_until(a, keep));
     }
     q
@@ -607,14 +615,10 @@ async fn repeated(
     )
     .bind(status_of(a).as_str())
     .bind(a.delivery.as_str())
-    .bind(
-        a.request
-            .as_ref()
-            .and_then(|r| serde_json::to_string(r).ok()),
-    )
+    .bind(request_json(a))
     .bind(a.body.clone())
     .bind(at)
-    .bind((a.delivery == crate::Delivery::Queued).then_some(at))
+    .bind(due(a, at))
     .bind(body_until(a, keep))
     .bind(at)
     .bind(m.hop.clone())
