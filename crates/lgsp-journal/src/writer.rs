@@ -370,8 +370,10 @@ fn values_from(rows: usize, cols: usize, first: usize) -> String {
 }
 
 /// Splits `rows` into multi-row statements of 16, 8, 4, 2 or 1 rows: five statement shapes, each prepared once and
-/// reused (a statement per batch size would be prepared anew for almost every batch). Measured with the append
-/// bench: 16 rows beat 8 and 32 on both databases (PostgreSQL slowed tenfold at 32 and more).
+/// reused on PostgreSQL (a statement per batch size would be prepared anew for almost every batch). Measured with
+/// the append bench: 16 rows beat 8 and 32 on both databases (PostgreSQL slowed tenfold at 32 and more). SQLite
+/// takes a batch's shapes together in one round trip, so there the prepared script is the combination — one per
+/// batch size seen, kept by sqlx's statement cache (its preparation costs less than the round trips it saves).
 fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut size = 16;
