@@ -432,16 +432,27 @@ impl Service<Request<Body>> for Forward {
                 || route.config.upstream.authority.clone(),
                 |a| a.as_str().to_owned(),
             );
-            let slot = slots.get(&upstream).cloned();
             // The route's timeout covers the wait for a connection slot and the answer's head together.
-            let outcome = tokio::time::timeout(route.config.timeout, async {
-                let permit = match slot {
-                    Some(s) => s.acquire_owned().await.ok(),
-                    None => None,
-                };
-                client.request(req).await.map(|r| (r, permit))
-            })
-            .await;
+            let deadline = tokio::time::Instant::now() + route.config.timeout;
+            let permit = match slots.get(&upstream) {
+                Some(s) => tokio::time::timeout_at(deadline, s.clone().acquire_owned())
+                    .await
+                    .map(Result::ok),
+                None => Ok(None),
+            };
+            let outcome = match permit {
+                Ok(permit) => match tokio::time::timeout_at(deadline, client.request(req)).await {
+                    Ok(r) => Ok(r.map(|r| (r, permit))),
+                    Err(_) => Err(format!(
+                        "no response head within {:?}",
+                        route.config.timeout
+                    )),
+                },
+                Err(_) => Err(format!(
+                    "every one of the upstream's connections ([hop.upstream] max_connections) stayed busy for {:?}",
+                    route.config.timeout
+                )),
+            };
             let (kind, message) = match outcome {
                 Ok(Ok((resp, permit))) => {
                     let (mut parts, body) = resp.into_parts();
@@ -468,10 +479,7 @@ impl Service<Request<Body>> for Forward {
                     }
                     (classify(&e), error_chain(&e))
                 }
-                Err(_) => (
-                    UpstreamFailure::Timeout,
-                    format!("no response head within {:?}", route.config.timeout),
-                ),
+                Err(message) => (UpstreamFailure::Timeout, message),
             };
             let counters = targets.get(route.index).and_then(|t| match mode {
                 KeyKind::Production => Some(&t.production),
