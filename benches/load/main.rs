@@ -73,6 +73,9 @@ pub struct Args {
     /// measured against its baseline in one run.
     #[arg(long)]
     pub baseline_bin: Option<PathBuf>,
+    /// Which target the baseline build plays as x: c (the direct route) or e (the queued one).
+    #[arg(long, default_value_t = 'c')]
+    pub baseline_target: char,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -121,7 +124,7 @@ pub const TARGETS: [Target; 6] = [
     Target {
         key: 'x',
         name: "baseline",
-        what: "as c, through the build given with --baseline-bin",
+        what: "as c (or e, with --baseline-target e), through the build given with --baseline-bin",
         path: "/lgsp/v1/HoSoCBCCVC",
     },
 ];
@@ -261,7 +264,7 @@ impl Bench<'_> {
         };
         Load {
             oha: &self.oha,
-            url: format!("https://localhost:{port}{}", t.path),
+            url: format!("https://localhost:{port}{}", self.path_of(t)),
             headers,
             body: &self.body,
             certs: self.pki.dir(),
@@ -272,6 +275,23 @@ impl Bench<'_> {
     }
 
     /// One measured run of `t`: load, then (queued) the outbox drained, CPU and memory of `server` around it.
+    /// The path a target posts to; the baseline's is the target it plays.
+    fn path_of(&self, t: &Target) -> &'static str {
+        let played = match t.key {
+            'x' => self.args.baseline_target,
+            other => other,
+        };
+        TARGETS
+            .iter()
+            .find(|t| t.key == played)
+            .map_or(t.path, |t| t.path)
+    }
+
+    /// Whether `t` posts to the queued route (its run lasts until the outbox is empty).
+    fn queued(&self, t: &Target) -> bool {
+        t.key == 'e' || (t.key == 'x' && self.args.baseline_target == 'e')
+    }
+
     fn run(&self, t: &Target, protocol: Protocol, server: &dyn Server, gateway: &Gateway) -> Run {
         server.reset_peak();
         let cpu0 = server.cpu_seconds(self.ticks);
@@ -279,7 +299,7 @@ impl Bench<'_> {
             .load(t, protocol, Duration::from_secs(self.args.duration))
             .run();
         let ended = Instant::now();
-        let drain_seconds = (t.key == 'e').then(|| {
+        let drain_seconds = self.queued(t).then(|| {
             let deadline = ended + Duration::from_secs(600);
             while gateway.metric("lgsp_outbox_depth", "hop=\"lgsp\"") > 0.0 {
                 assert!(
@@ -438,6 +458,12 @@ fn main() {
             _ => &gateway,
         }
     };
+    let gateway_of = |t: &Target| -> &Gateway {
+        match t.key {
+            'x' => baseline.as_ref().unwrap_or(&gateway),
+            _ => &gateway,
+        }
+    };
     // Warm-up: connection pools, the journal's file, the allocator.
     for p in &protocols {
         for t in &targets {
@@ -467,7 +493,7 @@ fn main() {
             .spawn()
             .expect("perf (apt-get install linux-perf)");
         std::thread::sleep(Duration::from_millis(500));
-        let r = bench.run(t, p, server_of(t), &gateway);
+        let r = bench.run(t, p, server_of(t), gateway_of(t));
         let _ = std::process::Command::new("kill")
             .args(["-INT", &perf.id().to_string()])
             .status();
@@ -486,7 +512,7 @@ fn main() {
     for round in 1..=args.rounds {
         for p in &protocols {
             for t in &targets {
-                let r = bench.run(t, *p, server_of(t), &gateway);
+                let r = bench.run(t, *p, server_of(t), gateway_of(t));
                 eprintln!(
                     "round {round} {} {}: {:.0} req/s, p99 {:.2} ms, {:.3} ms CPU/req, {} failed{}",
                     p.key(),
