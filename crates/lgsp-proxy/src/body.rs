@@ -33,51 +33,30 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// `body` as it streams, holding `guard` until the body has ended or is dropped (an upstream connection's slot stays
 /// taken until its answer is read).
 pub fn holding<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
-    boxed(Holding {
+    boxed(Passed {
+        head: None,
         body,
         _guard: guard,
     })
 }
 
-struct Holding<G> {
+/// `head`, then the rest of `body` as it streams: an answer partly read already, passed on whole.
+pub fn prefixed(head: Bytes, body: Body) -> Body {
+    boxed(Passed {
+        head: Some(head),
+        body,
+        _guard: (),
+    })
+}
+
+/// A body passed on: what was read of it already first, and something held until it ends.
+struct Passed<G> {
+    head: Option<Bytes>,
     body: Body,
     _guard: G,
 }
 
-impl<G: Unpin> http_body::Body for Holding<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// `head`, then the rest of `body` as it streams: an answer partly read already, passed on whole.
-pub fn prefixed(head: Bytes, body: Body) -> Body {
-    boxed(Prefixed {
-        head: Some(head),
-        body,
-    })
-}
-
-struct Prefixed {
-    head: Option<Bytes>,
-    body: Body,
-}
-
-impl http_body::Body for Prefixed {
+impl<G: Unpin> http_body::Body for Passed<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -94,6 +73,14 @@ impl http_body::Body for Prefixed {
 
     fn is_end_stream(&self) -> bool {
         self.head.is_none() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // A body partly read already says nothing of its length (its rest's hint may still count what was read).
+        match self.head {
+            Some(_) => http_body::SizeHint::default(),
+            None => self.body.size_hint(),
+        }
     }
 }
 
