@@ -35,10 +35,13 @@ impl Store {
             );
             return None;
         };
+        // Tests start together: the clock alone could name two databases alike.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!(
-            "lgsp_journal_{}_{}",
+            "lgsp_journal_{}_{}_{}",
             std::process::id(),
-            lgsp_journal::now_us()
+            lgsp_journal::now_us(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         admin(&base, &format!("CREATE DATABASE {name}")).await;
         let url = with_database(&base, &name);
