@@ -4,7 +4,8 @@
 //! back to reconcile), the bodies of queued deliveries (the outbox) and the idempotency keys.
 //!
 //! One code path serves SQLite (the embedded default: a file, WAL, group commit) and PostgreSQL (several replicas
-//! on one database), through sqlx's `Any` driver; the few statements that differ say so.
+//! on one database), through sqlx's `Any` driver; the few statements that differ say so. The writer alone runs
+//! SQLite through rusqlite on its own thread (`store.rs` says why), with the same statements.
 #![forbid(unsafe_code)]
 
 /// The columns a [`Message`] is read from, as a literal (statements stay `&'static str`).
@@ -18,6 +19,7 @@ macro_rules! message_columns {
 pub mod chain;
 mod model;
 mod schema;
+mod store;
 mod writer;
 
 use std::io::Write;
@@ -62,6 +64,12 @@ pub enum JournalError {
 impl JournalError {
     pub(crate) fn from_db(e: &sqlx::Error) -> JournalError {
         JournalError::Unavailable(e.to_string())
+    }
+}
+
+impl From<store::DbError> for JournalError {
+    fn from(e: store::DbError) -> JournalError {
+        JournalError::Unavailable(e.0)
     }
 }
 
@@ -444,9 +452,7 @@ impl Journal {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| JournalError::from_db(&e))?;
-        row.map(|r| Message::from_row(&r))
-            .transpose()
-            .map_err(|e| JournalError::from_db(&e))
+        Ok(row.map(|r| Message::from_row(&r)).transpose()?)
     }
 
     /// A page of an agency's messages, oldest first.
@@ -472,10 +478,10 @@ impl Journal {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| JournalError::from_db(&e))?;
-        rows.iter()
+        Ok(rows
+            .iter()
             .map(Message::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| JournalError::from_db(&e))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Walks the whole chain in order, from the first record the retention kept to the head; the number of records
@@ -667,11 +673,13 @@ impl Journal {
             .map(|r| {
                 Ok(Claimed {
                     message: Message::from_row(r)?,
-                    body: r.try_get::<Option<Vec<u8>>, _>("body")?.unwrap_or_default(),
+                    body: r
+                        .try_get::<Option<Vec<u8>>, _>("body")
+                        .map_err(|e| JournalError::from_db(&e))?
+                        .unwrap_or_default(),
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| JournalError::from_db(&e))
+            .collect()
     }
 
     /// A claimed delivery that must wait: due again at `at_us`, its lease released.

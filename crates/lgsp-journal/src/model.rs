@@ -1,5 +1,6 @@
 //! What the journal keeps: packets accepted, their outcomes, and each message's current state.
 
+use crate::store::{Columns, DbError};
 use serde::{Deserialize, Serialize};
 
 /// How a route delivers: now, answering with the upstream's answer, or from the outbox after a 202.
@@ -161,32 +162,31 @@ pub struct Message {
 }
 
 impl Message {
-    pub(crate) fn from_row(row: &sqlx::any::AnyRow) -> Result<Message, sqlx::Error> {
-        use sqlx::Row;
-        let status: String = row.try_get("status")?;
-        let delivery: String = row.try_get("delivery")?;
-        let request: Option<String> = row.try_get("request")?;
+    /// A message from a row that starts with `message_columns!()`, in that order.
+    pub(crate) fn from_row<R: Columns>(row: &R) -> Result<Message, DbError> {
+        let status = row.text(11)?;
+        let delivery = row.text(9)?;
         Ok(Message {
-            hop: row.try_get("hop")?,
-            message_id: row.try_get("message_id")?,
-            agency: row.try_get("agency")?,
-            route: row.try_get("route")?,
-            message_type: row.try_get("message_type")?,
-            mode: row.try_get("mode")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            body_sha256: row.try_get("body_sha256")?,
-            body_size: u64::try_from(row.try_get::<i64, _>("body_size")?).unwrap_or(0),
+            hop: row.text(0)?,
+            message_id: row.text(1)?,
+            agency: row.text(2)?,
+            route: row.text(3)?,
+            message_type: row.opt_text(4)?,
+            mode: row.text(5)?,
+            idempotency_key: row.opt_text(6)?,
+            body_sha256: row.text(7)?,
+            body_size: u64::try_from(row.int(8)?).unwrap_or(0),
             delivery: Delivery::parse(&delivery),
             status: Status::parse(&status).unwrap_or(Status::Failed),
-            upstream_status: row
-                .try_get::<Option<i64>, _>("upstream_status")?
-                .and_then(|s| u16::try_from(s).ok()),
-            receipt: row.try_get("receipt")?,
-            detail: row.try_get("detail")?,
-            accepted_us: row.try_get("accepted_us")?,
-            updated_us: row.try_get("updated_us")?,
-            attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-            request: request.and_then(|r| serde_json::from_str(&r).ok()),
+            upstream_status: row.opt_int(12)?.and_then(|s| u16::try_from(s).ok()),
+            receipt: row.opt_text(13)?,
+            detail: row.opt_text(14)?,
+            accepted_us: row.int(15)?,
+            updated_us: row.int(16)?,
+            attempts: u32::try_from(row.int(17)?).unwrap_or(u32::MAX),
+            request: row
+                .opt_text(10)?
+                .and_then(|r| serde_json::from_str(&r).ok()),
         })
     }
 }

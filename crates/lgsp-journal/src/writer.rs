@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, Connection, Row};
+use sqlx::AnyConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::chain;
 use crate::model::{Accepted, Admission, Message, Outcome, Status};
+use crate::store::{Columns, DbError, Param, Store};
 use crate::{Dialect, JournalError, MAX_RECEIPT_BYTES, now_us};
 
 /// How long the writer waits for a new connection before failing its batch (as the pool waits for one).
@@ -37,48 +37,54 @@ pub(crate) struct Keep {
     pub bodies_us: i64,
 }
 
-/// Starts the writer on a thread of its own: each statement of a batch is a round trip to the database (to
-/// SQLite's worker thread, or PostgreSQL's socket), and a writer task on the request runtime would wait behind the
-/// requests in its run queue after every one of them (measured under load: 2.2 ms a batch there, 1.1 ms here).
+/// Starts the writer on a thread of its own: each statement of a batch is a round trip to the database (a
+/// PostgreSQL socket, or SQLite run by this thread itself), and a writer task on the request runtime would wait
+/// behind the requests in its run queue after every one of them (measured under load: 2.2 ms a batch there, 1.1 ms
+/// here).
 pub(crate) fn spawn(
     url: String,
     dialect: Dialect,
     keep: Keep,
     queued: Arc<Notify>,
 ) -> Result<mpsc::Sender<Job>, JournalError> {
-    let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| JournalError::Open(format!("the journal writer's runtime: {e}")))?;
-    let work = async move {
-        // The writer keeps a connection of its own, opened on its own runtime (a PostgreSQL socket opened on the
-        // request runtime would wake the writer from there), and opens another after a failed batch.
-        let mut conn: Option<AnyConnection> = None;
-        while let Some(first) = rx.recv().await {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-            let wakes = jobs
-                .iter()
-                .any(|j| matches!(j, Job::Accept(a, _) if a.delivery == crate::Delivery::Queued));
-            write(&url, &mut conn, dialect, keep, jobs).await;
-            // Delivery workers of this process start on a new queued packet at once (other replicas poll).
-            if wakes {
-                queued.notify_waiters();
-            }
-        }
-    };
     std::thread::Builder::new()
         .name("lgsp-journal-writer".into())
         // Ends when every sender is gone (the journal dropped).
-        .spawn(move || runtime.block_on(work))
+        .spawn(move || match dialect {
+            Dialect::Sqlite => runtime.block_on(run::<rusqlite::Connection>(url, keep, queued, rx)),
+            Dialect::Postgres => runtime.block_on(run::<AnyConnection>(url, keep, queued, rx)),
+        })
         .map_err(|e| JournalError::Open(format!("the journal writer's thread: {e}")))?;
     Ok(tx)
+}
+
+/// The writer's loop: takes as many jobs as are waiting and writes them in one transaction. It keeps a connection
+/// of its own, opened on its own runtime (a PostgreSQL socket opened on the request runtime would wake the writer
+/// from there), and opens another after a failed batch.
+async fn run<S: Store>(url: String, keep: Keep, queued: Arc<Notify>, mut rx: mpsc::Receiver<Job>) {
+    let mut conn: Option<S> = None;
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let wakes = jobs
+            .iter()
+            .any(|j| matches!(j, Job::Accept(a, _) if a.delivery == crate::Delivery::Queued));
+        write(&url, &mut conn, keep, jobs).await;
+        // Delivery workers of this process start on a new queued packet at once (other replicas poll).
+        if wakes {
+            queued.notify_waiters();
+        }
+    }
 }
 
 /// What one job wrote, answered once its transaction commits.
@@ -89,27 +95,23 @@ enum Written {
     Unknown,
 }
 
-async fn write(
-    url: &str,
-    conn: &mut Option<AnyConnection>,
-    dialect: Dialect,
-    keep: Keep,
-    jobs: Vec<Job>,
-) {
+async fn write<S: Store>(url: &str, conn: &mut Option<S>, keep: Keep, jobs: Vec<Job>) {
     let written = match conn {
-        Some(c) => write_batch(c, dialect, keep, &jobs).await,
-        None => match tokio::time::timeout(CONNECT_TIMEOUT, crate::connect_one(url, dialect)).await
-        {
-            Ok(Ok(c)) => write_batch(conn.insert(c), dialect, keep, &jobs).await,
+        Some(c) => write_batch(c, keep, &jobs).await,
+        None => match tokio::time::timeout(CONNECT_TIMEOUT, S::connect(url)).await {
+            Ok(Ok(c)) => write_batch(conn.insert(c), keep, &jobs).await,
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+            Err(_) => Err(DbError(format!(
+                "no connection to the journal within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
         },
     };
     // A connection that failed a batch is not trusted with the next: closed, and another opened for it.
     if written.is_err()
         && let Some(c) = conn.take()
     {
-        let _ = c.close().await;
+        c.close().await;
     }
     match written {
         Ok(written) => {
@@ -124,10 +126,7 @@ async fn write(
                     (Job::Finish(o, reply), Written::Unknown) => {
                         let _ = reply.send(Err(JournalError::UnknownMessage(o.message_id.clone())));
                     }
-                    (job, _) => reply_err(
-                        job,
-                        &sqlx::Error::Protocol("journal batch out of step".into()),
-                    ),
+                    (job, _) => reply_err(job, &DbError("journal batch out of step".into())),
                 }
             }
         }
@@ -140,29 +139,27 @@ async fn write(
     }
 }
 
-/// Writes every job in one transaction and commits it, in a fixed number of round trips whatever the batch's size:
-/// the transaction opened with the chain's head and the new messages (a key or message id already there is
-/// skipped, then looked at), the outcomes, the chain's records with the head moved and the commit.
-async fn write_batch(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
+/// Writes every job in one transaction and commits it: the transaction opened with the chain's head, the new
+/// messages (a key or message id already there is skipped, then looked at), the outcomes, the chain's records and
+/// the head moved with the commit.
+async fn write_batch<S: Store>(
+    conn: &mut S,
     keep: Keep,
     jobs: &[Job],
-) -> Result<Vec<Written>, sqlx::Error> {
-    let written = write_in_transaction(conn, dialect, keep, jobs).await;
+) -> Result<Vec<Written>, DbError> {
+    let written = write_in_transaction(conn, keep, jobs).await;
     if written.is_err() {
         // Nothing of the batch stays (the caller closes the connection too, so a failed rollback leaves nothing).
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        conn.rollback().await;
     }
     written
 }
 
-async fn write_in_transaction(
-    tx: &mut AnyConnection,
-    dialect: Dialect,
+async fn write_in_transaction<S: Store>(
+    tx: &mut S,
     keep: Keep,
     jobs: &[Job],
-) -> Result<Vec<Written>, sqlx::Error> {
+) -> Result<Vec<Written>, DbError> {
     let at = now_us();
     let accepts: Vec<&Accepted> = jobs
         .iter()
@@ -171,7 +168,8 @@ async fn write_in_transaction(
             Job::Finish(..) => None,
         })
         .collect();
-    let (seq, prev, inserted) = open(tx, dialect, &accepts, keep, at).await?;
+    let (mut seq, mut prev) = tx.begin().await?;
+    let inserted = insert_messages(tx, &accepts, keep, at).await?;
     // Outcomes are written together, in runs that keep the batch's order: a run ends before a repeated acceptance
     // (which reads the message) and before a second outcome of the same message.
     let mut agencies: Vec<Option<String>> = vec![None; jobs.len()];
@@ -222,122 +220,28 @@ async fn write_in_transaction(
                 None => Written::Unknown,
             },
             (Job::Accept(..), None) => {
-                return Err(sqlx::Error::Protocol("journal batch out of step".into()));
+                return Err(DbError("journal batch out of step".into()));
             }
         });
     }
-    close(tx, dialect, &records, seq, prev).await?;
+    for chunk in shaped(&records) {
+        let params = record_params(chunk, &mut seq, &mut prev);
+        tx.fetch(&records_sql(chunk.len()), params).await?;
+    }
+    tx.commit(seq, &prev).await?;
     Ok(written)
 }
 
-fn reply_err(job: Job, e: &sqlx::Error) {
+fn reply_err(job: Job, e: &DbError) {
+    let err = JournalError::Unavailable(e.0.clone());
     match job {
         Job::Accept(_, reply) => {
-            let _ = reply.send(Err(JournalError::from_db(e)));
+            let _ = reply.send(Err(err));
         }
         Job::Finish(_, reply) => {
-            let _ = reply.send(Err(JournalError::from_db(e)));
+            let _ = reply.send(Err(err));
         }
     }
-}
-
-/// Opens the batch's transaction, takes the chain's head and inserts the new messages. SQLite takes it all in one
-/// round trip (several statements at once, their parameters numbered across them); PostgreSQL's extended protocol
-/// takes one statement with parameters at a time, so there the head comes with `BEGIN` and each shape of insert
-/// after it.
-async fn open(
-    tx: &mut AnyConnection,
-    dialect: Dialect,
-    accepts: &[&Accepted],
-    keep: Keep,
-    at: i64,
-) -> Result<(i64, String, Inserted), sqlx::Error> {
-    if dialect == Dialect::Postgres {
-        let (seq, prev) = begin(tx).await?;
-        return Ok((seq, prev, insert_messages(tx, accepts, keep, at).await?));
-    }
-    let chunks = shaped(accepts);
-    let mut sql = String::from(HEAD_SQL);
-    let mut first = 1;
-    for c in &chunks {
-        sql.push_str("; ");
-        sql.push_str(&messages_sql(c.len(), first));
-        first += c.len() * 17;
-    }
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for c in &chunks {
-        q = bind_messages(q, c, keep, at);
-    }
-    let rows = q.fetch_all(&mut *tx).await?;
-    let (seq, prev) = head_of(&rows)?;
-    Ok((seq, prev, inserted_of(&rows)?))
-}
-
-/// Inserts the chain's records, moves its head and commits: one round trip on SQLite, a statement per shape and
-/// then the head with `COMMIT` on PostgreSQL.
-async fn close(
-    tx: &mut AnyConnection,
-    dialect: Dialect,
-    records: &[Pending],
-    mut seq: i64,
-    mut prev: String,
-) -> Result<(), sqlx::Error> {
-    if dialect == Dialect::Postgres {
-        append_records(tx, records, &mut seq, &mut prev).await?;
-        return commit(tx, seq, &prev).await;
-    }
-    let chunks = shaped(records);
-    let mut sql = String::new();
-    let mut first = 1;
-    for c in &chunks {
-        sql.push_str(&records_sql(c.len(), first));
-        sql.push_str("; ");
-        first += c.len() * 9;
-    }
-    sql.push_str(&format!(
-        "UPDATE journal_head SET seq = ${first}, hash = ${} WHERE id = 1; COMMIT",
-        first + 1
-    ));
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for c in &chunks {
-        q = bind_records(q, c, &mut seq, &mut prev);
-    }
-    q.bind(seq).bind(prev).execute(&mut *tx).await?;
-    Ok(())
-}
-
-/// The statements that open a batch's transaction and take the chain's head: the head's update comes first, so
-/// it holds the write lock (SQLite) or the row lock (PostgreSQL) before anything is read.
-const HEAD_SQL: &str = "BEGIN; UPDATE journal_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
-
-/// The chain's head among a round trip's rows: the first, the only one with `seq`.
-fn head_of(rows: &[AnyRow]) -> Result<(i64, String), sqlx::Error> {
-    let row = rows
-        .first()
-        .filter(|r| r.try_column("seq").is_ok())
-        .ok_or_else(|| sqlx::Error::Protocol("the journal has no head row".into()))?;
-    Ok((row.try_get("seq")?, row.try_get("hash")?))
-}
-
-/// Opens the batch's transaction and takes the chain's head, in one round trip (PostgreSQL).
-async fn begin(conn: &mut AnyConnection) -> Result<(i64, String), sqlx::Error> {
-    let rows = sqlx::raw_sql(HEAD_SQL).fetch_all(&mut *conn).await?;
-    head_of(&rows)
-}
-
-/// Moves the chain's head to `(seq, hash)` and commits, in one round trip. Both values are the writer's own (a
-/// counter and a SHA-256 in hex), never a packet's, so they are written into the statement.
-async fn commit(conn: &mut AnyConnection, seq: i64, hash: &str) -> Result<(), sqlx::Error> {
-    if !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Err(sqlx::Error::Protocol(format!(
-            "the chain's hash {hash:?} is not SHA-256 hex"
-        )));
-    }
-    let sql = format!("UPDATE journal_head SET seq = {seq}, hash = '{hash}' WHERE id = 1; COMMIT");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// A record waiting for its place in the chain.
@@ -388,52 +292,35 @@ fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
     out
 }
 
-/// The statement inserting `rows` chain records, its parameters numbered from `$first`.
-fn records_sql(rows: usize, first: usize) -> String {
+/// The statement inserting `rows` chain records.
+fn records_sql(rows: usize) -> String {
     format!(
         "INSERT INTO journal_records (seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash) VALUES {}",
-        values_from(rows, 9, first)
+        values_from(rows, 9, 1)
     )
 }
 
-/// Links `chunk` into the chain after `(seq, prev)` and binds the values of [`records_sql`].
-fn bind_records<'q>(
-    mut q: AnyQuery<'q>,
-    chunk: &[Pending],
-    seq: &mut i64,
-    prev: &mut String,
-) -> AnyQuery<'q> {
+/// Links `chunk` into the chain after `(seq, prev)`: the values of [`records_sql`].
+fn record_params(chunk: &[Pending], seq: &mut i64, prev: &mut String) -> Vec<Param> {
+    let mut params = Vec::with_capacity(chunk.len() * 9);
     for r in chunk {
         let next = *seq + 1;
         let hash = chain::hash(next, prev, &r.content);
-        q = q
-            .bind(next)
-            .bind(r.at_us)
-            .bind(r.kind)
-            .bind(r.hop.clone())
-            .bind(r.message_id.clone())
-            .bind(r.agency.clone())
-            .bind(r.content.clone())
-            .bind(prev.clone())
-            .bind(hash.clone());
+        params.extend([
+            Param::from(next),
+            r.at_us.into(),
+            r.kind.into(),
+            r.hop.clone().into(),
+            r.message_id.clone().into(),
+            r.agency.clone().into(),
+            r.content.clone().into(),
+            prev.clone().into(),
+            hash.clone().into(),
+        ]);
         *seq = next;
         *prev = hash;
     }
-    q
-}
-
-/// Links the records into the chain in order and inserts them, a statement per shape.
-async fn append_records(
-    tx: &mut AnyConnection,
-    records: &[Pending],
-    seq: &mut i64,
-    prev: &mut String,
-) -> Result<(), sqlx::Error> {
-    for chunk in shaped(records) {
-        let q = sqlx::query(sqlx::AssertSqlSafe(records_sql(chunk.len(), 1)));
-        bind_records(q, chunk, seq, prev).execute(&mut *tx).await?;
-    }
-    Ok(())
+    params
 }
 
 fn accepted_record(a: &Accepted, message_id: &str, again: bool, at: i64) -> Pending {
@@ -488,58 +375,42 @@ fn body_until(a: &Accepted, keep: Keep) -> Option<i64> {
         .filter(|_| a.body.is_some())
 }
 
-/// The statement inserting `rows` accepted messages, its parameters numbered from `$first`; a key or message id
-/// already there is skipped (left for [`repeated`]), the inserted ones returned.
-fn messages_sql(rows: usize, first: usize) -> String {
+/// The statement inserting `rows` accepted messages; a key or message id already there is skipped (left for
+/// [`repeated`]), the inserted ones returned.
+fn messages_sql(rows: usize) -> String {
     format!(
         "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
              body_size, delivery, request, body, status, accepted_us, updated_us, next_attempt_us, body_until_us)
          VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
-        values_from(rows, 17, first)
+        values_from(rows, 17, 1)
     )
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
-
-/// Binds the values of [`messages_sql`] for `chunk`.
-fn bind_messages<'q>(
-    mut q: AnyQuery<'q>,
-    chunk: &[&Accepted],
-    keep: Keep,
-    at: i64,
-) -> AnyQuery<'q> {
+/// The values of [`messages_sql`] for `chunk`.
+fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
+    let mut params = Vec::with_capacity(chunk.len() * 17);
     for a in chunk {
-        q = q
-            .bind(a.hop.clone())
-            .bind(a.message_id.clone())
-            .bind(a.agency.clone())
-            .bind(a.route.clone())
-            .bind(a.message_type.clone())
-            .bind(a.mode.clone())
-            .bind(a.idempotency_key.clone())
-            .bind(a.body_sha256.clone())
-            .bind(i64::try_from(a.body_size).unwrap_or(i64::MAX))
-            .bind(a.delivery.as_str())
-            .bind(request_json(a))
-            .bind(a.body.clone())
-            .bind(status_of(a).as_str())
-            .bind(at)
-            .bind(at)
-            .bind(due(a, at))
-            .bind(body_until(a, keep));
+        params.extend([
+            Param::from(a.hop.clone()),
+            a.message_id.clone().into(),
+            a.agency.clone().into(),
+            a.route.clone().into(),
+            a.message_type.clone().into(),
+            a.mode.clone().into(),
+            a.idempotency_key.clone().into(),
+            a.body_sha256.clone().into(),
+            i64::try_from(a.body_size).unwrap_or(i64::MAX).into(),
+            a.delivery.as_str().into(),
+            request_json(a).into(),
+            a.body.clone().into(),
+            status_of(a).as_str().into(),
+            at.into(),
+            at.into(),
+            due(a, at).into(),
+            body_until(a, keep).into(),
+        ]);
     }
-    q
-}
-
-/// The (hop, message id) of each inserted message among `rows` (rows of other statements are passed over).
-fn inserted_of(rows: &[AnyRow]) -> Result<Inserted, sqlx::Error> {
-    let mut inserted = Inserted::new();
-    for row in rows {
-        if row.try_column("message_id").is_ok() {
-            inserted.insert((row.try_get("hop")?, row.try_get("message_id")?));
-        }
-    }
-    Ok(inserted)
+    params
 }
 
 type Inserted = std::collections::HashSet<(String, String)>;
@@ -547,85 +418,93 @@ type Inserted = std::collections::HashSet<(String, String)>;
 /// Inserts every accepted message whose idempotency key (or message id) is new at its hop, a statement per shape;
 /// returns those inserted. The others — repeats, also of an earlier packet of the same batch — are left for
 /// [`repeated`].
-async fn insert_messages(
-    tx: &mut AnyConnection,
+async fn insert_messages<S: Store>(
+    tx: &mut S,
     accepts: &[&Accepted],
     keep: Keep,
     at: i64,
-) -> Result<Inserted, sqlx::Error> {
-    let mut rows = Vec::new();
+) -> Result<Inserted, DbError> {
+    let mut inserted = Inserted::new();
     for chunk in shaped(accepts) {
-        let q = sqlx::query(sqlx::AssertSqlSafe(messages_sql(chunk.len(), 1)));
-        rows.extend(
-            bind_messages(q, chunk, keep, at)
-                .fetch_all(&mut *tx)
-                .await?,
-        );
+        let rows = tx
+            .fetch(&messages_sql(chunk.len()), message_params(chunk, keep, at))
+            .await?;
+        for row in rows {
+            inserted.insert((row.text(0)?, row.text(1)?));
+        }
     }
-    inserted_of(&rows)
+    Ok(inserted)
 }
 
 /// An acceptance whose key (or message id) is already there: the message as it stands, or — when its delivery
 /// failed or expired and the body is the same — the same message tried again.
-async fn repeated(
-    tx: &mut AnyConnection,
+async fn repeated<S: Store>(
+    tx: &mut S,
     a: &Accepted,
     keep: Keep,
     at: i64,
-) -> Result<Admission, sqlx::Error> {
-    let row = match &a.idempotency_key {
+) -> Result<Admission, DbError> {
+    let mut rows = match &a.idempotency_key {
         Some(key) => {
-            sqlx::query(concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE hop = $1 AND agency = $2 AND idempotency_key = $3"
-            ))
-            .bind(a.hop.clone())
-            .bind(a.agency.clone())
-            .bind(key.clone())
-            .fetch_optional(&mut *tx)
+            tx.fetch(
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE hop = $1 AND agency = $2 AND idempotency_key = $3"
+                ),
+                vec![
+                    a.hop.clone().into(),
+                    a.agency.clone().into(),
+                    key.clone().into(),
+                ],
+            )
             .await?
         }
-        None => None,
+        None => Vec::new(),
     };
-    let row = match row {
-        Some(r) => r,
-        None => {
-            sqlx::query(concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE hop = $1 AND message_id = $2"
-            ))
-            .bind(a.hop.clone())
-            .bind(a.message_id.clone())
-            .fetch_one(&mut *tx)
-            .await?
-        }
-    };
-    let m = Message::from_row(&row)?;
+    if rows.is_empty() {
+        rows = tx
+            .fetch(
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE hop = $1 AND message_id = $2"
+                ),
+                vec![a.hop.clone().into(), a.message_id.clone().into()],
+            )
+            .await?;
+    }
+    let row = rows.first().ok_or_else(|| {
+        DbError(format!(
+            "message {} was neither inserted nor found at hop {}",
+            a.message_id, a.hop
+        ))
+    })?;
+    let m = Message::from_row(row)?;
     if m.agency != a.agency {
         return Ok(Admission::Taken);
     }
     if !(m.status.retryable() && m.body_sha256 == a.body_sha256) {
         return Ok(Admission::Existing(Box::new(m)));
     }
-    sqlx::query(
+    tx.fetch(
         "UPDATE messages SET status = $1, delivery = $2, request = $3, body = $4, updated_us = $5,
              upstream_status = NULL, receipt = NULL, detail = NULL, next_attempt_us = $6,
              lease_owner = NULL, lease_until_us = NULL, body_until_us = $7, accepted_us = $8
          WHERE hop = $9 AND message_id = $10",
+        vec![
+            status_of(a).as_str().into(),
+            a.delivery.as_str().into(),
+            request_json(a).into(),
+            a.body.clone().into(),
+            at.into(),
+            due(a, at).into(),
+            body_until(a, keep).into(),
+            at.into(),
+            m.hop.clone().into(),
+            m.message_id.clone().into(),
+        ],
     )
-    .bind(status_of(a).as_str())
-    .bind(a.delivery.as_str())
-    .bind(request_json(a))
-    .bind(a.body.clone())
-    .bind(at)
-    .bind(due(a, at))
-    .bind(body_until(a, keep))
-    .bind(at)
-    .bind(m.hop.clone())
-    .bind(m.message_id.clone())
-    .execute(&mut *tx)
     .await?;
     Ok(Admission::Again(Box::new(m)))
 }
@@ -637,13 +516,13 @@ fn keep_receipt(o: &Outcome) -> Option<String> {
 
 /// Sets the outcomes of `run` (each of another message) in one statement per shape, and notes the agency of each
 /// message found — an outcome of a message this hop never accepted (or whose lease its worker lost) finds none.
-async fn finish_run(
-    tx: &mut AnyConnection,
+async fn finish_run<S: Store>(
+    tx: &mut S,
     run: &mut Vec<(usize, &Outcome)>,
     agencies: &mut [Option<String>],
     keep: Keep,
     at: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     // Its body stays `keep_bodies` after it ends, or goes now.
     let body_until = at.saturating_add(keep.bodies_us);
     for chunk in shaped(run) {
@@ -659,27 +538,26 @@ async fn finish_run(
              RETURNING messages.hop, messages.message_id, messages.agency",
             values_from(chunk.len(), 7, 4)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(at)
-            .bind(body_until)
-            .bind(keep.bodies_us > 0);
+        let mut params: Vec<Param> = Vec::with_capacity(3 + chunk.len() * 7);
+        params.extend([at.into(), body_until.into(), (keep.bodies_us > 0).into()]);
         for (_, o) in chunk {
-            q = q
-                .bind(o.hop.clone())
-                .bind(o.message_id.clone())
-                .bind(o.status.as_str())
-                .bind(o.upstream_status.map(i64::from))
-                .bind(keep_receipt(o))
-                .bind(o.detail.clone())
-                .bind(o.owner.clone().unwrap_or_default());
+            params.extend([
+                Param::from(o.hop.clone()),
+                o.message_id.clone().into(),
+                o.status.as_str().into(),
+                o.upstream_status.map(i64::from).into(),
+                keep_receipt(o).into(),
+                o.detail.clone().into(),
+                o.owner.clone().unwrap_or_default().into(),
+            ]);
         }
-        for row in q.fetch_all(&mut *tx).await? {
-            let (hop, id): (String, String) = (row.try_get("hop")?, row.try_get("message_id")?);
+        for row in tx.fetch(&sql, params).await? {
+            let (hop, id) = (row.text(0)?, row.text(1)?);
             if let Some((i, _)) = chunk
                 .iter()
                 .find(|(_, o)| o.hop == hop && o.message_id == id)
             {
-                agencies[*i] = Some(row.try_get("agency")?);
+                agencies[*i] = Some(row.text(2)?);
             }
         }
     }

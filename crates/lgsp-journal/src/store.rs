@@ -1,0 +1,333 @@
+//! The journal writer's two ways into a database. PostgreSQL goes through sqlx (each statement a round trip on its
+//! socket). SQLite goes through rusqlite on the writer's own thread: sqlx's SQLite driver runs every statement on a
+//! worker thread of its own and hands each result and row back over a channel, and under load those thread
+//! switches cost more than the SQL (`benches/RESULTS.md`, step 6). The batch itself — which statements, in which
+//! order, with which values — is one code path over [`Store`] (`writer.rs`).
+
+use std::time::Duration;
+
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Connection, Row};
+
+use crate::Dialect;
+
+/// A statement's parameter, typed even when null (PostgreSQL wants to know a null's type).
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Blob(Option<Vec<u8>>),
+    Bool(bool),
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Param {
+        Param::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Param {
+        Param::Int(v)
+    }
+}
+
+impl From<String> for Param {
+    fn from(v: String) -> Param {
+        Param::Text(Some(v))
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Param {
+        Param::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(v: Option<String>) -> Param {
+        Param::Text(v)
+    }
+}
+
+impl From<Option<Vec<u8>>> for Param {
+    fn from(v: Option<Vec<u8>>) -> Param {
+        Param::Blob(v)
+    }
+}
+
+impl From<bool> for Param {
+    fn from(v: bool) -> Param {
+        Param::Bool(v)
+    }
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Param::Int(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Param::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Param::Blob(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+            Param::Bool(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*v))),
+            Param::Int(None) | Param::Text(None) | Param::Blob(None) => {
+                ToSqlOutput::Borrowed(ValueRef::Null)
+            }
+        })
+    }
+}
+
+/// A database error, as the driver told it.
+#[derive(Debug, Clone)]
+pub(crate) struct DbError(pub(crate) String);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> DbError {
+        DbError(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> DbError {
+        DbError(e.to_string())
+    }
+}
+
+/// A result row read by column position (statements list their columns, so positions are fixed).
+pub(crate) trait Columns {
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, DbError>;
+
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        self.opt_int(i)?
+            .ok_or_else(|| DbError(format!("column {i} is null, not an integer")))
+    }
+
+    fn text(&self, i: usize) -> Result<String, DbError> {
+        self.opt_text(i)?
+            .ok_or_else(|| DbError(format!("column {i} is null, not text")))
+    }
+}
+
+impl Columns for AnyRow {
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+/// A SQLite row, copied out of its statement.
+pub(crate) type OwnedRow = Vec<Value>;
+
+impl Columns for OwnedRow {
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError> {
+        match self.get(i) {
+            Some(Value::Integer(v)) => Ok(Some(*v)),
+            Some(Value::Null) => Ok(None),
+            other => Err(DbError(format!("column {i} is {other:?}, not an integer"))),
+        }
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        match self.get(i) {
+            Some(Value::Text(v)) => Ok(Some(v.clone())),
+            Some(Value::Null) => Ok(None),
+            other => Err(DbError(format!("column {i} is {other:?}, not text"))),
+        }
+    }
+}
+
+/// The statements that open a batch's transaction and take the chain's head: the head's update comes first, so
+/// it holds the write lock (SQLite) or the row lock (PostgreSQL) before anything is read.
+const HEAD_SQL: &str = "UPDATE journal_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
+
+/// What the writer asks of a connection. Every method but [`Store::rollback`] fails the whole batch on error.
+pub(crate) trait Store: Sized {
+    type Row: Columns;
+
+    /// A connection of the writer's own to `url`.
+    async fn connect(url: &str) -> Result<Self, DbError>;
+
+    /// Opens a write transaction holding the chain's head, and returns the head (seq, hash).
+    async fn begin(&mut self) -> Result<(i64, String), DbError>;
+
+    /// Runs one statement and returns its rows (those of `RETURNING` too).
+    async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<Self::Row>, DbError>;
+
+    /// Moves the chain's head to `(seq, hash)` and commits.
+    async fn commit(&mut self, seq: i64, hash: &str) -> Result<(), DbError>;
+
+    /// Undoes what the transaction wrote (the caller then drops the connection, so a failure here leaves nothing).
+    async fn rollback(&mut self);
+
+    async fn close(self);
+}
+
+/// The head's row among `rows`.
+fn head_of<R: Columns>(rows: &[R]) -> Result<(i64, String), DbError> {
+    let row = rows
+        .first()
+        .ok_or_else(|| DbError("the journal has no head row".into()))?;
+    Ok((row.int(0)?, row.text(1)?))
+}
+
+impl Store for AnyConnection {
+    type Row = AnyRow;
+
+    async fn connect(url: &str) -> Result<Self, DbError> {
+        Ok(crate::connect_one(url, Dialect::Postgres).await?)
+    }
+
+    /// One round trip: `BEGIN` and the head together.
+    async fn begin(&mut self) -> Result<(i64, String), DbError> {
+        let sql = format!("BEGIN; {HEAD_SQL}");
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *self)
+            .await?;
+        head_of(&rows)
+    }
+
+    async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<AnyRow>, DbError> {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+        for p in params {
+            q = match p {
+                Param::Int(v) => q.bind(v),
+                Param::Text(v) => q.bind(v),
+                Param::Blob(v) => q.bind(v),
+                Param::Bool(v) => q.bind(v),
+            };
+        }
+        Ok(q.fetch_all(&mut *self).await?)
+    }
+
+    /// One round trip: the head's move and `COMMIT` together. Both values are the writer's own (a counter and a
+    /// SHA-256 in hex), never a packet's, so they are written into the statement.
+    async fn commit(&mut self, seq: i64, hash: &str) -> Result<(), DbError> {
+        if !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(DbError(format!(
+                "the chain's hash {hash:?} is not SHA-256 hex"
+            )));
+        }
+        let sql =
+            format!("UPDATE journal_head SET seq = {seq}, hash = '{hash}' WHERE id = 1; COMMIT");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *self).await;
+    }
+
+    async fn close(self) {
+        let _ = Connection::close(self).await;
+    }
+}
+
+/// Prepared statements the SQLite writer keeps: each statement shape of a batch (a handful per table, see
+/// `writer::shaped`), the head and the repeats.
+const SQLITE_STATEMENTS: usize = 64;
+
+/// The file of a `sqlite://PATH[?…]` URL.
+fn sqlite_path(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    rest.split('?').next().unwrap_or(rest)
+}
+
+impl Store for rusqlite::Connection {
+    type Row = OwnedRow;
+
+    /// Opened as the pool's connections are: WAL, fsynced at every commit, waiting up to 5 s for the write lock.
+    async fn connect(url: &str) -> Result<Self, DbError> {
+        let conn = rusqlite::Connection::open(sqlite_path(url))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError(format!(
+                "{url}: the journal file is in {mode} mode, not WAL"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENTS);
+        Ok(conn)
+    }
+
+    /// `BEGIN IMMEDIATE`: the write lock at once (a deferred transaction that reads first could have to give up
+    /// its snapshot to write).
+    async fn begin(&mut self) -> Result<(i64, String), DbError> {
+        self.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let rows = self.fetch(HEAD_SQL, Vec::new()).await?;
+        head_of(&rows)
+    }
+
+    async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<OwnedRow>, DbError> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let width = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                values.push(row.get::<_, Value>(i)?);
+            }
+            out.push(values);
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, seq: i64, hash: &str) -> Result<(), DbError> {
+        self.prepare_cached("UPDATE journal_head SET seq = ?1, hash = ?2 WHERE id = 1")?
+            .execute(rusqlite::params![seq, hash])?;
+        self.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        if !self.is_autocommit() {
+            let _ = self.execute_batch("ROLLBACK");
+        }
+    }
+
+    async fn close(self) {
+        let _ = rusqlite::Connection::close(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/j.db?mode=rwc"),
+            "/var/lib/j.db"
+        );
+        assert_eq!(sqlite_path("sqlite://journal.db"), "journal.db");
+        assert_eq!(sqlite_path("sqlite:journal.db"), "journal.db");
+    }
+
+    #[test]
+    fn rows_are_read_by_position_and_type() {
+        let row: OwnedRow = vec![Value::Integer(7), Value::Text("a".into()), Value::Null];
+        assert_eq!(row.int(0).ok(), Some(7));
+        assert_eq!(row.text(1).ok().as_deref(), Some("a"));
+        assert_eq!(row.opt_text(2).ok(), Some(None));
+        assert!(row.text(2).is_err());
+        assert!(row.int(1).is_err());
+        assert!(row.opt_int(3).is_err());
+    }
+}
