@@ -55,7 +55,7 @@ pub fn parse_rate(s: &str) -> Result<(u32, u32), String> {
 pub(crate) fn parse_upstream(s: &str) -> Result<(String, String), String> {
     let fix = || {
         format!(
-            "`{s}` is not an upstream URL; write \"https://host:port\" with an optional base path, e.g. \"https://ndxp.example:8444/ndxp\""
+            "`{s}` is not an upstream URL; write \"https://host:port\" with an optional base path, e.g. \"https://ndxp.example:8444/ndxp\", or a broker: \"nats://host:4222/subject\", \"amqp://user:pass@host:5672/%2f?exchange=…&routing_key=…\""
         )
     };
     let rest = s.strip_prefix("https://").ok_or_else(fix)?;

@@ -45,6 +45,7 @@ pub(super) fn default_trial_upstreams(hops: &mut [HopConfig], e: &EmulatorConfig
             route.trial_upstream = Some(Upstream {
                 authority: format!("localhost:{}", e.listen.port()),
                 base_path: format!("{}/{target}", defaults::EMULATOR_BASE_PATH),
+                broker: None,
                 origin: e.origin.clone(),
             });
         }

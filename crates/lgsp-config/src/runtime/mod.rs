@@ -4,6 +4,7 @@
 
 mod admin;
 mod agency;
+mod broker;
 mod check;
 pub use check::human;
 pub mod defaults;
@@ -24,6 +25,7 @@ use toml::Spanned;
 
 pub use admin::{AdminConfig, LogConfig, PkiConfig};
 pub use agency::{AgencyConfig, KeyConfig};
+pub use broker::{Broker, valid_subject};
 pub use emulator::EmulatorConfig;
 pub use hop::{HopConfig, HttpConfig, PeerConfig, UpstreamConfig, UpstreamProtocol};
 pub use journal::{DeliveryConfig, JournalConfig};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::broker::{Broker, is_broker_url, parse_broker};
 use super::check::Checker;
 use super::{Origin, defaults};
 use crate::file::{FileOverride, FileRoute};
@@ -58,8 +59,10 @@ pub enum DeliveryMode {
 pub struct Upstream {
     /// `host:port`, also the bounded `upstream` metric label.
     pub authority: String,
-    /// Path the upstream is mounted under, without a trailing slash (may be empty).
+    /// Path the upstream is mounted under, without a trailing slash (may be empty; always empty for a broker).
     pub base_path: String,
+    /// A NATS JetStream or RabbitMQ target instead of an HTTPS endpoint.
+    pub broker: Option<Broker>,
     /// Where the config names it (`check-config --connect` reports by it).
     pub origin: Origin,
 }
@@ -70,6 +73,7 @@ impl Upstream {
         Upstream {
             authority: String::new(),
             base_path: String::new(),
+            broker: None,
             origin: Origin::default(),
         }
     }
@@ -95,7 +99,7 @@ pub(super) fn route(
         defaults::MAX_BODY_BYTES,
         &defaults::MAX_BODY_BYTES_RANGE,
     );
-    RouteConfig {
+    let config = RouteConfig {
         name: r.name.get_ref().clone(),
         methods: methods(c, r, field),
         prefix: path_prefix(c, &r.prefix, &format!("{field}.prefix")),
@@ -122,6 +126,46 @@ pub(super) fn route(
         max_body_bytes: max_body,
         rate: rate(c, r, field),
         overrides: overrides(c, &r.overrides, field, known),
+    };
+    broker_route(c, r, field, &config);
+    config
+}
+
+/// A route with a broker upstream publishes packets: it takes POST and PUT only, and neither rewrites a path nor
+/// reads an answer's owner (a broker answers with a confirmation, not a record).
+fn broker_route(c: &mut Checker<'_>, r: &FileRoute, field: &str, config: &RouteConfig) {
+    let brokered = config.upstream.broker.is_some()
+        || config
+            .trial_upstream
+            .as_ref()
+            .is_some_and(|t| t.broker.is_some());
+    if !brokered {
+        return;
+    }
+    if let Some(m) = config
+        .methods
+        .iter()
+        .find(|m| !matches!(m.as_str(), "POST" | "PUT"))
+    {
+        c.problem(
+            &r.name,
+            format!("{field}.methods"),
+            format!("`{m}` has no packet to publish; a route with a broker upstream takes methods = [\"POST\"] (or PUT)"),
+        );
+    }
+    if let Some(w) = &r.rewrite {
+        c.problem(
+            w,
+            format!("{field}.rewrite"),
+            "a broker upstream has no path to rewrite; remove `rewrite` (the subject or routing key is in the URL)",
+        );
+    }
+    if let Some(o) = &r.owner {
+        c.problem(
+            o,
+            format!("{field}.owner"),
+            "a broker answers with a confirmation, not a record; `owner` belongs to look-up routes with an https upstream",
+        );
     }
 }
 
@@ -168,10 +212,16 @@ fn path_prefix(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> String 
 }
 
 fn url(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<Upstream> {
-    match parse_upstream(v.get_ref()) {
-        Ok((authority, base_path)) => Some(Upstream {
+    let parsed = if is_broker_url(v.get_ref()) {
+        parse_broker(v.get_ref()).map(|(authority, b)| (authority, String::new(), Some(b)))
+    } else {
+        parse_upstream(v.get_ref()).map(|(authority, base)| (authority, base, None))
+    };
+    match parsed {
+        Ok((authority, base_path, broker)) => Some(Upstream {
             authority,
             base_path,
+            broker,
             origin: c.origin(v, field),
         }),
         Err(e) => {
