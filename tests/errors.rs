@@ -861,7 +861,7 @@ async fn misassembled_stack() -> Seen {
         pki.client_tls(None, &[]),
         lgsp_config::UpstreamProtocol::Http1,
     );
-    let forward = lgsp_proxy::Forward::new(client, hop.clone(), &[], 1);
+    let forward = lgsp_proxy::Forward::new(client, hop.clone(), &[], 1, None);
     let resp = lgsp_proxy::ObserveLayer::new(hop)
         .layer(forward)
         .oneshot(http::Request::new(lgsp_proxy::body::empty()))

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub outbox_oldest_age: prometheus::GaugeVec,
     /// `lgsp_deliveries_total{hop,route,outcome}`: delivery attempts by how they ended.
     pub deliveries: IntCounterVec,
+    /// `lgsp_broker_publish_total{hop,route,broker,outcome}`: publications to broker targets by how they ended.
+    pub broker_publish: IntCounterVec,
+    /// `lgsp_broker_confirm_seconds{hop,route,broker}`: from publishing to the broker's confirmation.
+    pub broker_confirm: HistogramVec,
     /// `lgsp_log_lines_dropped_total`: log lines dropped because the output was slower than the gateway.
     pub log_lines_dropped: prometheus::IntCounter,
     /// `lgsp_connections_closed_total{hop,reason}`: connections the gateway closed or refused for a bound.
@@ -201,6 +205,23 @@ impl Metrics {
             "Deliveries of journalled packets by hop, route and outcome: delivered, rejected (a 4xx, for good), failed (a direct delivery the upstream could not take), retried (a queued one to be tried again), expired (not delivered within delivery.max_age).",
             &["hop", "route", "outcome"],
         )?;
+        let broker_publish = counter(
+            &registry,
+            "lgsp_broker_publish_total",
+            "Packets published to broker targets (NATS JetStream, RabbitMQ) by hop, route, broker and outcome: confirmed, duplicate (JetStream had the message id already), unreachable, timeout, unroutable (RabbitMQ returned it), refused.",
+            &["hop", "route", "broker", "outcome"],
+        )?;
+        let broker_confirm = HistogramVec::new(
+            HistogramOpts::new(
+                "lgsp_broker_confirm_seconds",
+                "Time from publishing a packet to the broker's confirmation (PubAck or publisher confirm), by hop, route and broker.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["hop", "route", "broker"],
+        )?;
+        registry.register(Box::new(broker_confirm.clone()))?;
         let log_lines_dropped = prometheus::IntCounter::new(
             "lgsp_log_lines_dropped_total",
             "Log lines dropped because the log output (stderr) was slower than the gateway; requests never wait for the log.",
@@ -253,6 +274,8 @@ impl Metrics {
             outbox_depth,
             outbox_oldest_age,
             deliveries,
+            broker_publish,
+            broker_confirm,
             connections_closed,
             emulator_packets,
             build_info,
@@ -282,8 +305,10 @@ impl Metrics {
             .flat_map(|c| c.desc())
             .map(|d| d.fq_name.clone())
             .collect();
-        let more: [&dyn Collector; 15] = [
+        let more: [&dyn Collector; 17] = [
             &self.journal_up,
+            &self.broker_publish,
+            &self.broker_confirm,
             &self.journal_append,
             &self.outbox_depth,
             &self.outbox_oldest_age,

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lgsp_auth::Caller;
+use lgsp_broker::ClientIdentity;
 use lgsp_config::{KeyKind, RouteConfig, UpstreamProtocol};
 use lgsp_problem::{BoxProblem, Class, Internal, Problem};
 use prometheus::IntCounter;
@@ -22,6 +23,7 @@ use tower::Service;
 use crate::body::{Body, boxed, full, holding, read_body};
 use crate::headers::{self, HopPath, MessageId, TraceContext};
 use crate::hop::HopContext;
+use crate::publish::Publisher;
 use crate::route::Route;
 
 /// How an upstream exchange failed (`kind` label of `lgsp_upstream_errors_total`).
@@ -320,15 +322,19 @@ pub struct Forward {
     targets: Arc<[RouteTargets]>,
     /// Per upstream (`host:port`): its share of `[hop.upstream] max_connections`, held until the answer is read.
     slots: Arc<HashMap<String, Arc<Semaphore>>>,
+    /// Routes whose upstream is a broker publish through here.
+    publisher: Arc<Publisher>,
 }
 
 impl Forward {
     /// `max_connections`: requests in flight to one upstream at once (its keep-alive connections over HTTP/1.1).
+    /// `identity`: the hop's client identity towards brokers over TLS.
     pub fn new(
         client: UpstreamClient,
         hop: Arc<HopContext>,
         routes: &[RouteConfig],
         max_connections: usize,
+        identity: Option<ClientIdentity>,
     ) -> Self {
         let slots = routes
             .iter()
@@ -354,6 +360,7 @@ impl Forward {
             client,
             targets,
             slots: Arc::new(slots),
+            publisher: Arc::new(Publisher::new(hop, routes, identity)),
         }
     }
 }
@@ -425,9 +432,19 @@ impl Service<Request<Body>> for Forward {
         let client = self.client.clone();
         let targets = self.targets.clone();
         let slots = self.slots.clone();
+        let publisher = self.publisher.clone();
         Box::pin(async move {
             let (req, route, caller) = prepared?;
             let mode = caller.kind;
+            let target = match mode {
+                KeyKind::Production => Some(&route.config.upstream),
+                KeyKind::Trial => route.config.trial_upstream.as_ref(),
+            };
+            if let Some(target) = target.filter(|t| t.broker.is_some()) {
+                return publisher
+                    .publish(&route, target, mode == KeyKind::Trial, req)
+                    .await;
+            }
             let upstream = req.uri().authority().map_or_else(
                 || route.config.upstream.authority.clone(),
                 |a| a.as_str().to_owned(),
@@ -513,6 +530,7 @@ mod tests {
         lgsp_config::Upstream {
             authority: authority.into(),
             base_path: base_path.into(),
+            broker: None,
             origin: lgsp_config::Origin::default(),
         }
     }
@@ -674,7 +692,7 @@ mod tests {
             lgsp_tls::client_config(&cfg.hops[0].upstream_tls).unwrap(),
             UpstreamProtocol::Http1,
         );
-        let forward = Forward::new(client, hop.clone(), std::slice::from_ref(&r), 64);
+        let forward = Forward::new(client, hop.clone(), std::slice::from_ref(&r), 64, None);
         let route = RouteTable::new(&hop, &[r])
             .lookup("/lgsp/v1/HoSoCBCCVC")
             .unwrap()

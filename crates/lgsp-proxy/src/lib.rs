@@ -18,6 +18,7 @@ pub mod messages;
 mod observe;
 pub mod outbox;
 mod prepare;
+pub mod publish;
 mod route;
 mod stack;
 mod step;

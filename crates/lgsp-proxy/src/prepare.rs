@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use lgsp_auth::{AuthPolicy, TokenIssuer};
+use lgsp_broker::ClientIdentity;
 use lgsp_config::{
     ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend,
     SchemaSource, ServerTlsConfig,
@@ -80,6 +81,11 @@ pub fn prepare(
     for h in &cfg.hops {
         tls.push(listener_tls(&h.tls, Some(&h.upstream_tls), &mut problems));
     }
+    let broker_pems: Vec<Option<BrokerPems>> = cfg
+        .hops
+        .iter()
+        .map(|h| ok(&mut problems, broker_pems(h)).flatten())
+        .collect();
     let emulator = cfg
         .emulator
         .as_ref()
@@ -100,10 +106,21 @@ pub fn prepare(
     };
     let mut expiry = Vec::new();
     let mut hops = Vec::new();
-    for (h, t) in cfg.hops.iter().zip(tls.into_iter().flatten()) {
+    for ((h, t), pems) in cfg
+        .hops
+        .iter()
+        .zip(tls.into_iter().flatten())
+        .zip(broker_pems)
+    {
         expiry.extend(t.expiry.into_iter().map(|e| (h.name.clone(), e)));
         let Some(client) = t.client else { continue };
-        hops.push(hop(cfg, h, &shared, metrics, t.server, client));
+        let identity = pems.map(|p| ClientIdentity {
+            rustls: client.clone(),
+            cert_pem: p.cert,
+            key_pem: p.key,
+            ca_pem: p.ca,
+        });
+        hops.push(hop(cfg, h, &shared, metrics, t.server, client, identity));
     }
     let emulator_tls = emulator.flatten().map(|t| {
         expiry.extend(t.expiry.into_iter().map(|e| ("emulator".to_owned(), e)));
@@ -116,6 +133,45 @@ pub fn prepare(
         expiry,
         admin,
     })
+}
+
+/// The PEM files of a hop's client identity, as RabbitMQ's TLS stack takes them.
+struct BrokerPems {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: String,
+}
+
+/// The hop's `[hop.upstream_tls]` files read for its brokers over TLS (`nats+tls://`, `amqps://`); `None` when no
+/// route of the hop has one.
+fn broker_pems(h: &HopConfig) -> Result<Option<BrokerPems>, Problem> {
+    let tls_broker = h.routes.iter().any(|r| {
+        std::iter::once(&r.upstream)
+            .chain(r.trial_upstream.as_ref())
+            .any(|u| u.broker.as_ref().is_some_and(lgsp_config::Broker::tls))
+    });
+    if !tls_broker {
+        return Ok(None);
+    }
+    let read = |p: &lgsp_config::ConfigPath| {
+        std::fs::read(&p.path).map_err(|e| {
+            p.origin.problem(format!(
+                "{} cannot be read for the hop's TLS brokers: {e}",
+                p.path.display()
+            ))
+        })
+    };
+    let t = &h.upstream_tls;
+    let mut ca = String::new();
+    for c in &t.ca {
+        ca.push_str(&String::from_utf8_lossy(&read(c)?));
+        ca.push('\n');
+    }
+    Ok(Some(BrokerPems {
+        cert: read(&t.cert)?,
+        key: read(&t.key)?,
+        ca,
+    }))
 }
 
 /// The value, or `None` with its problem recorded.
@@ -272,6 +328,7 @@ fn hop(
     metrics: &Arc<Metrics>,
     server: ServerTls,
     client: Arc<rustls::ClientConfig>,
+    identity: Option<ClientIdentity>,
 ) -> PreparedHop {
     let hop = Arc::new(
         HopContext::new(&h.name, &h.peers, metrics.clone())
@@ -298,6 +355,7 @@ fn hop(
         hop.clone(),
         &h.routes,
         h.upstream.max_connections,
+        identity,
     );
     let delivery = DeliveryTarget {
         hop: hop.clone(),

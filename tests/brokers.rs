@@ -1,0 +1,411 @@
+//! Broker routes end to end over real TLS against the machine's NATS (JetStream) and RabbitMQ: a packet answered 202
+//! only once the broker confirmed it, with its message id as `Nats-Msg-Id` / `message_id` and the hop headers beside
+//! it; a resend under its Idempotency-Key answered from the journal, the stream holding it once; an unroutable
+//! packet refused as the 502 it is; and a queued route whose broker is out of reach for 30 s under load, every
+//! accepted packet in the stream exactly once afterwards. `LGSP_TEST_NATS_URL` / `LGSP_TEST_AMQP_URL` name the
+//! brokers; without them each test says why it skips.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use lgsp_testkit::*;
+
+const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
+
+/// Fast retries and a lease over twice the test routes' 5 s timeout.
+const DELIVERY: &str = "[delivery]\nmax_age = \"10m\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\nworkers = 8\nlease = \"12s\"\n";
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}{}{nanos}", std::process::id())
+}
+
+/// The broker URL of `var` and its `host:port`, or why the test skips.
+fn broker(var: &str) -> Option<(String, SocketAddr)> {
+    let Ok(url) = std::env::var(var) else {
+        eprintln!("skipped: {var} is not set (.ci/run sets it to the machine's broker)");
+        return None;
+    };
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hostport = rest
+        .split('/')
+        .next()
+        .unwrap_or(rest)
+        .replace("localhost", "127.0.0.1");
+    let addr = hostport
+        .parse()
+        .unwrap_or_else(|e| panic!("{var}: {hostport}: {e}"));
+    Some((url, addr))
+}
+
+/// An LGSP hop whose HoSoCBCCVC route publishes to `upstream` (`route_extra` added to it) and whose other routes go
+/// to a closed port.
+async fn gateway(pki: &TestPki, upstream: &str, route_extra: &str) -> lgsp_proxy::Gateway {
+    let nowhere = closed_port().await;
+    let text = hop_config(pki, "lgsp", "/lgsp/v1", nowhere, "/ndxp/v1", &[]);
+    let old = format!(
+        "upstream = \"https://localhost:{}\"\nrewrite = \"/ndxp/v1/HoSoCBCCVC\"\n",
+        nowhere.port()
+    );
+    assert!(text.contains(&old));
+    let mut text = text.replacen(
+        &old,
+        &format!("upstream = \"{upstream}\"\n{route_extra}\n"),
+        1,
+    );
+    text.push_str(DELIVERY);
+    lgsp_proxy::Gateway::start(&parse(pki, &text))
+        .await
+        .expect("gateway")
+}
+
+fn packet() -> String {
+    sample("valid/HoSoCBCCVC-02-toi-thieu.xml")
+}
+
+fn headers(key: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("x-api-key", KEY_H29),
+        ("content-type", "application/xml"),
+        ("idempotency-key", key),
+    ]
+}
+
+/// The value of the metric sample `name{labels}` of a gateway (0 when absent).
+fn metric(g: &lgsp_proxy::Gateway, sample: &str) -> f64 {
+    g.metrics
+        .encode()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .map(|v| v.trim().parse().unwrap_or(f64::NAN))
+        })
+        .unwrap_or(0.0)
+}
+
+/// A stream of the test's own taking `<subject>.>`.
+async fn stream(url: &str) -> (jetstream::Context, String, String) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = jetstream::new(client);
+    let name = unique("LGSPE2E");
+    let subject = unique("lgspe2e.");
+    js.create_stream(jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{subject}.>")],
+        duplicate_window: Duration::from_secs(300),
+        max_age: Duration::from_secs(900),
+        ..Default::default()
+    })
+    .await
+    .expect("create the test stream");
+    (js, name, subject)
+}
+
+/// Every message of a stream: (Nats-Msg-Id, x-lgsp-client, payload).
+async fn stored(js: &jetstream::Context, name: &str) -> Vec<(String, String, Vec<u8>)> {
+    let mut s = js.get_stream(name).await.expect("stream");
+    let n = s.info().await.expect("info").state.messages;
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .expect("consumer");
+    let mut out = Vec::new();
+    while (out.len() as u64) < n {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(500)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .expect("fetch");
+        let before = out.len();
+        while let Some(Ok(m)) = batch.next().await {
+            let h = |k: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(k))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
+            out.push((h("Nats-Msg-Id"), h("x-lgsp-client"), m.payload.to_vec()));
+        }
+        assert!(
+            out.len() > before,
+            "the stream holds {n} messages, read {}",
+            out.len()
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_route_answers_202_once_jetstream_confirmed_and_a_resend_is_answered_from_the_journal()
+ {
+    let Some((url, addr)) = broker("LGSP_TEST_NATS_URL") else {
+        return;
+    };
+    let (js, name, subject) = stream(&url).await;
+    let pki = TestPki::new();
+    let g = gateway(&pki, &format!("nats://{addr}/{subject}.HoSoCBCCVC"), "").await;
+    let client = TestClient::new(&pki, Some(AGENCY_OK), false);
+    let target = hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let first = client
+        .send("POST", &target, &headers("2026-12-H29-nats-1"), &packet())
+        .await
+        .expect("sent");
+    assert_eq!(
+        first.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let receipt = first.json();
+    let id = first
+        .headers
+        .get("x-lgsp-message-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("message id")
+        .to_owned();
+    assert_eq!(receipt["message_id"], id.as_str());
+    assert_eq!(receipt["broker"], "nats");
+    assert_eq!(receipt["stream"], name.as_str());
+    assert_eq!(receipt["duplicate"], false);
+
+    let again = client
+        .send("POST", &target, &headers("2026-12-H29-nats-1"), &packet())
+        .await
+        .expect("resent");
+    assert_eq!(again.status, 202);
+    assert_eq!(
+        again.headers.get("x-lgsp-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let messages = stored(&js, &name).await;
+    assert_eq!(messages.len(), 1, "published once");
+    assert_eq!(messages[0].0, id, "Nats-Msg-Id is the message id");
+    assert_eq!(
+        messages[0].1, "000.00.00.H29",
+        "the hop headers travel along"
+    );
+    assert_eq!(messages[0].2, packet().as_bytes());
+
+    // The journal keeps the broker's confirmation as the receipt.
+    let status = client
+        .send(
+            "GET",
+            &hop_url(&g, "lgsp", &format!("/lgsp/v1/messages/{id}")),
+            &headers("x"),
+            "",
+        )
+        .await
+        .expect("status");
+    assert_eq!(status.status, 200);
+    let m = status.json();
+    assert_eq!(m["status"], "delivered", "{m}");
+    assert_eq!(m["receipt"]["stream"], name.as_str(), "{m}");
+    let confirmed = "lgsp_broker_publish_total{broker=\"nats\",hop=\"lgsp\",outcome=\"confirmed\",route=\"HoSoCBCCVC\"}";
+    assert_eq!(metric(&g, confirmed), 1.0);
+    js.delete_stream(&name).await.expect("drop the test stream");
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rabbitmq_route_publishes_persistent_and_an_unroutable_packet_is_a_502() {
+    use lapin::options::{
+        BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let Some((url, addr)) = broker("LGSP_TEST_AMQP_URL") else {
+        return;
+    };
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    let exchange = unique("lgspe2e.x.");
+    let queue = unique("lgspe2e.q.");
+    ch.exchange_declare(
+        exchange.clone().into(),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange");
+    ch.queue_declare(
+        queue.clone().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue");
+    ch.queue_bind(
+        queue.clone().into(),
+        exchange.clone().into(),
+        "HoSoCBCCVC".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, r)| r.rsplit_once('@'))
+        .map_or("guest:guest", |(u, _)| u);
+
+    let pki = TestPki::new();
+    let client = TestClient::new(&pki, Some(AGENCY_OK), true);
+    let g = gateway(
+        &pki,
+        &format!("amqp://{userinfo}@{addr}/%2f?exchange={exchange}&routing_key=HoSoCBCCVC"),
+        "",
+    )
+    .await;
+    let sent = client
+        .send(
+            "POST",
+            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers("2026-12-H29-amqp-1"),
+            &packet(),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(sent.status, 202, "{}", String::from_utf8_lossy(&sent.body));
+    let id = sent.json()["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_owned();
+    let got = ch
+        .basic_get(queue.clone().into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("the packet is in the queue");
+    assert_eq!(
+        got.properties.message_id().as_ref().map(|s| s.to_string()),
+        Some(id)
+    );
+    assert_eq!(*got.properties.delivery_mode(), Some(2));
+    assert_eq!(got.data, packet().as_bytes());
+    g.shutdown().await;
+
+    // A routing key no queue is bound for: the broker returns the packet, the caller hears why.
+    let g = gateway(
+        &pki,
+        &format!("amqp://{userinfo}@{addr}/%2f?exchange={exchange}&routing_key=NoQueue"),
+        "",
+    )
+    .await;
+    let refused = client
+        .send(
+            "POST",
+            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers("2026-12-H29-amqp-2"),
+            &packet(),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(refused.status, 502);
+    let problem = refused.json();
+    assert_eq!(problem["code"], "broker.unroutable", "{problem}");
+    assert!(
+        !problem.to_string().contains(&addr.to_string()),
+        "the broker's address stays inside"
+    );
+    let unroutable = "lgsp_broker_publish_total{broker=\"amqp\",hop=\"lgsp\",outcome=\"unroutable\",route=\"HoSoCBCCVC\"}";
+    assert_eq!(metric(&g, unroutable), 1.0);
+    g.shutdown().await;
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .expect("drop the test queue");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_nats_route_out_of_reach_for_30s_under_load_delivers_every_packet_once() {
+    let Some((url, addr)) = broker("LGSP_TEST_NATS_URL") else {
+        return;
+    };
+    let (js, name, subject) = stream(&url).await;
+    let relay = outage::Relay::start(addr).await;
+    let pki = TestPki::new();
+    let g = gateway(
+        &pki,
+        &format!("nats://{}/{subject}.HoSoCBCCVC", relay.addr),
+        "delivery = \"queued\"",
+    )
+    .await;
+    let client = TestClient::new(&pki, Some(AGENCY_OK), false);
+    let target = hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let mut accepted = HashSet::new();
+    let mut n = 0;
+    let mut send_for = async |d: Duration, accepted: &mut HashSet<String>| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            n += 1;
+            let key = format!("2026-12-H29-outage-{n}");
+            let a = client
+                .send("POST", &target, &headers(&key), &packet())
+                .await
+                .expect("sent");
+            assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+            accepted.insert(a.json()["message_id"].as_str().expect("id").to_owned());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    send_for(Duration::from_secs(2), &mut accepted).await;
+    relay.cut();
+    send_for(Duration::from_secs(30), &mut accepted).await;
+    relay.restore();
+    send_for(Duration::from_secs(2), &mut accepted).await;
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let held = js
+            .get_stream(&name)
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages;
+        if held as usize >= accepted.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream holds {held} of {} accepted packets",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let messages = stored(&js, &name).await;
+    let ids: Vec<&String> = messages.iter().map(|m| &m.0).collect();
+    let distinct: HashSet<String> = ids.iter().map(|s| (*s).clone()).collect();
+    assert_eq!(ids.len(), distinct.len(), "no packet twice");
+    assert_eq!(
+        distinct, accepted,
+        "every accepted packet, and nothing else"
+    );
+    assert!(
+        metric(
+            &g,
+            "lgsp_broker_publish_total{broker=\"nats\",hop=\"lgsp\",outcome=\"confirmed\",route=\"HoSoCBCCVC\"}"
+        ) >= 1.0
+    );
+    js.delete_stream(&name).await.expect("drop the test stream");
+    g.shutdown().await;
+}
