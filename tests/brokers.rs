@@ -44,22 +44,30 @@ fn broker(var: &str) -> Option<(String, SocketAddr)> {
     Some((url, addr))
 }
 
-/// An LGSP hop whose HoSoCBCCVC route publishes to `upstream` (`route_extra` added to it) and whose other routes go
-/// to a closed port.
-async fn gateway(pki: &TestPki, upstream: &str, route_extra: &str) -> lgsp_proxy::Gateway {
+/// An LGSP hop config whose routes named in `brokered` publish to their broker URL (`route_extra` added to each)
+/// and whose other routes go to a closed port.
+async fn config(pki: &TestPki, brokered: &[(&str, &str)], route_extra: &str) -> String {
     let nowhere = closed_port().await;
-    let text = hop_config(pki, "lgsp", "/lgsp/v1", nowhere, "/ndxp/v1", &[]);
-    let old = format!(
-        "upstream = \"https://localhost:{}\"\nrewrite = \"/ndxp/v1/HoSoCBCCVC\"\n",
-        nowhere.port()
-    );
-    assert!(text.contains(&old));
-    let mut text = text.replacen(
-        &old,
-        &format!("upstream = \"{upstream}\"\n{route_extra}\n"),
-        1,
-    );
+    let mut text = hop_config(pki, "lgsp", "/lgsp/v1", nowhere, "/ndxp/v1", &[]);
+    for (route, upstream) in brokered {
+        let old = format!(
+            "upstream = \"https://localhost:{}\"\nrewrite = \"/ndxp/v1/{route}\"\n",
+            nowhere.port()
+        );
+        assert!(text.contains(&old), "no route {route}");
+        text = text.replacen(
+            &old,
+            &format!("upstream = \"{upstream}\"\n{route_extra}\n"),
+            1,
+        );
+    }
     text.push_str(DELIVERY);
+    text
+}
+
+/// An LGSP hop whose HoSoCBCCVC route publishes to `upstream`.
+async fn gateway(pki: &TestPki, upstream: &str, route_extra: &str) -> lgsp_proxy::Gateway {
+    let text = config(pki, &[("HoSoCBCCVC", upstream)], route_extra).await;
     lgsp_proxy::Gateway::start(&parse(pki, &text))
         .await
         .expect("gateway")
@@ -408,4 +416,75 @@ async fn a_queued_nats_route_out_of_reach_for_30s_under_load_delivers_every_pack
     );
     js.delete_stream(&name).await.expect("drop the test stream");
     g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_connect_reaches_each_broker_and_names_the_missing_exchange_by_line() {
+    let (Some((nats_url, nats)), Some((amqp_url, amqp))) =
+        (broker("LGSP_TEST_NATS_URL"), broker("LGSP_TEST_AMQP_URL"))
+    else {
+        return;
+    };
+    let (js, name, subject) = stream(&nats_url).await;
+    let userinfo = amqp_url
+        .split_once("://")
+        .and_then(|(_, r)| r.rsplit_once('@'))
+        .map_or("guest:guest", |(u, _)| u);
+    let missing = unique("lgspe2e.missing.");
+    let pki = TestPki::new();
+    let nats_target = format!("nats://{nats}/{subject}.HoSoCBCCVC");
+    let amqp_target =
+        format!("amqp://{userinfo}@{amqp}/%2f?exchange={missing}&routing_key=BienChe");
+    let text = config(
+        &pki,
+        &[("HoSoCBCCVC", &nats_target), ("BienChe", &amqp_target)],
+        "",
+    )
+    .await;
+    std::fs::write(pki.dir().join("brokers.toml"), &text).expect("config written");
+    let out = tokio::task::spawn_blocking({
+        let dir = pki.dir().to_owned();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_lgsp-gateway"))
+                .args([
+                    "check-config",
+                    "brokers.toml",
+                    "--connect",
+                    "--timeout",
+                    "5",
+                ])
+                .current_dir(dir)
+                .output()
+                .expect("run check-config")
+        }
+    })
+    .await
+    .expect("check-config ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the missing exchange fails the check:\n{stdout}{stderr}"
+    );
+    let reached = format!("✓ hop lgsp → nats {nats} {subject}.HoSoCBCCVC");
+    assert!(stdout.contains(&reached), "{reached:?} not in:\n{stdout}");
+    assert!(stdout.contains(&format!("stream {name}")), "{stdout}");
+    let line = text
+        .lines()
+        .position(|l| l.contains(&missing))
+        .map(|i| i + 1)
+        .expect("the amqp line");
+    assert!(
+        stderr.contains(&format!("brokers.toml:{line}:")),
+        "line {line} not in:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("exchange `{missing}`")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&format!("{userinfo}@")),
+        "the credentials stay out of the report: {stderr}"
+    );
+    js.delete_stream(&name).await.expect("drop the test stream");
 }

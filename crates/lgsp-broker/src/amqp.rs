@@ -175,9 +175,9 @@ impl Publisher {
     }
 
     /// The exchange exists (a passive declare; the default exchange always does).
-    pub(crate) async fn check(&self, broker: &Broker) -> Result<String, PublishError> {
+    pub(crate) async fn check(&self, broker: &Broker) -> Result<String, String> {
         let Broker::Amqp { exchange, .. } = broker else {
-            return Err(PublishError::Refused("not a RabbitMQ target".into()));
+            return Err("not a RabbitMQ target".into());
         };
         if exchange.is_empty() {
             return Ok("connected; the default exchange".into());
@@ -193,7 +193,7 @@ impl Publisher {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| PublishError::Refused(format!("exchange `{exchange}`: {e}")))?;
+            .map_err(|e| format!("exchange `{exchange}`: {e}"))?;
         Ok(format!("connected; exchange `{exchange}` exists"))
     }
 }

@@ -203,16 +203,18 @@ impl Brokers {
         authority: &str,
         broker: &Broker,
         timeout: Duration,
-    ) -> Result<String, PublishError> {
+    ) -> Result<String, String> {
         let attempt = async {
-            match connect(hop, identity, authority, broker).await? {
-                Conn::Nats(n) => n.check(broker).await,
-                Conn::Amqp(a) => a.check(broker).await,
+            match connect(hop, identity, authority, broker).await {
+                Ok(Conn::Nats(n)) => n.check(broker).await,
+                Ok(Conn::Amqp(a)) => a.check(broker).await,
+                Err(PublishError::Unreachable(_, why)) => Err(format!("cannot connect: {why}")),
+                Err(e) => Err(e.to_string()),
             }
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(PublishError::Timeout(timeout)),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
 }

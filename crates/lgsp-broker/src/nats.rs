@@ -85,25 +85,16 @@ impl Publisher {
         }
     }
 
-    /// The server answers and JetStream is enabled on it: its account information.
-    pub(crate) async fn check(&self, broker: &Broker) -> Result<String, PublishError> {
-        let info = self
-            .js
-            .query_account()
-            .await
-            .map_err(|e| PublishError::Refused(format!("JetStream: {e}")))?;
-        let subject = match broker {
-            Broker::Nats { subject, .. } => subject.as_str(),
-            Broker::Amqp { .. } => "",
+    /// The server answers, and a JetStream stream takes the target's subject.
+    pub(crate) async fn check(&self, broker: &Broker) -> Result<String, String> {
+        let Broker::Nats { subject, .. } = broker else {
+            return Err("not a NATS target".into());
         };
         let stream = self
             .js
-            .stream_by_subject(subject)
+            .stream_by_subject(subject.as_str())
             .await
-            .map_err(|e| PublishError::Refused(format!("no stream takes `{subject}`: {e}")))?;
-        Ok(format!(
-            "JetStream ({} streams), stream {stream} takes `{subject}`",
-            info.streams
-        ))
+            .map_err(|e| format!("no JetStream stream takes `{subject}` ({e}); create one whose subjects include it"))?;
+        Ok(format!("JetStream stream {stream} takes `{subject}`"))
     }
 }

@@ -1,6 +1,7 @@
 //! `check-config --connect`: after [`crate::prepare`], open what the config points at — the journal (read only),
-//! the shared rate-limit backend, and every upstream (production and trial) of every hop, over TLS with that hop's own client identity —
-//! without sending a request, and report each.
+//! the shared rate-limit backend, and every upstream (production and trial) of every hop, over TLS with that hop's
+//! own client identity; for a broker upstream, its server and the stream or exchange that takes the route's
+//! packets — without sending a request, and report each.
 
 use std::time::Duration;
 
@@ -56,7 +57,16 @@ pub async fn connect(cfg: &Config, prepared: &Prepared, timeout: Duration) -> Ve
                 .chain(&r.trial_upstream)
                 .map(move |u| (u, r.name.as_str()))
         });
+        let mut brokers: Vec<(&lgsp_config::Upstream, Vec<&str>)> = Vec::new();
         for (u, route) in upstreams {
+            if u.broker.is_some() {
+                match brokers.iter_mut().find(|(b, _)| *b == u) {
+                    Some((_, routes)) if !routes.contains(&route) => routes.push(route),
+                    Some(_) => {}
+                    None => brokers.push((u, vec![route])),
+                }
+                continue;
+            }
             match targets.iter_mut().find(|(a, ..)| *a == u.authority) {
                 Some((_, routes, _)) if !routes.contains(&route) => routes.push(route),
                 Some(_) => {}
@@ -72,6 +82,32 @@ pub async fn connect(cfg: &Config, prepared: &Prepared, timeout: Duration) -> Ve
                 ),
                 origin: origin.clone(),
                 outcome: handshake(authority, p.upstream_tls.clone(), timeout).await,
+            });
+        }
+        let reach = lgsp_broker::Brokers::new();
+        for (u, routes) in brokers {
+            let Some(b) = &u.broker else { continue };
+            let outcome = reach
+                .check(
+                    &h.name,
+                    p.broker_identity.as_ref(),
+                    &u.authority,
+                    b,
+                    timeout,
+                )
+                .await;
+            out.push(Reach {
+                what: format!(
+                    "hop {} → {} {}{} {} (routes {})",
+                    h.name,
+                    b.kind(),
+                    u.authority,
+                    if b.tls() { " over TLS" } else { "" },
+                    b.destination(),
+                    routes.join(", ")
+                ),
+                origin: u.origin.clone(),
+                outcome,
             });
         }
     }

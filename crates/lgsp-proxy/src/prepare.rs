@@ -47,6 +47,8 @@ pub struct PreparedHop {
     pub delivery: DeliveryTarget,
     /// This hop's client identity towards its upstreams.
     pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// The same identity for its brokers over TLS, when a route has one.
+    pub broker_identity: Option<ClientIdentity>,
 }
 
 /// What every hop of a config shares.
@@ -355,7 +357,7 @@ fn hop(
         hop.clone(),
         &h.routes,
         h.upstream.max_connections,
-        identity,
+        identity.clone(),
     );
     let delivery = DeliveryTarget {
         hop: hop.clone(),
@@ -386,6 +388,7 @@ fn hop(
             retired: Retired::default(),
         },
         upstream_tls: client,
+        broker_identity: identity,
     }
 }
 
