@@ -488,3 +488,141 @@ async fn check_config_connect_reaches_each_broker_and_names_the_missing_exchange
     );
     js.delete_stream(&name).await.expect("drop the test stream");
 }
+
+/// A private `nats-server` with JetStream, TLS and client certificates verified against the test PKI's CA.
+async fn tls_nats(pki: &TestPki) -> (Proc, u16, tempfile::TempDir) {
+    let store = tempfile::tempdir().expect("store dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (port_s, store_s) = (port.to_string(), store.path().display().to_string());
+    let log = store.path().join("nats.log").display().to_string();
+    let server = Proc::spawn(
+        "nats-server",
+        &[
+            "-js",
+            "-sd",
+            &store_s,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "-l",
+            &log,
+            "--tlsverify",
+            "--tlscert",
+            "ndxp-server.pem",
+            "--tlskey",
+            "ndxp-server.key",
+            "--tlscacert",
+            "ca.pem",
+        ],
+        pki.dir(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not listen: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (server, port, store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_tls_route_publishes_with_the_hops_client_certificate() {
+    if !tool("nats-server") {
+        eprintln!("skipped: nats-server is not installed (Debian package nats-server)");
+        return;
+    }
+    let pki = TestPki::new();
+    let (_server, port, _store) = tls_nats(&pki).await;
+    let admin = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.path("ca.pem"))
+        .add_client_certificate(pki.path("ndxp-client.pem"), pki.path("ndxp-client.key"))
+        .require_tls(true)
+        .connect(format!("tls://localhost:{port}"))
+        .await
+        .expect("connect to the TLS nats-server");
+    let js = jetstream::new(admin);
+    js.create_stream(jetstream::stream::Config {
+        name: "CBCCVC".into(),
+        subjects: vec!["cbccvc.in.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+
+    let g = gateway(
+        &pki,
+        &format!("nats+tls://localhost:{port}/cbccvc.in.HoSoCBCCVC"),
+        "",
+    )
+    .await;
+    let client = TestClient::new(&pki, Some(AGENCY_OK), false);
+    let sent = client
+        .send(
+            "POST",
+            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers("2026-12-H29-tls-1"),
+            &packet(),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(sent.status, 202, "{}", String::from_utf8_lossy(&sent.body));
+    assert_eq!(sent.json()["stream"], "CBCCVC");
+    assert_eq!(stored(&js, "CBCCVC").await.len(), 1);
+    g.shutdown().await;
+
+    // A hop whose certificate the broker does not trust (expired) publishes nothing: a 502, and the stream unchanged.
+    let text = config(
+        &pki,
+        &[(
+            "HoSoCBCCVC",
+            &format!("nats+tls://localhost:{port}/cbccvc.in.HoSoCBCCVC"),
+        )],
+        "",
+    )
+    .await
+    .replacen(
+        "cert = \"lgsp-client.pem\"",
+        &format!("cert = \"{AGENCY_EXPIRED}.pem\""),
+        1,
+    )
+    .replacen(
+        "key = \"lgsp-client.key\"",
+        &format!("key = \"{AGENCY_EXPIRED}.key\""),
+        1,
+    );
+    let g = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .expect("gateway");
+    let refused = client
+        .send(
+            "POST",
+            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers("2026-12-H29-tls-2"),
+            &packet(),
+        )
+        .await
+        .expect("sent");
+    assert!(
+        matches!(refused.status.as_u16(), 502 | 504),
+        "{}",
+        refused.status
+    );
+    assert!(
+        refused.json()["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("broker.")),
+        "{}",
+        refused.json()
+    );
+    assert_eq!(stored(&js, "CBCCVC").await.len(), 1);
+    g.shutdown().await;
+}
