@@ -30,6 +30,63 @@ fn host_port(authority: &str) -> Result<(String, u16), PublishError> {
     ))
 }
 
+/// A connection to the broker of `broker` (its vhost and credentials) as hop `hop`, and a channel on it.
+pub(crate) async fn open(
+    hop: &str,
+    identity: Option<&ClientIdentity>,
+    authority: &str,
+    broker: &Broker,
+) -> Result<(Connection, Channel), PublishError> {
+    let Broker::Amqp {
+        tls,
+        vhost,
+        user,
+        password,
+        ..
+    } = broker
+    else {
+        return Err(PublishError::Refused("not a RabbitMQ target".into()));
+    };
+    let (host, port) = host_port(authority)?;
+    let uri = AMQPUri {
+        scheme: if *tls {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        },
+        authority: AMQPAuthority {
+            userinfo: AMQPUserInfo {
+                username: user.clone(),
+                password: password.clone(),
+            },
+            host,
+            port,
+        },
+        vhost: vhost.clone(),
+        query: AMQPQueryString::default(),
+    };
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(format!("lgsp-gateway {hop}")));
+    let unreachable =
+        |e: lapin::Error| PublishError::Unreachable(authority.to_owned(), e.to_string());
+    let runtime = lapin::runtime::default_runtime().map_err(unreachable)?;
+    let tls_config = match identity {
+        Some(i) => lapin::tcp::OwnedTLSConfig {
+            identity: Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: i.cert_pem.clone(),
+                key: i.key_pem.clone(),
+            }),
+            cert_chain: Some(i.ca_pem.clone()),
+        },
+        None => lapin::tcp::OwnedTLSConfig::default(),
+    };
+    let conn = Connection::connect_uri_with_config(uri, props, tls_config, runtime)
+        .await
+        .map_err(unreachable)?;
+    let channel = conn.create_channel().await.map_err(unreachable)?;
+    Ok((conn, channel))
+}
+
 impl Publisher {
     pub(crate) async fn connect(
         hop: &str,
@@ -37,57 +94,11 @@ impl Publisher {
         authority: &str,
         broker: &Broker,
     ) -> Result<Publisher, PublishError> {
-        let Broker::Amqp {
-            tls,
-            vhost,
-            user,
-            password,
-            ..
-        } = broker
-        else {
-            return Err(PublishError::Refused("not a RabbitMQ target".into()));
-        };
-        let (host, port) = host_port(authority)?;
-        let uri = AMQPUri {
-            scheme: if *tls {
-                AMQPScheme::AMQPS
-            } else {
-                AMQPScheme::AMQP
-            },
-            authority: AMQPAuthority {
-                userinfo: AMQPUserInfo {
-                    username: user.clone(),
-                    password: password.clone(),
-                },
-                host,
-                port,
-            },
-            vhost: vhost.clone(),
-            query: AMQPQueryString::default(),
-        };
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("lgsp-gateway {hop}")));
-        let unreachable =
-            |e: lapin::Error| PublishError::Unreachable(authority.to_owned(), e.to_string());
-        let runtime = lapin::runtime::default_runtime().map_err(unreachable)?;
-        let tls_config = match identity {
-            Some(i) => lapin::tcp::OwnedTLSConfig {
-                identity: Some(lapin::tcp::OwnedIdentity::PKCS8 {
-                    pem: i.cert_pem.clone(),
-                    key: i.key_pem.clone(),
-                }),
-                cert_chain: Some(i.ca_pem.clone()),
-            },
-            None => lapin::tcp::OwnedTLSConfig::default(),
-        };
-        let conn = Connection::connect_uri_with_config(uri, props, tls_config, runtime)
-            .await
-            .map_err(unreachable)?;
-        let channel = conn.create_channel().await.map_err(unreachable)?;
+        let (conn, channel) = open(hop, identity, authority, broker).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| PublishError::Unreachable(authority.to_owned(), e.to_string()))?;
         Ok(Publisher {
             conn: std::sync::Arc::new(conn),
             channel,

@@ -10,6 +10,9 @@
 
 mod amqp;
 mod nats;
+mod source;
+
+pub use source::{Incoming, Source};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -34,10 +34,17 @@ impl Publisher {
             .connect(url)
             .await
             .map_err(|e| PublishError::Unreachable(authority.to_owned(), e.to_string()))?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(crate::CONNECT_TIMEOUT);
         Ok(Publisher {
-            js: jetstream::new(client),
+            js,
             authority: authority.to_owned(),
         })
+    }
+
+    /// The JetStream context of this connection.
+    pub(crate) fn context(&self) -> &jetstream::Context {
+        &self.js
     }
 
     pub(crate) async fn publish(

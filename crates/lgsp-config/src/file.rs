@@ -45,6 +45,28 @@ pub struct FileConfig {
     /// Queued deliveries: retries, expiry, workers.
     #[serde(default)]
     pub delivery: FileDelivery,
+    /// Broker sources (`[[consumer]]`): queues whose packets this process delivers to a route's upstream.
+    #[serde(default, rename = "consumer")]
+    pub consumers: Vec<FileConsumer>,
+}
+
+/// `[[consumer]]`: a JetStream durable consumer or a RabbitMQ queue read by one hop, each packet delivered to one of
+/// its routes' upstream over mTLS as that hop.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConsumer {
+    /// Metric label `consumer`, unique in the file.
+    pub name: Spanned<String>,
+    /// The hop that delivers (its client identity, its journal).
+    pub hop: Spanned<String>,
+    /// The route of that hop whose upstream takes the packets.
+    pub route: Spanned<String>,
+    /// `nats://host:port/<stream>?consumer=<durable>` or `amqp://user:pass@host:port/<vhost>?queue=<queue>`.
+    pub source: Spanned<String>,
+    /// Where packets the upstream refuses for good go, with the reason: a broker target URL.
+    pub dead_letter: Spanned<String>,
+    /// Packets delivered at once.
+    pub max_in_flight: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,10 +17,11 @@ pub use runtime::defaults::IDENTITY_URI_PREFIX as DEFAULT_IDENTITY_URI_PREFIX;
 pub use runtime::human;
 pub use runtime::{
     AdminConfig, AgencyConfig, AuthConfig, Broker, ClientTlsConfig, Config, ConfigPath,
-    DeliveryConfig, DeliveryMode, EmulatorConfig, HopConfig, HttpConfig, JournalConfig, KeyConfig,
-    LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig, RateLimitBackend, RateLimitConfig,
-    RateSpec, RouteConfig, SchemaSource, ServerTlsConfig, TokenConfig, Upstream, UpstreamConfig,
-    UpstreamProtocol, ValidationConfig, valid_subject,
+    ConsumerConfig, DeliveryConfig, DeliveryMode, EmulatorConfig, HopConfig, HttpConfig,
+    JournalConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
+    RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
+    SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol, ValidationConfig,
+    valid_subject,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

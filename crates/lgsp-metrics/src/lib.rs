@@ -57,6 +57,10 @@ pub struct Metrics {
     pub broker_publish: IntCounterVec,
     /// `lgsp_broker_confirm_seconds{hop,route,broker}`: from publishing to the broker's confirmation.
     pub broker_confirm: HistogramVec,
+    /// `lgsp_consumer_packets_total{consumer,outcome}`: packets read from broker sources by how they ended.
+    pub consumer_packets: IntCounterVec,
+    /// `lgsp_consumer_lag{consumer}`: packets waiting in a source that its consumer has not been handed yet.
+    pub consumer_lag: IntGaugeVec,
     /// `lgsp_log_lines_dropped_total`: log lines dropped because the output was slower than the gateway.
     pub log_lines_dropped: prometheus::IntCounter,
     /// `lgsp_connections_closed_total{hop,reason}`: connections the gateway closed or refused for a bound.
@@ -222,6 +226,20 @@ impl Metrics {
             &["hop", "route", "broker"],
         )?;
         registry.register(Box::new(broker_confirm.clone()))?;
+        let consumer_packets = counter(
+            &registry,
+            "lgsp_consumer_packets_total",
+            "Packets read from broker sources ([[consumer]]) by consumer and outcome: delivered (upstream took it, broker acknowledged), duplicate (delivered before, acknowledged without a second delivery), retried (handed back to the broker for later), dead_lettered (refused for good, sent to the dead-letter target), unreadable (no message id or agency; dead-lettered).",
+            &["consumer", "outcome"],
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "lgsp_consumer_lag",
+                "Packets waiting in a broker source that its consumer has not been handed yet (JetStream: the durable consumer's pending count; RabbitMQ: the queue's ready messages), read every 5 s.",
+            ),
+            &["consumer"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         let log_lines_dropped = prometheus::IntCounter::new(
             "lgsp_log_lines_dropped_total",
             "Log lines dropped because the log output (stderr) was slower than the gateway; requests never wait for the log.",
@@ -276,6 +294,8 @@ impl Metrics {
             deliveries,
             broker_publish,
             broker_confirm,
+            consumer_packets,
+            consumer_lag,
             connections_closed,
             emulator_packets,
             build_info,
@@ -305,10 +325,12 @@ impl Metrics {
             .flat_map(|c| c.desc())
             .map(|d| d.fq_name.clone())
             .collect();
-        let more: [&dyn Collector; 17] = [
+        let more: [&dyn Collector; 19] = [
             &self.journal_up,
             &self.broker_publish,
             &self.broker_confirm,
+            &self.consumer_packets,
+            &self.consumer_lag,
             &self.journal_append,
             &self.outbox_depth,
             &self.outbox_oldest_age,

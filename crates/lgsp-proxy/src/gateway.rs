@@ -397,11 +397,23 @@ impl Gateway {
         let mut deliveries = Vec::new();
         for (h, p) in cfg.hops.iter().zip(prepared.hops) {
             let spec = ListenerSpec::new(&h.name, &h.http, drain);
+            let identity = p.broker_identity.clone();
             let (addr, live, task) = listen(h.listen, spec, p.state, &metrics, &rx).await?;
             tasks.push(task);
             live_hops.push(live);
             let target: LiveTarget = Arc::new(ArcSwap::from_pointee(p.delivery));
             tasks.push(Outbox::new(journal.clone(), &h.name, target.clone()).spawn(rx.clone()));
+            // The hop's broker sources deliver through the same target, swapped by a reload with the rest.
+            for c in cfg.consumers.iter().filter(|c| c.hop == h.name) {
+                let consumer = crate::consume::Consumer::new(
+                    c.clone(),
+                    journal.clone(),
+                    target.clone(),
+                    identity.clone(),
+                    &metrics,
+                );
+                tasks.push(consumer.spawn(rx.clone()));
+            }
             deliveries.push(target);
             hops.push(Bound {
                 name: h.name.clone(),

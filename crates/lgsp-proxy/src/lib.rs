@@ -6,6 +6,7 @@
 pub mod body;
 mod connect;
 mod connection;
+pub mod consume;
 pub mod edge;
 mod forward;
 mod gateway;

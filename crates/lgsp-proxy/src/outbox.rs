@@ -73,7 +73,7 @@ pub type LiveTarget = Arc<ArcSwap<DeliveryTarget>>;
 
 /// How one attempt ended.
 #[derive(Debug, PartialEq)]
-enum Verdict {
+pub(crate) enum Verdict {
     /// Delivered or rejected for good: the outcome to journal.
     Done {
         status: Status,
@@ -162,7 +162,7 @@ fn rebuild(c: &Claimed, route: &Arc<Route>) -> Result<Request<Body>, String> {
 }
 
 /// Reads what the upstream answered into a verdict.
-async fn judge(answer: Result<Response<Body>, BoxProblem>, within: Duration) -> Verdict {
+pub(crate) async fn judge(answer: Result<Response<Body>, BoxProblem>, within: Duration) -> Verdict {
     match answer {
         Ok(resp) => {
             let code = resp.status();

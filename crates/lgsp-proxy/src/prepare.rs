@@ -86,7 +86,7 @@ pub fn prepare(
     let broker_pems: Vec<Option<BrokerPems>> = cfg
         .hops
         .iter()
-        .map(|h| ok(&mut problems, broker_pems(h)).flatten())
+        .map(|h| ok(&mut problems, broker_pems(h, &cfg.consumers)).flatten())
         .collect();
     let emulator = cfg
         .emulator
@@ -145,13 +145,20 @@ struct BrokerPems {
 }
 
 /// The hop's `[hop.upstream_tls]` files read for its brokers over TLS (`nats+tls://`, `amqps://`); `None` when no
-/// route of the hop has one.
-fn broker_pems(h: &HopConfig) -> Result<Option<BrokerPems>, Problem> {
+/// route or consumer of the hop has one.
+fn broker_pems(
+    h: &HopConfig,
+    consumers: &[lgsp_config::ConsumerConfig],
+) -> Result<Option<BrokerPems>, Problem> {
+    let tls = |u: &lgsp_config::Upstream| u.broker.as_ref().is_some_and(lgsp_config::Broker::tls);
     let tls_broker = h.routes.iter().any(|r| {
         std::iter::once(&r.upstream)
             .chain(r.trial_upstream.as_ref())
-            .any(|u| u.broker.as_ref().is_some_and(lgsp_config::Broker::tls))
-    });
+            .any(tls)
+    }) || consumers
+        .iter()
+        .filter(|c| c.hop == h.name)
+        .any(|c| c.source.tls() || tls(&c.dead_letter));
     if !tls_broker {
         return Ok(None);
     }

@@ -134,3 +134,7 @@ pub const DELIVERY_LEASE: Duration = Duration::from_secs(120);
 
 /// Shortest admin token accepted (`[admin] token_file`): 32 characters, e.g. 128 bits as hex.
 pub const ADMIN_TOKEN_MIN_CHARS: usize = 32;
+
+/// `[[consumer]] max_in_flight`: packets one consumer delivers at once.
+pub const CONSUMER_IN_FLIGHT: u64 = 16;
+pub const CONSUMER_IN_FLIGHT_RANGE: RangeInclusive<u64> = 1..=1024;

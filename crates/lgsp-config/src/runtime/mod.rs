@@ -6,6 +6,7 @@ mod admin;
 mod agency;
 mod broker;
 mod check;
+mod consumer;
 pub use check::human;
 pub mod defaults;
 mod emulator;
@@ -26,6 +27,7 @@ use toml::Spanned;
 pub use admin::{AdminConfig, LogConfig, PkiConfig};
 pub use agency::{AgencyConfig, KeyConfig};
 pub use broker::{Broker, valid_subject};
+pub use consumer::{ConsumerConfig, SourceKind};
 pub use emulator::EmulatorConfig;
 pub use hop::{HopConfig, HttpConfig, PeerConfig, UpstreamConfig, UpstreamProtocol};
 pub use journal::{DeliveryConfig, JournalConfig};
@@ -116,6 +118,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub journal: JournalConfig,
     pub delivery: DeliveryConfig,
+    /// Broker sources, each read by one of `hops`.
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 impl Config {
@@ -147,6 +151,7 @@ impl Config {
             emulator::default_trial_upstreams(&mut hops, e);
         }
         let delivery = journal::delivery(&mut c, &file.delivery);
+        let consumers = consumer::consumers(&mut c, &file.consumers, &hops);
         journal::lease_outlasts_routes(&mut c, &file.delivery, &delivery, &hops);
         let config = Config {
             source: source.to_owned(),
@@ -159,6 +164,7 @@ impl Config {
             auth: token::auth(&mut c, &file.auth),
             journal: journal::journal(&mut c, &file.journal),
             delivery,
+            consumers,
             admin,
             hops,
             agencies,

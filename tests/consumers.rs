@@ -1,0 +1,301 @@
+//! Broker sources (`[[consumer]]`) end to end against the machine's NATS (JetStream) and RabbitMQ: packets read
+//! from a durable consumer or a queue delivered to the route's upstream over mTLS as the hop, each once, the broker
+//! acknowledged only after the upstream took it; a packet refused for good and one that names no agency sent to the
+//! dead-letter target with the reason; and a gateway killed (`kill -9`) mid-delivery, whose packet the broker hands
+//! out again to its restart, delivered again under the same message id (which the endpoint knows) and acknowledged.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use lgsp_testkit::*;
+
+/// Fast retries.
+const DELIVERY: &str = "[delivery]\nmax_age = \"10m\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\nworkers = 4\nlease = \"12s\"\n";
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}{}{nanos}", std::process::id())
+}
+
+fn broker(var: &str) -> Option<(String, SocketAddr)> {
+    let Ok(url) = std::env::var(var) else {
+        eprintln!("skipped: {var} is not set (.ci/run sets it to the machine's broker)");
+        return None;
+    };
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hostport = rest
+        .split('/')
+        .next()
+        .unwrap_or(rest)
+        .replace("localhost", "127.0.0.1");
+    let addr = hostport
+        .parse()
+        .unwrap_or_else(|e| panic!("{var}: {hostport}: {e}"));
+    Some((url, addr))
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the endpoint received: per message id, the `x-lgsp-hops` of each arrival.
+type Seen = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
+
+/// An endpoint (mTLS, the emulator's certificate) that records each arrival by message id, refuses a body holding
+/// `REFUSE` for good (422) and takes the rest (200), knowing a repeated message id as the same delivery.
+async fn endpoint(pki: &TestPki, seen: Seen) -> Upstream {
+    Upstream::start(pki, move |req: http::Request<lgsp_proxy::body::Body>| {
+        let seen = seen.clone();
+        async move {
+            let id = req
+                .headers()
+                .get("x-lgsp-message-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let hops = req
+                .headers()
+                .get("x-lgsp-hops")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = lgsp_proxy::body::read_body(req.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            let duplicate = {
+                let mut s = seen.lock().unwrap();
+                let arrivals = s.entry(id.clone()).or_default();
+                arrivals.push(hops);
+                arrivals.len() > 1
+            };
+            let refused = body.windows(6).any(|w| w == b"REFUSE");
+            let (status, text) = if refused {
+                (
+                    422,
+                    r#"{"code":"emulator.refused","detail":"refused for good"}"#.to_owned(),
+                )
+            } else {
+                (
+                    200,
+                    format!(r#"{{"message_id":"{id}","duplicate":{duplicate}}}"#),
+                )
+            };
+            let mut r = http::Response::new(lgsp_proxy::body::full(text));
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            r
+        }
+    })
+    .await
+}
+
+/// An NDXP hop (its route HoSoCBCCVC to `upstream`) with `consumer` appended.
+fn ndxp_text(pki: &TestPki, upstream: SocketAddr, consumer: &str) -> String {
+    let mut text = hop_config(
+        pki,
+        "ndxp",
+        "/ndxp/v1",
+        upstream,
+        "/cbccvc/v1",
+        &["LGSP-DEV"],
+    );
+    text.push_str(DELIVERY);
+    text.push_str(consumer);
+    text
+}
+
+fn metric(g: &lgsp_proxy::Gateway, sample: &str) -> f64 {
+    g.metrics
+        .encode()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .map(|v| v.trim().parse().unwrap_or(f64::NAN))
+        })
+        .unwrap_or(0.0)
+}
+
+fn nats_headers(id: &str, agency: Option<&str>) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", id);
+    h.insert("x-lgsp-message-id", id);
+    if let Some(a) = agency {
+        h.insert("x-lgsp-client", a);
+    }
+    h.insert("x-lgsp-hops", "lgsp");
+    h.insert("x-lgsp-mode", "production");
+    h.insert("content-type", "application/xml");
+    h
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_be_delivered() {
+    let Some((url, addr)) = broker("LGSP_TEST_NATS_URL") else {
+        return;
+    };
+    let client = async_nats::connect(&url).await.expect("connect to NATS");
+    let js = jetstream::new(client);
+    let (input, dead) = (unique("LGSPIN"), unique("LGSPDEAD"));
+    let (in_subject, dead_subject) = (unique("lgspin."), unique("lgspdead."));
+    for (name, subject) in [(&input, &in_subject), (&dead, &dead_subject)] {
+        js.create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{subject}.>")],
+            max_age: Duration::from_secs(900),
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    }
+    let pki = TestPki::new();
+    let seen: Seen = Arc::default();
+    let up = endpoint(&pki, seen.clone()).await;
+    let consumer = format!(
+        "[[consumer]]\nname = \"ndxp-in\"\nhop = \"ndxp\"\nroute = \"HoSoCBCCVC\"\nsource = \"nats://{addr}/{input}?consumer=ndxp-in\"\ndead_letter = \"nats://{addr}/{dead_subject}.HoSoCBCCVC\"\nmax_in_flight = 8\n"
+    );
+    let g = lgsp_proxy::Gateway::start(&parse(&pki, &ndxp_text(&pki, up.addr, &consumer)))
+        .await
+        .expect("gateway");
+
+    let packet = sample("valid/HoSoCBCCVC-02-toi-thieu.xml");
+    let n = 20;
+    for i in 0..n {
+        let id = format!("in-{i}");
+        js.publish_with_headers(
+            format!("{in_subject}.HoSoCBCCVC"),
+            nats_headers(&id, Some("000.00.00.H29")),
+            packet.clone().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+    js.publish_with_headers(
+        format!("{in_subject}.HoSoCBCCVC"),
+        nats_headers("refused-1", Some("000.00.00.H29")),
+        "<REFUSE/>".into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    js.publish_with_headers(
+        format!("{in_subject}.HoSoCBCCVC"),
+        nats_headers("anonymous-1", None),
+        packet.clone().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+
+    let dead_count = || async {
+        js.get_stream(&dead)
+            .await
+            .expect("dead stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages
+    };
+    eventually(
+        "every packet delivered or dead-lettered",
+        Duration::from_secs(60),
+        || async {
+            let delivered = seen
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|k| k.starts_with("in-"))
+                .count();
+            delivered == n && dead_count().await == 2
+        },
+    )
+    .await;
+    {
+        let s = seen.lock().unwrap();
+        for i in 0..n {
+            let arrivals = &s[&format!("in-{i}")];
+            assert_eq!(arrivals.len(), 1, "in-{i} delivered once: {arrivals:?}");
+            assert_eq!(
+                arrivals[0], "lgsp, ndxp",
+                "the hop path runs on through this hop"
+            );
+        }
+        assert!(
+            !s.contains_key("anonymous-1"),
+            "a packet that names no agency is not delivered"
+        );
+    }
+    // The dead letters, each with its reason.
+    let s = js.get_stream(&dead).await.expect("dead stream");
+    let c = s
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .expect("consumer");
+    let mut batch = c
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut reasons = BTreeMap::new();
+    while let Some(Ok(m)) = batch.next().await {
+        let h = m.headers.clone().unwrap_or_default();
+        reasons.insert(
+            h.get("x-lgsp-message-id")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            h.get("x-lgsp-dead-reason")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    assert!(reasons["refused-1"].contains("422"), "{reasons:?}");
+    assert!(reasons["anonymous-1"].contains("agency"), "{reasons:?}");
+    let count = |outcome: &str| {
+        metric(
+            &g,
+            &format!("lgsp_consumer_packets_total{{consumer=\"ndxp-in\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(count("delivered"), n as f64);
+    assert_eq!(count("dead_lettered"), 1.0);
+    assert_eq!(count("unreadable"), 1.0);
+    // Acknowledged: nothing is handed out again.
+    let input_stream = js.get_stream(&input).await.expect("input stream");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut durable: jetstream::consumer::PullConsumer = input_stream
+            .get_consumer("ndxp-in")
+            .await
+            .expect("durable consumer");
+        let i = durable.info().await.expect("consumer info");
+        if i.num_pending == 0 && i.num_ack_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not acknowledged: {i:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g.shutdown().await;
+    for name in [&input, &dead] {
+        js.delete_stream(name).await.expect("drop the test stream");
+    }
+}
