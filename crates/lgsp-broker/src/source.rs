@@ -28,7 +28,7 @@ pub struct Incoming {
 }
 
 enum Handle {
-    Nats(jetstream::Message),
+    Nats(Box<jetstream::Message>),
     Amqp(lapin::Acker),
 }
 
@@ -82,8 +82,8 @@ pub struct Source {
 
 enum Inner {
     Nats {
-        messages: pull::Stream,
-        consumer: jetstream::consumer::Consumer<pull::Config>,
+        messages: Box<pull::Stream>,
+        consumer: Box<jetstream::consumer::Consumer<pull::Config>>,
     },
     Amqp {
         consumer: lapin::Consumer,
@@ -153,8 +153,8 @@ impl Source {
                     .map_err(|e| format!("reading {stream}/{consumer}: {e}"))?;
                 Ok(Source {
                     inner: Inner::Nats {
-                        messages,
-                        consumer: c,
+                        messages: Box::new(messages),
+                        consumer: Box::new(c),
                     },
                 })
             }
@@ -221,7 +221,7 @@ impl Source {
                     headers,
                     body: m.payload.clone(),
                     deliveries,
-                    handle: Handle::Nats(m),
+                    handle: Handle::Nats(Box::new(m)),
                 }))
             }
             Inner::Amqp { consumer, .. } => {
