@@ -86,10 +86,10 @@ enum Inner {
         consumer: Box<jetstream::consumer::Consumer<pull::Config>>,
     },
     Amqp {
-        consumer: lapin::Consumer,
-        channel: lapin::Channel,
+        consumer: Box<lapin::Consumer>,
+        channel: Box<lapin::Channel>,
         queue: String,
-        _conn: lapin::Connection,
+        _conn: Box<lapin::Connection>,
     },
 }
 
@@ -180,10 +180,10 @@ impl Source {
                     .map_err(|e| format!("queue {queue}: {e}"))?;
                 Ok(Source {
                     inner: Inner::Amqp {
-                        consumer,
-                        channel,
+                        consumer: Box::new(consumer),
+                        channel: Box::new(channel),
                         queue: queue.clone(),
-                        _conn: conn,
+                        _conn: Box::new(conn),
                     },
                 })
             }
