@@ -299,3 +299,169 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
         js.delete_stream(name).await.expect("drop the test stream");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_mid_delivery_has_rabbitmq_hand_the_packet_to_its_restart_under_the_same_id()
+ {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let Some((url, addr)) = broker("LGSP_TEST_AMQP_URL") else {
+        return;
+    };
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    let (queue, dlq) = (unique("lgspcrash.in."), unique("lgspcrash.dead."));
+    for q in [&queue, &dlq] {
+        ch.queue_declare(
+            q.clone().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    }
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, r)| r.rsplit_once('@'))
+        .map_or("guest:guest", |(u, _)| u)
+        .to_owned();
+
+    // The endpoint holds the first arrival of a message id (the gateway is killed while it waits) and takes the
+    // next; it knows a repeated id as the same delivery, as the national endpoint does.
+    let pki = TestPki::new();
+    let seen: Seen = Arc::default();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let up = {
+        let (seen, arrived) = (seen.clone(), arrived.clone());
+        Upstream::start(&pki, move |req: http::Request<lgsp_proxy::body::Body>| {
+            let (seen, arrived) = (seen.clone(), arrived.clone());
+            async move {
+                let id = req
+                    .headers()
+                    .get("x-lgsp-message-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let first = {
+                    let mut s = seen.lock().unwrap();
+                    let arrivals = s.entry(id.clone()).or_default();
+                    arrivals.push(String::new());
+                    arrivals.len() == 1
+                };
+                if first {
+                    arrived.notify_one();
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                http::Response::new(lgsp_proxy::body::full(format!(
+                    r#"{{"message_id":"{id}","duplicate":{}}}"#,
+                    !first
+                )))
+            }
+        })
+        .await
+    };
+    let consumer = format!(
+        "[[consumer]]\nname = \"ndxp-in\"\nhop = \"ndxp\"\nroute = \"HoSoCBCCVC\"\nsource = \"amqp://{userinfo}@{addr}/%2f?queue={queue}\"\ndead_letter = \"amqp://{userinfo}@{addr}/%2f?routing_key={dlq}\"\n"
+    );
+    let dir = pki.dir().to_owned();
+    let path = write(&dir, "ndxp.toml", &ndxp_text(&pki, up.addr, &consumer));
+    let bin = env!("CARGO_BIN_EXE_lgsp-gateway");
+    let start = || {
+        let mut p = Proc::spawn(bin, &["run", "--config", &path], &dir);
+        tokio::task::block_in_place(|| p.port("listening: hop ndxp"));
+        p
+    };
+    let first = start();
+
+    let mut headers = FieldTable::default();
+    for (k, v) in [
+        ("x-lgsp-client", "000.00.00.H29"),
+        ("x-lgsp-hops", "lgsp"),
+        ("x-lgsp-mode", "production"),
+    ] {
+        headers.insert(k.into(), AMQPValue::LongString(v.into()));
+    }
+    ch.basic_publish(
+        "".into(),
+        queue.clone().into(),
+        BasicPublishOptions::default(),
+        sample("valid/HoSoCBCCVC-02-toi-thieu.xml").as_bytes(),
+        lapin::BasicProperties::default()
+            .with_message_id("crash-1".into())
+            .with_delivery_mode(2)
+            .with_content_type("application/xml".into())
+            .with_headers(headers),
+    )
+    .await
+    .expect("publish");
+    tokio::time::timeout(Duration::from_secs(30), arrived.notified())
+        .await
+        .expect("the first delivery reached the endpoint");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &first.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    drop(first);
+
+    let second = start();
+    eventually(
+        "the packet delivered again after the restart",
+        Duration::from_secs(60),
+        || async {
+            seen.lock()
+                .unwrap()
+                .get("crash-1")
+                .is_some_and(|a| a.len() == 2)
+        },
+    )
+    .await;
+    // Acknowledged once delivered: with the gateway stopped, nothing of it is back in the queue.
+    eventually(
+        "the redelivery acknowledged",
+        Duration::from_secs(30),
+        || async {
+            let q = ch
+                .queue_declare(
+                    queue.clone().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue");
+            q.message_count() == 0 && q.consumer_count() == 1
+        },
+    )
+    .await;
+    assert!(second.terminate(), "the restarted gateway stops cleanly");
+    let q = ch
+        .queue_declare(
+            queue.clone().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    assert_eq!(q.message_count(), 0, "nothing left unacknowledged");
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.len(), 1, "one message id at the endpoint: {s:?}");
+    }
+    for q in [queue, dlq] {
+        ch.queue_delete(q.into(), QueueDeleteOptions::default())
+            .await
+            .expect("drop the test queue");
+    }
+}
