@@ -167,9 +167,30 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
     let consumer = format!(
         "[[consumer]]\nname = \"ndxp-in\"\nhop = \"ndxp\"\nroute = \"HoSoCBCCVC\"\nsource = \"nats://{addr}/{input}?consumer=ndxp-in\"\ndead_letter = \"nats://{addr}/{dead_subject}.HoSoCBCCVC\"\nmax_in_flight = 8\n"
     );
-    let g = lgsp_proxy::Gateway::start(&parse(&pki, &ndxp_text(&pki, up.addr, &consumer)))
+    let text = ndxp_text(&pki, up.addr, &consumer);
+    let g = lgsp_proxy::Gateway::start(&parse(&pki, &text))
         .await
         .expect("gateway");
+    // check-config --connect reaches the source and the dead-letter target.
+    let path = write(pki.dir(), "ndxp.toml", &text);
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        sh(&format!(
+            "cd {} && {} check-config {path} --connect --timeout 5",
+            pki.dir().display(),
+            env!("CARGO_BIN_EXE_lgsp-gateway")
+        ))
+    });
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "✓ consumer ndxp-in (ndxp) ← nats {addr}: stream {input}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("✓ consumer ndxp-in dead letters → nats"),
+        "{out}"
+    );
 
     let packet = sample("valid/HoSoCBCCVC-02-toi-thieu.xml");
     let n = 20;

@@ -12,7 +12,7 @@ mod amqp;
 mod nats;
 mod source;
 
-pub use source::{Incoming, Source};
+pub use source::{Incoming, Source, check_source};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -102,6 +102,71 @@ fn amqp_text(v: &AMQPValue) -> Option<String> {
     }
 }
 
+/// Checks without reading (`check-config --connect`): the stream exists (JetStream), or the queue (RabbitMQ).
+pub async fn check_source(
+    hop: &str,
+    identity: Option<&ClientIdentity>,
+    authority: &str,
+    kind: &SourceKind,
+    timeout: Duration,
+) -> Result<String, String> {
+    let identity = if kind.tls() {
+        Some(identity.ok_or("a TLS broker needs the hop's client identity ([hop.upstream_tls])")?)
+    } else {
+        None
+    };
+    let attempt = async {
+        match kind {
+            SourceKind::Nats {
+                stream, consumer, ..
+            } => {
+                let p = crate::nats::Publisher::connect(hop, identity, authority)
+                    .await
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                let mut s = p
+                    .context()
+                    .get_stream(stream.as_str())
+                    .await
+                    .map_err(|e| format!("stream {stream}: {e}"))?;
+                let n = s
+                    .info()
+                    .await
+                    .map_err(|e| format!("stream {stream}: {e}"))?
+                    .state
+                    .messages;
+                Ok(format!(
+                    "stream {stream} holds {n} packets; read through durable consumer {consumer}"
+                ))
+            }
+            SourceKind::Amqp { queue, .. } => {
+                let (_conn, channel) =
+                    crate::amqp::open(hop, identity, authority, &kind.as_broker())
+                        .await
+                        .map_err(|e| format!("cannot connect: {e}"))?;
+                let q = channel
+                    .queue_declare(
+                        ShortString::from(queue.clone()),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| format!("queue `{queue}`: {e}"))?;
+                Ok(format!(
+                    "queue `{queue}` holds {} packets",
+                    q.message_count()
+                ))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
 impl Source {
     /// Opens `kind` at `authority` as hop `hop`, at most `in_flight` packets handed out unacknowledged at once; an
     /// unacknowledged JetStream packet is handed out again after `ack_wait` (RabbitMQ: when the connection ends).

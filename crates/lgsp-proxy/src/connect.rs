@@ -85,6 +85,47 @@ pub async fn connect(cfg: &Config, prepared: &Prepared, timeout: Duration) -> Ve
             });
         }
         let reach = lgsp_broker::Brokers::new();
+        for c in cfg.consumers.iter().filter(|c| c.hop == h.name) {
+            out.push(Reach {
+                what: format!(
+                    "consumer {} ({}) ← {} {}",
+                    c.name,
+                    h.name,
+                    c.source.kind(),
+                    c.authority
+                ),
+                origin: c.origin.clone(),
+                outcome: lgsp_broker::check_source(
+                    &h.name,
+                    p.broker_identity.as_ref(),
+                    &c.authority,
+                    &c.source,
+                    timeout,
+                )
+                .await,
+            });
+            if let Some(b) = &c.dead_letter.broker {
+                out.push(Reach {
+                    what: format!(
+                        "consumer {} dead letters → {} {} {}",
+                        c.name,
+                        b.kind(),
+                        c.dead_letter.authority,
+                        b.destination()
+                    ),
+                    origin: c.dead_letter.origin.clone(),
+                    outcome: reach
+                        .check(
+                            &h.name,
+                            p.broker_identity.as_ref(),
+                            &c.dead_letter.authority,
+                            b,
+                            timeout,
+                        )
+                        .await,
+                });
+            }
+        }
         for (u, routes) in brokers {
             let Some(b) = &u.broker else { continue };
             let outcome = reach
