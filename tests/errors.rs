@@ -202,6 +202,8 @@ struct World {
     _brokers_silent: HeldUpstream,
     /// Why a broker row has no request here, by code.
     broker_skips: Vec<(&'static str, String)>,
+    /// An emulator that shares data over NATS at a closed port.
+    sharing: lgsp_proxy::Gateway,
 }
 
 /// A route block that publishes to the broker at `url` (no rewrite) and checks no packet.
@@ -284,6 +286,14 @@ async fn broker_world(
             "LGSP_TEST_AMQP_URL is not set".to_owned(),
         )),
     }
+    text = text.replacen(
+        "[[hop.route]]\nname = \"messages\"",
+        &format!(
+            "[[hop.route]]\nname = \"inbox\"\nmethods = [\"GET\"]\nprefix = \"/lgsp/v1/inbox\"\ninbox = \"nats://127.0.0.1:{}/cbccvc.out\"\nagencies = [\"*\"]\n\n[[hop.route]]\nname = \"messages\"",
+            closed_port_sync().port()
+        ),
+        1,
+    );
     let g = lgsp_proxy::Gateway::start(&parse(pki, &text))
         .await
         .unwrap();
@@ -386,7 +396,20 @@ impl World {
             .await
             .unwrap();
         let (brokers, brokers_silent, broker_skips) = broker_world(&base, pki).await;
+        let share = format!(
+            "listen = \"127.0.0.1:0\"\nshare = \"nats://127.0.0.1:{}/cbccvc.out\"\n",
+            closed_port_sync().port()
+        );
+        let text = emulator_config(pki).replacen(
+            "[emulator]\nlisten = \"127.0.0.1:0\"\n",
+            &format!("[emulator]\n{share}"),
+            1,
+        );
+        let sharing = lgsp_proxy::Gateway::start(&parse(pki, &text))
+            .await
+            .unwrap();
         World {
+            sharing,
             brokers,
             _brokers_silent: brokers_silent,
             broker_skips,
@@ -438,6 +461,11 @@ impl World {
 
     fn ndxp(&self, path: &str) -> String {
         hop_url(&self.chain.ndxp, "ndxp", path)
+    }
+
+    fn sharing_url(&self, path: &str) -> String {
+        let addr = self.sharing.emulator.as_ref().map(|e| e.0).unwrap();
+        format!("https://localhost:{}{path}", addr.port())
     }
 
     fn emulator(&self, path: &str) -> String {
@@ -906,6 +934,23 @@ impl World {
                     200
                 );
                 self.send(AGENCY_OK, "POST", &url, &id, "b").await
+            }
+            "emulator.sharing_off" => {
+                let url = self.emulator("/cbccvc/v1/ChiaSe/000.00.00.H29");
+                self.send(AGENCY_OK, "POST", &url, &[], "<x/>").await
+            }
+            "emulator.no_such_agency" => {
+                let url = self.sharing_url("/cbccvc/v1/ChiaSe/h29");
+                self.send(AGENCY_OK, "POST", &url, &[], "<x/>").await
+            }
+            "emulator.share_failed" => {
+                let url = self.sharing_url("/cbccvc/v1/ChiaSe/000.00.00.H29");
+                self.send(AGENCY_OK, "POST", &url, &[], "<x/>").await
+            }
+            "inbox.bad_query" => {
+                let url = hop_url(&self.brokers, "lgsp", "/lgsp/v1/inbox?after=yesterday");
+                self.send(AGENCY_OK, "GET", &url, &[("x-api-key", KEY_H29)], "")
+                    .await
             }
             "emulator.receipt_not_found" => {
                 let url = self.emulator("/cbccvc/v1/BienNhan/0190a5a4-0000-7000-8000-00000000dcba");

@@ -170,16 +170,7 @@ impl Brokers {
     ) -> Result<Confirmed, PublishError> {
         let slot = self.slot(key(hop, authority, broker));
         let attempt = async {
-            let conn = {
-                let mut held = slot.lock().await;
-                match &*held {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = connect(hop, identity, authority, broker).await?;
-                        held.insert(c).clone()
-                    }
-                }
-            };
+            let conn = held(&slot, hop, identity, authority, broker).await?;
             let r = match &conn {
                 Conn::Nats(n) => n.publish(broker, p).await,
                 Conn::Amqp(a) => a.publish(broker, p).await,
@@ -218,6 +209,66 @@ impl Brokers {
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// The slot's connection, opened when there is none.
+async fn held(
+    slot: &Slot,
+    hop: &str,
+    identity: Option<&ClientIdentity>,
+    authority: &str,
+    broker: &Broker,
+) -> Result<Conn, PublishError> {
+    let mut held = slot.lock().await;
+    match &*held {
+        Some(c) => Ok(c.clone()),
+        None => {
+            let c = connect(hop, identity, authority, broker).await?;
+            Ok(held.insert(c).clone())
+        }
+    }
+}
+
+/// One packet of an agency's inbox.
+#[derive(Debug, Clone)]
+pub struct InboxPacket {
+    /// Its place in the stream: what the agency sends back as `after` to acknowledge it and all before it.
+    pub cursor: u64,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Brokers {
+    /// Up to `limit` packets on `subject` after `after`, oldest first, within `max_bytes` of bodies (always at
+    /// least one), and whether more wait. The subject's stream is read through a short-lived consumer of its own,
+    /// so readers never move each other's place: the reader's place is its cursor.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_inbox(
+        &self,
+        hop: &str,
+        identity: Option<&ClientIdentity>,
+        authority: &str,
+        broker: &Broker,
+        subject: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<(Vec<InboxPacket>, bool), PublishError> {
+        let slot = self.slot(key(hop, authority, broker));
+        let attempt = async {
+            match held(&slot, hop, identity, authority, broker).await? {
+                Conn::Nats(n) => n.read(subject, after, limit, max_bytes).await,
+                Conn::Amqp(_) => Err(PublishError::Refused(
+                    "an inbox reads JetStream subjects only".into(),
+                )),
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::Timeout(timeout)),
         }
     }
 }

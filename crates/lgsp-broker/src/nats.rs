@@ -104,4 +104,83 @@ impl Publisher {
             .map_err(|e| format!("no JetStream stream takes `{subject}` ({e}); create one whose subjects include it"))?;
         Ok(format!("JetStream stream {stream} takes `{subject}`"))
     }
+
+    /// Up to `limit` packets of `subject` after sequence `after` (see [`crate::Brokers::read_inbox`]).
+    pub(crate) async fn read(
+        &self,
+        subject: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<crate::InboxPacket>, bool), PublishError> {
+        use futures_util::StreamExt;
+        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        let refused = |e: String| PublishError::Refused(e);
+        let name = self
+            .js
+            .stream_by_subject(subject)
+            .await
+            .map_err(|e| refused(format!("no JetStream stream takes `{subject}`: {e}")))?;
+        let stream = self
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| refused(format!("stream {name}: {e}")))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after.saturating_add(1),
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: std::time::Duration::from_secs(30),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| refused(format!("reading {name}: {e}")))?;
+        let consumer_name = consumer.cached_info().name.clone();
+        let read = async {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(limit.saturating_add(1))
+                .messages()
+                .await
+                .map_err(|e| refused(format!("reading {name}: {e}")))?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let mut more = false;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| refused(format!("reading {name}: {e}")))?;
+                if out.len() == limit || (!out.is_empty() && bytes + m.payload.len() > max_bytes) {
+                    more = true;
+                    break;
+                }
+                let cursor = m
+                    .info()
+                    .map(|i| i.stream_sequence)
+                    .map_err(|e| refused(format!("reading {name}: {e}")))?;
+                bytes += m.payload.len();
+                let headers = m
+                    .headers
+                    .iter()
+                    .flat_map(|h| {
+                        h.iter().flat_map(|(k, vs)| {
+                            vs.iter().map(move |v| (k.to_string(), v.to_string()))
+                        })
+                    })
+                    .collect();
+                out.push(crate::InboxPacket {
+                    cursor,
+                    headers,
+                    body: m.payload.clone(),
+                });
+            }
+            Ok((out, more))
+        }
+        .await;
+        // The reading consumer goes at once (its inactivity threshold removes it if this fails).
+        let _ = stream.delete_consumer(&consumer_name).await;
+        read
+    }
 }

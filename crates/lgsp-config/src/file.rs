@@ -272,6 +272,9 @@ pub struct FileRoute {
     /// `GET {prefix}/{message id}` and `GET {prefix}?from=&to=&status=&limit=&after=`; each agency sees its own.
     #[serde(default)]
     pub messages: bool,
+    /// An agency's inbox, answered here from a JetStream subject per agency: `nats://host:port/<subject prefix>`;
+    /// `GET {prefix}?after=<cursor>&limit=` reads `<subject prefix>.<the caller's agency code>`.
+    pub inbox: Option<Spanned<String>>,
     /// Where trial-mode requests go instead of `upstream`: an https URL whose path replaces the matched prefix.
     pub trial_upstream: Option<Spanned<String>>,
     /// A look-up route: JSON Pointer (RFC 6901) into the upstream's JSON answer naming the agency the record
@@ -374,4 +377,7 @@ pub struct FileEmulator {
     pub tls: FileServerTls,
     /// How many packets the emulator keeps for look-up before dropping the oldest.
     pub max_stored: Option<Spanned<u64>>,
+    /// Where `POST /cbccvc/v1/ChiaSe/{agency code}` publishes data shared back to an agency:
+    /// `nats://host:port/<subject prefix>` (the agency's code is appended), read by hops' inbox routes.
+    pub share: Option<Spanned<String>>,
 }

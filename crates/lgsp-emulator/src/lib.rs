@@ -64,6 +64,8 @@ struct Store {
 pub struct Emulator {
     store: Arc<Mutex<Store>>,
     metrics: Arc<Metrics>,
+    /// Where shared data goes (NATS `host:port`, subject prefix), and the connection it goes over.
+    share: Option<Arc<(String, String, lgsp_broker::Brokers)>>,
 }
 
 /// Why the national endpoint refused a request.
@@ -83,6 +85,12 @@ pub enum EmulatorError {
     MessageIdReused,
     #[error("the receipt store is unavailable")]
     Internal,
+    #[error("this emulator shares no data (no [emulator] share)")]
+    SharingOff,
+    #[error("the shared packet could not be published: {0}")]
+    ShareFailed(String),
+    #[error("`{0}` is not an agency code")]
+    NoSuchAgency(String),
 }
 
 impl Problem for EmulatorError {
@@ -96,6 +104,8 @@ impl Problem for EmulatorError {
             EmulatorError::BodyUnreadable(_) => StatusCode::PAYLOAD_TOO_LARGE,
             EmulatorError::MessageIdReused => StatusCode::CONFLICT,
             EmulatorError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            EmulatorError::SharingOff | EmulatorError::NoSuchAgency(_) => StatusCode::NOT_FOUND,
+            EmulatorError::ShareFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -108,12 +118,16 @@ impl Problem for EmulatorError {
             EmulatorError::BodyUnreadable(_) => "emulator.body_unreadable",
             EmulatorError::MessageIdReused => "emulator.message_id_reused",
             EmulatorError::Internal => "gateway.internal",
+            EmulatorError::SharingOff => "emulator.sharing_off",
+            EmulatorError::ShareFailed(_) => "emulator.share_failed",
+            EmulatorError::NoSuchAgency(_) => "emulator.no_such_agency",
         }
     }
 
     fn class(&self) -> Class {
         match self {
             EmulatorError::Internal => Class::Gateway,
+            EmulatorError::ShareFailed(_) => Class::Upstream,
             _ => Class::Client,
         }
     }
@@ -137,6 +151,9 @@ impl Problem for EmulatorError {
             ),
             EmulatorError::MessageIdReused => "This message id was already used for a different packet; a new packet needs a new message id.".into(),
             EmulatorError::Internal => "The emulator's store is unavailable; restart it.".into(),
+            EmulatorError::SharingOff => "This emulator shares no data back to agencies; set [emulator] share = \"nats://host:port/<subject prefix>\" to publish with POST /cbccvc/v1/ChiaSe/{agency code}.".into(),
+            EmulatorError::ShareFailed(why) => format!("The shared packet was not published (the broker: {why}); send it again when the broker is back."),
+            EmulatorError::NoSuchAgency(code) => format!("`{code}` is not an agency code (dot-separated groups of 0-9 A-Z, e.g. 000.00.00.H29); share with POST /cbccvc/v1/ChiaSe/{{agency code}}."),
         }
     }
 }
@@ -174,6 +191,7 @@ impl Emulator {
             }
         }
         Emulator {
+            share: None,
             store: Arc::new(Mutex::new(Store {
                 by_id: HashMap::new(),
                 order: VecDeque::new(),
@@ -186,6 +204,97 @@ impl Emulator {
     /// Number of receipts held.
     pub fn stored(&self) -> usize {
         self.store.lock().map_or(0, |s| s.by_id.len())
+    }
+
+    /// Shares data back to agencies over NATS: `POST /cbccvc/v1/ChiaSe/{agency code}` publishes the body to
+    /// `<subject>.<agency code>` (at `authority`), where the agency's inbox route reads it.
+    pub fn sharing(mut self, authority: String, subject: String) -> Self {
+        self.share = Some(Arc::new((authority, subject, lgsp_broker::Brokers::new())));
+        self
+    }
+
+    /// `POST /cbccvc/v1/ChiaSe/{agency code}`: the body published for that agency, answered 202 with its message id
+    /// and its place in the stream once JetStream stored it.
+    async fn share<B>(
+        &self,
+        parts: &http::request::Parts,
+        agency: &str,
+        body: B,
+    ) -> Result<Response<Full<Bytes>>, EmulatorError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let share = self.share.clone().ok_or(EmulatorError::SharingOff)?;
+        if parts.method != Method::POST {
+            return Err(EmulatorError::MethodNotAllowed {
+                method: parts.method.clone(),
+                receipts: false,
+            });
+        }
+        let valid = !agency.is_empty()
+            && agency.len() <= 35
+            && agency.split('.').all(|g| {
+                !g.is_empty()
+                    && g.bytes()
+                        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+            });
+        if !valid {
+            return Err(EmulatorError::NoSuchAgency(
+                agency.chars().take(40).collect(),
+            ));
+        }
+        let bytes = Limited::new(body, MAX_PACKET_BYTES)
+            .collect()
+            .await
+            .map_err(|e| EmulatorError::BodyUnreadable(e.to_string()))?
+            .to_bytes();
+        let (authority, prefix, brokers) = &*share;
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let message_type = header_str(parts, "x-lgsp-message-type")
+            .filter(|t| MESSAGE_TYPES.contains(&t.as_str()));
+        let mut headers = vec![
+            ("x-lgsp-message-id".to_owned(), message_id.clone()),
+            ("x-lgsp-client".to_owned(), agency.to_owned()),
+        ];
+        if let Some(t) = &message_type {
+            headers.push(("x-lgsp-message-type".to_owned(), t.clone()));
+        }
+        let subject = format!("{prefix}.{agency}");
+        let confirmed = brokers
+            .publish(
+                "emulator",
+                None,
+                authority,
+                &lgsp_config::Broker::Nats {
+                    tls: false,
+                    subject: subject.clone(),
+                },
+                lgsp_broker::Publication {
+                    message_id: message_id.clone(),
+                    headers,
+                    content_type: header_str(parts, "content-type"),
+                    body: bytes,
+                },
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| {
+                // The broker's address stays in the log.
+                tracing::warn!(error = %e, agency, "emulator: sharing failed");
+                EmulatorError::ShareFailed(e.outcome().replace('_', " "))
+            })?;
+        tracing::info!(%message_id, agency, subject = %subject, "emulator shared a packet");
+        Ok(json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "message_id": message_id,
+                "agency": agency,
+                "subject": subject,
+                "stream": confirmed.stream,
+                "sequence": confirmed.sequence,
+            }),
+        ))
     }
 
     /// The receipt of a message id, if the emulator received it.
@@ -201,9 +310,10 @@ impl Emulator {
         let (parts, body) = req.into_parts();
         let message_id = header_str(&parts, "x-lgsp-message-id");
         let rest = parts.uri.path().strip_prefix(BASE).unwrap_or_default();
-        let answer = match rest.strip_prefix("BienNhan/") {
-            Some(id) => self.look_up(&parts.method, id, header_str(&parts, "x-lgsp-client")),
-            None => self.accept(&parts, body).await,
+        let answer = match (rest.strip_prefix("BienNhan/"), rest.strip_prefix("ChiaSe/")) {
+            (Some(id), _) => self.look_up(&parts.method, id, header_str(&parts, "x-lgsp-client")),
+            (None, Some(agency)) => self.share(&parts, agency, body).await,
+            (None, None) => self.accept(&parts, body).await,
         };
         answer.unwrap_or_else(|e| problem(e, message_id.as_deref()))
     }

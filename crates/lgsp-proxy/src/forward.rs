@@ -428,6 +428,16 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // An inbox route answers from its broker here: nothing is forwarded.
+        if let Some(route) = req
+            .extensions()
+            .get::<Arc<Route>>()
+            .filter(|r| r.config.inbox.is_some())
+            .cloned()
+        {
+            let publisher = self.publisher.clone();
+            return Box::pin(async move { publisher.inbox(&route, req).await });
+        }
         let prepared = self.prepare(req);
         let client = self.client.clone();
         let targets = self.targets.clone();

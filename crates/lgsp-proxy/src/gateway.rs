@@ -369,10 +369,13 @@ impl Gateway {
         let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
         let drain = cfg.admin.drain_timeout;
         let (shutdown, rx) = watch::channel(false);
-        let emu = cfg
-            .emulator
-            .as_ref()
-            .map(|e| Emulator::new(e.max_stored, metrics.clone()));
+        let emu = cfg.emulator.as_ref().map(|e| {
+            let emu = Emulator::new(e.max_stored, metrics.clone());
+            match &e.share {
+                Some((authority, subject)) => emu.sharing(authority.clone(), subject.clone()),
+                None => emu,
+            }
+        });
         let journal = Journal::open(lgsp_journal::Settings {
             url: cfg.journal.url.clone(),
             keep_bodies: cfg.journal.keep_bodies,

@@ -12,6 +12,7 @@ mod forward;
 mod gateway;
 pub mod headers;
 mod hop;
+pub mod inbox;
 pub mod journal;
 pub mod limit;
 mod listener;

@@ -237,6 +237,24 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Answers an inbox route's request (`inbox.rs`) over this hop's broker connections.
+    pub async fn inbox(
+        &self,
+        route: &Route,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, BoxProblem> {
+        crate::inbox::answer(
+            &self.brokers,
+            &self.hop.name,
+            self.identity.as_ref(),
+            route,
+            req,
+        )
+        .await
+    }
+}
+
 /// 202 with what the broker confirmed: the receipt the journal keeps for a broker delivery.
 fn accepted(message_id: &str, c: &Confirmed) -> Response<Body> {
     let receipt = serde_json::json!({

@@ -15,6 +15,8 @@ pub struct EmulatorConfig {
     pub listen: SocketAddr,
     pub tls: ServerTlsConfig,
     pub max_stored: usize,
+    /// Where shared data is published (`nats://…/<subject prefix>`), when the emulator shares any.
+    pub share: Option<(String, String)>,
     /// Where the file names the emulator's address (the default trial upstreams point back at it).
     pub origin: Origin,
 }
@@ -29,6 +31,21 @@ pub(super) fn emulator(c: &mut Checker<'_>, e: &FileEmulator) -> EmulatorConfig 
             defaults::EMULATOR_MAX_STORED,
             &defaults::EMULATOR_MAX_STORED_RANGE,
         ),
+        share: e.share.as_ref().and_then(|v| {
+            match super::broker::parse_broker(v.get_ref()) {
+                Ok((authority, super::broker::Broker::Nats { tls: false, subject })) => {
+                    Some((authority, subject))
+                }
+                Ok(_) => {
+                    c.problem(v, "emulator.share", "the emulator shares over plain NATS: write \"nats://host:port/<subject prefix>\", e.g. \"nats://127.0.0.1:4222/cbccvc.out\"");
+                    None
+                }
+                Err(e) => {
+                    c.problem(v, "emulator.share", e);
+                    None
+                }
+            }
+        }),
         origin: c.origin(&e.listen, "emulator.listen"),
     }
 }

@@ -25,6 +25,9 @@ pub struct RouteConfig {
     pub dry_run: bool,
     /// The journal's message status API, answered by the hop itself (`GET {prefix}/{id}`, `GET {prefix}?…`).
     pub messages: bool,
+    /// The agencies' inbox, answered by the hop itself from a JetStream subject per agency (`Broker::Nats`, its
+    /// subject the prefix the agency's code is appended to).
+    pub inbox: Option<Upstream>,
     /// Where trial-mode requests go (`base_path` replaces the matched prefix); `None`: this route takes no
     /// trial traffic. Defaults to the emulator of the same file, `/cbccvc/v1/{message type or route name}`.
     pub trial_upstream: Option<Upstream>,
@@ -110,6 +113,7 @@ pub(super) fn route(
         upstream: upstream(c, r, field),
         dry_run: r.dry_run,
         messages: messages(c, r, field),
+        inbox: inbox(c, r, field),
         trial_upstream: r.trial_upstream.as_ref().and_then(|t| {
             let f = format!("{field}.trial_upstream");
             url(c, t, &f)
@@ -234,21 +238,21 @@ fn url(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<Upstream
 impl RouteConfig {
     /// Answered by the hop itself (a dry run, the messages API): no upstream.
     pub fn local(&self) -> bool {
-        self.dry_run || self.messages
+        self.dry_run || self.messages || self.inbox.is_some()
     }
 }
 
 /// The production upstream: required, except on a dry-run or messages route, which must have none.
 fn upstream(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Upstream {
     let f = format!("{field}.upstream");
-    match (&r.upstream, r.dry_run || r.messages) {
+    match (&r.upstream, r.dry_run || r.messages || r.inbox.is_some()) {
         (Some(u), false) => url(c, u, &f).unwrap_or_else(Upstream::none),
         (None, true) => Upstream::none(),
         (Some(u), true) => {
             c.problem(
                 u,
                 f,
-                "a dry-run or messages route forwards nothing; remove `upstream`",
+                "a dry-run, messages or inbox route forwards nothing; remove `upstream`",
             );
             Upstream::none()
         }
@@ -292,6 +296,50 @@ fn agencies(
 }
 
 /// `messages = true`: the journal's status API, GET only, checking no packet and forwarding nothing.
+/// An inbox route reads a NATS subject per agency: GET only, and nothing of a route that forwards.
+fn inbox(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<Upstream> {
+    let v = r.inbox.as_ref()?;
+    let f = format!("{field}.inbox");
+    let clash = [
+        (r.dry_run, "`dry_run`"),
+        (r.messages, "`messages`"),
+        (r.message_type.is_some(), "`message_type`"),
+        (r.owner.is_some(), "`owner`"),
+        (r.trial_upstream.is_some(), "`trial_upstream`"),
+        (r.delivery.is_some(), "`delivery`"),
+        (r.rewrite.is_some(), "`rewrite`"),
+    ]
+    .into_iter()
+    .find_map(|(set, what)| set.then_some(what));
+    if let Some(what) = clash {
+        c.problem(
+            v,
+            f.clone(),
+            format!("an inbox route answers from its broker; remove {what}"),
+        );
+    }
+    if r.methods
+        .iter()
+        .any(|m| !m.get_ref().eq_ignore_ascii_case("GET"))
+    {
+        c.problem(
+            &r.name,
+            format!("{field}.methods"),
+            "an inbox route takes methods = [\"GET\"] only",
+        );
+    }
+    let u = url(c, v, &f)?;
+    if !matches!(u.broker, Some(Broker::Nats { .. })) {
+        c.problem(
+            v,
+            f,
+            "an inbox reads a JetStream subject per agency; write \"nats://host:port/<subject prefix>\", e.g. \"nats://nats.example:4222/cbccvc.out\"",
+        );
+        return None;
+    }
+    Some(u)
+}
+
 fn messages(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> bool {
     if !r.messages {
         return false;
