@@ -219,6 +219,36 @@ async fn a_nats_route_answers_202_once_jetstream_confirmed_and_a_resend_is_answe
     assert_eq!(m["receipt"]["stream"], name.as_str(), "{m}");
     let confirmed = "lgsp_broker_publish_total{broker=\"nats\",hop=\"lgsp\",outcome=\"confirmed\",route=\"HoSoCBCCVC\"}";
     assert_eq!(metric(&g, confirmed), 1.0);
+
+    // The integrator's probe sees the broker's confirmation at the end of its round trip.
+    let report = lgsp_probe::probe(&lgsp_probe::ProbeOptions {
+        url: hop_url(&g, "lgsp", "/lgsp/v1"),
+        cert: pki.path(&format!("{AGENCY_OK}.pem")),
+        key: pki.path(&format!("{AGENCY_OK}.key")),
+        ca: pki.path("ca.pem"),
+        api_key: KEY_H29.into(),
+        sample: Some(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("schemas/cbccvc/samples/valid/HoSoCBCCVC-01-day-du.xml"),
+        ),
+        message_type: None,
+        timeout: Duration::from_secs(10),
+    })
+    .await;
+    assert!(report.ok, "{report:#?}");
+    let round_trip = report
+        .steps
+        .iter()
+        .find(|s| s.name == "round_trip")
+        .expect("round trip step");
+    assert!(
+        round_trip.detail.contains(&format!(
+            "published to nats {subject}.HoSoCBCCVC, stream {name}"
+        )),
+        "{}",
+        round_trip.detail
+    );
+    assert_eq!(stored(&js, &name).await.len(), 2);
     js.delete_stream(&name).await.expect("drop the test stream");
     g.shutdown().await;
 }

@@ -589,6 +589,40 @@ async fn round_trip(
             );
             Ok(())
         }
+        // A broker route: the broker confirmed the packet (the route's upstream is a queue, not an endpoint).
+        Ok(a) if a.status == StatusCode::ACCEPTED && a.body["status"] == "published" => {
+            let at = match (a.body["stream"].as_str(), a.body["sequence"].as_u64()) {
+                (Some(stream), Some(seq)) => format!(", stream {stream} #{seq}"),
+                _ => String::new(),
+            };
+            run.pass(
+                "round_trip",
+                format!(
+                    "message {} published to {} {}{at}{}",
+                    a.body["message_id"].as_str().unwrap_or_default(),
+                    a.body["broker"].as_str().unwrap_or("the broker"),
+                    a.body["destination"].as_str().unwrap_or_default(),
+                    if a.body["duplicate"] == true {
+                        " (the broker had it already)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            Ok(())
+        }
+        // A queued route: the journal holds it; its delivery is told at its status URL.
+        Ok(a) if a.status == StatusCode::ACCEPTED && a.body["status"] == "queued" => {
+            run.pass(
+                "round_trip",
+                format!(
+                    "message {} queued for delivery; follow it at {}",
+                    a.body["message_id"].as_str().unwrap_or_default(),
+                    a.body["status_url"].as_str().unwrap_or("the messages route")
+                ),
+            );
+            Ok(())
+        }
         Ok(a) => Err(run.fail(
             "round_trip",
             format!("{} ({}, HTTP {})", a.detail(), a.code(), a.status.as_u16()),
