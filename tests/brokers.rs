@@ -567,7 +567,6 @@ async fn tls_nats(pki: &TestPki) -> (Proc, u16, tempfile::TempDir) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_tls_route_publishes_with_the_hops_client_certificate() {
     if !tool("nats-server") {
-        eprintln!("skipped: nats-server is not installed (Debian package nats-server)");
         return;
     }
     let pki = TestPki::new();
