@@ -6,7 +6,6 @@
 //! brokers; without them each test says why it skips.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -17,32 +16,6 @@ const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 
 /// Fast retries and a lease over twice the test routes' 5 s timeout.
 const DELIVERY: &str = "[delivery]\nmax_age = \"10m\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\nworkers = 8\nlease = \"12s\"\n";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}{}{nanos}", std::process::id())
-}
-
-/// The broker URL of `var` and its `host:port`, or why the test skips.
-fn broker(var: &str) -> Option<(String, SocketAddr)> {
-    let Ok(url) = std::env::var(var) else {
-        eprintln!("skipped: {var} is not set (.ci/run sets it to the machine's broker)");
-        return None;
-    };
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let hostport = rest
-        .split('/')
-        .next()
-        .unwrap_or(rest)
-        .replace("localhost", "127.0.0.1");
-    let addr = hostport
-        .parse()
-        .unwrap_or_else(|e| panic!("{var}: {hostport}: {e}"));
-    Some((url, addr))
-}
 
 /// An LGSP hop config whose routes named in `brokered` publish to their broker URL (`route_extra` added to each)
 /// and whose other routes go to a closed port.
@@ -85,24 +58,12 @@ fn headers(key: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-/// The value of the metric sample `name{labels}` of a gateway (0 when absent).
-fn metric(g: &lgsp_proxy::Gateway, sample: &str) -> f64 {
-    g.metrics
-        .encode()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .map(|v| v.trim().parse().unwrap_or(f64::NAN))
-        })
-        .unwrap_or(0.0)
-}
-
 /// A stream of the test's own taking `<subject>.>`.
 async fn stream(url: &str) -> (jetstream::Context, String, String) {
     let client = async_nats::connect(url).await.expect("connect to NATS");
     let js = jetstream::new(client);
-    let name = unique("LGSPE2E");
-    let subject = unique("lgspe2e.");
+    let name = unique_name("LGSPE2E");
+    let subject = unique_name("lgspe2e.");
     js.create_stream(jetstream::stream::Config {
         name: name.clone(),
         subjects: vec![format!("{subject}.>")],
@@ -155,7 +116,7 @@ async fn stored(js: &jetstream::Context, name: &str) -> Vec<(String, String, Vec
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_route_answers_202_once_jetstream_confirmed_and_a_resend_is_answered_from_the_journal()
  {
-    let Some((url, addr)) = broker("LGSP_TEST_NATS_URL") else {
+    let Some((url, addr)) = test_broker("LGSP_TEST_NATS_URL") else {
         return;
     };
     let (js, name, subject) = stream(&url).await;
@@ -261,15 +222,15 @@ async fn a_rabbitmq_route_publishes_persistent_and_an_unroutable_packet_is_a_502
     };
     use lapin::types::FieldTable;
 
-    let Some((url, addr)) = broker("LGSP_TEST_AMQP_URL") else {
+    let Some((url, addr)) = test_broker("LGSP_TEST_AMQP_URL") else {
         return;
     };
     let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
         .await
         .expect("connect to RabbitMQ");
     let ch = conn.create_channel().await.expect("channel");
-    let exchange = unique("lgspe2e.x.");
-    let queue = unique("lgspe2e.q.");
+    let exchange = unique_name("lgspe2e.x.");
+    let queue = unique_name("lgspe2e.q.");
     ch.exchange_declare(
         exchange.clone().into(),
         lapin::ExchangeKind::Direct,
@@ -373,7 +334,7 @@ async fn a_rabbitmq_route_publishes_persistent_and_an_unroutable_packet_is_a_502
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_nats_route_out_of_reach_for_30s_under_load_delivers_every_packet_once() {
-    let Some((url, addr)) = broker("LGSP_TEST_NATS_URL") else {
+    let Some((url, addr)) = test_broker("LGSP_TEST_NATS_URL") else {
         return;
     };
     let (js, name, subject) = stream(&url).await;
@@ -450,9 +411,10 @@ async fn a_queued_nats_route_out_of_reach_for_30s_under_load_delivers_every_pack
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_config_connect_reaches_each_broker_and_names_the_missing_exchange_by_line() {
-    let (Some((nats_url, nats)), Some((amqp_url, amqp))) =
-        (broker("LGSP_TEST_NATS_URL"), broker("LGSP_TEST_AMQP_URL"))
-    else {
+    let (Some((nats_url, nats)), Some((amqp_url, amqp))) = (
+        test_broker("LGSP_TEST_NATS_URL"),
+        test_broker("LGSP_TEST_AMQP_URL"),
+    ) else {
         return;
     };
     let (js, name, subject) = stream(&nats_url).await;
@@ -460,7 +422,7 @@ async fn check_config_connect_reaches_each_broker_and_names_the_missing_exchange
         .split_once("://")
         .and_then(|(_, r)| r.rsplit_once('@'))
         .map_or("guest:guest", |(u, _)| u);
-    let missing = unique("lgspe2e.missing.");
+    let missing = unique_name("lgspe2e.missing.");
     let pki = TestPki::new();
     let nats_target = format!("nats://{nats}/{subject}.HoSoCBCCVC");
     let amqp_target =

@@ -16,43 +16,6 @@ use lgsp_testkit::*;
 /// Fast retries.
 const DELIVERY: &str = "[delivery]\nmax_age = \"10m\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\nworkers = 4\nlease = \"12s\"\n";
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}{}{nanos}", std::process::id())
-}
-
-fn broker(var: &str) -> Option<(String, SocketAddr)> {
-    let Ok(url) = std::env::var(var) else {
-        eprintln!("skipped: {var} is not set (.ci/run sets it to the machine's broker)");
-        return None;
-    };
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let hostport = rest
-        .split('/')
-        .next()
-        .unwrap_or(rest)
-        .replace("localhost", "127.0.0.1");
-    let addr = hostport
-        .parse()
-        .unwrap_or_else(|e| panic!("{var}: {hostport}: {e}"));
-    Some((url, addr))
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// What the endpoint received: per message id, the `x-lgsp-hops` of each arrival.
 type Seen = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
 
@@ -118,17 +81,6 @@ fn ndxp_text(pki: &TestPki, upstream: SocketAddr, consumer: &str) -> String {
     text
 }
 
-fn metric(g: &lgsp_proxy::Gateway, sample: &str) -> f64 {
-    g.metrics
-        .encode()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .map(|v| v.trim().parse().unwrap_or(f64::NAN))
-        })
-        .unwrap_or(0.0)
-}
-
 fn nats_headers(id: &str, agency: Option<&str>) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     h.insert("Nats-Msg-Id", id);
@@ -144,13 +96,13 @@ fn nats_headers(id: &str, agency: Option<&str>) -> async_nats::HeaderMap {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_be_delivered() {
-    let Some((url, addr)) = broker("LGSP_TEST_NATS_URL") else {
+    let Some((url, addr)) = test_broker("LGSP_TEST_NATS_URL") else {
         return;
     };
     let client = async_nats::connect(&url).await.expect("connect to NATS");
     let js = jetstream::new(client);
-    let (input, dead) = (unique("LGSPIN"), unique("LGSPDEAD"));
-    let (in_subject, dead_subject) = (unique("lgspin."), unique("lgspdead."));
+    let (input, dead) = (unique_name("LGSPIN"), unique_name("LGSPDEAD"));
+    let (in_subject, dead_subject) = (unique_name("lgspin."), unique_name("lgspdead."));
     for (name, subject) in [(&input, &in_subject), (&dead, &dead_subject)] {
         js.create_stream(jetstream::stream::Config {
             name: name.clone(),
@@ -327,14 +279,14 @@ async fn a_gateway_killed_mid_delivery_has_rabbitmq_hand_the_packet_to_its_resta
     use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
     use lapin::types::{AMQPValue, FieldTable};
 
-    let Some((url, addr)) = broker("LGSP_TEST_AMQP_URL") else {
+    let Some((url, addr)) = test_broker("LGSP_TEST_AMQP_URL") else {
         return;
     };
     let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
         .await
         .expect("connect to RabbitMQ");
     let ch = conn.create_channel().await.expect("channel");
-    let (queue, dlq) = (unique("lgspcrash.in."), unique("lgspcrash.dead."));
+    let (queue, dlq) = (unique_name("lgspcrash.in."), unique_name("lgspcrash.dead."));
     for q in [&queue, &dlq] {
         ch.queue_declare(
             q.clone().into(),

@@ -13,13 +13,6 @@ const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 const KEY_H26: &str = "lgsp_dev_000.00.00.H26_production";
 const KEY_H29_TRIAL: &str = "lgsp_dev_000.00.00.H29_trial";
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}{}{nanos}", std::process::id())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_agency_pages_through_its_own_inbox_and_nothing_else() {
     let Ok(url) = std::env::var("LGSP_TEST_NATS_URL") else {
@@ -35,7 +28,7 @@ async fn each_agency_pages_through_its_own_inbox_and_nothing_else() {
         .unwrap_or(rest)
         .replace("localhost", "127.0.0.1");
     let js = jetstream::new(async_nats::connect(&url).await.expect("connect to NATS"));
-    let (stream, prefix) = (unique("LGSPOUT"), unique("lgspout."));
+    let (stream, prefix) = (unique_name("LGSPOUT"), unique_name("lgspout."));
     js.create_stream(jetstream::stream::Config {
         name: stream.clone(),
         subjects: vec![format!("{prefix}.>")],

@@ -4,7 +4,7 @@
 //! forwarded — while the journal cannot be written (a read-only SQLite file, PostgreSQL behind a cut relay), then
 //! recovering without a restart.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lgsp_testkit::*;
 
@@ -24,31 +24,6 @@ fn headers<'a>(api_key: &'a str, key: &'a str) -> Vec<(&'a str, &'a str)> {
 
 fn packet() -> String {
     sample("valid/HoSoCBCCVC-02-toi-thieu.xml")
-}
-
-/// Waits (polling, bounded) until `done` holds.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The value of the metric sample `name{labels}` of a gateway.
-fn metric(g: &lgsp_proxy::Gateway, sample: &str) -> f64 {
-    g.metrics
-        .encode()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .map(|v| v.trim().parse().unwrap_or(f64::NAN))
-        })
-        .unwrap_or_else(|| panic!("no sample {sample}"))
 }
 
 fn emulator_stored(chain: &Chain) -> usize {

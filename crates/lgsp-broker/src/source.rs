@@ -93,6 +93,34 @@ enum Inner {
     },
 }
 
+/// The ready messages of a queue that must exist (a passive declare creates nothing).
+async fn queue_depth(channel: &lapin::Channel, queue: &str) -> Result<u64, lapin::Error> {
+    channel
+        .queue_declare(
+            ShortString::from(queue.to_owned()),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| u64::from(q.message_count()))
+}
+
+/// The hop's identity when `kind` is over TLS, or why there is none.
+fn tls_identity<'a>(
+    kind: &SourceKind,
+    identity: Option<&'a ClientIdentity>,
+) -> Result<Option<&'a ClientIdentity>, String> {
+    if !kind.tls() {
+        return Ok(None);
+    }
+    identity.map(Some).ok_or_else(|| {
+        "a TLS broker needs the hop's client identity ([hop.upstream_tls])".to_owned()
+    })
+}
+
 /// AMQP header values carried as text.
 fn amqp_text(v: &AMQPValue) -> Option<String> {
     match v {
@@ -110,11 +138,7 @@ pub async fn check_source(
     kind: &SourceKind,
     timeout: Duration,
 ) -> Result<String, String> {
-    let identity = if kind.tls() {
-        Some(identity.ok_or("a TLS broker needs the hop's client identity ([hop.upstream_tls])")?)
-    } else {
-        None
-    };
+    let identity = tls_identity(kind, identity)?;
     let attempt = async {
         match kind {
             SourceKind::Nats {
@@ -143,21 +167,10 @@ pub async fn check_source(
                     crate::amqp::open(hop, identity, authority, &kind.as_broker())
                         .await
                         .map_err(|e| format!("cannot connect: {e}"))?;
-                let q = channel
-                    .queue_declare(
-                        ShortString::from(queue.clone()),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
+                let n = queue_depth(&channel, queue)
                     .await
                     .map_err(|e| format!("queue `{queue}`: {e}"))?;
-                Ok(format!(
-                    "queue `{queue}` holds {} packets",
-                    q.message_count()
-                ))
+                Ok(format!("queue `{queue}` holds {n} packets"))
             }
         }
     };
@@ -178,14 +191,7 @@ impl Source {
         in_flight: usize,
         ack_wait: Duration,
     ) -> Result<Source, String> {
-        let identity = if kind.tls() {
-            Some(
-                identity
-                    .ok_or("a TLS broker needs the hop's client identity ([hop.upstream_tls])")?,
-            )
-        } else {
-            None
-        };
+        let identity = tls_identity(kind, identity)?;
         let broker = kind.as_broker();
         match kind {
             SourceKind::Nats {
@@ -324,18 +330,9 @@ impl Source {
                 .await
                 .map(|i| i.num_pending)
                 .map_err(|e| e.to_string()),
-            Inner::Amqp { channel, queue, .. } => channel
-                .queue_declare(
-                    ShortString::from(queue.clone()),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map(|q| u64::from(q.message_count()))
-                .map_err(|e| e.to_string()),
+            Inner::Amqp { channel, queue, .. } => {
+                queue_depth(channel, queue).await.map_err(|e| e.to_string())
+            }
         }
     }
 }

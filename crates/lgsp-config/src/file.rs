@@ -262,7 +262,7 @@ pub struct FileRoute {
     pub name: Spanned<String>,
     pub methods: Vec<Spanned<String>>,
     pub prefix: Spanned<String>,
-    /// Where requests go; omitted only on a dry-run or messages route.
+    /// Where requests go; omitted only on a dry-run, messages or inbox route.
     pub upstream: Option<Spanned<String>>,
     pub rewrite: Option<Spanned<String>>,
     /// Validate and answer the verdict, forward nothing: `{prefix}/{MessageType}`.

@@ -167,7 +167,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("a dry-run or messages route forwards nothing"),
+            e.contains("a dry-run, messages or inbox route forwards nothing"),
             "{e}"
         );
         assert!(e.contains("name the upstream"), "{e}");

@@ -4,8 +4,10 @@
 //! handshake).
 #![forbid(unsafe_code)]
 
+pub mod backends;
 pub mod outage;
 pub mod process;
+pub use backends::{eventually, metric, test_broker, unique_name};
 pub use outage::{JournalLock, PgDatabase, Relay, journal_read_only, journal_url_in, queued};
 pub use process::{Proc, sh, tool, write};
 

@@ -110,27 +110,24 @@ pub struct ConsumerConfig {
 /// A source URL: (`host:port`, what to read).
 pub(crate) fn parse_source(url: &str) -> Result<(String, SourceKind), String> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let param = |name: &str| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .filter(|v| !v.is_empty())
-    };
-    let unknown = |allowed: &str| {
-        form_urlencoded::parse(query.as_bytes())
-            .map(|(k, _)| k.into_owned())
-            .find(|k| k != allowed)
+    // Each kind of source takes exactly one parameter.
+    let only = |name: &str, kind: &str, what: &str, example: &str| {
+        let mut value = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k != name {
+                return Err(format!(
+                    "`{url}`: unknown parameter `{k}`; a {kind} source takes `{name}`"
+                ));
+            }
+            value = Some(v.into_owned()).filter(|v| !v.is_empty());
+        }
+        value.ok_or_else(|| {
+            format!("`{url}` names no {what}; add `?{name}=<name>`, e.g. \"{example}\"")
+        })
     };
     if base.starts_with("nats://") || base.starts_with("nats+tls://") {
         let example = "nats://nats.example:4222/CBCCVC?consumer=ndxp-in";
-        if let Some(k) = unknown("consumer") {
-            return Err(format!(
-                "`{url}`: unknown parameter `{k}`; a NATS source takes `consumer`"
-            ));
-        }
-        let consumer = param("consumer").ok_or_else(|| {
-            format!("`{url}` names no durable consumer; add `?consumer=<name>`, e.g. \"{example}\"")
-        })?;
+        let consumer = only("consumer", "NATS", "durable consumer", example)?;
         let (authority, b) = parse_broker(base).map_err(|e| e.replace("subject", "stream"))?;
         let Broker::Nats { tls, subject } = b else {
             return Err(format!("`{url}` is not a NATS source"));
@@ -155,14 +152,7 @@ pub(crate) fn parse_source(url: &str) -> Result<(String, SourceKind), String> {
     }
     if base.starts_with("amqp://") || base.starts_with("amqps://") {
         let example = "amqp://lgsp:secret@mq.example:5672/%2f?queue=cbccvc.HoSoCBCCVC";
-        if let Some(k) = unknown("queue") {
-            return Err(format!(
-                "`{url}`: unknown parameter `{k}`; a RabbitMQ source takes `queue`"
-            ));
-        }
-        let queue = param("queue").ok_or_else(|| {
-            format!("`{url}` names no queue; add `?queue=<name>`, e.g. \"{example}\"")
-        })?;
+        let queue = only("queue", "RabbitMQ", "queue", example)?;
         // The connection part parses as a target on the default exchange.
         let (authority, b) = parse_broker(&format!("{base}?routing_key={queue}"))?;
         let Broker::Amqp {

@@ -242,7 +242,7 @@ impl RouteConfig {
     }
 }
 
-/// The production upstream: required, except on a dry-run or messages route, which must have none.
+/// The production upstream: required, except on a dry-run, messages or inbox route, which must have none.
 fn upstream(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Upstream {
     let f = format!("{field}.upstream");
     match (&r.upstream, r.dry_run || r.messages || r.inbox.is_some()) {
