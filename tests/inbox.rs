@@ -190,6 +190,20 @@ async fn each_agency_pages_through_its_own_inbox_and_nothing_else() {
         (400, Some("inbox.bad_query"))
     );
 
+    // check-config --connect finds the stream that takes every agency's inbox.
+    let path = write(pki.dir(), "lgsp.toml", &lgsp_text);
+    let (_, out, _) = tokio::task::block_in_place(|| {
+        sh(&format!(
+            "cd {} && {} check-config {path} --connect --timeout 5",
+            pki.dir().display(),
+            env!("CARGO_BIN_EXE_lgsp-gateway")
+        ))
+    });
+    let reached = format!(
+        "✓ hop lgsp inbox inbox ← nats {addr} {prefix}.<agency>: JetStream stream {stream}"
+    );
+    assert!(out.contains(&reached), "{reached:?} not in:\n{out}");
+
     lgsp.shutdown().await;
     emulator.shutdown().await;
     js.delete_stream(&stream)

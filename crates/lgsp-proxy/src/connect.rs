@@ -85,6 +85,33 @@ pub async fn connect(cfg: &Config, prepared: &Prepared, timeout: Duration) -> Ve
             });
         }
         let reach = lgsp_broker::Brokers::new();
+        // Inbox routes: a stream takes every agency's subject under the prefix.
+        for r in h.routes.iter().filter(|r| r.inbox.is_some()) {
+            let Some(u) = &r.inbox else { continue };
+            let Some(lgsp_config::Broker::Nats { tls, subject }) = &u.broker else {
+                continue;
+            };
+            let every = lgsp_config::Broker::Nats {
+                tls: *tls,
+                subject: format!("{subject}.>"),
+            };
+            out.push(Reach {
+                what: format!(
+                    "hop {} inbox {} ← nats {} {subject}.<agency>",
+                    h.name, r.name, u.authority
+                ),
+                origin: u.origin.clone(),
+                outcome: reach
+                    .check(
+                        &h.name,
+                        p.broker_identity.as_ref(),
+                        &u.authority,
+                        &every,
+                        timeout,
+                    )
+                    .await,
+            });
+        }
         for c in cfg.consumers.iter().filter(|c| c.hop == h.name) {
             out.push(Reach {
                 what: format!(
