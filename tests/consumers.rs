@@ -119,7 +119,12 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
     let consumer = format!(
         "[[consumer]]\nname = \"ndxp-in\"\nhop = \"ndxp\"\nroute = \"HoSoCBCCVC\"\nsource = \"nats://{addr}/{input}?consumer=ndxp-in\"\ndead_letter = \"nats://{addr}/{dead_subject}.HoSoCBCCVC\"\nmax_in_flight = 8\n"
     );
-    let text = ndxp_text(&pki, up.addr, &consumer);
+    // The route takes packets up to 2 KiB: the bound holds for broker packets too.
+    let text = ndxp_text(&pki, up.addr, &consumer).replacen(
+        "max_body_bytes = 1048576",
+        "max_body_bytes = 2048",
+        1,
+    );
     let g = lgsp_proxy::Gateway::start(&parse(&pki, &text))
         .await
         .expect("gateway");
@@ -177,6 +182,16 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
     .await
     .expect("stored");
 
+    js.publish_with_headers(
+        format!("{in_subject}.HoSoCBCCVC"),
+        nats_headers("big-1", Some("000.00.00.H29")),
+        format!("<HoSoCBCCVC>{}</HoSoCBCCVC>", "x".repeat(4096)).into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+
     let dead_count = || async {
         js.get_stream(&dead)
             .await
@@ -197,7 +212,7 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
                 .keys()
                 .filter(|k| k.starts_with("in-"))
                 .count();
-            delivered == n && dead_count().await == 2
+            delivered == n && dead_count().await == 3
         },
     )
     .await;
@@ -211,6 +226,10 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
                 "the hop path runs on through this hop"
             );
         }
+        assert!(
+            !s.contains_key("big-1"),
+            "a packet over the route's bound is not delivered"
+        );
         assert!(
             !s.contains_key("anonymous-1"),
             "a packet that names no agency is not delivered"
@@ -243,6 +262,7 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
     }
     assert!(reasons["refused-1"].contains("422"), "{reasons:?}");
     assert!(reasons["anonymous-1"].contains("agency"), "{reasons:?}");
+    assert!(reasons["big-1"].contains("max_body_bytes"), "{reasons:?}");
     let count = |outcome: &str| {
         metric(
             &g,
@@ -250,7 +270,7 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
         )
     };
     assert_eq!(count("delivered"), n as f64);
-    assert_eq!(count("dead_lettered"), 1.0);
+    assert_eq!(count("dead_lettered"), 2.0);
     assert_eq!(count("unreadable"), 1.0);
     // Acknowledged: nothing is handed out again.
     let input_stream = js.get_stream(&input).await.expect("input stream");
