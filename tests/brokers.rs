@@ -58,24 +58,6 @@ fn headers(key: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-/// A stream of the test's own taking `<subject>.>`.
-async fn stream(url: &str) -> (jetstream::Context, String, String) {
-    let client = async_nats::connect(url).await.expect("connect to NATS");
-    let js = jetstream::new(client);
-    let name = unique_name("LGSPE2E");
-    let subject = unique_name("lgspe2e.");
-    js.create_stream(jetstream::stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{subject}.>")],
-        duplicate_window: Duration::from_secs(300),
-        max_age: Duration::from_secs(900),
-        ..Default::default()
-    })
-    .await
-    .expect("create the test stream");
-    (js, name, subject)
-}
-
 /// Every message of a stream: (Nats-Msg-Id, x-lgsp-client, payload).
 async fn stored(js: &jetstream::Context, name: &str) -> Vec<(String, String, Vec<u8>)> {
     let mut s = js.get_stream(name).await.expect("stream");
@@ -119,7 +101,7 @@ async fn a_nats_route_answers_202_once_jetstream_confirmed_and_a_resend_is_answe
     let Some((url, addr)) = test_broker("LGSP_TEST_NATS_URL") else {
         return;
     };
-    let (js, name, subject) = stream(&url).await;
+    let (js, name, subject) = test_stream(&url, "LGSPE2E", "lgspe2e.").await;
     let pki = TestPki::new();
     let g = gateway(&pki, &format!("nats://{addr}/{subject}.HoSoCBCCVC"), "").await;
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
@@ -217,18 +199,14 @@ async fn a_nats_route_answers_202_once_jetstream_confirmed_and_a_resend_is_answe
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rabbitmq_route_publishes_persistent_and_an_unroutable_packet_is_a_502() {
     use lapin::options::{
-        BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeleteOptions,
     };
     use lapin::types::FieldTable;
 
     let Some((url, addr)) = test_broker("LGSP_TEST_AMQP_URL") else {
         return;
     };
-    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let ch = conn.create_channel().await.expect("channel");
+    let (_conn, ch) = amqp_channel(&url).await;
     let exchange = unique_name("lgspe2e.x.");
     let queue = unique_name("lgspe2e.q.");
     ch.exchange_declare(
@@ -242,16 +220,7 @@ async fn a_rabbitmq_route_publishes_persistent_and_an_unroutable_packet_is_a_502
     )
     .await
     .expect("exchange");
-    ch.queue_declare(
-        queue.clone().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue");
+    durable_queue(&ch, &queue).await;
     ch.queue_bind(
         queue.clone().into(),
         exchange.clone().into(),
@@ -337,7 +306,7 @@ async fn a_queued_nats_route_out_of_reach_for_30s_under_load_delivers_every_pack
     let Some((url, addr)) = test_broker("LGSP_TEST_NATS_URL") else {
         return;
     };
-    let (js, name, subject) = stream(&url).await;
+    let (js, name, subject) = test_stream(&url, "LGSPE2E", "lgspe2e.").await;
     let relay = outage::Relay::start(addr).await;
     let pki = TestPki::new();
     let g = gateway(
@@ -417,7 +386,7 @@ async fn check_config_connect_reaches_each_broker_and_names_the_missing_exchange
     ) else {
         return;
     };
-    let (js, name, subject) = stream(&nats_url).await;
+    let (js, name, subject) = test_stream(&nats_url, "LGSPE2E", "lgspe2e.").await;
     let userinfo = amqp_url
         .split_once("://")
         .and_then(|(_, r)| r.rsplit_once('@'))

@@ -99,20 +99,8 @@ async fn a_nats_consumer_delivers_each_packet_once_and_dead_letters_what_cannot_
     let Some((url, addr)) = test_broker("LGSP_TEST_NATS_URL") else {
         return;
     };
-    let client = async_nats::connect(&url).await.expect("connect to NATS");
-    let js = jetstream::new(client);
-    let (input, dead) = (unique_name("LGSPIN"), unique_name("LGSPDEAD"));
-    let (in_subject, dead_subject) = (unique_name("lgspin."), unique_name("lgspdead."));
-    for (name, subject) in [(&input, &in_subject), (&dead, &dead_subject)] {
-        js.create_stream(jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{subject}.>")],
-            max_age: Duration::from_secs(900),
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
-    }
+    let (js, input, in_subject) = test_stream(&url, "LGSPIN", "lgspin.").await;
+    let (_, dead, dead_subject) = test_stream(&url, "LGSPDEAD", "lgspdead.").await;
     let pki = TestPki::new();
     let seen: Seen = Arc::default();
     let up = endpoint(&pki, seen.clone()).await;
@@ -302,22 +290,10 @@ async fn a_gateway_killed_mid_delivery_has_rabbitmq_hand_the_packet_to_its_resta
     let Some((url, addr)) = test_broker("LGSP_TEST_AMQP_URL") else {
         return;
     };
-    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let ch = conn.create_channel().await.expect("channel");
+    let (_conn, ch) = amqp_channel(&url).await;
     let (queue, dlq) = (unique_name("lgspcrash.in."), unique_name("lgspcrash.dead."));
     for q in [&queue, &dlq] {
-        ch.queue_declare(
-            q.clone().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue");
+        durable_queue(&ch, q).await;
     }
     let userinfo = url
         .split_once("://")

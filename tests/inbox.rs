@@ -4,9 +4,6 @@
 //! seeing another agency's packets, whatever it asks. `LGSP_TEST_NATS_URL` names the broker; without it the test
 //! says why it skips.
 
-use std::time::Duration;
-
-use async_nats::jetstream;
 use lgsp_testkit::*;
 
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
@@ -27,16 +24,7 @@ async fn each_agency_pages_through_its_own_inbox_and_nothing_else() {
         .next()
         .unwrap_or(rest)
         .replace("localhost", "127.0.0.1");
-    let js = jetstream::new(async_nats::connect(&url).await.expect("connect to NATS"));
-    let (stream, prefix) = (unique_name("LGSPOUT"), unique_name("lgspout."));
-    js.create_stream(jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{prefix}.>")],
-        max_age: Duration::from_secs(900),
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (js, stream, prefix) = test_stream(&url, "LGSPOUT", "lgspout.").await;
 
     let pki = TestPki::new();
     let emu_text = emulator_config(&pki).replacen(

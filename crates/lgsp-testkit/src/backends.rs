@@ -1,5 +1,6 @@
 //! What tests against the machine's backends share: the broker a variable names (or why the test skips), names no
-//! other test uses, waiting for a condition without sleeping blindly, and a gateway's metric samples.
+//! other test uses, streams and queues of a test's own, waiting for a condition without sleeping blindly, and a
+//! gateway's metric samples.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,4 +58,50 @@ pub fn metric(g: &lgsp_proxy::Gateway, sample: &str) -> f64 {
                 .map(|v| v.trim().parse().unwrap_or(f64::NAN))
         })
         .unwrap_or_else(|| panic!("no sample {sample}"))
+}
+
+/// A JetStream stream of the test's own: a new name (from `name_prefix`) taking `<subject>.>` for a new subject
+/// prefix (from `subject_prefix`), with a duplicate window of 5 minutes; returns the context, the stream's name and
+/// the subject prefix.
+pub async fn test_stream(
+    url: &str,
+    name_prefix: &str,
+    subject_prefix: &str,
+) -> (async_nats::jetstream::Context, String, String) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let (name, subject) = (unique_name(name_prefix), unique_name(subject_prefix));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{subject}.>")],
+        duplicate_window: Duration::from_secs(300),
+        max_age: Duration::from_secs(900),
+        ..Default::default()
+    })
+    .await
+    .expect("create the test stream");
+    (js, name, subject)
+}
+
+/// A connection and channel to RabbitMQ at `url`.
+pub async fn amqp_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    (conn, ch)
+}
+
+/// A durable queue named `name`.
+pub async fn durable_queue(ch: &lapin::Channel, name: &str) {
+    ch.queue_declare(
+        name.to_owned().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("queue");
 }

@@ -7,7 +7,9 @@
 pub mod backends;
 pub mod outage;
 pub mod process;
-pub use backends::{eventually, metric, test_broker, unique_name};
+pub use backends::{
+    amqp_channel, durable_queue, eventually, metric, test_broker, test_stream, unique_name,
+};
 pub use outage::{JournalLock, PgDatabase, Relay, journal_read_only, journal_url_in, queued};
 pub use process::{Proc, sh, tool, write};
 
