@@ -55,7 +55,7 @@ async fn each_agency_pages_through_its_own_inbox_and_nothing_else() {
     // The national side shares three packets with H29 and two with H26.
     let national = TestClient::new(&pki, Some("ndxp-client"), false);
     let mut shared = Vec::new();
-    for (agency, n) in [("000.00.00.H29", 3), ("000.00.00.H26", 2)] {
+    for (agency, n) in [("000.00.00.H29", 3), ("000.00.00.H26", 14)] {
         for i in 0..n {
             let body = format!("<HoSoCBCCVC><MaDonVi>{agency}</MaDonVi><n>{i}</n></HoSoCBCCVC>");
             let a = national
@@ -145,7 +145,7 @@ async fn each_agency_pages_through_its_own_inbox_and_nothing_else() {
         Some(h29[0].0.as_str())
     );
 
-    // H26 sees its own two and none of H29's, even from cursor 0.
+    // H26 sees its own fourteen (pulled ten at a time) and none of H29's, even from cursor 0.
     let theirs = inbox(AGENCY_OTHER, KEY_H26, "?after=0&limit=100".into()).await;
     assert_eq!(
         theirs.status,

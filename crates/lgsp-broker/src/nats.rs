@@ -6,6 +6,9 @@ use lgsp_config::Broker;
 
 use crate::{ClientIdentity, Confirmed, Publication, PublishError};
 
+/// Packets an inbox read pulls at once.
+const FETCH_BATCH: usize = 10;
+
 #[derive(Clone)]
 pub(crate) struct Publisher {
     js: jetstream::Context,
@@ -141,40 +144,52 @@ impl Publisher {
             .map_err(|e| refused(format!("reading {name}: {e}")))?;
         let consumer_name = consumer.cached_info().name.clone();
         let read = async {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(limit.saturating_add(1))
-                .messages()
-                .await
-                .map_err(|e| refused(format!("reading {name}: {e}")))?;
             let mut out = Vec::new();
             let mut bytes = 0usize;
             let mut more = false;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| refused(format!("reading {name}: {e}")))?;
-                if out.len() == limit || (!out.is_empty() && bytes + m.payload.len() > max_bytes) {
-                    more = true;
+            // A few packets per pull, so what the client buffers stays near one page whatever `limit` is.
+            'pulls: loop {
+                let want = (limit + 1 - out.len()).min(FETCH_BATCH);
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(want)
+                    .messages()
+                    .await
+                    .map_err(|e| refused(format!("reading {name}: {e}")))?;
+                let mut got = 0;
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| refused(format!("reading {name}: {e}")))?;
+                    got += 1;
+                    if out.len() == limit
+                        || (!out.is_empty() && bytes + m.payload.len() > max_bytes)
+                    {
+                        more = true;
+                        break 'pulls;
+                    }
+                    let cursor = m
+                        .info()
+                        .map(|i| i.stream_sequence)
+                        .map_err(|e| refused(format!("reading {name}: {e}")))?;
+                    bytes += m.payload.len();
+                    let headers = m
+                        .headers
+                        .iter()
+                        .flat_map(|h| {
+                            h.iter().flat_map(|(k, vs)| {
+                                vs.iter().map(move |v| (k.to_string(), v.to_string()))
+                            })
+                        })
+                        .collect();
+                    out.push(crate::InboxPacket {
+                        cursor,
+                        headers,
+                        body: m.payload.clone(),
+                    });
+                }
+                // Fewer than asked for: nothing more waits now.
+                if got < want {
                     break;
                 }
-                let cursor = m
-                    .info()
-                    .map(|i| i.stream_sequence)
-                    .map_err(|e| refused(format!("reading {name}: {e}")))?;
-                bytes += m.payload.len();
-                let headers = m
-                    .headers
-                    .iter()
-                    .flat_map(|h| {
-                        h.iter().flat_map(|(k, vs)| {
-                            vs.iter().map(move |v| (k.to_string(), v.to_string()))
-                        })
-                    })
-                    .collect();
-                out.push(crate::InboxPacket {
-                    cursor,
-                    headers,
-                    body: m.payload.clone(),
-                });
             }
             Ok((out, more))
         }
