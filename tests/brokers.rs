@@ -586,3 +586,193 @@ async fn a_nats_tls_route_publishes_with_the_hops_client_certificate() {
     assert_eq!(stored(&js, "CBCCVC").await.len(), 1);
     g.shutdown().await;
 }
+
+/// A private RabbitMQ node listening only for AMQPS on a free port, verifying client certificates against the test
+/// PKI's CA; killed when dropped. The node runs as the `rabbitmq` user, so its files are copied where it can read
+/// them.
+struct TlsRabbit {
+    port: u16,
+    dir: tempfile::TempDir,
+    _server: Proc,
+}
+
+impl TlsRabbit {
+    async fn start(pki: &TestPki) -> TlsRabbit {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let (port, dist) = (free(), free());
+        let dir = tempfile::tempdir().expect("node dir");
+        let d = dir.path().display().to_string();
+        for f in ["ca.pem", "ndxp-server.pem", "ndxp-server.key"] {
+            std::fs::copy(pki.path(f), dir.path().join(f)).expect("copy");
+        }
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp = none\nlisteners.ssl.default = {port}\nssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/ndxp-server.pem\nssl_options.keyfile = {d}/ndxp-server.key\nssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\nloopback_users = none\n"
+            ),
+        )
+        .expect("node config");
+        let (ok, out, err) = sh(&format!("chmod -R a+rX {d} && chown -R rabbitmq {d}"));
+        assert!(ok, "{out}{err}");
+        let node = format!("lgsptest{}@localhost", std::process::id());
+        let script = format!(
+            "HOME={d} RABBITMQ_NODENAME={node} RABBITMQ_DIST_PORT={dist} RABBITMQ_MNESIA_BASE={d}/mnesia RABBITMQ_LOG_BASE={d}/log RABBITMQ_CONFIG_FILE={d}/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE={d}/plugins RABBITMQ_PID_FILE={d}/pid exec rabbitmq-server > {d}/out.log 2>&1"
+        );
+        let server = Proc::spawn("sh", &["-c", &script], dir.path());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the TLS RabbitMQ node did not start: {d}/out.log"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        TlsRabbit {
+            port,
+            dir,
+            _server: server,
+        }
+    }
+
+    /// A channel on the node over TLS, as the NDXP hop's client certificate.
+    async fn channel(&self, pki: &TestPki) -> (lapin::Connection, lapin::Channel) {
+        let read = |f: &str| std::fs::read(pki.path(f)).expect("pem");
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: read("ndxp-client.pem"),
+                key: read("ndxp-client.key"),
+            }),
+            cert_chain: Some(String::from_utf8(read("ca.pem")).expect("utf-8")),
+        };
+        let conn = lapin::Connection::connect_with_config(
+            &format!("amqps://guest:guest@localhost:{}/%2f", self.port),
+            lapin::ConnectionProperties::default(),
+            tls,
+            lapin::runtime::default_runtime().expect("runtime"),
+        )
+        .await
+        .expect("connect over TLS");
+        let ch = conn.create_channel().await.expect("channel");
+        (conn, ch)
+    }
+}
+
+impl Drop for TlsRabbit {
+    fn drop(&mut self) {
+        // The node is beam.smp under the rabbitmq user: stopped by its pid.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_amqps_route_publishes_with_the_hops_client_certificate() {
+    if !tool("rabbitmqctl") {
+        return;
+    }
+    let pki = TestPki::new();
+    let node = TlsRabbit::start(&pki).await;
+    let (_conn, ch) = node.channel(&pki).await;
+    let queue = unique_name("lgsptls.q.");
+    durable_queue(&ch, &queue).await;
+
+    let g = gateway(
+        &pki,
+        &format!(
+            "amqps://guest:guest@localhost:{}/%2f?routing_key={queue}",
+            node.port
+        ),
+        "",
+    )
+    .await;
+    let client = TestClient::new(&pki, Some(AGENCY_OK), false);
+    let sent = client
+        .send(
+            "POST",
+            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers("2026-12-H29-amqps-1"),
+            &packet(),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(sent.status, 202, "{}", String::from_utf8_lossy(&sent.body));
+    let id = sent.json()["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_owned();
+    let got = ch
+        .basic_get(
+            queue.clone().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+        .expect("the packet is in the queue");
+    assert_eq!(
+        got.properties.message_id().as_ref().map(|s| s.to_string()),
+        Some(id)
+    );
+    g.shutdown().await;
+
+    // A hop whose certificate the node does not accept (expired) publishes nothing.
+    let text = config(
+        &pki,
+        &[(
+            "HoSoCBCCVC",
+            &format!(
+                "amqps://guest:guest@localhost:{}/%2f?routing_key={queue}",
+                node.port
+            ),
+        )],
+        "",
+    )
+    .await
+    .replacen(
+        "cert = \"lgsp-client.pem\"",
+        &format!("cert = \"{AGENCY_EXPIRED}.pem\""),
+        1,
+    )
+    .replacen(
+        "key = \"lgsp-client.key\"",
+        &format!("key = \"{AGENCY_EXPIRED}.key\""),
+        1,
+    );
+    let g = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .expect("gateway");
+    let refused = client
+        .send(
+            "POST",
+            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers("2026-12-H29-amqps-2"),
+            &packet(),
+        )
+        .await
+        .expect("sent");
+    assert!(
+        matches!(refused.status.as_u16(), 502 | 504),
+        "{}",
+        refused.status
+    );
+    let empty = ch
+        .basic_get(
+            queue.clone().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get");
+    assert!(
+        empty.is_none(),
+        "nothing published with a refused certificate"
+    );
+    g.shutdown().await;
+}
