@@ -252,6 +252,31 @@ enum KeysCommand {
         #[arg(long, value_enum, default_value_t = Kind::Production)]
         kind: Kind,
     },
+    /// Write a new key and a certificate request for the agency's SIGNING certificate (approvals, Thông tư
+    /// 06/2023), to send to the CA the ministry names; the key stays with the agency.
+    Csr {
+        /// The agency's code (mã định danh), e.g. 000.00.00.H29: the request's CN and its SAN URI.
+        #[arg(long)]
+        agency: String,
+        /// The agency's name, as the certificate's organisation (O).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t = Algorithm::EcdsaP256)]
+        algorithm: Algorithm,
+        /// Where `<code>-signing.key` (owner-only) and `<code>-signing.csr.pem` are written.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+        /// The SAN URI prefix the gateways recognise identities by ([hop.tls] identity_uri_prefix).
+        #[arg(long, default_value = lgsp_config::DEFAULT_IDENTITY_URI_PREFIX)]
+        identity_prefix: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Algorithm {
+    EcdsaP256,
+    Rsa2048,
+    Rsa3072,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -282,6 +307,26 @@ fn main() -> ExitCode {
         } => cmd::check_config::check(
             &file,
             connect.then(|| std::time::Duration::from_secs(timeout.max(1))),
+        ),
+        Command::Keys {
+            command:
+                KeysCommand::Csr {
+                    agency,
+                    name,
+                    algorithm,
+                    out,
+                    identity_prefix,
+                },
+        } => cmd::keys::csr(
+            &agency,
+            name.as_deref(),
+            match algorithm {
+                Algorithm::EcdsaP256 => lgsp_tls::csr::KeyAlgorithm::EcdsaP256,
+                Algorithm::Rsa2048 => lgsp_tls::csr::KeyAlgorithm::Rsa2048,
+                Algorithm::Rsa3072 => lgsp_tls::csr::KeyAlgorithm::Rsa3072,
+            },
+            &out,
+            &identity_prefix,
         ),
         Command::Keys {
             command: KeysCommand::New { agency, kind },

@@ -1,4 +1,5 @@
-//! `lgsp-gateway keys new`: a fresh API key, shown once, and the config entry holding its hash.
+//! `lgsp-gateway keys new`: a fresh API key, shown once, and the config entry holding its hash. `keys csr`: a key and
+//! a request for the agency's signing certificate, to send to a real CA.
 
 use std::process::ExitCode;
 
@@ -25,4 +26,30 @@ pub fn new(agency: &str, kind: KeyKind) -> ExitCode {
     );
     println!("  {{ sha256 = \"{hash}\", kind = \"{}\" }},", kind.as_str());
     ExitCode::SUCCESS
+}
+
+pub fn csr(
+    agency: &str,
+    name: Option<&str>,
+    algorithm: lgsp_tls::csr::KeyAlgorithm,
+    out: &std::path::Path,
+    identity_prefix: &str,
+) -> ExitCode {
+    let request = match lgsp_tls::csr::signing_request(agency, name, algorithm, identity_prefix) {
+        Ok(r) => r,
+        Err(e) => return super::failed(e.to_string()),
+    };
+    let stem = format!("{agency}-signing");
+    match lgsp_tls::csr::write_request(out, &stem, &request) {
+        Ok((key, csr)) => {
+            println!("key (keep it; owner-only): {}", key.display());
+            println!("certificate request:       {}", csr.display());
+            println!(
+                "Send the request to the CA the Ministry of Home Affairs names for signing approvals; install the certificate it answers with beside the key. Check the request with: openssl req -in {} -noout -verify -text",
+                csr.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::failed(format!("writing the request into {}: {e}", out.display())),
+    }
 }

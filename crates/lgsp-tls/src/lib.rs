@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod csr;
 pub mod devpki;
 mod handshake;
 mod identity;

@@ -94,11 +94,21 @@ fn is_der(bytes: &[u8]) -> bool {
 
 /// Writes a private key readable by its owner only.
 pub(crate) fn write_private(path: &Path, pem: &str) -> std::io::Result<()> {
-    std::fs::write(path, pem)?;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // Owner-only from its creation: never readable by others, not even for a moment.
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
-    Ok(())
+    let mut f = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // A file that existed keeps its mode through open: set it too.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(pem.as_bytes())
 }

@@ -1,0 +1,73 @@
+//! `lgsp-gateway keys csr`: the key and the signing-certificate request an agency sends to a real CA, checked by
+//! openssl — a valid self-signature, the agency's code as CN and SAN URI, signing key usages only — with the key
+//! owner-only and never replaced.
+
+use std::process::Command;
+
+use lgsp_testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lgsp-gateway");
+
+#[test]
+fn a_signing_request_names_the_agency_and_keeps_its_key_private() {
+    if !tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["keys", "csr"])
+            .args(args)
+            .args(["--out", &out])
+            .output()
+            .expect("run keys csr")
+    };
+    let made = run(&[
+        "--agency",
+        "000.00.00.H29",
+        "--name",
+        "Sở Nội vụ",
+        "--algorithm",
+        "rsa2048",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let csr = dir.path().join("000.00.00.H29-signing.csr.pem");
+    let (ok, text, err) = sh(&format!(
+        "openssl req -in {} -noout -verify -text -nameopt utf8,sep_comma_plus",
+        csr.display()
+    ));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("verify OK") || text.contains("verify OK"),
+        "{text}{err}"
+    );
+    assert!(text.contains("CN=000.00.00.H29"), "{text}");
+    assert!(text.contains("O=Sở Nội vụ"), "{text}");
+    assert!(text.contains("URI:urn:lgsp:id:000.00.00.H29"), "{text}");
+    assert!(
+        text.contains("Digital Signature, Non Repudiation"),
+        "{text}"
+    );
+    assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("000.00.00.H29-signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is owner-only");
+    }
+    // A second request never replaces the key; a bad code is named.
+    let again = run(&["--agency", "000.00.00.H29"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never replaces a key"));
+    let bad = run(&["--agency", "h29"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an agency code"));
+}
