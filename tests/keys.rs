@@ -71,3 +71,51 @@ fn a_signing_request_names_the_agency_and_keeps_its_key_private() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an agency code"));
 }
+
+#[test]
+fn the_dev_pki_issues_signing_certificates_from_a_ca_of_their_own() {
+    if !tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(BIN)
+        .args(["certs", "init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("certs init");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    for leaf in [
+        "signing-agency-000.00.00.H29.pem",
+        "signing-person-000.00.00.H29.pem",
+    ] {
+        let (ok, out, err) = sh(&format!(
+            "openssl verify -CAfile {} {}",
+            p("signing-ca.pem"),
+            p(leaf)
+        ));
+        assert!(ok, "{leaf}: {out}{err}");
+        // Not under the CA a gateway trusts for mTLS, and signing only.
+        let (ok, ..) = sh(&format!(
+            "openssl verify -CAfile {} {}",
+            p("ca.pem"),
+            p(leaf)
+        ));
+        assert!(!ok, "{leaf} chains to the mTLS CA");
+        let (_, text, _) = sh(&format!("openssl x509 -in {} -noout -text", p(leaf)));
+        assert!(
+            text.contains("Digital Signature, Non Repudiation"),
+            "{text}"
+        );
+        assert!(!text.contains("TLS Web Client Authentication"), "{text}");
+    }
+    let (_, agency, _) = sh(&format!(
+        "openssl x509 -in {} -noout -ext subjectAltName",
+        p("signing-agency-000.00.00.H29.pem")
+    ));
+    assert!(agency.contains("URI:urn:lgsp:id:000.00.00.H29"), "{agency}");
+}

@@ -25,6 +25,9 @@ pub const DEV_REVOKED_AGENCY: &str = "000.00.00.H26";
 pub const DEV_LGSP_IDENTITY: &str = "LGSP-DEV";
 /// Identity of the NDXP hop's client certificate.
 pub const DEV_NDXP_IDENTITY: &str = "NDXP-DEV";
+/// The agency of the dev signing certificates, and the person who approves its data (người phê duyệt).
+pub const DEV_SIGNING_AGENCY: &str = "000.00.00.H29";
+pub const DEV_SIGNING_PERSON: &str = "Nguyễn Văn An";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevPkiError {
@@ -53,6 +56,8 @@ pub struct LeafSpec {
     pub ips: Vec<IpAddr>,
     pub server: bool,
     pub client: bool,
+    /// A signing certificate (approvals, Thông tư 06/2023): digitalSignature and nonRepudiation, no TLS use.
+    pub signing: bool,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -74,6 +79,7 @@ impl LeafSpec {
             ips: Vec::new(),
             server: false,
             client: false,
+            signing: false,
             not_before: now - Duration::hours(1),
             not_after: now + Duration::days(825),
         }
@@ -90,6 +96,14 @@ impl LeafSpec {
     /// A client certificate for an identity, written both as SAN URI (with the dev prefix) and CN.
     pub fn identity(id: &str) -> Self {
         Self::client(id).with_uri(&format!("{DEV_URI_PREFIX}{id}"))
+    }
+
+    /// A signing certificate whose CN is `name` (a person, or an agency with its identity added by `with_uri`).
+    pub fn signer(name: &str) -> Self {
+        LeafSpec {
+            signing: true,
+            ..Self::base(name)
+        }
     }
 
     /// A server certificate for `localhost`, 127.0.0.1 and ::1.
@@ -221,6 +235,9 @@ impl DevCa {
             .subject_alt_names
             .extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if spec.signing {
+            params.key_usages.push(KeyUsagePurpose::ContentCommitment);
+        }
         if spec.server {
             params
                 .extended_key_usages
@@ -350,11 +367,29 @@ pub fn init(dir: &Path) -> Result<DevPkiReport, DevPkiError> {
     )?;
     let crl = ca.crl(&[&revoked.serial], 365)?;
     write_file(&dir.join("ca.crl.pem"), &crl, false)?;
+    // Signing certificates come from a CA of their own: the CA a gateway trusts for mTLS never vouches for an
+    // approval's signature, nor the other way round.
+    let signing_ca = DevCa::generate("lgsp-gateway dev signing CA")?;
+    put(
+        &signing_ca.issue(
+            &LeafSpec::signer(DEV_SIGNING_AGENCY)
+                .with_uri(&format!("{DEV_URI_PREFIX}{DEV_SIGNING_AGENCY}")),
+        )?,
+        &format!("signing-agency-{DEV_SIGNING_AGENCY}"),
+    )?;
+    put(
+        &signing_ca.issue(&LeafSpec::signer(DEV_SIGNING_PERSON))?,
+        &format!("signing-person-{DEV_SIGNING_AGENCY}"),
+    )?;
+    write_file(&dir.join("signing-ca.key"), &signing_ca.key_pem(), true)?;
+    write_file(&dir.join("signing-ca.pem"), signing_ca.cert_pem(), false)?;
     ensure_admin_token(&dir.join(ADMIN_TOKEN_FILE))?;
     write_file(&dir.join("ca.key"), &ca.key_pem(), true)?;
     // The CA certificate last: its presence is what `exists` looks for, so a half-written PKI is redone.
     write_file(&dir.join("ca.pem"), ca.cert_pem(), false)?;
     files.extend([
+        "signing-ca.key".to_owned(),
+        "signing-ca.pem".to_owned(),
         ADMIN_TOKEN_FILE.to_owned(),
         "ca.crl.pem".to_owned(),
         "ca.key".to_owned(),
