@@ -450,6 +450,46 @@ async fn check_config_connect_reaches_each_broker_and_names_the_missing_exchange
     js.delete_stream(&name).await.expect("drop the test stream");
 }
 
+/// A gateway whose hop presents an expired client certificate, publishing to `upstream`, and its answer to one
+/// packet: the broker must refuse the hop (502 or 504).
+async fn sent_with_an_expired_certificate(
+    pki: &TestPki,
+    client: &TestClient,
+    upstream: &str,
+    key: &str,
+) -> (lgsp_proxy::Gateway, Answer) {
+    let text = config(pki, &[("HoSoCBCCVC", upstream)], "")
+        .await
+        .replacen(
+            "cert = \"lgsp-client.pem\"",
+            &format!("cert = \"{AGENCY_EXPIRED}.pem\""),
+            1,
+        )
+        .replacen(
+            "key = \"lgsp-client.key\"",
+            &format!("key = \"{AGENCY_EXPIRED}.key\""),
+            1,
+        );
+    let g = lgsp_proxy::Gateway::start(&parse(pki, &text))
+        .await
+        .expect("gateway");
+    let refused = client
+        .send(
+            "POST",
+            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers(key),
+            &packet(),
+        )
+        .await
+        .expect("sent");
+    assert!(
+        matches!(refused.status.as_u16(), 502 | 504),
+        "{}",
+        refused.status
+    );
+    (g, refused)
+}
+
 /// A private `nats-server` with JetStream, TLS and client certificates verified against the test PKI's CA.
 async fn tls_nats(pki: &TestPki) -> (Proc, u16, tempfile::TempDir) {
     let store = tempfile::tempdir().expect("store dir");
@@ -540,42 +580,13 @@ async fn a_nats_tls_route_publishes_with_the_hops_client_certificate() {
     g.shutdown().await;
 
     // A hop whose certificate the broker does not trust (expired) publishes nothing: a 502, and the stream unchanged.
-    let text = config(
+    let (g, refused) = sent_with_an_expired_certificate(
         &pki,
-        &[(
-            "HoSoCBCCVC",
-            &format!("nats+tls://localhost:{port}/cbccvc.in.HoSoCBCCVC"),
-        )],
-        "",
+        &client,
+        &format!("nats+tls://localhost:{port}/cbccvc.in.HoSoCBCCVC"),
+        "2026-12-H29-tls-2",
     )
-    .await
-    .replacen(
-        "cert = \"lgsp-client.pem\"",
-        &format!("cert = \"{AGENCY_EXPIRED}.pem\""),
-        1,
-    )
-    .replacen(
-        "key = \"lgsp-client.key\"",
-        &format!("key = \"{AGENCY_EXPIRED}.key\""),
-        1,
-    );
-    let g = lgsp_proxy::Gateway::start(&parse(&pki, &text))
-        .await
-        .expect("gateway");
-    let refused = client
-        .send(
-            "POST",
-            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
-            &headers("2026-12-H29-tls-2"),
-            &packet(),
-        )
-        .await
-        .expect("sent");
-    assert!(
-        matches!(refused.status.as_u16(), 502 | 504),
-        "{}",
-        refused.status
-    );
+    .await;
     assert!(
         refused.json()["code"]
             .as_str()
@@ -724,45 +735,16 @@ async fn an_amqps_route_publishes_with_the_hops_client_certificate() {
     g.shutdown().await;
 
     // A hop whose certificate the node does not accept (expired) publishes nothing.
-    let text = config(
+    let (g, _refused) = sent_with_an_expired_certificate(
         &pki,
-        &[(
-            "HoSoCBCCVC",
-            &format!(
-                "amqps://guest:guest@localhost:{}/%2f?routing_key={queue}",
-                node.port
-            ),
-        )],
-        "",
+        &client,
+        &format!(
+            "amqps://guest:guest@localhost:{}/%2f?routing_key={queue}",
+            node.port
+        ),
+        "2026-12-H29-amqps-2",
     )
-    .await
-    .replacen(
-        "cert = \"lgsp-client.pem\"",
-        &format!("cert = \"{AGENCY_EXPIRED}.pem\""),
-        1,
-    )
-    .replacen(
-        "key = \"lgsp-client.key\"",
-        &format!("key = \"{AGENCY_EXPIRED}.key\""),
-        1,
-    );
-    let g = lgsp_proxy::Gateway::start(&parse(&pki, &text))
-        .await
-        .expect("gateway");
-    let refused = client
-        .send(
-            "POST",
-            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
-            &headers("2026-12-H29-amqps-2"),
-            &packet(),
-        )
-        .await
-        .expect("sent");
-    assert!(
-        matches!(refused.status.as_u16(), 502 | 504),
-        "{}",
-        refused.status
-    );
+    .await;
     let empty = ch
         .basic_get(
             queue.clone().into(),
