@@ -295,12 +295,26 @@ fn agencies(
     agencies
 }
 
-/// `messages = true`: the journal's status API, GET only, checking no packet and forwarding nothing.
+/// The first of `settings` (set, name) that is set: what a route the hop answers itself must not have.
+fn first_set(settings: &[(bool, &'static str)]) -> Option<&'static str> {
+    settings.iter().find_map(|(set, what)| set.then_some(*what))
+}
+
+/// A route the hop answers itself from what it holds: GET only.
+fn get_only(c: &mut Checker<'_>, r: &FileRoute, field: &str, message: &str) {
+    if r.methods
+        .iter()
+        .any(|m| !m.get_ref().eq_ignore_ascii_case("GET"))
+    {
+        c.problem(&r.name, format!("{field}.methods"), message);
+    }
+}
+
 /// An inbox route reads a NATS subject per agency: GET only, and nothing of a route that forwards.
 fn inbox(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<Upstream> {
     let v = r.inbox.as_ref()?;
     let f = format!("{field}.inbox");
-    let clash = [
+    let clash = first_set(&[
         (r.dry_run, "`dry_run`"),
         (r.messages, "`messages`"),
         (r.message_type.is_some(), "`message_type`"),
@@ -308,9 +322,7 @@ fn inbox(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<Upstream> {
         (r.trial_upstream.is_some(), "`trial_upstream`"),
         (r.delivery.is_some(), "`delivery`"),
         (r.rewrite.is_some(), "`rewrite`"),
-    ]
-    .into_iter()
-    .find_map(|(set, what)| set.then_some(what));
+    ]);
     if let Some(what) = clash {
         c.problem(
             v,
@@ -318,16 +330,7 @@ fn inbox(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<Upstream> {
             format!("an inbox route answers from its broker; remove {what}"),
         );
     }
-    if r.methods
-        .iter()
-        .any(|m| !m.get_ref().eq_ignore_ascii_case("GET"))
-    {
-        c.problem(
-            &r.name,
-            format!("{field}.methods"),
-            "an inbox route takes methods = [\"GET\"] only",
-        );
-    }
+    get_only(c, r, field, "an inbox route takes methods = [\"GET\"] only");
     let u = url(c, v, &f)?;
     if !matches!(u.broker, Some(Broker::Nats { .. })) {
         c.problem(
@@ -340,23 +343,18 @@ fn inbox(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> Option<Upstream> {
     Some(u)
 }
 
+/// `messages = true`: the journal's status API, GET only, checking no packet and forwarding nothing.
 fn messages(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> bool {
     if !r.messages {
         return false;
     }
-    let clash = if r.dry_run {
-        Some("`dry_run`")
-    } else if r.message_type.is_some() {
-        Some("`message_type`")
-    } else if r.owner.is_some() {
-        Some("`owner`")
-    } else if r.trial_upstream.is_some() {
-        Some("`trial_upstream`")
-    } else if r.delivery.is_some() {
-        Some("`delivery`")
-    } else {
-        None
-    };
+    let clash = first_set(&[
+        (r.dry_run, "`dry_run`"),
+        (r.message_type.is_some(), "`message_type`"),
+        (r.owner.is_some(), "`owner`"),
+        (r.trial_upstream.is_some(), "`trial_upstream`"),
+        (r.delivery.is_some(), "`delivery`"),
+    ]);
     if let Some(what) = clash {
         c.problem(
             &r.name,
@@ -364,16 +362,12 @@ fn messages(c: &mut Checker<'_>, r: &FileRoute, field: &str) -> bool {
             format!("a messages route answers from the journal; remove {what}"),
         );
     }
-    if r.methods
-        .iter()
-        .any(|m| !m.get_ref().eq_ignore_ascii_case("GET"))
-    {
-        c.problem(
-            &r.name,
-            format!("{field}.methods"),
-            "a messages route is read only: methods = [\"GET\"]",
-        );
-    }
+    get_only(
+        c,
+        r,
+        field,
+        "a messages route is read only: methods = [\"GET\"]",
+    );
     true
 }
 
