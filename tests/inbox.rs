@@ -166,6 +166,51 @@ async fn each_agency_pages_through_its_own_inbox_and_nothing_else() {
         .collect();
     assert_eq!(ids, h26);
 
+    // A page holds at most MAX_PAGE_BYTES (8 MiB) of bodies: ten packets of 900 KiB come in two pages.
+    let last26 = theirs.json()["next"].as_u64().expect("cursor");
+    let big = format!("<HoSoCBCCVC>{}</HoSoCBCCVC>", "x".repeat(900 * 1024));
+    for _ in 0..10 {
+        let a = national
+            .send(
+                "POST",
+                &format!("https://localhost:{emu_port}/cbccvc/v1/ChiaSe/000.00.00.H26"),
+                &[("content-type", "application/xml")],
+                &big,
+            )
+            .await
+            .expect("shared");
+        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    }
+    let page = inbox(AGENCY_OTHER, KEY_H26, format!("?after={last26}&limit=100"))
+        .await
+        .json();
+    let bodies = |page: &serde_json::Value| -> Vec<usize> {
+        page["packets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["body"].as_str().map_or(0, str::len))
+            .collect()
+    };
+    let first = bodies(&page);
+    assert!(
+        first.iter().sum::<usize>() <= lgsp_proxy::inbox::MAX_PAGE_BYTES,
+        "{first:?}"
+    );
+    assert!(first.len() < 10 && page["more"] == true, "{first:?}");
+    let rest = inbox(
+        AGENCY_OTHER,
+        KEY_H26,
+        format!(
+            "?after={}&limit=100",
+            page["next"].as_u64().expect("cursor")
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(first.len() + bodies(&rest).len(), 10);
+    assert_eq!(rest["more"], false);
+
     // A trial key reads nothing of production data; a bad cursor is named.
     let trial = inbox(AGENCY_OK, KEY_H29_TRIAL, String::new()).await;
     assert_eq!(
