@@ -46,6 +46,19 @@ async fn gateway(pki: &TestPki, upstream: &str, route_extra: &str) -> lgsp_proxy
         .expect("gateway")
 }
 
+/// POSTs the sample packet to the HoSoCBCCVC route of `g`'s LGSP hop under `key`.
+async fn post_packet(client: &TestClient, g: &lgsp_proxy::Gateway, key: &str) -> Answer {
+    client
+        .send(
+            "POST",
+            &hop_url(g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &headers(key),
+            &packet(),
+        )
+        .await
+        .expect("sent")
+}
+
 fn packet() -> String {
     sample("valid/HoSoCBCCVC-02-toi-thieu.xml")
 }
@@ -243,15 +256,7 @@ async fn a_rabbitmq_route_publishes_persistent_and_an_unroutable_packet_is_a_502
         "",
     )
     .await;
-    let sent = client
-        .send(
-            "POST",
-            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
-            &headers("2026-12-H29-amqp-1"),
-            &packet(),
-        )
-        .await
-        .expect("sent");
+    let sent = post_packet(&client, &g, "2026-12-H29-amqp-1").await;
     assert_eq!(sent.status, 202, "{}", String::from_utf8_lossy(&sent.body));
     let id = sent.json()["message_id"]
         .as_str()
@@ -277,15 +282,7 @@ async fn a_rabbitmq_route_publishes_persistent_and_an_unroutable_packet_is_a_502
         "",
     )
     .await;
-    let refused = client
-        .send(
-            "POST",
-            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
-            &headers("2026-12-H29-amqp-2"),
-            &packet(),
-        )
-        .await
-        .expect("sent");
+    let refused = post_packet(&client, &g, "2026-12-H29-amqp-2").await;
     assert_eq!(refused.status, 502);
     let problem = refused.json();
     assert_eq!(problem["code"], "broker.unroutable", "{problem}");
@@ -473,15 +470,7 @@ async fn sent_with_an_expired_certificate(
     let g = lgsp_proxy::Gateway::start(&parse(pki, &text))
         .await
         .expect("gateway");
-    let refused = client
-        .send(
-            "POST",
-            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
-            &headers(key),
-            &packet(),
-        )
-        .await
-        .expect("sent");
+    let refused = post_packet(client, &g, key).await;
     assert!(
         matches!(refused.status.as_u16(), 502 | 504),
         "{}",
@@ -565,15 +554,7 @@ async fn a_nats_tls_route_publishes_with_the_hops_client_certificate() {
     )
     .await;
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
-    let sent = client
-        .send(
-            "POST",
-            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
-            &headers("2026-12-H29-tls-1"),
-            &packet(),
-        )
-        .await
-        .expect("sent");
+    let sent = post_packet(&client, &g, "2026-12-H29-tls-1").await;
     assert_eq!(sent.status, 202, "{}", String::from_utf8_lossy(&sent.body));
     assert_eq!(sent.json()["stream"], "CBCCVC");
     assert_eq!(stored(&js, "CBCCVC").await.len(), 1);
@@ -706,15 +687,7 @@ async fn an_amqps_route_publishes_with_the_hops_client_certificate() {
     )
     .await;
     let client = TestClient::new(&pki, Some(AGENCY_OK), false);
-    let sent = client
-        .send(
-            "POST",
-            &hop_url(&g, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
-            &headers("2026-12-H29-amqps-1"),
-            &packet(),
-        )
-        .await
-        .expect("sent");
+    let sent = post_packet(&client, &g, "2026-12-H29-amqps-1").await;
     assert_eq!(sent.status, 202, "{}", String::from_utf8_lossy(&sent.body));
     let id = sent.json()["message_id"]
         .as_str()
