@@ -93,7 +93,13 @@ impl Exchange {
             b = b.header(*n, *v);
         }
         let req = b.body(Full::new(Bytes::from(body)))?;
-        let fut = self.sender.send_request(req);
+        // The connection takes the next request only once it has settled after the last answer (hyper's http1
+        // sender refuses one sent before, as "canceled"); waiting for it is part of the exchange's time.
+        let sender = &mut self.sender;
+        let fut = async move {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
         let resp = match tokio::time::timeout(self.timeout, fut).await {
             Err(_) => return Ok(Err(None)),
             Ok(Err(e)) => return Ok(Err(Some(e))),
