@@ -48,6 +48,8 @@ pub struct FileConfig {
     /// Broker sources (`[[consumer]]`): queues whose packets this process delivers to a route's upstream.
     #[serde(default, rename = "consumer")]
     pub consumers: Vec<FileConsumer>,
+    /// Signed approvals (`PheDuyetDuLieu`): the signing CAs and the approval window.
+    pub signing: Option<FileSigning>,
 }
 
 /// `[[consumer]]`: a JetStream durable consumer or a RabbitMQ queue read by one hop, each packet delivered to one of
@@ -76,6 +78,22 @@ pub struct FileJournal {
     pub url: Option<Spanned<String>>,
     pub keep_bodies: Option<Spanned<String>>,
     pub retention: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSigning {
+    /// The CAs whose certificates may sign approvals (PEM), separate from the mTLS CAs.
+    pub ca: Vec<Spanned<String>>,
+    /// Their CRLs (PEM).
+    #[serde(default)]
+    pub crls: Vec<Spanned<String>>,
+    /// The SAN URI prefix of an agency's signing certificate (`<prefix><agency code>`).
+    pub identity_uri_prefix: Option<Spanned<String>>,
+    /// Approvals are made within the last part of the month they approve: this long before its end.
+    pub approval_window: Option<Spanned<String>>,
+    /// How long after its month ends an approval may still arrive.
+    pub approval_lateness: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,7 +20,7 @@ pub use runtime::{
     ConsumerConfig, DeliveryConfig, DeliveryMode, EmulatorConfig, HopConfig, HttpConfig,
     JournalConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
     RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
-    SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol, ValidationConfig,
+    SigningConfig, SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol, ValidationConfig,
     valid_subject,
 };
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use lgsp_auth::{AuthPolicy, TokenIssuer};
 use lgsp_broker::ClientIdentity;
 use lgsp_config::{
-    ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend,
+    ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend, SigningConfig,
     SchemaSource, ServerTlsConfig,
 };
 use lgsp_journal::Journal;
@@ -92,21 +92,29 @@ pub fn prepare(
         .emulator
         .as_ref()
         .map(|e| listener_tls(&e.tls, None, &mut problems));
-    let (Some(catalog), Some(secret), Some(limits), Some(admin), true) =
-        (catalog, secret, limits, admin, problems.is_empty())
+    let signing = match &cfg.signing {
+        None => Some(None),
+        Some(s) => signing(s, &mut problems).map(Some),
+    };
+    let (Some(catalog), Some(secret), Some(limits), Some(admin), Some(signing), true) =
+        (catalog, secret, limits, admin, signing, problems.is_empty())
     else {
         return Err(ConfigError {
             source: cfg.source.clone(),
             problems,
         });
     };
+    let mut expiry = Vec::new();
+    let signing = signing.map(|(policy, expiries)| {
+        expiry.extend(expiries.into_iter().map(|e| ("signing".to_owned(), e)));
+        Arc::new(policy)
+    });
     let shared = Shared {
-        validation: Arc::new(validation(cfg, catalog)),
+        validation: Arc::new(validation(cfg, catalog, signing)),
         secret,
         limits: limits.clone(),
         journal,
     };
-    let mut expiry = Vec::new();
     let mut hops = Vec::new();
     for ((h, t), pems) in cfg
         .hops
@@ -309,7 +317,66 @@ fn expiries(
     Ok(all)
 }
 
-fn validation(cfg: &Config, catalog: Catalog) -> ValidationPolicy {
+/// The signing CAs and CRLs loaded into the approval policy, with their expiries; `None` with the problems
+/// recorded when a file fails (each at the field naming it).
+fn signing(
+    s: &SigningConfig,
+    problems: &mut Vec<Problem>,
+) -> Option<(lgsp_sign::Policy, Vec<Expiry>)> {
+    let before = problems.len();
+    let mut cas = Vec::new();
+    let mut expiry = Vec::new();
+    for p in &s.ca {
+        let loaded = lgsp_tls::load_certs(p).and_then(|certs| {
+            // Each file on its own first, so a certificate that is no CA is named by its own line.
+            lgsp_sign::TrustStore::new(&certs, &[])
+                .map_err(|e| TlsError::at(p, format!("not usable as a signing CA: {e}")))?;
+            expiry.extend(lgsp_tls::cert_expiry(p, "signing_ca")?);
+            Ok(certs)
+        });
+        match loaded {
+            Ok(certs) => cas.extend(certs),
+            Err(e) => problems.push(e.problem()),
+        }
+    }
+    let mut crls = Vec::new();
+    for p in &s.crls {
+        let loaded = lgsp_tls::load_crls(p).and_then(|list| {
+            let der: Vec<Vec<u8>> = list.iter().map(|c| c.as_ref().to_vec()).collect();
+            if !cas.is_empty() {
+                lgsp_sign::TrustStore::new(&cas, &der)
+                    .map_err(|e| TlsError::at(p, format!("not usable as a CRL: {e}")))?;
+            }
+            expiry.extend(lgsp_tls::crl_expiry(p)?);
+            Ok(der)
+        });
+        match loaded {
+            Ok(der) => crls.extend(der),
+            Err(e) => problems.push(e.problem()),
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    let trust = lgsp_sign::TrustStore::new(&cas, &crls)
+        .map_err(|e| problems.push(Origin::named("signing.ca").problem(e)))
+        .ok()?;
+    let policy = lgsp_sign::Policy {
+        trust,
+        identity_prefix: s.identity_uri_prefix.clone(),
+        window: lgsp_sign::Window {
+            days: s.approval_window_days,
+            lateness: time::Duration::try_from(s.approval_lateness).unwrap_or(time::Duration::ZERO),
+        },
+    };
+    Some((policy, expiry))
+}
+
+fn validation(
+    cfg: &Config,
+    catalog: Catalog,
+    signing: Option<Arc<lgsp_sign::Policy>>,
+) -> ValidationPolicy {
     let v = &cfg.validation;
     let options = Options {
         limits: Limits {
@@ -327,6 +394,7 @@ fn validation(cfg: &Config, catalog: Catalog) -> ValidationPolicy {
         v.trial_max_errors,
         &cfg.agencies,
     )
+    .signing(signing)
 }
 
 /// One hop's stack over its loaded TLS.

@@ -1,7 +1,8 @@
 //! `ValidateLayer`: the body limit of every route, and for routes that carry a CBCCVC message type, the packet
 //! check — Content-Type → XML or JSON (else 415), whole body read within the limit (else 413), schema and domain
-//! rules (400 malformed / 422 invalid with every error), and the jurisdiction of the packet's MaDonVi (403). A
-//! good packet is forwarded byte for byte. A dry-run route answers the verdict here.
+//! rules (400 malformed / 422 invalid with every error), the jurisdiction of the packet's MaDonVi (403), and for
+//! approvals (`PheDuyetDuLieu`) their two signatures (422, `signature.*`; `lgsp_sign`). A good packet is forwarded
+//! byte for byte. A dry-run route answers the verdict here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -202,7 +203,12 @@ pub struct ValidationPolicy {
     /// `options` for trial-mode requests and dry runs, whose answers list every error up to `trial_max_errors`.
     full_options: Options,
     units: HashMap<String, Jurisdiction>,
+    /// How approvals' signatures are checked (`[signing]`); `None`: approvals are refused.
+    signing: Option<Arc<lgsp_sign::Policy>>,
 }
+
+/// The message type whose packets carry signatures.
+const APPROVAL: &str = "PheDuyetDuLieu";
 
 impl ValidationPolicy {
     pub fn new(
@@ -227,7 +233,33 @@ impl ValidationPolicy {
                     (a.code.clone(), j)
                 })
                 .collect(),
+            signing: None,
         }
+    }
+
+    /// Checks approvals' signatures with `policy` (`None`: refuses them).
+    pub fn signing(mut self, policy: Option<Arc<lgsp_sign::Policy>>) -> Self {
+        self.signing = policy;
+        self
+    }
+
+    /// The signatures of an approval sent by `agency`, checked now.
+    fn signatures(&self, format: Format, bytes: &[u8], agency: &str) -> Vec<Violation> {
+        let Some(policy) = &self.signing else {
+            return vec![Violation {
+                path: format!("/{APPROVAL}"),
+                line: None,
+                column: None,
+                rule: "signature.untrusted",
+                message: "this gateway has no signing CAs ([signing] ca), so it cannot tell a signed approval from a forged one; the operator must configure them".into(),
+            }];
+        };
+        let now = Some(time::OffsetDateTime::now_utc());
+        let verdict = match format {
+            Format::Xml => policy.verify_xml(bytes, agency, now),
+            Format::Json => policy.verify_json(bytes, agency, now),
+        };
+        verdict.err().unwrap_or_default()
     }
 
     /// Schema, domain rules and jurisdiction of one packet.
@@ -289,6 +321,19 @@ impl ValidationPolicy {
                 violations: report.violations,
                 truncated: report.truncated,
             });
+        }
+        if ask.message_type == APPROVAL {
+            let violations = self.signatures(ask.format, bytes, &caller.agency);
+            if !violations.is_empty() {
+                let mut rules: Vec<&'static str> = violations.iter().map(|v| v.rule).collect();
+                rules.sort_unstable();
+                rules.dedup();
+                rules.iter().for_each(|r| count(r));
+                return Err(PacketError::Invalid {
+                    violations,
+                    truncated: false,
+                });
+            }
         }
         Ok(())
     }
@@ -504,9 +549,11 @@ pub fn export_rules(hop: &HopContext, routes: &[lgsp_config::RouteConfig]) {
             (None, false) => continue,
         };
         for t in types {
+            let signatures = if t == APPROVAL { lgsp_sign::RULES } else { &[] };
             for rule in lgsp_schema::RULES
                 .iter()
                 .chain(&["authz.unit_outside_jurisdiction"])
+                .chain(signatures)
             {
                 hop.metrics
                     .validation_failures

@@ -154,6 +154,14 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../../schemas/cbccvc/PheDuyetDuLieu.xsd"),
     ),
     (
+        "xmldsig-profile.xsd",
+        include_str!("../../../schemas/cbccvc/xmldsig-profile.xsd"),
+    ),
+    (
+        "xmldsig-filter2-profile.xsd",
+        include_str!("../../../schemas/cbccvc/xmldsig-filter2-profile.xsd"),
+    ),
+    (
         "BienDong.xsd",
         include_str!("../../../schemas/cbccvc/BienDong.xsd"),
     ),

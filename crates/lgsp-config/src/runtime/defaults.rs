@@ -121,6 +121,10 @@ pub const JOURNAL_KEEP_BODIES: Duration = Duration::from_secs(30 * 86_400);
 /// Five years: the audit period an operator sets.
 pub const JOURNAL_RETENTION: Duration = Duration::from_secs(1825 * 86_400);
 
+// [signing]
+pub const SIGNING_APPROVAL_WINDOW: Duration = Duration::from_secs(5 * 86_400);
+pub const SIGNING_APPROVAL_LATENESS: Duration = Duration::ZERO;
+
 // [delivery]
 pub const DELIVERY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const DELIVERY_INITIAL_BACKOFF: Duration = Duration::from_secs(1);

@@ -12,6 +12,7 @@ pub mod defaults;
 mod emulator;
 mod hop;
 mod journal;
+mod signing;
 mod limits;
 mod route;
 mod tls;
@@ -31,6 +32,7 @@ pub use consumer::{ConsumerConfig, SourceKind};
 pub use emulator::EmulatorConfig;
 pub use hop::{HopConfig, HttpConfig, PeerConfig, UpstreamConfig, UpstreamProtocol};
 pub use journal::{DeliveryConfig, JournalConfig};
+pub use signing::SigningConfig;
 pub use limits::{OverloadConfig, RateLimitBackend, RateLimitConfig};
 pub use route::{DeliveryMode, RateSpec, RouteConfig, Upstream};
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
@@ -120,6 +122,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Broker sources, each read by one of `hops`.
     pub consumers: Vec<ConsumerConfig>,
+    /// Who may sign approvals; `None`: approvals are refused.
+    pub signing: Option<SigningConfig>,
 }
 
 impl Config {
@@ -163,6 +167,7 @@ impl Config {
             token: token::token(&mut c, &file.token),
             auth: token::auth(&mut c, &file.auth),
             journal: journal::journal(&mut c, &file.journal),
+            signing: file.signing.as_ref().map(|s| signing::signing(&mut c, s)),
             delivery,
             consumers,
             admin,

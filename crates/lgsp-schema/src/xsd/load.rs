@@ -1,5 +1,8 @@
-//! Loading an XSD (and the local files it includes) into the compiled [`Schema`]. Every construct outside the
-//! subset is a load-time error naming the construct, the file and the line — never silently ignored.
+//! Loading an XSD (and the local files it includes or imports) into the compiled [`Schema`]. Every construct
+//! outside the subset is a load-time error naming the construct, the file and the line — never silently ignored.
+//!
+//! Named components are kept per namespace (`{namespace}local`), so a schema may `xs:import` a local schema of
+//! another namespace (the XML-DSig profile of the approval packets) and refer to its elements and types.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,8 +31,8 @@ pub struct LoadError {
 #[derive(Debug, Clone)]
 pub struct ElementDecl {
     pub name: String,
-    /// Namespace the element must be in (`None` = no namespace).
-    pub ns: Option<String>,
+    /// Namespace the element must be in, an index into [`Schema::namespaces`] (`None` = no namespace).
+    pub ns: Option<usize>,
     pub ty: TypeRef,
     pub nillable: bool,
     /// Some particle lets it occur more than once (paths then show `[n]`).
@@ -86,6 +89,8 @@ pub struct ComplexType {
 #[derive(Debug, Clone)]
 pub struct Schema {
     pub target_ns: Option<String>,
+    /// Every namespace the schema declares elements in: the target namespace first, then the imported ones.
+    pub namespaces: Vec<String>,
     pub elements: Vec<ElementDecl>,
     pub globals: HashMap<String, ElemId>,
     pub complex: Vec<ComplexType>,
@@ -122,6 +127,31 @@ impl XNode {
 struct DocInfo {
     file: String,
     qualified: bool,
+    /// The namespace its components are declared in (a chameleon include's is its includer's).
+    tns: Option<String>,
+}
+
+/// How a schema document came to be loaded, and so which target namespace it must have.
+enum Origin {
+    /// The schema file itself.
+    Root,
+    /// `xs:include`d: the includer's namespace, or none (a chameleon, which adopts it).
+    Include(Option<String>),
+    /// `xs:import`ed for this namespace.
+    Import(String),
+}
+
+/// The local name of a [`key`].
+fn local_of(key: &str) -> &str {
+    key.rsplit_once('}').map_or(key, |(_, local)| local)
+}
+
+/// The key of a named component: `{namespace}local`.
+fn key(ns: Option<&str>, local: &str) -> String {
+    match ns {
+        Some(ns) => format!("{{{ns}}}{local}"),
+        None => local.to_owned(),
+    }
 }
 
 /// Where schema files come from: a directory, or files compiled into the binary.
@@ -215,6 +245,7 @@ fn allowed_attrs(local: &str) -> Option<&'static [&'static str]> {
             "id",
         ],
         "include" => &["schemaLocation", "id"],
+        "import" => &["namespace", "schemaLocation", "id"],
         "element" => &[
             "name",
             "type",
@@ -262,6 +293,7 @@ impl Loader<'_> {
         self.docs.push(DocInfo {
             file: file.clone(),
             qualified: false,
+            tns: None,
         });
         let mut reader = NsReader::from_str(&text);
         let mut stack: Vec<XNode> = Vec::new();
@@ -423,23 +455,38 @@ impl Loader<'_> {
         Ok(Some(root))
     }
 
-    fn load_doc(&mut self, path: &Path) -> Result<(), LoadError> {
+    fn load_doc(&mut self, path: &Path, origin: Origin) -> Result<(), LoadError> {
         let Some(root) = self.parse_file(path)? else {
             return Ok(());
         };
-        let tns = root.attr("targetNamespace").map(str::to_owned);
-        match (&self.target_ns, &tns, root.doc) {
-            (_, _, 0) => self.target_ns = tns.clone(),
+        let declared = root.attr("targetNamespace").map(str::to_owned);
+        let tns = match (origin, declared) {
+            (Origin::Root, declared) => {
+                self.target_ns = declared.clone();
+                declared
+            }
             // A schema without a target namespace adopts the includer's (chameleon include).
-            (_, None, _) => {}
-            (Some(a), Some(b), _) if a == b => {}
-            _ => {
+            (Origin::Include(outer), None) => outer,
+            (Origin::Include(outer), Some(d)) if outer.as_deref() == Some(d.as_str()) => Some(d),
+            (Origin::Include(outer), Some(d)) => {
                 return Err(self.err(&root, format!(
-                    "included schema has targetNamespace {:?}, the including one {:?}; xs:import is outside the subset",
-                    tns, self.target_ns
+                    "included schema has targetNamespace {d:?}, the including one {outer:?}; a schema of another namespace is brought in with xs:import"
                 )));
             }
+            (Origin::Import(wanted), Some(d)) if d == wanted => Some(d),
+            (Origin::Import(wanted), d) => {
+                return Err(self.err(
+                    &root,
+                    format!("imported for namespace {wanted:?}, but its targetNamespace is {d:?}"),
+                ));
+            }
+        };
+        if let Some(ns) = &tns
+            && !self.schema.namespaces.contains(ns)
+        {
+            self.schema.namespaces.push(ns.clone());
         }
+        self.docs[root.doc].tns = tns.clone();
         let qualified = match root.attr("elementFormDefault") {
             None | Some("unqualified") => false,
             Some("qualified") => true,
@@ -479,18 +526,44 @@ impl Loader<'_> {
                             format!("xs:include of `{loc}` leaves the schema directory"),
                         )
                     })?;
-                    self.load_doc(&target)?;
+                    self.load_doc(&target, Origin::Include(tns.clone()))?;
+                }
+                "import" => {
+                    let ns = child
+                        .attr("namespace")
+                        .ok_or_else(|| self.err(child, "xs:import needs the namespace it imports"))?
+                        .to_owned();
+                    if tns.as_deref() == Some(ns.as_str()) {
+                        return Err(self.err(
+                            child,
+                            "xs:import of the schema's own namespace; use xs:include",
+                        ));
+                    }
+                    let loc = child.attr("schemaLocation").ok_or_else(|| {
+                        self.err(
+                            child,
+                            format!("xs:import of {ns} needs the schemaLocation of a local file"),
+                        )
+                    })?;
+                    if loc.contains("://") {
+                        return Err(self.err(
+                            child,
+                            format!("xs:import of `{loc}`: only local files can be imported"),
+                        ));
+                    }
+                    let target = normalise(&dir.join(loc)).ok_or_else(|| {
+                        self.err(child, format!("xs:import of `{loc}` leaves the schema directory"))
+                    })?;
+                    self.load_doc(&target, Origin::Import(ns))?;
                 }
                 "simpleType" | "complexType" | "element" => {
-                    let name = child
-                        .attr("name")
-                        .ok_or_else(|| {
-                            self.err(
-                                child,
-                                format!("a top-level xs:{} needs a name", child.local),
-                            )
-                        })?
-                        .to_owned();
+                    let name = child.attr("name").ok_or_else(|| {
+                        self.err(
+                            child,
+                            format!("a top-level xs:{} needs a name", child.local),
+                        )
+                    })?;
+                    let name = key(tns.as_deref(), name);
                     let map = match child.local.as_str() {
                         "simpleType" => &mut self.top_simple,
                         "complexType" => &mut self.top_complex,
@@ -513,18 +586,28 @@ impl Loader<'_> {
         Ok(())
     }
 
-    /// Resolves a QName attribute value (`xs:string`, `MaDonViType`) to (namespace, local).
+    /// Resolves a QName attribute value (`xs:string`, `MaDonViType`) to (namespace, local). An unprefixed name
+    /// without a default namespace is the document's own (as in a chameleon include).
     fn qname(&self, n: &XNode, v: &str) -> Result<(Option<String>, String), LoadError> {
         let (prefix, local) = v.split_once(':').map_or(("", v), |(p, l)| (p, l));
         match n.scope.get(prefix) {
             Some(ns) => Ok((Some(ns.clone()), local.to_owned())),
-            None if prefix.is_empty() => Ok((None, local.to_owned())),
+            None if prefix.is_empty() => Ok((self.docs[n.doc].tns.clone(), local.to_owned())),
             None => Err(self.err(n, format!("prefix `{prefix}` of `{v}` is not declared"))),
         }
     }
 
-    fn is_ours(&self, ns: &Option<String>) -> bool {
-        *ns == self.target_ns || ns.is_none()
+    /// The namespace's index in [`Schema::namespaces`], if the schema declares anything in it.
+    fn namespace_id(&self, ns: Option<&str>) -> Option<usize> {
+        let ns = ns?;
+        self.schema.namespaces.iter().position(|n| n == ns)
+    }
+
+    fn unknown_namespace(&self, n: &XNode, what: &str, v: &str, ns: &str) -> LoadError {
+        self.err(
+            n,
+            format!("{what} `{v}` is in namespace {ns}, which this schema neither declares nor imports"),
+        )
     }
 
     fn occurs(&self, n: &XNode) -> Result<(u32, Option<u32>), LoadError> {
@@ -563,17 +646,17 @@ impl Loader<'_> {
             self.simple_done.insert(key, id);
             return Ok(id);
         }
-        if !self.is_ours(&ns) {
-            return Err(self.err(
-                n,
-                format!("type `{v}` is in another namespace; xs:import is outside the subset"),
-            ));
+        if let Some(ns) = ns.as_deref()
+            && self.namespace_id(Some(ns)).is_none()
+        {
+            return Err(self.unknown_namespace(n, "type", v, ns));
         }
-        self.simple_named(n, &local, v)
+        self.simple_named(n, &key(ns.as_deref(), &local), v)
     }
 
-    fn simple_named(&mut self, n: &XNode, local: &str, v: &str) -> Result<usize, LoadError> {
-        let local = local.to_owned();
+    /// The simple type named by `name` (a [`key`]).
+    fn simple_named(&mut self, n: &XNode, name: &str, v: &str) -> Result<usize, LoadError> {
+        let local = name.to_owned();
         if let Some(id) = self.simple_done.get(&local) {
             return Ok(*id);
         }
@@ -590,7 +673,7 @@ impl Loader<'_> {
         if !self.simple_busy.insert(local.clone()) {
             return Err(self.err(n, format!("simple type `{v}` derives from itself")));
         }
-        let id = self.simple_type(&def, Some(local.clone()))?;
+        let id = self.simple_type(&def, Some(local_of(&local).to_owned()))?;
         self.simple_busy.remove(&local);
         self.simple_done.insert(local, id);
         Ok(id)
@@ -738,20 +821,21 @@ impl Loader<'_> {
 
     fn complex_by_name(&mut self, n: &XNode, v: &str) -> Result<Option<usize>, LoadError> {
         let (ns, local) = self.qname(n, v)?;
-        if !self.is_ours(&ns) || ns.as_deref() == Some(XS) {
+        if ns.as_deref() == Some(XS) {
             return Ok(None);
         }
-        self.complex_named(&local)
+        self.complex_named(&key(ns.as_deref(), &local))
     }
 
-    fn complex_named(&mut self, local: &str) -> Result<Option<usize>, LoadError> {
-        let local = local.to_owned();
-        if let Some(id) = self.complex_done.get(&local) {
+    /// The complex type named by `name` (a [`key`]), if there is one.
+    fn complex_named(&mut self, name: &str) -> Result<Option<usize>, LoadError> {
+        if let Some(id) = self.complex_done.get(name) {
             return Ok(Some(*id));
         }
-        let Some(def) = self.top_complex.get(&local).cloned() else {
+        let Some(def) = self.top_complex.get(name).cloned() else {
             return Ok(None);
         };
+        let local = local_of(name).to_owned();
         // Reserve the slot first so recursive types refer to it.
         self.schema.complex.push(ComplexType {
             name: Some(local.clone()),
@@ -759,7 +843,7 @@ impl Loader<'_> {
             content: Content::Empty,
         });
         let id = self.schema.complex.len() - 1;
-        self.complex_done.insert(local.clone(), id);
+        self.complex_done.insert(name.to_owned(), id);
         let ct = self.complex_type(&def, Some(local))?;
         self.schema.complex[id] = ct;
         Ok(Some(id))
@@ -909,13 +993,12 @@ impl Loader<'_> {
                 return Err(self.err(e, "an element ref takes only minOccurs / maxOccurs"));
             }
             let (ns, local) = self.qname(e, r)?;
-            if !self.is_ours(&ns) {
-                return Err(self.err(
-                    e,
-                    format!("ref `{r}` is in another namespace; xs:import is outside the subset"),
-                ));
+            if let Some(ns) = ns.as_deref()
+                && self.namespace_id(Some(ns)).is_none()
+            {
+                return Err(self.unknown_namespace(e, "ref", r, ns));
             }
-            return self.global(e, &local);
+            return self.global(e, &key(ns.as_deref(), &local));
         }
         let name = e
             .attr("name")
@@ -929,7 +1012,7 @@ impl Loader<'_> {
             }
         };
         let ns = if global || self.docs[e.doc].qualified {
-            self.target_ns.clone()
+            self.namespace_id(self.docs[e.doc].tns.as_deref())
         } else {
             None
         };
@@ -974,15 +1057,17 @@ impl Loader<'_> {
         Ok(id)
     }
 
-    fn global(&mut self, at: &XNode, local: &str) -> Result<ElemId, LoadError> {
-        if let Some(id) = self.global_done.get(local) {
+    /// The global element named by `name` (a [`key`]).
+    fn global(&mut self, at: &XNode, name: &str) -> Result<ElemId, LoadError> {
+        if let Some(id) = self.global_done.get(name) {
             return Ok(*id);
         }
-        let def = self
-            .top_elements
-            .get(local)
-            .cloned()
-            .ok_or_else(|| self.err(at, format!("global element `{local}` is not defined")))?;
+        let def = self.top_elements.get(name).cloned().ok_or_else(|| {
+            self.err(
+                at,
+                format!("global element `{}` is not defined", local_of(name)),
+            )
+        })?;
         if def.attr("minOccurs").is_some() || def.attr("maxOccurs").is_some() {
             return Err(self.err(
                 &def,
@@ -990,8 +1075,11 @@ impl Loader<'_> {
             ));
         }
         let id = self.element(&def, true)?;
-        self.global_done.insert(local.to_owned(), id);
-        self.schema.globals.insert(local.to_owned(), id);
+        self.global_done.insert(name.to_owned(), id);
+        // The packet roots: elements of the target namespace.
+        if self.schema.elements[id].ns == self.namespace_id(self.target_ns.as_deref()) {
+            self.schema.globals.insert(local_of(name).to_owned(), id);
+        }
         Ok(id)
     }
 }
@@ -1029,6 +1117,7 @@ impl Schema {
                 target_ns: None,
                 elements: Vec::new(),
                 globals: HashMap::new(),
+                namespaces: Vec::new(),
                 complex: Vec::new(),
                 simple: Vec::new(),
                 names: Vec::new(),
@@ -1038,7 +1127,7 @@ impl Schema {
             complex_done: HashMap::new(),
             global_done: HashMap::new(),
         };
-        l.load_doc(name)?;
+        l.load_doc(name, Origin::Root)?;
         l.schema.target_ns = l.target_ns.clone();
         // Compile every named component, so errors anywhere in the files surface at load time.
         let names: Vec<(String, Rc<XNode>)> = l

@@ -175,19 +175,24 @@ impl Lines<'_> {
     }
 }
 
-/// An element's or attribute's namespace: none, the schema's target namespace, or another one (by its binding's
-/// index in `Run::bindings`). Copied freely; compared with the schema's without touching strings.
+/// An element's or attribute's namespace: none, one the schema declares elements in (its index in
+/// `Schema::namespaces`: the target namespace, or an imported one), or another one (by its binding's index in
+/// `Run::bindings`). Copied freely; compared with the schema's without touching strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ns {
     None,
-    Target,
+    Known(usize),
     Other(usize),
 }
 
 impl Ns {
-    /// Whether a declaration's namespace (`None` or the target namespace) is this one.
-    fn is(self, decl: &Option<String>) -> bool {
-        matches!((self, decl), (Ns::None, None) | (Ns::Target, Some(_)))
+    /// Whether a declaration's namespace is this one.
+    fn is(self, decl: &Option<usize>) -> bool {
+        match (self, decl) {
+            (Ns::None, None) => true,
+            (Ns::Known(a), Some(b)) => a == *b,
+            _ => false,
+        }
     }
 }
 
@@ -308,14 +313,13 @@ impl<'s, 'i> Run<'s, 'i> {
     fn uri(&self, ns: Ns) -> &str {
         match ns {
             Ns::None => "",
-            Ns::Target => self.schema.target_ns.as_deref().unwrap_or_default(),
+            Ns::Known(i) => self.schema.namespaces.get(i).map_or("", String::as_str),
             Ns::Other(i) => self.bindings.get(i).map_or("", |b| b.uri.as_str()),
         }
     }
 
     /// Pushes the namespace declarations (`xmlns`, `xmlns:p`) of a start tag onto `bindings`.
     fn declare(&mut self, e: &BytesStart<'_>, at: usize) -> Result<(), ()> {
-        let target = self.schema.target_ns.as_deref();
         for a in e.attributes() {
             let a = match a {
                 Ok(a) => a,
@@ -349,8 +353,8 @@ impl<'s, 'i> Run<'s, 'i> {
             }
             let ns = if uri.is_empty() {
                 Ns::None
-            } else if Some(&*uri) == target {
-                Ns::Target
+            } else if let Some(i) = self.schema.namespaces.iter().position(|n| **n == *uri) {
+                Ns::Known(i)
             } else {
                 Ns::Other(self.bindings.len())
             };
@@ -504,13 +508,14 @@ impl<'s, 'i> Run<'s, 'i> {
                 } else {
                     let same_name = expected
                         .iter()
-                        .any(|d| schema.elements[*d].name == name.local);
-                    let message = if same_name {
+                        .find(|d| schema.elements[**d].name == name.local);
+                    let message = if let Some(d) = same_name {
+                        let wanted = schema.elements[*d].ns.map_or(Ns::None, Ns::Known);
                         format!(
                             "{} is in namespace {:?} here; {parent_local} expects it in {:?}",
                             name.local,
                             self.uri(name.ns),
-                            self.uri(Ns::Target)
+                            self.uri(wanted)
                         )
                     } else {
                         format!(

@@ -1,0 +1,29 @@
+//! Signed data. Approval packets (`PheDuyetDuLieu`) carry signatures by the approving person and by the agency:
+//! XML-DSig in XML (`xml.rs`, through bergshamra), JWS in JSON (`jws.rs`); `approval.rs` decides whether they make a valid approval: each
+//! signature verifies, its certificate chains to a signing CA (`trust.rs`: webpki, CRLs, key usage, validity at
+//! the signing time), the agency's is the sending agency's, and the approval falls within its month's window.
+#![forbid(unsafe_code)]
+
+pub mod approval;
+pub mod jws;
+pub mod trust;
+pub mod xml;
+
+pub use approval::{Approval, Policy, Window};
+pub use trust::{Signer, TrustError, TrustStore};
+
+/// Every rule code a signature check may report (the `rule` of a refused packet's `errors[]`, a `rule` label of
+/// `lgsp_validation_failures_total`). A test keeps it equal to the codes the sources emit.
+pub const RULES: &[&str] = &[
+    "signature.digest_mismatch",
+    "signature.duplicate",
+    "signature.expired",
+    "signature.invalid",
+    "signature.key_usage",
+    "signature.missing",
+    "signature.outside_window",
+    "signature.revoked",
+    "signature.unsupported",
+    "signature.untrusted",
+    "signature.wrong_agency",
+];
