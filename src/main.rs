@@ -64,6 +64,54 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Sign an approval packet (PheDuyetDuLieu) the way the gateway verifies it: XML-DSig for XML, JWS for JSON.
+    /// Run it once with the approving person's key and once with the agency's, in either order.
+    Sign {
+        /// The private key (PEM: PKCS#8, SEC1 or PKCS#1), with --cert.
+        #[arg(long, value_name = "KEY.pem", requires = "cert", conflicts_with = "p12")]
+        key: Option<PathBuf>,
+        /// The key's certificate, then any intermediates (PEM).
+        #[arg(long, value_name = "CERT.pem", requires = "key")]
+        cert: Option<PathBuf>,
+        /// A PKCS#12 file holding the key and its certificates, as CAs hand signing keys out.
+        #[arg(long, value_name = "FILE", required_unless_present = "key")]
+        p12: Option<PathBuf>,
+        /// The environment variable holding the PKCS#12 password (none: an empty password).
+        #[arg(long, value_name = "VAR", requires = "p12")]
+        password_env: Option<String>,
+        /// Sign an RSA key with RSA-PSS (PS256 / sha256-rsa-MGF1) instead of PKCS#1 v1.5.
+        #[arg(long)]
+        pss: bool,
+        /// Write the signed packet here (default: standard output).
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(value_name = "PACKET")]
+        packet: PathBuf,
+    },
+    /// Verify approval packets offline with the gateway's own checks: each signature, its chain to the signing
+    /// CAs (default: the config's [signing]), key usage, validity, the approval window. Exits 1 when any fails.
+    Verify {
+        /// Config whose [signing] names the CAs; without it (and without --ca) the embedded default's.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A signing CA (PEM), instead of the config's; repeat for several.
+        #[arg(long, value_name = "CA.pem")]
+        ca: Vec<PathBuf>,
+        /// A CRL of a signing CA (PEM), with --ca.
+        #[arg(long, value_name = "CRL.pem", requires = "ca")]
+        crl: Vec<PathBuf>,
+        /// The sending agency: the agency signature must be its own.
+        #[arg(long, value_name = "CODE")]
+        agency: Option<String>,
+        /// When the packet arrived (RFC 3339): also check it arrived within the window's lateness.
+        #[arg(long, value_name = "TIME")]
+        received: Option<String>,
+        /// Print one JSON object per file instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, value_name = "PACKET")]
+        files: Vec<PathBuf>,
+    },
     /// Check an agency's connection to a gateway step by step (TCP, TLS, client certificate, API key, route,
     /// sample packet, round trip) and say what to fix; exits 0 only when no step fails.
     Probe {
@@ -337,6 +385,42 @@ fn main() -> ExitCode {
                 Kind::Production => lgsp_config::KeyKind::Production,
             },
         ),
+        Command::Sign {
+            key,
+            cert,
+            p12,
+            password_env,
+            pss,
+            out,
+            packet,
+        } => {
+            let source = match (&key, &cert, &p12) {
+                (Some(key), Some(cert), None) => cmd::sign::KeySource::Pem { key, cert },
+                (None, None, Some(file)) => cmd::sign::KeySource::Pkcs12 {
+                    file,
+                    password_env: password_env.as_deref(),
+                },
+                _ => return usage("sign with --key and --cert, or with --p12"),
+            };
+            cmd::sign::sign(&source, pss, &packet, out.as_deref())
+        }
+        Command::Verify {
+            config,
+            ca,
+            crl,
+            agency,
+            received,
+            json,
+            files,
+        } => cmd::sign::verify(&cmd::sign::VerifyAsk {
+            config: config.as_deref(),
+            ca: &ca,
+            crls: &crl,
+            agency: agency.as_deref(),
+            received: received.as_deref(),
+            json,
+            files: &files,
+        }),
         Command::Probe {
             connection,
             sample,

@@ -9,6 +9,7 @@ pub mod logging;
 pub mod probe;
 pub mod reconcile;
 pub mod run;
+pub mod sign;
 pub mod validate;
 
 use std::process::ExitCode;

@@ -41,7 +41,7 @@ pub use listener::{
     KnowsIdentity, ListenerSpec, ListenerState, LiveState, serve_connection, spawn_tls_listener,
 };
 pub use observe::{HopHeaderError, ObserveLayer};
-pub use prepare::{Prepared, PreparedHop, prepare};
+pub use prepare::{Prepared, PreparedHop, prepare, signing_policy};
 pub use route::{Route, RouteError, RouteLayer, RouteTable};
 pub use stack::{HopParts, HopService, hop_stack};
 pub use step::Step;

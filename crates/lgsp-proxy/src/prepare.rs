@@ -317,6 +317,14 @@ fn expiries(
     Ok(all)
 }
 
+/// The approval policy of a `[signing]` section (for `lgsp-gateway verify`), or every problem of its files.
+pub fn signing_policy(s: &SigningConfig) -> Result<lgsp_sign::Policy, Vec<Problem>> {
+    let mut problems = Vec::new();
+    signing(s, &mut problems)
+        .map(|(policy, _)| policy)
+        .ok_or(problems)
+}
+
 /// The signing CAs and CRLs loaded into the approval policy, with their expiries; `None` with the problems
 /// recorded when a file fails (each at the field naming it).
 fn signing(

@@ -256,8 +256,8 @@ impl ValidationPolicy {
         };
         let now = Some(time::OffsetDateTime::now_utc());
         let verdict = match format {
-            Format::Xml => policy.verify_xml(bytes, agency, now),
-            Format::Json => policy.verify_json(bytes, agency, now),
+            Format::Xml => policy.verify_xml(bytes, Some(agency), now),
+            Format::Json => policy.verify_json(bytes, Some(agency), now),
         };
         verdict.err().unwrap_or_default()
     }

@@ -107,12 +107,13 @@ fn violation(path: String, rule: &'static str, message: String) -> Violation {
 }
 
 impl Policy {
-    /// Checks an XML approval sent by `agency`; `received` is when it arrived (`None` offline: the arrival
-    /// deadline is then not checked).
+    /// Checks an XML approval sent by `agency` (`None` offline, when the sender is not known: the agency signature
+    /// is then not compared with it); `received` is when it arrived (`None` offline: the arrival deadline is then
+    /// not checked).
     pub fn verify_xml(
         &self,
         bytes: &[u8],
-        agency: &str,
+        agency: Option<&str>,
         received: Option<OffsetDateTime>,
     ) -> Result<Approval, Vec<Violation>> {
         let root = "/PheDuyetDuLieu";
@@ -136,7 +137,7 @@ impl Policy {
     pub fn verify_json(
         &self,
         bytes: &[u8],
-        agency: &str,
+        agency: Option<&str>,
         received: Option<OffsetDateTime>,
     ) -> Result<Approval, Vec<Violation>> {
         let root = "/PheDuyetDuLieu";
@@ -177,7 +178,7 @@ impl Policy {
         found: Vec<Found>,
         month: &str,
         approved_at: &str,
-        agency: &str,
+        agency: Option<&str>,
         received: Option<OffsetDateTime>,
     ) -> Result<Approval, Vec<Violation>> {
         let mut problems = Vec::new();
@@ -263,7 +264,7 @@ impl Policy {
             }
             *slot = Some((f.index, signer));
         }
-        if let Some((i, signer)) = &agency_signer {
+        if let (Some((i, signer)), Some(agency)) = (&agency_signer, agency) {
             let wanted = format!("{}{agency}", self.identity_prefix);
             if !signer.uris.iter().any(|u| *u == wanted) {
                 let named: Vec<&str> = signer

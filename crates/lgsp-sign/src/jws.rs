@@ -226,3 +226,76 @@ pub fn sign(packet: &mut Value, key: &SigningKey) -> Result<(), SignError> {
         other => Err(SignError::Sign(format!("the new signature does not verify: {other:?}"))),
     }
 }
+
+/// The members of a JSON object in the order written, each value as its own text.
+struct Members<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry::<String, &'de serde_json::value::RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// Where `part` (a slice of `text`) starts in it.
+fn offset(text: &str, part: &str) -> usize {
+    (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize)
+}
+
+/// Signs a JSON packet's text and writes the signature into it, leaving the rest of the text as it was (member
+/// order, spacing): `ChuKySo` is rewritten in place, or added as the approval's last member.
+pub fn sign_text(text: &str, key: &SigningKey) -> Result<String, SignError> {
+    let bad = |e: serde_json::Error| SignError::Packet(format!("not JSON: {e}"));
+    let mut value: Value = serde_json::from_str(text).map_err(bad)?;
+    sign(&mut value, key)?;
+    let signatures = approval_object(&value)
+        .and_then(|o| o.get(FIELD))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let outer: Members<'_> = serde_json::from_str(text).map_err(bad)?;
+    let Some((_, inner)) = outer.0.first() else {
+        return Err(SignError::Packet("an empty object".into()));
+    };
+    let members: Members<'_> = serde_json::from_str(inner.get()).map_err(bad)?;
+    let Some((_, last)) = members.0.last() else {
+        return Err(SignError::Packet("an empty approval object".into()));
+    };
+    let at = offset(text, last.get());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let indent: String = text[line_start..]
+        .chars()
+        .take_while(|c| *c == ' ' || *c == '\t')
+        .collect();
+    let rendered = serde_json::to_string_pretty(&signatures)
+        .map_err(|e| SignError::Sign(e.to_string()))?
+        .replace('\n', &format!("\n{indent}"));
+    let mut out = String::with_capacity(text.len() + rendered.len() + 32);
+    match members.0.iter().find(|(k, _)| k == FIELD) {
+        Some((_, existing)) => {
+            let start = offset(text, existing.get());
+            out.push_str(&text[..start]);
+            out.push_str(&rendered);
+            out.push_str(&text[start + existing.get().len()..]);
+        }
+        None => {
+            let end = at + last.get().len();
+            out.push_str(&text[..end]);
+            out.push_str(&format!(",\n{indent}\"{FIELD}\": {rendered}"));
+            out.push_str(&text[end..]);
+        }
+    }
+    Ok(out)
+}

@@ -46,7 +46,7 @@ fn signed_by(text: &str, leaves: &[&Leaf]) -> String {
 
 /// The rule codes of the verdict, in order; empty when the approval is accepted.
 fn rules(policy: &Policy, packet: &str, agency: &str) -> Vec<&'static str> {
-    match policy.verify_xml(packet.as_bytes(), agency, Some(RECEIVED)) {
+    match policy.verify_xml(packet.as_bytes(), Some(agency), Some(RECEIVED)) {
         Ok(_) => Vec::new(),
         Err(v) => v.iter().map(|v| v.rule).collect(),
     }
@@ -60,7 +60,7 @@ fn both_signatures_in_either_order_make_an_approval() {
     for order in [[&p.person, &p.agency], [&p.agency, &p.person]] {
         let packet = signed_by(&text, &order);
         let approval = policy
-            .verify_xml(packet.as_bytes(), AGENCY, Some(RECEIVED))
+            .verify_xml(packet.as_bytes(), Some(AGENCY), Some(RECEIVED))
             .expect("accepted");
         assert_eq!(approval.month, MONTH);
         assert_eq!(approval.person.common_name.as_deref(), Some("Lê Văn Cường"));
@@ -183,7 +183,7 @@ fn the_approval_window_is_the_months_last_days_and_the_allowed_lateness() {
     let mut policy = policy(&p.ca, &[]);
     let at = |approved: &str, received: OffsetDateTime, policy: &Policy| {
         let packet = signed_by(&approval(MONTH, approved), &[&p.person, &p.agency]);
-        match policy.verify_xml(packet.as_bytes(), AGENCY, Some(received)) {
+        match policy.verify_xml(packet.as_bytes(), Some(AGENCY), Some(received)) {
             Ok(_) => "accepted".to_owned(),
             Err(v) => format!("{} {}", v[0].rule, v[0].path),
         }
@@ -217,7 +217,7 @@ fn each_problem_names_its_signature_and_the_fix() {
     let packet = signed_by(&approval(MONTH, APPROVED), &[&p.person, &p.agency]);
     let crl = p.ca.crl(&[p.agency.serial]);
     let v = policy(&p.ca, &[crl])
-        .verify_xml(packet.as_bytes(), AGENCY, Some(RECEIVED))
+        .verify_xml(packet.as_bytes(), Some(AGENCY), Some(RECEIVED))
         .expect_err("revoked");
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].path, "/PheDuyetDuLieu/Signature[2]");
@@ -244,7 +244,7 @@ fn outside_the_profile_is_unsupported() {
     // A filter that subtracts data instead of signatures: still a valid signature, but not over the whole packet.
     let partial = packet.replacen(">//ds:Signature<", ">//ds:HoSo<", 1);
     let v = policy(&p.ca, &[])
-        .verify_xml(partial.as_bytes(), AGENCY, Some(RECEIVED))
+        .verify_xml(partial.as_bytes(), Some(AGENCY), Some(RECEIVED))
         .expect_err("refused");
     assert_eq!(v[0].rule, "signature.unsupported", "{v:?}");
     assert_eq!(v[0].path, "/PheDuyetDuLieu/Signature[1]");
@@ -260,7 +260,7 @@ fn json_signed_by(text: &str, leaves: &[&Leaf]) -> String {
 }
 
 fn json_rules(policy: &Policy, packet: &str, agency: &str) -> Vec<&'static str> {
-    match policy.verify_json(packet.as_bytes(), agency, Some(RECEIVED)) {
+    match policy.verify_json(packet.as_bytes(), Some(agency), Some(RECEIVED)) {
         Ok(_) => Vec::new(),
         Err(v) => v.iter().map(|v| v.rule).collect(),
     }
@@ -274,7 +274,7 @@ fn json_approvals_carry_the_same_two_signatures_as_jws() {
     for order in [[&p.person, &p.agency], [&p.agency, &p.person]] {
         let packet = json_signed_by(&text, &order);
         let approval = policy
-            .verify_json(packet.as_bytes(), AGENCY, Some(RECEIVED))
+            .verify_json(packet.as_bytes(), Some(AGENCY), Some(RECEIVED))
             .expect("accepted");
         assert_eq!(approval.agency.uris, [format!("{PREFIX}{AGENCY}")]);
         // What was signed is the canonical form: spacing and key order may change on the way.

@@ -7,12 +7,17 @@ Domain-invalid files are schema-valid: the reference tools (xmllint, python-json
 
 Run from anywhere: ``python3 schemas/cbccvc/samples/generate.py``. The output is committed; rerun after changing
 the base documents or the cases below.
+
+The valid approvals (PheDuyetDuLieu) are signed for real, by ``lgsp-gateway sign`` (run through cargo) with the
+sample signing keys in ``signing/`` (a person's and agency 000.00.00.H29's, from a sample CA that nothing trusts
+but the tests). Invalid samples carry static signatures of the right shape: the schema is what they test.
 """
 
 import copy
 import json
 import os
 import shutil
+import subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NS = "urn:lgsp:cbccvc:v1"
@@ -23,6 +28,7 @@ ARRAYS = {"QuaTrinhCongTac", "QuaTrinhLuong", "DaoTao", "ChiTiet", "HoSo"}
 INTS = {"BacLuong", "BienCheDuocGiao", "BienCheCoMat", "SoLuong", "SoLuongHoSo", "SoNamCongTac"}
 BOOLS = {"HuongLuongHuu"}
 NIL = object()  # an element with xsi:nil="true" (JSON null)
+RAW = "__raw__"  # content (xml text, JSON signature entry): a signature, written as it is
 
 
 def E(name, content, **attrs):
@@ -66,6 +72,9 @@ def to_xml(doc, ns=NS):
     def write(el, depth, root=False):
         name, attrs, content = el
         pad = "  " * depth
+        if name == RAW:
+            out.append(f"{pad}{content[0]}\n")
+            return
         a = f' xmlns="{ns}"' if root and ns else ""
         if content is NIL:
             a += f' xmlns:xsi="{XSI}" xsi:nil="true"'
@@ -91,6 +100,9 @@ def to_json_value(el):
     if isinstance(content, list):
         obj = dict(attrs)
         for c in content:
+            if c[0] == RAW:
+                obj.setdefault("ChuKySo", []).append(copy.deepcopy(c[2][1]))
+                continue
             v = to_json_value(c)
             if c[0] in ARRAYS:
                 obj.setdefault(c[0], []).append(v)
@@ -173,10 +185,35 @@ def bienche(rows=2, codes=None):
     ], phienBan="1.0")
 
 
-SIG = "MEUCIQDx7fWcVbH0gkq1vRjkEmRYSVn2ZJfV8cYq3x0iQw9b2AIgZq1lZ3Jr5yUo6m3kq8s7b5T1aB2cD3eF4gH5iJ6kL7M="
+DS = "http://www.w3.org/2000/09/xmldsig#"
+FILTER2 = "http://www.w3.org/2002/06/xmldsig-filter2"
+B64 = "MEUCIQDx7fWcVbH0gkq1vRjkEmRYSVn2ZJfV8cYq3x0iQw9b2AIgZq1lZ3Jr5yUo6m3kq8s7b5T1aB2cD3eF4gH5iJ6kL7M="
+# A signature of the profile's shape (xmldsig-profile.xsd) whose values sign nothing.
+SIG_XML = (
+    f'<ds:Signature xmlns:ds="{DS}"><ds:SignedInfo>'
+    '<ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>'
+    '<ds:SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"/>'
+    '<ds:Reference URI=""><ds:Transforms>'
+    f'<ds:Transform Algorithm="{FILTER2}"><dsig-xpath:XPath xmlns:dsig-xpath="{FILTER2}" Filter="subtract">//ds:Signature</dsig-xpath:XPath></ds:Transform>'
+    '<ds:Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></ds:Transforms>'
+    '<ds:DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/>'
+    '<ds:DigestValue>47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=</ds:DigestValue></ds:Reference></ds:SignedInfo>'
+    f'<ds:SignatureValue>{B64}</ds:SignatureValue>'
+    f'<ds:KeyInfo><ds:X509Data><ds:X509Certificate>{B64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></ds:Signature>'
+)
+# A JWS signature entry of the right shape (base64url of {"alg":"ES256","x5c":["…"]}) that signs nothing.
+SIG_JWS = {
+    "protected": "eyJhbGciOiJFUzI1NiIsIng1YyI6WyJNRVVDSVFEeDdmV2NWYkgwZ2txMXZSamtFbVJZU1ZuMlpKZlY4Y1lxM3gwaVF3OWIyQUlnWnExbFozSnI1eVVvNm0za3E4czdiNVQxYUIyY0QzZUY0Z0g1aUo2a0w3TT0iXX0",
+    "signature": "8J7LoVJpHKzfQbRmX1aWqLcA5sT0uG2yN3vD4eF6hI9jK0lM1nO2pQ3rS4tU5vW6xY7zA8bC9dE0fG1hI2jK3w",
+}
+SIGNING = os.path.join(HERE, "signing")
 
 
-def pheduyet(n=2):
+def signatures(n=2):
+    return [E(RAW, (SIG_XML, SIG_JWS)) for _ in range(n)]
+
+
+def pheduyet(n=2, signed=True):
     hoso_rows = [
         E("HoSo", [E("SoCCCD", f"00109001234{i}"), E("MaBanGhi", f"HS-2026-10-{i:04d}"), E("BamSHA256", f"{i:x}" * 64 if i < 10 else "a" * 64)])
         for i in range(1, n + 1)
@@ -188,7 +225,7 @@ def pheduyet(n=2):
         E("ThoiDiemPheDuyet", "2026-10-31T16:30:00+07:00"),
         E("SoLuongHoSo", str(n)),
         *hoso_rows,
-        E("ChuKySo", SIG, thuatToan="ECDSA-SHA256", soHieuChungThu="5A3F0C21"),
+        *(signatures() if signed else []),
     ], phienBan="1.0")
 
 
@@ -235,10 +272,9 @@ VALID = [
     ("BienChe", "nam-ngach", bienche(rows=5)),
     ("BienChe", "khong-co-mat", set_text(set_text(bienche(rows=1), ["BienCheCoMat"], "0"), ["ChiTiet", "SoLuong"], "0")),
     ("BienChe", "truong-hoc", bienche(rows=3, codes=["V.07.03.27", "V.07.03.28", "V.07.03.29"])),
-    ("PheDuyetDuLieu", "hai-ho-so", pheduyet()),
-    ("PheDuyetDuLieu", "mot-ho-so", pheduyet(n=1)),
-    ("PheDuyetDuLieu", "rsa", (lambda d: (find(d, "ChuKySo")[1].update(thuatToan="RSA-SHA256"), d)[1])(pheduyet())),
-    ("PheDuyetDuLieu", "gio-utc", set_text(pheduyet(), ["ThoiDiemPheDuyet"], "2026-10-31T09:30:00Z")),
+    ("PheDuyetDuLieu", "hai-ho-so", pheduyet(signed=False)),
+    ("PheDuyetDuLieu", "mot-ho-so", pheduyet(n=1, signed=False)),
+    ("PheDuyetDuLieu", "gio-utc", set_text(pheduyet(signed=False), ["ThoiDiemPheDuyet"], "2026-10-31T09:30:00Z")),
     ("BienDong", "dieu-dong", biendong("DieuDong")),
     ("BienDong", "luan-chuyen-thu-tu-khac", biendong("LuanChuyen")),
     ("BienDong", "nghi-huu", biendong("NghiHuu")),
@@ -305,9 +341,6 @@ INVALID = [
     both("PheDuyetDuLieu", "xsd.invalid_value", "json.minimum", "SoLuongHoSo-0", set_text(pheduyet(), ["SoLuongHoSo"], "0")),
     both("PheDuyetDuLieu", "xsd.missing_element", "json.required", "thieu-HoSo", (lambda d: (d.__setitem__(2, [c for c in d[2] if c[0] != "HoSo"]), d)[1])(pheduyet())),
     both("PheDuyetDuLieu", "xsd.pattern", "json.pattern", "BamSHA256-chu-hoa", set_text(pheduyet(), ["HoSo", "BamSHA256"], "A" * 64)),
-    both("PheDuyetDuLieu", "xsd.attribute_missing", "json.required", "ChuKySo-thieu-thuatToan", (lambda d: (find(d, "ChuKySo")[1].pop("thuatToan"), d)[1])(pheduyet())),
-    both("PheDuyetDuLieu", "xsd.enumeration", "json.enum", "ChuKySo-MD5", (lambda d: (find(d, "ChuKySo")[1].update(thuatToan="MD5"), d)[1])(pheduyet())),
-    both("PheDuyetDuLieu", "xsd.min_length", "json.min_length", "ChuKySo-qua-ngan", set_text(pheduyet(), ["ChuKySo"], "AAAA")),
     both("PheDuyetDuLieu", "xsd.min_length", "json.min_length", "MaBanGhi-rong", set_text(pheduyet(), ["HoSo", "MaBanGhi"], "")),
     both("BienDong", "xsd.missing_element", "json.one_of", "khong-co-loai-bien-dong", remove(biendong(), ["DieuDong"])),
     both("BienDong", "xsd.unexpected_element", "json.one_of", "hai-loai-bien-dong", insert_after(biendong(), ["DieuDong"], E("NghiHuu", [E("SoNamCongTac", "30"), E("HuongLuongHuu", "true")]))),
@@ -332,7 +365,12 @@ XML_ONLY = [
     ("HoSoCBCCVC", "xml.malformed", "the-dong-sai", lambda: to_xml(hoso()).replace("</DanToc>", "</DanTo>", 1)),
     ("HoSoCBCCVC", "xml.malformed", "thuoc-tinh-lap", lambda: to_xml(hoso()).replace('phienBan="1.0"', 'phienBan="1.0" phienBan="1.0"', 1)),
     ("BienChe", "xsd.missing_element", "ChiTiet-sau-NguoiLap", lambda: to_xml(move_last(bienche(), "ChiTiet"))),
-    ("PheDuyetDuLieu", "xsd.unexpected_element", "ChuKySo-co-phan-tu-con", lambda: to_xml(pheduyet()).replace(SIG, f"<GiaTri>{SIG}</GiaTri>")),
+    ("PheDuyetDuLieu", "xsd.enumeration", "Signature-rsa-sha1", lambda: to_xml(pheduyet()).replace("xmldsig-more#ecdsa-sha256", "2000/09/xmldsig#rsa-sha1", 1)),
+    ("PheDuyetDuLieu", "xsd.missing_element", "Signature-thieu-KeyInfo", lambda: to_xml(pheduyet()).replace(f"<ds:KeyInfo><ds:X509Data><ds:X509Certificate>{B64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo>", "", 1)),
+    ("PheDuyetDuLieu", "xsd.unexpected_element", "Signature-co-Object", lambda: to_xml(pheduyet()).replace("</ds:KeyInfo></ds:Signature>", "</ds:KeyInfo><ds:Object><HoSo/></ds:Object></ds:Signature>", 1)),
+    ("PheDuyetDuLieu", "xsd.length", "Reference-mot-phan", lambda: to_xml(pheduyet()).replace('<ds:Reference URI="">', '<ds:Reference URI="#HoSo-1">', 1)),
+    ("PheDuyetDuLieu", "xsd.missing_element", "khong-chu-ky", lambda: to_xml(pheduyet(signed=False))),
+    ("PheDuyetDuLieu", "xsd.unexpected_element", "ba-chu-ky", lambda: to_xml((lambda d: (d[2].append(E(RAW, (SIG_XML, SIG_JWS))), d)[1])(pheduyet()))),
     ("BienDong", "xsd.unexpected_element", "DieuDong-lap-TenDonViMoi", lambda: to_xml(biendong()).replace("<TenDonViMoi>Sở Tài chính</TenDonViMoi>", "<TenDonViMoi>Sở Tài chính</TenDonViMoi><TenDonViMoi>Sở Tài chính</TenDonViMoi>")),
     ("BienDong", "xsd.nil_with_content", "GhiChu-nil-co-noi-dung", lambda: to_xml(with_ghichu(biendong(), "x")).replace("<GhiChu>", f'<GhiChu xmlns:xsi="{XSI}" xsi:nil="true">')),
 ]
@@ -346,8 +384,11 @@ JSON_ONLY = [
     ("HoSoCBCCVC", "json.type", "SoCCCD-la-so", lambda j: j["HoSoCBCCVC"].__setitem__("SoCCCD", 1090012345)),
     ("BienChe", "json.type", "SoLuong-la-so-thuc", lambda j: j["BienChe"]["ChiTiet"][0].__setitem__("SoLuong", 10.5)),
     ("BienChe", "json.type", "ChiTiet-null", lambda j: j["BienChe"].__setitem__("ChiTiet", None)),
-    ("PheDuyetDuLieu", "json.type", "ChuKySo-la-chuoi", lambda j: j["PheDuyetDuLieu"].__setitem__("ChuKySo", SIG)),
-    ("PheDuyetDuLieu", "json.required", "ChuKySo-thieu-giaTri", lambda j: j["PheDuyetDuLieu"]["ChuKySo"].pop("giaTri")),
+    ("PheDuyetDuLieu", "json.type", "ChuKySo-la-chuoi", lambda j: j["PheDuyetDuLieu"].__setitem__("ChuKySo", B64)),
+    ("PheDuyetDuLieu", "json.required", "ChuKySo-thieu-signature", lambda j: j["PheDuyetDuLieu"]["ChuKySo"][0].pop("signature")),
+    ("PheDuyetDuLieu", "json.max_items", "ba-chu-ky", lambda j: j["PheDuyetDuLieu"]["ChuKySo"].append(SIG_JWS)),
+    ("PheDuyetDuLieu", "json.pattern", "ChuKySo-protected-base64-thuong", lambda j: j["PheDuyetDuLieu"]["ChuKySo"][0].__setitem__("protected", B64)),
+    ("PheDuyetDuLieu", "json.required", "khong-chu-ky", lambda j: j["PheDuyetDuLieu"].pop("ChuKySo")),
     ("BienDong", "json.type", "NghiHuu-la-mang", lambda j: j["BienDong"].__setitem__("DieuDong", [])),
 ]
 
@@ -406,6 +447,22 @@ def move_last(doc, name):
     return doc
 
 
+def sign_valid_approvals():
+    """Signs every valid approval twice (the person, then the agency) with `lgsp-gateway sign`."""
+    root = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+    valid = os.path.join(HERE, "valid")
+    for f in sorted(os.listdir(valid)):
+        if not f.startswith("PheDuyetDuLieu-"):
+            continue
+        path = os.path.join(valid, f)
+        for who in ("person", "agency"):
+            subprocess.run(
+                ["cargo", "run", "-q", "--bin", "lgsp-gateway", "--", "sign",
+                 "--key", os.path.join(SIGNING, f"{who}.key.pem"), "--cert", os.path.join(SIGNING, f"{who}.pem"),
+                 "--out", path, path],
+                cwd=root, check=True)
+
+
 def main():
     for sub in ("valid", "invalid"):
         d = os.path.join(HERE, sub)
@@ -448,6 +505,8 @@ def main():
     raw = to_xml(hoso()).replace("Nguyễn Văn An", "Nguy\x00n").encode("utf-8").replace(b"\x00", b"\xe9")
     with open(os.path.join(HERE, "invalid", name("HoSoCBCCVC", "xml.encoding", "khong-phai-utf8", "xml")), "wb") as f:
         f.write(raw)
+
+    sign_valid_approvals()
 
     for sub in ("valid", "invalid"):
         files = os.listdir(os.path.join(HERE, sub))
