@@ -68,7 +68,12 @@ enum Command {
     /// Run it once with the approving person's key and once with the agency's, in either order.
     Sign {
         /// The private key (PEM: PKCS#8, SEC1 or PKCS#1), with --cert.
-        #[arg(long, value_name = "KEY.pem", requires = "cert", conflicts_with = "p12")]
+        #[arg(
+            long,
+            value_name = "KEY.pem",
+            requires = "cert",
+            conflicts_with = "p12"
+        )]
         key: Option<PathBuf>,
         /// The key's certificate, then any intermediates (PEM).
         #[arg(long, value_name = "CERT.pem", requires = "key")]

@@ -56,7 +56,12 @@ async fn good_packets_of_every_type_and_format_travel_byte_for_byte() {
         ),
     ];
     for (t, file, ctype) in cases {
-        let body = sample(file);
+        // An approval is accepted only within its window: last month's, signed by the dev signing keys.
+        let body = if t == "PheDuyetDuLieu" {
+            signed_approval(&chain.pki, file.ends_with(".json"))
+        } else {
+            sample(file)
+        };
         let a = client
             .send(
                 "POST",

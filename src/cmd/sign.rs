@@ -41,8 +41,9 @@ fn load_key(source: &KeySource<'_>, pss: bool) -> Result<SigningKey, String> {
         }
         KeySource::Pkcs12 { file, password_env } => {
             let password = match password_env {
-                Some(var) => std::env::var(var)
-                    .map_err(|_| format!("the variable {var} holding the PKCS#12 password is not set"))?,
+                Some(var) => std::env::var(var).map_err(|_| {
+                    format!("the variable {var} holding the PKCS#12 password is not set")
+                })?,
                 None => String::new(),
             };
             SigningKey::from_pkcs12(&read(file)?, &password, pss).map_err(|e| e.to_string())
@@ -161,14 +162,15 @@ pub fn verify(ask: &VerifyAsk<'_>) -> ExitCode {
                 policy.verify_xml(&bytes, ask.agency, received)
             }
         });
-        let signer = |s: &lgsp_sign::Signer| {
-            serde_json::json!({"subject": s.subject, "uris": s.uris, "serial": s.serial, "sha256": s.fingerprint})
-        };
+        let signer = |s: &lgsp_sign::Signer| serde_json::json!({"subject": s.subject, "uris": s.uris, "serial": s.serial, "sha256": s.fingerprint});
         match verdict {
             Err(e) => {
                 refused += 1;
                 if ask.json {
-                    println!("{}", serde_json::json!({"file": shown, "approved": false, "error": e}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": shown, "approved": false, "error": e})
+                    );
                 } else {
                     println!("{shown}: error: {e}");
                 }

@@ -20,8 +20,8 @@ pub use runtime::{
     ConsumerConfig, DeliveryConfig, DeliveryMode, EmulatorConfig, HopConfig, HttpConfig,
     JournalConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
     RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
-    SigningConfig, SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol, ValidationConfig,
-    valid_subject,
+    SigningConfig, SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol,
+    ValidationConfig, valid_subject,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use lgsp_auth::{AuthPolicy, TokenIssuer};
 use lgsp_broker::ClientIdentity;
 use lgsp_config::{
-    ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend, SigningConfig,
-    SchemaSource, ServerTlsConfig,
+    ClientTlsConfig, Config, ConfigError, HopConfig, Origin, Problem, RateLimitBackend,
+    SchemaSource, ServerTlsConfig, SigningConfig,
 };
 use lgsp_journal::Journal;
 use lgsp_metrics::{AdminAccess, Metrics};

@@ -7,8 +7,8 @@
 use lgsp_problem::Violation;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
-use crate::trust::{Signer, TrustError, TrustStore};
 use crate::jws;
+use crate::trust::{Signer, TrustError, TrustStore};
 use crate::xml::{self, Check, Found};
 
 /// The namespace of the CBCCVC packets.
@@ -79,9 +79,9 @@ fn month_end(month: &str) -> Option<OffsetDateTime> {
 /// An `xs:dateTime`; one without a zone is Vietnam time.
 pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
     let rfc3339 = &time::format_description::well_known::Rfc3339;
-    OffsetDateTime::parse(text, rfc3339).ok().or_else(|| {
-        OffsetDateTime::parse(&format!("{text}+07:00"), rfc3339).ok()
-    })
+    OffsetDateTime::parse(text, rfc3339)
+        .ok()
+        .or_else(|| OffsetDateTime::parse(&format!("{text}+07:00"), rfc3339).ok())
 }
 
 fn show(t: OffsetDateTime) -> String {
@@ -130,7 +130,15 @@ impl Policy {
         let month = xml::root_field(&doc, CBCCVC_NS, "KyPheDuyet").unwrap_or_default();
         let approved_at = xml::root_field(&doc, CBCCVC_NS, "ThoiDiemPheDuyet").unwrap_or_default();
         let found = xml::verify(&doc);
-        self.judge(root, "Signature", found, &month, &approved_at, agency, received)
+        self.judge(
+            root,
+            "Signature",
+            found,
+            &month,
+            &approved_at,
+            agency,
+            received,
+        )
     }
 
     /// Checks a JSON approval (JWS in `ChuKySo`) sent by `agency`, as [`Policy::verify_xml`] does.
@@ -266,7 +274,7 @@ impl Policy {
         }
         if let (Some((i, signer)), Some(agency)) = (&agency_signer, agency) {
             let wanted = format!("{}{agency}", self.identity_prefix);
-            if !signer.uris.iter().any(|u| *u == wanted) {
+            if !signer.uris.contains(&wanted) {
                 let named: Vec<&str> = signer
                     .uris
                     .iter()

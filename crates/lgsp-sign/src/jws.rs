@@ -127,17 +127,25 @@ fn check_entry(entry: &Value, payload_b64: &str) -> Check {
         return unsupported("the protected header's alg is not ES256, RS256 or PS256");
     };
     if header.get("crit").is_some() || header.get("b64").is_some() {
-        return unsupported("the protected header asks for extensions (crit, b64) the profile does not use");
+        return unsupported(
+            "the protected header asks for extensions (crit, b64) the profile does not use",
+        );
     }
     let chain: Result<Vec<Vec<u8>>, _> = match header.get("x5c").and_then(Value::as_array) {
         Some(certs) if !certs.is_empty() && certs.len() <= 4 => certs
             .iter()
-            .map(|c| c.as_str().ok_or(()).and_then(|c| STANDARD.decode(c).map_err(|_| ())))
+            .map(|c| {
+                c.as_str()
+                    .ok_or(())
+                    .and_then(|c| STANDARD.decode(c).map_err(|_| ()))
+            })
             .collect(),
         _ => Err(()),
     };
     let Ok(chain) = chain else {
-        return unsupported("the protected header carries no x5c (1 to 4 base64 certificates, the signer's first)");
+        return unsupported(
+            "the protected header carries no x5c (1 to 4 base64 certificates, the signer's first)",
+        );
     };
     let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
         return unsupported("`signature` is not base64url");
@@ -201,13 +209,11 @@ pub fn sign(packet: &mut Value, key: &SigningKey) -> Result<(), SignError> {
     let header = serde_json::json!({ "alg": alg, "x5c": x5c });
     let protected = URL_SAFE_NO_PAD.encode(canonical(&header));
     let input = format!("{protected}.{}", URL_SAFE_NO_PAD.encode(payload(object)));
-    let signature = key
-        .software_key()
-        .and_then(|sk| {
-            bergshamra::crypto::sign::from_uri(key.method)
-                .and_then(|alg| alg.sign(&sk, input.as_bytes()))
-                .map_err(|e| SignError::Sign(e.to_string()))
-        })?;
+    let signature = key.software_key().and_then(|sk| {
+        bergshamra::crypto::sign::from_uri(key.method)
+            .and_then(|alg| alg.sign(&sk, input.as_bytes()))
+            .map_err(|e| SignError::Sign(e.to_string()))
+    })?;
     let entry = serde_json::json!({
         "protected": protected,
         "signature": URL_SAFE_NO_PAD.encode(signature),
@@ -223,7 +229,9 @@ pub fn sign(packet: &mut Value, key: &SigningKey) -> Result<(), SignError> {
     match check {
         Some(Check::Verified { .. }) => Ok(()),
         Some(Check::DigestMismatch(_)) => Err(SignError::KeyMismatch),
-        other => Err(SignError::Sign(format!("the new signature does not verify: {other:?}"))),
+        other => Err(SignError::Sign(format!(
+            "the new signature does not verify: {other:?}"
+        ))),
     }
 }
 
@@ -238,9 +246,14 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some(entry) = m.next_entry::<String, &'de serde_json::value::RawValue>()? {
+                while let Some(entry) =
+                    m.next_entry::<String, &'de serde_json::value::RawValue>()?
+                {
                     out.push(entry);
                 }
                 Ok(Members(out))

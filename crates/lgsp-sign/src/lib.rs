@@ -27,3 +27,30 @@ pub const RULES: &[&str] = &[
     "signature.untrusted",
     "signature.wrong_agency",
 ];
+
+#[cfg(test)]
+mod tests {
+    /// RULES holds exactly the `signature.*` codes the sources report.
+    #[test]
+    fn rules_lists_every_code_the_sources_emit() {
+        let mut emitted = std::collections::BTreeSet::new();
+        for text in [
+            include_str!("approval.rs"),
+            include_str!("xml.rs"),
+            include_str!("jws.rs"),
+        ] {
+            let mut rest = text;
+            while let Some(at) = rest.find("\"signature.") {
+                let code = &rest[at + 1..];
+                let end = code.find('"').unwrap_or(code.len());
+                emitted.insert(code[..end].to_owned());
+                rest = &code[end..];
+            }
+        }
+        let listed: std::collections::BTreeSet<String> =
+            super::RULES.iter().map(|r| (*r).to_owned()).collect();
+        // The proxy reports one more: a hop without [signing].
+        emitted.insert("signature.untrusted".into());
+        assert_eq!(emitted, listed);
+    }
+}

@@ -149,10 +149,13 @@ impl TrustStore {
 fn describe(der: &[u8]) -> Result<Signer, TrustError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| TrustError::Unreadable(e.to_string()))?;
-    if let Ok(Some(ku)) = cert.key_usage() {
-        if !ku.value.digital_signature() && !ku.value.non_repudiation() {
+    // No key usage extension means any usage (RFC 5280 §4.2.1.3); a malformed one is refused.
+    match cert.key_usage() {
+        Err(e) => return Err(TrustError::Unreadable(format!("its key usage: {e}"))),
+        Ok(Some(ku)) if !ku.value.digital_signature() && !ku.value.non_repudiation() => {
             return Err(TrustError::KeyUsage);
         }
+        Ok(_) => {}
     }
     let uris = cert
         .subject_alternative_name()

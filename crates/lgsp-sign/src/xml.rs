@@ -104,8 +104,7 @@ pub fn root_field(doc: &Document<'_>, ns: &str, local: &str) -> Option<String> {
 /// Whether a signature keeps to the profile: one reference to the whole packet with the allowed transforms, and
 /// the signer's certificates (returned, signer first).
 fn profile(doc: &Document<'_>, sig: NodeId) -> Result<Vec<Vec<u8>>, String> {
-    let signed_info =
-        first_child(doc, sig, DSIG, "SignedInfo").ok_or("it has no SignedInfo")?;
+    let signed_info = first_child(doc, sig, DSIG, "SignedInfo").ok_or("it has no SignedInfo")?;
     let references: Vec<NodeId> = child_elements(doc, signed_info)
         .into_iter()
         .filter(|c| is(doc, *c, DSIG, "Reference"))

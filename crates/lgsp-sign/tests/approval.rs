@@ -86,7 +86,10 @@ fn rsa_and_rsa_pss_keys_sign_too() {
     let once = sign(&approval(MONTH, APPROVED), &pss).expect("pss");
     let packet = sign(&once, &key(&agency)).expect("pkcs1");
     assert!(packet.contains(lgsp_sign::xml::RSA_SHA256));
-    assert_eq!(rules(&policy(&ca, &[]), &packet, AGENCY), Vec::<&str>::new());
+    assert_eq!(
+        rules(&policy(&ca, &[]), &packet, AGENCY),
+        Vec::<&str>::new()
+    );
 }
 
 #[test]
@@ -124,11 +127,17 @@ fn trust_rests_on_the_signing_ca_its_crl_validity_and_key_usage() {
     // Another CA: a valid signature by an unknown signer.
     let stranger = ca("Stranger CA").issue(Spec::person("Lê Văn Cường", 10));
     let packet = signed_by(&text, &[&stranger, &p.agency]);
-    assert_eq!(rules(&policy(&p.ca, &[]), &packet, AGENCY), ["signature.untrusted"]);
+    assert_eq!(
+        rules(&policy(&p.ca, &[]), &packet, AGENCY),
+        ["signature.untrusted"]
+    );
     // Revoked by the CA's CRL.
     let packet = signed_by(&text, &[&p.person, &p.agency]);
     let crl = p.ca.crl(&[p.person.serial]);
-    assert_eq!(rules(&policy(&p.ca, &[crl]), &packet, AGENCY), ["signature.revoked"]);
+    assert_eq!(
+        rules(&policy(&p.ca, &[crl]), &packet, AGENCY),
+        ["signature.revoked"]
+    );
     // Not valid when it signed (expired before ThoiDiemPheDuyet).
     let expired = p.ca.issue(Spec {
         not_before: datetime!(2025-01-01 0:00 UTC),
@@ -136,14 +145,20 @@ fn trust_rests_on_the_signing_ca_its_crl_validity_and_key_usage() {
         ..Spec::person("Lê Văn Cường", 13)
     });
     let packet = signed_by(&text, &[&expired, &p.agency]);
-    assert_eq!(rules(&policy(&p.ca, &[]), &packet, AGENCY), ["signature.expired"]);
+    assert_eq!(
+        rules(&policy(&p.ca, &[]), &packet, AGENCY),
+        ["signature.expired"]
+    );
     // A certificate whose key usage does not allow signing documents.
     let tls_only = p.ca.issue(Spec {
         usages: vec![KeyUsagePurpose::KeyEncipherment],
         ..Spec::person("Lê Văn Cường", 14)
     });
     let packet = signed_by(&text, &[&tls_only, &p.agency]);
-    assert_eq!(rules(&policy(&p.ca, &[]), &packet, AGENCY), ["signature.key_usage"]);
+    assert_eq!(
+        rules(&policy(&p.ca, &[]), &packet, AGENCY),
+        ["signature.key_usage"]
+    );
 }
 
 #[test]
@@ -189,16 +204,23 @@ fn the_approval_window_is_the_months_last_days_and_the_allowed_lateness() {
         }
     };
     // The last 5 days of October (Vietnam time): 27 Oct 00:00 to 1 Nov 00:00.
-    assert_eq!(at("2026-10-27T00:00:00+07:00", RECEIVED, &policy), "accepted");
-    assert_eq!(at("2026-10-31T16:59:59Z", RECEIVED + Duration::hours(12), &policy), "accepted");
+    assert_eq!(
+        at("2026-10-27T00:00:00+07:00", RECEIVED, &policy),
+        "accepted"
+    );
+    assert_eq!(
+        at(
+            "2026-10-31T16:59:59Z",
+            RECEIVED + Duration::hours(12),
+            &policy
+        ),
+        "accepted"
+    );
     let early = "signature.outside_window /PheDuyetDuLieu/ThoiDiemPheDuyet";
     assert_eq!(at("2026-10-26T23:59:59+07:00", RECEIVED, &policy), early);
     assert_eq!(at("2026-11-01T00:00:00+07:00", RECEIVED, &policy), early);
     // Signed in the future of the gateway's clock.
-    assert_eq!(
-        at("2026-10-31T20:00:00+07:00", RECEIVED, &policy),
-        early
-    );
+    assert_eq!(at("2026-10-31T20:00:00+07:00", RECEIVED, &policy), early);
     // Arriving after the month ended: refused unless the operator allows that much lateness.
     let late = datetime!(2026-11-02 9:00 +7);
     assert_eq!(
@@ -231,8 +253,12 @@ fn each_problem_names_its_signature_and_the_fix() {
 #[test]
 fn a_key_that_is_not_the_certificates_is_refused_when_signing() {
     let p = pki();
-    let wrong = SigningKey::from_pem(p.person.key_pem.as_bytes(), p.agency.cert_pem.as_bytes(), false)
-        .expect("loads");
+    let wrong = SigningKey::from_pem(
+        p.person.key_pem.as_bytes(),
+        p.agency.cert_pem.as_bytes(),
+        false,
+    )
+    .expect("loads");
     let e = sign(&approval(MONTH, APPROVED), &wrong).expect_err("mismatch");
     assert!(e.to_string().contains("does not belong"), "{e}");
 }
@@ -249,7 +275,6 @@ fn outside_the_profile_is_unsupported() {
     assert_eq!(v[0].rule, "signature.unsupported", "{v:?}");
     assert_eq!(v[0].path, "/PheDuyetDuLieu/Signature[1]");
 }
-
 
 fn json_signed_by(text: &str, leaves: &[&Leaf]) -> String {
     let mut packet: serde_json::Value = serde_json::from_str(text).expect("json");
@@ -287,21 +312,28 @@ fn json_approvals_carry_the_same_two_signatures_as_jws() {
         json_rules(&policy, &packet.replace("HS-0002", "HS-0009"), AGENCY),
         ["signature.digest_mismatch", "signature.digest_mismatch"]
     );
-    assert_eq!(json_rules(&policy, &packet, OTHER_AGENCY), ["signature.wrong_agency"]);
+    assert_eq!(
+        json_rules(&policy, &packet, OTHER_AGENCY),
+        ["signature.wrong_agency"]
+    );
     assert_eq!(
         json_rules(&policy, &json_signed_by(&text, &[&p.person]), AGENCY),
         ["signature.missing"]
     );
     let crl = p.ca.crl(&[p.person.serial]);
-    assert_eq!(json_rules(&self::policy(&p.ca, &[crl]), &packet, AGENCY), ["signature.revoked"]);
+    assert_eq!(
+        json_rules(&self::policy(&p.ca, &[crl]), &packet, AGENCY),
+        ["signature.revoked"]
+    );
 }
 
 #[test]
 /// U+FF61 sorts before U+1F600 in UTF-8 but after it in UTF-16 (a surrogate pair, D83D): JCS uses UTF-16.
 fn jcs_sorts_keys_by_utf16_and_escapes_as_ecmascript() {
-    let v: serde_json::Value =
-        serde_json::from_str(r#"{"b": [1, 2.0, "x\u0001\n\"é"], "a": {"\uff61": 1, "\ud83d\ude00": 2}, "c": null}"#)
-            .expect("json");
+    let v: serde_json::Value = serde_json::from_str(
+        r#"{"b": [1, 2.0, "x\u0001\n\"é"], "a": {"\uff61": 1, "\ud83d\ude00": 2}, "c": null}"#,
+    )
+    .expect("json");
     assert_eq!(
         lgsp_sign::jws::canonical(&v),
         "{\"a\":{\"\u{1f600}\":2,\"\u{ff61}\":1},\"b\":[1,2,\"x\\u0001\\n\\\"é\"],\"c\":null}"

@@ -28,7 +28,11 @@ fn every_valid_sample_approval_verifies_against_the_sample_ca_and_no_other() {
     let mut seen = 0;
     for e in std::fs::read_dir(samples().join("valid")).expect("valid") {
         let path = e.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if !name.starts_with("PheDuyetDuLieu-") {
             continue;
         }

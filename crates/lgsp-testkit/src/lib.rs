@@ -53,6 +53,9 @@ pub const IMPOSTOR_CN: &str = "impostor-cn";
 /// A certificate of the trusted CA whose SAN URI is the dev LGSP's in upper case (`URN:LGSP:ID:LGSP-DEV`).
 pub const IMPOSTOR_UPPER_SAN: &str = "impostor-upper-san";
 
+/// Signing key files `<this>-000.00.00.H29.{pem,key}`: an agency signing certificate the mTLS CA issued.
+pub const SIGNER_FROM_MTLS_CA: &str = "signing-mtls-ca";
+
 pub const H29: &str = "000.00.00.H29";
 pub const H26: &str = "000.00.00.H26";
 
@@ -120,6 +123,12 @@ impl TestPki {
             .crl(&serials, 365)
             .expect("CRL revoking the spare");
         std::fs::write(dir.path().join(CRL_REVOKING_SPARE), crl).expect("CRL file");
+        // A signing certificate of H29 that the mTLS CA issued: trusted for connections, never for signatures.
+        report
+            .ca
+            .issue(&LeafSpec::signer(H29).with_uri(&format!("{}{H29}", devpki::DEV_URI_PREFIX)))
+            .and_then(|l| l.write(dir.path(), &format!("{SIGNER_FROM_MTLS_CA}-{H29}")))
+            .expect("signer from the mTLS CA");
         let other = DevCa::generate("Some other CA").expect("other CA");
         other
             .issue(&LeafSpec::identity(H29))
@@ -192,10 +201,11 @@ impl Default for TestPki {
     }
 }
 
-/// The `[admin]`, `[log]` and `[pki]` head of a test config: everything on port 0.
+/// The `[admin]`, `[log]`, `[pki]`, `[journal]` and `[signing]` head of a test config: everything on port 0;
+/// approvals signed by the dev signing CA, last month's accepted until 40 days after it ([`signed_approval`]).
 fn head(pki: &TestPki) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n[journal]\nurl = \"{journal}\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n[journal]\nurl = \"{journal}\"\n[signing]\nca = [\"{dir}/signing-ca.pem\"]\napproval_lateness = \"40d\"\n",
         dir = pki.dir().display(),
         journal = pki.journal_url(),
     )
@@ -281,6 +291,67 @@ pub fn sample(name: &str) -> String {
         .join("../../schemas/cbccvc/samples")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Last month's approval (`PheDuyetDuLieu-01-hai-ho-so`, XML or JSON), approved on its last day at noon (Vietnam
+/// time) and signed by the dev PKI's approving person and agency H29: accepted by every test config today.
+pub fn signed_approval(pki: &TestPki, json: bool) -> String {
+    approval_signed_with(
+        pki,
+        json,
+        |text| text,
+        &["signing-person", "signing-agency"],
+    )
+}
+
+/// As [`signed_approval`], with `edit` applied to the unsigned packet, then signed by the dev signing
+/// certificates named (`signing-person`, `signing-agency`: of H29), in order.
+pub fn approval_signed_with(
+    pki: &TestPki,
+    json: bool,
+    edit: impl Fn(String) -> String,
+    signers: &[&str],
+) -> String {
+    let now = time::OffsetDateTime::now_utc().to_offset(lgsp_sign::approval::VIETNAM);
+    let first = now.date().replace_day(1).expect("day 1");
+    let last = first.previous_day().expect("last month");
+    let month = format!("{:04}-{:02}", last.year(), u8::from(last.month()));
+    let at = format!("{month}-{:02}T12:00:00+07:00", last.day());
+    let key = |who: &str| {
+        let read = |ext: &str| {
+            std::fs::read(pki.path(&format!("{who}-{H29}.{ext}"))).expect("dev signing key")
+        };
+        lgsp_sign::xml::SigningKey::from_pem(&read("key"), &read("pem"), false)
+            .expect("signing key")
+    };
+    let keys: Vec<lgsp_sign::xml::SigningKey> = signers.iter().map(|w| key(w)).collect();
+    let base = sample(if json {
+        "valid/PheDuyetDuLieu-01-hai-ho-so.json"
+    } else {
+        "valid/PheDuyetDuLieu-01-hai-ho-so.xml"
+    })
+    .replace("\"2026-10\"", &format!("\"{month}\""))
+    .replace(">2026-10<", &format!(">{month}<"))
+    .replace("2026-10-31T16:30:00+07:00", &at);
+    if json {
+        let mut value: serde_json::Value = serde_json::from_str(&base).expect("json");
+        if let Some(o) = value
+            .get_mut("PheDuyetDuLieu")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            o.remove(lgsp_sign::jws::FIELD);
+        }
+        let text = edit(serde_json::to_string_pretty(&value).expect("text"));
+        keys.iter().fold(text, |t, k| {
+            lgsp_sign::jws::sign_text(&t, k).expect("signs")
+        })
+    } else {
+        let start = base.find("<ds:Signature").expect("a signature");
+        let end = base.rfind("</ds:Signature>").expect("its end") + "</ds:Signature>".len();
+        let unsigned = edit(format!("{}{}", &base[..start], &base[end..]));
+        keys.iter()
+            .fold(unsigned, |t, k| lgsp_sign::xml::sign(&t, k).expect("signs"))
+    }
 }
 
 /// Parses a test config (relative paths resolve in the PKI directory).

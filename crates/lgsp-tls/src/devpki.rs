@@ -99,10 +99,14 @@ impl LeafSpec {
     }
 
     /// A signing certificate whose CN is `name` (a person, or an agency with its identity added by `with_uri`).
+    /// Valid from 62 days back: an approval is signed within the last days of the month it approves, so the dev
+    /// keys must have been valid when last month's approval was signed.
     pub fn signer(name: &str) -> Self {
+        let base = Self::base(name);
         LeafSpec {
             signing: true,
-            ..Self::base(name)
+            not_before: base.not_before - Duration::days(62),
+            ..base
         }
     }
 

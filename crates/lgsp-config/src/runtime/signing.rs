@@ -32,7 +32,7 @@ pub(super) fn signing(c: &mut Checker<'_>, f: &FileSigning) -> SigningConfig {
         &(DAY..=Duration::from_secs(28 * 86_400)),
     );
     if let Some(v) = &f.approval_window
-        && window.as_secs() % DAY.as_secs() != 0
+        && !window.as_secs().is_multiple_of(DAY.as_secs())
     {
         c.problem(
             v,
@@ -103,6 +103,9 @@ mod tests {
         let c = parse("ca = [\"s.pem\"]\napproval_window = \"3d\"\napproval_lateness = \"2d\"")
             .expect("valid");
         let s = c.signing.expect("signing");
-        assert_eq!((s.approval_window_days, s.approval_lateness.as_secs()), (3, 172_800));
+        assert_eq!(
+            (s.approval_window_days, s.approval_lateness.as_secs()),
+            (3, 172_800)
+        );
     }
 }

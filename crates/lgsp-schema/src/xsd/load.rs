@@ -552,7 +552,10 @@ impl Loader<'_> {
                         ));
                     }
                     let target = normalise(&dir.join(loc)).ok_or_else(|| {
-                        self.err(child, format!("xs:import of `{loc}` leaves the schema directory"))
+                        self.err(
+                            child,
+                            format!("xs:import of `{loc}` leaves the schema directory"),
+                        )
                     })?;
                     self.load_doc(&target, Origin::Import(ns))?;
                 }
@@ -606,7 +609,9 @@ impl Loader<'_> {
     fn unknown_namespace(&self, n: &XNode, what: &str, v: &str, ns: &str) -> LoadError {
         self.err(
             n,
-            format!("{what} `{v}` is in namespace {ns}, which this schema neither declares nor imports"),
+            format!(
+                "{what} `{v}` is in namespace {ns}, which this schema neither declares nor imports"
+            ),
         )
     }
 
