@@ -587,6 +587,13 @@ async fn the_operators_journal_commands_verify_export_report_and_name_a_tampered
         ],
         "{out}"
     );
+    // No approval of the month yet: the agency's profile (the same SoCCCD three times: its last) waits for one.
+    assert!(
+        out.contains("lgsp   000.00.00.H29    NOT approved\n")
+            && out.contains("1 profile(s) of the month unapproved")
+            && out.contains("SoCCCD 001090012345"),
+        "{out}"
+    );
     let (code, out, _) = block(|| journal_cli(&dir, &config, &["report", "--month", "2026-13"]));
     assert_eq!(code, Some(1), "{out}");
     let (code, out, _) = block(|| journal_cli(&dir, &config, &["migrate"]));

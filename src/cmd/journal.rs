@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use lgsp_journal::{Journal, JournalError, ReportRow, Settings};
+use lgsp_journal::{ApprovalReport, Journal, JournalError, ReportRow, Settings};
 use lgsp_proxy::messages::parse_time;
 
 pub enum Ask {
@@ -137,17 +137,88 @@ async fn report(journal: &Journal, month: &str, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(e) => return super::failed(e),
     };
+    let approvals = match journal.approval_report(month, from, to).await {
+        Ok(r) => r,
+        Err(e) => return super::failed(e),
+    };
     let mut out = std::io::stdout().lock();
     let _ = if json {
         writeln!(
             out,
             "{}",
-            serde_json::json!({ "month": month, "rows": rows })
+            serde_json::json!({ "month": month, "rows": rows, "approvals": approvals })
         )
     } else {
         write_table(&mut out, month, &rows)
+            .and_then(|()| write_approvals(&mut out, month, &approvals))
     };
     ExitCode::SUCCESS
+}
+
+/// At most this many unapproved profiles are listed per agency (`--json` lists them all).
+const UNAPPROVED_SHOWN: usize = 20;
+
+/// Per hop and agency: whether the month is approved, by whom, and the profiles no approval covers.
+fn write_approvals(
+    out: &mut impl Write,
+    month: &str,
+    report: &[ApprovalReport],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "\napprovals of {month} (PheDuyetDuLieu, Thông tư 06/2023):"
+    )?;
+    if report.is_empty() {
+        return writeln!(out, "  none, and no profile of the month waits for one");
+    }
+    for r in report {
+        if r.approvals.is_empty() {
+            writeln!(out, "{:<6} {:<16} NOT approved", r.hop, r.agency)?;
+        }
+        for a in &r.approvals {
+            let v = &a.approval;
+            writeln!(
+                out,
+                "{:<6} {:<16} approved at {} by {} and {} (message {}), {} profiles",
+                r.hop,
+                r.agency,
+                v["approved_at"].as_str().unwrap_or_default(),
+                v["person"]["subject"].as_str().unwrap_or_default(),
+                v["agency"]["uris"][0].as_str().unwrap_or_default(),
+                a.message_id,
+                v["profiles"].as_array().map_or(0, Vec::len)
+            )?;
+        }
+        writeln!(
+            out,
+            "{:<6} {:<16} {} profile(s) of the month unapproved",
+            "",
+            "",
+            r.unapproved.len()
+        )?;
+        for p in r.unapproved.iter().take(UNAPPROVED_SHOWN) {
+            writeln!(
+                out,
+                "{:<6} {:<16}   SoCCCD {} sha256 {} (message {}, {})",
+                "",
+                "",
+                p.subject,
+                p.sha256,
+                p.message_id,
+                lgsp_proxy::messages::rfc3339(p.accepted_us)
+            )?;
+        }
+        if r.unapproved.len() > UNAPPROVED_SHOWN {
+            writeln!(
+                out,
+                "{:<6} {:<16}   … and {} more (--json lists all)",
+                "",
+                "",
+                r.unapproved.len() - UNAPPROVED_SHOWN
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn write_table(out: &mut impl Write, month: &str, rows: &[ReportRow]) -> std::io::Result<()> {

@@ -122,6 +122,7 @@ fn signing_config(ask: &VerifyAsk<'_>) -> Result<SigningConfig, String> {
         identity_uri_prefix: lgsp_config::DEFAULT_IDENTITY_URI_PREFIX.to_owned(),
         approval_window_days: u32::try_from(window.as_secs() / 86_400).unwrap_or(5),
         approval_lateness: lgsp_config::defaults::SIGNING_APPROVAL_LATENESS,
+        check_coverage: false,
     })
 }
 

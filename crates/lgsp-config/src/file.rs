@@ -94,6 +94,8 @@ pub struct FileSigning {
     pub approval_window: Option<Spanned<String>>,
     /// How long after its month ends an approval may still arrive.
     pub approval_lateness: Option<Spanned<String>>,
+    /// Check each approved profile against the profiles this hop journalled (default true).
+    pub check_coverage: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,6 +23,8 @@ fn packet(i: usize) -> Accepted {
         delivery: Delivery::Direct,
         request: None,
         body: None,
+        subject: None,
+        approval: None,
     }
 }
 

@@ -22,6 +22,7 @@ mod schema;
 mod store;
 mod writer;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,8 @@ use sqlx::{Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use model::{
-    Accepted, Admission, Claimed, Delivery, Message, Outcome, ReportRow, Request, Status,
+    Accepted, Admission, ApprovalReport, ApprovalSent, Claimed, Delivery, Message, Outcome,
+    ProfileSent, ReportRow, Request, Status,
 };
 pub use schema::Dialect;
 
@@ -453,6 +455,159 @@ impl Journal {
         .await
         .map_err(|e| JournalError::from_db(&e))?;
         Ok(row.map(|r| Message::from_row(&r)).transpose()?)
+    }
+
+    /// The profile packets (HoSoCBCCVC) an agency sent through `hop` for these SoCCCDs before `before_us`, oldest
+    /// first; rejected, failed and expired ones left out (they did not arrive). Looked up by subject, so the work
+    /// is bounded by the approval that asks, not by the agency's size.
+    pub async fn profiles(
+        &self,
+        hop: &str,
+        agency: &str,
+        subjects: &[String],
+        before_us: i64,
+    ) -> Result<Vec<ProfileSent>, JournalError> {
+        let mut out = Vec::new();
+        for chunk in subjects.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+            let sql = format!(
+                "SELECT subject, body_sha256, message_id, accepted_us FROM messages
+                 WHERE hop = $1 AND agency = $2 AND accepted_us < $3 AND message_type = 'HoSoCBCCVC'
+                   AND status NOT IN ('rejected', 'failed', 'expired') AND subject IN ({})
+                 ORDER BY accepted_us, message_id",
+                list.join(", ")
+            );
+            // Only placeholders are formatted in; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(hop.to_owned())
+                .bind(agency.to_owned())
+                .bind(before_us);
+            for s in chunk {
+                q = q.bind(s.clone());
+            }
+            let rows = q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| JournalError::from_db(&e))?;
+            for r in &rows {
+                let get = |c: &str| -> Result<String, JournalError> {
+                    r.try_get::<String, _>(c)
+                        .map_err(|e| JournalError::from_db(&e))
+                };
+                out.push(ProfileSent {
+                    hop: hop.to_owned(),
+                    agency: agency.to_owned(),
+                    subject: get("subject")?,
+                    sha256: get("body_sha256")?,
+                    message_id: get("message_id")?,
+                    accepted_us: r
+                        .try_get::<i64, _>("accepted_us")
+                        .map_err(|e| JournalError::from_db(&e))?,
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.accepted_us, &a.message_id).cmp(&(b.accepted_us, &b.message_id)));
+        Ok(out)
+    }
+
+    /// Per hop and agency: the approvals of `month` (`YYYY-MM`) that arrived from `from_us` on, and the profiles
+    /// accepted within `[from_us, to_us)` — each SoCCCD's last — that none of them lists.
+    pub async fn approval_report(
+        &self,
+        month: &str,
+        from_us: i64,
+        to_us: i64,
+    ) -> Result<Vec<ApprovalReport>, JournalError> {
+        let db = |e: sqlx::Error| JournalError::from_db(&e);
+        let approvals = sqlx::query(
+            "SELECT hop, agency, message_id, approval FROM messages
+             WHERE message_type = 'PheDuyetDuLieu' AND approval IS NOT NULL AND accepted_us >= $1
+               AND status NOT IN ('rejected', 'failed', 'expired')
+             ORDER BY accepted_us, message_id",
+        )
+        .bind(from_us)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out: std::collections::BTreeMap<(String, String), ApprovalReport> =
+            std::collections::BTreeMap::new();
+        let mut approved: HashSet<(String, String, String, String)> = HashSet::new();
+        for r in &approvals {
+            let (hop, agency, message_id, text): (String, String, String, String) = (
+                r.try_get("hop").map_err(db)?,
+                r.try_get("agency").map_err(db)?,
+                r.try_get("message_id").map_err(db)?,
+                r.try_get("approval").map_err(db)?,
+            );
+            let Ok(approval) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if approval["month"] != month {
+                continue;
+            }
+            for p in approval["profiles"].as_array().into_iter().flatten() {
+                approved.insert((
+                    hop.clone(),
+                    agency.clone(),
+                    p["SoCCCD"].as_str().unwrap_or_default().to_owned(),
+                    p["BamSHA256"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            out.entry((hop.clone(), agency.clone()))
+                .or_insert_with(|| ApprovalReport {
+                    hop: hop.clone(),
+                    agency: agency.clone(),
+                    approvals: Vec::new(),
+                    unapproved: Vec::new(),
+                })
+                .approvals
+                .push(ApprovalSent {
+                    hop,
+                    agency,
+                    message_id,
+                    approval,
+                });
+        }
+        let profiles = sqlx::query(
+            "SELECT hop, agency, subject, body_sha256, message_id, accepted_us FROM messages
+             WHERE message_type = 'HoSoCBCCVC' AND subject IS NOT NULL AND accepted_us >= $1 AND accepted_us < $2
+               AND status NOT IN ('rejected', 'failed', 'expired')
+             ORDER BY accepted_us, message_id",
+        )
+        .bind(from_us)
+        .bind(to_us)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        // Each subject's last profile of the month at each hop and agency.
+        let mut last: std::collections::BTreeMap<(String, String, String), ProfileSent> =
+            std::collections::BTreeMap::new();
+        for r in &profiles {
+            let p = ProfileSent {
+                hop: r.try_get("hop").map_err(db)?,
+                agency: r.try_get("agency").map_err(db)?,
+                subject: r.try_get("subject").map_err(db)?,
+                sha256: r.try_get("body_sha256").map_err(db)?,
+                message_id: r.try_get("message_id").map_err(db)?,
+                accepted_us: r.try_get("accepted_us").map_err(db)?,
+            };
+            last.insert((p.hop.clone(), p.agency.clone(), p.subject.clone()), p);
+        }
+        for ((hop, agency, subject), p) in last {
+            if approved.contains(&(hop.clone(), agency.clone(), subject, p.sha256.clone())) {
+                continue;
+            }
+            out.entry((hop.clone(), agency.clone()))
+                .or_insert_with(|| ApprovalReport {
+                    hop,
+                    agency,
+                    approvals: Vec::new(),
+                    unapproved: Vec::new(),
+                })
+                .unapproved
+                .push(p);
+        }
+        Ok(out.into_values().collect())
     }
 
     /// A page of an agency's messages, oldest first.

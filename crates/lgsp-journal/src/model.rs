@@ -118,6 +118,10 @@ pub struct Accepted {
     pub request: Option<Request>,
     /// Kept for queued deliveries, and for `keep_bodies` after.
     pub body: Option<Vec<u8>>,
+    /// Whose data the packet is: a profile's SoCCCD (what approvals are checked against).
+    pub subject: Option<String>,
+    /// A verified approval (PheDuyetDuLieu): its month, signers and approved profiles, as JSON.
+    pub approval: Option<String>,
 }
 
 /// How a delivery ended.
@@ -211,6 +215,39 @@ pub enum Admission {
 pub struct Claimed {
     pub message: Message,
     pub body: Vec<u8>,
+}
+
+/// A profile packet (HoSoCBCCVC) the journal holds: whose, which content, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProfileSent {
+    pub hop: String,
+    pub agency: String,
+    /// SoCCCD.
+    pub subject: String,
+    pub sha256: String,
+    pub message_id: String,
+    /// Microseconds since the Unix epoch.
+    pub accepted_us: i64,
+}
+
+/// A verified approval the journal holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalSent {
+    pub hop: String,
+    pub agency: String,
+    pub message_id: String,
+    /// What the gateway verified: month, approval time, signers, approved profiles.
+    pub approval: serde_json::Value,
+}
+
+/// Per hop and agency, a month's approvals and the profiles of that month no approval covers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalReport {
+    pub hop: String,
+    pub agency: String,
+    pub approvals: Vec<ApprovalSent>,
+    /// Profiles accepted in the month (each SoCCCD's last) whose SHA-256 no approval of the month lists.
+    pub unapproved: Vec<ProfileSent>,
 }
 
 /// One line of the monthly report: per hop, agency and message type.

@@ -93,6 +93,17 @@ fn v2(_: Dialect) -> Vec<String> {
     vec!["ALTER TABLE journal_head ADD COLUMN pruned_through BIGINT NOT NULL DEFAULT 0".to_owned()]
 }
 
+/// Whose profile a packet is (SoCCCD) and what a verified approval approved, so approvals are checked against the
+/// profiles sent and the monthly report names the profiles still unapproved.
+fn v3(_: Dialect) -> Vec<String> {
+    vec![
+        "ALTER TABLE messages ADD COLUMN subject TEXT".to_owned(),
+        "ALTER TABLE messages ADD COLUMN approval TEXT".to_owned(),
+        "CREATE INDEX messages_type_accepted ON messages (hop, agency, message_type, accepted_us)"
+            .to_owned(),
+    ]
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -103,6 +114,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "head: pruned_through",
         statements: v2,
+    },
+    Migration {
+        version: 3,
+        name: "messages: subject, approval",
+        statements: v3,
     },
 ];
 

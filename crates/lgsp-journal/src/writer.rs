@@ -325,7 +325,7 @@ fn record_params(chunk: &[Pending], seq: &mut i64, prev: &mut String) -> Vec<Par
 
 fn accepted_record(a: &Accepted, message_id: &str, again: bool, at: i64) -> Pending {
     let kind = if again { "accepted_again" } else { "accepted" };
-    let content = serde_json::json!({
+    let mut content = serde_json::json!({
         "kind": kind,
         "at_us": at,
         "hop": a.hop,
@@ -339,6 +339,19 @@ fn accepted_record(a: &Accepted, message_id: &str, again: bool, at: i64) -> Pend
         "size": a.body_size,
         "delivery": a.delivery.as_str(),
     });
+    // The record proves whose profile a packet was and what an approval approved and who signed it.
+    if let Some(o) = content.as_object_mut() {
+        if let Some(s) = &a.subject {
+            o.insert("subject".into(), s.clone().into());
+        }
+        if let Some(approval) = a
+            .approval
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        {
+            o.insert("approval".into(), approval);
+        }
+    }
     Pending {
         at_us: at,
         kind,
@@ -380,15 +393,16 @@ fn body_until(a: &Accepted, keep: Keep) -> Option<i64> {
 fn messages_sql(rows: usize) -> String {
     format!(
         "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
-             body_size, delivery, request, body, status, accepted_us, updated_us, next_attempt_us, body_until_us)
+             body_size, delivery, request, body, status, accepted_us, updated_us, next_attempt_us, body_until_us,
+             subject, approval)
          VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
-        values_from(rows, 17, 1)
+        values_from(rows, 19, 1)
     )
 }
 
 /// The values of [`messages_sql`] for `chunk`.
 fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
-    let mut params = Vec::with_capacity(chunk.len() * 17);
+    let mut params = Vec::with_capacity(chunk.len() * 19);
     for a in chunk {
         params.extend([
             Param::from(a.hop.clone()),
@@ -408,6 +422,8 @@ fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
             at.into(),
             due(a, at).into(),
             body_until(a, keep).into(),
+            a.subject.clone().into(),
+            a.approval.clone().into(),
         ]);
     }
     params

@@ -137,6 +137,8 @@ fn packet(id: &str, agency: &str, key: Option<&str>, body: &[u8], delivery: Deli
             ..Request::default()
         }),
         body: (delivery == Delivery::Queued).then(|| body.to_vec()),
+        subject: None,
+        approval: None,
     }
 }
 
@@ -622,6 +624,89 @@ async fn listings_page_and_the_report_counts(s: &Store) {
     assert_eq!(first["seq"], 1);
 }
 
+async fn profiles_by_subject_and_the_approval_report(s: &Store) {
+    let j = &s.journal;
+    let profile = |id: &str, cccd: &str, body: &[u8]| Accepted {
+        subject: Some(cccd.into()),
+        ..packet(id, H29, None, body, Delivery::Direct)
+    };
+    j.accept(profile("p1", "001090012341", b"v1"))
+        .await
+        .unwrap();
+    j.accept(profile("p2", "001090012342", b"v1"))
+        .await
+        .unwrap();
+    j.accept(profile("p2b", "001090012342", b"v2"))
+        .await
+        .unwrap();
+    j.accept(profile("p3", "001090012343", b"v1"))
+        .await
+        .unwrap();
+    j.finish(Outcome {
+        status: Status::Rejected,
+        upstream_status: Some(422),
+        ..delivered("p3")
+    })
+    .await
+    .unwrap();
+    let sha = |b: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b))
+    };
+    let subjects = ["001090012342".to_owned(), "001090012343".to_owned()];
+    let found = j.profiles("lgsp", H29, &subjects, i64::MAX).await.unwrap();
+    let seen: Vec<(&str, &str)> = found
+        .iter()
+        .map(|p| (p.message_id.as_str(), p.subject.as_str()))
+        .collect();
+    // Oldest first; the rejected one did not arrive; another agency's never shows.
+    assert_eq!(seen, [("p2", "001090012342"), ("p2b", "001090012342")]);
+    assert!(
+        j.profiles("lgsp", H26, &subjects, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let approval = serde_json::json!({
+        "month": "2026-11",
+        "profiles": [
+            {"SoCCCD": "001090012341", "BamSHA256": sha(b"v1")},
+            {"SoCCCD": "001090012342", "BamSHA256": sha(b"v1")},
+        ],
+    });
+    j.accept(Accepted {
+        route: "PheDuyetDuLieu".into(),
+        message_type: Some("PheDuyetDuLieu".into()),
+        approval: Some(approval.to_string()),
+        ..packet("a1", H29, None, b"approval", Delivery::Direct)
+    })
+    .await
+    .unwrap();
+    let report = j.approval_report("2026-11", 0, i64::MAX).await.unwrap();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(report[0].approvals.len(), 1);
+    assert_eq!(report[0].approvals[0].approval["month"], "2026-11");
+    // p1 is approved; p2's approved version was replaced by p2b, which no approval lists.
+    let unapproved: Vec<&str> = report[0]
+        .unapproved
+        .iter()
+        .map(|p| p.message_id.as_str())
+        .collect();
+    assert_eq!(unapproved, ["p2b"]);
+    assert!(
+        j.approval_report("2026-10", 0, i64::MAX).await.unwrap()[0]
+            .approvals
+            .is_empty()
+    );
+    // The chain keeps whose profile each was and what the approval approved.
+    let mut out = Vec::new();
+    j.export(0, i64::MAX, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\"subject\":\"001090012341\""), "{text}");
+    assert!(text.contains("\"approval\":{"), "{text}");
+    assert!(j.verify().await.is_ok());
+}
+
 async fn records_past_the_retention_are_pruned_and_the_rest_still_verifies(s: &Store) {
     let j = &s.journal;
     j.accept(packet("p0", H29, Some("p0"), b"x", Delivery::Direct))
@@ -720,5 +805,6 @@ suite!(
     records_removed_from_the_end_are_named_by_verify,
     the_outbox_leases_retries_and_delivers,
     listings_page_and_the_report_counts,
+    profiles_by_subject_and_the_approval_report,
     records_past_the_retention_are_pruned_and_the_rest_still_verifies,
 );

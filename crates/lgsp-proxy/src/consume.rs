@@ -272,6 +272,8 @@ impl Consumer {
             delivery: Delivery::Direct,
             request: None,
             body: None,
+            subject: None,
+            approval: None,
         };
         match self.journal.accept(accepted).await {
             Err(e) => {

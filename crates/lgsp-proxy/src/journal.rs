@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
 use crate::body::{Body, full, read_body};
+use crate::coverage;
 use crate::forward::{ForwardError, UpstreamFailure};
 use crate::headers::{self, HopPath, KnownAs, MessageId, TraceContext};
 use crate::hop::HopContext;
@@ -24,6 +25,7 @@ use crate::messages;
 use crate::outbox::Deliveries;
 use crate::route::Route;
 use crate::step::{Next, Step, unnamed};
+use crate::validate::{PacketError, PacketFacts};
 
 /// The header agencies name a packet's idempotency key in (IETF httpapi `Idempotency-Key`).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -260,6 +262,32 @@ impl Packet {
         // Validation read the packet whole already: this takes its bytes.
         let bytes = read_body(body, route.config.max_body_bytes).await?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
+        let facts = parts
+            .extensions
+            .get::<PacketFacts>()
+            .cloned()
+            .unwrap_or_default();
+        if let (Some(approval), Some(until)) = (&facts.approval, facts.coverage_until_us) {
+            let problems = coverage::check(&journal, &hop.name, &caller.agency, approval, until)
+                .await
+                .map_err(|e| JournalProblem::Unavailable(e.to_string()))?;
+            if !problems.is_empty() {
+                let mut rules: Vec<&'static str> = problems.iter().map(|v| v.rule).collect();
+                rules.sort_unstable();
+                rules.dedup();
+                for rule in rules {
+                    hop.metrics
+                        .validation_failures
+                        .with_label_values(&[&*hop.name, &route.name, &message_type, rule])
+                        .inc();
+                }
+                return Err(PacketError::Invalid {
+                    violations: problems,
+                    truncated: false,
+                }
+                .into());
+            }
+        }
         let accepted = Accepted {
             hop: hop.name.to_string(),
             message_id: id.0.clone(),
@@ -277,6 +305,8 @@ impl Packet {
             },
             request: queued.then(|| replay_request(&parts, &caller)),
             body: queued.then(|| bytes.to_vec()),
+            subject: facts.subject.clone(),
+            approval: facts.approval.as_ref().map(|a| a.to_json().to_string()),
         };
         let started = std::time::Instant::now();
         let admitted = journal.accept(accepted).await;

@@ -7,6 +7,7 @@ pub mod body;
 mod connect;
 mod connection;
 pub mod consume;
+pub mod coverage;
 pub mod edge;
 mod forward;
 mod gateway;

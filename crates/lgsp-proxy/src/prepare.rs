@@ -402,7 +402,10 @@ fn validation(
         v.trial_max_errors,
         &cfg.agencies,
     )
-    .signing(signing)
+    .signing(
+        signing,
+        cfg.signing.as_ref().is_some_and(|s| s.check_coverage),
+    )
 }
 
 /// One hop's stack over its loaded TLS.

@@ -205,10 +205,24 @@ pub struct ValidationPolicy {
     units: HashMap<String, Jurisdiction>,
     /// How approvals' signatures are checked (`[signing]`); `None`: approvals are refused.
     signing: Option<Arc<lgsp_sign::Policy>>,
+    /// Approved profiles are checked against the journal (`[signing] check_coverage`).
+    coverage: bool,
 }
 
 /// The message type whose packets carry signatures.
-const APPROVAL: &str = "PheDuyetDuLieu";
+pub const APPROVAL: &str = "PheDuyetDuLieu";
+
+/// What validation learnt of a good packet, for the journal (a request extension).
+#[derive(Debug, Clone, Default)]
+pub struct PacketFacts {
+    /// A profile's SoCCCD.
+    pub subject: Option<String>,
+    /// A verified approval.
+    pub approval: Option<Arc<lgsp_sign::Approval>>,
+    /// Check the approval's profiles against those journalled before this time (Unix µs): the close of its
+    /// window, or now if earlier. `None`: not checked.
+    pub coverage_until_us: Option<i64>,
+}
 
 impl ValidationPolicy {
     pub fn new(
@@ -234,32 +248,50 @@ impl ValidationPolicy {
                 })
                 .collect(),
             signing: None,
+            coverage: false,
         }
     }
 
-    /// Checks approvals' signatures with `policy` (`None`: refuses them).
-    pub fn signing(mut self, policy: Option<Arc<lgsp_sign::Policy>>) -> Self {
+    /// Checks approvals' signatures with `policy` (`None`: refuses them), and with `coverage` their profiles
+    /// against the journal.
+    pub fn signing(mut self, policy: Option<Arc<lgsp_sign::Policy>>, coverage: bool) -> Self {
         self.signing = policy;
+        self.coverage = coverage;
         self
     }
 
-    /// The signatures of an approval sent by `agency`, checked now.
-    fn signatures(&self, format: Format, bytes: &[u8], agency: &str) -> Vec<Violation> {
+    /// The signatures of an approval sent by `agency`, checked now: the verified approval, or every problem.
+    fn signatures(
+        &self,
+        format: Format,
+        bytes: &[u8],
+        agency: &str,
+    ) -> Result<lgsp_sign::Approval, Vec<Violation>> {
         let Some(policy) = &self.signing else {
-            return vec![Violation {
+            return Err(vec![Violation {
                 path: format!("/{APPROVAL}"),
                 line: None,
                 column: None,
                 rule: "signature.untrusted",
                 message: "this gateway has no signing CAs ([signing] ca), so it cannot tell a signed approval from a forged one; the operator must configure them".into(),
-            }];
+            }]);
         };
         let now = Some(time::OffsetDateTime::now_utc());
-        let verdict = match format {
+        match format {
             Format::Xml => policy.verify_xml(bytes, Some(agency), now),
             Format::Json => policy.verify_json(bytes, Some(agency), now),
-        };
-        verdict.err().unwrap_or_default()
+        }
+    }
+
+    /// Until when an approval's profiles count: the close of its window (its month's end and the lateness),
+    /// or now if earlier; `None` when coverage is not checked.
+    fn coverage_until(&self, approval: &lgsp_sign::Approval) -> Option<i64> {
+        let policy = self.signing.as_ref().filter(|_| self.coverage)?;
+        let now = time::OffsetDateTime::now_utc();
+        let close = lgsp_sign::approval::month_end(&approval.month)
+            .map_or(now, |end| end + policy.window.lateness)
+            .min(now);
+        i64::try_from(close.unix_timestamp_nanos() / 1000).ok()
     }
 
     /// Schema, domain rules and jurisdiction of one packet.
@@ -270,7 +302,7 @@ impl ValidationPolicy {
         caller: &Caller,
         ask: Ask,
         bytes: &[u8],
-    ) -> Result<(), PacketError> {
+    ) -> Result<PacketFacts, PacketError> {
         let options = if ask.full_errors {
             &self.full_options
         } else {
@@ -322,20 +354,29 @@ impl ValidationPolicy {
                 truncated: report.truncated,
             });
         }
+        let mut facts = PacketFacts {
+            subject: report.subject,
+            ..PacketFacts::default()
+        };
         if ask.message_type == APPROVAL {
-            let violations = self.signatures(ask.format, bytes, &caller.agency);
-            if !violations.is_empty() {
-                let mut rules: Vec<&'static str> = violations.iter().map(|v| v.rule).collect();
-                rules.sort_unstable();
-                rules.dedup();
-                rules.iter().for_each(|r| count(r));
-                return Err(PacketError::Invalid {
-                    violations,
-                    truncated: false,
-                });
+            match self.signatures(ask.format, bytes, &caller.agency) {
+                Ok(approval) => {
+                    facts.coverage_until_us = self.coverage_until(&approval);
+                    facts.approval = Some(Arc::new(approval));
+                }
+                Err(violations) => {
+                    let mut rules: Vec<&'static str> = violations.iter().map(|v| v.rule).collect();
+                    rules.sort_unstable();
+                    rules.dedup();
+                    rules.iter().for_each(|r| count(r));
+                    return Err(PacketError::Invalid {
+                        violations,
+                        truncated: false,
+                    });
+                }
             }
         }
-        Ok(())
+        Ok(facts)
     }
 }
 
@@ -511,11 +552,13 @@ async fn packet<S: Next>(
     } else {
         policy.check(&hop, &route, &caller, ask, &bytes)
     };
-    checked?;
+    let facts = checked?;
     if dry_run {
         return Ok(verdict(&hop, ask, bytes.len()));
     }
-    unnamed(inner.call(Request::from_parts(parts, full(bytes)))).await
+    let mut req = Request::from_parts(parts, full(bytes));
+    req.extensions_mut().insert(facts);
+    unnamed(inner.call(req)).await
 }
 
 /// A dry run's answer for a valid packet (an invalid one gets the problem the packet route would answer).
@@ -549,11 +592,16 @@ pub fn export_rules(hop: &HopContext, routes: &[lgsp_config::RouteConfig]) {
             (None, false) => continue,
         };
         for t in types {
-            let signatures = if t == APPROVAL { lgsp_sign::RULES } else { &[] };
+            let (signatures, coverage) = if t == APPROVAL {
+                (lgsp_sign::RULES, crate::coverage::RULES)
+            } else {
+                (&[][..], &[][..])
+            };
             for rule in lgsp_schema::RULES
                 .iter()
                 .chain(&["authz.unit_outside_jurisdiction"])
                 .chain(signatures)
+                .chain(coverage)
             {
                 hop.metrics
                     .validation_failures

@@ -305,6 +305,8 @@ pub struct Report {
     pub truncated: bool,
     /// The packet's own `MaDonVi` values (children of the root), for the jurisdiction check.
     pub units: Vec<Field>,
+    /// Whose data the packet is: a profile's own `SoCCCD` (a child of the root), which approvals name.
+    pub subject: Option<String>,
 }
 
 impl Report {
@@ -428,7 +430,7 @@ impl Catalog {
                 let extras = xsd::Extras {
                     keep: &s.keep,
                     rules,
-                    root_fields: &["MaDonVi"],
+                    root_fields: &["MaDonVi", "SoCCCD"],
                 };
                 let out = xsd::validate(&s.xsd, bytes, &opts.limits, extras);
                 let wrong_root = out.root.as_deref().is_some_and(|r| r != message_type);
@@ -462,15 +464,21 @@ impl Catalog {
             let room = opts.limits.max_errors.saturating_sub(violations.len());
             violations.extend(found.into_iter().take(room));
         }
+        let own = |f: &Field| f.parent.strip_prefix('/') == Some(message_type);
+        let subject = fields
+            .iter()
+            .find(|f| f.name == "SoCCCD" && own(f))
+            .map(|f| f.value.clone());
         let units = fields
             .into_iter()
-            .filter(|f| f.name == "MaDonVi" && f.parent.strip_prefix('/') == Some(message_type))
+            .filter(|f| f.name == "MaDonVi" && own(f))
             .collect();
         Report {
             violations,
             malformed,
             truncated,
             units,
+            subject,
         }
     }
 }

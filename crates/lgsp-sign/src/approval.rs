@@ -58,6 +58,41 @@ pub struct Approval {
     pub approved_at: OffsetDateTime,
     pub person: Signer,
     pub agency: Signer,
+    /// The profiles it approves, in the packet's order.
+    pub profiles: Vec<ApprovedProfile>,
+}
+
+/// One `HoSo` entry of an approval: whose profile, which record, and the SHA-256 of the profile packet approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovedProfile {
+    /// SoCCCD: the 12-digit citizen id.
+    pub cccd: String,
+    /// MaBanGhi: the agency's record id.
+    pub record: String,
+    /// BamSHA256, lower-case hex.
+    pub sha256: String,
+    /// Where the entry's BamSHA256 is (`/PheDuyetDuLieu/HoSo[2]/BamSHA256`).
+    pub path: String,
+}
+
+impl Approval {
+    /// What the journal keeps of it: month, time, both signers (subject, serial, SHA-256 of the certificate), and
+    /// the approved profiles.
+    pub fn to_json(&self) -> serde_json::Value {
+        let signer = |s: &Signer| serde_json::json!({"subject": s.subject, "uris": s.uris, "serial": s.serial, "sha256": s.fingerprint});
+        let profiles: Vec<serde_json::Value> = self
+            .profiles
+            .iter()
+            .map(|p| serde_json::json!({"SoCCCD": p.cccd, "MaBanGhi": p.record, "BamSHA256": p.sha256}))
+            .collect();
+        serde_json::json!({
+            "month": self.month,
+            "approved_at": self.approved_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "person": signer(&self.person),
+            "agency": signer(&self.agency),
+            "profiles": profiles,
+        })
+    }
 }
 
 /// The two roles a signature plays.
@@ -68,7 +103,7 @@ enum Role {
 }
 
 /// The first instant of the month after `month` (`YYYY-MM`), Vietnam time.
-fn month_end(month: &str) -> Option<OffsetDateTime> {
+pub fn month_end(month: &str) -> Option<OffsetDateTime> {
     let (y, m) = month.split_once('-')?;
     let (y, m): (i32, u8) = (y.parse().ok()?, m.parse().ok()?);
     let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
@@ -130,7 +165,7 @@ impl Policy {
         let month = xml::root_field(&doc, CBCCVC_NS, "KyPheDuyet").unwrap_or_default();
         let approved_at = xml::root_field(&doc, CBCCVC_NS, "ThoiDiemPheDuyet").unwrap_or_default();
         let found = xml::verify(&doc);
-        self.judge(
+        let mut approval = self.judge(
             root,
             "Signature",
             found,
@@ -138,7 +173,26 @@ impl Policy {
             &approved_at,
             agency,
             received,
-        )
+        )?;
+        let hoso = doc
+            .document_element()
+            .map(|r| xml::children(&doc, r, CBCCVC_NS, "HoSo"))
+            .unwrap_or_default();
+        approval.profiles = hoso
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let field =
+                    |name: &str| xml::child_text(&doc, h, CBCCVC_NS, name).unwrap_or_default();
+                ApprovedProfile {
+                    cccd: field("SoCCCD"),
+                    record: field("MaBanGhi"),
+                    sha256: field("BamSHA256"),
+                    path: format!("{root}/HoSo[{}]/BamSHA256", i + 1),
+                }
+            })
+            .collect();
+        Ok(approval)
     }
 
     /// Checks a JSON approval (JWS in `ChuKySo`) sent by `agency`, as [`Policy::verify_xml`] does.
@@ -166,7 +220,7 @@ impl Policy {
                 .to_owned()
         };
         let found = jws::verify(object);
-        self.judge(
+        let mut approval = self.judge(
             root,
             jws::FIELD,
             found,
@@ -174,7 +228,31 @@ impl Policy {
             &field("ThoiDiemPheDuyet"),
             agency,
             received,
-        )
+        )?;
+        let hoso = object
+            .get("HoSo")
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        approval.profiles = hoso
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let field = |name: &str| {
+                    h.get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                ApprovedProfile {
+                    cccd: field("SoCCCD"),
+                    record: field("MaBanGhi"),
+                    sha256: field("BamSHA256"),
+                    path: format!("{root}/HoSo[{}]/BamSHA256", i + 1),
+                }
+            })
+            .collect();
+        Ok(approval)
     }
 
     /// The verdict on the signatures found, whatever the packet's format.
@@ -323,6 +401,7 @@ impl Policy {
                 approved_at: signed_at,
                 person,
                 agency,
+                profiles: Vec::new(),
             }),
             _ => Err(problems),
         }

@@ -9,7 +9,7 @@ pub mod jws;
 pub mod trust;
 pub mod xml;
 
-pub use approval::{Approval, Policy, Window};
+pub use approval::{Approval, ApprovedProfile, Policy, Window};
 pub use trust::{Signer, TrustError, TrustStore};
 
 /// Every rule code a signature check may report (the `rule` of a refused packet's `errors[]`, a `rule` label of

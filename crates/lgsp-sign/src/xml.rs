@@ -95,10 +95,22 @@ pub fn signatures(doc: &Document<'_>) -> Vec<NodeId> {
         .unwrap_or_default()
 }
 
+/// The child elements `local` (in `ns`) of `n`, in order.
+pub fn children(doc: &Document<'_>, n: NodeId, ns: &str, local: &str) -> Vec<NodeId> {
+    child_elements(doc, n)
+        .into_iter()
+        .filter(|c| is(doc, *c, ns, local))
+        .collect()
+}
+
+/// The text of the first child element `local` (in `ns`) of `n`, trimmed.
+pub fn child_text(doc: &Document<'_>, n: NodeId, ns: &str, local: &str) -> Option<String> {
+    first_child(doc, n, ns, local).map(|c| doc.text_content_deep(c).trim().to_owned())
+}
+
 /// The text of the first child element `local` (in `ns`) of the document element.
 pub fn root_field(doc: &Document<'_>, ns: &str, local: &str) -> Option<String> {
-    let root = doc.document_element()?;
-    first_child(doc, root, ns, local).map(|n| doc.text_content_deep(n).trim().to_owned())
+    child_text(doc, doc.document_element()?, ns, local)
 }
 
 /// Whether a signature keeps to the profile: one reference to the whole packet with the allowed transforms, and

@@ -202,10 +202,11 @@ impl Default for TestPki {
 }
 
 /// The `[admin]`, `[log]`, `[pki]`, `[journal]` and `[signing]` head of a test config: everything on port 0;
-/// approvals signed by the dev signing CA, last month's accepted until 40 days after it ([`signed_approval`]).
+/// approvals signed by the dev signing CA, last month's accepted until 40 days after it ([`signed_approval`]), their
+/// profiles not checked against the journal (a test that wants it sets `check_coverage = true`).
 fn head(pki: &TestPki) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n[journal]\nurl = \"{journal}\"\n[signing]\nca = [\"{dir}/signing-ca.pem\"]\napproval_lateness = \"40d\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n[journal]\nurl = \"{journal}\"\n[signing]\nca = [\"{dir}/signing-ca.pem\"]\napproval_lateness = \"40d\"\ncheck_coverage = false\n",
         dir = pki.dir().display(),
         journal = pki.journal_url(),
     )

@@ -20,6 +20,8 @@ pub struct SigningConfig {
     pub approval_window_days: u32,
     /// How long after its month ends an approval may still arrive.
     pub approval_lateness: Duration,
+    /// Each approved profile (SoCCCD, SHA-256) must be the last profile the agency sent through this hop.
+    pub check_coverage: bool,
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -66,6 +68,7 @@ pub(super) fn signing(c: &mut Checker<'_>, f: &FileSigning) -> SigningConfig {
             defaults::SIGNING_APPROVAL_LATENESS,
             &(Duration::ZERO..=Duration::from_secs(62 * 86_400)),
         ),
+        check_coverage: f.check_coverage.unwrap_or(true),
     }
 }
 
