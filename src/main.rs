@@ -194,7 +194,8 @@ enum Command {
 enum JournalCommand {
     /// Walk the whole hash chain; name the first broken record and exit 1 if there is one.
     Verify,
-    /// Write the records of a period as JSON lines (seq, prev_hash, hash, record).
+    /// Write the records of a period as JSON lines (seq, prev_hash, hash, record); with --sign, as an XML document
+    /// signed by the operator (XML-DSig), which `lgsp-gateway verify` and xmlsec1 verify.
     Export {
         /// Start: an RFC 3339 time, or a date (midnight in Vietnam, UTC+07:00); default: the first record.
         #[arg(long)]
@@ -205,6 +206,21 @@ enum JournalCommand {
         /// Write to this file instead of standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Sign the export (`<XuatNhatKy>`, streamed: any size) with the operator's key: --key and --cert, or --p12.
+        #[arg(long)]
+        sign: bool,
+        /// The operator's signing key (PEM), with --cert.
+        #[arg(long, value_name = "KEY.pem", requires_all = ["sign", "cert"], conflicts_with = "p12")]
+        key: Option<PathBuf>,
+        /// Its certificate, then any intermediates (PEM).
+        #[arg(long, value_name = "CERT.pem", requires = "key")]
+        cert: Option<PathBuf>,
+        /// A PKCS#12 file with the key and its certificates.
+        #[arg(long, value_name = "FILE", requires = "sign")]
+        p12: Option<PathBuf>,
+        /// The environment variable holding the PKCS#12 password.
+        #[arg(long, value_name = "VAR", requires = "p12")]
+        password_env: Option<String>,
     },
     /// Apply the schema migrations not yet applied (the gateway also applies them at start).
     Migrate,
@@ -462,8 +478,32 @@ fn main() -> ExitCode {
         Command::Journal { config, command } => {
             let ask = match command {
                 JournalCommand::Verify => cmd::journal::Ask::Verify,
-                JournalCommand::Export { from, to, out } => {
-                    cmd::journal::Ask::Export { from, to, out }
+                JournalCommand::Export {
+                    from,
+                    to,
+                    out,
+                    sign,
+                    key,
+                    cert,
+                    p12,
+                    password_env,
+                } => {
+                    let signer = match (sign, key, cert, p12) {
+                        (false, ..) => None,
+                        (true, Some(key), Some(cert), None) => {
+                            Some(cmd::sign::KeyFiles::Pem { key, cert })
+                        }
+                        (true, None, None, Some(file)) => {
+                            Some(cmd::sign::KeyFiles::Pkcs12 { file, password_env })
+                        }
+                        _ => return usage("--sign needs --key and --cert, or --p12"),
+                    };
+                    cmd::journal::Ask::Export {
+                        from,
+                        to,
+                        out,
+                        signer,
+                    }
                 }
                 JournalCommand::Migrate => cmd::journal::Ask::Migrate,
                 JournalCommand::Report { month, json } => cmd::journal::Ask::Report { month, json },

@@ -602,6 +602,7 @@ async fn the_operators_journal_commands_verify_export_report_and_name_a_tampered
         (Some(0), true),
         "{out}"
     );
+    signed_export_verifies_and_a_change_is_found(&dir, &config);
     lgsp.shutdown().await;
 
     // Someone with database access rewrites who sent the second packet: verify names the record and fails.
@@ -625,4 +626,81 @@ async fn sqlx_update(url: &str, sql: &str) {
     let mut lock = JournalLock::hold(url).await;
     lock.execute(sql).await;
     lock.commit().await;
+}
+
+/// `journal export --sign`: the operator's signed export (here with the dev agency signing key as the operator's),
+/// which `lgsp-gateway verify` and xmlsec1 both verify, and both refuse once a record is changed.
+fn signed_export_verifies_and_a_change_is_found(dir: &std::path::Path, config: &str) {
+    let key = format!("signing-agency-{H29}.key");
+    let cert = format!("signing-agency-{H29}.pem");
+    let (code, out, err) = block(|| {
+        journal_cli(
+            dir,
+            config,
+            &[
+                "export",
+                "--from",
+                "2000-01-01",
+                "--sign",
+                "--key",
+                &key,
+                "--cert",
+                &cert,
+                "--out",
+                "export.xml",
+            ],
+        )
+    });
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("exported 6 records, signed"), "{err}");
+    let verify = |file: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["verify", "--ca", "signing-ca.pem", file])
+            .current_dir(dir)
+            .output()
+            .expect("run verify");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify("export.xml");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("journal export of 6 records (seq 1–6), the chain whole, signed by"),
+        "{out}"
+    );
+    let xmlsec1 = |file: &str| {
+        std::process::Command::new("xmlsec1")
+            .args([
+                "--verify",
+                "--trusted-pem",
+                "signing-ca.pem",
+                "--enabled-key-data",
+                "x509",
+                file,
+            ])
+            .current_dir(dir)
+            .output()
+            .map(|o| o.status.success())
+    };
+    let reference = xmlsec1("export.xml");
+    match &reference {
+        Ok(ok) => assert!(*ok, "xmlsec1 refuses the signed export"),
+        Err(_) => assert!(std::env::var_os("CI").is_none(), "xmlsec1 is missing in CI"),
+    }
+    // One record's agency changed in the file: the signature and the record's own hash both break.
+    let text = std::fs::read_to_string(dir.join("export.xml")).expect("export");
+    let changed = text.replacen("000.00.00.H29", "000.00.00.H26", 1);
+    assert_ne!(changed, text);
+    std::fs::write(dir.join("changed.xml"), changed).expect("write");
+    let (code, out) = verify("changed.xml");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("NOT a valid journal export: changed after it was signed"),
+        "{out}"
+    );
+    if reference.is_ok() {
+        assert_eq!(xmlsec1("changed.xml").ok(), Some(false));
+    }
 }

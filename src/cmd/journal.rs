@@ -14,6 +14,8 @@ pub enum Ask {
         from: Option<String>,
         to: Option<String>,
         out: Option<PathBuf>,
+        /// Sign the export with this key (an XML document instead of JSON lines).
+        signer: Option<super::sign::KeyFiles>,
     },
     Migrate,
     Report {
@@ -70,7 +72,12 @@ pub fn journal(config: Option<&Path>, ask: Ask) -> ExitCode {
                 }
                 Err(e) => super::failed(e),
             },
-            Ask::Export { from, to, out } => export(&journal, from, to, out.as_deref()).await,
+            Ask::Export {
+                from,
+                to,
+                out,
+                signer,
+            } => export(&journal, from, to, out.as_deref(), signer.as_ref()).await,
             Ask::Report { month, json } => report(&journal, &month, json).await,
         }
     })
@@ -87,6 +94,7 @@ async fn export(
     from: Option<String>,
     to: Option<String>,
     out: Option<&Path>,
+    signer: Option<&super::sign::KeyFiles>,
 ) -> ExitCode {
     let (from_us, to_us) = match (
         time_or(from.as_deref(), 0, "from"),
@@ -102,12 +110,59 @@ async fn export(
         },
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    if let Some(signer) = signer {
+        return signed_export(journal, signer, (from_us, to_us), sink).await;
+    }
     match journal.export(from_us, to_us, &mut sink).await {
         Ok(n) => {
             if let Err(e) = sink.flush() {
                 return super::failed(format!("writing the export: {e}"));
             }
             eprintln!("exported {n} records");
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::failed(e),
+    }
+}
+
+/// The records of `[from_us, to_us)` as `<XuatNhatKy>`, signed by the operator's key as it streams.
+async fn signed_export(
+    journal: &Journal,
+    signer: &super::sign::KeyFiles,
+    (from_us, to_us): (i64, i64),
+    sink: Box<dyn Write>,
+) -> ExitCode {
+    let key = match signer.load() {
+        Ok(k) => k,
+        Err(e) => return super::failed(e),
+    };
+    let period = |us: i64| {
+        if us == i64::MAX {
+            lgsp_proxy::messages::rfc3339(lgsp_journal::now_us())
+        } else {
+            lgsp_proxy::messages::rfc3339(us)
+        }
+    };
+    let mut writer = match lgsp_sign::export::SignedExport::start(
+        sink,
+        &key,
+        &period(from_us),
+        &period(to_us),
+    ) {
+        Ok(w) => w,
+        Err(e) => return super::failed(format!("writing the export: {e}")),
+    };
+    let written = journal
+        .each_record(from_us, to_us, &mut |seq, prev, hash, content| {
+            writer.record(seq, prev, hash, content)
+        })
+        .await;
+    if let Err(e) = written {
+        return super::failed(e);
+    }
+    match writer.finish() {
+        Ok(n) => {
+            eprintln!("exported {n} records, signed");
             ExitCode::SUCCESS
         }
         Err(e) => super::failed(e),

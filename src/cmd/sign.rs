@@ -18,6 +18,32 @@ pub enum KeySource<'a> {
     },
 }
 
+/// Where the signing key comes from, as the command line names it.
+pub enum KeyFiles {
+    Pem {
+        key: PathBuf,
+        cert: PathBuf,
+    },
+    Pkcs12 {
+        file: PathBuf,
+        password_env: Option<String>,
+    },
+}
+
+impl KeyFiles {
+    /// The key, loaded.
+    pub fn load(&self) -> Result<SigningKey, String> {
+        let source = match self {
+            KeyFiles::Pem { key, cert } => KeySource::Pem { key, cert },
+            KeyFiles::Pkcs12 { file, password_env } => KeySource::Pkcs12 {
+                file,
+                password_env: password_env.as_deref(),
+            },
+        };
+        load_key(&source, false)
+    }
+}
+
 /// The packet's format: its extension, else its first character.
 fn is_json(path: &Path, bytes: &[u8]) -> bool {
     match path.extension().and_then(|e| e.to_str()) {
@@ -156,7 +182,15 @@ pub fn verify(ask: &VerifyAsk<'_>) -> ExitCode {
     let mut refused = 0usize;
     for path in ask.files {
         let shown = path.display().to_string();
-        let verdict = read(path).map(|bytes| {
+        let bytes = read(path);
+        if let Ok(bytes) = &bytes
+            && !is_json(path, bytes)
+            && is_export(bytes)
+        {
+            refused += usize::from(!verify_export(&policy, &shown, bytes, ask.json));
+            continue;
+        }
+        let verdict = bytes.map(|bytes| {
             if is_json(path, &bytes) {
                 policy.verify_json(&bytes, ask.agency, received)
             } else {
@@ -218,4 +252,87 @@ pub fn verify(ask: &VerifyAsk<'_>) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Whether an XML file is a signed journal export (its root is `XuatNhatKy`).
+fn is_export(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(512)];
+    String::from_utf8_lossy(head).contains(&format!("<{}", lgsp_sign::export::ROOT))
+}
+
+/// Verifies a signed journal export: its one signature (chain to the signing CAs, valid now) and its records'
+/// hash chain (each record's hash recomputed, each linked to the one before). Prints the verdict; true if good.
+fn verify_export(policy: &lgsp_sign::Policy, shown: &str, bytes: &[u8], json: bool) -> bool {
+    let verdict = check_export(policy, bytes);
+    match (&verdict, json) {
+        (Ok((signer, n, first, last)), true) => println!(
+            "{}",
+            serde_json::json!({"file": shown, "export": true, "valid": true, "records": n, "first_seq": first, "last_seq": last,
+                "signer": {"subject": signer.subject, "serial": signer.serial, "sha256": signer.fingerprint}})
+        ),
+        (Ok((signer, n, first, last)), false) => println!(
+            "{shown}: journal export of {n} records (seq {first}–{last}), the chain whole, signed by {} (serial {})",
+            signer.subject, signer.serial
+        ),
+        (Err(e), true) => println!(
+            "{}",
+            serde_json::json!({"file": shown, "export": true, "valid": false, "error": e})
+        ),
+        (Err(e), false) => println!("{shown}: NOT a valid journal export: {e}"),
+    }
+    verdict.is_ok()
+}
+
+fn check_export(
+    policy: &lgsp_sign::Policy,
+    bytes: &[u8],
+) -> Result<(lgsp_sign::Signer, u64, i64, i64), String> {
+    use lgsp_sign::xml::{self, Check};
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    let doc = xml::parse(text).map_err(|e| e.0)?;
+    let found = xml::verify(&doc);
+    let [one] = found.as_slice() else {
+        return Err(format!(
+            "it carries {} signatures; an export carries one",
+            found.len()
+        ));
+    };
+    let chain = match &one.check {
+        Check::Verified { chain } => chain,
+        Check::DigestMismatch(why) => return Err(format!("changed after it was signed ({why})")),
+        Check::Invalid(why) => return Err(format!("the signature does not verify ({why})")),
+        Check::Unsupported(why) => {
+            return Err(format!("the signature is outside the profile: {why}"));
+        }
+    };
+    let signer = policy
+        .trust
+        .check(chain, time::OffsetDateTime::now_utc())
+        .map_err(|e| format!("the signer: {e}"))?;
+    let root = doc.document_element().ok_or("no root element")?;
+    let (mut n, mut first, mut last) = (0u64, 0i64, 0i64);
+    let mut prev: Option<String> = None;
+    for r in xml::children(&doc, root, lgsp_sign::export::NS, lgsp_sign::export::RECORD) {
+        let attr = |name: &str| doc.get_attribute(r, name).unwrap_or_default().to_owned();
+        let seq: i64 = attr("seq")
+            .parse()
+            .map_err(|_| format!("a record's seq `{}` is not a number", attr("seq")))?;
+        let (link, hash) = (attr("prevHash"), attr("hash"));
+        let content = doc.text_content_deep(r);
+        if lgsp_journal::chain::hash(seq, &link, &content) != hash {
+            return Err(format!("record {seq}: its content does not match its hash"));
+        }
+        if let Some(p) = &prev
+            && (*p != link || seq != last + 1)
+        {
+            return Err(format!("record {seq}: it does not follow record {last}"));
+        }
+        if n == 0 {
+            first = seq;
+        }
+        prev = Some(hash);
+        last = seq;
+        n += 1;
+    }
+    Ok((signer, n, first, last))
 }

@@ -696,6 +696,28 @@ impl Journal {
         to_us: i64,
         out: &mut dyn Write,
     ) -> Result<u64, JournalError> {
+        self.each_record(from_us, to_us, &mut |seq, prev_hash, hash, content| {
+            let record: serde_json::Value =
+                serde_json::from_str(content).unwrap_or(serde_json::Value::Null);
+            let line = serde_json::json!({
+                "seq": seq,
+                "prev_hash": prev_hash,
+                "hash": hash,
+                "record": record,
+            });
+            writeln!(out, "{line}")
+        })
+        .await
+    }
+
+    /// Hands each record between `from_us` and `to_us` to `f` in order — `(seq, prev_hash, hash, content)`, the
+    /// content as the text its hash covers —, a page of 1000 at a time; the number of records.
+    pub async fn each_record(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        f: &mut dyn FnMut(i64, &str, &str, &str) -> std::io::Result<()>,
+    ) -> Result<u64, JournalError> {
         let mut after = 0i64;
         let mut n = 0u64;
         loop {
@@ -718,15 +740,7 @@ impl Journal {
                         .map_err(|e| JournalError::from_db(&e))
                 };
                 let seq: i64 = r.try_get("seq").map_err(|e| JournalError::from_db(&e))?;
-                let content: serde_json::Value =
-                    serde_json::from_str(&get("content")?).unwrap_or(serde_json::Value::Null);
-                let line = serde_json::json!({
-                    "seq": seq,
-                    "prev_hash": get("prev_hash")?,
-                    "hash": get("hash")?,
-                    "record": content,
-                });
-                writeln!(out, "{line}")
+                f(seq, &get("prev_hash")?, &get("hash")?, &get("content")?)
                     .map_err(|e| JournalError::Unavailable(format!("writing the export: {e}")))?;
                 after = seq;
                 n += 1;

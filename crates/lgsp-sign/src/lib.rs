@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approval;
+pub mod export;
 pub mod jws;
 pub mod trust;
 pub mod xml;
