@@ -80,11 +80,8 @@ mod tests {
     fn parse(signing: &str) -> Result<Config, ConfigError> {
         let base = include_str!("../../../../gateway.toml");
         let start = base.find("\n[signing]\n").expect("a [signing] section");
-        let end = start
-            + base[start..]
-                .find("approval_lateness = \"1d\"\n")
-                .expect("its last line")
-            + "approval_lateness = \"1d\"\n".len();
+        let last = "check_coverage = true\n";
+        let end = start + base[start..].find(last).expect("its last line") + last.len();
         let text = format!("{}{}\n[signing]\n{signing}\n", &base[..start], &base[end..]);
         crate::parse(&text, "t.toml", std::path::Path::new("/etc/lgsp"))
     }
