@@ -440,10 +440,51 @@ impl World {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Seen {
+        // A relaying gateway signs what it sends, as every hop does.
+        let signature = if identity == LGSP_PEER {
+            peer_signature(
+                &self.chain.pki,
+                identity,
+                method,
+                url,
+                headers,
+                body.as_bytes(),
+            )
+        } else {
+            Vec::new()
+        };
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.client(identity)
-            .send(method, url, headers, body)
+            .send(method, url, &all, body)
             .await
             .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+            .into()
+    }
+
+    /// A request as the dev LGSP relays it, unsigned or with its signature spoilt.
+    async fn relay_spoilt(&self, signed: bool) -> Seen {
+        let url = self.ndxp("/ndxp/v1/BienNhan/x");
+        let h = [("x-lgsp-client", H29)];
+        let mut all: Vec<(String, String)> =
+            h.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        if signed {
+            // Signed for H29, then sent naming H26: the signature no longer covers the request.
+            all.extend(peer_signature(
+                &self.chain.pki,
+                LGSP_PEER,
+                "GET",
+                &url,
+                &h,
+                b"",
+            ));
+            all[0].1 = H26.into();
+        }
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.client(LGSP_PEER)
+            .send("GET", &url, &all, "")
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
             .into()
     }
 
@@ -498,6 +539,8 @@ impl World {
                 self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &xml(KEY_H26), &good)
                     .await
             }
+            "hop.signature_missing" => self.relay_spoilt(false).await,
+            "hop.signature_invalid" => self.relay_spoilt(true).await,
             "auth.peer_missing_client" => {
                 self.send(LGSP_PEER, "GET", &self.ndxp("/ndxp/v1/BienNhan/x"), &[], "")
                     .await
@@ -1019,7 +1062,7 @@ async fn misassembled_stack() -> Seen {
         pki.client_tls(None, &[]),
         lgsp_config::UpstreamProtocol::Http1,
     );
-    let forward = lgsp_proxy::Forward::new(client, hop.clone(), &[], 1, None);
+    let forward = lgsp_proxy::Forward::new(client, hop.clone(), &[], 1, None, None);
     let resp = lgsp_proxy::ObserveLayer::new(hop)
         .layer(forward)
         .oneshot(http::Request::new(lgsp_proxy::body::empty()))

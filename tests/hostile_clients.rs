@@ -330,6 +330,29 @@ fn relay_args(body: &str) -> [&str; 6] {
     ]
 }
 
+impl Target {
+    /// curl as the relaying gateway `identity` to `/HoSoCBCCVC` with the packet `body`, its request signed as a
+    /// hop signs.
+    fn relay_as(&self, identity: &str, body: &str) -> (u16, serde_json::Value) {
+        let url = format!("https://localhost:{}{}/HoSoCBCCVC", self.port, self.prefix);
+        let bytes = body.as_bytes();
+        let signature = peer_signature(
+            &self.pki,
+            identity,
+            "POST",
+            &url,
+            &[("x-lgsp-client", "000.00.00.H29")],
+            bytes,
+        );
+        let headers: Vec<String> = signature.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let mut args: Vec<&str> = relay_args(body).to_vec();
+        for h in &headers {
+            args.extend(["-H", h.as_str()]);
+        }
+        self.curl_as(identity, "/HoSoCBCCVC", &args)
+    }
+}
+
 #[test]
 fn only_the_exact_san_identity_makes_a_peer() {
     if !tool("curl") {
@@ -339,7 +362,7 @@ fn only_the_exact_san_identity_makes_a_peer() {
     let body = packet();
     let relay = relay_args(&body);
     // The real relay: SAN URI `urn:lgsp:id:LGSP-DEV`.
-    let (status, doc) = t.curl_as("lgsp-client", "/HoSoCBCCVC", &relay);
+    let (status, doc) = t.relay_as("lgsp-client", relay[5]);
     assert_eq!(status, 200, "{doc}");
     // A CN of `LGSP-DEV` with no SAN, or the SAN in upper case, is an unknown caller, not the relay: without an
     // API key it is refused, whatever X-LGSP-Client says.
@@ -381,9 +404,9 @@ fn a_pinned_peer_is_only_the_certificate_pinned() {
     );
     let body = packet();
     let relay = relay_args(&body);
-    let (status, doc) = t.curl_as("lgsp2-client", "/HoSoCBCCVC", &relay);
+    let (status, doc) = t.relay_as("lgsp2-client", relay[5]);
     assert_eq!(status, 200, "{doc}");
-    let (status, doc) = t.curl_as("lgsp-client", "/HoSoCBCCVC", &relay);
+    let (status, doc) = t.relay_as("lgsp-client", relay[5]);
     assert_eq!(status, 401, "{doc}");
 }
 

@@ -1,6 +1,7 @@
 //! `AuthLayer`: who is calling. An agency proves itself with its client certificate plus an API key bound to the
 //! same agency; a peer gateway (listed in the hop's `peers`) relays with its certificate alone and names the
-//! agency it relays for in `X-LGSP-Client`.
+//! agency it relays for in `X-LGSP-Client` — trusted only once the request's hop signature (RFC 9421, by the key of
+//! the certificate the peer connected with) verifies over it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,11 @@ use crate::tokens::{TokenError, TokenIssuer};
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// The agency code a relaying gateway acts for (set by the first hop from the certificate).
 pub const CLIENT_HEADER: &str = "x-lgsp-client";
+
+/// A peer's verified hop signature, put on the request for the layers below: validate checks the body against its
+/// `Content-Digest`, the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopSigned(pub Arc<lgsp_sign::http::Verified>);
 
 /// The authenticated caller, put on the request for the layers below.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +64,10 @@ pub enum AuthError {
     InvalidToken(TokenError),
     #[error("too many failed authentications; held back {retry_after}s")]
     TooManyFailures { retry_after: u64 },
+    #[error("peer {peer} sent no hop signature: {why}")]
+    HopSignatureMissing { peer: String, why: String },
+    #[error("peer {peer}'s hop signature does not verify: {why}")]
+    HopSignatureInvalid { peer: String, why: String },
 }
 
 impl Problem for AuthError {
@@ -66,7 +76,9 @@ impl Problem for AuthError {
             AuthError::NoIdentity
             | AuthError::MissingKey
             | AuthError::UnknownKey
-            | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            | AuthError::InvalidToken(_)
+            | AuthError::HopSignatureMissing { .. }
+            | AuthError::HopSignatureInvalid { .. } => StatusCode::UNAUTHORIZED,
             AuthError::KeyNotBound { .. }
             | AuthError::PeerUnknownAgency { .. }
             | AuthError::TrialAgencyProductionKey { .. } => StatusCode::FORBIDDEN,
@@ -89,6 +101,8 @@ impl Problem for AuthError {
             }
             AuthError::InvalidToken(_) => "auth.invalid_token",
             AuthError::TooManyFailures { .. } => "auth.too_many_failures",
+            AuthError::HopSignatureMissing { .. } => "hop.signature_missing",
+            AuthError::HopSignatureInvalid { .. } => "hop.signature_invalid",
         }
     }
 
@@ -120,6 +134,8 @@ impl AuthError {
         "token_not_bound_to_certificate",
         "invalid_token",
         "too_many_failures",
+        "hop_signature_missing",
+        "hop_signature_invalid",
     ];
 
     /// The `reason` label of `lgsp_auth_failures_total`.
@@ -137,6 +153,8 @@ impl AuthError {
             }
             AuthError::InvalidToken(_) => "invalid_token",
             AuthError::TooManyFailures { .. } => "too_many_failures",
+            AuthError::HopSignatureMissing { .. } => "hop_signature_missing",
+            AuthError::HopSignatureInvalid { .. } => "hop_signature_invalid",
         }
     }
 
@@ -174,6 +192,12 @@ impl AuthError {
             AuthError::PeerWithoutClient { .. } => {
                 "A relaying gateway must send X-LGSP-Client with the agency code it relays for.".into()
             }
+            AuthError::HopSignatureMissing { peer, why } => format!(
+                "Gateway {peer} sent an unsigned request: {why}. Every hop signs what it forwards with the key of its upstream client certificate (Signature-Input and Signature, label `lgsp`, over @method, @target-uri, content-digest, x-lgsp-message-id, x-lgsp-client); run a gateway version that signs."
+            ),
+            AuthError::HopSignatureInvalid { peer, why } => format!(
+                "Gateway {peer}'s hop signature is refused: {why}. Nothing the request carries is trusted; check that {peer} signs with the key of the certificate it connects with and that its clock is right."
+            ),
             AuthError::PeerUnknownAgency { agency, .. } => format!(
                 "Agency {agency} is not registered at this hop; register it as an [[agency]] here before relaying its traffic."
             ),
@@ -277,6 +301,57 @@ impl AuthPolicy {
 
     pub fn is_peer(&self, identity: &PeerIdentity) -> bool {
         self.peers.admits(identity)
+    }
+
+    /// A peer's hop signature over this request, verified with its certificate's key; `Ok(None)` for anyone else.
+    pub fn hop_signature<B>(
+        &self,
+        identity: Option<&PeerIdentity>,
+        req: &Request<B>,
+    ) -> Result<Option<HopSigned>, AuthError> {
+        let Some(identity) = identity.filter(|i| self.is_peer(i)) else {
+            return Ok(None);
+        };
+        let h = req.headers();
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| text(http::header::HOST.as_str()))
+            .unwrap_or_default();
+        let target = format!(
+            "https://{authority}{}",
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        let covered = lgsp_sign::http::Covered {
+            method: req.method().as_str(),
+            target_uri: &target,
+            content_digest: text("content-digest").unwrap_or_default(),
+            message_id: text("x-lgsp-message-id").unwrap_or_default(),
+            client: text(CLIENT_HEADER).unwrap_or_default(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let peer = identity.id.clone();
+        lgsp_sign::http::verify(
+            &identity.spki,
+            &identity.id,
+            &covered,
+            text("signature-input"),
+            text("signature"),
+            now,
+        )
+        .map(|v| Some(HopSigned(Arc::new(v))))
+        .map_err(|e| match e {
+            lgsp_sign::http::HopSignatureError::Missing(why) => {
+                AuthError::HopSignatureMissing { peer, why }
+            }
+            lgsp_sign::http::HopSignatureError::Invalid(why) => {
+                AuthError::HopSignatureInvalid { peer, why }
+            }
+        })
     }
 
     /// Whether a certificate identity is someone this hop serves: a registered agency or a listed peer.
@@ -471,13 +546,20 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let identity = req.extensions().get::<PeerIdentity>();
+        // A peer's hop headers are trusted only under its signature: checked before any of them is read.
         let decided = self
             .policy
             .guarded(identity, req.extensions().get::<ClientAddr>(), || {
-                self.policy.authenticate(identity, req.headers())
+                let signed = self.policy.hop_signature(identity, &req)?;
+                self.policy
+                    .authenticate(identity, req.headers())
+                    .map(|caller| (caller, signed))
             });
         match decided {
-            Ok(caller) => {
+            Ok((caller, signed)) => {
+                if let Some(signed) = signed {
+                    req.extensions_mut().insert(signed);
+                }
                 if let Some(labels) = req.extensions().get::<RequestLabels>() {
                     labels.set_agency(caller.agency.clone());
                     labels.set_mode(caller.kind.as_str());
@@ -511,6 +593,7 @@ mod tests {
             cert_sha256: String::new(),
             // 2100-01-01: valid for as long as any test runs.
             not_after: 4_102_444_800,
+            spki: Default::default(),
         }
     }
 
@@ -565,6 +648,79 @@ mod tests {
         if let Some(id) = id {
             req.extensions_mut().insert(identity(id));
         }
+        req
+    }
+
+    /// The dev LGSP's hop key for these tests: PKCS#8 PEM and its SubjectPublicKeyInfo.
+    fn hop_key() -> &'static (String, Vec<u8>) {
+        static KEY: std::sync::OnceLock<(String, Vec<u8>)> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| {
+            use aws_lc_rs::encoding::AsDer;
+            use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+            use base64::Engine;
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+            let spki = pair.public_key().as_der().unwrap().as_ref().to_vec();
+            let pem = format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                base64::engine::general_purpose::STANDARD
+                    .encode(pkcs8.as_ref())
+                    .as_bytes()
+                    .chunks(64)
+                    .map(|l| String::from_utf8_lossy(l).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            (pem, spki)
+        })
+    }
+
+    /// A request the dev LGSP relays for `client` (mode `mode`), signed as that hop signs.
+    fn relay(client: Option<&str>, mode: Option<&str>) -> Request<()> {
+        let uri = "https://ndxp.test/ndxp/v1/HoSoCBCCVC";
+        let digest = lgsp_sign::http::content_digest(b"");
+        let id = "01a2b3c4-0000-7000-8000-000000000001";
+        let mut b = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("content-digest", &digest)
+            .header("x-lgsp-message-id", id);
+        if let Some(c) = client {
+            b = b.header(CLIENT_HEADER, c);
+        }
+        if let Some(m) = mode {
+            b = b.header("x-lgsp-mode", m);
+        }
+        let (pem, spki) = hop_key();
+        let key = lgsp_sign::http::HopKey::from_pem(pem.as_bytes(), "LGSP-DEV").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let signed = key
+            .sign(
+                &lgsp_sign::http::Covered {
+                    method: "POST",
+                    target_uri: uri,
+                    content_digest: &digest,
+                    message_id: id,
+                    client: client.unwrap_or_default(),
+                },
+                now,
+            )
+            .unwrap();
+        let mut req = b
+            .header("signature-input", signed.input)
+            .header("signature", signed.signature)
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(PeerIdentity {
+            spki: Arc::from(spki.as_slice()),
+            ..identity("LGSP-DEV")
+        });
         req
     }
 
@@ -659,9 +815,7 @@ mod tests {
         );
         assert!(e.detail().contains("trial key"), "{}", e.detail());
         // Relayed by a peer, the first hop's mode counts: production for a trial agency is refused here too.
-        let mut req = request(Some("LGSP-DEV"), None);
-        req.headers_mut()
-            .insert(CLIENT_HEADER, "000.00.00.G09".parse().unwrap());
+        let req = relay(Some("000.00.00.G09"), None);
         assert_eq!(
             refusal(svc.clone().oneshot(req).await).code(),
             "auth.trial_agency_production_key"
@@ -685,24 +839,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_is_trusted_only_under_its_hop_signature() {
+        let (svc, metrics) = service();
+        // No signature: refused before X-LGSP-Client is read.
+        let mut unsigned = relay(Some("000.00.00.H29"), None);
+        unsigned.headers_mut().remove("signature");
+        unsigned.headers_mut().remove("signature-input");
+        let e = refusal(svc.clone().oneshot(unsigned).await);
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNAUTHORIZED, "hop.signature_missing")
+        );
+        // A hop header changed after signing: another agency named.
+        let mut changed = relay(Some("000.00.00.H29"), None);
+        changed
+            .headers_mut()
+            .insert(CLIENT_HEADER, "000.00.00.H26".parse().unwrap());
+        let e = refusal(svc.clone().oneshot(changed).await);
+        assert_eq!(e.code(), "hop.signature_invalid");
+        assert!(e.detail().contains("does not verify"), "{}", e.detail());
+        // Signed by a key other than the connection certificate's.
+        let mut other = relay(Some("000.00.00.H29"), None);
+        other.extensions_mut().insert(identity("LGSP-DEV"));
+        assert_eq!(
+            refusal(svc.clone().oneshot(other).await).code(),
+            "hop.signature_invalid"
+        );
+        // The signature passes on for the journal.
+        let saw = Arc::new(std::sync::Mutex::new(None));
+        let probe = {
+            let saw = saw.clone();
+            tower::service_fn(move |req: Request<()>| {
+                *saw.lock().unwrap() = req
+                    .extensions()
+                    .get::<HopSigned>()
+                    .map(|h| h.0.keyid.clone());
+                async { Ok::<_, BoxProblem>(()) }
+            })
+        };
+        AuthLayer::new(svc.policy.clone())
+            .layer(probe)
+            .oneshot(relay(Some("000.00.00.H29"), None))
+            .await
+            .unwrap();
+        assert_eq!(saw.lock().unwrap().as_deref(), Some("LGSP-DEV"));
+        assert_eq!(
+            metrics
+                .auth_failures
+                .with_label_values(&["lgsp", "hop_signature_invalid"])
+                .get(),
+            2
+        );
+    }
+
+    #[tokio::test]
     async fn peer_relays_for_a_known_agency_without_a_key() {
         let (svc, _) = service();
-        let mut req = request(Some("LGSP-DEV"), None);
-        req.headers_mut()
-            .insert(CLIENT_HEADER, "000.00.00.G09".parse().unwrap());
-        req.headers_mut()
-            .insert("x-lgsp-mode", "trial".parse().unwrap());
-        let caller = svc.clone().oneshot(req).await.unwrap();
+        let caller = svc
+            .clone()
+            .oneshot(relay(Some("000.00.00.G09"), Some("trial")))
+            .await
+            .unwrap();
         assert_eq!(
             (&*caller.agency, caller.via.as_deref(), caller.kind),
             ("000.00.00.G09", Some("LGSP-DEV"), KeyKind::Trial)
         );
 
-        let e = refusal(svc.clone().oneshot(request(Some("LGSP-DEV"), None)).await);
+        let e = refusal(svc.clone().oneshot(relay(None, None)).await);
         assert_eq!(e.code(), "auth.peer_missing_client");
-        let mut req = request(Some("LGSP-DEV"), None);
-        req.headers_mut()
-            .insert(CLIENT_HEADER, "000.00.00.X01".parse().unwrap());
+        let req = relay(Some("000.00.00.X01"), None);
         assert_eq!(
             refusal(svc.oneshot(req).await).code(),
             "auth.peer_unknown_agency"
@@ -839,6 +1044,14 @@ mod tests {
             AuthError::InvalidToken(TokenError::OtherCertificate),
             AuthError::InvalidToken(TokenError::Expired),
             AuthError::TooManyFailures { retry_after: 1 },
+            AuthError::HopSignatureMissing {
+                peer: "p".into(),
+                why: "w".into(),
+            },
+            AuthError::HopSignatureInvalid {
+                peer: "p".into(),
+                why: "w".into(),
+            },
         ];
         let reasons: std::collections::BTreeSet<&str> =
             every.iter().map(AuthError::reason).collect();

@@ -9,6 +9,8 @@ mod throttle;
 mod tokens;
 
 pub use keys::{KeyRecord, KeyStore, dev_key, generate_key, sha256_hex};
-pub use layer::{API_KEY_HEADER, Auth, AuthError, AuthLayer, AuthPolicy, CLIENT_HEADER, Caller};
+pub use layer::{
+    API_KEY_HEADER, Auth, AuthError, AuthLayer, AuthPolicy, CLIENT_HEADER, Caller, HopSigned,
+};
 pub use throttle::FailureThrottle;
 pub use tokens::{Claims, TokenError, TokenIssuer, thumbprint};

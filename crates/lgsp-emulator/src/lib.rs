@@ -46,9 +46,78 @@ pub struct Receipt {
     pub hops: Option<String>,
     /// Identity of the gateway that delivered it (its client certificate).
     pub delivered_by: Option<String>,
+    /// The delivering hop's signature (RFC 9421) over this request, as the emulator verified it.
+    pub hop_signature: HopSignatureCheck,
     pub mode: String,
     /// True when this message id had already been received with the same content.
     pub duplicate: bool,
+}
+
+/// The verdict on the delivering hop's signature: `valid` (with its key id and time), `missing` or `invalid` (with
+/// why). The emulator records it rather than refusing, so an integrator sees what a hop sent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HopSignatureCheck {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Verifies the delivering hop's signature with the key of the certificate it connected with, and the body against
+/// the signed `Content-Digest`.
+fn check_hop_signature(parts: &http::request::Parts, body: &[u8]) -> HopSignatureCheck {
+    let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let failed = |status: &'static str, detail: String| HopSignatureCheck {
+        status,
+        keyid: None,
+        created: None,
+        detail: Some(detail),
+    };
+    let Some(peer) = parts.extensions.get::<PeerIdentity>() else {
+        return failed("missing", "no client certificate".into());
+    };
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| text("host"))
+        .unwrap_or_default();
+    let target = format!(
+        "https://{authority}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let covered = lgsp_sign::http::Covered {
+        method: parts.method.as_str(),
+        target_uri: &target,
+        content_digest: text("content-digest").unwrap_or_default(),
+        message_id: text("x-lgsp-message-id").unwrap_or_default(),
+        client: text("x-lgsp-client").unwrap_or_default(),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match lgsp_sign::http::verify(
+        &peer.spki,
+        &peer.id,
+        &covered,
+        text("signature-input"),
+        text("signature"),
+        now,
+    ) {
+        Err(lgsp_sign::http::HopSignatureError::Missing(why)) => failed("missing", why),
+        Err(lgsp_sign::http::HopSignatureError::Invalid(why)) => failed("invalid", why),
+        Ok(_) if covered.content_digest != lgsp_sign::http::content_digest(body) => failed(
+            "invalid",
+            "the body is not the one its signed Content-Digest names".into(),
+        ),
+        Ok(v) => HopSignatureCheck {
+            status: "valid",
+            keyid: Some(v.keyid),
+            created: Some(v.created),
+            detail: None,
+        },
+    }
 }
 
 /// Receipts kept for look-up, oldest dropped first.
@@ -385,6 +454,7 @@ impl Emulator {
             agency: header_str(parts, "x-lgsp-client"),
             hops: header_str(parts, "x-lgsp-hops"),
             delivered_by: parts.extensions.get::<PeerIdentity>().map(|p| p.id.clone()),
+            hop_signature: check_hop_signature(parts, &bytes),
             mode: header_str(parts, "x-lgsp-mode").unwrap_or_else(|| "production".to_owned()),
             duplicate: false,
         };

@@ -25,6 +25,7 @@ fn packet(i: usize) -> Accepted {
         body: None,
         subject: None,
         approval: None,
+        hop_signature: None,
     }
 }
 

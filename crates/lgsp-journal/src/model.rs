@@ -122,6 +122,9 @@ pub struct Accepted {
     pub subject: Option<String>,
     /// A verified approval (PheDuyetDuLieu): its month, signers and approved profiles, as JSON.
     pub approval: Option<String>,
+    /// The relaying hop's verified signature (RFC 9421: key id, time, Signature-Input, Signature), as JSON: the
+    /// record proves which hop sent what.
+    pub hop_signature: Option<String>,
 }
 
 /// How a delivery ended.

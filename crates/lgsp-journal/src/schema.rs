@@ -104,6 +104,11 @@ fn v3(_: Dialect) -> Vec<String> {
     ]
 }
 
+/// The relaying hop's signature (RFC 9421) of each packet it handed on.
+fn v4(_: Dialect) -> Vec<String> {
+    vec!["ALTER TABLE messages ADD COLUMN hop_signature TEXT".to_owned()]
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -119,6 +124,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "messages: subject, approval",
         statements: v3,
+    },
+    Migration {
+        version: 4,
+        name: "messages: hop_signature",
+        statements: v4,
     },
 ];
 

@@ -344,12 +344,15 @@ fn accepted_record(a: &Accepted, message_id: &str, again: bool, at: i64) -> Pend
         if let Some(s) = &a.subject {
             o.insert("subject".into(), s.clone().into());
         }
-        if let Some(approval) = a
-            .approval
-            .as_deref()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-        {
+        let json = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        };
+        if let Some(approval) = json(&a.approval) {
             o.insert("approval".into(), approval);
+        }
+        if let Some(signature) = json(&a.hop_signature) {
+            o.insert("hop_signature".into(), signature);
         }
     }
     Pending {
@@ -394,15 +397,15 @@ fn messages_sql(rows: usize) -> String {
     format!(
         "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
              body_size, delivery, request, body, status, accepted_us, updated_us, next_attempt_us, body_until_us,
-             subject, approval)
+             subject, approval, hop_signature)
          VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
-        values_from(rows, 19, 1)
+        values_from(rows, 20, 1)
     )
 }
 
 /// The values of [`messages_sql`] for `chunk`.
 fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
-    let mut params = Vec::with_capacity(chunk.len() * 19);
+    let mut params = Vec::with_capacity(chunk.len() * 20);
     for a in chunk {
         params.extend([
             Param::from(a.hop.clone()),
@@ -424,6 +427,7 @@ fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
             body_until(a, keep).into(),
             a.subject.clone().into(),
             a.approval.clone().into(),
+            a.hop_signature.clone().into(),
         ]);
     }
     params

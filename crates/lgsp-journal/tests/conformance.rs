@@ -139,6 +139,7 @@ fn packet(id: &str, agency: &str, key: Option<&str>, body: &[u8], delivery: Deli
         body: (delivery == Delivery::Queued).then(|| body.to_vec()),
         subject: None,
         approval: None,
+        hop_signature: None,
     }
 }
 

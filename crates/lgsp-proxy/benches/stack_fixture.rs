@@ -93,6 +93,7 @@ pub fn request() -> Request<Body> {
         cert_sha256: String::new(),
         // 2100-01-01: valid for as long as any test runs.
         not_after: 4_102_444_800,
+        spki: Default::default(),
     });
     req
 }

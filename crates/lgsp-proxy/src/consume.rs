@@ -274,6 +274,7 @@ impl Consumer {
             body: None,
             subject: None,
             approval: None,
+            hop_signature: None,
         };
         match self.journal.accept(accepted).await {
             Err(e) => {

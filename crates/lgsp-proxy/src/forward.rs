@@ -324,6 +324,8 @@ pub struct Forward {
     slots: Arc<HashMap<String, Arc<Semaphore>>>,
     /// Routes whose upstream is a broker publish through here.
     publisher: Arc<Publisher>,
+    /// The hop's key: every request it forwards is signed with it (RFC 9421).
+    signer: Option<Arc<lgsp_sign::http::HopKey>>,
 }
 
 impl Forward {
@@ -335,6 +337,7 @@ impl Forward {
         routes: &[RouteConfig],
         max_connections: usize,
         identity: Option<ClientIdentity>,
+        signer: Option<Arc<lgsp_sign::http::HopKey>>,
     ) -> Self {
         let slots = routes
             .iter()
@@ -361,8 +364,48 @@ impl Forward {
             targets,
             slots: Arc::new(slots),
             publisher: Arc::new(Publisher::new(hop, routes, identity)),
+            signer,
         }
     }
+}
+
+/// Signs a request as this hop (RFC 9421 over method, target, Content-Digest, message id and client): its body read
+/// whole (within the route's limit) to digest it.
+async fn signed(
+    key: &lgsp_sign::http::HopKey,
+    route: &Route,
+    req: Request<Body>,
+) -> Result<Request<Body>, BoxProblem> {
+    let (mut parts, body) = req.into_parts();
+    let bytes = crate::body::read_body(body, route.config.max_body_bytes).await?;
+    let digest = lgsp_sign::http::content_digest(&bytes);
+    let text = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let target = parts.uri.to_string();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let covered = lgsp_sign::http::Covered {
+        method: parts.method.as_str(),
+        target_uri: &target,
+        content_digest: &digest,
+        message_id: &text(headers::MESSAGE_ID),
+        client: &text(headers::CLIENT),
+    };
+    let s = key
+        .sign(&covered, created)
+        .map_err(|e| Internal(format!("signing the request as this hop: {e}")))?;
+    let h = &mut parts.headers;
+    set(h, "content-digest", &digest)?;
+    set(h, "signature-input", &s.input)?;
+    set(h, "signature", &s.signature)?;
+    Ok(Request::from_parts(parts, full(bytes)))
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), BoxProblem> {
@@ -443,6 +486,7 @@ impl Service<Request<Body>> for Forward {
         let targets = self.targets.clone();
         let slots = self.slots.clone();
         let publisher = self.publisher.clone();
+        let signer = self.signer.clone();
         Box::pin(async move {
             let (req, route, caller) = prepared?;
             let mode = caller.kind;
@@ -455,6 +499,10 @@ impl Service<Request<Body>> for Forward {
                     .publish(&route, target, mode == KeyKind::Trial, req)
                     .await;
             }
+            let req = match &signer {
+                Some(key) => signed(key, &route, req).await?,
+                None => req,
+            };
             let upstream = req.uri().authority().map_or_else(
                 || route.config.upstream.authority.clone(),
                 |a| a.as_str().to_owned(),
@@ -702,7 +750,14 @@ mod tests {
             lgsp_tls::client_config(&cfg.hops[0].upstream_tls).unwrap(),
             UpstreamProtocol::Http1,
         );
-        let forward = Forward::new(client, hop.clone(), std::slice::from_ref(&r), 64, None);
+        let forward = Forward::new(
+            client,
+            hop.clone(),
+            std::slice::from_ref(&r),
+            64,
+            None,
+            None,
+        );
         let route = RouteTable::new(&hop, &[r])
             .lookup("/lgsp/v1/HoSoCBCCVC")
             .unwrap()

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use lgsp_auth::Caller;
+use lgsp_auth::{Caller, HopSigned};
 use lgsp_config::{DeliveryMode, RouteConfig};
 use lgsp_journal::{Accepted, Admission, Delivery, Journal, Message, Outcome, Status};
 use lgsp_problem::{BoxProblem, Internal, Problem};
@@ -307,6 +307,21 @@ impl Packet {
             body: queued.then(|| bytes.to_vec()),
             subject: facts.subject.clone(),
             approval: facts.approval.as_ref().map(|a| a.to_json().to_string()),
+            hop_signature: parts.extensions.get::<HopSigned>().map(|HopSigned(v)| {
+                let covered: serde_json::Map<String, serde_json::Value> = v
+                    .covered
+                    .iter()
+                    .map(|(c, value)| ((*c).to_owned(), value.clone().into()))
+                    .collect();
+                serde_json::json!({
+                    "keyid": v.keyid,
+                    "created": v.created,
+                    "signature_input": v.signed.input,
+                    "signature": v.signed.signature,
+                    "covered": covered,
+                })
+                .to_string()
+            }),
         };
         let started = std::time::Instant::now();
         let admitted = journal.accept(accepted).await;

@@ -908,6 +908,7 @@ mod tests {
             .as_secs();
         let expiring = PeerIdentity {
             not_after: i64::try_from(now + 1).expect("seconds"),
+            spki: Default::default(),
             ..identity("000.00.00.H29")
         };
         let (client, task) = connection_as(

@@ -130,7 +130,24 @@ pub fn prepare(
             key_pem: p.key,
             ca_pem: p.ca,
         });
-        hops.push(hop(cfg, h, &shared, metrics, t.server, client, identity));
+        let signer = match hop_key(h) {
+            Ok(k) => k,
+            Err(p) => {
+                return Err(ConfigError {
+                    source: cfg.source.clone(),
+                    problems: vec![p],
+                });
+            }
+        };
+        hops.push(hop(
+            cfg,
+            h,
+            &shared,
+            metrics,
+            (t.server, client),
+            identity,
+            signer,
+        ));
     }
     let emulator_tls = emulator.flatten().map(|t| {
         expiry.extend(t.expiry.into_iter().map(|e| ("emulator".to_owned(), e)));
@@ -409,14 +426,45 @@ fn validation(
 }
 
 /// One hop's stack over its loaded TLS.
+/// The hop's signing key (RFC 9421): the key of its upstream client certificate, named by that certificate's
+/// identity (what the next hop's `peers` lists).
+fn hop_key(h: &HopConfig) -> Result<Arc<lgsp_sign::http::HopKey>, Problem> {
+    let t = &h.upstream_tls;
+    let certs = lgsp_tls::load_certs(&t.cert).map_err(|e| e.problem())?;
+    let first = certs.first().ok_or_else(|| {
+        t.cert
+            .origin
+            .problem(format!("{}: holds no certificate", t.cert.path.display()))
+    })?;
+    let identity = lgsp_tls::PeerIdentity::from_certificate(first, &h.tls.identity_uri_prefix)
+        .map_err(|e| {
+            t.cert
+                .origin
+                .problem(format!("{}: {e}", t.cert.path.display()))
+        })?;
+    let pem = std::fs::read(&t.key.path).map_err(|e| {
+        t.key
+            .origin
+            .problem(format!("{} cannot be read: {e}", t.key.path.display()))
+    })?;
+    lgsp_sign::http::HopKey::from_pem(&pem, &identity.id)
+        .map(Arc::new)
+        .map_err(|e| {
+            t.key.origin.problem(format!(
+                "{}: cannot sign this hop's requests: {e}",
+                t.key.path.display()
+            ))
+        })
+}
+
 fn hop(
     cfg: &Config,
     h: &HopConfig,
     shared: &Shared,
     metrics: &Arc<Metrics>,
-    server: ServerTls,
-    client: Arc<rustls::ClientConfig>,
+    (server, client): (ServerTls, Arc<rustls::ClientConfig>),
     identity: Option<ClientIdentity>,
+    signer: Arc<lgsp_sign::http::HopKey>,
 ) -> PreparedHop {
     let hop = Arc::new(
         HopContext::new(&h.name, &h.peers, metrics.clone())
@@ -444,6 +492,7 @@ fn hop(
         &h.routes,
         h.upstream.max_connections,
         identity.clone(),
+        Some(signer),
     );
     let delivery = DeliveryTarget {
         hop: hop.clone(),

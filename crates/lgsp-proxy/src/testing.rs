@@ -57,6 +57,7 @@ pub fn identity(id: &str) -> PeerIdentity {
         cert_sha256: "5a1c9a6317dff2acda2f6c0caf3b4582b0a980d6827cb1d5bfd6b2926f8faeae".into(),
         // 2100-01-01: valid for as long as any test runs.
         not_after: 4_102_444_800,
+        spki: Default::default(),
     }
 }
 

@@ -267,6 +267,7 @@ mod tests {
             cert_sha256: CERT.into(),
             // 2100-01-01: valid for as long as any test runs.
             not_after: 4_102_444_800,
+            spki: Default::default(),
         });
         req.extensions_mut().insert(RequestLabels::default());
         req

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use lgsp_auth::Caller;
+use lgsp_auth::{AuthError, Caller, HopSigned};
 use lgsp_config::AgencyConfig;
 use lgsp_problem::{BoxProblem, Internal, Problem, Violation};
 use lgsp_schema::{Catalog, Format, Options};
@@ -502,6 +502,18 @@ impl<S: Next> Service<Request<Body>> for Validate<S> {
         }
         let message_type = match message_type(&route, req.uri().path()) {
             Ok(Some(t)) => t,
+            // A peer's signed body is read whole and checked against its Content-Digest first.
+            Ok(None) if req.extensions().get::<HopSigned>().is_some() => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let hop = self.hop.clone();
+                return Step::wait(async move {
+                    let (parts, body) = req.into_parts();
+                    let bytes = read_body(body, limit).await?;
+                    signed_digest(&hop, &parts, &bytes)?;
+                    unnamed(inner.call(Request::from_parts(parts, full(bytes)))).await
+                });
+            }
             // No packet to check: stream the body through, cut at the limit.
             Ok(None) => {
                 return Step::inner(
@@ -543,6 +555,7 @@ async fn packet<S: Next>(
 ) -> Answer {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, route.config.max_body_bytes).await?;
+    signed_digest(&hop, &parts, &bytes)?;
     let dry_run = route.config.dry_run;
     let checked = if bytes.len() > INLINE_LIMIT {
         let (b, r, h) = (bytes.clone(), route.clone(), hop.clone());
@@ -559,6 +572,31 @@ async fn packet<S: Next>(
     let mut req = Request::from_parts(parts, full(bytes));
     req.extensions_mut().insert(facts);
     unnamed(inner.call(req)).await
+}
+
+/// A peer's body must be what its hop signature covers: the `Content-Digest` it signed is this body's SHA-256.
+fn signed_digest(
+    hop: &HopContext,
+    parts: &http::request::Parts,
+    bytes: &[u8],
+) -> Result<(), AuthError> {
+    let Some(HopSigned(signed)) = parts.extensions.get::<HopSigned>() else {
+        return Ok(());
+    };
+    let sent = parts
+        .headers
+        .get("content-digest")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if sent == lgsp_sign::http::content_digest(bytes) {
+        return Ok(());
+    }
+    let e = AuthError::HopSignatureInvalid {
+        peer: signed.keyid.clone(),
+        why: "the body is not the one its signed Content-Digest names (changed on the way, or sent twice with another body)".into(),
+    };
+    hop.metrics.auth_failure(&hop.name, e.reason());
+    Err(e)
 }
 
 /// A dry run's answer for a valid packet (an invalid one gets the problem the packet route would answer).

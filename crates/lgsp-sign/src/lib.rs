@@ -2,10 +2,13 @@
 //! XML-DSig in XML (`xml.rs`, through bergshamra), JWS in JSON (`jws.rs`); `approval.rs` decides whether they make a valid approval: each
 //! signature verifies, its certificate chains to a signing CA (`trust.rs`: webpki, CRLs, key usage, validity at
 //! the signing time), the agency's is the sending agency's, and the approval falls within its month's window.
+//! Between hops every request is signed too (`http.rs`, RFC 9421), and journal exports are signed as they stream
+//! (`export.rs`).
 #![forbid(unsafe_code)]
 
 pub mod approval;
 pub mod export;
+pub mod http;
 pub mod jws;
 pub mod trust;
 pub mod xml;

@@ -355,6 +355,61 @@ pub fn approval_signed_with(
     }
 }
 
+/// The hop-signature headers (RFC 9421) a relaying gateway whose client certificate is `identity` (a file stem
+/// of the PKI, e.g. `lgsp-client`) sends with `method url` and `body`: `content-digest`, `signature-input`,
+/// `signature`, and `x-lgsp-message-id` when `headers` has none. `headers` are the request's others (its
+/// `x-lgsp-client`).
+pub fn peer_signature(
+    pki: &TestPki,
+    identity: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let cert = CertificateDer::pem_file_iter(pki.path(&format!("{identity}.pem")))
+        .expect("cert")
+        .next()
+        .expect("a certificate")
+        .expect("cert parse");
+    let id =
+        lgsp_tls::PeerIdentity::from_certificate(&cert, lgsp_config::DEFAULT_IDENTITY_URI_PREFIX)
+            .expect("identity")
+            .id;
+    let pem = std::fs::read(pki.path(&format!("{identity}.key"))).expect("key");
+    let key = lgsp_sign::http::HopKey::from_pem(&pem, &id).expect("hop key");
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| (*v).to_owned())
+    };
+    let mut out = Vec::new();
+    let message_id = get("x-lgsp-message-id").unwrap_or_else(|| {
+        let id = uuid::Uuid::now_v7().to_string();
+        out.push(("x-lgsp-message-id".to_owned(), id.clone()));
+        id
+    });
+    let digest = lgsp_sign::http::content_digest(body);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signed = key
+        .sign(
+            &lgsp_sign::http::Covered {
+                method,
+                target_uri: url,
+                content_digest: &digest,
+                message_id: &message_id,
+                client: &get("x-lgsp-client").unwrap_or_default(),
+            },
+            now,
+        )
+        .expect("sign");
+    out.push(("content-digest".to_owned(), digest));
+    out.push(("signature-input".to_owned(), signed.input));
+    out.push(("signature".to_owned(), signed.signature));
+    out
+}
+
 /// Parses a test config (relative paths resolve in the PKI directory).
 pub fn parse(pki: &TestPki, text: &str) -> lgsp_config::Config {
     lgsp_config::parse(text, "test.toml", pki.dir())

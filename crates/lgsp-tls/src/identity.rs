@@ -20,6 +20,8 @@ pub struct PeerIdentity {
     pub cert_sha256: String,
     /// Unix seconds when the certificate expires.
     pub not_after: i64,
+    /// The certificate's SubjectPublicKeyInfo (DER): what a peer's hop signatures are verified with.
+    pub spki: std::sync::Arc<[u8]>,
 }
 
 /// The gateways a hop trusts to relay for agencies: known by the exact identity in their certificate's SAN URI —
@@ -75,6 +77,7 @@ impl PeerIdentity {
             X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
         let cert_sha256 = hex::encode(Sha256::digest(der.as_ref()));
         let not_after = cert.validity().not_after.timestamp();
+        let spki: std::sync::Arc<[u8]> = std::sync::Arc::from(cert.public_key().raw);
         let from_san = cert
             .subject_alternative_name()
             .ok()
@@ -94,6 +97,7 @@ impl PeerIdentity {
                 source: IdentitySource::SanUri,
                 cert_sha256,
                 not_after,
+                spki,
             });
         }
         let cn = cert
@@ -108,6 +112,7 @@ impl PeerIdentity {
                 source: IdentitySource::CommonName,
                 cert_sha256,
                 not_after,
+                spki,
             }),
             None => Err(IdentityError::Missing {
                 prefix: uri_prefix.to_owned(),

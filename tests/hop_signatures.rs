@@ -1,0 +1,152 @@
+//! Every hop's transaction signed (RFC 9421), end to end over real TLS: the LGSP signs what it forwards, the NDXP
+//! verifies it with the LGSP's certificate before trusting its hop headers and keeps the signature in its journal,
+//! the NDXP signs again, and the national endpoint's emulator verifies that and says so in its receipt.
+
+use lgsp_testkit::*;
+use rustls::pki_types::pem::PemObject;
+
+const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
+
+/// The journal URL a test config names.
+fn journal_url(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("url = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("[journal] url")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn each_hop_signs_the_next_verifies_and_the_journal_keeps_the_proof() {
+    let pki = TestPki::new();
+    let emulator = lgsp_proxy::Gateway::start(&parse(&pki, &emulator_config(&pki)))
+        .await
+        .expect("emulator");
+    let emu = emulator.emulator.as_ref().expect("emulator").0;
+    let ndxp_text = hop_config(&pki, "ndxp", "/ndxp/v1", emu, "/cbccvc/v1", &["LGSP-DEV"]);
+    let ndxp = lgsp_proxy::Gateway::start(&parse(&pki, &ndxp_text))
+        .await
+        .expect("ndxp");
+    let lgsp_text = lgsp_config_with(&pki, ndxp.hop_addr("ndxp").expect("ndxp"), "", "");
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&pki, &lgsp_text))
+        .await
+        .expect("lgsp");
+
+    let body = sample("valid/HoSoCBCCVC-01-day-du.xml");
+    let a = TestClient::new(&pki, Some(AGENCY_OK), true)
+        .send(
+            "POST",
+            &hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &[("x-api-key", KEY_H29), ("content-type", "application/xml")],
+            &body,
+        )
+        .await
+        .expect("answer");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let receipt = a.json();
+    // The national endpoint verified the NDXP's signature over what it received.
+    assert_eq!(receipt["hop_signature"]["status"], "valid", "{receipt}");
+    assert_eq!(receipt["hop_signature"]["keyid"], "NDXP-DEV");
+    let message_id = receipt["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_owned();
+
+    // The NDXP's journal keeps the LGSP's signature with what it covered; checked again later with the LGSP's
+    // certificate alone, it still verifies, and proves the LGSP sent this body for this agency.
+    let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
+        url: journal_url(&ndxp_text),
+        keep_bodies: std::time::Duration::from_secs(3600),
+        retention: std::time::Duration::from_secs(86_400),
+    })
+    .await
+    .expect("journal");
+    let mut out = Vec::new();
+    journal.export(0, i64::MAX, &mut out).await.expect("export");
+    let record = String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|l| l["record"]["kind"] == "accepted")
+        .expect("the accepted record");
+    let sig = &record["record"]["hop_signature"];
+    assert_eq!(sig["keyid"], "LGSP-DEV", "{record}");
+    assert_eq!(sig["covered"]["x-lgsp-message-id"], message_id.as_str());
+    assert_eq!(sig["covered"]["x-lgsp-client"], H29);
+    assert_eq!(
+        sig["covered"]["content-digest"],
+        lgsp_sign::http::content_digest(body.as_bytes()).as_str()
+    );
+    let cert = rustls::pki_types::CertificateDer::pem_file_iter(pki.path("lgsp-client.pem"))
+        .expect("pem")
+        .next()
+        .expect("cert")
+        .expect("cert");
+    let lgsp_identity =
+        lgsp_tls::PeerIdentity::from_certificate(&cert, "urn:lgsp:id:").expect("identity");
+    let text = |k: &str| sig["covered"][k].as_str().unwrap_or_default().to_owned();
+    let (method, target, digest, id, client) = (
+        text("@method"),
+        text("@target-uri"),
+        text("content-digest"),
+        text("x-lgsp-message-id"),
+        text("x-lgsp-client"),
+    );
+    let covered = lgsp_sign::http::Covered {
+        method: &method,
+        target_uri: &target,
+        content_digest: &digest,
+        message_id: &id,
+        client: &client,
+    };
+    let created = sig["created"].as_i64().expect("created");
+    let again = lgsp_sign::http::verify(
+        &lgsp_identity.spki,
+        "LGSP-DEV",
+        &covered,
+        sig["signature_input"].as_str(),
+        sig["signature"].as_str(),
+        created,
+    );
+    assert!(again.is_ok(), "{again:?}");
+    // The same record naming another agency no longer verifies: the proof is bound to what was sent.
+    let forged = lgsp_sign::http::Covered {
+        client: "000.00.00.H26",
+        ..covered
+    };
+    assert!(
+        lgsp_sign::http::verify(
+            &lgsp_identity.spki,
+            "LGSP-DEV",
+            &forged,
+            sig["signature_input"].as_str(),
+            sig["signature"].as_str(),
+            created,
+        )
+        .is_err()
+    );
+
+    // A relay by hand that names a body other than the one it signed: refused at the NDXP, nothing delivered.
+    let url = hop_url(&ndxp, "ndxp", "/ndxp/v1/HoSoCBCCVC");
+    let headers = [("x-lgsp-client", H29), ("content-type", "application/xml")];
+    let signature = peer_signature(&pki, "lgsp-client", "POST", &url, &headers, body.as_bytes());
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let other = body.replace("Nguyễn Văn An", "Nguyễn Văn Ân");
+    let a = TestClient::new(&pki, Some("lgsp-client"), true)
+        .send("POST", &url, &all, &other)
+        .await
+        .expect("answer");
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["code"], "hop.signature_invalid");
+    assert_eq!(
+        ndxp.metrics
+            .auth_failures
+            .with_label_values(&["ndxp", "hop_signature_invalid"])
+            .get(),
+        1
+    );
+    lgsp.shutdown().await;
+    ndxp.shutdown().await;
+    emulator.shutdown().await;
+}
