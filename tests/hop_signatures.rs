@@ -7,15 +7,6 @@ use rustls::pki_types::pem::PemObject;
 
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 
-/// The journal URL a test config names.
-fn journal_url(text: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix("url = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .expect("[journal] url")
-        .to_owned()
-}
-
 #[tokio::test]
 async fn each_hop_signs_the_next_verifies_and_the_journal_keeps_the_proof() {
     let pki = TestPki::new();
@@ -55,7 +46,7 @@ async fn each_hop_signs_the_next_verifies_and_the_journal_keeps_the_proof() {
     // The NDXP's journal keeps the LGSP's signature with what it covered; checked again later with the LGSP's
     // certificate alone, it still verifies, and proves the LGSP sent this body for this agency.
     let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
-        url: journal_url(&ndxp_text),
+        url: journal_url_in(&ndxp_text),
         keep_bodies: std::time::Duration::from_secs(3600),
         retention: std::time::Duration::from_secs(86_400),
     })

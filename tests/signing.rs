@@ -248,7 +248,7 @@ async fn an_approval_approves_the_last_profiles_sent_and_the_report_names_what_i
 
     // The journal keeps who approved what; its report names the profile still unapproved (the new version).
     let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
-        url: pki_journal(&text),
+        url: journal_url_in(&text),
         keep_bodies: std::time::Duration::from_secs(3600),
         retention: std::time::Duration::from_secs(86_400),
     })
@@ -288,13 +288,4 @@ async fn an_approval_approves_the_last_profiles_sent_and_the_report_names_what_i
     assert_eq!(unapproved, [("001090012342", h2b.as_str())]);
     gw.shutdown().await;
     emulator.shutdown().await;
-}
-
-/// The journal URL a test config names.
-fn pki_journal(text: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix("url = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .expect("[journal] url")
-        .to_owned()
 }

@@ -13,17 +13,7 @@ pub const RULES: &[&str] = &["approval.unknown_profile", "approval.changed_profi
 
 fn shown(us: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(us / 1_000_000)
-        .map(|t| {
-            let t = t.to_offset(lgsp_sign::approval::VIETNAM);
-            format!(
-                "{:04}-{:02}-{:02} {:02}:{:02} (UTC+7)",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute()
-            )
-        })
+        .map(lgsp_sign::approval::show)
         .unwrap_or_default()
 }
 

@@ -75,6 +75,18 @@ pub struct ApprovedProfile {
     pub path: String,
 }
 
+impl ApprovedProfile {
+    /// The `index`-th (0-based) entry of the approval at `root`, its fields read by `field`.
+    fn read(root: &str, index: usize, field: impl Fn(&str) -> String) -> ApprovedProfile {
+        ApprovedProfile {
+            cccd: field("SoCCCD"),
+            record: field("MaBanGhi"),
+            sha256: field("BamSHA256"),
+            path: format!("{root}/HoSo[{}]/BamSHA256", index + 1),
+        }
+    }
+}
+
 impl Approval {
     /// What the journal keeps of it: month, time, both signers (subject, serial, SHA-256 of the certificate), and
     /// the approved profiles.
@@ -119,7 +131,8 @@ pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
         .or_else(|| OffsetDateTime::parse(&format!("{text}+07:00"), rfc3339).ok())
 }
 
-fn show(t: OffsetDateTime) -> String {
+/// A time as operators read it: Vietnam time to the minute.
+pub fn show(t: OffsetDateTime) -> String {
     let t = t.to_offset(VIETNAM);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02} (UTC+7)",
@@ -182,14 +195,9 @@ impl Policy {
             .into_iter()
             .enumerate()
             .map(|(i, h)| {
-                let field =
-                    |name: &str| xml::child_text(&doc, h, CBCCVC_NS, name).unwrap_or_default();
-                ApprovedProfile {
-                    cccd: field("SoCCCD"),
-                    record: field("MaBanGhi"),
-                    sha256: field("BamSHA256"),
-                    path: format!("{root}/HoSo[{}]/BamSHA256", i + 1),
-                }
+                ApprovedProfile::read(root, i, |name| {
+                    xml::child_text(&doc, h, CBCCVC_NS, name).unwrap_or_default()
+                })
             })
             .collect();
         Ok(approval)
@@ -238,18 +246,12 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let field = |name: &str| {
+                ApprovedProfile::read(root, i, |name| {
                     h.get(name)
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default()
                         .to_owned()
-                };
-                ApprovedProfile {
-                    cccd: field("SoCCCD"),
-                    record: field("MaBanGhi"),
-                    sha256: field("BamSHA256"),
-                    path: format!("{root}/HoSo[{}]/BamSHA256", i + 1),
-                }
+                })
             })
             .collect();
         Ok(approval)

@@ -42,21 +42,11 @@ pub(super) fn signing(c: &mut Checker<'_>, f: &FileSigning) -> SigningConfig {
             "is counted in whole days of the month, e.g. \"5d\" (the last five days)",
         );
     }
-    let prefix = match &f.identity_uri_prefix {
-        Some(p) if p.get_ref().is_empty() => {
-            c.problem(
-                p,
-                "signing.identity_uri_prefix",
-                format!(
-                    "must not be empty; the default is \"{}\"",
-                    defaults::IDENTITY_URI_PREFIX
-                ),
-            );
-            defaults::IDENTITY_URI_PREFIX.to_owned()
-        }
-        Some(p) => p.get_ref().clone(),
-        None => defaults::IDENTITY_URI_PREFIX.to_owned(),
-    };
+    let prefix = super::tls::identity_uri_prefix(
+        c,
+        f.identity_uri_prefix.as_ref(),
+        "signing.identity_uri_prefix",
+    );
     SigningConfig {
         ca: c.paths(&f.ca, "signing.ca", true),
         crls: c.paths(&f.crls, "signing.crls", false),

@@ -26,12 +26,17 @@ pub struct ClientTlsConfig {
     pub ca: Vec<ConfigPath>,
 }
 
-pub(super) fn server_tls(c: &mut Checker<'_>, t: &FileServerTls, field: &str) -> ServerTlsConfig {
-    let prefix = match &t.identity_uri_prefix {
+/// A SAN URI prefix identities are read after (`urn:lgsp:id:` by default); never empty.
+pub(super) fn identity_uri_prefix(
+    c: &mut Checker<'_>,
+    v: Option<&toml::Spanned<String>>,
+    field: &str,
+) -> String {
+    match v {
         Some(p) if p.get_ref().is_empty() => {
             c.problem(
                 p,
-                format!("{field}.identity_uri_prefix"),
+                field,
                 format!(
                     "must not be empty; the default is \"{}\"",
                     defaults::IDENTITY_URI_PREFIX
@@ -41,7 +46,15 @@ pub(super) fn server_tls(c: &mut Checker<'_>, t: &FileServerTls, field: &str) ->
         }
         Some(p) => p.get_ref().clone(),
         None => defaults::IDENTITY_URI_PREFIX.to_owned(),
-    };
+    }
+}
+
+pub(super) fn server_tls(c: &mut Checker<'_>, t: &FileServerTls, field: &str) -> ServerTlsConfig {
+    let prefix = identity_uri_prefix(
+        c,
+        t.identity_uri_prefix.as_ref(),
+        &format!("{field}.identity_uri_prefix"),
+    );
     ServerTlsConfig {
         cert: c.path(&t.cert, format!("{field}.cert")),
         key: c.path(&t.key, format!("{field}.key")),
