@@ -165,6 +165,9 @@ enum Command {
         /// Config file naming the journal (`[journal] url`); without it the embedded default's.
         #[arg(long, short, env = "LGSP_CONFIG", global = true)]
         config: Option<PathBuf>,
+        /// A journal to use instead of the config's (`sqlite://FILE` or `postgres://…`), e.g. a backup's copy.
+        #[arg(long, global = true, value_name = "URL")]
+        url: Option<String>,
         #[command(subcommand)]
         command: JournalCommand,
     },
@@ -224,6 +227,12 @@ enum JournalCommand {
     },
     /// Apply the schema migrations not yet applied (the gateway also applies them at start).
     Migrate,
+    /// Copy a SQLite journal to FILE while gateways keep writing it (SQLite's online backup: one consistent
+    /// state), then walk the copy's hash chain. PostgreSQL: use pg_dump (README, Backups).
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Per hop, agency and message type: received, delivered, rejected, pending and failed in one month.
     Report {
         /// The month, YYYY-MM (Vietnam time, UTC+07:00).
@@ -475,7 +484,11 @@ fn main() -> ExitCode {
                 send,
             })
         }
-        Command::Journal { config, command } => {
+        Command::Journal {
+            config,
+            url,
+            command,
+        } => {
             let ask = match command {
                 JournalCommand::Verify => cmd::journal::Ask::Verify,
                 JournalCommand::Export {
@@ -506,9 +519,10 @@ fn main() -> ExitCode {
                     }
                 }
                 JournalCommand::Migrate => cmd::journal::Ask::Migrate,
+                JournalCommand::Backup { file } => cmd::journal::Ask::Backup { file },
                 JournalCommand::Report { month, json } => cmd::journal::Ask::Report { month, json },
             };
-            cmd::journal::journal(config.as_deref(), ask)
+            cmd::journal::journal(config.as_deref(), url, ask)
         }
         Command::Reconcile {
             connection,

@@ -704,3 +704,88 @@ fn signed_export_verifies_and_a_change_is_found(dir: &std::path::Path, config: &
         assert_eq!(xmlsec1("changed.xml").ok(), Some(false));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_taken_under_load_is_one_consistent_journal() {
+    let chain = Chain::start().await;
+    let text = hop_config(
+        &chain.pki,
+        "lgsp",
+        "/lgsp/v1",
+        chain.ndxp.hop_addr("ndxp").unwrap(),
+        "/ndxp/v1",
+        &[],
+    );
+    let config = write(chain.pki.dir(), "backup.toml", &text);
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
+        .await
+        .unwrap();
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    // Packets keep arriving while the backup runs.
+    let sender = {
+        let (pki_client, url) = (
+            TestClient::new(&chain.pki, Some(AGENCY_OK), false),
+            url.clone(),
+        );
+        tokio::spawn(async move {
+            let mut sent = 0u32;
+            for i in 0..150 {
+                let a = pki_client
+                    .send(
+                        "POST",
+                        &url,
+                        &headers(KEY_H29, &format!("backup-{i}")),
+                        &packet(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(a.status, 200);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let dir = chain.pki.dir().to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, out, err) = block(|| journal_cli(&dir, &config, &["backup", "copy.db"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("its chain whole"), "{out}");
+    let sent = sender.await.unwrap();
+    assert_eq!(sent, 150);
+    // The copy verifies on its own, and holds a prefix of the journal: every record in it whole.
+    let copy = format!("sqlite://{}", dir.join("copy.db").display());
+    let (code, out, _) = block(|| journal_cli(&dir, &config, &["--url", &copy, "verify"]));
+    assert_eq!(code, Some(0), "{out}");
+    let copied: u64 = out
+        .rsplit_once(": ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let (_, all, _) = block(|| journal_cli(&dir, &config, &["verify"]));
+    let total: u64 = all
+        .rsplit_once(": ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{all}"));
+    assert!(copied <= total && total >= 300, "{copied} of {total}");
+    // A backup never replaces a file; PostgreSQL is pg_dump's.
+    let (code, _, err) = block(|| journal_cli(&dir, &config, &["backup", "copy.db"]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("exists"), "{err}");
+    let (code, _, err) = block(|| {
+        journal_cli(
+            &dir,
+            &config,
+            &[
+                "--url",
+                "postgres://nobody@127.0.0.1:1/x",
+                "backup",
+                "pg.db",
+            ],
+        )
+    });
+    assert_eq!(code, Some(1));
+    assert!(err.contains("pg_dump"), "{err}");
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}

@@ -18,13 +18,16 @@ pub enum Ask {
         signer: Option<super::sign::KeyFiles>,
     },
     Migrate,
+    Backup {
+        file: PathBuf,
+    },
     Report {
         month: String,
         json: bool,
     },
 }
 
-pub fn journal(config: Option<&Path>, ask: Ask) -> ExitCode {
+pub fn journal(config: Option<&Path>, url: Option<String>, ask: Ask) -> ExitCode {
     let cfg = match super::load(config) {
         Ok(c) => c,
         Err(e) => return super::failed(e),
@@ -33,7 +36,10 @@ pub fn journal(config: Option<&Path>, ask: Ask) -> ExitCode {
         Ok(r) => r,
         Err(e) => return super::failed(e),
     };
-    let url = cfg.journal.url.clone();
+    let url = url.unwrap_or_else(|| cfg.journal.url.clone());
+    if let Ask::Backup { file } = &ask {
+        return backup(&runtime, &url, file, &cfg);
+    }
     runtime.block_on(async move {
         if let Ask::Migrate = ask {
             return match lgsp_journal::migrate(&url).await {
@@ -60,7 +66,7 @@ pub fn journal(config: Option<&Path>, ask: Ask) -> ExitCode {
             Err(e) => return super::failed(e),
         };
         match ask {
-            Ask::Migrate => ExitCode::SUCCESS,
+            Ask::Migrate | Ask::Backup { .. } => ExitCode::SUCCESS,
             Ask::Verify => match journal.verify().await {
                 Ok(n) => {
                     println!("{url}: {n} records, the chain is whole");
@@ -81,6 +87,42 @@ pub fn journal(config: Option<&Path>, ask: Ask) -> ExitCode {
             Ask::Report { month, json } => report(&journal, &month, json).await,
         }
     })
+}
+
+/// `journal backup FILE`: the online copy, then its chain walked as `verify` walks the journal's.
+fn backup(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    file: &Path,
+    cfg: &lgsp_config::Config,
+) -> ExitCode {
+    let pages = match lgsp_journal::backup_sqlite(url, file) {
+        Ok(p) => p,
+        Err(e) => return super::failed(e),
+    };
+    let copy = format!("sqlite://{}", file.display());
+    let checked = runtime.block_on(async {
+        let journal = Journal::open(Settings {
+            url: copy.clone(),
+            keep_bodies: cfg.journal.keep_bodies,
+            retention: cfg.journal.retention,
+        })
+        .await?;
+        journal.verify().await
+    });
+    match checked {
+        Ok(n) => {
+            println!(
+                "{url}: copied {pages} pages to {}; the copy holds {n} records, its chain whole (check again: lgsp-gateway journal --url {copy} verify)",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::failed(format!(
+            "the copy at {} does not verify: {e}",
+            file.display()
+        )),
+    }
 }
 
 fn time_or(v: Option<&str>, default: i64, what: &str) -> Result<i64, String> {

@@ -24,6 +24,7 @@ mod writer;
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,6 +39,44 @@ pub use model::{
     ProfileSent, ReportRow, Request, Status,
 };
 pub use schema::Dialect;
+
+/// Copies a SQLite journal to `dest` while gateways keep writing it: SQLite's online backup, a few hundred pages at
+/// a time so the writer is never held for long, restarted by SQLite when a write lands mid-copy; the copy is one
+/// consistent state (every commit in it whole). Refuses a `dest` that exists, and a PostgreSQL journal (back that
+/// up with `pg_dump`). The number of pages copied.
+pub fn backup_sqlite(url: &str, dest: &Path) -> Result<u64, JournalError> {
+    if !url.starts_with("sqlite:") {
+        return Err(JournalError::Unavailable(format!(
+            "{url} is not a SQLite journal: back up PostgreSQL with pg_dump (README, Backups)"
+        )));
+    }
+    if dest.exists() {
+        return Err(JournalError::Unavailable(format!(
+            "{} exists: name a new file (a backup never replaces one)",
+            dest.display()
+        )));
+    }
+    let failed = |e: rusqlite::Error| JournalError::Unavailable(format!("backup: {e}"));
+    let source = rusqlite::Connection::open_with_flags(
+        store::sqlite_path(url),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(failed)?;
+    source
+        .busy_timeout(Duration::from_secs(5))
+        .map_err(failed)?;
+    let mut copy = rusqlite::Connection::open(dest).map_err(failed)?;
+    {
+        let backup = rusqlite::backup::Backup::new(&source, &mut copy).map_err(failed)?;
+        backup
+            .run_to_completion(256, Duration::from_millis(5), None)
+            .map_err(failed)?;
+    }
+    let pages: i64 = copy
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(failed)?;
+    Ok(u64::try_from(pages).unwrap_or(0))
+}
 
 /// The most of an upstream's answer kept as a message's receipt.
 pub const MAX_RECEIPT_BYTES: usize = 64 * 1024;

@@ -239,7 +239,7 @@ impl Store for AnyConnection {
 const SQLITE_STATEMENTS: usize = 64;
 
 /// The file of a `sqlite://PATH[?…]` URL.
-fn sqlite_path(url: &str) -> &str {
+pub(crate) fn sqlite_path(url: &str) -> &str {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
