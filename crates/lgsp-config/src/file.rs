@@ -357,6 +357,19 @@ pub struct FileAgency {
     pub keys: Vec<FileKey>,
     /// Unit codes (MaDonVi) the agency may send packets for; `*` matches any run of characters.
     pub units: Option<Vec<Spanned<String>>>,
+    /// Client certificates recognised as this agency besides a SAN URI with the prefix: by the SHA-256 of the
+    /// public key, or by exact subject and issuer DNs. Several, so a new certificate overlaps the old.
+    #[serde(default)]
+    pub certificates: Vec<Spanned<FileCertificate>>,
+}
+
+/// How one client certificate is recognised: `{ spki_sha256 = "…" }` or `{ subject = "…", issuer = "…" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    pub spki_sha256: Option<String>,
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -16,12 +16,12 @@ pub use runtime::defaults;
 pub use runtime::defaults::IDENTITY_URI_PREFIX as DEFAULT_IDENTITY_URI_PREFIX;
 pub use runtime::human;
 pub use runtime::{
-    AdminConfig, AgencyConfig, AuthConfig, Broker, ClientTlsConfig, Config, ConfigPath,
-    ConsumerConfig, DeliveryConfig, DeliveryMode, EmulatorConfig, HopConfig, HttpConfig,
-    JournalConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
+    AdminConfig, AgencyConfig, AuthConfig, Broker, CertificateMatch, ClientTlsConfig, Config,
+    ConfigPath, ConsumerConfig, DeliveryConfig, DeliveryMode, EmulatorConfig, HopConfig,
+    HttpConfig, JournalConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
     RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
     SigningConfig, SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol,
-    ValidationConfig, valid_subject,
+    ValidationConfig, dn_key, valid_subject,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

@@ -99,6 +99,7 @@ fn emulator_state(cfg: &Config, p: &Prepared, emu: &Emulator) -> Option<Listener
     Some(ListenerState {
         tls,
         identity_uri_prefix: e.tls.identity_uri_prefix.clone(),
+        pins: Default::default(),
         handshake_timeout: e.tls.handshake_timeout,
         http: HttpConfig::default(),
         service: emulator_service(emu),

@@ -35,6 +35,8 @@ use crate::stack::HopService;
 pub struct ListenerState {
     pub tls: ServerTls,
     pub identity_uri_prefix: String,
+    /// Agencies' pinned certificates (`[[agency]] certificates`), recognised before the SAN URI.
+    pub pins: Arc<lgsp_tls::CertificatePins>,
     pub handshake_timeout: Duration,
     pub http: HttpConfig,
     pub service: HopService,
@@ -65,6 +67,13 @@ impl ListenerState {
                 Err(HandshakeFailure::Expired) => return Some("certificate_expired"),
                 Err(_) => return Some("certificate_refused"),
             }
+        }
+        // A pin added or removed can change whose a certificate is: the identity is read again.
+        let now = chain.first().and_then(|leaf| {
+            PeerIdentity::recognise(leaf, &self.identity_uri_prefix, &self.pins).ok()
+        });
+        if now.as_ref().map(|i| &i.id) != identity.map(|i| &i.id) {
+            return Some("identity_removed");
         }
         identity
             .is_some_and(|id| !(self.knows)(id))
@@ -478,7 +487,7 @@ impl Accepted {
             .unwrap_or_default();
         let identity = match chain
             .first()
-            .map(|leaf| PeerIdentity::from_certificate(leaf, &current.identity_uri_prefix))
+            .map(|leaf| PeerIdentity::recognise(leaf, &current.identity_uri_prefix, &current.pins))
         {
             Some(Ok(id)) => Some(id),
             Some(Err(e)) => {
@@ -670,6 +679,7 @@ mod tests {
         ListenerState {
             tls,
             identity_uri_prefix: String::new(),
+            pins: Default::default(),
             handshake_timeout: Duration::from_secs(5),
             http,
             service: tower::util::BoxCloneSyncService::new(service),

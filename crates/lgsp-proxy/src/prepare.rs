@@ -516,6 +516,7 @@ fn hop(
         state: ListenerState {
             tls: server,
             identity_uri_prefix: h.tls.identity_uri_prefix.clone(),
+            pins: Arc::new(lgsp_tls::CertificatePins::new(&cfg.agencies)),
             handshake_timeout: h.tls.handshake_timeout,
             http: h.http.clone(),
             service: hop_stack(parts),

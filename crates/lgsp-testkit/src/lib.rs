@@ -56,6 +56,18 @@ pub const IMPOSTOR_UPPER_SAN: &str = "impostor-upper-san";
 /// Signing key files `<this>-000.00.00.H29.{pem,key}`: an agency signing certificate the mTLS CA issued.
 pub const SIGNER_FROM_MTLS_CA: &str = "signing-mtls-ca";
 
+/// Certificates with no SAN URI, their holder named in the subject only: H29's (`gov-h29`, and `gov-h29-renewed`
+/// with the same subject and a new key), H26's (`gov-h26`), and one from another CA (`other-ca.pem`) whose subject
+/// is H29's (`gov-h29-lookalike`).
+pub const GOV_H29: &str = "gov-h29";
+pub const GOV_H29_RENEWED: &str = "gov-h29-renewed";
+pub const GOV_H26: &str = "gov-h26";
+pub const GOV_H29_LOOKALIKE: &str = "gov-h29-lookalike";
+pub const GOV_H29_NAME: &str = "Sở Nội vụ thành phố Hà Nội";
+pub const GOV_H26_NAME: &str = "Văn phòng UBND tỉnh";
+pub const OTHER_CA: &str = "other-ca.pem";
+pub const OTHER_CA_CRL: &str = "other-ca.crl.pem";
+
 pub const H29: &str = "000.00.00.H29";
 pub const H26: &str = "000.00.00.H26";
 
@@ -129,7 +141,31 @@ impl TestPki {
             .issue(&LeafSpec::signer(H29).with_uri(&format!("{}{H29}", devpki::DEV_URI_PREFIX)))
             .and_then(|l| l.write(dir.path(), &format!("{SIGNER_FROM_MTLS_CA}-{H29}")))
             .expect("signer from the mTLS CA");
+        // Certificates as a government CA issues them: the organisation in the subject, no SAN URI; one renewed
+        // (same subject, new key).
+        for (name, file) in [
+            (GOV_H29_NAME, GOV_H29),
+            (GOV_H29_NAME, GOV_H29_RENEWED),
+            (GOV_H26_NAME, GOV_H26),
+        ] {
+            report
+                .ca
+                .issue(&LeafSpec::client(name))
+                .and_then(|l| l.write(dir.path(), file))
+                .expect("government-style certificate");
+        }
         let other = DevCa::generate("Some other CA").expect("other CA");
+        std::fs::write(dir.path().join(OTHER_CA), other.cert_pem()).expect("other CA file");
+        // A hop with CRLs refuses a client CA's certificates whose revocation it cannot tell: the other CA's CRL.
+        std::fs::write(
+            dir.path().join(OTHER_CA_CRL),
+            other.crl(&[], 365).expect("other CA's CRL"),
+        )
+        .expect("other CA's CRL file");
+        other
+            .issue(&LeafSpec::client(GOV_H29_NAME))
+            .and_then(|l| l.write(dir.path(), GOV_H29_LOOKALIKE))
+            .expect("look-alike");
         other
             .issue(&LeafSpec::identity(H29))
             .and_then(|l| l.write(dir.path(), AGENCY_WRONG_CA))
@@ -754,6 +790,7 @@ impl Upstream {
         let state = lgsp_proxy::ListenerState {
             tls: lgsp_tls::server_tls(&tls).expect("server config"),
             identity_uri_prefix: tls.identity_uri_prefix.clone(),
+            pins: Default::default(),
             handshake_timeout: tls.handshake_timeout,
             http: lgsp_config::HttpConfig::default(),
             service: tower::util::BoxCloneSyncService::new(svc),

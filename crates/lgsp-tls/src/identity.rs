@@ -9,6 +9,45 @@ use x509_parser::prelude::*;
 pub enum IdentitySource {
     SanUri,
     CommonName,
+    /// One of an agency's `certificates` (its public key, or its exact subject and issuer).
+    Pinned,
+}
+
+/// The client certificates the config recognises as agencies besides a SAN URI: SPKI SHA-256 pins and exact
+/// subject + issuer names (`[[agency]] certificates`).
+#[derive(Debug, Clone, Default)]
+pub struct CertificatePins {
+    by: std::collections::HashMap<lgsp_config::CertificateMatch, String>,
+}
+
+impl CertificatePins {
+    pub fn new(agencies: &[lgsp_config::AgencyConfig]) -> CertificatePins {
+        CertificatePins {
+            by: agencies
+                .iter()
+                .flat_map(|a| a.certificates.iter().map(|c| (c.clone(), a.code.clone())))
+                .collect(),
+        }
+    }
+
+    /// The agency a certificate is pinned to, by its key first, then by its subject and issuer.
+    fn agency(&self, cert: &X509Certificate<'_>) -> Option<&str> {
+        if self.by.is_empty() {
+            return None;
+        }
+        let spki = hex::encode(Sha256::digest(cert.public_key().raw));
+        if let Some(code) = self.by.get(&lgsp_config::CertificateMatch::Spki(spki)) {
+            return Some(code);
+        }
+        let names = lgsp_config::dn_key(&cert.subject().to_string())
+            .zip(lgsp_config::dn_key(&cert.issuer().to_string()))?;
+        self.by
+            .get(&lgsp_config::CertificateMatch::Names {
+                subject: names.0,
+                issuer: names.1,
+            })
+            .map(String::as_str)
+    }
 }
 
 /// The identity of a verified client certificate: an agency code (mã định danh) or a peer gateway's name.
@@ -73,11 +112,30 @@ impl PeerIdentity {
         der: &CertificateDer<'_>,
         uri_prefix: &str,
     ) -> Result<Self, IdentityError> {
+        Self::recognise(der, uri_prefix, &CertificatePins::default())
+    }
+
+    /// As [`Self::from_certificate`], an agency's pinned certificate first: its code, whatever the certificate's
+    /// SAN URI or CN says.
+    pub fn recognise(
+        der: &CertificateDer<'_>,
+        uri_prefix: &str,
+        pins: &CertificatePins,
+    ) -> Result<Self, IdentityError> {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
         let cert_sha256 = hex::encode(Sha256::digest(der.as_ref()));
         let not_after = cert.validity().not_after.timestamp();
         let spki: std::sync::Arc<[u8]> = std::sync::Arc::from(cert.public_key().raw);
+        if let Some(code) = pins.agency(&cert) {
+            return Ok(PeerIdentity {
+                id: code.to_owned(),
+                source: IdentitySource::Pinned,
+                cert_sha256,
+                not_after,
+                spki,
+            });
+        }
         let from_san = cert
             .subject_alternative_name()
             .ok()

@@ -12,7 +12,9 @@ mod load;
 
 pub use config::{ALPN_H1, ALPN_H2, ServerTls, client_config, provider, server_config, server_tls};
 pub use handshake::{HandshakeFailure, rustls_error};
-pub use identity::{ClientAddr, IdentityError, IdentitySource, PeerIdentity, Peers};
+pub use identity::{
+    CertificatePins, ClientAddr, IdentityError, IdentitySource, PeerIdentity, Peers,
+};
 pub use load::{TlsError, load_certs, load_crls, load_key};
 
 /// When a certificate or CRL named in the config stops being usable.

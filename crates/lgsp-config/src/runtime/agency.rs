@@ -17,6 +17,69 @@ pub struct AgencyConfig {
     pub keys: Vec<KeyConfig>,
     /// Unit-code patterns (MaDonVi) this agency may send for; `*` matches any run of characters.
     pub units: Vec<String>,
+    /// Client certificates recognised as this agency besides a SAN URI with the prefix.
+    pub certificates: Vec<CertificateMatch>,
+}
+
+/// How a client certificate is recognised as an agency's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CertificateMatch {
+    /// The SHA-256 of its SubjectPublicKeyInfo (lower-case hex): this key, whatever the certificate.
+    Spki(String),
+    /// Its exact subject and issuer distinguished names, each as attribute=value pairs in a canonical order
+    /// ([`dn_key`]): this holder from this CA, whatever the key (a renewed certificate keeps matching).
+    Names { subject: String, issuer: String },
+}
+
+/// A distinguished name as a comparable key: its attribute=value pairs, types upper-cased, sorted, joined by `,`.
+/// `CN=A, O=B, C=VN` and `C=VN,O=B,CN=A` (openssl's RFC 2253 order) are the same name. `None` when it holds no
+/// `type=value` pair.
+pub fn dn_key(dn: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut escaped = false;
+    for ch in dn.chars() {
+        match ch {
+            '\\' if !escaped => escaped = true,
+            ',' | '+' if !escaped => {
+                parts.push(std::mem::take(&mut current));
+            }
+            c => {
+                current.push(c);
+                escaped = false;
+            }
+        }
+    }
+    parts.push(current);
+    let mut pairs = Vec::new();
+    for p in parts {
+        let p = p.trim();
+        if p.is_empty() {
+            continue;
+        }
+        let (t, v) = p.split_once('=')?;
+        let t = t.trim().to_ascii_uppercase();
+        let t = match t.as_str() {
+            "2.5.4.3" | "COMMONNAME" => "CN".to_owned(),
+            "2.5.4.10" | "ORGANIZATIONNAME" => "O".to_owned(),
+            "2.5.4.11" | "ORGANIZATIONALUNITNAME" => "OU".to_owned(),
+            "2.5.4.6" | "COUNTRYNAME" => "C".to_owned(),
+            "2.5.4.7" | "LOCALITYNAME" => "L".to_owned(),
+            "2.5.4.8" | "STATEORPROVINCENAME" => "ST".to_owned(),
+            "1.2.840.113549.1.9.1" | "EMAILADDRESS" => "EMAIL".to_owned(),
+            "0.9.2342.19200300.100.1.1" | "USERID" => "UID".to_owned(),
+            _ => t,
+        };
+        if t.is_empty() {
+            return None;
+        }
+        pairs.push(format!("{t}={}", v.trim()));
+    }
+    if pairs.is_empty() {
+        return None;
+    }
+    pairs.sort();
+    Some(pairs.join(","))
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +93,8 @@ pub struct KeyConfig {
 pub(super) fn agencies(c: &mut Checker<'_>, list: &[FileAgency]) -> Vec<AgencyConfig> {
     let mut codes = HashSet::new();
     let mut key_owner: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+    let mut cert_owner: std::collections::HashMap<CertificateMatch, &str> =
+        std::collections::HashMap::new();
     let mut agencies = Vec::new();
     for (i, a) in list.iter().enumerate() {
         let field = format!("agency[{i}]");
@@ -61,15 +126,79 @@ pub(super) fn agencies(c: &mut Checker<'_>, list: &[FileAgency]) -> Vec<AgencyCo
                 label: key.label.clone(),
             });
         }
+        let mut certificates = Vec::new();
+        for (k, cert) in a.certificates.iter().enumerate() {
+            let cf = format!("{field}.certificates[{k}]");
+            let Some(m) = certificate(c, cert, &cf) else {
+                continue;
+            };
+            if let Some(owner) = cert_owner.insert(m.clone(), code) {
+                c.problem(cert, cf, format!(
+                    "this certificate is already recognised as agency {owner}'s; a certificate identifies one agency"
+                ));
+            }
+            certificates.push(m);
+        }
         agencies.push(AgencyConfig {
             code: code.clone(),
             name: a.name.clone(),
             status: a.status,
             keys,
             units: units(c, a.units.as_deref(), code, &format!("{field}.units")),
+            certificates,
         });
     }
     agencies
+}
+
+/// One `certificates` entry: a SPKI SHA-256, or a subject with its issuer.
+fn certificate(
+    c: &mut Checker<'_>,
+    v: &Spanned<crate::file::FileCertificate>,
+    field: &str,
+) -> Option<CertificateMatch> {
+    let f = v.get_ref();
+    let fix = "write { spki_sha256 = \"<64 hex digits>\" } (openssl x509 -in cert.pem -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum) or { subject = \"CN=…,O=…,C=VN\", issuer = \"CN=…,O=…,C=VN\" } (openssl x509 -in cert.pem -noout -subject -issuer -nameopt RFC2253,-esc_msb)";
+    match (&f.spki_sha256, &f.subject, &f.issuer) {
+        (Some(pin), None, None) => {
+            let hex: String = pin
+                .chars()
+                .filter(|c| *c != ':')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                Some(CertificateMatch::Spki(hex))
+            } else {
+                c.problem(
+                    v,
+                    format!("{field}.spki_sha256"),
+                    format!("`{pin}` is not a SHA-256; {fix}"),
+                );
+                None
+            }
+        }
+        (None, Some(subject), Some(issuer)) => match (dn_key(subject), dn_key(issuer)) {
+            (Some(subject), Some(issuer)) => Some(CertificateMatch::Names { subject, issuer }),
+            _ => {
+                c.problem(
+                    v,
+                    field,
+                    format!("the subject or issuer is not a distinguished name; {fix}"),
+                );
+                None
+            }
+        },
+        (None, Some(_), None) => {
+            c.problem(v, field, format!(
+                "a subject alone would match a look-alike from any CA the hop trusts: name its issuer too; {fix}"
+            ));
+            None
+        }
+        _ => {
+            c.problem(v, field, format!("name the certificate one way; {fix}"));
+            None
+        }
+    }
 }
 
 /// The key hash as 32 bytes; `None` (problem recorded) when it is not 64 hex digits.
@@ -155,5 +284,24 @@ mod tests {
         assert_eq!(p[0].field, "agency[0].keys[0].sha256");
         let p = problems_of("code = \"000.00.00.H26\"", "code = \"000.00.00.H29\"");
         assert!(p.iter().any(|p| p.message.contains("appear once")), "{p:?}");
+    }
+
+    #[test]
+    fn a_distinguished_name_is_the_same_in_either_order_and_spacing() {
+        let rfc2253 = super::dn_key("CN=Sở Nội vụ thành phố Hà Nội,O=UBND TP Hà Nội,C=VN");
+        let display = super::dn_key("C=VN, O=UBND TP Hà Nội, CN=Sở Nội vụ thành phố Hà Nội");
+        assert_eq!(rfc2253, display);
+        assert_eq!(
+            rfc2253.as_deref(),
+            Some("C=VN,CN=Sở Nội vụ thành phố Hà Nội,O=UBND TP Hà Nội")
+        );
+        // An escaped comma is part of the value; another value is another name; a type is case-blind.
+        assert_eq!(
+            super::dn_key("CN=Sở Nội vụ\\, Hà Nội,C=VN").as_deref(),
+            Some("C=VN,CN=Sở Nội vụ, Hà Nội")
+        );
+        assert_ne!(super::dn_key("CN=A,C=VN"), super::dn_key("CN=a,C=VN"));
+        assert_eq!(super::dn_key("cn=A,c=VN"), super::dn_key("CN=A,C=VN"));
+        assert_eq!(super::dn_key("not a name"), None);
     }
 }
