@@ -55,12 +55,36 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             logging::export_dropped(logging.clone(), gateway.metrics.clone());
         }
         announce(&cfg, &gateway);
+        sd_notify("READY=1");
         wait_for_signal(&gateway.reloader).await;
+        sd_notify("STOPPING=1");
         tracing::info!("draining in-flight requests");
         gateway.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// systemd's readiness protocol: `state` as one datagram to `$NOTIFY_SOCKET` (a path, or `@name` in the abstract
+/// namespace); nothing when the variable is unset (not run by systemd with `Type=notify`).
+fn sd_notify(state: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|socket| {
+        use std::os::unix::ffi::OsStrExt;
+        match target.as_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(state.as_bytes(), &addr)
+            }
+            None => socket.send_to(state.as_bytes(), &target),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, state, "could not tell systemd (NOTIFY_SOCKET)");
+    }
 }
 
 /// The ready lines: listeners, version, metrics, and the sample curl.

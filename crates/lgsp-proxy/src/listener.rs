@@ -69,11 +69,11 @@ impl ListenerState {
             }
         }
         // A pin added or removed can change whose a certificate is: the identity is read again.
-        let now = chain.first().and_then(|leaf| {
-            PeerIdentity::recognise(leaf, &self.identity_uri_prefix, &self.pins).ok()
-        });
-        if now.as_ref().map(|i| &i.id) != identity.map(|i| &i.id) {
-            return Some("identity_removed");
+        if let Some(leaf) = chain.first() {
+            let now = PeerIdentity::recognise(leaf, &self.identity_uri_prefix, &self.pins).ok();
+            if now.as_ref().map(|i| &i.id) != identity.map(|i| &i.id) {
+                return Some("identity_removed");
+            }
         }
         identity
             .is_some_and(|id| !(self.knows)(id))
@@ -568,6 +568,7 @@ mod tests {
         Arc::new(arc_swap::ArcSwap::from_pointee(ListenerState {
             tls: lgsp_tls::server_tls(&cfg.hops[0].tls).expect("tls"),
             identity_uri_prefix: cfg.hops[0].tls.identity_uri_prefix.clone(),
+            pins: Default::default(),
             handshake_timeout: Duration::from_secs(5),
             http: HttpConfig::default(),
             service: tower::util::BoxCloneSyncService::new(svc),
