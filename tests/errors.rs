@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 const TRIAL_H29: &str = "lgsp_dev_000.00.00.H29_trial";
 const KEY_H26: &str = "lgsp_dev_000.00.00.H26_production";
+/// A key of H29's the failing gateway retired at the start of 2020.
+const KEY_RETIRED: &str = "lgsp_retired_000.00.00.H29";
 /// The identity the LGSP hop presents to the NDXP (a listed peer there).
 const LGSP_PEER: &str = "lgsp-client";
 
@@ -322,6 +324,16 @@ impl World {
         text = edit_route(&text, "BienNhan", |b| {
             b.replace("agencies = [\"*\"]", "agencies = [\"000.00.00.H26\"]")
         });
+        // H29 also holds a key retired at the end of a rotation.
+        let h29 = text.find(&format!("code = \"{H29}\"")).expect("H29");
+        let keys = h29 + text[h29..].find("keys = [\n").expect("H29's keys") + "keys = [\n".len();
+        text.insert_str(
+            keys,
+            &format!(
+                "    {{ sha256 = \"{}\", kind = \"production\", label = \"retired\", not_after = \"2020-01-01\" }},\n",
+                lgsp_auth::sha256_hex(KEY_RETIRED)
+            ),
+        );
         let failing = lgsp_proxy::Gateway::start(&parse(pki, &text))
             .await
             .unwrap();
@@ -538,6 +550,15 @@ impl World {
             "auth.key_not_bound_to_certificate" => {
                 self.post(lgsp, "/lgsp/v1/HoSoCBCCVC", &xml(KEY_H26), &good)
                     .await
+            }
+            "auth.key_outside_validity" => {
+                self.post(
+                    &self.failing,
+                    "/lgsp/v1/HoSoCBCCVC",
+                    &xml(KEY_RETIRED),
+                    &good,
+                )
+                .await
             }
             "hop.signature_missing" => self.relay_spoilt(false).await,
             "hop.signature_invalid" => self.relay_spoilt(true).await,

@@ -347,3 +347,109 @@ async fn an_operator_adds_a_title_code_to_the_list_and_a_reload_takes_it() {
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_api_key_rotated_under_continuous_load_fails_no_request() {
+    let chain = Chain::start().await;
+    let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
+    let base = absolute(&chain, &lgsp_config_with(&chain.pki, ndxp, "", ""));
+    let (lgsp, path) = lgsp_from_file(&chain, &base).await;
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    // The procedure of README "Rotating keys": the new key is added beside the old, the agency switches to it,
+    // the old one gets a not_after in the past (then is removed).
+    const NEW_KEY: &str = "lgsp_rotated_000.00.00.H29_production";
+    let h29 = base.find(&format!("code = \"{H29}\"")).expect("H29");
+    let keys = h29 + base[h29..].find("keys = [\n").expect("keys") + "keys = [\n".len();
+    let line = |extra: &str| {
+        format!(
+            "    {{ sha256 = \"{}\", kind = \"production\", label = \"rotated\"{extra} }},\n",
+            lgsp_auth::sha256_hex(NEW_KEY)
+        )
+    };
+    let mut both = base.clone();
+    both.insert_str(keys, &line(""));
+    let old_line = base[keys..]
+        .lines()
+        .next()
+        .expect("the old key's line")
+        .to_owned();
+    let retired = both.replacen(
+        &old_line,
+        &old_line.replacen(" }", ", not_after = \"2020-01-01\" }", 1),
+        1,
+    );
+    assert_ne!(retired, both, "{old_line}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let switched = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let worker = {
+        let (client, url, stop, switched, ok, failed) = (
+            TestClient::new(&chain.pki, Some(AGENCY_OK), true),
+            url.clone(),
+            stop.clone(),
+            switched.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        tokio::spawn(async move {
+            let body = packet();
+            for _ in 0..3000 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let key = if switched.load(Ordering::Acquire) {
+                    NEW_KEY
+                } else {
+                    KEY_H29
+                };
+                match client.send("POST", &url, &headers(key), &body).await {
+                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let wait_some = |n: usize| {
+        let (ok, failed) = (ok.clone(), failed.clone());
+        async move {
+            let before = ok.load(Ordering::Relaxed);
+            while ok.load(Ordering::Relaxed) < before + n && failed.load(Ordering::Relaxed) == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let reload = |text: String| {
+        let (r, path) = (lgsp.reloader.clone(), path.clone());
+        async move {
+            std::fs::write(&path, text).unwrap();
+            tokio::task::spawn_blocking(move || r.reload())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    };
+    wait_some(5).await;
+    reload(both).await;
+    wait_some(5).await;
+    switched.store(true, Ordering::Release);
+    wait_some(5).await;
+    reload(retired).await;
+    wait_some(5).await;
+    stop.store(true, Ordering::Release);
+    worker.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the rotation"
+    );
+    // The old key now answers its own refusal.
+    let a = TestClient::new(&chain.pki, Some(AGENCY_OK), true)
+        .send("POST", &url, &headers(KEY_H29), &packet())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 401);
+    assert_eq!(a.json()["code"], "auth.key_outside_validity");
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}

@@ -15,6 +15,16 @@ pub struct KeyRecord {
     pub kind: KeyKind,
     /// The key's id: the first 16 hex digits of its SHA-256 (what tokens issued for it name as `kid`).
     pub id: Arc<str>,
+    /// When it works (Unix seconds): from `not_before`, until `not_after` (exclusive).
+    pub not_before: Option<i64>,
+    pub not_after: Option<i64>,
+}
+
+impl KeyRecord {
+    /// Whether the key works at `now` (Unix seconds).
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.not_before.is_none_or(|b| now >= b) && self.not_after.is_none_or(|a| now < a)
+    }
 }
 
 /// Every configured key, by digest, and by id.
@@ -49,6 +59,8 @@ impl KeyStore {
                     agency: agency.clone(),
                     kind: k.kind,
                     id: Arc::from(key_id(&k.sha256)),
+                    not_before: k.not_before,
+                    not_after: k.not_after,
                 };
                 ids.insert(record.id.clone(), record.clone());
                 buckets
@@ -88,6 +100,32 @@ impl KeyStore {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod validity {
+    use super::*;
+
+    #[test]
+    fn a_key_works_from_not_before_until_not_after() {
+        let r = KeyRecord {
+            agency: Arc::from("000.00.00.H29"),
+            kind: KeyKind::Production,
+            id: Arc::from("id"),
+            not_before: Some(100),
+            not_after: Some(200),
+        };
+        assert!(!r.valid_at(99));
+        assert!(r.valid_at(100));
+        assert!(r.valid_at(199));
+        assert!(!r.valid_at(200));
+        let open = KeyRecord {
+            not_before: None,
+            not_after: None,
+            ..r
+        };
+        assert!(open.valid_at(0) && open.valid_at(i64::MAX));
     }
 }
 

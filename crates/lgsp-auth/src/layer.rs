@@ -24,6 +24,21 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// The agency code a relaying gateway acts for (set by the first hop from the certificate).
 pub const CLIENT_HEADER: &str = "x-lgsp-client";
 
+/// Whether a key works now (its `not_before` / `not_after`).
+fn valid_now(record: &crate::keys::KeyRecord) -> Result<(), AuthError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if record.valid_at(now) {
+        Ok(())
+    } else {
+        Err(AuthError::KeyOutsideValidity {
+            not_before: record.not_before,
+            not_after: record.not_after,
+        })
+    }
+}
+
 /// A peer's verified hop signature, put on the request for the layers below: validate checks the body against its
 /// `Content-Digest`, the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +79,11 @@ pub enum AuthError {
     InvalidToken(TokenError),
     #[error("too many failed authentications; held back {retry_after}s")]
     TooManyFailures { retry_after: u64 },
+    #[error("the API key works only from {not_before:?} until {not_after:?}")]
+    KeyOutsideValidity {
+        not_before: Option<i64>,
+        not_after: Option<i64>,
+    },
     #[error("peer {peer} sent no hop signature: {why}")]
     HopSignatureMissing { peer: String, why: String },
     #[error("peer {peer}'s hop signature does not verify: {why}")]
@@ -77,6 +97,7 @@ impl Problem for AuthError {
             | AuthError::MissingKey
             | AuthError::UnknownKey
             | AuthError::InvalidToken(_)
+            | AuthError::KeyOutsideValidity { .. }
             | AuthError::HopSignatureMissing { .. }
             | AuthError::HopSignatureInvalid { .. } => StatusCode::UNAUTHORIZED,
             AuthError::KeyNotBound { .. }
@@ -101,6 +122,7 @@ impl Problem for AuthError {
             }
             AuthError::InvalidToken(_) => "auth.invalid_token",
             AuthError::TooManyFailures { .. } => "auth.too_many_failures",
+            AuthError::KeyOutsideValidity { .. } => "auth.key_outside_validity",
             AuthError::HopSignatureMissing { .. } => "hop.signature_missing",
             AuthError::HopSignatureInvalid { .. } => "hop.signature_invalid",
         }
@@ -136,6 +158,7 @@ impl AuthError {
         "too_many_failures",
         "hop_signature_missing",
         "hop_signature_invalid",
+        "key_outside_validity",
     ];
 
     /// The `reason` label of `lgsp_auth_failures_total`.
@@ -155,6 +178,7 @@ impl AuthError {
             AuthError::TooManyFailures { .. } => "too_many_failures",
             AuthError::HopSignatureMissing { .. } => "hop_signature_missing",
             AuthError::HopSignatureInvalid { .. } => "hop_signature_invalid",
+            AuthError::KeyOutsideValidity { .. } => "key_outside_validity",
         }
     }
 
@@ -191,6 +215,21 @@ impl AuthError {
             ),
             AuthError::PeerWithoutClient { .. } => {
                 "A relaying gateway must send X-LGSP-Client with the agency code it relays for.".into()
+            }
+            AuthError::KeyOutsideValidity {
+                not_before,
+                not_after,
+            } => {
+                let at = |t: &Option<i64>| {
+                    t.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                        .unwrap_or_else(|| "—".into())
+                };
+                format!(
+                    "This API key works from {} until {}, and not now: during a rotation send the agency's new key (the operator issued it with `lgsp-gateway keys new`); ask the LGSP operator if you have none.",
+                    at(not_before),
+                    at(not_after)
+                )
             }
             AuthError::HopSignatureMissing { peer, why } => format!(
                 "Gateway {peer} sent an unsigned request: {why}. Every hop signs what it forwards with the key of its upstream client certificate (Signature-Input and Signature, label `lgsp`, over @method, @target-uri, content-digest, x-lgsp-message-id, x-lgsp-client); run a gateway version that signs."
@@ -408,6 +447,8 @@ impl AuthPolicy {
                 .by_id(&claims.kid)
                 .filter(|r| r.agency == *agency)
                 .ok_or(AuthError::InvalidToken(TokenError::KeyRemoved))?;
+            // A token ends with its key's validity too.
+            valid_now(record)?;
             if **agency != *identity.id {
                 return Err(AuthError::KeyNotBound {
                     key_agency: agency.clone(),
@@ -425,6 +466,7 @@ impl AuthPolicy {
             .keys
             .lookup(key.as_bytes())
             .ok_or(AuthError::UnknownKey)?;
+        valid_now(record)?;
         if *record.agency != *identity.id {
             return Err(AuthError::KeyNotBound {
                 key_agency: record.agency.clone(),
@@ -451,6 +493,7 @@ impl AuthPolicy {
             .keys
             .lookup(key.as_bytes())
             .ok_or(AuthError::UnknownKey)?;
+        valid_now(record)?;
         if *record.agency != *agency || *record.agency != *identity.id {
             return Err(AuthError::KeyNotBound {
                 key_agency: record.agency.clone(),
@@ -607,6 +650,8 @@ mod tests {
             .find(|a| a.code == "000.00.00.G09")
             .unwrap();
         g09.keys.push(lgsp_config::KeyConfig {
+            not_before: None,
+            not_after: None,
             sha256: {
                 use sha2::Digest;
                 sha2::Sha256::digest(dev_key("000.00.00.G09", KeyKind::Production).as_bytes())
@@ -1047,6 +1092,10 @@ mod tests {
             AuthError::HopSignatureMissing {
                 peer: "p".into(),
                 why: "w".into(),
+            },
+            AuthError::KeyOutsideValidity {
+                not_before: None,
+                not_after: Some(0),
             },
             AuthError::HopSignatureInvalid {
                 peer: "p".into(),

@@ -385,6 +385,10 @@ pub struct FileKey {
     pub sha256: Spanned<String>,
     pub kind: KeyKind,
     pub label: Option<String>,
+    /// The key works from this time on (RFC 3339, or a date: midnight in Vietnam).
+    pub not_before: Option<Spanned<String>>,
+    /// The key works until this time (exclusive); after it, 401 auth.key_outside_validity.
+    pub not_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -87,6 +87,28 @@ pub struct KeyConfig {
     pub sha256: [u8; 32],
     pub kind: KeyKind,
     pub label: Option<String>,
+    /// Unix seconds from which the key works, if set (a new key issued ahead of a rotation).
+    pub not_before: Option<i64>,
+    /// Unix seconds at which the key stops working, if set (an old key retired at the end of an overlap).
+    pub not_after: Option<i64>,
+}
+
+/// An instant as the config writes it: RFC 3339, or a date (midnight in Vietnam, UTC+07:00); Unix seconds.
+pub fn instant(text: &str) -> Option<i64> {
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(text, rfc3339) {
+        return Some(t.unix_timestamp());
+    }
+    let date = time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()?;
+    Some(
+        date.midnight()
+            .assume_offset(time::macros::offset!(+7))
+            .unix_timestamp(),
+    )
 }
 
 /// Every agency: codes valid and unique, every key hash owned by one agency.
@@ -120,10 +142,37 @@ pub(super) fn agencies(c: &mut Checker<'_>, list: &[FileAgency]) -> Vec<AgencyCo
             if let Some(owner) = key_owner.insert(digest, code) {
                 c.problem(&key.sha256, kf, format!("this key hash is already given to agency {owner}; every key belongs to one agency"));
             }
+            let mut when = |v: &Option<Spanned<String>>, name: &str| {
+                v.as_ref().and_then(|t| {
+                    let at = instant(t.get_ref());
+                    if at.is_none() {
+                        c.problem(t, format!("{field}.keys[{k}].{name}"), format!(
+                            "`{}` is not a time: write RFC 3339 (\"2026-12-31T17:00:00Z\") or a date (\"2027-01-01\", midnight in Vietnam)",
+                            t.get_ref()
+                        ));
+                    }
+                    at
+                })
+            };
+            let (not_before, not_after) = (
+                when(&key.not_before, "not_before"),
+                when(&key.not_after, "not_after"),
+            );
+            if let (Some(b), Some(a), Some(v)) = (not_before, not_after, &key.not_after)
+                && a <= b
+            {
+                c.problem(
+                    v,
+                    format!("{field}.keys[{k}].not_after"),
+                    "must come after not_before",
+                );
+            }
             keys.push(KeyConfig {
                 sha256: digest,
                 kind: key.kind,
                 label: key.label.clone(),
+                not_before,
+                not_after,
             });
         }
         let mut certificates = Vec::new();
