@@ -453,3 +453,135 @@ async fn an_api_key_rotated_under_continuous_load_fails_no_request() {
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_token_secret_rotated_under_continuous_load_ends_no_valid_token() {
+    let chain = Chain::start().await;
+    let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
+    let dir = chain.pki.dir().to_owned();
+    std::fs::write(dir.join("token-a.secret"), [1u8; 32]).unwrap();
+    std::fs::write(dir.join("token-b.secret"), [2u8; 32]).unwrap();
+    let base = absolute(&chain, &lgsp_config_with(&chain.pki, ndxp, "", ""));
+    let with = |current: &str, previous: Option<&str>| {
+        let mut text = base.clone();
+        text.push_str(&format!(
+            "\n[token]\nsecret_file = \"{}\"\n",
+            dir.join(current).display()
+        ));
+        if let Some(p) = previous {
+            text.push_str(&format!(
+                "previous_secret_file = \"{}\"\n",
+                dir.join(p).display()
+            ));
+        }
+        text
+    };
+    let (lgsp, path) = lgsp_from_file(&chain, &with("token-a.secret", None)).await;
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let token_url = hop_url(&lgsp, "lgsp", "/token");
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), true);
+    let basic = {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{H29}:{KEY_H29}"))
+        )
+    };
+    let token = |client: TestClient, token_url: String, basic: String| async move {
+        let a = client
+            .send(
+                "POST",
+                &token_url,
+                &[
+                    ("authorization", &basic),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                "grant_type=client_credentials",
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        format!("Bearer {}", a.json()["access_token"].as_str().unwrap())
+    };
+    let old_token = token(client.clone(), token_url.clone(), basic.clone()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let worker = {
+        let (client, url, bearer, stop, ok, failed) = (
+            client.clone(),
+            url.clone(),
+            old_token.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        tokio::spawn(async move {
+            let body = packet();
+            for _ in 0..3000 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let h = [
+                    ("authorization", bearer.as_str()),
+                    ("content-type", "application/xml"),
+                ];
+                match client.send("POST", &url, &h, &body).await {
+                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let wait_some = |n: usize| {
+        let (ok, failed) = (ok.clone(), failed.clone());
+        async move {
+            let before = ok.load(Ordering::Relaxed);
+            while ok.load(Ordering::Relaxed) < before + n && failed.load(Ordering::Relaxed) == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    wait_some(5).await;
+    // Rotated: B signs, A's tokens stay valid.
+    std::fs::write(&path, with("token-b.secret", Some("token-a.secret"))).unwrap();
+    let r = lgsp.reloader.clone();
+    tokio::task::spawn_blocking(move || r.reload())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_some(5).await;
+    let new_token = token(client.clone(), token_url.clone(), basic.clone()).await;
+    assert_ne!(new_token, old_token);
+    stop.store(true, Ordering::Release);
+    worker.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a valid token was refused during the rotation"
+    );
+    // A dropped once its tokens have expired (here: at once): they end, B's work.
+    std::fs::write(&path, with("token-b.secret", None)).unwrap();
+    let r = lgsp.reloader.clone();
+    tokio::task::spawn_blocking(move || r.reload())
+        .await
+        .unwrap()
+        .unwrap();
+    let send = |bearer: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let h = [
+                ("authorization", bearer.as_str()),
+                ("content-type", "application/xml"),
+            ];
+            client
+                .send("POST", &url, &h, &packet())
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(send(old_token).await, 401);
+    assert_eq!(send(new_token).await, 200);
+    lgsp.shutdown().await;
+    chain.shutdown().await;
+}

@@ -58,8 +58,17 @@ pub struct Confirmation {
 /// Issues and checks the tokens of one hop.
 pub struct TokenIssuer {
     hop: String,
+    /// The secret that signs, and its id (the `kid` of the tokens' header).
     key: hmac::Key,
+    key_id: String,
+    /// The secret before the last rotation: its tokens are still accepted until they expire.
+    previous: Option<(String, hmac::Key)>,
     pub ttl: Duration,
+}
+
+/// The id of a token secret: the first 8 hex digits of its SHA-256 (it names the secret, it does not reveal it).
+fn secret_id(secret: &[u8]) -> String {
+    hex::encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret).as_ref()[..4])
 }
 
 impl std::fmt::Debug for TokenIssuer {
@@ -110,7 +119,26 @@ impl TokenIssuer {
         Arc::new(TokenIssuer {
             hop: hop.to_owned(),
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            key_id: secret_id(secret),
+            previous: None,
             ttl,
+        })
+    }
+
+    /// Also accepts the tokens of `previous`, the secret before a rotation (`token.previous_secret_file`).
+    pub fn with_previous(self: Arc<Self>, previous: Option<&[u8]>) -> Arc<Self> {
+        let Some(previous) = previous else {
+            return self;
+        };
+        Arc::new(TokenIssuer {
+            hop: self.hop.clone(),
+            key: self.key.clone(),
+            key_id: self.key_id.clone(),
+            previous: Some((
+                secret_id(previous),
+                hmac::Key::new(hmac::HMAC_SHA256, previous),
+            )),
+            ttl: self.ttl,
         })
     }
 
@@ -137,7 +165,10 @@ impl TokenIssuer {
                 x5t_s256: thumbprint(cert_sha256_hex)?,
             },
         };
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let header = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg":"HS256","typ":"JWT","kid":"{}"}}"#,
+            self.key_id
+        ));
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).ok()?);
         let signing_input = format!("{header}.{payload}");
         let tag = hmac::sign(&self.key, signing_input.as_bytes());
@@ -162,13 +193,17 @@ impl TokenIssuer {
             .decode(signature)
             .map_err(|_| TokenError::Malformed)?;
         let signing_input = &token[..header.len() + 1 + payload.len()];
-        hmac::verify(&self.key, signing_input.as_bytes(), &tag)
-            .map_err(|_| TokenError::BadSignature)?;
         let head: serde_json::Value = URL_SAFE_NO_PAD
             .decode(header)
             .ok()
             .and_then(|h| serde_json::from_slice(&h).ok())
             .ok_or(TokenError::Malformed)?;
+        // The secret the header names: the current one, or the one before the last rotation.
+        let key = match (head["kid"].as_str(), &self.previous) {
+            (Some(kid), Some((previous, key))) if kid == previous && kid != self.key_id => key,
+            _ => &self.key,
+        };
+        hmac::verify(key, signing_input.as_bytes(), &tag).map_err(|_| TokenError::BadSignature)?;
         if head["alg"] != "HS256" {
             return Err(TokenError::Malformed);
         }
@@ -193,6 +228,43 @@ impl TokenIssuer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_secret_keeps_its_tokens_until_they_expire_and_no_longer() {
+        let (a, b) = ([7u8; 32], [9u8; 32]);
+        let ttl = Duration::from_secs(600);
+        let old = TokenIssuer::new("lgsp", Some(&a), ttl);
+        let token = old
+            .issue("000.00.00.H29", "k1", KeyKind::Production, CERT_A)
+            .unwrap();
+        // The header names the secret that signed it.
+        let head = URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap();
+        let head: serde_json::Value = serde_json::from_slice(&head).unwrap();
+        assert_eq!(head["kid"], secret_id(&a));
+        // Rotated: B signs, A is still accepted.
+        let rotated = TokenIssuer::new("lgsp", Some(&b), ttl).with_previous(Some(&a));
+        assert!(rotated.verify(&token, CERT_A).is_ok());
+        let fresh = rotated
+            .issue("000.00.00.H29", "k1", KeyKind::Production, CERT_A)
+            .unwrap();
+        assert!(rotated.verify(&fresh, CERT_A).is_ok());
+        // A dropped: its tokens end, B's stay.
+        let after = TokenIssuer::new("lgsp", Some(&b), ttl);
+        assert_eq!(after.verify(&token, CERT_A), Err(TokenError::BadSignature));
+        assert!(after.verify(&fresh, CERT_A).is_ok());
+        // A header naming the previous secret cannot make a current-secret forgery pass, nor the reverse.
+        let forged = format!(
+            "{}.{}",
+            token.rsplit_once('.').unwrap().0,
+            fresh.rsplit_once('.').unwrap().1
+        );
+        assert_eq!(
+            rotated.verify(&forged, CERT_A),
+            Err(TokenError::BadSignature)
+        );
+    }
 
     const CERT_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const CERT_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";

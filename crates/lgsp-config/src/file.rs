@@ -123,6 +123,8 @@ pub struct FileToken {
     pub ttl: Option<Spanned<String>>,
     /// A file of at least 32 random bytes shared by every replica; without it each process signs with its own.
     pub secret_file: Option<Spanned<String>>,
+    /// The secret before the last rotation: tokens it signed stay valid until they expire.
+    pub previous_secret_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

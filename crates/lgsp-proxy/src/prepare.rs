@@ -54,7 +54,8 @@ pub struct PreparedHop {
 /// What every hop of a config shares.
 struct Shared {
     validation: Arc<ValidationPolicy>,
-    secret: Option<Vec<u8>>,
+    /// The token secret and the one before it (`[token] secret_file`, `previous_secret_file`).
+    secret: (Option<Vec<u8>>, Option<Vec<u8>>),
     limits: Arc<LimitPolicy>,
     journal: Option<Journal>,
 }
@@ -250,9 +251,17 @@ fn admin_access(cfg: &Config) -> Result<AdminAccess, Problem> {
     Ok(AdminAccess::new(token.as_deref(), cfg.admin.hosts.clone()))
 }
 
-/// The shared token secret, when the config names one.
-fn token_secret(cfg: &Config) -> Result<Option<Vec<u8>>, Problem> {
-    let Some(p) = &cfg.token.secret_file else {
+/// The shared token secret and the previous one, when the config names them.
+fn token_secret(cfg: &Config) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), Problem> {
+    Ok((
+        read_secret(cfg.token.secret_file.as_ref())?,
+        read_secret(cfg.token.previous_secret_file.as_ref())?,
+    ))
+}
+
+/// A secret file of at least the minimum size.
+fn read_secret(p: Option<&lgsp_config::ConfigPath>) -> Result<Option<Vec<u8>>, Problem> {
+    let Some(p) = p else {
         return Ok(None);
     };
     let bytes = std::fs::read(&p.path).map_err(|e| {
@@ -476,7 +485,8 @@ fn hop(
     metrics
         .outbox_oldest_age
         .with_label_values(&[h.name.as_str()]);
-    let tokens = TokenIssuer::new(&h.name, shared.secret.as_deref(), cfg.token.ttl);
+    let tokens = TokenIssuer::new(&h.name, shared.secret.0.as_deref(), cfg.token.ttl)
+        .with_previous(shared.secret.1.as_deref());
     let auth = Arc::new(
         AuthPolicy::new(&h.name, &cfg.agencies, &h.peers, metrics.clone(), tokens)
             .throttling(cfg.auth.failures),

@@ -559,6 +559,7 @@ impl Answer {
 }
 
 /// An mTLS HTTP client for one identity and one protocol.
+#[derive(Clone)]
 pub struct TestClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }

@@ -13,6 +13,9 @@ pub struct TokenConfig {
     pub ttl: Duration,
     /// At least [`defaults::TOKEN_SECRET_MIN_BYTES`] bytes, read when the gateway is prepared.
     pub secret_file: Option<ConfigPath>,
+    /// The secret before the last rotation (tokens name the secret that signed them, `kid` in their header):
+    /// accepted, never used to sign.
+    pub previous_secret_file: Option<ConfigPath>,
 }
 
 pub(super) fn token(c: &mut Checker<'_>, f: &FileToken) -> TokenConfig {
@@ -27,6 +30,18 @@ pub(super) fn token(c: &mut Checker<'_>, f: &FileToken) -> TokenConfig {
             .secret_file
             .as_ref()
             .map(|p| c.path(p, "token.secret_file")),
+        previous_secret_file: {
+            if let (Some(p), None) = (&f.previous_secret_file, &f.secret_file) {
+                c.problem(
+                    p,
+                    "token.previous_secret_file",
+                    "a previous secret needs a current one: set token.secret_file too",
+                );
+            }
+            f.previous_secret_file
+                .as_ref()
+                .map(|p| c.path(p, "token.previous_secret_file"))
+        },
     }
 }
 
