@@ -54,8 +54,7 @@ pub struct PreparedHop {
 /// What every hop of a config shares.
 struct Shared {
     validation: Arc<ValidationPolicy>,
-    /// The token secret and the one before it (`[token] secret_file`, `previous_secret_file`).
-    secret: (Option<Vec<u8>>, Option<Vec<u8>>),
+    secret: Secrets,
     limits: Arc<LimitPolicy>,
     journal: Option<Journal>,
 }
@@ -251,8 +250,11 @@ fn admin_access(cfg: &Config) -> Result<AdminAccess, Problem> {
     Ok(AdminAccess::new(token.as_deref(), cfg.admin.hosts.clone()))
 }
 
+/// The token secret and the one before it (`[token] secret_file`, `previous_secret_file`), when named.
+type Secrets = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The shared token secret and the previous one, when the config names them.
-fn token_secret(cfg: &Config) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), Problem> {
+fn token_secret(cfg: &Config) -> Result<Secrets, Problem> {
     Ok((
         read_secret(cfg.token.secret_file.as_ref())?,
         read_secret(cfg.token.previous_secret_file.as_ref())?,
