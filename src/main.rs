@@ -318,6 +318,27 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write a new key and a certificate request for a hop, to send to a real CA (the province's, the national
+    /// platform's): the hop's identity as CN and SAN URI, its DNS names and addresses, serverAuth + clientAuth.
+    Csr {
+        /// The hop's identity, as the next hop's `peers` lists it (e.g. LGSP-HN).
+        #[arg(long, value_name = "IDENTITY")]
+        hop: String,
+        /// A DNS name (or an IP address) clients reach the hop by; repeat for several.
+        #[arg(long, value_name = "HOST")]
+        dns: Vec<String>,
+        /// The organisation running the hop (O).
+        #[arg(long)]
+        organisation: Option<String>,
+        #[arg(long, value_enum, default_value = "ecdsa-p256")]
+        algorithm: Algorithm,
+        /// Where `<identity>.key` (owner-only) and `<identity>.csr.pem` are written.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The SAN URI prefix identities are read after ([hop.tls] identity_uri_prefix).
+        #[arg(long, default_value = lgsp_config::DEFAULT_IDENTITY_URI_PREFIX)]
+        identity_prefix: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -378,6 +399,28 @@ fn main() -> ExitCode {
         Command::Certs {
             command: CertsCommand::Init { dir, force },
         } => cmd::certs::init(dir, force),
+        Command::Certs {
+            command:
+                CertsCommand::Csr {
+                    hop,
+                    dns,
+                    organisation,
+                    algorithm,
+                    out,
+                    identity_prefix,
+                },
+        } => cmd::certs::csr(&cmd::certs::HopRequest {
+            identity: &hop,
+            names: &dns,
+            organisation: organisation.as_deref(),
+            algorithm: match algorithm {
+                Algorithm::EcdsaP256 => lgsp_tls::csr::KeyAlgorithm::EcdsaP256,
+                Algorithm::Rsa2048 => lgsp_tls::csr::KeyAlgorithm::Rsa2048,
+                Algorithm::Rsa3072 => lgsp_tls::csr::KeyAlgorithm::Rsa3072,
+            },
+            out: &out,
+            identity_prefix: &identity_prefix,
+        }),
         Command::CheckConfig {
             file,
             connect,

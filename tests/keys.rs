@@ -119,3 +119,69 @@ fn the_dev_pki_issues_signing_certificates_from_a_ca_of_their_own() {
     ));
     assert!(agency.contains("URI:urn:lgsp:id:000.00.00.H29"), "{agency}");
 }
+
+#[test]
+fn a_hop_certificate_request_names_its_identity_and_hosts() {
+    if !tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let made = Command::new(BIN)
+        .args([
+            "certs",
+            "csr",
+            "--hop",
+            "LGSP-HN",
+            "--dns",
+            "lgsp.hanoi.gov.vn",
+            "--dns",
+            "10.10.0.5",
+        ])
+        .args([
+            "--organisation",
+            "Sở Thông tin và Truyền thông Hà Nội",
+            "--out",
+            &out,
+        ])
+        .output()
+        .expect("run certs csr");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let csr = dir.path().join("LGSP-HN.csr.pem");
+    let checked = Command::new("openssl")
+        .args(["req", "-in"])
+        .arg(&csr)
+        .args(["-noout", "-verify", "-text"])
+        .output()
+        .expect("openssl req");
+    let text = String::from_utf8_lossy(&checked.stdout).into_owned()
+        + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{text}");
+    for expected in [
+        "CN = LGSP-HN",
+        "URI:urn:lgsp:id:LGSP-HN",
+        "DNS:lgsp.hanoi.gov.vn",
+        "IP Address:10.10.0.5",
+        "TLS Web Server Authentication",
+        "TLS Web Client Authentication",
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("LGSP-HN.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // No host named: refused, nothing written.
+    let refused = Command::new(BIN)
+        .args(["certs", "csr", "--hop", "LGSP-X", "--out", &out])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(!dir.path().join("LGSP-X.key").exists());
+}

@@ -43,6 +43,70 @@ pub enum CsrError {
     Request(String),
 }
 
+/// A key and a TLS-certificate request for a hop: its identity (`LGSP-HN`) as CN and SAN URI
+/// `<identity_prefix><identity>` (what the next hop's `peers` lists), its DNS names and addresses as SANs (what its
+/// clients connect to), serverAuth and clientAuth — one certificate for its listener and its upstream identity, or
+/// request two.
+pub fn hop_request(
+    identity: &str,
+    names: &[String],
+    organisation: Option<&str>,
+    algorithm: KeyAlgorithm,
+    identity_prefix: &str,
+) -> Result<SigningRequest, CsrError> {
+    if !lgsp_config::valid_identity(identity) {
+        return Err(CsrError::BadCode(identity.chars().take(40).collect()));
+    }
+    let key = new_key(algorithm)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity);
+    if let Some(o) = organisation.filter(|o| !o.trim().is_empty()) {
+        dn.push(DnType::OrganizationName, o.trim());
+    }
+    dn.push(DnType::CountryName, "VN");
+    params.distinguished_name = dn;
+    let request_error = |e: rcgen::Error| CsrError::Request(e.to_string());
+    let mut sans = vec![SanType::URI(
+        format!("{identity_prefix}{identity}")
+            .try_into()
+            .map_err(request_error)?,
+    )];
+    for n in names {
+        sans.push(match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(n.as_str().try_into().map_err(request_error)?),
+        });
+    }
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if algorithm != KeyAlgorithm::EcdsaP256 {
+        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let csr = params.serialize_request(&key).map_err(request_error)?;
+    Ok(SigningRequest {
+        key_pem: key.serialize_pem(),
+        csr_pem: csr.pem().map_err(request_error)?,
+    })
+}
+
+fn new_key(algorithm: KeyAlgorithm) -> Result<KeyPair, CsrError> {
+    match algorithm {
+        KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(algorithm.rcgen()),
+        KeyAlgorithm::Rsa2048 => {
+            KeyPair::generate_rsa_for(algorithm.rcgen(), rcgen::RsaKeySize::_2048)
+        }
+        KeyAlgorithm::Rsa3072 => {
+            KeyPair::generate_rsa_for(algorithm.rcgen(), rcgen::RsaKeySize::_3072)
+        }
+    }
+    .map_err(|e| CsrError::Key(e.to_string()))
+}
+
 /// A key and a signing-certificate request for agency `code` (its organisation name `name`, when given).
 pub fn signing_request(
     code: &str,
@@ -53,16 +117,7 @@ pub fn signing_request(
     if !lgsp_config::valid_agency_code(code) {
         return Err(CsrError::BadCode(code.chars().take(40).collect()));
     }
-    let key = match algorithm {
-        KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(algorithm.rcgen()),
-        KeyAlgorithm::Rsa2048 => {
-            KeyPair::generate_rsa_for(algorithm.rcgen(), rcgen::RsaKeySize::_2048)
-        }
-        KeyAlgorithm::Rsa3072 => {
-            KeyPair::generate_rsa_for(algorithm.rcgen(), rcgen::RsaKeySize::_3072)
-        }
-    }
-    .map_err(|e| CsrError::Key(e.to_string()))?;
+    let key = new_key(algorithm)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, code);
