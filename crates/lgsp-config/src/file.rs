@@ -264,6 +264,15 @@ pub struct FileHttp {
     pub first_byte_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub body_read_timeout: Option<Spanned<String>>,
+    /// The PROXY protocol v2 from these load balancers (`{ from = ["10.0.0.5/32"] }`): the client's address is
+    /// read from their header; from anywhere else no header is read.
+    pub proxy_protocol: Option<FileProxyProtocol>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxyProtocol {
+    pub from: Vec<Spanned<String>>,
 }
 
 /// `[hop.upstream]`: how this hop holds its connections to its upstreams.

@@ -21,6 +21,7 @@ pub mod messages;
 mod observe;
 pub mod outbox;
 mod prepare;
+pub mod proxy_protocol;
 pub mod publish;
 mod route;
 mod stack;

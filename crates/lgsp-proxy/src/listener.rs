@@ -317,7 +317,8 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Reasons of `lgsp_connections_closed_total`, exported as 0 from the start.
-const CLOSED_REASONS: [&str; 7] = [
+const CLOSED_REASONS: [&str; 8] = [
+    "proxy_protocol",
     "first_byte_timeout",
     "idle_timeout",
     "too_many_handshakes",
@@ -456,6 +457,38 @@ impl Accepted {
         } = self;
         // The TLS and HTTP settings in force when the connection arrives (a reload swaps them for later ones).
         let current = state.load_full();
+        // A load balancer's connection opens with the PROXY protocol header naming the client (within the
+        // handshake's deadline); nobody else's is read for one.
+        let mut tcp = tcp;
+        let peer = if current.http.proxied(peer.ip()) {
+            let read = tokio::time::timeout(
+                current.handshake_timeout,
+                crate::proxy_protocol::read_header(&mut tcp),
+            )
+            .await;
+            match read {
+                Ok(Ok(Some(client))) => client,
+                Ok(Ok(None)) => peer,
+                Ok(Err(e)) => {
+                    metrics
+                        .connections_closed
+                        .with_label_values(&[&spec.name, "proxy_protocol"])
+                        .inc();
+                    tracing::warn!(hop = %spec.name, balancer = %peer, error = %e, "connection closed: its PROXY protocol header is refused");
+                    return;
+                }
+                Err(_) => {
+                    metrics
+                        .connections_closed
+                        .with_label_values(&[&spec.name, "proxy_protocol"])
+                        .inc();
+                    tracing::warn!(hop = %spec.name, balancer = %peer, "connection closed: no PROXY protocol header within {:?}", current.handshake_timeout);
+                    return;
+                }
+            }
+        } else {
+            peer
+        };
         let acceptor = TlsAcceptor::from(current.tls.config.clone());
         let failed = |reason: HandshakeFailure| {
             metrics

@@ -81,6 +81,51 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// A request body must arrive whole within this time of its head (408 `packet.body_timeout`).
     pub body_read_timeout: Duration,
+    /// Load balancers (address, prefix length) whose connections open with a PROXY protocol v2 header.
+    pub proxy_from: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl HttpConfig {
+    /// Whether a connection from `ip` opens with a PROXY protocol header.
+    pub fn proxied(&self, ip: std::net::IpAddr) -> bool {
+        self.proxy_from
+            .iter()
+            .any(|(net, len)| within(ip, *net, *len))
+    }
+}
+
+/// Whether `ip` lies in `net/len` (an IPv4-mapped IPv6 address counts as its IPv4 one).
+fn within(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (all its bits).
+fn cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = text
+        .split_once('/')
+        .map_or((text, None), |(a, l)| (a, Some(l)));
+    let ip: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
+    };
+    Some((ip, len))
 }
 
 impl Default for HttpConfig {
@@ -96,6 +141,7 @@ impl Default for HttpConfig {
             first_byte_timeout: defaults::FIRST_BYTE_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
             body_read_timeout: defaults::BODY_READ_TIMEOUT,
+            proxy_from: Vec::new(),
         }
     }
 }
@@ -259,7 +305,27 @@ fn http(c: &mut Checker<'_>, h: &FileHttp, field: &str) -> HttpConfig {
         &defaults::MAX_HANDSHAKES_RANGE,
     );
     let handshakes = u64::try_from(max_handshakes).unwrap_or(u64::MAX);
+    let proxy_from = h
+        .proxy_protocol
+        .iter()
+        .flat_map(|p| p.from.iter())
+        .filter_map(|v| {
+            let parsed = cidr(v.get_ref());
+            if parsed.is_none() {
+                c.problem(
+                    v,
+                    format!("{field}.proxy_protocol.from"),
+                    format!(
+                        "`{}` is not an address or network; write the load balancers as \"10.0.0.5/32\" or \"10.0.0.0/24\"",
+                        v.get_ref()
+                    ),
+                );
+            }
+            parsed
+        })
+        .collect();
     HttpConfig {
+        proxy_from,
         header_read_timeout: timeout(
             c,
             h.header_read_timeout.as_ref(),
@@ -466,5 +532,21 @@ mod tests {
             "name = \"HoSoCBCCVC\"\nmethods = [\"POST\"]\nprefix = \"/lgsp",
         );
         assert_eq!(p[0].field, "hop[0].route[1].name");
+    }
+
+    #[test]
+    fn proxy_protocol_sources_are_networks() {
+        let (v4, len) = super::cidr("10.10.0.0/24").expect("network");
+        assert_eq!(len, 24);
+        assert!(super::within("10.10.0.77".parse().unwrap(), v4, len));
+        assert!(!super::within("10.10.1.1".parse().unwrap(), v4, len));
+        // An IPv4-mapped IPv6 peer address is its IPv4 one; a bare address is all its bits.
+        assert!(super::within("::ffff:10.10.0.5".parse().unwrap(), v4, len));
+        let (one, bits) = super::cidr("127.0.0.1").expect("address");
+        assert_eq!(bits, 32);
+        assert!(!super::within("127.0.0.2".parse().unwrap(), one, bits));
+        assert!(super::cidr("10.0.0.0/33").is_none() && super::cidr("lb.example").is_none());
+        let (v6, len6) = super::cidr("2001:db8::/32").expect("v6");
+        assert!(super::within("2001:db8:1::1".parse().unwrap(), v6, len6));
     }
 }

@@ -1,0 +1,137 @@
+//! Behind an L4 load balancer: real HAProxy in TCP mode with `send-proxy-v2` in front of a hop. TLS still ends at the
+//! gateway (the agency's certificate is checked as ever), and the client's own address — from the PROXY protocol
+//! header the balancer sends — is what the hop records in `Forwarded`; a connection from the balancer's address
+//! without that header is closed, and nobody else can send one.
+
+use std::process::{Command, Stdio};
+
+use lgsp_testkit::*;
+
+const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_haproxy_the_hop_sees_the_agencys_address_and_tls_ends_at_the_gateway() {
+    if !tool("haproxy") || !tool("curl") {
+        return;
+    }
+    let pki = TestPki::new();
+    // The next hop answers with the Forwarded header it got.
+    let upstream = Upstream::start(
+        &pki,
+        |req: http::Request<lgsp_proxy::body::Body>| async move {
+            let forwarded = req
+                .headers()
+                .get("forwarded")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            http::Response::builder()
+                .status(200)
+                .body(lgsp_proxy::body::full(bytes::Bytes::from(forwarded)))
+                .expect("response")
+        },
+    )
+    .await;
+    let text = hop_config(&pki, "lgsp", "/lgsp/v1", upstream.addr, "/ndxp/v1", &[]).replacen(
+        "[hop.upstream_tls]",
+        "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\n\n[hop.upstream_tls]",
+        1,
+    );
+    let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .expect("gateway");
+    let gw_port = gw.hop_addr("lgsp").expect("hop").port();
+    let lb_port = free_port();
+    let cfg = pki.dir().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+frontend agencies\n  bind 127.0.0.1:{lb_port}\n  default_backend gateways\n\
+backend gateways\n  server lgsp 127.0.0.1:{gw_port} send-proxy-v2\n"
+        ),
+    )
+    .expect("haproxy.cfg");
+    let mut haproxy = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    let curl = |port: u16, local_port: u16| {
+        let (pki, port) = (pki.dir().to_owned(), port);
+        move || {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "--local-port",
+                    &local_port.to_string(),
+                ])
+                .args([
+                    "--cert",
+                    &format!("{AGENCY_OK}.pem"),
+                    "--key",
+                    &format!("{AGENCY_OK}.key"),
+                ])
+                .args(["--cacert", "ca.pem", "-H", &format!("X-API-Key: {KEY_H29}")])
+                .args([
+                    "-H",
+                    "Content-Type: application/xml",
+                    "--data-binary",
+                    "@packet.xml",
+                ])
+                .arg(format!("https://localhost:{port}/lgsp/v1/HoSoCBCCVC"))
+                .current_dir(&pki)
+                .output()
+                .expect("curl")
+        }
+    };
+    std::fs::write(
+        pki.path("packet.xml"),
+        sample("valid/HoSoCBCCVC-01-day-du.xml"),
+    )
+    .expect("packet");
+    // HAProxy listens once it has started: try for a few seconds.
+    let local = free_port();
+    let mut answer = None;
+    for _ in 0..50 {
+        let out = tokio::task::spawn_blocking(curl(lb_port, local))
+            .await
+            .expect("curl");
+        if out.status.success() {
+            answer = Some(String::from_utf8_lossy(&out.stdout).into_owned());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let forwarded = answer.expect("an answer through HAProxy");
+    assert!(
+        forwarded.contains(&format!("for=\"127.0.0.1:{local}\"")),
+        "the hop recorded another address than the agency's: {forwarded}"
+    );
+    // Straight to the hop from the balancer's address, without the header: closed before TLS.
+    let direct = tokio::task::spawn_blocking(curl(gw_port, free_port()))
+        .await
+        .expect("curl");
+    assert!(!direct.status.success());
+    assert_eq!(
+        gw.metrics
+            .connections_closed
+            .with_label_values(&["lgsp", "proxy_protocol"])
+            .get(),
+        1
+    );
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    gw.shutdown().await;
+}
