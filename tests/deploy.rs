@@ -174,22 +174,9 @@ fn the_direct_agency_profile_feeds_the_probe() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("LGSP_API_KEY"));
 }
 
-/// In CI a missing tool fails; elsewhere the test is skipped with the reason.
-fn have(tool: &str, package: &str) -> bool {
-    let found = Command::new(tool).arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing in CI: .ci/run must install {package}"
-        );
-        eprintln!("skipped: {tool} is not installed (apt-get install {package})");
-    }
-    found
-}
-
 #[test]
 fn the_systemd_unit_verifies_and_is_rated_ok_or_better() {
-    if !have("systemd-analyze", "systemd") {
+    if !lgsp_testkit::tool("systemd-analyze") {
         return;
     }
     // The unit as installed, its binary the one just built (verify checks that ExecStart can run).

@@ -16,6 +16,66 @@ fn packet() -> String {
     sample("valid/HoSoCBCCVC-02-toi-thieu.xml")
 }
 
+/// Packets sent one after another until stopped (at most 3000), each with the header `auth` gives at that moment;
+/// what succeeded and what failed counted.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(
+        client: TestClient,
+        url: String,
+        auth: impl Fn() -> (&'static str, String) + Send + 'static,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let worker = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let body = packet();
+                for _ in 0..3000 {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let (name, value) = auth();
+                    let h = [(name, value.as_str()), ("content-type", "application/xml")];
+                    match client.send("POST", &url, &h, &body).await {
+                        Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        Load {
+            stop,
+            ok,
+            failed,
+            worker,
+        }
+    }
+
+    /// Waits until `n` more requests succeeded (or one failed).
+    async fn some(&self, n: usize) {
+        let before = self.ok.load(Ordering::Relaxed);
+        while self.ok.load(Ordering::Relaxed) < before + n
+            && self.failed.load(Ordering::Relaxed) == 0
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Stops it; the number of failed requests.
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Release);
+        self.worker.await.unwrap();
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 /// An LGSP gateway started from a config file, in front of `chain`'s NDXP hop.
 async fn lgsp_from_file(chain: &Chain, text: &str) -> (lgsp_proxy::Gateway, std::path::PathBuf) {
     let path = chain.pki.path("lgsp-reload.toml");
@@ -380,44 +440,21 @@ async fn an_api_key_rotated_under_continuous_load_fails_no_request() {
     );
     assert_ne!(retired, both, "{old_line}");
 
-    let stop = Arc::new(AtomicBool::new(false));
     let switched = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let worker = {
-        let (client, url, stop, switched, ok, failed) = (
+    let load = {
+        let switched = switched.clone();
+        Load::start(
             TestClient::new(&chain.pki, Some(AGENCY_OK), true),
             url.clone(),
-            stop.clone(),
-            switched.clone(),
-            ok.clone(),
-            failed.clone(),
-        );
-        tokio::spawn(async move {
-            let body = packet();
-            for _ in 0..3000 {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
+            move || {
                 let key = if switched.load(Ordering::Acquire) {
                     NEW_KEY
                 } else {
                     KEY_H29
                 };
-                match client.send("POST", &url, &headers(key), &body).await {
-                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
-    let wait_some = |n: usize| {
-        let (ok, failed) = (ok.clone(), failed.clone());
-        async move {
-            let before = ok.load(Ordering::Relaxed);
-            while ok.load(Ordering::Relaxed) < before + n && failed.load(Ordering::Relaxed) == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
+                ("x-api-key", key.to_owned())
+            },
+        )
     };
     let reload = |text: String| {
         let (r, path) = (lgsp.reloader.clone(), path.clone());
@@ -429,20 +466,14 @@ async fn an_api_key_rotated_under_continuous_load_fails_no_request() {
                 .unwrap();
         }
     };
-    wait_some(5).await;
+    load.some(5).await;
     reload(both).await;
-    wait_some(5).await;
+    load.some(5).await;
     switched.store(true, Ordering::Release);
-    wait_some(5).await;
+    load.some(5).await;
     reload(retired).await;
-    wait_some(5).await;
-    stop.store(true, Ordering::Release);
-    worker.await.unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the rotation"
-    );
+    load.some(5).await;
+    assert_eq!(load.stop().await, 0, "requests failed during the rotation");
     // The old key now answers its own refusal.
     let a = TestClient::new(&chain.pki, Some(AGENCY_OK), true)
         .send("POST", &url, &headers(KEY_H29), &packet())
@@ -504,44 +535,13 @@ async fn a_token_secret_rotated_under_continuous_load_ends_no_valid_token() {
         format!("Bearer {}", a.json()["access_token"].as_str().unwrap())
     };
     let old_token = token(client.clone(), token_url.clone(), basic.clone()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let worker = {
-        let (client, url, bearer, stop, ok, failed) = (
-            client.clone(),
-            url.clone(),
-            old_token.clone(),
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-        );
-        tokio::spawn(async move {
-            let body = packet();
-            for _ in 0..3000 {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let h = [
-                    ("authorization", bearer.as_str()),
-                    ("content-type", "application/xml"),
-                ];
-                match client.send("POST", &url, &h, &body).await {
-                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
+    let load = {
+        let bearer = old_token.clone();
+        Load::start(client.clone(), url.clone(), move || {
+            ("authorization", bearer.clone())
         })
     };
-    let wait_some = |n: usize| {
-        let (ok, failed) = (ok.clone(), failed.clone());
-        async move {
-            let before = ok.load(Ordering::Relaxed);
-            while ok.load(Ordering::Relaxed) < before + n && failed.load(Ordering::Relaxed) == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
-    };
-    wait_some(5).await;
+    load.some(5).await;
     // Rotated: B signs, A's tokens stay valid.
     std::fs::write(&path, with("token-b.secret", Some("token-a.secret"))).unwrap();
     let r = lgsp.reloader.clone();
@@ -549,13 +549,11 @@ async fn a_token_secret_rotated_under_continuous_load_ends_no_valid_token() {
         .await
         .unwrap()
         .unwrap();
-    wait_some(5).await;
+    load.some(5).await;
     let new_token = token(client.clone(), token_url.clone(), basic.clone()).await;
     assert_ne!(new_token, old_token);
-    stop.store(true, Ordering::Release);
-    worker.await.unwrap();
     assert_eq!(
-        failed.load(Ordering::Relaxed),
+        load.stop().await,
         0,
         "a valid token was refused during the rotation"
     );
