@@ -1,7 +1,8 @@
 //! Behind an L4 load balancer: real HAProxy in TCP mode with `send-proxy-v2` in front of a hop. TLS still ends at the
 //! gateway (the agency's certificate is checked as ever), and the client's own address — from the PROXY protocol
 //! header the balancer sends — is what the hop records in `Forwarded`; a connection from the balancer's address
-//! without that header is closed, and nobody else can send one.
+//! without that header is closed, and nobody else can send one. Handshakes in progress are counted per client the
+//! header names, so one agency's stalled connections do not use up every other agency's share of the balancer.
 
 use std::process::{Command, Stdio};
 
@@ -133,5 +134,87 @@ backend gateways\n  server lgsp 127.0.0.1:{gw_port} send-proxy-v2\n"
     );
     let _ = haproxy.kill();
     let _ = haproxy.wait();
+    gw.shutdown().await;
+}
+
+/// A PROXY protocol v2 header for a TCP/IPv4 connection from `client` to 127.0.0.1:443.
+fn proxy_v2(client: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&client.ip().octets());
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&client.port().to_be_bytes());
+    h.extend_from_slice(&443u16.to_be_bytes());
+    h
+}
+
+/// Whether the gateway closes `tcp` within `within` (it sends nothing before the client's TLS hello).
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handshakes_behind_a_balancer_are_counted_per_client_not_per_balancer() {
+    use tokio::io::AsyncWriteExt;
+    let pki = TestPki::new();
+    let upstream = Upstream::start(&pki, |_req: http::Request<lgsp_proxy::body::Body>| async {
+        http::Response::builder()
+            .status(200)
+            .body(lgsp_proxy::body::full(bytes::Bytes::from_static(b"ok")))
+            .expect("response")
+    })
+    .await;
+    let text = hop_config(&pki, "lgsp", "/lgsp/v1", upstream.addr, "/ndxp/v1", &[]).replacen(
+        "[hop.upstream_tls]",
+        "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\nmax_handshakes_per_address = 2\n\n[hop.upstream_tls]",
+        1,
+    );
+    let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .expect("gateway");
+    let addr = gw.hop_addr("lgsp").expect("hop");
+    let via_balancer = |client: &str| {
+        let header = proxy_v2(client.parse().expect("client address"));
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            tcp.write_all(&header).await.expect("PROXY header");
+            tcp
+        }
+    };
+    // One agency's host stalls two handshakes through the balancer: its whole share.
+    let _stalled = [
+        via_balancer("192.0.2.1:40001").await,
+        via_balancer("192.0.2.1:40002").await,
+    ];
+    // Its next connection is closed before TLS (tried again while the two are still being admitted).
+    let mut refused = false;
+    let mut held = Vec::new();
+    for port in 40003..40008 {
+        let mut third = via_balancer(&format!("192.0.2.1:{port}")).await;
+        if closed_within(&mut third, std::time::Duration::from_secs(2)).await {
+            refused = true;
+            break;
+        }
+        held.push(third);
+    }
+    assert!(refused, "a third handshake from 192.0.2.1 was admitted");
+    // Another agency behind the same balancer — whose address already has two handshakes in progress — is served.
+    let other = via_balancer("192.0.2.2:40001").await;
+    let answer = tls_exchange_on(other, pki.client_tls(Some(AGENCY_OK), &[b"http/1.1"]))
+        .await
+        .expect("the other client's exchange");
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert!(
+        gw.metrics
+            .connections_closed
+            .with_label_values(&["lgsp", "too_many_handshakes"])
+            .get()
+            >= 1
+    );
     gw.shutdown().await;
 }

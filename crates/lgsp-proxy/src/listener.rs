@@ -382,13 +382,25 @@ pub fn spawn_tls_listener(
                     .inc();
             };
             // A handshake slot now or never, within the listener's and within the source address's share:
-            // connections that stall before TLS cannot queue up, nor can one host's take every slot.
-            let per_address = state.load().http.max_handshakes_per_address;
-            let handshake = match (
-                handshakes.clone().try_acquire_owned(),
-                handshaking.admit(&peer.ip().to_string(), per_address),
-            ) {
-                (Ok(global), Some(address)) => (global, address),
+            // connections that stall before TLS cannot queue up, nor can one host's take every slot. A load
+            // balancer's connections are counted by the client its PROXY header names, once read.
+            let (per_address, balancer) = {
+                let http = &state.load().http;
+                (http.max_handshakes_per_address, http.proxied(peer.ip()))
+            };
+            let address = if balancer {
+                Ok(None)
+            } else {
+                handshaking
+                    .admit(&peer.ip().to_string(), per_address)
+                    .map(Some)
+                    .ok_or(())
+            };
+            let handshake = match (handshakes.clone().try_acquire_owned(), address) {
+                (Ok(global), Ok(address)) => Handshake {
+                    _global: global,
+                    address,
+                },
                 (global, _) => {
                     closed("too_many_handshakes");
                     let (cap, what) = if global.is_err() {
@@ -406,6 +418,7 @@ pub fn spawn_tls_listener(
                 state: state.clone(),
                 metrics: metrics.clone(),
                 holders: holders.clone(),
+                handshaking: handshaking.clone(),
                 shutdown: shutdown.clone(),
                 peer,
             };
@@ -428,12 +441,20 @@ pub fn spawn_tls_listener(
     })
 }
 
+/// The slots a connection holds until its TLS handshake ends: one of the listener's, and one of its source
+/// address's (taken after the PROXY header for a load balancer's connection).
+struct Handshake {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    address: Option<crate::connection::Held>,
+}
+
 /// One accepted TCP connection, before its handshake.
 struct Accepted {
     spec: ListenerSpec,
     state: LiveState,
     metrics: Arc<Metrics>,
     holders: Arc<Holders>,
+    handshaking: Arc<Holders>,
     shutdown: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
 }
@@ -442,16 +463,13 @@ impl Accepted {
     /// Handshakes within the deadline (failures logged with their reason and counted), reads the client's identity,
     /// holds it to its share of the listener, then serves HTTP until the connection closes, is quiet too long, or
     /// the drain ends it.
-    async fn serve(
-        self,
-        tcp: tokio::net::TcpStream,
-        handshake: (tokio::sync::OwnedSemaphorePermit, crate::connection::Held),
-    ) {
+    async fn serve(self, tcp: tokio::net::TcpStream, mut handshake: Handshake) {
         let Accepted {
             spec,
             state,
             metrics,
             holders,
+            handshaking,
             mut shutdown,
             peer,
         } = self;
@@ -489,6 +507,20 @@ impl Accepted {
         } else {
             peer
         };
+        if handshake.address.is_none() {
+            let per_address = current.http.max_handshakes_per_address;
+            match handshaking.admit(&peer.ip().to_string(), per_address) {
+                Some(held) => handshake.address = Some(held),
+                None => {
+                    metrics
+                        .connections_closed
+                        .with_label_values(&[&spec.name, "too_many_handshakes"])
+                        .inc();
+                    tracing::warn!(hop = %spec.name, peer = %peer, "connection closed: {per_address} handshakes already in progress (max_handshakes_per_address)");
+                    return;
+                }
+            }
+        }
         let acceptor = TlsAcceptor::from(current.tls.config.clone());
         let failed = |reason: HandshakeFailure| {
             metrics

@@ -648,6 +648,14 @@ pub async fn tls_exchange(addr: SocketAddr, tls: rustls::ClientConfig) -> Result
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
+    tls_exchange_on(tcp, tls).await
+}
+
+/// [`tls_exchange`] on a connection already open (after whatever the test wrote on it first).
+pub async fn tls_exchange_on(
+    tcp: tokio::net::TcpStream,
+    tls: rustls::ClientConfig,
+) -> Result<String, String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     let mut stream = connector
