@@ -4,18 +4,11 @@
 //! without that header is closed, and nobody else can send one. Handshakes in progress are counted per client the
 //! header names, so one agency's stalled connections do not use up every other agency's share of the balancer.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use lgsp_testkit::*;
 
 const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_haproxy_the_hop_sees_the_agencys_address_and_tls_ends_at_the_gateway() {
@@ -49,24 +42,8 @@ async fn behind_haproxy_the_hop_sees_the_agencys_address_and_tls_ends_at_the_gat
         .await
         .expect("gateway");
     let gw_port = gw.hop_addr("lgsp").expect("hop").port();
-    let lb_port = free_port();
-    let cfg = pki.dir().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-frontend agencies\n  bind 127.0.0.1:{lb_port}\n  default_backend gateways\n\
-backend gateways\n  server lgsp 127.0.0.1:{gw_port} send-proxy-v2\n"
-        ),
-    )
-    .expect("haproxy.cfg");
-    let mut haproxy = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy");
+    let haproxy = Haproxy::start(pki.dir(), &[([127, 0, 0, 1], gw_port).into()]);
+    let lb_port = haproxy.port;
     let curl = |port: u16, local_port: u16| {
         let (pki, port) = (pki.dir().to_owned(), port);
         move || {
@@ -102,20 +79,12 @@ backend gateways\n  server lgsp 127.0.0.1:{gw_port} send-proxy-v2\n"
         sample("valid/HoSoCBCCVC-01-day-du.xml"),
     )
     .expect("packet");
-    // HAProxy listens once it has started: try for a few seconds.
     let local = free_port();
-    let mut answer = None;
-    for _ in 0..50 {
-        let out = tokio::task::spawn_blocking(curl(lb_port, local))
-            .await
-            .expect("curl");
-        if out.status.success() {
-            answer = Some(String::from_utf8_lossy(&out.stdout).into_owned());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let forwarded = answer.expect("an answer through HAProxy");
+    let out = tokio::task::spawn_blocking(curl(lb_port, local))
+        .await
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    let forwarded = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         forwarded.contains(&format!("for=\"127.0.0.1:{local}\"")),
         "the hop recorded another address than the agency's: {forwarded}"
@@ -132,8 +101,28 @@ backend gateways\n  server lgsp 127.0.0.1:{gw_port} send-proxy-v2\n"
             .get(),
         1
     );
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+    // HAProxy's health checks (a LOCAL header, then the connection ends) are no failed handshakes.
+    eventually(
+        "a health check",
+        std::time::Duration::from_secs(20),
+        || async {
+            gw.metrics
+                .connections_closed
+                .with_label_values(&["lgsp", "balancer_check"])
+                .get()
+                >= 1
+        },
+    )
+    .await;
+    let failed: f64 = gw
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("lgsp_tls_handshake_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    assert_eq!(failed, 0.0, "health checks counted as failed handshakes");
+    drop(haproxy);
     gw.shutdown().await;
 }
 

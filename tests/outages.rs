@@ -5,7 +5,8 @@
 //!
 //! - `kill -9` of the gateway under load, then a restart (SQLite, and PostgreSQL);
 //! - the emulator out of reach for 30 s under load (a relay the test cuts; the emulator keeps its state);
-//! - two replicas on one PostgreSQL outbox, one killed mid-delivery.
+//! - two replicas on one PostgreSQL outbox, one killed mid-delivery;
+//! - two replicas behind HAProxy sharing PostgreSQL and Redis, one killed under load.
 //!
 //! A delivery cut short by a crash is made again after its lease ends (at least once); the next hop knows a packet
 //! by its message id and answers the repeat as a duplicate without storing it twice — the counts printed below.
@@ -406,5 +407,246 @@ async fn two_replicas_on_one_postgresql_outbox_deliver_each_packet_once_when_one
             "lgsp_deliveries_total{hop=\"lgsp\",outcome=\"delivered\",route=\"HoSoCBCCVC\"}"
         ) > 0.0
     );
+    db.drop_now().await;
+}
+
+/// The sum of a gateway's `lgsp_requests_total` samples for `route` (any agency, mode, status).
+fn requests_on(metrics: &str, route: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("lgsp_requests_total{") && l.contains(&format!("route=\"{route}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// One attempt to send a packet: when it started and ended, and the message id of its 202 (or replayed outcome) or
+/// why not.
+struct Attempt {
+    key: String,
+    started: Instant,
+    ended: Instant,
+    outcome: Result<String, String>,
+}
+
+/// `agencies` senders through one address (the balancer), a new connection per request, each packet sent until
+/// accepted under its own `Idempotency-Key`; every attempt is kept.
+fn load_through(
+    pki: &TestPki,
+    agencies: usize,
+    at: SocketAddr,
+    go: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Attempt>>> {
+    (0..agencies)
+        .map(|t| {
+            let client = TestClient::fresh_connections(pki, Some(AGENCY_OK));
+            let go = go.clone();
+            let url = format!("https://localhost:{}/lgsp/v1/HoSoCBCCVC", at.port());
+            tokio::spawn(async move {
+                let mut attempts = Vec::new();
+                let mut i = 0;
+                while go.load(Ordering::Acquire) {
+                    let key = format!("lb-{t}-{i}");
+                    let body = packet(&key);
+                    let h = [
+                        ("x-api-key", KEY_H29),
+                        ("content-type", "application/xml"),
+                        ("idempotency-key", key.as_str()),
+                    ];
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let started = Instant::now();
+                        let outcome = match client.send("POST", &url, &h, &body).await {
+                            Ok(a)
+                                if a.status == 202
+                                    || (a.status == 200
+                                        && a.headers.contains_key("x-lgsp-replayed")) =>
+                            {
+                                a.headers["x-lgsp-message-id"]
+                                    .to_str()
+                                    .map(str::to_owned)
+                                    .map_err(|e| e.to_string())
+                            }
+                            Ok(a) => {
+                                Err(format!("{} {}", a.status, String::from_utf8_lossy(&a.body)))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        let done = outcome.is_ok();
+                        attempts.push(Attempt {
+                            key: key.clone(),
+                            started,
+                            ended: Instant::now(),
+                            outcome,
+                        });
+                        if done {
+                            break;
+                        }
+                        assert!(Instant::now() < deadline, "{key} was never accepted");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    i += 1;
+                }
+                attempts
+            })
+        })
+        .collect()
+}
+
+/// Behind HAProxy (TCP mode, PROXY protocol v2, TLS ending at the gateways) two replicas share a PostgreSQL journal
+/// and a Redis rate limit: requests spread over both, a route's limit holds across both, and when one is killed
+/// (`kill -9`) the only requests that fail are those it held at that moment — each resent under its key and then
+/// accepted — while every accepted packet reaches the emulator once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_behind_haproxy_share_limits_and_lose_only_in_flight_requests_when_one_is_killed()
+ {
+    if !tool("haproxy") {
+        return;
+    }
+    let Ok(redis) = std::env::var("LGSP_TEST_REDIS_URL") else {
+        eprintln!(
+            "skipped: LGSP_TEST_REDIS_URL is not set (.ci/run sets it to the machine's Redis)"
+        );
+        return;
+    };
+    let Some(db) = PgDatabase::create("the replicas behind HAProxy test").await else {
+        return;
+    };
+    let pki = TestPki::new();
+    let (_emu, emu_addr, emu_admin) = emulator(&pki);
+    let prefix = unique_name("lgsp:test:replicas:");
+    let text = lgsp_text(&pki, emu_addr, Some(&db.url))
+        .replacen(
+            "[hop.upstream_tls]",
+            "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\n\n[hop.upstream_tls]",
+            1,
+        )
+        .replacen(
+            "message_type = \"BienDong\"\n",
+            "message_type = \"BienDong\"\nrate = \"1/h\"\nburst = 4\n",
+            1,
+        )
+        + &format!(
+            "\n[ratelimit]\nbackend = \"{redis}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"2s\"\n"
+        );
+    let (one, a, a_admin) = gateway(&pki, "replica-1", &text);
+    let (_two, b, b_admin) = gateway(&pki, "replica-2", &text);
+    let haproxy = Haproxy::start(pki.dir(), &[a, b]);
+    let lb: SocketAddr = ([127, 0, 0, 1], haproxy.port).into();
+
+    // The limit: BienDong allows a burst of 4 per agency, wherever the requests land.
+    let client = TestClient::fresh_connections(&pki, Some(AGENCY_OK));
+    let url = format!("https://localhost:{}/lgsp/v1/BienDong", lb.port());
+    let body = sample("valid/BienDong-01-dieu-dong.xml");
+    let h = [("x-api-key", KEY_H29), ("content-type", "application/xml")];
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(client.status("POST", &url, &h, &body).await);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        4,
+        "the burst of 4 holds across both replicas: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 429),
+        "{statuses:?}"
+    );
+    let (ma, mb) = (
+        admin_get(a_admin, "/metrics").await,
+        admin_get(b_admin, "/metrics").await,
+    );
+    assert!(
+        requests_on(&ma, "BienDong") >= 1.0 && requests_on(&mb, "BienDong") >= 1.0,
+        "HAProxy sent every request to one replica"
+    );
+
+    // Load through the balancer until both replicas have accepted packets and deliveries are under way.
+    let go = Arc::new(AtomicBool::new(true));
+    let senders = load_through(&pki, 4, lb, go.clone());
+    eventually(
+        "both replicas serve and deliver",
+        Duration::from_secs(60),
+        || async {
+            let (ma, mb, me) = (
+                admin_get(a_admin, "/metrics").await,
+                admin_get(b_admin, "/metrics").await,
+                admin_get(emu_admin, "/metrics").await,
+            );
+            requests_on(&ma, "HoSoCBCCVC") >= 10.0
+                && requests_on(&mb, "HoSoCBCCVC") >= 10.0
+                && sample_value(
+                    &me,
+                    "lgsp_emulator_packets_total{message_type=\"HoSoCBCCVC\",result=\"accepted\"}",
+                ) >= 40.0
+        },
+    )
+    .await;
+    // Killed mid-load: gone once `drop` returns (killed and reaped, its sockets closed).
+    let killing = Instant::now();
+    drop(one);
+    let dead = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    go.store(false, Ordering::Release);
+    let mut attempts = Vec::new();
+    for s in senders {
+        attempts.extend(s.await.expect("sender"));
+    }
+
+    // Failed attempts: only those under way when the replica died, and resends of those same packets.
+    let in_flight: std::collections::BTreeSet<&str> = attempts
+        .iter()
+        .filter(|t| t.outcome.is_err() && t.started < dead)
+        .map(|t| t.key.as_str())
+        .collect();
+    for t in attempts.iter().filter(|t| t.outcome.is_err()) {
+        let why = t.outcome.as_ref().err().map_or("", String::as_str);
+        if t.started < killing {
+            assert!(
+                t.ended >= killing && !why.starts_with('4') && !why.starts_with('5'),
+                "{} failed, and not for the kill: {why}",
+                t.key
+            );
+        } else if t.started >= dead {
+            assert!(
+                in_flight.contains(t.key.as_str()) && why.starts_with("409"),
+                "{} failed after the replica was gone: {why}",
+                t.key
+            );
+        }
+    }
+    let accepted: Accepted = attempts
+        .iter()
+        .filter_map(|t| {
+            t.outcome
+                .as_ref()
+                .ok()
+                .map(|id| (t.key.clone(), id.clone()))
+        })
+        .collect();
+    assert!(
+        attempts
+            .iter()
+            .any(|t| t.started >= dead && t.outcome.is_ok()),
+        "nothing was sent after the kill"
+    );
+    eprintln!(
+        "behind HAProxy: {} attempts, {} packets accepted, {} in flight at the kill (resent, then accepted)",
+        attempts.len(),
+        accepted.len(),
+        in_flight.len()
+    );
+    every_accepted_packet_is_at_the_emulator_once(
+        &pki,
+        emu_addr,
+        emu_admin,
+        &accepted,
+        "two replicas behind HAProxy, one killed",
+    )
+    .await;
+    // The survivor still holds the shared limit.
+    assert_eq!(client.status("POST", &url, &h, &body).await, 429);
+    drop(haproxy);
     db.drop_now().await;
 }

@@ -317,8 +317,9 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Reasons of `lgsp_connections_closed_total`, exported as 0 from the start.
-const CLOSED_REASONS: [&str; 8] = [
+const CLOSED_REASONS: [&str; 9] = [
     "proxy_protocol",
+    "balancer_check",
     "first_byte_timeout",
     "idle_timeout",
     "too_many_handshakes",
@@ -486,7 +487,24 @@ impl Accepted {
             .await;
             match read {
                 Ok(Ok(Some(client))) => client,
-                Ok(Ok(None)) => peer,
+                // The balancer's own connection (LOCAL): its health check, which ends before any TLS, is no
+                // failed handshake; one that goes on to TLS is served as the balancer's.
+                Ok(Ok(None)) => {
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(current.handshake_timeout, tcp.peek(&mut first))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => peer,
+                        _ => {
+                            metrics
+                                .connections_closed
+                                .with_label_values(&[&spec.name, "balancer_check"])
+                                .inc();
+                            tracing::debug!(hop = %spec.name, balancer = %peer, "load balancer's check connection ended");
+                            return;
+                        }
+                    }
+                }
                 Ok(Err(e)) => {
                     metrics
                         .connections_closed

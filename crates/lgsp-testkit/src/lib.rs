@@ -11,7 +11,7 @@ pub use backends::{
     amqp_channel, durable_queue, eventually, metric, test_broker, test_stream, unique_name,
 };
 pub use outage::{JournalLock, PgDatabase, Relay, journal_read_only, journal_url_in, queued};
-pub use process::{Proc, sh, tool, write};
+pub use process::{Haproxy, Proc, free_port, sh, tool, write};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -581,6 +581,24 @@ impl TestClient {
         };
         let mut cb = Client::builder(TokioExecutor::new());
         cb.http2_only(http2);
+        TestClient {
+            client: cb.build(https),
+        }
+    }
+
+    /// An HTTP/1.1 client that opens a new connection, with its own TLS handshake, for every request (as an
+    /// agency's batch job does): what an L4 balancer spreads over its servers.
+    pub fn fresh_connections(pki: &TestPki, identity: Option<&str>) -> Self {
+        let tls = pki.client_tls(identity, &[]);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let mut cb = Client::builder(TokioExecutor::new());
+        cb.pool_max_idle_per_host(0);
         TestClient {
             client: cb.build(https),
         }

@@ -164,3 +164,63 @@ pub fn sh(cmd: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked; a test binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// HAProxy in TCP mode (an L4 balancer, TLS passed through) in front of `servers`, each sent the PROXY protocol
+/// v2 header, round robin over a new connection each; a server that refuses a connection is retried on another
+/// (`option redispatch`), and one failing its checks is taken out. Killed when dropped.
+pub struct Haproxy {
+    child: Child,
+    pub port: u16,
+}
+
+impl Haproxy {
+    /// Starts it with its config in `dir` and waits until it accepts connections.
+    pub fn start(dir: &Path, servers: &[std::net::SocketAddr]) -> Haproxy {
+        let port = free_port();
+        let mut cfg = format!(
+            "global\n  maxconn 4096\n\
+defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch 1\n\
+frontend agencies\n  bind 127.0.0.1:{port}\n  default_backend gateways\n\
+backend gateways\n  balance roundrobin\n"
+        );
+        for (i, s) in servers.iter().enumerate() {
+            cfg.push_str(&format!(
+                "  server gw{i} {s} send-proxy-v2 check inter 500ms fall 2 rise 2\n"
+            ));
+        }
+        let path = dir.join(format!("haproxy-{port}.cfg"));
+        std::fs::write(&path, cfg).expect("haproxy.cfg");
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy");
+        // Listening once the port cannot be bound (no probe connection: it would reach a server as a client).
+        let deadline = std::time::Instant::now() + STARTUP;
+        while std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "HAProxy did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Haproxy { child, port }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
