@@ -583,3 +583,147 @@ async fn a_token_secret_rotated_under_continuous_load_ends_no_valid_token() {
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
+
+/// The SHA-256 fingerprint of the certificate `openssl s_client` is served at `port` (as `openssl x509` prints it).
+fn served_fingerprint(dir: &std::path::Path, port: u16) -> String {
+    let (ok, out, err) = sh(&format!(
+        "cd {} && openssl s_client -connect 127.0.0.1:{port} -servername localhost -CAfile ca.pem \
+         -cert {AGENCY_OK}.pem -key {AGENCY_OK}.key </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+        dir.display()
+    ));
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+fn file_fingerprint(path: &std::path::Path) -> String {
+    let (ok, out, err) = sh(&format!(
+        "openssl x509 -noout -fingerprint -sha256 -in {}",
+        path.display()
+    ));
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+/// The NDXP journal's `accepted` records, oldest first, as export lines.
+async fn accepted_records(journal_url: String) -> Vec<serde_json::Value> {
+    let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
+        url: journal_url,
+        keep_bodies: std::time::Duration::from_secs(3600),
+        retention: std::time::Duration::from_secs(86_400),
+    })
+    .await
+    .expect("journal");
+    let mut out = Vec::new();
+    journal.export(0, i64::MAX, &mut out).await.expect("export");
+    String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|l| l["record"]["kind"] == "accepted")
+        .collect()
+}
+
+/// The procedure of README "Rotating keys" for a hop's own certificates: a new key and request (`certs csr`), the
+/// CA's certificate (here openssl with the dev CA), the files replaced and a reload — under continuous load over a
+/// held connection and over new ones, no request fails; new connections get the new server certificate, and the
+/// next hop's journal shows the LGSP signing with the new key after the reload and the old one before.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hops_own_certificates_rotated_under_continuous_load_fail_no_request() {
+    if !tool("openssl") {
+        return;
+    }
+    let pki = TestPki::new();
+    let dir = pki.dir().to_owned();
+    let emulator = lgsp_proxy::Gateway::start(&parse(&pki, &emulator_config(&pki)))
+        .await
+        .expect("emulator");
+    let emu = emulator.emulator.as_ref().expect("emulator").0;
+    let ndxp_text = hop_config(&pki, "ndxp", "/ndxp/v1", emu, "/cbccvc/v1", &["LGSP-DEV"]);
+    let ndxp = lgsp_proxy::Gateway::start(&parse(&pki, &ndxp_text))
+        .await
+        .expect("ndxp");
+    let text = lgsp_config_with(&pki, ndxp.hop_addr("ndxp").expect("ndxp"), "", "");
+    let text = [
+        "ca.pem",
+        "ca.crl.pem",
+        "lgsp-server.pem",
+        "lgsp-server.key",
+        "lgsp-client.pem",
+        "lgsp-client.key",
+    ]
+    .iter()
+    .fold(text, |t, f| {
+        t.replace(&format!("\"{f}\""), &format!("\"{}/{f}\"", dir.display()))
+    });
+    let path = pki.path("lgsp-reload.toml");
+    std::fs::write(&path, &text).unwrap();
+    let lgsp = lgsp_proxy::Gateway::start_from(&parse(&pki, &text), Some(path.clone()))
+        .await
+        .unwrap();
+    let port = lgsp.hop_addr("lgsp").unwrap().port();
+    let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+
+    // 1. A new key and request, as the hop's operator makes them; the CA signs it (extensions as requested).
+    let bin = env!("CARGO_BIN_EXE_lgsp-gateway");
+    let (ok, _, err) = sh(&format!(
+        "cd {d} && mkdir -p new && {bin} certs csr --hop LGSP-DEV --dns localhost --dns 127.0.0.1 --out new && \
+         openssl x509 -req -in new/LGSP-DEV.csr.pem -CA ca.pem -CAkey ca.key -set_serial 0x5eed -days 30 \
+         -copy_extensions copy -out new/LGSP-DEV.pem 2>&1",
+        d = dir.display()
+    ));
+    assert!(ok, "{err}");
+    let (old_cert, new_cert) = (pki.path("old-lgsp.pem"), pki.path("new/LGSP-DEV.pem"));
+    std::fs::copy(pki.path("lgsp-client.pem"), &old_cert).unwrap();
+    let old_served = served_fingerprint(&dir, port);
+    assert_eq!(old_served, file_fingerprint(&pki.path("lgsp-server.pem")));
+
+    // 2. Under load (one held HTTP/2 connection, and a new connection per request): the files replaced, reloaded.
+    let held = Load::start(
+        TestClient::new(&pki, Some(AGENCY_OK), true),
+        url.clone(),
+        || ("x-api-key", KEY_H29.to_owned()),
+    );
+    let fresh = Load::start(
+        TestClient::fresh_connections(&pki, Some(AGENCY_OK)),
+        url,
+        || ("x-api-key", KEY_H29.to_owned()),
+    );
+    held.some(5).await;
+    fresh.some(5).await;
+    for stem in ["lgsp-server", "lgsp-client"] {
+        std::fs::copy(
+            pki.path("new/LGSP-DEV.key"),
+            pki.path(&format!("{stem}.key")),
+        )
+        .unwrap();
+        std::fs::copy(&new_cert, pki.path(&format!("{stem}.pem"))).unwrap();
+    }
+    let r = lgsp.reloader.clone();
+    tokio::task::spawn_blocking(move || r.reload())
+        .await
+        .unwrap()
+        .unwrap();
+    held.some(5).await;
+    fresh.some(5).await;
+    assert_eq!(
+        held.stop().await,
+        0,
+        "requests on the held connection failed"
+    );
+    assert_eq!(fresh.stop().await, 0, "requests on new connections failed");
+
+    // 3. New connections are served the new certificate; the next hop saw the old key, then the new one.
+    assert_eq!(served_fingerprint(&dir, port), file_fingerprint(&new_cert));
+    let records = accepted_records(journal_url_in(&ndxp_text)).await;
+    let signature = |r: &serde_json::Value| r["record"]["hop_signature"].clone();
+    let (first, last) = (
+        signature(records.first().expect("records")),
+        signature(records.last().expect("records")),
+    );
+    assert!(recorded_hop_signature_verifies(&first, &old_cert, &[]).is_ok());
+    assert!(recorded_hop_signature_verifies(&last, &new_cert, &[]).is_ok());
+    assert!(recorded_hop_signature_verifies(&last, &old_cert, &[]).is_err());
+    lgsp.shutdown().await;
+    ndxp.shutdown().await;
+    emulator.shutdown().await;
+}

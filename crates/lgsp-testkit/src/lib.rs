@@ -446,6 +446,54 @@ pub fn peer_signature(
     out
 }
 
+/// Verifies again a relaying hop's signature as a journal record keeps it (`record.hop_signature` of an export
+/// line) with the public key and identity of the certificate in `cert_pem` alone; `overrides` replace covered values (to show a
+/// record naming something else fails).
+pub fn recorded_hop_signature_verifies(
+    sig: &serde_json::Value,
+    cert_pem: &Path,
+    overrides: &[(&str, &str)],
+) -> Result<(), String> {
+    let cert = CertificateDer::pem_file_iter(cert_pem)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no certificate")?
+        .map_err(|e| e.to_string())?;
+    let identity =
+        lgsp_tls::PeerIdentity::from_certificate(&cert, lgsp_config::DEFAULT_IDENTITY_URI_PREFIX)
+            .map_err(|e| e.to_string())?;
+    let text = |k: &str| {
+        overrides
+            .iter()
+            .find(|(o, _)| *o == k)
+            .map(|(_, v)| (*v).to_owned())
+            .unwrap_or_else(|| sig["covered"][k].as_str().unwrap_or_default().to_owned())
+    };
+    let (method, target, digest, id, client) = (
+        text("@method"),
+        text("@target-uri"),
+        text("content-digest"),
+        text("x-lgsp-message-id"),
+        text("x-lgsp-client"),
+    );
+    lgsp_sign::http::verify(
+        &identity.spki,
+        &identity.id,
+        &lgsp_sign::http::Covered {
+            method: &method,
+            target_uri: &target,
+            content_digest: &digest,
+            message_id: &id,
+            client: &client,
+        },
+        sig["signature_input"].as_str(),
+        sig["signature"].as_str(),
+        sig["created"].as_i64().unwrap_or_default(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
 /// Parses a test config (relative paths resolve in the PKI directory).
 pub fn parse(pki: &TestPki, text: &str) -> lgsp_config::Config {
     lgsp_config::parse(text, "test.toml", pki.dir())
