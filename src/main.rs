@@ -351,6 +351,28 @@ enum KeysCommand {
         #[arg(long, value_enum, default_value_t = Kind::Production)]
         kind: Kind,
     },
+    /// Rotate an agency's API key: a new key (printed once) beside its current ones of the kind, which get a
+    /// `not_after` at the end of the overlap; prints the agency's new `keys`, or writes them into the config with
+    /// --write (comments and layout kept, the result checked as check-config does first).
+    Rotate {
+        /// The gateway.toml holding the agency.
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+        /// The agency's code (mã định danh), e.g. 000.00.00.H29.
+        #[arg(long)]
+        agency: String,
+        #[arg(long, value_enum, default_value_t = Kind::Production)]
+        kind: Kind,
+        /// How long the current keys keep working beside the new one, e.g. 30d, 12h.
+        #[arg(long, default_value = "30d", value_parser = overlap)]
+        overlap: std::time::Duration,
+        /// The new key's label (default: rotated-<date>).
+        #[arg(long)]
+        label: Option<String>,
+        /// Write the config file (atomically, keeping its mode and owner) instead of printing the change.
+        #[arg(long)]
+        write: bool,
+    },
     /// Write a new key and a certificate request for the agency's SIGNING certificate (approvals, Thông tư
     /// 06/2023), to send to the CA the ministry names; the key stays with the agency.
     Csr {
@@ -382,6 +404,29 @@ enum Algorithm {
 enum Kind {
     Trial,
     Production,
+}
+
+impl From<Kind> for lgsp_config::KeyKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Trial => lgsp_config::KeyKind::Trial,
+            Kind::Production => lgsp_config::KeyKind::Production,
+        }
+    }
+}
+
+/// `--overlap`: a duration as the config writes one, or zero ("0", "0s": the current keys end now).
+fn overlap(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    if !digits.is_empty()
+        && digits.chars().all(|c| c == '0')
+        && matches!(unit, "" | "ms" | "s" | "m" | "h" | "d")
+    {
+        return Ok(std::time::Duration::ZERO);
+    }
+    lgsp_config::parse_duration(s)
 }
 
 /// `error: …` on stderr, exit 2: the command line (or a profile) cannot be used.
@@ -451,13 +496,25 @@ fn main() -> ExitCode {
         ),
         Command::Keys {
             command: KeysCommand::New { agency, kind },
-        } => cmd::keys::new(
-            &agency,
-            match kind {
-                Kind::Trial => lgsp_config::KeyKind::Trial,
-                Kind::Production => lgsp_config::KeyKind::Production,
-            },
-        ),
+        } => cmd::keys::new(&agency, kind.into()),
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    config,
+                    agency,
+                    kind,
+                    overlap,
+                    label,
+                    write,
+                },
+        } => cmd::keys::rotate(&cmd::keys::Rotation {
+            config: &config,
+            agency: &agency,
+            kind: kind.into(),
+            overlap,
+            label: label.as_deref(),
+            write,
+        }),
         Command::Sign {
             key,
             cert,

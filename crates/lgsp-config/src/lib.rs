@@ -21,7 +21,7 @@ pub use runtime::{
     HttpConfig, JournalConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
     RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
     SigningConfig, SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol,
-    ValidationConfig, dn_key, valid_subject,
+    ValidationConfig, dn_key, instant, valid_subject,
 };
 
 /// The default config, compiled into the binary so a fresh clone runs with no file.

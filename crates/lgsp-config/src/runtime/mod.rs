@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 pub use admin::{AdminConfig, LogConfig, PkiConfig};
-pub use agency::{AgencyConfig, CertificateMatch, KeyConfig, dn_key};
+pub use agency::{AgencyConfig, CertificateMatch, KeyConfig, dn_key, instant};
 pub use broker::{Broker, valid_subject};
 pub use consumer::{ConsumerConfig, SourceKind};
 pub use emulator::EmulatorConfig;
