@@ -207,3 +207,50 @@ async fn handshakes_behind_a_balancer_are_counted_per_client_not_per_balancer() 
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_balancers_header_is_bounded_in_time_and_size() {
+    use tokio::io::AsyncWriteExt;
+    let pki = TestPki::new();
+    let text = hop_config(
+        &pki,
+        "lgsp",
+        "/lgsp/v1",
+        "127.0.0.1:9".parse().expect("addr"),
+        "/ndxp/v1",
+        &[],
+    )
+    .replacen(
+        "handshake_timeout = \"5s\"",
+        "handshake_timeout = \"1s\"",
+        1,
+    )
+    .replacen(
+        "[hop.upstream_tls]",
+        "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\n\n[hop.upstream_tls]",
+        1,
+    );
+    let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .expect("gateway");
+    let addr = gw.hop_addr("lgsp").expect("hop");
+    // Half a header, then nothing: closed once the handshake's time is up.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let header = proxy_v2("192.0.2.1:40001".parse().expect("client"));
+    slow.write_all(&header[..10]).await.expect("write");
+    // A header announcing 65,535 bytes of addresses: closed without reading them.
+    let mut long = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut big = header[..14].to_vec();
+    big.extend_from_slice(&[0xff, 0xff]);
+    long.write_all(&big).await.expect("write");
+    assert!(closed_within(&mut long, std::time::Duration::from_secs(20)).await);
+    assert!(closed_within(&mut slow, std::time::Duration::from_secs(20)).await);
+    assert_eq!(
+        gw.metrics
+            .connections_closed
+            .with_label_values(&["lgsp", "proxy_protocol"])
+            .get(),
+        2
+    );
+    gw.shutdown().await;
+}
