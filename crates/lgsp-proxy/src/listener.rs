@@ -478,22 +478,20 @@ impl Accepted {
         let current = state.load_full();
         // A load balancer's connection opens with the PROXY protocol header naming the client (within the
         // handshake's deadline); nobody else's is read for one.
+        // One deadline for everything before HTTP: the PROXY header, a balancer's check, the TLS handshake.
+        let deadline = tokio::time::Instant::now() + current.handshake_timeout;
         let mut tcp = tcp;
         let peer = if current.http.proxied(peer.ip()) {
-            let read = tokio::time::timeout(
-                current.handshake_timeout,
-                crate::proxy_protocol::read_header(&mut tcp),
-            )
-            .await;
+            let read =
+                tokio::time::timeout_at(deadline, crate::proxy_protocol::read_header(&mut tcp))
+                    .await;
             match read {
                 Ok(Ok(Some(client))) => client,
                 // The balancer's own connection (LOCAL): its health check, which ends before any TLS, is no
                 // failed handshake; one that goes on to TLS is served as the balancer's.
                 Ok(Ok(None)) => {
                     let mut first = [0u8; 1];
-                    match tokio::time::timeout(current.handshake_timeout, tcp.peek(&mut first))
-                        .await
-                    {
+                    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
                         Ok(Ok(n)) if n > 0 => peer,
                         _ => {
                             metrics
@@ -546,8 +544,7 @@ impl Accepted {
                 .with_label_values(&[&spec.name, reason.as_str()])
                 .inc();
         };
-        let tls = match tokio::time::timeout(current.handshake_timeout, acceptor.accept(tcp)).await
-        {
+        let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let reason = HandshakeFailure::classify(&e);
