@@ -245,9 +245,12 @@ fn format_instant(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// Replaces `path` with `text` at once (a file beside it, renamed over it), keeping its mode and owner.
+/// Replaces `path` with `text` at once (a file beside it, renamed over it), keeping its mode and owner; a symbolic
+/// link (a config under configuration management) stays one, its target replaced.
 fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    let path = std::fs::canonicalize(path)?;
+    let path = path.as_path();
     let meta = std::fs::metadata(path)?;
     let dir = path
         .parent()
@@ -355,6 +358,29 @@ keys = [{ sha256 = "ee", kind = "production" }]
         let e = rotate_text(bad, "000.00.00.H29", &key("x"), end()).unwrap_err();
         assert!(e.contains("`soon` is not a time"), "{e}");
         assert!(rotate_text("not = [toml", "000.00.00.H29", &key("x"), end()).is_err());
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_and_a_link_stays_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let real = dir.path().join("gateway.toml");
+        std::fs::write(&real, "old").expect("write");
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).expect("mode");
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&real, &link).expect("link");
+        replace_file(&link, "new").expect("replaced");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&real).expect("read"), "new");
+        let mode = std::fs::metadata(&real).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        // Nothing left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 2);
     }
 
     #[test]
