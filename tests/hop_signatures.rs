@@ -8,25 +8,14 @@ const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
 
 #[tokio::test]
 async fn each_hop_signs_the_next_verifies_and_the_journal_keeps_the_proof() {
-    let pki = TestPki::new();
-    let emulator = lgsp_proxy::Gateway::start(&parse(&pki, &emulator_config(&pki)))
-        .await
-        .expect("emulator");
-    let emu = emulator.emulator.as_ref().expect("emulator").0;
-    let ndxp_text = hop_config(&pki, "ndxp", "/ndxp/v1", emu, "/cbccvc/v1", &["LGSP-DEV"]);
-    let ndxp = lgsp_proxy::Gateway::start(&parse(&pki, &ndxp_text))
-        .await
-        .expect("ndxp");
-    let lgsp_text = lgsp_config_with(&pki, ndxp.hop_addr("ndxp").expect("ndxp"), "", "");
-    let lgsp = lgsp_proxy::Gateway::start(&parse(&pki, &lgsp_text))
-        .await
-        .expect("lgsp");
+    let chain = Chain::start().await;
+    let (pki, lgsp, ndxp) = (&chain.pki, &chain.lgsp, &chain.ndxp);
 
     let body = sample("valid/HoSoCBCCVC-01-day-du.xml");
-    let a = TestClient::new(&pki, Some(AGENCY_OK), true)
+    let a = TestClient::new(pki, Some(AGENCY_OK), true)
         .send(
             "POST",
-            &hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
+            &hop_url(lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC"),
             &[("x-api-key", KEY_H29), ("content-type", "application/xml")],
             &body,
         )
@@ -44,19 +33,9 @@ async fn each_hop_signs_the_next_verifies_and_the_journal_keeps_the_proof() {
 
     // The NDXP's journal keeps the LGSP's signature with what it covered; checked again later with the LGSP's
     // certificate alone, it still verifies, and proves the LGSP sent this body for this agency.
-    let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
-        url: journal_url_in(&ndxp_text),
-        keep_bodies: std::time::Duration::from_secs(3600),
-        retention: std::time::Duration::from_secs(86_400),
-    })
-    .await
-    .expect("journal");
-    let mut out = Vec::new();
-    journal.export(0, i64::MAX, &mut out).await.expect("export");
-    let record = String::from_utf8(out)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+    let record = journal_records(&chain.ndxp_journal)
+        .await
+        .into_iter()
         .find(|l| l["record"]["kind"] == "accepted")
         .expect("the accepted record");
     let sig = &record["record"]["hop_signature"];
@@ -76,13 +55,13 @@ async fn each_hop_signs_the_next_verifies_and_the_journal_keeps_the_proof() {
     );
 
     // A relay by hand that names a body other than the one it signed: refused at the NDXP, nothing delivered.
-    let url = hop_url(&ndxp, "ndxp", "/ndxp/v1/HoSoCBCCVC");
+    let url = hop_url(ndxp, "ndxp", "/ndxp/v1/HoSoCBCCVC");
     let headers = [("x-lgsp-client", H29), ("content-type", "application/xml")];
-    let signature = peer_signature(&pki, "lgsp-client", "POST", &url, &headers, body.as_bytes());
+    let signature = peer_signature(pki, "lgsp-client", "POST", &url, &headers, body.as_bytes());
     let mut all: Vec<(&str, &str)> = headers.to_vec();
     all.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let other = body.replace("Nguyễn Văn An", "Nguyễn Văn Ân");
-    let a = TestClient::new(&pki, Some("lgsp-client"), true)
+    let a = TestClient::new(pki, Some("lgsp-client"), true)
         .send("POST", &url, &all, &other)
         .await
         .expect("answer");
@@ -95,7 +74,5 @@ async fn each_hop_signs_the_next_verifies_and_the_journal_keeps_the_proof() {
             .get(),
         1
     );
-    lgsp.shutdown().await;
-    ndxp.shutdown().await;
-    emulator.shutdown().await;
+    chain.shutdown().await;
 }

@@ -157,6 +157,7 @@ async fn every_step_passes_then_each_fails_in_turn_with_its_fix() {
         emulator,
         ndxp,
         lgsp,
+        ..
     } = chain;
     emulator.shutdown().await;
     let (step, detail, _) = failure(&probe(&o).await);

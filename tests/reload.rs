@@ -604,25 +604,6 @@ fn file_fingerprint(path: &std::path::Path) -> String {
     out.trim().to_owned()
 }
 
-/// The NDXP journal's `accepted` records, oldest first, as export lines.
-async fn accepted_records(journal_url: String) -> Vec<serde_json::Value> {
-    let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
-        url: journal_url,
-        keep_bodies: std::time::Duration::from_secs(3600),
-        retention: std::time::Duration::from_secs(86_400),
-    })
-    .await
-    .expect("journal");
-    let mut out = Vec::new();
-    journal.export(0, i64::MAX, &mut out).await.expect("export");
-    String::from_utf8(out)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .filter(|l| l["record"]["kind"] == "accepted")
-        .collect()
-}
-
 /// The procedure of README "Rotating keys" for a hop's own certificates: a new key and request (`certs csr`), the
 /// CA's certificate (here openssl with the dev CA), the files replaced and a reload — under continuous load over a
 /// held connection and over new ones, no request fails; new connections get the new server certificate, and the
@@ -632,34 +613,14 @@ async fn the_hops_own_certificates_rotated_under_continuous_load_fail_no_request
     if !tool("openssl") {
         return;
     }
-    let pki = TestPki::new();
-    let dir = pki.dir().to_owned();
-    let emulator = lgsp_proxy::Gateway::start(&parse(&pki, &emulator_config(&pki)))
-        .await
-        .expect("emulator");
-    let emu = emulator.emulator.as_ref().expect("emulator").0;
-    let ndxp_text = hop_config(&pki, "ndxp", "/ndxp/v1", emu, "/cbccvc/v1", &["LGSP-DEV"]);
-    let ndxp = lgsp_proxy::Gateway::start(&parse(&pki, &ndxp_text))
-        .await
-        .expect("ndxp");
-    let text = lgsp_config_with(&pki, ndxp.hop_addr("ndxp").expect("ndxp"), "", "");
-    let text = [
-        "ca.pem",
-        "ca.crl.pem",
-        "lgsp-server.pem",
-        "lgsp-server.key",
-        "lgsp-client.pem",
-        "lgsp-client.key",
-    ]
-    .iter()
-    .fold(text, |t, f| {
-        t.replace(&format!("\"{f}\""), &format!("\"{}/{f}\"", dir.display()))
-    });
-    let path = pki.path("lgsp-reload.toml");
-    std::fs::write(&path, &text).unwrap();
-    let lgsp = lgsp_proxy::Gateway::start_from(&parse(&pki, &text), Some(path.clone()))
-        .await
-        .unwrap();
+    let chain = Chain::start().await;
+    let (pki, dir) = (&chain.pki, chain.pki.dir().to_owned());
+    let ndxp = chain.ndxp.hop_addr("ndxp").unwrap();
+    let (lgsp, _) = lgsp_from_file(
+        &chain,
+        &absolute(&chain, &lgsp_config_with(pki, ndxp, "", "")),
+    )
+    .await;
     let port = lgsp.hop_addr("lgsp").unwrap().port();
     let url = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
 
@@ -679,12 +640,12 @@ async fn the_hops_own_certificates_rotated_under_continuous_load_fail_no_request
 
     // 2. Under load (one held HTTP/2 connection, and a new connection per request): the files replaced, reloaded.
     let held = Load::start(
-        TestClient::new(&pki, Some(AGENCY_OK), true),
+        TestClient::new(pki, Some(AGENCY_OK), true),
         url.clone(),
         || ("x-api-key", KEY_H29.to_owned()),
     );
     let fresh = Load::start(
-        TestClient::fresh_connections(&pki, Some(AGENCY_OK)),
+        TestClient::fresh_connections(pki, Some(AGENCY_OK)),
         url,
         || ("x-api-key", KEY_H29.to_owned()),
     );
@@ -714,7 +675,11 @@ async fn the_hops_own_certificates_rotated_under_continuous_load_fail_no_request
 
     // 3. New connections are served the new certificate; the next hop saw the old key, then the new one.
     assert_eq!(served_fingerprint(&dir, port), file_fingerprint(&new_cert));
-    let records = accepted_records(journal_url_in(&ndxp_text)).await;
+    let records: Vec<_> = journal_records(&chain.ndxp_journal)
+        .await
+        .into_iter()
+        .filter(|r| r["record"]["kind"] == "accepted")
+        .collect();
     let signature = |r: &serde_json::Value| r["record"]["hop_signature"].clone();
     let (first, last) = (
         signature(records.first().expect("records")),
@@ -724,6 +689,5 @@ async fn the_hops_own_certificates_rotated_under_continuous_load_fail_no_request
     assert!(recorded_hop_signature_verifies(&last, &new_cert, &[]).is_ok());
     assert!(recorded_hop_signature_verifies(&last, &old_cert, &[]).is_err());
     lgsp.shutdown().await;
-    ndxp.shutdown().await;
-    emulator.shutdown().await;
+    chain.shutdown().await;
 }

@@ -480,6 +480,12 @@ impl Accepted {
         // handshake's deadline); nobody else's is read for one.
         // One deadline for everything before HTTP: the PROXY header, a balancer's check, the TLS handshake.
         let deadline = tokio::time::Instant::now() + current.handshake_timeout;
+        let closed = |reason: &str| {
+            metrics
+                .connections_closed
+                .with_label_values(&[&spec.name, reason])
+                .inc();
+        };
         let mut tcp = tcp;
         let peer = if current.http.proxied(peer.ip()) {
             let read =
@@ -494,28 +500,19 @@ impl Accepted {
                     match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
                         Ok(Ok(n)) if n > 0 => peer,
                         _ => {
-                            metrics
-                                .connections_closed
-                                .with_label_values(&[&spec.name, "balancer_check"])
-                                .inc();
+                            closed("balancer_check");
                             tracing::debug!(hop = %spec.name, balancer = %peer, "load balancer's check connection ended");
                             return;
                         }
                     }
                 }
                 Ok(Err(e)) => {
-                    metrics
-                        .connections_closed
-                        .with_label_values(&[&spec.name, "proxy_protocol"])
-                        .inc();
+                    closed("proxy_protocol");
                     tracing::warn!(hop = %spec.name, balancer = %peer, error = %e, "connection closed: its PROXY protocol header is refused");
                     return;
                 }
                 Err(_) => {
-                    metrics
-                        .connections_closed
-                        .with_label_values(&[&spec.name, "proxy_protocol"])
-                        .inc();
+                    closed("proxy_protocol");
                     tracing::warn!(hop = %spec.name, balancer = %peer, "connection closed: no PROXY protocol header within {:?}", current.handshake_timeout);
                     return;
                 }
@@ -528,10 +525,7 @@ impl Accepted {
             match handshaking.admit(&peer.ip().to_string(), per_address) {
                 Some(held) => handshake.address = Some(held),
                 None => {
-                    metrics
-                        .connections_closed
-                        .with_label_values(&[&spec.name, "too_many_handshakes"])
-                        .inc();
+                    closed("too_many_handshakes");
                     tracing::warn!(hop = %spec.name, peer = %peer, "connection closed: {per_address} handshakes already in progress (max_handshakes_per_address)");
                     return;
                 }
@@ -581,10 +575,7 @@ impl Accepted {
         let holder = identity.as_ref().map_or("", |i| i.id.as_str()).to_owned();
         let held = holders.admit(&holder, http.max_connections_per_agency);
         let refusal = if held.is_none() {
-            metrics
-                .connections_closed
-                .with_label_values(&[&spec.name, "too_many_agency_connections"])
-                .inc();
+            closed("too_many_agency_connections");
             tracing::warn!(hop = %spec.name, peer = %peer, identity = %holder, cap = http.max_connections_per_agency, "connection refused: its identity holds max_connections_per_agency");
             Some(Arc::new(TooManyConnections {
                 identity: holder.clone(),

@@ -446,6 +446,24 @@ pub fn peer_signature(
     out
 }
 
+/// Every record of the journal at `url`, oldest first, as `journal export` writes them (one JSON object each).
+pub async fn journal_records(url: &str) -> Vec<serde_json::Value> {
+    let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
+        url: url.to_owned(),
+        keep_bodies: std::time::Duration::from_secs(3600),
+        retention: std::time::Duration::from_secs(86_400),
+    })
+    .await
+    .expect("journal");
+    let mut out = Vec::new();
+    journal.export(0, i64::MAX, &mut out).await.expect("export");
+    String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .collect()
+}
+
 /// Verifies again a relaying hop's signature as a journal record keeps it (`record.hop_signature` of an export
 /// line) with the public key and identity of the certificate in `cert_pem` alone; `overrides` replace covered values (to show a
 /// record naming something else fails).
@@ -531,6 +549,8 @@ pub struct Chain {
     pub pki: TestPki,
     pub emulator: Gateway,
     pub ndxp: Gateway,
+    /// The NDXP hop's journal (what it received, with the LGSP's signatures).
+    pub ndxp_journal: String,
     pub lgsp: Gateway,
 }
 
@@ -550,19 +570,17 @@ impl Chain {
             .as_ref()
             .map(|e| e.0)
             .expect("emulator addr");
-        let ndxp = Gateway::start(&parse(
+        let ndxp_text = hop_config(
             &pki,
-            &hop_config(
-                &pki,
-                "ndxp",
-                "/ndxp/v1",
-                emu_addr,
-                "/cbccvc/v1",
-                &["LGSP-DEV"],
-            ),
-        ))
-        .await
-        .expect("ndxp");
+            "ndxp",
+            "/ndxp/v1",
+            emu_addr,
+            "/cbccvc/v1",
+            &["LGSP-DEV"],
+        );
+        let ndxp = Gateway::start(&parse(&pki, &ndxp_text))
+            .await
+            .expect("ndxp");
         let ndxp_addr = ndxp.hop_addr("ndxp").expect("ndxp addr");
         let lgsp = Gateway::start(&parse(
             &pki,
@@ -574,6 +592,7 @@ impl Chain {
             pki,
             emulator,
             ndxp,
+            ndxp_journal: journal_url_in(&ndxp_text),
             lgsp,
         }
     }
