@@ -33,10 +33,9 @@ async fn behind_haproxy_the_hop_sees_the_agencys_address_and_tls_ends_at_the_gat
         },
     )
     .await;
-    let text = hop_config(&pki, "lgsp", "/lgsp/v1", upstream.addr, "/ndxp/v1", &[]).replacen(
-        "[hop.upstream_tls]",
-        "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\n\n[hop.upstream_tls]",
-        1,
+    let text = behind_balancer(
+        &hop_config(&pki, "lgsp", "/lgsp/v1", upstream.addr, "/ndxp/v1", &[]),
+        "",
     );
     let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))
         .await
@@ -158,10 +157,9 @@ async fn handshakes_behind_a_balancer_are_counted_per_client_not_per_balancer() 
             .expect("response")
     })
     .await;
-    let text = hop_config(&pki, "lgsp", "/lgsp/v1", upstream.addr, "/ndxp/v1", &[]).replacen(
-        "[hop.upstream_tls]",
-        "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\nmax_handshakes_per_address = 2\n\n[hop.upstream_tls]",
-        1,
+    let text = behind_balancer(
+        &hop_config(&pki, "lgsp", "/lgsp/v1", upstream.addr, "/ndxp/v1", &[]),
+        "max_handshakes_per_address = 2\n",
     );
     let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))
         .await
@@ -212,22 +210,20 @@ async fn handshakes_behind_a_balancer_are_counted_per_client_not_per_balancer() 
 async fn a_balancers_header_is_bounded_in_time_and_size() {
     use tokio::io::AsyncWriteExt;
     let pki = TestPki::new();
-    let text = hop_config(
-        &pki,
-        "lgsp",
-        "/lgsp/v1",
-        "127.0.0.1:9".parse().expect("addr"),
-        "/ndxp/v1",
-        &[],
+    let text = behind_balancer(
+        &hop_config(
+            &pki,
+            "lgsp",
+            "/lgsp/v1",
+            "127.0.0.1:9".parse().expect("addr"),
+            "/ndxp/v1",
+            &[],
+        ),
+        "",
     )
     .replacen(
         "handshake_timeout = \"5s\"",
         "handshake_timeout = \"1s\"",
-        1,
-    )
-    .replacen(
-        "[hop.upstream_tls]",
-        "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\n\n[hop.upstream_tls]",
         1,
     );
     let gw = lgsp_proxy::Gateway::start(&parse(&pki, &text))

@@ -516,20 +516,13 @@ async fn two_replicas_behind_haproxy_share_limits_and_lose_only_in_flight_reques
     let pki = TestPki::new();
     let (_emu, emu_addr, emu_admin) = emulator(&pki);
     let prefix = unique_name("lgsp:test:replicas:");
-    let text = lgsp_text(&pki, emu_addr, Some(&db.url))
-        .replacen(
-            "[hop.upstream_tls]",
-            "[hop.http]\nproxy_protocol = { from = [\"127.0.0.1/32\"] }\n\n[hop.upstream_tls]",
-            1,
-        )
-        .replacen(
-            "message_type = \"BienDong\"\n",
-            "message_type = \"BienDong\"\nrate = \"1/h\"\nburst = 4\n",
-            1,
-        )
-        + &format!(
-            "\n[ratelimit]\nbackend = \"{redis}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"2s\"\n"
-        );
+    let text = behind_balancer(&lgsp_text(&pki, emu_addr, Some(&db.url)), "").replacen(
+        "message_type = \"BienDong\"\n",
+        "message_type = \"BienDong\"\nrate = \"1/h\"\nburst = 4\n",
+        1,
+    ) + &format!(
+        "\n[ratelimit]\nbackend = \"{redis}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"2s\"\n"
+    );
     let (one, a, a_admin) = gateway(&pki, "replica-1", &text);
     let (_two, b, b_admin) = gateway(&pki, "replica-2", &text);
     let haproxy = Haproxy::start(pki.dir(), &[a, b]);

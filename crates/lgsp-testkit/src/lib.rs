@@ -322,6 +322,18 @@ pub fn hop_config(
     s
 }
 
+/// `text` (a [`hop_config`]) with its hop behind a load balancer at 127.0.0.1 that sends the PROXY protocol, and
+/// `http_extra` (more `[hop.http]` lines, or nothing).
+pub fn behind_balancer(text: &str, http_extra: &str) -> String {
+    text.replacen(
+        "[hop.upstream_tls]",
+        &format!(
+            "[hop.http]\nproxy_protocol = {{ from = [\"127.0.0.1/32\"] }}\n{http_extra}\n[hop.upstream_tls]"
+        ),
+        1,
+    )
+}
+
 /// A file of the sample corpus, e.g. `valid/HoSoCBCCVC-02-toi-thieu.xml`.
 pub fn sample(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
