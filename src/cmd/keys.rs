@@ -261,15 +261,25 @@ fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
         |n| n.to_string_lossy().into_owned(),
     );
     let tmp = dir.join(format!(".{name}.rotate-{}", std::process::id()));
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Owner-only until it has the original's mode; never through a file or link already there (then refused).
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     let written = (|| {
-        std::fs::write(&tmp, text)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
         std::fs::set_permissions(&tmp, meta.permissions())?;
         // Only root can give a file away; anyone else keeps their own (and the group, when they may).
         let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself made durable.
+        std::fs::File::open(dir)?.sync_all()
     })();
-    if written.is_err() {
+    if written.is_err() && tmp.exists() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
@@ -381,6 +391,17 @@ keys = [{ sha256 = "ee", kind = "production" }]
         assert_eq!(mode & 0o777, 0o640);
         // Nothing left beside it.
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 2);
+        // A file already where the new one would be written: refused, that file and the config untouched.
+        let squatter = dir
+            .path()
+            .join(format!(".gateway.toml.rotate-{}", std::process::id()));
+        std::fs::write(&squatter, "someone else's").expect("write");
+        assert!(replace_file(&real, "newer").is_err());
+        assert_eq!(
+            std::fs::read_to_string(&squatter).expect("read"),
+            "someone else's"
+        );
+        assert_eq!(std::fs::read_to_string(&real).expect("read"), "new");
     }
 
     #[test]
