@@ -643,3 +643,122 @@ async fn two_replicas_behind_haproxy_share_limits_and_lose_only_in_flight_reques
     drop(haproxy);
     db.drop_now().await;
 }
+
+/// A rolling restart behind HAProxy whose health checks ask each replica's `/readyz`: each replica in turn gets
+/// SIGTERM — with `[admin] shutdown_delay` it reports not ready and serves on until HAProxy has taken it out —,
+/// exits, and starts again on the same ports. Under load meanwhile no request fails, and every accepted packet
+/// reaches the emulator once. (Without the delay, requests that HAProxy had just passed to the stopping replica
+/// fail as it closes.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_behind_haproxy_fails_no_request() {
+    if !tool("haproxy") {
+        return;
+    }
+    let Some(db) = PgDatabase::create("the rolling restart test").await else {
+        return;
+    };
+    let pki = TestPki::new();
+    let (_emu, emu_addr, emu_admin) = emulator(&pki);
+    let base = behind_balancer(&lgsp_text(&pki, emu_addr, Some(&db.url)), "").replacen(
+        "drain_timeout = \"5s\"\n",
+        "drain_timeout = \"5s\"\nshutdown_delay = \"2s\"\n",
+        1,
+    );
+    // Fixed ports (the admin listener's first, then the hop's), so a replica restarts where HAProxy expects it.
+    let replicas: Vec<(String, SocketAddr, u16)> = (0..2)
+        .map(|_| {
+            let (hop, admin) = (free_port(), free_port());
+            let text = base
+                .replacen(
+                    "listen = \"127.0.0.1:0\"",
+                    &format!("listen = \"127.0.0.1:{admin}\""),
+                    1,
+                )
+                .replacen(
+                    "listen = \"127.0.0.1:0\"",
+                    &format!("listen = \"127.0.0.1:{hop}\""),
+                    1,
+                );
+            (text, ([127, 0, 0, 1], hop).into(), admin)
+        })
+        .collect();
+    let mut running: Vec<Option<Proc>> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, (text, _, _))| Some(gateway(&pki, &format!("replica-{i}"), text).0))
+        .collect();
+    let haproxy = Haproxy::start_with_readyz(
+        pki.dir(),
+        &replicas
+            .iter()
+            .map(|(_, hop, admin)| (*hop, *admin))
+            .collect::<Vec<_>>(),
+    );
+    let lb: SocketAddr = ([127, 0, 0, 1], haproxy.port).into();
+    let admin_of = |i: usize| -> SocketAddr { ([127, 0, 0, 1], replicas[i].2).into() };
+    let serving = |i: usize| async move {
+        requests_on(&admin_get(admin_of(i), "/metrics").await, "HoSoCBCCVC") >= 10.0
+    };
+
+    let go = Arc::new(AtomicBool::new(true));
+    let senders = load_through(&pki, 4, lb, go.clone());
+    for i in 0..2 {
+        eventually("the replica serves", Duration::from_secs(60), || serving(i)).await;
+    }
+    for (i, slot) in running.iter_mut().enumerate() {
+        // Stopped cleanly (SIGTERM: not ready, served on for the delay, drained), then started again.
+        let stopping = slot.take().expect("running");
+        assert!(block(|| stopping.terminate()), "replica {i} did not exit 0");
+        *slot = Some(gateway(&pki, &format!("replica-{i}-again"), &replicas[i].0).0);
+        eventually(
+            "the restarted replica is back in HAProxy's rotation",
+            Duration::from_secs(60),
+            || serving(i),
+        )
+        .await;
+    }
+    go.store(false, Ordering::Release);
+    let mut attempts = Vec::new();
+    for s in senders {
+        attempts.extend(s.await.expect("sender"));
+    }
+    let failed: Vec<String> = attempts
+        .iter()
+        .filter_map(|t| {
+            t.outcome
+                .as_ref()
+                .err()
+                .map(|why| format!("{}: {why}", t.key))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rolling restart: {:?}",
+        failed.len(),
+        attempts.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let accepted: Accepted = attempts
+        .iter()
+        .filter_map(|t| {
+            t.outcome
+                .as_ref()
+                .ok()
+                .map(|id| (t.key.clone(), id.clone()))
+        })
+        .collect();
+    eprintln!(
+        "rolling restart behind HAProxy: {} requests, none failed",
+        attempts.len()
+    );
+    every_accepted_packet_is_at_the_emulator_once(
+        &pki,
+        emu_addr,
+        emu_admin,
+        &accepted,
+        "rolling restart behind HAProxy",
+    )
+    .await;
+    drop(haproxy);
+    db.drop_now().await;
+}

@@ -147,6 +147,8 @@ pub struct FileAdmin {
     pub listen: Spanned<String>,
     /// How long a shutdown waits for in-flight requests.
     pub drain_timeout: Option<Spanned<String>>,
+    /// How long a shutdown reports not ready while still serving, before listeners close.
+    pub shutdown_delay: Option<Spanned<String>>,
     /// A file holding the token `POST /admin/reload` needs (`Authorization: Bearer …`).
     pub token_file: Option<Spanned<String>>,
     /// Names the admin listener answers to besides IP literals and `localhost`.

@@ -493,9 +493,23 @@ impl Gateway {
         self.hops.iter().find(|h| h.name == name).map(|h| h.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), then returns.
+    /// Reports not ready and serves on for `[admin] shutdown_delay` (a load balancer's health check takes the
+    /// replica out meanwhile), then stops accepting, lets in-flight requests finish (up to the drain timeout) and
+    /// returns.
     pub async fn shutdown(self) {
         self.ready.set(false);
+        let delay = self
+            .reloader
+            .inner
+            .config
+            .lock()
+            .map_or(std::time::Duration::ZERO, |c| c.admin.shutdown_delay);
+        if !delay.is_zero() {
+            tracing::info!(
+                "not ready; serving on for {delay:?} (admin.shutdown_delay) before closing the listeners"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;

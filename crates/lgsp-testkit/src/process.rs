@@ -182,20 +182,43 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// Starts it with its config in `dir` and waits until it accepts connections.
+    /// Starts it with its config in `dir` and waits until it accepts connections. Health checks are TCP connects.
     pub fn start(dir: &Path, servers: &[std::net::SocketAddr]) -> Haproxy {
+        let lines: String = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                format!("  server gw{i} {s} send-proxy-v2 check inter 500ms fall 2 rise 2\n")
+            })
+            .collect();
+        Self::launch(dir, "", &lines)
+    }
+
+    /// As [`Haproxy::start`], but each server's health is `GET /readyz` on its admin listener (`(hop address,
+    /// admin port)`): a gateway shutting down with `[admin] shutdown_delay` is taken out before it stops listening.
+    pub fn start_with_readyz(dir: &Path, servers: &[(std::net::SocketAddr, u16)]) -> Haproxy {
+        let lines: String = servers
+            .iter()
+            .enumerate()
+            .map(|(i, (s, admin))| {
+                format!("  server gw{i} {s} send-proxy-v2 check port {admin} inter 200ms fall 2 rise 2\n")
+            })
+            .collect();
+        Self::launch(
+            dir,
+            "  option httpchk\n  http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost\n  http-check expect status 200\n",
+            &lines,
+        )
+    }
+
+    fn launch(dir: &Path, backend_options: &str, servers: &str) -> Haproxy {
         let port = free_port();
-        let mut cfg = format!(
+        let cfg = format!(
             "global\n  maxconn 4096\n\
-defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch 1\n\
+defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout check 1s\n  retries 3\n  option redispatch 1\n\
 frontend agencies\n  bind 127.0.0.1:{port}\n  default_backend gateways\n\
-backend gateways\n  balance roundrobin\n"
+backend gateways\n  balance roundrobin\n{backend_options}{servers}"
         );
-        for (i, s) in servers.iter().enumerate() {
-            cfg.push_str(&format!(
-                "  server gw{i} {s} send-proxy-v2 check inter 500ms fall 2 rise 2\n"
-            ));
-        }
         let path = dir.join(format!("haproxy-{port}.cfg"));
         std::fs::write(&path, cfg).expect("haproxy.cfg");
         let child = Command::new("haproxy")

@@ -13,6 +13,9 @@ use crate::file::{FileAdmin, FileLog, FilePki, LogFormat};
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long `/readyz` answers 503 while every listener still serves (so a load balancer's health
+    /// check takes the replica out) before listeners close and the drain begins; zero when not set.
+    pub shutdown_delay: Duration,
     /// The file holding the admin token; `None`: `POST /admin/reload` is off (SIGHUP reloads).
     pub token_file: Option<ConfigPath>,
     /// Host names the admin listener answers to besides IP literals and `localhost` (lower case).
@@ -42,6 +45,15 @@ pub(super) fn admin(c: &mut Checker<'_>, f: &FileAdmin) -> AdminConfig {
             "admin.drain_timeout",
             defaults::DRAIN_TIMEOUT,
         ),
+        shutdown_delay: match &f.shutdown_delay {
+            Some(v) => c.duration_within(
+                Some(v),
+                "admin.shutdown_delay",
+                Duration::ZERO,
+                &(Duration::from_millis(1)..=Duration::from_secs(600)),
+            ),
+            None => Duration::ZERO,
+        },
         token_file: f.token_file.as_ref().map(|p| c.path(p, "admin.token_file")),
         hosts: f
             .hosts
