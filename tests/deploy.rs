@@ -226,7 +226,7 @@ fn the_systemd_unit_verifies_and_is_rated_ok_or_better() {
 }
 
 #[test]
-fn run_tells_systemd_when_it_is_ready_and_when_it_stops() {
+fn run_tells_systemd_when_it_is_ready_and_when_it_stops_and_takes_signals_once_ready() {
     use std::os::unix::net::UnixDatagram;
     let pki = lgsp_testkit::TestPki::new();
     let dir = pki.dir().to_owned();
@@ -247,6 +247,10 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let mut buf = [0u8; 64];
     let n = socket.recv(&mut buf).expect("READY=1 within 30 s");
     assert_eq!(&buf[..n], b"READY=1");
+    // Once it says ready, a reload (SIGHUP, as `systemctl reload` sends) at once is a reload, not the end of it.
+    let _ = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

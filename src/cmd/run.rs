@@ -45,6 +45,9 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         Err(e) => return super::failed(format!("starting the runtime: {e}")),
     };
     runtime.block_on(async {
+        // Listening for signals before anything says ready: a SIGTERM or SIGHUP right after READY=1 (or the
+        // printed lines) must stop or reload the gateway, not kill it by the signal's default action.
+        let signals = Signals::install();
         let gateway = match Gateway::start_from(&cfg, config.map(Path::to_owned)).await {
             Ok(g) => g,
             Err(e) => return super::failed(e),
@@ -56,7 +59,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         }
         announce(&cfg, &gateway);
         sd_notify("READY=1");
-        wait_for_signal(&gateway.reloader).await;
+        signals.wait(&gateway.reloader).await;
         sd_notify("STOPPING=1");
         tracing::info!("draining in-flight requests");
         gateway.shutdown().await;
@@ -116,34 +119,59 @@ fn announce(cfg: &Config, gateway: &Gateway) {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM; reloads the config on every SIGHUP meanwhile.
-async fn wait_for_signal(reloader: &lgsp_proxy::Reloader) {
+/// The signals `run` answers: SIGTERM and Ctrl-C stop it, SIGHUP reloads.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return,
-                _ = term.recv() => return,
-                _ = hup.recv() => {
-                    let r = reloader.clone();
-                    // The outcome is logged and counted by the reloader itself.
-                    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Registers the handlers (from now on the signals are queued for [`Signals::wait`]).
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "SIGTERM/SIGHUP handlers could not be installed; Ctrl-C only");
+                    None
+                }
+            };
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for Ctrl-C or SIGTERM; reloads the config on every SIGHUP meanwhile.
+    async fn wait(self, reloader: &lgsp_proxy::Reloader) {
+        #[cfg(unix)]
+        {
+            let Some((mut term, mut hup)) = self.unix else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => {
+                        let r = reloader.clone();
+                        // The outcome is logged and counted by the reloader itself.
+                        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                    }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = reloader;
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = reloader;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
