@@ -1,30 +1,46 @@
 //! The message journal. Every packet a hop accepts is appended before it moves on — who sent it, where to, its
-//! SHA-256 and size, its idempotency key — and so is its outcome; the records form a hash chain that
-//! `lgsp-gateway journal verify` walks. The same store holds each message's current state (what agencies read
-//! back to reconcile), the bodies of queued deliveries (the outbox) and the idempotency keys.
+//! SHA-256 and size, its idempotency key — and so is its outcome; the records form hash chains (one per writing
+//! process, linked by anchors) that `lgsp-gateway journal verify` walks. Derived from them, and checked against
+//! them by `verify`: each message's current state (what agencies read back to reconcile), the idempotency keys,
+//! the outbox of deliveries owed. Packets' bodies are kept once each, by SHA-256, until their delivery ends.
 //!
+//! One writer per process owns every write (`writer.rs`); everything else reads through read-only connections.
 //! One code path serves SQLite (the embedded default: a file, WAL, group commit) and PostgreSQL (several replicas
-//! on one database), through sqlx's `Any` driver; the few statements that differ say so. The writer alone runs
-//! SQLite through rusqlite on its own thread (`store.rs` says why), with the same statements.
+//! on one database, each with a chain of its own), through sqlx's `Any` driver for reads; the writer runs SQLite
+//! itself through rusqlite on its own thread (`store.rs` says why), with the same statements.
 #![forbid(unsafe_code)]
 
 /// The columns a [`Message`] is read from, as a literal (statements stay `&'static str`).
 macro_rules! message_columns {
     () => {
         "hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256, body_size, delivery, \
-         request, status, upstream_status, receipt, detail, accepted_us, updated_us, attempts"
+         request, status, upstream_status, receipt, detail, accepted_us, updated_us, attempts, answer_type"
+    };
+}
+
+/// The same columns from `messages m`, with a pending delivery's live attempts and last note from its outbox row.
+macro_rules! joined_message_columns {
+    () => {
+        "m.hop, m.message_id, m.agency, m.route, m.message_type, m.mode, m.idempotency_key, m.body_sha256, \
+         m.body_size, m.delivery, m.request, m.status, m.upstream_status, m.receipt, COALESCE(o.detail, m.detail), \
+         m.accepted_us, m.updated_us, COALESCE(o.attempts, m.attempts), m.answer_type \
+         FROM messages m LEFT JOIN outbox o ON o.hop = m.hop AND o.message_id = m.message_id"
     };
 }
 
 pub mod chain;
+mod disk;
 mod model;
+mod read;
+pub mod record;
 mod schema;
 mod store;
+pub mod time;
+mod verify;
 mod writer;
 
-use std::collections::HashSet;
-use std::io::Write;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -35,10 +51,13 @@ use sqlx::{Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use model::{
-    Accepted, Admission, ApprovalReport, ApprovalSent, Claimed, Delivery, Message, Outcome,
-    ProfileSent, ReportRow, Request, Status,
+    Accepted, Admission, ApprovalReport, ApprovalSent, Claimed, Delivery, Held, Message, Outcome,
+    ProfileSent, Quota, ReportRow, Request, Status,
 };
 pub use schema::Dialect;
+pub use read::RecordRef;
+pub use verify::{Finding, Rebuilt, Verified};
+pub use writer::Quotas;
 
 /// Copies a SQLite journal to `dest` while gateways keep writing it: SQLite's online backup, a few hundred pages at
 /// a time so the writer is never held for long, restarted by SQLite when a write lands mid-copy; the copy is one
@@ -91,15 +110,28 @@ pub fn now_us() -> i64 {
 /// Why the journal could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
-    /// The store cannot be written or read now (disk full, read-only file, database down): fail closed.
+    /// The store cannot be written or read now (database down, read-only file): fail closed.
     #[error("the journal is unavailable: {0}")]
     Unavailable(String),
-    #[error("no message {0} at this hop")]
+    #[error("no message {0} at this hop (or its delivery is another process's now)")]
     UnknownMessage(String),
-    #[error("the journal's chain is broken: {0}")]
-    Broken(#[from] chain::Broken),
+    #[error("the journal does not verify: {0}")]
+    Broken(#[from] Finding),
     #[error("the journal store is not usable: {0}")]
     Open(String),
+    /// The agency holds as much undelivered as its quota allows.
+    #[error("agency {agency} holds {} packets ({} bytes) undelivered; its quota is {} packets, {} bytes", held.packets, held.bytes, quota.packets, quota.bytes)]
+    OverQuota {
+        agency: String,
+        held: Held,
+        quota: Quota,
+    },
+    /// Less free disk than `[journal] min_free_disk`: no new packet is written.
+    #[error("{free} bytes free on the journal's disk, below min_free_disk ({min})")]
+    DiskFull { free: u64, min: u64 },
+    /// A journal opened for reading was asked to write.
+    #[error("this journal was opened for reading only")]
+    ReadOnly,
 }
 
 impl JournalError {
@@ -114,18 +146,55 @@ impl From<store::DbError> for JournalError {
     }
 }
 
-/// The detail of a direct delivery found in progress long after its route's timeout ([`Journal::abandon_stale`]).
-pub const ABANDONED_DETAIL: &str = "the gateway stopped, or could not write its journal, before the upstream's answer was recorded; the upstream may hold the packet: a resend under the same Idempotency-Key delivers it again under the same message id";
+/// The detail of a message found in progress with no process holding its delivery (its consumer stopped, or it
+/// was written by a version without leases), settled as failed by [`Journal::settle_orphans`].
+pub const ORPHAN_DETAIL: &str = "the gateway stopped, or could not write its journal, before the upstream's answer was recorded; the upstream may hold the packet: a resend under the same Idempotency-Key delivers it again under the same message id";
 
-/// Where the journal lives and how long it keeps what.
+/// Where the journal lives, how long it keeps what, and what one agency may hold.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `sqlite://path` (created when missing) or `postgres://…`.
     pub url: String,
-    /// How long a message's body stays after it ends (0: dropped at once; queued bodies stay until then).
+    /// How long a packet's body stays after it arrived (bodies of undelivered packets stay until delivered).
     pub keep_bodies: Duration,
     /// How long records stay (the audit period).
     pub retention: Duration,
+    /// This process's chain (`[A-Za-z0-9._-]`, 1–64): one per replica writing the same database.
+    pub chain: String,
+    pub quotas: Quotas,
+    /// Below this much free disk (SQLite), new packets are refused.
+    pub min_free_disk: u64,
+    /// How often this chain links the others' heads (when there are others).
+    pub anchor_every: Duration,
+}
+
+impl Settings {
+    /// Settings for `url` with the embedded defaults (tests, tools).
+    pub fn new(url: impl Into<String>) -> Settings {
+        Settings {
+            url: url.into(),
+            keep_bodies: Duration::from_secs(30 * 86_400),
+            retention: Duration::from_secs(1825 * 86_400),
+            chain: "main".into(),
+            quotas: Quotas {
+                default: Quota {
+                    packets: 10_000,
+                    bytes: 1 << 30,
+                },
+                agencies: HashMap::new(),
+            },
+            min_free_disk: 0,
+            anchor_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether `name` may name a chain.
+pub fn valid_chain(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// An open journal.
@@ -133,17 +202,19 @@ pub struct Settings {
 pub struct Journal {
     pool: AnyPool,
     dialect: Dialect,
-    writer: mpsc::Sender<writer::Job>,
+    /// `None`: opened for reading.
+    writer: Option<mpsc::Sender<writer::Job>>,
     up: Arc<AtomicBool>,
-    settings: Arc<Settings>,
-    /// Told after every commit that queued a packet.
-    queued: Arc<tokio::sync::Notify>,
+    shared: Arc<writer::Shared>,
+    owner: Arc<str>,
+    chain: Arc<str>,
 }
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal")
             .field("dialect", &self.dialect)
+            .field("chain", &self.chain)
             .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
@@ -175,36 +246,52 @@ fn store_url(url: &str, dialect: Dialect) -> String {
     }
 }
 
-/// What every connection to a SQLite journal runs first: durable at commit (the WAL fsynced before a transaction
-/// is said to be written), and waiting for the write lock rather than failing at once.
-async fn prepare_connection(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
-    if dialect == Dialect::Sqlite {
-        conn.execute("PRAGMA journal_mode = WAL").await?;
-        conn.execute("PRAGMA synchronous = FULL").await?;
-        conn.execute("PRAGMA busy_timeout = 5000").await?;
+/// What every connection to a journal runs first. The connections that migrate put a SQLite file in WAL mode,
+/// durable at commit (the WAL fsynced before a transaction is said to be written); the readers' connections refuse
+/// to write (only the writer writes), on PostgreSQL too.
+async fn prepare_connection(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    read_only: bool,
+) -> Result<(), sqlx::Error> {
+    match (dialect, read_only) {
+        (Dialect::Sqlite, false) => {
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute("PRAGMA synchronous = FULL").await?;
+            conn.execute("PRAGMA busy_timeout = 5000").await?;
+        }
+        (Dialect::Sqlite, true) => {
+            conn.execute("PRAGMA busy_timeout = 5000").await?;
+            conn.execute("PRAGMA query_only = ON").await?;
+        }
+        (Dialect::Postgres, true) => {
+            conn.execute("SET default_transaction_read_only = on").await?;
+        }
+        (Dialect::Postgres, false) => {}
     }
     Ok(())
 }
 
-/// A connection of its own (the writer's), prepared as the pool's are.
+/// A connection of its own (the writer's on PostgreSQL).
 pub(crate) async fn connect_one(url: &str, dialect: Dialect) -> Result<AnyConnection, sqlx::Error> {
     let mut conn = AnyConnection::connect(&store_url(url, dialect)).await?;
-    prepare_connection(&mut conn, dialect).await?;
+    prepare_connection(&mut conn, dialect, false).await?;
     Ok(conn)
 }
 
-/// Connects without migrating.
-async fn connect(url: &str) -> Result<(AnyPool, Dialect), JournalError> {
+/// Connects without migrating: a pool of readers, or (`read_only` false) the connections that migrate.
+async fn connect(url: &str, read_only: bool) -> Result<(AnyPool, Dialect), JournalError> {
     sqlx::any::install_default_drivers();
     let dialect = dialect_of(url)?;
     let url = store_url(url, dialect);
     let options = AnyPoolOptions::new()
-        .max_connections(match dialect {
-            Dialect::Sqlite => 4,
-            Dialect::Postgres => 8,
+        .max_connections(match (dialect, read_only) {
+            (_, false) => 1,
+            (Dialect::Sqlite, true) => 4,
+            (Dialect::Postgres, true) => 8,
         })
         .acquire_timeout(Duration::from_secs(5))
-        .after_connect(move |conn, _| Box::pin(prepare_connection(conn, dialect)));
+        .after_connect(move |conn, _| Box::pin(prepare_connection(conn, dialect, read_only)));
     let pool = options
         .connect(&url)
         .await
@@ -263,10 +350,15 @@ pub async fn inspect(url: &str) -> Result<String, JournalError> {
         return Ok("reachable, empty: the first start applies the migrations".into());
     };
     let latest = schema::MIGRATIONS.last().map_or(0, |m| m.version);
-    let records: i64 = sqlx::query("SELECT seq FROM journal_head WHERE id = 1")
+    let heads = if version < 5 {
+        "SELECT seq AS n FROM journal_head WHERE id = 1"
+    } else {
+        "SELECT COALESCE(SUM(seq - pruned_through), 0) AS n FROM journal_chains"
+    };
+    let records: i64 = sqlx::query(heads)
         .fetch_one(&pool)
         .await
-        .and_then(|r| r.try_get("seq"))
+        .and_then(|r| r.try_get("n"))
         .map_err(|e| JournalError::Open(e.to_string()))?;
     let pending = if version < latest {
         format!("; migrations {}–{latest} are applied at start", version + 1)
@@ -280,18 +372,34 @@ pub async fn inspect(url: &str) -> Result<String, JournalError> {
 
 /// Applies the migrations not yet applied; returns the versions it applied.
 pub async fn migrate(url: &str) -> Result<Vec<i64>, JournalError> {
-    let (pool, dialect) = connect(url).await?;
-    migrate_pool(&pool, dialect).await
+    migrate_through(url, i64::MAX).await
+}
+
+/// Applies the migrations not yet applied up to `version` (tests build a journal of an older version with it).
+#[doc(hidden)]
+pub async fn migrate_through(url: &str, version: i64) -> Result<Vec<i64>, JournalError> {
+    let (pool, dialect) = connect(url, false).await?;
+    let applied = migrate_pool_through(&pool, dialect, version).await;
+    pool.close().await;
+    applied
 }
 
 async fn migrate_pool(pool: &AnyPool, dialect: Dialect) -> Result<Vec<i64>, JournalError> {
+    migrate_pool_through(pool, dialect, i64::MAX).await
+}
+
+async fn migrate_pool_through(
+    pool: &AnyPool,
+    dialect: Dialect,
+    through: i64,
+) -> Result<Vec<i64>, JournalError> {
     let db = |e: sqlx::Error| JournalError::Open(format!("migrating the journal: {e}"));
     sqlx::query(schema::SCHEMA_TABLE)
         .execute(pool)
         .await
         .map_err(db)?;
     let mut applied = Vec::new();
-    for m in schema::MIGRATIONS {
+    for m in schema::MIGRATIONS.iter().filter(|m| m.version <= through) {
         let mut tx = pool.begin().await.map_err(db)?;
         let done: Option<i64> =
             sqlx::query("SELECT version FROM journal_schema WHERE version = $1")
@@ -338,28 +446,90 @@ pub struct Query {
 }
 
 impl Journal {
-    /// Opens (creating and migrating as needed) the journal at `settings.url`, and starts its writer.
+    /// Opens (creating and migrating as needed) the journal at `settings.url`, and starts its writer, which takes
+    /// up at once the deliveries this chain's previous process left under way.
     pub async fn open(settings: Settings) -> Result<Journal, JournalError> {
-        let (pool, dialect) = connect(&settings.url).await?;
-        migrate_pool(&pool, dialect).await?;
-        let keep = writer::Keep {
-            bodies_us: i64::try_from(settings.keep_bodies.as_micros()).unwrap_or(i64::MAX),
+        if !valid_chain(&settings.chain) {
+            return Err(JournalError::Open(format!(
+                "chain `{}` is not 1–64 of A–Z a–z 0–9 . _ -",
+                settings.chain
+            )));
+        }
+        let (migrator, dialect) = connect(&settings.url, false).await?;
+        let migrated = migrate_pool(&migrator, dialect).await;
+        migrator.close().await;
+        migrated?;
+        let (pool, _) = connect(&settings.url, true).await?;
+        let owner = format!(
+            "{}:{}:{:x}",
+            settings.chain,
+            std::process::id(),
+            now_us()
+        );
+        let shared = Arc::new(writer::Shared::default());
+        let config = writer::Config {
+            url: settings.url.clone(),
+            dialect,
+            chain: settings.chain.clone(),
+            owner: owner.clone(),
+            keep_bodies_us: i64::try_from(settings.keep_bodies.as_micros()).unwrap_or(i64::MAX),
+            retention_us: i64::try_from(settings.retention.as_micros()).unwrap_or(i64::MAX),
+            quotas: settings.quotas.clone(),
+            min_free_disk: settings.min_free_disk,
+            anchor_every: settings.anchor_every,
+            disk_dir: (dialect == Dialect::Sqlite).then(|| sqlite_dir(&settings.url)),
         };
-        let queued = Arc::new(tokio::sync::Notify::new());
-        let writer = writer::spawn(settings.url.clone(), dialect, keep, queued.clone())?;
+        let writer = writer::spawn(config, shared.clone()).await?;
         Ok(Journal {
             pool,
             dialect,
-            writer,
+            writer: Some(writer),
             up: Arc::new(AtomicBool::new(true)),
-            settings: Arc::new(settings),
-            queued,
+            shared,
+            owner: Arc::from(owner),
+            chain: Arc::from(settings.chain.as_str()),
         })
     }
 
-    /// Notified after each commit that put a packet in the outbox (of this process; other replicas poll).
+    /// Opens a journal for reading only (the operator's `verify`, `export`, `report` beside a running gateway):
+    /// no writer, so nothing of the running gateway's is touched; writing is refused.
+    pub async fn open_reader(url: &str) -> Result<Journal, JournalError> {
+        let (pool, dialect) = connect(url, true).await?;
+        let version: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM journal_schema")
+            .fetch_one(&pool)
+            .await
+            .and_then(|r| r.try_get("v"))
+            .map_err(|e| JournalError::Open(format!("{url}: not a journal ({e})")))?;
+        let latest = schema::MIGRATIONS.last().map_or(0, |m| m.version);
+        if version != Some(latest) {
+            return Err(JournalError::Open(format!(
+                "{url}: schema version {version:?}, this gateway reads {latest}: run `lgsp-gateway journal migrate` (or start the gateway) first"
+            )));
+        }
+        Ok(Journal {
+            pool,
+            dialect,
+            writer: None,
+            up: Arc::new(AtomicBool::new(true)),
+            shared: Arc::new(writer::Shared::default()),
+            owner: Arc::from(""),
+            chain: Arc::from(""),
+        })
+    }
+
+    /// This process's lease owner name (`<chain>:<pid>:<start>`): what outcomes of deliveries it holds carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    /// Notified after each commit that put a packet in the outbox for a claim (of this process; other replicas
+    /// poll).
     pub fn queued(&self) -> &tokio::sync::Notify {
-        &self.queued
+        &self.shared.queued
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -371,620 +541,203 @@ impl Journal {
         self.up.load(Ordering::Acquire)
     }
 
+    /// What each agency holds undelivered, as the writer last counted it.
+    pub fn held(&self) -> HashMap<String, Held> {
+        self.shared
+            .held
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
+    /// The queued packets of `hop` this process leases as their acceptance commits, with their bytes (the
+    /// delivery workers' first source; the rest they claim). One receiver per hop; a new one replaces the old.
+    pub fn handoff(&self, hop: &str) -> Handoff {
+        let (tx, rx) = mpsc::channel(1024);
+        if let Ok(mut h) = self.shared.handoffs.lock() {
+            h.insert(hop.to_owned(), tx);
+        }
+        Handoff {
+            rx,
+            shared: self.shared.clone(),
+        }
+    }
+
     fn mark<T>(&self, r: Result<T, JournalError>) -> Result<T, JournalError> {
         match &r {
-            Ok(_) => self.up.store(true, Ordering::Release),
             Err(JournalError::Unavailable(e)) => {
                 if self.up.swap(false, Ordering::AcqRel) {
                     tracing::error!(error = %e, "the journal cannot be written; packet routes answer 503 until it can");
                 }
+            }
+            Err(JournalError::UnknownMessage(_) | JournalError::OverQuota { .. }) | Ok(_) => {
+                self.up.store(true, Ordering::Release)
             }
             Err(_) => {}
         }
         r
     }
 
-    /// Checks that the journal can be written now (a transaction that takes the chain's head and commits).
+    /// Hands a job to the writer and waits for its commit.
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> writer::Job,
+    ) -> Result<T, JournalError> {
+        let Some(writer) = &self.writer else {
+            return Err(JournalError::ReadOnly);
+        };
+        let (tx, rx) = oneshot::channel();
+        let stopped = || JournalError::Unavailable("the journal writer stopped".into());
+        let r = match writer.send(job(tx)).await {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(stopped())),
+            Err(_) => Err(stopped()),
+        };
+        self.mark(r)
+    }
+
+    /// Checks that the journal can be written now (a transaction that takes this chain's head and commits).
     pub async fn ping(&self) -> Result<(), JournalError> {
-        let r = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("UPDATE journal_head SET seq = seq WHERE id = 1")
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        }
-        .await
-        .map_err(|e| JournalError::from_db(&e));
-        self.mark(r)
+        self.ask(writer::Job::Ping).await
     }
 
-    /// Appends an accepted packet (durably, before it is forwarded).
+    /// Appends an accepted packet (durably, before it is forwarded); its body, when given, is kept until its
+    /// delivery ends. Over the agency's quota: [`JournalError::OverQuota`]; too little disk:
+    /// [`JournalError::DiskFull`].
     pub async fn accept(&self, a: Accepted) -> Result<Admission, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.writer.send(writer::Job::Accept(Box::new(a), tx)).await;
-        let r = match sent {
-            Ok(()) => rx.await.unwrap_or_else(|_| {
-                Err(JournalError::Unavailable(
-                    "the journal writer stopped".into(),
-                ))
-            }),
-            Err(_) => Err(JournalError::Unavailable(
-                "the journal writer stopped".into(),
-            )),
-        };
-        self.mark(r)
+        self.ask(|tx| writer::Job::Accept(Box::new(a), tx)).await
     }
 
-    /// Appends how a delivery ended.
+    /// Appends how a delivery ended, and waits for the commit.
     pub async fn finish(&self, o: Outcome) -> Result<(), JournalError> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.writer.send(writer::Job::Finish(Box::new(o), tx)).await;
-        let r = match sent {
-            Ok(()) => rx.await.unwrap_or_else(|_| {
-                Err(JournalError::Unavailable(
-                    "the journal writer stopped".into(),
-                ))
-            }),
-            Err(_) => Err(JournalError::Unavailable(
-                "the journal writer stopped".into(),
-            )),
-        };
-        self.mark(r)
-    }
-
-    /// Direct deliveries at `hop` still in progress though untouched since `before_us` — their gateway stopped, or
-    /// could not write, before the upstream's answer was recorded — marked failed, so that a resend under the same
-    /// Idempotency-Key is delivered again (under the first message id, which the upstream takes as the same
-    /// delivery) instead of being told for ever that it is in progress. Each gets its outcome record; one that
-    /// ended meanwhile is left as it ended. Returns the message ids marked.
-    pub async fn abandon_stale(
-        &self,
-        hop: &str,
-        before_us: i64,
-    ) -> Result<Vec<String>, JournalError> {
-        let rows = sqlx::query(
-            "SELECT message_id FROM messages
-             WHERE hop = $1 AND status = 'in_progress' AND delivery = 'direct' AND updated_us < $2
-             ORDER BY updated_us LIMIT 1000",
-        )
-        .bind(hop.to_owned())
-        .bind(before_us)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| JournalError::from_db(&e))?;
-        let mut marked = Vec::new();
-        for row in rows {
-            let id: String = row
-                .try_get("message_id")
-                .map_err(|e| JournalError::from_db(&e))?;
-            let outcome = Outcome {
-                hop: hop.to_owned(),
-                message_id: id.clone(),
-                status: Status::Failed,
-                upstream_status: None,
-                receipt: None,
-                detail: Some(ABANDONED_DETAIL.into()),
-                owner: Some(writer::ABANDONED.into()),
-            };
-            match self.finish(outcome).await {
-                Ok(()) => marked.push(id),
-                Err(JournalError::UnknownMessage(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(marked)
-    }
-
-    /// A message of `agency` at `hop` (another agency's is not found).
-    pub async fn message(
-        &self,
-        hop: &str,
-        agency: &str,
-        message_id: &str,
-    ) -> Result<Option<Message>, JournalError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE hop = $1 AND message_id = $2 AND agency = $3"
-        ))
-        .bind(hop.to_owned())
-        .bind(message_id.to_owned())
-        .bind(agency.to_owned())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| JournalError::from_db(&e))?;
-        Ok(row.map(|r| Message::from_row(&r)).transpose()?)
-    }
-
-    /// The profile packets (HoSoCBCCVC) an agency sent through `hop` for these SoCCCDs before `before_us`, oldest
-    /// first; rejected, failed and expired ones left out (they did not arrive). Looked up by subject, so the work
-    /// is bounded by the approval that asks, not by the agency's size.
-    pub async fn profiles(
-        &self,
-        hop: &str,
-        agency: &str,
-        subjects: &[String],
-        before_us: i64,
-    ) -> Result<Vec<ProfileSent>, JournalError> {
-        let mut out = Vec::new();
-        for chunk in subjects.chunks(500) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
-            let sql = format!(
-                "SELECT subject, body_sha256, message_id, accepted_us FROM messages
-                 WHERE hop = $1 AND agency = $2 AND accepted_us < $3 AND message_type = 'HoSoCBCCVC'
-                   AND status NOT IN ('rejected', 'failed', 'expired') AND subject IN ({})
-                 ORDER BY accepted_us, message_id",
-                list.join(", ")
-            );
-            // Only placeholders are formatted in; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(hop.to_owned())
-                .bind(agency.to_owned())
-                .bind(before_us);
-            for s in chunk {
-                q = q.bind(s.clone());
-            }
-            let rows = q
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| JournalError::from_db(&e))?;
-            for r in &rows {
-                let get = |c: &str| -> Result<String, JournalError> {
-                    r.try_get::<String, _>(c)
-                        .map_err(|e| JournalError::from_db(&e))
-                };
-                out.push(ProfileSent {
-                    hop: hop.to_owned(),
-                    agency: agency.to_owned(),
-                    subject: get("subject")?,
-                    sha256: get("body_sha256")?,
-                    message_id: get("message_id")?,
-                    accepted_us: r
-                        .try_get::<i64, _>("accepted_us")
-                        .map_err(|e| JournalError::from_db(&e))?,
-                });
-            }
-        }
-        out.sort_by(|a, b| (a.accepted_us, &a.message_id).cmp(&(b.accepted_us, &b.message_id)));
-        Ok(out)
-    }
-
-    /// Per hop and agency: the approvals of `month` (`YYYY-MM`) that arrived from `from_us` on, and the profiles
-    /// accepted within `[from_us, to_us)` — each SoCCCD's last — that none of them lists.
-    pub async fn approval_report(
-        &self,
-        month: &str,
-        from_us: i64,
-        to_us: i64,
-    ) -> Result<Vec<ApprovalReport>, JournalError> {
-        let db = |e: sqlx::Error| JournalError::from_db(&e);
-        let approvals = sqlx::query(
-            "SELECT hop, agency, message_id, approval FROM messages
-             WHERE message_type = 'PheDuyetDuLieu' AND approval IS NOT NULL AND accepted_us >= $1
-               AND status NOT IN ('rejected', 'failed', 'expired')
-             ORDER BY accepted_us, message_id",
-        )
-        .bind(from_us)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        let mut out: std::collections::BTreeMap<(String, String), ApprovalReport> =
-            std::collections::BTreeMap::new();
-        let mut approved: HashSet<(String, String, String, String)> = HashSet::new();
-        for r in &approvals {
-            let (hop, agency, message_id, text): (String, String, String, String) = (
-                r.try_get("hop").map_err(db)?,
-                r.try_get("agency").map_err(db)?,
-                r.try_get("message_id").map_err(db)?,
-                r.try_get("approval").map_err(db)?,
-            );
-            let Ok(approval) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            if approval["month"] != month {
-                continue;
-            }
-            for p in approval["profiles"].as_array().into_iter().flatten() {
-                approved.insert((
-                    hop.clone(),
-                    agency.clone(),
-                    p["SoCCCD"].as_str().unwrap_or_default().to_owned(),
-                    p["BamSHA256"].as_str().unwrap_or_default().to_owned(),
-                ));
-            }
-            out.entry((hop.clone(), agency.clone()))
-                .or_insert_with(|| ApprovalReport {
-                    hop: hop.clone(),
-                    agency: agency.clone(),
-                    approvals: Vec::new(),
-                    unapproved: Vec::new(),
-                })
-                .approvals
-                .push(ApprovalSent {
-                    hop,
-                    agency,
-                    message_id,
-                    approval,
-                });
-        }
-        let profiles = sqlx::query(
-            "SELECT hop, agency, subject, body_sha256, message_id, accepted_us FROM messages
-             WHERE message_type = 'HoSoCBCCVC' AND subject IS NOT NULL AND accepted_us >= $1 AND accepted_us < $2
-               AND status NOT IN ('rejected', 'failed', 'expired')
-             ORDER BY accepted_us, message_id",
-        )
-        .bind(from_us)
-        .bind(to_us)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        // Each subject's last profile of the month at each hop and agency.
-        let mut last: std::collections::BTreeMap<(String, String, String), ProfileSent> =
-            std::collections::BTreeMap::new();
-        for r in &profiles {
-            let p = ProfileSent {
-                hop: r.try_get("hop").map_err(db)?,
-                agency: r.try_get("agency").map_err(db)?,
-                subject: r.try_get("subject").map_err(db)?,
-                sha256: r.try_get("body_sha256").map_err(db)?,
-                message_id: r.try_get("message_id").map_err(db)?,
-                accepted_us: r.try_get("accepted_us").map_err(db)?,
-            };
-            last.insert((p.hop.clone(), p.agency.clone(), p.subject.clone()), p);
-        }
-        for ((hop, agency, subject), p) in last {
-            if approved.contains(&(hop.clone(), agency.clone(), subject, p.sha256.clone())) {
-                continue;
-            }
-            out.entry((hop.clone(), agency.clone()))
-                .or_insert_with(|| ApprovalReport {
-                    hop,
-                    agency,
-                    approvals: Vec::new(),
-                    unapproved: Vec::new(),
-                })
-                .unapproved
-                .push(p);
-        }
-        Ok(out.into_values().collect())
-    }
-
-    /// A page of an agency's messages, oldest first.
-    pub async fn messages(&self, q: &Query) -> Result<Vec<Message>, JournalError> {
-        let (after_us, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages
-             WHERE hop = $1 AND agency = $2 AND accepted_us >= $3 AND accepted_us < $4
-               AND ($5 = '' OR status = $5)
-               AND (accepted_us > $6 OR (accepted_us = $6 AND message_id > $7))
-             ORDER BY accepted_us, message_id LIMIT $8"
-        ))
-        .bind(q.hop.clone())
-        .bind(q.agency.clone())
-        .bind(q.from_us.unwrap_or(i64::MIN))
-        .bind(q.to_us.unwrap_or(i64::MAX))
-        .bind(q.status.map_or("", Status::as_str))
-        .bind(after_us)
-        .bind(after_id)
-        .bind(i64::from(q.limit.clamp(1, 1000)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| JournalError::from_db(&e))?;
-        Ok(rows
-            .iter()
-            .map(Message::from_row)
-            .collect::<Result<_, _>>()?)
-    }
-
-    /// Walks the whole chain in order, from the first record the retention kept to the head; the number of records
-    /// checked, or the first broken one.
-    pub async fn verify(&self) -> Result<u64, JournalError> {
-        let db = |e: sqlx::Error| JournalError::from_db(&e);
-        let head = sqlx::query("SELECT seq, hash, pruned_through FROM journal_head WHERE id = 1")
-            .fetch_one(&self.pool)
+        self.ask(|tx| writer::Job::Finish(Box::new(o), Some(tx)))
             .await
-            .map_err(db)?;
-        let head_seq: i64 = head.try_get("seq").map_err(db)?;
-        let head_hash: String = head.try_get("hash").map_err(db)?;
-        let pruned: i64 = head.try_get("pruned_through").map_err(db)?;
-        let mut v: Option<chain::Verifier> = None;
-        let mut after = 0i64;
-        loop {
-            let rows = sqlx::query(
-                "SELECT seq, content, prev_hash, hash FROM journal_records WHERE seq > $1 ORDER BY seq LIMIT 1000",
-            )
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| JournalError::from_db(&e))?;
-            if rows.is_empty() {
-                let v = v.unwrap_or_else(|| chain::Verifier::starting_at(pruned + 1, ""));
-                v.end(head_seq, &head_hash)?;
-                return Ok(v.checked);
-            }
-            for r in &rows {
-                let seq: i64 = r.try_get("seq").map_err(|e| JournalError::from_db(&e))?;
-                let content: String = r
-                    .try_get("content")
-                    .map_err(|e| JournalError::from_db(&e))?;
-                let prev: String = r
-                    .try_get("prev_hash")
-                    .map_err(|e| JournalError::from_db(&e))?;
-                let hash: String = r.try_get("hash").map_err(|e| JournalError::from_db(&e))?;
-                // Records older than the retention were pruned: the chain starts right after them, linked to the
-                // last pruned one (or to the genesis); a record missing before it is a gap.
-                let verifier = v.get_or_insert_with(|| {
-                    if pruned == 0 {
-                        chain::Verifier::default()
-                    } else {
-                        chain::Verifier::starting_at(pruned + 1, &prev)
-                    }
-                });
-                verifier.next(seq, &prev, &content, &hash)?;
-                after = seq;
-            }
-        }
     }
 
-    /// Writes the records between `from_us` and `to_us` as JSON lines (seq, hashes, content).
-    pub async fn export(
-        &self,
-        from_us: i64,
-        to_us: i64,
-        out: &mut dyn Write,
-    ) -> Result<u64, JournalError> {
-        self.each_record(from_us, to_us, &mut |seq, prev_hash, hash, content| {
-            let record: serde_json::Value =
-                serde_json::from_str(content).unwrap_or(serde_json::Value::Null);
-            let line = serde_json::json!({
-                "seq": seq,
-                "prev_hash": prev_hash,
-                "hash": hash,
-                "record": record,
+    /// Appends how a delivery ended without waiting for the commit: the writer keeps the outcome until it is
+    /// written, through an outage of the store. (A crash before that leaves the delivery leased; the next start
+    /// takes it up again, and the next hop knows it by its message id.)
+    pub fn finish_later(&self, o: Outcome) {
+        if let Some(writer) = &self.writer
+            && let Err(e) = writer.try_send(writer::Job::Finish(Box::new(o), None))
+        {
+            // The writer's queue is full (or it stopped): wait for room on a task of its own.
+            let writer = writer.clone();
+            let job = e.into_inner();
+            tokio::spawn(async move {
+                let _ = writer.send(job).await;
             });
-            writeln!(out, "{line}")
+        }
+    }
+
+    /// Leases up to `limit` due deliveries of `hop` to this process for `lease`: queued packets due, retries fallen
+    /// due, and deliveries whose lease ended with the process that held it.
+    pub async fn claim(
+        &self,
+        hop: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, JournalError> {
+        let lease_us = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+        self.ask(|reply| writer::Job::Claim {
+            hop: hop.to_owned(),
+            lease_us,
+            limit,
+            reply,
         })
         .await
     }
 
-    /// Hands each record between `from_us` and `to_us` to `f` in order — `(seq, prev_hash, hash, content)`, the
-    /// content as the text its hash covers —, a page of 1000 at a time; the number of records.
-    pub async fn each_record(
-        &self,
-        from_us: i64,
-        to_us: i64,
-        f: &mut dyn FnMut(i64, &str, &str, &str) -> std::io::Result<()>,
-    ) -> Result<u64, JournalError> {
-        let mut after = 0i64;
-        let mut n = 0u64;
-        loop {
-            let rows = sqlx::query(
-                "SELECT seq, at_us, content, prev_hash, hash FROM journal_records
-                 WHERE seq > $1 AND at_us >= $2 AND at_us < $3 ORDER BY seq LIMIT 1000",
-            )
-            .bind(after)
-            .bind(from_us)
-            .bind(to_us)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| JournalError::from_db(&e))?;
-            if rows.is_empty() {
-                return Ok(n);
-            }
-            for r in &rows {
-                let get = |c: &str| {
-                    r.try_get::<String, _>(c)
-                        .map_err(|e| JournalError::from_db(&e))
-                };
-                let seq: i64 = r.try_get("seq").map_err(|e| JournalError::from_db(&e))?;
-                f(seq, &get("prev_hash")?, &get("hash")?, &get("content")?)
-                    .map_err(|e| JournalError::Unavailable(format!("writing the export: {e}")))?;
-                after = seq;
-                n += 1;
-            }
-        }
-    }
-
-    /// Per hop, agency and message type, the messages accepted between `from_us` and `to_us` and where they stand.
-    pub async fn report(&self, from_us: i64, to_us: i64) -> Result<Vec<ReportRow>, JournalError> {
-        let rows = sqlx::query(
-            "SELECT hop, agency, COALESCE(message_type, route) AS message_type, status, COUNT(*) AS n FROM messages
-             WHERE accepted_us >= $1 AND accepted_us < $2
-             GROUP BY hop, agency, COALESCE(message_type, route), status
-             ORDER BY hop, agency, message_type",
-        )
-        .bind(from_us)
-        .bind(to_us)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| JournalError::from_db(&e))?;
-        let mut out: Vec<ReportRow> = Vec::new();
-        for r in &rows {
-            let hop: String = r.try_get("hop").map_err(|e| JournalError::from_db(&e))?;
-            let agency: String = r.try_get("agency").map_err(|e| JournalError::from_db(&e))?;
-            let message_type: String = r
-                .try_get("message_type")
-                .map_err(|e| JournalError::from_db(&e))?;
-            let status: String = r.try_get("status").map_err(|e| JournalError::from_db(&e))?;
-            let n = u64::try_from(
-                r.try_get::<i64, _>("n")
-                    .map_err(|e| JournalError::from_db(&e))?,
-            )
-            .unwrap_or(0);
-            if out.last().is_none_or(|l| {
-                l.hop != hop || l.agency != agency || l.message_type != message_type
-            }) {
-                out.push(ReportRow {
-                    hop,
-                    agency,
-                    message_type,
-                    ..ReportRow::default()
-                });
-            }
-            if let Some(row) = out.last_mut() {
-                row.received += n;
-                match Status::parse(&status) {
-                    Some(Status::Delivered) => row.delivered += n,
-                    Some(Status::Rejected) => row.rejected += n,
-                    Some(s) if s.pending() => row.pending += n,
-                    _ => row.failed += n,
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Claims up to `limit` queued deliveries of `hop` that are due, leasing them to `owner` for `lease`: another
-    /// replica takes them back when the lease ends unfinished (a crashed worker's).
-    pub async fn claim(
-        &self,
-        hop: &str,
-        owner: &str,
-        lease: Duration,
-        limit: u32,
-    ) -> Result<Vec<Claimed>, JournalError> {
-        let now = now_us();
-        let until = now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
-        macro_rules! claim {
-            ($lock:literal) => {
-                concat!(
-                    "UPDATE messages SET lease_owner = $1, lease_until_us = $2, attempts = attempts + 1
-                     WHERE (hop, message_id) IN (
-                         SELECT hop, message_id FROM messages
-                         WHERE hop = $3 AND status = 'queued' AND next_attempt_us <= $4
-                           AND (lease_until_us IS NULL OR lease_until_us < $4)
-                         ORDER BY next_attempt_us LIMIT $5 ",
-                    $lock,
-                    ") RETURNING ",
-                    message_columns!(),
-                    ", body"
-                )
-            };
-        }
-        // Replicas on one PostgreSQL skip each other's rows; SQLite has one writer at a time.
-        let sql = match self.dialect {
-            Dialect::Postgres => claim!("FOR UPDATE SKIP LOCKED"),
-            Dialect::Sqlite => claim!(""),
-        };
-        let rows = sqlx::query(sql)
-            .bind(owner.to_owned())
-            .bind(until)
-            .bind(hop.to_owned())
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await;
-        let rows = self.mark(rows.map_err(|e| JournalError::from_db(&e)))?;
-        rows.iter()
-            .map(|r| {
-                Ok(Claimed {
-                    message: Message::from_row(r)?,
-                    body: r
-                        .try_get::<Option<Vec<u8>>, _>("body")
-                        .map_err(|e| JournalError::from_db(&e))?
-                        .unwrap_or_default(),
-                })
-            })
-            .collect()
-    }
-
-    /// A claimed delivery that must wait: due again at `at_us`, its lease released.
+    /// A delivery this process leased that must wait: due again at `at_us`, its lease released, its note kept.
     pub async fn retry_at(
         &self,
         hop: &str,
         message_id: &str,
-        owner: &str,
         at_us: i64,
         detail: &str,
     ) -> Result<(), JournalError> {
-        let r = sqlx::query(
-            "UPDATE messages SET next_attempt_us = $1, lease_owner = NULL, lease_until_us = NULL, detail = $2,
-                 updated_us = $3
-             WHERE hop = $4 AND message_id = $5 AND lease_owner = $6 AND status = 'queued'",
-        )
-        .bind(at_us)
-        .bind(detail.to_owned())
-        .bind(now_us())
-        .bind(hop.to_owned())
-        .bind(message_id.to_owned())
-        .bind(owner.to_owned())
-        .execute(&self.pool)
+        self.ask(|reply| writer::Job::Retry {
+            hop: hop.to_owned(),
+            message_id: message_id.to_owned(),
+            at_us,
+            detail: detail.to_owned(),
+            reply,
+        })
         .await
-        .map(|_| ())
-        .map_err(|e| JournalError::from_db(&e));
-        self.mark(r)
     }
 
-    /// The outbox of `hop`: queued messages, and the age of the oldest (seconds).
-    pub async fn outbox(&self, hop: &str) -> Result<(u64, f64), JournalError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, MIN(accepted_us) AS oldest FROM messages WHERE hop = $1 AND status = 'queued'",
-        )
-        .bind(hop.to_owned())
-        .fetch_one(&self.pool)
+    /// Messages left in progress with no process holding their delivery (a broker's packet whose consumer stopped,
+    /// or one journalled by a version without leases), untouched since `before_us`: marked failed, so a resend
+    /// under the same Idempotency-Key goes through again. The message ids marked.
+    pub async fn settle_orphans(&self, before_us: i64) -> Result<Vec<String>, JournalError> {
+        self.ask(|reply| writer::Job::Settle {
+            before_us,
+            detail: ORPHAN_DETAIL.to_owned(),
+            reply,
+        })
         .await
-        .map_err(|e| JournalError::from_db(&e))?;
-        let n: i64 = row.try_get("n").map_err(|e| JournalError::from_db(&e))?;
-        let oldest: Option<i64> = row
-            .try_get("oldest")
-            .map_err(|e| JournalError::from_db(&e))?;
-        let age = oldest.map_or(0.0, |o| (now_us().saturating_sub(o)).max(0) as f64 / 1e6);
-        Ok((u64::try_from(n).unwrap_or(0), age))
     }
 
-    /// Drops records older than the retention (from the start of the chain, the head remembering how far) and
-    /// bodies past their keeping time; returns (records, bodies).
+    /// Drops records older than the retention (a few thousand at a time, from the start of this chain and of chains
+    /// whose writer stopped long ago) and the ended messages they started; returns (records, messages). Call again
+    /// while it prunes a full batch.
     pub async fn prune(&self) -> Result<(u64, u64), JournalError> {
-        let now = now_us();
-        let cutoff = now
-            .saturating_sub(i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX));
-        let records = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("UPDATE journal_head SET seq = seq WHERE id = 1")
-                .execute(&mut *tx)
-                .await?;
-            let through: Option<i64> =
-                sqlx::query("SELECT MAX(seq) AS s FROM journal_records WHERE at_us < $1")
-                    .bind(cutoff)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("s")?;
-            let Some(through) = through else {
-                return Ok::<u64, sqlx::Error>(0);
-            };
-            let n = sqlx::query("DELETE FROM journal_records WHERE seq <= $1")
-                .bind(through)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            sqlx::query("UPDATE journal_head SET pruned_through = $1 WHERE id = 1")
-                .bind(through)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(n)
-        }
-        .await
-        .map_err(|e| JournalError::from_db(&e))?;
-        let bodies = sqlx::query(
-            "UPDATE messages SET body = NULL WHERE body IS NOT NULL AND status <> 'queued' AND status <> 'in_progress'
-               AND body_until_us < $1",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| JournalError::from_db(&e))?
-        .rows_affected();
-        // Keys are kept as long as the records: a message's row goes with them once it has ended.
-        sqlx::query(
-            "DELETE FROM messages WHERE accepted_us < $1 AND status <> 'queued' AND status <> 'in_progress'",
-        )
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| JournalError::from_db(&e))?;
-        Ok((records, bodies))
+        self.ask(writer::Job::Prune).await
     }
+
+    /// How many records one [`Journal::prune`] removes at most, per chain.
+    pub const PRUNE_BATCH: u64 = writer::PRUNE_BATCH as u64;
+
+    /// Deletes bodies kept longer than `keep_bodies` that no pending delivery needs (a few hundred at a time; the
+    /// writer also does it every few seconds); the number deleted.
+    pub async fn sweep_bodies(&self) -> Result<u64, JournalError> {
+        self.ask(writer::Job::Sweep).await
+    }
+
+    /// Writes the derived tables anew from the chains (`journal rebuild-index`).
+    pub async fn rebuild_index(&self) -> Result<Rebuilt, JournalError> {
+        self.ask(writer::Job::Rebuild).await
+    }
+
+    /// Walks every chain and checks everything derived from them; what was checked, or the first disagreement
+    /// ([`JournalError::Broken`]).
+    pub async fn verify(&self) -> Result<Verified, JournalError> {
+        verify::verify(&self.pool).await
+    }
+}
+
+/// The queued packets of one hop handed to this process's delivery workers as their acceptance commits.
+pub struct Handoff {
+    rx: mpsc::Receiver<Claimed>,
+    shared: Arc<writer::Shared>,
+}
+
+impl Handoff {
+    /// The next packet handed over; `None` once the journal is gone.
+    pub async fn recv(&mut self) -> Option<Claimed> {
+        let c = self.rx.recv().await?;
+        self.taken(&c);
+        Some(c)
+    }
+
+    /// A packet handed over already, if any.
+    pub fn try_recv(&mut self) -> Option<Claimed> {
+        let c = self.rx.try_recv().ok()?;
+        self.taken(&c);
+        Some(c)
+    }
+
+    fn taken(&self, c: &Claimed) {
+        let n = c.body.as_ref().map_or(0, bytes::Bytes::len);
+        self.shared
+            .handoff_bytes
+            .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The directory a `sqlite://` journal's file is in (its disk is the one checked).
+fn sqlite_dir(url: &str) -> PathBuf {
+    let path = Path::new(store::sqlite_path(url));
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }

@@ -1,7 +1,11 @@
 //! What the journal keeps: packets accepted, their outcomes, and each message's current state.
 
-use crate::store::{Columns, DbError};
+use std::time::Duration;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::store::{Columns, DbError};
 
 /// How a route delivers: now, answering with the upstream's answer, or from the outbox after a 202.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,7 +23,7 @@ impl Delivery {
         }
     }
 
-    fn parse(s: &str) -> Delivery {
+    pub(crate) fn parse(s: &str) -> Delivery {
         if s == "queued" {
             Delivery::Queued
         } else {
@@ -38,7 +42,8 @@ pub enum Status {
     Queued,
     /// The upstream took it (2xx).
     Delivered,
-    /// The upstream refused it for good (a 4xx other than 408/429).
+    /// The upstream refused it for good (the judge's table: a 4xx other than 408, 425, 429 and a next hop's
+    /// `idempotency.in_progress`).
     Rejected,
     /// A direct delivery the upstream could not take (5xx, timeout, unreachable); a resend may try again.
     Failed,
@@ -82,7 +87,7 @@ impl Status {
     }
 }
 
-/// The request a queued delivery replays: what the hop would have sent at once.
+/// The request a delivery replays: what the hop would have sent at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Request {
     pub method: String,
@@ -114,10 +119,15 @@ pub struct Accepted {
     pub body_sha256: String,
     pub body_size: u64,
     pub delivery: Delivery,
-    /// What a queued delivery replays.
+    /// What a delivery replays (a queued one, or a direct one taken up again after a crash).
     pub request: Option<Request>,
-    /// Kept for queued deliveries, and for `keep_bodies` after.
-    pub body: Option<Vec<u8>>,
+    /// The packet: stored once by its SHA-256 and held in the outbox until its delivery ends, so a delivery cut
+    /// short by a crash is made again (and kept `keep_bodies` after). `None` when the journal owes no delivery
+    /// of its own (a broker holds the packet and hands it out again).
+    pub body: Option<Bytes>,
+    /// How long this process holds a direct delivery (or a queued one it starts at once) before another process
+    /// may take it up: at least twice the route's timeout.
+    pub lease: Duration,
     /// Whose data the packet is: a profile's SoCCCD (what approvals are checked against).
     pub subject: Option<String>,
     /// A verified approval (PheDuyetDuLieu): its month, signers and approved profiles, as JSON.
@@ -134,12 +144,15 @@ pub struct Outcome {
     pub message_id: String,
     pub status: Status,
     pub upstream_status: Option<u16>,
-    /// The upstream's answer (its receipt, or its problem), at most [`crate::MAX_RECEIPT_BYTES`].
+    /// The answer as it was first given (the upstream's receipt or problem, or this hop's own problem document),
+    /// at most [`crate::MAX_RECEIPT_BYTES`]: a replay answers with exactly these bytes.
     pub receipt: Option<String>,
+    /// The answer's media type (`application/json`, `application/problem+json`, …).
+    pub answer_type: Option<String>,
     /// Why, in the operator's words (an upstream error, an expiry).
     pub detail: Option<String>,
-    /// The delivery worker whose lease this outcome ends (queued deliveries): the outcome is refused once another
-    /// worker has taken the message back. `None` for direct deliveries.
+    /// The lease this outcome ends ([`crate::Journal::owner`]): refused once another process has taken the
+    /// delivery up. `None` for a delivery the journal holds no lease of (a broker's packet).
     pub owner: Option<String>,
 }
 
@@ -159,6 +172,8 @@ pub struct Message {
     pub status: Status,
     pub upstream_status: Option<u16>,
     pub receipt: Option<String>,
+    #[serde(skip)]
+    pub answer_type: Option<String>,
     pub detail: Option<String>,
     /// Microseconds since the Unix epoch.
     pub accepted_us: i64,
@@ -191,6 +206,7 @@ impl Message {
             accepted_us: row.int(15)?,
             updated_us: row.int(16)?,
             attempts: u32::try_from(row.int(17)?).unwrap_or(u32::MAX),
+            answer_type: row.opt_text(18)?,
             request: row
                 .opt_text(10)?
                 .and_then(|r| serde_json::from_str(&r).ok()),
@@ -203,7 +219,8 @@ impl Message {
 pub enum Admission {
     /// Appended: a new message.
     New,
-    /// The same agency already sent this idempotency key (or a peer this message id): the message as it stands.
+    /// The same agency already sent this idempotency key in this mode (or a peer this message id): the message
+    /// as it stands. Its `route` may differ from the one asked: the key names another route's message.
     Existing(Box<Message>),
     /// The same key, whose earlier delivery failed or expired: appended again as a new attempt under the first
     /// message id.
@@ -213,11 +230,49 @@ pub enum Admission {
     Taken,
 }
 
-/// A queued delivery claimed by one worker until its lease ends.
+/// A delivery the journal owes, leased to this process: queued (from the outbox) or direct (taken up again
+/// after the process that started it stopped).
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub message: Message,
-    pub body: Vec<u8>,
+    /// `None` when the journal no longer holds the packet (it cannot be delivered again).
+    pub body: Option<Bytes>,
+    /// Attempts made so far, this one included.
+    pub attempts: u32,
+    /// The last attempt's note.
+    pub last: Option<String>,
+}
+
+/// What one agency may hold undelivered in the journal (queued, or in progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What one agency holds undelivered now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Held {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Held {
+    /// Whether `more` on top of this stays within `quota`.
+    pub(crate) fn fits(&self, more: Held, quota: Quota) -> bool {
+        self.packets.saturating_add(more.packets) <= quota.packets
+            && self.bytes.saturating_add(more.bytes) <= quota.bytes
+    }
+
+    pub(crate) fn add(&mut self, other: Held) {
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+
+    pub(crate) fn sub(&mut self, other: Held) {
+        self.packets = self.packets.saturating_sub(other.packets);
+        self.bytes = self.bytes.saturating_sub(other.bytes);
+    }
 }
 
 /// A profile packet (HoSoCBCCVC) the journal holds: whose, which content, when.

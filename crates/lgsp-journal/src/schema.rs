@@ -109,6 +109,126 @@ fn v4(_: Dialect) -> Vec<String> {
     vec!["ALTER TABLE messages ADD COLUMN hop_signature TEXT".to_owned()]
 }
 
+/// One writer and one chain per replica: records per chain (`journal_chains` replaces the one head row every
+/// appender waited for), bodies stored once by their SHA-256 and never rewritten, the outbox as small rows of its
+/// own (a retry rewrites a few bytes, not the packet), idempotency keys scoped by mode, and an index of each
+/// message's records (what `verify` checks the derived tables against).
+fn v5(d: Dialect) -> Vec<String> {
+    let blob = blob(d);
+    // SQLite keeps a table clustered on its primary key when told (records are appended in key order; outbox rows
+    // are small); PostgreSQL tables are heaps either way.
+    let clustered = match d {
+        Dialect::Sqlite => " WITHOUT ROWID",
+        Dialect::Postgres => "",
+    };
+    let mut s = vec![
+        "ALTER TABLE journal_records RENAME TO journal_records_v4".to_owned(),
+        "DROP INDEX IF EXISTS journal_records_at".to_owned(),
+        format!(
+            "CREATE TABLE journal_records (
+                chain TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                at_us BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                hop TEXT NOT NULL,
+                message_id TEXT NOT NULL,
+                agency TEXT NOT NULL,
+                content TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                PRIMARY KEY (chain, seq)
+            ){clustered}"
+        ),
+        "INSERT INTO journal_records (chain, seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash)
+            SELECT 'main', seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash FROM journal_records_v4"
+            .to_owned(),
+        "DROP TABLE journal_records_v4".to_owned(),
+        "CREATE INDEX journal_records_message ON journal_records (hop, message_id)".to_owned(),
+        // One row per chain: its head, how far it was pruned, when its writer last committed.
+        "CREATE TABLE journal_chains (
+            chain TEXT PRIMARY KEY,
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL,
+            pruned_through BIGINT NOT NULL DEFAULT 0,
+            alive_us BIGINT NOT NULL DEFAULT 0
+        )"
+        .to_owned(),
+        "INSERT INTO journal_chains (chain, seq, hash, pruned_through)
+            SELECT 'main', seq, hash, pruned_through FROM journal_head WHERE seq > 0 OR pruned_through > 0"
+            .to_owned(),
+        "DROP TABLE journal_head".to_owned(),
+        format!(
+            "CREATE TABLE journal_bodies (
+                sha256 TEXT PRIMARY KEY,
+                size BIGINT NOT NULL,
+                stored_us BIGINT NOT NULL,
+                body {blob} NOT NULL
+            )"
+        ),
+        "CREATE INDEX journal_bodies_stored ON journal_bodies (stored_us)".to_owned(),
+        format!(
+            "CREATE TABLE outbox (
+                hop TEXT NOT NULL,
+                message_id TEXT NOT NULL,
+                agency TEXT NOT NULL,
+                body_sha256 TEXT NOT NULL,
+                bytes BIGINT NOT NULL,
+                delivery TEXT NOT NULL,
+                accepted_us BIGINT NOT NULL,
+                due_us BIGINT NOT NULL,
+                attempts BIGINT NOT NULL DEFAULT 0,
+                lease_owner TEXT,
+                detail TEXT,
+                PRIMARY KEY (hop, message_id)
+            ){clustered}"
+        ),
+        "CREATE INDEX outbox_due ON outbox (hop, due_us)".to_owned(),
+        "CREATE INDEX outbox_body ON outbox (body_sha256)".to_owned(),
+    ];
+    // The queued packets of the last version move to the outbox, their bodies to the body table.
+    s.push(match d {
+        Dialect::Sqlite => "INSERT INTO journal_bodies (sha256, size, stored_us, body)
+            SELECT body_sha256, MAX(body_size), MAX(updated_us), body FROM messages WHERE body IS NOT NULL
+            GROUP BY body_sha256"
+            .to_owned(),
+        Dialect::Postgres => "INSERT INTO journal_bodies (sha256, size, stored_us, body)
+            SELECT DISTINCT ON (body_sha256) body_sha256, body_size, updated_us, body FROM messages
+            WHERE body IS NOT NULL ORDER BY body_sha256, updated_us DESC"
+            .to_owned(),
+    });
+    s.extend([
+        "INSERT INTO outbox (hop, message_id, agency, body_sha256, bytes, delivery, accepted_us, due_us, attempts,
+                lease_owner, detail)
+            SELECT hop, message_id, agency, body_sha256, body_size, 'queued', accepted_us,
+                COALESCE(next_attempt_us, updated_us), attempts, NULL, detail
+            FROM messages WHERE status = 'queued' AND body IS NOT NULL"
+            .to_owned(),
+        // A queued message's retries live in its outbox row now; its row is as its acceptance record left it.
+        "UPDATE messages SET attempts = 0, detail = NULL, updated_us = accepted_us WHERE status = 'queued'"
+            .to_owned(),
+        "DROP INDEX messages_due".to_owned(),
+        "DROP INDEX messages_idempotency".to_owned(),
+        "DROP INDEX messages_type_accepted".to_owned(),
+    ]);
+    for column in [
+        "body",
+        "next_attempt_us",
+        "lease_owner",
+        "lease_until_us",
+        "body_until_us",
+    ] {
+        s.push(format!("ALTER TABLE messages DROP COLUMN {column}"));
+    }
+    s.extend([
+        "ALTER TABLE messages ADD COLUMN answer_type TEXT".to_owned(),
+        "CREATE UNIQUE INDEX messages_idempotency ON messages (hop, agency, mode, idempotency_key)
+            WHERE idempotency_key IS NOT NULL"
+            .to_owned(),
+        "CREATE INDEX messages_subject ON messages (hop, agency, subject) WHERE subject IS NOT NULL".to_owned(),
+    ]);
+    s
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -129,6 +249,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "messages: hop_signature",
         statements: v4,
+    },
+    Migration {
+        version: 5,
+        name: "chains per writer, bodies by SHA-256, outbox rows, idempotency by mode",
+        statements: v5,
     },
 ];
 

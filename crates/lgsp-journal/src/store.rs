@@ -18,6 +18,8 @@ pub(crate) enum Param {
     Int(Option<i64>),
     Text(Option<String>),
     Blob(Option<Vec<u8>>),
+    /// A packet's bytes, shared (not copied) on SQLite.
+    Bytes(Option<bytes::Bytes>),
     Bool(bool),
 }
 
@@ -36,6 +38,12 @@ impl From<Option<i64>> for Param {
 impl From<String> for Param {
     fn from(v: String) -> Param {
         Param::Text(Some(v))
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(v: Option<&str>) -> Param {
+        Param::Text(v.map(str::to_owned))
     }
 }
 
@@ -69,8 +77,9 @@ impl rusqlite::ToSql for Param {
             Param::Int(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
             Param::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
             Param::Blob(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+            Param::Bytes(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
             Param::Bool(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*v))),
-            Param::Int(None) | Param::Text(None) | Param::Blob(None) => {
+            Param::Int(None) | Param::Text(None) | Param::Blob(None) | Param::Bytes(None) => {
                 ToSqlOutput::Borrowed(ValueRef::Null)
             }
         })
@@ -103,6 +112,7 @@ impl From<rusqlite::Error> for DbError {
 pub(crate) trait Columns {
     fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, DbError>;
+    fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, DbError>;
 
     fn int(&self, i: usize) -> Result<i64, DbError> {
         self.opt_int(i)?
@@ -121,6 +131,10 @@ impl Columns for AnyRow {
     }
 
     fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
         Ok(self.try_get(i)?)
     }
 }
@@ -144,11 +158,35 @@ impl Columns for OwnedRow {
             other => Err(DbError(format!("column {i} is {other:?}, not text"))),
         }
     }
+
+    fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        match self.get(i) {
+            Some(Value::Blob(v)) => Ok(Some(v.clone())),
+            Some(Value::Null) => Ok(None),
+            other => Err(DbError(format!("column {i} is {other:?}, not bytes"))),
+        }
+    }
 }
 
-/// The statements that open a batch's transaction and take the chain's head: the head's update comes first, so
-/// it holds the write lock (SQLite) or the row lock (PostgreSQL) before anything is read.
-const HEAD_SQL: &str = "UPDATE journal_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
+/// The statement that takes this writer's chain head in a batch's transaction: the head's update comes first, so it
+/// holds the write lock (SQLite) or the row lock (PostgreSQL) of that chain — and of no other — before anything is
+/// read. Chain names are checked at open (`[A-Za-z0-9._-]`), so they are written into the statement.
+fn head_sql(chain: &str) -> String {
+    format!("UPDATE journal_chains SET seq = seq WHERE chain = '{chain}' RETURNING seq, hash")
+}
+
+/// The statement that moves the head at commit. Both values are the writer's own (a counter and a SHA-256 in hex),
+/// never a packet's.
+fn move_head_sql(chain: &str, seq: i64, hash: &str, alive_us: i64) -> Result<String, DbError> {
+    if !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(DbError(format!(
+            "the chain's hash {hash:?} is not SHA-256 hex"
+        )));
+    }
+    Ok(format!(
+        "UPDATE journal_chains SET seq = {seq}, hash = '{hash}', alive_us = {alive_us} WHERE chain = '{chain}'"
+    ))
+}
 
 /// What the writer asks of a connection. Every method but [`Store::rollback`] fails the whole batch on error.
 pub(crate) trait Store: Sized {
@@ -157,14 +195,14 @@ pub(crate) trait Store: Sized {
     /// A connection of the writer's own to `url`.
     async fn connect(url: &str) -> Result<Self, DbError>;
 
-    /// Opens a write transaction holding the chain's head, and returns the head (seq, hash).
-    async fn begin(&mut self) -> Result<(i64, String), DbError>;
+    /// Opens a write transaction holding `chain`'s head, and returns the head (seq, hash).
+    async fn begin(&mut self, chain: &str) -> Result<(i64, String), DbError>;
 
     /// Runs one statement and returns its rows (those of `RETURNING` too).
     async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<Self::Row>, DbError>;
 
-    /// Moves the chain's head to `(seq, hash)` and commits.
-    async fn commit(&mut self, seq: i64, hash: &str) -> Result<(), DbError>;
+    /// Moves `chain`'s head to `(seq, hash)`, notes the writer alive, and commits.
+    async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError>;
 
     /// Undoes what the transaction wrote (the caller then drops the connection, so a failure here leaves nothing).
     async fn rollback(&mut self);
@@ -176,7 +214,7 @@ pub(crate) trait Store: Sized {
 fn head_of<R: Columns>(rows: &[R]) -> Result<(i64, String), DbError> {
     let row = rows
         .first()
-        .ok_or_else(|| DbError("the journal has no head row".into()))?;
+        .ok_or_else(|| DbError("the journal has no head row for this writer's chain".into()))?;
     Ok((row.int(0)?, row.text(1)?))
 }
 
@@ -188,8 +226,8 @@ impl Store for AnyConnection {
     }
 
     /// One round trip: `BEGIN` and the head together.
-    async fn begin(&mut self) -> Result<(i64, String), DbError> {
-        let sql = format!("BEGIN; {HEAD_SQL}");
+    async fn begin(&mut self, chain: &str) -> Result<(i64, String), DbError> {
+        let sql = format!("BEGIN; {}", head_sql(chain));
         let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .fetch_all(&mut *self)
             .await?;
@@ -203,22 +241,19 @@ impl Store for AnyConnection {
                 Param::Int(v) => q.bind(v),
                 Param::Text(v) => q.bind(v),
                 Param::Blob(v) => q.bind(v),
+                Param::Bytes(v) => q.bind(v.map(|b| b.to_vec())),
                 Param::Bool(v) => q.bind(v),
             };
         }
         Ok(q.fetch_all(&mut *self).await?)
     }
 
-    /// One round trip: the head's move and `COMMIT` together. Both values are the writer's own (a counter and a
-    /// SHA-256 in hex), never a packet's, so they are written into the statement.
-    async fn commit(&mut self, seq: i64, hash: &str) -> Result<(), DbError> {
-        if !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return Err(DbError(format!(
-                "the chain's hash {hash:?} is not SHA-256 hex"
-            )));
-        }
-        let sql =
-            format!("UPDATE journal_head SET seq = {seq}, hash = '{hash}' WHERE id = 1; COMMIT");
+    /// One round trip: the head's move and `COMMIT` together.
+    async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError> {
+        let sql = format!(
+            "{}; COMMIT",
+            move_head_sql(chain, seq, hash, crate::now_us())?
+        );
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *self)
             .await?;
@@ -250,7 +285,8 @@ pub(crate) fn sqlite_path(url: &str) -> &str {
 impl Store for rusqlite::Connection {
     type Row = OwnedRow;
 
-    /// Opened as the pool's connections are: WAL, fsynced at every commit, waiting up to 5 s for the write lock.
+    /// WAL, fsynced at every commit, waiting up to 5 s for the write lock; the WAL kept small (a checkpoint truncates it
+    /// back to 64 MiB), and bodies spilled to overflow pages without a temporary copy.
     async fn connect(url: &str) -> Result<Self, DbError> {
         let conn = rusqlite::Connection::open(sqlite_path(url))?;
         conn.busy_timeout(Duration::from_secs(5))?;
@@ -261,15 +297,16 @@ impl Store for rusqlite::Connection {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENTS);
         Ok(conn)
     }
 
     /// `BEGIN IMMEDIATE`: the write lock at once (a deferred transaction that reads first could have to give up
     /// its snapshot to write).
-    async fn begin(&mut self) -> Result<(i64, String), DbError> {
+    async fn begin(&mut self, chain: &str) -> Result<(i64, String), DbError> {
         self.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let rows = self.fetch(HEAD_SQL, Vec::new()).await?;
+        let rows = self.fetch(&head_sql(chain), Vec::new()).await?;
         head_of(&rows)
     }
 
@@ -288,9 +325,10 @@ impl Store for rusqlite::Connection {
         Ok(out)
     }
 
-    async fn commit(&mut self, seq: i64, hash: &str) -> Result<(), DbError> {
-        self.prepare_cached("UPDATE journal_head SET seq = ?1, hash = ?2 WHERE id = 1")?
-            .execute(rusqlite::params![seq, hash])?;
+    async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError> {
+        let _ = move_head_sql(chain, seq, hash, 0)?;
+        self.prepare_cached("UPDATE journal_chains SET seq = ?1, hash = ?2, alive_us = ?3 WHERE chain = ?4")?
+            .execute(rusqlite::params![seq, hash, crate::now_us(), chain])?;
         self.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }

@@ -1,53 +1,143 @@
-//! Group commit: every append (an acceptance, an outcome) goes to one writer task, which takes as many as are
-//! waiting, writes them in one transaction — the chain's head row updated first, so appenders on other replicas
-//! wait their turn — and answers each only once the commit (and its fsync) is done.
+//! The one writer. Every write to the journal — acceptances, outcomes, outbox claims and leases, retries, expiry,
+//! pruning, rebuilding the derived tables — is a job for one task on a thread of its own, which takes as many jobs
+//! as are waiting, writes them in one transaction on its own connection — its chain's head row updated first, so
+//! a replica waits for no other replica — and answers each only once the commit (and its fsync) is done. Nothing
+//! else writes, so no writer ever meets "database is locked", and readers read committed snapshots.
+//!
+//! Besides the jobs, the writer keeps what one agency holds undelivered (its quota) and the disk's free space, and
+//! hands each queued packet it leases to this process straight to the hop's delivery workers with its bytes (no
+//! claim statement, no body read back).
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sqlx::AnyConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::chain;
-use crate::model::{Accepted, Admission, Message, Outcome, Status};
+use crate::model::{
+    Accepted, Admission, Claimed, Delivery, Held, Message, Outcome, Quota, Status,
+};
+use crate::record::{self, Head};
 use crate::store::{Columns, DbError, Param, Store};
 use crate::{Dialect, JournalError, MAX_RECEIPT_BYTES, now_us};
 
 /// How long the writer waits for a new connection before failing its batch (as the pool waits for one).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `owner` of an outcome that ends a direct delivery abandoned in progress: written only while the message is
-/// still in progress (a delivery worker's owner is `host:pid:hex` and never starts with `#`).
-pub(crate) const ABANDONED: &str = "#abandoned";
-
-/// At most this many appends per transaction.
+/// At most this many jobs per transaction.
 const MAX_BATCH: usize = 512;
 
+/// Outcomes the caller did not wait for and that could not be written yet are tried again this often.
+const PENDING_RETRY: Duration = Duration::from_millis(500);
+
+/// How often bodies past their keeping are swept, and (PostgreSQL) what other replicas hold re-read.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// Bodies swept per housekeeping round, records and messages pruned per prune job.
+const SWEEP_BATCH: i64 = 500;
+pub(crate) const PRUNE_BATCH: i64 = 5000;
+
+/// The free disk space is read again after this long.
+const DISK_EVERY: Duration = Duration::from_millis(250);
+
+/// The most of packet bytes handed to this process's delivery workers in memory at once; beyond it, queued
+/// packets wait in the outbox for a claim.
+const HANDOFF_BYTES: usize = 64 * 1024 * 1024;
+
+type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
+
 pub(crate) enum Job {
-    Accept(
-        Box<Accepted>,
-        oneshot::Sender<Result<Admission, JournalError>>,
-    ),
-    Finish(Box<Outcome>, oneshot::Sender<Result<(), JournalError>>),
+    Accept(Box<Accepted>, Reply<Admission>),
+    /// An outcome; without a reply the caller did not wait, and the writer keeps it until it is written.
+    Finish(Box<Outcome>, Option<Reply<()>>),
+    Claim {
+        hop: String,
+        lease_us: i64,
+        limit: u32,
+        reply: Reply<Vec<Claimed>>,
+    },
+    Retry {
+        hop: String,
+        message_id: String,
+        at_us: i64,
+        detail: String,
+        reply: Reply<()>,
+    },
+    Ping(Reply<()>),
+    Prune(Reply<(u64, u64)>),
+    Sweep(Reply<u64>),
+    Settle {
+        before_us: i64,
+        detail: String,
+        reply: Reply<Vec<String>>,
+    },
+    Rebuild(Reply<crate::verify::Rebuilt>),
 }
 
-/// How long kept bodies stay, by delivery kind (set from the config).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Keep {
-    /// After a message ends, its body stays this long (0: dropped at once).
-    pub bodies_us: i64,
+/// Per-agency bounds on what the journal holds undelivered.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    pub default: Quota,
+    pub agencies: HashMap<String, Quota>,
 }
 
-/// Starts the writer on a thread of its own: each statement of a batch is a round trip to the database (a
+impl Quotas {
+    pub fn of(&self, agency: &str) -> Quota {
+        self.agencies.get(agency).copied().unwrap_or(self.default)
+    }
+}
+
+/// What the writer is told at start.
+pub(crate) struct Config {
+    pub url: String,
+    pub dialect: Dialect,
+    pub chain: String,
+    /// This process's lease owner name: `<chain>:<pid>:<random>`.
+    pub owner: String,
+    pub keep_bodies_us: i64,
+    pub retention_us: i64,
+    pub quotas: Quotas,
+    pub min_free_disk: u64,
+    /// How often the chain links the other chains' heads (when there are others and records were written).
+    pub anchor_every: Duration,
+    /// The directory of a SQLite journal, whose free space is checked before a packet is written.
+    pub disk_dir: Option<PathBuf>,
+}
+
+/// A connection that failed is not trusted with the next batch: rolled back and closed (another is opened).
+async fn close<S: Store>(mut c: S) {
+    c.rollback().await;
+    c.close().await;
+}
+
+/// What the writer shares with the journal's handles.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Each hop's delivery workers in this process, handed packets as their acceptance commits.
+    pub handoffs: Mutex<HashMap<String, mpsc::Sender<Claimed>>>,
+    /// Bytes handed over and not yet taken by a worker.
+    pub handoff_bytes: std::sync::atomic::AtomicUsize,
+    /// What each agency holds undelivered, as the writer last counted it.
+    pub held: Mutex<HashMap<String, Held>>,
+    /// Told after every commit that put a packet in the outbox for a claim.
+    pub queued: Notify,
+}
+
+/// Starts the writer on a thread of its own, after it connected, made its chain's head row and took up the
+/// leases of this chain's previous processes: each statement of a batch is a round trip to the database (a
 /// PostgreSQL socket, or SQLite run by this thread itself), and a writer task on the request runtime would wait
 /// behind the requests in its run queue after every one of them (measured under load: 2.2 ms a batch there, 1.1 ms
 /// here).
-pub(crate) fn spawn(
-    url: String,
-    dialect: Dialect,
-    keep: Keep,
-    queued: Arc<Notify>,
+pub(crate) async fn spawn(
+    config: Config,
+    shared: Arc<Shared>,
 ) -> Result<mpsc::Sender<Job>, JournalError> {
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    let (ready_tx, ready_rx) = oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,207 +145,1329 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("lgsp-journal-writer".into())
         // Ends when every sender is gone (the journal dropped).
-        .spawn(move || match dialect {
-            Dialect::Sqlite => runtime.block_on(run::<rusqlite::Connection>(url, keep, queued, rx)),
-            Dialect::Postgres => runtime.block_on(run::<AnyConnection>(url, keep, queued, rx)),
+        .spawn(move || match config.dialect {
+            Dialect::Sqlite => {
+                runtime.block_on(run::<rusqlite::Connection>(config, shared, rx, ready_tx))
+            }
+            Dialect::Postgres => {
+                runtime.block_on(run::<AnyConnection>(config, shared, rx, ready_tx))
+            }
         })
         .map_err(|e| JournalError::Open(format!("the journal writer's thread: {e}")))?;
+    ready_rx
+        .await
+        .unwrap_or_else(|_| Err(JournalError::Open("the journal writer stopped".into())))?;
     Ok(tx)
 }
 
-/// The writer's loop: takes as many jobs as are waiting and writes them in one transaction. It keeps a connection
-/// of its own, opened on its own runtime (a PostgreSQL socket opened on the request runtime would wake the writer
-/// from there), and opens another after a failed batch.
-async fn run<S: Store>(url: String, keep: Keep, queued: Arc<Notify>, mut rx: mpsc::Receiver<Job>) {
-    let mut conn: Option<S> = None;
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
+/// The writer's state between batches.
+struct Writer<S: Store> {
+    config: Config,
+    shared: Arc<Shared>,
+    conn: Option<S>,
+    /// What each agency holds undelivered (the writer's own count; PostgreSQL: re-read each housekeeping round,
+    /// so other replicas' packets count too).
+    held: HashMap<String, Held>,
+    /// Outcomes no caller waits for, not written yet (the journal was down): written with the next batch.
+    pending: Vec<Outcome>,
+    last_anchor: Instant,
+    /// Records appended since the last anchor.
+    since_anchor: u64,
+    last_housekeeping: Instant,
+    disk: Option<(Instant, u64)>,
+    /// This chain's head as this writer last committed it.
+    last_head: Option<(i64, String)>,
+}
+
+/// The writer's loop: takes as many jobs as are waiting and writes them in one transaction.
+async fn run<S: Store>(
+    config: Config,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Job>,
+    ready: oneshot::Sender<Result<(), JournalError>>,
+) {
+    let mut w = Writer::<S> {
+        config,
+        shared,
+        conn: None,
+        held: HashMap::new(),
+        pending: Vec::new(),
+        last_anchor: Instant::now(),
+        since_anchor: 0,
+        last_housekeeping: Instant::now(),
+        disk: None,
+        last_head: None,
+    };
+    match w.start().await {
+        Ok(()) => {
+            let _ = ready.send(Ok(()));
+        }
+        Err(e) => {
+            let _ = ready.send(Err(JournalError::Open(e.0)));
+            return;
+        }
+    }
+    loop {
+        let first = if w.pending.is_empty() {
+            match tokio::time::timeout(HOUSEKEEPING_EVERY, rx.recv()).await {
+                Ok(Some(j)) => Some(j),
+                Ok(None) => return,
+                Err(_) => None,
+            }
+        } else {
+            match tokio::time::timeout(PENDING_RETRY, rx.recv()).await {
+                Ok(Some(j)) => Some(j),
+                Ok(None) => None,
+                Err(_) => None,
+            }
+        };
+        let mut jobs: Vec<Job> = w
+            .pending
+            .drain(..)
+            .map(|o| Job::Finish(Box::new(o), None))
+            .collect();
+        jobs.extend(first);
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
             }
         }
-        let wakes = jobs
-            .iter()
-            .any(|j| matches!(j, Job::Accept(a, _) if a.delivery == crate::Delivery::Queued));
-        write(&url, &mut conn, keep, jobs).await;
-        // Delivery workers of this process start on a new queued packet at once (other replicas poll).
-        if wakes {
-            queued.notify_waiters();
+        if !jobs.is_empty() {
+            w.write(jobs).await;
+        }
+        if w.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            w.last_housekeeping = Instant::now();
+            w.housekeeping().await;
+        }
+        if rx.is_closed() && rx.is_empty() && w.pending.is_empty() {
+            return;
         }
     }
 }
 
-/// What one job wrote, answered once its transaction commits.
-enum Written {
-    Accept(Admission),
-    Finish,
-    /// An outcome for a message this hop never accepted: refused alone, the batch goes on.
-    Unknown,
+/// What one job came to, answered once its transaction commits.
+enum Done {
+    Accept(Result<Admission, JournalError>),
+    Finish(Result<(), JournalError>),
+    Claim(Vec<Claimed>),
+    Retry(Result<(), JournalError>),
+    Ping,
+    Prune((u64, u64)),
+    Sweep(u64),
+    Settle(Vec<String>),
+    Rebuild(crate::verify::Rebuilt),
 }
 
-async fn write<S: Store>(url: &str, conn: &mut Option<S>, keep: Keep, jobs: Vec<Job>) {
-    let written = match conn {
-        Some(c) => write_batch(c, keep, &jobs).await,
-        None => match tokio::time::timeout(CONNECT_TIMEOUT, S::connect(url)).await {
-            Ok(Ok(c)) => write_batch(conn.insert(c), keep, &jobs).await,
-            Ok(Err(e)) => Err(e),
+/// What a committed batch changes outside the database.
+#[derive(Default)]
+struct Effects {
+    /// Per agency: packets and bytes added to (and taken from) the outbox.
+    added: HashMap<String, Held>,
+    removed: HashMap<String, Held>,
+    /// Packets leased to this process, for its delivery workers.
+    handoffs: Vec<(mpsc::OwnedPermit<Claimed>, Claimed)>,
+    /// A packet went to the outbox for a claim.
+    queued: bool,
+}
+
+/// A record waiting for its place in the chain.
+pub(crate) struct Pending {
+    pub at_us: i64,
+    pub kind: &'static str,
+    pub hop: String,
+    pub message_id: String,
+    pub agency: String,
+    pub content: String,
+}
+
+impl<S: Store> Writer<S> {
+    /// Connects, makes this chain's head row, takes up at once what this chain's previous processes held (they
+    /// stopped: a chain is one process's at a time), and counts what each agency holds.
+    async fn start(&mut self) -> Result<(), DbError> {
+        let chain = self.config.chain.clone();
+        let prefix = format!("{chain}:");
+        let owner = self.config.owner.clone();
+        let at = now_us();
+        let mut conn = self.take_connection().await?;
+        let r: Result<Vec<S::Row>, DbError> = async {
+            conn.fetch(
+                "INSERT INTO journal_chains (chain, seq, hash, pruned_through, alive_us) VALUES ($1, 0, $2, 0, $3)
+                 ON CONFLICT (chain) DO NOTHING",
+                vec![chain.clone().into(), chain::GENESIS.into(), at.into()],
+            )
+            .await?;
+            let (seq, hash) = conn.begin(&chain).await?;
+            let taken = conn
+                .fetch(
+                    "UPDATE outbox SET due_us = $1, lease_owner = NULL
+                     WHERE substr(lease_owner, 1, CAST($2 AS INTEGER)) = $3 AND lease_owner <> $4 RETURNING hop",
+                    vec![
+                        at.into(),
+                        i64::try_from(prefix.len()).unwrap_or(0).into(),
+                        prefix.clone().into(),
+                        owner.clone().into(),
+                    ],
+                )
+                .await?;
+            conn.commit(&chain, seq, &hash).await?;
+            self.last_head = Some((seq, hash));
+            Ok(taken)
+        }
+        .await;
+        let taken = match r {
+            Ok(t) => t,
+            Err(e) => {
+                close(conn).await;
+                return Err(e);
+            }
+        };
+        self.conn = Some(conn);
+        if !taken.is_empty() {
+            tracing::warn!(
+                chain,
+                deliveries = taken.len(),
+                "journal: deliveries this chain's previous process left under way are taken up again now"
+            );
+            self.shared.queued.notify_waiters();
+        }
+        self.count_held().await?;
+        Ok(())
+    }
+
+    /// The writer's connection, taken out (a new one when there is none); put back with `self.conn = Some(…)`
+    /// once it did its work, or closed with [`close`] after a failure.
+    async fn take_connection(&mut self) -> Result<S, DbError> {
+        if let Some(c) = self.conn.take() {
+            return Ok(c);
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, S::connect(&self.config.url)).await {
+            Ok(c) => c,
             Err(_) => Err(DbError(format!(
                 "no connection to the journal within {} s",
                 CONNECT_TIMEOUT.as_secs()
             ))),
-        },
-    };
-    // A connection that failed a batch is not trusted with the next: closed, and another opened for it.
-    if written.is_err()
-        && let Some(c) = conn.take()
-    {
-        c.close().await;
+        }
     }
-    match written {
-        Ok(written) => {
-            for (job, w) in jobs.into_iter().zip(written) {
-                match (job, w) {
-                    (Job::Accept(_, reply), Written::Accept(adm)) => {
-                        let _ = reply.send(Ok(adm));
+
+    /// Re-reads what each agency holds undelivered (every replica's packets).
+    async fn count_held(&mut self) -> Result<(), DbError> {
+        let mut conn = self.take_connection().await?;
+        let rows = conn
+            .fetch(
+                "SELECT agency, COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM outbox GROUP BY agency",
+                Vec::new(),
+            )
+            .await;
+        let rows = match rows {
+            Ok(r) => {
+                self.conn = Some(conn);
+                r
+            }
+            Err(e) => {
+                close(conn).await;
+                return Err(e);
+            }
+        };
+        let mut held = HashMap::new();
+        for r in &rows {
+            held.insert(
+                r.text(0)?,
+                Held {
+                    packets: u64::try_from(r.int(1)?).unwrap_or(0),
+                    bytes: u64::try_from(r.int(2)?).unwrap_or(0),
+                },
+            );
+        }
+        self.held = held;
+        self.publish_held();
+        Ok(())
+    }
+
+    fn publish_held(&self) {
+        if let Ok(mut h) = self.shared.held.lock() {
+            h.clone_from(&self.held);
+        }
+    }
+
+    /// Between batches: bodies past their keeping swept, and (PostgreSQL) the quotas' counts re-read.
+    async fn housekeeping(&mut self) {
+        if let Err(e) = self.sweep_bodies().await {
+            tracing::warn!(error = %e, "journal: sweeping kept bodies failed; trying again later");
+        }
+        if self.config.dialect == Dialect::Postgres
+            && let Err(e) = self.count_held().await
+        {
+            tracing::warn!(error = %e, "journal: counting what agencies hold failed");
+        }
+    }
+
+    /// Between batches, in a transaction of its own: [`sweep`].
+    async fn sweep_bodies(&mut self) -> Result<(), DbError> {
+        let chain = self.config.chain.clone();
+        let keep = self.config.keep_bodies_us;
+        let mut conn = self.take_connection().await?;
+        let r = async {
+            let (seq, hash) = conn.begin(&chain).await?;
+            sweep(&mut conn, now_us(), keep).await?;
+            conn.commit(&chain, seq, &hash).await
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                close(conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Is there room on the disk for a packet? (SQLite only: a PostgreSQL server watches its own disk.)
+    fn free_disk(&mut self) -> Option<u64> {
+        let dir = self.config.disk_dir.as_ref()?;
+        if let Some((at, free)) = self.disk
+            && at.elapsed() < DISK_EVERY
+        {
+            return Some(free);
+        }
+        let free = crate::disk::free_bytes(dir).ok()?;
+        self.disk = Some((Instant::now(), free));
+        Some(free)
+    }
+
+    async fn write(&mut self, jobs: Vec<Job>) {
+        let mut effects = Effects::default();
+        let written = match self.take_connection().await {
+            Ok(mut conn) => {
+                let r = self.write_batch(&mut conn, &jobs, &mut effects).await;
+                match &r {
+                    Ok(_) => self.conn = Some(conn),
+                    Err(_) => close(conn).await,
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(done) => {
+                for (agency, h) in &effects.added {
+                    self.held.entry(agency.clone()).or_default().add(*h);
+                }
+                for (agency, h) in &effects.removed {
+                    if let Some(held) = self.held.get_mut(agency) {
+                        held.sub(*h);
                     }
-                    (Job::Finish(_, reply), Written::Finish) => {
-                        let _ = reply.send(Ok(()));
+                }
+                if !effects.added.is_empty() || !effects.removed.is_empty() {
+                    self.held.retain(|_, h| h.packets > 0 || h.bytes > 0);
+                    self.publish_held();
+                }
+                for (permit, claimed) in effects.handoffs {
+                    permit.send(claimed);
+                }
+                if effects.queued {
+                    self.shared.queued.notify_waiters();
+                }
+                for (job, done) in jobs.into_iter().zip(done) {
+                    answer(job, done);
+                }
+            }
+            // Everything in the batch fails together: nothing of it was written. Outcomes nobody waits for are
+            // kept and written with a later batch.
+            Err(e) => {
+                tracing::debug!(error = %e, "journal batch failed");
+                for job in jobs {
+                    match job {
+                        Job::Finish(o, None) => self.pending.push(*o),
+                        job => fail(job, &e),
                     }
-                    (Job::Finish(o, reply), Written::Unknown) => {
-                        let _ = reply.send(Err(JournalError::UnknownMessage(o.message_id.clone())));
-                    }
-                    (job, _) => reply_err(job, &DbError("journal batch out of step".into())),
+                }
+                if !self.pending.is_empty() {
+                    tracing::warn!(
+                        outcomes = self.pending.len(),
+                        error = %e,
+                        "journal: outcomes kept in memory until the journal can be written"
+                    );
                 }
             }
         }
-        // Everything in the batch fails together: nothing of it was written.
-        Err(e) => {
-            for job in jobs {
-                reply_err(job, &e);
+    }
+
+    async fn write_batch(
+        &mut self,
+        conn: &mut S,
+        jobs: &[Job],
+        effects: &mut Effects,
+    ) -> Result<Vec<Done>, DbError> {
+        let at = now_us();
+        let chain = self.config.chain.clone();
+        let free = if jobs.iter().any(|j| matches!(j, Job::Accept(..))) {
+            self.free_disk()
+        } else {
+            None
+        };
+        let mut done: Vec<Option<Done>> = (0..jobs.len()).map(|_| None).collect();
+        let mut records: Vec<Pending> = Vec::new();
+        let (mut seq, mut prev) = conn.begin(&chain).await?;
+        if let Some(last) = &self.last_head
+            && (last.0 != seq || last.1 != prev)
+        {
+            // Another process wrote this chain since this one's last commit: two processes share a chain name.
+            tracing::error!(
+                chain,
+                "journal: another process writes this chain too; give each replica its own [journal] chain"
+            );
+        }
+        let mut batch = Batch {
+            config: &self.config,
+            shared: &self.shared,
+            held: &self.held,
+            at,
+            done: &mut done,
+            records: &mut records,
+            effects,
+        };
+        batch.accepts(conn, jobs, free).await?;
+        batch.finishes(conn, jobs).await?;
+        batch.the_rest(conn, jobs).await?;
+        // The other chains' heads, linked into this one now and then (replicas' chains verify together).
+        if self.last_anchor.elapsed() >= self.config.anchor_every && (self.since_anchor > 0 || !records.is_empty()) {
+            let heads = conn
+                .fetch(
+                    "SELECT chain, seq, hash FROM journal_chains WHERE chain <> $1 AND seq > 0 ORDER BY chain",
+                    vec![chain.clone().into()],
+                )
+                .await?;
+            let heads: Vec<Head> = heads
+                .iter()
+                .map(|r| {
+                    Ok(Head {
+                        chain: r.text(0)?,
+                        seq: r.int(1)?,
+                        hash: r.text(2)?,
+                    })
+                })
+                .collect::<Result<_, DbError>>()?;
+            if !heads.is_empty() {
+                records.push(Pending {
+                    at_us: at,
+                    kind: record::ANCHOR,
+                    hop: String::new(),
+                    message_id: String::new(),
+                    agency: String::new(),
+                    content: record::anchor(&chain, &heads, at),
+                });
             }
         }
+        let appended = records.len() as u64;
+        for chunk in shaped(&records) {
+            let params = record_params(&chain, chunk, &mut seq, &mut prev);
+            conn.fetch(records_sql(chunk.len()), params).await?;
+        }
+        conn.commit(&chain, seq, &prev).await?;
+        self.last_head = Some((seq, prev));
+        if records.iter().any(|r| r.kind == record::ANCHOR) {
+            self.last_anchor = Instant::now();
+            self.since_anchor = 0;
+        } else {
+            self.since_anchor += appended;
+        }
+        Ok(done
+            .into_iter()
+            .map(|d| d.unwrap_or(Done::Ping))
+            .collect())
     }
 }
 
-/// Writes every job in one transaction and commits it: the transaction opened with the chain's head, the new
-/// messages (a key or message id already there is skipped, then looked at), the outcomes, the chain's records and
-/// the head moved with the commit.
-async fn write_batch<S: Store>(
-    conn: &mut S,
-    keep: Keep,
-    jobs: &[Job],
-) -> Result<Vec<Written>, DbError> {
-    let written = write_in_transaction(conn, keep, jobs).await;
-    if written.is_err() {
-        // Nothing of the batch stays (the caller closes the connection too, so a failed rollback leaves nothing).
-        conn.rollback().await;
-    }
-    written
+/// One batch under way: what it decided per job and the records it appends.
+struct Batch<'a> {
+    config: &'a Config,
+    shared: &'a Shared,
+    held: &'a HashMap<String, Held>,
+    at: i64,
+    done: &'a mut [Option<Done>],
+    records: &'a mut Vec<Pending>,
+    effects: &'a mut Effects,
 }
 
-async fn write_in_transaction<S: Store>(
-    tx: &mut S,
-    keep: Keep,
-    jobs: &[Job],
-) -> Result<Vec<Written>, DbError> {
-    let at = now_us();
-    let accepts: Vec<&Accepted> = jobs
-        .iter()
-        .filter_map(|j| match j {
-            Job::Accept(a, _) => Some(&**a),
-            Job::Finish(..) => None,
+/// Whether the agency may hold `more` on top of what it holds and what this batch added.
+fn quota_allows(
+    quotas: &Quotas,
+    held: &HashMap<String, Held>,
+    added: &HashMap<String, Held>,
+    agency: &str,
+    more: Held,
+) -> Result<(), JournalError> {
+    let quota = quotas.of(agency);
+    let mut now = held.get(agency).copied().unwrap_or_default();
+    if let Some(a) = added.get(agency) {
+        now.add(*a);
+    }
+    if now.fits(more, quota) {
+        Ok(())
+    } else {
+        Err(JournalError::OverQuota {
+            agency: agency.to_owned(),
+            held: now,
+            quota,
         })
-        .collect();
-    let (mut seq, mut prev) = tx.begin().await?;
-    let inserted = insert_messages(tx, &accepts, keep, at).await?;
-    // Outcomes are written together, in runs that keep the batch's order: a run ends before a repeated acceptance
-    // (which reads the message) and before a second outcome of the same message.
-    let mut agencies: Vec<Option<String>> = vec![None; jobs.len()];
-    let mut admissions: Vec<Option<Admission>> = Vec::with_capacity(jobs.len());
-    let mut run: Vec<(usize, &Outcome)> = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        match job {
-            Job::Accept(a, _) => {
-                if inserted.contains(&(a.hop.clone(), a.message_id.clone())) {
-                    admissions.push(Some(Admission::New));
-                } else {
-                    finish_run(tx, &mut run, &mut agencies, keep, at).await?;
-                    admissions.push(Some(repeated(tx, a, keep, at).await?));
+    }
+}
+
+/// The outbox row of a packet the journal holds, and whether it is leased to this process now.
+struct OutboxRow<'a> {
+    a: &'a Accepted,
+    message_id: String,
+    lease_until: Option<i64>,
+}
+
+impl Batch<'_> {
+    /// Acceptances: new messages inserted (a key or message id already there is skipped, then looked at), their
+    /// bodies stored once, their outbox rows, their records.
+    async fn accepts<S: Store>(
+        &mut self,
+        conn: &mut S,
+        jobs: &[Job],
+        free: Option<u64>,
+    ) -> Result<(), DbError> {
+        let accepts: Vec<(usize, &Accepted)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| match j {
+                Job::Accept(a, _) => Some((i, &**a)),
+                _ => None,
+            })
+            .collect();
+        if accepts.is_empty() {
+            return Ok(());
+        }
+        if let Some(free) = free
+            && free < self.config.min_free_disk
+        {
+            for (i, _) in &accepts {
+                self.done[*i] = Some(Done::Accept(Err(JournalError::DiskFull {
+                    free,
+                    min: self.config.min_free_disk,
+                })));
+            }
+            return Ok(());
+        }
+        let all: Vec<&Accepted> = accepts.iter().map(|(_, a)| *a).collect();
+        let mut inserted: HashSet<(&str, &str)> = HashSet::new();
+        for chunk in shaped(&all) {
+            let rows = conn
+                .fetch(messages_sql(chunk.len()), message_params(chunk, self.at))
+                .await?;
+            for row in rows {
+                let (hop, id) = (row.text(0)?, row.text(1)?);
+                if let Some(a) = chunk.iter().find(|a| a.hop == hop && a.message_id == id) {
+                    inserted.insert((&a.hop, &a.message_id));
                 }
             }
-            Job::Finish(o, _) => {
+        }
+        let mut outbox: Vec<OutboxRow<'_>> = Vec::new();
+        for (i, a) in accepts {
+            let admission = if inserted.contains(&(a.hop.as_str(), a.message_id.as_str())) {
+                if let Some(body) = &a.body {
+                    let more = Held {
+                        packets: 1,
+                        bytes: body.len() as u64,
+                    };
+                    if let Err(e) = quota_allows(
+                        &self.config.quotas,
+                        self.held,
+                        &self.effects.added,
+                        &a.agency,
+                        more,
+                    ) {
+                        // Over its quota: the message row goes again, nothing of it stays.
+                        conn.fetch(
+                            "DELETE FROM messages WHERE hop = $1 AND message_id = $2",
+                            vec![a.hop.clone().into(), a.message_id.clone().into()],
+                        )
+                        .await?;
+                        self.done[i] = Some(Done::Accept(Err(e)));
+                        continue;
+                    }
+                }
+                self.records.push(Pending {
+                    at_us: self.at,
+                    kind: record::ACCEPTED,
+                    hop: a.hop.clone(),
+                    message_id: a.message_id.clone(),
+                    agency: a.agency.clone(),
+                    content: record::accepted(a, &a.message_id, record::ACCEPTED, self.at),
+                });
+                self.hold(a, &a.message_id, &mut outbox);
+                Ok(Admission::New)
+            } else {
+                self.repeated(conn, a, &mut outbox).await?
+            };
+            self.done[i] = Some(Done::Accept(admission));
+        }
+        self.store_bodies(conn, &outbox).await?;
+        for chunk in shaped(&outbox) {
+            let params = self.outbox_params(chunk);
+            conn.fetch(outbox_sql(chunk.len()), params).await?;
+        }
+        Ok(())
+    }
+
+    /// Notes the outbox row of a packet the journal now holds (its body is there), leased to this process when a
+    /// delivery starts now: a direct one (under way in the request), or a queued one a worker of this process
+    /// takes at once.
+    fn hold<'b>(&mut self, a: &'b Accepted, message_id: &str, outbox: &mut Vec<OutboxRow<'b>>) {
+        let Some(body) = &a.body else { return };
+        let size = body.len() as u64;
+        self.effects
+            .added
+            .entry(a.agency.clone())
+            .or_default()
+            .add(Held {
+                packets: 1,
+                bytes: size,
+            });
+        let lease_until = self
+            .at
+            .saturating_add(i64::try_from(a.lease.as_micros()).unwrap_or(i64::MAX));
+        let leased = match a.delivery {
+            Delivery::Direct => true,
+            Delivery::Queued => self.hand_over(a, message_id),
+        };
+        if !leased {
+            self.effects.queued = true;
+        }
+        outbox.push(OutboxRow {
+            a,
+            message_id: message_id.to_owned(),
+            lease_until: leased.then_some(lease_until),
+        });
+    }
+
+    /// Reserves room with the hop's delivery workers of this process for a queued packet; after the commit it is
+    /// handed to them with its bytes.
+    fn hand_over(&mut self, a: &Accepted, message_id: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(body) = &a.body else { return false };
+        let sender = match self.shared.handoffs.lock() {
+            Ok(h) => h.get(&a.hop).cloned(),
+            Err(_) => None,
+        };
+        let Some(sender) = sender else { return false };
+        let bytes = body.len();
+        if self.shared.handoff_bytes.load(Ordering::Acquire) + bytes > HANDOFF_BYTES {
+            return false;
+        }
+        let Ok(permit) = sender.try_reserve_owned() else {
+            return false;
+        };
+        self.shared.handoff_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let message = Message {
+            hop: a.hop.clone(),
+            message_id: message_id.to_owned(),
+            agency: a.agency.clone(),
+            route: a.route.clone(),
+            message_type: a.message_type.clone(),
+            mode: a.mode.clone(),
+            idempotency_key: a.idempotency_key.clone(),
+            body_sha256: a.body_sha256.clone(),
+            body_size: a.body_size,
+            delivery: a.delivery,
+            status: Status::Queued,
+            upstream_status: None,
+            receipt: None,
+            answer_type: None,
+            detail: None,
+            accepted_us: self.at,
+            updated_us: self.at,
+            attempts: 0,
+            request: a.request.clone(),
+        };
+        self.effects.handoffs.push((
+            permit,
+            Claimed {
+                message,
+                body: Some(body.clone()),
+                attempts: 1,
+                last: None,
+            },
+        ));
+        true
+    }
+
+    /// Bodies of the packets held, once per SHA-256 (a body already there stays as it is).
+    async fn store_bodies<S: Store>(
+        &mut self,
+        conn: &mut S,
+        outbox: &[OutboxRow<'_>],
+    ) -> Result<(), DbError> {
+        let mut seen = HashSet::new();
+        let bodies: Vec<&Accepted> = outbox
+            .iter()
+            .map(|r| r.a)
+            .filter(|a| seen.insert(a.body_sha256.as_str()))
+            .collect();
+        for chunk in shaped(&bodies) {
+            let mut params = Vec::with_capacity(chunk.len() * 4);
+            for a in chunk {
+                params.extend([
+                    Param::from(a.body_sha256.clone()),
+                    i64::try_from(a.body_size).unwrap_or(i64::MAX).into(),
+                    self.at.into(),
+                    Param::Bytes(a.body.clone()),
+                ]);
+            }
+            conn.fetch(bodies_sql(chunk.len()), params).await?;
+        }
+        Ok(())
+    }
+
+    fn outbox_params(&self, chunk: &[OutboxRow<'_>]) -> Vec<Param> {
+        let mut params = Vec::with_capacity(chunk.len() * 10);
+        for r in chunk {
+            let a = r.a;
+            params.extend([
+                Param::from(a.hop.clone()),
+                r.message_id.clone().into(),
+                a.agency.clone().into(),
+                a.body_sha256.clone().into(),
+                i64::try_from(a.body.as_ref().map_or(0, Bytes::len))
+                    .unwrap_or(i64::MAX)
+                    .into(),
+                a.delivery.as_str().into(),
+                self.at.into(),
+                r.lease_until.unwrap_or(self.at).into(),
+                i64::from(r.lease_until.is_some()).into(),
+                r.lease_until
+                    .map(|_| self.config.owner.clone())
+                    .into(),
+            ]);
+        }
+        params
+    }
+
+    /// An acceptance whose key (or message id) is already there: the message as it stands, or — when its delivery
+    /// failed or expired, on the same route with the same body — the same message tried again.
+    async fn repeated<'b, S: Store>(
+        &mut self,
+        conn: &mut S,
+        a: &'b Accepted,
+        outbox: &mut Vec<OutboxRow<'b>>,
+    ) -> Result<Result<Admission, JournalError>, DbError> {
+        let mut rows = match &a.idempotency_key {
+            Some(key) => {
+                conn.fetch(
+                    concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE hop = $1 AND agency = $2 AND mode = $3 AND idempotency_key = $4"
+                    ),
+                    vec![
+                        a.hop.clone().into(),
+                        a.agency.clone().into(),
+                        a.mode.clone().into(),
+                        key.clone().into(),
+                    ],
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        if rows.is_empty() {
+            rows = conn
+                .fetch(
+                    concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE hop = $1 AND message_id = $2"
+                    ),
+                    vec![a.hop.clone().into(), a.message_id.clone().into()],
+                )
+                .await?;
+        }
+        let Some(row) = rows.first() else {
+            // Its key's first use in this batch was refused (over the quota) and is gone again: this one is new.
+            return self.insert_one(conn, a, outbox).await;
+        };
+        let m = Message::from_row(row)?;
+        if m.agency != a.agency {
+            return Ok(Ok(Admission::Taken));
+        }
+        if !(m.status.retryable() && m.body_sha256 == a.body_sha256 && m.route == a.route) {
+            return Ok(Ok(Admission::Existing(Box::new(m))));
+        }
+        if let Some(body) = &a.body {
+            let more = Held {
+                packets: 1,
+                bytes: body.len() as u64,
+            };
+            if let Err(e) = quota_allows(
+                &self.config.quotas,
+                self.held,
+                &self.effects.added,
+                &a.agency,
+                more,
+            ) {
+                return Ok(Err(e));
+            }
+        }
+        let status = match a.delivery {
+            Delivery::Direct => Status::InProgress,
+            Delivery::Queued => Status::Queued,
+        };
+        let rows = conn
+            .fetch(
+                &format!(
+                    "UPDATE messages SET status = $1, delivery = $2, request = $3,
+                         updated_us = {greatest}(updated_us + 1, $4), accepted_us = {greatest}(updated_us + 1, $4),
+                         upstream_status = NULL, receipt = NULL, answer_type = NULL, detail = NULL
+                     WHERE hop = $5 AND message_id = $6 RETURNING updated_us",
+                    greatest = greatest(self.config.dialect)
+                ),
+                vec![
+                    status.as_str().into(),
+                    a.delivery.as_str().into(),
+                    request_json(a).into(),
+                    self.at.into(),
+                    m.hop.clone().into(),
+                    m.message_id.clone().into(),
+                ],
+            )
+            .await?;
+        let at = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(self.at);
+        self.records.push(Pending {
+            at_us: at,
+            kind: record::ACCEPTED_AGAIN,
+            hop: a.hop.clone(),
+            message_id: m.message_id.clone(),
+            agency: a.agency.clone(),
+            content: record::accepted(a, &m.message_id, record::ACCEPTED_AGAIN, at),
+        });
+        self.hold(a, &m.message_id, outbox);
+        Ok(Ok(Admission::Again(Box::new(m))))
+    }
+
+    /// One acceptance inserted on its own, within the agency's quota.
+    async fn insert_one<'b, S: Store>(
+        &mut self,
+        conn: &mut S,
+        a: &'b Accepted,
+        outbox: &mut Vec<OutboxRow<'b>>,
+    ) -> Result<Result<Admission, JournalError>, DbError> {
+        if let Some(body) = &a.body {
+            let more = Held {
+                packets: 1,
+                bytes: body.len() as u64,
+            };
+            if let Err(e) = quota_allows(
+                &self.config.quotas,
+                self.held,
+                &self.effects.added,
+                &a.agency,
+                more,
+            ) {
+                return Ok(Err(e));
+            }
+        }
+        let rows = conn
+            .fetch(messages_sql(1), message_params(&[a], self.at))
+            .await?;
+        if rows.is_empty() {
+            return Err(DbError(format!(
+                "message {} was neither inserted nor found at hop {}",
+                a.message_id, a.hop
+            )));
+        }
+        self.records.push(Pending {
+            at_us: self.at,
+            kind: record::ACCEPTED,
+            hop: a.hop.clone(),
+            message_id: a.message_id.clone(),
+            agency: a.agency.clone(),
+            content: record::accepted(a, &a.message_id, record::ACCEPTED, self.at),
+        });
+        self.hold(a, &a.message_id, outbox);
+        Ok(Ok(Admission::New))
+    }
+
+    /// Outcomes, together, in runs that keep the batch's order (a run ends before a second outcome of the same
+    /// message): the outbox row of a leased delivery taken away (only by the lease's owner), the message's state set
+    /// (only while it is pending), the outcome's record appended.
+    async fn finishes<S: Store>(&mut self, conn: &mut S, jobs: &[Job]) -> Result<(), DbError> {
+        let mut run: Vec<(usize, &Outcome)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if let Job::Finish(o, _) = job {
                 if run
                     .iter()
                     .any(|(_, r)| r.hop == o.hop && r.message_id == o.message_id)
                 {
-                    finish_run(tx, &mut run, &mut agencies, keep, at).await?;
+                    for (i, r) in self.finish_run(conn, &mut run).await? {
+                        self.done[i] = Some(Done::Finish(r));
+                    }
                 }
                 run.push((i, o));
-                admissions.push(None);
             }
         }
+        for (i, r) in self.finish_run(conn, &mut run).await? {
+            self.done[i] = Some(Done::Finish(r));
+        }
+        Ok(())
     }
-    finish_run(tx, &mut run, &mut agencies, keep, at).await?;
-    let mut records: Vec<Pending> = Vec::with_capacity(jobs.len());
-    let mut written = Vec::with_capacity(jobs.len());
-    for ((job, admission), agency) in jobs.iter().zip(admissions).zip(agencies) {
-        written.push(match (job, admission) {
-            (Job::Accept(a, _), Some(admission)) => {
-                match &admission {
-                    Admission::New => records.push(accepted_record(a, &a.message_id, false, at)),
-                    Admission::Again(m) => {
-                        records.push(accepted_record(a, &m.message_id, true, at))
+
+    /// One run of outcomes; each one's index with whether it was written (not when its message is not pending, or
+    /// its lease is another process's).
+    async fn finish_run<S: Store>(
+        &mut self,
+        conn: &mut S,
+        run: &mut Vec<(usize, &Outcome)>,
+    ) -> Result<Vec<(usize, Result<(), JournalError>)>, DbError> {
+        let mut results = Vec::with_capacity(run.len());
+        if run.is_empty() {
+            return Ok(results);
+        }
+        // Leased deliveries: their outbox rows, taken only by the lease's owner.
+        let owned: Vec<&(usize, &Outcome)> = run.iter().filter(|(_, o)| o.owner.is_some()).collect();
+        let mut released: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
+        for chunk in shaped(&owned) {
+            let sql = format!(
+                "DELETE FROM outbox WHERE (hop, message_id, lease_owner) IN (VALUES {})
+                 RETURNING hop, message_id, agency, bytes, attempts",
+                values_from(chunk.len(), 3, 1)
+            );
+            let mut params = Vec::with_capacity(chunk.len() * 3);
+            for (_, o) in chunk {
+                params.extend([
+                    Param::from(o.hop.clone()),
+                    o.message_id.clone().into(),
+                    o.owner.clone().into(),
+                ]);
+            }
+            for row in conn.fetch(&sql, params).await? {
+                released.insert(
+                    (row.text(0)?, row.text(1)?),
+                    (row.text(2)?, row.int(3)?, row.int(4)?),
+                );
+            }
+        }
+        let settled: Vec<&(usize, &Outcome)> = run
+            .iter()
+            .filter(|(_, o)| {
+                o.owner.is_none() || released.contains_key(&(o.hop.clone(), o.message_id.clone()))
+            })
+            .collect();
+        let mut written: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
+        for chunk in shaped(&settled) {
+            // VALUES columns are column1… in both SQLite and PostgreSQL.
+            let sql = format!(
+                "UPDATE messages SET status = v.column3, upstream_status = v.column4, receipt = v.column5,
+                     answer_type = v.column6, detail = v.column7,
+                     attempts = CASE WHEN v.column8 >= 0 THEN v.column8 ELSE messages.attempts + 1 END,
+                     updated_us = {greatest}(messages.updated_us + 1, $1)
+                 FROM (VALUES {}) AS v
+                 WHERE messages.hop = v.column1 AND messages.message_id = v.column2
+                     AND messages.status IN ('in_progress', 'queued')
+                 RETURNING messages.hop, messages.message_id, messages.agency, messages.updated_us,
+                     messages.attempts",
+                values_from(chunk.len(), 8, 2),
+                greatest = greatest(self.config.dialect)
+            );
+            let mut params: Vec<Param> = Vec::with_capacity(1 + chunk.len() * 8);
+            params.push(self.at.into());
+            for (_, o) in chunk {
+                let attempts = released
+                    .get(&(o.hop.clone(), o.message_id.clone()))
+                    .map_or(-1, |(_, _, n)| *n);
+                params.extend([
+                    Param::from(o.hop.clone()),
+                    o.message_id.clone().into(),
+                    o.status.as_str().into(),
+                    o.upstream_status.map(i64::from).into(),
+                    keep_receipt(o).into(),
+                    o.answer_type.clone().into(),
+                    o.detail.clone().into(),
+                    attempts.into(),
+                ]);
+            }
+            for row in conn.fetch(&sql, params).await? {
+                written.insert(
+                    (row.text(0)?, row.text(1)?),
+                    (row.text(2)?, row.int(3)?, row.int(4)?),
+                );
+            }
+        }
+        for (i, o) in run.drain(..) {
+            let key = (o.hop.clone(), o.message_id.clone());
+            if let Some((agency, bytes, _)) = released.get(&key) {
+                self.effects
+                    .removed
+                    .entry(agency.clone())
+                    .or_default()
+                    .add(Held {
+                        packets: 1,
+                        bytes: u64::try_from(*bytes).unwrap_or(0),
+                    });
+            }
+            results.push((i, match written.get(&key) {
+                Some((agency, at, attempts)) => {
+                    self.records.push(Pending {
+                        at_us: *at,
+                        kind: record::OUTCOME,
+                        hop: o.hop.clone(),
+                        message_id: o.message_id.clone(),
+                        agency: agency.clone(),
+                        content: record::outcome(
+                            o,
+                            keep_receipt(o).as_deref(),
+                            agency,
+                            *attempts,
+                            *at,
+                        ),
+                    });
+                    Ok(())
+                }
+                None => Err(JournalError::UnknownMessage(o.message_id.clone())),
+            }));
+        }
+        Ok(results)
+    }
+
+    /// Claims, retries and the operator's jobs, in the batch's order.
+    async fn the_rest<S: Store>(&mut self, conn: &mut S, jobs: &[Job]) -> Result<(), DbError> {
+        for (i, job) in jobs.iter().enumerate() {
+            let d = match job {
+                Job::Accept(..) | Job::Finish(..) => continue,
+                Job::Ping(_) => Done::Ping,
+                Job::Claim {
+                    hop,
+                    lease_us,
+                    limit,
+                    ..
+                } => Done::Claim(self.claim(conn, hop, *lease_us, *limit).await?),
+                Job::Retry {
+                    hop,
+                    message_id,
+                    at_us,
+                    detail,
+                    ..
+                } => {
+                    let rows = conn
+                        .fetch(
+                            "UPDATE outbox SET due_us = $1, lease_owner = NULL, detail = $2
+                             WHERE hop = $3 AND message_id = $4 AND lease_owner = $5 RETURNING hop",
+                            vec![
+                                (*at_us).into(),
+                                detail.clone().into(),
+                                hop.clone().into(),
+                                message_id.clone().into(),
+                                self.config.owner.clone().into(),
+                            ],
+                        )
+                        .await?;
+                    if !rows.is_empty() {
+                        self.effects.queued = true;
                     }
-                    Admission::Existing(_) | Admission::Taken => {}
+                    Done::Retry(if rows.is_empty() {
+                        Err(JournalError::UnknownMessage(message_id.clone()))
+                    } else {
+                        Ok(())
+                    })
                 }
-                Written::Accept(admission)
-            }
-            (Job::Finish(o, _), _) => match agency {
-                Some(agency) => {
-                    records.push(outcome_record(o, keep_receipt(o), agency, at));
-                    Written::Finish
+                Job::Prune(_) => Done::Prune(self.prune(conn).await?),
+                Job::Sweep(_) => Done::Sweep(sweep(conn, self.at, self.config.keep_bodies_us).await?),
+                Job::Settle {
+                    before_us, detail, ..
+                } => Done::Settle(self.settle(conn, *before_us, detail).await?),
+                Job::Rebuild(_) => Done::Rebuild(
+                    crate::verify::rebuild(conn, self.config.dialect, self.at).await?,
+                ),
+            };
+            self.done[i] = Some(d);
+        }
+        Ok(())
+    }
+
+    /// Leases up to `limit` due deliveries of `hop` to this process (a new packet, a retry fallen due, or one whose
+    /// lease ended with the process that held it), with what a delivery needs.
+    async fn claim<S: Store>(
+        &mut self,
+        conn: &mut S,
+        hop: &str,
+        lease_us: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, DbError> {
+        let until = self.at.saturating_add(lease_us);
+        // Replicas on one PostgreSQL skip each other's rows; SQLite has one writer.
+        let lock = match self.config.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let rows = conn
+            .fetch(
+                &format!(
+                    "UPDATE outbox SET lease_owner = $1, due_us = $2, attempts = attempts + 1
+                     WHERE (hop, message_id) IN (
+                         SELECT hop, message_id FROM outbox WHERE hop = $3 AND due_us <= $4
+                         ORDER BY due_us LIMIT $5 {lock})
+                     RETURNING message_id, attempts, detail"
+                ),
+                vec![
+                    self.config.owner.clone().into(),
+                    until.into(),
+                    hop.to_owned().into(),
+                    self.at.into(),
+                    i64::from(limit).into(),
+                ],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id = r.text(0)?;
+            let found = conn
+                .fetch(
+                    concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        ", (SELECT body FROM journal_bodies b WHERE b.sha256 = messages.body_sha256)
+                         FROM messages WHERE hop = $1 AND message_id = $2"
+                    ),
+                    vec![hop.to_owned().into(), id.clone().into()],
+                )
+                .await?;
+            let Some(row) = found.first() else {
+                // An outbox row without its message (a tampered journal): left for `verify` to name.
+                continue;
+            };
+            out.push(Claimed {
+                message: Message::from_row(row)?,
+                body: row.opt_blob(19)?.map(Bytes::from),
+                attempts: u32::try_from(r.int(1)?).unwrap_or(u32::MAX),
+                last: r.opt_text(2)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Messages left in progress with no lease (a broker's packet whose consumer stopped, or a journal older than
+    /// the outbox rows), untouched since `before_us`: failed, each with its outcome record.
+    async fn settle<S: Store>(
+        &mut self,
+        conn: &mut S,
+        before_us: i64,
+        detail: &str,
+    ) -> Result<Vec<String>, DbError> {
+        let rows = conn
+            .fetch(
+                "SELECT hop, message_id FROM messages m
+                 WHERE status = 'in_progress' AND updated_us < $1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.hop = m.hop AND o.message_id = m.message_id)
+                 ORDER BY updated_us LIMIT 1000",
+                vec![before_us.into()],
+            )
+            .await?;
+        let outcomes: Vec<Outcome> = rows
+            .iter()
+            .map(|r| {
+                Ok(Outcome {
+                    hop: r.text(0)?,
+                    message_id: r.text(1)?,
+                    status: Status::Failed,
+                    upstream_status: None,
+                    receipt: None,
+                    answer_type: None,
+                    detail: Some(detail.to_owned()),
+                    owner: None,
+                })
+            })
+            .collect::<Result<_, DbError>>()?;
+        let mut run: Vec<(usize, &Outcome)> = outcomes.iter().enumerate().collect();
+        let written = self.finish_run(conn, &mut run).await?;
+        Ok(written
+            .into_iter()
+            .filter(|(_, r)| r.is_ok())
+            .filter_map(|(i, _)| outcomes.get(i).map(|o| o.message_id.clone()))
+            .collect())
+    }
+
+    /// Records past the retention, from the start of this chain and of chains whose writer stopped long ago (the
+    /// head remembering how far), a few thousand at a time; the messages they started go with them once ended.
+    async fn prune<S: Store>(&mut self, conn: &mut S) -> Result<(u64, u64), DbError> {
+        let cutoff = self.at.saturating_sub(self.config.retention_us);
+        let gone = self.at.saturating_sub(3_600_000_000);
+        let chains = conn
+            .fetch(
+                "SELECT chain, pruned_through FROM journal_chains WHERE chain = $1 OR alive_us < $2",
+                vec![self.config.chain.clone().into(), gone.into()],
+            )
+            .await?;
+        let mut records = 0u64;
+        let mut messages = 0u64;
+        for c in &chains {
+            let (chain, pruned) = (c.text(0)?, c.int(1)?);
+            let page = conn
+                .fetch(
+                    "SELECT seq, at_us FROM journal_records WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    vec![chain.clone().into(), pruned.into(), PRUNE_BATCH.into()],
+                )
+                .await?;
+            let mut through = None;
+            for r in &page {
+                if r.int(1)? >= cutoff {
+                    break;
                 }
-                None => Written::Unknown,
-            },
-            (Job::Accept(..), None) => {
-                return Err(DbError("journal batch out of step".into()));
+                through = Some(r.int(0)?);
             }
-        });
+            let Some(mut through) = through else { continue };
+            // A packet still owed keeps its acceptance record, and so everything after it.
+            let owed = conn
+                .fetch(
+                    "SELECT MIN(r.seq) FROM journal_records r JOIN messages m
+                         ON m.hop = r.hop AND m.message_id = r.message_id
+                     WHERE r.chain = $1 AND r.seq > $2 AND r.seq <= $3
+                       AND r.kind IN ('accepted', 'accepted_again') AND m.status IN ('queued', 'in_progress')",
+                    vec![chain.clone().into(), pruned.into(), through.into()],
+                )
+                .await?;
+            if let Some(first) = owed.first().map(|r| r.opt_int(0)).transpose()?.flatten() {
+                through = first - 1;
+            }
+            if through <= pruned {
+                continue;
+            }
+            // The messages these records started, ended and past the retention, go first (their keys too).
+            messages += conn
+                .fetch(
+                    "DELETE FROM messages WHERE (hop, message_id) IN (
+                         SELECT hop, message_id FROM journal_records
+                         WHERE chain = $1 AND seq > $2 AND seq <= $3 AND kind IN ('accepted', 'accepted_again'))
+                       AND accepted_us < $4 AND status NOT IN ('queued', 'in_progress')
+                     RETURNING hop",
+                    vec![
+                        chain.clone().into(),
+                        pruned.into(),
+                        through.into(),
+                        cutoff.into(),
+                    ],
+                )
+                .await?
+                .len() as u64;
+            records += conn
+                .fetch(
+                    "DELETE FROM journal_records WHERE chain = $1 AND seq > $2 AND seq <= $3 RETURNING seq",
+                    vec![chain.clone().into(), pruned.into(), through.into()],
+                )
+                .await?
+                .len() as u64;
+            conn.fetch(
+                "UPDATE journal_chains SET pruned_through = $1 WHERE chain = $2",
+                vec![through.into(), chain.into()],
+            )
+            .await?;
+        }
+        Ok((records, messages))
     }
-    for chunk in shaped(&records) {
-        let params = record_params(chunk, &mut seq, &mut prev);
-        tx.fetch(&records_sql(chunk.len()), params).await?;
-    }
-    tx.commit(seq, &prev).await?;
-    Ok(written)
 }
 
-fn reply_err(job: Job, e: &DbError) {
-    let err = JournalError::Unavailable(e.0.clone());
+/// Deletes bodies stored longer than `keep_us` ago that no pending delivery needs, a few hundred at a time; the
+/// number deleted.
+async fn sweep<S: Store>(conn: &mut S, at: i64, keep_us: i64) -> Result<u64, DbError> {
+    let cutoff = at.saturating_sub(keep_us);
+    Ok(conn
+        .fetch(
+            "DELETE FROM journal_bodies WHERE sha256 IN (
+                 SELECT sha256 FROM journal_bodies b WHERE b.stored_us <= $1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.body_sha256 = b.sha256)
+                 ORDER BY b.stored_us LIMIT $2)
+             RETURNING sha256",
+            vec![cutoff.into(), SWEEP_BATCH.into()],
+        )
+        .await?
+        .len() as u64)
+}
+
+fn answer(job: Job, done: Done) {
+    match (job, done) {
+        (Job::Accept(_, reply), Done::Accept(r)) => {
+            let _ = reply.send(r);
+        }
+        (Job::Finish(_, Some(reply)), Done::Finish(r)) => {
+            let _ = reply.send(r);
+        }
+        (Job::Finish(o, None), Done::Finish(Err(e))) => {
+            // Its lease was taken up by another process, which decides the outcome.
+            tracing::warn!(message_id = %o.message_id, error = %e, "journal: an outcome was not written");
+        }
+        (Job::Finish(_, None), Done::Finish(Ok(()))) => {}
+        (Job::Claim { reply, .. }, Done::Claim(c)) => {
+            let _ = reply.send(Ok(c));
+        }
+        (Job::Retry { reply, .. }, Done::Retry(r)) => {
+            let _ = reply.send(r);
+        }
+        (Job::Ping(reply), Done::Ping) => {
+            let _ = reply.send(Ok(()));
+        }
+        (Job::Prune(reply), Done::Prune(n)) => {
+            let _ = reply.send(Ok(n));
+        }
+        (Job::Sweep(reply), Done::Sweep(n)) => {
+            let _ = reply.send(Ok(n));
+        }
+        (Job::Settle { reply, .. }, Done::Settle(ids)) => {
+            let _ = reply.send(Ok(ids));
+        }
+        (Job::Rebuild(reply), Done::Rebuild(r)) => {
+            let _ = reply.send(Ok(r));
+        }
+        (job, _) => fail(job, &DbError("journal batch out of step".into())),
+    }
+}
+
+fn fail(job: Job, e: &DbError) {
+    let err = || JournalError::Unavailable(e.0.clone());
     match job {
         Job::Accept(_, reply) => {
-            let _ = reply.send(Err(err));
+            let _ = reply.send(Err(err()));
         }
         Job::Finish(_, reply) => {
-            let _ = reply.send(Err(err));
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(err()));
+            }
+        }
+        Job::Claim { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Retry { reply, .. } | Job::Ping(reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Prune(reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Sweep(reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Settle { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Rebuild(reply) => {
+            let _ = reply.send(Err(err()));
         }
     }
 }
 
-/// A record waiting for its place in the chain.
-struct Pending {
-    at_us: i64,
-    kind: &'static str,
-    hop: String,
-    message_id: String,
-    agency: String,
-    content: String,
+/// The larger of two values, as each database spells it.
+pub(crate) fn greatest(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "MAX",
+        Dialect::Postgres => "GREATEST",
+    }
 }
 
 /// Numbered placeholders `($first, $first+1, …)` for `rows` rows of `cols` values each.
-fn values_from(rows: usize, cols: usize, first: usize) -> String {
+pub(crate) fn values_from(rows: usize, cols: usize, first: usize) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -266,7 +1478,7 @@ fn values_from(rows: usize, cols: usize, first: usize) -> String {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&format!("${}", first + r * cols + c));
+            let _ = write!(out, "${}", first + r * cols + c);
         }
         out.push(')');
     }
@@ -274,11 +1486,9 @@ fn values_from(rows: usize, cols: usize, first: usize) -> String {
 }
 
 /// Splits `rows` into multi-row statements of 16, 8, 4, 2 or 1 rows: five statement shapes, each prepared once and
-/// reused on PostgreSQL (a statement per batch size would be prepared anew for almost every batch). Measured with
-/// the append bench: 16 rows beat 8 and 32 on both databases (PostgreSQL slowed tenfold at 32 and more). SQLite
-/// takes a batch's shapes together in one round trip, so there the prepared script is the combination — one per
-/// batch size seen, kept by sqlx's statement cache (its preparation costs less than the round trips it saves).
-fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
+/// reused (a statement per batch size would be prepared anew for almost every batch). Measured with the append
+/// bench: 16 rows beat 8 and 32 on both databases (PostgreSQL slowed tenfold at 32 and more).
+pub(crate) fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut size = 16;
     while !rows.is_empty() {
@@ -292,29 +1502,62 @@ fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
     out
 }
 
-/// The statement inserting `rows` chain records.
-fn records_sql(rows: usize) -> String {
-    format!(
-        "INSERT INTO journal_records (seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash) VALUES {}",
-        values_from(rows, 9, 1)
-    )
+/// The statement text of each shape, made once.
+macro_rules! shapes {
+    ($name:ident, $make:expr) => {
+        fn $name(rows: usize) -> &'static str {
+            static SHAPES: std::sync::OnceLock<[String; 5]> = std::sync::OnceLock::new();
+            let shapes = SHAPES.get_or_init(|| [1, 2, 4, 8, 16].map($make));
+            let i = rows.trailing_zeros() as usize;
+            shapes.get(i).map_or("", String::as_str)
+        }
+    };
 }
 
-/// Links `chunk` into the chain after `(seq, prev)`: the values of [`records_sql`].
-fn record_params(chunk: &[Pending], seq: &mut i64, prev: &mut String) -> Vec<Param> {
-    let mut params = Vec::with_capacity(chunk.len() * 9);
+shapes!(records_sql, |rows| format!(
+    "INSERT INTO journal_records (chain, seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash) VALUES {}",
+    values_from(rows, 10, 1)
+));
+
+shapes!(messages_sql, |rows| format!(
+    "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
+         body_size, delivery, request, status, accepted_us, updated_us, attempts, subject, approval, hop_signature)
+     VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
+    values_from(rows, 18, 1)
+));
+
+shapes!(bodies_sql, |rows| format!(
+    "INSERT INTO journal_bodies (sha256, size, stored_us, body) VALUES {} ON CONFLICT (sha256) DO NOTHING",
+    values_from(rows, 4, 1)
+));
+
+shapes!(outbox_sql, |rows| format!(
+    "INSERT INTO outbox (hop, message_id, agency, body_sha256, bytes, delivery, accepted_us, due_us, attempts,
+         lease_owner) VALUES {}",
+    values_from(rows, 10, 1)
+));
+
+/// Links `chunk` into `chain` after `(seq, prev)`: the values of [`records_sql`].
+fn record_params(
+    chain: &str,
+    chunk: &[Pending],
+    seq: &mut i64,
+    prev: &mut String,
+) -> Vec<Param> {
+    let mut params = Vec::with_capacity(chunk.len() * 10);
     for r in chunk {
         let next = *seq + 1;
         let hash = chain::hash(next, prev, &r.content);
         params.extend([
-            Param::from(next),
+            Param::from(chain),
+            next.into(),
             r.at_us.into(),
             r.kind.into(),
             r.hop.clone().into(),
             r.message_id.clone().into(),
             r.agency.clone().into(),
             r.content.clone().into(),
-            prev.clone().into(),
+            std::mem::take(prev).into(),
             hash.clone().into(),
         ]);
         *seq = next;
@@ -323,90 +1566,21 @@ fn record_params(chunk: &[Pending], seq: &mut i64, prev: &mut String) -> Vec<Par
     params
 }
 
-fn accepted_record(a: &Accepted, message_id: &str, again: bool, at: i64) -> Pending {
-    let kind = if again { "accepted_again" } else { "accepted" };
-    let mut content = serde_json::json!({
-        "kind": kind,
-        "at_us": at,
-        "hop": a.hop,
-        "message_id": message_id,
-        "agency": a.agency,
-        "route": a.route,
-        "message_type": a.message_type,
-        "mode": a.mode,
-        "idempotency_key": a.idempotency_key,
-        "sha256": a.body_sha256,
-        "size": a.body_size,
-        "delivery": a.delivery.as_str(),
-    });
-    // The record proves whose profile a packet was and what an approval approved and who signed it.
-    if let Some(o) = content.as_object_mut() {
-        if let Some(s) = &a.subject {
-            o.insert("subject".into(), s.clone().into());
-        }
-        let json = |t: &Option<String>| {
-            t.as_deref()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-        };
-        if let Some(approval) = json(&a.approval) {
-            o.insert("approval".into(), approval);
-        }
-        if let Some(signature) = json(&a.hop_signature) {
-            o.insert("hop_signature".into(), signature);
-        }
-    }
-    Pending {
-        at_us: at,
-        kind,
-        hop: a.hop.clone(),
-        message_id: message_id.to_owned(),
-        agency: a.agency.clone(),
-        content: content.to_string(),
-    }
-}
-
-fn status_of(a: &Accepted) -> Status {
-    match a.delivery {
-        crate::Delivery::Direct => Status::InProgress,
-        crate::Delivery::Queued => Status::Queued,
-    }
-}
-
-/// The request a queued delivery replays, as stored.
+/// The request a delivery replays, as stored.
 fn request_json(a: &Accepted) -> Option<String> {
     a.request
         .as_ref()
         .and_then(|r| serde_json::to_string(r).ok())
 }
 
-/// When a queued message is first due for delivery: at once.
-fn due(a: &Accepted, at: i64) -> Option<i64> {
-    (a.delivery == crate::Delivery::Queued).then_some(at)
-}
-
-/// When a message's body may go: never while it is queued; kept bodies stay until the outcome sets a time.
-fn body_until(a: &Accepted, keep: Keep) -> Option<i64> {
-    (keep.bodies_us > 0 || a.delivery == crate::Delivery::Queued)
-        .then_some(i64::MAX)
-        .filter(|_| a.body.is_some())
-}
-
-/// The statement inserting `rows` accepted messages; a key or message id already there is skipped (left for
-/// [`repeated`]), the inserted ones returned.
-fn messages_sql(rows: usize) -> String {
-    format!(
-        "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
-             body_size, delivery, request, body, status, accepted_us, updated_us, next_attempt_us, body_until_us,
-             subject, approval, hop_signature)
-         VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
-        values_from(rows, 20, 1)
-    )
-}
-
 /// The values of [`messages_sql`] for `chunk`.
-fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
-    let mut params = Vec::with_capacity(chunk.len() * 20);
+fn message_params(chunk: &[&Accepted], at: i64) -> Vec<Param> {
+    let mut params = Vec::with_capacity(chunk.len() * 18);
     for a in chunk {
+        let status = match a.delivery {
+            Delivery::Direct => Status::InProgress,
+            Delivery::Queued => Status::Queued,
+        };
         params.extend([
             Param::from(a.hop.clone()),
             a.message_id.clone().into(),
@@ -419,12 +1593,10 @@ fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
             i64::try_from(a.body_size).unwrap_or(i64::MAX).into(),
             a.delivery.as_str().into(),
             request_json(a).into(),
-            a.body.clone().into(),
-            status_of(a).as_str().into(),
+            status.as_str().into(),
             at.into(),
             at.into(),
-            due(a, at).into(),
-            body_until(a, keep).into(),
+            0i64.into(),
             a.subject.clone().into(),
             a.approval.clone().into(),
             a.hop_signature.clone().into(),
@@ -433,178 +1605,9 @@ fn message_params(chunk: &[&Accepted], keep: Keep, at: i64) -> Vec<Param> {
     params
 }
 
-type Inserted = std::collections::HashSet<(String, String)>;
-
-/// Inserts every accepted message whose idempotency key (or message id) is new at its hop, a statement per shape;
-/// returns those inserted. The others — repeats, also of an earlier packet of the same batch — are left for
-/// [`repeated`].
-async fn insert_messages<S: Store>(
-    tx: &mut S,
-    accepts: &[&Accepted],
-    keep: Keep,
-    at: i64,
-) -> Result<Inserted, DbError> {
-    let mut inserted = Inserted::new();
-    for chunk in shaped(accepts) {
-        let rows = tx
-            .fetch(&messages_sql(chunk.len()), message_params(chunk, keep, at))
-            .await?;
-        for row in rows {
-            inserted.insert((row.text(0)?, row.text(1)?));
-        }
-    }
-    Ok(inserted)
-}
-
-/// An acceptance whose key (or message id) is already there: the message as it stands, or — when its delivery
-/// failed or expired and the body is the same — the same message tried again.
-async fn repeated<S: Store>(
-    tx: &mut S,
-    a: &Accepted,
-    keep: Keep,
-    at: i64,
-) -> Result<Admission, DbError> {
-    let mut rows = match &a.idempotency_key {
-        Some(key) => {
-            tx.fetch(
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE hop = $1 AND agency = $2 AND idempotency_key = $3"
-                ),
-                vec![
-                    a.hop.clone().into(),
-                    a.agency.clone().into(),
-                    key.clone().into(),
-                ],
-            )
-            .await?
-        }
-        None => Vec::new(),
-    };
-    if rows.is_empty() {
-        rows = tx
-            .fetch(
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE hop = $1 AND message_id = $2"
-                ),
-                vec![a.hop.clone().into(), a.message_id.clone().into()],
-            )
-            .await?;
-    }
-    let row = rows.first().ok_or_else(|| {
-        DbError(format!(
-            "message {} was neither inserted nor found at hop {}",
-            a.message_id, a.hop
-        ))
-    })?;
-    let m = Message::from_row(row)?;
-    if m.agency != a.agency {
-        return Ok(Admission::Taken);
-    }
-    if !(m.status.retryable() && m.body_sha256 == a.body_sha256) {
-        return Ok(Admission::Existing(Box::new(m)));
-    }
-    tx.fetch(
-        "UPDATE messages SET status = $1, delivery = $2, request = $3, body = $4, updated_us = $5,
-             upstream_status = NULL, receipt = NULL, detail = NULL, next_attempt_us = $6,
-             lease_owner = NULL, lease_until_us = NULL, body_until_us = $7, accepted_us = $8
-         WHERE hop = $9 AND message_id = $10",
-        vec![
-            status_of(a).as_str().into(),
-            a.delivery.as_str().into(),
-            request_json(a).into(),
-            a.body.clone().into(),
-            at.into(),
-            due(a, at).into(),
-            body_until(a, keep).into(),
-            at.into(),
-            m.hop.clone().into(),
-            m.message_id.clone().into(),
-        ],
-    )
-    .await?;
-    Ok(Admission::Again(Box::new(m)))
-}
-
 /// The receipt an outcome keeps: at most [`MAX_RECEIPT_BYTES`].
-fn keep_receipt(o: &Outcome) -> Option<String> {
+pub(crate) fn keep_receipt(o: &Outcome) -> Option<String> {
     o.receipt.as_ref().map(|r| clip(r, MAX_RECEIPT_BYTES))
-}
-
-/// Sets the outcomes of `run` (each of another message) in one statement per shape, and notes the agency of each
-/// message found — an outcome of a message this hop never accepted (or whose lease its worker lost) finds none.
-async fn finish_run<S: Store>(
-    tx: &mut S,
-    run: &mut Vec<(usize, &Outcome)>,
-    agencies: &mut [Option<String>],
-    keep: Keep,
-    at: i64,
-) -> Result<(), DbError> {
-    // Its body stays `keep_bodies` after it ends, or goes now.
-    let body_until = at.saturating_add(keep.bodies_us);
-    for chunk in shaped(run) {
-        // VALUES columns are column1… in both SQLite and PostgreSQL.
-        let sql = format!(
-            "UPDATE messages SET status = v.column3, upstream_status = v.column4, receipt = v.column5,
-                 detail = v.column6, updated_us = $1, lease_owner = NULL, lease_until_us = NULL,
-                 next_attempt_us = NULL, body_until_us = $2, body = CASE WHEN $3 THEN messages.body ELSE NULL END
-             FROM (VALUES {}) AS v
-             WHERE messages.hop = v.column1 AND messages.message_id = v.column2
-                 AND (v.column7 = '' OR messages.lease_owner = v.column7
-                      OR (v.column7 = '{ABANDONED}' AND messages.status = 'in_progress'))
-             RETURNING messages.hop, messages.message_id, messages.agency",
-            values_from(chunk.len(), 7, 4)
-        );
-        let mut params: Vec<Param> = Vec::with_capacity(3 + chunk.len() * 7);
-        params.extend([at.into(), body_until.into(), (keep.bodies_us > 0).into()]);
-        for (_, o) in chunk {
-            params.extend([
-                Param::from(o.hop.clone()),
-                o.message_id.clone().into(),
-                o.status.as_str().into(),
-                o.upstream_status.map(i64::from).into(),
-                keep_receipt(o).into(),
-                o.detail.clone().into(),
-                o.owner.clone().unwrap_or_default().into(),
-            ]);
-        }
-        for row in tx.fetch(&sql, params).await? {
-            let (hop, id) = (row.text(0)?, row.text(1)?);
-            if let Some((i, _)) = chunk
-                .iter()
-                .find(|(_, o)| o.hop == hop && o.message_id == id)
-            {
-                agencies[*i] = Some(row.text(2)?);
-            }
-        }
-    }
-    run.clear();
-    Ok(())
-}
-
-/// The chain record of an outcome written for a message of `agency`.
-fn outcome_record(o: &Outcome, receipt: Option<String>, agency: String, at: i64) -> Pending {
-    let content = serde_json::json!({
-        "kind": "outcome",
-        "at_us": at,
-        "hop": o.hop,
-        "message_id": o.message_id,
-        "status": o.status.as_str(),
-        "upstream_status": o.upstream_status,
-        "receipt": receipt,
-        "detail": o.detail,
-    });
-    Pending {
-        at_us: at,
-        kind: "outcome",
-        hop: o.hop.clone(),
-        message_id: o.message_id.clone(),
-        agency,
-        content: content.to_string(),
-    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
@@ -634,5 +1637,45 @@ mod tests {
         assert_eq!(shaped::<u32>(&[]).len(), 0);
         assert_eq!(values_from(2, 2, 1), "($1, $2), ($3, $4)");
         assert_eq!(values_from(1, 3, 5), "($5, $6, $7)");
+        assert!(records_sql(16).ends_with("$160)"));
+        assert!(records_sql(1).ends_with("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"));
+    }
+
+    #[test]
+    fn a_quota_counts_what_is_held_and_what_the_batch_added() {
+        let quotas = Quotas {
+            default: Quota {
+                packets: 2,
+                bytes: 100,
+            },
+            agencies: HashMap::from([(
+                "big".to_owned(),
+                Quota {
+                    packets: 10,
+                    bytes: 1000,
+                },
+            )]),
+        };
+        let held = HashMap::from([(
+            "a".to_owned(),
+            Held {
+                packets: 1,
+                bytes: 40,
+            },
+        )]);
+        let one = |b| Held {
+            packets: 1,
+            bytes: b,
+        };
+        assert!(quota_allows(&quotas, &held, &HashMap::new(), "a", one(60)).is_ok());
+        assert!(quota_allows(&quotas, &held, &HashMap::new(), "a", one(61)).is_err());
+        let added = HashMap::from([("a".to_owned(), one(1))]);
+        match quota_allows(&quotas, &held, &added, "a", one(1)) {
+            Err(JournalError::OverQuota { held, quota, .. }) => {
+                assert_eq!((held.packets, quota.packets), (2, 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(quota_allows(&quotas, &held, &added, "big", one(900)).is_ok());
     }
 }
