@@ -195,8 +195,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum JournalCommand {
-    /// Walk the whole hash chain; name the first broken record and exit 1 if there is one.
+    /// Walk every hash chain and check everything derived from them (messages, outbox, bodies, the records' own
+    /// columns); name the first disagreement and exit 1 if there is one.
     Verify,
+    /// Write the derived tables (messages, outbox, the records' columns) anew from the chains, then verify; refused
+    /// while a gateway writes the journal.
+    RebuildIndex,
     /// Write the records of a period as JSON lines (seq, prev_hash, hash, record); with --sign, as an XML document
     /// signed by the operator (XML-DSig), which `lgsp-gateway verify` and xmlsec1 verify.
     Export {
@@ -591,6 +595,7 @@ fn main() -> ExitCode {
         } => {
             let ask = match command {
                 JournalCommand::Verify => cmd::journal::Ask::Verify,
+                JournalCommand::RebuildIndex => cmd::journal::Ask::RebuildIndex,
                 JournalCommand::Export {
                     from,
                     to,

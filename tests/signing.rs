@@ -247,13 +247,9 @@ async fn an_approval_approves_the_last_profiles_sent_and_the_report_names_what_i
     );
 
     // The journal keeps who approved what; its report names the profile still unapproved (the new version).
-    let journal = lgsp_journal::Journal::open(lgsp_journal::Settings {
-        url: journal_url_in(&text),
-        keep_bodies: std::time::Duration::from_secs(3600),
-        retention: std::time::Duration::from_secs(86_400),
-    })
-    .await
-    .expect("journal");
+    let journal = lgsp_journal::Journal::open_reader(&journal_url_in(&text))
+        .await
+        .expect("journal");
     let now = time::OffsetDateTime::now_utc().to_offset(lgsp_sign::approval::VIETNAM);
     let this_month = now.date().replace_day(1).expect("day 1");
     let last = this_month.previous_day().expect("last month");

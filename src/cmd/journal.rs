@@ -1,15 +1,18 @@
 //! `lgsp-gateway journal`: the operator's commands over the message journal the config names — verify the hash
-//! chain, export records as JSON lines, apply migrations, and the monthly report per hop, agency and message type.
+//! chains and everything derived from them, rebuild the derived tables, export records as JSON lines, apply
+//! migrations, back up, and the monthly report per hop, agency and message type. Every command but `migrate` and
+//! `rebuild-index` opens the journal for reading only, so it never touches what a running gateway holds.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use lgsp_journal::{ApprovalReport, Journal, JournalError, ReportRow, Settings};
-use lgsp_proxy::messages::parse_time;
+use lgsp_journal::time::{month_bounds, parse_time, rfc3339};
+use lgsp_journal::{ApprovalReport, Journal, JournalError, ReportRow, Verified};
 
 pub enum Ask {
     Verify,
+    RebuildIndex,
     Export {
         from: Option<String>,
         to: Option<String>,
@@ -38,7 +41,7 @@ pub fn journal(config: Option<&Path>, url: Option<String>, ask: Ask) -> ExitCode
     };
     let url = url.unwrap_or_else(|| cfg.journal.url.clone());
     if let Ask::Backup { file } = &ask {
-        return backup(&runtime, &url, file, &cfg);
+        return backup(&runtime, &url, file);
     }
     runtime.block_on(async move {
         if let Ask::Migrate = ask {
@@ -55,25 +58,22 @@ pub fn journal(config: Option<&Path>, url: Option<String>, ask: Ask) -> ExitCode
                 Err(e) => super::failed(e),
             };
         }
-        let journal = match Journal::open(Settings {
-            url: url.clone(),
-            keep_bodies: cfg.journal.keep_bodies,
-            retention: cfg.journal.retention,
-        })
-        .await
-        {
+        if let Ask::RebuildIndex = ask {
+            return rebuild(&url, &cfg).await;
+        }
+        let journal = match Journal::open_reader(&url).await {
             Ok(j) => j,
             Err(e) => return super::failed(e),
         };
         match ask {
-            Ask::Migrate | Ask::Backup { .. } => ExitCode::SUCCESS,
+            Ask::Migrate | Ask::Backup { .. } | Ask::RebuildIndex => ExitCode::SUCCESS,
             Ask::Verify => match journal.verify().await {
-                Ok(n) => {
-                    println!("{url}: {n} records, the chain is whole");
+                Ok(v) => {
+                    println!("{url}: {}", verified(&v));
                     ExitCode::SUCCESS
                 }
                 Err(JournalError::Broken(b)) => {
-                    println!("{url}: BROKEN at {b}");
+                    println!("{url}: BROKEN: {b}");
                     ExitCode::FAILURE
                 }
                 Err(e) => super::failed(e),
@@ -89,32 +89,80 @@ pub fn journal(config: Option<&Path>, url: Option<String>, ask: Ask) -> ExitCode
     })
 }
 
+/// What a whole journal verified, in a line.
+fn verified(v: &Verified) -> String {
+    let chains: Vec<String> = v.chains.iter().map(|(c, n)| format!("{c} ({n})")).collect();
+    format!(
+        "{} records in {} chain(s) [{}], {} anchors, {} messages, {} outbox rows, {} bodies: the chains are whole and everything derived from them agrees",
+        v.records,
+        v.chains.len(),
+        chains.join(", "),
+        v.anchors,
+        v.messages,
+        v.outbox,
+        v.bodies
+    )
+}
+
+/// `journal rebuild-index`: the derived tables written anew from the chains, by a writer of this command's own —
+/// refused while a gateway writes the journal (its chain committed in the last minute), then verified.
+async fn rebuild(url: &str, cfg: &lgsp_config::Config) -> ExitCode {
+    let reader = match Journal::open_reader(url).await {
+        Ok(j) => j,
+        Err(e) => return super::failed(e),
+    };
+    match reader
+        .writers_within(std::time::Duration::from_secs(60))
+        .await
+    {
+        Ok(alive) if !alive.is_empty() => {
+            return super::failed(format!(
+                "{url}: a gateway is writing this journal (chain {} committed in the last minute); stop every gateway on it first",
+                alive.join(", ")
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return super::failed(e),
+    }
+    let mut settings = lgsp_proxy::journal_settings(cfg);
+    settings.url = url.to_owned();
+    let journal = match Journal::open(settings).await {
+        Ok(j) => j,
+        Err(e) => return super::failed(e),
+    };
+    match journal.rebuild_index().await {
+        Ok(r) => println!(
+            "{url}: rebuilt from the chains: {} messages, {} record rows set again, outbox {} removed and {} added",
+            r.messages, r.records, r.outbox_removed, r.outbox_added
+        ),
+        Err(e) => return super::failed(e),
+    }
+    match journal.verify().await {
+        Ok(v) => {
+            println!("{url}: {}", verified(&v));
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::failed(e),
+    }
+}
+
 /// `journal backup FILE`: the online copy, then its chain walked as `verify` walks the journal's.
-fn backup(
-    runtime: &tokio::runtime::Runtime,
-    url: &str,
-    file: &Path,
-    cfg: &lgsp_config::Config,
-) -> ExitCode {
+fn backup(runtime: &tokio::runtime::Runtime, url: &str, file: &Path) -> ExitCode {
     let pages = match lgsp_journal::backup_sqlite(url, file) {
         Ok(p) => p,
         Err(e) => return super::failed(e),
     };
     let copy = format!("sqlite://{}", file.display());
     let checked = runtime.block_on(async {
-        let journal = Journal::open(Settings {
-            url: copy.clone(),
-            keep_bodies: cfg.journal.keep_bodies,
-            retention: cfg.journal.retention,
-        })
-        .await?;
+        let journal = Journal::open_reader(&copy).await?;
         journal.verify().await
     });
     match checked {
-        Ok(n) => {
+        Ok(v) => {
             println!(
-                "{url}: copied {pages} pages to {}; the copy holds {n} records, its chain whole (check again: lgsp-gateway journal --url {copy} verify)",
-                file.display()
+                "{url}: copied {pages} pages to {}; the copy holds {} records, its chains whole (check again: lgsp-gateway journal --url {copy} verify)",
+                file.display(),
+                v.records
             );
             ExitCode::SUCCESS
         }
@@ -180,9 +228,9 @@ async fn signed_export(
     };
     let period = |us: i64| {
         if us == i64::MAX {
-            lgsp_proxy::messages::rfc3339(lgsp_journal::now_us())
+            rfc3339(lgsp_journal::now_us())
         } else {
-            lgsp_proxy::messages::rfc3339(us)
+            rfc3339(us)
         }
     };
     let mut writer = match lgsp_sign::export::SignedExport::start(
@@ -195,8 +243,8 @@ async fn signed_export(
         Err(e) => return super::failed(format!("writing the export: {e}")),
     };
     let written = journal
-        .each_record(from_us, to_us, &mut |seq, prev, hash, content| {
-            writer.record(seq, prev, hash, content)
+        .each_record(from_us, to_us, &mut |r| {
+            writer.record(r.chain, r.seq, r.prev_hash, r.hash, r.content)
         })
         .await;
     if let Err(e) = written {
@@ -209,20 +257,6 @@ async fn signed_export(
         }
         Err(e) => super::failed(e),
     }
-}
-
-/// `YYYY-MM` → the month's start and the next month's, in Vietnam time.
-fn month_bounds(month: &str) -> Result<(i64, i64), String> {
-    let bad = || format!("--month {month}: write the month as YYYY-MM, e.g. 2026-11");
-    let (y, m) = month.split_once('-').ok_or_else(bad)?;
-    let (y, m): (u16, u8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if !(1..=12).contains(&m) || month.len() != 7 {
-        return Err(bad());
-    }
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    let start = parse_time(&format!("{y:04}-{m:02}-01")).map_err(|_| bad())?;
-    let end = parse_time(&format!("{ny:04}-{nm:02}-01")).map_err(|_| bad())?;
-    Ok((start, end))
 }
 
 async fn report(journal: &Journal, month: &str, json: bool) -> ExitCode {
@@ -302,7 +336,7 @@ fn write_approvals(
                 p.subject,
                 p.sha256,
                 p.message_id,
-                lgsp_proxy::messages::rfc3339(p.accepted_us)
+                rfc3339(p.accepted_us)
             )?;
         }
         if r.unapproved.len() > UNAPPROVED_SHOWN {
@@ -350,19 +384,4 @@ fn write_table(out: &mut impl Write, month: &str, rows: &[ReportRow]) -> std::io
         "{:<6} {:<16} {:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "all", "", "", total.received, total.delivered, total.rejected, total.pending, total.failed
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_month_runs_from_its_first_midnight_in_vietnam_to_the_next() {
-        let (from, to) = month_bounds("2026-12").unwrap();
-        assert_eq!(lgsp_proxy::messages::rfc3339(from), "2026-11-30T17:00:00Z");
-        assert_eq!(lgsp_proxy::messages::rfc3339(to), "2026-12-31T17:00:00Z");
-        for bad in ["2026-13", "2026-1", "11-2026", "2026"] {
-            assert!(month_bounds(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -265,15 +265,24 @@ fn is_export(bytes: &[u8]) -> bool {
 fn verify_export(policy: &lgsp_sign::Policy, shown: &str, bytes: &[u8], json: bool) -> bool {
     let verdict = check_export(policy, bytes);
     match (&verdict, json) {
-        (Ok((signer, n, first, last)), true) => println!(
+        (Ok((signer, n, chains)), true) => println!(
             "{}",
-            serde_json::json!({"file": shown, "export": true, "valid": true, "records": n, "first_seq": first, "last_seq": last,
+            serde_json::json!({"file": shown, "export": true, "valid": true, "records": n,
+                "chains": chains.iter().map(|(c, first, last)| serde_json::json!({"chain": c, "first_seq": first, "last_seq": last})).collect::<Vec<_>>(),
                 "signer": {"subject": signer.subject, "serial": signer.serial, "sha256": signer.fingerprint}})
         ),
-        (Ok((signer, n, first, last)), false) => println!(
-            "{shown}: journal export of {n} records (seq {first}–{last}), the chain whole, signed by {} (serial {})",
-            signer.subject, signer.serial
-        ),
+        (Ok((signer, n, chains)), false) => {
+            let spans: Vec<String> = chains
+                .iter()
+                .map(|(c, first, last)| format!("chain {c}: seq {first}–{last}"))
+                .collect();
+            println!(
+                "{shown}: journal export of {n} records ({}), each chain whole, signed by {} (serial {})",
+                spans.join(", "),
+                signer.subject,
+                signer.serial
+            )
+        }
         (Err(e), true) => println!(
             "{}",
             serde_json::json!({"file": shown, "export": true, "valid": false, "error": e})
@@ -283,10 +292,10 @@ fn verify_export(policy: &lgsp_sign::Policy, shown: &str, bytes: &[u8], json: bo
     verdict.is_ok()
 }
 
-fn check_export(
-    policy: &lgsp_sign::Policy,
-    bytes: &[u8],
-) -> Result<(lgsp_sign::Signer, u64, i64, i64), String> {
+/// A verified export: its signer, its record count, and each chain's first and last record.
+type ExportChecked = (lgsp_sign::Signer, u64, Vec<(String, i64, i64)>);
+
+fn check_export(policy: &lgsp_sign::Policy, bytes: &[u8]) -> Result<ExportChecked, String> {
     use lgsp_sign::xml::{self, Check};
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
     let doc = xml::parse(text).map_err(|e| e.0)?;
@@ -310,29 +319,39 @@ fn check_export(
         .check(chain, time::OffsetDateTime::now_utc())
         .map_err(|e| format!("the signer: {e}"))?;
     let root = doc.document_element().ok_or("no root element")?;
-    let (mut n, mut first, mut last) = (0u64, 0i64, 0i64);
-    let mut prev: Option<String> = None;
+    let mut n = 0u64;
+    // Per chain, in order of first appearance: (chain, first seq, last seq, last hash).
+    let mut chains: Vec<(String, i64, i64, String)> = Vec::new();
     for r in xml::children(&doc, root, lgsp_sign::export::NS, lgsp_sign::export::RECORD) {
         let attr = |name: &str| doc.get_attribute(r, name).unwrap_or_default().to_owned();
         let seq: i64 = attr("seq")
             .parse()
             .map_err(|_| format!("a record's seq `{}` is not a number", attr("seq")))?;
-        let (link, hash) = (attr("prevHash"), attr("hash"));
+        let (chain, link, hash) = (attr("chain"), attr("prevHash"), attr("hash"));
         let content = doc.text_content_deep(r);
         if lgsp_journal::chain::hash(seq, &link, &content) != hash {
-            return Err(format!("record {seq}: its content does not match its hash"));
+            return Err(format!(
+                "chain {chain}, record {seq}: its content does not match its hash"
+            ));
         }
-        if let Some(p) = &prev
-            && (*p != link || seq != last + 1)
-        {
-            return Err(format!("record {seq}: it does not follow record {last}"));
+        match chains.iter_mut().find(|c| c.0 == chain) {
+            Some(c) => {
+                if c.3 != link || seq != c.2 + 1 {
+                    return Err(format!(
+                        "chain {chain}, record {seq}: it does not follow record {}",
+                        c.2
+                    ));
+                }
+                c.2 = seq;
+                c.3 = hash;
+            }
+            None => chains.push((chain, seq, seq, hash)),
         }
-        if n == 0 {
-            first = seq;
-        }
-        prev = Some(hash);
-        last = seq;
         n += 1;
     }
-    Ok((signer, n, first, last))
+    Ok((
+        signer,
+        n,
+        chains.into_iter().map(|(c, f, l, _)| (c, f, l)).collect(),
+    ))
 }

@@ -78,6 +78,28 @@ pub struct FileJournal {
     pub url: Option<Spanned<String>>,
     pub keep_bodies: Option<Spanned<String>>,
     pub retention: Option<Spanned<String>>,
+    /// This process's chain of records (one per replica writing the same database).
+    pub chain: Option<Spanned<String>>,
+    /// What one agency may hold accepted and not yet delivered.
+    pub agency_quota: Option<Spanned<FileQuota>>,
+    /// Below this much free disk (SQLite), new packets are refused.
+    pub min_free_disk: Option<Spanned<FileSize>>,
+}
+
+/// `{ packets = N, bytes = "SIZE" }`: a bound on what one agency holds undelivered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuota {
+    pub packets: Option<u64>,
+    pub bytes: Option<FileSize>,
+}
+
+/// A size: bytes as a number, or a number with a unit (`"512MiB"`, `"1GiB"`, `"2GB"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +396,8 @@ pub struct FileAgency {
     /// public key, or by exact subject and issuer DNs. Several, so a new certificate overlaps the old.
     #[serde(default)]
     pub certificates: Vec<Spanned<FileCertificate>>,
+    /// This agency's own bound on what it holds undelivered, instead of `[journal] agency_quota`.
+    pub quota: Option<Spanned<FileQuota>>,
 }
 
 /// How one client certificate is recognised: `{ spki_sha256 = "…" }` or `{ subject = "…", issuer = "…" }`.

@@ -19,7 +19,7 @@ pub use runtime::{
     AdminConfig, AgencyConfig, AuthConfig, Broker, CertificateMatch, ClientTlsConfig, Config,
     ConfigPath, ConsumerConfig, DeliveryConfig, DeliveryMode, EmulatorConfig, HopConfig,
     HttpConfig, JournalConfig, KeyConfig, LogConfig, Origin, OverloadConfig, PeerConfig, PkiConfig,
-    RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
+    Quota, RateLimitBackend, RateLimitConfig, RateSpec, RouteConfig, SchemaSource, ServerTlsConfig,
     SigningConfig, SourceKind, TokenConfig, Upstream, UpstreamConfig, UpstreamProtocol,
     ValidationConfig, dn_key, instant, valid_subject,
 };

@@ -54,8 +54,8 @@ pub use model::{
     Accepted, Admission, ApprovalReport, ApprovalSent, Claimed, Delivery, Held, Message, Outcome,
     ProfileSent, Quota, ReportRow, Request, Status,
 };
-pub use schema::Dialect;
 pub use read::RecordRef;
+pub use schema::Dialect;
 pub use verify::{Finding, Rebuilt, Verified};
 pub use writer::Quotas;
 
@@ -265,7 +265,8 @@ async fn prepare_connection(
             conn.execute("PRAGMA query_only = ON").await?;
         }
         (Dialect::Postgres, true) => {
-            conn.execute("SET default_transaction_read_only = on").await?;
+            conn.execute("SET default_transaction_read_only = on")
+                .await?;
         }
         (Dialect::Postgres, false) => {}
     }
@@ -460,13 +461,8 @@ impl Journal {
         migrator.close().await;
         migrated?;
         let (pool, _) = connect(&settings.url, true).await?;
-        let owner = format!(
-            "{}:{}:{:x}",
-            settings.chain,
-            std::process::id(),
-            now_us()
-        );
-        let shared = Arc::new(writer::Shared::default());
+        let owner = format!("{}:{}:{:x}", settings.chain, std::process::id(), now_us());
+        let shared = Arc::new(writer::Shared::new(settings.quotas.clone()));
         let config = writer::Config {
             url: settings.url.clone(),
             dialect,
@@ -474,7 +470,6 @@ impl Journal {
             owner: owner.clone(),
             keep_bodies_us: i64::try_from(settings.keep_bodies.as_micros()).unwrap_or(i64::MAX),
             retention_us: i64::try_from(settings.retention.as_micros()).unwrap_or(i64::MAX),
-            quotas: settings.quotas.clone(),
             min_free_disk: settings.min_free_disk,
             anchor_every: settings.anchor_every,
             disk_dir: (dialect == Dialect::Sqlite).then(|| sqlite_dir(&settings.url)),
@@ -511,7 +506,7 @@ impl Journal {
             dialect,
             writer: None,
             up: Arc::new(AtomicBool::new(true)),
-            shared: Arc::new(writer::Shared::default()),
+            shared: Arc::new(writer::Shared::new(Settings::new(url).quotas)),
             owner: Arc::from(""),
             chain: Arc::from(""),
         })
@@ -539,6 +534,13 @@ impl Journal {
     /// Whether the last write succeeded (what `/readyz` and `lgsp_journal_up` report).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// What each agency may hold undelivered from now on (a reload of the agencies).
+    pub fn set_quotas(&self, quotas: Quotas) {
+        if let Ok(mut q) = self.shared.quotas.lock() {
+            *q = Arc::new(quotas);
+        }
     }
 
     /// What each agency holds undelivered, as the writer last counted it.
@@ -593,6 +595,15 @@ impl Journal {
             Err(_) => Err(stopped()),
         };
         self.mark(r)
+    }
+
+    /// Waits until everything this process handed the writer before is written — outcomes nobody waited for too —
+    /// so what is read next includes it (the messages route reads its own agency's writes).
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        self.ask(writer::Job::Flush).await
     }
 
     /// Checks that the journal can be written now (a transaction that takes this chain's head and commits).

@@ -341,6 +341,23 @@ impl Journal {
         Ok(out)
     }
 
+    /// The chains whose writer committed within `within`: gateways writing this journal now.
+    pub async fn writers_within(
+        &self,
+        within: std::time::Duration,
+    ) -> Result<Vec<String>, JournalError> {
+        let since = now_us().saturating_sub(i64::try_from(within.as_micros()).unwrap_or(i64::MAX));
+        let rows =
+            sqlx::query("SELECT chain FROM journal_chains WHERE alive_us >= $1 ORDER BY chain")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| JournalError::from_db(&e))?;
+        rows.iter()
+            .map(|r| r.try_get("chain").map_err(|e| JournalError::from_db(&e)))
+            .collect()
+    }
+
     /// The outbox of `hop`: queued messages, and the age of the oldest (seconds).
     pub async fn outbox(&self, hop: &str) -> Result<(u64, f64), JournalError> {
         let row = sqlx::query(

@@ -137,7 +137,7 @@ fn v5(d: Dialect) -> Vec<String> {
                 prev_hash TEXT NOT NULL,
                 hash TEXT NOT NULL,
                 PRIMARY KEY (chain, seq)
-            ){clustered}"
+            )"
         ),
         "INSERT INTO journal_records (chain, seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash)
             SELECT 'main', seq, at_us, kind, hop, message_id, agency, content, prev_hash, hash FROM journal_records_v4"

@@ -67,7 +67,10 @@ mod tests {
         for bad in ["2026-13", "2026-1", "26-01", "x"] {
             assert!(month_bounds(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_time("2026-11-01").unwrap(), from - 30 * 86_400_000_000);
+        assert_eq!(
+            parse_time("2026-11-01").unwrap(),
+            from - 30 * 86_400_000_000
+        );
         assert!(parse_time("2026-11-01T08:00:00+07:00").is_ok());
         assert!(parse_time("yesterday").is_err());
     }

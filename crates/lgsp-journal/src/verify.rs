@@ -49,9 +49,17 @@ pub enum Finding {
     #[error("chain {chain}: {broken}")]
     Chain { chain: String, broken: Broken },
     #[error("chain {chain}, record {seq}: {why}")]
-    Record { chain: String, seq: i64, why: String },
+    Record {
+        chain: String,
+        seq: i64,
+        why: String,
+    },
     #[error("chain {chain}, record {seq} (an anchor): {why}")]
-    Anchor { chain: String, seq: i64, why: String },
+    Anchor {
+        chain: String,
+        seq: i64,
+        why: String,
+    },
     /// A derived value that is not what the chain says: the table, the row, the column.
     #[error("{table}[{key}].{column} is {found}, but the chain says {expected}")]
     Derived {
@@ -299,12 +307,11 @@ const PAGE: i64 = 1000;
 /// then every messages row, outbox row and body against the chains.
 pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
     let mut out = Verified::default();
-    let chains = sqlx::query(
-        "SELECT chain, seq, hash, pruned_through FROM journal_chains ORDER BY chain",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
+    let chains =
+        sqlx::query("SELECT chain, seq, hash, pruned_through FROM journal_chains ORDER BY chain")
+            .fetch_all(pool)
+            .await
+            .map_err(db)?;
     let mut pruned: HashMap<String, i64> = HashMap::new();
     let mut anchors: Vec<(String, i64, record::Head)> = Vec::new();
     for c in &chains {
@@ -351,9 +358,7 @@ pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
                         Verifier::starting_at(through + 1, &prev)
                     }
                 });
-                verifier
-                    .next(seq, &prev, &content, &hash)
-                    .map_err(broken)?;
+                verifier.next(seq, &prev, &content, &hash).map_err(broken)?;
                 let record = |why: String| Finding::Record {
                     chain: chain.clone(),
                     seq,
@@ -364,7 +369,11 @@ pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
                 let derived = [
                     ("kind", Some(get("kind")?), Some(c.kind.clone())),
                     ("at_us", Some(at_us.to_string()), Some(c.at_us.to_string())),
-                    ("hop", Some(get("hop")?), Some(c.hop.clone().unwrap_or_default())),
+                    (
+                        "hop",
+                        Some(get("hop")?),
+                        Some(c.hop.clone().unwrap_or_default()),
+                    ),
                     (
                         "message_id",
                         Some(get("message_id")?),
@@ -434,7 +443,11 @@ pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
             why,
         };
         let Some(through) = pruned.get(&h.chain) else {
-            return Err(anchor(format!("names chain {}, which the journal does not hold", h.chain)).into());
+            return Err(anchor(format!(
+                "names chain {}, which the journal does not hold",
+                h.chain
+            ))
+            .into());
         };
         if h.seq <= *through {
             continue;
@@ -509,11 +522,7 @@ async fn present(
 /// A page of messages' records: per (hop, message id), their contents and agency columns.
 type RecordsOf = HashMap<(String, String), Vec<(Content, String)>>;
 
-async fn records_of(
-    pool: &AnyPool,
-    hop: &str,
-    ids: &[String],
-) -> Result<RecordsOf, JournalError> {
+async fn records_of(pool: &AnyPool, hop: &str, ids: &[String]) -> Result<RecordsOf, JournalError> {
     let mut out: RecordsOf = HashMap::new();
     for chunk in ids.chunks(500) {
         let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
@@ -576,7 +585,9 @@ async fn messages(pool: &AnyPool) -> Result<u64, JournalError> {
             let hop: String = r.try_get("hop").map_err(db)?;
             let id: String = r.try_get("message_id").map_err(db)?;
             let key = format!("hop={hop}, message_id={id}");
-            let mine = records.remove(&(hop.clone(), id.clone())).unwrap_or_default();
+            let mine = records
+                .remove(&(hop.clone(), id.clone()))
+                .unwrap_or_default();
             if !mine.iter().any(|(c, _)| c.kind == record::ACCEPTED) {
                 return Err(Finding::Row {
                     table: "messages",
@@ -747,7 +758,11 @@ pub(crate) async fn rebuild<S: Store>(
             );
             let stored = (r.int(2)?, r.text(3)?, r.text(4)?, r.text(5)?);
             let agency_known = c.agency.clone();
-            if derived != stored || agency_known.as_ref().is_some_and(|a| *a != r.text(6).unwrap_or_default()) {
+            if derived != stored
+                || agency_known
+                    .as_ref()
+                    .is_some_and(|a| *a != r.text(6).unwrap_or_default())
+            {
                 conn.fetch(
                     "UPDATE journal_records SET at_us = $1, kind = $2, hop = $3, message_id = $4,
                          agency = COALESCE($5, agency) WHERE chain = $6 AND seq = $7",
@@ -798,13 +813,7 @@ pub(crate) async fn rebuild<S: Store>(
             };
             let col = |c: &str| f.columns.get(c).cloned().flatten();
             let int = |c: &str| col(c).and_then(|v| v.parse::<i64>().ok());
-            let json = |c: &str| {
-                f.json
-                    .get(c)
-                    .cloned()
-                    .flatten()
-                    .map(|v| v.to_string())
-            };
+            let json = |c: &str| f.json.get(c).cloned().flatten().map(|v| v.to_string());
             conn.fetch(
                 "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key,
                      body_sha256, body_size, delivery, request, status, upstream_status, receipt, answer_type, detail,

@@ -18,9 +18,7 @@ use sqlx::AnyConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::chain;
-use crate::model::{
-    Accepted, Admission, Claimed, Delivery, Held, Message, Outcome, Quota, Status,
-};
+use crate::model::{Accepted, Admission, Claimed, Delivery, Held, Message, Outcome, Quota, Status};
 use crate::record::{self, Head};
 use crate::store::{Columns, DbError, Param, Store};
 use crate::{Dialect, JournalError, MAX_RECEIPT_BYTES, now_us};
@@ -68,6 +66,8 @@ pub(crate) enum Job {
         reply: Reply<()>,
     },
     Ping(Reply<()>),
+    /// Answered once every job sent before it is written (a batch of flushes alone writes nothing).
+    Flush(Reply<()>),
     Prune(Reply<(u64, u64)>),
     Sweep(Reply<u64>),
     Settle {
@@ -100,12 +100,30 @@ pub(crate) struct Config {
     pub owner: String,
     pub keep_bodies_us: i64,
     pub retention_us: i64,
-    pub quotas: Quotas,
     pub min_free_disk: u64,
     /// How often the chain links the other chains' heads (when there are others and records were written).
     pub anchor_every: Duration,
     /// The directory of a SQLite journal, whose free space is checked before a packet is written.
     pub disk_dir: Option<PathBuf>,
+}
+
+impl Shared {
+    pub(crate) fn new(quotas: Quotas) -> Shared {
+        Shared {
+            handoffs: Mutex::default(),
+            handoff_bytes: std::sync::atomic::AtomicUsize::new(0),
+            held: Mutex::default(),
+            queued: Notify::new(),
+            quotas: Mutex::new(Arc::new(quotas)),
+        }
+    }
+
+    fn quotas(&self) -> Arc<Quotas> {
+        self.quotas
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
 }
 
 /// A connection that failed is not trusted with the next batch: rolled back and closed (another is opened).
@@ -115,7 +133,6 @@ async fn close<S: Store>(mut c: S) {
 }
 
 /// What the writer shares with the journal's handles.
-#[derive(Default)]
 pub(crate) struct Shared {
     /// Each hop's delivery workers in this process, handed packets as their acceptance commits.
     pub handoffs: Mutex<HashMap<String, mpsc::Sender<Claimed>>>,
@@ -125,6 +142,8 @@ pub(crate) struct Shared {
     pub held: Mutex<HashMap<String, Held>>,
     /// Told after every commit that put a packet in the outbox for a claim.
     pub queued: Notify,
+    /// What each agency may hold undelivered (swapped by a reload of the agencies).
+    pub quotas: Mutex<Arc<Quotas>>,
 }
 
 /// Starts the writer on a thread of its own, after it connected, made its chain's head row and took up the
@@ -138,20 +157,27 @@ pub(crate) async fn spawn(
 ) -> Result<mpsc::Sender<Job>, JournalError> {
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     let (ready_tx, ready_rx) = oneshot::channel();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if config.dialect == Dialect::Sqlite {
+        crate::store::checkpointer(&config.url, stop.clone());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| JournalError::Open(format!("the journal writer's runtime: {e}")))?;
     std::thread::Builder::new()
         .name("lgsp-journal-writer".into())
-        // Ends when every sender is gone (the journal dropped).
-        .spawn(move || match config.dialect {
-            Dialect::Sqlite => {
-                runtime.block_on(run::<rusqlite::Connection>(config, shared, rx, ready_tx))
+        // Ends when every sender is gone (the journal dropped), and the checkpointer with it.
+        .spawn(move || {
+            match config.dialect {
+                Dialect::Sqlite => {
+                    runtime.block_on(run::<rusqlite::Connection>(config, shared, rx, ready_tx))
+                }
+                Dialect::Postgres => {
+                    runtime.block_on(run::<AnyConnection>(config, shared, rx, ready_tx))
+                }
             }
-            Dialect::Postgres => {
-                runtime.block_on(run::<AnyConnection>(config, shared, rx, ready_tx))
-            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
         })
         .map_err(|e| JournalError::Open(format!("the journal writer's thread: {e}")))?;
     ready_rx
@@ -177,6 +203,8 @@ struct Writer<S: Store> {
     disk: Option<(Instant, u64)>,
     /// This chain's head as this writer last committed it.
     last_head: Option<(i64, String)>,
+    /// Jobs in the last batch.
+    last_batch: usize,
 }
 
 /// The writer's loop: takes as many jobs as are waiting and writes them in one transaction.
@@ -197,6 +225,7 @@ async fn run<S: Store>(
         last_housekeeping: Instant::now(),
         disk: None,
         last_head: None,
+        last_batch: 0,
     };
     match w.start().await {
         Ok(()) => {
@@ -227,13 +256,13 @@ async fn run<S: Store>(
             .map(|o| Job::Finish(Box::new(o), None))
             .collect();
         jobs.extend(first);
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+        gather(&mut rx, &mut jobs, w.last_batch);
+        if jobs.iter().all(|j| matches!(j, Job::Flush(_))) {
+            for job in jobs {
+                answer(job, Done::Ping);
             }
-        }
-        if !jobs.is_empty() {
+        } else {
+            w.last_batch = jobs.len();
             w.write(jobs).await;
         }
         if w.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
@@ -245,6 +274,34 @@ async fn run<S: Store>(
         }
     }
 }
+
+/// Takes the jobs waiting. Under load — the last batch held several jobs, so their callers are on their way back —
+/// it waits a little (at most [`GATHER`], a fraction of one commit's fsync) until as many jobs are there as the last
+/// batch held: otherwise callers woken one after another by a commit's answers would each find the writer busy with
+/// a batch of one or two, and every commit would serve a handful (measured: 2.4 jobs a commit at 256 concurrent
+/// appenders, against a few hundred with the wait).
+fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, last_batch: usize) {
+    let drain = |rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>| {
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+    };
+    drain(rx, jobs);
+    if last_batch < 2 || jobs.is_empty() {
+        return;
+    }
+    let until = Instant::now() + GATHER;
+    while jobs.len() < last_batch.min(MAX_BATCH) && Instant::now() < until {
+        std::thread::sleep(Duration::from_micros(20));
+        drain(rx, jobs);
+    }
+}
+
+/// The most a batch waits for jobs to gather (see [`gather`]).
+const GATHER: Duration = Duration::from_micros(200);
 
 /// What one job came to, answered once its transaction commits.
 enum Done {
@@ -521,8 +578,10 @@ impl<S: Store> Writer<S> {
                 "journal: another process writes this chain too; give each replica its own [journal] chain"
             );
         }
+        let quotas = self.shared.quotas();
         let mut batch = Batch {
             config: &self.config,
+            quotas: &quotas,
             shared: &self.shared,
             held: &self.held,
             at,
@@ -530,11 +589,14 @@ impl<S: Store> Writer<S> {
             records: &mut records,
             effects,
         };
-        batch.accepts(conn, jobs, free).await?;
+        // Outcomes first: a resend in the same batch as its message's outcome finds the message ended.
         batch.finishes(conn, jobs).await?;
+        batch.accepts(conn, jobs, free).await?;
         batch.the_rest(conn, jobs).await?;
         // The other chains' heads, linked into this one now and then (replicas' chains verify together).
-        if self.last_anchor.elapsed() >= self.config.anchor_every && (self.since_anchor > 0 || !records.is_empty()) {
+        if self.last_anchor.elapsed() >= self.config.anchor_every
+            && (self.since_anchor > 0 || !records.is_empty())
+        {
             let heads = conn
                 .fetch(
                     "SELECT chain, seq, hash FROM journal_chains WHERE chain <> $1 AND seq > 0 ORDER BY chain",
@@ -563,7 +625,7 @@ impl<S: Store> Writer<S> {
             }
         }
         let appended = records.len() as u64;
-        for chunk in shaped(&records) {
+        for chunk in shaped(&records, self.config.dialect) {
             let params = record_params(&chain, chunk, &mut seq, &mut prev);
             conn.fetch(records_sql(chunk.len()), params).await?;
         }
@@ -575,16 +637,14 @@ impl<S: Store> Writer<S> {
         } else {
             self.since_anchor += appended;
         }
-        Ok(done
-            .into_iter()
-            .map(|d| d.unwrap_or(Done::Ping))
-            .collect())
+        Ok(done.into_iter().map(|d| d.unwrap_or(Done::Ping)).collect())
     }
 }
 
 /// One batch under way: what it decided per job and the records it appends.
 struct Batch<'a> {
     config: &'a Config,
+    quotas: &'a Quotas,
     shared: &'a Shared,
     held: &'a HashMap<String, Held>,
     at: i64,
@@ -657,7 +717,7 @@ impl Batch<'_> {
         }
         let all: Vec<&Accepted> = accepts.iter().map(|(_, a)| *a).collect();
         let mut inserted: HashSet<(&str, &str)> = HashSet::new();
-        for chunk in shaped(&all) {
+        for chunk in shaped(&all, self.config.dialect) {
             let rows = conn
                 .fetch(messages_sql(chunk.len()), message_params(chunk, self.at))
                 .await?;
@@ -676,13 +736,9 @@ impl Batch<'_> {
                         packets: 1,
                         bytes: body.len() as u64,
                     };
-                    if let Err(e) = quota_allows(
-                        &self.config.quotas,
-                        self.held,
-                        &self.effects.added,
-                        &a.agency,
-                        more,
-                    ) {
+                    if let Err(e) =
+                        quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
+                    {
                         // Over its quota: the message row goes again, nothing of it stays.
                         conn.fetch(
                             "DELETE FROM messages WHERE hop = $1 AND message_id = $2",
@@ -709,7 +765,7 @@ impl Batch<'_> {
             self.done[i] = Some(Done::Accept(admission));
         }
         self.store_bodies(conn, &outbox).await?;
-        for chunk in shaped(&outbox) {
+        for chunk in shaped(&outbox, self.config.dialect) {
             let params = self.outbox_params(chunk);
             conn.fetch(outbox_sql(chunk.len()), params).await?;
         }
@@ -810,7 +866,7 @@ impl Batch<'_> {
             .map(|r| r.a)
             .filter(|a| seen.insert(a.body_sha256.as_str()))
             .collect();
-        for chunk in shaped(&bodies) {
+        for chunk in shaped(&bodies, self.config.dialect) {
             let mut params = Vec::with_capacity(chunk.len() * 4);
             for a in chunk {
                 params.extend([
@@ -841,9 +897,7 @@ impl Batch<'_> {
                 self.at.into(),
                 r.lease_until.unwrap_or(self.at).into(),
                 i64::from(r.lease_until.is_some()).into(),
-                r.lease_until
-                    .map(|_| self.config.owner.clone())
-                    .into(),
+                r.lease_until.map(|_| self.config.owner.clone()).into(),
             ]);
         }
         params
@@ -904,13 +958,9 @@ impl Batch<'_> {
                 packets: 1,
                 bytes: body.len() as u64,
             };
-            if let Err(e) = quota_allows(
-                &self.config.quotas,
-                self.held,
-                &self.effects.added,
-                &a.agency,
-                more,
-            ) {
+            if let Err(e) =
+                quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
+            {
                 return Ok(Err(e));
             }
         }
@@ -937,7 +987,11 @@ impl Batch<'_> {
                 ],
             )
             .await?;
-        let at = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(self.at);
+        let at = rows
+            .first()
+            .map(|r| r.int(0))
+            .transpose()?
+            .unwrap_or(self.at);
         self.records.push(Pending {
             at_us: at,
             kind: record::ACCEPTED_AGAIN,
@@ -962,13 +1016,9 @@ impl Batch<'_> {
                 packets: 1,
                 bytes: body.len() as u64,
             };
-            if let Err(e) = quota_allows(
-                &self.config.quotas,
-                self.held,
-                &self.effects.added,
-                &a.agency,
-                more,
-            ) {
+            if let Err(e) =
+                quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
+            {
                 return Ok(Err(e));
             }
         }
@@ -1029,9 +1079,10 @@ impl Batch<'_> {
             return Ok(results);
         }
         // Leased deliveries: their outbox rows, taken only by the lease's owner.
-        let owned: Vec<&(usize, &Outcome)> = run.iter().filter(|(_, o)| o.owner.is_some()).collect();
+        let owned: Vec<&(usize, &Outcome)> =
+            run.iter().filter(|(_, o)| o.owner.is_some()).collect();
         let mut released: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
-        for chunk in shaped(&owned) {
+        for chunk in shaped(&owned, self.config.dialect) {
             let sql = format!(
                 "DELETE FROM outbox WHERE (hop, message_id, lease_owner) IN (VALUES {})
                  RETURNING hop, message_id, agency, bytes, attempts",
@@ -1059,7 +1110,7 @@ impl Batch<'_> {
             })
             .collect();
         let mut written: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
-        for chunk in shaped(&settled) {
+        for chunk in shaped(&settled, self.config.dialect) {
             // VALUES columns are column1… in both SQLite and PostgreSQL.
             let sql = format!(
                 "UPDATE messages SET status = v.column3, upstream_status = v.column4, receipt = v.column5,
@@ -1110,26 +1161,29 @@ impl Batch<'_> {
                         bytes: u64::try_from(*bytes).unwrap_or(0),
                     });
             }
-            results.push((i, match written.get(&key) {
-                Some((agency, at, attempts)) => {
-                    self.records.push(Pending {
-                        at_us: *at,
-                        kind: record::OUTCOME,
-                        hop: o.hop.clone(),
-                        message_id: o.message_id.clone(),
-                        agency: agency.clone(),
-                        content: record::outcome(
-                            o,
-                            keep_receipt(o).as_deref(),
-                            agency,
-                            *attempts,
-                            *at,
-                        ),
-                    });
-                    Ok(())
-                }
-                None => Err(JournalError::UnknownMessage(o.message_id.clone())),
-            }));
+            results.push((
+                i,
+                match written.get(&key) {
+                    Some((agency, at, attempts)) => {
+                        self.records.push(Pending {
+                            at_us: *at,
+                            kind: record::OUTCOME,
+                            hop: o.hop.clone(),
+                            message_id: o.message_id.clone(),
+                            agency: agency.clone(),
+                            content: record::outcome(
+                                o,
+                                keep_receipt(o).as_deref(),
+                                agency,
+                                *attempts,
+                                *at,
+                            ),
+                        });
+                        Ok(())
+                    }
+                    None => Err(JournalError::UnknownMessage(o.message_id.clone())),
+                },
+            ));
         }
         Ok(results)
     }
@@ -1139,7 +1193,7 @@ impl Batch<'_> {
         for (i, job) in jobs.iter().enumerate() {
             let d = match job {
                 Job::Accept(..) | Job::Finish(..) => continue,
-                Job::Ping(_) => Done::Ping,
+                Job::Ping(_) | Job::Flush(_) => Done::Ping,
                 Job::Claim {
                     hop,
                     lease_us,
@@ -1176,13 +1230,15 @@ impl Batch<'_> {
                     })
                 }
                 Job::Prune(_) => Done::Prune(self.prune(conn).await?),
-                Job::Sweep(_) => Done::Sweep(sweep(conn, self.at, self.config.keep_bodies_us).await?),
+                Job::Sweep(_) => {
+                    Done::Sweep(sweep(conn, self.at, self.config.keep_bodies_us).await?)
+                }
                 Job::Settle {
                     before_us, detail, ..
                 } => Done::Settle(self.settle(conn, *before_us, detail).await?),
-                Job::Rebuild(_) => Done::Rebuild(
-                    crate::verify::rebuild(conn, self.config.dialect, self.at).await?,
-                ),
+                Job::Rebuild(_) => {
+                    Done::Rebuild(crate::verify::rebuild(conn, self.config.dialect, self.at).await?)
+                }
             };
             self.done[i] = Some(d);
         }
@@ -1406,7 +1462,7 @@ fn answer(job: Job, done: Done) {
         (Job::Retry { reply, .. }, Done::Retry(r)) => {
             let _ = reply.send(r);
         }
-        (Job::Ping(reply), Done::Ping) => {
+        (Job::Ping(reply) | Job::Flush(reply), Done::Ping) => {
             let _ = reply.send(Ok(()));
         }
         (Job::Prune(reply), Done::Prune(n)) => {
@@ -1439,7 +1495,7 @@ fn fail(job: Job, e: &DbError) {
         Job::Claim { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
-        Job::Retry { reply, .. } | Job::Ping(reply) => {
+        Job::Retry { reply, .. } | Job::Ping(reply) | Job::Flush(reply) => {
             let _ = reply.send(Err(err()));
         }
         Job::Prune(reply) => {
@@ -1485,12 +1541,17 @@ pub(crate) fn values_from(rows: usize, cols: usize, first: usize) -> String {
     out
 }
 
-/// Splits `rows` into multi-row statements of 16, 8, 4, 2 or 1 rows: five statement shapes, each prepared once and
-/// reused (a statement per batch size would be prepared anew for almost every batch). Measured with the append
-/// bench: 16 rows beat 8 and 32 on both databases (PostgreSQL slowed tenfold at 32 and more).
-pub(crate) fn shaped<T>(mut rows: &[T]) -> Vec<&[T]> {
+/// Splits `rows` into statements. PostgreSQL: multi-row statements of 16, 8, 4, 2 or 1 rows (each statement a round
+/// trip; five shapes, each prepared once and reused — 16 rows beat 8 and 32 in the append bench, and PostgreSQL
+/// slowed tenfold at 32 and more). SQLite, run in this thread: one row a statement, which costs no round trip and
+/// needs no statement journal (a multi-row statement that could fail midway has SQLite copy every page it touches
+/// first: 11 % of the writer's time in the append bench).
+pub(crate) fn shaped<T>(mut rows: &[T], dialect: Dialect) -> Vec<&[T]> {
     let mut out = Vec::new();
-    let mut size = 16;
+    let mut size = match dialect {
+        Dialect::Postgres => 16,
+        Dialect::Sqlite => 1,
+    };
     while !rows.is_empty() {
         while size > rows.len() {
             size /= 2;
@@ -1519,31 +1580,30 @@ shapes!(records_sql, |rows| format!(
     values_from(rows, 10, 1)
 ));
 
-shapes!(messages_sql, |rows| format!(
+shapes!(messages_sql, |rows| {
+    format!(
     "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
          body_size, delivery, request, status, accepted_us, updated_us, attempts, subject, approval, hop_signature)
      VALUES {} ON CONFLICT DO NOTHING RETURNING hop, message_id",
     values_from(rows, 18, 1)
-));
+)
+});
 
 shapes!(bodies_sql, |rows| format!(
     "INSERT INTO journal_bodies (sha256, size, stored_us, body) VALUES {} ON CONFLICT (sha256) DO NOTHING",
     values_from(rows, 4, 1)
 ));
 
-shapes!(outbox_sql, |rows| format!(
+shapes!(outbox_sql, |rows| {
+    format!(
     "INSERT INTO outbox (hop, message_id, agency, body_sha256, bytes, delivery, accepted_us, due_us, attempts,
          lease_owner) VALUES {}",
     values_from(rows, 10, 1)
-));
+)
+});
 
 /// Links `chunk` into `chain` after `(seq, prev)`: the values of [`records_sql`].
-fn record_params(
-    chain: &str,
-    chunk: &[Pending],
-    seq: &mut i64,
-    prev: &mut String,
-) -> Vec<Param> {
+fn record_params(chain: &str, chunk: &[Pending], seq: &mut i64, prev: &mut String) -> Vec<Param> {
     let mut params = Vec::with_capacity(chunk.len() * 10);
     for r in chunk {
         let next = *seq + 1;
@@ -1629,12 +1689,16 @@ mod tests {
     #[test]
     fn batches_split_into_a_few_statement_shapes() {
         let rows: Vec<u32> = (0..300).collect();
-        let sizes: Vec<usize> = shaped(&rows).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = shaped(&rows, Dialect::Postgres)
+            .iter()
+            .map(|c| c.len())
+            .collect();
         assert_eq!(sizes.iter().sum::<usize>(), 300);
         assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= 16));
         // 300 = 18 × 16 + 8 + 4.
         assert_eq!((sizes.len(), &sizes[18..]), (20, &[8, 4][..]));
-        assert_eq!(shaped::<u32>(&[]).len(), 0);
+        assert_eq!(shaped::<u32>(&[], Dialect::Postgres).len(), 0);
+        assert!(shaped(&rows, Dialect::Sqlite).iter().all(|c| c.len() == 1));
         assert_eq!(values_from(2, 2, 1), "($1, $2), ($3, $4)");
         assert_eq!(values_from(1, 3, 5), "($5, $6, $7)");
         assert!(records_sql(16).ends_with("$160)"));

@@ -92,11 +92,20 @@ impl Store {
 
     /// Another empty store of the same backend (a file beside this one, or a database named after this one), not
     /// opened; and what removes it.
-    async fn sibling(&self, name: &str) -> (String, std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
+    async fn sibling(
+        &self,
+        name: &str,
+    ) -> (
+        String,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    ) {
         match &self.drop_db {
             None => {
                 let dir = self._dir.as_ref().expect("a SQLite store's directory");
-                let url = format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
+                let url = format!(
+                    "sqlite://{}",
+                    dir.path().join(format!("{name}.db")).display()
+                );
                 (url, Box::pin(async {}))
             }
             Some((base, db)) => {
@@ -104,9 +113,12 @@ impl Store {
                 admin(base, &format!("CREATE DATABASE {db}")).await;
                 let url = with_database(base, &db);
                 let base = base.clone();
-                (url, Box::pin(async move {
-                    admin(&base, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
-                }))
+                (
+                    url,
+                    Box::pin(async move {
+                        admin(&base, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+                    }),
+                )
             }
         }
     }
@@ -470,10 +482,7 @@ async fn orphans_left_in_progress_are_settled_as_failed(s: &Store) {
         .unwrap();
     let hour_ago = lgsp_journal::now_us() - 3_600_000_000;
     assert!(j.settle_orphans(hour_ago).await.unwrap().is_empty());
-    let marked = j
-        .settle_orphans(lgsp_journal::now_us() + 1)
-        .await
-        .unwrap();
+    let marked = j.settle_orphans(lgsp_journal::now_us() + 1).await.unwrap();
     assert_eq!(marked, ["left"]);
     let m = j.message("lgsp", H29, "left").await.unwrap().expect("left");
     assert_eq!(
@@ -481,7 +490,11 @@ async fn orphans_left_in_progress_are_settled_as_failed(s: &Store) {
         (Status::Failed, Some(lgsp_journal::ORPHAN_DETAIL))
     );
     assert_eq!(
-        j.message("lgsp", H29, "leased").await.unwrap().unwrap().status,
+        j.message("lgsp", H29, "leased")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         Status::InProgress
     );
     let again = j
@@ -661,10 +674,7 @@ async fn every_derived_value_changed_by_hand_is_named_by_verify(s: &Store) {
             other => panic!("{sql}: {other}"),
         }
         let rebuilt = j.rebuild_index().await.unwrap();
-        assert!(
-            rebuilt.records + rebuilt.messages > 0,
-            "{sql}: {rebuilt:?}"
-        );
+        assert!(rebuilt.records + rebuilt.messages > 0, "{sql}: {rebuilt:?}");
         let v = j.verify().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         assert_eq!(v.messages, 3, "{sql}");
     }
@@ -732,10 +742,7 @@ async fn the_outbox_leases_retries_and_delivers(s: &Store) {
         .iter()
         .find(|c| c.message.message_id == "q1")
         .unwrap();
-    assert_eq!(
-        (q1.body.as_deref(), q1.attempts),
-        (Some(&b"<q/>"[..]), 1)
-    );
+    assert_eq!((q1.body.as_deref(), q1.attempts), (Some(&b"<q/>"[..]), 1));
     assert_eq!(q1.message.request.as_ref().unwrap().method, "POST");
     // Leased: nobody else gets them, not another replica.
     let b = s.another("replica-b").await;
@@ -790,11 +797,7 @@ async fn queued_packets_are_handed_over_with_their_bytes(s: &Store) {
         .expect("handed over")
         .expect("a packet");
     assert_eq!(
-        (
-            c.message.message_id.as_str(),
-            c.body.as_deref(),
-            c.attempts
-        ),
+        (c.message.message_id.as_str(), c.body.as_deref(), c.attempts),
         ("h1", Some(&b"<h/>"[..]), 1)
     );
     assert!(
@@ -893,10 +896,7 @@ async fn deliveries_left_under_way_are_taken_up_again(s: &Store) {
             .await,
         Err(JournalError::UnknownMessage(_))
     ));
-    restarted
-        .finish(delivered(&restarted, "u1"))
-        .await
-        .unwrap();
+    restarted.finish(delivered(&restarted, "u1")).await.unwrap();
     other.finish(delivered(&other, "u2")).await.unwrap();
     let v = s.journal.verify().await.unwrap();
     assert_eq!(v.messages, 2);
@@ -905,9 +905,7 @@ async fn deliveries_left_under_way_are_taken_up_again(s: &Store) {
 /// What one agency holds undelivered is bounded; others are untouched; a repeat of a held packet is still
 /// answered; delivering frees room.
 async fn an_agency_over_its_quota_is_refused_and_no_other_is(s: &Store) {
-    let j = s
-        .another("quota")
-        .await;
+    let j = s.another("quota").await;
     drop(j);
     let url = s.url.clone();
     let j = open_with(&url, |st| {
@@ -945,24 +943,33 @@ async fn an_agency_over_its_quota_is_refused_and_no_other_is(s: &Store) {
             held,
             quota,
         }) => {
-            assert_eq!(
-                (agency.as_str(), held.packets, quota.packets),
-                (H29, 2, 2)
-            )
+            assert_eq!((agency.as_str(), held.packets, quota.packets), (H29, 2, 2))
         }
         other => panic!("{other:?}"),
     }
     // A resend of a packet it holds is answered from the journal, not refused.
     assert!(matches!(
-        j.accept(packet("a0-again", H29, Some("a0"), b"<a/>", Delivery::Queued))
-            .await
-            .unwrap(),
+        j.accept(packet(
+            "a0-again",
+            H29,
+            Some("a0"),
+            b"<a/>",
+            Delivery::Queued
+        ))
+        .await
+        .unwrap(),
         Admission::Existing(_)
     ));
     // Its own quota for H26: 10 bytes.
     assert!(matches!(
-        j.accept(packet("b0", H26, None, b"<too many bytes/>", Delivery::Queued))
-            .await,
+        j.accept(packet(
+            "b0",
+            H26,
+            None,
+            b"<too many bytes/>",
+            Delivery::Queued
+        ))
+        .await,
         Err(JournalError::OverQuota { .. })
     ));
     assert_eq!(
@@ -993,10 +1000,7 @@ async fn an_agency_over_its_quota_is_refused_and_no_other_is(s: &Store) {
 /// Below `min_free_disk`, new packets are refused (SQLite: a PostgreSQL server minds its own disk) while outcomes
 /// of what was accepted are still written.
 async fn too_little_disk_refuses_new_packets_only(s: &Store) {
-    s.journal
-        .accept(consumed("before", H29))
-        .await
-        .unwrap();
+    s.journal.accept(consumed("before", H29)).await.unwrap();
     let j = open_with(&s.url, |st| {
         st.chain = "disk".into();
         st.min_free_disk = u64::MAX;
@@ -1095,7 +1099,10 @@ async fn listings_page_and_the_report_counts(s: &Store) {
     let first: serde_json::Value =
         serde_json::from_str(std::str::from_utf8(&out).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["record"]["kind"], "accepted");
-    assert_eq!((first["seq"].as_i64(), first["chain"].as_str()), (Some(1), Some("main")));
+    assert_eq!(
+        (first["seq"].as_i64(), first["chain"].as_str()),
+        (Some(1), Some("main"))
+    );
 }
 
 async fn profiles_by_subject_and_the_approval_report(s: &Store) {
@@ -1255,10 +1262,11 @@ async fn chains_of_replicas_anchor_each_other(s: &Store) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     use sqlx::Row;
-    let rows = sqlx::query("SELECT seq, content FROM journal_records WHERE chain = 'b' ORDER BY seq")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows =
+        sqlx::query("SELECT seq, content FROM journal_records WHERE chain = 'b' ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     let mut prev = lgsp_journal::chain::GENESIS.to_owned();
     let mut head = (0i64, prev.clone());
     for r in &rows {
@@ -1328,10 +1336,25 @@ async fn a_journal_of_the_last_version_migrates_and_verifies(s: &Store) {
     })
     .to_string();
     let records = [
-        (1000, "accepted", "d1", accepted("d1", 1000, "direct", "kd", b"<d/>")),
+        (
+            1000,
+            "accepted",
+            "d1",
+            accepted("d1", 1000, "direct", "kd", b"<d/>"),
+        ),
         (1001, "outcome", "d1", outcome),
-        (1002, "accepted", "q1", accepted("q1", 1002, "queued", "kq", b"<q1/>")),
-        (1003, "accepted", "x1", accepted("x1", 1003, "direct", "kx", b"<x/>")),
+        (
+            1002,
+            "accepted",
+            "q1",
+            accepted("q1", 1002, "queued", "kq", b"<q1/>"),
+        ),
+        (
+            1003,
+            "accepted",
+            "x1",
+            accepted("x1", 1003, "direct", "kx", b"<x/>"),
+        ),
     ];
     let mut prev = lgsp_journal::chain::GENESIS.to_owned();
     for (i, (at, kind, id, content)) in records.iter().enumerate() {
@@ -1349,9 +1372,39 @@ async fn a_journal_of_the_last_version_migrates_and_verifies(s: &Store) {
         .unwrap();
     let request = r#"{"method":"POST","path":"/lgsp/v1/HoSoCBCCVC","headers":[],"via":null,"hops":["lgsp"],"traceparent":null}"#;
     for (id, key, body, delivery, status, accepted_us, updated_us, attempts, kept) in [
-        ("d1", "kd", &b"<d/>"[..], "direct", "delivered", 1000, 1001, 0, false),
-        ("q1", "kq", &b"<q1/>"[..], "queued", "queued", 1002, 5000, 2, true),
-        ("x1", "kx", &b"<x/>"[..], "direct", "in_progress", 1003, 1003, 0, false),
+        (
+            "d1",
+            "kd",
+            &b"<d/>"[..],
+            "direct",
+            "delivered",
+            1000,
+            1001,
+            0,
+            false,
+        ),
+        (
+            "q1",
+            "kq",
+            &b"<q1/>"[..],
+            "queued",
+            "queued",
+            1002,
+            5000,
+            2,
+            true,
+        ),
+        (
+            "x1",
+            "kx",
+            &b"<x/>"[..],
+            "direct",
+            "in_progress",
+            1003,
+            1003,
+            0,
+            false,
+        ),
     ] {
         sqlx::query("INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256, body_size, delivery, request, body, status, upstream_status, receipt, detail, accepted_us, updated_us, attempts, next_attempt_us) VALUES ('lgsp', $1, $2, 'HoSoCBCCVC', 'HoSoCBCCVC', 'production', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
             .bind(id).bind(H29).bind(key).bind(sha(body)).bind(body.len() as i64).bind(delivery)
@@ -1376,11 +1429,18 @@ async fn a_journal_of_the_last_version_migrates_and_verifies(s: &Store) {
     let c = j.claim("lgsp", Duration::from_secs(5), 10).await.unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(
-        (c[0].message.message_id.as_str(), c[0].body.as_deref(), c[0].attempts),
+        (
+            c[0].message.message_id.as_str(),
+            c[0].body.as_deref(),
+            c[0].attempts
+        ),
         ("q1", Some(&b"<q1/>"[..]), 3)
     );
     // The delivery left in progress with no lease is settled; keys used before are known.
-    assert_eq!(j.settle_orphans(lgsp_journal::now_us()).await.unwrap(), ["x1"]);
+    assert_eq!(
+        j.settle_orphans(lgsp_journal::now_us()).await.unwrap(),
+        ["x1"]
+    );
     assert!(matches!(
         j.accept(packet("d1-again", H29, Some("kd"), b"<d/>", Delivery::Direct)).await.unwrap(),
         Admission::Existing(m) if m.message_id == "d1"

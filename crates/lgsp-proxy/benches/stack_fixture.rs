@@ -55,7 +55,12 @@ pub fn parts() -> HopParts<Inner> {
         limit: LimitLayer::new(limits, hop.clone(), &routes, &cfg.agencies),
         validate: ValidateLayer::new(Arc::new(validation), hop.clone()),
         // The bench's request is no packet: the journal passes it.
-        journal: JournalLayer::new(None, hop.clone(), &routes),
+        journal: JournalLayer::new(
+            None,
+            hop.clone(),
+            &routes,
+            std::time::Duration::from_secs(60),
+        ),
         forward: innermost(),
         hop,
     }

@@ -22,7 +22,8 @@ use tower::Service;
 
 use crate::body::full;
 use crate::headers::{self, HopPath, MessageId, TraceContext};
-use crate::outbox::{LiveTarget, Verdict, backoff, judge};
+use crate::judge::{Verdict, judge};
+use crate::outbox::{LiveTarget, backoff};
 
 /// `lgsp_consumer_packets_total{consumer,outcome}`, every outcome exported from 0.
 pub const OUTCOMES: [&str; 5] = [
@@ -270,8 +271,10 @@ impl Consumer {
             body_sha256: hex::encode(Sha256::digest(&m.body)),
             body_size: m.body.len() as u64,
             delivery: Delivery::Direct,
+            // The broker holds the packet and hands it out again: the journal keeps no body and no lease.
             request: None,
             body: None,
+            lease: Duration::ZERO,
             subject: None,
             approval: None,
             hop_signature: None,
@@ -341,29 +344,18 @@ impl Consumer {
         e.insert(c.trace.clone());
         // Forward is always ready (its limits are per upstream, inside the call).
         let answer = target.forward.clone().call(req).await;
-        let verdict = judge(answer, route.config.timeout).await;
-        let (status, upstream_status, receipt, detail, hint) = match verdict {
-            Verdict::Done {
-                status,
-                upstream_status,
-                receipt,
-                detail,
-            } => (status, upstream_status, receipt, detail, None),
-            Verdict::Retry {
-                detail,
-                upstream_status,
-                hint,
-            } => (Status::Failed, upstream_status, None, Some(detail), hint),
-        };
+        let judged = judge(&hop, &c.message_id, &route, answer).await;
+        let status = judged.verdict.outcome();
         let finished = self
             .journal
             .finish(Outcome {
                 hop,
                 message_id: c.message_id.clone(),
                 status,
-                upstream_status,
-                receipt: receipt.clone(),
-                detail: detail.clone(),
+                upstream_status: judged.upstream_status,
+                receipt: judged.receipt.clone(),
+                answer_type: judged.answer_type,
+                detail: judged.detail.clone(),
                 owner: None,
             })
             .await;
@@ -372,15 +364,15 @@ impl Consumer {
             // record makes it a redelivery under the same id.
             tracing::warn!(consumer = %self.config.name, error = %e, "the outcome could not be journalled");
         }
-        match status {
-            Status::Delivered => {
+        match judged.verdict {
+            Verdict::Delivered => {
                 self.counters.count("delivered");
                 self.ack(m).await;
             }
-            Status::Rejected => {
+            Verdict::Rejected => {
                 self.counters.count("dead_lettered");
-                let said = detail.or(receipt).unwrap_or_default();
-                let why = match upstream_status {
+                let said = judged.detail.or(judged.receipt).unwrap_or_default();
+                let why = match judged.upstream_status {
                     Some(code) => {
                         format!("the upstream refused the packet for good ({code}): {said}")
                     }
@@ -388,9 +380,9 @@ impl Consumer {
                 };
                 self.dead_letter(m, Some(&c), &why).await;
             }
-            _ => {
+            Verdict::Again { after } => {
                 self.counters.count("retried");
-                self.retry(m, backoff(settings, attempts, hint)).await;
+                self.retry(m, backoff(settings, attempts, after)).await;
             }
         }
     }

@@ -119,8 +119,37 @@ fn export_expiry(metrics: &Metrics, p: &Prepared) {
     }
 }
 
-/// A direct delivery still in progress this long after it was last touched was abandoned (its gateway stopped
-/// before the answer was recorded): twice the hop's longest route timeout, and never less than ten minutes.
+/// The journal's settings from a config: where it lives, how long it keeps what, this process's chain, what each
+/// agency may hold undelivered, the disk's floor.
+pub fn journal_settings(cfg: &Config) -> lgsp_journal::Settings {
+    let mut s = lgsp_journal::Settings::new(cfg.journal.url.clone());
+    s.keep_bodies = cfg.journal.keep_bodies;
+    s.retention = cfg.journal.retention;
+    s.chain = cfg.journal.chain.clone();
+    s.quotas = quotas(cfg);
+    s.min_free_disk = cfg.journal.min_free_disk;
+    s
+}
+
+/// `[journal] agency_quota`, and each agency's own `quota`.
+fn quotas(cfg: &Config) -> lgsp_journal::Quotas {
+    let q = |q: lgsp_config::Quota| lgsp_journal::Quota {
+        packets: q.packets,
+        bytes: q.bytes,
+    };
+    lgsp_journal::Quotas {
+        default: q(cfg.journal.agency_quota),
+        agencies: cfg
+            .agencies
+            .iter()
+            .filter_map(|a| Some((a.code.clone(), q(a.quota?))))
+            .collect(),
+    }
+}
+
+/// A message left in progress with no process holding its delivery (a broker's packet whose consumer stopped) this
+/// long after it was last touched is settled as failed: twice the hop's longest route timeout, and never less than
+/// ten minutes (a delivery the journal holds a lease of is taken up again instead, at once after a restart).
 fn abandoned_after(h: &lgsp_config::HopConfig) -> std::time::Duration {
     h.routes
         .iter()
@@ -131,8 +160,8 @@ fn abandoned_after(h: &lgsp_config::HopConfig) -> std::time::Duration {
 }
 
 /// Keeps `lgsp_journal_up` (and so `/readyz`) true to the journal: a write checked every 2 s, so the gateway
-/// notices by itself when a lost store is back; direct deliveries abandoned in progress marked failed each minute
-/// (so their resends go through); old records and bodies pruned hourly.
+/// notices by itself when a lost store is back; messages left in progress with no lease settled each minute (so
+/// their resends go through); records past the retention pruned hourly.
 fn watch_journal(
     journal: Journal,
     hops: Vec<(String, std::time::Duration)>,
@@ -162,31 +191,43 @@ fn watch_journal(
             }
             if up && last_sweep.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
                 last_sweep = Some(std::time::Instant::now());
-                for (hop, after) in &hops {
-                    let before = lgsp_journal::now_us()
-                        .saturating_sub(i64::try_from(after.as_micros()).unwrap_or(i64::MAX));
-                    match journal.abandon_stale(hop, before).await {
-                        Ok(ids) if !ids.is_empty() => tracing::warn!(
-                            hop = %hop,
-                            count = ids.len(),
-                            first = %ids[0],
-                            "journal: direct deliveries found in progress long after their timeout marked failed; a resend under the same Idempotency-Key delivers them again"
-                        ),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(hop = %hop, error = %e, "journal: looking for abandoned deliveries failed")
-                        }
+                let after = hops.iter().map(|(_, a)| *a).max().unwrap_or_default();
+                let before = lgsp_journal::now_us()
+                    .saturating_sub(i64::try_from(after.as_micros()).unwrap_or(i64::MAX));
+                match journal.settle_orphans(before).await {
+                    Ok(ids) if !ids.is_empty() => tracing::warn!(
+                        count = ids.len(),
+                        first = %ids[0],
+                        "journal: messages left in progress with no delivery under way marked failed; a resend under the same Idempotency-Key delivers them again"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "journal: looking for messages left in progress failed")
                     }
                 }
             }
             if up && last_prune.elapsed() >= std::time::Duration::from_secs(3600) {
                 last_prune = std::time::Instant::now();
-                match journal.prune().await {
-                    Ok((records, bodies)) if records + bodies > 0 => {
-                        tracing::info!(records, bodies, "journal: pruned past the retention");
+                // A few thousand records a transaction, so the writer is never held long.
+                loop {
+                    match journal.prune().await {
+                        Ok((records, messages)) => {
+                            if records + messages > 0 {
+                                tracing::info!(
+                                    records,
+                                    messages,
+                                    "journal: pruned past the retention"
+                                );
+                            }
+                            if records < Journal::PRUNE_BATCH {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "journal: pruning failed");
+                            break;
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "journal: pruning failed"),
                 }
             }
         }
@@ -207,7 +248,16 @@ fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
             .map(|h| (h.http.max_connections, h.http.max_handshakes))
             .collect()
     };
-    if old.journal != new.journal {
+    // Quotas apply at once; where the journal lives, its chain and its keeping take a restart.
+    let store = |c: &Config| {
+        let mut j = c.journal.clone();
+        j.agency_quota = lgsp_config::Quota {
+            packets: 0,
+            bytes: 0,
+        };
+        j
+    };
+    if store(old) != store(new) {
         return Err(
             "[journal] changed; that takes a restart (the old config keeps serving)".into(),
         );
@@ -312,6 +362,7 @@ impl Reloader {
                 .set(1);
         }
         *limits = prepared.limits.clone();
+        self.inner.journal.set_quotas(quotas(&cfg));
         self.inner.admin.store(Arc::new(prepared.admin.clone()));
         if let Some((live, emu)) = &self.inner.emulator
             && let Some(st) = emulator_state(&cfg, &prepared, emu)
@@ -377,13 +428,9 @@ impl Gateway {
                 None => emu,
             }
         });
-        let journal = Journal::open(lgsp_journal::Settings {
-            url: cfg.journal.url.clone(),
-            keep_bodies: cfg.journal.keep_bodies,
-            retention: cfg.journal.retention,
-        })
-        .await
-        .map_err(|e| StartError::Journal(e.to_string()))?;
+        let journal = Journal::open(journal_settings(cfg))
+            .await
+            .map_err(|e| StartError::Journal(e.to_string()))?;
         let prepared = prepare(cfg, &metrics, None, Some(journal.clone()))?;
         export_expiry(&metrics, &prepared);
         let admin_access: lgsp_metrics::LiveAccess =

@@ -15,6 +15,7 @@ pub mod headers;
 mod hop;
 pub mod inbox;
 pub mod journal;
+pub mod judge;
 pub mod limit;
 mod listener;
 pub mod messages;
@@ -36,7 +37,7 @@ pub use connection::{BodyTimeout, Retired, TooManyConnections};
 pub use forward::{
     Forward, ForwardError, UpstreamClient, UpstreamFailure, upstream_client, upstream_uri,
 };
-pub use gateway::{Bound, Gateway, Reloader, StartError};
+pub use gateway::{Bound, Gateway, Reloader, StartError, journal_settings};
 pub use hop::HopContext;
 pub use lgsp_tls::ClientAddr;
 pub use listener::{

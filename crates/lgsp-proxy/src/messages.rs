@@ -6,8 +6,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use lgsp_auth::Caller;
 use lgsp_journal::{Journal, JournalError, Message, Query, Status};
 use lgsp_problem::{BoxProblem, Internal, Problem};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::body::{Body, full};
 use crate::hop::HopContext;
@@ -16,11 +14,6 @@ use crate::route::Route;
 /// Largest page of a listing; the default page.
 pub const MAX_LIMIT: u32 = 1000;
 pub const DEFAULT_LIMIT: u32 = 100;
-/// Dates without a time are midnight in Vietnam (UTC+07:00), the agencies' own day.
-const DAY_OFFSET: time::UtcOffset = match time::UtcOffset::from_hms(7, 0, 0) {
-    Ok(o) => o,
-    Err(_) => time::UtcOffset::UTC,
-};
 /// The most of a refusal's reason a listing carries (the message itself has the whole receipt).
 const REASON_CHARS: usize = 300;
 
@@ -93,36 +86,7 @@ fn unavailable(e: JournalError) -> BoxProblem {
     MessagesError::Unavailable(e.to_string()).into()
 }
 
-/// RFC 3339 (UTC) of microseconds since the epoch.
-pub fn rfc3339(us: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-/// `2026-11-01T08:00:00+07:00`, or a date `2026-11-01` (midnight in Vietnam): microseconds since the epoch.
-pub fn parse_time(v: &str) -> Result<i64, String> {
-    let t = if v.len() == 10 {
-        date(v).map(|d| d.midnight().assume_offset(DAY_OFFSET))
-    } else {
-        OffsetDateTime::parse(v, &Rfc3339).map_err(|e| e.to_string())
-    }
-    .map_err(|e| format!("`{v}` is neither an RFC 3339 time nor a date YYYY-MM-DD ({e})"))?;
-    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| format!("`{v}` is out of range"))
-}
-
-/// `YYYY-MM-DD`.
-fn date(v: &str) -> Result<time::Date, String> {
-    let mut parts = v.split('-');
-    let mut next = || parts.next().and_then(|p| p.parse::<u16>().ok());
-    let (Some(y), Some(m), Some(d)) = (next(), next(), next()) else {
-        return Err("not YYYY-MM-DD".into());
-    };
-    let month = time::Month::try_from(u8::try_from(m).unwrap_or(0)).map_err(|e| e.to_string())?;
-    time::Date::from_calendar_date(i32::from(y), month, u8::try_from(d).unwrap_or(0))
-        .map_err(|e| e.to_string())
-}
+pub use lgsp_journal::time::{parse_time, rfc3339};
 
 /// A page cursor: the last message of a page, `{accepted_us}_{message_id}`.
 fn cursor(m: &Message) -> String {
@@ -268,6 +232,8 @@ pub async fn answer(
         .get(route.config.prefix.len()..)
         .unwrap_or_default()
         .trim_start_matches('/');
+    // Outcomes this process has not written yet (they are not waited for) are written before the read.
+    journal.flush().await.map_err(unavailable)?;
     if rest.is_empty() {
         let q = query(req.uri().query(), &hop.name, &caller.agency)?;
         let page = journal.messages(&q).await.map_err(unavailable)?;

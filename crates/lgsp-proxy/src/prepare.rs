@@ -518,7 +518,12 @@ fn hop(
         routes,
         limit: LimitLayer::new(shared.limits.clone(), hop.clone(), &h.routes, &cfg.agencies),
         validate: ValidateLayer::new(shared.validation.clone(), hop.clone()),
-        journal: JournalLayer::new(shared.journal.clone(), hop.clone(), &h.routes),
+        journal: JournalLayer::new(
+            shared.journal.clone(),
+            hop.clone(),
+            &h.routes,
+            cfg.delivery.lease,
+        ),
         forward,
         hop,
     };

@@ -90,9 +90,10 @@ impl<'k, W: Write> SignedExport<'k, W> {
         self.out.write_all(s.as_bytes())
     }
 
-    /// One journal record: its sequence number, link, hash and content (the JSON text the hash covers).
+    /// One journal record: its chain, sequence number, link, hash and content (the JSON text the hash covers).
     pub fn record(
         &mut self,
+        chain: &str,
         seq: i64,
         prev_hash: &str,
         hash: &str,
@@ -100,8 +101,10 @@ impl<'k, W: Write> SignedExport<'k, W> {
     ) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        // Attributes in canonical order: hash, prevHash, seq.
-        buf.push_str(&format!("<{RECORD} hash=\""));
+        // Attributes in canonical order: chain, hash, prevHash, seq.
+        buf.push_str(&format!("<{RECORD} chain=\""));
+        attribute(chain, &mut buf);
+        buf.push_str("\" hash=\"");
         attribute(hash, &mut buf);
         buf.push_str("\" prevHash=\"");
         attribute(prev_hash, &mut buf);

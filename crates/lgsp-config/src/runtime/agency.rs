@@ -19,6 +19,8 @@ pub struct AgencyConfig {
     pub units: Vec<String>,
     /// Client certificates recognised as this agency besides a SAN URI with the prefix.
     pub certificates: Vec<CertificateMatch>,
+    /// Its own bound on what it holds undelivered (else `[journal] agency_quota`).
+    pub quota: Option<super::journal::Quota>,
 }
 
 /// How a client certificate is recognised as an agency's.
@@ -195,6 +197,17 @@ pub(super) fn agencies(c: &mut Checker<'_>, list: &[FileAgency]) -> Vec<AgencyCo
             keys,
             units: units(c, a.units.as_deref(), code, &format!("{field}.units")),
             certificates,
+            quota: a.quota.as_ref().map(|q| {
+                super::journal::quota(
+                    c,
+                    Some(q),
+                    &format!("{field}.quota"),
+                    super::journal::Quota {
+                        packets: super::defaults::JOURNAL_QUOTA_PACKETS,
+                        bytes: super::defaults::JOURNAL_QUOTA_BYTES,
+                    },
+                )
+            }),
         });
     }
     agencies

@@ -135,6 +135,27 @@ impl<'a> Checker<'a> {
             .collect()
     }
 
+    /// A size (bytes, or a number with a unit), or `default` when absent.
+    pub(crate) fn size<T>(
+        &mut self,
+        v: Option<&Spanned<T>>,
+        get: impl Fn(&T) -> Option<&crate::file::FileSize>,
+        field: &str,
+        default: u64,
+    ) -> u64 {
+        let Some(at) = v else { return default };
+        let Some(size) = get(at.get_ref()) else {
+            return default;
+        };
+        match size {
+            crate::file::FileSize::Bytes(n) => *n,
+            crate::file::FileSize::Text(t) => parse_size(t).unwrap_or_else(|e| {
+                self.problem(at, field, e);
+                default
+            }),
+        }
+    }
+
     /// A count within `range`, or `default` when absent.
     pub(crate) fn bounded(
         &mut self,
@@ -176,6 +197,32 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// `"512MiB"`, `"1 GiB"`, `"2GB"`, `"4096"`: bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let fix = || {
+        format!(
+            "`{text}` is not a size; write bytes (1048576) or a number with B, KiB, MiB, GiB, TiB, KB, MB, GB or TB (\"512MiB\")"
+        )
+    };
+    let n: u64 = number.parse().map_err(|_| fix())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(fix()),
+    };
+    n.checked_mul(scale).ok_or_else(fix)
+}
+
 /// A duration as the config writes it (`1m`, `250ms`).
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -195,6 +242,17 @@ pub fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_bytes_or_a_number_with_a_unit() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size(" 1 GiB "), Ok(1 << 30));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        for bad in ["", "GiB", "1 gib", "1.5GiB", "-1", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_are_written_back_as_the_config_writes_them() {

@@ -120,6 +120,13 @@ pub const JOURNAL_URL: &str = "sqlite://journal.db";
 pub const JOURNAL_KEEP_BODIES: Duration = Duration::from_secs(30 * 86_400);
 /// Five years: the audit period an operator sets.
 pub const JOURNAL_RETENTION: Duration = Duration::from_secs(1825 * 86_400);
+/// The chain of a SQLite journal (one writer); a PostgreSQL journal's default is the host's name.
+pub const JOURNAL_CHAIN: &str = "main";
+/// What one agency may hold undelivered: 10,000 packets, 1 GiB.
+pub const JOURNAL_QUOTA_PACKETS: u64 = 10_000;
+pub const JOURNAL_QUOTA_BYTES: u64 = 1 << 30;
+/// Below 1 GiB of free disk, new packets are refused.
+pub const JOURNAL_MIN_FREE_DISK: u64 = 1 << 30;
 
 // [signing]
 pub const SIGNING_APPROVAL_WINDOW: Duration = Duration::from_secs(5 * 86_400);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::check::{Checker, human};
 use super::defaults;
 use super::{DeliveryMode, HopConfig, Origin};
-use crate::file::{FileDelivery, FileJournal};
+use crate::file::{FileDelivery, FileJournal, FileQuota};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -16,8 +16,21 @@ pub struct JournalConfig {
     pub keep_bodies: Duration,
     /// How long records stay.
     pub retention: Duration,
+    /// This process's chain of records: one per replica writing the same database.
+    pub chain: String,
+    /// What one agency may hold accepted and not yet delivered (an agency's own `quota` overrides it).
+    pub agency_quota: Quota,
+    /// Below this much free disk (SQLite), new packets are refused with 503 `journal.disk_full`.
+    pub min_free_disk: u64,
     /// Where the config names the store (`check-config --connect` reports by it).
     pub origin: Origin,
+}
+
+/// A bound on what one agency holds undelivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +72,45 @@ pub(super) fn journal(c: &mut Checker<'_>, f: &FileJournal) -> JournalConfig {
             ..Origin::default()
         },
     };
+    let chain = match &f.chain {
+        Some(v) => {
+            let name = v.get_ref();
+            let ok = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                c.problem(
+                    v,
+                    "journal.chain",
+                    format!(
+                        "`{name}` is not 1–64 of A–Z a–z 0–9 . _ -; e.g. the replica's host name"
+                    ),
+                );
+            }
+            name.clone()
+        }
+        None if url.starts_with("postgres") => default_chain(),
+        None => defaults::JOURNAL_CHAIN.to_owned(),
+    };
+    let default_quota = Quota {
+        packets: defaults::JOURNAL_QUOTA_PACKETS,
+        bytes: defaults::JOURNAL_QUOTA_BYTES,
+    };
     JournalConfig {
+        agency_quota: quota(
+            c,
+            f.agency_quota.as_ref(),
+            "journal.agency_quota",
+            default_quota,
+        ),
+        min_free_disk: c.size(
+            f.min_free_disk.as_ref(),
+            |s: &crate::file::FileSize| Some(s),
+            "journal.min_free_disk",
+            defaults::JOURNAL_MIN_FREE_DISK,
+        ),
+        chain,
         url,
         origin,
         keep_bodies: c.duration(
@@ -71,6 +122,49 @@ pub(super) fn journal(c: &mut Checker<'_>, f: &FileJournal) -> JournalConfig {
             f.retention.as_ref(),
             "journal.retention",
             defaults::JOURNAL_RETENTION,
+        ),
+    }
+}
+
+/// A replica's chain when the config names none: its host's name, as far as a chain name may spell it.
+fn default_chain() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = host
+        .trim()
+        .chars()
+        .filter(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        defaults::JOURNAL_CHAIN.to_owned()
+    } else {
+        name
+    }
+}
+
+/// A quota as written (`{ packets = N, bytes = "SIZE" }`), each part defaulting to `default`'s.
+pub(super) fn quota(
+    c: &mut Checker<'_>,
+    v: Option<&toml::Spanned<FileQuota>>,
+    field: &str,
+    default: Quota,
+) -> Quota {
+    let Some(q) = v else { return default };
+    let packets = q.get_ref().packets.unwrap_or(default.packets);
+    if packets == 0 {
+        c.problem(
+            q,
+            field,
+            "packets must be at least 1 (an agency holding nothing could send nothing)",
+        );
+    }
+    Quota {
+        packets,
+        bytes: c.size(
+            Some(q),
+            |q: &FileQuota| q.bytes.as_ref(),
+            field,
+            default.bytes,
         ),
     }
 }

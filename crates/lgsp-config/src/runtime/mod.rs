@@ -31,7 +31,7 @@ pub use broker::{Broker, valid_subject};
 pub use consumer::{ConsumerConfig, SourceKind};
 pub use emulator::EmulatorConfig;
 pub use hop::{HopConfig, HttpConfig, PeerConfig, UpstreamConfig, UpstreamProtocol};
-pub use journal::{DeliveryConfig, JournalConfig};
+pub use journal::{DeliveryConfig, JournalConfig, Quota};
 pub use limits::{OverloadConfig, RateLimitBackend, RateLimitConfig};
 pub use route::{DeliveryMode, RateSpec, RouteConfig, Upstream};
 pub use signing::SigningConfig;
