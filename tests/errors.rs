@@ -197,6 +197,10 @@ struct World {
     keeper: lgsp_proxy::Gateway,
     keeper_held: HeldUpstream,
     keeper_journal: String,
+    /// An agency may hold one packet undelivered; HoSoCBCCVC queued to a closed port.
+    quota: lgsp_proxy::Gateway,
+    /// A journal that wants more free disk than any disk has.
+    full: lgsp_proxy::Gateway,
     /// Broker routes: HoSoCBCCVC → NATS at a closed port, BienChe → a "broker" that never speaks (300 ms
     /// timeout), PheDuyetDuLieu → the machine's NATS on a subject no stream takes, BienDong → the machine's RabbitMQ
     /// with a routing key no queue is bound for (the last two only with LGSP_TEST_NATS_URL / LGSP_TEST_AMQP_URL).
@@ -407,6 +411,37 @@ impl World {
         let keeper = lgsp_proxy::Gateway::start(&parse(pki, &keeper_text))
             .await
             .unwrap();
+        let closed = closed_port_sync();
+        let text = queued(&edit_route(&base, "HoSoCBCCVC", |b| {
+            // Still a packet route (journalled), its upstream gone.
+            b.lines()
+                .map(|l| {
+                    if l.starts_with("upstream = ") {
+                        format!("upstream = \"https://localhost:{}\"", closed.port())
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        }))
+        .replacen(
+            "min_free_disk = \"1MiB\"\n",
+            "min_free_disk = \"1MiB\"\nagency_quota = { packets = 1 }\n",
+            1,
+        );
+        let quota = lgsp_proxy::Gateway::start(&parse(pki, &text))
+            .await
+            .unwrap();
+        let text = base.replacen(
+            "min_free_disk = \"1MiB\"\n",
+            "min_free_disk = \"1000000TB\"\n",
+            1,
+        );
+        let full = lgsp_proxy::Gateway::start(&parse(pki, &text))
+            .await
+            .unwrap();
         let (brokers, brokers_silent, broker_skips) = broker_world(&base, pki).await;
         let share = format!(
             "listen = \"127.0.0.1:0\"\nshare = \"nats://127.0.0.1:{}/cbccvc.out\"\n",
@@ -428,6 +463,8 @@ impl World {
             keeper,
             keeper_held,
             keeper_journal: journal_url_in(&keeper_text),
+            quota,
+            full,
             chain,
             failing,
             limited,
@@ -877,6 +914,24 @@ impl World {
                     .await;
                 lock.release().await;
                 seen
+            }
+            "journal.agency_quota" => {
+                // The first packet is held undelivered (its upstream is down); the second is one too many.
+                let mut h = xml(KEY_H29);
+                h.push(("idempotency-key", "errors-quota-1"));
+                let first = self
+                    .post(&self.quota, "/lgsp/v1/HoSoCBCCVC", &h, &good)
+                    .await;
+                assert_eq!(first.status, 202, "{}", first.body);
+                let mut h = xml(KEY_H29);
+                h.push(("idempotency-key", "errors-quota-2"));
+                let other = good.replace("Nguyễn Văn An", "Nguyễn Văn Bình");
+                self.post(&self.quota, "/lgsp/v1/HoSoCBCCVC", &h, &other)
+                    .await
+            }
+            "journal.disk_full" => {
+                self.post(&self.full, "/lgsp/v1/HoSoCBCCVC", &xml(KEY_H29), &good)
+                    .await
             }
             "idempotency.bad_key" => {
                 let mut h = xml(KEY_H29);

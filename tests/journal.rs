@@ -549,7 +549,12 @@ async fn the_operators_journal_commands_verify_export_report_and_name_a_tampered
     // While the gateway runs: three acceptances and three outcomes, chained.
     let (code, out, err) = block(|| journal_cli(&dir, &config, &["verify"]));
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.ends_with(": 6 records, the chain is whole\n"), "{out}");
+    assert!(
+        out.contains(": 6 records in 1 chain(s) [main (6)]")
+            && out.contains("3 messages")
+            && out.contains("everything derived from them agrees"),
+        "{out}"
+    );
     let (code, out, _) = block(|| journal_cli(&dir, &config, &["export", "--from", "2000-01-01"]));
     assert_eq!(code, Some(0));
     let lines: Vec<serde_json::Value> = out
@@ -605,13 +610,42 @@ async fn the_operators_journal_commands_verify_export_report_and_name_a_tampered
     signed_export_verifies_and_a_change_is_found(&dir, &config);
     lgsp.shutdown().await;
 
-    // Someone with database access rewrites who sent the second packet: verify names the record and fails.
+    // Someone with database access moves a message to another agency in the derived tables (what the report and
+    // reconcile read): verify names the row and the column, and rebuild-index writes it back from the chain.
     let journal = journal_url_in(&text);
+    for (sql, named) in [
+        (
+            "UPDATE messages SET agency = '000.00.00.H26' WHERE message_id = (SELECT MIN(message_id) FROM messages)",
+            "].agency is \"000.00.00.H26\", but the chain says \"000.00.00.H29\"",
+        ),
+        (
+            "UPDATE journal_records SET agency = '000.00.00.H26' WHERE seq = 2",
+            "journal_records[chain=main, seq=2].agency",
+        ),
+        (
+            "UPDATE messages SET status = 'rejected' WHERE message_id = (SELECT MAX(message_id) FROM messages)",
+            "].status is \"rejected\", but the chain says \"delivered\"",
+        ),
+    ] {
+        sqlx_update(&journal, sql).await;
+        let (code, out, _) = block(|| journal_cli(&dir, &config, &["verify"]));
+        assert_eq!(code, Some(1), "{sql}: {out}");
+        assert!(
+            out.contains("BROKEN") && out.contains(named),
+            "{sql}: {out}"
+        );
+        let (code, out, err) = block(|| journal_cli(&dir, &config, &["rebuild-index"]));
+        assert_eq!(code, Some(0), "{sql}: {out}{err}");
+        assert!(out.contains("rebuilt from the chains: 3 messages"), "{out}");
+        let (code, out, _) = block(|| journal_cli(&dir, &config, &["verify"]));
+        assert_eq!(code, Some(0), "{sql}: {out}");
+    }
+    // A record's content rewritten: verify names the record and fails.
     sqlx_update(&journal, "UPDATE journal_records SET content = replace(content, '000.00.00.H29', '000.00.00.H26') WHERE seq = 3").await;
     let (code, out, _) = block(|| journal_cli(&dir, &config, &["verify"]));
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("BROKEN at record 3: its content does not match its hash"),
+        out.contains("BROKEN: chain main: record 3: its content does not match its hash"),
         "{out}"
     );
     chain.shutdown().await;
@@ -667,7 +701,9 @@ fn signed_export_verifies_and_a_change_is_found(dir: &std::path::Path, config: &
     let (code, out) = verify("export.xml");
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("journal export of 6 records (seq 1–6), the chain whole, signed by"),
+        out.contains(
+            "journal export of 6 records (chain main: seq 1–6), each chain whole, signed by"
+        ),
         "{out}"
     );
     let xmlsec1 = |file: &str| {
@@ -749,7 +785,7 @@ async fn a_backup_taken_under_load_is_one_consistent_journal() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (code, out, err) = block(|| journal_cli(&dir, &config, &["backup", "copy.db"]));
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("its chain whole"), "{out}");
+    assert!(out.contains("its chains whole"), "{out}");
     let sent = sender.await.unwrap();
     assert_eq!(sent, 150);
     // The copy verifies on its own, and holds a prefix of the journal: every record in it whole.
@@ -757,13 +793,13 @@ async fn a_backup_taken_under_load_is_one_consistent_journal() {
     let (code, out, _) = block(|| journal_cli(&dir, &config, &["--url", &copy, "verify"]));
     assert_eq!(code, Some(0), "{out}");
     let copied: u64 = out
-        .rsplit_once(": ")
+        .split_once(": ")
         .and_then(|(_, rest)| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
     let (_, all, _) = block(|| journal_cli(&dir, &config, &["verify"]));
     let total: u64 = all
-        .rsplit_once(": ")
+        .split_once(": ")
         .and_then(|(_, rest)| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{all}"));

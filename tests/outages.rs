@@ -364,8 +364,8 @@ async fn two_replicas_on_one_postgresql_outbox_deliver_each_packet_once_when_one
     let pki = TestPki::new();
     let (_emu, emu_addr, emu_admin) = emulator(&pki);
     let text = lgsp_text(&pki, emu_addr, Some(&db.url));
-    let (one, a, _) = gateway(&pki, "replica-1", &text);
-    let (_two, b, b_admin) = gateway(&pki, "replica-2", &text);
+    let (one, a, _) = gateway(&pki, "replica-1", &with_chain(&text, "replica-1"));
+    let (_two, b, b_admin) = gateway(&pki, "replica-2", &with_chain(&text, "replica-2"));
     let targets = Arc::new(std::sync::Mutex::new(vec![a, b]));
     let go = Arc::new(AtomicBool::new(true));
     let senders = load(
@@ -523,8 +523,8 @@ async fn two_replicas_behind_haproxy_share_limits_and_lose_only_in_flight_reques
     ) + &format!(
         "\n[ratelimit]\nbackend = \"{redis}\"\nkey_prefix = \"{prefix}\"\ntimeout = \"2s\"\n"
     );
-    let (one, a, a_admin) = gateway(&pki, "replica-1", &text);
-    let (_two, b, b_admin) = gateway(&pki, "replica-2", &text);
+    let (one, a, a_admin) = gateway(&pki, "replica-1", &with_chain(&text, "replica-1"));
+    let (_two, b, b_admin) = gateway(&pki, "replica-2", &with_chain(&text, "replica-2"));
     let haproxy = Haproxy::start(pki.dir(), &[a, b]);
     let lb: SocketAddr = ([127, 0, 0, 1], haproxy.port).into();
 
@@ -666,9 +666,9 @@ async fn a_rolling_restart_behind_haproxy_fails_no_request() {
     );
     // Fixed ports (the admin listener's first, then the hop's), so a replica restarts where HAProxy expects it.
     let replicas: Vec<(String, SocketAddr, u16)> = (0..2)
-        .map(|_| {
+        .map(|i| {
             let (hop, admin) = (free_port(), free_port());
-            let text = base
+            let text = with_chain(&base, &format!("replica-{i}"))
                 .replacen(
                     "listen = \"127.0.0.1:0\"",
                     &format!("listen = \"127.0.0.1:{admin}\""),

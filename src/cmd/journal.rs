@@ -112,12 +112,12 @@ async fn rebuild(url: &str, cfg: &lgsp_config::Config) -> ExitCode {
         Err(e) => return super::failed(e),
     };
     match reader
-        .writers_within(std::time::Duration::from_secs(60))
+        .writers_within(std::time::Duration::from_secs(10))
         .await
     {
         Ok(alive) if !alive.is_empty() => {
             return super::failed(format!(
-                "{url}: a gateway is writing this journal (chain {} committed in the last minute); stop every gateway on it first",
+                "{url}: a gateway is writing this journal (chain {} committed in the last 10 s); stop every gateway on it first",
                 alive.join(", ")
             ));
         }
@@ -137,7 +137,11 @@ async fn rebuild(url: &str, cfg: &lgsp_config::Config) -> ExitCode {
         ),
         Err(e) => return super::failed(e),
     }
-    match journal.verify().await {
+    let verdict = journal.verify().await;
+    if let Err(e) = journal.release().await {
+        return super::failed(e);
+    }
+    match verdict {
         Ok(v) => {
             println!("{url}: {}", verified(&v));
             ExitCode::SUCCESS

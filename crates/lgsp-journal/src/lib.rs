@@ -606,6 +606,16 @@ impl Journal {
         self.ask(writer::Job::Flush).await
     }
 
+    /// Marks this process's chain as no longer written (what was handed to the writer before is written first), so
+    /// `journal rebuild-index` may run at once after this process ends. The journal still works afterwards: the
+    /// next write marks the chain written again.
+    pub async fn release(&self) -> Result<(), JournalError> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        self.ask(writer::Job::Stop).await
+    }
+
     /// Checks that the journal can be written now (a transaction that takes this chain's head and commits).
     pub async fn ping(&self) -> Result<(), JournalError> {
         self.ask(writer::Job::Ping).await

@@ -68,6 +68,8 @@ pub(crate) enum Job {
     Ping(Reply<()>),
     /// Answered once every job sent before it is written (a batch of flushes alone writes nothing).
     Flush(Reply<()>),
+    /// This process stops writing: its chain is marked as no process's.
+    Stop(Reply<()>),
     Prune(Reply<(u64, u64)>),
     Sweep(Reply<u64>),
     Settle {
@@ -205,6 +207,8 @@ struct Writer<S: Store> {
     last_head: Option<(i64, String)>,
     /// Jobs in the last batch.
     last_batch: usize,
+    /// When a shared chain was last warned of.
+    warned: Option<Instant>,
 }
 
 /// The writer's loop: takes as many jobs as are waiting and writes them in one transaction.
@@ -226,6 +230,7 @@ async fn run<S: Store>(
         disk: None,
         last_head: None,
         last_batch: 0,
+        warned: None,
     };
     match w.start().await {
         Ok(()) => {
@@ -240,7 +245,7 @@ async fn run<S: Store>(
         let first = if w.pending.is_empty() {
             match tokio::time::timeout(HOUSEKEEPING_EVERY, rx.recv()).await {
                 Ok(Some(j)) => Some(j),
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(_) => None,
             }
         } else {
@@ -261,6 +266,16 @@ async fn run<S: Store>(
             for job in jobs {
                 answer(job, Done::Ping);
             }
+        } else if jobs.iter().any(|j| matches!(j, Job::Stop(_))) {
+            let (stops, rest): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| matches!(j, Job::Stop(_)));
+            if !rest.is_empty() {
+                w.write(rest).await;
+            }
+            w.stopped().await;
+            for job in stops {
+                answer(job, Done::Ping);
+            }
         } else {
             w.last_batch = jobs.len();
             w.write(jobs).await;
@@ -270,9 +285,10 @@ async fn run<S: Store>(
             w.housekeeping().await;
         }
         if rx.is_closed() && rx.is_empty() && w.pending.is_empty() {
-            return;
+            break;
         }
     }
+    w.stopped().await;
 }
 
 /// Takes the jobs waiting. Under load — the last batch held several jobs, so their callers are on their way back —
@@ -447,6 +463,24 @@ impl<S: Store> Writer<S> {
         }
     }
 
+    /// The journal was dropped: its chain is marked as no process's (`journal rebuild-index` may run at once).
+    async fn stopped(&mut self) {
+        let chain = self.config.chain.clone();
+        let Ok(mut conn) = self.take_connection().await else {
+            return;
+        };
+        match conn
+            .fetch(
+                "UPDATE journal_chains SET alive_us = 0 WHERE chain = $1",
+                vec![chain.into()],
+            )
+            .await
+        {
+            Ok(_) => self.conn = Some(conn),
+            Err(_) => close(conn).await,
+        }
+    }
+
     /// Between batches: bodies past their keeping swept, and (PostgreSQL) the quotas' counts re-read.
     async fn housekeeping(&mut self) {
         if let Err(e) = self.sweep_bodies().await {
@@ -571,8 +605,13 @@ impl<S: Store> Writer<S> {
         let (mut seq, mut prev) = conn.begin(&chain).await?;
         if let Some(last) = &self.last_head
             && (last.0 != seq || last.1 != prev)
+            && self
+                .warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
         {
-            // Another process wrote this chain since this one's last commit: two processes share a chain name.
+            // Another process wrote this chain since this one's last commit: two processes share a chain name
+            // (correct, but they take turns, and a restart of one takes up the other's deliveries).
+            self.warned = Some(Instant::now());
             tracing::error!(
                 chain,
                 "journal: another process writes this chain too; give each replica its own [journal] chain"
@@ -1193,7 +1232,7 @@ impl Batch<'_> {
         for (i, job) in jobs.iter().enumerate() {
             let d = match job {
                 Job::Accept(..) | Job::Finish(..) => continue,
-                Job::Ping(_) | Job::Flush(_) => Done::Ping,
+                Job::Ping(_) | Job::Flush(_) | Job::Stop(_) => Done::Ping,
                 Job::Claim {
                     hop,
                     lease_us,
@@ -1462,7 +1501,7 @@ fn answer(job: Job, done: Done) {
         (Job::Retry { reply, .. }, Done::Retry(r)) => {
             let _ = reply.send(r);
         }
-        (Job::Ping(reply) | Job::Flush(reply), Done::Ping) => {
+        (Job::Ping(reply) | Job::Flush(reply) | Job::Stop(reply), Done::Ping) => {
             let _ = reply.send(Ok(()));
         }
         (Job::Prune(reply), Done::Prune(n)) => {
@@ -1495,7 +1534,7 @@ fn fail(job: Job, e: &DbError) {
         Job::Claim { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
-        Job::Retry { reply, .. } | Job::Ping(reply) | Job::Flush(reply) => {
+        Job::Retry { reply, .. } | Job::Ping(reply) | Job::Flush(reply) | Job::Stop(reply) => {
             let _ = reply.send(Err(err()));
         }
         Job::Prune(reply) => {

@@ -735,7 +735,8 @@ async fn the_outbox_leases_retries_and_delivers(s: &Store) {
         .unwrap();
     let (depth, _) = j.outbox("lgsp").await.unwrap();
     assert_eq!(depth, 2);
-    let lease = Duration::from_millis(300);
+    let b = s.another("replica-b").await;
+    let lease = Duration::from_secs(2);
     let claimed = j.claim("lgsp", lease, 10).await.unwrap();
     assert_eq!(claimed.len(), 2);
     let q1 = claimed
@@ -745,7 +746,6 @@ async fn the_outbox_leases_retries_and_delivers(s: &Store) {
     assert_eq!((q1.body.as_deref(), q1.attempts), (Some(&b"<q/>"[..]), 1));
     assert_eq!(q1.message.request.as_ref().unwrap().method, "POST");
     // Leased: nobody else gets them, not another replica.
-    let b = s.another("replica-b").await;
     assert!(b.claim("lgsp", lease, 10).await.unwrap().is_empty());
     // q1 must wait (a 503 upstream); q2's process dies: its lease runs out and another takes it.
     j.retry_at(
@@ -761,8 +761,14 @@ async fn the_outbox_leases_retries_and_delivers(s: &Store) {
         (m.status, m.detail.as_deref(), m.attempts),
         (Status::Queued, Some("upstream 503"), 1)
     );
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
-    let taken = b.claim("lgsp", lease, 10).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let taken = loop {
+        let taken = b.claim("lgsp", lease, 10).await.unwrap();
+        if !taken.is_empty() || std::time::Instant::now() > deadline {
+            break taken;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(taken.len(), 1);
     assert_eq!(
         (taken[0].message.message_id.as_str(), taken[0].attempts),

@@ -561,6 +561,10 @@ impl Gateway {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The chain is no process's now: an operator may rebuild the journal's derived tables at once.
+        if let Err(e) = self.reloader.inner.journal.release().await {
+            tracing::warn!(error = %e, "journal: marking this process's chain stopped failed");
+        }
     }
 }
 

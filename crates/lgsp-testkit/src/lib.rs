@@ -10,7 +10,9 @@ pub mod process;
 pub use backends::{
     amqp_channel, durable_queue, eventually, metric, test_broker, test_stream, unique_name,
 };
-pub use outage::{JournalLock, PgDatabase, Relay, journal_read_only, journal_url_in, queued};
+pub use outage::{
+    JournalLock, PgDatabase, Relay, journal_read_only, journal_url_in, queued, with_chain,
+};
 pub use process::{Haproxy, Proc, free_port, sh, tool, write};
 
 use std::net::SocketAddr;
@@ -242,7 +244,7 @@ impl Default for TestPki {
 /// profiles not checked against the journal (a test that wants it sets `check_coverage = true`).
 fn head(pki: &TestPki) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n[journal]\nurl = \"{journal}\"\n[signing]\nca = [\"{dir}/signing-ca.pem\"]\napproval_lateness = \"40d\"\ncheck_coverage = false\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\ntoken_file = \"{dir}/admin.token\"\n[log]\nlevel = \"warn\"\n[pki]\ndir = \"{dir}\"\ndev_autogen = false\n[journal]\nurl = \"{journal}\"\nmin_free_disk = \"1MiB\"\n[signing]\nca = [\"{dir}/signing-ca.pem\"]\napproval_lateness = \"40d\"\ncheck_coverage = false\n",
         dir = pki.dir().display(),
         journal = pki.journal_url(),
     )

@@ -56,6 +56,16 @@ impl Relay {
     }
 }
 
+/// `text` with its journal written to chain `chain`: each replica on one PostgreSQL writes a chain of its own (one
+/// host's replicas would otherwise share the host's name).
+pub fn with_chain(text: &str, chain: &str) -> String {
+    text.replacen(
+        "[journal]\n",
+        &format!("[journal]\nchain = \"{chain}\"\n"),
+        1,
+    )
+}
+
 /// The `[journal] url` a config text names.
 pub fn journal_url_in(text: &str) -> String {
     text.lines()
