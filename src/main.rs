@@ -187,6 +187,18 @@ enum Command {
         /// Your list of sent packets (CSV with a header row).
         #[arg(long, value_name = "FILE")]
         sent: PathBuf,
+        /// Also look each delivered packet up at the national endpoint, through the gateway's receipt route: one
+        /// without a receipt there is `lost` (exit 1).
+        #[arg(long)]
+        end_to_end: bool,
+        /// The receipt route's path under the API base (with --end-to-end).
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "BienNhan",
+            requires = "end_to_end"
+        )]
+        receipts: String,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -634,9 +646,20 @@ fn main() -> ExitCode {
             from,
             to,
             sent,
+            end_to_end,
+            receipts,
             json,
         } => match connection.options(None, None) {
-            Ok(opts) => cmd::reconcile::reconcile(&opts, &from, &to, &sent, json),
+            Ok(opts) => cmd::reconcile::reconcile(
+                &opts,
+                &cmd::reconcile::Ask {
+                    from: &from,
+                    to: &to,
+                    sent: &sent,
+                    json,
+                    receipts: end_to_end.then_some(receipts.as_str()),
+                },
+            ),
             Err(e) => usage(e),
         },
         Command::Validate {

@@ -5,9 +5,25 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use lgsp_probe::ProbeOptions;
-use lgsp_probe::reconcile::{fetch, read_sent, reconcile as compare};
+use lgsp_probe::reconcile::{end_to_end, fetch, read_sent, reconcile as compare};
 
-pub fn reconcile(opts: &ProbeOptions, from: &str, to: &str, sent: &Path, json: bool) -> ExitCode {
+/// The period, the agency's list, and (end to end) the gateway's receipt route.
+pub struct Ask<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub sent: &'a Path,
+    pub json: bool,
+    pub receipts: Option<&'a str>,
+}
+
+pub fn reconcile(opts: &ProbeOptions, ask: &Ask<'_>) -> ExitCode {
+    let Ask {
+        from,
+        to,
+        sent,
+        json,
+        receipts,
+    } = *ask;
     let text = match std::fs::read_to_string(sent) {
         Ok(t) => t,
         Err(e) => return super::failed(format!("{}: {e}", sent.display())),
@@ -24,7 +40,12 @@ pub fn reconcile(opts: &ProbeOptions, from: &str, to: &str, sent: &Path, json: b
         Ok(h) => h,
         Err(e) => return super::failed(e),
     };
-    let r = compare(list, held);
+    let mut r = compare(list, held);
+    if let Some(receipts) = receipts
+        && let Err(e) = runtime.block_on(end_to_end(opts, receipts, &mut r))
+    {
+        return super::failed(e);
+    }
     if let Err(e) = r.write(&mut std::io::stdout().lock(), json) {
         return super::failed(format!("writing the result: {e}"));
     }

@@ -1,6 +1,8 @@
 //! Reconciliation (đối chiếu): an agency's own list of the packets it sent, against what the gateway's journal
 //! holds of that agency's messages in a period — each sent packet delivered, pending, rejected (with the reason),
 //! failed, changed (another body under its key) or missing; and what the gateway holds that the list does not.
+//! End to end (`--end-to-end`), each packet the gateway says it delivered is also looked up at the national
+//! endpoint by its message id, through the gateway's receipt route: one without a receipt there is `lost`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -55,16 +57,19 @@ pub enum Verdict {
     Changed,
     /// The gateway holds nothing of it in the period.
     Missing,
+    /// The gateway says it delivered it, but the national endpoint holds no receipt of its message id.
+    Lost,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 6] = [
+    pub const ALL: [Verdict; 7] = [
         Verdict::Delivered,
         Verdict::Pending,
         Verdict::Rejected,
         Verdict::Failed,
         Verdict::Changed,
         Verdict::Missing,
+        Verdict::Lost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,12 +80,16 @@ impl Verdict {
             Verdict::Failed => "failed",
             Verdict::Changed => "changed",
             Verdict::Missing => "missing",
+            Verdict::Lost => "lost",
         }
     }
 
     /// Whether the agency must act: the packet is not where it should be and nothing will move it.
     pub fn needs_action(self) -> bool {
-        matches!(self, Verdict::Failed | Verdict::Changed | Verdict::Missing)
+        matches!(
+            self,
+            Verdict::Failed | Verdict::Changed | Verdict::Missing | Verdict::Lost
+        )
     }
 }
 
@@ -279,6 +288,31 @@ pub fn reconcile(sent: Vec<Sent>, held: Vec<Held>) -> Reconciliation {
         .map(|(h, _)| h)
         .collect();
     Reconciliation { lines, unexpected }
+}
+
+/// End to end: each line the gateway delivered is looked up at the national endpoint through the gateway's receipt
+/// route (`GET {base}/{receipts}/{message id}`, answered only to the agency that sent it): a receipt leaves it
+/// delivered, none (404) makes it lost; any other answer is an error (nothing could be concluded).
+pub async fn end_to_end(
+    opts: &ProbeOptions,
+    receipts: &str,
+    r: &mut Reconciliation,
+) -> Result<(), String> {
+    let mut sender = Sender::connect(opts).await?;
+    let receipts = receipts.trim_matches('/');
+    for l in r
+        .lines
+        .iter_mut()
+        .filter(|l| l.verdict == Verdict::Delivered)
+    {
+        let Some(h) = &l.held else { continue };
+        let path = format!("/{receipts}/{}", h.message_id);
+        if sender.found(&path).await? {
+            continue;
+        }
+        l.verdict = Verdict::Lost;
+    }
+    Ok(())
 }
 
 /// Every message the gateway holds for the agency between `from` and `to` (as the messages route takes them),

@@ -115,6 +115,21 @@ impl Sender {
         Ok(answer.body)
     }
 
+    /// Whether `GET {base}{path}` finds something: true on 2xx, false on 404, an error on any other answer.
+    pub async fn found(&mut self, path: &str) -> Result<bool, String> {
+        let path = format!("{}{path}", self.base);
+        let answer = self.call(Method::GET, &path, &[], Vec::new()).await?;
+        match answer.status.as_u16() {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            status => Err(format!(
+                "GET {path} answered {status}: {} {}",
+                answer.body["code"].as_str().unwrap_or_default(),
+                answer.body["detail"].as_str().unwrap_or_default()
+            )),
+        }
+    }
+
     async fn call(
         &mut self,
         method: Method,
