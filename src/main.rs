@@ -254,6 +254,18 @@ enum JournalCommand {
         /// The month, YYYY-MM (Vietnam time, UTC+07:00).
         #[arg(long)]
         month: String,
+        /// Also ask the far end, as each hop through its receipt route, whether it holds every message the journal
+        /// says was delivered in the month; exit 1 when one is missing there (or cannot be checked).
+        #[arg(long)]
+        end_to_end: bool,
+        /// The hops' receipt route (a look-up route by message id), with --end-to-end.
+        #[arg(
+            long,
+            value_name = "ROUTE",
+            default_value = "BienNhan",
+            requires = "end_to_end"
+        )]
+        receipts: String,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -637,7 +649,16 @@ fn main() -> ExitCode {
                 }
                 JournalCommand::Migrate => cmd::journal::Ask::Migrate,
                 JournalCommand::Backup { file } => cmd::journal::Ask::Backup { file },
-                JournalCommand::Report { month, json } => cmd::journal::Ask::Report { month, json },
+                JournalCommand::Report {
+                    month,
+                    end_to_end,
+                    receipts,
+                    json,
+                } => cmd::journal::Ask::Report {
+                    month,
+                    json,
+                    receipts: end_to_end.then_some(receipts),
+                },
             };
             cmd::journal::journal(config.as_deref(), url, ask)
         }

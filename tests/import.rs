@@ -134,8 +134,20 @@ async fn a_filled_template_is_imported_checked_and_sent_with_receipts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.ends_with("2 sent: 2 delivered, 0 pending, 0 rejected, 0 failed, 0 changed, 0 missing; 0 unexpected\n"),
+        stdout.ends_with("2 sent: 2 delivered, 0 pending, 0 rejected, 0 failed, 0 changed, 0 missing, 0 lost; 0 unexpected\n"),
         "{stdout}"
+    );
+    // End to end: each delivered packet's receipt found at the national endpoint, through the LGSP's BienNhan.
+    let mut e2e = reconcile("goi/sent.csv");
+    e2e.push("--end-to-end".into());
+    let out = run(e2e).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("2 sent: 2 delivered,")
+            && stdout.contains("0 lost"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     std::fs::write(
         dir.join("more.csv"),

@@ -651,6 +651,95 @@ async fn the_operators_journal_commands_verify_export_report_and_name_a_tampered
     chain.shutdown().await;
 }
 
+/// `journal report --end-to-end` asks the national endpoint, as the hop through its receipt route, for every
+/// message the journal says it delivered: a packet an upstream answered 200 to without passing it on is named as
+/// missing there, and the command exits 1; the ones that arrived are counted as held.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_monthly_report_checks_end_to_end_that_the_national_endpoint_holds_what_was_delivered()
+{
+    let chain = Chain::start().await;
+    // An upstream that says 200 to everything and keeps nothing: what it "delivers" never arrives.
+    let liar = Upstream::start(&chain.pki, |_req| async {
+        http::Response::new(lgsp_proxy::body::full("{\"status\":\"accepted\"}"))
+    })
+    .await;
+    let text = hop_config(
+        &chain.pki,
+        "lgsp",
+        "/lgsp/v1",
+        chain.ndxp.hop_addr("ndxp").unwrap(),
+        "/ndxp/v1",
+        &[],
+    );
+    let ndxp_port = chain.ndxp.hop_addr("ndxp").unwrap().port();
+    // BienDong goes to the liar; everything else (and the receipts) through the NDXP to the emulator.
+    let text = text.replacen(
+        &format!("upstream = \"https://localhost:{ndxp_port}\"\nrewrite = \"/ndxp/v1/BienDong\""),
+        &format!(
+            "upstream = \"https://localhost:{}\"\nrewrite = \"/ndxp/v1/BienDong\"",
+            liar.addr.port()
+        ),
+        1,
+    );
+    assert!(
+        text.contains(&format!("localhost:{}", liar.addr.port())),
+        "{text}"
+    );
+    let config = write(chain.pki.dir(), "e2e.toml", &text);
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
+        .await
+        .unwrap();
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    let send = |path: &'static str, body: String, key: &'static str| {
+        let (client, url) = (client.clone(), hop_url(&lgsp, "lgsp", path));
+        async move {
+            let a = client
+                .send("POST", &url, &headers(KEY_H29, key), &body)
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+            a.headers["x-lgsp-message-id"].to_str().unwrap().to_owned()
+        }
+    };
+    let arrived = send("/lgsp/v1/HoSoCBCCVC", packet(), "e2e-1").await;
+    let lost = send(
+        "/lgsp/v1/BienDong",
+        sample("valid/BienDong-01-dieu-dong.xml"),
+        "e2e-2",
+    )
+    .await;
+    lgsp.shutdown().await;
+    let dir = chain.pki.dir().to_owned();
+    let (_, month, _) = sh("date -u -d '+7 hours' +%Y-%m");
+    let (code, out, err) = block(|| {
+        journal_cli(
+            &dir,
+            &config,
+            &["report", "--month", month.trim(), "--end-to-end"],
+        )
+    });
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("lgsp   2 delivered, 1 held at the far end, 1 missing, 0 not checked")
+            && out.contains(&format!("missing: {lost} (000.00.00.H29)"))
+            && !out.contains(&format!("missing: {arrived}")),
+        "{out}"
+    );
+    let (_, json, _) = block(|| {
+        journal_cli(
+            &dir,
+            &config,
+            &["report", "--month", month.trim(), "--end-to-end", "--json"],
+        )
+    });
+    // The month's report, then the end-to-end check: one JSON object each.
+    let doc: serde_json::Value =
+        serde_json::from_str(json.trim().lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["end_to_end"][0]["held"], 1);
+    chain.shutdown().await;
+}
+
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }

@@ -27,6 +27,8 @@ pub enum Ask {
     Report {
         month: String,
         json: bool,
+        /// End to end: the hops' receipt route to ask the far end through.
+        receipts: Option<String>,
     },
 }
 
@@ -84,7 +86,19 @@ pub fn journal(config: Option<&Path>, url: Option<String>, ask: Ask) -> ExitCode
                 out,
                 signer,
             } => export(&journal, from, to, out.as_deref(), signer.as_ref()).await,
-            Ask::Report { month, json } => report(&journal, &month, json).await,
+            Ask::Report {
+                month,
+                json,
+                receipts,
+            } => {
+                let code = report(&journal, &month, json).await;
+                match receipts {
+                    Some(route) if code == ExitCode::SUCCESS => {
+                        end_to_end(&journal, &cfg, &month, &route, json).await
+                    }
+                    _ => code,
+                }
+            }
         }
     })
 }
@@ -292,6 +306,134 @@ async fn report(journal: &Journal, month: &str, json: bool) -> ExitCode {
 
 /// At most this many unapproved profiles are listed per agency (`--json` lists them all).
 const UNAPPROVED_SHOWN: usize = 20;
+
+/// Every message the journal says was delivered in `month`, asked of the far end through each hop's `receipts`
+/// route (as the hop: `lgsp_proxy::confirm`), 16 at a time; exit 1 when one is missing there or cannot be checked.
+async fn end_to_end(
+    journal: &Journal,
+    cfg: &lgsp_config::Config,
+    month: &str,
+    receipts: &str,
+    json: bool,
+) -> ExitCode {
+    use lgsp_proxy::confirm::{AtFarEnd, at_far_end};
+    let (from, to) = match month_bounds(month) {
+        Ok(b) => b,
+        Err(e) => return super::failed(e),
+    };
+    let metrics = match lgsp_metrics::Metrics::new() {
+        Ok(m) => m,
+        Err(e) => return super::failed(e),
+    };
+    let prepared = match lgsp_proxy::prepare(cfg, &metrics, None, None) {
+        Ok(p) => p,
+        Err(e) => return super::failed(e),
+    };
+    let mut report = Vec::new();
+    let mut ok = true;
+    for hop in prepared.hops {
+        let target = std::sync::Arc::new(hop.delivery);
+        let Some(lookup) = target.routes.named(receipts).cloned() else {
+            continue;
+        };
+        let (mut delivered, mut held) = (0u64, 0u64);
+        let mut missing: Vec<String> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        let mut after = None;
+        loop {
+            let page = match journal
+                .ended(
+                    &hop.name,
+                    lgsp_journal::Status::Delivered,
+                    (from, to),
+                    after.clone(),
+                    256,
+                )
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => return super::failed(e),
+            };
+            let Some(last) = page.last() else { break };
+            after = Some((last.accepted_us, last.message_id.clone()));
+            let mut asked = tokio::task::JoinSet::new();
+            for m in page {
+                if asked.len() >= 16
+                    && let Some(Ok((m, at))) = asked.join_next().await
+                {
+                    tally(m, at, (&mut held, &mut missing, &mut unknown));
+                }
+                delivered += 1;
+                let (target, lookup) = (target.clone(), lookup.clone());
+                asked.spawn(async move {
+                    let at = at_far_end(&target, &lookup, &m).await;
+                    (m, at)
+                });
+            }
+            while let Some(Ok((m, at))) = asked.join_next().await {
+                tally(m, at, (&mut held, &mut missing, &mut unknown));
+            }
+        }
+        fn tally(
+            m: lgsp_journal::Message,
+            at: AtFarEnd,
+            (held, missing, unknown): (&mut u64, &mut Vec<String>, &mut Vec<String>),
+        ) {
+            match at {
+                AtFarEnd::Held => *held += 1,
+                AtFarEnd::Missing => missing.push(format!("{} ({})", m.message_id, m.agency)),
+                AtFarEnd::Unknown(why) => unknown.push(format!("{}: {why}", m.message_id)),
+            }
+        }
+        ok &= missing.is_empty() && unknown.is_empty();
+        report.push(serde_json::json!({
+            "hop": hop.name, "through": receipts, "delivered": delivered, "held": held,
+            "missing": missing, "unknown": unknown,
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "month": month, "end_to_end": report, "ok": ok })
+        )
+    } else {
+        let mut r = writeln!(
+            out,
+            "\nend to end ({month}, asked of the far end through {receipts}):"
+        );
+        for h in &report {
+            r = r.and_then(|()| {
+                writeln!(
+                    out,
+                    "{:<6} {} delivered, {} held at the far end, {} missing, {} not checked",
+                    h["hop"].as_str().unwrap_or_default(),
+                    h["delivered"],
+                    h["held"],
+                    h["missing"].as_array().map_or(0, Vec::len),
+                    h["unknown"].as_array().map_or(0, Vec::len)
+                )
+            });
+            for line in h["missing"].as_array().into_iter().flatten().take(50) {
+                r = r.and_then(|()| {
+                    writeln!(out, "  missing: {}", line.as_str().unwrap_or_default())
+                });
+            }
+            for line in h["unknown"].as_array().into_iter().flatten().take(20) {
+                r = r.and_then(|()| {
+                    writeln!(out, "  not checked: {}", line.as_str().unwrap_or_default())
+                });
+            }
+        }
+        r
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
 
 /// Per hop and agency: whether the month is approved, by whom, and the profiles no approval covers.
 fn write_approvals(

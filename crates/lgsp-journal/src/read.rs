@@ -341,6 +341,40 @@ impl Journal {
         Ok(out)
     }
 
+    /// A page of the messages of `hop` accepted within `[from_us, to_us)` that ended `status`, every agency's, in
+    /// (accepted, message id) order after `after`: the operator's end-to-end check reads them.
+    pub async fn ended(
+        &self,
+        hop: &str,
+        status: Status,
+        (from_us, to_us): (i64, i64),
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Message>, JournalError> {
+        let (after_us, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            joined_message_columns!(),
+            " WHERE m.hop = $1 AND m.status = $2 AND m.accepted_us >= $3 AND m.accepted_us < $4
+               AND (m.accepted_us > $5 OR (m.accepted_us = $5 AND m.message_id > $6))
+             ORDER BY m.accepted_us, m.message_id LIMIT $7"
+        ))
+        .bind(hop.to_owned())
+        .bind(status.as_str())
+        .bind(from_us)
+        .bind(to_us)
+        .bind(after_us)
+        .bind(after_id)
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| JournalError::from_db(&e))?;
+        Ok(rows
+            .iter()
+            .map(Message::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// The chains whose writer committed within `within`: gateways writing this journal now.
     pub async fn writers_within(
         &self,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod confirm;
 mod connect;
 mod connection;
 pub mod consume;
@@ -44,6 +45,7 @@ pub use listener::{
     KnowsIdentity, ListenerSpec, ListenerState, LiveState, serve_connection, spawn_tls_listener,
 };
 pub use observe::{HopHeaderError, ObserveLayer};
+pub use outbox::DeliveryTarget;
 pub use prepare::{Prepared, PreparedHop, prepare, signing_policy};
 pub use route::{Route, RouteError, RouteLayer, RouteTable};
 pub use stack::{HopParts, HopService, hop_stack};
