@@ -342,6 +342,8 @@ struct Effects {
     handoffs: Vec<(mpsc::OwnedPermit<Claimed>, Claimed)>,
     /// A packet went to the outbox for a claim.
     queued: bool,
+    /// Something besides records was written (a lease, a retry, a prune): the batch commits even without records.
+    changed: bool,
 }
 
 /// A record waiting for its place in the chain.
@@ -664,6 +666,11 @@ impl<S: Store> Writer<S> {
             }
         }
         let appended = records.len() as u64;
+        if records.is_empty() && !effects.changed {
+            // Nothing was written (refusals, look-ups, empty claims): no commit, no fsync.
+            conn.rollback().await;
+            return Ok(done.into_iter().map(|d| d.unwrap_or(Done::Ping)).collect());
+        }
         for chunk in shaped(&records, self.config.dialect) {
             let params = record_params(&chain, chunk, &mut seq, &mut prev);
             conn.fetch(records_sql(chunk.len()), params).await?;
@@ -754,7 +761,23 @@ impl Batch<'_> {
             }
             return Ok(());
         }
-        let all: Vec<&Accepted> = accepts.iter().map(|(_, a)| *a).collect();
+        // An agency already at its quota gets no insert: only a look-up (a resend of what it holds is answered),
+        // so a flood past the quota writes nothing.
+        let mut budget = self.effects.added.clone();
+        let (fits, over): (Vec<(usize, &Accepted)>, Vec<(usize, &Accepted)>) =
+            accepts.into_iter().partition(|(_, a)| {
+                let Some(body) = &a.body else { return true };
+                let more = Held {
+                    packets: 1,
+                    bytes: body.len() as u64,
+                };
+                let ok = quota_allows(self.quotas, self.held, &budget, &a.agency, more).is_ok();
+                if ok {
+                    budget.entry(a.agency.clone()).or_default().add(more);
+                }
+                ok
+            });
+        let all: Vec<&Accepted> = fits.iter().map(|(_, a)| *a).collect();
         let mut inserted: HashSet<(&str, &str)> = HashSet::new();
         for chunk in shaped(&all, self.config.dialect) {
             let rows = conn
@@ -768,26 +791,8 @@ impl Batch<'_> {
             }
         }
         let mut outbox: Vec<OutboxRow<'_>> = Vec::new();
-        for (i, a) in accepts {
+        for (i, a) in fits {
             let admission = if inserted.contains(&(a.hop.as_str(), a.message_id.as_str())) {
-                if let Some(body) = &a.body {
-                    let more = Held {
-                        packets: 1,
-                        bytes: body.len() as u64,
-                    };
-                    if let Err(e) =
-                        quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
-                    {
-                        // Over its quota: the message row goes again, nothing of it stays.
-                        conn.fetch(
-                            "DELETE FROM messages WHERE hop = $1 AND message_id = $2",
-                            vec![a.hop.clone().into(), a.message_id.clone().into()],
-                        )
-                        .await?;
-                        self.done[i] = Some(Done::Accept(Err(e)));
-                        continue;
-                    }
-                }
                 self.records.push(Pending {
                     at_us: self.at,
                     kind: record::ACCEPTED,
@@ -802,6 +807,9 @@ impl Batch<'_> {
                 self.repeated(conn, a, &mut outbox).await?
             };
             self.done[i] = Some(Done::Accept(admission));
+        }
+        for (i, a) in over {
+            self.done[i] = Some(Done::Accept(self.over_quota(conn, a, &mut outbox).await?));
         }
         self.store_bodies(conn, &outbox).await?;
         for chunk in shaped(&outbox, self.config.dialect) {
@@ -950,42 +958,10 @@ impl Batch<'_> {
         a: &'b Accepted,
         outbox: &mut Vec<OutboxRow<'b>>,
     ) -> Result<Result<Admission, JournalError>, DbError> {
-        let mut rows = match &a.idempotency_key {
-            Some(key) => {
-                conn.fetch(
-                    concat!(
-                        "SELECT ",
-                        message_columns!(),
-                        " FROM messages WHERE hop = $1 AND agency = $2 AND mode = $3 AND idempotency_key = $4"
-                    ),
-                    vec![
-                        a.hop.clone().into(),
-                        a.agency.clone().into(),
-                        a.mode.clone().into(),
-                        key.clone().into(),
-                    ],
-                )
-                .await?
-            }
-            None => Vec::new(),
-        };
-        if rows.is_empty() {
-            rows = conn
-                .fetch(
-                    concat!(
-                        "SELECT ",
-                        message_columns!(),
-                        " FROM messages WHERE hop = $1 AND message_id = $2"
-                    ),
-                    vec![a.hop.clone().into(), a.message_id.clone().into()],
-                )
-                .await?;
-        }
-        let Some(row) = rows.first() else {
+        let Some(m) = self.known(conn, a).await? else {
             // Its key's first use in this batch was refused (over the quota) and is gone again: this one is new.
             return self.insert_one(conn, a, outbox).await;
         };
-        let m = Message::from_row(row)?;
         if m.agency != a.agency {
             return Ok(Ok(Admission::Taken));
         }
@@ -1041,6 +1017,73 @@ impl Batch<'_> {
         });
         self.hold(a, &m.message_id, outbox);
         Ok(Ok(Admission::Again(Box::new(m))))
+    }
+
+    /// An acceptance past its agency's quota: the message as it stands when its key (or message id) is known (a
+    /// resend is answered as always, never tried again meanwhile), else refused — nothing written either way.
+    async fn over_quota<'b, S: Store>(
+        &mut self,
+        conn: &mut S,
+        a: &'b Accepted,
+        outbox: &mut Vec<OutboxRow<'b>>,
+    ) -> Result<Result<Admission, JournalError>, DbError> {
+        if let Some(m) = self.known(conn, a).await? {
+            if m.agency != a.agency {
+                return Ok(Ok(Admission::Taken));
+            }
+            if !m.status.retryable() {
+                return Ok(Ok(Admission::Existing(Box::new(m))));
+            }
+        }
+        let more = Held {
+            packets: 1,
+            bytes: a.body.as_ref().map_or(0, |b| b.len() as u64),
+        };
+        match quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more) {
+            Err(e) => Ok(Err(e)),
+            // Room again after all (the batch's outcomes freed some): an acceptance as any other.
+            Ok(()) => self.insert_one(conn, a, outbox).await,
+        }
+    }
+
+    /// The message an acceptance's key (in its agency and mode), or else its message id, names already.
+    async fn known<S: Store>(
+        &mut self,
+        conn: &mut S,
+        a: &Accepted,
+    ) -> Result<Option<Message>, DbError> {
+        let mut rows = match &a.idempotency_key {
+            Some(key) => {
+                conn.fetch(
+                    concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE hop = $1 AND agency = $2 AND mode = $3 AND idempotency_key = $4"
+                    ),
+                    vec![
+                        a.hop.clone().into(),
+                        a.agency.clone().into(),
+                        a.mode.clone().into(),
+                        key.clone().into(),
+                    ],
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        if rows.is_empty() {
+            rows = conn
+                .fetch(
+                    concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE hop = $1 AND message_id = $2"
+                    ),
+                    vec![a.hop.clone().into(), a.message_id.clone().into()],
+                )
+                .await?;
+        }
+        rows.first().map(Message::from_row).transpose()
     }
 
     /// One acceptance inserted on its own, within the agency's quota.
@@ -1188,6 +1231,7 @@ impl Batch<'_> {
                 );
             }
         }
+        self.effects.changed |= !released.is_empty();
         for (i, o) in run.drain(..) {
             let key = (o.hop.clone(), o.message_id.clone());
             if let Some((agency, bytes, _)) = released.get(&key) {
@@ -1232,13 +1276,22 @@ impl Batch<'_> {
         for (i, job) in jobs.iter().enumerate() {
             let d = match job {
                 Job::Accept(..) | Job::Finish(..) => continue,
-                Job::Ping(_) | Job::Flush(_) | Job::Stop(_) => Done::Ping,
+                Job::Ping(_) => {
+                    // A ping proves the store takes a commit.
+                    self.effects.changed = true;
+                    Done::Ping
+                }
+                Job::Flush(_) | Job::Stop(_) => Done::Ping,
                 Job::Claim {
                     hop,
                     lease_us,
                     limit,
                     ..
-                } => Done::Claim(self.claim(conn, hop, *lease_us, *limit).await?),
+                } => {
+                    let claimed = self.claim(conn, hop, *lease_us, *limit).await?;
+                    self.effects.changed |= !claimed.is_empty();
+                    Done::Claim(claimed)
+                }
                 Job::Retry {
                     hop,
                     message_id,
@@ -1261,6 +1314,7 @@ impl Batch<'_> {
                         .await?;
                     if !rows.is_empty() {
                         self.effects.queued = true;
+                        self.effects.changed = true;
                     }
                     Done::Retry(if rows.is_empty() {
                         Err(JournalError::UnknownMessage(message_id.clone()))
@@ -1268,14 +1322,22 @@ impl Batch<'_> {
                         Ok(())
                     })
                 }
-                Job::Prune(_) => Done::Prune(self.prune(conn).await?),
+                Job::Prune(_) => {
+                    self.effects.changed = true;
+                    Done::Prune(self.prune(conn).await?)
+                }
                 Job::Sweep(_) => {
+                    self.effects.changed = true;
                     Done::Sweep(sweep(conn, self.at, self.config.keep_bodies_us).await?)
                 }
                 Job::Settle {
                     before_us, detail, ..
-                } => Done::Settle(self.settle(conn, *before_us, detail).await?),
+                } => {
+                    self.effects.changed = true;
+                    Done::Settle(self.settle(conn, *before_us, detail).await?)
+                }
                 Job::Rebuild(_) => {
+                    self.effects.changed = true;
                     Done::Rebuild(crate::verify::rebuild(conn, self.config.dialect, self.at).await?)
                 }
             };
