@@ -764,19 +764,19 @@ impl Batch<'_> {
         // An agency already at its quota gets no insert: only a look-up (a resend of what it holds is answered),
         // so a flood past the quota writes nothing.
         let mut budget = self.effects.added.clone();
-        let (fits, over): (Vec<(usize, &Accepted)>, Vec<(usize, &Accepted)>) =
-            accepts.into_iter().partition(|(_, a)| {
-                let Some(body) = &a.body else { return true };
-                let more = Held {
-                    packets: 1,
-                    bytes: body.len() as u64,
-                };
-                let ok = quota_allows(self.quotas, self.held, &budget, &a.agency, more).is_ok();
-                if ok {
-                    budget.entry(a.agency.clone()).or_default().add(more);
-                }
-                ok
-            });
+        type Numbered<'a> = Vec<(usize, &'a Accepted)>;
+        let (fits, over): (Numbered<'_>, Numbered<'_>) = accepts.into_iter().partition(|(_, a)| {
+            let Some(body) = &a.body else { return true };
+            let more = Held {
+                packets: 1,
+                bytes: body.len() as u64,
+            };
+            let ok = quota_allows(self.quotas, self.held, &budget, &a.agency, more).is_ok();
+            if ok {
+                budget.entry(a.agency.clone()).or_default().add(more);
+            }
+            ok
+        });
         let all: Vec<&Accepted> = fits.iter().map(|(_, a)| *a).collect();
         let mut inserted: HashSet<(&str, &str)> = HashSet::new();
         for chunk in shaped(&all, self.config.dialect) {
