@@ -434,3 +434,226 @@ async fn a_gateway_killed_mid_delivery_has_rabbitmq_hand_the_packet_to_its_resta
             .expect("drop the test queue");
     }
 }
+
+/// The kinds of upstream answer the three delivery paths are judged on; a packet carries its kind in its body.
+const KINDS: [&str; 8] = [
+    "ok", "long", "reject", "inprog", "busy", "down", "slow", "reset",
+];
+
+/// An endpoint answering each packet as the kind its body names: 200; 200 with a 100 KiB answer; 422 with a
+/// problem; 409 `idempotency.in_progress`; 429 and 503 with Retry-After; no head within the route's timeout; a 200
+/// whose body breaks. Arrivals counted per message id.
+async fn scripted(pki: &TestPki, seen: Seen) -> Upstream {
+    Upstream::start(pki, move |req: http::Request<lgsp_proxy::body::Body>| {
+        let seen = seen.clone();
+        async move {
+            let id = req
+                .headers()
+                .get("x-lgsp-message-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = lgsp_proxy::body::read_body(req.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let kind = KINDS
+                .iter()
+                .find(|k| text.contains(&format!("ANSWER-{k}-")))
+                .copied()
+                .unwrap_or("ok");
+            seen.lock()
+                .unwrap()
+                .entry(id)
+                .or_default()
+                .push(kind.to_owned());
+            let answer =
+                |status: u16, retry: Option<&'static str>, body: lgsp_proxy::body::Body| {
+                    let mut r = http::Response::new(body);
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    if let Some(s) = retry {
+                        r.headers_mut()
+                            .insert("retry-after", http::HeaderValue::from_static(s));
+                    }
+                    r.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                };
+            let problem = |code: &str| {
+                lgsp_proxy::body::full(format!("{{\"code\":\"{code}\",\"detail\":\"scripted\"}}"))
+            };
+            match kind {
+                "long" => answer(200, None, lgsp_proxy::body::full(vec![b' '; 100 * 1024])),
+                "reject" => answer(422, None, problem("emulator.refused")),
+                "inprog" => answer(409, Some("1"), problem("idempotency.in_progress")),
+                "busy" => answer(429, Some("1"), problem("ratelimit.exceeded")),
+                "down" => answer(503, Some("1"), problem("overload.shed")),
+                "slow" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    answer(200, None, lgsp_proxy::body::full("{}"))
+                }
+                "reset" => {
+                    let frames: Vec<
+                        Result<hyper::body::Frame<bytes::Bytes>, lgsp_proxy::body::BoxError>,
+                    > = vec![
+                        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                            b"{\"receipt",
+                        ))),
+                        Err("the connection was reset".into()),
+                    ];
+                    let broken =
+                        http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    answer(200, None, lgsp_proxy::body::boxed(broken))
+                }
+                _ => answer(
+                    200,
+                    None,
+                    lgsp_proxy::body::full(format!("{{\"message_id\":\"x\"}}")),
+                ),
+            }
+        }
+    })
+    .await
+}
+
+/// One judge for three paths: the same upstream answers, given to a direct request, a queued packet and a packet a
+/// broker consumer reads, end as the README's table says for each — delivered (2xx, also too long to keep),
+/// rejected (a 4xx problem), or again (409 in progress, 429, 503, a timeout, a broken answer): a direct request
+/// then fails (its sender resends), a queued packet is tried again until it expires, a consumed one is handed back
+/// to its broker and delivered again.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_judge_decides_the_same_for_direct_queued_and_consumed_packets() {
+    let broker = test_broker("LGSP_TEST_NATS_URL");
+    let pki = TestPki::new();
+    let seen: Seen = Arc::default();
+    let up = scripted(&pki, seen.clone()).await;
+    // HoSoCBCCVC direct, BienDong queued (expiring after 4 s of fast retries), both to the scripted endpoint,
+    // within a 1 s timeout; the consumer reads into HoSoCBCCVC.
+    let mut text = hop_config(
+        &pki,
+        "ndxp",
+        "/ndxp/v1",
+        up.addr,
+        "/cbccvc/v1",
+        &["LGSP-DEV"],
+    )
+    .replace("\ntimeout = \"5s\"\n", "\ntimeout = \"1s\"\n")
+    .replacen(
+        "message_type = \"BienDong\"\n",
+        "message_type = \"BienDong\"\ndelivery = \"queued\"\n",
+        1,
+    );
+    text.push_str(
+        "[delivery]\nmax_age = \"4s\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"500ms\"\nworkers = 8\nlease = \"3s\"\n",
+    );
+    let stream = match &broker {
+        Some((url, addr)) => {
+            let (js, input, in_subject) = test_stream(url, "LGSPJUDGE", "lgspjudge.").await;
+            let (_, _, dead_subject) = test_stream(url, "LGSPJUDGEDEAD", "lgspjudgedead.").await;
+            text.push_str(&format!(
+                "[[consumer]]\nname = \"judged\"\nhop = \"ndxp\"\nroute = \"HoSoCBCCVC\"\nsource = \"nats://{addr}/{input}?consumer=judged\"\ndead_letter = \"nats://{addr}/{dead_subject}.HoSoCBCCVC\"\nmax_in_flight = 16\n"
+            ));
+            Some((js, in_subject))
+        }
+        None => None,
+    };
+    let journal = journal_url_in(&text);
+    let g = lgsp_proxy::Gateway::start(&parse(&pki, &text))
+        .await
+        .expect("gateway");
+    // The packets' bodies carry their kind; the NDXP hop takes them from a peer as the LGSP would send them.
+    let client = TestClient::new(&pki, Some("lgsp-client"), false);
+    // The kind in a comment before the root's end tag: the packet stays valid.
+    let packet = |kind: &str, path: &str| {
+        let file = if path == "queued" {
+            "valid/BienDong-01-dieu-dong.xml"
+        } else {
+            "valid/HoSoCBCCVC-02-toi-thieu.xml"
+        };
+        let mut body = sample(file);
+        let end = body.rfind("</").expect("an end tag");
+        body.insert_str(end, &format!("<!-- ANSWER-{kind}-{path} -->"));
+        body
+    };
+    let mut ids: BTreeMap<(&str, &str), String> = BTreeMap::new();
+    for kind in KINDS {
+        for (path, route) in [("direct", "HoSoCBCCVC"), ("queued", "BienDong")] {
+            let id = lgsp_proxy::headers::MessageId::new().0;
+            let url = hop_url(&g, "ndxp", &format!("/ndxp/v1/{route}"));
+            let body = packet(kind, path);
+            let mut h = vec![
+                ("x-lgsp-client", H29),
+                ("x-lgsp-message-id", id.as_str()),
+                ("content-type", "application/xml"),
+            ];
+            let signature = peer_signature(&pki, "lgsp-client", "POST", &url, &h, body.as_bytes());
+            h.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let a = client.send("POST", &url, &h, &body).await.unwrap();
+            assert!(a.status.as_u16() >= 200, "{kind} {path}: {}", a.status);
+            ids.insert((kind, path), id);
+        }
+        if let Some((js, subject)) = &stream {
+            let id = lgsp_proxy::headers::MessageId::new().0;
+            js.publish_with_headers(
+                format!("{subject}.HoSoCBCCVC"),
+                nats_headers(&id, Some(H29)),
+                packet(kind, "consumed").into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+            ids.insert((kind, "consumed"), id);
+        }
+    }
+    // What each path's journal says in the end, and how often the endpoint was asked.
+    let want = |kind: &str, path: &str| -> &'static str {
+        match (kind, path) {
+            ("ok" | "long", _) => "delivered",
+            ("reject", _) => "rejected",
+            (_, "direct") => "failed",
+            (_, "queued") => "expired",
+            _ => "failed",
+        }
+    };
+    eventually("every path settles", Duration::from_secs(60), || async {
+        let records = journal_records(&journal).await;
+        ids.iter().all(|((kind, path), id)| {
+            let last = records
+                .iter()
+                .filter(|r| {
+                    r["record"]["message_id"] == id.as_str() && r["record"]["kind"] == "outcome"
+                })
+                .next_back();
+            let status = last
+                .and_then(|r| r["record"]["status"].as_str())
+                .unwrap_or("none");
+            // A consumed packet the judge sends back is delivered again: its outcome stays failed, asked again.
+            let again = path == &"consumed" && want(kind, path) == "failed";
+            let asked = seen.lock().unwrap().get(id).map_or(0, Vec::len);
+            status == want(kind, path) && (!again || asked >= 2)
+        })
+    })
+    .await;
+    // Again means asked again where the path retries, and once where the sender does.
+    let asked = |kind: &str, path: &str| {
+        seen.lock()
+            .unwrap()
+            .get(&ids[&(kind, path)])
+            .map_or(0, Vec::len)
+    };
+    for kind in KINDS {
+        assert_eq!(asked(kind, "direct"), 1, "{kind} direct");
+        let queued = asked(kind, "queued");
+        match want(kind, "queued") {
+            "expired" => assert!(queued >= 2, "{kind} queued asked {queued} times"),
+            _ => assert_eq!(queued, 1, "{kind} queued"),
+        }
+    }
+    if stream.is_none() {
+        eprintln!("the consumed path was skipped: LGSP_TEST_NATS_URL is not set");
+    }
+    g.shutdown().await;
+}
