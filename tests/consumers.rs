@@ -507,11 +507,7 @@ async fn scripted(pki: &TestPki, seen: Seen) -> Upstream {
                         http_body_util::StreamBody::new(futures_util::stream::iter(frames));
                     answer(200, None, lgsp_proxy::body::boxed(broken))
                 }
-                _ => answer(
-                    200,
-                    None,
-                    lgsp_proxy::body::full(format!("{{\"message_id\":\"x\"}}")),
-                ),
+                _ => answer(200, None, lgsp_proxy::body::full("{\"message_id\":\"x\"}")),
             }
         }
     })
@@ -621,12 +617,9 @@ async fn one_judge_decides_the_same_for_direct_queued_and_consumed_packets() {
     eventually("every path settles", Duration::from_secs(60), || async {
         let records = journal_records(&journal).await;
         ids.iter().all(|((kind, path), id)| {
-            let last = records
-                .iter()
-                .filter(|r| {
-                    r["record"]["message_id"] == id.as_str() && r["record"]["kind"] == "outcome"
-                })
-                .next_back();
+            let last = records.iter().rfind(|r| {
+                r["record"]["message_id"] == id.as_str() && r["record"]["kind"] == "outcome"
+            });
             let status = last
                 .and_then(|r| r["record"]["status"].as_str())
                 .unwrap_or("none");
