@@ -387,7 +387,8 @@ mod tests {
             ],
         );
         let verdicts: Vec<Verdict> = r.lines.iter().map(|l| l.verdict).collect();
-        assert_eq!(verdicts, Verdict::ALL);
+        // Every verdict but `lost`, which only the end-to-end look-up gives.
+        assert_eq!(verdicts, Verdict::ALL[..6]);
         assert_eq!(r.unexpected.len(), 1);
         assert!(!r.ok());
         let mut text = Vec::new();

@@ -800,7 +800,9 @@ mod tests {
             }
         }));
         let first = tokio::spawn(slow.clone().oneshot(b.packet(Some("k-3"), "<a/>")));
-        while b
+        // k-3's first attempt journalled and at the upstream (not k-2's, whose outcome is written without being
+        // waited for and may not be yet).
+        while !b
             .journal
             .messages(&lgsp_journal::Query {
                 hop: "lgsp".into(),
@@ -811,7 +813,8 @@ mod tests {
             })
             .await
             .unwrap()
-            .is_empty()
+            .iter()
+            .any(|m| m.idempotency_key.as_deref() == Some("k-3"))
         {
             tokio::task::yield_now().await;
         }
