@@ -221,8 +221,15 @@ fn head_of<R: Columns>(rows: &[R]) -> Result<(i64, String), DbError> {
 impl Store for AnyConnection {
     type Row = AnyRow;
 
+    /// Every statement the writer runs finds its rows by a key or an index; a planner working from statistics older
+    /// than a fast-growing table would scan it instead (measured: an outcome batch's `UPDATE … FROM (VALUES …)` took
+    /// 4.3 ms at 50 k messages, growing with the table), so the writer's session prefers the indexes outright.
     async fn connect(url: &str) -> Result<Self, DbError> {
-        Ok(crate::connect_one(url, Dialect::Postgres).await?)
+        let mut conn = crate::connect_one(url, Dialect::Postgres).await?;
+        sqlx::raw_sql("SET enable_seqscan = off")
+            .execute(&mut conn)
+            .await?;
+        Ok(conn)
     }
 
     /// One round trip: `BEGIN` and the head together.
