@@ -399,7 +399,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("line 7: missing key k6"), "{text}");
-        assert!(text.ends_with("6 sent: 1 delivered, 1 pending, 1 rejected, 1 failed, 1 changed, 1 missing; 1 unexpected\n"), "{text}");
+        assert!(text.ends_with("6 sent: 1 delivered, 1 pending, 1 rejected, 1 failed, 1 changed, 1 missing, 0 lost; 1 unexpected\n"), "{text}");
     }
 
     #[test]
