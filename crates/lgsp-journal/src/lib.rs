@@ -630,6 +630,7 @@ impl Journal {
 
     /// Appends how a delivery ended, and waits for the commit.
     pub async fn finish(&self, o: Outcome) -> Result<(), JournalError> {
+        let o = storable(o);
         self.ask(|tx| writer::Job::Finish(Box::new(o), Some(tx)))
             .await
     }
@@ -638,6 +639,7 @@ impl Journal {
     /// written, through an outage of the store. (A crash before that leaves the delivery leased; the next start
     /// takes it up again, and the next hop knows it by its message id.)
     pub fn finish_later(&self, o: Outcome) {
+        let o = storable(o);
         if let Some(writer) = &self.writer
             && let Err(e) = writer.try_send(writer::Job::Finish(Box::new(o), None))
         {
@@ -680,7 +682,7 @@ impl Journal {
             hop: hop.to_owned(),
             message_id: message_id.to_owned(),
             at_us,
-            detail: detail.to_owned(),
+            detail: writer::storable(detail),
             reply,
         })
         .await
@@ -724,6 +726,14 @@ impl Journal {
     pub async fn verify(&self) -> Result<Verified, JournalError> {
         verify::verify(&self.pool).await
     }
+}
+
+/// An outcome's texts as every store takes them (no NUL: see `writer::storable`).
+fn storable(mut o: Outcome) -> Outcome {
+    o.receipt = o.receipt.as_deref().map(writer::storable);
+    o.detail = o.detail.as_deref().map(writer::storable);
+    o.answer_type = o.answer_type.as_deref().map(writer::storable);
+    o
 }
 
 /// The queued packets of one hop handed to this process's delivery workers as their acceptance commits.

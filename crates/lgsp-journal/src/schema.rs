@@ -225,6 +225,10 @@ fn v5(d: Dialect) -> Vec<String> {
             WHERE idempotency_key IS NOT NULL"
             .to_owned(),
         "CREATE INDEX messages_subject ON messages (hop, agency, subject) WHERE subject IS NOT NULL".to_owned(),
+        // What `settle_orphans` looks for: messages in progress whose packet the journal does not hold (a broker's);
+        // a hop's own direct packets (their request kept) are not in it, so they cost it nothing.
+        "CREATE INDEX messages_unleased ON messages (updated_us) WHERE status = 'in_progress' AND request IS NULL"
+            .to_owned(),
     ]);
     s
 }

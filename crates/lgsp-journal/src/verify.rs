@@ -131,12 +131,14 @@ impl Folded {
         match c.kind.as_str() {
             record::ACCEPTED | record::ACCEPTED_AGAIN => {
                 let again = c.kind == record::ACCEPTED_AGAIN;
-                if again != self.accepted {
-                    return Err(if again {
-                        "an accepted_again record before the message was accepted".into()
-                    } else {
-                        "a second accepted record of one message".into()
-                    });
+                if !again && self.accepted {
+                    return Err("a second accepted record of one message".into());
+                }
+                // Its first acceptance pruned with the records past the retention, the message starts at its
+                // acceptance again (which carries the message's whole identity); the attempts before are unknown.
+                let again = again && self.accepted;
+                if !self.accepted && c.kind == record::ACCEPTED_AGAIN {
+                    self.columns.remove("attempts");
                 }
                 if again {
                     for (col, v) in [
@@ -173,7 +175,7 @@ impl Folded {
                 }
                 self.set("accepted_us", some(c.at_us));
                 self.set("updated_us", some(c.at_us));
-                if !again {
+                if c.kind == record::ACCEPTED {
                     self.set("attempts", some(0));
                 }
                 self.set("subject", c.subject.clone());
@@ -588,11 +590,11 @@ async fn messages(pool: &AnyPool) -> Result<u64, JournalError> {
             let mine = records
                 .remove(&(hop.clone(), id.clone()))
                 .unwrap_or_default();
-            if !mine.iter().any(|(c, _)| c.kind == record::ACCEPTED) {
+            if !mine.iter().any(|(c, _)| c.is_acceptance()) {
                 return Err(Finding::Row {
                     table: "messages",
                     key,
-                    why: "no accepted record in any chain holds this message (a row added, or its records removed)"
+                    why: "no acceptance record in any chain holds this message (a row added, or its records removed)"
                         .into(),
                 }
                 .into());
@@ -624,7 +626,9 @@ async fn messages(pool: &AnyPool) -> Result<u64, JournalError> {
 /// Every outbox row belongs to a pending message of the same agency and body; every queued message has one.
 async fn outbox(pool: &AnyPool) -> Result<u64, JournalError> {
     let rows = sqlx::query(
-        "SELECT o.hop, o.message_id, o.agency, o.body_sha256, m.agency AS m_agency, m.status, m.body_sha256 AS m_sha
+        "SELECT o.hop, o.message_id, o.agency, o.body_sha256, o.delivery, o.bytes, m.agency AS m_agency, m.status,
+             m.body_sha256 AS m_sha, m.delivery AS m_delivery, m.body_size,
+             (SELECT COUNT(*) FROM journal_bodies b WHERE b.sha256 = o.body_sha256) AS kept
          FROM outbox o LEFT JOIN messages m ON m.hop = o.hop AND m.message_id = o.message_id",
     )
     .fetch_all(pool)
@@ -653,9 +657,24 @@ async fn outbox(pool: &AnyPool) -> Result<u64, JournalError> {
             }
             .into());
         }
+        let int = |c: &str| r.try_get::<Option<i64>, _>(c).map_err(db);
+        if int("kept")?.unwrap_or(0) == 0 {
+            return Err(Finding::Row {
+                table: "outbox",
+                key,
+                why: "a delivery whose packet the journal no longer holds (journal_bodies lacks its SHA-256)".into(),
+            }
+            .into());
+        }
         for (column, mine, theirs) in [
             ("agency", get("agency")?, get("m_agency")?),
             ("body_sha256", get("body_sha256")?, get("m_sha")?),
+            ("delivery", get("delivery")?, get("m_delivery")?),
+            (
+                "bytes",
+                int("bytes")?.map(|n| n.to_string()),
+                int("body_size")?.map(|n| n.to_string()),
+            ),
         ] {
             if mine != theirs {
                 return Err(Finding::Derived {
@@ -669,8 +688,10 @@ async fn outbox(pool: &AnyPool) -> Result<u64, JournalError> {
             }
         }
     }
+    // Owed and held by nobody: a queued packet, or a direct one the journal kept the packet of (its request).
     let lost = sqlx::query(
-        "SELECT hop, message_id FROM messages m WHERE status = 'queued'
+        "SELECT hop, message_id FROM messages m
+         WHERE (status = 'queued' OR (status = 'in_progress' AND request IS NOT NULL))
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.hop = m.hop AND o.message_id = m.message_id) LIMIT 1",
     )
     .fetch_optional(pool)
@@ -682,7 +703,7 @@ async fn outbox(pool: &AnyPool) -> Result<u64, JournalError> {
         return Err(Finding::Row {
             table: "outbox",
             key: format!("hop={hop}, message_id={id}"),
-            why: "missing: the message is queued, so nothing would deliver it".into(),
+            why: "missing: the message is owed (queued, or in progress with its packet kept), so nothing would deliver it".into(),
         }
         .into());
     }
@@ -788,7 +809,7 @@ pub(crate) async fn rebuild<S: Store>(
         let ids = conn
             .fetch(
                 "SELECT DISTINCT hop, message_id FROM journal_records
-                 WHERE kind = 'accepted' AND (hop > $1 OR (hop = $1 AND message_id > $2))
+                 WHERE kind IN ('accepted', 'accepted_again') AND (hop > $1 OR (hop = $1 AND message_id > $2))
                  ORDER BY hop, message_id LIMIT 500",
                 vec![hop.clone().into(), id.clone().into()],
             )

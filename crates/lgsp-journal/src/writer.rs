@@ -241,40 +241,62 @@ async fn run<S: Store>(
             return;
         }
     }
+    // After the last handle is gone, outcomes still unwritten get this many more tries (the next start takes their
+    // deliveries up again, and the next hop knows their message ids).
+    let mut tries_left = 10u32;
     loop {
-        let first = if w.pending.is_empty() {
+        let closed = rx.is_closed() && rx.is_empty();
+        if closed && (w.pending.is_empty() || tries_left == 0) {
+            break;
+        }
+        let first = if closed {
+            tries_left -= 1;
+            tokio::time::sleep(PENDING_RETRY).await;
+            None
+        } else if w.pending.is_empty() {
             match tokio::time::timeout(HOUSEKEEPING_EVERY, rx.recv()).await {
                 Ok(Some(j)) => Some(j),
-                Ok(None) => break,
+                Ok(None) => continue,
                 Err(_) => None,
             }
         } else {
-            match tokio::time::timeout(PENDING_RETRY, rx.recv()).await {
-                Ok(Some(j)) => Some(j),
-                Ok(None) => None,
-                Err(_) => None,
-            }
+            tokio::time::timeout(PENDING_RETRY, rx.recv())
+                .await
+                .ok()
+                .flatten()
         };
-        let mut jobs: Vec<Job> = w
-            .pending
-            .drain(..)
-            .map(|o| Job::Finish(Box::new(o), None))
-            .collect();
-        jobs.extend(first);
+        // Outcomes kept from a failed batch go in a batch of their own: one the store refuses (whatever it holds)
+        // holds up no acceptance.
+        if !w.pending.is_empty() {
+            let kept: Vec<Job> = w
+                .pending
+                .drain(..)
+                .map(|o| Job::Finish(Box::new(o), None))
+                .collect();
+            w.write(kept).await;
+        }
+        let mut jobs: Vec<Job> = first.into_iter().collect();
         gather(&mut rx, &mut jobs, w.last_batch);
-        if jobs.iter().all(|j| matches!(j, Job::Flush(_))) {
+        if jobs.is_empty() {
+        } else if jobs.iter().all(|j| matches!(j, Job::Flush(_))) {
             for job in jobs {
                 answer(job, Done::Ping);
             }
         } else if jobs.iter().any(|j| matches!(j, Job::Stop(_))) {
             let (stops, rest): (Vec<Job>, Vec<Job>) =
                 jobs.into_iter().partition(|j| matches!(j, Job::Stop(_)));
-            if !rest.is_empty() {
-                w.write(rest).await;
-            }
-            w.stopped().await;
+            let written = rest.is_empty() || w.write(rest).await;
+            let released = w.stopped().await;
             for job in stops {
-                answer(job, Done::Ping);
+                let r = if written && released {
+                    Done::Ping
+                } else {
+                    Done::Failed(
+                        "the journal could not be written before this process stopped writing"
+                            .into(),
+                    )
+                };
+                answer(job, r);
             }
         } else {
             w.last_batch = jobs.len();
@@ -283,9 +305,6 @@ async fn run<S: Store>(
         if w.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
             w.last_housekeeping = Instant::now();
             w.housekeeping().await;
-        }
-        if rx.is_closed() && rx.is_empty() && w.pending.is_empty() {
-            break;
         }
     }
     w.stopped().await;
@@ -321,6 +340,8 @@ const GATHER: Duration = Duration::from_micros(200);
 
 /// What one job came to, answered once its transaction commits.
 enum Done {
+    /// A job that could not be done (its reason), answered as the journal being unavailable.
+    Failed(String),
     Accept(Result<Admission, JournalError>),
     Finish(Result<(), JournalError>),
     Claim(Vec<Claimed>),
@@ -465,11 +486,12 @@ impl<S: Store> Writer<S> {
         }
     }
 
-    /// The journal was dropped: its chain is marked as no process's (`journal rebuild-index` may run at once).
-    async fn stopped(&mut self) {
+    /// The journal was dropped: its chain is marked as no process's (`journal rebuild-index` may run at once);
+    /// whether that was written.
+    async fn stopped(&mut self) -> bool {
         let chain = self.config.chain.clone();
         let Ok(mut conn) = self.take_connection().await else {
-            return;
+            return false;
         };
         match conn
             .fetch(
@@ -478,8 +500,14 @@ impl<S: Store> Writer<S> {
             )
             .await
         {
-            Ok(_) => self.conn = Some(conn),
-            Err(_) => close(conn).await,
+            Ok(_) => {
+                self.conn = Some(conn);
+                true
+            }
+            Err(_) => {
+                close(conn).await;
+                false
+            }
         }
     }
 
@@ -531,7 +559,8 @@ impl<S: Store> Writer<S> {
         Some(free)
     }
 
-    async fn write(&mut self, jobs: Vec<Job>) {
+    /// Writes `jobs` in one transaction and answers each; whether it was written.
+    async fn write(&mut self, jobs: Vec<Job>) -> bool {
         let mut effects = Effects::default();
         let written = match self.take_connection().await {
             Ok(mut conn) => {
@@ -567,11 +596,21 @@ impl<S: Store> Writer<S> {
                 for (job, done) in jobs.into_iter().zip(done) {
                     answer(job, done);
                 }
+                true
             }
             // Everything in the batch fails together: nothing of it was written. Outcomes nobody waits for are
             // kept and written with a later batch.
             Err(e) => {
                 tracing::debug!(error = %e, "journal batch failed");
+                // Packets reserved for this process's workers were not written: their room is given back.
+                let reserved: usize = effects
+                    .handoffs
+                    .iter()
+                    .map(|(_, c)| c.body.as_ref().map_or(0, Bytes::len))
+                    .sum();
+                self.shared
+                    .handoff_bytes
+                    .fetch_sub(reserved, std::sync::atomic::Ordering::AcqRel);
                 for job in jobs {
                     match job {
                         Job::Finish(o, None) => self.pending.push(*o),
@@ -585,6 +624,7 @@ impl<S: Store> Writer<S> {
                         "journal: outcomes kept in memory until the journal can be written"
                     );
                 }
+                false
             }
         }
     }
@@ -699,6 +739,16 @@ struct Batch<'a> {
     effects: &'a mut Effects,
 }
 
+/// Whether an acceptance tries `m` again: the same packet (body, route, key and mode) after a delivery that
+/// failed or expired. Anything else found under its key or message id is answered as it stands.
+fn again_allowed(m: &Message, a: &Accepted) -> bool {
+    m.status.retryable()
+        && m.body_sha256 == a.body_sha256
+        && m.route == a.route
+        && m.mode == a.mode
+        && m.idempotency_key == a.idempotency_key
+}
+
 /// Whether the agency may hold `more` on top of what it holds and what this batch added.
 fn quota_allows(
     quotas: &Quotas,
@@ -778,21 +828,26 @@ impl Batch<'_> {
             ok
         });
         let all: Vec<&Accepted> = fits.iter().map(|(_, a)| *a).collect();
-        let mut inserted: HashSet<(&str, &str)> = HashSet::new();
+        // By position in `fits`: one message id twice in a batch is inserted once, for its first acceptance.
+        let mut inserted: HashSet<usize> = HashSet::new();
+        let mut start = 0;
         for chunk in shaped(&all, self.config.dialect) {
             let rows = conn
                 .fetch(messages_sql(chunk.len()), message_params(chunk, self.at))
                 .await?;
             for row in rows {
                 let (hop, id) = (row.text(0)?, row.text(1)?);
-                if let Some(a) = chunk.iter().find(|a| a.hop == hop && a.message_id == id) {
-                    inserted.insert((&a.hop, &a.message_id));
+                if let Some(k) = chunk.iter().enumerate().position(|(k, a)| {
+                    a.hop == hop && a.message_id == id && !inserted.contains(&(start + k))
+                }) {
+                    inserted.insert(start + k);
                 }
             }
+            start += chunk.len();
         }
         let mut outbox: Vec<OutboxRow<'_>> = Vec::new();
-        for (i, a) in fits {
-            let admission = if inserted.contains(&(a.hop.as_str(), a.message_id.as_str())) {
+        for (k, (i, a)) in fits.into_iter().enumerate() {
+            let admission = if inserted.contains(&k) {
                 self.records.push(Pending {
                     at_us: self.at,
                     kind: record::ACCEPTED,
@@ -908,11 +963,13 @@ impl Batch<'_> {
         outbox: &[OutboxRow<'_>],
     ) -> Result<(), DbError> {
         let mut seen = HashSet::new();
-        let bodies: Vec<&Accepted> = outbox
+        let mut bodies: Vec<&Accepted> = outbox
             .iter()
             .map(|r| r.a)
             .filter(|a| seen.insert(a.body_sha256.as_str()))
             .collect();
+        // In one order on every replica: two batches that share bodies lock them in the same order (no deadlock).
+        bodies.sort_by(|a, b| a.body_sha256.cmp(&b.body_sha256));
         // One body a statement, on PostgreSQL too: sqlx leaves Nagle's algorithm on, so a statement that does not fit
         // one TCP segment waits for the server's delayed ACK of the first — 40 ms a batch of 16 bodies on loopback
         // (the append bench: 625 records/s). A body that fits a segment goes at once.
@@ -923,7 +980,7 @@ impl Batch<'_> {
                 self.at.into(),
                 Param::Bytes(a.body.clone()),
             ];
-            conn.fetch(bodies_sql(1), params).await?;
+            conn.fetch(bodies_sql(self.config.dialect), params).await?;
         }
         Ok(())
     }
@@ -965,7 +1022,7 @@ impl Batch<'_> {
         if m.agency != a.agency {
             return Ok(Ok(Admission::Taken));
         }
-        if !(m.status.retryable() && m.body_sha256 == a.body_sha256 && m.route == a.route) {
+        if !again_allowed(&m, a) {
             return Ok(Ok(Admission::Existing(Box::new(m))));
         }
         if let Some(body) = &a.body {
@@ -988,8 +1045,9 @@ impl Batch<'_> {
                 &format!(
                     "UPDATE messages SET status = $1, delivery = $2, request = $3,
                          updated_us = {greatest}(updated_us + 1, $4), accepted_us = {greatest}(updated_us + 1, $4),
-                         upstream_status = NULL, receipt = NULL, answer_type = NULL, detail = NULL
-                     WHERE hop = $5 AND message_id = $6 RETURNING updated_us",
+                         upstream_status = NULL, receipt = NULL, answer_type = NULL, detail = NULL,
+                         message_type = $5, subject = $6, approval = $7, hop_signature = $8
+                     WHERE hop = $9 AND message_id = $10 RETURNING updated_us",
                     greatest = greatest(self.config.dialect)
                 ),
                 vec![
@@ -997,6 +1055,10 @@ impl Batch<'_> {
                     a.delivery.as_str().into(),
                     request_json(a).into(),
                     self.at.into(),
+                    a.message_type.clone().into(),
+                    a.subject.clone().into(),
+                    a.approval.clone().into(),
+                    a.hop_signature.clone().into(),
                     m.hop.clone().into(),
                     m.message_id.clone().into(),
                 ],
@@ -1027,12 +1089,13 @@ impl Batch<'_> {
         a: &'b Accepted,
         outbox: &mut Vec<OutboxRow<'b>>,
     ) -> Result<Result<Admission, JournalError>, DbError> {
-        if let Some(m) = self.known(conn, a).await? {
+        let known = self.known(conn, a).await?;
+        if let Some(m) = &known {
             if m.agency != a.agency {
                 return Ok(Ok(Admission::Taken));
             }
-            if !m.status.retryable() {
-                return Ok(Ok(Admission::Existing(Box::new(m))));
+            if !again_allowed(m, a) {
+                return Ok(Ok(Admission::Existing(Box::new(m.clone()))));
             }
         }
         let more = Held {
@@ -1041,7 +1104,9 @@ impl Batch<'_> {
         };
         match quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more) {
             Err(e) => Ok(Err(e)),
-            // Room again after all (the batch's outcomes freed some): an acceptance as any other.
+            // Room again after all (the batch's outcomes freed some): an acceptance as any other — tried again when
+            // the journal knows it, inserted when it does not.
+            Ok(()) if known.is_some() => self.repeated(conn, a, outbox).await,
             Ok(()) => self.insert_one(conn, a, outbox).await,
         }
     }
@@ -1185,10 +1250,31 @@ impl Batch<'_> {
                 );
             }
         }
+        // An outcome without a lease never ends a message whose delivery is leased (its holder decides).
+        let unowned: Vec<&(usize, &Outcome)> =
+            run.iter().filter(|(_, o)| o.owner.is_none()).collect();
+        let mut leased: HashSet<(String, String)> = HashSet::new();
+        for chunk in shaped(&unowned, self.config.dialect) {
+            let sql = format!(
+                "SELECT hop, message_id FROM outbox WHERE (hop, message_id) IN (VALUES {})",
+                values_from(chunk.len(), 2, 1)
+            );
+            let mut params = Vec::with_capacity(chunk.len() * 2);
+            for (_, o) in chunk {
+                params.extend([Param::from(o.hop.clone()), o.message_id.clone().into()]);
+            }
+            for row in conn.fetch(&sql, params).await? {
+                leased.insert((row.text(0)?, row.text(1)?));
+            }
+        }
         let settled: Vec<&(usize, &Outcome)> = run
             .iter()
             .filter(|(_, o)| {
-                o.owner.is_none() || released.contains_key(&(o.hop.clone(), o.message_id.clone()))
+                let key = (o.hop.clone(), o.message_id.clone());
+                match o.owner {
+                    None => !leased.contains(&key),
+                    Some(_) => released.contains_key(&key),
+                }
             })
             .collect();
         let mut written: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
@@ -1418,7 +1504,7 @@ impl Batch<'_> {
         let rows = conn
             .fetch(
                 "SELECT hop, message_id FROM messages m
-                 WHERE status = 'in_progress' AND updated_us < $1
+                 WHERE status = 'in_progress' AND request IS NULL AND updated_us < $1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.hop = m.hop AND o.message_id = m.message_id)
                  ORDER BY updated_us LIMIT 1000",
                 vec![before_us.into()],
@@ -1578,6 +1664,7 @@ fn answer(job: Job, done: Done) {
         (Job::Rebuild(reply), Done::Rebuild(r)) => {
             let _ = reply.send(Ok(r));
         }
+        (job, Done::Failed(why)) => fail(job, &DbError(why)),
         (job, _) => fail(job, &DbError("journal batch out of step".into())),
     }
 }
@@ -1622,7 +1709,8 @@ pub(crate) fn greatest(d: Dialect) -> &'static str {
     }
 }
 
-/// Numbered placeholders `($first, $first+1, …)` for `rows` rows of `cols` values each.
+/// Numbered placeholders `($first, $first+1, …)` for `rows` rows of `cols` values each. Every statement numbers its
+/// placeholders in the order they first appear: SQLite takes `$N` as a name and binds names in that order.
 pub(crate) fn values_from(rows: usize, cols: usize, first: usize) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(rows * cols * 5);
@@ -1690,10 +1778,20 @@ shapes!(messages_sql, |rows| {
 )
 });
 
-shapes!(bodies_sql, |rows| format!(
-    "INSERT INTO journal_bodies (sha256, size, stored_us, body) VALUES {} ON CONFLICT (sha256) DO NOTHING",
-    values_from(rows, 4, 1)
-));
+/// A body already there is kept, its time moved to now: a sweep (of any replica) that meets it waits for this
+/// transaction (the row is locked) and then finds it too young to go.
+fn bodies_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "INSERT INTO journal_bodies (sha256, size, stored_us, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sha256) DO UPDATE SET stored_us = MAX(journal_bodies.stored_us, excluded.stored_us)"
+        }
+        Dialect::Postgres => {
+            "INSERT INTO journal_bodies (sha256, size, stored_us, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sha256) DO UPDATE SET stored_us = GREATEST(journal_bodies.stored_us, EXCLUDED.stored_us)"
+        }
+    }
+}
 
 shapes!(outbox_sql, |rows| {
     format!(
@@ -1768,7 +1866,19 @@ fn message_params(chunk: &[&Accepted], at: i64) -> Vec<Param> {
 
 /// The receipt an outcome keeps: at most [`MAX_RECEIPT_BYTES`].
 pub(crate) fn keep_receipt(o: &Outcome) -> Option<String> {
-    o.receipt.as_ref().map(|r| clip(r, MAX_RECEIPT_BYTES))
+    o.receipt
+        .as_ref()
+        .map(|r| storable(&clip(r, MAX_RECEIPT_BYTES)))
+}
+
+/// Text as every store takes it: PostgreSQL refuses NUL in text, so an answer holding one keeps U+FFFD instead
+/// (row and record alike).
+pub(crate) fn storable(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_owned()
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.

@@ -1467,7 +1467,9 @@ async fn a_journal_of_the_last_version_migrates_and_verifies(s: &Store) {
 }
 
 /// Appends from `journals` at once (`tasks` writers each, `n` packets a writer, an outcome after each), while the
-/// database's lock waits are sampled every 2 ms: (samples taken, samples that found a writer waiting for a lock).
+/// database is sampled every 2 ms for a writer waiting on another transaction (`transactionid`, `tuple`: a row
+/// another transaction holds until its commit; extending a table's file, `extend`, is not a commit wait): (samples
+/// taken, samples that found one).
 async fn appends_with_lock_samples(
     url: &str,
     journals: &[Journal],
@@ -1485,7 +1487,8 @@ async fn appends_with_lock_samples(
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
                 let row = sqlx::query(
                     "SELECT COUNT(*) AS n FROM pg_stat_activity
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'
+                       AND wait_event IN ('transactionid', 'tuple')",
                 )
                 .fetch_one(&pool)
                 .await

@@ -260,6 +260,7 @@ impl Consumer {
             return self.dead_letter(m, Some(&c), &why).await;
         }
         let hop = target.hop.name.to_string();
+        let sha256 = hex::encode(Sha256::digest(&m.body));
         let accepted = Accepted {
             hop: hop.clone(),
             message_id: c.message_id.clone(),
@@ -268,7 +269,7 @@ impl Consumer {
             message_type: route.config.message_type.clone(),
             mode: c.mode.as_str().to_owned(),
             idempotency_key: None,
-            body_sha256: hex::encode(Sha256::digest(&m.body)),
+            body_sha256: sha256.clone(),
             body_size: m.body.len() as u64,
             delivery: Delivery::Direct,
             // The broker holds the packet and hands it out again: the journal keeps no body and no lease.
@@ -306,9 +307,37 @@ impl Consumer {
                 );
                 return self.dead_letter(m, Some(&c), &why).await;
             }
-            // New, a failed one again, or one still in progress when its process stopped: delivered (again)
+            // Another packet under this message id (another body, another route): not this one's to deliver.
+            Ok(Admission::Existing(prior))
+                if prior.body_sha256 != sha256 || prior.route != route.name.as_ref() =>
+            {
+                self.counters.count("dead_lettered");
+                let why = format!(
+                    "message id {} already names another packet at hop {hop} (message of route {}, SHA-256 {})",
+                    c.message_id, prior.route, prior.body_sha256
+                );
+                return self.dead_letter(m, Some(&c), &why).await;
+            }
+            // Its delivery is leased (a packet that came in over HTTPS, queued or in progress): the lease's holder
+            // delivers it; the broker keeps this copy until then.
+            Ok(Admission::Existing(prior)) if prior.request.is_some() && prior.status.pending() => {
+                self.counters.count("retried");
+                return self.retry(m, backoff(settings, attempts, None)).await;
+            }
+            // A failed or expired delivery this copy may not take over (another mode, or a packet that came in over
+            // HTTPS, which its sender resends under its key): set aside with the reason, not looped on.
+            Ok(Admission::Existing(prior)) if prior.status.retryable() => {
+                self.counters.count("dead_lettered");
+                let why = format!(
+                    "message id {} ended {} at hop {hop} and is not this consumer's to deliver again",
+                    c.message_id,
+                    prior.status.as_str()
+                );
+                return self.dead_letter(m, Some(&c), &why).await;
+            }
+            // New, a failed one again, or one still in progress when its consumer stopped: delivered (again)
             // under the same message id.
-            Ok(_) => {}
+            Ok(Admission::New | Admission::Again(_) | Admission::Existing(_)) => {}
         }
         let built = Request::builder()
             .method("POST")
