@@ -848,16 +848,7 @@ impl Batch<'_> {
         let mut outbox: Vec<OutboxRow<'_>> = Vec::new();
         for (k, (i, a)) in fits.into_iter().enumerate() {
             let admission = if inserted.contains(&k) {
-                self.records.push(Pending {
-                    at_us: self.at,
-                    kind: record::ACCEPTED,
-                    hop: a.hop.clone(),
-                    message_id: a.message_id.clone(),
-                    agency: a.agency.clone(),
-                    content: record::accepted(a, &a.message_id, record::ACCEPTED, self.at),
-                });
-                self.hold(a, &a.message_id, &mut outbox);
-                Ok(Admission::New)
+                Ok(self.admit(a, &mut outbox))
             } else {
                 self.repeated(conn, a, &mut outbox).await?
             };
@@ -872,6 +863,30 @@ impl Batch<'_> {
             conn.fetch(outbox_sql(chunk.len()), params).await?;
         }
         Ok(())
+    }
+
+    /// Room in the agency's quota for `a`'s packet (nothing to hold: always).
+    fn room_for(&self, a: &Accepted) -> Result<(), JournalError> {
+        let Some(body) = &a.body else { return Ok(()) };
+        let more = Held {
+            packets: 1,
+            bytes: body.len() as u64,
+        };
+        quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
+    }
+
+    /// A new message inserted: its acceptance record, and its delivery held.
+    fn admit<'b>(&mut self, a: &'b Accepted, outbox: &mut Vec<OutboxRow<'b>>) -> Admission {
+        self.records.push(Pending {
+            at_us: self.at,
+            kind: record::ACCEPTED,
+            hop: a.hop.clone(),
+            message_id: a.message_id.clone(),
+            agency: a.agency.clone(),
+            content: record::accepted(a, &a.message_id, record::ACCEPTED, self.at),
+        });
+        self.hold(a, &a.message_id, outbox);
+        Admission::New
     }
 
     /// Notes the outbox row of a packet the journal now holds (its body is there), leased to this process when a
@@ -1025,16 +1040,8 @@ impl Batch<'_> {
         if !again_allowed(&m, a) {
             return Ok(Ok(Admission::Existing(Box::new(m))));
         }
-        if let Some(body) = &a.body {
-            let more = Held {
-                packets: 1,
-                bytes: body.len() as u64,
-            };
-            if let Err(e) =
-                quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
-            {
-                return Ok(Err(e));
-            }
+        if let Err(e) = self.room_for(a) {
+            return Ok(Err(e));
         }
         let status = match a.delivery {
             Delivery::Direct => Status::InProgress,
@@ -1098,11 +1105,7 @@ impl Batch<'_> {
                 return Ok(Ok(Admission::Existing(Box::new(m.clone()))));
             }
         }
-        let more = Held {
-            packets: 1,
-            bytes: a.body.as_ref().map_or(0, |b| b.len() as u64),
-        };
-        match quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more) {
+        match self.room_for(a) {
             Err(e) => Ok(Err(e)),
             // Room again after all (the batch's outcomes freed some): an acceptance as any other — tried again when
             // the journal knows it, inserted when it does not.
@@ -1158,16 +1161,8 @@ impl Batch<'_> {
         a: &'b Accepted,
         outbox: &mut Vec<OutboxRow<'b>>,
     ) -> Result<Result<Admission, JournalError>, DbError> {
-        if let Some(body) = &a.body {
-            let more = Held {
-                packets: 1,
-                bytes: body.len() as u64,
-            };
-            if let Err(e) =
-                quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
-            {
-                return Ok(Err(e));
-            }
+        if let Err(e) = self.room_for(a) {
+            return Ok(Err(e));
         }
         let rows = conn
             .fetch(messages_sql(1), message_params(&[a], self.at))
@@ -1178,16 +1173,7 @@ impl Batch<'_> {
                 a.message_id, a.hop
             )));
         }
-        self.records.push(Pending {
-            at_us: self.at,
-            kind: record::ACCEPTED,
-            hop: a.hop.clone(),
-            message_id: a.message_id.clone(),
-            agency: a.agency.clone(),
-            content: record::accepted(a, &a.message_id, record::ACCEPTED, self.at),
-        });
-        self.hold(a, &a.message_id, outbox);
-        Ok(Ok(Admission::New))
+        Ok(Ok(self.admit(a, outbox)))
     }
 
     /// Outcomes, together, in runs that keep the batch's order (a run ends before a second outcome of the same
