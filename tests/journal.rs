@@ -1048,3 +1048,152 @@ async fn a_backup_taken_under_load_is_one_consistent_journal() {
     lgsp.shutdown().await;
     chain.shutdown().await;
 }
+
+/// A small file system of the test's own (tmpfs; mounting takes root), detached when dropped, even by a failing
+/// assertion.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None`, with the reason printed, where it cannot be mounted.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).ok()?;
+        let (ok, _, err) = sh(&format!(
+            "mount -t tmpfs -o size={size} tmpfs {}",
+            dir.display()
+        ));
+        if !ok {
+            eprintln!("skipped: a file system of the test's own cannot be mounted here ({err})");
+            return None;
+        }
+        Some(SmallDisk(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        sh(&format!("umount -l {}", self.0.display()));
+    }
+}
+
+/// Below `min_free_disk` packet routes answer 503 `journal.disk_full`; a disk filled to the last byte refuses too,
+/// while outcomes of what was accepted wait in memory; when space returns, the gateway takes packets again by
+/// itself, every acknowledged packet is delivered, and the chain is whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_packets_and_recovers_by_itself() {
+    let chain = Chain::start().await;
+    let disk = chain.pki.dir().join("small-disk");
+    let Some(_mounted) = SmallDisk::mount(&disk, "48m") else {
+        chain.shutdown().await;
+        return;
+    };
+    let url = format!("sqlite://{}/journal.db", disk.display());
+    let text = hop_config(
+        &chain.pki,
+        "lgsp",
+        "/lgsp/v1",
+        chain.ndxp.hop_addr("ndxp").unwrap(),
+        "/ndxp/v1",
+        &[],
+    );
+    let text = text.replacen(&journal_url_in(&text), &url, 1).replacen(
+        "min_free_disk = \"1MiB\"",
+        "min_free_disk = \"16MiB\"",
+        1,
+    );
+    let lgsp = lgsp_proxy::Gateway::start(&parse(&chain.pki, &text))
+        .await
+        .unwrap();
+    let client = TestClient::new(&chain.pki, Some(AGENCY_OK), false);
+    let url_of = hop_url(&lgsp, "lgsp", "/lgsp/v1/HoSoCBCCVC");
+    let send = |key: String| {
+        let (client, url) = (client.clone(), url_of.clone());
+        async move {
+            let body = packet().replace("Nguyễn Văn An", &format!("Nguyễn Văn An {key}"));
+            client
+                .send("POST", &url, &headers(KEY_H29, &key), &body)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(send("disk-0".into()).await.status, 200);
+    let mut acknowledged = vec!["disk-0".to_owned()];
+    // Free space below the floor: refused, with the reason and when to come back.
+    let filler = disk.join("filler");
+    let free = |d: &std::path::Path| {
+        let (_, out, _) = sh(&format!("df -B1 --output=avail {} | tail -1", d.display()));
+        out.trim().parse::<u64>().unwrap_or(0)
+    };
+    let fill = free(&disk).saturating_sub(8 << 20);
+    sh(&format!("head -c {fill} /dev/zero > {}", filler.display()));
+    // (The free space is read again within a quarter of a second: what arrives meanwhile is still taken.)
+    let refused = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let key = format!("disk-low-{}", lgsp_journal::now_us());
+            let a = send(key.clone()).await;
+            if a.status == 200 {
+                acknowledged.push(key);
+            }
+            if a.status == 503 || std::time::Instant::now() > deadline {
+                break a;
+            }
+        }
+    };
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["code"], "journal.disk_full");
+    assert!(refused.headers.contains_key("retry-after"));
+    // Space back: taken again at once, by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let back = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = send("disk-1".into()).await;
+            if a.status == 200 || std::time::Instant::now() > deadline {
+                break a;
+            }
+        }
+    };
+    assert_eq!(back.status, 200, "{}", String::from_utf8_lossy(&back.body));
+    acknowledged.push("disk-1".to_owned());
+    // The disk filled to the last byte with a packet under way: whatever was acknowledged is kept and delivered.
+    sh(&format!(
+        "head -c 100000000 /dev/zero > {}",
+        filler.display()
+    ));
+    for i in 0..5 {
+        let key = format!("disk-full-{i}");
+        let a = send(key.clone()).await;
+        assert!(
+            a.status == 200 || a.status == 503,
+            "{key}: {} {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+        if a.status == 200 {
+            acknowledged.push(key);
+        }
+    }
+    std::fs::remove_file(&filler).unwrap();
+    // Every key resent until it is taken; each is one message, delivered once.
+    for i in 0..5 {
+        let key = format!("disk-full-{i}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let a = send(key.clone()).await;
+            if a.status == 200 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{key}: {}", a.status);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !acknowledged.contains(&key) {
+            acknowledged.push(key);
+        }
+    }
+    lgsp.shutdown().await;
+    let journal = lgsp_journal::Journal::open_reader(&url).await.unwrap();
+    let v = journal.verify().await.unwrap();
+    assert_eq!(v.messages as usize, acknowledged.len(), "{v:?}");
+    drop(journal);
+    chain.shutdown().await;
+}
