@@ -1049,32 +1049,6 @@ async fn a_backup_taken_under_load_is_one_consistent_journal() {
     chain.shutdown().await;
 }
 
-/// A small file system of the test's own (tmpfs; mounting takes root), detached when dropped, even by a failing
-/// assertion.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// `None`, with the reason printed, where it cannot be mounted.
-    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).ok()?;
-        let (ok, _, err) = sh(&format!(
-            "mount -t tmpfs -o size={size} tmpfs {}",
-            dir.display()
-        ));
-        if !ok {
-            eprintln!("skipped: a file system of the test's own cannot be mounted here ({err})");
-            return None;
-        }
-        Some(SmallDisk(dir.to_owned()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        sh(&format!("umount -l {}", self.0.display()));
-    }
-}
-
 /// Below `min_free_disk` packet routes answer 503 `journal.disk_full`; a disk filled to the last byte refuses too,
 /// while outcomes of what was accepted wait in memory; when space returns, the gateway takes packets again by
 /// itself, every acknowledged packet is delivered, and the chain is whole.

@@ -11,7 +11,8 @@ pub use backends::{
     amqp_channel, durable_queue, eventually, metric, test_broker, test_stream, unique_name,
 };
 pub use outage::{
-    JournalLock, PgDatabase, Relay, journal_read_only, journal_url_in, queued, with_chain,
+    JournalLock, PgDatabase, Relay, SmallDisk, journal_read_only, journal_url_in, queued,
+    with_chain,
 };
 pub use process::{Haproxy, Proc, free_port, sh, tool, write};
 

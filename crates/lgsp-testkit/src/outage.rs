@@ -253,3 +253,42 @@ pub fn journal_read_only(url: &str, read_only: bool) -> bool {
             .is_ok_and(|s| s.success())
     })
 }
+
+/// A small file system of a test's own (tmpfs; mounting takes root), detached when dropped, even by a failing
+/// assertion: a disk a test can fill.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None`, with the reason printed, where it cannot be mounted.
+    pub fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).ok()?;
+        let (ok, _, err) = crate::sh(&format!(
+            "mount -t tmpfs -o size={size} tmpfs {}",
+            dir.display()
+        ));
+        if !ok {
+            eprintln!("skipped: a file system of the test's own cannot be mounted here ({err})");
+            return None;
+        }
+        Some(SmallDisk(dir.to_owned()))
+    }
+
+    /// Fills it to the last byte (`filler` in it), or frees what `fill` took.
+    pub fn fill(&self, full: bool) {
+        let filler = self.0.join("filler");
+        if full {
+            crate::sh(&format!(
+                "head -c 1000000000 /dev/zero > {}",
+                filler.display()
+            ));
+        } else {
+            let _ = std::fs::remove_file(filler);
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        crate::sh(&format!("umount -l {}", self.0.display()));
+    }
+}
