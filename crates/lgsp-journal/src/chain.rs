@@ -29,6 +29,10 @@ pub enum Broken {
         "the chain ends at record {last}, but its head says {head} records were written (the last ones removed)"
     )]
     Truncated { last: i64, head: i64 },
+    #[error(
+        "the chain goes on to record {last}, past its head at {head} (records added without the writer's head)"
+    )]
+    Beyond { last: i64, head: i64 },
 }
 
 /// Checks records in sequence order, carrying the state from one page to the next.
@@ -64,7 +68,13 @@ impl Verifier {
     /// rewritten with a fresh hash has no successor to expose it, but the head does).
     pub fn end(&self, head_seq: i64, head_hash: &str) -> Result<(), Broken> {
         let last = self.expected_seq - 1;
-        if last != head_seq {
+        if last > head_seq {
+            return Err(Broken::Beyond {
+                last,
+                head: head_seq,
+            });
+        }
+        if last < head_seq {
             return Err(Broken::Truncated {
                 last,
                 head: head_seq,
@@ -155,5 +165,13 @@ mod tests {
             .iter()
             .for_each(|(s, p, c, h)| v.next(*s, p, c, h).unwrap());
         assert_eq!(v.end(3, &head), Err(Broken::Truncated { last: 2, head: 3 }));
+        // A record added past the head, without moving it.
+        let mut v = Verifier::default();
+        rows.iter()
+            .for_each(|(s, p, c, h)| v.next(*s, p, c, h).unwrap());
+        assert_eq!(
+            v.end(2, &rows[1].3),
+            Err(Broken::Beyond { last: 3, head: 2 })
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::chain::{Broken, Verifier};
 use crate::record::{self, Content};
@@ -308,10 +308,25 @@ const PAGE: i64 = 1000;
 /// Walks every chain from its first kept record to its head, checks each record's derived columns and every anchor,
 /// then every messages row, outbox row and body against the chains.
 pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
+    // One snapshot for the whole walk: a live writer appends between pages, and a head read before records that
+    // arrive after it would look like records beyond the head.
+    let mut tx = pool.begin().await.map_err(db)?;
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    let out = walk(&mut tx).await;
+    let _ = tx.rollback().await;
+    out
+}
+
+async fn walk(conn: &mut AnyConnection) -> Result<Verified, JournalError> {
     let mut out = Verified::default();
     let chains =
         sqlx::query("SELECT chain, seq, hash, pruned_through FROM journal_chains ORDER BY chain")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db)?;
     let mut pruned: HashMap<String, i64> = HashMap::new();
@@ -336,7 +351,7 @@ pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
             .bind(chain.clone())
             .bind(after)
             .bind(PAGE)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db)?;
             if rows.is_empty() {
@@ -419,14 +434,14 @@ pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
                 after = seq;
             }
             // Every message the chain accepted has its row (unless it ended and was pruned with its records).
-            present(pool, &chain, &accepted).await?;
+            present(&mut *conn, &chain, &accepted).await?;
         }
     }
     // Records of a chain the journal does not list.
     let listed = sqlx::query(
         "SELECT DISTINCT chain FROM journal_records WHERE chain NOT IN (SELECT chain FROM journal_chains)",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
     if let Some(r) = listed.first() {
@@ -457,7 +472,7 @@ pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
         let found = sqlx::query("SELECT hash FROM journal_records WHERE chain = $1 AND seq = $2")
             .bind(h.chain.clone())
             .bind(h.seq)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db)?;
         let found: Option<String> = found.map(|r| r.try_get("hash")).transpose().map_err(db)?;
@@ -470,15 +485,15 @@ pub(crate) async fn verify(pool: &AnyPool) -> Result<Verified, JournalError> {
         }
         out.anchors += 1;
     }
-    out.messages = messages(pool).await?;
-    out.outbox = outbox(pool).await?;
-    out.bodies = bodies(pool).await?;
+    out.messages = messages(&mut *conn).await?;
+    out.outbox = outbox(&mut *conn).await?;
+    out.bodies = bodies(&mut *conn).await?;
     Ok(out)
 }
 
 /// Each accepted message's row is there, or it ended and went with the records the retention pruned.
 async fn present(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     chain: &str,
     accepted: &[(String, String, i64)],
 ) -> Result<(), JournalError> {
@@ -499,7 +514,7 @@ async fn present(
                 q = q.bind(a.1.clone());
             }
             let found: std::collections::HashSet<String> = q
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(db)?
                 .iter()
@@ -524,7 +539,11 @@ async fn present(
 /// A page of messages' records: per (hop, message id), their contents and agency columns.
 type RecordsOf = HashMap<(String, String), Vec<(Content, String)>>;
 
-async fn records_of(pool: &AnyPool, hop: &str, ids: &[String]) -> Result<RecordsOf, JournalError> {
+async fn records_of(
+    conn: &mut AnyConnection,
+    hop: &str,
+    ids: &[String],
+) -> Result<RecordsOf, JournalError> {
     let mut out: RecordsOf = HashMap::new();
     for chunk in ids.chunks(500) {
         let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
@@ -537,7 +556,7 @@ async fn records_of(pool: &AnyPool, hop: &str, ids: &[String]) -> Result<Records
         for id in chunk {
             q = q.bind(id.clone());
         }
-        for r in q.fetch_all(pool).await.map_err(db)? {
+        for r in q.fetch_all(&mut *conn).await.map_err(db)? {
             let id: String = r.try_get("message_id").map_err(db)?;
             let text: String = r.try_get("content").map_err(db)?;
             let c = Content::parse(&text).map_err(|why| Finding::Record {
@@ -554,7 +573,7 @@ async fn records_of(pool: &AnyPool, hop: &str, ids: &[String]) -> Result<Records
 }
 
 /// Every messages row against the records of its message.
-async fn messages(pool: &AnyPool) -> Result<u64, JournalError> {
+async fn messages(conn: &mut AnyConnection) -> Result<u64, JournalError> {
     let mut n = 0u64;
     let (mut after_hop, mut after_id) = (String::new(), String::new());
     loop {
@@ -564,7 +583,7 @@ async fn messages(pool: &AnyPool) -> Result<u64, JournalError> {
         )))
         .bind(after_hop.clone())
         .bind(after_id.clone())
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
         let Some(last) = rows.last() else {
@@ -581,7 +600,7 @@ async fn messages(pool: &AnyPool) -> Result<u64, JournalError> {
         }
         let mut records: RecordsOf = HashMap::new();
         for (hop, ids) in &by_hop {
-            records.extend(records_of(pool, hop, ids).await?);
+            records.extend(records_of(&mut *conn, hop, ids).await?);
         }
         for r in &rows {
             let hop: String = r.try_get("hop").map_err(db)?;
@@ -624,14 +643,14 @@ async fn messages(pool: &AnyPool) -> Result<u64, JournalError> {
 }
 
 /// Every outbox row belongs to a pending message of the same agency and body; every queued message has one.
-async fn outbox(pool: &AnyPool) -> Result<u64, JournalError> {
+async fn outbox(conn: &mut AnyConnection) -> Result<u64, JournalError> {
     let rows = sqlx::query(
         "SELECT o.hop, o.message_id, o.agency, o.body_sha256, o.delivery, o.bytes, m.agency AS m_agency, m.status,
              m.body_sha256 AS m_sha, m.delivery AS m_delivery, m.body_size,
              (SELECT COUNT(*) FROM journal_bodies b WHERE b.sha256 = o.body_sha256) AS kept
          FROM outbox o LEFT JOIN messages m ON m.hop = o.hop AND m.message_id = o.message_id",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
     for r in &rows {
@@ -694,7 +713,7 @@ async fn outbox(pool: &AnyPool) -> Result<u64, JournalError> {
          WHERE (status = 'queued' OR (status = 'in_progress' AND request IS NOT NULL))
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.hop = m.hop AND o.message_id = m.message_id) LIMIT 1",
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
     if let Some(r) = lost {
@@ -711,7 +730,7 @@ async fn outbox(pool: &AnyPool) -> Result<u64, JournalError> {
 }
 
 /// Every kept body hashes to its key.
-async fn bodies(pool: &AnyPool) -> Result<u64, JournalError> {
+async fn bodies(conn: &mut AnyConnection) -> Result<u64, JournalError> {
     let mut n = 0u64;
     let mut after = String::new();
     loop {
@@ -719,7 +738,7 @@ async fn bodies(pool: &AnyPool) -> Result<u64, JournalError> {
             "SELECT sha256, size, body FROM journal_bodies WHERE sha256 > $1 ORDER BY sha256 LIMIT 64",
         )
         .bind(after.clone())
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
         let Some(last) = rows.last() else {

@@ -566,6 +566,60 @@ async fn records_removed_from_the_end_are_named_by_verify(s: &Store) {
     );
 }
 
+/// A head moved back leaves records past it: named as such, not as records removed.
+async fn records_past_the_head_are_named_by_verify(s: &Store) {
+    let j = &s.journal;
+    for i in 0..3 {
+        j.accept(consumed(&format!("p{i}"), H29)).await.unwrap();
+    }
+    s.raw(
+        "UPDATE journal_chains SET seq = 2, hash = (SELECT hash FROM journal_records WHERE chain = 'main' AND seq = 2)",
+    )
+    .await;
+    assert_eq!(
+        broken(j.verify().await),
+        Finding::Chain {
+            chain: "main".into(),
+            broken: Broken::Beyond { last: 3, head: 2 }
+        }
+    );
+}
+
+/// `journal verify` on a live journal reads one snapshot: records, heads, messages and the outbox written while it
+/// walks never look like a broken chain or a row out of step.
+async fn verify_while_packets_arrive_sees_one_moment(s: &Store) {
+    let j = &s.journal;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let j = j.clone();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let id = format!("v{w}-{i}");
+                    j.accept(packet(&id, H29, None, b"<v/>", Delivery::Direct))
+                        .await
+                        .unwrap();
+                    if i % 2 == 0 {
+                        j.finish(delivered(&j, &id)).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut walks = 0u32;
+    while writers.iter().any(|w| !w.is_finished()) {
+        if let Err(e) = j.verify().await {
+            panic!("verify during writes, walk {walks}: {e}");
+        }
+        walks += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(walks > 0, "no walk ran while packets arrived");
+    j.flush().await.unwrap();
+    assert_eq!(verified_records(&j.verify().await), 600 + 300);
+}
+
 async fn a_changed_record_is_named_by_verify(s: &Store) {
     let j = &s.journal;
     for i in 0..5 {
@@ -1581,6 +1635,8 @@ suite!(
     one_key_sent_many_times_at_once_is_one_message,
     a_changed_record_is_named_by_verify,
     records_removed_from_the_end_are_named_by_verify,
+    records_past_the_head_are_named_by_verify,
+    verify_while_packets_arrive_sees_one_moment,
     every_derived_value_changed_by_hand_is_named_by_verify,
     the_outbox_leases_retries_and_delivers,
     queued_packets_are_handed_over_with_their_bytes,
