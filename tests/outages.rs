@@ -9,7 +9,9 @@
 //! - two replicas behind HAProxy sharing PostgreSQL and Redis, one killed under load;
 //! - the crash matrix: three processes (emulator, NDXP, LGSP), 8 agencies' senders, and one fault — `kill -9` of
 //!   the LGSP or of the NDXP, the LGSP's journal cut (its PostgreSQL through a relay, or its SQLite file made
-//!   unwritable), or its disk filled to the last byte — on a direct or a queued route, on SQLite or PostgreSQL:
+//!   unwritable), its disk filled to the last byte, or the broker between the hops cut (NATS or RabbitMQ: the
+//!   LGSP's route publishes to it, the NDXP's `[[consumer]]` reads it) — on a direct or a queued route, on SQLite
+//!   or PostgreSQL:
 //!   every packet acknowledged is at the emulator once, both journals verify, and `journal report --end-to-end`
 //!   finds nothing missing.
 //!
@@ -779,6 +781,137 @@ enum Fault {
     CutLgspJournal,
     /// The LGSP's SQLite journal on a small disk, filled to the last byte for 3 s.
     FullDisk,
+    /// The broker between the hops cut for 3 s: the LGSP's HoSoCBCCVC route publishes to it and the NDXP's
+    /// `[[consumer]]` reads it, both through one relay. NATS JetStream on the SQLite runs, RabbitMQ on the
+    /// PostgreSQL ones.
+    CutBroker,
+}
+
+/// The broker of a [`Fault::CutBroker`] run and what the hops are configured with to reach it.
+struct BrokerLink {
+    relay: Relay,
+    /// The LGSP route's upstream.
+    upstream: String,
+    /// The NDXP's `[[consumer]]` table.
+    consumer: String,
+    held: Held,
+}
+
+/// What the run made at the broker, dropped at its end.
+enum Held {
+    Nats {
+        js: async_nats::jetstream::Context,
+        streams: [String; 2],
+    },
+    Amqp {
+        _conn: lapin::Connection,
+        ch: lapin::Channel,
+        queues: [String; 2],
+    },
+}
+
+impl BrokerLink {
+    /// A stream (NATS) or queue (RabbitMQ) of the run's own, with its dead-letter twin; `None` when the broker's
+    /// URL is not set (the skip is printed).
+    async fn make(nats: bool) -> Option<BrokerLink> {
+        let consumer = |source: &str, dead: &str| {
+            format!(
+                "[[consumer]]\nname = \"ndxp-in\"\nhop = \"ndxp\"\nroute = \"HoSoCBCCVC\"\nsource = \"{source}\"\ndead_letter = \"{dead}\"\nmax_in_flight = 8\n"
+            )
+        };
+        if nats {
+            let (url, addr) = test_broker("LGSP_TEST_NATS_URL")?;
+            let (js, input, subject) = test_stream(&url, "LGSPMX", "lgspmx.").await;
+            let (_, dead, dead_subject) = test_stream(&url, "LGSPMXDEAD", "lgspmxdead.").await;
+            let relay = Relay::start(addr).await;
+            let at = relay.addr;
+            Some(BrokerLink {
+                upstream: format!("nats://{at}/{subject}.HoSoCBCCVC"),
+                consumer: consumer(
+                    &format!("nats://{at}/{input}?consumer=ndxp-in"),
+                    &format!("nats://{at}/{dead_subject}.HoSoCBCCVC"),
+                ),
+                relay,
+                held: Held::Nats {
+                    js,
+                    streams: [input, dead],
+                },
+            })
+        } else {
+            let (url, addr) = test_broker("LGSP_TEST_AMQP_URL")?;
+            let (conn, ch) = amqp_channel(&url).await;
+            let (queue, dlq) = (unique_name("lgspmx.in."), unique_name("lgspmx.dead."));
+            for q in [&queue, &dlq] {
+                durable_queue(&ch, q).await;
+            }
+            let userinfo = url
+                .split_once("://")
+                .and_then(|(_, r)| r.rsplit_once('@'))
+                .map_or("guest:guest", |(u, _)| u)
+                .to_owned();
+            let relay = Relay::start(addr).await;
+            let at = relay.addr;
+            Some(BrokerLink {
+                upstream: format!("amqp://{userinfo}@{at}/%2f?routing_key={queue}"),
+                consumer: consumer(
+                    &format!("amqp://{userinfo}@{at}/%2f?queue={queue}"),
+                    &format!("amqp://{userinfo}@{at}/%2f?routing_key={dlq}"),
+                ),
+                relay,
+                held: Held::Amqp {
+                    _conn: conn,
+                    ch,
+                    queues: [queue, dlq],
+                },
+            })
+        }
+    }
+
+    /// How many packets were dead-lettered: every one should have reached the emulator.
+    async fn dead_lettered(&self) -> u64 {
+        match &self.held {
+            Held::Nats { js, streams } => {
+                js.get_stream(&streams[1])
+                    .await
+                    .expect("dead-letter stream")
+                    .info()
+                    .await
+                    .expect("info")
+                    .state
+                    .messages
+            }
+            Held::Amqp { ch, queues, .. } => u64::from(
+                ch.queue_declare(
+                    queues[1].clone().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("dead-letter queue")
+                .message_count(),
+            ),
+        }
+    }
+
+    async fn drop_now(self) {
+        match self.held {
+            Held::Nats { js, streams } => {
+                for s in streams {
+                    let _ = js.delete_stream(&s).await;
+                }
+            }
+            Held::Amqp { ch, queues, .. } => {
+                for q in queues {
+                    let _ = ch
+                        .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+        }
+    }
 }
 
 /// `text` listening on fixed ports (admin first, then the hop), so a restart comes back where it was.
@@ -863,10 +996,25 @@ async fn crash_run(fault: Fault, queue: bool, postgres: bool) -> Option<()> {
             "ndxp",
         );
     }
+    let broker = if fault == Fault::CutBroker {
+        Some(BrokerLink::make(!postgres).await?)
+    } else {
+        None
+    };
+    if let Some(b) = &broker {
+        ndxp_text = format!("{ndxp_text}\n{DELIVERY}{}", b.consumer);
+    }
     let ndxp_text = on_ports(&ndxp_text, ndxp_admin, ndxp_port);
     let ndxp_addr: SocketAddr = ([127, 0, 0, 1], ndxp_port).into();
     let mut lgsp_text = hop_config(&pki, "lgsp", "/lgsp/v1", ndxp_addr, "/ndxp/v1", &[])
         .replace("\ntimeout = \"5s\"\n", "\ntimeout = \"2s\"\n");
+    if let Some(b) = &broker {
+        let old = format!(
+            "upstream = \"https://localhost:{ndxp_port}\"\nrewrite = \"/ndxp/v1/HoSoCBCCVC\"\n"
+        );
+        assert!(lgsp_text.contains(&old), "{what}: no HoSoCBCCVC route");
+        lgsp_text = lgsp_text.replacen(&old, &format!("upstream = \"{}\"\n", b.upstream), 1);
+    }
     if queue {
         lgsp_text = queued(&lgsp_text);
     }
@@ -933,6 +1081,13 @@ async fn crash_run(fault: Fault, queue: bool, postgres: bool) -> Option<()> {
                 disk.fill(false);
             }
         }
+        Fault::CutBroker => {
+            if let Some(b) = &broker {
+                b.relay.cut();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                b.relay.restore();
+            }
+        }
         Fault::CutLgspJournal => match &relay {
             Some(relay) => {
                 relay.cut();
@@ -991,8 +1146,56 @@ async fn crash_run(fault: Fault, queue: bool, postgres: bool) -> Option<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The agency's own list, reconciled end to end through the LGSP: every packet delivered, none lost.
+    let mut sent = String::from("idempotency_key,sha256,message_id\n");
+    for (key, id) in &accepted {
+        sent.push_str(&format!("{key},{},{id}\n", sha256(&packet(key))));
+    }
+    write(pki.dir(), "sent.csv", &sent);
+    let out = block(|| {
+        std::process::Command::new(BIN)
+            .args([
+                "reconcile",
+                "--url",
+                &format!("https://localhost:{lgsp_port}/lgsp/v1"),
+                "--cert",
+                &format!("{AGENCY_OK}.pem"),
+                "--key",
+                &format!("{AGENCY_OK}.key"),
+                "--ca",
+                "ca.pem",
+                "--api-key",
+                KEY_H29,
+                "--from",
+                "2000-01-01",
+                "--to",
+                "2100-01-01",
+                "--sent",
+                "sent.csv",
+                "--end-to-end",
+            ])
+            .current_dir(pki.dir())
+            .output()
+            .expect("reconcile")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let n = accepted.len();
+    assert!(
+        out.status.success()
+            && stdout.ends_with(&format!(
+                "{n} sent: {n} delivered, 0 pending, 0 rejected, 0 failed, 0 changed, 0 missing, 0 lost; 0 unexpected\n"
+            )),
+        "{what}: reconcile\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(b) = broker {
+        assert_eq!(b.dead_lettered().await, 0, "{what}: packets dead-lettered");
+        drop((lgsp, ndxp));
+        b.drop_now().await;
+    } else {
+        drop((lgsp, ndxp));
+    }
     eprintln!("{what}: clean");
-    drop((lgsp, ndxp));
     drop(small);
     for db in [lgsp_db, ndxp_db].into_iter().flatten() {
         db.drop_now().await;
@@ -1010,6 +1213,7 @@ fn matrix() -> Vec<(Fault, bool, bool)> {
         Fault::KillNdxp,
         Fault::CutLgspJournal,
         Fault::FullDisk,
+        Fault::CutBroker,
     ] {
         for queued in [false, true] {
             for postgres in [false, true] {
@@ -1024,6 +1228,7 @@ fn matrix() -> Vec<(Fault, bool, bool)> {
             (Fault::KillNdxp, true, false),
             (Fault::KillNdxp, false, true),
             (Fault::CutLgspJournal, true, true),
+            (Fault::CutBroker, false, true),
         ];
     }
     // `LGSP_CRASH_MATRIX_FAULT=FullDisk` keeps one fault's runs.
