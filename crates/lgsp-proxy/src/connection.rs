@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub use lgsp_hop::body::BodyTimeout;
+
 use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -19,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::BoxError;
+use lgsp_hop::body::BoxError;
 
 /// How long, and how much, a refused request's unread body is still read and discarded so that the client, still
 /// sending, reads the answer instead of a reset (nginx's lingering close).
@@ -236,13 +238,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-}
-
-/// A request body that did not arrive whole within `body_read_timeout` of its head.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive whole within {after:?}")]
-pub struct BodyTimeout {
-    pub after: Duration,
 }
 
 /// The body of a request as the stack reads it: it fails with [`BodyTimeout`] once its deadline passes, and, when

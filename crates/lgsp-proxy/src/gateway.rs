@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::outbox::{LiveTarget, Outbox};
 use arc_swap::ArcSwap;
 use lgsp_config::{Config, ConfigError, HttpConfig};
+use lgsp_delivery::outbox::{LiveTarget, Outbox};
 use lgsp_emulator::Emulator;
 use lgsp_journal::Journal;
 use lgsp_metrics::{Metrics, Readiness, serve_admin};
@@ -82,8 +82,8 @@ async fn listen(
 
 fn emulator_service(emu: &Emulator) -> crate::stack::HopService {
     BoxCloneSyncService::new(
-        ServiceExt::<http::Request<crate::body::Body>>::map_response(emu.clone(), |r| {
-            r.map(crate::body::boxed)
+        ServiceExt::<http::Request<lgsp_hop::body::Body>>::map_response(emu.clone(), |r| {
+            r.map(lgsp_hop::body::boxed)
         }),
     )
 }
@@ -175,7 +175,7 @@ fn watch_journal(
         let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
-                _ = crate::listener::stopped(&mut shutdown) => return,
+                _ = lgsp_hop::stopped(&mut shutdown) => return,
                 _ = tick.tick() => {}
             }
             let up = journal.ping().await.is_ok();
@@ -456,7 +456,7 @@ impl Gateway {
             tasks.push(Outbox::new(journal.clone(), &h.name, target.clone()).spawn(rx.clone()));
             // The hop's broker sources deliver through the same target, swapped by a reload with the rest.
             for c in cfg.consumers.iter().filter(|c| c.hop == h.name) {
-                let consumer = crate::consume::Consumer::new(
+                let consumer = lgsp_delivery::consume::Consumer::new(
                     c.clone(),
                     journal.clone(),
                     target.clone(),
@@ -572,7 +572,7 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Fixture;
+    use lgsp_hop::testing::Fixture;
 
     fn state_of(g: &Gateway) -> Arc<ListenerState> {
         g.reloader.inner.hops[0].load_full()

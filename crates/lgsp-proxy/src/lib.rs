@@ -1,52 +1,39 @@
-//! The proxy: TLS listeners, the tower stack of a hop (observe → token → auth → route → limit → validate →
-//! forward), the upstream client, hop headers and the error edge; [`prepare`] turns a config into everything a
-//! gateway serves with, and [`Gateway`] starts every listener of it.
+//! The proxy: TLS listeners, connections and the tower stack of a hop (observe → token → auth → route → limit →
+//! validate → journal → forward); [`prepare`] turns a config into everything a gateway serves with, and [`Gateway`]
+//! starts every listener of it and the delivery core's background work. What the layers share is lgsp-hop, the way
+//! out lgsp-upstream, the delivery core lgsp-delivery; their modules are re-exported here under the names they had
+//! when they lived in this crate.
 #![forbid(unsafe_code)]
 
-pub mod body;
-pub mod confirm;
 mod connect;
 mod connection;
-pub mod consume;
-pub mod coverage;
-pub mod edge;
-mod forward;
 mod gateway;
-pub mod headers;
-mod hop;
-pub mod inbox;
-pub mod journal;
-pub mod judge;
 pub mod limit;
 mod listener;
-pub mod messages;
 mod observe;
-pub mod outbox;
 mod prepare;
 pub mod proxy_protocol;
-pub mod publish;
-mod route;
 mod stack;
-mod step;
-#[cfg(test)]
-mod testing;
 pub mod token;
 pub mod validate;
 
 pub use connect::{Reach, connect};
 pub use connection::{BodyTimeout, Retired, TooManyConnections};
-pub use forward::{
-    Forward, ForwardError, UpstreamClient, UpstreamFailure, upstream_client, upstream_uri,
-};
 pub use gateway::{Bound, Gateway, Reloader, StartError, journal_settings};
-pub use hop::HopContext;
+pub use lgsp_delivery::{
+    DeliveryTarget, confirm, consume, coverage, journal, judge, messages, outbox,
+};
+pub use lgsp_hop::{
+    HopContext, Route, RouteError, RouteLayer, RouteTable, Step, body, edge, headers,
+};
 pub use lgsp_tls::ClientAddr;
+pub use lgsp_upstream::{
+    Forward, ForwardError, UpstreamClient, UpstreamFailure, inbox, publish, upstream_client,
+    upstream_uri,
+};
 pub use listener::{
     KnowsIdentity, ListenerSpec, ListenerState, LiveState, serve_connection, spawn_tls_listener,
 };
 pub use observe::{HopHeaderError, ObserveLayer};
-pub use outbox::DeliveryTarget;
 pub use prepare::{Prepared, PreparedHop, prepare, signing_policy};
-pub use route::{Route, RouteError, RouteLayer, RouteTable};
 pub use stack::{HopParts, HopService, hop_stack};
-pub use step::Step;

@@ -22,10 +22,10 @@ use lgsp_ratelimit::{Decision, Key, Limiter, LocalLimiter, Quota, RedisLimiter};
 use prometheus::IntCounter;
 use tower::{Layer, Service};
 
-use crate::body::Body;
-use crate::hop::HopContext;
-use crate::route::Route;
-use crate::step::{Answer, Next, Step, unnamed};
+use lgsp_hop::HopContext;
+use lgsp_hop::body::Body;
+use lgsp_hop::route::Route;
+use lgsp_hop::step::{Answer, Next, Step, unnamed};
 
 /// Why a request was held back.
 #[derive(Debug, thiserror::Error)]
@@ -564,7 +564,7 @@ mod tests {
 
     fn ok() -> Ok200 {
         tower::util::BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
-            Ok::<_, BoxProblem>(Response::new(crate::body::empty()))
+            Ok::<_, BoxProblem>(Response::new(lgsp_hop::body::empty()))
         }))
     }
 
@@ -573,10 +573,10 @@ mod tests {
         hop: &str,
         metrics: &Arc<Metrics>,
         routes: &[RouteConfig],
-    ) -> (Limit<Ok200>, Arc<crate::route::RouteTable>) {
+    ) -> (Limit<Ok200>, Arc<lgsp_hop::route::RouteTable>) {
         let hop = Arc::new(HopContext::new(hop, &[], metrics.clone()));
         let cfg = lgsp_config::embedded().unwrap();
-        let table = Arc::new(crate::route::RouteTable::new(&hop, routes));
+        let table = Arc::new(lgsp_hop::route::RouteTable::new(&hop, routes));
         (
             LimitLayer::new(policy.clone(), hop, routes, &cfg.agencies).layer(ok()),
             table,
@@ -584,7 +584,7 @@ mod tests {
     }
 
     fn request(route: &Arc<Route>, agency: &str) -> Request<Body> {
-        let mut req = Request::new(crate::body::empty());
+        let mut req = Request::new(lgsp_hop::body::empty());
         req.extensions_mut().insert(route.clone());
         req.extensions_mut().insert(Caller {
             agency: Arc::from(agency),
@@ -675,7 +675,7 @@ mod tests {
         let policy = Arc::new(LimitPolicy::new(&cfg.ratelimit, &cfg.overload).unwrap());
         let routes = vec![cfg.hops[0].routes[0].clone()];
         let hop = Arc::new(HopContext::new("lgsp", &[], metrics.clone()));
-        let table = crate::route::RouteTable::new(&hop, &routes);
+        let table = lgsp_hop::route::RouteTable::new(&hop, &routes);
         let route = table.lookup("/lgsp/v1/HoSoCBCCVC").unwrap().clone();
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let r = release.clone();
@@ -684,7 +684,7 @@ mod tests {
                 let r = r.clone();
                 async move {
                     let _ = r.acquire().await;
-                    Ok::<_, BoxProblem>(Response::new(crate::body::empty()))
+                    Ok::<_, BoxProblem>(Response::new(lgsp_hop::body::empty()))
                 }
             }));
         let svc = LimitLayer::new(policy, hop, &routes, &cfg.agencies).layer(held);

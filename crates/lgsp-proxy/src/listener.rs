@@ -24,11 +24,11 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::body::{Body, BoxError, boxed};
 use crate::connection::{
     Activity, Answer, Holders, RequestBody, Retired, TooManyConnections, Watched,
 };
 use crate::stack::HopService;
+use lgsp_hop::body::{Body, BoxError, boxed};
 
 /// What a listener serves with; swapped whole by a reload. Connections take the TLS and HTTP parts when they are
 /// accepted; requests take the service when they arrive, so in-flight requests finish on the state they began with.
@@ -156,7 +156,7 @@ impl tower::Service<Request<Incoming>> for WithIdentity {
         let mut req: Request<Body> = req.map(|b| boxed(RequestBody::new(b, timeout, linger)));
         if let Some(refusal) = &self.refusal {
             let answer = lgsp_problem::response(&**refusal, &self.hop, None)
-                .map(|b| boxed(Answer::new(crate::body::full(b), in_flight)));
+                .map(|b| boxed(Answer::new(lgsp_hop::body::full(b), in_flight)));
             drop(req);
             return Box::pin(std::future::ready(Ok(answer)));
         }
@@ -303,17 +303,12 @@ where
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = stopped(shutdown), if !closing => {
+            () = lgsp_hop::stopped(shutdown), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
         }
     }
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Reasons of `lgsp_connections_closed_total`, exported as 0 from the start.
@@ -357,11 +352,11 @@ pub fn spawn_tls_listener(
         loop {
             let accepted = tokio::select! {
                 biased;
-                _ = stopped(&mut shutdown) => break,
+                _ = lgsp_hop::stopped(&mut shutdown) => break,
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => tokio::select! {
                         biased;
-                        _ = stopped(&mut shutdown) => break,
+                        _ = lgsp_hop::stopped(&mut shutdown) => break,
                         a = listener.accept() => a.map(|a| (a, permit)),
                     },
                     Err(_) => break,
@@ -619,19 +614,19 @@ impl Accepted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::identity;
     use http::StatusCode;
+    use lgsp_hop::testing::identity;
 
     /// A listener state whose service answers with the identity it was given, as a header.
     fn state() -> LiveState {
-        let fixture = crate::testing::Fixture::new();
+        let fixture = lgsp_hop::testing::Fixture::new();
         let cfg = fixture.config(&[]);
         let svc = tower::service_fn(|req: Request<Body>| async move {
             let id = req
                 .extensions()
                 .get::<PeerIdentity>()
                 .map_or("none".to_owned(), |p| p.id.clone());
-            let mut resp = Response::new(crate::body::empty());
+            let mut resp = Response::new(lgsp_hop::body::empty());
             resp.headers_mut()
                 .insert("seen-identity", id.parse().expect("header value"));
             Ok::<_, Infallible>(resp)
@@ -831,7 +826,7 @@ mod tests {
     + Sync
     + 'static {
         tower::service_fn(|_req: Request<Body>| async {
-            Ok::<_, Infallible>(Response::new(crate::body::empty()))
+            Ok::<_, Infallible>(Response::new(lgsp_hop::body::empty()))
         })
     }
 
@@ -869,9 +864,9 @@ mod tests {
     async fn a_body_slower_than_body_read_timeout_is_answered_408() {
         let reading = tower::service_fn(|req: Request<Body>| async move {
             Ok::<_, Infallible>(
-                match crate::body::read_body(req.into_body(), 1 << 20).await {
-                    Ok(_) => Response::new(crate::body::empty()),
-                    Err(e) => crate::edge::answer(&e, "lgsp", "id"),
+                match lgsp_hop::body::read_body(req.into_body(), 1 << 20).await {
+                    Ok(_) => Response::new(lgsp_hop::body::empty()),
+                    Err(e) => lgsp_hop::edge::answer(&e, "lgsp", "id"),
                 },
             )
         });
@@ -914,7 +909,7 @@ mod tests {
     async fn a_request_refused_before_its_body_is_read_still_gets_its_answer() {
         // Refused at once, body unread; the client is still writing a body much larger than the pipe.
         let refusing = tower::service_fn(|_req: Request<Body>| async {
-            let mut r = Response::new(crate::body::full("refused"));
+            let mut r = Response::new(lgsp_hop::body::full("refused"));
             *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
             Ok::<_, Infallible>(r)
         });

@@ -1,6 +1,6 @@
 //! `ObserveLayer`: the edge of the stack. Establishes the hop headers (message id, hop path, trace context),
 //! strips agencies' copies of them, times the request, answers every failure below it as problem+json (through
-//! [`crate::edge`], the only place that does), counts `lgsp_requests_total` / `lgsp_request_duration_seconds` and
+//! [`lgsp_hop::edge`], the only place that does), counts `lgsp_requests_total` / `lgsp_request_duration_seconds` and
 //! writes one access-log line.
 
 use std::convert::Infallible;
@@ -17,11 +17,11 @@ use lgsp_problem::{BoxProblem, Problem};
 use lgsp_tls::PeerIdentity;
 use tower::{Layer, Service};
 
-use crate::body::Body;
-use crate::edge;
-use crate::headers::{self, HopPath, KnownAs, MessageId, TraceContext};
-use crate::hop::HopContext;
-use crate::step::{Answer, Step};
+use lgsp_hop::HopContext;
+use lgsp_hop::body::Body;
+use lgsp_hop::edge;
+use lgsp_hop::headers::{self, HopPath, KnownAs, MessageId, TraceContext};
+use lgsp_hop::step::{Answer, Step};
 
 /// A relaying gateway's hop headers that cannot be honoured.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +245,7 @@ where
             bytes_in: req.body().size_hint().exact(),
         };
         // Before anything reads the path: what this hop checks must be what an upstream serves.
-        let bad_path = crate::route::bad_path(seen.uri.path());
+        let bad_path = lgsp_hop::route::bad_path(seen.uri.path());
         let inner = match (self.unready.take(), bad_path, established) {
             (Some(not_ready), ..) => Step::refuse(Unready(not_ready)),
             (None, Some(bad), _) => Step::refuse(bad),
@@ -364,8 +364,8 @@ impl Observation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body;
     use http_body_util::BodyExt;
+    use lgsp_hop::body;
     use lgsp_metrics::Metrics;
     use tower::ServiceExt;
 
@@ -572,7 +572,7 @@ mod tests {
     async fn errors_become_problem_json_with_the_message_id() {
         let failing = tower::service_fn(|_req: Request<Body>| async {
             Err::<Response<Body>, BoxProblem>(
-                crate::route::RouteError::NotFound {
+                lgsp_hop::route::RouteError::NotFound {
                     path: "/nope".into(),
                 }
                 .into(),
@@ -636,7 +636,7 @@ mod readiness {
         let hop = Arc::new(HopContext::new("lgsp", &[], Metrics::new().unwrap()));
         let resp = ObserveLayer::new(hop)
             .layer(Refusing)
-            .oneshot(Request::new(crate::body::empty()))
+            .oneshot(Request::new(lgsp_hop::body::empty()))
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);

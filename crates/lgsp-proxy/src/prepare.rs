@@ -17,15 +17,15 @@ use lgsp_schema::{Catalog, Limits, Options};
 use lgsp_tls::{Expiry, ServerTls, TlsError};
 
 use crate::connection::Retired;
-use crate::forward::{Forward, upstream_client};
-use crate::hop::HopContext;
-use crate::journal::JournalLayer;
 use crate::limit::{LimitLayer, LimitPolicy};
 use crate::listener::{KnowsIdentity, ListenerState};
-use crate::outbox::{Deliveries, DeliveryTarget};
-use crate::route::RouteTable;
 use crate::stack::{HopParts, hop_stack};
 use crate::validate::{ValidateLayer, ValidationPolicy};
+use lgsp_delivery::journal::JournalLayer;
+use lgsp_delivery::outbox::{Deliveries, DeliveryTarget};
+use lgsp_hop::HopContext;
+use lgsp_hop::route::RouteTable;
+use lgsp_upstream::forward::{Forward, upstream_client};
 
 /// A config made ready to serve. Nothing listens yet.
 pub struct Prepared {
@@ -548,7 +548,7 @@ fn hop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Fixture, metrics};
+    use lgsp_hop::testing::{Fixture, metrics};
 
     #[test]
     fn a_config_prepares_every_listener_with_its_expiries() {

@@ -1,7 +1,7 @@
 //! The request path of one hop, top to bottom. Read this file to see everything a request goes through after the
 //! TLS handshake (the listener has already put the client certificate's `PeerIdentity` on the request).
 //!
-//! Every layer is a generic tower `Layer` over its inner service and returns [`crate::step::Step`]: the inner
+//! Every layer is a generic tower `Layer` over its inner service and returns [`lgsp_hop::step::Step`]: the inner
 //! future unboxed, an answer decided at once, or — only where the layer must wait before deciding — one boxed
 //! future. Every layer fails with a `BoxProblem`, which the outermost layer answers as problem+json.
 
@@ -13,15 +13,15 @@ use lgsp_auth::{AuthLayer, AuthPolicy};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use crate::body::Body;
-use crate::forward::Forward;
-use crate::hop::HopContext;
-use crate::journal::JournalLayer;
 use crate::limit::LimitLayer;
 use crate::observe::ObserveLayer;
-use crate::route::{RouteLayer, RouteTable};
 use crate::token::TokenLayer;
 use crate::validate::ValidateLayer;
+use lgsp_delivery::journal::JournalLayer;
+use lgsp_hop::HopContext;
+use lgsp_hop::body::Body;
+use lgsp_hop::route::{RouteLayer, RouteTable};
+use lgsp_upstream::forward::Forward;
 
 /// A hop's whole stack as one cloneable service that never fails (errors are already problem+json).
 pub type HopService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -86,7 +86,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
 
     use crate::listener::{ListenerSpec, serve_connection};
-    use crate::testing::{Fixture, identity, metrics};
+    use lgsp_hop::testing::{Fixture, identity, metrics};
 
     const KEY_H29: &str = "lgsp_dev_000.00.00.H29_production";
     const PACKET: &str =

@@ -16,9 +16,9 @@ use lgsp_problem::{BoxProblem, Problem};
 use lgsp_tls::PeerIdentity;
 use tower::{Layer, Service};
 
-use crate::body::{Body, full, read_body};
-use crate::hop::HopContext;
-use crate::step::Step;
+use lgsp_hop::HopContext;
+use lgsp_hop::body::{Body, full, read_body};
+use lgsp_hop::step::Step;
 
 /// The token endpoint's path (WSO2 API Manager's).
 pub const TOKEN_PATH: &str = "/token";
@@ -244,7 +244,7 @@ mod tests {
         let tokens = lgsp_auth::TokenIssuer::new("lgsp", None, std::time::Duration::from_secs(600));
         let policy = Arc::new(AuthPolicy::new("lgsp", &agencies, &[], metrics, tokens));
         let passed = tower::service_fn(|_req: Request<Body>| async {
-            let mut resp = Response::new(crate::body::empty());
+            let mut resp = Response::new(lgsp_hop::body::empty());
             *resp.status_mut() = StatusCode::IM_A_TEAPOT;
             Ok::<_, BoxProblem>(resp)
         });

@@ -8,133 +8,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, header};
 use http_body_util::{BodyExt, Limited};
 use lgsp_auth::{AuthError, Caller, HopSigned};
 use lgsp_config::AgencyConfig;
-use lgsp_problem::{BoxProblem, Internal, Problem, Violation};
+use lgsp_problem::{BoxProblem, Internal, Violation};
 use lgsp_schema::{Catalog, Format, Options};
 use tower::{Layer, Service};
 
-use crate::body::{Body, BodyError, declared_length, full, read_body};
-use crate::hop::HopContext;
-use crate::route::Route;
-use crate::step::{Answer, Next, Step, unnamed};
+use lgsp_hop::HopContext;
+use lgsp_hop::body::{Body, BodyError, declared_length, full, read_body};
+use lgsp_hop::route::Route;
+use lgsp_hop::step::{Answer, Next, Step, unnamed};
+
+pub use lgsp_delivery::PacketFacts;
+pub use lgsp_hop::packet::PacketError;
 
 /// Bodies above this size are validated on the blocking pool, not on the reactor.
 const INLINE_LIMIT: usize = 256 * 1024;
-
-/// Why a packet was refused (a body too large or unreadable is a [`BodyError`]).
-#[derive(Debug, thiserror::Error)]
-pub enum PacketError {
-    #[error("Content-Type {got:?} is neither XML nor JSON")]
-    UnsupportedMediaType { got: Option<String> },
-    #[error("charset {got} is not UTF-8")]
-    UnsupportedCharset { got: String },
-    #[error("Content-Encoding {got} is not identity")]
-    UnsupportedEncoding { got: String },
-    #[error("{count} Content-Type headers")]
-    AmbiguousContentType { count: usize },
-    #[error("packet not well-formed ({} errors)", violations.len())]
-    Malformed { violations: Vec<Violation> },
-    #[error("packet invalid ({} errors)", violations.len())]
-    Invalid {
-        violations: Vec<Violation>,
-        truncated: bool,
-    },
-    #[error("no message type {got:?} to validate")]
-    UnknownMessageType { got: String },
-    #[error("agency {agency} may not send packets for unit {unit}")]
-    OutsideJurisdiction {
-        agency: Arc<str>,
-        unit: String,
-        patterns: String,
-        violation: Box<Violation>,
-    },
-}
-
-impl Problem for PacketError {
-    fn status(&self) -> StatusCode {
-        match self {
-            PacketError::UnsupportedMediaType { .. }
-            | PacketError::UnsupportedCharset { .. }
-            | PacketError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PacketError::Malformed { .. } | PacketError::AmbiguousContentType { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            PacketError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            PacketError::OutsideJurisdiction { .. } => StatusCode::FORBIDDEN,
-            PacketError::UnknownMessageType { .. } => StatusCode::NOT_FOUND,
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            PacketError::UnsupportedMediaType { .. } => "packet.unsupported_media_type",
-            PacketError::UnsupportedCharset { .. } => "packet.unsupported_charset",
-            PacketError::UnsupportedEncoding { .. } => "packet.unsupported_encoding",
-            PacketError::AmbiguousContentType { .. } => "packet.ambiguous_content_type",
-            PacketError::Malformed { .. } => "packet.malformed",
-            PacketError::Invalid { .. } => "packet.invalid",
-            PacketError::OutsideJurisdiction { .. } => "authz.unit_outside_jurisdiction",
-            PacketError::UnknownMessageType { .. } => "validate.unknown_message_type",
-        }
-    }
-
-    fn detail(&self) -> String {
-        match self {
-            PacketError::UnsupportedMediaType { got } => format!(
-                "Content-Type {} is not a packet format; send application/xml or application/json.",
-                got.as_deref().unwrap_or("(none)")
-            ),
-            PacketError::UnsupportedCharset { got } => format!(
-                "The packet is declared as charset={got}; packets are read as UTF-8 only: convert it to UTF-8 and send charset=utf-8 (or no charset)."
-            ),
-            PacketError::UnsupportedEncoding { got } => format!(
-                "The packet is sent with Content-Encoding {got}; send it unencoded (the gateway validates and forwards the packet as it is)."
-            ),
-            PacketError::AmbiguousContentType { count } => {
-                format!("The request carries {count} Content-Type headers; send exactly one.")
-            }
-            PacketError::Malformed { violations } => format!(
-                "The packet is not well-formed ({}); fix it and send it again. `errors` says where.",
-                violations.last().map_or("", |v| v.rule)
-            ),
-            PacketError::Invalid {
-                violations,
-                truncated,
-            } => format!(
-                "The packet breaks {}{} rule(s) of its schema or the domain rules; `errors` lists each with its path and line.",
-                violations.len(),
-                if *truncated { "+" } else { "" }
-            ),
-            PacketError::UnknownMessageType { got } => format!(
-                "`{got}` is not a message type; validate at {{this prefix}}/{{type}} with one of {}.",
-                lgsp_schema::MESSAGE_TYPES.join(", ")
-            ),
-            PacketError::OutsideJurisdiction {
-                agency,
-                unit,
-                patterns,
-                ..
-            } => format!(
-                "Agency {agency} may send packets only for units matching {patterns}; MaDonVi {unit} lies outside. Send it through the agency that manages {unit}, or ask the LGSP operator to extend `units`."
-            ),
-        }
-    }
-
-    fn errors(&self) -> &[Violation] {
-        match self {
-            PacketError::Malformed { violations } | PacketError::Invalid { violations, .. } => {
-                violations
-            }
-            PacketError::OutsideJurisdiction { violation, .. } => {
-                std::slice::from_ref(&**violation)
-            }
-            _ => &[],
-        }
-    }
-}
 
 /// Levels of a unit code (mã định danh điện tử, QĐ 20/2020/QĐ-TTg): `level4.level3.level2.level1`, e.g.
 /// `000.00.15.H26` is unit 15 (level 2) of H26 (level 1).
@@ -211,18 +102,6 @@ pub struct ValidationPolicy {
 
 /// The message type whose packets carry signatures.
 pub const APPROVAL: &str = "PheDuyetDuLieu";
-
-/// What validation learnt of a good packet, for the journal (a request extension).
-#[derive(Debug, Clone, Default)]
-pub struct PacketFacts {
-    /// A profile's SoCCCD.
-    pub subject: Option<String>,
-    /// A verified approval.
-    pub approval: Option<Arc<lgsp_sign::Approval>>,
-    /// Check the approval's profiles against those journalled before this time (Unix µs): the close of its
-    /// window, or now if earlier. `None`: not checked.
-    pub coverage_until_us: Option<i64>,
-}
 
 impl ValidationPolicy {
     pub fn new(
@@ -477,6 +356,7 @@ fn message_type(route: &Route, path: &str) -> Result<Option<&'static str>, BoxPr
         Some(t) => Ok(Some(t)),
         None if dry_run => Err(PacketError::UnknownMessageType {
             got: name.chars().take(64).collect(),
+            known: lgsp_schema::MESSAGE_TYPES,
         }
         .into()),
         None => Err(Internal(format!("route {} names no message type", route.name)).into()),
@@ -631,7 +511,7 @@ pub fn export_rules(hop: &HopContext, routes: &[lgsp_config::RouteConfig]) {
         };
         for t in types {
             let (signatures, coverage) = if t == APPROVAL {
-                (lgsp_sign::RULES, crate::coverage::RULES)
+                (lgsp_sign::RULES, lgsp_delivery::coverage::RULES)
             } else {
                 (&[][..], &[][..])
             };
@@ -652,8 +532,10 @@ pub fn export_rules(hop: &HopContext, routes: &[lgsp_config::RouteConfig]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
     use lgsp_config::KeyKind;
     use lgsp_metrics::Metrics;
+    use lgsp_problem::Problem;
     use tower::ServiceExt;
 
     const GOOD: &str =
@@ -680,7 +562,7 @@ mod tests {
                 .to_bytes();
             Ok::<_, BoxProblem>(Response::new(full(bytes)))
         });
-        let table = crate::route::RouteTable::new(&hop, &cfg.hops[0].routes);
+        let table = lgsp_hop::route::RouteTable::new(&hop, &cfg.hops[0].routes);
         let route = table.lookup("/lgsp/v1/HoSoCBCCVC").unwrap().clone();
         (
             ValidateLayer::new(policy, hop).layer(tower::util::BoxCloneSyncService::new(echo)),

@@ -105,14 +105,19 @@ impl BodyError {
     }
 }
 
-/// The [`BodyTimeout`](crate::BodyTimeout) at the root of `e`, if any (a forwarded body's timeout reaches the
+/// A request body that did not arrive whole within `body_read_timeout` of its head.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive whole within {after:?}")]
+pub struct BodyTimeout {
+    pub after: std::time::Duration,
+}
+
+/// The [`BodyTimeout`] at the root of `e`, if any (a forwarded body's timeout reaches the
 /// proxy wrapped in the client's errors).
-pub fn body_timeout<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a crate::BodyTimeout> {
+pub fn body_timeout<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimeout> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<crate::BodyTimeout>() {
+        if let Some(t) = err.downcast_ref::<BodyTimeout>() {
             return Some(t);
         }
         cur = err.source();

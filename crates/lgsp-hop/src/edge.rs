@@ -79,7 +79,7 @@ mod tests {
         };
         let resp = answer(&method, "lgsp", "id");
         assert_eq!(resp.headers()["allow"], "POST, PUT");
-        let packet = crate::validate::PacketError::Invalid {
+        let packet = crate::packet::PacketError::Invalid {
             violations: vec![lgsp_problem::Violation {
                 path: "/HoSoCBCCVC/HoVaTen".into(),
                 line: Some(5),

@@ -1,5 +1,5 @@
 //! Broker sources (`[[consumer]]`): one task per consumer reads its JetStream durable consumer or RabbitMQ queue and
-//! delivers each packet to its route's upstream through the hop's own [`Forward`](crate::forward::Forward) — mTLS as
+//! delivers each packet to its route's upstream through the hop's own [`Forward`](lgsp_upstream::forward::Forward) — mTLS as
 //! the hop, its hop headers, its timeout — journalled as a direct delivery of that hop under the message id the
 //! packet carries. The broker is acknowledged only once the upstream took the packet, or refused it for good and
 //! the packet went to the dead-letter target with the reason; anything else (the upstream out of reach, 5xx, the
@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
-use crate::body::full;
-use crate::headers::{self, HopPath, MessageId, TraceContext};
 use crate::judge::{Verdict, judge};
 use crate::outbox::{LiveTarget, backoff};
+use lgsp_hop::body::full;
+use lgsp_hop::headers::{self, HopPath, MessageId, TraceContext};
 
 /// `lgsp_consumer_packets_total{consumer,outcome}`, every outcome exported from 0.
 pub const OUTCOMES: [&str; 5] = [
@@ -158,7 +158,7 @@ impl Consumer {
             let slots = Arc::new(Semaphore::new(me.config.max_in_flight));
             loop {
                 let source = tokio::select! {
-                    _ = crate::listener::stopped(&mut shutdown) => return,
+                    _ = lgsp_hop::stopped(&mut shutdown) => return,
                     s = me.open() => s,
                 };
                 match source {
@@ -173,12 +173,12 @@ impl Consumer {
                                 }
                             }
                             let permit = tokio::select! {
-                                _ = crate::listener::stopped(&mut shutdown) => return,
+                                _ = lgsp_hop::stopped(&mut shutdown) => return,
                                 p = slots.clone().acquire_owned() => p,
                             };
                             let Ok(permit) = permit else { return };
                             let next = tokio::select! {
-                                _ = crate::listener::stopped(&mut shutdown) => return,
+                                _ = lgsp_hop::stopped(&mut shutdown) => return,
                                 n = tokio::time::timeout(LAG_EVERY, source.next()) => n,
                             };
                             match next {
@@ -207,7 +207,7 @@ impl Consumer {
                     }
                 }
                 tokio::select! {
-                    _ = crate::listener::stopped(&mut shutdown) => return,
+                    _ = lgsp_hop::stopped(&mut shutdown) => return,
                     _ = tokio::time::sleep(REOPEN) => {}
                 }
             }

@@ -25,9 +25,9 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use lgsp_journal::Status;
 use lgsp_problem::{BoxProblem, Class};
 
-use crate::body::{Body, full};
-use crate::forward::{ForwardError, UpstreamFailure};
-use crate::route::Route;
+use lgsp_hop::body::{Body, full};
+use lgsp_hop::route::Route;
+use lgsp_upstream::{ForwardError, UpstreamFailure};
 
 /// The most of an upstream's answer read (and kept as its receipt); a longer answer is passed on unread.
 pub const ANSWER_LIMIT: usize = lgsp_journal::MAX_RECEIPT_BYTES;
@@ -124,7 +124,7 @@ async fn read_answer(body: Body, within: Duration) -> Result<(Option<Bytes>, Bod
                 }
                 if kept.len() > ANSWER_LIMIT {
                     // Not a receipt: what was read, then the rest as it comes.
-                    return Ok((None, crate::body::prefixed(kept.freeze(), body)));
+                    return Ok((None, lgsp_hop::body::prefixed(kept.freeze(), body)));
                 }
             }
         }
@@ -262,17 +262,17 @@ pub fn replayed(m: &lgsp_journal::Message) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::RouteTable;
-    use crate::testing::Fixture;
+    use lgsp_hop::route::RouteTable;
+    use lgsp_hop::testing::Fixture;
     use std::sync::Arc;
 
     fn route() -> Arc<Route> {
         let fixture = Fixture::new();
         let cfg = fixture.config(&[]);
-        let hop = Arc::new(crate::hop::HopContext::new(
+        let hop = Arc::new(lgsp_hop::HopContext::new(
             "lgsp",
             &[],
-            crate::testing::metrics(),
+            lgsp_hop::testing::metrics(),
         ));
         RouteTable::new(&hop, &cfg.hops[0].routes)
             .lookup("/lgsp/v1/HoSoCBCCVC")
@@ -377,7 +377,7 @@ mod tests {
         .await;
         assert_eq!(long.receipt, None);
         assert!(long.detail.unwrap().contains("not kept"));
-        let passed = crate::body::read_body(long.answer.unwrap().into_body(), 1 << 20)
+        let passed = lgsp_hop::body::read_body(long.answer.unwrap().into_body(), 1 << 20)
             .await
             .unwrap();
         assert_eq!(passed.len(), ANSWER_LIMIT + 10, "passed on whole");
@@ -395,8 +395,8 @@ mod tests {
         let Err(p) = &refused.answer else {
             panic!("a problem")
         };
-        let edge = crate::edge::answer(&**p, "lgsp", "m-2");
-        let edge_body = crate::body::read_body(edge.into_body(), 1 << 20)
+        let edge = lgsp_hop::edge::answer(&**p, "lgsp", "m-2");
+        let edge_body = lgsp_hop::body::read_body(edge.into_body(), 1 << 20)
             .await
             .unwrap();
         assert_eq!(

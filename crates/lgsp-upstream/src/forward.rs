@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,121 +15,17 @@ use hyper_util::rt::TokioExecutor;
 use lgsp_auth::Caller;
 use lgsp_broker::ClientIdentity;
 use lgsp_config::{KeyKind, RouteConfig, UpstreamProtocol};
-use lgsp_problem::{BoxProblem, Class, Internal, Problem};
+use lgsp_problem::{BoxProblem, Internal};
 use prometheus::IntCounter;
 use tokio::sync::Semaphore;
 use tower::Service;
 
-use crate::body::{Body, boxed, full, holding, read_body};
-use crate::headers::{self, HopPath, MessageId, TraceContext};
-use crate::hop::HopContext;
+use crate::error::{ForwardError, UpstreamFailure};
 use crate::publish::Publisher;
-use crate::route::Route;
-
-/// How an upstream exchange failed (`kind` label of `lgsp_upstream_errors_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Connect,
-    Tls,
-    Timeout,
-    Protocol,
-}
-
-impl UpstreamFailure {
-    const ALL: [UpstreamFailure; 4] = [
-        UpstreamFailure::Connect,
-        UpstreamFailure::Tls,
-        UpstreamFailure::Timeout,
-        UpstreamFailure::Protocol,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Tls => "tls",
-            UpstreamFailure::Timeout => "timeout",
-            UpstreamFailure::Protocol => "protocol",
-        }
-    }
-}
-
-/// A request that could not be delivered.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("route {route} takes no trial traffic")]
-    TrialNotOffered { route: Arc<str> },
-    /// A look-up whose record does not name the caller's agency (or names none): answered as an unknown id.
-    #[error("look-up on route {route}: the record is not {agency}'s ({why})")]
-    NotOwner {
-        route: Arc<str>,
-        agency: Arc<str>,
-        why: &'static str,
-    },
-    /// The log names the upstream's address; the caller hears only the route's name.
-    #[error("route {route}: upstream {upstream} failed ({}): {message}", kind.as_str())]
-    Upstream {
-        route: Arc<str>,
-        upstream: String,
-        kind: UpstreamFailure,
-        message: String,
-    },
-}
-
-impl Problem for ForwardError {
-    fn status(&self) -> StatusCode {
-        match self {
-            ForwardError::TrialNotOffered { .. } => StatusCode::FORBIDDEN,
-            ForwardError::NotOwner { .. } => StatusCode::NOT_FOUND,
-            ForwardError::Upstream {
-                kind: UpstreamFailure::Timeout,
-                ..
-            } => StatusCode::GATEWAY_TIMEOUT,
-            ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            ForwardError::TrialNotOffered { .. } => "trial.not_offered",
-            ForwardError::NotOwner { .. } => "lookup.not_found",
-            ForwardError::Upstream { kind, .. } => match kind {
-                UpstreamFailure::Connect => "upstream.unreachable",
-                UpstreamFailure::Tls => "upstream.tls_failed",
-                UpstreamFailure::Timeout => "upstream.timeout",
-                UpstreamFailure::Protocol => "upstream.protocol_error",
-            },
-        }
-    }
-
-    fn class(&self) -> Class {
-        match self {
-            ForwardError::TrialNotOffered { .. } | ForwardError::NotOwner { .. } => Class::Client,
-            ForwardError::Upstream { .. } => Class::Upstream,
-        }
-    }
-
-    fn detail(&self) -> String {
-        match self {
-            ForwardError::TrialNotOffered { route } => format!(
-                "Route {route} takes no trial-mode traffic at this hop; send it with a production key once your agency is official, or ask the operator to set the route's `trial_upstream`."
-            ),
-            ForwardError::NotOwner { agency, .. } => format!(
-                "No record with this id is held for agency {agency}; check the id (look-ups answer only the agency the record belongs to)."
-            ),
-            ForwardError::Upstream {
-                route,
-                kind: UpstreamFailure::Timeout,
-                ..
-            } => format!(
-                "The upstream of route {route} did not answer within the route's timeout; resend later with the same Idempotency-Key (a resend under it is never delivered twice)."
-            ),
-            ForwardError::Upstream { route, kind, .. } => format!(
-                "The upstream of route {route} could not be reached ({}); resend later with the same Idempotency-Key (a resend under it is never delivered twice), and tell the LGSP operator if it persists.",
-                kind.as_str()
-            ),
-        }
-    }
-}
+use lgsp_hop::HopContext;
+use lgsp_hop::body::{Body, boxed, full, holding, read_body};
+use lgsp_hop::headers::{self, HopPath, MessageId, TraceContext};
+use lgsp_hop::route::Route;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -377,7 +273,7 @@ async fn signed(
     req: Request<Body>,
 ) -> Result<Request<Body>, BoxProblem> {
     let (mut parts, body) = req.into_parts();
-    let bytes = crate::body::read_body(body, route.config.max_body_bytes).await?;
+    let bytes = lgsp_hop::body::read_body(body, route.config.max_body_bytes).await?;
     let digest = lgsp_sign::http::content_digest(&bytes);
     let text = |name: &str| {
         parts
@@ -549,8 +445,8 @@ impl Service<Request<Body>> for Forward {
                 }
                 Ok(Err(e)) => {
                     // The client's body, not the upstream, failed: its own deadline passed mid-stream.
-                    if let Some(t) = crate::body::body_timeout(&e) {
-                        return Err(crate::body::BodyError::Timeout { after: t.after }.into());
+                    if let Some(t) = lgsp_hop::body::body_timeout(&e) {
+                        return Err(lgsp_hop::body::BodyError::Timeout { after: t.after }.into());
                     }
                     (classify(&e), error_chain(&e))
                 }
@@ -577,7 +473,9 @@ impl Service<Request<Body>> for Forward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::RouteTable;
+    use http::StatusCode;
+    use lgsp_hop::route::RouteTable;
+    use lgsp_problem::Class;
 
     fn table(routes: &[RouteConfig]) -> RouteTable {
         let hop = HopContext::new("lgsp", &[], lgsp_metrics::Metrics::new().unwrap());
@@ -718,7 +616,7 @@ mod tests {
     fn prepared_request(route: &Arc<Route>) -> Request<Body> {
         let mut req = Request::post("/lgsp/v1/HoSoCBCCVC")
             .header("connection", "close")
-            .body(crate::body::full("<x/>"))
+            .body(lgsp_hop::body::full("<x/>"))
             .unwrap();
         let e = req.extensions_mut();
         e.insert(route.clone());
@@ -736,7 +634,7 @@ mod tests {
     #[tokio::test]
     async fn an_upstream_that_is_down_is_a_counted_502_and_a_bare_request_an_internal_fault() {
         use tower::ServiceExt;
-        let fixture = crate::testing::Fixture::new();
+        let fixture = lgsp_hop::testing::Fixture::new();
         let cfg = fixture.config(&[]);
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -744,7 +642,7 @@ mod tests {
             .unwrap();
         let mut r = cfg.hops[0].routes[0].clone();
         r.upstream = target(&format!("localhost:{}", closed.port()), "");
-        let metrics = crate::testing::metrics();
+        let metrics = lgsp_hop::testing::metrics();
         let hop = Arc::new(HopContext::new("lgsp", &[], metrics.clone()));
         let client = upstream_client(
             lgsp_tls::client_config(&cfg.hops[0].upstream_tls).unwrap(),
@@ -783,7 +681,7 @@ mod tests {
                 .get(),
             1
         );
-        let bare = Request::new(crate::body::empty());
+        let bare = Request::new(lgsp_hop::body::empty());
         let e = forward.oneshot(bare).await.unwrap_err();
         assert_eq!((e.code(), e.class()), ("gateway.internal", Class::Gateway));
     }

@@ -21,12 +21,12 @@ use prometheus::IntCounter;
 use tokio::sync::{Notify, watch};
 use tower::Service;
 
-use crate::body::{Body, full};
-use crate::forward::Forward;
-use crate::headers::{HopPath, MessageId, TraceContext};
-use crate::hop::HopContext;
 use crate::judge::{Verdict, judge};
-use crate::route::{Route, RouteTable};
+use lgsp_hop::HopContext;
+use lgsp_hop::body::{Body, full};
+use lgsp_hop::headers::{HopPath, MessageId, TraceContext};
+use lgsp_hop::route::{Route, RouteTable};
+use lgsp_upstream::forward::Forward;
 
 /// The `outcome` label of `lgsp_deliveries_total`, every value exported from 0.
 pub const OUTCOMES: [&str; 5] = ["delivered", "rejected", "failed", "retried", "expired"];
@@ -121,7 +121,7 @@ fn rebuild(c: &Claimed, route: &Arc<Route>) -> Result<Request<Body>, String> {
         .as_deref()
         .and_then(|t| HeaderValue::from_str(t).ok())
     {
-        trace.insert(crate::headers::TRACEPARENT, v);
+        trace.insert(lgsp_hop::headers::TRACEPARENT, v);
     }
     let kind = if m.mode == "trial" {
         KeyKind::Trial
@@ -207,7 +207,7 @@ impl Outbox {
                     continue;
                 }
                 tokio::select! {
-                    _ = crate::listener::stopped(&mut shutdown) => return,
+                    _ = lgsp_hop::stopped(&mut shutdown) => return,
                     c = handoff.recv(), if free() > 0 => {
                         if let Some(c) = c {
                             self.start(&target, c);

@@ -10,10 +10,10 @@ use lgsp_broker::{Brokers, ClientIdentity, InboxPacket};
 use lgsp_config::KeyKind;
 use lgsp_problem::{BoxProblem, Class, Internal, Problem};
 
-use crate::body::{Body, full};
-use crate::forward::ForwardError;
-use crate::publish::BrokerFailed;
-use crate::route::Route;
+use crate::error::BrokerFailed;
+use crate::error::ForwardError;
+use lgsp_hop::body::{Body, full};
+use lgsp_hop::route::Route;
 
 /// Packets per page: the default and the most.
 pub const DEFAULT_LIMIT: usize = 20;

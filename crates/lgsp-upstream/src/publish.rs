@@ -8,63 +8,16 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use lgsp_broker::{Brokers, ClientIdentity, Confirmed, Publication, PublishError};
+use lgsp_broker::{Brokers, ClientIdentity, Confirmed, Publication};
 use lgsp_config::{Broker, RouteConfig, Upstream};
-use lgsp_problem::{BoxProblem, Class, Problem};
+use lgsp_problem::BoxProblem;
 use prometheus::{Histogram, IntCounter};
 
-use crate::body::{Body, full, read_body};
-use crate::headers;
-use crate::hop::HopContext;
-use crate::route::Route;
-
-/// A broker that did not take the packet.
-#[derive(Debug, thiserror::Error)]
-#[error("route {route}: broker {upstream} ({broker}): {error}")]
-pub struct BrokerFailed {
-    pub route: Arc<str>,
-    /// `host:port`, for the log; the caller hears the route's name.
-    pub upstream: String,
-    pub broker: &'static str,
-    pub error: PublishError,
-}
-
-impl Problem for BrokerFailed {
-    fn status(&self) -> StatusCode {
-        match self.error {
-            PublishError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self.error {
-            PublishError::Unreachable(..) => "broker.unreachable",
-            PublishError::Timeout(_) => "broker.timeout",
-            PublishError::Unroutable(_) => "broker.unroutable",
-            PublishError::Refused(_) => "broker.refused",
-        }
-    }
-
-    fn class(&self) -> Class {
-        Class::Upstream
-    }
-
-    fn detail(&self) -> String {
-        let route = &self.route;
-        let why = match &self.error {
-            PublishError::Unreachable(..) => "could not be reached",
-            PublishError::Timeout(_) => "did not confirm the packet within the route's timeout",
-            PublishError::Unroutable(_) => {
-                "took the packet but no queue is bound for it (the operator must bind one)"
-            }
-            PublishError::Refused(_) => "refused the packet (no stream or exchange takes it)",
-        };
-        format!(
-            "The message broker of route {route} {why}; nothing was delivered. Resend later with the same Idempotency-Key (a resend under it is never delivered twice), and tell the LGSP operator if it persists."
-        )
-    }
-}
+use crate::error::BrokerFailed;
+use lgsp_hop::HopContext;
+use lgsp_hop::body::{Body, full, read_body};
+use lgsp_hop::headers;
+use lgsp_hop::route::Route;
 
 /// `lgsp_broker_publish_total` and `lgsp_broker_confirm_seconds` of one route's broker target.
 struct TargetMetrics {
@@ -170,7 +123,7 @@ impl Publisher {
         // The body was read and checked by the layers before; it is bounded again here all the same.
         let body = tokio::time::timeout_at(deadline, read_body(body, route.config.max_body_bytes))
             .await
-            .map_err(|_| crate::body::BodyError::Timeout {
+            .map_err(|_| lgsp_hop::body::BodyError::Timeout {
                 after: route.config.timeout,
             })??;
         let text = |name: &str| {
@@ -278,41 +231,6 @@ fn accepted(message_id: &str, c: &Confirmed) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_failure_has_its_status_and_code() {
-        let failed = |error| BrokerFailed {
-            route: Arc::from("HoSoCBCCVC"),
-            upstream: "mq:5672".into(),
-            broker: "amqp",
-            error,
-        };
-        let cases = [
-            (
-                PublishError::Unreachable("mq:5672".into(), "refused".into()),
-                502,
-                "broker.unreachable",
-            ),
-            (
-                PublishError::Timeout(std::time::Duration::from_secs(1)),
-                504,
-                "broker.timeout",
-            ),
-            (
-                PublishError::Unroutable("x/k".into()),
-                502,
-                "broker.unroutable",
-            ),
-            (PublishError::Refused("nack".into()), 502, "broker.refused"),
-        ];
-        for (error, status, code) in cases {
-            let f = failed(error);
-            assert_eq!((f.status().as_u16(), f.code()), (status, code));
-            // The caller hears the route, never the broker's address.
-            assert!(!f.detail().contains("mq:5672"), "{}", f.detail());
-            assert!(f.detail().contains("Idempotency-Key"));
-        }
-    }
 
     #[tokio::test]
     async fn the_answer_names_the_message_and_what_the_broker_confirmed() {

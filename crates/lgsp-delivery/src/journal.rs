@@ -22,17 +22,29 @@ use prometheus::Histogram;
 use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
-use crate::body::{Body, full, read_body};
 use crate::coverage;
-use crate::forward::ForwardError;
-use crate::headers::{self, HopPath, KnownAs, MessageId, TraceContext};
-use crate::hop::HopContext;
 use crate::judge::{self, judge};
 use crate::messages;
 use crate::outbox::Deliveries;
-use crate::route::Route;
-use crate::step::{Next, Step, unnamed};
-use crate::validate::{PacketError, PacketFacts};
+use lgsp_hop::HopContext;
+use lgsp_hop::body::{Body, full, read_body};
+use lgsp_hop::headers::{self, HopPath, KnownAs, MessageId, TraceContext};
+use lgsp_hop::packet::PacketError;
+use lgsp_hop::route::Route;
+use lgsp_hop::step::{Next, Step, unnamed};
+use lgsp_upstream::ForwardError;
+
+/// What the validation layer learnt of a good packet, for this layer (a request extension it sets).
+#[derive(Debug, Clone, Default)]
+pub struct PacketFacts {
+    /// A profile's SoCCCD.
+    pub subject: Option<String>,
+    /// A verified approval.
+    pub approval: Option<Arc<lgsp_sign::Approval>>,
+    /// Check the approval's profiles against those journalled before this time (Unix µs): the close of its
+    /// window, or now if earlier. `None`: not checked.
+    pub coverage_until_us: Option<i64>,
+}
 
 /// The header agencies name a packet's idempotency key in (IETF httpapi `Idempotency-Key`).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -602,8 +614,8 @@ mod tests {
 
     use tower::ServiceExt;
 
-    use crate::route::RouteTable;
-    use crate::testing::{Fixture, metrics};
+    use lgsp_hop::route::RouteTable;
+    use lgsp_hop::testing::{Fixture, metrics};
 
     const H29: &str = "000.00.00.H29";
 

@@ -12,10 +12,10 @@ use lgsp_config::KeyKind;
 use lgsp_journal::Message;
 use tower::Service;
 
-use crate::body::empty;
-use crate::headers::{HopPath, MessageId, TraceContext};
 use crate::outbox::DeliveryTarget;
-use crate::route::Route;
+use lgsp_hop::body::empty;
+use lgsp_hop::headers::{HopPath, MessageId, TraceContext};
+use lgsp_hop::route::Route;
 
 /// Where a message stands at the far end.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use lgsp_auth::Caller;
 use lgsp_journal::{Journal, JournalError, Message, Query, Status};
 use lgsp_problem::{BoxProblem, Internal, Problem};
 
-use crate::body::{Body, full};
-use crate::hop::HopContext;
-use crate::route::Route;
+use lgsp_hop::HopContext;
+use lgsp_hop::body::{Body, full};
+use lgsp_hop::route::Route;
 
 /// Largest page of a listing; the default page.
 pub const MAX_LIMIT: u32 = 1000;
