@@ -8,7 +8,9 @@
 //! - **b** nginx: oha → nginx (mTLS both sides, access log) → emulator (`benches/nginx/nginx.conf`);
 //! - **c** gateway: oha → LGSP hop (API key, validation with domain rules, rate limits set high, journal) → emulator;
 //! - **d** chain: oha → LGSP hop → NDXP hop (same process) → emulator;
-//! - **e** queued: oha → LGSP hop, answered 202 once journalled; the outbox delivers to the emulator.
+//! - **e** queued: oha → LGSP hop, answered 202 once journalled; the outbox delivers to the emulator;
+//! - **j** unjournalled: as c, through a build of this tree whose packet routes forward without the journal
+//!   (`--features bench-without-journal`, built here into `target/without-journal`): what the journal costs.
 //!
 //! Over HTTP/1.1 keep-alive, HTTP/2, and a new TLS connection per request; the targets alternate within each round
 //! and the median of the rounds is reported. For each: requests/s (2xx answers only), p50/p99/p99.9, server CPU
@@ -49,8 +51,8 @@ pub struct Args {
     /// Idle connections per server and protocol (0: skip the idle-memory measurement).
     #[arg(long, default_value_t = 10_000)]
     pub idle: usize,
-    /// Targets to run, of a,b,c,d,e.
-    #[arg(long, default_value = "a,b,c,d,e")]
+    /// Targets to run, of a,b,c,d,e,j.
+    #[arg(long, default_value = "a,b,c,d,e,j")]
     pub targets: String,
     /// Protocols to run, of h1,h2,new.
     #[arg(long, default_value = "h1,h2,new")]
@@ -73,6 +75,10 @@ pub struct Args {
     /// measured against its baseline in one run.
     #[arg(long)]
     pub baseline_bin: Option<PathBuf>,
+    /// The build target j runs (default: this tree built with `--features bench-without-journal` into
+    /// `target/without-journal`, which leaves the bench's own build alone).
+    #[arg(long)]
+    pub without_journal_bin: Option<PathBuf>,
     /// Which target the baseline build plays as x: c (the direct route) or e (the queued one).
     #[arg(long, default_value_t = 'c')]
     pub baseline_target: char,
@@ -90,7 +96,7 @@ pub struct Target {
     path: &'static str,
 }
 
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     Target {
         key: 'a',
         name: "direct",
@@ -122,6 +128,12 @@ pub const TARGETS: [Target; 6] = [
         path: "/queued/v1/HoSoCBCCVC",
     },
     Target {
+        key: 'j',
+        name: "unjournalled",
+        what: "as c, through a build without the journal (`--features bench-without-journal`): what the journal costs",
+        path: "/lgsp/v1/HoSoCBCCVC",
+    },
+    Target {
         key: 'x',
         name: "baseline",
         what: "as c (or e, with --baseline-target e), through the build given with --baseline-bin",
@@ -141,8 +153,10 @@ pub struct Run {
     pub measured: Measured,
     pub cpu_ms_per_request: f64,
     pub peak_rss_mib: f64,
-    /// Queued target: seconds after the load ended until the outbox was empty.
+    /// Queued target: seconds after the load ended until the emulator held every packet accepted.
     pub drain_seconds: Option<f64>,
+    /// Queued target: the packets the outbox delivered while the load ran, over those accepted (1.0: it kept up).
+    pub delivered_while_loaded: Option<f64>,
 }
 
 /// A HoSoCBCCVC packet of about 4.8 KiB: the full sample with work history added, checked valid.
@@ -171,6 +185,38 @@ fn packet() -> Vec<u8> {
         verdict.violations.first()
     );
     out.into_bytes()
+}
+
+/// The build target j runs: `--without-journal-bin`, or this tree built with the feature `bench-without-journal`
+/// into a target directory of its own (the bench's own build, and `target/release`, are left alone).
+fn without_journal_bin(args: &Args, root: &Path) -> PathBuf {
+    if let Some(b) = &args.without_journal_bin {
+        return b.clone();
+    }
+    let dir = root.join("target/without-journal");
+    eprintln!(
+        "load: building the hop without the journal (target j) into {}",
+        dir.display()
+    );
+    let built = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "lgsp-gateway",
+            "--features",
+            "bench-without-journal",
+            "--target-dir",
+        ])
+        .arg(&dir)
+        .current_dir(root)
+        .status()
+        .expect("cargo");
+    assert!(
+        built.success(),
+        "the build without the journal failed (or give one with --without-journal-bin)"
+    );
+    dir.join("release/lgsp-gateway")
 }
 
 fn find_nginx() -> Option<PathBuf> {
@@ -231,6 +277,9 @@ fn medians(runs: &[Run]) -> Vec<Run> {
                 drain_seconds: first
                     .drain_seconds
                     .map(|_| m(&|r| r.drain_seconds.unwrap_or(f64::NAN))),
+                delivered_while_loaded: first
+                    .delivered_while_loaded
+                    .map(|_| m(&|r| r.delivered_while_loaded.unwrap_or(f64::NAN))),
             });
         }
     }
@@ -246,6 +295,7 @@ struct Bench<'a> {
     ticks: f64,
     ports: GatewayPorts,
     baseline_port: u16,
+    unjournalled_port: u16,
     nginx_port: u16,
 }
 
@@ -255,6 +305,7 @@ impl Bench<'_> {
             'a' => self.ports.emulator,
             'b' => self.nginx_port,
             'x' => self.baseline_port,
+            'j' => self.unjournalled_port,
             _ => self.ports.lgsp,
         };
         let headers = match t.key {
@@ -292,24 +343,39 @@ impl Bench<'_> {
         t.key == 'e' || (t.key == 'x' && self.args.baseline_target == 'e')
     }
 
-    fn run(&self, t: &Target, protocol: Protocol, server: &dyn Server, gateway: &Gateway) -> Run {
+    fn run(&self, t: &Target, protocol: Protocol, server: &dyn Server, emulator: &Gateway) -> Run {
+        // What the emulator holds, counted by its own metric: a queued run's deliveries, as they land.
+        let stored = || {
+            emulator.metric(
+                "lgsp_emulator_packets_total",
+                "message_type=\"HoSoCBCCVC\",result=\"accepted\"",
+            )
+        };
+        let stored0 = stored();
         server.reset_peak();
         let cpu0 = server.cpu_seconds(self.ticks);
         let measured = self
             .load(t, protocol, Duration::from_secs(self.args.duration))
             .run();
         let ended = Instant::now();
-        let drain_seconds = self.queued(t).then(|| {
+        let (drain_seconds, delivered_while_loaded) = if self.queued(t) {
+            let accepted = measured.ok as f64;
+            let at_end = stored() - stored0;
             let deadline = ended + Duration::from_secs(600);
-            while gateway.metric("lgsp_outbox_depth", "hop=\"lgsp\"") > 0.0 {
+            while stored() - stored0 < accepted {
                 assert!(
                     Instant::now() < deadline,
-                    "the outbox did not drain in 10 minutes"
+                    "the outbox did not deliver every accepted packet in 10 minutes"
                 );
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(20));
             }
-            ended.elapsed().as_secs_f64()
-        });
+            (
+                Some(ended.elapsed().as_secs_f64()),
+                Some(at_end / accepted.max(1.0)),
+            )
+        } else {
+            (None, None)
+        };
         let cpu = server.cpu_seconds(self.ticks) - cpu0;
         Run {
             target: t.key,
@@ -317,6 +383,7 @@ impl Bench<'_> {
             cpu_ms_per_request: cpu * 1000.0 / measured.ok.max(1) as f64,
             peak_rss_mib: server.peak_rss_kib() as f64 / 1024.0,
             drain_seconds,
+            delivered_while_loaded,
             measured,
         }
     }
@@ -364,6 +431,15 @@ fn main() {
         ndxp: servers::free_port(),
         emulator: ports.emulator,
     };
+    let unjournalled_ports = GatewayPorts {
+        lgsp: servers::free_port(),
+        ndxp: servers::free_port(),
+        emulator: ports.emulator,
+    };
+    let unjournalled_bin = targets
+        .iter()
+        .any(|t| t.key == 'j')
+        .then(|| without_journal_bin(&args, root));
     let journals = AtomicUsize::new(0);
     let start = |bin: &Path, ports: &GatewayPorts, name: &str| {
         let journal = work.path().join(format!(
@@ -439,6 +515,9 @@ fn main() {
         .baseline_bin
         .as_ref()
         .map(|b| start(b, &baseline_ports, "baseline"));
+    let unjournalled = unjournalled_bin
+        .as_ref()
+        .map(|b| start(b, &unjournalled_ports, "unjournalled"));
     let nginx = start_nginx();
     let bench = Bench {
         args: &args,
@@ -448,6 +527,7 @@ fn main() {
         ticks: procfs::clock_ticks(),
         ports,
         baseline_port: baseline_ports.lgsp,
+        unjournalled_port: unjournalled_ports.lgsp,
         nginx_port,
     };
     let server_of = |t: &Target| -> &dyn Server {
@@ -455,12 +535,7 @@ fn main() {
             'a' => &emulator,
             'b' => &nginx,
             'x' => baseline.as_ref().unwrap_or(&gateway),
-            _ => &gateway,
-        }
-    };
-    let gateway_of = |t: &Target| -> &Gateway {
-        match t.key {
-            'x' => baseline.as_ref().unwrap_or(&gateway),
+            'j' => unjournalled.as_ref().unwrap_or(&gateway),
             _ => &gateway,
         }
     };
@@ -474,7 +549,7 @@ fn main() {
         let t = TARGETS
             .iter()
             .find(|t| t.key == key)
-            .expect("--perf names a target of a,b,c,d,e");
+            .expect("--perf names a target of a,b,c,d,e,j");
         let p = *protocols.first().expect("a protocol");
         let pids: Vec<String> = server_of(t).pids().iter().map(u32::to_string).collect();
         let mut perf = std::process::Command::new("perf")
@@ -493,7 +568,7 @@ fn main() {
             .spawn()
             .expect("perf (apt-get install linux-perf)");
         std::thread::sleep(Duration::from_millis(500));
-        let r = bench.run(t, p, server_of(t), gateway_of(t));
+        let r = bench.run(t, p, server_of(t), &emulator);
         let _ = std::process::Command::new("kill")
             .args(["-INT", &perf.id().to_string()])
             .status();
@@ -512,7 +587,7 @@ fn main() {
     for round in 1..=args.rounds {
         for p in &protocols {
             for t in &targets {
-                let r = bench.run(t, *p, server_of(t), gateway_of(t));
+                let r = bench.run(t, *p, server_of(t), &emulator);
                 eprintln!(
                     "round {round} {} {}: {:.0} req/s, p99 {:.2} ms, {:.3} ms CPU/req, {} failed{}",
                     p.key(),
@@ -522,7 +597,11 @@ fn main() {
                     r.cpu_ms_per_request,
                     r.measured.failures.iter().map(|(_, n)| n).sum::<u64>(),
                     r.drain_seconds
-                        .map(|d| format!(", outbox drained {d:.1} s after"))
+                        .zip(r.delivered_while_loaded)
+                        .map(|(d, w)| format!(
+                            ", {:.1} % delivered while loaded, the rest {d:.2} s after",
+                            w * 100.0
+                        ))
                         .unwrap_or_default()
                 );
                 runs.push(r);

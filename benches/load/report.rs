@@ -152,7 +152,9 @@ impl Report<'_> {
                 Protocol::Http1 => String::new(),
                 other => format!(" ({})", other.label()),
             };
-            let lines: [RatioLine; 8] = [
+            let lines: [RatioLine; 10] = [
+                ("gateway/unjournalled", 'c', 'j', rps),
+                ("gateway/unjournalled CPU per request", 'c', 'j', cpu_of),
                 ("gateway/nginx", 'c', 'b', rps),
                 ("gateway/direct", 'c', 'a', rps),
                 ("chain/nginx", 'd', 'b', rps),
@@ -166,6 +168,9 @@ impl Report<'_> {
                 if let Some(r) = self.ratio(over, under, p, f) {
                     let _ = writeln!(s, "{name}{suffix} = {r:.2}");
                 }
+            }
+            if let Some(w) = self.get('e', p).and_then(|r| r.delivered_while_loaded) {
+                let _ = writeln!(s, "outbox delivered/accepted while loaded{suffix} = {w:.3}");
             }
         }
         let _ = writeln!(s, "```\n");
@@ -191,7 +196,13 @@ impl Report<'_> {
                     .collect();
                 let drain = r
                     .drain_seconds
-                    .map(|d| format!(" (outbox drained {d:.1} s after)"))
+                    .zip(r.delivered_while_loaded)
+                    .map(|(d, w)| {
+                        format!(
+                            " ({:.1} % delivered while loaded, the rest {d:.2} s after)",
+                            w * 100.0
+                        )
+                    })
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
@@ -240,7 +251,12 @@ impl Report<'_> {
 
         let _ = writeln!(s, "### Goals\n\n| goal | measured | |\n|---|---|---|");
         // Each goal: its ratio, the bound, and whether the ratio must reach the bound or stay under it.
-        let per_protocol: [(RatioLine, f64, bool); 5] = [
+        let per_protocol: [(RatioLine, f64, bool); 6] = [
+            (
+                ("(c) ≥ 0.85× the hop without the journal (j)", 'c', 'j', rps),
+                0.85,
+                true,
+            ),
             (("(c) ≥ 1.0× nginx's requests/s", 'c', 'b', rps), 1.0, true),
             (("(c) p99 ≤ 1.2× nginx's", 'c', 'b', p99), 1.2, false),
             (
@@ -249,7 +265,7 @@ impl Report<'_> {
                 false,
             ),
             (("(d) ≥ 0.6× nginx's requests/s", 'd', 'b', rps), 0.6, true),
-            (("(e) ≥ 0.8× (c)'s requests/s", 'e', 'c', rps), 0.8, true),
+            (("(e) ≥ 1.0× (c)'s requests/s", 'e', 'c', rps), 1.0, true),
         ];
         for p in [Protocol::Http1, Protocol::Http2] {
             for ((what, over, under, f), bound, at_least) in per_protocol {
@@ -262,6 +278,16 @@ impl Report<'_> {
                         if met { "met" } else { "not met" }
                     );
                 }
+            }
+            // The outbox keeps up when what it delivered while the load ran is what was accepted, but for the
+            // packets still on their way when the load stopped (at most its workers' worth).
+            if let Some(w) = self.get('e', p).and_then(|r| r.delivered_while_loaded) {
+                let _ = writeln!(
+                    s,
+                    "| (e) the outbox drains as fast as the hop accepts: delivered/accepted while loaded ≥ 0.99, {} | {w:.3} | {} |",
+                    p.label(),
+                    if w >= 0.99 { "met" } else { "not met" }
+                );
             }
         }
         let mut goal = |what: String, value: Option<f64>, met: fn(f64) -> bool, unit: &str| {

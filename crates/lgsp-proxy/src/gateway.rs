@@ -119,6 +119,19 @@ fn export_expiry(metrics: &Metrics, p: &Prepared) {
     }
 }
 
+/// The journal the hop stacks journal packets in. A build with the feature `bench-without-journal` (the load
+/// harness's target j, and nothing else) gives them none, so its packet routes forward unjournalled: the same hop
+/// without the journal's cost, measured beside the real one in the same run.
+fn for_the_stack(journal: &Journal) -> Option<Journal> {
+    if cfg!(feature = "bench-without-journal") {
+        tracing::warn!(
+            "this build journals nothing (feature bench-without-journal): for the load harness only, never for service"
+        );
+        return None;
+    }
+    Some(journal.clone())
+}
+
 /// The journal's settings from a config: where it lives, how long it keeps what, this process's chain, what each
 /// agency may hold undelivered, the disk's floor.
 pub fn journal_settings(cfg: &Config) -> lgsp_journal::Settings {
@@ -350,7 +363,7 @@ impl Reloader {
             &cfg,
             &self.inner.metrics,
             keep,
-            Some(self.inner.journal.clone()),
+            for_the_stack(&self.inner.journal),
         )
         .map_err(|e| e.to_string())?;
         export_expiry(&self.inner.metrics, &prepared);
@@ -431,7 +444,7 @@ impl Gateway {
         let journal = Journal::open(journal_settings(cfg))
             .await
             .map_err(|e| StartError::Journal(e.to_string()))?;
-        let prepared = prepare(cfg, &metrics, None, Some(journal.clone()))?;
+        let prepared = prepare(cfg, &metrics, None, for_the_stack(&journal))?;
         export_expiry(&metrics, &prepared);
         let admin_access: lgsp_metrics::LiveAccess =
             Arc::new(ArcSwap::from_pointee(prepared.admin.clone()));
