@@ -503,7 +503,19 @@ fn idle_and_stalled_connections_are_bounded_and_spare_other_agencies() {
     ];
     // H29 takes its whole share with connections that say nothing, and a host at 127.0.0.2 stalls two
     // connections before TLS.
-    let mut quiet: Vec<Idle> = (0..3).map(|_| t.idle_tls(AGENCY_OK)).collect();
+    // Each is opened once the hop has finished the one before: a client's handshake ends before the hop's
+    // (it still reads the client's Finished), and the hop's per-address handshake bound counts until then.
+    let open = "lgsp_connections_open{hop=\"lgsp\"}";
+    let mut quiet: Vec<Idle> = Vec::new();
+    for n in 1..=3 {
+        quiet.push(t.idle_tls(AGENCY_OK));
+        let mut waited = 0;
+        while t.metric(open) < f64::from(n) && waited < 200 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            waited += 1;
+        }
+        assert!(t.metric(open) >= f64::from(n), "the hop never opened connection {n}");
+    }
     let mut stalled: Vec<std::net::TcpStream> = (0..2).map(|_| t.idle_tcp("127.0.0.2")).collect();
     // H29's next connection is answered and closed; that host's next one is closed before TLS.
     let (status, doc) = t.curl("/HoSoCBCCVC", &post);
