@@ -514,7 +514,10 @@ fn idle_and_stalled_connections_are_bounded_and_spare_other_agencies() {
             std::thread::sleep(std::time::Duration::from_millis(20));
             waited += 1;
         }
-        assert!(t.metric(open) >= f64::from(n), "the hop never opened connection {n}");
+        assert!(
+            t.metric(open) >= f64::from(n),
+            "the hop never opened connection {n}"
+        );
     }
     let mut stalled: Vec<std::net::TcpStream> = (0..2).map(|_| t.idle_tcp("127.0.0.2")).collect();
     // H29's next connection is answered and closed; that host's next one is closed before TLS.

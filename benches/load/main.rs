@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use lgsp_testkit::TestPki;
+use sha2::{Digest, Sha256};
 
 use oha::{Load, Measured, Protocol};
 use servers::{Gateway, GatewayPorts, Nginx, Server};
@@ -188,35 +189,38 @@ fn packet() -> Vec<u8> {
 }
 
 /// The build target j runs: `--without-journal-bin`, or this tree built with the feature `bench-without-journal`
-/// into a target directory of its own (the bench's own build, and `target/release`, are left alone).
-fn without_journal_bin(args: &Args, root: &Path) -> PathBuf {
+/// in the bench's own target directory (only the crates the feature changes are compiled), copied to
+/// `target/without-journal/lgsp-gateway`; then `target/release/lgsp-gateway` is built back as it was. `bin`, the
+/// gateway this bench measures, is a copy taken before.
+fn without_journal_bin(args: &Args, root: &Path, bin: &Path) -> PathBuf {
     if let Some(b) = &args.without_journal_bin {
         return b.clone();
     }
+    let cargo = |features: &[&str]| {
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--release", "--bin", "lgsp-gateway"])
+            .args(features)
+            .current_dir(root)
+            .status()
+            .expect("cargo");
+        assert!(
+            built.success(),
+            "the build {features:?} failed (or give one with --without-journal-bin)"
+        );
+    };
+    eprintln!("load: building the hop without the journal (target j)");
+    cargo(&["--features", "bench-without-journal"]);
     let dir = root.join("target/without-journal");
-    eprintln!(
-        "load: building the hop without the journal (target j) into {}",
-        dir.display()
-    );
-    let built = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "lgsp-gateway",
-            "--features",
-            "bench-without-journal",
-            "--target-dir",
-        ])
-        .arg(&dir)
-        .current_dir(root)
-        .status()
-        .expect("cargo");
+    std::fs::create_dir_all(&dir).expect("target/without-journal");
+    let out = dir.join("lgsp-gateway");
+    std::fs::copy(root.join("target/release/lgsp-gateway"), &out).expect("copy of the build");
+    cargo(&[]);
+    let digest = |p: &Path| Sha256::digest(std::fs::read(p).expect("the gateway binary"));
     assert!(
-        built.success(),
-        "the build without the journal failed (or give one with --without-journal-bin)"
+        digest(&out) != digest(bin),
+        "target j's build is the journalled gateway"
     );
-    dir.join("release/lgsp-gateway")
+    out
 }
 
 fn find_nginx() -> Option<PathBuf> {
@@ -399,7 +403,6 @@ fn main() {
         eprintln!("load: nginx is not installed: apt-get install nginx");
         std::process::exit(2);
     };
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lgsp-gateway"));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let template = std::fs::read_to_string(root.join("benches/nginx/nginx.conf"))
         .expect("benches/nginx/nginx.conf");
@@ -418,6 +421,9 @@ fn main() {
 
     let pki = TestPki::new();
     let work = tempfile::tempdir().expect("work dir");
+    // A copy of the gateway cargo built for this bench: building target j replaces target/release's for a while.
+    let bin = work.path().join("lgsp-gateway");
+    std::fs::copy(env!("CARGO_BIN_EXE_lgsp-gateway"), &bin).expect("copy of the gateway");
     let body = work.path().join("HoSoCBCCVC-4.8KiB.xml");
     std::fs::write(&body, packet()).expect("packet file");
     let ports = GatewayPorts {
@@ -439,7 +445,7 @@ fn main() {
     let unjournalled_bin = targets
         .iter()
         .any(|t| t.key == 'j')
-        .then(|| without_journal_bin(&args, root));
+        .then(|| without_journal_bin(&args, root, &bin));
     let journals = AtomicUsize::new(0);
     let start = |bin: &Path, ports: &GatewayPorts, name: &str| {
         let journal = work.path().join(format!(

@@ -201,6 +201,10 @@ pub(crate) trait Store: Sized {
     /// Runs one statement and returns its rows (those of `RETURNING` too).
     async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<Self::Row>, DbError>;
 
+    /// Runs one statement without rows and returns how many rows it changed. SQLite makes a temporary table of a
+    /// statement's `RETURNING` rows, opened and closed each time: its writer asks this and reads what it needs.
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, DbError>;
+
     /// Moves `chain`'s head to `(seq, hash)`, notes the writer alive, and commits.
     async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError>;
 
@@ -216,6 +220,24 @@ fn head_of<R: Columns>(rows: &[R]) -> Result<(i64, String), DbError> {
         .first()
         .ok_or_else(|| DbError("the journal has no head row for this writer's chain".into()))?;
     Ok((row.int(0)?, row.text(1)?))
+}
+
+/// `sql` with `params` bound, for sqlx.
+fn any_query(
+    sql: &str,
+    params: Vec<Param>,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    for p in params {
+        q = match p {
+            Param::Int(v) => q.bind(v),
+            Param::Text(v) => q.bind(v),
+            Param::Blob(v) => q.bind(v),
+            Param::Bytes(v) => q.bind(v.map(|b| b.to_vec())),
+            Param::Bool(v) => q.bind(v),
+        };
+    }
+    q
 }
 
 impl Store for AnyConnection {
@@ -242,17 +264,14 @@ impl Store for AnyConnection {
     }
 
     async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<AnyRow>, DbError> {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-        for p in params {
-            q = match p {
-                Param::Int(v) => q.bind(v),
-                Param::Text(v) => q.bind(v),
-                Param::Blob(v) => q.bind(v),
-                Param::Bytes(v) => q.bind(v.map(|b| b.to_vec())),
-                Param::Bool(v) => q.bind(v),
-            };
-        }
-        Ok(q.fetch_all(&mut *self).await?)
+        Ok(any_query(sql, params).fetch_all(&mut *self).await?)
+    }
+
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, DbError> {
+        Ok(any_query(sql, params)
+            .execute(&mut *self)
+            .await?
+            .rows_affected())
     }
 
     /// One round trip: the head's move and `COMMIT` together.
@@ -305,7 +324,7 @@ impl Store for rusqlite::Connection {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.pragma_update(None, "cache_size", -4096)?;
         // Checkpoints are the checkpointer's (`checkpointer`): copying the WAL into the file is off the writer's
         // core.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -334,6 +353,12 @@ impl Store for rusqlite::Connection {
             out.push(values);
         }
         Ok(out)
+    }
+
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, DbError> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let changed = stmt.execute(rusqlite::params_from_iter(params.iter()))?;
+        Ok(changed as u64)
     }
 
     async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError> {

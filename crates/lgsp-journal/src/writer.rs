@@ -832,6 +832,17 @@ impl Batch<'_> {
         let mut inserted: HashSet<usize> = HashSet::new();
         let mut start = 0;
         for chunk in shaped(&all, self.config.dialect) {
+            if self.config.dialect == Dialect::Sqlite {
+                // One row a statement: inserted when it changed a row.
+                let changed = conn
+                    .execute(SQLITE_MESSAGE_SQL, message_params(chunk, self.at))
+                    .await?;
+                if changed > 0 {
+                    inserted.insert(start);
+                }
+                start += chunk.len();
+                continue;
+            }
             let rows = conn
                 .fetch(messages_sql(chunk.len()), message_params(chunk, self.at))
                 .await?;
@@ -1216,11 +1227,33 @@ impl Batch<'_> {
             run.iter().filter(|(_, o)| o.owner.is_some()).collect();
         let mut released: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
         for chunk in shaped(&owned, self.config.dialect) {
-            let sql = format!(
-                "DELETE FROM outbox WHERE (hop, message_id, lease_owner) IN (VALUES {})
-                 RETURNING hop, message_id, agency, bytes, attempts",
-                values_from(chunk.len(), 3, 1)
-            );
+            if let ([(_, o)], Dialect::Sqlite) = (chunk, self.config.dialect) {
+                let key = [
+                    Param::from(o.hop.clone()),
+                    o.message_id.clone().into(),
+                    o.owner.clone().into(),
+                ];
+                let rows = conn
+                    .fetch(
+                        "SELECT agency, bytes, attempts FROM outbox
+                         WHERE hop = $1 AND message_id = $2 AND lease_owner = $3",
+                        key.to_vec(),
+                    )
+                    .await?;
+                if let Some(row) = rows.first() {
+                    conn.execute(
+                        "DELETE FROM outbox WHERE hop = $1 AND message_id = $2 AND lease_owner = $3",
+                        key.to_vec(),
+                    )
+                    .await?;
+                    released.insert(
+                        (o.hop.clone(), o.message_id.clone()),
+                        (row.text(0)?, row.int(1)?, row.int(2)?),
+                    );
+                }
+                continue;
+            }
+            let sql = release_sql(chunk.len());
             let mut params = Vec::with_capacity(chunk.len() * 3);
             for (_, o) in chunk {
                 params.extend([
@@ -1229,7 +1262,7 @@ impl Batch<'_> {
                     o.owner.clone().into(),
                 ]);
             }
-            for row in conn.fetch(&sql, params).await? {
+            for row in conn.fetch(sql, params).await? {
                 released.insert(
                     (row.text(0)?, row.text(1)?),
                     (row.text(2)?, row.int(3)?, row.int(4)?),
@@ -1241,15 +1274,12 @@ impl Batch<'_> {
             run.iter().filter(|(_, o)| o.owner.is_none()).collect();
         let mut leased: HashSet<(String, String)> = HashSet::new();
         for chunk in shaped(&unowned, self.config.dialect) {
-            let sql = format!(
-                "SELECT hop, message_id FROM outbox WHERE (hop, message_id) IN (VALUES {})",
-                values_from(chunk.len(), 2, 1)
-            );
+            let sql = leased_sql(chunk.len());
             let mut params = Vec::with_capacity(chunk.len() * 2);
             for (_, o) in chunk {
                 params.extend([Param::from(o.hop.clone()), o.message_id.clone().into()]);
             }
-            for row in conn.fetch(&sql, params).await? {
+            for row in conn.fetch(sql, params).await? {
                 leased.insert((row.text(0)?, row.text(1)?));
             }
         }
@@ -1265,20 +1295,8 @@ impl Batch<'_> {
             .collect();
         let mut written: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
         for chunk in shaped(&settled, self.config.dialect) {
-            // VALUES columns are column1… in both SQLite and PostgreSQL.
-            let sql = format!(
-                "UPDATE messages SET status = v.column3, upstream_status = v.column4, receipt = v.column5,
-                     answer_type = v.column6, detail = v.column7,
-                     attempts = CASE WHEN v.column8 >= 0 THEN v.column8 ELSE messages.attempts + 1 END,
-                     updated_us = {greatest}(messages.updated_us + 1, $1)
-                 FROM (VALUES {}) AS v
-                 WHERE messages.hop = v.column1 AND messages.message_id = v.column2
-                     AND messages.status IN ('in_progress', 'queued')
-                 RETURNING messages.hop, messages.message_id, messages.agency, messages.updated_us,
-                     messages.attempts",
-                values_from(chunk.len(), 8, 2),
-                greatest = greatest(self.config.dialect)
-            );
+            let sql = outcome_sql(self.config.dialect, chunk.len());
+            let sqlite = self.config.dialect == Dialect::Sqlite;
             let mut params: Vec<Param> = Vec::with_capacity(1 + chunk.len() * 8);
             params.push(self.at.into());
             for (_, o) in chunk {
@@ -1296,7 +1314,25 @@ impl Batch<'_> {
                     attempts.into(),
                 ]);
             }
-            for row in conn.fetch(&sql, params).await? {
+            if let ([(_, o)], true) = (chunk, sqlite) {
+                if conn.execute(sql, params).await? > 0 {
+                    let rows = conn
+                        .fetch(
+                            "SELECT agency, updated_us, attempts FROM messages
+                             WHERE hop = $1 AND message_id = $2",
+                            vec![Param::from(o.hop.clone()), o.message_id.clone().into()],
+                        )
+                        .await?;
+                    if let Some(row) = rows.first() {
+                        written.insert(
+                            (o.hop.clone(), o.message_id.clone()),
+                            (row.text(0)?, row.int(1)?, row.int(2)?),
+                        );
+                    }
+                }
+                continue;
+            }
+            for row in conn.fetch(sql, params).await? {
                 written.insert(
                     (row.text(0)?, row.text(1)?),
                     (row.text(2)?, row.int(3)?, row.int(4)?),
@@ -1755,6 +1791,12 @@ shapes!(records_sql, |rows| format!(
     values_from(rows, 10, 1)
 ));
 
+/// [`messages_sql`] of one row on SQLite, whose writer asks whether it changed a row (see `Store::execute`).
+const SQLITE_MESSAGE_SQL: &str =
+    "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
+         body_size, delivery, request, status, accepted_us, updated_us, attempts, subject, approval, hop_signature)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING";
+
 shapes!(messages_sql, |rows| {
     format!(
     "INSERT INTO messages (hop, message_id, agency, route, message_type, mode, idempotency_key, body_sha256,
@@ -1763,6 +1805,74 @@ shapes!(messages_sql, |rows| {
     values_from(rows, 18, 1)
 )
 });
+
+// The statements of outcomes. One row is written as plain equalities: a `VALUES` list of one row would still be
+// made a temporary table by SQLite, opened and closed for each outcome (a quarter of the writer's time under load).
+shapes!(release_sql, |rows| if rows == 1 {
+    "DELETE FROM outbox WHERE hop = $1 AND message_id = $2 AND lease_owner = $3
+     RETURNING hop, message_id, agency, bytes, attempts"
+        .to_owned()
+} else {
+    format!(
+        "DELETE FROM outbox WHERE (hop, message_id, lease_owner) IN (VALUES {})
+         RETURNING hop, message_id, agency, bytes, attempts",
+        values_from(rows, 3, 1)
+    )
+});
+
+shapes!(leased_sql, |rows| if rows == 1 {
+    "SELECT hop, message_id FROM outbox WHERE hop = $1 AND message_id = $2".to_owned()
+} else {
+    format!(
+        "SELECT hop, message_id FROM outbox WHERE (hop, message_id) IN (VALUES {})",
+        values_from(rows, 2, 1)
+    )
+});
+
+/// An outcome's message row: its values after `$1` (the batch's time) in the order of [`Batch::finish_run`].
+fn outcome_sql(dialect: Dialect, rows: usize) -> &'static str {
+    fn make(dialect: Dialect, rows: usize) -> String {
+        let greatest = greatest(dialect);
+        if rows == 1 {
+            // Out of order: SQLite binds `?N` to value N (a `$N` it would number by first appearance).
+            let sql = format!(
+                "UPDATE messages SET status = $4, upstream_status = $5, receipt = $6, answer_type = $7,
+                     detail = $8, attempts = CASE WHEN $9 >= 0 THEN $9 ELSE attempts + 1 END,
+                     updated_us = {greatest}(updated_us + 1, $1)
+                 WHERE hop = $2 AND message_id = $3 AND status IN ('in_progress', 'queued')"
+            );
+            // SQLite's writer reads the row after (see `Store::execute`).
+            return match dialect {
+                Dialect::Sqlite => sql.replace('$', "?"),
+                Dialect::Postgres => {
+                    format!("{sql} RETURNING hop, message_id, agency, updated_us, attempts")
+                }
+            };
+        }
+        // VALUES columns are column1… in both SQLite and PostgreSQL.
+        format!(
+            "UPDATE messages SET status = v.column3, upstream_status = v.column4, receipt = v.column5,
+                 answer_type = v.column6, detail = v.column7,
+                 attempts = CASE WHEN v.column8 >= 0 THEN v.column8 ELSE messages.attempts + 1 END,
+                 updated_us = {greatest}(messages.updated_us + 1, $1)
+             FROM (VALUES {}) AS v
+             WHERE messages.hop = v.column1 AND messages.message_id = v.column2
+                 AND messages.status IN ('in_progress', 'queued')
+             RETURNING messages.hop, messages.message_id, messages.agency, messages.updated_us,
+                 messages.attempts",
+            values_from(rows, 8, 2)
+        )
+    }
+    static SQLITE: std::sync::OnceLock<[String; 5]> = std::sync::OnceLock::new();
+    static POSTGRES: std::sync::OnceLock<[String; 5]> = std::sync::OnceLock::new();
+    let shapes = match dialect {
+        Dialect::Sqlite => SQLITE.get_or_init(|| [1, 2, 4, 8, 16].map(|r| make(dialect, r))),
+        Dialect::Postgres => POSTGRES.get_or_init(|| [1, 2, 4, 8, 16].map(|r| make(dialect, r))),
+    };
+    shapes
+        .get(rows.trailing_zeros() as usize)
+        .map_or("", String::as_str)
+}
 
 /// A body already there is kept, its time moved to now: a sweep (of any replica) that meets it waits for this
 /// transaction (the row is locked) and then finds it too young to go.
