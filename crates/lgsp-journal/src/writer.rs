@@ -244,17 +244,26 @@ async fn run<S: Store>(
     // After the last handle is gone, outcomes still unwritten get this many more tries (the next start takes their
     // deliveries up again, and the next hop knows their message ids).
     let mut tries_left = 10u32;
+    // Outcomes nobody waits for, held back a little for the next batch that has to commit anyway (see
+    // [`OUTCOMES_WAIT`]), and since when.
+    let mut deferred: Vec<Job> = Vec::new();
+    let mut deferred_since: Option<Instant> = None;
     loop {
         let closed = rx.is_closed() && rx.is_empty();
-        if closed && (w.pending.is_empty() || tries_left == 0) {
+        if closed && deferred.is_empty() && (w.pending.is_empty() || tries_left == 0) {
             break;
         }
         let first = if closed {
-            tries_left -= 1;
-            tokio::time::sleep(PENDING_RETRY).await;
+            if deferred.is_empty() {
+                tries_left -= 1;
+                tokio::time::sleep(PENDING_RETRY).await;
+            }
             None
         } else if w.pending.is_empty() {
-            match tokio::time::timeout(HOUSEKEEPING_EVERY, rx.recv()).await {
+            let wait = deferred_since.map_or(HOUSEKEEPING_EVERY, |t| {
+                OUTCOMES_WAIT.saturating_sub(t.elapsed())
+            });
+            match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Some(j)) => Some(j),
                 Ok(None) => continue,
                 Err(_) => None,
@@ -275,8 +284,20 @@ async fn run<S: Store>(
                 .collect();
             w.write(kept).await;
         }
-        let mut jobs: Vec<Job> = first.into_iter().collect();
+        let mut jobs: Vec<Job> = std::mem::take(&mut deferred);
+        jobs.extend(first);
         gather(&mut rx, &mut jobs, w.last_batch);
+        if !closed
+            && !jobs.is_empty()
+            && jobs.len() < MAX_BATCH
+            && jobs.iter().all(|j| matches!(j, Job::Finish(_, None)))
+            && deferred_since.is_none_or(|t| t.elapsed() < OUTCOMES_WAIT)
+        {
+            deferred_since.get_or_insert_with(Instant::now);
+            deferred = jobs;
+            continue;
+        }
+        deferred_since = None;
         if jobs.is_empty() {
         } else if jobs.iter().all(|j| matches!(j, Job::Flush(_))) {
             for job in jobs {
@@ -334,6 +355,12 @@ fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, last_batch: usize) 
         drain(rx, jobs);
     }
 }
+
+/// How long outcomes nobody waits for (a direct delivery's, answered already) are held for a batch that commits
+/// anyway: alone they would make a commit (and its fsync) of their own between every two batches of acceptances
+/// (measured under direct load: 3.7 packets a commit). Holding them changes nothing a crash could show: until it is
+/// written, an outcome's delivery stays leased to this process, and the next start takes it up again.
+const OUTCOMES_WAIT: Duration = Duration::from_millis(2);
 
 /// The most a batch waits for jobs to gather (see [`gather`]).
 const GATHER: Duration = Duration::from_micros(200);
