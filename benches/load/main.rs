@@ -194,7 +194,8 @@ fn packet() -> Vec<u8> {
 /// gateway this bench measures, is a copy taken before.
 fn without_journal_bin(args: &Args, root: &Path, bin: &Path) -> PathBuf {
     if let Some(b) = &args.without_journal_bin {
-        return b.clone();
+        // The gateways run in a work directory of their own: a relative path is made absolute here.
+        return std::path::absolute(b).expect("--without-journal-bin");
     }
     let cargo = |features: &[&str]| {
         let built = std::process::Command::new(env!("CARGO"))
@@ -520,7 +521,8 @@ fn main() {
     let baseline = args
         .baseline_bin
         .as_ref()
-        .map(|b| start(b, &baseline_ports, "baseline"));
+        .map(|b| std::path::absolute(b).expect("--baseline-bin"))
+        .map(|b| start(&b, &baseline_ports, "baseline"));
     let unjournalled = unjournalled_bin
         .as_ref()
         .map(|b| start(b, &unjournalled_ports, "unjournalled"));
