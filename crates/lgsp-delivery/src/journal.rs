@@ -771,7 +771,8 @@ mod tests {
             (m.status, m.upstream_status, m.idempotency_key.as_deref()),
             (Status::Delivered, Some(200), Some("k-1"))
         );
-        // accepted + outcome for each of the three messages.
+        // accepted + outcome for each of the three messages (the last outcome was handed over unwaited).
+        b.journal.flush().await.unwrap();
         assert_eq!(b.journal.verify().await.unwrap().records, 6);
     }
 
