@@ -269,10 +269,10 @@ async fn run<S: Store>(
                 Err(_) => None,
             }
         } else {
-            tokio::time::timeout(PENDING_RETRY, rx.recv())
-                .await
-                .ok()
-                .flatten()
+            let wait = deferred_since.map_or(PENDING_RETRY, |t| {
+                PENDING_RETRY.min(OUTCOMES_WAIT.saturating_sub(t.elapsed()))
+            });
+            tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
         };
         // Outcomes kept from a failed batch go in a batch of their own: one the store refuses (whatever it holds)
         // holds up no acceptance.
@@ -776,11 +776,12 @@ fn again_allowed(m: &Message, a: &Accepted) -> bool {
         && m.idempotency_key == a.idempotency_key
 }
 
-/// Whether the agency may hold `more` on top of what it holds and what this batch added.
+/// Whether the agency may hold `more` on top of what it holds, what this batch added and less what this batch's
+/// outcomes released (they are written before its acceptances, in the same transaction).
 fn quota_allows(
     quotas: &Quotas,
     held: &HashMap<String, Held>,
-    added: &HashMap<String, Held>,
+    (added, removed): (&HashMap<String, Held>, &HashMap<String, Held>),
     agency: &str,
     more: Held,
 ) -> Result<(), JournalError> {
@@ -788,6 +789,9 @@ fn quota_allows(
     let mut now = held.get(agency).copied().unwrap_or_default();
     if let Some(a) = added.get(agency) {
         now.add(*a);
+    }
+    if let Some(r) = removed.get(agency) {
+        now.sub(*r);
     }
     if now.fits(more, quota) {
         Ok(())
@@ -848,7 +852,14 @@ impl Batch<'_> {
                 packets: 1,
                 bytes: body.len() as u64,
             };
-            let ok = quota_allows(self.quotas, self.held, &budget, &a.agency, more).is_ok();
+            let ok = quota_allows(
+                self.quotas,
+                self.held,
+                (&budget, &self.effects.removed),
+                &a.agency,
+                more,
+            )
+            .is_ok();
             if ok {
                 budget.entry(a.agency.clone()).or_default().add(more);
             }
@@ -910,7 +921,13 @@ impl Batch<'_> {
             packets: 1,
             bytes: body.len() as u64,
         };
-        quota_allows(self.quotas, self.held, &self.effects.added, &a.agency, more)
+        quota_allows(
+            self.quotas,
+            self.held,
+            (&self.effects.added, &self.effects.removed),
+            &a.agency,
+            more,
+        )
     }
 
     /// A new message inserted: its acceptance record, and its delivery held.
@@ -2065,15 +2082,19 @@ mod tests {
             packets: 1,
             bytes: b,
         };
-        assert!(quota_allows(&quotas, &held, &HashMap::new(), "a", one(60)).is_ok());
-        assert!(quota_allows(&quotas, &held, &HashMap::new(), "a", one(61)).is_err());
+        let none = HashMap::new();
+        assert!(quota_allows(&quotas, &held, (&none, &none), "a", one(60)).is_ok());
+        assert!(quota_allows(&quotas, &held, (&none, &none), "a", one(61)).is_err());
         let added = HashMap::from([("a".to_owned(), one(1))]);
-        match quota_allows(&quotas, &held, &added, "a", one(1)) {
+        match quota_allows(&quotas, &held, (&added, &none), "a", one(1)) {
             Err(JournalError::OverQuota { held, quota, .. }) => {
                 assert_eq!((held.packets, quota.packets), (2, 2))
             }
             other => panic!("{other:?}"),
         }
-        assert!(quota_allows(&quotas, &held, &added, "big", one(900)).is_ok());
+        assert!(quota_allows(&quotas, &held, (&added, &none), "big", one(900)).is_ok());
+        // An outcome earlier in the batch released a packet: its room is there for the next.
+        let released = HashMap::from([("a".to_owned(), one(40))]);
+        assert!(quota_allows(&quotas, &held, (&added, &released), "a", one(1)).is_ok());
     }
 }

@@ -1057,6 +1057,31 @@ async fn an_agency_over_its_quota_is_refused_and_no_other_is(s: &Store) {
     j.verify().await.unwrap();
 }
 
+/// An outcome written in the same batch as the next acceptance frees its room for it: an agency whose quota is
+/// one packet sends its next direct packet as soon as the first is delivered (the outcome handed over unwaited, so
+/// the writer holds it for the next batch, the one of that acceptance).
+async fn an_outcome_frees_quota_for_an_acceptance_in_its_batch(s: &Store) {
+    let j = open_with(&s.url, |st| {
+        st.chain = "quota-batch".into();
+        st.quotas.default = Quota {
+            packets: 1,
+            bytes: 1000,
+        };
+    })
+    .await;
+    for i in 0..20 {
+        let id = format!("one-{i}");
+        let admitted = j
+            .accept(packet(&id, H29, None, b"<a/>", Delivery::Direct))
+            .await;
+        assert_eq!(admitted.unwrap(), Admission::New, "packet {i}");
+        j.finish_later(delivered(&j, &id));
+    }
+    j.flush().await.unwrap();
+    assert_eq!(j.held().get(H29).map_or(0, |h| h.packets), 0);
+    j.verify().await.unwrap();
+}
+
 /// Below `min_free_disk`, new packets are refused (SQLite: a PostgreSQL server minds its own disk) while outcomes
 /// of what was accepted are still written.
 async fn too_little_disk_refuses_new_packets_only(s: &Store) {
@@ -1642,6 +1667,7 @@ suite!(
     queued_packets_are_handed_over_with_their_bytes,
     deliveries_left_under_way_are_taken_up_again,
     an_agency_over_its_quota_is_refused_and_no_other_is,
+    an_outcome_frees_quota_for_an_acceptance_in_its_batch,
     too_little_disk_refuses_new_packets_only,
     bodies_are_kept_once_and_swept_when_no_delivery_needs_them,
     listings_page_and_the_report_counts,
