@@ -13,7 +13,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lgsp_journal::{Accepted, Delivery, Journal, Outcome, Request, Settings, Status};
 
-const PER_RUN: usize = 8192;
+/// Packets per stage; `LGSP_BENCH_PACKETS` sets another count (a longer stage for a profile).
+fn per_run() -> usize {
+    std::env::var("LGSP_BENCH_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8192)
+}
 
 fn packet(i: usize, body: Option<&Bytes>) -> Accepted {
     use sha2::Digest;
@@ -66,11 +72,11 @@ fn cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Appends `PER_RUN` packets from `writers` concurrent tasks; records per second and CPU per packet.
+/// Appends [`per_run`] packets from `writers` concurrent tasks; records per second and CPU per packet.
 async fn run(journal: &Journal, writers: usize, body: Option<Bytes>) -> (f64, Duration) {
     let start = Instant::now();
     let cpu0 = cpu();
-    let per = PER_RUN / writers;
+    let per = per_run() / writers;
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let j = journal.clone();
@@ -148,11 +154,10 @@ async fn bench(name: &str, url: &str) {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    bench(
-        "SQLite",
-        &format!("sqlite://{}", dir.path().join("bench.db").display()),
-    )
-    .await;
+    // `LGSP_BENCH_DB=PATH` keeps the SQLite journal there (to look at its pages after).
+    let db = std::env::var("LGSP_BENCH_DB")
+        .map_or_else(|_| dir.path().join("bench.db"), std::path::PathBuf::from);
+    bench("SQLite", &format!("sqlite://{}", db.display())).await;
     match std::env::var("LGSP_TEST_POSTGRES_URL") {
         Ok(base) => {
             sqlx::any::install_default_drivers();

@@ -192,6 +192,9 @@ fn move_head_sql(chain: &str, seq: i64, hash: &str, alive_us: i64) -> Result<Str
 pub(crate) trait Store: Sized {
     type Row: Columns;
 
+    /// The database this store writes to.
+    const DIALECT: Dialect;
+
     /// A connection of the writer's own to `url`.
     async fn connect(url: &str) -> Result<Self, DbError>;
 
@@ -241,6 +244,7 @@ fn any_query(
 }
 
 impl Store for AnyConnection {
+    const DIALECT: Dialect = Dialect::Postgres;
     type Row = AnyRow;
 
     /// Every statement the writer runs finds its rows by a key or an index; a planner working from statistics older
@@ -310,9 +314,10 @@ pub(crate) fn sqlite_path(url: &str) -> &str {
 
 impl Store for rusqlite::Connection {
     type Row = OwnedRow;
+    const DIALECT: Dialect = Dialect::Sqlite;
 
-    /// WAL, fsynced at every commit, waiting up to 5 s for the write lock; the WAL kept small (a checkpoint truncates it
-    /// back to 64 MiB), and bodies spilled to overflow pages without a temporary copy.
+    /// WAL, fsynced at every commit, waiting up to 5 s for the write lock; the WAL bounded (cut back to [`WAL_KEPT`]
+    /// when it starts over), and bodies spilled to overflow pages without a temporary copy.
     async fn connect(url: &str) -> Result<Self, DbError> {
         let conn = rusqlite::Connection::open(sqlite_path(url))?;
         conn.busy_timeout(Duration::from_secs(5))?;
@@ -323,7 +328,7 @@ impl Store for rusqlite::Connection {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEPT)?;
         conn.pragma_update(None, "cache_size", -4096)?;
         // Checkpoints are the checkpointer's (`checkpointer`): copying the WAL into the file is off the writer's
         // core.
@@ -382,11 +387,20 @@ impl Store for rusqlite::Connection {
     }
 }
 
+/// How often the WAL is copied back into the journal's file. A checkpoint copies each page the WAL holds once, however
+/// often commits rewrote it (a b-tree's last leaf is rewritten by nearly every commit): every 100 ms, the copies were
+/// 2 pages a packet in the append bench and the checkpointer 20 % of the process's CPU; every second, 1 page.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The WAL file is cut back to this size when it starts over after a checkpoint, and a checkpoint waits for the
+/// writer once it is larger (`RESTART`). A second of commits under load can outgrow 64 MiB; a WAL cut back below
+/// that each time makes the next second's commits allocate its blocks again (`ftruncate`, 3 % of the writer).
+const WAL_KEPT: i64 = 256 * 1024 * 1024;
+
 /// Copies a SQLite journal's WAL back into its file on a thread of its own, so the writer never does (it was 6 % of
 /// the writer's time in the append bench): a passive checkpoint, which never waits for the writer nor holds it up,
-/// again at once while the WAL keeps growing, every 100 ms once it caught up. When the WAL outgrows 256 MiB (the
-/// checkpoints cannot keep up, or a reader holds old pages) it waits for the writer once (`RESTART`), so the WAL
-/// stays bounded. Ends when `stop` is set.
+/// every [`CHECKPOINT_EVERY`]. When the WAL outgrows [`WAL_KEPT`] (the checkpoints cannot keep up, or a reader holds
+/// old pages) it waits for the writer once (`RESTART`), so the WAL stays bounded. Ends when `stop` is set.
 pub(crate) fn checkpointer(url: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::Ordering;
     let path = sqlite_path(url).to_owned();
@@ -400,18 +414,12 @@ pub(crate) fn checkpointer(url: &str, stop: std::sync::Arc<std::sync::atomic::At
             let _ = conn.busy_timeout(Duration::from_secs(5));
             let wal = format!("{path}-wal");
             while !stop.load(Ordering::Acquire) {
-                let big = std::fs::metadata(&wal).map_or(0, |m| m.len()) > 256 * 1024 * 1024;
+                let big = std::fs::metadata(&wal).map_or(0, |m| m.len()) > WAL_KEPT as u64;
                 let mode = if big { "RESTART" } else { "PASSIVE" };
-                let left: Result<(i64, i64, i64), _> =
-                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    });
-                match left {
-                    // (busy, frames in the WAL, frames copied): more came in meanwhile, or it all went.
-                    Ok((_, log, copied)) if log > copied || copied == 0 => {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                let done: Result<i64, _> =
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0));
+                match done {
+                    Ok(_) => sleep_unless(&stop, CHECKPOINT_EVERY),
                     Err(e) => {
                         tracing::warn!(error = %e, "journal checkpointer: a checkpoint failed; trying again");
                         std::thread::sleep(Duration::from_millis(500));
@@ -421,6 +429,15 @@ pub(crate) fn checkpointer(url: &str, stop: std::sync::Arc<std::sync::atomic::At
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "journal checkpointer: no thread; the WAL is not copied back");
+    }
+}
+
+/// Sleeps `d`, or less once `stop` is set.
+fn sleep_unless(stop: &std::sync::atomic::AtomicBool, d: Duration) {
+    let step = Duration::from_millis(10);
+    let until = std::time::Instant::now() + d;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) && std::time::Instant::now() < until {
+        std::thread::sleep(step);
     }
 }
 
