@@ -57,7 +57,7 @@ pub use model::{
 pub use read::RecordRef;
 pub use schema::Dialect;
 pub use verify::{Finding, Rebuilt, Verified};
-pub use writer::Quotas;
+pub use writer::{Quotas, WriterStats};
 
 /// Copies a SQLite journal to `dest` while gateways keep writing it: SQLite's online backup, a few hundred pages at
 /// a time so the writer is never held for long, restarted by SQLite when a write lands mid-copy; the copy is one
@@ -541,6 +541,11 @@ impl Journal {
         if let Ok(mut q) = self.shared.quotas.lock() {
             *q = Arc::new(quotas);
         }
+    }
+
+    /// What this process's writer has done since the journal opened (zero for a journal opened for reading).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.shared.counters.read()
     }
 
     /// What each agency holds undelivered, as the writer last counted it.

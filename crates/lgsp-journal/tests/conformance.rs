@@ -357,6 +357,7 @@ async fn idempotency_keys_replay_refuse_or_retry(s: &Store) {
 
 async fn concurrent_appends_share_commits_and_keep_one_chain(s: &Store) {
     let j = &s.journal;
+    let before = j.writer_stats();
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let j = j.clone();
@@ -375,6 +376,17 @@ async fn concurrent_appends_share_commits_and_keep_one_chain(s: &Store) {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), Admission::New);
     }
+    // The writer's own counts (`lgsp_journal_*_total`): 200 records, in fewer commits than packets.
+    let after = j.writer_stats();
+    assert_eq!(after.records - before.records, 200, "{after:?}");
+    assert!(after.jobs - before.jobs >= 200, "{after:?}");
+    let commits = after.commits - before.commits;
+    assert!(
+        (1..200).contains(&commits),
+        "{commits} commits for 200 packets"
+    );
+    assert!(after.busy > before.busy);
+    assert_eq!(after.failed, before.failed);
     assert_eq!(verified_records(&j.verify().await), 200);
     let page = j
         .messages(&Query {

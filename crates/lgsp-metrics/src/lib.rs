@@ -47,6 +47,10 @@ pub struct Metrics {
     pub journal_up: prometheus::IntGauge,
     /// `lgsp_journal_append_seconds{hop}`: from a packet handed to the journal to its record durable.
     pub journal_append: HistogramVec,
+    /// `lgsp_journal_commits_total`, `lgsp_journal_committed_jobs_total`, `lgsp_journal_records_total`,
+    /// `lgsp_journal_writer_busy_seconds_total`, `lgsp_journal_failed_batches_total`: the journal writer's group
+    /// commits, as it counts them.
+    pub journal_writer: JournalWriter,
     /// `lgsp_outbox_depth{hop}`: queued packets waiting for delivery.
     pub outbox_depth: IntGaugeVec,
     /// `lgsp_outbox_oldest_age_seconds{hop}`: how long the oldest queued packet has waited.
@@ -187,6 +191,7 @@ impl Metrics {
             &["hop"],
         )?;
         registry.register(Box::new(journal_append.clone()))?;
+        let journal_writer = JournalWriter::new(&registry)?;
         let outbox_depth = IntGaugeVec::new(
             Opts::new(
                 "lgsp_outbox_depth",
@@ -289,6 +294,7 @@ impl Metrics {
             log_lines_dropped,
             journal_up,
             journal_append,
+            journal_writer,
             outbox_depth,
             outbox_oldest_age,
             deliveries,
@@ -325,13 +331,18 @@ impl Metrics {
             .flat_map(|c| c.desc())
             .map(|d| d.fq_name.clone())
             .collect();
-        let more: [&dyn Collector; 19] = [
+        let more: [&dyn Collector; 24] = [
             &self.journal_up,
             &self.broker_publish,
             &self.broker_confirm,
             &self.consumer_packets,
             &self.consumer_lag,
             &self.journal_append,
+            &self.journal_writer.commits,
+            &self.journal_writer.jobs,
+            &self.journal_writer.records,
+            &self.journal_writer.busy,
+            &self.journal_writer.failed,
             &self.outbox_depth,
             &self.outbox_oldest_age,
             &self.deliveries,
@@ -369,6 +380,67 @@ impl Metrics {
     }
 }
 
+/// The journal writer's counters. The writer counts for itself (it knows nothing of Prometheus); [`JournalWriter::sync`]
+/// brings these up to its counts.
+pub struct JournalWriter {
+    pub commits: prometheus::IntCounter,
+    pub jobs: prometheus::IntCounter,
+    pub records: prometheus::IntCounter,
+    pub busy: prometheus::Counter,
+    pub failed: prometheus::IntCounter,
+}
+
+impl JournalWriter {
+    fn new(registry: &Registry) -> prometheus::Result<JournalWriter> {
+        let int = |name: &str, help: &str| -> prometheus::Result<prometheus::IntCounter> {
+            let c = prometheus::IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let busy = prometheus::Counter::new(
+            "lgsp_journal_writer_busy_seconds_total",
+            "Time the journal writer spent in transactions that committed, from BEGIN to the commit done (its fsync included); divided by lgsp_journal_commits_total, what one commit costs.",
+        )?;
+        registry.register(Box::new(busy.clone()))?;
+        Ok(JournalWriter {
+            commits: int(
+                "lgsp_journal_commits_total",
+                "Transactions the journal writer committed (group commits: one fsync each on SQLite).",
+            )?,
+            jobs: int(
+                "lgsp_journal_committed_jobs_total",
+                "Jobs (acceptances, outcomes, claims, retries …) answered by the journal writer's commits; divided by lgsp_journal_commits_total, how many share a commit.",
+            )?,
+            records: int(
+                "lgsp_journal_records_total",
+                "Records this process appended to its hash chain.",
+            )?,
+            busy,
+            failed: int(
+                "lgsp_journal_failed_batches_total",
+                "Journal writer batches that failed as a whole (nothing of them written; their packets refused with 503, their outcomes kept for a later batch).",
+            )?,
+        })
+    }
+
+    /// Brings the counters up to the writer's own counts (each only ever grows; a count below the counter's, from a
+    /// journal opened anew, adds nothing).
+    pub fn sync(&self, commits: u64, jobs: u64, records: u64, busy_seconds: f64, failed: u64) {
+        for (c, v) in [
+            (&self.commits, commits),
+            (&self.jobs, jobs),
+            (&self.records, records),
+            (&self.failed, failed),
+        ] {
+            c.inc_by(v.saturating_sub(c.get()));
+        }
+        let more = busy_seconds - self.busy.get();
+        if more > 0.0 {
+            self.busy.inc_by(more);
+        }
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -378,6 +450,33 @@ impl std::fmt::Debug for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writers_counts_are_taken_up_and_never_go_back() {
+        let m = Metrics::new().unwrap();
+        let w = &m.journal_writer;
+        w.sync(3, 40, 70, 0.25, 0);
+        w.sync(5, 64, 110, 0.5, 1);
+        assert_eq!(
+            (
+                w.commits.get(),
+                w.jobs.get(),
+                w.records.get(),
+                w.failed.get()
+            ),
+            (5, 64, 110, 1)
+        );
+        assert!((w.busy.get() - 0.5).abs() < 1e-9);
+        // A journal opened anew counts from zero: the counters stay where they were.
+        w.sync(1, 2, 2, 0.01, 0);
+        assert_eq!((w.commits.get(), w.jobs.get()), (5, 64));
+        assert!((w.busy.get() - 0.5).abs() < 1e-9);
+        let text = m.encode();
+        assert!(
+            text.contains("lgsp_journal_committed_jobs_total 64"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn exposition_has_every_family_with_help() {

@@ -193,6 +193,14 @@ fn watch_journal(
             }
             let up = journal.ping().await.is_ok();
             metrics.journal_up.set(i64::from(up));
+            let w = journal.writer_stats();
+            metrics.journal_writer.sync(
+                w.commits,
+                w.jobs,
+                w.records,
+                w.busy.as_secs_f64(),
+                w.failed,
+            );
             for (hop, _) in &hops {
                 if let Ok((depth, age)) = journal.outbox(hop).await {
                     metrics
