@@ -233,78 +233,14 @@ fn v5(d: Dialect) -> Vec<String> {
     s
 }
 
-/// SQLite: records and messages clustered on their primary keys (`WITHOUT ROWID`), so appending one writes one
-/// b-tree less each — its rowid table beside the key's index — and every commit dirties two pages fewer; the outbox
-/// without its index of bodies. The writer's cost is mostly the pages a commit writes (`benches/RESULTS.md`).
-/// PostgreSQL's tables are heaps either way, and its sweep uses the outbox's index: nothing changes there.
+/// SQLite: the outbox without its index of bodies. Keyed by a SHA-256, each outbox row's entry there was a random
+/// page, written at its acceptance and again at its outcome; the body sweep gathers the outbox's bodies once per
+/// round instead (`writer::sweep`). PostgreSQL's sweep uses the index: nothing changes there.
 fn v6(d: Dialect) -> Vec<String> {
-    if d == Dialect::Postgres {
-        return Vec::new();
+    match d {
+        Dialect::Sqlite => vec!["DROP INDEX outbox_body".to_owned()],
+        Dialect::Postgres => Vec::new(),
     }
-    const MESSAGE_COLUMNS: &str = "hop, message_id, agency, route, message_type, mode, idempotency_key,
-        body_sha256, body_size, delivery, request, status, upstream_status, receipt, detail, accepted_us, updated_us,
-        attempts, subject, approval, hop_signature, answer_type";
-    vec![
-        "CREATE TABLE journal_records_v6 (
-            chain TEXT NOT NULL,
-            seq BIGINT NOT NULL,
-            at_us BIGINT NOT NULL,
-            kind TEXT NOT NULL,
-            hop TEXT NOT NULL,
-            message_id TEXT NOT NULL,
-            agency TEXT NOT NULL,
-            content TEXT NOT NULL,
-            prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL,
-            PRIMARY KEY (chain, seq)
-        ) WITHOUT ROWID"
-            .to_owned(),
-        "INSERT INTO journal_records_v6 SELECT chain, seq, at_us, kind, hop, message_id, agency, content, prev_hash,
-            hash FROM journal_records"
-            .to_owned(),
-        "DROP TABLE journal_records".to_owned(),
-        "ALTER TABLE journal_records_v6 RENAME TO journal_records".to_owned(),
-        "CREATE INDEX journal_records_message ON journal_records (hop, message_id)".to_owned(),
-        "CREATE TABLE messages_v6 (
-            hop TEXT NOT NULL,
-            message_id TEXT NOT NULL,
-            agency TEXT NOT NULL,
-            route TEXT NOT NULL,
-            message_type TEXT,
-            mode TEXT NOT NULL,
-            idempotency_key TEXT,
-            body_sha256 TEXT NOT NULL,
-            body_size BIGINT NOT NULL,
-            delivery TEXT NOT NULL,
-            request TEXT,
-            status TEXT NOT NULL,
-            upstream_status BIGINT,
-            receipt TEXT,
-            detail TEXT,
-            accepted_us BIGINT NOT NULL,
-            updated_us BIGINT NOT NULL,
-            attempts BIGINT NOT NULL DEFAULT 0,
-            subject TEXT,
-            approval TEXT,
-            hop_signature TEXT,
-            answer_type TEXT,
-            PRIMARY KEY (hop, message_id)
-        ) WITHOUT ROWID"
-            .to_owned(),
-        format!("INSERT INTO messages_v6 ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS} FROM messages"),
-        "DROP TABLE messages".to_owned(),
-        "ALTER TABLE messages_v6 RENAME TO messages".to_owned(),
-        "CREATE UNIQUE INDEX messages_idempotency ON messages (hop, agency, mode, idempotency_key)
-            WHERE idempotency_key IS NOT NULL"
-            .to_owned(),
-        "CREATE INDEX messages_agency_accepted ON messages (agency, accepted_us)".to_owned(),
-        "CREATE INDEX messages_subject ON messages (hop, agency, subject) WHERE subject IS NOT NULL".to_owned(),
-        "CREATE INDEX messages_unleased ON messages (updated_us) WHERE status = 'in_progress' AND request IS NULL"
-            .to_owned(),
-        // Keyed by a SHA-256, each outbox row's entry here was a random page, written at its acceptance and again at
-        // its outcome; the body sweep gathers the outbox's bodies once per round instead (`writer::sweep`).
-        "DROP INDEX outbox_body".to_owned(),
-    ]
 }
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -335,7 +271,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 6,
-        name: "SQLite: records and messages clustered on their keys, no outbox index of bodies",
+        name: "SQLite: no outbox index of bodies",
         statements: v6,
     },
 ];
