@@ -132,9 +132,13 @@ async fn bench(name: &str, url: &str) {
             if !only.is_empty() && only != format!("{workload}:{writers}") {
                 continue;
             }
+            let before = journal.writer_stats();
             let (rate, cpu) = run(&journal, writers, body.clone()).await;
+            let after = journal.writer_stats();
+            let per_commit =
+                (after.jobs - before.jobs) as f64 / (after.commits - before.commits).max(1) as f64;
             println!(
-                "{name}: {workload:<7} {writers:>3} concurrent writers: {rate:>8.0} durable records/s, {:>5.1} µs CPU per packet",
+                "{name}: {workload:<7} {writers:>3} concurrent writers: {rate:>8.0} durable records/s, {:>5.1} µs CPU per packet, {per_commit:>5.1} jobs a commit",
                 cpu.as_secs_f64() * 1e6
             );
         }
