@@ -233,9 +233,9 @@ fn v5(d: Dialect) -> Vec<String> {
     s
 }
 
-/// SQLite: the outbox without its index of bodies. Keyed by a SHA-256, each outbox row's entry there was a random
-/// page, written at its acceptance and again at its outcome; the body sweep gathers the outbox's bodies once per
-/// round instead (`writer::sweep`). PostgreSQL's sweep uses the index: nothing changes there.
+/// SQLite: the outbox without its index of bodies, a b-tree more that every acceptance and every outcome wrote; the
+/// body sweep gathers the outbox's bodies once per round instead (`writer::sweep`). PostgreSQL's sweep uses the
+/// index: nothing changes there.
 fn v6(d: Dialect) -> Vec<String> {
     match d {
         Dialect::Sqlite => vec!["DROP INDEX outbox_body".to_owned()],

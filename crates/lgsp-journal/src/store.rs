@@ -388,13 +388,15 @@ impl Store for rusqlite::Connection {
 }
 
 /// How often the WAL is copied back into the journal's file. A checkpoint copies each page the WAL holds once, however
-/// often commits rewrote it (a b-tree's last leaf is rewritten by nearly every commit): every 100 ms, the copies were
-/// 2 pages a packet in the append bench and the checkpointer 20 % of the process's CPU; every second, 1 page.
+/// often commits rewrote it (a b-tree's last leaf is rewritten by nearly every commit): every 100 ms, 3.5 page copies
+/// a packet in the append bench at 16 writers (the checkpointer 20 % of the process's CPU at 256); every 250 ms, 2.2.
+/// Every second saved a little more but tripled the hop's p99.9 under load: a larger checkpoint's writeback delays
+/// the next commit's fsync (`benches/RESULTS.md`).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// The WAL file is cut back to this size when it starts over after a checkpoint, and a checkpoint waits for the
-/// writer once it is larger (`RESTART`). A second of commits under load can outgrow 64 MiB; a WAL cut back below
-/// that each time makes the next second's commits allocate its blocks again (`ftruncate`, 3 % of the writer).
+/// writer once it is larger (`RESTART`). Cut back to 64 MiB, a WAL that had outgrown it between two checkpoints made
+/// the next commits allocate its blocks again (`ftruncate` and ext4's block allocation, 3 % of the writer).
 const WAL_KEPT: i64 = 256 * 1024 * 1024;
 
 /// Copies a SQLite journal's WAL back into its file on a thread of its own, so the writer never does (it was 6 % of

@@ -1736,8 +1736,8 @@ impl Batch<'_> {
 }
 
 /// Deletes bodies stored longer than `keep_us` ago that no pending delivery needs, a few hundred at a time; the
-/// number deleted. On SQLite the outbox has no index of its rows' bodies (two random pages a packet, written at its
-/// acceptance and again at its outcome): the bodies the outbox holds are gathered once per sweep instead.
+/// number deleted. On SQLite the outbox has no index of its rows' bodies (a b-tree more for every acceptance and
+/// outcome to write): the bodies the outbox holds are gathered once per sweep instead.
 async fn sweep<S: Store>(conn: &mut S, at: i64, keep_us: i64) -> Result<u64, DbError> {
     let cutoff = at.saturating_sub(keep_us);
     let sql = match S::DIALECT {
