@@ -380,6 +380,16 @@ impl Metrics {
     }
 }
 
+/// The journal writer's own counts, named (five numbers in a row are easily swapped).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterCounts {
+    pub commits: u64,
+    pub jobs: u64,
+    pub records: u64,
+    pub busy_seconds: f64,
+    pub failed: u64,
+}
+
 /// The journal writer's counters. The writer counts for itself (it knows nothing of Prometheus); [`JournalWriter::sync`]
 /// brings these up to its counts.
 pub struct JournalWriter {
@@ -425,16 +435,16 @@ impl JournalWriter {
 
     /// Brings the counters up to the writer's own counts (each only ever grows; a count below the counter's, from a
     /// journal opened anew, adds nothing).
-    pub fn sync(&self, commits: u64, jobs: u64, records: u64, busy_seconds: f64, failed: u64) {
+    pub fn sync(&self, n: WriterCounts) {
         for (c, v) in [
-            (&self.commits, commits),
-            (&self.jobs, jobs),
-            (&self.records, records),
-            (&self.failed, failed),
+            (&self.commits, n.commits),
+            (&self.jobs, n.jobs),
+            (&self.records, n.records),
+            (&self.failed, n.failed),
         ] {
             c.inc_by(v.saturating_sub(c.get()));
         }
-        let more = busy_seconds - self.busy.get();
+        let more = n.busy_seconds - self.busy.get();
         if more > 0.0 {
             self.busy.inc_by(more);
         }
@@ -455,8 +465,15 @@ mod tests {
     fn the_writers_counts_are_taken_up_and_never_go_back() {
         let m = Metrics::new().unwrap();
         let w = &m.journal_writer;
-        w.sync(3, 40, 70, 0.25, 0);
-        w.sync(5, 64, 110, 0.5, 1);
+        let n = |commits, jobs, records, busy_seconds, failed| WriterCounts {
+            commits,
+            jobs,
+            records,
+            busy_seconds,
+            failed,
+        };
+        w.sync(n(3, 40, 70, 0.25, 0));
+        w.sync(n(5, 64, 110, 0.5, 1));
         assert_eq!(
             (
                 w.commits.get(),
@@ -468,7 +485,7 @@ mod tests {
         );
         assert!((w.busy.get() - 0.5).abs() < 1e-9);
         // A journal opened anew counts from zero: the counters stay where they were.
-        w.sync(1, 2, 2, 0.01, 0);
+        w.sync(n(1, 2, 2, 0.01, 0));
         assert_eq!((w.commits.get(), w.jobs.get()), (5, 64));
         assert!((w.busy.get() - 0.5).abs() < 1e-9);
         let text = m.encode();

@@ -194,13 +194,13 @@ fn watch_journal(
             let up = journal.ping().await.is_ok();
             metrics.journal_up.set(i64::from(up));
             let w = journal.writer_stats();
-            metrics.journal_writer.sync(
-                w.commits,
-                w.jobs,
-                w.records,
-                w.busy.as_secs_f64(),
-                w.failed,
-            );
+            metrics.journal_writer.sync(lgsp_metrics::WriterCounts {
+                commits: w.commits,
+                jobs: w.jobs,
+                records: w.records,
+                busy_seconds: w.busy.as_secs_f64(),
+                failed: w.failed,
+            });
             for (hop, _) in &hops {
                 if let Ok((depth, age)) = journal.outbox(hop).await {
                     metrics
