@@ -227,7 +227,7 @@ async fn connect_opens_every_upstream_as_its_hop_and_names_the_unreachable_one_b
     .await
     .unwrap();
     assert!(
-        stdout.contains("✓ journal sqlite://") && stdout.contains("schema version 6, 0 records"),
+        stdout.contains("✓ journal sqlite://") && stdout.contains("schema version 7, 0 records"),
         "{stdout}"
     );
     running.shutdown().await;

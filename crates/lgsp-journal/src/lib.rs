@@ -33,6 +33,7 @@ mod disk;
 mod model;
 mod read;
 pub mod record;
+mod redo;
 mod schema;
 mod store;
 pub mod time;
@@ -456,6 +457,9 @@ impl Journal {
                 settings.chain
             )));
         }
+        if dialect_of(&settings.url)? == Dialect::Sqlite {
+            redo::recover_file(&settings.url).map_err(|e| JournalError::Open(e.0))?;
+        }
         let (migrator, dialect) = connect(&settings.url, false).await?;
         let migrated = migrate_pool(&migrator, dialect).await;
         migrator.close().await;
@@ -729,6 +733,7 @@ impl Journal {
     /// Walks every chain and checks everything derived from them; what was checked, or the first disagreement
     /// ([`JournalError::Broken`]).
     pub async fn verify(&self) -> Result<Verified, JournalError> {
+        self.visible().await;
         verify::verify(&self.pool).await
     }
 }

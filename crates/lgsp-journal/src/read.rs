@@ -21,6 +21,15 @@ pub struct RecordRef<'a> {
 }
 
 impl Journal {
+    /// Before a read: what this process's writer answered is committed (SQLite's writer keeps a transaction open
+    /// for a few milliseconds, its batches durable in the redo log), so the read sees it. A writer that cannot
+    /// commit now leaves the read to what is committed.
+    pub(crate) async fn visible(&self) {
+        if self.dialect == crate::Dialect::Sqlite {
+            let _ = self.flush().await;
+        }
+    }
+
     /// A message of `agency` at `hop` (another agency's is not found).
     pub async fn message(
         &self,
@@ -28,6 +37,7 @@ impl Journal {
         agency: &str,
         message_id: &str,
     ) -> Result<Option<Message>, JournalError> {
+        self.visible().await;
         let row = sqlx::query(concat!(
             "SELECT ",
             joined_message_columns!(),
@@ -52,6 +62,7 @@ impl Journal {
         subjects: &[String],
         before_us: i64,
     ) -> Result<Vec<ProfileSent>, JournalError> {
+        self.visible().await;
         let mut out = Vec::new();
         for chunk in subjects.chunks(500) {
             let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
@@ -103,6 +114,7 @@ impl Journal {
         from_us: i64,
         to_us: i64,
     ) -> Result<Vec<ApprovalReport>, JournalError> {
+        self.visible().await;
         let db = |e: sqlx::Error| JournalError::from_db(&e);
         let approvals = sqlx::query(
             "SELECT hop, agency, message_id, approval FROM messages
@@ -197,6 +209,7 @@ impl Journal {
 
     /// A page of an agency's messages, oldest first.
     pub async fn messages(&self, q: &Query) -> Result<Vec<Message>, JournalError> {
+        self.visible().await;
         let (after_us, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -230,6 +243,7 @@ impl Journal {
         to_us: i64,
         out: &mut dyn Write,
     ) -> Result<u64, JournalError> {
+        self.visible().await;
         self.each_record(from_us, to_us, &mut |r| {
             let record: serde_json::Value =
                 serde_json::from_str(r.content).unwrap_or(serde_json::Value::Null);
@@ -253,6 +267,7 @@ impl Journal {
         to_us: i64,
         f: &mut dyn FnMut(RecordRef<'_>) -> std::io::Result<()>,
     ) -> Result<u64, JournalError> {
+        self.visible().await;
         let (mut chain, mut after) = (String::new(), 0i64);
         let mut n = 0u64;
         loop {
@@ -294,6 +309,7 @@ impl Journal {
 
     /// Per hop, agency and message type, the messages accepted between `from_us` and `to_us` and where they stand.
     pub async fn report(&self, from_us: i64, to_us: i64) -> Result<Vec<ReportRow>, JournalError> {
+        self.visible().await;
         let rows = sqlx::query(
             "SELECT hop, agency, COALESCE(message_type, route) AS message_type, status, COUNT(*) AS n FROM messages
              WHERE accepted_us >= $1 AND accepted_us < $2
@@ -351,6 +367,7 @@ impl Journal {
         after: Option<(i64, String)>,
         limit: u32,
     ) -> Result<Vec<Message>, JournalError> {
+        self.visible().await;
         let (after_us, after_id) = after.unwrap_or((i64::MIN, String::new()));
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -380,6 +397,7 @@ impl Journal {
         &self,
         within: std::time::Duration,
     ) -> Result<Vec<String>, JournalError> {
+        self.visible().await;
         let since = now_us().saturating_sub(i64::try_from(within.as_micros()).unwrap_or(i64::MAX));
         let rows =
             sqlx::query("SELECT chain FROM journal_chains WHERE alive_us >= $1 ORDER BY chain")
@@ -394,6 +412,7 @@ impl Journal {
 
     /// The outbox of `hop`: queued messages, and the age of the oldest (seconds).
     pub async fn outbox(&self, hop: &str) -> Result<(u64, f64), JournalError> {
+        self.visible().await;
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, MIN(accepted_us) AS oldest FROM outbox WHERE hop = $1 AND delivery = 'queued'",
         )

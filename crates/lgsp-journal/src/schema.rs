@@ -243,6 +243,18 @@ fn v6(d: Dialect) -> Vec<String> {
     }
 }
 
+/// SQLite: the last batch of the writer's redo log the database holds (`redo.rs`): a batch whose number is at most
+/// this is not run again after a crash. PostgreSQL commits every batch: nothing changes there.
+fn v7(d: Dialect) -> Vec<String> {
+    match d {
+        Dialect::Sqlite => vec![
+            "CREATE TABLE journal_redo (id INTEGER PRIMARY KEY CHECK (id = 1), batch BIGINT NOT NULL)".to_owned(),
+            "INSERT INTO journal_redo (id, batch) VALUES (1, 0)".to_owned(),
+        ],
+        Dialect::Postgres => Vec::new(),
+    }
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -273,6 +285,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "SQLite: no outbox index of bodies",
         statements: v6,
+    },
+    Migration {
+        version: 7,
+        name: "SQLite: the redo log's last batch",
+        statements: v7,
     },
 ];
 

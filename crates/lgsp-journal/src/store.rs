@@ -171,13 +171,18 @@ impl Columns for OwnedRow {
 /// The statement that takes this writer's chain head in a batch's transaction: the head's update comes first, so it
 /// holds the write lock (SQLite) or the row lock (PostgreSQL) of that chain — and of no other — before anything is
 /// read. Chain names are checked at open (`[A-Za-z0-9._-]`), so they are written into the statement.
-fn head_sql(chain: &str) -> String {
+pub(crate) fn head_sql(chain: &str) -> String {
     format!("UPDATE journal_chains SET seq = seq WHERE chain = '{chain}' RETURNING seq, hash")
 }
 
 /// The statement that moves the head at commit. Both values are the writer's own (a counter and a SHA-256 in hex),
 /// never a packet's.
-fn move_head_sql(chain: &str, seq: i64, hash: &str, alive_us: i64) -> Result<String, DbError> {
+pub(crate) fn move_head_sql(
+    chain: &str,
+    seq: i64,
+    hash: &str,
+    alive_us: i64,
+) -> Result<String, DbError> {
     if !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())) {
         return Err(DbError(format!(
             "the chain's hash {hash:?} is not SHA-256 hex"
@@ -214,11 +219,22 @@ pub(crate) trait Store: Sized {
     /// Undoes what the transaction wrote (the caller then drops the connection, so a failure here leaves nothing).
     async fn rollback(&mut self);
 
+    /// Makes what committed batches wrote visible to other connections: at once when `now`, else when it is due.
+    /// (PostgreSQL: a batch's commit does.)
+    async fn settle(&mut self, _now: bool) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    /// How long until [`Store::settle`] is due, when something waits for it.
+    fn unsettled(&self) -> Option<Duration> {
+        None
+    }
+
     async fn close(self);
 }
 
 /// The head's row among `rows`.
-fn head_of<R: Columns>(rows: &[R]) -> Result<(i64, String), DbError> {
+pub(crate) fn head_of<R: Columns>(rows: &[R]) -> Result<(i64, String), DbError> {
     let row = rows
         .first()
         .ok_or_else(|| DbError("the journal has no head row for this writer's chain".into()))?;
@@ -299,10 +315,6 @@ impl Store for AnyConnection {
     }
 }
 
-/// Prepared statements the SQLite writer keeps: each statement shape of a batch (a handful per table, see
-/// `writer::shaped`), the head and the repeats.
-const SQLITE_STATEMENTS: usize = 64;
-
 /// The file of a `sqlite://PATH[?…]` URL.
 pub(crate) fn sqlite_path(url: &str) -> &str {
     let rest = url
@@ -310,81 +322,6 @@ pub(crate) fn sqlite_path(url: &str) -> &str {
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
     rest.split('?').next().unwrap_or(rest)
-}
-
-impl Store for rusqlite::Connection {
-    type Row = OwnedRow;
-    const DIALECT: Dialect = Dialect::Sqlite;
-
-    /// WAL, fsynced at every commit, waiting up to 5 s for the write lock; the WAL bounded (cut back to [`WAL_KEPT`]
-    /// when it starts over), and bodies spilled to overflow pages without a temporary copy.
-    async fn connect(url: &str) -> Result<Self, DbError> {
-        let conn = rusqlite::Connection::open(sqlite_path(url))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(DbError(format!(
-                "{url}: the journal file is in {mode} mode, not WAL"
-            )));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "journal_size_limit", WAL_KEPT)?;
-        conn.pragma_update(None, "cache_size", -4096)?;
-        // Checkpoints are the checkpointer's (`checkpointer`): copying the WAL into the file is off the writer's
-        // core.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENTS);
-        Ok(conn)
-    }
-
-    /// `BEGIN IMMEDIATE`: the write lock at once (a deferred transaction that reads first could have to give up
-    /// its snapshot to write).
-    async fn begin(&mut self, chain: &str) -> Result<(i64, String), DbError> {
-        self.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let rows = self.fetch(&head_sql(chain), Vec::new()).await?;
-        head_of(&rows)
-    }
-
-    async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<OwnedRow>, DbError> {
-        let mut stmt = self.prepare_cached(sql)?;
-        let width = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let mut values = Vec::with_capacity(width);
-            for i in 0..width {
-                values.push(row.get::<_, Value>(i)?);
-            }
-            out.push(values);
-        }
-        Ok(out)
-    }
-
-    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, DbError> {
-        let mut stmt = self.prepare_cached(sql)?;
-        let changed = stmt.execute(rusqlite::params_from_iter(params.iter()))?;
-        Ok(changed as u64)
-    }
-
-    async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError> {
-        let _ = move_head_sql(chain, seq, hash, 0)?;
-        self.prepare_cached(
-            "UPDATE journal_chains SET seq = ?1, hash = ?2, alive_us = ?3 WHERE chain = ?4",
-        )?
-        .execute(rusqlite::params![seq, hash, crate::now_us(), chain])?;
-        self.prepare_cached("COMMIT")?.execute([])?;
-        Ok(())
-    }
-
-    async fn rollback(&mut self) {
-        if !self.is_autocommit() {
-            let _ = self.execute_batch("ROLLBACK");
-        }
-    }
-
-    async fn close(self) {
-        let _ = rusqlite::Connection::close(self);
-    }
 }
 
 /// How often the WAL is copied back into the journal's file. A checkpoint copies each page the WAL holds once, however
@@ -397,7 +334,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// The WAL file is cut back to this size when it starts over after a checkpoint, and a checkpoint waits for the
 /// writer once it is larger (`RESTART`). Cut back to 64 MiB, a WAL that had outgrown it between two checkpoints made
 /// the next commits allocate its blocks again (`ftruncate` and ext4's block allocation, 3 % of the writer).
-const WAL_KEPT: i64 = 256 * 1024 * 1024;
+pub(crate) const WAL_KEPT: i64 = 256 * 1024 * 1024;
 
 /// Copies a SQLite journal's WAL back into its file on a thread of its own, so the writer never does (it was 6 % of
 /// the writer's time in the append bench): a passive checkpoint, which never waits for the writer nor holds it up,

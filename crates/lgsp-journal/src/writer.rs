@@ -224,7 +224,7 @@ pub(crate) async fn spawn(
         .spawn(move || {
             match config.dialect {
                 Dialect::Sqlite => {
-                    runtime.block_on(run::<rusqlite::Connection>(config, shared, rx, ready_tx))
+                    runtime.block_on(run::<crate::redo::Sqlite>(config, shared, rx, ready_tx))
                 }
                 Dialect::Postgres => {
                     runtime.block_on(run::<AnyConnection>(config, shared, rx, ready_tx))
@@ -314,6 +314,8 @@ async fn run<S: Store>(
             let wait = deferred_since.map_or(HOUSEKEEPING_EVERY, |t| {
                 OUTCOMES_WAIT.saturating_sub(t.elapsed())
             });
+            // The writer's open transaction commits when due, busy or not.
+            let wait = w.unsettled().map_or(wait, |due| wait.min(due));
             match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Some(j)) => Some(j),
                 Ok(None) => continue,
@@ -351,8 +353,16 @@ async fn run<S: Store>(
         deferred_since = None;
         if jobs.is_empty() {
         } else if jobs.iter().all(|j| matches!(j, Job::Flush(_))) {
+            let done = match w.settle(true).await {
+                Ok(()) => Done::Ping,
+                Err(e) => Done::Failed(e.0),
+            };
             for job in jobs {
-                answer(job, Done::Ping);
+                let done = match &done {
+                    Done::Failed(e) => Done::Failed(e.clone()),
+                    _ => Done::Ping,
+                };
+                answer(job, done);
             }
         } else if jobs.iter().any(|j| matches!(j, Job::Stop(_))) {
             let (stops, rest): (Vec<Job>, Vec<Job>) =
@@ -377,6 +387,9 @@ async fn run<S: Store>(
         if w.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
             w.last_housekeeping = Instant::now();
             w.housekeeping().await;
+        }
+        if let Err(e) = w.settle(false).await {
+            tracing::warn!(error = %e, "journal: committing the writer's transaction failed; its batches are in the redo log");
         }
     }
     w.stopped().await;
@@ -637,6 +650,31 @@ impl<S: Store> Writer<S> {
         Some(free)
     }
 
+    /// Commits what the writer's open transaction holds (SQLite, `redo.rs`): at once when `now`, else when due. A
+    /// failure closes the connection; its batches are in the redo log, and the next connection runs them again.
+    async fn settle(&mut self, now: bool) -> Result<(), DbError> {
+        if self.conn.is_none() && now && self.config.dialect == Dialect::Sqlite {
+            // The last connection failed: a new one runs its batches again from the redo log.
+            let conn = self.take_connection().await?;
+            self.conn = Some(conn);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let r = conn.settle(now).await;
+        if r.is_err()
+            && let Some(conn) = self.conn.take()
+        {
+            close(conn).await;
+        }
+        r
+    }
+
+    /// How long until the open transaction is due to commit.
+    fn unsettled(&self) -> Option<Duration> {
+        self.conn.as_ref().and_then(Store::unsettled)
+    }
+
     /// Writes `jobs` in one transaction and answers each; whether it was written.
     async fn write(&mut self, jobs: Vec<Job>) -> bool {
         let mut effects = Effects::default();
@@ -650,6 +688,13 @@ impl<S: Store> Writer<S> {
                 r
             }
             Err(e) => Err(e),
+        };
+        // A flush asks for what was written to be readable: the open transaction commits now.
+        let unsettled = match &written {
+            Ok(_) if jobs.iter().any(|j| matches!(j, Job::Flush(_))) => {
+                self.settle(true).await.err()
+            }
+            _ => None,
         };
         match written {
             Ok(done) => {
@@ -672,7 +717,10 @@ impl<S: Store> Writer<S> {
                     self.shared.queued.notify_waiters();
                 }
                 for (job, done) in jobs.into_iter().zip(done) {
-                    answer(job, done);
+                    match (&job, &unsettled) {
+                        (Job::Flush(_), Some(e)) => answer(job, Done::Failed(e.0.clone())),
+                        _ => answer(job, done),
+                    }
                 }
                 true
             }

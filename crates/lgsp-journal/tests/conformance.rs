@@ -1551,7 +1551,7 @@ async fn a_journal_of_the_last_version_migrates_and_verifies(s: &Store) {
         .unwrap()
         .try_get("v")
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     pool.close().await;
     drop(j);
     tidy.await;

@@ -1,0 +1,853 @@
+//! The SQLite writer's store: batches made durable by a redo log, the database committed in larger steps.
+//!
+//! A SQLite commit rewrites, besides each packet's own rows, the last leaf of every b-tree it touched and the pages
+//! above it: 93 WAL frames (372 KiB, 93 `pwrite`s) for a commit of 16 packets, an fsync for each
+//! (`benches/RESULTS.md`, "What a commit writes"). Here a batch runs in a savepoint of a transaction that stays open
+//! for up to [`SETTLE_EVERY`]; what its statements changed is written to the redo log (`<file>-redo`) as the
+//! statements themselves with their values, in one `write` and one `fdatasync`, and only then are its callers
+//! answered. The open transaction commits (WAL fsynced) every [`SETTLE_EVERY`], when a reader asks for what was
+//! written ([`Store::settle`], `Journal::flush`) and before any statement outside a batch; the log starts over at
+//! its beginning after each such commit. A page rewritten by a hundred batches is written to the WAL once.
+//!
+//! After a crash the transaction is gone, and the log holds every batch answered since the last commit: the next
+//! open runs their statements again, in order, on the state they first ran on (the last commit), so they change
+//! the same rows the same way. Each batch has a number; `journal_redo.batch` holds the last one the database has,
+//! so a batch is never run twice (a crash after a commit, before the next frame overwrote the log's beginning).
+//! The log ends at the first frame that is torn (its checksum) or older (its number: the rest of a longer log
+//! from before the last commit).
+//!
+//! Frame: `"LGRD"`, batch (u64 LE), payload length (u32 LE), CRC-32 of the payload (u32 LE), payload. Payload: the
+//! statements, each the SQL (`0`, length u32, text; or `1`, index u16 of an earlier one in this frame) and its
+//! values (count u16; each a tag — 0 null, 1 integer i64, 2 text, 3 bytes, with length u32 — and its value).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::types::Value;
+
+use crate::Dialect;
+use crate::store::{
+    DbError, OwnedRow, Param, Store, WAL_KEPT, head_of, head_sql, move_head_sql, sqlite_path,
+};
+
+/// How long the writer's transaction stays open at most. Every batch in it is durable in the redo log already; a
+/// commit makes the batches visible to the readers' connections and lets the log start over.
+pub(crate) const SETTLE_EVERY: Duration = Duration::from_millis(50);
+
+/// A batch whose statements (with their values) come to more than this commits the database instead of writing a
+/// frame (a rebuild of the derived tables, a very large packet): the log never holds a frame larger than this.
+const FRAME_MAX: usize = 32 * 1024 * 1024;
+
+/// The log's file grows in steps of this much, written with zeros: a frame then overwrites blocks the file has,
+/// and its `fdatasync` writes no metadata (an append moves the file's size, and each `fdatasync` then commits
+/// ext4's journal too). After a commit the log starts over at its beginning; frames from before are told apart by
+/// their batch numbers.
+const GROW: u64 = 4 * 1024 * 1024;
+
+const MAGIC: &[u8; 4] = b"LGRD";
+const HEADER: usize = 4 + 8 + 4 + 4;
+
+/// Prepared statements the writer keeps: each statement shape of a batch (a handful per table, see
+/// `writer::shaped`), the head and the repeats.
+const SQLITE_STATEMENTS: usize = 64;
+
+/// The redo log of the SQLite journal at `path`.
+pub(crate) fn redo_path(path: &str) -> PathBuf {
+    PathBuf::from(format!("{path}-redo"))
+}
+
+/// The writer's SQLite connection with its redo log.
+///
+/// One writer of a file writes the redo log: the first to take its lock. Another writer of the same file (a second
+/// chain: replicas tried on one machine) commits each batch as it goes, and before each takes the lock if it is
+/// free — then the log's writer ended, and whatever it holds beyond the database is run again before anything else
+/// is written (its writer held the database's write lock from its transaction's start to its commit, so nothing
+/// else was written in between), and this writer writes the log from then on.
+pub(crate) struct Sqlite {
+    conn: rusqlite::Connection,
+    path: String,
+    redo: File,
+    /// This writer holds the log's lock and writes it.
+    logging: bool,
+    /// Where the next frame goes (the end of this transaction's frames).
+    len: u64,
+    /// The file's size: zeros (or older frames) from `len` to here.
+    allocated: u64,
+    /// The last batch number given (written, committed, or failed: a number is never given twice).
+    batch: u64,
+    /// Since when the writer's transaction is open (none: autocommit).
+    open: Option<Instant>,
+    /// A batch is under way (its savepoint open).
+    in_batch: bool,
+    /// The statements of the batch under way, encoded.
+    frame: Vec<u8>,
+    /// The SQL texts in `frame`, by index.
+    texts: Vec<String>,
+    /// The batch's statements came to more than [`FRAME_MAX`]: it commits the database instead.
+    overflow: bool,
+}
+
+/// Whether a statement can change anything (reads are not logged).
+fn changes(sql: &str) -> bool {
+    let head = sql.trim_start();
+    !(head.len() >= 6 && head[..6].eq_ignore_ascii_case("select"))
+}
+
+/// Opens a SQLite journal file for writing: WAL, fsynced at every commit, waiting up to 5 s for the write lock; the
+/// WAL bounded, and bodies spilled to overflow pages without a temporary copy.
+fn open_sqlite(path: &str) -> Result<rusqlite::Connection, DbError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError(format!(
+            "{path}: the journal file is in {mode} mode, not WAL"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "journal_size_limit", WAL_KEPT)?;
+    // The writer's transaction holds the pages its batches dirtied until it commits: room for them, so they are
+    // not spilled to the WAL before (and written again at) the commit. A batch's savepoint keeps the pages it
+    // changes first in memory, not in a temporary file.
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints are the checkpointer's (`store::checkpointer`): copying the WAL into the file is off the writer's
+    // core.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENTS);
+    Ok(conn)
+}
+
+fn io(path: &Path, what: &str, e: &std::io::Error) -> DbError {
+    DbError(format!("{}: {what}: {e}", path.display()))
+}
+
+/// One frame read back from the log.
+struct Frame {
+    batch: u64,
+    statements: Vec<(String, Vec<Param>)>,
+}
+
+/// The frames of a redo log, up to its first torn or foreign one.
+fn read_frames(bytes: &[u8]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some(header) = bytes.get(at..at + HEADER) {
+        if &header[..4] != MAGIC {
+            break;
+        }
+        let batch = u64::from_le_bytes(header[4..12].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(header[16..20].try_into().unwrap_or_default());
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(statements) = decode(payload) else {
+            break;
+        };
+        out.push(Frame { batch, statements });
+        at += HEADER + len;
+    }
+    out
+}
+
+/// A reader over a frame's payload.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)?.try_into().ok().map(u32::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8)?.try_into().ok().map(i64::from_le_bytes)
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn text(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<Vec<(String, Vec<Param>)>> {
+    let mut c = Cursor(payload);
+    let mut texts: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    while !c.0.is_empty() {
+        let sql = match c.u8()? {
+            0 => {
+                let t = c.text()?;
+                texts.push(t.clone());
+                t
+            }
+            1 => texts.get(usize::from(c.u16()?))?.clone(),
+            _ => return None,
+        };
+        let n = c.u16()?;
+        let mut params = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            params.push(match c.u8()? {
+                0 => Param::Int(None),
+                1 => Param::Int(Some(c.i64()?)),
+                2 => Param::Text(Some(c.text()?)),
+                3 => Param::Blob(Some(c.bytes()?.to_vec())),
+                _ => return None,
+            });
+        }
+        out.push((sql, params));
+    }
+    Some(out)
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Appends one statement to a frame's payload; false when it does not fit the format (a value over 4 GiB, more
+/// than 65,535 values or SQL texts): the batch then commits the database instead.
+fn encode(out: &mut Vec<u8>, texts: &mut Vec<String>, sql: &str, params: &[Param]) -> bool {
+    match texts.iter().position(|t| t == sql) {
+        Some(i) => {
+            let Ok(i) = u16::try_from(i) else {
+                return false;
+            };
+            out.push(1);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        None => {
+            if texts.len() >= usize::from(u16::MAX) {
+                return false;
+            }
+            out.push(0);
+            put_bytes(out, sql.as_bytes());
+            texts.push(sql.to_owned());
+        }
+    }
+    let Ok(n) = u16::try_from(params.len()) else {
+        return false;
+    };
+    out.extend_from_slice(&n.to_le_bytes());
+    for p in params {
+        let fits = |b: &[u8]| u32::try_from(b.len()).is_ok();
+        match p {
+            Param::Int(None) | Param::Text(None) | Param::Blob(None) | Param::Bytes(None) => {
+                out.push(0)
+            }
+            Param::Int(Some(v)) => {
+                out.push(1);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Param::Bool(v) => {
+                out.push(1);
+                out.extend_from_slice(&i64::from(*v).to_le_bytes());
+            }
+            Param::Text(Some(v)) => {
+                if !fits(v.as_bytes()) {
+                    return false;
+                }
+                out.push(2);
+                put_bytes(out, v.as_bytes());
+            }
+            Param::Blob(Some(v)) => {
+                if !fits(v) {
+                    return false;
+                }
+                out.push(3);
+                put_bytes(out, v);
+            }
+            Param::Bytes(Some(v)) => {
+                if !fits(v) {
+                    return false;
+                }
+                out.push(3);
+                put_bytes(out, v);
+            }
+        }
+    }
+    true
+}
+
+/// Runs `sql` with `params` on `conn` and copies its rows out.
+fn query(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[Param],
+) -> Result<Vec<OwnedRow>, DbError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let width = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut values = Vec::with_capacity(width);
+        for i in 0..width {
+            values.push(row.get::<_, Value>(i)?);
+        }
+        out.push(values);
+    }
+    Ok(out)
+}
+
+/// The last batch the database at `conn` holds (none: a journal older than the redo log's migration).
+fn applied(conn: &rusqlite::Connection) -> Result<Option<u64>, DbError> {
+    let exists: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'journal_redo'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(None);
+    }
+    let batch: i64 = conn.query_row("SELECT batch FROM journal_redo WHERE id = 1", [], |r| {
+        r.get(0)
+    })?;
+    Ok(Some(u64::try_from(batch).unwrap_or(0)))
+}
+
+/// Runs again the batches of the redo log of the journal at `path` that its database does not hold, and commits
+/// them. Returns the last batch number the database holds and how many batches were run again.
+/// Called before anything else writes the file (the writer's connect; `Journal::open` before migrating).
+pub(crate) fn recover(conn: &rusqlite::Connection, path: &str) -> Result<(u64, usize), DbError> {
+    let log = redo_path(path);
+    let Some(marker) = applied(conn)? else {
+        return Ok((0, 0));
+    };
+    let mut bytes = Vec::new();
+    match File::open(&log) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)
+                .map_err(|e| io(&log, "reading the redo log", &e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((marker, 0)),
+        Err(e) => return Err(io(&log, "opening the redo log", &e)),
+    }
+    let frames: Vec<Frame> = read_frames(&bytes)
+        .into_iter()
+        .skip_while(|f| f.batch <= marker)
+        .collect();
+    // Consecutive batches only, from the one after the database's last: whatever follows a break is older (a log
+    // that started over and was not cut back before a crash).
+    let mut next = marker + 1;
+    if let Some(first) = frames.first()
+        && first.batch != next
+    {
+        return Err(DbError(format!(
+            "{}: the redo log starts at batch {} but the database holds batches up to {marker}: the database \
+             file was replaced (restored from a backup?) while its redo log stayed. Move the redo log away to open \
+             the journal as the database file stands",
+            log.display(),
+            first.batch
+        )));
+    }
+    let run: Vec<&Frame> = frames
+        .iter()
+        .take_while(|f| {
+            let ok = f.batch == next;
+            next += 1;
+            ok
+        })
+        .collect();
+    let last = run.last().map_or(marker, |f| f.batch);
+    if !run.is_empty() {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let replayed: Result<(), DbError> = (|| {
+            for f in &run {
+                for (sql, params) in &f.statements {
+                    conn.prepare_cached(sql)
+                        .and_then(|mut s| s.execute(rusqlite::params_from_iter(params.iter())))
+                        .map_err(|e| {
+                            DbError(format!(
+                                "{}: running batch {} of the redo log again failed: {e}",
+                                log.display(),
+                                f.batch
+                            ))
+                        })?;
+                }
+            }
+            conn.execute(
+                "UPDATE journal_redo SET batch = ?1 WHERE id = 1",
+                [i64::try_from(last).unwrap_or(i64::MAX)],
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = replayed {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        conn.execute_batch("COMMIT")?;
+        tracing::warn!(
+            path,
+            batches = run.len(),
+            statements = run.iter().map(|f| f.statements.len()).sum::<usize>(),
+            "journal: batches written to the redo log before the last process stopped are in the database now"
+        );
+    }
+    Ok((last, run.len()))
+}
+
+/// Opens the redo log of the journal at `path`.
+fn open_log(path: &str) -> Result<File, DbError> {
+    let log = redo_path(path);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&log)
+        .map_err(|e| io(&log, "opening the redo log", &e))
+}
+
+/// Takes the redo log's lock (whether it was free): the writer holding it writes the log; a writer whose process
+/// ended leaves it free (the lock goes with its file descriptor), and the next to take it runs the log again.
+fn take_lock(f: &File, path: &str) -> Result<bool, DbError> {
+    match f.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io(&redo_path(path), "locking the redo log", &e))
+        }
+    }
+}
+
+/// Before the journal at `url` is migrated: what its redo log holds beyond the database is run again, by the
+/// statements of the version that wrote it (unless a live writer holds the log: its batches are its own to commit).
+pub(crate) fn recover_file(url: &str) -> Result<usize, DbError> {
+    let path = sqlite_path(url);
+    let log = open_log(path)?;
+    if !take_lock(&log, path)? {
+        return Ok(0);
+    }
+    let conn = open_sqlite(path)?;
+    let (_, replayed) = recover(&conn, path)?;
+    Ok(replayed)
+}
+
+impl Sqlite {
+    /// Appends `sql` to the batch's frame when it changes anything; a statement outside a batch first commits the
+    /// open transaction, and runs on its own.
+    async fn before(&mut self, sql: &str, params: &[Param]) -> Result<(), DbError> {
+        if !self.in_batch {
+            return self.settle(true).await;
+        }
+        if !self.logging || self.overflow || !changes(sql) {
+            return Ok(());
+        }
+        if !encode(&mut self.frame, &mut self.texts, sql, params) || self.frame.len() > FRAME_MAX {
+            self.overflow = true;
+            self.frame = Vec::new();
+            self.texts.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's frame and waits until it is on the disk.
+    fn write_frame(&mut self, batch: u64) -> Result<(), DbError> {
+        let path = self.log_path();
+        let len = u32::try_from(self.frame.len())
+            .map_err(|_| DbError("a redo frame over 4 GiB".into()))?;
+        let mut out = Vec::with_capacity(HEADER + self.frame.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&batch.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&self.frame).to_le_bytes());
+        out.extend_from_slice(&self.frame);
+        let end = self.len + out.len() as u64;
+        if end > self.allocated {
+            let to = end.div_ceil(GROW) * GROW;
+            let zeros = vec![0u8; usize::try_from(to - self.allocated).unwrap_or(0)];
+            self.redo
+                .write_all_at(&zeros, self.allocated)
+                .map_err(|e| io(&path, "growing the redo log", &e))?;
+            self.allocated = to;
+        }
+        self.redo
+            .write_all_at(&out, self.len)
+            .map_err(|e| io(&path, "writing the redo log", &e))?;
+        self.redo
+            .sync_data()
+            .map_err(|e| io(&path, "syncing the redo log", &e))?;
+        self.len += out.len() as u64;
+        Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        redo_path(&self.path)
+    }
+
+    /// A writer without the log: takes its lock when it is free, runs again what it holds, and writes it from now
+    /// on. Called with no transaction open.
+    fn adopt(&mut self) -> Result<(), DbError> {
+        if self.logging || !take_lock(&self.redo, &self.path)? {
+            return Ok(());
+        }
+        let (batch, _) = recover(&self.conn, &self.path)?;
+        self.batch = batch;
+        self.len = 0;
+        self.allocated = self
+            .redo
+            .metadata()
+            .map_err(|e| io(&self.log_path(), "reading the redo log's size", &e))?
+            .len();
+        self.logging = true;
+        Ok(())
+    }
+
+    /// Commits the open transaction (the WAL fsynced), and starts the log over.
+    fn commit_open(&mut self) -> Result<(), DbError> {
+        if self.open.is_none() {
+            return Ok(());
+        }
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = None;
+        // The database holds every batch the log does: the next frames overwrite them.
+        self.len = 0;
+        Ok(())
+    }
+}
+
+impl Store for Sqlite {
+    type Row = OwnedRow;
+    const DIALECT: Dialect = Dialect::Sqlite;
+
+    /// Opens the file, runs again what its redo log holds beyond the database, and opens the log for appending.
+    async fn connect(url: &str) -> Result<Self, DbError> {
+        let path = sqlite_path(url).to_owned();
+        let redo = open_log(&path)?;
+        let conn = open_sqlite(&path)?;
+        let mut s = Sqlite {
+            conn,
+            path,
+            redo,
+            logging: false,
+            len: 0,
+            allocated: 0,
+            batch: 0,
+            open: None,
+            in_batch: false,
+            frame: Vec::new(),
+            texts: Vec::new(),
+            overflow: false,
+        };
+        s.adopt()?;
+        Ok(s)
+    }
+
+    /// A savepoint in the writer's transaction (opened now when none is: `BEGIN IMMEDIATE` takes the write lock at
+    /// once), and the chain's head.
+    async fn begin(&mut self, chain: &str) -> Result<(i64, String), DbError> {
+        if self.in_batch {
+            return Err(DbError("a batch began inside another".into()));
+        }
+        if self.open.is_none() {
+            self.adopt()?;
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            self.open = Some(Instant::now());
+            if !self.logging && self.redo.try_lock().is_ok() {
+                // The log's writer ended after this writer's look just now: its batches first.
+                self.conn.prepare_cached("ROLLBACK")?.execute([])?;
+                self.open = None;
+                let _ = self.redo.unlock();
+                return Box::pin(self.begin(chain)).await;
+            }
+        }
+        self.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
+        self.in_batch = true;
+        self.frame.clear();
+        self.texts.clear();
+        self.overflow = false;
+        let rows = query(&self.conn, &head_sql(chain), &[])?;
+        head_of(&rows)
+    }
+
+    async fn fetch(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<OwnedRow>, DbError> {
+        self.before(sql, &params).await?;
+        query(&self.conn, sql, &params)
+    }
+
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64, DbError> {
+        self.before(sql, &params).await?;
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let changed = stmt.execute(rusqlite::params_from_iter(params.iter()))?;
+        Ok(changed as u64)
+    }
+
+    /// The head moved, the batch's savepoint released, and its frame written and synced: the batch is durable.
+    /// The transaction commits when it has been open [`SETTLE_EVERY`] (or the frame would be too large).
+    async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError> {
+        let _ = move_head_sql(chain, seq, hash, 0)?;
+        let head = "UPDATE journal_chains SET seq = $1, hash = $2, alive_us = $3 WHERE chain = $4";
+        let params = vec![
+            Param::from(seq),
+            hash.into(),
+            crate::now_us().into(),
+            chain.into(),
+        ];
+        self.execute(head, params).await?;
+        if !self.logging {
+            self.conn.prepare_cached("RELEASE batch")?.execute([])?;
+            self.in_batch = false;
+            return self.commit_open();
+        }
+        self.batch += 1;
+        let batch = self.batch;
+        self.conn
+            .prepare_cached("UPDATE journal_redo SET batch = ?1 WHERE id = 1")?
+            .execute([i64::try_from(batch).unwrap_or(i64::MAX)])?;
+        self.conn.prepare_cached("RELEASE batch")?.execute([])?;
+        self.in_batch = false;
+        if self.overflow {
+            self.frame = Vec::new();
+            self.texts.clear();
+            return self.commit_open();
+        }
+        self.write_frame(batch)?;
+        if self.frame.capacity() > 4 * 1024 * 1024 {
+            self.frame = Vec::new();
+        }
+        self.settle(false).await
+    }
+
+    /// Undoes the batch under way; the batches before it in the transaction stay.
+    async fn rollback(&mut self) {
+        if self.in_batch {
+            self.in_batch = false;
+            let _ = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
+            if !self.logging {
+                let _ = self.commit_open();
+            }
+        }
+    }
+
+    /// Commits the open transaction when it has been open [`SETTLE_EVERY`], or at once when `now`.
+    async fn settle(&mut self, now: bool) -> Result<(), DbError> {
+        match self.open {
+            Some(since) if now || since.elapsed() >= SETTLE_EVERY => self.commit_open(),
+            _ => Ok(()),
+        }
+    }
+
+    fn unsettled(&self) -> Option<Duration> {
+        self.open
+            .map(|since| SETTLE_EVERY.saturating_sub(since.elapsed()))
+    }
+
+    /// Closes without committing: the batches of the open transaction are in the redo log, and the next connect
+    /// runs them again.
+    async fn close(self) {
+        let _ = rusqlite::Connection::close(self.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_read_back_as_written_and_end_at_a_torn_one() {
+        let mut frame = Vec::new();
+        let mut texts = Vec::new();
+        let params = vec![
+            Param::from(7i64),
+            Param::Text(None),
+            Param::from("MaDonVi".to_owned()),
+            Param::Bytes(Some(bytes::Bytes::from_static(b"<HoSo/>"))),
+            Param::Bool(true),
+        ];
+        assert!(encode(
+            &mut frame,
+            &mut texts,
+            "INSERT INTO t VALUES ($1, $2, $3, $4, $5)",
+            &params
+        ));
+        assert!(encode(
+            &mut frame,
+            &mut texts,
+            "INSERT INTO t VALUES ($1, $2, $3, $4, $5)",
+            &params
+        ));
+        assert_eq!(texts.len(), 1, "a repeated statement is named by its index");
+        let mut log = Vec::new();
+        for batch in [4u64, 5] {
+            log.extend_from_slice(MAGIC);
+            log.extend_from_slice(&batch.to_le_bytes());
+            log.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            log.extend_from_slice(&crc32fast::hash(&frame).to_le_bytes());
+            log.extend_from_slice(&frame);
+        }
+        let frames = read_frames(&log);
+        assert_eq!(
+            frames.iter().map(|f| f.batch).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        let (sql, values) = &frames[1].statements[1];
+        assert_eq!(sql, "INSERT INTO t VALUES ($1, $2, $3, $4, $5)");
+        assert!(matches!(values[0], Param::Int(Some(7))));
+        assert!(matches!(values[1], Param::Int(None)));
+        assert!(matches!(&values[2], Param::Text(Some(t)) if t == "MaDonVi"));
+        assert!(matches!(&values[3], Param::Blob(Some(b)) if b == b"<HoSo/>"));
+        assert!(matches!(values[4], Param::Int(Some(1))));
+        // A torn last frame (cut short, or one byte changed) ends the log before it.
+        assert_eq!(read_frames(&log[..log.len() - 1]).len(), 1);
+        let mut flipped = log.clone();
+        let at = flipped.len() - 3;
+        flipped[at] ^= 1;
+        assert_eq!(read_frames(&flipped).len(), 1);
+        assert!(read_frames(b"garbage that is not a frame at all").is_empty());
+    }
+
+    /// A migrated journal file in a temporary directory, and its URL.
+    async fn journal() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("j.db").display());
+        crate::migrate(&url).await.expect("migrates");
+        (dir, url)
+    }
+
+    /// A batch of `sql` under chain `c`, committed (durable in the log), the transaction left open.
+    async fn batch(s: &mut Sqlite, sql: &str) {
+        let (seq, hash) = s.begin("c").await.expect("begins");
+        s.execute(sql, Vec::new()).await.expect("runs");
+        s.commit("c", seq, &hash).await.expect("commits");
+    }
+
+    /// The chains the database file holds, read by a connection of its own.
+    fn chains(url: &str) -> Vec<String> {
+        let c = rusqlite::Connection::open(sqlite_path(url)).expect("opens");
+        let mut stmt = c
+            .prepare("SELECT chain FROM journal_chains ORDER BY chain")
+            .expect("prepares");
+        stmt.query_map([], |r| r.get(0))
+            .expect("reads")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    async fn writer(url: &str) -> Sqlite {
+        let mut s = Sqlite::connect(url).await.expect("connects");
+        s.execute(
+            &format!(
+                "INSERT INTO journal_chains (chain, seq, hash, pruned_through, alive_us) VALUES ('c', 0, '{}', 0, 0) \
+                 ON CONFLICT (chain) DO NOTHING",
+                crate::chain::GENESIS
+            ),
+            Vec::new(),
+        )
+        .await
+        .expect("head row");
+        s
+    }
+
+    const ADD: &str =
+        "INSERT INTO journal_chains (chain, seq, hash, pruned_through, alive_us) VALUES";
+
+    #[tokio::test]
+    async fn batches_answered_before_a_crash_are_in_the_database_after_it_once() {
+        let (_dir, url) = journal().await;
+        let mut s = writer(&url).await;
+        batch(&mut s, &format!("{ADD} ('x1', 0, 'g', 0, 0)")).await;
+        batch(&mut s, &format!("{ADD} ('x2', 0, 'g', 0, 0)")).await;
+        assert!(s.logging, "the only writer writes the log");
+        // Durable in the log, not yet committed: other connections do not see them.
+        assert_eq!(chains(&url), ["c"]);
+        // The process dies: its transaction is gone.
+        s.close().await;
+        assert_eq!(chains(&url), ["c"]);
+        let s = Sqlite::connect(&url).await.expect("connects again");
+        assert_eq!(chains(&url), ["c", "x1", "x2"]);
+        assert_eq!(s.batch, 2);
+        s.close().await;
+        // Opened again: nothing runs twice (a second insert of x1 would fail on its key).
+        let mut s = Sqlite::connect(&url).await.expect("connects a third time");
+        assert_eq!(s.batch, 2);
+        batch(&mut s, &format!("{ADD} ('x3', 0, 'g', 0, 0)")).await;
+        s.settle(true).await.expect("commits");
+        assert_eq!(chains(&url), ["c", "x1", "x2", "x3"]);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_torn_frame_ends_the_log_and_a_foreign_start_is_refused() {
+        let (_dir, url) = journal().await;
+        let mut s = writer(&url).await;
+        batch(&mut s, &format!("{ADD} ('x1', 0, 'g', 0, 0)")).await;
+        batch(&mut s, &format!("{ADD} ('x2', 0, 'g', 0, 0)")).await;
+        let log = redo_path(sqlite_path(&url));
+        let end = s.len;
+        s.close().await;
+        // The second frame torn: its last byte changed, as a write cut short by a power loss leaves it.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("log");
+        f.write_all_at(&[0xff], end - 1).expect("tears");
+        let s = Sqlite::connect(&url).await.expect("connects");
+        assert_eq!(chains(&url), ["c", "x1"]);
+        s.close().await;
+        // The database put back to an older state while the log stayed: refused, with what to do.
+        let c = rusqlite::Connection::open(sqlite_path(&url)).expect("opens");
+        c.execute_batch(
+            "UPDATE journal_redo SET batch = 0; DELETE FROM journal_chains WHERE chain = 'x1'",
+        )
+        .expect("restores");
+        let mut s = writer(&url).await;
+        batch(&mut s, &format!("{ADD} ('x4', 0, 'g', 0, 0)")).await;
+        s.close().await;
+        c.execute_batch("UPDATE journal_redo SET batch = 0")
+            .expect("restores again");
+        let Err(e) = Sqlite::connect(&url).await else {
+            panic!("a log that starts past the database opens");
+        };
+        assert!(
+            e.0.contains("starts at batch") && e.0.contains("Move the redo log away"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_commits_as_it_goes_and_takes_the_log_up_when_its_writer_ends() {
+        let (_dir, url) = journal().await;
+        let mut a = writer(&url).await;
+        let mut b = writer(&url).await;
+        assert!(a.logging && !b.logging);
+        batch(&mut a, &format!("{ADD} ('a1', 0, 'g', 0, 0)")).await;
+        a.settle(true).await.expect("commits");
+        // b commits each batch (it waits for a's write lock, which a's commit released).
+        batch(&mut b, &format!("{ADD} ('b1', 0, 'g', 0, 0)")).await;
+        assert_eq!(chains(&url), ["a1", "b1", "c"]);
+        batch(&mut a, &format!("{ADD} ('a2', 0, 'g', 0, 0)")).await;
+        // a dies with a2 only in its log; b's next batch runs it first, then writes the log itself.
+        a.close().await;
+        batch(&mut b, &format!("{ADD} ('b2', 0, 'g', 0, 0)")).await;
+        assert!(b.logging);
+        b.settle(true).await.expect("commits");
+        assert_eq!(chains(&url), ["a1", "a2", "b1", "b2", "c"]);
+        b.close().await;
+    }
+
+    #[test]
+    fn only_statements_that_can_change_rows_are_logged() {
+        assert!(!changes("  SELECT seq FROM journal_records"));
+        assert!(!changes("select 1"));
+        assert!(changes("UPDATE outbox SET due_us = $1 RETURNING hop"));
+        assert!(changes("INSERT INTO messages VALUES ($1)"));
+        assert!(changes("DELETE FROM outbox"));
+    }
+}
