@@ -268,7 +268,7 @@ impl Delivery {
                 lgsp_config::human(t.settings.max_age),
                 c.attempts.saturating_sub(1)
             );
-            return self.done(index, ended(Status::Expired, detail)).await;
+            return self.done(index, ended(Status::Expired, detail));
         }
         let Some(route) = route else {
             let detail = format!(
@@ -280,7 +280,7 @@ impl Delivery {
         let req = match rebuild(&c, &route) {
             Ok(r) => r,
             // Nothing to send (a journal whose body or request is gone): it cannot be delivered from here.
-            Err(e) => return self.done(index, ended(Status::Failed, e)).await,
+            Err(e) => return self.done(index, ended(Status::Failed, e)),
         };
         // Forward is always ready; its future is one concrete boxed type (see `step::unnamed`).
         let answer = t.forward.clone().call(req).await;
@@ -302,7 +302,7 @@ impl Delivery {
                     detail: judged.detail,
                     owner: Some(self.journal.owner().to_owned()),
                 };
-                self.done(index, outcome).await;
+                self.done(index, outcome);
             }
         }
     }
@@ -336,25 +336,17 @@ impl Delivery {
         }
     }
 
-    async fn done(&self, index: Option<usize>, outcome: Outcome) {
+    /// The outcome handed to the journal without waiting for its commit, so the worker is free for the next packet
+    /// at once (an outcome awaited held each worker a commit longer: the outbox fell behind the hop it drains). Until
+    /// it is written the delivery stays leased to this process; a crash before leaves it to the next start, which
+    /// sends it again under its message id, and the next hop answers that repeat from its own journal. An outcome
+    /// whose lease another process took over is not written (the writer logs it): that process decides.
+    fn done(&self, index: Option<usize>, outcome: Outcome) {
         let t = &self.target;
         if let Some(i) = index {
             t.deliveries.count(i, outcome.status.as_str());
         }
-        let message_id = outcome.message_id.clone();
-        match self.journal.finish(outcome).await {
-            Ok(()) => {}
-            // Another process took the packet up after this one's lease ended: its outcome stands.
-            Err(lgsp_journal::JournalError::UnknownMessage(_)) => {
-                tracing::warn!(
-                    message_id,
-                    "outbox: the lease ended before the outcome was written; the process that took it over decides"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(message_id, error = %e, "outbox: the outcome could not be journalled; the lease will end and it is tried again (the next hop answers a repeat from its own journal)");
-            }
-        }
+        self.journal.finish_later(outcome);
     }
 }
 

@@ -37,6 +37,10 @@ use crate::store::{
 /// commit makes the batches visible to the readers' connections and lets the log start over.
 pub(crate) const SETTLE_EVERY: Duration = Duration::from_millis(50);
 
+/// The open transaction also commits once its frames come to this much: what it dirtied stays within the page cache
+/// (a page spilled to the WAL before the commit is written there again if a later batch changes it).
+const SETTLE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// A batch whose statements (with their values) come to more than this commits the database instead of writing a
 /// frame (a rebuild of the derived tables, a very large packet): the log never holds a frame larger than this.
 const FRAME_MAX: usize = 32 * 1024 * 1024;
@@ -112,7 +116,7 @@ fn open_sqlite(path: &str) -> Result<rusqlite::Connection, DbError> {
     // The writer's transaction holds the pages its batches dirtied until it commits: room for them, so they are
     // not spilled to the WAL before (and written again at) the commit. A batch's savepoint keeps the pages it
     // changes first in memory, not in a temporary file.
-    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "cache_size", -16384)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Checkpoints are the checkpointer's (`store::checkpointer`): copying the WAL into the file is off the writer's
     // core.
@@ -371,15 +375,14 @@ pub(crate) fn recover(conn: &rusqlite::Connection, path: &str) -> Result<(u64, u
         let replayed: Result<(), DbError> = (|| {
             for f in &run {
                 for (sql, params) in &f.statements {
-                    conn.prepare_cached(sql)
-                        .and_then(|mut s| s.execute(rusqlite::params_from_iter(params.iter())))
-                        .map_err(|e| {
-                            DbError(format!(
-                                "{}: running batch {} of the redo log again failed: {e}",
-                                log.display(),
-                                f.batch
-                            ))
-                        })?;
+                    // As the writer ran it (its rows, a `RETURNING`'s, read and dropped).
+                    query(conn, sql, params).map_err(|e| {
+                        DbError(format!(
+                            "{}: running batch {} of the redo log again failed: {e}",
+                            log.display(),
+                            f.batch
+                        ))
+                    })?;
                 }
             }
             conn.execute(
@@ -636,10 +639,13 @@ impl Store for Sqlite {
         }
     }
 
-    /// Commits the open transaction when it has been open [`SETTLE_EVERY`], or at once when `now`.
+    /// Commits the open transaction when it has been open [`SETTLE_EVERY`] or its frames reached [`SETTLE_BYTES`],
+    /// or at once when `now`.
     async fn settle(&mut self, now: bool) -> Result<(), DbError> {
         match self.open {
-            Some(since) if now || since.elapsed() >= SETTLE_EVERY => self.commit_open(),
+            Some(since) if now || since.elapsed() >= SETTLE_EVERY || self.len >= SETTLE_BYTES => {
+                self.commit_open()
+            }
             _ => Ok(()),
         }
     }
@@ -724,7 +730,7 @@ mod tests {
     /// A batch of `sql` under chain `c`, committed (durable in the log), the transaction left open.
     async fn batch(s: &mut Sqlite, sql: &str) {
         let (seq, hash) = s.begin("c").await.expect("begins");
-        s.execute(sql, Vec::new()).await.expect("runs");
+        s.fetch(sql, Vec::new()).await.expect("runs");
         s.commit("c", seq, &hash).await.expect("commits");
     }
 
@@ -763,7 +769,11 @@ mod tests {
         let (_dir, url) = journal().await;
         let mut s = writer(&url).await;
         batch(&mut s, &format!("{ADD} ('x1', 0, 'g', 0, 0)")).await;
-        batch(&mut s, &format!("{ADD} ('x2', 0, 'g', 0, 0)")).await;
+        batch(
+            &mut s,
+            &format!("{ADD} ('x2', 0, 'g', 0, 0) RETURNING chain"),
+        )
+        .await;
         assert!(s.logging, "the only writer writes the log");
         // Durable in the log, not yet committed: other connections do not see them.
         assert_eq!(chains(&url), ["c"]);

@@ -413,9 +413,8 @@ fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, last_batch: usize) 
     if last_batch < 2 || jobs.is_empty() {
         return;
     }
-    let until = Instant::now() + GATHER;
-    while jobs.len() < last_batch.min(MAX_BATCH) && Instant::now() < until {
-        std::thread::sleep(Duration::from_micros(20));
+    if jobs.len() < last_batch.min(MAX_BATCH) {
+        std::thread::sleep(GATHER);
         drain(rx, jobs);
     }
 }
