@@ -675,11 +675,21 @@ async fn the_hops_own_certificates_rotated_under_continuous_load_fail_no_request
 
     // 3. New connections are served the new certificate; the next hop saw the old key, then the new one.
     assert_eq!(served_fingerprint(&dir, port), file_fingerprint(&new_cert));
-    let records: Vec<_> = journal_records(&chain.ndxp_journal)
-        .await
-        .into_iter()
-        .filter(|r| r["record"]["kind"] == "accepted")
-        .collect();
+    let accepted = |r: &&serde_json::Value| r["record"]["kind"] == "accepted";
+    let records: Vec<_> = journal_records_once(
+        &chain.ndxp_journal,
+        "a packet signed with the new key",
+        |r| {
+            r.iter().rfind(accepted).is_some_and(|l| {
+                recorded_hop_signature_verifies(&l["record"]["hop_signature"], &new_cert, &[])
+                    .is_ok()
+            })
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|r| accepted(&r))
+    .collect();
     let signature = |r: &serde_json::Value| r["record"]["hop_signature"].clone();
     let (first, last) = (
         signature(records.first().expect("records")),

@@ -16,7 +16,8 @@
 //! The log ends at the first frame that is torn (its checksum) or older (its number: the rest of a longer log
 //! from before the last commit).
 //!
-//! Frame: `"LGRD"`, batch (u64 LE), payload length (u32 LE), CRC-32 of the payload (u32 LE), payload. Payload: the
+//! Frame: `"LGRD"`, the database's token (`journal_redo.token`, i64 LE: a log left beside a database file made anew is
+//! not its), batch (u64 LE), payload length (u32 LE), CRC-32 of the payload (u32 LE), payload. Payload: the
 //! statements, each the SQL (`0`, length u32, text; or `1`, index u16 of an earlier one in this frame) and its
 //! values (count u16; each a tag — 0 null, 1 integer i64, 2 text, 3 bytes, with length u32 — and its value).
 
@@ -37,6 +38,11 @@ use crate::store::{
 /// commit makes the batches visible to the readers' connections and lets the log start over.
 pub(crate) const SETTLE_EVERY: Duration = Duration::from_millis(50);
 
+/// The open transaction also commits when no batch came for this long: the writer is idle, and what it answered
+/// becomes visible to other processes' readers (an operator's `journal export` a moment after a packet's answer)
+/// at once. Under load batches follow each other closer than this, and [`SETTLE_EVERY`] decides.
+const SETTLE_IDLE: Duration = Duration::from_millis(2);
+
 /// The open transaction also commits once its frames come to this much: what it dirtied stays within the page cache
 /// (a page spilled to the WAL before the commit is written there again if a later batch changes it).
 const SETTLE_BYTES: u64 = 4 * 1024 * 1024;
@@ -52,7 +58,7 @@ const FRAME_MAX: usize = 32 * 1024 * 1024;
 const GROW: u64 = 4 * 1024 * 1024;
 
 const MAGIC: &[u8; 4] = b"LGRD";
-const HEADER: usize = 4 + 8 + 4 + 4;
+const HEADER: usize = 4 + 8 + 8 + 4 + 4;
 
 /// Prepared statements the writer keeps: each statement shape of a batch (a handful per table, see
 /// `writer::shaped`), the head and the repeats.
@@ -80,10 +86,14 @@ pub(crate) struct Sqlite {
     len: u64,
     /// The file's size: zeros (or older frames) from `len` to here.
     allocated: u64,
+    /// The database's token, which its frames carry.
+    token: i64,
     /// The last batch number given (written, committed, or failed: a number is never given twice).
     batch: u64,
     /// Since when the writer's transaction is open (none: autocommit).
     open: Option<Instant>,
+    /// When its last batch was written.
+    last: Instant,
     /// A batch is under way (its savepoint open).
     in_batch: bool,
     /// The statements of the batch under way, encoded.
@@ -135,17 +145,19 @@ struct Frame {
     statements: Vec<(String, Vec<Param>)>,
 }
 
-/// The frames of a redo log, up to its first torn or foreign one.
-fn read_frames(bytes: &[u8]) -> Vec<Frame> {
+/// The frames of the redo log of the database whose token is `token`, up to its first torn or foreign one.
+fn read_frames(bytes: &[u8], token: i64) -> Vec<Frame> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while let Some(header) = bytes.get(at..at + HEADER) {
-        if &header[..4] != MAGIC {
+        if &header[..4] != MAGIC
+            || i64::from_le_bytes(header[4..12].try_into().unwrap_or_default()) != token
+        {
             break;
         }
-        let batch = u64::from_le_bytes(header[4..12].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(header[16..20].try_into().unwrap_or_default());
+        let batch = u64::from_le_bytes(header[12..20].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(header[20..24].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(header[24..28].try_into().unwrap_or_default());
         let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
             break;
         };
@@ -310,8 +322,8 @@ fn query(
     Ok(out)
 }
 
-/// The last batch the database at `conn` holds (none: a journal older than the redo log's migration).
-fn applied(conn: &rusqlite::Connection) -> Result<Option<u64>, DbError> {
+/// The last batch the database at `conn` holds and its token (none: a journal older than the redo log's migration).
+fn applied(conn: &rusqlite::Connection) -> Result<Option<(u64, i64)>, DbError> {
     let exists: i64 = conn.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'journal_redo'",
         [],
@@ -320,19 +332,24 @@ fn applied(conn: &rusqlite::Connection) -> Result<Option<u64>, DbError> {
     if exists == 0 {
         return Ok(None);
     }
-    let batch: i64 = conn.query_row("SELECT batch FROM journal_redo WHERE id = 1", [], |r| {
-        r.get(0)
-    })?;
-    Ok(Some(u64::try_from(batch).unwrap_or(0)))
+    let (batch, token): (i64, i64) = conn.query_row(
+        "SELECT batch, token FROM journal_redo WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(Some((u64::try_from(batch).unwrap_or(0), token)))
 }
 
 /// Runs again the batches of the redo log of the journal at `path` that its database does not hold, and commits
 /// them. Returns the last batch number the database holds and how many batches were run again.
 /// Called before anything else writes the file (the writer's connect; `Journal::open` before migrating).
-pub(crate) fn recover(conn: &rusqlite::Connection, path: &str) -> Result<(u64, usize), DbError> {
+pub(crate) fn recover(
+    conn: &rusqlite::Connection,
+    path: &str,
+) -> Result<(u64, i64, usize), DbError> {
     let log = redo_path(path);
-    let Some(marker) = applied(conn)? else {
-        return Ok((0, 0));
+    let Some((marker, token)) = applied(conn)? else {
+        return Ok((0, 0, 0));
     };
     let mut bytes = Vec::new();
     match File::open(&log) {
@@ -340,10 +357,10 @@ pub(crate) fn recover(conn: &rusqlite::Connection, path: &str) -> Result<(u64, u
             f.read_to_end(&mut bytes)
                 .map_err(|e| io(&log, "reading the redo log", &e))?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((marker, 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((marker, token, 0)),
         Err(e) => return Err(io(&log, "opening the redo log", &e)),
     }
-    let frames: Vec<Frame> = read_frames(&bytes)
+    let frames: Vec<Frame> = read_frames(&bytes, token)
         .into_iter()
         .skip_while(|f| f.batch <= marker)
         .collect();
@@ -403,7 +420,7 @@ pub(crate) fn recover(conn: &rusqlite::Connection, path: &str) -> Result<(u64, u
             "journal: batches written to the redo log before the last process stopped are in the database now"
         );
     }
-    Ok((last, run.len()))
+    Ok((last, token, run.len()))
 }
 
 /// Opens the redo log of the journal at `path`.
@@ -439,7 +456,7 @@ pub(crate) fn recover_file(url: &str) -> Result<usize, DbError> {
         return Ok(0);
     }
     let conn = open_sqlite(path)?;
-    let (_, replayed) = recover(&conn, path)?;
+    let (_, _, replayed) = recover(&conn, path)?;
     Ok(replayed)
 }
 
@@ -468,6 +485,7 @@ impl Sqlite {
             .map_err(|_| DbError("a redo frame over 4 GiB".into()))?;
         let mut out = Vec::with_capacity(HEADER + self.frame.len());
         out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.token.to_le_bytes());
         out.extend_from_slice(&batch.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&self.frame).to_le_bytes());
@@ -501,8 +519,9 @@ impl Sqlite {
         if self.logging || !take_lock(&self.redo, &self.path)? {
             return Ok(());
         }
-        let (batch, _) = recover(&self.conn, &self.path)?;
+        let (batch, token, _) = recover(&self.conn, &self.path)?;
         self.batch = batch;
+        self.token = token;
         self.len = 0;
         self.allocated = self
             .redo
@@ -542,8 +561,10 @@ impl Store for Sqlite {
             logging: false,
             len: 0,
             allocated: 0,
+            token: 0,
             batch: 0,
             open: None,
+            last: Instant::now(),
             in_batch: false,
             frame: Vec::new(),
             texts: Vec::new(),
@@ -622,6 +643,7 @@ impl Store for Sqlite {
             return self.commit_open();
         }
         self.write_frame(batch)?;
+        self.last = Instant::now();
         if self.frame.capacity() > 4 * 1024 * 1024 {
             self.frame = Vec::new();
         }
@@ -639,11 +661,16 @@ impl Store for Sqlite {
         }
     }
 
-    /// Commits the open transaction when it has been open [`SETTLE_EVERY`] or its frames reached [`SETTLE_BYTES`],
-    /// or at once when `now`.
+    /// Commits the open transaction when it has been open [`SETTLE_EVERY`], no batch came for [`SETTLE_IDLE`] or
+    /// its frames reached [`SETTLE_BYTES`]; at once when `now`.
     async fn settle(&mut self, now: bool) -> Result<(), DbError> {
         match self.open {
-            Some(since) if now || since.elapsed() >= SETTLE_EVERY || self.len >= SETTLE_BYTES => {
+            Some(since)
+                if now
+                    || since.elapsed() >= SETTLE_EVERY
+                    || self.last.elapsed() >= SETTLE_IDLE
+                    || self.len >= SETTLE_BYTES =>
+            {
                 self.commit_open()
             }
             _ => Ok(()),
@@ -651,8 +678,11 @@ impl Store for Sqlite {
     }
 
     fn unsettled(&self) -> Option<Duration> {
-        self.open
-            .map(|since| SETTLE_EVERY.saturating_sub(since.elapsed()))
+        self.open.map(|since| {
+            SETTLE_EVERY
+                .saturating_sub(since.elapsed())
+                .min(SETTLE_IDLE.saturating_sub(self.last.elapsed()))
+        })
     }
 
     /// Closes without committing: the batches of the open transaction are in the redo log, and the next connect
@@ -693,12 +723,13 @@ mod tests {
         let mut log = Vec::new();
         for batch in [4u64, 5] {
             log.extend_from_slice(MAGIC);
+            log.extend_from_slice(&77i64.to_le_bytes());
             log.extend_from_slice(&batch.to_le_bytes());
             log.extend_from_slice(&(frame.len() as u32).to_le_bytes());
             log.extend_from_slice(&crc32fast::hash(&frame).to_le_bytes());
             log.extend_from_slice(&frame);
         }
-        let frames = read_frames(&log);
+        let frames = read_frames(&log, 77);
         assert_eq!(
             frames.iter().map(|f| f.batch).collect::<Vec<_>>(),
             vec![4, 5]
@@ -711,12 +742,16 @@ mod tests {
         assert!(matches!(&values[3], Param::Blob(Some(b)) if b == b"<HoSo/>"));
         assert!(matches!(values[4], Param::Int(Some(1))));
         // A torn last frame (cut short, or one byte changed) ends the log before it.
-        assert_eq!(read_frames(&log[..log.len() - 1]).len(), 1);
+        assert_eq!(read_frames(&log[..log.len() - 1], 77).len(), 1);
+        assert!(
+            read_frames(&log, 78).is_empty(),
+            "another database's frames"
+        );
         let mut flipped = log.clone();
         let at = flipped.len() - 3;
         flipped[at] ^= 1;
-        assert_eq!(read_frames(&flipped).len(), 1);
-        assert!(read_frames(b"garbage that is not a frame at all").is_empty());
+        assert_eq!(read_frames(&flipped, 77).len(), 1);
+        assert!(read_frames(b"garbage that is not a frame at all, not one", 77).is_empty());
     }
 
     /// A migrated journal file in a temporary directory, and its URL.
@@ -794,6 +829,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_transaction_commits_when_the_writer_is_idle_and_not_between_close_batches() {
+        let (_dir, url) = journal().await;
+        let mut s = writer(&url).await;
+        batch(&mut s, &format!("{ADD} ('x1', 0, 'g', 0, 0)")).await;
+        s.settle(false).await.expect("settles");
+        assert_eq!(
+            chains(&url),
+            ["c"],
+            "a batch just written is not committed at once"
+        );
+        let due = s.unsettled().expect("a commit is due");
+        assert!(due <= SETTLE_IDLE, "{due:?}");
+        tokio::time::sleep(SETTLE_IDLE * 2).await;
+        s.settle(false).await.expect("settles");
+        assert_eq!(chains(&url), ["c", "x1"]);
+        assert!(s.unsettled().is_none());
+        s.close().await;
+    }
+
+    #[tokio::test]
     async fn a_torn_frame_ends_the_log_and_a_foreign_start_is_refused() {
         let (_dir, url) = journal().await;
         let mut s = writer(&url).await;
@@ -829,6 +884,21 @@ mod tests {
             e.0.contains("starts at batch") && e.0.contains("Move the redo log away"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_log_left_beside_a_database_made_anew_is_not_run_on_it() {
+        let (dir, url) = journal().await;
+        let mut s = writer(&url).await;
+        batch(&mut s, &format!("{ADD} ('old', 0, 'g', 0, 0)")).await;
+        s.close().await;
+        for f in ["j.db", "j.db-wal", "j.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        crate::migrate(&url).await.expect("migrates anew");
+        let s = writer(&url).await;
+        assert_eq!(chains(&url), ["c"]);
+        s.close().await;
     }
 
     #[tokio::test]

@@ -244,12 +244,15 @@ fn v6(d: Dialect) -> Vec<String> {
 }
 
 /// SQLite: the last batch of the writer's redo log the database holds (`redo.rs`): a batch whose number is at most
-/// this is not run again after a crash. PostgreSQL commits every batch: nothing changes there.
+/// this is not run again after a crash; and this database's token, which every frame of its log carries (a log
+/// left beside a database file made anew is not run on it). PostgreSQL commits every batch: nothing changes there.
 fn v7(d: Dialect) -> Vec<String> {
     match d {
         Dialect::Sqlite => vec![
-            "CREATE TABLE journal_redo (id INTEGER PRIMARY KEY CHECK (id = 1), batch BIGINT NOT NULL)".to_owned(),
-            "INSERT INTO journal_redo (id, batch) VALUES (1, 0)".to_owned(),
+            "CREATE TABLE journal_redo (id INTEGER PRIMARY KEY CHECK (id = 1), batch BIGINT NOT NULL,
+                token BIGINT NOT NULL)"
+                .to_owned(),
+            "INSERT INTO journal_redo (id, batch, token) VALUES (1, 0, random())".to_owned(),
         ],
         Dialect::Postgres => Vec::new(),
     }

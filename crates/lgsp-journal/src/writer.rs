@@ -396,10 +396,11 @@ async fn run<S: Store>(
 }
 
 /// Takes the jobs waiting. Under load — the last batch held several jobs, so their callers are on their way back —
-/// it waits a little (at most [`GATHER`], a fraction of one commit's fsync) until as many jobs are there as the last
-/// batch held: otherwise callers woken one after another by a commit's answers would each find the writer busy with
-/// a batch of one or two, and every commit would serve a handful (measured: 2.4 jobs a commit at 256 concurrent
-/// appenders, against a few hundred with the wait).
+/// it waits once, [`GATHER`] (a fraction of one commit's fsync), when fewer jobs are there than the last batch held:
+/// otherwise callers woken one after another by a commit's answers would each find the writer busy with a batch of
+/// one or two, and every commit would serve a handful (measured: 2.4 jobs a commit at 256 concurrent appenders,
+/// against a few hundred with the wait). One sleep, not a poll every 20 µs: the writer made 23 context switches a
+/// batch polling (`benches/RESULTS.md`).
 fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, last_batch: usize) {
     let drain = |rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>| {
         while jobs.len() < MAX_BATCH {

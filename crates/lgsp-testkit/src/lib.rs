@@ -475,6 +475,28 @@ pub async fn journal_records(url: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The records of a running gateway's journal once `ready` holds for them (up to 10 s): such a gateway commits what
+/// it answered within milliseconds, not at once (SQLite: its redo log holds it until then), and another
+/// connection reads what it committed.
+pub async fn journal_records_once(
+    url: &str,
+    what: &str,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let records = journal_records(url).await;
+        if ready(&records) {
+            return records;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the journal at {url} never held {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Verifies again a relaying hop's signature as a journal record keeps it (`record.hop_signature` of an export
 /// line) with the public key and identity of the certificate in `cert_pem` alone; `overrides` replace covered values (to show a
 /// record naming something else fails).

@@ -235,8 +235,9 @@ pub fn journal_read_only(url: &str, read_only: bool) -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
-    // Not the -shm file: SQLite maps it into memory, and a mapped page the kernel may not write is SIGBUS.
-    ["", "-wal"].iter().all(|suffix| {
+    // Not the -shm file: SQLite maps it into memory, and a mapped page the kernel may not write is SIGBUS. The redo
+    // log too: its frames are what makes a batch durable.
+    ["", "-wal", "-redo"].iter().all(|suffix| {
         let file = format!("{path}{suffix}");
         if !std::path::Path::new(&file).exists() {
             return true;
