@@ -72,6 +72,9 @@ pub fn journal(config: Option<&Path>, url: Option<String>, ask: Ask) -> ExitCode
             Ask::Verify => match journal.verify().await {
                 Ok(v) => {
                     println!("{url}: {}", verified(&v));
+                    if let Some(note) = lgsp_journal::redo_note(&url) {
+                        println!("note: {note}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(JournalError::Broken(b)) => {

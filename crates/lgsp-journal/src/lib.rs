@@ -191,6 +191,15 @@ impl Settings {
 }
 
 /// Whether `name` may name a chain.
+/// What an operator reading the SQLite journal at `url` beside (or after) its gateway should know of the writer's
+/// redo log (`redo.rs`): what is answered but not committed yet is not read. `None` for PostgreSQL, or nothing to say.
+pub fn redo_note(url: &str) -> Option<String> {
+    match dialect_of(url) {
+        Ok(Dialect::Sqlite) => redo::note(url),
+        _ => None,
+    }
+}
+
 pub fn valid_chain(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name

@@ -447,6 +447,46 @@ fn take_lock(f: &File, path: &str) -> Result<bool, DbError> {
     }
 }
 
+/// What an operator reading the SQLite journal at `url` from outside its writer (`journal verify`) should know of
+/// its redo log: a writer holds it (what it answered in its last milliseconds is not committed yet), or batches
+/// answered before its writer stopped wait there for the next start. Nothing to say: `None`.
+pub(crate) fn note(url: &str) -> Option<String> {
+    let path = sqlite_path(url);
+    let log = redo_path(path);
+    let f = File::open(&log).ok()?;
+    if matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+        return Some(format!(
+            "a running gateway writes this journal: what it answered since its last commit (at most {} ms) is in \
+             {} and not read here",
+            SETTLE_EVERY.as_millis(),
+            log.display()
+        ));
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    let (marker, token) = applied(&conn).ok()??;
+    let mut bytes = Vec::new();
+    (&f).read_to_end(&mut bytes).ok()?;
+    let mut next = marker + 1;
+    let waiting = read_frames(&bytes, token)
+        .iter()
+        .skip_while(|fr| fr.batch <= marker)
+        .take_while(|fr| {
+            let ok = fr.batch == next;
+            next += 1;
+            ok
+        })
+        .count();
+    (waiting > 0).then(|| {
+        format!(
+            "{waiting} batch(es) answered before the gateway stopped are in {} and not yet in the database (not \
+             read here): its next start writes them",
+            log.display()
+        )
+    })
+}
+
 /// Before the journal at `url` is migrated: what its redo log holds beyond the database is run again, by the
 /// statements of the version that wrote it (unless a live writer holds the log: its batches are its own to commit).
 pub(crate) fn recover_file(url: &str) -> Result<usize, DbError> {
@@ -846,6 +886,28 @@ mod tests {
         assert_eq!(chains(&url), ["c", "x1"]);
         assert!(s.unsettled().is_none());
         s.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_operator_is_told_what_the_redo_log_holds_beyond_the_database() {
+        let (_dir, url) = journal().await;
+        assert_eq!(note(&url), None);
+        let mut s = writer(&url).await;
+        batch(&mut s, &format!("{ADD} ('x1', 0, 'g', 0, 0)")).await;
+        let live = note(&url).expect("a note while the writer runs");
+        assert!(
+            live.contains("a running gateway writes this journal"),
+            "{live}"
+        );
+        s.close().await;
+        let left = note(&url).expect("a note after the writer stopped");
+        assert!(
+            left.starts_with("1 batch(es) answered before the gateway stopped"),
+            "{left}"
+        );
+        let s = Sqlite::connect(&url).await.expect("connects");
+        s.close().await;
+        assert_eq!(note(&url), None, "the next start wrote them");
     }
 
     #[tokio::test]

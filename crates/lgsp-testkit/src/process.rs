@@ -166,7 +166,28 @@ pub fn sh(cmd: &str) -> (bool, String, String) {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; a test binds it soon after).
+///
+/// Below the kernel's range of ephemeral ports (`ip_local_port_range`): a port a killed process held and its
+/// restart binds again must not be taken meanwhile as the local port of some outgoing connection (seen in the crash
+/// matrix: "cannot listen on … Address already in use" after a kill -9).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, span) = (10_000u16, low.saturating_sub(10_000));
+    if span > 1_000 {
+        for _ in 0..200 {
+            // A random port of the range (std's randomly keyed hasher, fed the time).
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+            let port = from + u16::try_from(h.finish() % u64::from(span)).unwrap_or(0);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
