@@ -31,7 +31,7 @@ use rusqlite::types::Value;
 
 use crate::Dialect;
 use crate::store::{
-    DbError, OwnedRow, Param, Store, WAL_KEPT, head_of, head_sql, move_head_sql, sqlite_path,
+    DbError, OwnedRow, Param, Store, WAL_KEPT, checked_hash, head_of, head_sql, sqlite_path,
 };
 
 /// How long the writer's transaction stays open at most. Every batch in it is durable in the redo log already; a
@@ -340,6 +340,26 @@ fn applied(conn: &rusqlite::Connection) -> Result<Option<(u64, i64)>, DbError> {
     Ok(Some((u64::try_from(batch).unwrap_or(0), token)))
 }
 
+/// The frames the database does not hold: consecutive batches from the one after `marker` (whatever follows a
+/// break is older: a log that started over and was not cut back before a crash). A log whose first frame beyond the
+/// database is not the next batch: that frame's number.
+fn beyond(frames: &[Frame], marker: u64) -> Result<Vec<&Frame>, u64> {
+    let mut rest = frames.iter().skip_while(|f| f.batch <= marker).peekable();
+    if let Some(first) = rest.peek()
+        && first.batch != marker + 1
+    {
+        return Err(first.batch);
+    }
+    let mut next = marker + 1;
+    Ok(rest
+        .take_while(|f| {
+            let ok = f.batch == next;
+            next += 1;
+            ok
+        })
+        .collect())
+}
+
 /// Runs again the batches of the redo log of the journal at `path` that its database does not hold, and commits
 /// them. Returns the last batch number the database holds and how many batches were run again.
 /// Called before anything else writes the file (the writer's connect; `Journal::open` before migrating).
@@ -360,32 +380,18 @@ pub(crate) fn recover(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((marker, token, 0)),
         Err(e) => return Err(io(&log, "opening the redo log", &e)),
     }
-    let frames: Vec<Frame> = read_frames(&bytes, token)
-        .into_iter()
-        .skip_while(|f| f.batch <= marker)
-        .collect();
-    // Consecutive batches only, from the one after the database's last: whatever follows a break is older (a log
-    // that started over and was not cut back before a crash).
-    let mut next = marker + 1;
-    if let Some(first) = frames.first()
-        && first.batch != next
-    {
-        return Err(DbError(format!(
-            "{}: the redo log starts at batch {} but the database holds batches up to {marker}: the database \
-             file was replaced (restored from a backup?) while its redo log stayed. Move the redo log away to open \
-             the journal as the database file stands",
-            log.display(),
-            first.batch
-        )));
-    }
-    let run: Vec<&Frame> = frames
-        .iter()
-        .take_while(|f| {
-            let ok = f.batch == next;
-            next += 1;
-            ok
-        })
-        .collect();
+    let frames = read_frames(&bytes, token);
+    let run = match beyond(&frames, marker) {
+        Ok(run) => run,
+        Err(first) => {
+            return Err(DbError(format!(
+                "{}: the redo log starts at batch {first} but the database holds batches up to {marker}: the \
+                 database file was replaced (restored from a backup?) while its redo log stayed. Move the redo \
+                 log away to open the journal as the database file stands",
+                log.display(),
+            )));
+        }
+    };
     let last = run.last().map_or(marker, |f| f.batch);
     if !run.is_empty() {
         conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -468,16 +474,7 @@ pub(crate) fn note(url: &str) -> Option<String> {
     let (marker, token) = applied(&conn).ok()??;
     let mut bytes = Vec::new();
     (&f).read_to_end(&mut bytes).ok()?;
-    let mut next = marker + 1;
-    let waiting = read_frames(&bytes, token)
-        .iter()
-        .skip_while(|fr| fr.batch <= marker)
-        .take_while(|fr| {
-            let ok = fr.batch == next;
-            next += 1;
-            ok
-        })
-        .count();
+    let waiting = beyond(&read_frames(&bytes, token), marker).map_or(0, |run| run.len());
     (waiting > 0).then(|| {
         format!(
             "{waiting} batch(es) answered before the gateway stopped are in {} and not yet in the database (not \
@@ -656,7 +653,7 @@ impl Store for Sqlite {
     /// The head moved, the batch's savepoint released, and its frame written and synced: the batch is durable.
     /// The transaction commits when it has been open [`SETTLE_EVERY`] (or the frame would be too large).
     async fn commit(&mut self, chain: &str, seq: i64, hash: &str) -> Result<(), DbError> {
-        let _ = move_head_sql(chain, seq, hash, 0)?;
+        checked_hash(hash)?;
         let head = "UPDATE journal_chains SET seq = $1, hash = $2, alive_us = $3 WHERE chain = $4";
         let params = vec![
             Param::from(seq),

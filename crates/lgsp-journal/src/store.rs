@@ -175,19 +175,21 @@ pub(crate) fn head_sql(chain: &str) -> String {
     format!("UPDATE journal_chains SET seq = seq WHERE chain = '{chain}' RETURNING seq, hash")
 }
 
+/// A chain head's hash as the writer makes it: SHA-256 in hex (it is written into a statement).
+pub(crate) fn checked_hash(hash: &str) -> Result<(), DbError> {
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(DbError(format!(
+            "the chain's hash {hash:?} is not SHA-256 hex"
+        )))
+    }
+}
+
 /// The statement that moves the head at commit. Both values are the writer's own (a counter and a SHA-256 in hex),
 /// never a packet's.
-pub(crate) fn move_head_sql(
-    chain: &str,
-    seq: i64,
-    hash: &str,
-    alive_us: i64,
-) -> Result<String, DbError> {
-    if !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Err(DbError(format!(
-            "the chain's hash {hash:?} is not SHA-256 hex"
-        )));
-    }
+fn move_head_sql(chain: &str, seq: i64, hash: &str, alive_us: i64) -> Result<String, DbError> {
+    checked_hash(hash)?;
     Ok(format!(
         "UPDATE journal_chains SET seq = {seq}, hash = '{hash}', alive_us = {alive_us} WHERE chain = '{chain}'"
     ))
