@@ -19,8 +19,18 @@
 //! Frame: `"LGRD"`, the database's token (`journal_redo.token`, i64 LE: a log left beside a database file made anew is
 //! not its), batch (u64 LE), payload length (u32 LE), CRC-32 of the payload (u32 LE), payload. Payload: the
 //! statements, each the SQL (`0`, length u32, text; or `1`, index u16 of an earlier one in this frame) and its
-//! values (count u16; each a tag — 0 null, 1 integer i64, 2 text, 3 bytes, with length u32 — and its value).
+//! values (count u16; each a tag — 0 null, 1 integer i64, 2 text, 3 bytes, with length u32 — and its value); a
+//! deferred group (`2`, its key as length u32 and text, count u16, statements); the end of one (`3`, its key).
+//!
+//! Deferred rows. A delivery leased to this process (a direct packet in its request, a queued one handed to this
+//! process's workers) needs its body and its outbox row only if the process dies before its outcome is written.
+//! The writer logs those statements as a deferred group and does not run them; an outcome written before the
+//! transaction commits drops them ([`Store::undefer`], an end in the log), and the commit runs those still there.
+//! A statement that reads or changes the outbox row first runs them at its place ([`Store::materialize`]). A
+//! redo after a crash does the same: each group not ended by a later frame runs after the last frame. A direct
+//! packet so costs its message and its two records, not a body and an outbox row inserted and deleted again.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -31,7 +41,8 @@ use rusqlite::types::Value;
 
 use crate::Dialect;
 use crate::store::{
-    DbError, OwnedRow, Param, Store, WAL_KEPT, checked_hash, head_of, head_sql, sqlite_path,
+    DbError, OwnedRow, Param, Released, Store, WAL_KEPT, checked_hash, head_of, head_sql,
+    sqlite_path,
 };
 
 /// How long the writer's transaction stays open at most. Every batch in it is durable in the redo log already; a
@@ -102,6 +113,26 @@ pub(crate) struct Sqlite {
     texts: Vec<String>,
     /// The batch's statements came to more than [`FRAME_MAX`]: it commits the database instead.
     overflow: bool,
+    /// Deferred rows, in the order they were deferred ([`Store::defer`]), and each key's place.
+    deferred: BTreeMap<u64, Deferred>,
+    deferred_at: HashMap<String, u64>,
+    /// The next deferred group's place.
+    next_deferred: u64,
+    /// What the batch under way did to `deferred`, undone when it rolls back.
+    undo: Vec<Undo>,
+}
+
+/// A delivery's rows, deferred.
+struct Deferred {
+    key: String,
+    released: Released,
+    statements: Vec<(&'static str, Vec<Param>)>,
+}
+
+/// A change of the batch under way to the deferred rows.
+enum Undo {
+    Added(u64),
+    Removed(u64, Deferred),
 }
 
 /// Whether a statement can change anything (reads are not logged).
@@ -139,11 +170,45 @@ fn io(path: &Path, what: &str, e: &std::io::Error) -> DbError {
     DbError(format!("{}: {what}: {e}", path.display()))
 }
 
+/// Statements read back from the log, with their values.
+type Statements = Vec<(String, Vec<Param>)>;
+
 /// One frame read back from the log.
 struct Frame {
     batch: u64,
-    statements: Vec<(String, Vec<Param>)>,
+    entries: Vec<Entry>,
 }
+
+/// What a frame holds, in the order the writer did it.
+enum Entry {
+    /// A statement the writer ran.
+    Run(String, Vec<Param>),
+    /// A leased delivery's rows, deferred under its key ([`Store::defer`]): run after the last frame unless a later
+    /// [`Entry::Ended`] names the key.
+    Deferred(String, Statements),
+    /// The deferred rows of a key dropped (its delivery ended) or run at this point (as the `Run`s after it).
+    Ended(String),
+}
+
+impl Frame {
+    fn statements(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| match e {
+                Entry::Run(..) => 1,
+                Entry::Deferred(_, s) => s.len(),
+                Entry::Ended(_) => 0,
+            })
+            .sum()
+    }
+}
+
+/// Entry tags of a frame's payload: a statement with its SQL text, one with an SQL text given before (its index),
+/// a deferred group, the end of one.
+const TAG_TEXT: u8 = 0;
+const TAG_KNOWN: u8 = 1;
+const TAG_DEFERRED: u8 = 2;
+const TAG_ENDED: u8 = 3;
 
 /// The frames of the redo log of the database whose token is `token`, up to its first torn or foreign one.
 fn read_frames(bytes: &[u8], token: i64) -> Vec<Frame> {
@@ -164,10 +229,10 @@ fn read_frames(bytes: &[u8], token: i64) -> Vec<Frame> {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        let Some(statements) = decode(payload) else {
+        let Some(entries) = decode(payload) else {
             break;
         };
-        out.push(Frame { batch, statements });
+        out.push(Frame { batch, entries });
         at += HEADER + len;
     }
     out
@@ -203,34 +268,55 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode(payload: &[u8]) -> Option<Vec<(String, Vec<Param>)>> {
+fn decode(payload: &[u8]) -> Option<Vec<Entry>> {
     let mut c = Cursor(payload);
     let mut texts: Vec<String> = Vec::new();
     let mut out = Vec::new();
     while !c.0.is_empty() {
-        let sql = match c.u8()? {
-            0 => {
-                let t = c.text()?;
-                texts.push(t.clone());
-                t
+        out.push(match c.u8()? {
+            TAG_DEFERRED => {
+                let key = c.text()?;
+                let n = c.u16()?;
+                let mut statements = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    let tag = c.u8()?;
+                    statements.push(statement(&mut c, &mut texts, tag)?);
+                }
+                Entry::Deferred(key, statements)
             }
-            1 => texts.get(usize::from(c.u16()?))?.clone(),
-            _ => return None,
-        };
-        let n = c.u16()?;
-        let mut params = Vec::with_capacity(usize::from(n));
-        for _ in 0..n {
-            params.push(match c.u8()? {
-                0 => Param::Int(None),
-                1 => Param::Int(Some(c.i64()?)),
-                2 => Param::Text(Some(c.text()?)),
-                3 => Param::Blob(Some(c.bytes()?.to_vec())),
-                _ => return None,
-            });
-        }
-        out.push((sql, params));
+            TAG_ENDED => Entry::Ended(c.text()?),
+            tag => {
+                let (sql, params) = statement(&mut c, &mut texts, tag)?;
+                Entry::Run(sql, params)
+            }
+        });
     }
     Some(out)
+}
+
+/// One statement after its tag ([`TAG_TEXT`] or [`TAG_KNOWN`]).
+fn statement(c: &mut Cursor<'_>, texts: &mut Vec<String>, tag: u8) -> Option<(String, Vec<Param>)> {
+    let sql = match tag {
+        TAG_TEXT => {
+            let t = c.text()?;
+            texts.push(t.clone());
+            t
+        }
+        TAG_KNOWN => texts.get(usize::from(c.u16()?))?.clone(),
+        _ => return None,
+    };
+    let n = c.u16()?;
+    let mut params = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        params.push(match c.u8()? {
+            0 => Param::Int(None),
+            1 => Param::Int(Some(c.i64()?)),
+            2 => Param::Text(Some(c.text()?)),
+            3 => Param::Blob(Some(c.bytes()?.to_vec())),
+            _ => return None,
+        });
+    }
+    Some((sql, params))
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -246,14 +332,14 @@ fn encode(out: &mut Vec<u8>, texts: &mut Vec<String>, sql: &str, params: &[Param
             let Ok(i) = u16::try_from(i) else {
                 return false;
             };
-            out.push(1);
+            out.push(TAG_KNOWN);
             out.extend_from_slice(&i.to_le_bytes());
         }
         None => {
             if texts.len() >= usize::from(u16::MAX) {
                 return false;
             }
-            out.push(0);
+            out.push(TAG_TEXT);
             put_bytes(out, sql.as_bytes());
             texts.push(sql.to_owned());
         }
@@ -396,16 +482,32 @@ pub(crate) fn recover(
     if !run.is_empty() {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let replayed: Result<(), DbError> = (|| {
+            let failed = |batch: u64, e: DbError| {
+                DbError(format!(
+                    "{}: running batch {batch} of the redo log again failed: {e}",
+                    log.display(),
+                ))
+            };
+            // Deferred rows whose delivery had not ended by the last frame, in the order they were deferred: the
+            // writer would have run them before its commit, after everything else.
+            let mut deferred: Vec<(u64, &str, &Statements)> = Vec::new();
             for f in &run {
-                for (sql, params) in &f.statements {
-                    // As the writer ran it (its rows, a `RETURNING`'s, read and dropped).
-                    query(conn, sql, params).map_err(|e| {
-                        DbError(format!(
-                            "{}: running batch {} of the redo log again failed: {e}",
-                            log.display(),
-                            f.batch
-                        ))
-                    })?;
+                for e in &f.entries {
+                    match e {
+                        // As the writer ran it (its rows, a `RETURNING`'s, read and dropped).
+                        Entry::Run(sql, params) => {
+                            query(conn, sql, params).map_err(|e| failed(f.batch, e))?;
+                        }
+                        Entry::Deferred(key, statements) => {
+                            deferred.push((f.batch, key, statements))
+                        }
+                        Entry::Ended(key) => deferred.retain(|(_, k, _)| k != key),
+                    }
+                }
+            }
+            for (batch, _, statements) in deferred {
+                for (sql, params) in statements {
+                    query(conn, sql, params).map_err(|e| failed(batch, e))?;
                 }
             }
             conn.execute(
@@ -422,7 +524,7 @@ pub(crate) fn recover(
         tracing::warn!(
             path,
             batches = run.len(),
-            statements = run.iter().map(|f| f.statements.len()).sum::<usize>(),
+            statements = run.iter().map(|f| f.statements()).sum::<usize>(),
             "journal: batches written to the redo log before the last process stopped are in the database now"
         );
     }
@@ -569,11 +671,51 @@ impl Sqlite {
         Ok(())
     }
 
+    /// Takes `key`'s deferred rows out (kept for an undo of the batch), noting their end in the batch's frame.
+    fn take_deferred(&mut self, key: &str) -> Option<&Deferred> {
+        let at = self.deferred_at.remove(key)?;
+        let d = self.deferred.remove(&at)?;
+        if self.logging && !self.overflow {
+            self.frame.push(TAG_ENDED);
+            put_bytes(&mut self.frame, key.as_bytes());
+        }
+        self.undo.push(Undo::Removed(at, d));
+        match self.undo.last() {
+            Some(Undo::Removed(_, d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Undoes what the batch under way did to the deferred rows.
+    fn undo_batch(&mut self) {
+        while let Some(u) = self.undo.pop() {
+            match u {
+                Undo::Added(at) => {
+                    if let Some(d) = self.deferred.remove(&at) {
+                        self.deferred_at.remove(&d.key);
+                    }
+                }
+                Undo::Removed(at, d) => {
+                    self.deferred_at.insert(d.key.clone(), at);
+                    self.deferred.insert(at, d);
+                }
+            }
+        }
+    }
+
     /// Commits the open transaction (the WAL fsynced), and starts the log over.
     fn commit_open(&mut self) -> Result<(), DbError> {
         if self.open.is_none() {
             return Ok(());
         }
+        // Deliveries still under way: their rows go in with the commit (the log that deferred them starts over).
+        for d in self.deferred.values() {
+            for (sql, params) in &d.statements {
+                query(&self.conn, sql, params)?;
+            }
+        }
+        self.deferred.clear();
+        self.deferred_at.clear();
         self.conn.prepare_cached("COMMIT")?.execute([])?;
         self.open = None;
         // The database holds every batch the log does: the next frames overwrite them.
@@ -606,6 +748,10 @@ impl Store for Sqlite {
             frame: Vec::new(),
             texts: Vec::new(),
             overflow: false,
+            deferred: BTreeMap::new(),
+            deferred_at: HashMap::new(),
+            next_deferred: 0,
+            undo: Vec::new(),
         };
         s.adopt()?;
         Ok(s)
@@ -631,6 +777,7 @@ impl Store for Sqlite {
         }
         self.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
         self.in_batch = true;
+        self.undo.clear();
         self.frame.clear();
         self.texts.clear();
         self.overflow = false;
@@ -674,6 +821,7 @@ impl Store for Sqlite {
             .execute([i64::try_from(batch).unwrap_or(i64::MAX)])?;
         self.conn.prepare_cached("RELEASE batch")?.execute([])?;
         self.in_batch = false;
+        self.undo.clear();
         if self.overflow {
             self.frame = Vec::new();
             self.texts.clear();
@@ -691,6 +839,7 @@ impl Store for Sqlite {
     async fn rollback(&mut self) {
         if self.in_batch {
             self.in_batch = false;
+            self.undo_batch();
             let _ = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
             if !self.logging {
                 let _ = self.commit_open();
@@ -712,6 +861,75 @@ impl Store for Sqlite {
             }
             _ => Ok(()),
         }
+    }
+
+    fn defer(
+        &mut self,
+        key: String,
+        released: Released,
+        statements: Vec<(&'static str, Vec<Param>)>,
+    ) -> bool {
+        if !self.in_batch || !self.logging || self.overflow || self.deferred_at.contains_key(&key) {
+            return false;
+        }
+        let Ok(n) = u16::try_from(statements.len()) else {
+            return false;
+        };
+        let mark = self.frame.len();
+        self.frame.push(TAG_DEFERRED);
+        put_bytes(&mut self.frame, key.as_bytes());
+        self.frame.extend_from_slice(&n.to_le_bytes());
+        let texts = self.texts.len();
+        for (sql, params) in &statements {
+            if !encode(&mut self.frame, &mut self.texts, sql, params) {
+                // Not in the log's format: the caller runs them now, logged as statements are.
+                self.frame.truncate(mark);
+                self.texts.truncate(texts);
+                return false;
+            }
+        }
+        if self.frame.len() > FRAME_MAX {
+            self.frame.truncate(mark);
+            self.texts.truncate(texts);
+            return false;
+        }
+        let at = self.next_deferred;
+        self.next_deferred += 1;
+        self.deferred_at.insert(key.clone(), at);
+        self.deferred.insert(
+            at,
+            Deferred {
+                key,
+                released,
+                statements,
+            },
+        );
+        self.undo.push(Undo::Added(at));
+        true
+    }
+
+    fn undefer(&mut self, key: &str) -> Option<Released> {
+        self.take_deferred(key).map(|d| d.released.clone())
+    }
+
+    fn is_deferred(&self, key: &str) -> bool {
+        self.deferred_at.contains_key(key)
+    }
+
+    async fn materialize(&mut self, key: Option<&str>) -> Result<(), DbError> {
+        let keys: Vec<String> = match key {
+            Some(k) => vec![k.to_owned()],
+            None => self.deferred.values().map(|d| d.key.clone()).collect(),
+        };
+        for key in keys {
+            let Some(statements) = self.take_deferred(&key).map(|d| d.statements.clone()) else {
+                continue;
+            };
+            for (sql, params) in statements {
+                self.execute(sql, params).await?;
+            }
+        }
+        Ok(())
     }
 
     fn unsettled(&self) -> Option<Duration> {
@@ -771,7 +989,9 @@ mod tests {
             frames.iter().map(|f| f.batch).collect::<Vec<_>>(),
             vec![4, 5]
         );
-        let (sql, values) = &frames[1].statements[1];
+        let Entry::Run(sql, values) = &frames[1].entries[1] else {
+            panic!("a statement");
+        };
         assert_eq!(sql, "INSERT INTO t VALUES ($1, $2, $3, $4, $5)");
         assert!(matches!(values[0], Param::Int(Some(7))));
         assert!(matches!(values[1], Param::Int(None)));
@@ -863,6 +1083,86 @@ mod tests {
         s.settle(true).await.expect("commits");
         assert_eq!(chains(&url), ["c", "x1", "x2", "x3"]);
         s.close().await;
+    }
+
+    /// Defers `INSERT … ('x…')` under `key` in the batch under way.
+    fn defer_insert(s: &mut Sqlite, key: &str, chain: &str) -> bool {
+        let sql: &'static str = "INSERT INTO journal_chains (chain, seq, hash, pruned_through, alive_us) \
+                                 VALUES ($1, 0, 'g', 0, 0)";
+        s.defer(
+            key.to_owned(),
+            (format!("agency of {key}"), 7, 1),
+            vec![(sql, vec![Param::from(chain.to_owned())])],
+        )
+    }
+
+    #[tokio::test]
+    async fn deferred_rows_are_written_only_for_deliveries_still_under_way() {
+        let (_dir, url) = journal().await;
+        let mut s = writer(&url).await;
+        let (seq, hash) = s.begin("c").await.expect("begins");
+        for key in ["a", "b", "c", "e"] {
+            assert!(defer_insert(&mut s, key, &format!("x{key}")));
+        }
+        assert!(
+            !defer_insert(&mut s, "a", "xa2"),
+            "a key is deferred once at a time"
+        );
+        s.commit("c", seq, &hash).await.expect("commits");
+        // The next batch: a's delivery ended (its rows dropped), b's rows are needed now, d is written as ever.
+        let (seq, hash) = s.begin("c").await.expect("begins");
+        assert_eq!(
+            s.undefer("a"),
+            Some(("agency of a".to_owned(), 7, 1)),
+            "what its outbox row would have released"
+        );
+        assert_eq!(s.undefer("a"), None);
+        s.materialize(Some("b")).await.expect("runs b's rows");
+        assert!(!s.is_deferred("b") && s.is_deferred("c"));
+        s.execute(&format!("{ADD} ('xd', 0, 'g', 0, 0)"), Vec::new())
+            .await
+            .expect("runs");
+        s.commit("c", seq, &hash).await.expect("commits");
+        // A batch that fails gives back what it took: e is deferred again, f is not.
+        let _ = s.begin("c").await.expect("begins");
+        assert!(s.undefer("e").is_some());
+        assert!(defer_insert(&mut s, "f", "xf"));
+        s.rollback().await;
+        assert!(s.is_deferred("e") && !s.is_deferred("f"));
+        assert_eq!(chains(&url), ["c"], "nothing committed yet");
+        // The process dies. The next open runs b and d where they ran, then c and e (still under way), never a.
+        s.close().await;
+        let mut s = Sqlite::connect(&url).await.expect("connects again");
+        assert_eq!(chains(&url), ["c", "xb", "xc", "xd", "xe"]);
+        // Live, the commit writes what is still deferred.
+        let (seq, hash) = s.begin("c").await.expect("begins");
+        assert!(defer_insert(&mut s, "g", "xg"));
+        assert!(defer_insert(&mut s, "h", "xh"));
+        s.commit("c", seq, &hash).await.expect("commits");
+        let (seq, hash) = s.begin("c").await.expect("begins");
+        assert!(s.undefer("h").is_some());
+        s.commit("c", seq, &hash).await.expect("commits");
+        s.settle(true).await.expect("commits the transaction");
+        assert_eq!(chains(&url), ["c", "xb", "xc", "xd", "xe", "xg"]);
+        assert!(!s.is_deferred("g"));
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_writer_without_the_log_defers_nothing() {
+        let (_dir, url) = journal().await;
+        let mut first = writer(&url).await;
+        let mut second = Sqlite::connect(&url).await.expect("connects");
+        assert!(!second.logging);
+        let _ = second.begin("c").await.expect("begins");
+        assert!(
+            !defer_insert(&mut second, "a", "xa"),
+            "it commits every batch: nothing would write the rows later"
+        );
+        second.rollback().await;
+        assert!(!defer_insert(&mut first, "a", "xa"), "outside a batch");
+        first.close().await;
+        second.close().await;
     }
 
     #[tokio::test]

@@ -232,7 +232,45 @@ pub(crate) trait Store: Sized {
         None
     }
 
+    /// Takes `statements` — the rows that hold a delivery leased to this process (its body, its outbox row) — into
+    /// the batch's log without running them; they run before the transaction commits unless [`Store::undefer`]
+    /// drops them first. A delivery that ends within its transaction so leaves no rows to insert and delete. `key`
+    /// names the delivery ([`deferred_key`]); `released` is what `undefer` gives back. False: this store runs
+    /// nothing later (PostgreSQL commits every batch; a SQLite writer without the redo log), and the caller runs
+    /// the statements now.
+    fn defer(
+        &mut self,
+        _key: String,
+        _released: Released,
+        _statements: Vec<(&'static str, Vec<Param>)>,
+    ) -> bool {
+        false
+    }
+
+    /// Drops the deferred rows of `key` (its delivery ended in time): what its outbox row would have released.
+    fn undefer(&mut self, _key: &str) -> Option<Released> {
+        None
+    }
+
+    /// Whether `key`'s rows are deferred (its delivery is leased, though the outbox does not show it yet).
+    fn is_deferred(&self, _key: &str) -> bool {
+        false
+    }
+
+    /// Runs the deferred rows of `key` now (all of them: `None`), for a statement about to read or change them.
+    async fn materialize(&mut self, _key: Option<&str>) -> Result<(), DbError> {
+        Ok(())
+    }
+
     async fn close(self);
+}
+
+/// What a delivery's outbox row held when it is released: its agency, its bytes and its attempts.
+pub(crate) type Released = (String, i64, i64);
+
+/// The name of a delivery's deferred rows ([`Store::defer`]).
+pub(crate) fn deferred_key(hop: &str, message_id: &str) -> String {
+    format!("{hop}\u{0}{message_id}")
 }
 
 /// The head's row among `rows`.

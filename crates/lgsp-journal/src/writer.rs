@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::chain;
 use crate::model::{Accepted, Admission, Claimed, Delivery, Held, Message, Outcome, Quota, Status};
 use crate::record::{self, Head};
-use crate::store::{Columns, DbError, Param, Store};
+use crate::store::{Columns, DbError, Param, Store, deferred_key};
 use crate::{Dialect, JournalError, MAX_RECEIPT_BYTES, now_us};
 
 /// How long the writer waits for a new connection before failing its batch (as the pool waits for one).
@@ -1010,6 +1010,16 @@ impl Batch<'_> {
         for (i, a) in over {
             self.done[i] = Some(Done::Accept(self.over_quota(conn, a, &mut outbox).await?));
         }
+        // Deliveries leased to this process: their rows deferred where the store can (SQLite's redo log), so one
+        // that ends before the next commit never writes them.
+        let mut outbox_now = Vec::with_capacity(outbox.len());
+        for r in outbox {
+            if r.lease_until.is_some() && self.defer(conn, &r) {
+                continue;
+            }
+            outbox_now.push(r);
+        }
+        let outbox = outbox_now;
         self.store_bodies(conn, &outbox).await?;
         for chunk in shaped(&outbox, self.config.dialect) {
             let params = self.outbox_params(chunk);
@@ -1130,6 +1140,32 @@ impl Batch<'_> {
         true
     }
 
+    /// Hands a leased delivery's rows (its body, its outbox row) to the store to write only if it is still under
+    /// way when the transaction commits ([`Store::defer`]); false when the store writes nothing later.
+    fn defer<S: Store>(&self, conn: &mut S, r: &OutboxRow<'_>) -> bool {
+        let a = r.a;
+        let Some(body) = &a.body else { return false };
+        let bytes = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        let statements = vec![
+            (bodies_sql(self.config.dialect), self.body_params(a)),
+            (outbox_sql(1), self.outbox_params(std::slice::from_ref(r))),
+        ];
+        conn.defer(
+            deferred_key(&a.hop, &r.message_id),
+            (a.agency.clone(), bytes, 1),
+            statements,
+        )
+    }
+
+    fn body_params(&self, a: &Accepted) -> Vec<Param> {
+        vec![
+            Param::from(a.body_sha256.clone()),
+            i64::try_from(a.body_size).unwrap_or(i64::MAX).into(),
+            self.at.into(),
+            Param::Bytes(a.body.clone()),
+        ]
+    }
+
     /// Bodies of the packets held, once per SHA-256 (a body already there stays as it is).
     async fn store_bodies<S: Store>(
         &mut self,
@@ -1148,12 +1184,7 @@ impl Batch<'_> {
         // one TCP segment waits for the server's delayed ACK of the first — 40 ms a batch of 16 bodies on loopback
         // (the append bench: 625 records/s). A body that fits a segment goes at once.
         for a in bodies {
-            let params = vec![
-                Param::from(a.body_sha256.clone()),
-                i64::try_from(a.body_size).unwrap_or(i64::MAX).into(),
-                self.at.into(),
-                Param::Bytes(a.body.clone()),
-            ];
+            let params = self.body_params(a);
             conn.fetch(bodies_sql(self.config.dialect), params).await?;
         }
         Ok(())
@@ -1370,10 +1401,25 @@ impl Batch<'_> {
         if run.is_empty() {
             return Ok(results);
         }
-        // Leased deliveries: their outbox rows, taken only by the lease's owner.
-        let owned: Vec<&(usize, &Outcome)> =
-            run.iter().filter(|(_, o)| o.owner.is_some()).collect();
+        // Leased deliveries: their outbox rows, taken only by the lease's owner; rows still deferred are dropped
+        // unwritten (a delivery of this process that ended before the transaction committed).
         let mut released: HashMap<(String, String), (String, i64, i64)> = HashMap::new();
+        let owned: Vec<&(usize, &Outcome)> = run
+            .iter()
+            .filter(|(_, o)| o.owner.is_some())
+            .filter(|(_, o)| {
+                if o.owner.as_deref() != Some(self.config.owner.as_str()) {
+                    return true;
+                }
+                match conn.undefer(&deferred_key(&o.hop, &o.message_id)) {
+                    Some(r) => {
+                        released.insert((o.hop.clone(), o.message_id.clone()), r);
+                        false
+                    }
+                    None => true,
+                }
+            })
+            .collect();
         for chunk in shaped(&owned, self.config.dialect) {
             if let ([(_, o)], Dialect::Sqlite) = (chunk, self.config.dialect) {
                 let key = [
@@ -1429,6 +1475,11 @@ impl Batch<'_> {
             }
             for row in conn.fetch(sql, params).await? {
                 leased.insert((row.text(0)?, row.text(1)?));
+            }
+        }
+        for (_, o) in &unowned {
+            if conn.is_deferred(&deferred_key(&o.hop, &o.message_id)) {
+                leased.insert((o.hop.clone(), o.message_id.clone()));
             }
         }
         let settled: Vec<&(usize, &Outcome)> = run
@@ -1529,6 +1580,15 @@ impl Batch<'_> {
 
     /// Claims, retries and the operator's jobs, in the batch's order.
     async fn the_rest<S: Store>(&mut self, conn: &mut S, jobs: &[Job]) -> Result<(), DbError> {
+        // The operator's jobs read the outbox and the bodies as they stand: rows deferred are written first.
+        if jobs.iter().any(|j| {
+            matches!(
+                j,
+                Job::Prune(_) | Job::Sweep(_) | Job::Settle { .. } | Job::Rebuild(_)
+            )
+        }) {
+            conn.materialize(None).await?;
+        }
         for (i, job) in jobs.iter().enumerate() {
             let d = match job {
                 Job::Accept(..) | Job::Finish(..) => continue,
@@ -1555,6 +1615,8 @@ impl Batch<'_> {
                     detail,
                     ..
                 } => {
+                    conn.materialize(Some(&deferred_key(hop, message_id)))
+                        .await?;
                     let rows = conn
                         .fetch(
                             "UPDATE outbox SET due_us = $1, lease_owner = NULL, detail = $2
