@@ -1010,17 +1010,23 @@ impl Batch<'_> {
         for (i, a) in over {
             self.done[i] = Some(Done::Accept(self.over_quota(conn, a, &mut outbox).await?));
         }
-        // Deliveries leased to this process: their rows deferred where the store can (SQLite's redo log), so one
-        // that ends before the next commit never writes them.
+        // Deliveries leased to this process: their outbox rows (and a direct packet's body) deferred where the
+        // store can (SQLite's redo log), so one that ends before the next commit never writes them. A queued
+        // packet's body is kept `keep_bodies` after its delivery: written now.
+        let mut bodies: Vec<&Accepted> = Vec::with_capacity(outbox.len());
         let mut outbox_now = Vec::with_capacity(outbox.len());
         for r in outbox {
             if r.lease_until.is_some() && self.defer(conn, &r) {
+                if r.a.delivery == Delivery::Queued {
+                    bodies.push(r.a);
+                }
                 continue;
             }
+            bodies.push(r.a);
             outbox_now.push(r);
         }
         let outbox = outbox_now;
-        self.store_bodies(conn, &outbox).await?;
+        self.store_bodies(conn, bodies).await?;
         for chunk in shaped(&outbox, self.config.dialect) {
             let params = self.outbox_params(chunk);
             conn.fetch(outbox_sql(chunk.len()), params).await?;
@@ -1140,16 +1146,17 @@ impl Batch<'_> {
         true
     }
 
-    /// Hands a leased delivery's rows (its body, its outbox row) to the store to write only if it is still under
-    /// way when the transaction commits ([`Store::defer`]); false when the store writes nothing later.
+    /// Hands a leased delivery's outbox row (and a direct packet's body) to the store to write only if it is
+    /// still under way when the transaction commits ([`Store::defer`]); false when the store writes nothing later.
     fn defer<S: Store>(&self, conn: &mut S, r: &OutboxRow<'_>) -> bool {
         let a = r.a;
         let Some(body) = &a.body else { return false };
         let bytes = i64::try_from(body.len()).unwrap_or(i64::MAX);
-        let statements = vec![
-            (bodies_sql(self.config.dialect), self.body_params(a)),
-            (outbox_sql(1), self.outbox_params(std::slice::from_ref(r))),
-        ];
+        let mut statements = Vec::with_capacity(2);
+        if a.delivery == Delivery::Direct {
+            statements.push((bodies_sql(self.config.dialect), self.body_params(a)));
+        }
+        statements.push((outbox_sql(1), self.outbox_params(std::slice::from_ref(r))));
         conn.defer(
             deferred_key(&a.hop, &r.message_id),
             (a.agency.clone(), bytes, 1),
@@ -1170,14 +1177,10 @@ impl Batch<'_> {
     async fn store_bodies<S: Store>(
         &mut self,
         conn: &mut S,
-        outbox: &[OutboxRow<'_>],
+        mut bodies: Vec<&Accepted>,
     ) -> Result<(), DbError> {
         let mut seen = HashSet::new();
-        let mut bodies: Vec<&Accepted> = outbox
-            .iter()
-            .map(|r| r.a)
-            .filter(|a| seen.insert(a.body_sha256.as_str()))
-            .collect();
+        bodies.retain(|a| seen.insert(a.body_sha256.as_str()));
         // In one order on every replica: two batches that share bodies lock them in the same order (no deadlock).
         bodies.sort_by(|a, b| a.body_sha256.cmp(&b.body_sha256));
         // One body a statement, on PostgreSQL too: sqlx leaves Nagle's algorithm on, so a statement that does not fit
