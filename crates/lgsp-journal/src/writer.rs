@@ -1583,13 +1583,12 @@ impl Batch<'_> {
 
     /// Claims, retries and the operator's jobs, in the batch's order.
     async fn the_rest<S: Store>(&mut self, conn: &mut S, jobs: &[Job]) -> Result<(), DbError> {
-        // The operator's jobs read the outbox and the bodies as they stand: rows deferred are written first.
-        if jobs.iter().any(|j| {
-            matches!(
-                j,
-                Job::Prune(_) | Job::Sweep(_) | Job::Settle { .. } | Job::Rebuild(_)
-            )
-        }) {
+        // The operator's jobs read the outbox and the bodies as they stand: rows deferred are written first (the
+        // body sweep does so itself, from housekeeping too).
+        if jobs
+            .iter()
+            .any(|j| matches!(j, Job::Prune(_) | Job::Settle { .. } | Job::Rebuild(_)))
+        {
             conn.materialize(None).await?;
         }
         for (i, job) in jobs.iter().enumerate() {
@@ -1852,6 +1851,9 @@ impl Batch<'_> {
 /// number deleted. On SQLite the outbox has no index of its rows' bodies (a b-tree more for every acceptance and
 /// outcome to write): the bodies the outbox holds are gathered once per sweep instead.
 async fn sweep<S: Store>(conn: &mut S, at: i64, keep_us: i64) -> Result<u64, DbError> {
+    // A queued packet handed to this process's workers has its body written and its outbox row deferred: the row
+    // goes in first, or the body would look unneeded.
+    conn.materialize(None).await?;
     let cutoff = at.saturating_sub(keep_us);
     let sql = match S::DIALECT {
         Dialect::Sqlite => {
@@ -2211,6 +2213,64 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_body_sweep_keeps_a_body_whose_outbox_row_is_deferred() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("j.db").display());
+        crate::migrate(&url).await.expect("migrates");
+        let mut conn = crate::redo::Sqlite::connect(&url).await.expect("connects");
+        conn.execute(
+            &format!(
+                "INSERT INTO journal_chains (chain, seq, hash, pruned_through, alive_us) VALUES ('c', 0, '{}', 0, 0)",
+                chain::GENESIS
+            ),
+            Vec::new(),
+        )
+        .await
+        .expect("head row");
+        let (seq, hash) = conn.begin("c").await.expect("begins");
+        // Two bodies stored long ago; a queued packet handed to this process needs the first, its outbox row
+        // deferred (as `Batch::defer` leaves it).
+        for sha in ["a1", "b2"] {
+            let body = Param::Bytes(Some(Bytes::from_static(b"<HoSo/>")));
+            let params = vec![Param::from(sha), 7i64.into(), 0i64.into(), body];
+            conn.execute(bodies_sql(Dialect::Sqlite), params)
+                .await
+                .expect("body");
+        }
+        let row: Vec<Param> = vec![
+            "lgsp".into(),
+            "m1".into(),
+            "000.00.00.H29".into(),
+            "a1".into(),
+            7i64.into(),
+            "queued".into(),
+            1i64.into(),
+            i64::MAX.into(),
+            1i64.into(),
+            "this-process".into(),
+        ];
+        assert!(conn.defer(
+            deferred_key("lgsp", "m1"),
+            ("000.00.00.H29".into(), 7, 1),
+            vec![(outbox_sql(1), row)]
+        ));
+        assert_eq!(
+            sweep(&mut conn, now_us(), 0).await.expect("sweeps"),
+            1,
+            "only the body no delivery needs"
+        );
+        assert!(!conn.is_deferred(&deferred_key("lgsp", "m1")));
+        let left = conn
+            .fetch("SELECT sha256 FROM journal_bodies", Vec::new())
+            .await
+            .expect("reads");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].text(0).expect("sha256"), "a1");
+        conn.commit("c", seq, &hash).await.expect("commits");
+        conn.close().await;
+    }
 
     #[test]
     fn batches_split_into_a_few_statement_shapes() {
