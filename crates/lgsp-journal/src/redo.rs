@@ -23,12 +23,14 @@
 //! deferred group (`2`, its key as length u32 and text, count u16, statements); the end of one (`3`, its key).
 //!
 //! Deferred rows. A delivery leased to this process (a direct packet in its request, a queued one handed to this
-//! process's workers) needs its body and its outbox row only if the process dies before its outcome is written.
-//! The writer logs those statements as a deferred group and does not run them; an outcome written before the
-//! transaction commits drops them ([`Store::undefer`], an end in the log), and the commit runs those still there.
-//! A statement that reads or changes the outbox row first runs them at its place ([`Store::materialize`]). A
-//! redo after a crash does the same: each group not ended by a later frame runs after the last frame. A direct
-//! packet so costs its message and its two records, not a body and an outbox row inserted and deleted again.
+//! process's workers) needs its outbox row (a direct packet its body too) only if the process dies before its
+//! outcome is written. The writer logs those statements as a deferred group and does not run them; an outcome
+//! written before the transaction commits drops them ([`Store::undefer`], an end in the log), and the commit runs
+//! those still there. A statement that reads or changes outbox rows or bodies first runs them at its place
+//! ([`Store::materialize`]). A redo after a crash runs each group no later frame ended after the last frame, where
+//! the commit would have. A direct packet so costs its message and its two records, not a body and an outbox row
+//! inserted and deleted again. A log with groups is not read by a build older than them (it stops there, as at a
+//! torn frame): after a crash, start this build once before going back to an older one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
