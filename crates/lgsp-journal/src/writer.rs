@@ -1583,14 +1583,6 @@ impl Batch<'_> {
 
     /// Claims, retries and the operator's jobs, in the batch's order.
     async fn the_rest<S: Store>(&mut self, conn: &mut S, jobs: &[Job]) -> Result<(), DbError> {
-        // The operator's jobs read the outbox and the bodies as they stand: rows deferred are written first (the
-        // body sweep does so itself, from housekeeping too).
-        if jobs
-            .iter()
-            .any(|j| matches!(j, Job::Prune(_) | Job::Settle { .. } | Job::Rebuild(_)))
-        {
-            conn.materialize(None).await?;
-        }
         for (i, job) in jobs.iter().enumerate() {
             let d = match job {
                 Job::Accept(..) | Job::Finish(..) => continue,
@@ -1642,8 +1634,11 @@ impl Batch<'_> {
                         Ok(())
                     })
                 }
+                // The operator's jobs read the outbox and the bodies as they stand: rows deferred are written
+                // first (the body sweep does so itself, from housekeeping too).
                 Job::Prune(_) => {
                     self.effects.changed = true;
+                    conn.materialize(None).await?;
                     Done::Prune(self.prune(conn).await?)
                 }
                 Job::Sweep(_) => {
@@ -1654,10 +1649,12 @@ impl Batch<'_> {
                     before_us, detail, ..
                 } => {
                     self.effects.changed = true;
+                    conn.materialize(None).await?;
                     Done::Settle(self.settle(conn, *before_us, detail).await?)
                 }
                 Job::Rebuild(_) => {
                     self.effects.changed = true;
+                    conn.materialize(None).await?;
                     Done::Rebuild(crate::verify::rebuild(conn, self.config.dialect, self.at).await?)
                 }
             };
