@@ -882,15 +882,12 @@ impl Store for Sqlite {
         put_bytes(&mut self.frame, key.as_bytes());
         self.frame.extend_from_slice(&n.to_le_bytes());
         let texts = self.texts.len();
-        for (sql, params) in &statements {
-            if !encode(&mut self.frame, &mut self.texts, sql, params) {
-                // Not in the log's format: the caller runs them now, logged as statements are.
-                self.frame.truncate(mark);
-                self.texts.truncate(texts);
-                return false;
-            }
-        }
-        if self.frame.len() > FRAME_MAX {
+        let fits = statements
+            .iter()
+            .all(|(sql, params)| encode(&mut self.frame, &mut self.texts, sql, params))
+            && self.frame.len() <= FRAME_MAX;
+        if !fits {
+            // Not in the log's format, or too large for a frame: the caller runs them now, as any statement.
             self.frame.truncate(mark);
             self.texts.truncate(texts);
             return false;
